@@ -1,0 +1,127 @@
+// ops.h — the one op interface. Every op dispatches on the tensors' device to the CPU
+// reference (ops/cpu, fp32/fp64, OpenBLAS GEMM) or the CUDA backend (ops/cuda).
+//
+// Conventions (all ops):
+//  - Tensors are contiguous row-major views; all float tensors of one call share one dtype
+//    (fp32 or fp64 on the CPU), integer inputs (tokens, targets) are int32.
+//  - Ops never allocate. Anything extra is saved in caller-provided tensors (mean/rstd, lse).
+//  - Accumulation rule (DESIGN §8.7): parameter gradients ACCUMULATE (+=); activation
+//    gradients are ASSIGNED (=). The model adds residual-stream gradients explicitly.
+//  - Shape letters: B batch, T sequence, C hidden, V (padded) vocab, N = B*T rows,
+//    NH heads, G query groups, HS head size, F ffn hidden size.
+//  - Bad shapes/dtypes throw Error(kInvalidArgument) naming the op and the shapes.
+#pragma once
+
+#include <cstdint>
+
+#include "shardlm/tensor/device_context.h"
+#include "shardlm/tensor/philox.h"
+#include "shardlm/tensor/tensor.h"
+
+namespace shardlm::ops {
+
+// ---- elementwise / utility ----------------------------------------------------------------
+void fill(DeviceContext& ctx, Tensor out, double value);
+void copy(DeviceContext& ctx, Tensor dst, const Tensor& src);   // same numel; converts dtype
+void add(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& b);  // out = a + b
+void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);           // acc += x
+void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);              // x *= alpha
+// Sum of squares in double precision (for global grad norm).
+double sum_squares(DeviceContext& ctx, const Tensor& x);
+// True when every element is finite.
+bool all_finite(DeviceContext& ctx, const Tensor& x);
+
+// ---- embeddings ----------------------------------------------------------------------------
+// out[B,T,C] = wte[tokens[b,t], :] + (wpe defined ? wpe[t, :] : 0). tokens int32 [B,T],
+// wte [V,C], wpe [P,C] with P >= T. Token ids outside [0,V) throw kInvalidArgument.
+void embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens, const Tensor& wte,
+                       const Tensor& wpe);
+// dwte[tokens[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (dwpe may be undefined).
+void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tensor& dout,
+                        const Tensor& tokens);
+
+// ---- normalisation -------------------------------------------------------------------------
+// LayerNorm over the last axis C of in[N,C]. Saves mean[N], rstd[N] (same float dtype).
+void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
+                       const Tensor& in, const Tensor& weight, const Tensor& bias, double eps);
+// din = ... (assign); dweight, dbias accumulate.
+void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
+                        const Tensor& dout, const Tensor& in, const Tensor& weight,
+                        const Tensor& mean, const Tensor& rstd);
+// RMSNorm: out = in * rstd * weight, rstd = 1/sqrt(mean(in^2) + eps). Saves rstd[N].
+void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& in,
+                     const Tensor& weight, double eps);
+void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd);
+
+// ---- linear --------------------------------------------------------------------------------
+// out[N,OC] = in[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be undefined).
+void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& weight,
+                    const Tensor& bias);
+// din[N,IC] = dout @ weight (assign; skipped when din undefined);
+// dweight[OC,IC] += dout^T @ in; dbias[OC] += sum_n dout (skipped when undefined).
+void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
+                     const Tensor& dout, const Tensor& in, const Tensor& weight);
+
+// ---- activations ---------------------------------------------------------------------------
+// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void gelu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+// SwiGLU as Megatron: in[N,2F] = [a | b] (first half a, second half b), out[N,F] = silu(a) * b.
+void swiglu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void swiglu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+
+// ---- dropout -------------------------------------------------------------------------------
+// out = in * keep / (1 - p), keep = dropout_uniform(key, position_offset + i) >= p... precisely:
+// element i is dropped when dropout_uniform(key, position_offset + i) <= p. p == 0 copies.
+void dropout_forward(DeviceContext& ctx, Tensor out, const Tensor& in, double p,
+                     const DropoutKey& key, uint64_t position_offset);
+// din = dout * same mask / (1 - p)  (mask recomputed from the key; nothing is saved).
+void dropout_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, double p,
+                      const DropoutKey& key, uint64_t position_offset);
+
+// ---- attention -----------------------------------------------------------------------------
+// Causal self-attention with grouped-query attention, Megatron's fused-QKV layout:
+// qkv[B,T,G*(NH/G + 2)*HS]; for each group g the row holds [q heads of g (NH/G * HS) | k (HS) |
+// v (HS)]. Query head h uses group h / (NH/G). out[B,T,NH*HS] (heads concatenated).
+// Saves lse[B,NH,T] (log-sum-exp of the scaled, masked scores) for backward. Softmax scale
+// 1/sqrt(HS). Attention-probability dropout p uses key with position
+// ((b*NH + h)*T + i)*T + j.
+struct AttentionShape {
+  int64_t num_heads = 0;        // NH
+  int64_t num_query_groups = 0; // G, divides NH
+  int64_t head_dim = 0;         // HS
+};
+void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
+                       const AttentionShape& shape, double dropout_p, const DropoutKey& key);
+// dqkv (assign) from dout[B,T,NH*HS], using saved out and lse.
+void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, const Tensor& qkv,
+                        const Tensor& out, const Tensor& lse, const AttentionShape& shape,
+                        double dropout_p, const DropoutKey& key);
+
+// ---- loss ----------------------------------------------------------------------------------
+// Per-row softmax cross-entropy over the last axis: losses[N] = lse(logits[n]) - logits[n,t_n].
+// targets int32 [N] in [0,V). Saves lse[N].
+void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const Tensor& logits,
+                           const Tensor& targets);
+// dlogits[n,:] = dlosses[n] * (softmax(logits[n]) - onehot(t_n))  (assign).
+// The loss mask enters through dlosses (mask[n] / sum(mask) for the masked mean).
+void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dlosses,
+                            const Tensor& logits, const Tensor& targets, const Tensor& lse);
+
+// ---- optimizer -----------------------------------------------------------------------------
+// One AdamW step over a flat range (params, grads, exp_avg, exp_avg_sq, all same dtype/numel),
+// as Megatron/apex FusedAdam with adam_w_mode: bias-corrected moments at step `step` (>= 1),
+//   p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p).
+struct AdamWParams {
+  double lr = 0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0;
+  int64_t step = 1;
+};
+void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
+                Tensor exp_avg_sq, const AdamWParams& hp);
+
+}  // namespace shardlm::ops

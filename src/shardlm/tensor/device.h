@@ -1,0 +1,28 @@
+// Device: where a tensor's bytes live. Value type.
+#pragma once
+
+#include <string>
+
+namespace shardlm {
+
+enum class DeviceType { kCPU, kCUDA };
+
+struct Device {
+  DeviceType type = DeviceType::kCPU;
+  int index = 0;
+
+  static Device cpu() { return {DeviceType::kCPU, 0}; }
+  static Device cuda(int index) { return {DeviceType::kCUDA, index}; }
+  bool is_cpu() const { return type == DeviceType::kCPU; }
+  bool is_cuda() const { return type == DeviceType::kCUDA; }
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string to_string() const {
+    return is_cpu() ? "cpu" : "cuda:" + std::to_string(index);
+  }
+};
+
+// True when this build was compiled with the CUDA backend.
+bool cuda_backend_compiled();
+
+}  // namespace shardlm

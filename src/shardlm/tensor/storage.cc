@@ -1,0 +1,93 @@
+#include "shardlm/tensor/storage.h"
+
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include "shardlm/base/error.h"
+
+#ifdef SHARDLM_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace shardlm {
+
+namespace {
+constexpr size_t kAlignment = 256;  // matches kArenaAlignment
+
+std::string human_bytes(size_t bytes) {
+  const double gib = static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0);
+  return std::to_string(bytes) + " bytes (" + std::to_string(gib) + " GiB)";
+}
+}  // namespace
+
+bool cuda_backend_compiled() {
+#ifdef SHARDLM_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+Storage::Storage(Device device, size_t bytes) : bytes_(bytes), device_(device) {
+  if (bytes == 0) return;
+  if (device.is_cpu()) {
+    const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    data_ = std::aligned_alloc(kAlignment, rounded);
+    if (!data_)
+      throw Error(ErrorKind::kOutOfMemory,
+                  "host allocation of " + human_bytes(bytes) +
+                      " failed; reduce --micro-batch-size or the model size");
+    return;
+  }
+#ifdef SHARDLM_WITH_CUDA
+  if (cudaSetDevice(device.index) != cudaSuccess ||
+      cudaMalloc(&data_, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    data_ = nullptr;
+    throw Error(ErrorKind::kOutOfMemory,
+                "GPU " + device.to_string() + " could not allocate " + human_bytes(bytes) +
+                    " (free: " + human_bytes(free_bytes) +
+                    "); reduce --micro-batch-size, enable --recompute-granularity, or use more "
+                    "tensor/pipeline parallelism");
+  }
+#else
+  throw Error(ErrorKind::kUnsupported,
+              "a CUDA tensor was requested but this build has no CUDA backend; rebuild where "
+              "nvcc is available or run with --device cpu");
+#endif
+}
+
+Storage::~Storage() { release(); }
+
+Storage::Storage(Storage&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      device_(other.device_) {}
+
+Storage& Storage::operator=(Storage&& other) noexcept {
+  if (this != &other) {
+    release();
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+    device_ = other.device_;
+  }
+  return *this;
+}
+
+void Storage::release() {
+  if (!data_) return;
+  if (device_.is_cpu()) {
+    std::free(data_);
+  } else {
+#ifdef SHARDLM_WITH_CUDA
+    cudaFree(data_);
+#endif
+  }
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+}  // namespace shardlm
