@@ -1,0 +1,14 @@
+// Subcommands of the `shardlm` binary. Each registers its CLI11 subcommand (flags use
+// Megatron-LM's names) and a callback that runs it. main() owns the CLI::App.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace shardlm::cli {
+
+void register_train(CLI::App& app);       // cmd_train.cc
+void register_preprocess(CLI::App& app);  // cmd_preprocess.cc (data layer)
+
+}  // namespace shardlm::cli

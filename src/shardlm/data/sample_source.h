@@ -1,0 +1,24 @@
+// SampleSource: what the trainer draws training/validation samples from. A sample is
+// seq_length + 1 token ids (inputs are [0, S), targets are [1, S+1)) plus a loss mask over the
+// S target positions. Implementations: MockGPTDataset (synthetic, learnable) and the
+// Megatron-compatible GPTDataset / BlendedDataset over indexed .bin/.idx corpora.
+//
+// Contract: get() is a pure function of the index (deterministic, thread-safe for concurrent
+// readers), so resuming or resharding the data order only needs the consumed-sample count.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+namespace shardlm::data {
+
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  virtual int64_t size() const = 0;        // number of samples available
+  virtual int64_t seq_length() const = 0;  // S
+  // tokens: S+1 ids; loss_mask: S values in {0,1} (1 = position counts in the loss).
+  virtual void get(int64_t index, std::span<int32_t> tokens, std::span<float> loss_mask) const = 0;
+};
+
+}  // namespace shardlm::data
