@@ -1,0 +1,86 @@
+// cuda_ops.h — the CUDA backend of ops.h. Same names and signatures as shardlm::ops, in
+// namespace shardlm::ops::cuda. The dispatcher (ops.cc) validates shapes/dtypes and then calls
+// these for CUDA tensors; each entry point re-checks what it relies on (dtype, contiguity,
+// device) and throws Error(kInvalidArgument) naming the op.
+//
+// Contract: every op runs asynchronously on the stream of the CudaBackendState attached to ctx
+// (cuda_context.h, init_cuda_backend). Ops never allocate device memory; the only host syncs are
+// the ops that return a host value (sum_squares, all_finite) and embedding_forward's token-range
+// check (which reads back one flag).
+//
+//   DeviceContext ctx(Device::cuda(0));
+//   ops::cuda::init_cuda_backend(ctx);
+//   ops::cuda::gelu_forward(ctx, out, in);   // out/in bf16, fp16 or fp32 on cuda:0
+#pragma once
+
+#include <cstdint>
+
+#include "shardlm/ops/ops.h"
+#include "shardlm/tensor/device_context.h"
+#include "shardlm/tensor/philox.h"
+#include "shardlm/tensor/tensor.h"
+
+namespace shardlm::ops::cuda {
+
+// ---- elementwise / utility ----------------------------------------------------------------
+void fill(DeviceContext& ctx, Tensor out, double value);
+void copy(DeviceContext& ctx, Tensor dst, const Tensor& src);
+void add(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& b);
+void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);
+void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);
+double sum_squares(DeviceContext& ctx, const Tensor& x);
+bool all_finite(DeviceContext& ctx, const Tensor& x);
+
+// ---- embeddings ----------------------------------------------------------------------------
+void embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens, const Tensor& wte,
+                       const Tensor& wpe);
+void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tensor& dout,
+                        const Tensor& tokens);
+
+// ---- normalisation -------------------------------------------------------------------------
+void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
+                       const Tensor& in, const Tensor& weight, const Tensor& bias, double eps);
+void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
+                        const Tensor& dout, const Tensor& in, const Tensor& weight,
+                        const Tensor& mean, const Tensor& rstd);
+void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& in,
+                     const Tensor& weight, double eps);
+void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd);
+
+// ---- linear --------------------------------------------------------------------------------
+void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& weight,
+                    const Tensor& bias);
+void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
+                     const Tensor& dout, const Tensor& in, const Tensor& weight);
+
+// ---- activations ---------------------------------------------------------------------------
+void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void gelu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+void swiglu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void swiglu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+
+// ---- dropout -------------------------------------------------------------------------------
+void dropout_forward(DeviceContext& ctx, Tensor out, const Tensor& in, double p,
+                     const DropoutKey& key, uint64_t position_offset);
+void dropout_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, double p,
+                      const DropoutKey& key, uint64_t position_offset);
+
+// ---- attention -----------------------------------------------------------------------------
+void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
+                       const AttentionShape& shape, double dropout_p, const DropoutKey& key);
+void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, const Tensor& qkv,
+                        const Tensor& out, const Tensor& lse, const AttentionShape& shape,
+                        double dropout_p, const DropoutKey& key);
+
+// ---- loss ----------------------------------------------------------------------------------
+void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const Tensor& logits,
+                           const Tensor& targets);
+void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dlosses,
+                            const Tensor& logits, const Tensor& targets, const Tensor& lse);
+
+// ---- optimizer -----------------------------------------------------------------------------
+void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
+                Tensor exp_avg_sq, const AdamWParams& hp);
+
+}  // namespace shardlm::ops::cuda
