@@ -11,13 +11,6 @@ namespace {
 }
 }  // namespace
 
-void fill(DeviceContext&, Tensor, double) { not_implemented("fill"); }
-void copy(DeviceContext&, Tensor, const Tensor&) { not_implemented("copy"); }
-void add(DeviceContext&, Tensor, const Tensor&, const Tensor&) { not_implemented("add"); }
-void add_inplace(DeviceContext&, Tensor, const Tensor&) { not_implemented("add_inplace"); }
-void scale_inplace(DeviceContext&, Tensor, double) { not_implemented("scale_inplace"); }
-double sum_squares(DeviceContext&, const Tensor&) { not_implemented("sum_squares"); }
-bool all_finite(DeviceContext&, const Tensor&) { not_implemented("all_finite"); }
 void embedding_forward(DeviceContext&, Tensor, const Tensor&, const Tensor&, const Tensor&) {
   not_implemented("embedding_forward");
 }
