@@ -39,22 +39,6 @@ void linear_backward(DeviceContext&, Tensor, Tensor, Tensor, const Tensor&, cons
                      const Tensor&) {
   not_implemented("linear_backward");
 }
-void gelu_forward(DeviceContext&, Tensor, const Tensor&) { not_implemented("gelu_forward"); }
-void gelu_backward(DeviceContext&, Tensor, const Tensor&, const Tensor&) {
-  not_implemented("gelu_backward");
-}
-void swiglu_forward(DeviceContext&, Tensor, const Tensor&) { not_implemented("swiglu_forward"); }
-void swiglu_backward(DeviceContext&, Tensor, const Tensor&, const Tensor&) {
-  not_implemented("swiglu_backward");
-}
-void dropout_forward(DeviceContext&, Tensor, const Tensor&, double, const DropoutKey&,
-                     uint64_t) {
-  not_implemented("dropout_forward");
-}
-void dropout_backward(DeviceContext&, Tensor, const Tensor&, double, const DropoutKey&,
-                      uint64_t) {
-  not_implemented("dropout_backward");
-}
 void attention_forward(DeviceContext&, Tensor, Tensor, const Tensor&, const AttentionShape&,
                        double, const DropoutKey&) {
   not_implemented("attention_forward");
