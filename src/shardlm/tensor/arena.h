@@ -24,8 +24,22 @@ inline size_t arena_aligned_bytes(DType dtype, const Shape& shape) {
   return (bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
 }
 
-class ArenaPlan {
+// Something tensors are carved from. Modules describe their memory once through this interface;
+// run against an ArenaPlan it only adds up sizes, run against an Arena it hands out views. That
+// keeps the plan and the allocation from ever disagreeing.
+class TensorAllocator {
  public:
+  virtual ~TensorAllocator() = default;
+  virtual Tensor allocate(DType dtype, const Shape& shape) = 0;
+};
+
+class ArenaPlan : public TensorAllocator {
+ public:
+  // Records the size; returns a shape-only view with no data (planning pass).
+  Tensor allocate(DType dtype, const Shape& shape) override {
+    add(dtype, shape);
+    return Tensor(nullptr, dtype, shape, Device::cpu());
+  }
   void add(DType dtype, const Shape& shape) { bytes_ += arena_aligned_bytes(dtype, shape); }
   void add_bytes(size_t bytes) {
     bytes_ += (bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
@@ -36,13 +50,13 @@ class ArenaPlan {
   size_t bytes_ = 0;
 };
 
-class Arena {
+class Arena : public TensorAllocator {
  public:
   Arena() = default;
   Arena(Device device, size_t capacity_bytes, std::string name);
 
   // A view of `shape`; throws Error(kOutOfMemory) naming the arena, needed and capacity bytes.
-  Tensor allocate(DType dtype, const Shape& shape);
+  Tensor allocate(DType dtype, const Shape& shape) override;
   void reset() { used_ = 0; }
 
   size_t used() const { return used_; }

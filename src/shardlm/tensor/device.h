@@ -24,5 +24,7 @@ struct Device {
 
 // True when this build was compiled with the CUDA backend.
 bool cuda_backend_compiled();
+// Number of CUDA devices visible to this process (0 without the CUDA backend or a driver).
+int cuda_device_count();
 
 }  // namespace shardlm

@@ -29,6 +29,19 @@ bool cuda_backend_compiled() {
 #endif
 }
 
+int cuda_device_count() {
+#ifdef SHARDLM_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // no driver / no device: not an error for CPU runs
+    return 0;
+  }
+  return count;
+#else
+  return 0;
+#endif
+}
+
 Storage::Storage(Device device, size_t bytes) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
   if (device.is_cpu()) {

@@ -1,0 +1,172 @@
+#include "shardlm/cli/train_flags.h"
+
+#include <CLI/CLI.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include "shardlm/base/error.h"
+
+namespace shardlm::cli {
+
+void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
+  model::TransformerConfig& m = cfg.model;
+  train::OptimizerConfig& o = cfg.optimizer;
+  train::LoggingConfig& l = cfg.logging;
+  train::DataConfig& d = cfg.data;
+  auto pos = CLI::PositiveNumber;
+  auto nonneg = CLI::NonNegativeNumber;
+
+  const char* g = "Model";
+  cmd.add_option("--num-layers", m.num_layers, "Number of transformer layers")->group(g)->check(pos);
+  cmd.add_option("--hidden-size", m.hidden_size, "Hidden size")->group(g)->check(pos);
+  cmd.add_option("--num-attention-heads", m.num_attention_heads, "Attention heads")->group(g)->check(pos);
+  cmd.add_option("--num-query-groups", m.num_query_groups,
+                 "Query groups for grouped-query attention (default: heads)")->group(g)->check(pos);
+  cmd.add_flag("--group-query-attention", cfg.group_query_attention,
+               "Use grouped-query attention (with --num-query-groups)")->group(g);
+  cmd.add_option("--kv-channels", m.kv_channels, "Head dimension (default hidden/heads)")->group(g)->check(pos);
+  cmd.add_option("--ffn-hidden-size", m.ffn_hidden_size, "MLP hidden size (default 4*hidden)")->group(g)->check(pos);
+  cmd.add_option("--seq-length", m.seq_length, "Sequence length")->group(g)->check(pos);
+  cmd.add_option("--max-position-embeddings", m.max_position_embeddings,
+                 "Learned position table size (default seq-length)")->group(g)->check(pos);
+  cmd.add_option("--vocab-size", m.vocab_size, "Vocabulary size (mock data / NullTokenizer)")->group(g)->check(pos);
+  cmd.add_option("--make-vocab-size-divisible-by", m.make_vocab_size_divisible_by,
+                 "Pad the vocabulary to a multiple of this")->group(g)->check(pos);
+  cmd.add_flag("--untie-embeddings-and-output-weights", m.untie_embeddings_and_output_weights,
+               "Separate output layer instead of the tied word embedding")->group(g);
+  cmd.add_flag("--disable-bias-linear", [&m](int64_t) { m.add_bias_linear = false; },
+               "No biases in linear layers")->group(g);
+  cmd.add_flag("--swiglu", m.swiglu, "SwiGLU MLP instead of GELU")->group(g);
+  cmd.add_option_function<std::string>(
+         "--normalization",
+         [&m](const std::string& v) {
+           if (v == "LayerNorm") m.normalization = model::Normalization::kLayerNorm;
+           else if (v == "RMSNorm") m.normalization = model::Normalization::kRMSNorm;
+           else throw CLI::ValidationError("--normalization", "'" + v + "' is not LayerNorm or RMSNorm");
+         },
+         "LayerNorm or RMSNorm")->group(g);
+  cmd.add_option("--norm-epsilon", m.norm_epsilon, "Epsilon of the norms")->group(g)->check(pos);
+  cmd.add_option_function<std::string>(
+         "--position-embedding-type",
+         [&m](const std::string& v) {
+           if (v == "learned_absolute") m.position_embedding = model::PositionEmbedding::kLearnedAbsolute;
+           else if (v == "none") m.position_embedding = model::PositionEmbedding::kNone;
+           else throw CLI::ValidationError("--position-embedding-type",
+                                           "'" + v + "' is not supported (learned_absolute, none)");
+         },
+         "learned_absolute or none")->group(g);
+  cmd.add_option("--init-method-std", m.init_method_std, "Std of the normal weight init")->group(g)->check(pos);
+  cmd.add_option("--hidden-dropout", m.hidden_dropout, "Dropout after attention/MLP and embedding")->group(g)->check(nonneg);
+  cmd.add_option("--attention-dropout", m.attention_dropout, "Dropout on attention probabilities")->group(g)->check(nonneg);
+
+  g = "Training";
+  cmd.add_option("--micro-batch-size", cfg.micro_batch_size, "Samples per micro-batch")->group(g)->check(pos);
+  cmd.add_option("--global-batch-size", cfg.global_batch_size,
+                 "Samples per iteration (gradient accumulation over micro-batches)")->group(g)->check(pos);
+  cmd.add_option("--train-iters", cfg.train_iters, "Iterations to train")->group(g)->check(pos);
+  cmd.add_option("--seed", cfg.seed, "Random seed (init, dropout, data order)")->group(g);
+  cmd.add_option("--device", cfg.device, "auto, cpu or cuda")->group(g);
+  cmd.add_option("--compute-dtype", cfg.compute_dtype, "CPU compute precision: fp32 or fp64")->group(g);
+
+  g = "Optimizer and learning rate";
+  cmd.add_option("--lr", o.lr, "Peak learning rate")->group(g)->check(nonneg);
+  cmd.add_option("--min-lr", o.min_lr, "Learning rate at the end of decay")->group(g)->check(nonneg);
+  cmd.add_option("--lr-decay-style", o.lr_decay_style, "constant, linear or cosine")->group(g);
+  cmd.add_option("--lr-warmup-iters", o.lr_warmup_iters, "Linear warmup iterations")->group(g)->check(nonneg);
+  cmd.add_option("--lr-warmup-fraction", o.lr_warmup_fraction, "Warmup as a fraction of decay iterations")->group(g)->check(nonneg);
+  cmd.add_option("--lr-decay-iters", o.lr_decay_iters, "Decay iterations (default train-iters)")->group(g)->check(pos);
+  cmd.add_option("--weight-decay", o.weight_decay, "Decoupled weight decay (not on biases/norms)")->group(g)->check(nonneg);
+  cmd.add_option("--adam-beta1", o.adam_beta1, "Adam beta1")->group(g);
+  cmd.add_option("--adam-beta2", o.adam_beta2, "Adam beta2")->group(g);
+  cmd.add_option("--adam-eps", o.adam_eps, "Adam epsilon")->group(g);
+  cmd.add_option("--clip-grad", o.clip_grad, "Global gradient-norm clip (0 disables)")->group(g)->check(nonneg);
+
+  g = "Data";
+  cmd.add_flag("--mock-data", d.mock_data, "Synthetic learnable data (no files needed)")->group(g);
+  cmd.add_option("--data-path", d.data_path, "[weight] prefix ... of preprocessed .bin/.idx corpora")->group(g);
+  cmd.add_option("--split", d.split, "Train/valid/test split weights, e.g. 969,30,1")->group(g);
+  cmd.add_option("--data-cache-path", d.data_cache_path, "Where dataset index caches are written")->group(g);
+  cmd.add_option("--tokenizer-type", d.tokenizer_type, "GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer, NullTokenizer")->group(g);
+  cmd.add_option("--vocab-file", d.vocab_file, "Tokenizer vocabulary file")->group(g);
+  cmd.add_option("--merge-file", d.merge_file, "BPE merges file")->group(g);
+  cmd.add_option("--tokenizer-model", d.tokenizer_model, "tokenizer.json or SentencePiece .model")->group(g);
+
+  g = "Logging and evaluation";
+  cmd.add_option("--log-interval", l.log_interval, "Iterations between log lines")->group(g)->check(pos);
+  cmd.add_option("--eval-interval", l.eval_interval, "Iterations between validation runs")->group(g)->check(pos);
+  cmd.add_option("--eval-iters", l.eval_iters, "Iterations per validation run")->group(g)->check(nonneg);
+  cmd.add_option("--log-jsonl", l.log_jsonl, "Also write metrics as JSON lines to this file")->group(g);
+  cmd.add_option("--config", "YAML file with the same keys as these flags (flags win)")->group(g);
+}
+
+namespace {
+std::string scalar_to_string(const YAML::Node& node, const std::string& path,
+                             const std::string& key) {
+  if (!node.IsScalar())
+    throw Error(ErrorKind::kInvalidConfig,
+                "config " + path + ": key '" + key + "' must be a scalar or a list of scalars");
+  return node.Scalar();
+}
+}  // namespace
+
+std::vector<std::string> yaml_config_to_args(const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "--config " + path + ": cannot read the file; check the path");
+  } catch (const YAML::Exception& e) {
+    throw Error(ErrorKind::kInvalidConfig, "--config " + path + ": not valid YAML (" +
+                                               std::string(e.what()) + ")");
+  }
+  if (root.IsNull()) return {};
+  if (!root.IsMap())
+    throw Error(ErrorKind::kInvalidConfig,
+                "--config " + path + ": expected a mapping of flag names to values");
+  std::vector<std::string> args;
+  for (const auto& kv : root) {
+    std::string key = kv.first.as<std::string>();
+    while (!key.empty() && key[0] == '-') key.erase(0, 1);
+    for (char& c : key)
+      if (c == '_') c = '-';
+    if (key == "config")
+      throw Error(ErrorKind::kInvalidConfig, "config " + path + ": nested 'config' is not allowed");
+    const YAML::Node& v = kv.second;
+    if (v.IsSequence()) {
+      args.push_back("--" + key);
+      for (const auto& item : v) args.push_back(scalar_to_string(item, path, key));
+      continue;
+    }
+    const std::string value = scalar_to_string(v, path, key);
+    if (value == "true" || value == "True") {
+      args.push_back("--" + key);  // boolean flag switched on
+    } else if (value == "false" || value == "False") {
+      continue;                    // flags default to off
+    } else {
+      args.push_back("--" + key);
+      args.push_back(value);
+    }
+  }
+  return args;
+}
+
+std::vector<std::string> expand_config_args(const std::vector<std::string>& args) {
+  std::vector<std::string> from_file, rest;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--config") {
+      if (i + 1 >= args.size())
+        throw Error(ErrorKind::kInvalidConfig, "--config needs a file name: --config FILE.yaml");
+      auto file_args = yaml_config_to_args(args[++i]);
+      from_file.insert(from_file.end(), file_args.begin(), file_args.end());
+    } else if (args[i].rfind("--config=", 0) == 0) {
+      auto file_args = yaml_config_to_args(args[i].substr(9));
+      from_file.insert(from_file.end(), file_args.begin(), file_args.end());
+    } else {
+      rest.push_back(args[i]);
+    }
+  }
+  from_file.insert(from_file.end(), rest.begin(), rest.end());
+  return from_file;
+}
+
+}  // namespace shardlm::cli

@@ -1,0 +1,47 @@
+#include "shardlm/model/layers/norm.h"
+
+#include "shardlm/ops/ops.h"
+
+namespace shardlm::model {
+
+Norm::Norm(std::string weight_name, std::string bias_name, int64_t hidden, Normalization kind,
+           double eps)
+    : weight_name_(std::move(weight_name)), bias_name_(std::move(bias_name)), hidden_(hidden),
+      kind_(kind), eps_(eps) {}
+
+void Norm::register_parameters(ParameterRegistry& reg) const {
+  reg.add({weight_name_, {hidden_}, Split::none(), false, Init::ones()});
+  if (kind_ == Normalization::kLayerNorm)
+    reg.add({bias_name_, {hidden_}, Split::none(), false, Init::zeros()});
+}
+
+void Norm::bind(ParameterRegistry& reg) {
+  weight_ = &reg.get(weight_name_);
+  bias_ = kind_ == Normalization::kLayerNorm ? &reg.get(bias_name_) : nullptr;
+}
+
+Norm::Saved Norm::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t rows) const {
+  Saved s;
+  if (kind_ == Normalization::kLayerNorm) s.mean = alloc.allocate(dtype, {rows});
+  s.rstd = alloc.allocate(dtype, {rows});
+  return s;
+}
+
+void Norm::forward(DeviceContext& ctx, Tensor out, const Saved& saved, const Tensor& in) const {
+  if (kind_ == Normalization::kLayerNorm)
+    ops::layernorm_forward(ctx, out, saved.mean, saved.rstd, in, weight_->value, bias_->value,
+                           eps_);
+  else
+    ops::rmsnorm_forward(ctx, out, saved.rstd, in, weight_->value, eps_);
+}
+
+void Norm::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
+                    const Saved& saved) const {
+  if (kind_ == Normalization::kLayerNorm)
+    ops::layernorm_backward(ctx, din, weight_->grad, bias_->grad, dout, in, weight_->value,
+                            saved.mean, saved.rstd);
+  else
+    ops::rmsnorm_backward(ctx, din, weight_->grad, dout, in, weight_->value, saved.rstd);
+}
+
+}  // namespace shardlm::model

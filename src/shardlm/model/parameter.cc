@@ -1,0 +1,120 @@
+#include "shardlm/model/parameter.h"
+
+#include <cstring>
+
+#include "shardlm/base/check.h"
+#include "shardlm/ops/ops.h"
+#include "shardlm/tensor/philox.h"
+
+namespace shardlm::model {
+
+namespace {
+Shape local_shape_of(const ParameterSpec& spec) {
+  std::vector<int64_t> dims = spec.global_shape.dims();
+  if (spec.split.is_split()) {
+    const int d = spec.split.tp_dim;
+    SHARDLM_REQUIRE(d < static_cast<int>(dims.size()) && dims[d] % spec.split.tp_size == 0,
+                    ErrorKind::kInvalidConfig,
+                    "parameter " + spec.name + " of shape " + spec.global_shape.to_string() +
+                        " cannot be split " + std::to_string(spec.split.tp_size) +
+                        " ways along axis " + std::to_string(d));
+    dims[d] /= spec.split.tp_size;
+  }
+  return Shape(dims);
+}
+}  // namespace
+
+int64_t Parameter::global_index(int64_t local_index) const {
+  if (!spec.split.is_split()) return local_index;
+  // Decompose the local index in the local shape, shift the split axis, recompose globally.
+  const int rank = local_shape.rank();
+  int64_t rem = local_index, global = 0, stride = 1;
+  std::vector<int64_t> coord(rank);
+  for (int a = rank - 1; a >= 0; --a) {
+    coord[a] = rem % local_shape[a];
+    rem /= local_shape[a];
+  }
+  coord[spec.split.tp_dim] += spec.split.tp_rank * local_shape[spec.split.tp_dim];
+  for (int a = rank - 1; a >= 0; --a) {
+    global += coord[a] * stride;
+    stride *= spec.global_shape[a];
+  }
+  return global;
+}
+
+void ParameterRegistry::add(const ParameterSpec& spec) {
+  SHARDLM_CHECK(!finalized_);
+  SHARDLM_REQUIRE(!contains(spec.name), ErrorKind::kInternal,
+                  "parameter " + spec.name + " registered twice");
+  Parameter p;
+  p.spec = spec;
+  p.local_shape = local_shape_of(spec);
+  p.offset = total_;
+  total_ += p.local_shape.numel();
+  index_[spec.name] = params_.size();
+  params_.push_back(std::move(p));
+}
+
+void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out) {
+  SHARDLM_CHECK(out.device().is_cpu());
+  const int64_t n = out.numel();
+  auto value_at = [&](int64_t i) -> double {
+    switch (param.spec.init.kind) {
+      case Init::Kind::kOnes: return 1.0;
+      case Init::Kind::kZeros: return 0.0;
+      case Init::Kind::kNormal:
+        return param.spec.init.stddev *
+               init_normal(seed, param.spec.name, static_cast<uint64_t>(param.global_index(i)));
+    }
+    return 0.0;
+  };
+  if (out.dtype() == DType::kF64) {
+    for (int64_t i = 0; i < n; ++i) out.data<double>()[i] = value_at(i);
+  } else if (out.dtype() == DType::kF32) {
+    for (int64_t i = 0; i < n; ++i) out.data<float>()[i] = static_cast<float>(value_at(i));
+  } else {
+    throw Error(ErrorKind::kUnsupported,
+                std::string("host initialisation into ") + dtype_name(out.dtype()));
+  }
+}
+
+void ParameterRegistry::finalize(DType dtype, Device device, uint64_t seed) {
+  SHARDLM_CHECK(!finalized_);
+  values_ = OwnedTensor::empty(dtype, {total_}, device);
+  grads_ = OwnedTensor::zeros(dtype, {total_}, device);
+  // Initialise on the host in the same dtype, then copy (identical values on every backend).
+  OwnedTensor host = device.is_cpu() ? OwnedTensor() : OwnedTensor::empty(dtype, {total_});
+  const Tensor& init_target = device.is_cpu() ? values_.view() : host.view();
+  for (Parameter& p : params_) {
+    p.value = values_.view().flat_view(p.offset, p.local_shape);
+    p.grad = grads_.view().flat_view(p.offset, p.local_shape);
+    initialize_parameter(p, seed, init_target.flat_view(p.offset, p.local_shape));
+  }
+  if (!device.is_cpu()) {
+    DeviceContext ctx(device);
+    ops::copy(ctx, values_.view(), host.view());
+  }
+  finalized_ = true;
+}
+
+Parameter& ParameterRegistry::get(const std::string& name) {
+  auto it = index_.find(name);
+  SHARDLM_REQUIRE(it != index_.end(), ErrorKind::kInvalidArgument, "no parameter named " + name);
+  return params_[it->second];
+}
+
+const Parameter& ParameterRegistry::get(const std::string& name) const {
+  return const_cast<ParameterRegistry*>(this)->get(name);
+}
+
+void ParameterRegistry::zero_grads() {
+  if (total_ == 0) return;
+  if (grads_.view().device().is_cpu()) {
+    std::memset(grads_.view().raw(), 0, grads_.view().nbytes());
+  } else {
+    DeviceContext ctx(grads_.view().device());
+    ops::fill(ctx, grads_.view(), 0.0);
+  }
+}
+
+}  // namespace shardlm::model

@@ -1,0 +1,101 @@
+// Parameter registry: every trainable tensor with its global identity (DESIGN §2.5, §8.9).
+//
+// A parameter is registered with its Megatron-style global name, global shape, how it is split
+// across tensor/expert parallel ranks, whether weight decay applies, and how it is initialised.
+// finalize() lays all parameters out in ONE flat value buffer and ONE flat gradient buffer (per
+// dtype; §2.6) and initialises each element as a pure function of (seed, name, global index),
+// so any shard can be initialised alone and equals the same slice of the unsharded model.
+// Checkpoints, the optimizer, grad-norm and HF conversion read this registry, never indices.
+//
+// Ownership: the registry owns the flat buffers; Parameter::value/grad are views into them.
+// Not thread-safe; one registry per rank (model shard).
+//
+//   ParameterRegistry reg;
+//   reg.add({"decoder.final_layernorm.weight", {C}, Split::none(), false, Init::ones()});
+//   reg.finalize(DType::kF32, Device::cpu(), /*seed=*/1234);
+//   Tensor w = reg.get("decoder.final_layernorm.weight").value;
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "shardlm/tensor/device_context.h"
+#include "shardlm/tensor/tensor.h"
+
+namespace shardlm::model {
+
+// How a parameter's global tensor maps onto this rank's local shard.
+struct Split {
+  int tp_dim = -1;     // axis split across tensor-parallel ranks (-1: replicated over TP)
+  int tp_rank = 0;     // this rank's index along that split
+  int tp_size = 1;
+  // Megatron's fused QKV is split by query groups: the split axis is viewed as
+  // [tp_size, rows_per_rank] only after regrouping; for now every split is a contiguous block.
+  static Split none() { return {}; }
+  bool is_split() const { return tp_dim >= 0 && tp_size > 1; }
+};
+
+struct Init {
+  enum class Kind { kNormal, kOnes, kZeros };
+  Kind kind = Kind::kZeros;
+  double stddev = 0;
+  static Init normal(double stddev) { return {Kind::kNormal, stddev}; }
+  static Init ones() { return {Kind::kOnes, 0}; }
+  static Init zeros() { return {Kind::kZeros, 0}; }
+};
+
+struct ParameterSpec {
+  std::string name;       // global, Megatron-style
+  Shape global_shape;
+  Split split;
+  bool weight_decay = true;  // false for biases and norm weights
+  Init init;
+};
+
+struct Parameter {
+  ParameterSpec spec;
+  Shape local_shape;
+  int64_t offset = 0;      // element offset in the flat buffers
+  Tensor value;            // view into the flat value buffer
+  Tensor grad;             // view into the flat gradient buffer
+  // Global index (row-major in the global shape) of local element i.
+  int64_t global_index(int64_t local_index) const;
+};
+
+class ParameterRegistry {
+ public:
+  // Registers a parameter; throws if the name is taken or the split does not divide the shape.
+  void add(const ParameterSpec& spec);
+  // Allocates the flat buffers, sets views, initialises values, zeroes gradients.
+  void finalize(DType dtype, Device device, uint64_t seed);
+  bool finalized() const { return finalized_; }
+
+  Parameter& get(const std::string& name);
+  const Parameter& get(const std::string& name) const;
+  bool contains(const std::string& name) const { return index_.count(name) != 0; }
+  std::vector<Parameter>& parameters() { return params_; }
+  const std::vector<Parameter>& parameters() const { return params_; }
+
+  const Tensor& flat_values() const { return values_.view(); }
+  const Tensor& flat_grads() const { return grads_.view(); }
+  int64_t numel() const { return total_; }
+  DType dtype() const { return values_.view().dtype(); }
+
+  void zero_grads();
+
+ private:
+  std::vector<Parameter> params_;
+  std::map<std::string, size_t> index_;
+  OwnedTensor values_;  // [total]
+  OwnedTensor grads_;   // [total]
+  int64_t total_ = 0;
+  bool finalized_ = false;
+};
+
+// Fills `out` (a local shard of `param`) with its initial values. Public so tests can check
+// that shards initialise equal to slices of the unsharded tensor.
+void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out);
+
+}  // namespace shardlm::model

@@ -1,0 +1,67 @@
+#include "shardlm/model/transformer_config.h"
+
+#include "shardlm/base/error.h"
+
+namespace shardlm::model {
+
+namespace {
+[[noreturn]] void bad(const std::string& message) {
+  throw Error(ErrorKind::kInvalidConfig, message);
+}
+std::string s(int64_t v) { return std::to_string(v); }
+}  // namespace
+
+int64_t TransformerConfig::padded_vocab_size() const {
+  const int64_t multiple = make_vocab_size_divisible_by * tensor_model_parallel_size;
+  return (vocab_size + multiple - 1) / multiple * multiple;
+}
+
+void TransformerConfig::validate() const {
+  auto positive = [](const char* flag, int64_t v) {
+    if (v <= 0) bad(std::string(flag) + " " + s(v) + " must be positive");
+  };
+  positive("--num-layers", num_layers);
+  positive("--hidden-size", hidden_size);
+  positive("--num-attention-heads", num_attention_heads);
+  positive("--seq-length", seq_length);
+  positive("--vocab-size", vocab_size);
+  positive("--make-vocab-size-divisible-by", make_vocab_size_divisible_by);
+  if (num_query_groups < 0) bad("--num-query-groups " + s(num_query_groups) + " must be positive");
+  if (kv_channels < 0) bad("--kv-channels " + s(kv_channels) + " must be positive");
+  if (ffn_hidden_size < 0) bad("--ffn-hidden-size " + s(ffn_hidden_size) + " must be positive");
+  if (max_position_embeddings < 0)
+    bad("--max-position-embeddings " + s(max_position_embeddings) + " must be positive");
+  if (kv_channels == 0 && hidden_size % num_attention_heads != 0)
+    bad("--hidden-size " + s(hidden_size) + " is not divisible by --num-attention-heads " +
+        s(num_attention_heads) + "; choose a hidden size that is a multiple of the head count "
+        "(or set --kv-channels)");
+  if (num_attention_heads % query_groups() != 0)
+    bad("--num-attention-heads " + s(num_attention_heads) +
+        " is not divisible by --num-query-groups " + s(query_groups()) +
+        "; the number of query groups must divide the number of heads");
+  if (position_embedding == PositionEmbedding::kLearnedAbsolute && seq_length > max_positions())
+    bad("--seq-length " + s(seq_length) + " exceeds --max-position-embeddings " +
+        s(max_positions()) + "; raise --max-position-embeddings or shorten --seq-length");
+  if (!(norm_epsilon > 0)) bad("--norm-epsilon must be positive");
+  if (!(init_method_std > 0)) bad("--init-method-std must be positive");
+  if (!(hidden_dropout >= 0 && hidden_dropout < 1))
+    bad("--hidden-dropout " + std::to_string(hidden_dropout) + " must be in [0, 1)");
+  if (!(attention_dropout >= 0 && attention_dropout < 1))
+    bad("--attention-dropout " + std::to_string(attention_dropout) + " must be in [0, 1)");
+}
+
+int64_t TransformerConfig::parameter_count() const {
+  const int64_t C = hidden_size, F = ffn_size(), V = padded_vocab_size();
+  const int64_t bias = add_bias_linear ? 1 : 0;
+  const int64_t norm = normalization == Normalization::kLayerNorm ? 2 * C : C;
+  const int64_t fc1_out = swiglu ? 2 * F : F;
+  const int64_t attn_out = num_attention_heads * head_dim();
+  int64_t layer = norm + C * qkv_size() + bias * qkv_size() + attn_out * C + bias * C;
+  layer += norm + C * fc1_out + bias * fc1_out + F * C + bias * C;
+  int64_t total = num_layers * layer + norm + V * C;
+  if (position_embedding == PositionEmbedding::kLearnedAbsolute) total += max_positions() * C;
+  if (untie_embeddings_and_output_weights) total += V * C;
+  return total;
+}
+
+}  // namespace shardlm::model

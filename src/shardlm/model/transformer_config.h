@@ -1,0 +1,51 @@
+// TransformerConfig: the architecture of a GPT-style decoder, as Megatron's TransformerConfig
+// plus the language-model fields (vocab, positions). Validated when the model is built:
+// validate() throws Error(kInvalidConfig) naming the Megatron flag, the value and the fix.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace shardlm::model {
+
+enum class Normalization { kLayerNorm, kRMSNorm };
+enum class PositionEmbedding { kLearnedAbsolute, kNone };
+
+struct TransformerConfig {
+  int64_t num_layers = 2;
+  int64_t hidden_size = 64;             // C
+  int64_t num_attention_heads = 4;      // NH
+  int64_t num_query_groups = 0;         // G; 0 means = NH (plain multi-head attention)
+  int64_t kv_channels = 0;              // HS; 0 means hidden / heads
+  int64_t ffn_hidden_size = 0;          // F; 0 means 4 * hidden
+  int64_t seq_length = 64;              // T
+  int64_t max_position_embeddings = 0;  // 0 means = seq_length
+  int64_t vocab_size = 0;               // unpadded (tokenizer) vocab
+  int64_t make_vocab_size_divisible_by = 128;
+  int64_t tensor_model_parallel_size = 1;  // used for vocab padding (multiple of div × TP)
+  bool untie_embeddings_and_output_weights = false;
+  bool add_bias_linear = true;
+  bool swiglu = false;
+  Normalization normalization = Normalization::kLayerNorm;
+  PositionEmbedding position_embedding = PositionEmbedding::kLearnedAbsolute;
+  double norm_epsilon = 1e-5;
+  double init_method_std = 0.02;
+  double hidden_dropout = 0.1;
+  double attention_dropout = 0.1;
+
+  int64_t query_groups() const { return num_query_groups > 0 ? num_query_groups : num_attention_heads; }
+  int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
+  int64_t ffn_size() const { return ffn_hidden_size > 0 ? ffn_hidden_size : 4 * hidden_size; }
+  int64_t max_positions() const {
+    return max_position_embeddings > 0 ? max_position_embeddings : seq_length;
+  }
+  // Megatron's _vocab_size_with_padding: round up to a multiple of divisible_by × TP.
+  int64_t padded_vocab_size() const;
+  int64_t qkv_size() const { return (num_attention_heads + 2 * query_groups()) * head_dim(); }
+
+  void validate() const;
+  // Total parameter count (embedding and output layer counted once when tied).
+  int64_t parameter_count() const;
+};
+
+}  // namespace shardlm::model

@@ -1,0 +1,36 @@
+#include "shardlm/optim/adamw.h"
+
+#include "shardlm/ops/ops.h"
+
+namespace shardlm::optim {
+
+AdamW::AdamW(model::ParameterRegistry& reg, const AdamWConfig& cfg) : reg_(reg), cfg_(cfg) {
+  SHARDLM_CHECK(reg.finalized());
+  const Tensor& values = reg.flat_values();
+  exp_avg_ = OwnedTensor::zeros(values.dtype(), values.shape(), values.device());
+  exp_avg_sq_ = OwnedTensor::zeros(values.dtype(), values.shape(), values.device());
+  for (const model::Parameter& p : reg.parameters()) {
+    const int64_t n = p.local_shape.numel();
+    if (!ranges_.empty() && ranges_.back().decay == p.spec.weight_decay &&
+        ranges_.back().offset + ranges_.back().numel == p.offset) {
+      ranges_.back().numel += n;
+    } else {
+      ranges_.push_back({p.offset, n, p.spec.weight_decay});
+    }
+  }
+}
+
+void AdamW::step(DeviceContext& ctx, double lr) {
+  ++steps_;
+  for (const Range& r : ranges_) {
+    ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0,
+                        steps_};
+    const Shape shape{r.numel};
+    ops::adamw_step(ctx, reg_.flat_values().flat_view(r.offset, shape),
+                    reg_.flat_grads().flat_view(r.offset, shape),
+                    exp_avg_.view().flat_view(r.offset, shape),
+                    exp_avg_sq_.view().flat_view(r.offset, shape), hp);
+  }
+}
+
+}  // namespace shardlm::optim

@@ -1,0 +1,16 @@
+// Picks the device a run trains on (--device auto|cpu|cuda) and attaches the backend state.
+// auto = the GPU when this build has the CUDA backend and a GPU is visible, else the CPU.
+#pragma once
+
+#include <string>
+
+#include "shardlm/tensor/device_context.h"
+
+namespace shardlm::train {
+
+// Throws Error(kInvalidConfig) for --device cuda without a usable GPU, naming why.
+DeviceContext select_device(const std::string& requested, int local_rank = 0);
+// Creates backend state (CUDA stream, cuBLASLt handle) for CUDA contexts; no-op on the CPU.
+void initialize_backend(DeviceContext& ctx);
+
+}  // namespace shardlm::train

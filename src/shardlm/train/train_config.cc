@@ -1,0 +1,72 @@
+#include "shardlm/train/train_config.h"
+
+#include "shardlm/base/error.h"
+
+namespace shardlm::train {
+
+namespace {
+[[noreturn]] void bad(const std::string& m) { throw Error(ErrorKind::kInvalidConfig, m); }
+std::string s(int64_t v) { return std::to_string(v); }
+}  // namespace
+
+void TrainConfig::validate() const {
+  if (micro_batch_size <= 0)
+    bad("--micro-batch-size " + s(micro_batch_size) + " must be a positive integer");
+  if (train_iters <= 0) bad("--train-iters " + s(train_iters) + " must be a positive integer");
+  if (global_batch_size < 0) bad("--global-batch-size " + s(global_batch_size) + " must be positive");
+  const int64_t per_step = micro_batch_size * data_parallel_size;
+  if (global_batch_size > 0 && global_batch_size % per_step != 0)
+    bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +
+        s(micro_batch_size) + " x data-parallel size " + s(data_parallel_size) + " = " +
+        s(per_step) + "; use a multiple of " + s(per_step));
+  if (optimizer.lr < 0) bad("--lr is required (e.g. --lr 3e-4)");
+  optim::lr_decay_style_from_name(optimizer.lr_decay_style);
+  if (optimizer.lr_warmup_fraction >= 0 && optimizer.lr_warmup_iters > 0)
+    bad("--lr-warmup-fraction and --lr-warmup-iters are both set; use only one");
+  if (optimizer.lr_warmup_fraction > 1) bad("--lr-warmup-fraction must be in [0, 1]");
+  if (optimizer.lr_decay_iters < 0) bad("--lr-decay-iters must not be negative");
+  if (optimizer.weight_decay < 0) bad("--weight-decay must not be negative");
+  if (!(optimizer.adam_beta1 >= 0 && optimizer.adam_beta1 < 1))
+    bad("--adam-beta1 must be in [0, 1)");
+  if (!(optimizer.adam_beta2 >= 0 && optimizer.adam_beta2 < 1))
+    bad("--adam-beta2 must be in [0, 1)");
+  if (!(optimizer.adam_eps > 0)) bad("--adam-eps must be positive");
+  if (optimizer.clip_grad < 0) bad("--clip-grad must not be negative (0 disables clipping)");
+  if (logging.log_interval <= 0) bad("--log-interval must be a positive integer");
+  if (logging.eval_interval <= 0) bad("--eval-interval must be a positive integer");
+  if (logging.eval_iters < 0) bad("--eval-iters must not be negative");
+  if (!data.mock_data && data.data_path.empty())
+    bad("no training data: pass --data-path PREFIX (a preprocessed .bin/.idx corpus) or "
+        "--mock-data");
+  if (device != "auto" && device != "cpu" && device != "cuda")
+    bad("--device '" + device + "' is not one of auto, cpu, cuda");
+  if (compute_dtype != "fp32" && compute_dtype != "fp64")
+    bad("--compute-dtype '" + compute_dtype + "' is not one of fp32, fp64");
+  if (group_query_attention && model.num_query_groups == 0)
+    bad("--group-query-attention needs --num-query-groups G (G must divide the head count)");
+  model.validate();
+}
+
+int64_t TrainConfig::num_microbatches() const {
+  const int64_t per_step = micro_batch_size * data_parallel_size;
+  return global_batch_size > 0 ? global_batch_size / per_step : 1;
+}
+
+optim::LrScheduleConfig TrainConfig::lr_schedule() const {
+  optim::LrScheduleConfig c;
+  c.max_lr = optimizer.lr;
+  c.min_lr = optimizer.min_lr;
+  c.decay_style = optim::lr_decay_style_from_name(optimizer.lr_decay_style);
+  c.decay_steps = optimizer.lr_decay_iters > 0 ? optimizer.lr_decay_iters : train_iters;
+  c.warmup_steps = optimizer.lr_warmup_fraction >= 0
+                       ? static_cast<int64_t>(optimizer.lr_warmup_fraction *
+                                              static_cast<double>(c.decay_steps))
+                       : optimizer.lr_warmup_iters;
+  return c;
+}
+
+optim::AdamWConfig TrainConfig::adamw() const {
+  return {optimizer.adam_beta1, optimizer.adam_beta2, optimizer.adam_eps, optimizer.weight_decay};
+}
+
+}  // namespace shardlm::train

@@ -1,0 +1,250 @@
+#include "shardlm/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <ostream>
+
+#include <nlohmann/json.hpp>
+
+#include "shardlm/data/mock_gpt_dataset.h"
+#include "shardlm/ops/ops.h"
+#include "shardlm/optim/grad_clip.h"
+#include "shardlm/train/device_select.h"
+#include "shardlm/train/training_data.h"
+
+namespace shardlm::train {
+
+namespace {
+std::string format(const char* fmt, auto... args) {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), fmt, args...);
+  return buf;
+}
+}  // namespace
+
+Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
+                 std::unique_ptr<data::SampleSource> train_data,
+                 std::unique_ptr<data::SampleSource> valid_data)
+    : cfg_(cfg), log_(log), train_data_(std::move(train_data)),
+      valid_data_(std::move(valid_data)) {
+  cfg_.validate();
+  device_ = std::make_unique<DeviceContext>(select_device(cfg_.device));
+  dtype_ = cfg_.compute_dtype == "fp64" ? DType::kF64 : DType::kF32;
+  initialize_backend(*device_);
+
+  model_ = std::make_unique<model::GPTModel>(cfg_.model);
+  model_->register_parameters(registry_);
+  registry_.finalize(dtype_, device_->device(), cfg_.seed);
+  model_->bind(registry_);
+
+  const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+  const size_t act_bytes = model_->plan_activation_bytes(dtype_, mbs);
+  activations_ = Arena(device_->device(), act_bytes, "activations");
+  model_->allocate_activations(activations_, dtype_, mbs);
+
+  optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
+  schedule_ = std::make_unique<optim::LearningRateSchedule>(cfg_.lr_schedule());
+  if (!train_data_) build_data();
+
+  tokens_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
+  targets_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
+  mask_host_ = OwnedTensor::empty(dtype_, {mbs, T});
+  if (!device_->device().is_cpu()) {
+    tokens_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
+    targets_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
+    mask_dev_ = OwnedTensor::empty(dtype_, {mbs, T}, device_->device());
+  }
+  if (!cfg_.logging.log_jsonl.empty()) {
+    jsonl_ = std::make_unique<std::ofstream>(cfg_.logging.log_jsonl);
+    if (!*jsonl_)
+      throw Error(ErrorKind::kIo, "cannot write --log-jsonl file " + cfg_.logging.log_jsonl);
+  }
+
+  const int64_t n_params = registry_.numel();
+  const size_t param_bytes = static_cast<size_t>(n_params) * dtype_size(dtype_);
+  log_ << format("> building GPT model: %lld layers, hidden %lld, %lld heads (%lld query groups), "
+                 "ffn %lld, seq %lld, padded vocab %lld (from %lld)\n",
+                 (long long)cfg_.model.num_layers, (long long)cfg_.model.hidden_size,
+                 (long long)cfg_.model.num_attention_heads, (long long)cfg_.model.query_groups(),
+                 (long long)cfg_.model.ffn_size(), (long long)T,
+                 (long long)cfg_.model.padded_vocab_size(), (long long)cfg_.model.vocab_size)
+       << format("> number of parameters: %lld on %s, compute dtype %s\n", (long long)n_params,
+                 device_->device().to_string().c_str(), dtype_name(dtype_))
+       << format("> memory plan: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f "
+                 "MiB, activations %.1f MiB (micro-batch %lld)\n",
+                 param_bytes / 1048576.0, param_bytes / 1048576.0, 2 * param_bytes / 1048576.0,
+                 act_bytes / 1048576.0, (long long)mbs)
+       << format("> global batch %lld = micro-batch %lld x %lld micro-batches x data-parallel "
+                 "%lld\n",
+                 (long long)(mbs * cfg_.num_microbatches() * cfg_.data_parallel_size),
+                 (long long)mbs, (long long)cfg_.num_microbatches(),
+                 (long long)cfg_.data_parallel_size);
+  log_.flush();
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::build_data() {
+  const int64_t gbs = cfg_.micro_batch_size * cfg_.num_microbatches() * cfg_.data_parallel_size;
+  const int64_t train_samples = cfg_.train_iters * gbs;
+  const int64_t evals = cfg_.train_iters / cfg_.logging.eval_interval + 1;
+  const int64_t valid_samples = std::max<int64_t>(1, evals * cfg_.logging.eval_iters * gbs);
+  TrainingData data = build_training_data(cfg_, train_samples, valid_samples);
+  train_data_ = std::move(data.train);
+  valid_data_ = std::move(data.valid);
+}
+
+model::Batch Trainer::load_batch(const data::SampleSource& source, int64_t first_sample) {
+  const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+  std::vector<int32_t> sample(T + 1);
+  std::vector<float> mask(T);
+  double mask_sum = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    source.get((first_sample + b) % source.size(), sample, mask);
+    for (int64_t t = 0; t < T; ++t) {
+      SHARDLM_REQUIRE(sample[t] >= 0 && sample[t] < cfg_.model.vocab_size &&
+                          sample[t + 1] >= 0 && sample[t + 1] < cfg_.model.vocab_size,
+                      ErrorKind::kCorruptData,
+                      "sample " + std::to_string(first_sample + b) + " holds token id " +
+                          std::to_string(sample[t]) + " outside the vocabulary of size " +
+                          std::to_string(cfg_.model.vocab_size) +
+                          "; check --vocab-size / --tokenizer-type against the data");
+      tokens_host_.view().data<int32_t>()[b * T + t] = sample[t];
+      targets_host_.view().data<int32_t>()[b * T + t] = sample[t + 1];
+      if (dtype_ == DType::kF64)
+        mask_host_.view().data<double>()[b * T + t] = mask[t];
+      else
+        mask_host_.view().data<float>()[b * T + t] = mask[t];
+      mask_sum += mask[t];
+    }
+  }
+  if (device_->device().is_cpu())
+    return {tokens_host_.view(), targets_host_.view(), mask_host_.view(), mask_sum};
+  ops::copy(*device_, tokens_dev_.view(), tokens_host_.view());
+  ops::copy(*device_, targets_dev_.view(), targets_host_.view());
+  ops::copy(*device_, mask_dev_.view(), mask_host_.view());
+  return {tokens_dev_.view(), targets_dev_.view(), mask_dev_.view(), mask_sum};
+}
+
+IterationRecord Trainer::train_step() {
+  const int64_t M = cfg_.num_microbatches(), B = cfg_.micro_batch_size;
+  IterationRecord rec;
+  rec.iteration = iteration_ + 1;
+  rec.lr = schedule_->lr_at(iteration_);
+  registry_.zero_grads();
+  double loss_sum = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
+                            static_cast<uint32_t>(m), true};
+    model::Batch batch = load_batch(*train_data_, consumed_samples_ + m * B);
+    loss_sum += model_->forward(step, batch);
+    model_->backward(step, batch, 1.0 / static_cast<double>(M));
+  }
+  rec.loss = loss_sum / static_cast<double>(M);
+  rec.grad_norm = optim::clip_grad_norm(*device_, registry_, cfg_.optimizer.clip_grad);
+  if (std::isfinite(rec.grad_norm)) {
+    optimizer_->step(*device_, rec.lr);
+  } else {
+    rec.skipped = true;
+    ++skipped_iterations_;
+    ++nan_iterations_;
+  }
+  ++iteration_;
+  consumed_samples_ += M * B * cfg_.data_parallel_size;
+  history_.push_back(rec);
+  return rec;
+}
+
+double Trainer::evaluate() {
+  const int64_t M = cfg_.num_microbatches(), B = cfg_.micro_batch_size;
+  double sum = 0;
+  int64_t count = 0;
+  for (int64_t it = 0; it < cfg_.logging.eval_iters; ++it) {
+    for (int64_t m = 0; m < M; ++m) {
+      model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
+                              static_cast<uint32_t>(m), false};
+      model::Batch batch = load_batch(*valid_data_, eval_cursor_);
+      eval_cursor_ += B;
+      sum += model_->forward(step, batch);
+      ++count;
+    }
+  }
+  const double loss = count ? sum / static_cast<double>(count) : 0.0;
+  evals_.push_back({iteration_, loss});
+  const std::string line = format(
+      " validation loss at iteration %lld | lm loss value: %.6E | lm loss PPL: %.6E | ",
+      (long long)iteration_, loss, std::exp(std::min(loss, 700.0)));
+  const std::string rule(line.size(), '-');
+  log_ << rule << "\n" << line << "\n" << rule << "\n";
+  log_.flush();
+  if (jsonl_)
+    *jsonl_ << nlohmann::json{{"type", "eval"}, {"iteration", iteration_}, {"lm_loss", loss}}.dump()
+            << "\n" << std::flush;
+  return loss;
+}
+
+void Trainer::train() {
+  using Clock = std::chrono::steady_clock;
+  auto interval_start = Clock::now();
+  while (iteration_ < cfg_.train_iters) {
+    train_step();
+    if (iteration_ % cfg_.logging.log_interval == 0 || iteration_ == cfg_.train_iters) {
+      const double elapsed =
+          std::chrono::duration<double>(Clock::now() - interval_start).count();
+      log_interval_line(elapsed);
+      interval_start = Clock::now();
+    }
+    if (cfg_.logging.eval_iters > 0 && iteration_ % cfg_.logging.eval_interval == 0 &&
+        iteration_ < cfg_.train_iters) {
+      evaluate();
+      interval_start = Clock::now();
+    }
+  }
+  if (cfg_.logging.eval_iters > 0) evaluate();
+}
+
+void Trainer::log_interval_line(double elapsed_s) {
+  // Megatron averages the loss over the iterations since the last log line.
+  int64_t n = 0;
+  double loss = 0;
+  for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+    const int64_t last_logged =
+        (iteration_ - 1) / cfg_.logging.log_interval * cfg_.logging.log_interval;
+    if (it->iteration <= last_logged) break;
+    if (!it->skipped) loss += it->loss, ++n;
+  }
+  loss = n ? loss / static_cast<double>(n) : std::nan("");
+  const int64_t iters = static_cast<int64_t>(history_.size()) -
+                        (iteration_ - 1) / cfg_.logging.log_interval * cfg_.logging.log_interval;
+  const IterationRecord& last = history_.back();
+  const int64_t gbs = cfg_.micro_batch_size * cfg_.num_microbatches() * cfg_.data_parallel_size;
+  const double ms_per_iter = 1000.0 * elapsed_s / static_cast<double>(std::max<int64_t>(1, iters));
+  const double tokens_per_s =
+      static_cast<double>(gbs * cfg_.model.seq_length) * 1000.0 / std::max(ms_per_iter, 1e-9);
+  log_ << format(" iteration %8lld/%8lld |", (long long)iteration_, (long long)cfg_.train_iters)
+       << format(" consumed samples: %12lld |", (long long)consumed_samples_)
+       << format(" elapsed time per iteration (ms): %.1f |", ms_per_iter)
+       << format(" tokens per second: %.0f |", tokens_per_s)
+       << format(" learning rate: %.6E |", schedule_->lr_at(iteration_))
+       << format(" global batch size: %5lld |", (long long)gbs)
+       << format(" lm loss: %.6E |", loss) << format(" grad norm: %.3f |", last.grad_norm)
+       << format(" number of skipped iterations: %3lld |", (long long)skipped_iterations_)
+       << format(" number of nan iterations: %3lld |", (long long)nan_iterations_) << "\n";
+  log_.flush();
+  if (jsonl_)
+    *jsonl_ << nlohmann::json{{"type", "train"},
+                              {"iteration", iteration_},
+                              {"consumed_samples", consumed_samples_},
+                              {"lm_loss", loss},
+                              {"learning_rate", schedule_->lr_at(iteration_)},
+                              {"grad_norm", last.grad_norm},
+                              {"ms_per_iteration", ms_per_iter},
+                              {"tokens_per_second", tokens_per_s},
+                              {"skipped_iterations", skipped_iterations_}}
+                   .dump()
+            << "\n" << std::flush;
+}
+
+}  // namespace shardlm::train
