@@ -1,0 +1,196 @@
+// linear.cu — fully connected layer on cuBLASLt: out = in @ W^T (+ bias), and its backward.
+//
+// Algorithms: three GEMMs on cuBLASLt with fp32 accumulation (CUBLAS_COMPUTE_32F: fp32 inputs
+// stay true fp32, no TF32, so the fp32 path matches the CPU to ~1e-6; bf16/fp16 run on the
+// tensor cores). Row-major X[r,c] is column-major X^T with ld = c, so:
+//   forward : out^T[OC,N]  = (W_cm[IC,OC])^T · in_cm[IC,N]      (TN), bias via the BIAS epilogue
+//   din     : din^T[IC,N]  = W_cm[IC,OC] · dout_cm[OC,N]         (NN), beta = 0 (assign)
+//   dweight : dW^T[IC,OC] += in_cm[IC,N] · (dout_cm[OC,N])^T     (NT), beta = 1 (accumulate)
+// dbias += column sums of dout goes through column_reduce.cuh (cuBLASLt's BGRAD epilogue
+// overwrites, and parameter gradients must accumulate).
+// The heuristic query runs per call (a few microseconds of host time); caching algorithms per
+// shape in the context is the next step if host overhead shows.
+#include <cublasLt.h>
+
+#include "shardlm/ops/cuda/column_reduce.cuh"
+#include "shardlm/ops/cuda/common.cuh"
+#include "shardlm/ops/cuda/cuda_ops.h"
+
+namespace shardlm::ops::cuda {
+namespace {
+
+cudaDataType_t cuda_data_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return CUDA_R_32F;
+    case DType::kBF16: return CUDA_R_16BF;
+    case DType::kF16: return CUDA_R_16F;
+    default:
+      throw Error(ErrorKind::kInvalidArgument,
+                  std::string("linear on CUDA: dtype ") + dtype_name(dtype) +
+                      " is not supported (use fp32, bf16 or fp16)");
+  }
+}
+
+// RAII owners of the cuBLASLt descriptors of one call.
+struct MatmulDesc {
+  cublasLtMatmulDesc_t desc = nullptr;
+  ~MatmulDesc() { if (desc) cublasLtMatmulDescDestroy(desc); }
+};
+struct Layout {
+  cublasLtMatrixLayout_t layout = nullptr;
+  ~Layout() { if (layout) cublasLtMatrixLayoutDestroy(layout); }
+};
+struct Preference {
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~Preference() { if (pref) cublasLtMatmulPreferenceDestroy(pref); }
+};
+
+// D[m,n] (column-major, ld = m) = alpha * op(A) op(B) + beta * D (+ bias[m] when bias != null).
+// A is stored (trans_a ? k x m : m x k) with leading dimension lda; B likewise (k x n / n x k).
+void lt_matmul(const CudaBackendState& st, DType dtype, bool trans_a, bool trans_b, int64_t m,
+               int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
+               void* D, float beta, const void* bias, const char* what) {
+  const cudaDataType_t type = cuda_data_type(dtype);
+  MatmulDesc op;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&op.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  if (bias != nullptr) {
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                &epilogue, sizeof(epilogue)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                &bias, sizeof(bias)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                &type, sizeof(type)));
+  }
+  Layout a, b, d;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a.layout, type, trans_a ? k : m, trans_a ? m : k, lda));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b.layout, type, trans_b ? n : k, trans_b ? k : n, ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.layout, type, m, n, m));
+  Preference pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.pref));
+  const uint64_t workspace = CudaBackendState::kCublasWorkspaceBytes;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+  cublasLtMatmulHeuristicResult_t heuristic{};
+  int found = 0;
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(st.cublaslt(), op.desc, a.layout, b.layout,
+                                              d.layout, d.layout, pref.pref, 1, &heuristic,
+                                              &found));
+  if (found == 0)
+    throw Error(ErrorKind::kUnsupported,
+                std::string("linear on CUDA: cuBLASLt has no algorithm for the ") + what +
+                    " GEMM m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                    " k=" + std::to_string(k) + " in " + dtype_name(dtype));
+  const float alpha = 1.0f;
+  CUBLAS_CHECK(cublasLtMatmul(st.cublaslt(), op.desc, &alpha, A, a.layout, B, b.layout, &beta, D,
+                              d.layout, D, d.layout, &heuristic.algo, st.cublas_workspace(),
+                              workspace, st.stream()));
+}
+
+// (n, c) -> dout[n, c]: the per-element term of dbias.
+template <typename T>
+struct BiasGradTerm {
+  const T* dout;
+  int64_t OC;
+  __device__ float2 operator()(int64_t n, int64_t c) const {
+    return make_float2(load_as_float(dout[n * OC + c]), 0.0f);
+  }
+};
+
+struct LinearDims {
+  int64_t N, IC, OC;
+};
+LinearDims linear_dims(const Tensor& in, const Tensor& weight, const char* op) {
+  if (weight.rank() != 2)
+    throw Error(ErrorKind::kInvalidArgument, std::string(op) + " on CUDA: weight must be [OC,IC], got " +
+                                                 weight.shape().to_string());
+  const int64_t OC = weight.size(0), IC = weight.size(1);
+  if (in.size(in.rank() - 1) != IC)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: in " + in.shape().to_string() +
+                    " does not end in IC = " + std::to_string(IC) + " of weight " +
+                    weight.shape().to_string());
+  return {IC == 0 ? 0 : in.numel() / IC, IC, OC};
+}
+
+}  // namespace
+
+// ---- entry points ------------------------------------------------------------------------------
+void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& weight,
+                    const Tensor& bias) {
+  const char* op = "linear_forward";
+  require_on_device(ctx, out, op, "out");
+  require_on_device(ctx, in, op, "in");
+  require_on_device(ctx, weight, op, "weight");
+  require_same_dtype(out, in, op, "out", "in");
+  require_same_dtype(out, weight, op, "out", "weight");
+  const LinearDims dims = linear_dims(in, weight, op);
+  require_numel(out, dims.N * dims.OC, op, "out");
+  const bool has_bias = bias.defined();
+  if (has_bias) {
+    require_on_device(ctx, bias, op, "bias");
+    require_same_dtype(out, bias, op, "out", "bias");
+    require_numel(bias, dims.OC, op, "bias");
+  }
+  if (dims.N * dims.OC == 0) return;
+  const CudaBackendState& st = cuda_state(ctx);
+  if (dims.IC == 0)
+    throw Error(ErrorKind::kInvalidArgument, "linear_forward on CUDA: IC = 0 (empty weight)");
+  lt_matmul(st, out.dtype(), /*trans_a=*/true, /*trans_b=*/false, dims.OC, dims.N, dims.IC,
+            weight.raw(), dims.IC, in.raw(), dims.IC, out.raw(), 0.0f,
+            has_bias ? bias.raw() : nullptr, "forward");
+}
+
+void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
+                     const Tensor& dout, const Tensor& in, const Tensor& weight) {
+  const char* op = "linear_backward";
+  require_on_device(ctx, dout, op, "dout");
+  require_on_device(ctx, in, op, "in");
+  require_on_device(ctx, weight, op, "weight");
+  require_same_dtype(dout, in, op, "dout", "in");
+  require_same_dtype(dout, weight, op, "dout", "weight");
+  const LinearDims dims = linear_dims(in, weight, op);
+  require_numel(dout, dims.N * dims.OC, op, "dout");
+  const bool has_din = din.defined(), has_dw = dweight.defined(), has_db = dbias.defined();
+  if (has_din) {
+    require_on_device(ctx, din, op, "din");
+    require_same_dtype(dout, din, op, "dout", "din");
+    require_numel(din, in.numel(), op, "din");
+  }
+  if (has_dw) {
+    require_on_device(ctx, dweight, op, "dweight");
+    require_same_dtype(dout, dweight, op, "dout", "dweight");
+    require_numel(dweight, weight.numel(), op, "dweight");
+  }
+  if (has_db) {
+    require_on_device(ctx, dbias, op, "dbias");
+    require_same_dtype(dout, dbias, op, "dout", "dbias");
+    require_numel(dbias, dims.OC, op, "dbias");
+  }
+  CudaBackendState& st = cuda_state(ctx);
+  if (has_din && dims.N * dims.IC > 0) {
+    if (dims.OC == 0)
+      fill(ctx, din, 0.0);
+    else
+      lt_matmul(st, dout.dtype(), false, false, dims.IC, dims.N, dims.OC, weight.raw(), dims.IC,
+                dout.raw(), dims.OC, din.raw(), 0.0f, nullptr, "input-gradient");
+  }
+  if (has_dw && dims.IC * dims.OC > 0 && dims.N > 0)
+    lt_matmul(st, dout.dtype(), false, true, dims.IC, dims.OC, dims.N, in.raw(), dims.IC,
+              dout.raw(), dims.OC, dweight.raw(), 1.0f, nullptr, "weight-gradient");
+  if (has_db && dims.N > 0) {
+    dispatch_float(dout.dtype(), op, [&]<typename T>() {
+      launch_column_reduce<T, 1>(st, dims.N, dims.OC,
+                                 BiasGradTerm<T>{static_cast<const T*>(dout.raw()), dims.OC},
+                                 static_cast<T*>(dbias.raw()), static_cast<T*>(nullptr));
+    });
+  }
+}
+
+}  // namespace shardlm::ops::cuda
