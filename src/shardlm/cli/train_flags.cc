@@ -3,17 +3,37 @@
 #include <CLI/CLI.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include <cstdlib>
+
 #include "shardlm/base/error.h"
 
 namespace shardlm::cli {
+
+namespace {
+// Number validators with plain messages ("must be positive, got 0") instead of CLI11's ranges.
+CLI::Validator number_validator(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& value) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(value.c_str(), &end);
+        if (value.empty() || end == nullptr || *end != '\0')
+          return "expects a number, got '" + value + "'";
+        if (v < 0 || (!allow_zero && v == 0))
+          return std::string(allow_zero ? "must not be negative" : "must be positive") +
+                 ", got " + value;
+        return "";
+      },
+      allow_zero ? "NUMBER>=0" : "NUMBER>0");
+}
+}  // namespace
 
 void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   model::TransformerConfig& m = cfg.model;
   train::OptimizerConfig& o = cfg.optimizer;
   train::LoggingConfig& l = cfg.logging;
   train::DataConfig& d = cfg.data;
-  auto pos = CLI::PositiveNumber;
-  auto nonneg = CLI::NonNegativeNumber;
+  const CLI::Validator pos = number_validator(false);
+  const CLI::Validator nonneg = number_validator(true);
 
   const char* g = "Model";
   cmd.add_option("--num-layers", m.num_layers, "Number of transformer layers")->group(g)->check(pos);

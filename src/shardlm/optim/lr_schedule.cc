@@ -35,8 +35,10 @@ LearningRateSchedule::LearningRateSchedule(const LrScheduleConfig& cfg) : cfg_(c
     throw Error(ErrorKind::kInvalidConfig, "--lr-warmup-iters must not be negative");
   if (cfg_.decay_style != LrDecayStyle::kConstant && cfg_.decay_steps <= cfg_.warmup_steps)
     throw Error(ErrorKind::kInvalidConfig,
-                "--lr-decay-iters " + std::to_string(cfg_.decay_steps) +
-                    " must exceed the warmup iterations " + std::to_string(cfg_.warmup_steps));
+                "learning-rate decay iterations " + std::to_string(cfg_.decay_steps) +
+                    " (--lr-decay-iters, default --train-iters) must exceed the warmup "
+                    "iterations " + std::to_string(cfg_.warmup_steps) +
+                    " (--lr-warmup-iters or --lr-warmup-fraction); shorten the warmup");
 }
 
 double LearningRateSchedule::lr_at(int64_t steps) const {

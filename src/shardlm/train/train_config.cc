@@ -32,6 +32,7 @@ void TrainConfig::validate() const {
     bad("--adam-beta2 must be in [0, 1)");
   if (!(optimizer.adam_eps > 0)) bad("--adam-eps must be positive");
   if (optimizer.clip_grad < 0) bad("--clip-grad must not be negative (0 disables clipping)");
+  optim::LearningRateSchedule check_schedule(lr_schedule());  // throws on inconsistency
   if (logging.log_interval <= 0) bad("--log-interval must be a positive integer");
   if (logging.eval_interval <= 0) bad("--eval-interval must be a positive integer");
   if (logging.eval_iters < 0) bad("--eval-iters must not be negative");

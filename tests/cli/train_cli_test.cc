@@ -1,0 +1,137 @@
+// `shardlm train` from the outside: bad input exits with code 2 and ONE line naming the flag,
+// the value and the fix; YAML configs hold the same keys and flags win; --help groups options.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string output;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(SHARDLM_BINARY_PATH) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+const std::string kTiny =
+    "train --mock-data --num-layers 1 --hidden-size 16 --num-attention-heads 2 --seq-length 8 "
+    "--vocab-size 32 --micro-batch-size 2 --lr 1e-3 --train-iters 2 --log-interval 1 "
+    "--eval-iters 1 --device cpu ";
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+void expect_usage_error(const std::string& args, const std::string& needle) {
+  const Result r = run(args);
+  EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << args << "\n" << r.output;
+  EXPECT_EQ(count_lines(r.output), 1) << args << "\n" << r.output;
+  EXPECT_EQ(r.output.find("terminate"), std::string::npos);
+}
+
+TEST(TrainCli, TrainsATinyModel) {
+  const Result r = run(kTiny);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("iteration        2/       2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("validation loss at iteration 2"), std::string::npos) << r.output;
+}
+
+TEST(TrainCli, UnknownFlag) { expect_usage_error(kTiny + "--no-such-flag 3", "--no-such-flag"); }
+
+TEST(TrainCli, MissingValue) { expect_usage_error(kTiny + "--num-layers", "--num-layers"); }
+
+TEST(TrainCli, NonNumericValue) { expect_usage_error(kTiny + "--lr fast", "--lr"); }
+
+TEST(TrainCli, NonPositiveSizes) {
+  expect_usage_error(kTiny + "--num-layers 0", "--num-layers");
+  expect_usage_error(kTiny + "--hidden-size -16", "--hidden-size");
+  expect_usage_error(kTiny + "--micro-batch-size 0", "--micro-batch-size");
+}
+
+TEST(TrainCli, HiddenNotDivisibleByHeads) {
+  expect_usage_error(kTiny + "--num-attention-heads 3",
+                     "--hidden-size 16 is not divisible by --num-attention-heads 3");
+}
+
+TEST(TrainCli, GlobalBatchNotDivisible) {
+  expect_usage_error(kTiny + "--global-batch-size 5",
+                     "--global-batch-size 5 is not divisible by --micro-batch-size 2");
+}
+
+TEST(TrainCli, SeqLengthBeyondPositions) {
+  expect_usage_error(kTiny + "--max-position-embeddings 4",
+                     "--seq-length 8 exceeds --max-position-embeddings 4");
+}
+
+TEST(TrainCli, MissingRequiredLearningRate) {
+  const std::string no_lr =
+      "train --mock-data --num-layers 1 --hidden-size 16 --num-attention-heads 2 --seq-length 8 "
+      "--vocab-size 32 --micro-batch-size 2 --train-iters 2 --device cpu";
+  expect_usage_error(no_lr, "--lr is required");
+}
+
+TEST(TrainCli, NoData) {
+  std::string args = kTiny;
+  args.replace(args.find("--mock-data"), 11, "");
+  expect_usage_error(args, "--data-path");
+}
+
+TEST(TrainCli, UnreadableAndMalformedConfig) {
+  expect_usage_error(kTiny + "--config /nonexistent/cfg.yaml", "/nonexistent/cfg.yaml");
+  const auto dir = std::filesystem::temp_directory_path();
+  const std::string bad = (dir / "shardlm_bad.yaml").string();
+  std::ofstream(bad) << "num-layers: [1, 2\n";
+  expect_usage_error(kTiny + "--config " + bad, "not valid YAML");
+  const std::string unknown = (dir / "shardlm_unknown.yaml").string();
+  std::ofstream(unknown) << "num-layerz: 2\n";
+  expect_usage_error(kTiny + "--config " + unknown, "num-layerz");
+}
+
+TEST(TrainCli, YamlConfigWithFlagsWinning) {
+  const auto path = (std::filesystem::temp_directory_path() / "shardlm_cfg.yaml").string();
+  std::ofstream(path) << "num_layers: 1\nhidden-size: 16\nnum-attention-heads: 2\n"
+                         "seq-length: 8\nvocab-size: 32\nmicro-batch-size: 2\nlr: 1.0e-3\n"
+                         "train-iters: 3\nlog-interval: 1\neval-iters: 0\nmock-data: true\n"
+                         "device: cpu\n";
+  Result r = run("train --config " + path);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("iteration        3/       3"), std::string::npos) << r.output;
+  r = run("train --config " + path + " --train-iters 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("iteration        2/       2"), std::string::npos) << r.output;
+}
+
+TEST(TrainCli, HelpGroupsOptions) {
+  Result r = run("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("train"), std::string::npos);
+  r = run("train --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* g : {"Model", "Training", "Optimizer and learning rate", "Data",
+                        "Logging and evaluation", "--num-layers", "--global-batch-size"})
+    EXPECT_NE(r.output.find(g), std::string::npos) << g;
+}
+
+TEST(TrainCli, NoSubcommand) {
+  const Result r = run("");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+}  // namespace

@@ -1,0 +1,237 @@
+// GPT model: whole-model gradients against central finite differences (fp64), Megatron
+// parameter names and counts, layout-independent initialisation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "shardlm/model/families/gpt_model.h"
+#include "shardlm/ops/ops.h"
+#include "tests/testing/tensors.h"
+
+namespace shardlm::model {
+namespace {
+
+using testing::random_ints;
+
+TransformerConfig tiny_config() {
+  TransformerConfig c;
+  c.num_layers = 2;
+  c.hidden_size = 8;
+  c.num_attention_heads = 2;
+  c.seq_length = 5;
+  c.vocab_size = 11;
+  c.make_vocab_size_divisible_by = 4;  // padded vocab 12: padding rows exist and get gradients
+  c.ffn_hidden_size = 12;
+  c.hidden_dropout = 0.0;
+  c.attention_dropout = 0.0;
+  c.init_method_std = 0.3;  // large enough that layers are far from identity
+  return c;
+}
+
+struct Harness {
+  TransformerConfig cfg;
+  DeviceContext ctx = DeviceContext::cpu();
+  ParameterRegistry reg;
+  std::unique_ptr<GPTModel> model;
+  Arena acts;
+  OwnedTensor tokens, targets, mask;
+  double mask_sum = 0;
+  int64_t B = 2;
+
+  explicit Harness(const TransformerConfig& c, uint64_t seed = 7) : cfg(c) {
+    model = std::make_unique<GPTModel>(cfg);
+    model->register_parameters(reg);
+    reg.finalize(DType::kF64, Device::cpu(), seed);
+    model->bind(reg);
+    acts = Arena(Device::cpu(), model->plan_activation_bytes(DType::kF64, B), "acts");
+    model->allocate_activations(acts, DType::kF64, B);
+    tokens = random_ints({B, cfg.seq_length}, static_cast<int32_t>(cfg.vocab_size), 11);
+    targets = random_ints({B, cfg.seq_length}, static_cast<int32_t>(cfg.vocab_size), 12);
+    std::vector<double> m(B * cfg.seq_length);
+    for (size_t i = 0; i < m.size(); ++i) m[i] = (i % 3 == 1) ? 0.0 : 1.0;  // some masked
+    for (double v : m) mask_sum += v;
+    mask = testing::from_vector(DType::kF64, {B, cfg.seq_length}, m);
+  }
+  Batch batch() const { return {tokens.view(), targets.view(), mask.view(), mask_sum}; }
+  double loss(bool training = true) {
+    StepContext step{ctx, 99, 3, 1, training};
+    return model->forward(step, batch());
+  }
+};
+
+void expect_gradients_match_finite_differences(const TransformerConfig& cfg) {
+  Harness h(cfg);
+  h.reg.zero_grads();
+  StepContext step{h.ctx, 99, 3, 1, true};
+  h.model->forward(step, h.batch());
+  h.model->backward(step, h.batch(), 1.0);
+  for (const Parameter& p : h.reg.parameters()) {
+    const std::vector<double> analytic = testing::to_vector(p.grad);
+    const std::vector<double> numeric =
+        testing::finite_difference(p.value, [&] { return h.loss(); }, 1e-5);
+    EXPECT_LT(testing::rel_error(analytic, numeric), 1e-6) << p.spec.name;
+  }
+}
+
+TEST(GPTModel, GradientsMatchFiniteDifferencesTied) {
+  expect_gradients_match_finite_differences(tiny_config());
+}
+
+TEST(GPTModel, GradientsMatchFiniteDifferencesUntiedGqaWithDropout) {
+  TransformerConfig c = tiny_config();
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.kv_channels = 3;  // head dim independent of hidden size
+  c.untie_embeddings_and_output_weights = true;
+  c.hidden_dropout = 0.2;   // masks are keyed, so finite differences see the same masks
+  c.attention_dropout = 0.3;
+  expect_gradients_match_finite_differences(c);
+}
+
+TEST(GPTModel, GradientsMatchFiniteDifferencesRmsNormSwigluNoBias) {
+  TransformerConfig c = tiny_config();
+  c.normalization = Normalization::kRMSNorm;
+  c.swiglu = true;
+  c.add_bias_linear = false;
+  c.num_query_groups = 1;
+  c.position_embedding = PositionEmbedding::kNone;
+  expect_gradients_match_finite_differences(c);
+}
+
+TEST(GPTModel, LossIsMaskedMeanOfTokenLosses) {
+  Harness h(tiny_config());
+  const double loss = h.loss();
+  const auto per_token = testing::to_vector(h.model->token_losses());
+  const auto mask = testing::to_vector(h.mask.view());
+  double s = 0;
+  for (size_t i = 0; i < mask.size(); ++i) s += per_token[i] * mask[i];
+  EXPECT_NEAR(loss, s / h.mask_sum, 1e-12);
+  // A freshly initialised model predicts close to uniform over the padded vocab.
+  EXPECT_NEAR(loss, std::log(12.0), 1.5);
+}
+
+TEST(GPTModel, EvaluationDisablesDropout) {
+  TransformerConfig c = tiny_config();
+  c.hidden_dropout = 0.5;
+  Harness h(c);
+  TransformerConfig c0 = tiny_config();
+  Harness h0(c0);
+  EXPECT_EQ(h.loss(false), h0.loss(false));
+  EXPECT_NE(h.loss(true), h0.loss(true));
+}
+
+TEST(GPTModel, MegatronParameterNamesAndCount) {
+  TransformerConfig c = tiny_config();
+  c.untie_embeddings_and_output_weights = true;
+  GPTModel model(c);
+  ParameterRegistry reg;
+  model.register_parameters(reg);
+  for (const char* name :
+       {"embedding.word_embeddings.weight", "embedding.position_embeddings.weight",
+        "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
+        "decoder.layers.0.self_attention.linear_qkv.layer_norm_bias",
+        "decoder.layers.0.self_attention.linear_qkv.weight",
+        "decoder.layers.0.self_attention.linear_qkv.bias",
+        "decoder.layers.1.self_attention.linear_proj.weight",
+        "decoder.layers.1.mlp.linear_fc1.layer_norm_weight", "decoder.layers.1.mlp.linear_fc1.weight",
+        "decoder.layers.1.mlp.linear_fc2.bias", "decoder.final_layernorm.weight",
+        "output_layer.weight"})
+    EXPECT_TRUE(reg.contains(name)) << name;
+  EXPECT_EQ(reg.get("embedding.word_embeddings.weight").spec.global_shape, Shape({12, 8}));
+  EXPECT_FALSE(reg.get("decoder.layers.0.self_attention.linear_qkv.bias").spec.weight_decay);
+  EXPECT_FALSE(reg.get("decoder.final_layernorm.weight").spec.weight_decay);
+  EXPECT_TRUE(reg.get("decoder.layers.0.mlp.linear_fc1.weight").spec.weight_decay);
+  EXPECT_EQ(reg.numel(), c.parameter_count());
+}
+
+TEST(GPTModel, OutputProjectionsUseScaledInit) {
+  TransformerConfig c = tiny_config();
+  c.hidden_size = 64;
+  c.num_layers = 8;
+  c.init_method_std = 0.02;
+  Harness h(c);
+  auto stddev = [&](const std::string& name) {
+    const auto v = testing::to_vector(h.reg.get(name).value);
+    double sq = 0;
+    for (double x : v) sq += x * x;
+    return std::sqrt(sq / static_cast<double>(v.size()));
+  };
+  EXPECT_NEAR(stddev("decoder.layers.0.mlp.linear_fc1.weight"), 0.02, 0.002);
+  EXPECT_NEAR(stddev("decoder.layers.0.mlp.linear_fc2.weight"), 0.02 / 4.0, 0.0005);
+  EXPECT_NEAR(stddev("decoder.layers.3.self_attention.linear_proj.weight"), 0.02 / 4.0, 0.0005);
+  EXPECT_EQ(testing::to_vector(h.reg.get("decoder.final_layernorm.weight").value),
+            std::vector<double>(64, 1.0));
+}
+
+TEST(ParameterRegistry, ShardsInitialiseEqualToSlicesOfTheFullTensor) {
+  ParameterSpec full{"decoder.layers.0.mlp.linear_fc1.weight", {6, 4}, Split::none(), true,
+                     Init::normal(1.0)};
+  Parameter whole;
+  whole.spec = full;
+  whole.local_shape = full.global_shape;
+  OwnedTensor w = OwnedTensor::empty(DType::kF64, full.global_shape);
+  initialize_parameter(whole, 5, w.view());
+  const auto all = testing::to_vector(w.view());
+  for (int dim : {0, 1}) {
+    for (int rank = 0; rank < 2; ++rank) {
+      Parameter shard;
+      shard.spec = full;
+      shard.spec.split = {dim, rank, 2};
+      shard.local_shape = dim == 0 ? Shape{3, 4} : Shape{6, 2};
+      OwnedTensor s = OwnedTensor::empty(DType::kF64, shard.local_shape);
+      initialize_parameter(shard, 5, s.view());
+      const auto part = testing::to_vector(s.view());
+      for (int64_t i = 0; i < shard.local_shape.numel(); ++i)
+        EXPECT_EQ(part[i], all[shard.global_index(i)]);
+    }
+  }
+}
+
+TEST(ParameterRegistry, FlatBuffersAndErrors) {
+  ParameterRegistry reg;
+  reg.add({"a", {2, 3}, Split::none(), true, Init::normal(1)});
+  reg.add({"b", {4}, Split::none(), false, Init::ones()});
+  EXPECT_THROW(reg.add({"a", {1}, Split::none(), true, Init::zeros()}), Error);
+  EXPECT_THROW(reg.add({"c", {5}, Split{0, 0, 2}, true, Init::zeros()}), Error);
+  reg.finalize(DType::kF32, Device::cpu(), 1);
+  EXPECT_EQ(reg.numel(), 10);
+  EXPECT_EQ(reg.get("b").value.raw(),
+            static_cast<char*>(reg.flat_values().raw()) + 6 * sizeof(float));
+  EXPECT_THROW(reg.get("missing"), Error);
+}
+
+TEST(TransformerConfig, ValidationNamesTheFlag) {
+  auto message = [](TransformerConfig c) {
+    try {
+      c.validate();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig);
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  TransformerConfig c = tiny_config();
+  c.hidden_size = 10;
+  c.num_attention_heads = 3;
+  EXPECT_NE(message(c).find("--hidden-size 10 is not divisible by --num-attention-heads 3"),
+            std::string::npos);
+  c = tiny_config();
+  c.num_query_groups = 3;
+  EXPECT_NE(message(c).find("--num-query-groups 3"), std::string::npos);
+  c = tiny_config();
+  c.max_position_embeddings = 4;
+  EXPECT_NE(message(c).find("--seq-length 5 exceeds --max-position-embeddings 4"),
+            std::string::npos);
+  c = tiny_config();
+  c.num_layers = 0;
+  EXPECT_NE(message(c).find("--num-layers 0"), std::string::npos);
+  c = tiny_config();
+  c.vocab_size = 50257;
+  c.make_vocab_size_divisible_by = 128;
+  EXPECT_EQ(c.padded_vocab_size(), 50304);  // GPT-2's well-known padded size
+  c.tensor_model_parallel_size = 8;
+  EXPECT_EQ(c.padded_vocab_size(), 51200);
+}
+
+}  // namespace
+}  // namespace shardlm::model
