@@ -1,0 +1,81 @@
+// cpu_ops.h — the CPU reference backend of the op layer: same functions and signatures as
+// ops.h, in namespace shardlm::ops::cpu. Call these through ops.h, never directly: the
+// dispatcher (ops.cc) validates shapes, dtypes and devices first, so these functions assume
+// well-formed arguments and only check what needs the data itself (token / target ids) and
+// the dtype (fp32 and fp64 compute; fill/copy also handle bf16/fp16 storage).
+//
+// Numerics: every op computes in double internally and rounds once on store, so fp32 results
+// stay within ~1e-6 of fp64 ones and the backend can serve as the reference for CUDA kernels.
+// Single-threaded on purpose: CPU tests run many ranks as threads on few cores.
+#pragma once
+
+#include <cstdint>
+
+#include "shardlm/ops/ops.h"
+
+namespace shardlm::ops::cpu {
+
+// elementwise.cc
+void fill(DeviceContext& ctx, Tensor out, double value);
+void copy(DeviceContext& ctx, Tensor dst, const Tensor& src);
+void add(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& b);
+void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);
+void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);
+double sum_squares(DeviceContext& ctx, const Tensor& x);
+bool all_finite(DeviceContext& ctx, const Tensor& x);
+
+// embedding.cc
+void embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens, const Tensor& wte,
+                       const Tensor& wpe);
+void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tensor& dout,
+                        const Tensor& tokens);
+
+// layernorm.cc
+void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
+                       const Tensor& in, const Tensor& weight, const Tensor& bias, double eps);
+void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
+                        const Tensor& dout, const Tensor& in, const Tensor& weight,
+                        const Tensor& mean, const Tensor& rstd);
+
+// rmsnorm.cc
+void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& in,
+                     const Tensor& weight, double eps);
+void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd);
+
+// linear.cc
+void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& weight,
+                    const Tensor& bias);
+void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
+                     const Tensor& dout, const Tensor& in, const Tensor& weight);
+
+// activations.cc
+void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void gelu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+void swiglu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void swiglu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+
+// dropout.cc
+void dropout_forward(DeviceContext& ctx, Tensor out, const Tensor& in, double p,
+                     const DropoutKey& key, uint64_t position_offset);
+void dropout_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, double p,
+                      const DropoutKey& key, uint64_t position_offset);
+
+// attention.cc
+void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
+                       const AttentionShape& shape, double dropout_p, const DropoutKey& key);
+void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, const Tensor& qkv,
+                        const Tensor& out, const Tensor& lse, const AttentionShape& shape,
+                        double dropout_p, const DropoutKey& key);
+
+// cross_entropy.cc
+void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const Tensor& logits,
+                           const Tensor& targets);
+void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dlosses,
+                            const Tensor& logits, const Tensor& targets, const Tensor& lse);
+
+// adamw.cc
+void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
+                Tensor exp_avg_sq, const AdamWParams& hp);
+
+}  // namespace shardlm::ops::cpu
