@@ -11,10 +11,6 @@ namespace {
 }
 }  // namespace
 
-void attention_forward(DeviceContext&, Tensor, Tensor, const Tensor&, const AttentionShape&,
-                       double, const DropoutKey&) {
-  not_implemented("attention_forward");
-}
 void attention_backward(DeviceContext&, Tensor, const Tensor&, const Tensor&, const Tensor&,
                         const Tensor&, const AttentionShape&, double, const DropoutKey&) {
   not_implemented("attention_backward");

@@ -1,0 +1,80 @@
+// attention_shape.h — host-side validation of attention arguments and the kernel parameter
+// block they produce (shared by attention_forward.cu and attention_backward.cu).
+#pragma once
+
+#include <cmath>
+#include <initializer_list>
+#include <string>
+
+#include "shardlm/ops/cuda/attention_common.cuh"
+#include "shardlm/ops/ops.h"
+
+namespace shardlm::ops::cuda {
+
+// Checks qkv [B,T,G*(NH/G+2)*HS], out/dout [B,T,NH*HS], lse [B,NH,T] (fp32 or qkv's dtype) and
+// the dropout probability, then fills the geometry, scale and dropout fields of the params.
+inline AttentionParams make_attention_params(const DeviceContext& ctx, const Tensor& qkv,
+                                             const Tensor& out, const Tensor& lse,
+                                             const AttentionShape& shape, double dropout_p,
+                                             const DropoutKey& key, const char* op) {
+  require_on_device(ctx, qkv, op, "qkv");
+  require_on_device(ctx, out, op, "out");
+  require_on_device(ctx, lse, op, "lse");
+  require_same_dtype(qkv, out, op, "qkv", "out");
+  if (lse.dtype() != DType::kF32) require_same_dtype(qkv, lse, op, "qkv", "lse");
+  const int64_t NH = shape.num_heads, G = shape.num_query_groups, HS = shape.head_dim;
+  if (NH <= 0 || G <= 0 || HS <= 0 || NH % G != 0)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: bad AttentionShape NH=" + std::to_string(NH) +
+                    " G=" + std::to_string(G) + " HS=" + std::to_string(HS) +
+                    " (all positive, G divides NH)");
+  const int64_t R = NH / G, W = G * (R + 2) * HS;
+  if (qkv.rank() != 3 || qkv.size(2) != W)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: qkv " + qkv.shape().to_string() +
+                    " must be [B, T, G*(NH/G+2)*HS = " + std::to_string(W) + "]");
+  const int64_t B = qkv.size(0), T = qkv.size(1);
+  require_numel(out, B * T * NH * HS, op, "out");
+  require_numel(lse, B * NH * T, op, "lse");
+  if (!(dropout_p >= 0.0 && dropout_p < 1.0))
+    throw Error(ErrorKind::kInvalidArgument, std::string(op) + " on CUDA: dropout p = " +
+                                                 std::to_string(dropout_p) + " is not in [0, 1)");
+  AttentionParams p;
+  p.qkv = qkv.raw();
+  p.out = out.raw();
+  p.lse = lse.raw();
+  p.lse_is_f32 = lse.dtype() == DType::kF32;
+  p.B = B;
+  p.T = T;
+  p.NH = NH;
+  p.G = G;
+  p.R = R;
+  p.HS = HS;
+  p.W = W;
+  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HS)));
+  p.scale_log2 = p.scale * kLog2e;
+  p.dropout = make_dropout_stream(key, dropout_p);
+  p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
+  return p;
+}
+
+// The tensor-core kernels need 16-bit data, HS in {64, 128} and 16-byte aligned rows.
+inline bool attention_uses_tensor_cores(DType dtype, int64_t HS,
+                                        std::initializer_list<const void*> ptrs) {
+  if (dtype != DType::kBF16 && dtype != DType::kF16) return false;
+  if (HS != 64 && HS != 128) return false;
+  for (const void* ptr : ptrs)
+    if (!aligned16(ptr)) return false;
+  return true;
+}
+
+// The row-wise fallback keeps HS / 32 values per lane in registers.
+constexpr int kRowwiseMaxPerLane = 8;  // HS <= 256
+inline void require_rowwise_head_dim(int64_t HS, const char* op) {
+  if (HS > 32 * kRowwiseMaxPerLane)
+    throw Error(ErrorKind::kUnsupported,
+                std::string(op) + " on CUDA: head_dim " + std::to_string(HS) +
+                    " is supported only up to 256 (tensor-core path: 64 and 128 in bf16/fp16)");
+}
+
+}  // namespace shardlm::ops::cuda
