@@ -75,6 +75,7 @@ GptSampleIndex load_or_build_gpt_index(const std::string& cache_dir, const GptIn
 
   if (fs::exists(shuffle_path) && fs::exists(description_path) &&
       read_all(description_path) == description) {
+    try {
     GptSampleIndex index;
     static_cast<GptEpochPlan&>(index) = plan_gpt_epochs(
         corpus.sequence_lengths(), key.documents, key.num_samples, key.seq_length);
@@ -82,28 +83,32 @@ GptSampleIndex load_or_build_gpt_index(const std::string& cache_dir, const GptIn
     index.document_index.assign(documents.values.begin(), documents.values.end());
     index.sample_index = read_npy(sample_path).values;
     index.shuffle_index = read_npy(shuffle_path).values;
-    return index;
+    if (index.shuffle_index.size() * 2 + 2 == index.sample_index.size()) return index;
+    } catch (const Error&) {
+      // unreadable or damaged cache entry: rebuild and overwrite it below
+    }
   }
 
   GptSampleIndex index = build();
   if (index.size() == 0) return index;  // nothing worth caching
   std::error_code ec;
   fs::create_directories(folder, ec);
-  if (ec) {
-    throw Error(ErrorKind::kIo, "cannot create the dataset cache folder '" + folder.string() +
-                                    "': " + ec.message() + " (choose one with --data-cache-path)");
-  }
+  if (ec) return index;  // read-only data folder: run uncached (--data-cache-path picks one)
   const int64_t num_samples = index.size();
   const bool large = index.sample_index.size() > 0 &&
                      (num_samples >= std::numeric_limits<uint32_t>::max() - 1 ||
                       index.document_index.size() >=
                           static_cast<size_t>(std::numeric_limits<int32_t>::max()));
+  try {
   write_npy(document_path, index.document_index,
             {static_cast<int64_t>(index.document_index.size())});
   write_npy(sample_path, index.sample_index, {num_samples + 1, 2},
             large ? NpyDType::kInt64 : NpyDType::kInt32);
   write_npy(shuffle_path, index.shuffle_index, {num_samples},
             large ? NpyDType::kInt64 : NpyDType::kUInt32);
+  } catch (const Error&) {
+    return index;  // cache is best effort: an unwritable folder only costs a rebuild next run
+  }
   const std::string temp_description = description_path + ".tmp-" + std::to_string(::getpid());
   {
     std::ofstream out(temp_description, std::ios::binary);

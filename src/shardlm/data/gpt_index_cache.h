@@ -10,6 +10,7 @@
 // config therefore misses the cache and rebuilds ("rebuilt when stale"). The hash differs from
 // Megatron's md5 of its own description, so the files are not shared with Megatron runs.
 // Writers use temporary names and rename, so concurrent ranks building the same entry are safe.
+// The cache is best effort: an unwritable folder or a damaged entry only means a rebuild.
 //
 //   GptSampleIndex idx = load_or_build_gpt_index("", key, corpus, [&] { return build(...); });
 #pragma once
