@@ -94,13 +94,15 @@ TEST(DataBlend, ParsesMegatronDataPath) {
   EXPECT_FALSE(parse_data_blend({"a"}).weights);
 }
 
+// Index caches go to a scratch folder: the shared data folder must stay untouched.
 GptDataConfig moby_config() {
+  static const testing::ScratchDir cache("builder_cache");
   GptDataConfig c;
   c.split = "90,8,2";
   c.seq_length = 256;
   c.seed = 1234;
   c.num_samples = {3000, 40, 10};
-  c.data_cache_path.reset();
+  c.data_cache_path = cache.file("");
   return c;
 }
 
