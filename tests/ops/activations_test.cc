@@ -1,8 +1,8 @@
 // Tests of GELU (tanh approximation) and SwiGLU forward/backward against naive fp64 formulas,
 // finite differences, fp32-vs-fp64 agreement, din assignment and shape validation.
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "shardlm/ops/ops.h"
 #include "tests/testing/op_checks.h"
@@ -25,7 +25,8 @@ double silu_ref(double x) { return x / (1.0 + std::exp(-x)); }
 
 TEST(Gelu, ForwardMatchesFormula) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor in = random_tensor(DType::kF64, {7, 13}, 1, 3.0), out = random_tensor(DType::kF64, {7, 13}, 2);
+  OwnedTensor in = random_tensor(DType::kF64, {7, 13}, 1, 3.0),
+              out = random_tensor(DType::kF64, {7, 13}, 2);
   ops::gelu_forward(ctx, out, in);
   std::vector<double> expect = to_vector(in);
   for (double& v : expect) v = gelu_ref(v);
@@ -35,7 +36,8 @@ TEST(Gelu, ForwardMatchesFormula) {
 TEST(Gelu, BackwardMatchesFiniteDifferences) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor in = random_tensor(DType::kF64, {3, 7, 5}, 3, 2.0);
-  OwnedTensor dout = random_tensor(DType::kF64, {3, 7, 5}, 4), out = OwnedTensor::zeros(DType::kF64, {3, 7, 5});
+  OwnedTensor dout = random_tensor(DType::kF64, {3, 7, 5}, 4),
+              out = OwnedTensor::zeros(DType::kF64, {3, 7, 5});
   auto loss = [&] {
     ops::gelu_forward(ctx, out, in);
     return dot(out, dout);
@@ -65,7 +67,8 @@ TEST(Gelu, Fp32MatchesFp64) {
 TEST(SwiGlu, ForwardMatchesFormula) {
   DeviceContext ctx = DeviceContext::cpu();
   const int64_t N = 7, F = 13;
-  OwnedTensor in = random_tensor(DType::kF64, {N, 2 * F}, 8, 2.0), out = random_tensor(DType::kF64, {N, F}, 9);
+  OwnedTensor in = random_tensor(DType::kF64, {N, 2 * F}, 8, 2.0),
+              out = random_tensor(DType::kF64, {N, F}, 9);
   ops::swiglu_forward(ctx, out, in);
   const std::vector<double> x = to_vector(in);
   std::vector<double> expect(N * F);
@@ -79,7 +82,8 @@ TEST(SwiGlu, BackwardMatchesFiniteDifferences) {
   DeviceContext ctx = DeviceContext::cpu();
   const Shape in_shape{2, 5, 14}, out_shape{2, 5, 7};
   OwnedTensor in = random_tensor(DType::kF64, in_shape, 10, 2.0);
-  OwnedTensor dout = random_tensor(DType::kF64, out_shape, 11), out = OwnedTensor::zeros(DType::kF64, out_shape);
+  OwnedTensor dout = random_tensor(DType::kF64, out_shape, 11),
+              out = OwnedTensor::zeros(DType::kF64, out_shape);
   auto loss = [&] {
     ops::swiglu_forward(ctx, out, in);
     return dot(out, dout);
@@ -109,7 +113,8 @@ TEST(SwiGlu, Fp32MatchesFp64) {
 
 TEST(Activations, BadShapes) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor odd = random_tensor(DType::kF32, {4, 7}, 1), out = OwnedTensor::zeros(DType::kF32, {4, 3});
+  OwnedTensor odd = random_tensor(DType::kF32, {4, 7}, 1),
+              out = OwnedTensor::zeros(DType::kF32, {4, 3});
   EXPECT_SHARDLM_ERROR(ops::swiglu_forward(ctx, out, odd), ErrorKind::kInvalidArgument,
                        "swiglu_forward: in must be [N, 2F]");
   OwnedTensor in = random_tensor(DType::kF32, {4, 8}, 2);

@@ -1,10 +1,10 @@
 // Tests of dropout_forward / dropout_backward: the mask definition (dropout_uniform <= p drops),
 // drop fraction, determinism and key sensitivity, shard independence through
 // position_offset, forward/backward consistency, p == 0 exactness and p validation.
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
-
-#include <gtest/gtest.h>
 
 #include "shardlm/ops/ops.h"
 #include "tests/testing/op_checks.h"
@@ -32,7 +32,8 @@ TEST(Dropout, MatchesDefinition) {
   DeviceContext ctx = DeviceContext::cpu();
   const double p = 0.3;
   const uint64_t offset = 1000;
-  OwnedTensor in = random_tensor(DType::kF64, {7, 13}, 1), out = random_tensor(DType::kF64, {7, 13}, 2);
+  OwnedTensor in = random_tensor(DType::kF64, {7, 13}, 1),
+              out = random_tensor(DType::kF64, {7, 13}, 2);
   ops::dropout_forward(ctx, out, in, p, key_a(), offset);
   const std::vector<double> x = to_vector(in);
   std::vector<double> expect(x.size());
@@ -102,7 +103,8 @@ TEST(Dropout, ShardsWithOffsetsEqualTheWhole) {
 TEST(Dropout, BackwardIsTheSameMaskAndMatchesFiniteDifferences) {
   DeviceContext ctx = DeviceContext::cpu();
   const double p = 0.4;
-  OwnedTensor in = random_tensor(DType::kF64, {5, 11}, 6), dout = random_tensor(DType::kF64, {5, 11}, 7);
+  OwnedTensor in = random_tensor(DType::kF64, {5, 11}, 6),
+              dout = random_tensor(DType::kF64, {5, 11}, 7);
   OwnedTensor out = OwnedTensor::zeros(DType::kF64, {5, 11});
   auto loss = [&] {
     ops::dropout_forward(ctx, out, in, p, key_a(), 17);
@@ -130,7 +132,8 @@ TEST(Dropout, ZeroProbabilityCopiesExactly) {
 TEST(Dropout, Fp32MatchesFp64) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor in = random_tensor(DType::kF64, {37, 13}, 11);
-  OwnedTensor out64 = OwnedTensor::zeros(DType::kF64, {37, 13}), out32 = OwnedTensor::zeros(DType::kF32, {37, 13});
+  OwnedTensor out64 = OwnedTensor::zeros(DType::kF64, {37, 13}),
+              out32 = OwnedTensor::zeros(DType::kF32, {37, 13});
   ops::dropout_forward(ctx, out64, in, 0.2, key_a(), 5);
   ops::dropout_forward(ctx, out32, convert(in, DType::kF32), 0.2, key_a(), 5);
   EXPECT_LT(rel_error(to_vector(out32), to_vector(out64)), 1e-7);
@@ -138,7 +141,8 @@ TEST(Dropout, Fp32MatchesFp64) {
 
 TEST(Dropout, BadProbabilityAndShapes) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor in = random_tensor(DType::kF32, {4, 5}, 12), out = OwnedTensor::zeros(DType::kF32, {4, 5});
+  OwnedTensor in = random_tensor(DType::kF32, {4, 5}, 12),
+              out = OwnedTensor::zeros(DType::kF32, {4, 5});
   for (double p : {-0.1, 1.0, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
     EXPECT_SHARDLM_ERROR(ops::dropout_forward(ctx, out, in, p, key_a(), 0),
                          ErrorKind::kInvalidArgument, "dropout probability must be in [0, 1)");

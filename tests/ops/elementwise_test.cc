@@ -1,8 +1,8 @@
 // Tests of the elementwise / utility ops and of the dispatcher's device and dtype rules.
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
-
-#include <gtest/gtest.h>
 
 #include "shardlm/ops/ops.h"
 #include "tests/testing/op_checks.h"
@@ -35,7 +35,8 @@ TEST(Elementwise, CopySameDtypeIsExactAndConvertsBetweenFloats) {
   OwnedTensor f32 = OwnedTensor::zeros(DType::kF32, {5, 13});
   ops::copy(ctx, f32, src);
   const std::vector<double> s = to_vector(src), f = to_vector(f32);
-  for (size_t i = 0; i < s.size(); ++i) EXPECT_EQ(f[i], static_cast<double>(static_cast<float>(s[i])));
+  for (size_t i = 0; i < s.size(); ++i)
+    EXPECT_EQ(f[i], static_cast<double>(static_cast<float>(s[i])));
 
   OwnedTensor bf16 = OwnedTensor::zeros(DType::kBF16, {5, 13});
   ops::copy(ctx, bf16, f32);
@@ -80,9 +81,9 @@ TEST(Elementwise, SumSquaresAndAllFinite) {
     for (double v : to_vector(x)) expect += v * v;
     EXPECT_NEAR(ops::sum_squares(ctx, x), expect, 1e-12 * expect);
     EXPECT_TRUE(ops::all_finite(ctx, x));
-    for (double bad : {std::numeric_limits<double>::quiet_NaN(),
-                       std::numeric_limits<double>::infinity(),
-                       -std::numeric_limits<double>::infinity()}) {
+    for (double bad :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
+          -std::numeric_limits<double>::infinity()}) {
       OwnedTensor y = testing::clone(x);
       Tensor last = y.view().reshape({y.view().numel()}).slice(200, 201);
       ops::fill(ctx, last, bad);
@@ -116,8 +117,7 @@ TEST(Dispatch, DeviceRules) {
   OwnedTensor host = random_tensor(DType::kF32, {2, 3}, 1);
   // A view that claims to live on a GPU; never dereferenced because validation fails first.
   Tensor fake_gpu(host.view().raw(), DType::kF32, {2, 3}, Device::cuda(0));
-  EXPECT_SHARDLM_ERROR(ops::add(ctx, host, host, fake_gpu), ErrorKind::kInvalidArgument,
-                       "cuda:0");
+  EXPECT_SHARDLM_ERROR(ops::add(ctx, host, host, fake_gpu), ErrorKind::kInvalidArgument, "cuda:0");
 #ifndef SHARDLM_WITH_CUDA
   DeviceContext gpu_ctx(Device::cuda(0));
   EXPECT_SHARDLM_ERROR(ops::gelu_forward(gpu_ctx, fake_gpu, fake_gpu), ErrorKind::kUnsupported,

@@ -25,15 +25,16 @@ std::vector<double> reference(const Tensor& tokens, const Tensor& wte, const Ten
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t c = 0; c < C; ++c)
-        out[(b * T + t) * C + c] = w[static_cast<int64_t>(tok[b * T + t]) * C + c] +
-                                   (wpe ? pe[t * C + c] : 0.0);
+        out[(b * T + t) * C + c] =
+            w[static_cast<int64_t>(tok[b * T + t]) * C + c] + (wpe ? pe[t * C + c] : 0.0);
   return out;
 }
 
 TEST(Embedding, ForwardMatchesLookup) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor tokens = random_ints({B, T}, V, 1);
-  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 2), wpe = random_tensor(DType::kF64, {P, C}, 3);
+  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 2),
+              wpe = random_tensor(DType::kF64, {P, C}, 3);
   OwnedTensor out = random_tensor(DType::kF64, {B, T, C}, 4);
   ops::embedding_forward(ctx, out, tokens, wte, wpe);
   EXPECT_EQ(rel_error(to_vector(out), reference(tokens, wte, &wpe.view())), 0.0);
@@ -44,14 +45,16 @@ TEST(Embedding, ForwardMatchesLookup) {
 TEST(Embedding, BackwardMatchesFiniteDifferences) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor tokens = random_ints({B, T}, V, 5);
-  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 6), wpe = random_tensor(DType::kF64, {P, C}, 7);
+  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 6),
+              wpe = random_tensor(DType::kF64, {P, C}, 7);
   OwnedTensor dout = random_tensor(DType::kF64, {B, T, C}, 8);
   OwnedTensor out = OwnedTensor::zeros(DType::kF64, {B, T, C});
   auto loss = [&] {
     ops::embedding_forward(ctx, out, tokens, wte, wpe);
     return dot(out, dout);
   };
-  OwnedTensor dwte = OwnedTensor::zeros(DType::kF64, {V, C}), dwpe = OwnedTensor::zeros(DType::kF64, {P, C});
+  OwnedTensor dwte = OwnedTensor::zeros(DType::kF64, {V, C}),
+              dwpe = OwnedTensor::zeros(DType::kF64, {P, C});
   ops::embedding_backward(ctx, dwte, dwpe, dout, tokens);
   testing::expect_gradient("dwte", wte.view(), loss, dwte);
   testing::expect_gradient("dwpe", wpe.view(), loss, dwpe);
@@ -61,7 +64,8 @@ TEST(Embedding, GradientsAccumulateAndDwpeIsOptional) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor tokens = random_ints({B, T}, V, 9);
   OwnedTensor dout = random_tensor(DType::kF64, {B, T, C}, 10);
-  OwnedTensor dwte = OwnedTensor::zeros(DType::kF64, {V, C}), dwpe = OwnedTensor::zeros(DType::kF64, {P, C});
+  OwnedTensor dwte = OwnedTensor::zeros(DType::kF64, {V, C}),
+              dwpe = OwnedTensor::zeros(DType::kF64, {P, C});
   ops::embedding_backward(ctx, dwte, dwpe, dout, tokens);
   const std::vector<double> once_wte = to_vector(dwte), once_wpe = to_vector(dwpe);
   ops::embedding_backward(ctx, dwte, dwpe, dout, tokens);
@@ -79,7 +83,8 @@ TEST(Embedding, GradientsAccumulateAndDwpeIsOptional) {
 TEST(Embedding, Fp32MatchesFp64) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor tokens = random_ints({B, T}, V, 11);
-  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 12), wpe = random_tensor(DType::kF64, {P, C}, 13);
+  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 12),
+              wpe = random_tensor(DType::kF64, {P, C}, 13);
   OwnedTensor dout = random_tensor(DType::kF64, {B, T, C}, 14);
   OwnedTensor out64 = OwnedTensor::zeros(DType::kF64, {B, T, C});
   OwnedTensor out32 = OwnedTensor::zeros(DType::kF32, {B, T, C});
@@ -88,8 +93,10 @@ TEST(Embedding, Fp32MatchesFp64) {
   ops::embedding_forward(ctx, out32, tokens, wte32, wpe32);
   EXPECT_LT(rel_error(out32, convert(out64, DType::kF32)), 1e-6);
 
-  OwnedTensor dwte64 = OwnedTensor::zeros(DType::kF64, {V, C}), dwpe64 = OwnedTensor::zeros(DType::kF64, {P, C});
-  OwnedTensor dwte32 = OwnedTensor::zeros(DType::kF32, {V, C}), dwpe32 = OwnedTensor::zeros(DType::kF32, {P, C});
+  OwnedTensor dwte64 = OwnedTensor::zeros(DType::kF64, {V, C}),
+              dwpe64 = OwnedTensor::zeros(DType::kF64, {P, C});
+  OwnedTensor dwte32 = OwnedTensor::zeros(DType::kF32, {V, C}),
+              dwpe32 = OwnedTensor::zeros(DType::kF32, {P, C});
   ops::embedding_backward(ctx, dwte64, dwpe64, dout, tokens);
   ops::embedding_backward(ctx, dwte32, dwpe32, convert(dout, DType::kF32), tokens);
   EXPECT_LT(rel_error(to_vector(dwte32), to_vector(dwte64)), 1e-6);
@@ -98,7 +105,8 @@ TEST(Embedding, Fp32MatchesFp64) {
 
 TEST(Embedding, BadInputs) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 15), wpe = random_tensor(DType::kF64, {P, C}, 16);
+  OwnedTensor wte = random_tensor(DType::kF64, {V, C}, 15),
+              wpe = random_tensor(DType::kF64, {P, C}, 16);
   OwnedTensor out = OwnedTensor::zeros(DType::kF64, {B, T, C});
   OwnedTensor tokens = random_ints({B, T}, V, 17);
   for (int32_t bad : {static_cast<int32_t>(V), -1}) {

@@ -1,8 +1,8 @@
 // Tests of layernorm_forward / layernorm_backward against a naive fp64 LayerNorm, finite
 // differences, fp32-vs-fp64 agreement, the accumulation rule and shape validation.
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "shardlm/ops/ops.h"
 #include "tests/testing/op_checks.h"
@@ -73,7 +73,8 @@ TEST_P(LayerNormShapes, BackwardMatchesFiniteDifferences) {
   OwnedTensor w = random_tensor(DType::kF64, {C}, 8), b = random_tensor(DType::kF64, {C}, 9);
   OwnedTensor dout = random_tensor(DType::kF64, s, 10);
   OwnedTensor out = OwnedTensor::zeros(DType::kF64, s);
-  OwnedTensor mean = OwnedTensor::zeros(DType::kF64, {N}), rstd = OwnedTensor::zeros(DType::kF64, {N});
+  OwnedTensor mean = OwnedTensor::zeros(DType::kF64, {N}),
+              rstd = OwnedTensor::zeros(DType::kF64, {N});
   auto loss = [&] {
     ops::layernorm_forward(ctx, out, mean, rstd, in, w, b, kEps);
     return dot(out, dout);
@@ -99,7 +100,8 @@ TEST(LayerNorm, ParameterGradientsAccumulateDinIsAssigned) {
   OwnedTensor w = random_tensor(DType::kF64, {C}, 13), b = random_tensor(DType::kF64, {C}, 14);
   OwnedTensor dout = random_tensor(DType::kF64, {N, C}, 15);
   OwnedTensor out = OwnedTensor::zeros(DType::kF64, {N, C});
-  OwnedTensor mean = OwnedTensor::zeros(DType::kF64, {N}), rstd = OwnedTensor::zeros(DType::kF64, {N});
+  OwnedTensor mean = OwnedTensor::zeros(DType::kF64, {N}),
+              rstd = OwnedTensor::zeros(DType::kF64, {N});
   ops::layernorm_forward(ctx, out, mean, rstd, in, w, b, kEps);
   OwnedTensor din = OwnedTensor::zeros(DType::kF64, {N, C});
   OwnedTensor dw = OwnedTensor::zeros(DType::kF64, {C}), db = OwnedTensor::zeros(DType::kF64, {C});
@@ -140,14 +142,17 @@ TEST(LayerNorm, Fp32MatchesFp64) {
     ops::layernorm_backward(ctx, t[7], t[8], t[9], t[3], t[0], t[1], t[5], t[6]);
   }
   for (int i = 4; i <= 9; ++i)
-    EXPECT_LT(rel_error(to_vector(tensors[1][i]), to_vector(tensors[0][i])), 1e-5) << "tensor " << i;
+    EXPECT_LT(rel_error(to_vector(tensors[1][i]), to_vector(tensors[0][i])), 1e-5)
+        << "tensor " << i;
 }
 
 TEST(LayerNorm, BadShapes) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor in = random_tensor(DType::kF32, {4, 13}, 1), out = random_tensor(DType::kF32, {4, 13}, 2);
+  OwnedTensor in = random_tensor(DType::kF32, {4, 13}, 1),
+              out = random_tensor(DType::kF32, {4, 13}, 2);
   OwnedTensor w = random_tensor(DType::kF32, {13}, 3), w12 = random_tensor(DType::kF32, {12}, 4);
-  OwnedTensor stat = OwnedTensor::zeros(DType::kF32, {4}), stat5 = OwnedTensor::zeros(DType::kF32, {5});
+  OwnedTensor stat = OwnedTensor::zeros(DType::kF32, {4}),
+              stat5 = OwnedTensor::zeros(DType::kF32, {5});
   EXPECT_SHARDLM_ERROR(ops::layernorm_forward(ctx, out, stat, stat, in, w12, w12, kEps),
                        ErrorKind::kInvalidArgument, "weight has shape [12]");
   EXPECT_SHARDLM_ERROR(ops::layernorm_forward(ctx, out, stat5, stat, in, w, w, kEps),

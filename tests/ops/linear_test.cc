@@ -63,7 +63,8 @@ TEST_P(LinearShapes, BackwardMatchesFiniteDifferences) {
     return dot(out, dout);
   };
   OwnedTensor din = random_tensor(DType::kF64, s, 9, 1e3);  // garbage: must be overwritten
-  OwnedTensor dw = OwnedTensor::zeros(DType::kF64, {OC, IC}), db = OwnedTensor::zeros(DType::kF64, {OC});
+  OwnedTensor dw = OwnedTensor::zeros(DType::kF64, {OC, IC}),
+              db = OwnedTensor::zeros(DType::kF64, {OC});
   ops::linear_backward(ctx, din, dw, db, dout, in, w);
   testing::expect_gradient("din", in.view(), loss, din);
   testing::expect_gradient("dweight", w.view(), loss, dw);
@@ -77,10 +78,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, LinearShapes,
 TEST(Linear, ParameterGradientsAccumulateDinIsAssignedOrSkipped) {
   DeviceContext ctx = DeviceContext::cpu();
   const int64_t N = 7, IC = 13, OC = 5;
-  OwnedTensor in = random_tensor(DType::kF64, {N, IC}, 10), w = random_tensor(DType::kF64, {OC, IC}, 11);
+  OwnedTensor in = random_tensor(DType::kF64, {N, IC}, 10),
+              w = random_tensor(DType::kF64, {OC, IC}, 11);
   OwnedTensor dout = random_tensor(DType::kF64, {N, OC}, 12);
   OwnedTensor din = OwnedTensor::zeros(DType::kF64, {N, IC});
-  OwnedTensor dw = OwnedTensor::zeros(DType::kF64, {OC, IC}), db = OwnedTensor::zeros(DType::kF64, {OC});
+  OwnedTensor dw = OwnedTensor::zeros(DType::kF64, {OC, IC}),
+              db = OwnedTensor::zeros(DType::kF64, {OC});
   ops::linear_backward(ctx, din, dw, db, dout, in, w);
   const std::vector<double> din1 = to_vector(din), dw1 = to_vector(dw), db1 = to_vector(db);
   ops::linear_backward(ctx, din, dw, db, dout, in, w);
@@ -121,8 +124,10 @@ TEST(Linear, Fp32MatchesFp64) {
 
 TEST(Linear, BadShapes) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor in = random_tensor(DType::kF32, {4, 13}, 1), w = random_tensor(DType::kF32, {5, 12}, 2);
-  OwnedTensor w_ok = random_tensor(DType::kF32, {5, 13}, 3), out = OwnedTensor::zeros(DType::kF32, {4, 5});
+  OwnedTensor in = random_tensor(DType::kF32, {4, 13}, 1),
+              w = random_tensor(DType::kF32, {5, 12}, 2);
+  OwnedTensor w_ok = random_tensor(DType::kF32, {5, 13}, 3),
+              out = OwnedTensor::zeros(DType::kF32, {4, 5});
   EXPECT_SHARDLM_ERROR(ops::linear_forward(ctx, out, in, w, Tensor()), ErrorKind::kInvalidArgument,
                        "linear_forward: weight must be [OC, IC] with IC = 13");
   OwnedTensor out_bad = OwnedTensor::zeros(DType::kF32, {3, 5});

@@ -1,8 +1,8 @@
 // Tests of rmsnorm_forward / rmsnorm_backward against a naive fp64 RMSNorm, finite differences,
 // fp32-vs-fp64 agreement, the accumulation rule and shape validation.
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "shardlm/ops/ops.h"
 #include "tests/testing/op_checks.h"
@@ -76,9 +76,11 @@ TEST(RmsNorm, WeightGradientAccumulatesDinIsAssigned) {
   const int64_t N = 6, C = 13;
   OwnedTensor in = random_tensor(DType::kF64, {N, C}, 9), w = random_tensor(DType::kF64, {C}, 10);
   OwnedTensor dout = random_tensor(DType::kF64, {N, C}, 11);
-  OwnedTensor out = OwnedTensor::zeros(DType::kF64, {N, C}), rstd = OwnedTensor::zeros(DType::kF64, {N});
+  OwnedTensor out = OwnedTensor::zeros(DType::kF64, {N, C}),
+              rstd = OwnedTensor::zeros(DType::kF64, {N});
   ops::rmsnorm_forward(ctx, out, rstd, in, w, kEps);
-  OwnedTensor din = OwnedTensor::zeros(DType::kF64, {N, C}), dw = OwnedTensor::zeros(DType::kF64, {C});
+  OwnedTensor din = OwnedTensor::zeros(DType::kF64, {N, C}),
+              dw = OwnedTensor::zeros(DType::kF64, {C});
   ops::rmsnorm_backward(ctx, din, dw, dout, in, w, rstd);
   const std::vector<double> din1 = to_vector(din), dw1 = to_vector(dw);
   ops::rmsnorm_backward(ctx, din, dw, dout, in, w, rstd);
@@ -112,9 +114,11 @@ TEST(RmsNorm, Fp32MatchesFp64) {
 
 TEST(RmsNorm, BadShapes) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor in = random_tensor(DType::kF32, {4, 13}, 1), out = random_tensor(DType::kF32, {4, 13}, 2);
+  OwnedTensor in = random_tensor(DType::kF32, {4, 13}, 1),
+              out = random_tensor(DType::kF32, {4, 13}, 2);
   OwnedTensor w12 = random_tensor(DType::kF32, {12}, 3), w = random_tensor(DType::kF32, {13}, 4);
-  OwnedTensor rstd = OwnedTensor::zeros(DType::kF32, {4}), rstd3 = OwnedTensor::zeros(DType::kF32, {3});
+  OwnedTensor rstd = OwnedTensor::zeros(DType::kF32, {4}),
+              rstd3 = OwnedTensor::zeros(DType::kF32, {3});
   EXPECT_SHARDLM_ERROR(ops::rmsnorm_forward(ctx, out, rstd, in, w12, kEps),
                        ErrorKind::kInvalidArgument, "rmsnorm_forward: weight has shape [12]");
   EXPECT_SHARDLM_ERROR(ops::rmsnorm_forward(ctx, out, rstd3, in, w, kEps),

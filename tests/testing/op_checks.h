@@ -9,24 +9,25 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "shardlm/base/error.h"
 #include "tests/testing/tensors.h"
 
 // Expects `statement` to throw shardlm::Error of `expected_kind` whose message contains `substr`.
-#define EXPECT_SHARDLM_ERROR(statement, expected_kind, substr)                                         \
-  do {                                                                                        \
-    bool shardlm_thrown_ = false;                                                             \
-    try {                                                                                     \
-      statement;                                                                              \
-    } catch (const ::shardlm::Error& e) {                                                     \
-      shardlm_thrown_ = true;                                                                 \
-      EXPECT_EQ(e.kind(), (expected_kind)) << "message: " << e.what();                                \
-      EXPECT_NE(std::string(e.what()).find(substr), std::string::npos)                       \
-          << "message \"" << e.what() << "\" lacks \"" << (substr) << "\"";                  \
-    }                                                                                         \
-    EXPECT_TRUE(shardlm_thrown_) << #statement " did not throw shardlm::Error("               \
-                                 << ::shardlm::error_kind_name(expected_kind) << ")";                 \
+#define EXPECT_SHARDLM_ERROR(statement, expected_kind, substr)                        \
+  do {                                                                                \
+    bool shardlm_thrown_ = false;                                                     \
+    try {                                                                             \
+      statement;                                                                      \
+    } catch (const ::shardlm::Error& e) {                                             \
+      shardlm_thrown_ = true;                                                         \
+      EXPECT_EQ(e.kind(), (expected_kind)) << "message: " << e.what();                \
+      EXPECT_NE(std::string(e.what()).find(substr), std::string::npos)                \
+          << "message \"" << e.what() << "\" lacks \"" << (substr) << "\"";           \
+    }                                                                                 \
+    EXPECT_TRUE(shardlm_thrown_) << #statement " did not throw shardlm::Error("       \
+                                 << ::shardlm::error_kind_name(expected_kind) << ")"; \
   } while (0)
 
 namespace shardlm::testing {

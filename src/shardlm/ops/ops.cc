@@ -87,16 +87,15 @@ void require_int32(const char* op, const Arg& a) {
 }
 
 void require_shape(const char* op, const Arg& a, const Shape& expected) {
-  require(a.t.shape() == expected, op,
-          std::string(a.name) + " has shape " + shape_of(a.t) + ", expected " +
-              expected.to_string());
+  require(
+      a.t.shape() == expected, op,
+      std::string(a.name) + " has shape " + shape_of(a.t) + ", expected " + expected.to_string());
 }
 
 void require_numel(const char* op, const Arg& a, int64_t n, const std::string& why) {
   require(a.t.numel() == n, op,
-          std::string(a.name) + " has shape " + shape_of(a.t) + " (" +
-              std::to_string(a.t.numel()) + " elements), expected " + std::to_string(n) +
-              " elements (" + why + ")");
+          std::string(a.name) + " has shape " + shape_of(a.t) + " (" + std::to_string(a.t.numel()) +
+              " elements), expected " + std::to_string(n) + " elements (" + why + ")");
 }
 
 // Last dim of a row-wise tensor (rank >= 1, last dim >= 1).
@@ -208,12 +207,11 @@ void check_embedding_common(const char* op, const Tensor& tokens, const Arg& tab
   require(table.t.rank() == 2 && table.t.size(0) >= 1, op,
           std::string(table.name) + " must be [V, C] with V >= 1, got " + shape_of(table.t));
   if (pos.t.defined()) {
-    require(pos.t.rank() == 2 && pos.t.size(1) == table.t.size(1) &&
-                pos.t.size(0) >= tokens.size(1),
-            op,
-            std::string(pos.name) + " must be [P, C] with C = " +
-                std::to_string(table.t.size(1)) + " and P >= T = " +
-                std::to_string(tokens.size(1)) + ", got " + shape_of(pos.t));
+    require(
+        pos.t.rank() == 2 && pos.t.size(1) == table.t.size(1) && pos.t.size(0) >= tokens.size(1),
+        op,
+        std::string(pos.name) + " must be [P, C] with C = " + std::to_string(table.t.size(1)) +
+            " and P >= T = " + std::to_string(tokens.size(1)) + ", got " + shape_of(pos.t));
   }
 }
 }  // namespace
@@ -255,16 +253,25 @@ int64_t check_norm_input(const char* op, const Tensor& in, const Tensor& weight,
 }
 }  // namespace
 
-void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
-                       const Tensor& in, const Tensor& weight, const Tensor& bias, double eps) {
+void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd, const Tensor& in,
+                       const Tensor& weight, const Tensor& bias, double eps) {
   constexpr const char* op = "layernorm_forward";
-  check_devices(op, ctx, {{"out", out}, {"mean", mean}, {"rstd", rstd}, {"in", in},
-                          {"weight", weight}, {"bias", bias}});
+  check_devices(op, ctx,
+                {{"out", out},
+                 {"mean", mean},
+                 {"rstd", rstd},
+                 {"in", in},
+                 {"weight", weight},
+                 {"bias", bias}});
   for (const Arg& x : {Arg{"out", out}, Arg{"mean", mean}, Arg{"rstd", rstd}, Arg{"in", in},
                        Arg{"weight", weight}})
     require_defined(op, x);
-  require_same_float(op, {{"in", in}, {"out", out}, {"mean", mean}, {"rstd", rstd},
-                          {"weight", weight}, {"bias", bias}});
+  require_same_float(op, {{"in", in},
+                          {"out", out},
+                          {"mean", mean},
+                          {"rstd", rstd},
+                          {"weight", weight},
+                          {"bias", bias}});
   const int64_t N = check_norm_input(op, in, weight, bias);
   const int64_t C = weight.numel();
   require_rows(op, {"out", out}, N, C, "in");
@@ -278,14 +285,26 @@ void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor d
                         const Tensor& dout, const Tensor& in, const Tensor& weight,
                         const Tensor& mean, const Tensor& rstd) {
   constexpr const char* op = "layernorm_backward";
-  check_devices(op, ctx, {{"din", din}, {"dweight", dweight}, {"dbias", dbias}, {"dout", dout},
-                          {"in", in}, {"weight", weight}, {"mean", mean}, {"rstd", rstd}});
-  for (const Arg& x : {Arg{"din", din}, Arg{"dweight", dweight}, Arg{"dout", dout},
-                       Arg{"in", in}, Arg{"weight", weight}, Arg{"mean", mean},
-                       Arg{"rstd", rstd}})
+  check_devices(op, ctx,
+                {{"din", din},
+                 {"dweight", dweight},
+                 {"dbias", dbias},
+                 {"dout", dout},
+                 {"in", in},
+                 {"weight", weight},
+                 {"mean", mean},
+                 {"rstd", rstd}});
+  for (const Arg& x : {Arg{"din", din}, Arg{"dweight", dweight}, Arg{"dout", dout}, Arg{"in", in},
+                       Arg{"weight", weight}, Arg{"mean", mean}, Arg{"rstd", rstd}})
     require_defined(op, x);
-  require_same_float(op, {{"in", in}, {"din", din}, {"dweight", dweight}, {"dbias", dbias},
-                          {"dout", dout}, {"weight", weight}, {"mean", mean}, {"rstd", rstd}});
+  require_same_float(op, {{"in", in},
+                          {"din", din},
+                          {"dweight", dweight},
+                          {"dbias", dbias},
+                          {"dout", dout},
+                          {"weight", weight},
+                          {"mean", mean},
+                          {"rstd", rstd}});
   const int64_t N = check_norm_input(op, in, weight, Tensor());
   const int64_t C = weight.numel();
   require_rows(op, {"din", din}, N, C, "in");
@@ -314,13 +333,22 @@ void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& 
 void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
                       const Tensor& in, const Tensor& weight, const Tensor& rstd) {
   constexpr const char* op = "rmsnorm_backward";
-  check_devices(op, ctx, {{"din", din}, {"dweight", dweight}, {"dout", dout}, {"in", in},
-                          {"weight", weight}, {"rstd", rstd}});
-  for (const Arg& x : {Arg{"din", din}, Arg{"dweight", dweight}, Arg{"dout", dout},
-                       Arg{"in", in}, Arg{"weight", weight}, Arg{"rstd", rstd}})
+  check_devices(op, ctx,
+                {{"din", din},
+                 {"dweight", dweight},
+                 {"dout", dout},
+                 {"in", in},
+                 {"weight", weight},
+                 {"rstd", rstd}});
+  for (const Arg& x : {Arg{"din", din}, Arg{"dweight", dweight}, Arg{"dout", dout}, Arg{"in", in},
+                       Arg{"weight", weight}, Arg{"rstd", rstd}})
     require_defined(op, x);
-  require_same_float(op, {{"in", in}, {"din", din}, {"dweight", dweight}, {"dout", dout},
-                          {"weight", weight}, {"rstd", rstd}});
+  require_same_float(op, {{"in", in},
+                          {"din", din},
+                          {"dweight", dweight},
+                          {"dout", dout},
+                          {"weight", weight},
+                          {"rstd", rstd}});
   const int64_t N = check_norm_input(op, in, weight, Tensor());
   const int64_t C = weight.numel();
   require_rows(op, {"din", din}, N, C, "in");
@@ -360,12 +388,21 @@ void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tens
 void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                      const Tensor& dout, const Tensor& in, const Tensor& weight) {
   constexpr const char* op = "linear_backward";
-  check_devices(op, ctx, {{"din", din}, {"dweight", dweight}, {"dbias", dbias}, {"dout", dout},
-                          {"in", in}, {"weight", weight}});
+  check_devices(op, ctx,
+                {{"din", din},
+                 {"dweight", dweight},
+                 {"dbias", dbias},
+                 {"dout", dout},
+                 {"in", in},
+                 {"weight", weight}});
   for (const Arg& x : {Arg{"dout", dout}, Arg{"in", in}, Arg{"weight", weight}})
     require_defined(op, x);
-  require_same_float(op, {{"in", in}, {"din", din}, {"dweight", dweight}, {"dbias", dbias},
-                          {"dout", dout}, {"weight", weight}});
+  require_same_float(op, {{"in", in},
+                          {"din", din},
+                          {"dweight", dweight},
+                          {"dbias", dbias},
+                          {"dout", dout},
+                          {"weight", weight}});
   const int64_t N = check_linear_input(op, in, weight);
   const int64_t OC = weight.size(0), IC = weight.size(1);
   require_rows(op, {"dout", dout}, N, OC, "in, with OC columns");
@@ -465,12 +502,13 @@ void check_attention(const char* op, const Tensor& qkv, const Arg& out, const Te
   const int64_t NH = s.num_heads, G = s.num_query_groups, HS = s.head_dim;
   require(NH >= 1 && G >= 1 && HS >= 1 && NH % G == 0, op,
           "need num_heads >= 1, num_query_groups >= 1 dividing num_heads, head_dim >= 1; got "
-          "NH=" + std::to_string(NH) + " G=" + std::to_string(G) + " HS=" + std::to_string(HS));
+          "NH=" +
+              std::to_string(NH) + " G=" + std::to_string(G) + " HS=" + std::to_string(HS));
   const int64_t row = G * (NH / G + 2) * HS;
   require(qkv.rank() == 3 && qkv.size(2) == row, op,
-          "qkv must be [B, T, G*(NH/G + 2)*HS] = [B, T, " + std::to_string(row) + "] for NH=" +
-              std::to_string(NH) + " G=" + std::to_string(G) + " HS=" + std::to_string(HS) +
-              ", got " + shape_of(qkv));
+          "qkv must be [B, T, G*(NH/G + 2)*HS] = [B, T, " + std::to_string(row) +
+              "] for NH=" + std::to_string(NH) + " G=" + std::to_string(G) +
+              " HS=" + std::to_string(HS) + ", got " + shape_of(qkv));
   const int64_t B = qkv.size(0), T = qkv.size(1);
   require_shape(op, out, Shape{B, T, NH * HS});
   require_shape(op, {"lse", lse}, Shape{B, NH, T});
@@ -492,13 +530,13 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
                         const Tensor& out, const Tensor& lse, const AttentionShape& shape,
                         double dropout_p, const DropoutKey& key) {
   constexpr const char* op = "attention_backward";
-  check_devices(op, ctx, {{"dqkv", dqkv}, {"dout", dout}, {"qkv", qkv}, {"out", out},
-                          {"lse", lse}});
-  for (const Arg& x : {Arg{"dqkv", dqkv}, Arg{"dout", dout}, Arg{"qkv", qkv}, Arg{"out", out},
-                       Arg{"lse", lse}})
+  check_devices(op, ctx,
+                {{"dqkv", dqkv}, {"dout", dout}, {"qkv", qkv}, {"out", out}, {"lse", lse}});
+  for (const Arg& x :
+       {Arg{"dqkv", dqkv}, Arg{"dout", dout}, Arg{"qkv", qkv}, Arg{"out", out}, Arg{"lse", lse}})
     require_defined(op, x);
-  require_same_float(op, {{"qkv", qkv}, {"dqkv", dqkv}, {"dout", dout}, {"out", out},
-                          {"lse", lse}});
+  require_same_float(op,
+                     {{"qkv", qkv}, {"dqkv", dqkv}, {"dout", dout}, {"out", out}, {"lse", lse}});
   check_attention(op, qkv, {"out", out}, lse, shape, dropout_p);
   require_shape(op, {"dout", dout}, out.shape());
   require_shape(op, {"dqkv", dqkv}, qkv.shape());
@@ -521,10 +559,10 @@ int64_t check_cross_entropy(const char* op, const Tensor& logits, const Tensor& 
 void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const Tensor& logits,
                            const Tensor& targets) {
   constexpr const char* op = "cross_entropy_forward";
-  check_devices(op, ctx, {{"losses", losses}, {"lse", lse}, {"logits", logits},
-                          {"targets", targets}});
-  for (const Arg& x : {Arg{"losses", losses}, Arg{"lse", lse}, Arg{"logits", logits},
-                       Arg{"targets", targets}})
+  check_devices(op, ctx,
+                {{"losses", losses}, {"lse", lse}, {"logits", logits}, {"targets", targets}});
+  for (const Arg& x :
+       {Arg{"losses", losses}, Arg{"lse", lse}, Arg{"logits", logits}, Arg{"targets", targets}})
     require_defined(op, x);
   require_same_float(op, {{"logits", logits}, {"losses", losses}, {"lse", lse}});
   const int64_t N = check_cross_entropy(op, logits, targets);
@@ -536,13 +574,17 @@ void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const 
 void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dlosses,
                             const Tensor& logits, const Tensor& targets, const Tensor& lse) {
   constexpr const char* op = "cross_entropy_backward";
-  check_devices(op, ctx, {{"dlogits", dlogits}, {"dlosses", dlosses}, {"logits", logits},
-                          {"targets", targets}, {"lse", lse}});
+  check_devices(op, ctx,
+                {{"dlogits", dlogits},
+                 {"dlosses", dlosses},
+                 {"logits", logits},
+                 {"targets", targets},
+                 {"lse", lse}});
   for (const Arg& x : {Arg{"dlogits", dlogits}, Arg{"dlosses", dlosses}, Arg{"logits", logits},
                        Arg{"targets", targets}, Arg{"lse", lse}})
     require_defined(op, x);
-  require_same_float(op, {{"logits", logits}, {"dlogits", dlogits}, {"dlosses", dlosses},
-                          {"lse", lse}});
+  require_same_float(
+      op, {{"logits", logits}, {"dlogits", dlogits}, {"dlosses", dlosses}, {"lse", lse}});
   const int64_t N = check_cross_entropy(op, logits, targets);
   require_rows(op, {"dlogits", dlogits}, N, logits.size(-1), "logits");
   require_numel(op, {"dlosses", dlosses}, N, "one per row of logits " + shape_of(logits));
@@ -555,18 +597,19 @@ void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dl
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
                 Tensor exp_avg_sq, const AdamWParams& hp) {
   constexpr const char* op = "adamw_step";
-  check_devices(op, ctx, {{"params", params}, {"grads", grads}, {"exp_avg", exp_avg},
-                          {"exp_avg_sq", exp_avg_sq}});
+  check_devices(
+      op, ctx,
+      {{"params", params}, {"grads", grads}, {"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}});
   for (const Arg& x : {Arg{"params", params}, Arg{"grads", grads}, Arg{"exp_avg", exp_avg},
                        Arg{"exp_avg_sq", exp_avg_sq}})
     require_defined(op, x);
-  require_same_float(op, {{"params", params}, {"grads", grads}, {"exp_avg", exp_avg},
-                          {"exp_avg_sq", exp_avg_sq}});
+  require_same_float(
+      op, {{"params", params}, {"grads", grads}, {"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}});
   require_same_numel(op, {"grads", grads}, {"params", params});
   require_same_numel(op, {"exp_avg", exp_avg}, {"params", params});
   require_same_numel(op, {"exp_avg_sq", exp_avg_sq}, {"params", params});
-  require(hp.step >= 1, op, "step must be >= 1 (bias correction 1 - beta^step), got " +
-                                std::to_string(hp.step));
+  require(hp.step >= 1, op,
+          "step must be >= 1 (bias correction 1 - beta^step), got " + std::to_string(hp.step));
   require(hp.beta1 >= 0 && hp.beta1 < 1 && hp.beta2 >= 0 && hp.beta2 < 1, op,
           "betas must be in [0, 1), got beta1=" + std::to_string(hp.beta1) +
               " beta2=" + std::to_string(hp.beta2));

@@ -67,8 +67,8 @@ void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, do
   const int64_t Tn = l.T, HS = l.HS;
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
-  std::vector<double> s(Tn);   // scores of one query row
-  std::vector<double> acc(HS); // output row of one head
+  std::vector<double> s(Tn);    // scores of one query row
+  std::vector<double> acc(HS);  // output row of one head
   for (int64_t b = 0; b < l.B; ++b) {
     const T* base = qkv + b * Tn * l.row;
     for (int64_t h = 0; h < l.NH; ++h) {
@@ -103,8 +103,8 @@ void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, do
 }
 
 template <typename T>
-void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
-                             const QkvLayout& l, double p, const DropoutKey& key) {
+void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse, const QkvLayout& l,
+                             double p, const DropoutKey& key) {
   const int64_t Tn = l.T, HS = l.HS;
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
@@ -126,7 +126,8 @@ void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
           const T* v = base + j * l.row + vo;
           P[j] = std::exp(scale * dot(q, k, HS) - L);
           double keep = 1.0;
-          if (p > 0) keep = dropout_uniform(key, pos0 + static_cast<uint64_t>(j)) <= p ? 0.0 : keep_scale;
+          if (p > 0)
+            keep = dropout_uniform(key, pos0 + static_cast<uint64_t>(j)) <= p ? 0.0 : keep_scale;
           dP[j] = keep * dot(dy, v, HS);
           D += P[j] * dP[j];
           if (keep != 0.0) {
@@ -159,8 +160,8 @@ void attention_forward(DeviceContext&, Tensor out, Tensor lse, const Tensor& qkv
                        const AttentionShape& shape, double dropout_p, const DropoutKey& key) {
   detail::dispatch_float(qkv.dtype(), "attention_forward", [&](auto zero) {
     using T = decltype(zero);
-    attention_forward_impl<T>(out.data<T>(), lse.data<T>(), qkv.data<T>(),
-                              make_layout(qkv, shape), dropout_p, key);
+    attention_forward_impl<T>(out.data<T>(), lse.data<T>(), qkv.data<T>(), make_layout(qkv, shape),
+                              dropout_p, key);
   });
 }
 

@@ -31,8 +31,8 @@ void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tens
                         const Tensor& tokens);
 
 // layernorm.cc
-void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
-                       const Tensor& in, const Tensor& weight, const Tensor& bias, double eps);
+void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd, const Tensor& in,
+                       const Tensor& weight, const Tensor& bias, double eps);
 void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                         const Tensor& dout, const Tensor& in, const Tensor& weight,
                         const Tensor& mean, const Tensor& rstd);

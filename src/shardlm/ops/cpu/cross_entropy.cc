@@ -23,9 +23,9 @@ void check_targets(const char* op, const Tensor& targets, int64_t V) {
     if (t[n] < 0 || t[n] >= V) {
       throw Error(ErrorKind::kInvalidArgument,
                   std::string(op) + ": target id " + std::to_string(t[n]) + " at row " +
-                      std::to_string(n) + " is outside the vocabulary [0, " +
-                      std::to_string(V) + "); targets must be token ids below V = " +
-                      std::to_string(V) + " (use the loss mask, not an ignore index, to skip rows)");
+                      std::to_string(n) + " is outside the vocabulary [0, " + std::to_string(V) +
+                      "); targets must be token ids below V = " + std::to_string(V) +
+                      " (use the loss mask, not an ignore index, to skip rows)");
     }
   }
 }
@@ -80,8 +80,7 @@ void cross_entropy_backward(DeviceContext&, Tensor dlogits, const Tensor& dlosse
     const int64_t V = logits.size(-1);
     check_targets("cross_entropy_backward", targets, V);
     cross_entropy_backward_impl<T>(dlogits.data<T>(), dlosses.data<T>(), logits.data<T>(),
-                                   targets.data<int32_t>(), lse.data<T>(), logits.numel() / V,
-                                   V);
+                                   targets.data<int32_t>(), lse.data<T>(), logits.numel() / V, V);
   });
 }
 

@@ -30,8 +30,8 @@ void apply_mask(T* out, const T* in, int64_t n, double p, const DropoutKey& key,
 
 }  // namespace
 
-void dropout_forward(DeviceContext&, Tensor out, const Tensor& in, double p,
-                     const DropoutKey& key, uint64_t position_offset) {
+void dropout_forward(DeviceContext&, Tensor out, const Tensor& in, double p, const DropoutKey& key,
+                     uint64_t position_offset) {
   detail::dispatch_float(in.dtype(), "dropout_forward", [&](auto zero) {
     using T = decltype(zero);
     apply_mask<T>(out.data<T>(), in.data<T>(), in.numel(), p, key, position_offset);

@@ -23,18 +23,27 @@ bool is_storage_float(DType d) {
 
 double load(DType d, const void* p, int64_t i) {
   switch (d) {
-    case DType::kF64: return static_cast<const double*>(p)[i];
-    case DType::kF32: return static_cast<const float*>(p)[i];
-    case DType::kBF16: return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kF16: return fp16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-    default: SHARDLM_CHECK(false);
+    case DType::kF64:
+      return static_cast<const double*>(p)[i];
+    case DType::kF32:
+      return static_cast<const float*>(p)[i];
+    case DType::kBF16:
+      return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kF16:
+      return fp16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
+    default:
+      SHARDLM_CHECK(false);
   }
 }
 
 void store(DType d, void* p, int64_t i, double v) {
   switch (d) {
-    case DType::kF64: static_cast<double*>(p)[i] = v; return;
-    case DType::kF32: static_cast<float*>(p)[i] = static_cast<float>(v); return;
+    case DType::kF64:
+      static_cast<double*>(p)[i] = v;
+      return;
+    case DType::kF32:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      return;
     // Via float: fp64 -> fp32 -> bf16 can double-round, but fp64 -> bf16 sources are rare and
     // the CUDA backend converts through fp32 too.
     case DType::kBF16:
@@ -43,7 +52,8 @@ void store(DType d, void* p, int64_t i, double v) {
     case DType::kF16:
       static_cast<uint16_t*>(p)[i] = float_to_fp16_bits(static_cast<float>(v));
       return;
-    default: SHARDLM_CHECK(false);
+    default:
+      SHARDLM_CHECK(false);
   }
 }
 

@@ -18,19 +18,19 @@ void check_token_ids(const char* op, const Tensor& tokens, int64_t V) {
   const int64_t T = tokens.size(1);
   for (int64_t i = 0; i < tokens.numel(); ++i) {
     if (tok[i] < 0 || tok[i] >= V) {
-      throw Error(ErrorKind::kInvalidArgument,
-                  std::string(op) + ": token id " + std::to_string(tok[i]) + " at [" +
-                      std::to_string(i / T) + ", " + std::to_string(i % T) +
-                      "] is outside the vocabulary [0, " + std::to_string(V) +
-                      "); check the tokenizer / --vocab-size (padded vocab V = " +
-                      std::to_string(V) + ")");
+      throw Error(
+          ErrorKind::kInvalidArgument,
+          std::string(op) + ": token id " + std::to_string(tok[i]) + " at [" +
+              std::to_string(i / T) + ", " + std::to_string(i % T) +
+              "] is outside the vocabulary [0, " + std::to_string(V) +
+              "); check the tokenizer / --vocab-size (padded vocab V = " + std::to_string(V) + ")");
     }
   }
 }
 
 template <typename T>
-void embedding_forward_impl(T* out, const int32_t* tokens, const T* wte, const T* wpe,
-                            int64_t B, int64_t Tn, int64_t C) {
+void embedding_forward_impl(T* out, const int32_t* tokens, const T* wte, const T* wpe, int64_t B,
+                            int64_t Tn, int64_t C) {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < Tn; ++t) {
       T* o = out + (b * Tn + t) * C;

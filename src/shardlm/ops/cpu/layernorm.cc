@@ -19,8 +19,8 @@ namespace shardlm::ops::cpu {
 namespace {
 
 template <typename T>
-void layernorm_forward_impl(T* out, T* mean, T* rstd, const T* in, const T* weight,
-                            const T* bias, int64_t N, int64_t C, double eps) {
+void layernorm_forward_impl(T* out, T* mean, T* rstd, const T* in, const T* weight, const T* bias,
+                            int64_t N, int64_t C, double eps) {
   for (int64_t n = 0; n < N; ++n) {
     const T* x = in + n * C;
     double sum = 0;
@@ -44,8 +44,7 @@ void layernorm_forward_impl(T* out, T* mean, T* rstd, const T* in, const T* weig
 
 template <typename T>
 void layernorm_backward_impl(T* din, T* dweight, T* dbias, const T* dout, const T* in,
-                             const T* weight, const T* mean, const T* rstd, int64_t N,
-                             int64_t C) {
+                             const T* weight, const T* mean, const T* rstd, int64_t N, int64_t C) {
   std::vector<double> dw(dweight != nullptr ? C : 0, 0.0);
   std::vector<double> db(dbias != nullptr ? C : 0, 0.0);
   for (int64_t n = 0; n < N; ++n) {
@@ -97,11 +96,10 @@ void layernorm_backward(DeviceContext&, Tensor din, Tensor dweight, Tensor dbias
   detail::dispatch_float(in.dtype(), "layernorm_backward", [&](auto zero) {
     using T = decltype(zero);
     const int64_t C = weight.numel();
-    layernorm_backward_impl<T>(din.defined() ? din.data<T>() : nullptr,
-                               dweight.defined() ? dweight.data<T>() : nullptr,
-                               dbias.defined() ? dbias.data<T>() : nullptr, dout.data<T>(),
-                               in.data<T>(), weight.data<T>(), mean.data<T>(), rstd.data<T>(),
-                               in.numel() / C, C);
+    layernorm_backward_impl<T>(
+        din.defined() ? din.data<T>() : nullptr, dweight.defined() ? dweight.data<T>() : nullptr,
+        dbias.defined() ? dbias.data<T>() : nullptr, dout.data<T>(), in.data<T>(), weight.data<T>(),
+        mean.data<T>(), rstd.data<T>(), in.numel() / C, C);
   });
 }
 

@@ -39,15 +39,15 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t Nn, int64_t K, const do
 void check_blas_dims(const char* op, int64_t N, int64_t IC, int64_t OC) {
   if (N > INT_MAX || IC > INT_MAX || OC > INT_MAX) {
     throw Error(ErrorKind::kUnsupported,
-                std::string(op) + ": dimensions N=" + std::to_string(N) + " IC=" +
-                    std::to_string(IC) + " OC=" + std::to_string(OC) +
+                std::string(op) + ": dimensions N=" + std::to_string(N) +
+                    " IC=" + std::to_string(IC) + " OC=" + std::to_string(OC) +
                     " exceed the 32-bit BLAS interface; split the rows into smaller calls");
   }
 }
 
 template <typename T>
-void linear_forward_impl(T* out, const T* in, const T* weight, const T* bias, int64_t N,
-                         int64_t IC, int64_t OC) {
+void linear_forward_impl(T* out, const T* in, const T* weight, const T* bias, int64_t N, int64_t IC,
+                         int64_t OC) {
   if (N == 0) return;
   if (bias != nullptr) {  // out starts as the broadcast bias, then GEMM adds with beta = 1
     for (int64_t n = 0; n < N; ++n)
@@ -57,12 +57,11 @@ void linear_forward_impl(T* out, const T* in, const T* weight, const T* bias, in
 }
 
 template <typename T>
-void linear_backward_impl(T* din, T* dweight, T* dbias, const T* dout, const T* in,
-                          const T* weight, int64_t N, int64_t IC, int64_t OC) {
+void linear_backward_impl(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight,
+                          int64_t N, int64_t IC, int64_t OC) {
   // (ops.cc guarantees IC, OC >= 1; N may be 0, where the accumulated gradients are unchanged)
   if (din != nullptr && N > 0) gemm(false, false, N, IC, OC, dout, weight, T(0), din);
-  if (dweight != nullptr && N > 0)
-    gemm(true, false, OC, IC, N, dout, in, T(1), dweight);
+  if (dweight != nullptr && N > 0) gemm(true, false, OC, IC, N, dout, in, T(1), dweight);
   if (dbias != nullptr) {
     std::vector<double> sum(OC, 0.0);
     for (int64_t n = 0; n < N; ++n)
@@ -85,8 +84,8 @@ void linear_forward(DeviceContext&, Tensor out, const Tensor& in, const Tensor& 
   });
 }
 
-void linear_backward(DeviceContext&, Tensor din, Tensor dweight, Tensor dbias,
-                     const Tensor& dout, const Tensor& in, const Tensor& weight) {
+void linear_backward(DeviceContext&, Tensor din, Tensor dweight, Tensor dbias, const Tensor& dout,
+                     const Tensor& in, const Tensor& weight) {
   detail::dispatch_float(in.dtype(), "linear_backward", [&](auto zero) {
     using T = decltype(zero);
     const int64_t OC = weight.size(0), IC = weight.size(1), N = in.numel() / IC;

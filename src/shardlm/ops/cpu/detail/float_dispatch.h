@@ -25,9 +25,12 @@ namespace shardlm::ops::cpu::detail {
 template <typename F>
 decltype(auto) dispatch_float(DType dtype, const char* op, F&& f) {
   switch (dtype) {
-    case DType::kF32: return f(float{});
-    case DType::kF64: return f(double{});
-    default: throw_unsupported_dtype(op, dtype);
+    case DType::kF32:
+      return f(float{});
+    case DType::kF64:
+      return f(double{});
+    default:
+      throw_unsupported_dtype(op, dtype);
   }
 }
 
