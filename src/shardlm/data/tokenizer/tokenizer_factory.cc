@@ -1,0 +1,58 @@
+#include "shardlm/data/tokenizer/tokenizer_factory.h"
+
+#include "shardlm/base/error.h"
+#include "shardlm/data/tokenizer/gpt2_bpe_tokenizer.h"
+#include "shardlm/data/tokenizer/hf_tokenizer.h"
+#include "shardlm/data/tokenizer/null_tokenizer.h"
+#include "shardlm/data/tokenizer/sentencepiece_tokenizer.h"
+
+namespace shardlm::data {
+namespace {
+
+void require_flag(const std::string& value, const std::string& flag, const std::string& type) {
+  if (value.empty()) {
+    throw Error(ErrorKind::kInvalidConfig, "--tokenizer-type " + type + " needs " + flag);
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> supported_tokenizer_types() {
+  std::vector<std::string> types = {"GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer"};
+  if (sentencepiece_available()) {
+    types.insert(types.end(),
+                 {"SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"});
+  }
+  return types;
+}
+
+std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options) {
+  const std::string& type = options.type;
+  if (type == "GPT2BPETokenizer") {
+    require_flag(options.vocab_file, "--vocab-file (GPT-2 vocab.json)", type);
+    require_flag(options.merge_file, "--merge-file (GPT-2 merges.txt)", type);
+    return Gpt2BpeTokenizer::from_files(options.vocab_file, options.merge_file);
+  }
+  if (type == "HuggingFaceTokenizer") {
+    require_flag(options.tokenizer_model,
+                 "--tokenizer-model (a tokenizer.json file or a folder holding one)", type);
+    return HfTokenizer::from_path(options.tokenizer_model);
+  }
+  if (type == "SentencePieceTokenizer" || type == "GPTSentencePieceTokenizer" ||
+      type == "Llama2Tokenizer") {
+    require_flag(options.tokenizer_model, "--tokenizer-model (a SentencePiece .model file)", type);
+    return make_sentencepiece_tokenizer(options.tokenizer_model, type);
+  }
+  if (type == "NullTokenizer") {
+    if (!options.vocab_size) {
+      throw Error(ErrorKind::kInvalidConfig, "--tokenizer-type NullTokenizer needs --vocab-size");
+    }
+    return std::make_unique<NullTokenizer>(*options.vocab_size);
+  }
+  std::string supported;
+  for (const auto& t : supported_tokenizer_types()) supported += " " + t;
+  throw Error(ErrorKind::kInvalidConfig,
+              "--tokenizer-type '" + type + "' is not supported; choose one of:" + supported);
+}
+
+}  // namespace shardlm::data

@@ -1,0 +1,36 @@
+// make_tokenizer: builds a Tokenizer from Megatron's tokenizer flags.
+//
+//   --tokenizer-type GPT2BPETokenizer        --vocab-file vocab.json --merge-file merges.txt
+//   --tokenizer-type HuggingFaceTokenizer    --tokenizer-model DIR_OR_tokenizer.json
+//   --tokenizer-type SentencePieceTokenizer | GPTSentencePieceTokenizer | Llama2Tokenizer
+//                                            --tokenizer-model tokenizer.model
+//   --tokenizer-type NullTokenizer           --vocab-size N
+// Missing or contradictory flags throw Error(kInvalidConfig) saying which flag to add.
+//
+//   TokenizerOptions o{.type = "GPT2BPETokenizer", .vocab_file = "v.json", .merge_file = "m.txt"};
+//   std::unique_ptr<Tokenizer> tok = make_tokenizer(o);
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardlm/data/tokenizer/tokenizer.h"
+
+namespace shardlm::data {
+
+struct TokenizerOptions {
+  std::string type;
+  std::string vocab_file;
+  std::string merge_file;
+  std::string tokenizer_model;
+  std::optional<int64_t> vocab_size;  // NullTokenizer
+};
+
+// The --tokenizer-type values this build supports.
+std::vector<std::string> supported_tokenizer_types();
+
+std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options);
+
+}  // namespace shardlm::data
