@@ -6,7 +6,6 @@
 //   swiglu     : in[N,2F] = [a | b],  out[N,F] = silu(a) * b,  silu(a) = a * sigmoid(a)
 //   d/da       = dout * b * sigmoid(a) (1 + a (1 - sigmoid(a))),  d/db = dout * silu(a)
 #include <cmath>
-#include <numbers>
 
 #include "shardlm/ops/cpu/cpu_ops.h"
 #include "shardlm/ops/cpu/detail/float_dispatch.h"
@@ -16,7 +15,7 @@ namespace shardlm::ops::cpu {
 namespace {
 
 constexpr double kGeluCoeff = 0.044715;
-const double kSqrt2OverPi = std::sqrt(2.0 / std::numbers::pi);
+constexpr double kSqrt2OverPi = 0.7978845608028654;  // sqrt(2 / pi)
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
