@@ -34,8 +34,8 @@ TEST(CmdPreprocess, MegatronCommandLineGivesMegatronBytes) {
   ScratchDir dir("cli");
   parse({"preprocess", "--input", shared_data("corpus/moby_dick.jsonl"), "--output-prefix",
          dir.file("moby_dick"), "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file",
-         testing::gpt2_vocab(), "--merge-file", testing::gpt2_merges(), "--append-eod",
-         "--workers", "2"});
+         testing::gpt2_vocab(), "--merge-file", testing::gpt2_merges(), "--append-eod", "--workers",
+         "2"});
   for (const std::string ext : {".bin", ".idx"}) {
     EXPECT_TRUE(file_bytes(dir.file("moby_dick_text_document" + ext)) ==
                 file_bytes(shared_data("megatron/moby_dick_text_document" + ext)));
@@ -48,9 +48,13 @@ TEST(CmdPreprocess, MegatronCommandLineGivesMegatronBytes) {
 
 TEST(CmdPreprocess, UnsupportedAndMissingFlagsAreConfigErrors) {
   ScratchDir dir("cli_bad");
-  const std::vector<std::string> base = {"preprocess", "--input",
+  const std::vector<std::string> base = {"preprocess",
+                                         "--input",
                                          shared_data("corpus/moby_dick.jsonl"),
-                                         "--output-prefix", dir.file("x"), "--workers", "1"};
+                                         "--output-prefix",
+                                         dir.file("x"),
+                                         "--workers",
+                                         "1"};
   const auto expect_config_error = [&](std::vector<std::string> extra, const std::string& text) {
     std::vector<std::string> args = base;
     args.insert(args.end(), extra.begin(), extra.end());

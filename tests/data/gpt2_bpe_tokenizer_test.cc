@@ -27,8 +27,7 @@ TEST(Gpt2BpeTokenizer, KnownIdsFromTheSharedReadme) {
 }
 
 TEST(Gpt2BpeTokenizer, EndOfTextInTextIsTheSpecialToken) {
-  EXPECT_EQ(gpt2().encode("Hello<|endoftext|> world"),
-            (std::vector<int32_t>{15496, 50256, 995}));
+  EXPECT_EQ(gpt2().encode("Hello<|endoftext|> world"), (std::vector<int32_t>{15496, 50256, 995}));
 }
 
 TEST(Gpt2BpeTokenizer, DecodeInvertsEncodeOnText) {

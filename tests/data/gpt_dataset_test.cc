@@ -64,7 +64,8 @@ TEST_P(MegatronSplit, IndexArraysAndWindowsMatchMegatron) {
   const std::string split_name = GetParam() == "train_1500" ? "train" : GetParam();
   const auto matrix = parse_split_matrix("90,8,2");
   const int split_id = split_name == "train" ? 0 : split_name == "valid" ? 1 : 2;
-  const DocumentRange range = split_document_range(matrix[split_id], moby_corpus()->num_sequences());
+  const DocumentRange range =
+      split_document_range(matrix[split_id], moby_corpus()->num_sequences());
   EXPECT_EQ(range.begin, expected.at("document_range")[0].get<int64_t>());
   EXPECT_EQ(range.end, expected.at("document_range")[1].get<int64_t>());
 
@@ -72,8 +73,7 @@ TEST_P(MegatronSplit, IndexArraysAndWindowsMatchMegatron) {
   config.seq_length = 256;
   config.seed = 1234;
   const GptDataset dataset(moby_corpus(), range,
-                           expected.at("num_samples_requested").get<int64_t>(), config,
-                           split_name);
+                           expected.at("num_samples_requested").get<int64_t>(), config, split_name);
   const GptSampleIndex& index = dataset.sample_index();
   EXPECT_EQ(dataset.size(), expected.at("len").get<int64_t>());
   EXPECT_EQ(index.num_epochs, expected.at("num_epochs").get<int64_t>());

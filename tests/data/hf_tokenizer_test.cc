@@ -88,8 +88,7 @@ TEST(HfTokenizer, GptTwoStyleTokenizerJsonEqualsVocabAndMerges) {
     if (!line.empty()) merges.push_back(line);
   }
   const nlohmann::json j = {
-      {"added_tokens",
-       {{{"id", 50256}, {"content", "<|endoftext|>"}, {"special", true}}}},
+      {"added_tokens", {{{"id", 50256}, {"content", "<|endoftext|>"}, {"special", true}}}},
       {"normalizer", nullptr},
       {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
       {"post_processor", {{"type", "ByteLevel"}}},
@@ -108,8 +107,9 @@ TEST(HfTokenizer, GptTwoStyleTokenizerJsonEqualsVocabAndMerges) {
 }
 
 TEST(HfTokenizer, UnsupportedComponentsAreNamed) {
-  nlohmann::json j = {{"normalizer", {{"type", "NFKC"}}},
-                      {"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", nlohmann::json::array()}}}};
+  nlohmann::json j = {
+      {"normalizer", {{"type", "NFKC"}}},
+      {"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", nlohmann::json::array()}}}};
   try {
     HfTokenizer(j, "x.json", "");
     FAIL();

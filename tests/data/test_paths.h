@@ -1,10 +1,10 @@
 // Paths to shared test data and a scratch folder helper for the data tests.
 #pragma once
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
-
-#include <unistd.h>
 
 namespace shardlm::data::testing {
 

@@ -55,8 +55,8 @@ void run_preprocess(PreprocessFlags& flags) {
   const std::unique_ptr<data::Tokenizer> tokenizer = data::make_tokenizer(flags.tokenizer);
   flags.options.progress = &std::cerr;
   const data::PreprocessReport report = data::preprocess_jsonl(flags.options, *tokenizer);
-  std::cout << "Processed " << report.documents << " documents, " << report.tokens
-            << " tokens, " << report.input_bytes / 1e6 << " MB in " << report.seconds << " s ("
+  std::cout << "Processed " << report.documents << " documents, " << report.tokens << " tokens, "
+            << report.input_bytes / 1e6 << " MB in " << report.seconds << " s ("
             << report.documents / std::max(report.seconds, 1e-9) << " docs/s, "
             << report.input_bytes / 1e6 / std::max(report.seconds, 1e-9) << " MB/s)";
   if (report.skipped_lines > 0) std::cout << "; skipped " << report.skipped_lines << " bad lines";
@@ -96,7 +96,8 @@ void run_merge(const std::string& input_dir, const std::string& output_prefix) {
 void register_preprocess(CLI::App& app) {
   auto flags = std::make_shared<PreprocessFlags>();
   CLI::App* cmd = app.add_subcommand(
-      "preprocess", "Tokenize JSON lines into a Megatron indexed dataset (tools/preprocess_data.py)");
+      "preprocess",
+      "Tokenize JSON lines into a Megatron indexed dataset (tools/preprocess_data.py)");
   data::PreprocessOptions& o = flags->options;
   const char* in = "input data";
   cmd->add_option("--input", o.input, "Path to input JSON lines")->required()->group(in);
@@ -134,8 +135,7 @@ void register_preprocess(CLI::App& app) {
   cmd->add_option("--workers", o.workers, "Number of worker threads")->required()->group(rt);
   cmd->add_option("--partitions", flags->partitions, "Must be 1 (ShardLM streams the input)")
       ->group(rt);
-  cmd->add_option("--log-interval", o.log_interval, "Documents between progress lines")
-      ->group(rt);
+  cmd->add_option("--log-interval", o.log_interval, "Documents between progress lines")->group(rt);
   cmd->add_flag("--keep-sequential-samples", flags->keep_sequential_samples,
                 "Accepted for compatibility: ShardLM always keeps input order")
       ->group(rt);

@@ -73,9 +73,9 @@ BlendedDataset::BlendedDataset(std::vector<std::shared_ptr<const SampleSource>> 
                                std::vector<double> weights, int64_t size)
     : datasets_(std::move(datasets)), size_(size) {
   if (datasets_.empty() || datasets_.size() != weights.size() || datasets_.size() >= 32767) {
-    throw Error(ErrorKind::kInvalidConfig,
-                "a blend needs one weight per dataset (got " + std::to_string(datasets_.size()) +
-                    " datasets and " + std::to_string(weights.size()) + " weights)");
+    throw Error(ErrorKind::kInvalidConfig, "a blend needs one weight per dataset (got " +
+                                               std::to_string(datasets_.size()) + " datasets and " +
+                                               std::to_string(weights.size()) + " weights)");
   }
   for (size_t d = 0; d < datasets_.size(); ++d) {
     if (!(weights[d] >= 0)) {

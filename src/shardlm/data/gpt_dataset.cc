@@ -20,8 +20,8 @@ GptDataset::GptDataset(std::shared_ptr<const IndexedDataset> corpus, DocumentRan
                                   config_.seed);
   };
   if (config_.cache_dir) {
-    const GptIndexCacheKey key{corpus_->prefix(), documents, num_samples, config_.seq_length,
-                               config_.seed, split_name_};
+    const GptIndexCacheKey key{corpus_->prefix(),  documents,    num_samples,
+                               config_.seq_length, config_.seed, split_name_};
     index_ = load_or_build_gpt_index(*config_.cache_dir, key, *corpus_, build);
   } else {
     index_ = build();
@@ -31,15 +31,15 @@ GptDataset::GptDataset(std::shared_ptr<const IndexedDataset> corpus, DocumentRan
 void GptDataset::get(int64_t index, std::span<int32_t> tokens, std::span<float> loss_mask) const {
   const int64_t seq = config_.seq_length;
   if (index < 0 || index >= size()) {
-    throw Error(ErrorKind::kInvalidArgument,
-                "sample " + std::to_string(index) + " is outside the " + split_name_ +
-                    " dataset of " + std::to_string(size()) + " samples");
+    throw Error(ErrorKind::kInvalidArgument, "sample " + std::to_string(index) +
+                                                 " is outside the " + split_name_ + " dataset of " +
+                                                 std::to_string(size()) + " samples");
   }
   if (static_cast<int64_t>(tokens.size()) != seq + 1 ||
       static_cast<int64_t>(loss_mask.size()) != seq) {
-    throw Error(ErrorKind::kInvalidArgument,
-                "GptDataset::get needs " + std::to_string(seq + 1) + " tokens and " +
-                    std::to_string(seq) + " mask values");
+    throw Error(ErrorKind::kInvalidArgument, "GptDataset::get needs " + std::to_string(seq + 1) +
+                                                 " tokens and " + std::to_string(seq) +
+                                                 " mask values");
   }
   const int64_t sample = index_.shuffle_index[index];
   const int64_t row_begin = index_.sample_index[2 * sample];

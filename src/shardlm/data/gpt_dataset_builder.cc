@@ -63,8 +63,8 @@ class Builder {
         out[s] = std::make_shared<const GptDataset>(corpus, range, sizes[s], dataset_config_,
                                                     kSplitNames[s]);
       } catch (const Error& e) {
-        throw Error(e.kind(), std::string(kSplitNames[s]) + " split of " + prefix + ": " +
-                                  e.what());
+        throw Error(e.kind(),
+                    std::string(kSplitNames[s]) + " split of " + prefix + ": " + e.what());
       }
     }
     return out;
@@ -98,8 +98,8 @@ class Builder {
         for (size_t d = 0; d < n; ++d) {
           const double used = std::ceil(static_cast<double>(*sizes[s]) * weights[d]);
           target[d][s] = static_cast<int64_t>(used);
-          buffer[d][s] = static_cast<int64_t>(
-              std::ceil(used * (1.0 + config_.mid_level_dataset_surplus)));
+          buffer[d][s] =
+              static_cast<int64_t>(std::ceil(used * (1.0 + config_.mid_level_dataset_surplus)));
         }
       }
     }
@@ -139,8 +139,7 @@ class Builder {
     explicit SharedSource(std::shared_ptr<const SampleSource> inner) : inner_(std::move(inner)) {}
     int64_t size() const override { return inner_->size(); }
     int64_t seq_length() const override { return inner_->seq_length(); }
-    void get(int64_t index, std::span<int32_t> tokens,
-             std::span<float> loss_mask) const override {
+    void get(int64_t index, std::span<int32_t> tokens, std::span<float> loss_mask) const override {
       inner_->get(index, tokens, loss_mask);
     }
 

@@ -20,8 +20,7 @@ std::string file_fingerprint(const std::string& path) {
   std::error_code ec;
   const auto size = fs::file_size(path, ec);
   const auto mtime = fs::last_write_time(path, ec);
-  return std::to_string(size) + " bytes, mtime " +
-         std::to_string(mtime.time_since_epoch().count());
+  return std::to_string(size) + " bytes, mtime " + std::to_string(mtime.time_since_epoch().count());
 }
 
 std::string describe(const GptIndexCacheKey& key, const IndexedDataset& corpus) {
@@ -76,14 +75,14 @@ GptSampleIndex load_or_build_gpt_index(const std::string& cache_dir, const GptIn
   if (fs::exists(shuffle_path) && fs::exists(description_path) &&
       read_all(description_path) == description) {
     try {
-    GptSampleIndex index;
-    static_cast<GptEpochPlan&>(index) = plan_gpt_epochs(
-        corpus.sequence_lengths(), key.documents, key.num_samples, key.seq_length);
-    const NpyArray documents = read_npy(document_path);
-    index.document_index.assign(documents.values.begin(), documents.values.end());
-    index.sample_index = read_npy(sample_path).values;
-    index.shuffle_index = read_npy(shuffle_path).values;
-    if (index.shuffle_index.size() * 2 + 2 == index.sample_index.size()) return index;
+      GptSampleIndex index;
+      static_cast<GptEpochPlan&>(index) = plan_gpt_epochs(corpus.sequence_lengths(), key.documents,
+                                                          key.num_samples, key.seq_length);
+      const NpyArray documents = read_npy(document_path);
+      index.document_index.assign(documents.values.begin(), documents.values.end());
+      index.sample_index = read_npy(sample_path).values;
+      index.shuffle_index = read_npy(shuffle_path).values;
+      if (index.shuffle_index.size() * 2 + 2 == index.sample_index.size()) return index;
     } catch (const Error&) {
       // unreadable or damaged cache entry: rebuild and overwrite it below
     }
@@ -95,17 +94,17 @@ GptSampleIndex load_or_build_gpt_index(const std::string& cache_dir, const GptIn
   fs::create_directories(folder, ec);
   if (ec) return index;  // read-only data folder: run uncached (--data-cache-path picks one)
   const int64_t num_samples = index.size();
-  const bool large = index.sample_index.size() > 0 &&
-                     (num_samples >= std::numeric_limits<uint32_t>::max() - 1 ||
-                      index.document_index.size() >=
-                          static_cast<size_t>(std::numeric_limits<int32_t>::max()));
+  const bool large =
+      index.sample_index.size() > 0 &&
+      (num_samples >= std::numeric_limits<uint32_t>::max() - 1 ||
+       index.document_index.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max()));
   try {
-  write_npy(document_path, index.document_index,
-            {static_cast<int64_t>(index.document_index.size())});
-  write_npy(sample_path, index.sample_index, {num_samples + 1, 2},
-            large ? NpyDType::kInt64 : NpyDType::kInt32);
-  write_npy(shuffle_path, index.shuffle_index, {num_samples},
-            large ? NpyDType::kInt64 : NpyDType::kUInt32);
+    write_npy(document_path, index.document_index,
+              {static_cast<int64_t>(index.document_index.size())});
+    write_npy(sample_path, index.sample_index, {num_samples + 1, 2},
+              large ? NpyDType::kInt64 : NpyDType::kInt32);
+    write_npy(shuffle_path, index.shuffle_index, {num_samples},
+              large ? NpyDType::kInt64 : NpyDType::kUInt32);
   } catch (const Error&) {
     return index;  // cache is best effort: an unwritable folder only costs a rebuild next run
   }

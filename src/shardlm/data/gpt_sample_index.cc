@@ -26,17 +26,17 @@ void append_shuffled_epochs(DocumentRange documents, int64_t num_epochs, NumpyRa
 
 // helpers.cpp build_sample_idx.
 std::vector<int64_t> build_sample_rows(std::span<const int32_t> sequence_lengths,
-                                       std::span<const int32_t> document_index,
-                                       int64_t seq_length, int64_t num_epochs,
-                                       int64_t tokens_per_epoch,
+                                       std::span<const int32_t> document_index, int64_t seq_length,
+                                       int64_t num_epochs, int64_t tokens_per_epoch,
                                        const GptSampleIndexOptions& options) {
   const int64_t extra = options.add_extra_token_to_sequence ? 1 : 0;
   int64_t num_samples;
   if (options.drop_last_partial_sequence) {
     num_samples = (num_epochs * tokens_per_epoch - extra) / seq_length;
   } else {
-    num_samples = static_cast<int64_t>(std::ceil(
-        static_cast<float>(num_epochs * tokens_per_epoch - extra) / static_cast<float>(seq_length)));
+    num_samples =
+        static_cast<int64_t>(std::ceil(static_cast<float>(num_epochs * tokens_per_epoch - extra) /
+                                       static_cast<float>(seq_length)));
   }
   std::vector<int64_t> rows(2 * (num_samples + 1));
   int64_t row = 0;
@@ -130,9 +130,9 @@ GptEpochPlan plan_gpt_epochs(std::span<const int32_t> sequence_lengths, Document
 }
 
 GptSampleIndex build_gpt_sample_index(std::span<const int32_t> sequence_lengths,
-                                      DocumentRange documents,
-                                      std::optional<int64_t> num_samples, int64_t seq_length,
-                                      uint32_t seed, const GptSampleIndexOptions& options) {
+                                      DocumentRange documents, std::optional<int64_t> num_samples,
+                                      int64_t seq_length, uint32_t seed,
+                                      const GptSampleIndexOptions& options) {
   GptSampleIndex index;
   static_cast<GptEpochPlan&>(index) = plan_gpt_epochs(
       sequence_lengths, documents, num_samples, seq_length, options.add_extra_token_to_sequence);

@@ -39,9 +39,9 @@ struct GptEpochPlan {
 };
 
 struct GptSampleIndex : GptEpochPlan {
-  std::vector<int32_t> document_index;       // [E * num_documents]
-  std::vector<int64_t> sample_index;         // [(size() + 1) * 2], row-major (doc row, offset)
-  std::vector<int64_t> shuffle_index;        // [size()]
+  std::vector<int32_t> document_index;  // [E * num_documents]
+  std::vector<int64_t> sample_index;    // [(size() + 1) * 2], row-major (doc row, offset)
+  std::vector<int64_t> shuffle_index;   // [size()]
 
   int64_t size() const { return static_cast<int64_t>(shuffle_index.size()); }
 };
@@ -61,8 +61,8 @@ GptEpochPlan plan_gpt_epochs(std::span<const int32_t> sequence_lengths, Document
 // An empty split (no tokens) gives an empty index when num_samples is 0 or nullopt and an
 // Error(kInvalidConfig) otherwise (Megatron would loop forever).
 GptSampleIndex build_gpt_sample_index(std::span<const int32_t> sequence_lengths,
-                                      DocumentRange documents,
-                                      std::optional<int64_t> num_samples, int64_t seq_length,
-                                      uint32_t seed, const GptSampleIndexOptions& options = {});
+                                      DocumentRange documents, std::optional<int64_t> num_samples,
+                                      int64_t seq_length, uint32_t seed,
+                                      const GptSampleIndexOptions& options = {});
 
 }  // namespace shardlm::data

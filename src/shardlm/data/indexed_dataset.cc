@@ -54,8 +54,9 @@ void IndexedDataset::validate() {
                       " bytes but the file has " + std::to_string(size));
   }
   if (std::memcmp(index_.bytes().data(), kIndexMagic, sizeof(kIndexMagic)) != 0) {
-    corrupt(path, "bad magic: not a Megatron indexed dataset index (expected it to start with "
-                  "\"MMIDIDX\\0\\0\")");
+    corrupt(path,
+            "bad magic: not a Megatron indexed dataset index (expected it to start with "
+            "\"MMIDIDX\\0\\0\")");
   }
   const auto version = read_index_at<uint64_t>(9);
   if (version != kIndexVersion) {
@@ -83,8 +84,7 @@ void IndexedDataset::validate() {
     corrupt(path, std::string(size < expected ? "truncated" : "trailing bytes") + ": " +
                       std::to_string(num_sequences) + " sequences and " +
                       std::to_string(num_doc_entries) + " document-index entries need " +
-                      std::to_string(expected) + " bytes but the file has " +
-                      std::to_string(size));
+                      std::to_string(expected) + " bytes but the file has " + std::to_string(size));
   }
   num_sequences_ = static_cast<int64_t>(num_sequences);
   num_doc_index_entries_ = static_cast<int64_t>(num_doc_entries);
@@ -98,9 +98,10 @@ void IndexedDataset::validate() {
     const int64_t pointer = sequence_pointer(i);
     if (length < 0) corrupt(path, "sequence " + std::to_string(i) + " has negative length");
     if (pointer != expected_pointer) {
-      corrupt(path, "sequence " + std::to_string(i) + " starts at byte " +
-                        std::to_string(pointer) + " of the .bin but the lengths before it put "
-                        "it at " + std::to_string(expected_pointer));
+      corrupt(path, "sequence " + std::to_string(i) + " starts at byte " + std::to_string(pointer) +
+                        " of the .bin but the lengths before it put "
+                        "it at " +
+                        std::to_string(expected_pointer));
     }
     expected_pointer += static_cast<int64_t>(length) * dtype_size_;
   }
@@ -121,12 +122,12 @@ void IndexedDataset::validate() {
                       "sequence count " + std::to_string(num_sequences_));
   }
   if (static_cast<int64_t>(bin_.size()) != expected_pointer) {
-    throw Error(ErrorKind::kCorruptData,
-                bin_.path() + ": has " + std::to_string(bin_.size()) + " bytes but " + path +
-                    " describes " + std::to_string(expected_pointer) + " bytes (" +
-                    std::to_string(num_tokens_) + " tokens of " +
-                    std::string(token_dtype_name(dtype_)) +
-                    "); the .bin is truncated or belongs to another .idx");
+    throw Error(ErrorKind::kCorruptData, bin_.path() + ": has " + std::to_string(bin_.size()) +
+                                             " bytes but " + path + " describes " +
+                                             std::to_string(expected_pointer) + " bytes (" +
+                                             std::to_string(num_tokens_) + " tokens of " +
+                                             std::string(token_dtype_name(dtype_)) +
+                                             "); the .bin is truncated or belongs to another .idx");
   }
 }
 
@@ -155,17 +156,23 @@ void IndexedDataset::read_tokens(int64_t sequence, int64_t offset, std::span<int
       offset + static_cast<int64_t>(out.size()) > sequence_length(sequence)) {
     throw Error(ErrorKind::kInvalidArgument,
                 prefix_ + ": read of tokens [" + std::to_string(offset) + ", " +
-                    std::to_string(offset + static_cast<int64_t>(out.size())) +
-                    ") of sequence " + std::to_string(sequence) + " is out of range");
+                    std::to_string(offset + static_cast<int64_t>(out.size())) + ") of sequence " +
+                    std::to_string(sequence) + " is out of range");
   }
   const std::byte* src = bin_.bytes().data() + sequence_pointer(sequence) + offset * dtype_size_;
   switch (dtype_) {
-    case TokenDType::kUInt8: return convert_tokens<uint8_t>(src, out);
-    case TokenDType::kInt8: return convert_tokens<int8_t>(src, out);
-    case TokenDType::kInt16: return convert_tokens<int16_t>(src, out);
-    case TokenDType::kUInt16: return convert_tokens<uint16_t>(src, out);
-    case TokenDType::kInt32: return convert_tokens<int32_t>(src, out);
-    case TokenDType::kInt64: return convert_tokens<int64_t>(src, out);
+    case TokenDType::kUInt8:
+      return convert_tokens<uint8_t>(src, out);
+    case TokenDType::kInt8:
+      return convert_tokens<int8_t>(src, out);
+    case TokenDType::kInt16:
+      return convert_tokens<int16_t>(src, out);
+    case TokenDType::kUInt16:
+      return convert_tokens<uint16_t>(src, out);
+    case TokenDType::kInt32:
+      return convert_tokens<int32_t>(src, out);
+    case TokenDType::kInt64:
+      return convert_tokens<int64_t>(src, out);
     case TokenDType::kFloat32:
     case TokenDType::kFloat64:
       break;

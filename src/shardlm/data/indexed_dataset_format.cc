@@ -22,14 +22,22 @@ std::optional<int> token_dtype_size(uint8_t code) {
 
 std::string_view token_dtype_name(TokenDType dtype) {
   switch (dtype) {
-    case TokenDType::kUInt8: return "uint8";
-    case TokenDType::kInt8: return "int8";
-    case TokenDType::kInt16: return "int16";
-    case TokenDType::kInt32: return "int32";
-    case TokenDType::kInt64: return "int64";
-    case TokenDType::kFloat64: return "float64";
-    case TokenDType::kFloat32: return "float32";
-    case TokenDType::kUInt16: return "uint16";
+    case TokenDType::kUInt8:
+      return "uint8";
+    case TokenDType::kInt8:
+      return "int8";
+    case TokenDType::kInt16:
+      return "int16";
+    case TokenDType::kInt32:
+      return "int32";
+    case TokenDType::kInt64:
+      return "int64";
+    case TokenDType::kFloat64:
+      return "float64";
+    case TokenDType::kFloat32:
+      return "float32";
+    case TokenDType::kUInt16:
+      return "uint16";
   }
   return "unknown";
 }

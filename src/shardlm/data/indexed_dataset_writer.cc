@@ -47,8 +47,8 @@ IndexedDatasetWriter::IndexedDatasetWriter(std::string prefix, TokenDType dtype)
   }
   bin_file_ = std::fopen(bin_temp_path_.c_str(), "wb");
   if (bin_file_ == nullptr) {
-    throw Error(ErrorKind::kIo, "cannot create '" + bin_temp_path_ + "': " +
-                                    std::strerror(errno) + " (does the output folder exist?)");
+    throw Error(ErrorKind::kIo, "cannot create '" + bin_temp_path_ + "': " + std::strerror(errno) +
+                                    " (does the output folder exist?)");
   }
 }
 
@@ -75,17 +75,31 @@ void IndexedDatasetWriter::add_document(std::span<const int32_t> tokens,
   int64_t total = 0;
   for (int32_t length : sequence_lengths) total += length;
   if (total != static_cast<int64_t>(tokens.size())) {
-    throw Error(ErrorKind::kInvalidArgument,
-                prefix_ + ": sequence lengths sum to " + std::to_string(total) + " but the "
-                "document has " + std::to_string(tokens.size()) + " tokens");
+    throw Error(ErrorKind::kInvalidArgument, prefix_ + ": sequence lengths sum to " +
+                                                 std::to_string(total) +
+                                                 " but the "
+                                                 "document has " +
+                                                 std::to_string(tokens.size()) + " tokens");
   }
   switch (dtype_) {
-    case TokenDType::kUInt8: narrow_into<uint8_t>(tokens, convert_buffer_, prefix_); break;
-    case TokenDType::kInt8: narrow_into<int8_t>(tokens, convert_buffer_, prefix_); break;
-    case TokenDType::kInt16: narrow_into<int16_t>(tokens, convert_buffer_, prefix_); break;
-    case TokenDType::kUInt16: narrow_into<uint16_t>(tokens, convert_buffer_, prefix_); break;
-    case TokenDType::kInt32: narrow_into<int32_t>(tokens, convert_buffer_, prefix_); break;
-    case TokenDType::kInt64: narrow_into<int64_t>(tokens, convert_buffer_, prefix_); break;
+    case TokenDType::kUInt8:
+      narrow_into<uint8_t>(tokens, convert_buffer_, prefix_);
+      break;
+    case TokenDType::kInt8:
+      narrow_into<int8_t>(tokens, convert_buffer_, prefix_);
+      break;
+    case TokenDType::kInt16:
+      narrow_into<int16_t>(tokens, convert_buffer_, prefix_);
+      break;
+    case TokenDType::kUInt16:
+      narrow_into<uint16_t>(tokens, convert_buffer_, prefix_);
+      break;
+    case TokenDType::kInt32:
+      narrow_into<int32_t>(tokens, convert_buffer_, prefix_);
+      break;
+    case TokenDType::kInt64:
+      narrow_into<int64_t>(tokens, convert_buffer_, prefix_);
+      break;
     case TokenDType::kFloat32:
     case TokenDType::kFloat64:
       break;
@@ -101,8 +115,7 @@ void IndexedDatasetWriter::append_dataset(const IndexedDataset& other) {
   if (other.dtype() != dtype_) {
     throw Error(ErrorKind::kInvalidArgument,
                 other.prefix() + ": dtype " + std::string(token_dtype_name(other.dtype())) +
-                    " differs from the merged dataset's " +
-                    std::string(token_dtype_name(dtype_)) +
+                    " differs from the merged dataset's " + std::string(token_dtype_name(dtype_)) +
                     "; all inputs to a merge must come from the same tokenizer");
   }
   const auto offset = static_cast<int64_t>(sequence_lengths_.size());
@@ -125,13 +138,14 @@ void IndexedDatasetWriter::finish() {
 
   std::FILE* index = std::fopen(index_temp_path_.c_str(), "wb");
   if (index == nullptr) {
-    throw Error(ErrorKind::kIo, "cannot create '" + index_temp_path_ + "': " + std::strerror(errno));
+    throw Error(ErrorKind::kIo,
+                "cannot create '" + index_temp_path_ + "': " + std::strerror(errno));
   }
   const auto put = [&](const void* data, size_t bytes) {
     if (bytes > 0 && std::fwrite(data, 1, bytes, index) != bytes) {
       std::fclose(index);
-      throw Error(ErrorKind::kIo, "cannot write '" + index_temp_path_ + "': " +
-                                      std::strerror(errno));
+      throw Error(ErrorKind::kIo,
+                  "cannot write '" + index_temp_path_ + "': " + std::strerror(errno));
     }
   };
   const uint64_t version = kIndexVersion;

@@ -17,8 +17,8 @@ void MockGPTDataset::get(int64_t index, std::span<int32_t> tokens,
   SHARDLM_CHECK(index >= 0 && index < num_samples_);
   SHARDLM_CHECK_EQ(static_cast<int64_t>(tokens.size()), seq_length_ + 1);
   SHARDLM_CHECK_EQ(static_cast<int64_t>(loss_mask.size()), seq_length_);
-  const uint64_t start = mix64(seed_ ^ mix64(static_cast<uint64_t>(index))) %
-                         static_cast<uint64_t>(vocab_size_);
+  const uint64_t start =
+      mix64(seed_ ^ mix64(static_cast<uint64_t>(index))) % static_cast<uint64_t>(vocab_size_);
   for (int64_t k = 0; k <= seq_length_; ++k)
     tokens[k] = static_cast<int32_t>((start + static_cast<uint64_t>(k)) %
                                      static_cast<uint64_t>(vocab_size_));

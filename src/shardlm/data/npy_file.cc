@@ -17,9 +17,12 @@ constexpr char kNpyMagic[] = "\x93NUMPY";
 
 const char* descr_of(NpyDType dtype) {
   switch (dtype) {
-    case NpyDType::kInt32: return "<i4";
-    case NpyDType::kUInt32: return "<u4";
-    case NpyDType::kInt64: return "<i8";
+    case NpyDType::kInt32:
+      return "<i4";
+    case NpyDType::kUInt32:
+      return "<u4";
+    case NpyDType::kInt64:
+      return "<i8";
   }
   return "";
 }
@@ -59,9 +62,15 @@ void write_npy_impl(const std::string& path, std::span<const Value> values,
     out.write(reinterpret_cast<const char*>(&length), 2);
     out.write(header.data(), static_cast<std::streamsize>(header.size()));
     switch (dtype) {
-      case NpyDType::kInt32: write_values<int32_t>(out, values); break;
-      case NpyDType::kUInt32: write_values<uint32_t>(out, values); break;
-      case NpyDType::kInt64: write_values<int64_t>(out, values); break;
+      case NpyDType::kInt32:
+        write_values<int32_t>(out, values);
+        break;
+      case NpyDType::kUInt32:
+        write_values<uint32_t>(out, values);
+        break;
+      case NpyDType::kInt64:
+        write_values<int64_t>(out, values);
+        break;
     }
     if (!out) throw Error(ErrorKind::kIo, "cannot write '" + temp + "'");
   }

@@ -1,5 +1,6 @@
 #include "shardlm/data/preprocess.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -8,7 +9,6 @@
 
 #include "shardlm/base/error.h"
 #include "shardlm/data/indexed_dataset_writer.h"
-#include <algorithm>
 
 namespace shardlm::data {
 namespace {
@@ -43,8 +43,8 @@ EncodedLine encode_line(const std::string& line, const PreprocessOptions& option
     std::vector<std::string> sentences;
     if (it->is_string()) {
       sentences.push_back(it->get<std::string>());
-    } else if (it->is_array() && std::all_of(it->begin(), it->end(),
-                                             [](const auto& v) { return v.is_string(); })) {
+    } else if (it->is_array() &&
+               std::all_of(it->begin(), it->end(), [](const auto& v) { return v.is_string(); })) {
       for (const auto& v : *it) sentences.push_back(v.get<std::string>());
     } else {
       result.error = "key '" + key + "' is neither a string nor a list of strings";
@@ -90,9 +90,9 @@ PreprocessReport preprocess_jsonl(const PreprocessOptions& options, const Tokeni
                 "--workers " + std::to_string(options.workers) + " must be >= 1");
   }
   if (options.append_eod && !tokenizer.eod_id()) {
-    throw Error(ErrorKind::kInvalidConfig,
-                "--append-eod: tokenizer " + std::string(tokenizer.type_name()) +
-                    " has no end-of-document token");
+    throw Error(ErrorKind::kInvalidConfig, "--append-eod: tokenizer " +
+                                               std::string(tokenizer.type_name()) +
+                                               " has no end-of-document token");
   }
   std::ifstream in(options.input, std::ios::binary);
   if (!in) throw Error(ErrorKind::kIo, "cannot open --input '" + options.input + "'");
@@ -106,8 +106,7 @@ PreprocessReport preprocess_jsonl(const PreprocessOptions& options, const Tokeni
   std::vector<std::unique_ptr<IndexedDatasetWriter>> writers;
   for (const std::string& key : options.json_keys) {
     report.output_prefixes.push_back(options.output_prefix + "_" + key + "_document");
-    writers.push_back(
-        std::make_unique<IndexedDatasetWriter>(report.output_prefixes.back(), dtype));
+    writers.push_back(std::make_unique<IndexedDatasetWriter>(report.output_prefixes.back(), dtype));
   }
 
   std::vector<std::string> lines;
@@ -146,13 +145,12 @@ PreprocessReport preprocess_jsonl(const PreprocessOptions& options, const Tokeni
         report.tokens += static_cast<int64_t>(line.tokens[k].size());
       }
       ++report.documents;
-      if (options.progress != nullptr && options.log_interval > 0 &&
-          report.documents >= next_log) {
+      if (options.progress != nullptr && options.log_interval > 0 && report.documents >= next_log) {
         next_log += options.log_interval;
         const double s = elapsed();
         *options.progress << "Processed " << report.documents << " documents ("
-                          << report.documents / s << " docs/s, "
-                          << report.input_bytes / s / 1e6 << " MB/s)." << std::endl;
+                          << report.documents / s << " docs/s, " << report.input_bytes / s / 1e6
+                          << " MB/s)." << std::endl;
       }
     }
   }

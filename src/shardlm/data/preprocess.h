@@ -24,7 +24,7 @@
 namespace shardlm::data {
 
 struct PreprocessOptions {
-  std::string input;                          // JSON-lines file
+  std::string input;  // JSON-lines file
   std::vector<std::string> json_keys{"text"};
   std::string output_prefix;
   bool append_eod = false;

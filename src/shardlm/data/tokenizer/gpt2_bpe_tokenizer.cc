@@ -67,9 +67,9 @@ std::string Gpt2BpeTokenizer::decode(std::span<const int32_t> ids) const {
   std::string out;
   for (int32_t id : ids) {
     if (id < 0 || id >= static_cast<int64_t>(token_bytes_.size())) {
-      throw Error(ErrorKind::kInvalidArgument,
-                  "token id " + std::to_string(id) + " is outside the GPT-2 vocabulary [0, " +
-                      std::to_string(token_bytes_.size()) + ")");
+      throw Error(ErrorKind::kInvalidArgument, "token id " + std::to_string(id) +
+                                                   " is outside the GPT-2 vocabulary [0, " +
+                                                   std::to_string(token_bytes_.size()) + ")");
     }
     out += token_bytes_[id];
   }

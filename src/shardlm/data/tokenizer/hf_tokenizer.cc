@@ -29,9 +29,9 @@ struct PreTokenizerStep {
   PretokenizePattern pattern = PretokenizePattern::kGpt2;
   bool use_regex = false;
   bool add_prefix_space = false;
-  std::string replacement;           // Metaspace
-  std::string prepend_scheme;        // Metaspace: always | first | never
-  bool split = false;                // Metaspace
+  std::string replacement;     // Metaspace
+  std::string prepend_scheme;  // Metaspace: always | first | never
+  bool split = false;          // Metaspace
 };
 
 struct DecoderStep {
@@ -73,7 +73,7 @@ struct HfTokenizer::Impl {
   bool fuse_unk = false;
   bool byte_fallback = false;
   bool ignore_merges = false;
-  std::vector<AddedToken> added;          // longest first
+  std::vector<AddedToken> added;  // longest first
   std::map<int32_t, const AddedToken*> added_by_id;
   std::array<bool, 256> added_first_bytes{};  // bytes that can start an added token
   std::vector<int32_t> template_prefix, template_suffix;
@@ -110,8 +110,8 @@ struct HfTokenizer::Impl {
       step.add_prefix_space = j.value("add_prefix_space", false);
     } else if (type == "Split") {
       const json& pattern = j.at("pattern");
-      const std::string regex = pattern.contains("Regex") ? pattern["Regex"].get<std::string>()
-                                                          : std::string();
+      const std::string regex =
+          pattern.contains("Regex") ? pattern["Regex"].get<std::string>() : std::string();
       const auto known = find_pretokenize_pattern(regex);
       if (!known) unsupported(source, "Split pre-tokenizer pattern '" + regex + "'");
       if (j.value("behavior", std::string()) != "Isolated" || j.value("invert", false)) {
@@ -122,8 +122,8 @@ struct HfTokenizer::Impl {
     } else if (type == "Metaspace") {
       step.kind = PreTokenizerStep::kMetaspace;
       step.replacement = j.value("replacement", std::string("\xE2\x96\x81"));
-      step.prepend_scheme = j.value("prepend_scheme", std::string(
-          j.value("add_prefix_space", true) ? "always" : "never"));
+      step.prepend_scheme = j.value(
+          "prepend_scheme", std::string(j.value("add_prefix_space", true) ? "always" : "never"));
       step.split = j.value("split", true);
     } else {
       unsupported(source, "pre_tokenizer '" + type + "'");
@@ -266,10 +266,13 @@ struct HfTokenizer::Impl {
         if (step.kind == PreTokenizerStep::kMetaspace) {
           std::string replaced;
           for (char c : piece) {
-            if (c == ' ') replaced += step.replacement; else replaced.push_back(c);
+            if (c == ' ')
+              replaced += step.replacement;
+            else
+              replaced.push_back(c);
           }
-          const bool prepend = step.prepend_scheme == "always" ||
-                               (step.prepend_scheme == "first" && first_segment);
+          const bool prepend =
+              step.prepend_scheme == "always" || (step.prepend_scheme == "first" && first_segment);
           if (prepend && !replaced.starts_with(step.replacement)) {
             replaced = step.replacement + replaced;
           }
@@ -293,9 +296,9 @@ struct HfTokenizer::Impl {
         }
         const bool split = step.kind == PreTokenizerStep::kSplit || step.use_regex;
         if (split) {
-          split_pretokens(step.kind == PreTokenizerStep::kSplit ? step.pattern
-                                                                : PretokenizePattern::kGpt2,
-                          piece, views);
+          split_pretokens(
+              step.kind == PreTokenizerStep::kSplit ? step.pattern : PretokenizePattern::kGpt2,
+              piece, views);
         } else {
           views = {piece};
         }
@@ -355,8 +358,7 @@ struct HfTokenizer::Impl {
     ids.insert(ids.end(), symbols.begin(), symbols.end());
   }
 
-  void encode_segment(std::string_view text, bool first_segment,
-                      std::vector<int32_t>& ids) const {
+  void encode_segment(std::string_view text, bool first_segment, std::vector<int32_t>& ids) const {
     if (text.empty()) return;
     for (const std::string& word : pre_tokenize(normalize(text), first_segment)) {
       tokenize_word(word, ids);
@@ -430,7 +432,10 @@ struct HfTokenizer::Impl {
         for (size_t pos = 0; pos < joined.size();) {
           const Utf8Unit u = decode_utf8_at(joined, pos);
           const auto b = u.valid ? alphabet.decode_char(u.code_point) : std::nullopt;
-          if (b) bytes.push_back(static_cast<char>(*b)); else bytes.append(joined, pos, u.length);
+          if (b)
+            bytes.push_back(static_cast<char>(*b));
+          else
+            bytes.append(joined, pos, u.length);
           pos += u.length;
         }
         tokens = {bytes};

@@ -55,7 +55,7 @@ class SentencePieceTokenizer final : public Tokenizer {
       processor_.Decode(run, &piece_text);
       out += piece_text;
       run.clear();
-    }; 
+    };
     for (int32_t id : ids) {
       if (id >= processor_.GetPieceSize()) {
         flush();
