@@ -14,14 +14,14 @@ double init_normal(uint64_t seed, std::string_view name, uint64_t index) {
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
 }
 
+DropoutStream::DropoutStream(const DropoutKey& key)
+    : key_(key_from_u64(
+          mix64(key.seed ^ mix64((static_cast<uint64_t>(key.layer) << 8) | key.site) ^ 0xD0D0u))),
+      step_(key.step),
+      microbatch_(key.microbatch) {}
+
 double dropout_uniform(const DropoutKey& key, uint64_t position) {
-  const uint64_t k =
-      mix64(key.seed ^ mix64((static_cast<uint64_t>(key.layer) << 8) | key.site) ^ 0xD0D0u);
-  const PhiloxCounter out = philox4x32({static_cast<uint32_t>(position / 4),
-                                        static_cast<uint32_t>((position / 4) >> 32), key.step,
-                                        key.microbatch},
-                                       key_from_u64(k));
-  return uniform_open0(out[position % 4]);
+  return uniform_open0(DropoutStream(key).block(position / 4)[position % 4]);
 }
 
 }  // namespace shardlm

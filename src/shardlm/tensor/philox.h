@@ -70,6 +70,43 @@ enum DropoutSite : uint32_t {
   kDropoutMlpOutput = 4,
 };
 
+// The Philox stream of one dropout application, with its key derived once. Element `position`
+// uses word position % 4 of block position / 4, so a loop over positions in blocks of four
+// needs one Philox call per four elements.
+class DropoutStream {
+ public:
+  explicit DropoutStream(const DropoutKey& key);
+  PhiloxCounter block(uint64_t block_index) const {
+    return philox4x32({static_cast<uint32_t>(block_index), static_cast<uint32_t>(block_index >> 32),
+                       step_, microbatch_},
+                      key_);
+  }
+  static double to_uniform(uint32_t bits) { return uniform_open0(bits); }
+
+ private:
+  PhiloxKey key_;
+  uint32_t step_, microbatch_;
+};
+
+// Sequential reader of a DropoutStream: caches the last Philox block, so walking positions in
+// order costs one Philox call per four elements. Same values as dropout_uniform().
+class DropoutUniformReader {
+ public:
+  explicit DropoutUniformReader(const DropoutKey& key) : stream_(key) {}
+  double operator()(uint64_t position) {
+    if (position / 4 != block_index_) {
+      block_index_ = position / 4;
+      words_ = stream_.block(block_index_);
+    }
+    return uniform_open0(words_[position % 4]);
+  }
+
+ private:
+  DropoutStream stream_;
+  uint64_t block_index_ = ~uint64_t{0};
+  PhiloxCounter words_{};
+};
+
 // Uniform in (0, 1] for element `position` of the dropout stream `key`. Position is the
 // element's global index, so every shard of a tensor draws the same value for the same element.
 double dropout_uniform(const DropoutKey& key, uint64_t position);

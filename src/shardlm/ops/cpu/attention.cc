@@ -67,6 +67,7 @@ void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, do
   const int64_t Tn = l.T, HS = l.HS;
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
+  DropoutUniformReader uniform(key);
   std::vector<double> s(Tn);    // scores of one query row
   std::vector<double> acc(HS);  // output row of one head
   for (int64_t b = 0; b < l.B; ++b) {
@@ -88,7 +89,7 @@ void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, do
         for (int64_t j = 0; j <= i; ++j) {
           double pr = std::exp(s[j] - L);
           if (p > 0) {
-            if (dropout_uniform(key, pos0 + static_cast<uint64_t>(j)) <= p) continue;
+            if (uniform(pos0 + static_cast<uint64_t>(j)) <= p) continue;
             pr *= keep_scale;
           }
           const T* v = base + j * l.row + vo;
@@ -109,6 +110,7 @@ void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
   std::fill(dqkv, dqkv + l.B * Tn * l.row, T(0));
+  DropoutUniformReader uniform(key);
   std::vector<double> P(Tn), dP(Tn), dq(HS);
   for (int64_t b = 0; b < l.B; ++b) {
     const T* base = qkv + b * Tn * l.row;
@@ -127,7 +129,7 @@ void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
           P[j] = std::exp(scale * dot(q, k, HS) - L);
           double keep = 1.0;
           if (p > 0)
-            keep = dropout_uniform(key, pos0 + static_cast<uint64_t>(j)) <= p ? 0.0 : keep_scale;
+            keep = uniform(pos0 + static_cast<uint64_t>(j)) <= p ? 0.0 : keep_scale;
           dP[j] = keep * dot(dy, v, HS);
           D += P[j] * dP[j];
           if (keep != 0.0) {

@@ -22,8 +22,9 @@ void apply_mask(T* out, const T* in, int64_t n, double p, const DropoutKey& key,
     return;
   }
   const double scale = 1.0 / (1.0 - p);
+  DropoutUniformReader uniform(key);  // one Philox block per four positions
   for (int64_t i = 0; i < n; ++i) {
-    const bool dropped = dropout_uniform(key, position_offset + static_cast<uint64_t>(i)) <= p;
+    const bool dropped = uniform(position_offset + static_cast<uint64_t>(i)) <= p;
     out[i] = dropped ? T(0) : static_cast<T>(static_cast<double>(in[i]) * scale);
   }
 }
