@@ -1,0 +1,180 @@
+// ops_bench — times the CUDA backend's heaviest ops on random bf16 data and prints achieved
+// TFLOP/s (matrix-bound ops) and GB/s (memory-bound ops) against the device's measured copy
+// bandwidth.
+//
+// Build (CUDA build tree):  cmake --build build-cuda --target ops_bench
+// Run:                      ./build-cuda/ops_bench [--quick]
+//
+// FLOP conventions (stated so numbers compare with FlashAttention / PyTorch SDPA reports):
+//   attention forward, causal = 4 * B * NH * T^2 * HS / 2;  backward = 2.5 x forward
+//   linear forward = 2 * N * IC * OC; backward = 2 x forward (din and dweight GEMMs)
+// Bytes (memory-bound ops) count each input read once and each output written once.
+// Each timing: 3 warm-up runs, then the median of 20 runs measured with CUDA events on the
+// op stream.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "shardlm/ops/cuda/cuda_context.h"
+#include "shardlm/ops/ops.h"
+#include "shardlm/tensor/philox.h"
+#include "shardlm/tensor/tensor.h"
+
+namespace {
+
+using shardlm::DeviceContext;
+using shardlm::DType;
+using shardlm::OwnedTensor;
+using shardlm::Shape;
+using shardlm::Tensor;
+namespace ops = shardlm::ops;
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "%s failed: %s\n", what, cudaGetErrorString(err));
+    std::exit(1);
+  }
+}
+
+// Device tensor of normal(0, stddev) values in `dtype` (drawn on the host in fp32).
+OwnedTensor random_device(DeviceContext& ctx, DType dtype, const Shape& shape, uint64_t seed,
+                          double stddev = 1.0) {
+  OwnedTensor host = OwnedTensor::empty(DType::kF32, shape);
+  float* h = host.view().data<float>();
+  for (int64_t i = 0; i < shape.numel(); ++i)
+    h[i] = static_cast<float>(stddev * shardlm::init_normal(seed, "bench", i));
+  OwnedTensor staging = OwnedTensor::empty(DType::kF32, shape, ctx.device());
+  check(cudaMemcpy(staging.view().raw(), h, staging.view().nbytes(), cudaMemcpyHostToDevice),
+        "cudaMemcpy");
+  check(cudaDeviceSynchronize(), "sync");
+  OwnedTensor dev = OwnedTensor::empty(dtype, shape, ctx.device());
+  ops::copy(ctx, dev, staging);  // converts on the device
+  ops::cuda::synchronize(ctx);
+  return dev;
+}
+
+// Median milliseconds of fn() over `reps` runs on ctx's stream.
+double time_ms(DeviceContext& ctx, const std::function<void()>& fn, int reps = 20) {
+  cudaStream_t stream = ops::cuda::cuda_state(ctx).stream();
+  for (int i = 0; i < 3; ++i) fn();
+  ops::cuda::synchronize(ctx);
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  std::vector<float> ms(reps);
+  for (int i = 0; i < reps; ++i) {
+    check(cudaEventRecord(start, stream), "record");
+    fn();
+    check(cudaEventRecord(stop, stream), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    check(cudaEventElapsedTime(&ms[i], start, stop), "elapsed");
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2];
+}
+
+void bench_copy(DeviceContext& ctx) {
+  const int64_t n = int64_t{1} << 28;  // 512 MiB of bf16
+  OwnedTensor a = random_device(ctx, DType::kBF16, {n / 64, 64}, 1);
+  OwnedTensor b = OwnedTensor::empty(DType::kBF16, {n / 64, 64}, ctx.device());
+  const double ms = time_ms(ctx, [&] { ops::copy(ctx, b, a); });
+  std::printf("%-44s %9.3f ms %9.1f GB/s (read+write; the bandwidth ceiling)\n",
+              "copy bf16 256M elements", ms, 2.0 * n * 2 / ms / 1e6);
+}
+
+void bench_attention(DeviceContext& ctx, int64_t T, int64_t HS) {
+  const int64_t tokens = 16384, hidden = 2048;
+  const int64_t B = tokens / T, NH = hidden / HS, G = NH;  // MHA
+  const ops::AttentionShape shape{NH, G, HS};
+  const int64_t W = G * (NH / G + 2) * HS;
+  OwnedTensor qkv = random_device(ctx, DType::kBF16, {B, T, W}, 2);
+  OwnedTensor out = OwnedTensor::empty(DType::kBF16, {B, T, NH * HS}, ctx.device());
+  OwnedTensor lse = OwnedTensor::empty(DType::kBF16, {B, NH, T}, ctx.device());
+  OwnedTensor dout = random_device(ctx, DType::kBF16, {B, T, NH * HS}, 3);
+  OwnedTensor dqkv = OwnedTensor::empty(DType::kBF16, {B, T, W}, ctx.device());
+  const double flops_fwd = 4.0 * B * NH * double(T) * T * HS / 2;
+  const double fwd = time_ms(ctx, [&] { ops::attention_forward(ctx, out, lse, qkv, shape, 0, {}); });
+  const double bwd = time_ms(ctx, [&] {
+    ops::attention_backward(ctx, dqkv, dout, qkv, out, lse, shape, 0, {});
+  });
+  char name[96];
+  std::snprintf(name, sizeof(name), "attention fwd B=%ld T=%ld NH=%ld HS=%ld", (long)B, (long)T,
+                (long)NH, (long)HS);
+  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, fwd, flops_fwd / fwd / 1e9);
+  std::snprintf(name, sizeof(name), "attention bwd B=%ld T=%ld NH=%ld HS=%ld", (long)B, (long)T,
+                (long)NH, (long)HS);
+  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, bwd, 2.5 * flops_fwd / bwd / 1e9);
+}
+
+void bench_linear(DeviceContext& ctx, int64_t N, int64_t IC, int64_t OC) {
+  OwnedTensor in = random_device(ctx, DType::kBF16, {N, IC}, 4);
+  OwnedTensor w = random_device(ctx, DType::kBF16, {OC, IC}, 5, 0.02);
+  OwnedTensor bias = random_device(ctx, DType::kBF16, {OC}, 6);
+  OwnedTensor out = OwnedTensor::empty(DType::kBF16, {N, OC}, ctx.device());
+  OwnedTensor dout = random_device(ctx, DType::kBF16, {N, OC}, 7);
+  OwnedTensor din = OwnedTensor::empty(DType::kBF16, {N, IC}, ctx.device());
+  OwnedTensor dw = random_device(ctx, DType::kBF16, {OC, IC}, 8);
+  OwnedTensor db = random_device(ctx, DType::kBF16, {OC}, 9);
+  const double flops = 2.0 * N * IC * OC;
+  const double fwd = time_ms(ctx, [&] { ops::linear_forward(ctx, out, in, w, bias); });
+  const double bwd = time_ms(ctx, [&] { ops::linear_backward(ctx, din, dw, db, dout, in, w); });
+  char name[96];
+  std::snprintf(name, sizeof(name), "linear fwd+bias N=%ld IC=%ld OC=%ld", (long)N, (long)IC,
+                (long)OC);
+  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, fwd, flops / fwd / 1e9);
+  std::snprintf(name, sizeof(name), "linear bwd (din,dW,db) N=%ld IC=%ld OC=%ld", (long)N,
+                (long)IC, (long)OC);
+  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, bwd, 2 * flops / bwd / 1e9);
+}
+
+void bench_layernorm(DeviceContext& ctx, int64_t N, int64_t C) {
+  OwnedTensor in = random_device(ctx, DType::kBF16, {N, C}, 10);
+  OwnedTensor w = random_device(ctx, DType::kBF16, {C}, 11);
+  OwnedTensor b = random_device(ctx, DType::kBF16, {C}, 12);
+  OwnedTensor out = OwnedTensor::empty(DType::kBF16, {N, C}, ctx.device());
+  OwnedTensor mean = OwnedTensor::empty(DType::kBF16, {N}, ctx.device());
+  OwnedTensor rstd = OwnedTensor::empty(DType::kBF16, {N}, ctx.device());
+  OwnedTensor dout = random_device(ctx, DType::kBF16, {N, C}, 13);
+  OwnedTensor din = OwnedTensor::empty(DType::kBF16, {N, C}, ctx.device());
+  OwnedTensor dw = random_device(ctx, DType::kBF16, {C}, 14);
+  OwnedTensor db = random_device(ctx, DType::kBF16, {C}, 15);
+  const double fwd = time_ms(ctx, [&] { ops::layernorm_forward(ctx, out, mean, rstd, in, w, b, 1e-5); });
+  const double bwd =
+      time_ms(ctx, [&] { ops::layernorm_backward(ctx, din, dw, db, dout, in, w, mean, rstd); });
+  char name[96];
+  std::snprintf(name, sizeof(name), "layernorm fwd N=%ld C=%ld", (long)N, (long)C);
+  std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, fwd, 2.0 * N * C * 2 / fwd / 1e6);
+  std::snprintf(name, sizeof(name), "layernorm bwd N=%ld C=%ld", (long)N, (long)C);
+  std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, bwd, 3.0 * N * C * 2 / bwd / 1e6);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  try {
+    DeviceContext ctx(shardlm::Device::cuda(0));
+    ops::cuda::init_cuda_backend(ctx);
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, 0), "props");
+    std::printf("device: %s, %d SMs; all tensors bf16\n", prop.name, prop.multiProcessorCount);
+    bench_copy(ctx);
+    for (int64_t T : quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 2048, 4096})
+      for (int64_t HS : {64, 128}) bench_attention(ctx, T, HS);
+    bench_linear(ctx, 16384, 2048, 8192);
+    bench_linear(ctx, 16384, 2048, 6144);
+    bench_layernorm(ctx, 16384, 2048);
+    bench_layernorm(ctx, 16384, 1024);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ops_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
