@@ -145,7 +145,14 @@ void fill(DeviceContext& ctx, Tensor out, double value) {
 
 void copy(DeviceContext& ctx, Tensor dst, const Tensor& src) {
   constexpr const char* op = "copy";
-  check_devices(op, ctx, {{"dst", dst}, {"src", src}});
+  // copy is also the host <-> device transfer: with a CUDA context either side may be on the
+  // host (same dtype on both sides then; the CUDA backend converts only on the device).
+  if (ctx.device().is_cuda() && (dst.device().is_cpu() || src.device().is_cpu())) {
+    check_devices(op, ctx, {{"dst", dst.device().is_cpu() ? Tensor() : dst},
+                            {"src", src.device().is_cpu() ? Tensor() : src}});
+  } else {
+    check_devices(op, ctx, {{"dst", dst}, {"src", src}});
+  }
   require_defined(op, {"dst", dst});
   require_defined(op, {"src", src});
   require_same_numel(op, {"dst", dst}, {"src", src});

@@ -13,16 +13,19 @@ constexpr char kOutputLayer[] = "output_layer.weight";
 // The loss of a micro-batch is reduced on the host: N values, cheap next to the model.
 double masked_sum_on_host(DeviceContext& ctx, const Tensor& losses, const Tensor& mask) {
   const int64_t n = losses.numel();
-  OwnedTensor l = OwnedTensor::empty(DType::kF64, {n});
-  OwnedTensor m = OwnedTensor::empty(DType::kF64, {n});
   DeviceContext host = DeviceContext::cpu();
-  if (losses.device().is_cpu()) {
-    ops::copy(host, l.view(), losses);
-    ops::copy(host, m.view(), mask);
-  } else {
-    ops::copy(ctx, l.view(), losses);
-    ops::copy(ctx, m.view(), mask);
-  }
+  auto to_host_f64 = [&](const Tensor& t) {
+    OwnedTensor f64 = OwnedTensor::empty(DType::kF64, {n});
+    if (t.device().is_cpu()) {
+      ops::copy(host, f64.view(), t.reshape({n}));
+    } else {
+      OwnedTensor staged = OwnedTensor::empty(t.dtype(), {n});  // same dtype across devices
+      ops::copy(ctx, staged.view(), t.reshape({n}));
+      ops::copy(host, f64.view(), staged.view());
+    }
+    return f64;
+  };
+  const OwnedTensor l = to_host_f64(losses), m = to_host_f64(mask);
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += l.view().data<double>()[i] * m.view().data<double>()[i];
   return s;
