@@ -71,8 +71,9 @@ class NcclCommunicator final : public Communicator {
   std::chrono::milliseconds timeout() const override { return timeout_; }
   void set_timeout(std::chrono::milliseconds timeout) override { timeout_ = timeout; }
 
-  CommHandle all_reduce_async(Tensor t, ReduceOp op) override;
-  CommHandle reduce_scatter_async(Tensor out, const Tensor& in, ReduceOp op) override;
+  CommHandle all_reduce_async(Tensor t, ReduceOp op = ReduceOp::kSum) override;
+  CommHandle reduce_scatter_async(Tensor out, const Tensor& in,
+                                  ReduceOp op = ReduceOp::kSum) override;
   CommHandle all_gather_async(Tensor out, const Tensor& in) override;
   CommHandle broadcast_async(Tensor t, int root) override;
   CommHandle send_async(const Tensor& t, int peer) override;
