@@ -3,7 +3,8 @@
 //
 // Algorithms:
 //  tensor-core path (bf16/fp16, HS = 64 or 128): FlashAttention-2. One block of 4 warps per
-//    (64 query rows, b, h); each warp owns 16 query rows with Q held as mma A-fragments. Key/value
+//    (64 query rows, b, h); each warp owns 16 consecutive query rows (forward_m_tiles) with Q held
+//    as mma A-fragments, and skips key tiles wholly above its rows. Key/value
 //    tiles of 64 rows stream through shared memory with cp.async double buffering (row pitch
 //    HS + 8 elements, so ldmatrix is free of bank conflicts). Per tile: S = Q K^T on
 //    mma.m16n8k16 (fp32 accumulate), causal mask on the diagonal tile only, online softmax in the
@@ -25,49 +26,71 @@
 namespace shardlm::ops::cuda {
 namespace {
 
-constexpr int kTileRows = 64;   // query rows per block = key rows per tile
+constexpr int kTileRows = 64;   // key rows per K/V tile
 constexpr int kMmaThreads = 128;
 
+// Query m-tiles (16 rows each) per warp. Two would let each K/V fragment read from shared
+// memory feed twice the mma work, but measured on H100 (HS 64, T 1024) it ran 13% slower
+// (222 registers: 2 blocks/SM instead of 3), and HS 128 would not fit in 255 registers; so one.
+template <int HS>
+constexpr int forward_m_tiles() {
+  return 1;
+}
+template <int HS>
+constexpr int forward_query_rows() {
+  return 4 * 16 * forward_m_tiles<HS>();
+}
 template <int HS>
 constexpr int forward_smem_bytes() {
-  return (kTileRows + 4 * kTileRows) * (HS + 8) * 2;  // Q + double-buffered K and V
+  return (forward_query_rows<HS>() + 4 * kTileRows) * (HS + 8) * 2;  // Q + 2x(K, V)
 }
 
 // ---- kernels ------------------------------------------------------------------------------------
 template <typename T, int HS, bool kDropout>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_forward_mma_kernel(const AttentionParams p) {
-  constexpr int kPitch = HS + 8;
+  constexpr int kPitch = HS + 8, kM = forward_m_tiles<HS>(), kBr = forward_query_rows<HS>();
   extern __shared__ __align__(16) unsigned char smem[];
-  T* sQ = reinterpret_cast<T*>(smem);          // [64][kPitch]
-  T* sK = sQ + kTileRows * kPitch;             // [2][64][kPitch]
+  T* sQ = reinterpret_cast<T*>(smem);          // [kBr][kPitch]
+  T* sK = sQ + kBr * kPitch;                   // [2][64][kPitch]
   T* sV = sK + 2 * kTileRows * kPitch;         // [2][64][kPitch]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tid4 = lane % 4;
-  const int64_t qb = gridDim.x - 1 - blockIdx.x;  // heaviest (longest causal row) first
+  const int64_t qb = gridDim.x - 1 - blockIdx.x;  // heaviest (longest causal rows) first
   const int64_t b = blockIdx.y / p.NH, h = blockIdx.y % p.NH, g = h / p.R;
   const T* qkv = static_cast<const T*>(p.qkv) + b * p.T * p.W;
-  const int64_t q0 = qb * kTileRows, k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const int64_t q0 = qb * kBr, k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const int warp_row0 = warp * 16 * kM;  // this warp's rows: q0 + warp_row0 + [0, 16 kM)
 
-  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sQ, qkv, p.W, p.q_col(h), q0, p.T);
+  load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ, qkv, p.W, p.q_col(h), q0, p.T);
   load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sK, qkv, p.W, k_col, 0, p.T);
   load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sV, qkv, p.W, v_col, 0, p.T);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
 
-  uint32_t qf[HS / 16][4];  // this warp's 16 query rows as A-fragments
+  uint32_t qf[kM][HS / 16][4];  // this warp's query rows as A-fragments
 #pragma unroll
-  for (int kk = 0; kk < HS / 16; ++kk)
-    ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * kPitch + kk * 16 +
-                            (lane / 16) * 8);
-
-  float o[HS / 8][4];
+  for (int mt = 0; mt < kM; ++mt)
 #pragma unroll
-  for (int dn = 0; dn < HS / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-  const int64_t i0 = q0 + warp * 16 + gid, i1 = i0 + 8;
+    for (int kk = 0; kk < HS / 16; ++kk)
+      ldmatrix_x4(qf[mt][kk], sQ + (warp_row0 + mt * 16 + (lane % 8) + ((lane / 8) % 2) * 8) *
+                                       kPitch + kk * 16 + (lane / 16) * 8);
 
-  const int64_t n_tiles = qb + 1;
+  float o[kM][HS / 8][4];
+  float row_max[kM][2], row_sum[kM][2];
+  int64_t rows[kM][2];  // query index of accumulator rows gid and gid + 8 of each m-tile
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt) {
+#pragma unroll
+    for (int dn = 0; dn < HS / 8; ++dn) o[mt][dn][0] = o[mt][dn][1] = o[mt][dn][2] = o[mt][dn][3] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+    rows[mt][0] = q0 + warp_row0 + mt * 16 + gid;
+    rows[mt][1] = rows[mt][0] + 8;
+  }
+  const int64_t warp_last_row = q0 + warp_row0 + 16 * kM - 1;
+
+  const int64_t n_tiles = (q0 + kBr + kTileRows - 1) / kTileRows;  // keys <= last query row
   for (int64_t jt = 0; jt < n_tiles; ++jt) {
     const int buf = static_cast<int>(jt & 1);
     if (jt + 1 < n_tiles) {
@@ -82,113 +105,136 @@ __global__ void __launch_bounds__(kMmaThreads)
       cp_async_wait<0>();
     }
     __syncthreads();
-    const T* k_tile = sK + buf * kTileRows * kPitch;
-    const T* v_tile = sV + buf * kTileRows * kPitch;
+    const int64_t key0 = jt * kTileRows;
+    // Warp-uniform: a tile entirely above this warp's rows is fully masked; skip its math.
+    if (key0 <= warp_last_row) {
+      const T* k_tile = sK + buf * kTileRows * kPitch;
+      const T* v_tile = sV + buf * kTileRows * kPitch;
 
-    // S = Q K^T: 16 x 64 per warp, as 8 n-tiles of 8 keys.
-    float s[8][4];
+      // S = Q K^T: 16 x 64 per m-tile, as 8 n-tiles of 8 keys.
+      float s[kM][8][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      for (int mt = 0; mt < kM; ++mt)
 #pragma unroll
-    for (int np = 0; np < 4; ++np) {
+        for (int nt = 0; nt < 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < HS / 16; ++kk) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, k_tile + (np * 16 + (lane % 8) + (lane / 16) * 8) * kPitch + kk * 16 +
-                            ((lane / 8) % 2) * 8);
-        mma_16816<T>(s[2 * np], qf[kk], kb[0], kb[1]);
-        mma_16816<T>(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+      for (int np = 0; np < 4; ++np) {
+#pragma unroll
+        for (int kk = 0; kk < HS / 16; ++kk) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, k_tile + (np * 16 + (lane % 8) + (lane / 16) * 8) * kPitch + kk * 16 +
+                              ((lane / 8) % 2) * 8);
+#pragma unroll
+          for (int mt = 0; mt < kM; ++mt) {
+            mma_16816<T>(s[mt][2 * np], qf[mt][kk], kb[0], kb[1]);
+            mma_16816<T>(s[mt][2 * np + 1], qf[mt][kk], kb[2], kb[3]);
+          }
+        }
       }
-    }
 
-    // Scale into the log2 domain, mask the diagonal tile, update the running max.
-    const bool diagonal = jt == qb;
-    float tile_max[2] = {row_max[0], row_max[1]};
+      // Scale into the log2 domain, mask tiles that reach the diagonal, online softmax.
+      const bool needs_mask = key0 + kTileRows - 1 > q0 + warp_row0;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+      for (int mt = 0; mt < kM; ++mt) {
+        float tile_max[2] = {row_max[mt][0], row_max[mt][1]};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * p.scale_log2;
-        const int64_t j = jt * kTileRows + nt * 8 + tid4 * 2 + (e & 1);
-        if (diagonal && j > (e < 2 ? i0 : i1)) x = -INFINITY;
-        s[nt][e] = x;
-        tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mt][nt][e] * p.scale_log2;
+            const int64_t j = key0 + nt * 8 + tid4 * 2 + (e & 1);
+            if (needs_mask && j > rows[mt][e / 2]) x = -INFINITY;
+            s[mt][nt][e] = x;
+            tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+          tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+          const float correction = exp2f(row_max[mt][r] - tile_max[r]);
+          row_max[mt][r] = tile_max[r];
+          row_sum[mt][r] *= correction;
+#pragma unroll
+          for (int dn = 0; dn < HS / 8; ++dn) {
+            o[mt][dn][2 * r] *= correction;
+            o[mt][dn][2 * r + 1] *= correction;
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float pe = exp2f(s[mt][nt][e] - row_max[mt][e / 2]);
+            row_sum[mt][e / 2] += pe;
+            s[mt][nt][e] = pe;
+          }
+          if constexpr (kDropout) {
+            const int64_t j = key0 + nt * 8 + tid4 * 2;
+            const float2 m0 = dropout_pair(p, p.dropout_position(b, h, rows[mt][0], j));
+            const float2 m1 = dropout_pair(p, p.dropout_position(b, h, rows[mt][1], j));
+            s[mt][nt][0] *= m0.x;
+            s[mt][nt][1] *= m0.y;
+            s[mt][nt][2] *= m1.x;
+            s[mt][nt][3] *= m1.y;
+          }
+        }
       }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float correction = exp2f(row_max[r] - tile_max[r]);
-      row_max[r] = tile_max[r];
-      row_sum[r] *= correction;
-#pragma unroll
-      for (int dn = 0; dn < HS / 8; ++dn) {
-        o[dn][2 * r] *= correction;
-        o[dn][2 * r + 1] *= correction;
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float pe = exp2f(s[nt][e] - row_max[e / 2]);
-        row_sum[e / 2] += pe;
-        s[nt][e] = pe;
-      }
-      if constexpr (kDropout) {
-        const int64_t j = jt * kTileRows + nt * 8 + tid4 * 2;
-        const float2 m0 = dropout_pair(p, p.dropout_position(b, h, i0, j));
-        const float2 m1 = dropout_pair(p, p.dropout_position(b, h, i1, j));
-        s[nt][0] *= m0.x;
-        s[nt][1] *= m0.y;
-        s[nt][2] *= m1.x;
-        s[nt][3] *= m1.y;
-      }
-    }
 
-    // O += P V: P from the S accumulators (2 n-tiles = one 16-key A-fragment).
+      // O += P V: P from the S accumulators (2 n-tiles = one 16-key A-fragment).
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                              pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t pa[kM][4];
 #pragma unroll
-      for (int dp = 0; dp < HS / 16; ++dp) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_tile + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * kPitch +
-                                  dp * 16 + (lane / 16) * 8);
-        mma_16816<T>(o[2 * dp], pa, vb[0], vb[1]);
-        mma_16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
+        for (int mt = 0; mt < kM; ++mt) {
+          pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < HS / 16; ++dp) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_tile + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * kPitch +
+                                    dp * 16 + (lane / 16) * 8);
+#pragma unroll
+          for (int mt = 0; mt < kM; ++mt) {
+            mma_16816<T>(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+            mma_16816<T>(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+          }
+        }
       }
     }
     __syncthreads();  // everyone is done with buf before the next prefetch overwrites it
   }
 
   // Normalise and store O and lse.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-  }
-  const float inv0 = 1.0f / row_sum[0], inv1 = 1.0f / row_sum[1];
   const int64_t out_stride = p.NH * p.HS;
   T* out = static_cast<T*>(p.out) + b * p.T * out_stride + h * HS;
 #pragma unroll
-  for (int dn = 0; dn < HS / 8; ++dn) {
-    const int d = dn * 8 + tid4 * 2;
-    if (i0 < p.T)
-      *reinterpret_cast<uint32_t*>(out + i0 * out_stride + d) =
-          pack2<T>(o[dn][0] * inv0, o[dn][1] * inv0);
-    if (i1 < p.T)
-      *reinterpret_cast<uint32_t*>(out + i1 * out_stride + d) =
-          pack2<T>(o[dn][2] * inv1, o[dn][3] * inv1);
-  }
-  if (tid4 == 0) {
-    const int64_t base = (b * p.NH + h) * p.T;
-    if (i0 < p.T) store_lse<T>(p, base + i0, (row_max[0] + log2f(row_sum[0])) * kLn2);
-    if (i1 < p.T) store_lse<T>(p, base + i1, (row_max[1] + log2f(row_sum[1])) * kLn2);
+  for (int mt = 0; mt < kM; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_sum[mt][r] += __shfl_xor_sync(0xffffffffu, row_sum[mt][r], 1);
+      row_sum[mt][r] += __shfl_xor_sync(0xffffffffu, row_sum[mt][r], 2);
+    }
+    const float inv0 = 1.0f / row_sum[mt][0], inv1 = 1.0f / row_sum[mt][1];
+    const int64_t i0 = rows[mt][0], i1 = rows[mt][1];
+#pragma unroll
+    for (int dn = 0; dn < HS / 8; ++dn) {
+      const int d = dn * 8 + tid4 * 2;
+      if (i0 < p.T)
+        *reinterpret_cast<uint32_t*>(out + i0 * out_stride + d) =
+            pack2<T>(o[mt][dn][0] * inv0, o[mt][dn][1] * inv0);
+      if (i1 < p.T)
+        *reinterpret_cast<uint32_t*>(out + i1 * out_stride + d) =
+            pack2<T>(o[mt][dn][2] * inv1, o[mt][dn][3] * inv1);
+    }
+    if (tid4 == 0) {
+      const int64_t base = (b * p.NH + h) * p.T;
+      if (i0 < p.T) store_lse<T>(p, base + i0, (row_max[mt][0] + log2f(row_sum[mt][0])) * kLn2);
+      if (i1 < p.T) store_lse<T>(p, base + i1, (row_max[mt][1] + log2f(row_sum[mt][1])) * kLn2);
+    }
   }
 }
 
@@ -247,7 +293,7 @@ void launch_forward_mma(const CudaBackendState& st, const AttentionParams& p) {
   constexpr int kSmem = forward_smem_bytes<HS>();
   auto kernel = attention_forward_mma_kernel<T, HS, kDropout>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  const dim3 grid(ceil_div_u(p.T, kTileRows), static_cast<unsigned int>(p.B * p.NH));
+  const dim3 grid(ceil_div_u(p.T, forward_query_rows<HS>()), static_cast<unsigned int>(p.B * p.NH));
   kernel<<<grid, kMmaThreads, kSmem, st.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
