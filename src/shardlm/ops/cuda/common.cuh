@@ -87,6 +87,31 @@ struct alignas(16) Vec16 {
   T v[kSize];
 };
 
+// kW consecutive elements as fp32: one 16-byte access when kW == Vec16<T>::kSize, else kW == 1.
+template <int kW, typename T>
+__device__ __forceinline__ void load_chunk(const T* p, float (&v)[kW]) {
+  if constexpr (kW == 1) {
+    v[0] = load_as_float(*p);
+  } else {
+    static_assert(kW == Vec16<T>::kSize, "chunks are one element or 16 bytes");
+    const Vec16<T> c = *reinterpret_cast<const Vec16<T>*>(p);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) v[k] = load_as_float(c.v[k]);
+  }
+}
+template <int kW, typename T>
+__device__ __forceinline__ void store_chunk(T* p, const float (&v)[kW]) {
+  if constexpr (kW == 1) {
+    *p = float_to<T>(v[0]);
+  } else {
+    static_assert(kW == Vec16<T>::kSize, "chunks are one element or 16 bytes");
+    Vec16<T> c;
+#pragma unroll
+    for (int k = 0; k < kW; ++k) c.v[k] = float_to<T>(v[k]);
+    *reinterpret_cast<Vec16<T>*>(p) = c;
+  }
+}
+
 // True when every pointer is 16-byte aligned (vector path allowed).
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

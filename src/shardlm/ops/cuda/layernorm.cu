@@ -3,7 +3,8 @@
 // Algorithms:
 //  forward: one warp per row of in[N,C]: pass 1 sums x (mean), pass 2 sums (x-mean)^2 (two-pass
 //    variance, no cancellation), pass 3 writes (x-mean)*rstd*w + b; the row is re-read from
-//    L1/L2, so DRAM traffic is one read and one write. Saves mean[N], rstd[N].
+//    L1/L2, so DRAM traffic is one read and one write. Saves mean[N], rstd[N]. Lanes move 16
+//    bytes per access when C and the pointers allow (scalar otherwise).
 //  backward: din per row (one warp): g = dout*w, din = rstd * (g - mean(g) - xhat*mean(g*xhat));
 //    dweight += sum_n dout*xhat and dbias += sum_n dout through column_reduce.cuh
 //    (deterministic, fp32).
@@ -19,8 +20,9 @@ namespace {
 constexpr int kRowsPerBlock = 8;  // one warp per row
 
 // ---- kernels ------------------------------------------------------------------------------------
-// in, out: [N, C]; weight, bias: [C]; mean, rstd: [N].
-template <typename T>
+// in, out: [N, C]; weight, bias: [C]; mean, rstd: [N]. Each lane takes chunks of kW consecutive
+// columns (kW = 16 bytes of T when the rows allow, else 1).
+template <typename T, int kW>
 __global__ void layernorm_forward_kernel(T* out, T* mean_out, T* rstd_out, const T* in,
                                          const T* weight, const T* bias, int64_t rows,
                                          int64_t C, float eps) {
@@ -29,18 +31,30 @@ __global__ void layernorm_forward_kernel(T* out, T* mean_out, T* rstd_out, const
   const int lane = threadIdx.x;
   const T* x = in + n * C;
   float sum = 0.0f;
-  for (int64_t c = lane; c < C; c += 32) sum += load_as_float(x[c]);
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW];
+    load_chunk<kW>(x + c, xv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) sum += xv[k];
+  }
   const float mean = warp_sum(sum) / static_cast<float>(C);
   float sq = 0.0f;
-  for (int64_t c = lane; c < C; c += 32) {
-    const float d = load_as_float(x[c]) - mean;
-    sq += d * d;
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW];
+    load_chunk<kW>(x + c, xv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) sq += (xv[k] - mean) * (xv[k] - mean);
   }
   const float rstd = rsqrtf(warp_sum(sq) / static_cast<float>(C) + eps);
   T* y = out + n * C;
-  for (int64_t c = lane; c < C; c += 32) {
-    const float xhat = (load_as_float(x[c]) - mean) * rstd;
-    y[c] = float_to<T>(xhat * load_as_float(weight[c]) + load_as_float(bias[c]));
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW], wv[kW], bv[kW], yv[kW];
+    load_chunk<kW>(x + c, xv);
+    load_chunk<kW>(weight + c, wv);
+    load_chunk<kW>(bias + c, bv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) yv[k] = (xv[k] - mean) * rstd * wv[k] + bv[k];
+    store_chunk<kW>(y + c, yv);
   }
   if (lane == 0) {
     mean_out[n] = float_to<T>(mean);
@@ -48,7 +62,7 @@ __global__ void layernorm_forward_kernel(T* out, T* mean_out, T* rstd_out, const
   }
 }
 
-template <typename T>
+template <typename T, int kW>
 __global__ void layernorm_backward_input_kernel(T* din, const T* dout, const T* in,
                                                 const T* weight, const T* mean_in,
                                                 const T* rstd_in, int64_t rows, int64_t C) {
@@ -59,18 +73,30 @@ __global__ void layernorm_backward_input_kernel(T* din, const T* dout, const T* 
   const T* dy = dout + n * C;
   const float mean = load_as_float(mean_in[n]), rstd = load_as_float(rstd_in[n]);
   float sum_g = 0.0f, sum_g_xhat = 0.0f;
-  for (int64_t c = lane; c < C; c += 32) {
-    const float g = load_as_float(dy[c]) * load_as_float(weight[c]);
-    sum_g += g;
-    sum_g_xhat += g * (load_as_float(x[c]) - mean) * rstd;
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW], dv[kW], wv[kW];
+    load_chunk<kW>(x + c, xv);
+    load_chunk<kW>(dy + c, dv);
+    load_chunk<kW>(weight + c, wv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      const float g = dv[k] * wv[k];
+      sum_g += g;
+      sum_g_xhat += g * (xv[k] - mean) * rstd;
+    }
   }
   const float mean_g = warp_sum(sum_g) / static_cast<float>(C);
   const float mean_g_xhat = warp_sum(sum_g_xhat) / static_cast<float>(C);
   T* dx = din + n * C;
-  for (int64_t c = lane; c < C; c += 32) {
-    const float g = load_as_float(dy[c]) * load_as_float(weight[c]);
-    const float xhat = (load_as_float(x[c]) - mean) * rstd;
-    dx[c] = float_to<T>(rstd * (g - mean_g - xhat * mean_g_xhat));
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW], dv[kW], wv[kW], out[kW];
+    load_chunk<kW>(x + c, xv);
+    load_chunk<kW>(dy + c, dv);
+    load_chunk<kW>(weight + c, wv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      out[k] = rstd * (dv[k] * wv[k] - mean_g - (xv[k] - mean) * rstd * mean_g_xhat);
+    store_chunk<kW>(dx + c, out);
   }
 }
 
@@ -114,8 +140,11 @@ void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
   if (N == 0) return;
   const CudaBackendState& st = cuda_state(ctx);
   dispatch_float(out.dtype(), op, [&]<typename T>() {
-    layernorm_forward_kernel<T><<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0,
-                                  st.stream()>>>(
+    constexpr int kW = Vec16<T>::kSize;
+    const bool vector = C % kW == 0 && aligned16(out.raw()) && aligned16(in.raw()) &&
+                        aligned16(weight.raw()) && aligned16(bias.raw());
+    auto kernel = vector ? layernorm_forward_kernel<T, kW> : layernorm_forward_kernel<T, 1>;
+    kernel<<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, st.stream()>>>(
         static_cast<T*>(out.raw()), static_cast<T*>(mean.raw()), static_cast<T*>(rstd.raw()),
         static_cast<const T*>(in.raw()), static_cast<const T*>(weight.raw()),
         static_cast<const T*>(bias.raw()), N, C, static_cast<float>(eps));
@@ -164,8 +193,12 @@ void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor d
     const T* m = static_cast<const T*>(mean.raw());
     const T* r = static_cast<const T*>(rstd.raw());
     if (has_din) {
-      layernorm_backward_input_kernel<T><<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock),
-                                           0, st.stream()>>>(
+      constexpr int kW = Vec16<T>::kSize;
+      const bool vector = C % kW == 0 && aligned16(din.raw()) && aligned16(dy) && aligned16(x) &&
+                          aligned16(weight.raw());
+      auto kernel = vector ? layernorm_backward_input_kernel<T, kW>
+                           : layernorm_backward_input_kernel<T, 1>;
+      kernel<<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, st.stream()>>>(
           static_cast<T*>(din.raw()), dy, x, static_cast<const T*>(weight.raw()), m, r, N, C);
       CUDA_CHECK_LAUNCH();
     }

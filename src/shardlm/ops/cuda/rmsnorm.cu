@@ -2,7 +2,8 @@
 //
 // Algorithms:
 //  forward: one warp per row of in[N,C]: pass 1 sums x^2, pass 2 writes x*rstd*w (the row is
-//    re-read from L1/L2). Saves rstd[N].
+//    re-read from L1/L2). Saves rstd[N]. Lanes move 16 bytes per access when C and the
+//    pointers allow (scalar otherwise).
 //  backward: one warp per row: g = dout*w, din = rstd * (g - x * rstd^2 * mean(g*x));
 //    dweight += sum_n dout * x * rstd through column_reduce.cuh (deterministic, fp32).
 #include <cmath>
@@ -17,8 +18,9 @@ namespace {
 constexpr int kRowsPerBlock = 8;  // one warp per row
 
 // ---- kernels ------------------------------------------------------------------------------------
-// in, out: [N, C]; weight: [C]; rstd: [N].
-template <typename T>
+// in, out: [N, C]; weight: [C]; rstd: [N]. Each lane takes chunks of kW consecutive columns
+// (kW = 16 bytes of T when the rows allow, else 1).
+template <typename T, int kW>
 __global__ void rmsnorm_forward_kernel(T* out, T* rstd_out, const T* in, const T* weight,
                                        int64_t rows, int64_t C, float eps) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
@@ -26,18 +28,26 @@ __global__ void rmsnorm_forward_kernel(T* out, T* rstd_out, const T* in, const T
   const int lane = threadIdx.x;
   const T* x = in + n * C;
   float sq = 0.0f;
-  for (int64_t c = lane; c < C; c += 32) {
-    const float v = load_as_float(x[c]);
-    sq += v * v;
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW];
+    load_chunk<kW>(x + c, xv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) sq += xv[k] * xv[k];
   }
   const float rstd = rsqrtf(warp_sum(sq) / static_cast<float>(C) + eps);
   T* y = out + n * C;
-  for (int64_t c = lane; c < C; c += 32)
-    y[c] = float_to<T>(load_as_float(x[c]) * rstd * load_as_float(weight[c]));
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW], wv[kW], yv[kW];
+    load_chunk<kW>(x + c, xv);
+    load_chunk<kW>(weight + c, wv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) yv[k] = xv[k] * rstd * wv[k];
+    store_chunk<kW>(y + c, yv);
+  }
   if (lane == 0) rstd_out[n] = float_to<T>(rstd);
 }
 
-template <typename T>
+template <typename T, int kW>
 __global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in,
                                               const T* weight, const T* rstd_in, int64_t rows,
                                               int64_t C) {
@@ -48,13 +58,24 @@ __global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in
   const T* dy = dout + n * C;
   const float rstd = load_as_float(rstd_in[n]);
   float sum_gx = 0.0f;
-  for (int64_t c = lane; c < C; c += 32)
-    sum_gx += load_as_float(dy[c]) * load_as_float(weight[c]) * load_as_float(x[c]);
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW], dv[kW], wv[kW];
+    load_chunk<kW>(x + c, xv);
+    load_chunk<kW>(dy + c, dv);
+    load_chunk<kW>(weight + c, wv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) sum_gx += dv[k] * wv[k] * xv[k];
+  }
   const float coef = warp_sum(sum_gx) / static_cast<float>(C) * rstd * rstd;
   T* dx = din + n * C;
-  for (int64_t c = lane; c < C; c += 32) {
-    const float g = load_as_float(dy[c]) * load_as_float(weight[c]);
-    dx[c] = float_to<T>(rstd * (g - load_as_float(x[c]) * coef));
+  for (int64_t c = lane * kW; c < C; c += 32 * kW) {
+    float xv[kW], dv[kW], wv[kW], out[kW];
+    load_chunk<kW>(x + c, xv);
+    load_chunk<kW>(dy + c, dv);
+    load_chunk<kW>(weight + c, wv);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) out[k] = rstd * (dv[k] * wv[k] - xv[k] * coef);
+    store_chunk<kW>(dx + c, out);
   }
 }
 
@@ -92,8 +113,11 @@ void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& 
   if (N == 0) return;
   const CudaBackendState& st = cuda_state(ctx);
   dispatch_float(out.dtype(), op, [&]<typename T>() {
-    rmsnorm_forward_kernel<T><<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0,
-                                st.stream()>>>(
+    constexpr int kW = Vec16<T>::kSize;
+    const bool vector =
+        C % kW == 0 && aligned16(out.raw()) && aligned16(in.raw()) && aligned16(weight.raw());
+    auto kernel = vector ? rmsnorm_forward_kernel<T, kW> : rmsnorm_forward_kernel<T, 1>;
+    kernel<<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, st.stream()>>>(
         static_cast<T*>(out.raw()), static_cast<T*>(rstd.raw()), static_cast<const T*>(in.raw()),
         static_cast<const T*>(weight.raw()), N, C, static_cast<float>(eps));
     CUDA_CHECK_LAUNCH();
@@ -132,8 +156,12 @@ void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tens
     const T* x = static_cast<const T*>(in.raw());
     const T* r = static_cast<const T*>(rstd.raw());
     if (has_din) {
-      rmsnorm_backward_input_kernel<T><<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock),
-                                         0, st.stream()>>>(
+      constexpr int kW = Vec16<T>::kSize;
+      const bool vector = C % kW == 0 && aligned16(din.raw()) && aligned16(dy) && aligned16(x) &&
+                          aligned16(weight.raw());
+      auto kernel = vector ? rmsnorm_backward_input_kernel<T, kW>
+                           : rmsnorm_backward_input_kernel<T, 1>;
+      kernel<<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, st.stream()>>>(
           static_cast<T*>(din.raw()), dy, x, static_cast<const T*>(weight.raw()), r, N, C);
       CUDA_CHECK_LAUNCH();
     }
