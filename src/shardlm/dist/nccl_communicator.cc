@@ -170,7 +170,7 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create_world(DeviceContext& 
   std::iota(ranks.begin(), ranks.end(), 0);
   std::unique_ptr<NcclCommunicator> out(
       new NcclCommunicator(device, &store, comm, options.name, rank, ranks, options));
-  out->await_ready(comm, "init (ncclCommInitRankConfig)", Clock::now() + options.timeout);
+  out->await_ready(comm, "init (ncclCommInitRankConfig)", 0, Clock::now() + options.timeout);
   return out;
 }
 
@@ -180,17 +180,26 @@ void NcclCommunicator::announce_failure(TcpStore& store, int world_rank,
 }
 
 // ---- polling and failure -------------------------------------------------------------------
-void NcclCommunicator::await_ready(ncclComm* comm, const std::string& what,
+void NcclCommunicator::await_ready(ncclComm* comm, const std::string& what, uint64_t seq,
                                    Clock::time_point deadline) {
+  // A first collective on a new communicator stays "in progress" until its peers connect, so
+  // this loop watches for dead members as wait_event does.
+  auto next_store_check = Clock::now() + std::chrono::seconds(1);
   for (;;) {
     ncclResult_t state = ncclSuccess;
     nccl_check(ncclCommGetAsyncError(comm, &state), comm, "ncclCommGetAsyncError");
     if (state == ncclSuccess) return;
     if (state != ncclInProgress) {
-      fail(what, seq_, std::string("NCCL reported ") + ncclGetErrorString(state) + " (" +
+      fail(what, seq, std::string("NCCL reported ") + ncclGetErrorString(state) + " (" +
                            ncclGetLastError(comm) + ")");
     }
-    if (Clock::now() >= deadline) fail(what, seq_, "timed out after " + seconds_str(timeout_));
+    const auto now = Clock::now();
+    if (now >= deadline) fail(what, seq, "timed out after " + seconds_str(timeout_));
+    if (store_ && now >= next_store_check) {
+      next_store_check = now + std::chrono::seconds(1);
+      const std::string dead = dead_member();
+      if (!dead.empty()) fail(what, seq, dead);
+    }
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
 }
@@ -330,7 +339,7 @@ CommHandle NcclCommunicator::enqueue(const std::string& what, Issue&& issue) {
   }
   const auto deadline = Clock::now() + timeout_;
   issue(s);
-  await_ready(comm_, what, deadline);
+  await_ready(comm_, what, seq, deadline);
   cudaEvent_t done = nullptr;
   DIST_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   DIST_CUDA_CHECK(cudaEventRecord(done, s));
@@ -438,7 +447,7 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key,
     const auto deadline = Clock::now() + timeout_;
     nccl_check(ncclAllGather(scratch_, gathered, 2, ncclInt32, comm_, stream_), comm_,
                "split (all_gather of colors)");
-    await_ready(comm_, "split", deadline);
+    await_ready(comm_, "split", seq, deadline);
     cudaEvent_t done = nullptr;
     DIST_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
     DIST_CUDA_CHECK(cudaEventRecord(done, stream_));
@@ -466,13 +475,13 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key,
   nccl_check(ncclCommSplit(comm_, color == kNoColor ? NCCL_SPLIT_NOCOLOR : color, key, &child,
                            &config),
              comm_, "ncclCommSplit");
-  await_ready(comm_, "split (ncclCommSplit)", deadline);
+  await_ready(comm_, "split (ncclCommSplit)", seq_ - 1, deadline);
   if (color == kNoColor) return nullptr;
   SHARDLM_CHECK(child != nullptr);
   NcclOptions options{timeout_, use_side_stream_, name};
   std::unique_ptr<NcclCommunicator> out(new NcclCommunicator(
       *device_, store_, child, name, new_rank, std::move(world_ranks), options));
-  out->await_ready(child, "split (new communicator)", deadline);
+  out->await_ready(child, "split (new communicator)", 0, deadline);
   int nccl_rank = -1;
   nccl_check(ncclCommUserRank(child, &nccl_rank), child, "ncclCommUserRank");
   SHARDLM_CHECK_EQ(nccl_rank, new_rank);

@@ -97,7 +97,7 @@ class NcclCommunicator final : public Communicator {
   void check_tensor(CommOpKind kind, const Tensor& t) const;
   void set_device() const;
   // Polls ncclCommGetAsyncError until `comm` leaves ncclInProgress; throws past the deadline.
-  void await_ready(ncclComm* comm, const std::string& what,
+  void await_ready(ncclComm* comm, const std::string& what, uint64_t seq,
                    std::chrono::steady_clock::time_point deadline);
   // Blocks until `done` fired; aborts and throws on timeout, NCCL error or a dead member.
   void wait_event(CUevent_st* done, const std::string& what, uint64_t seq,
