@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   app.footer("Run 'shardlm <command> --help' for the options of one command.");
   try {
     cli::register_train(app);
-    // cli::register_preprocess(app);  // TEMP: until the data layer lands
+    cli::register_preprocess(app);
     // Expand --config FILE for the train command before parsing, so flags override the file.
     std::vector<std::string> args(argv + 1, argv + argc);
     if (!args.empty() && args[0] == "train") {

@@ -109,6 +109,7 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--vocab-file", d.vocab_file, "Tokenizer vocabulary file")->group(g);
   cmd.add_option("--merge-file", d.merge_file, "BPE merges file")->group(g);
   cmd.add_option("--tokenizer-model", d.tokenizer_model, "tokenizer.json or SentencePiece .model")->group(g);
+  cmd.add_flag("--eod-mask-loss", d.eod_mask_loss, "Exclude end-of-document targets from the loss")->group(g);
 
   g = "Logging and evaluation";
   cmd.add_option("--log-interval", l.log_interval, "Iterations between log lines")->group(g)->check(pos);

@@ -34,6 +34,8 @@ struct DataConfig {
   std::string data_cache_path;
   std::string tokenizer_type;
   std::string vocab_file, merge_file, tokenizer_model;
+  bool eod_mask_loss = false;  // exclude end-of-document targets from the loss
+  int32_t eod_id = -1;         // set from the tokenizer
 };
 
 struct LoggingConfig {

@@ -29,6 +29,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
                  std::unique_ptr<data::SampleSource> valid_data)
     : cfg_(cfg), log_(log), train_data_(std::move(train_data)),
       valid_data_(std::move(valid_data)) {
+  resolve_vocab_size(cfg_);
   cfg_.validate();
   device_ = std::make_unique<DeviceContext>(select_device(cfg_.device));
   dtype_ = cfg_.compute_dtype == "fp64" ? DType::kF64 : DType::kF32;
@@ -89,8 +90,9 @@ Trainer::~Trainer() = default;
 void Trainer::build_data() {
   const int64_t gbs = cfg_.micro_batch_size * cfg_.num_microbatches() * cfg_.data_parallel_size;
   const int64_t train_samples = cfg_.train_iters * gbs;
+  // Megatron's counts: (train_iters / eval_interval + 1) evaluations of eval_iters batches.
   const int64_t evals = cfg_.train_iters / cfg_.logging.eval_interval + 1;
-  const int64_t valid_samples = std::max<int64_t>(1, evals * cfg_.logging.eval_iters * gbs);
+  const int64_t valid_samples = evals * cfg_.logging.eval_iters * gbs;
   TrainingData data = build_training_data(cfg_, train_samples, valid_samples);
   train_data_ = std::move(data.train);
   valid_data_ = std::move(data.valid);
@@ -165,6 +167,9 @@ double Trainer::evaluate() {
     for (int64_t m = 0; m < M; ++m) {
       model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
                               static_cast<uint32_t>(m), false};
+      SHARDLM_REQUIRE(valid_data_ && valid_data_->size() > 0, ErrorKind::kInvalidConfig,
+                      "validation was requested (--eval-iters > 0) but the validation split is "
+                      "empty; give it a share in --split or pass --eval-iters 0");
       model::Batch batch = load_batch(*valid_data_, eval_cursor_);
       eval_cursor_ += B;
       sum += model_->forward(step, batch);

@@ -1,9 +1,30 @@
 #include "shardlm/train/training_data.h"
 
 #include "shardlm/base/error.h"
+#include "shardlm/data/gpt_dataset_builder.h"
 #include "shardlm/data/mock_gpt_dataset.h"
+#include "shardlm/data/tokenizer/tokenizer_factory.h"
 
 namespace shardlm::train {
+
+void resolve_vocab_size(TrainConfig& cfg) {
+  if (cfg.data.tokenizer_type.empty() || cfg.data.tokenizer_type == "NullTokenizer") {
+    if (!cfg.data.mock_data && cfg.model.vocab_size <= 0)
+      throw Error(ErrorKind::kInvalidConfig,
+                  "the vocabulary size is unknown: pass --tokenizer-type (with its files) "
+                  "matching the data, or --vocab-size N");
+    return;
+  }
+  data::TokenizerOptions o;
+  o.type = cfg.data.tokenizer_type;
+  o.vocab_file = cfg.data.vocab_file;
+  o.merge_file = cfg.data.merge_file;
+  o.tokenizer_model = cfg.data.tokenizer_model;
+  const auto tokenizer = data::make_tokenizer(o);
+  // Megatron takes the vocabulary from the tokenizer and pads it (--make-vocab-size-divisible-by).
+  cfg.model.vocab_size = tokenizer->vocab_size();
+  if (tokenizer->eod_id()) cfg.data.eod_id = *tokenizer->eod_id();
+}
 
 TrainingData build_training_data(const TrainConfig& cfg, int64_t train_samples,
                                  int64_t valid_samples) {
@@ -16,8 +37,26 @@ TrainingData build_training_data(const TrainConfig& cfg, int64_t train_samples,
                                                      cfg.model.vocab_size, cfg.seed + 1);
     return d;
   }
-  throw Error(ErrorKind::kUnsupported,
-              "--data-path is not wired into training yet; use --mock-data");
+  data::GptDataConfig c;
+  c.data_path = cfg.data.data_path;
+  c.split = cfg.data.split;
+  c.seq_length = cfg.model.seq_length;
+  c.seed = static_cast<uint32_t>(cfg.seed);
+  c.num_samples = {train_samples, valid_samples, std::optional<int64_t>(0)};
+  if (!cfg.data.data_cache_path.empty()) c.data_cache_path = cfg.data.data_cache_path;
+  c.eod_mask_loss = cfg.data.eod_mask_loss;
+  c.eod_id = cfg.data.eod_id;
+  if (c.eod_mask_loss && c.eod_id < 0)
+    throw Error(ErrorKind::kInvalidConfig,
+                "--eod-mask-loss needs a tokenizer with an end-of-document token "
+                "(--tokenizer-type ...)");
+  data::GptDatasets sets = data::build_gpt_datasets(c);
+  if (!sets.train || sets.train->size() == 0)
+    throw Error(ErrorKind::kInvalidConfig,
+                "the training split is empty: give it a share in --split (e.g. 969,30,1)");
+  d.train = std::move(sets.train);
+  d.valid = std::move(sets.valid);
+  return d;
 }
 
 }  // namespace shardlm::train
