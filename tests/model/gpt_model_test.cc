@@ -41,7 +41,7 @@ struct Harness {
   explicit Harness(const TransformerConfig& c, uint64_t seed = 7) : cfg(c) {
     model = std::make_unique<GPTModel>(cfg);
     model->register_parameters(reg);
-    reg.finalize(DType::kF64, Device::cpu(), seed);
+    reg.finalize(ctx, DType::kF64, seed);
     model->bind(reg);
     acts = Arena(Device::cpu(), model->plan_activation_bytes(DType::kF64, B), "acts");
     model->allocate_activations(acts, DType::kF64, B);
@@ -61,7 +61,7 @@ struct Harness {
 
 void expect_gradients_match_finite_differences(const TransformerConfig& cfg) {
   Harness h(cfg);
-  h.reg.zero_grads();
+  h.reg.zero_grads(h.ctx);
   StepContext step{h.ctx, 99, 3, 1, true};
   h.model->forward(step, h.batch());
   h.model->backward(step, h.batch(), 1.0);
@@ -193,7 +193,8 @@ TEST(ParameterRegistry, FlatBuffersAndErrors) {
   reg.add({"b", {4}, Split::none(), false, Init::ones()});
   EXPECT_THROW(reg.add({"a", {1}, Split::none(), true, Init::zeros()}), Error);
   EXPECT_THROW(reg.add({"c", {5}, Split{0, 0, 2}, true, Init::zeros()}), Error);
-  reg.finalize(DType::kF32, Device::cpu(), 1);
+  DeviceContext ctx = DeviceContext::cpu();
+  reg.finalize(ctx, DType::kF32, 1);
   EXPECT_EQ(reg.numel(), 10);
   EXPECT_EQ(reg.get("b").value.raw(),
             static_cast<char*>(reg.flat_values().raw()) + 6 * sizeof(float));

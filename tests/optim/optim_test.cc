@@ -44,7 +44,8 @@ model::ParameterRegistry make_registry() {
   reg.add({"w", {3, 2}, model::Split::none(), true, model::Init::normal(1.0)});
   reg.add({"b", {2}, model::Split::none(), false, model::Init::normal(1.0)});
   reg.add({"w2", {4}, model::Split::none(), true, model::Init::normal(1.0)});
-  reg.finalize(DType::kF64, Device::cpu(), 3);
+  DeviceContext init_ctx = DeviceContext::cpu();
+  reg.finalize(init_ctx, DType::kF64, 3);
   return reg;
 }
 

@@ -78,8 +78,9 @@ void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out) {
   }
 }
 
-void ParameterRegistry::finalize(DType dtype, Device device, uint64_t seed) {
+void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed) {
   SHARDLM_CHECK(!finalized_);
+  const Device device = ctx.device();
   values_ = OwnedTensor::empty(dtype, {total_}, device);
   grads_ = OwnedTensor::zeros(dtype, {total_}, device);
   // Initialise on the host in the same dtype, then copy (identical values on every backend).
@@ -90,10 +91,7 @@ void ParameterRegistry::finalize(DType dtype, Device device, uint64_t seed) {
     p.grad = grads_.view().flat_view(p.offset, p.local_shape);
     initialize_parameter(p, seed, init_target.flat_view(p.offset, p.local_shape));
   }
-  if (!device.is_cpu()) {
-    DeviceContext ctx(device);
-    ops::copy(ctx, values_.view(), host.view());
-  }
+  if (!device.is_cpu()) ops::copy(ctx, values_.view(), host.view());
   finalized_ = true;
 }
 
@@ -107,12 +105,11 @@ const Parameter& ParameterRegistry::get(const std::string& name) const {
   return const_cast<ParameterRegistry*>(this)->get(name);
 }
 
-void ParameterRegistry::zero_grads() {
+void ParameterRegistry::zero_grads(DeviceContext& ctx) {
   if (total_ == 0) return;
   if (grads_.view().device().is_cpu()) {
     std::memset(grads_.view().raw(), 0, grads_.view().nbytes());
   } else {
-    DeviceContext ctx(grads_.view().device());
     ops::fill(ctx, grads_.view(), 0.0);
   }
 }

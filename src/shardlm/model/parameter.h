@@ -12,7 +12,7 @@
 //
 //   ParameterRegistry reg;
 //   reg.add({"decoder.final_layernorm.weight", {C}, Split::none(), false, Init::ones()});
-//   reg.finalize(DType::kF32, Device::cpu(), /*seed=*/1234);
+//   reg.finalize(ctx, DType::kF32, /*seed=*/1234);
 //   Tensor w = reg.get("decoder.final_layernorm.weight").value;
 #pragma once
 
@@ -68,8 +68,9 @@ class ParameterRegistry {
  public:
   // Registers a parameter; throws if the name is taken or the split does not divide the shape.
   void add(const ParameterSpec& spec);
-  // Allocates the flat buffers, sets views, initialises values, zeroes gradients.
-  void finalize(DType dtype, Device device, uint64_t seed);
+  // Allocates the flat buffers on ctx's device, sets views, initialises values (on the host,
+  // then copied with ctx), zeroes gradients.
+  void finalize(DeviceContext& ctx, DType dtype, uint64_t seed);
   bool finalized() const { return finalized_; }
 
   Parameter& get(const std::string& name);
@@ -83,7 +84,7 @@ class ParameterRegistry {
   int64_t numel() const { return total_; }
   DType dtype() const { return values_.view().dtype(); }
 
-  void zero_grads();
+  void zero_grads(DeviceContext& ctx);
 
  private:
   std::vector<Parameter> params_;

@@ -37,7 +37,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
 
   model_ = std::make_unique<model::GPTModel>(cfg_.model);
   model_->register_parameters(registry_);
-  registry_.finalize(dtype_, device_->device(), cfg_.seed);
+  registry_.finalize(*device_, dtype_, cfg_.seed);
   model_->bind(registry_);
 
   const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length;
@@ -135,7 +135,7 @@ IterationRecord Trainer::train_step() {
   IterationRecord rec;
   rec.iteration = iteration_ + 1;
   rec.lr = schedule_->lr_at(iteration_);
-  registry_.zero_grads();
+  registry_.zero_grads(*device_);
   double loss_sum = 0;
   for (int64_t m = 0; m < M; ++m) {
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),

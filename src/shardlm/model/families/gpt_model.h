@@ -7,7 +7,7 @@
 //
 //   GPTModel model(cfg);
 //   ParameterRegistry reg;  model.register_parameters(reg);
-//   reg.finalize(DType::kF32, Device::cpu(), seed);  model.bind(reg);
+//   reg.finalize(ctx, DType::kF32, seed);  model.bind(reg);
 //   Arena acts(Device::cpu(), model.plan_activation_bytes(DType::kF32, mbs), "activations");
 //   model.allocate_activations(acts, DType::kF32, mbs);
 //   double loss = model.forward(step, batch);      // masked mean over this micro-batch
