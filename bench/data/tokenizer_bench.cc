@@ -2,9 +2,8 @@
 // one thread), and preprocess throughput (all stages, --workers N).
 //
 //   tokenizer_bench SHARED_DATA_DIR [workers]
-// Build (not part of the default build):
-//   g++ -O2 -std=c++20 -Isrc bench/data/tokenizer_bench.cc -Lbuild-data -lshardlm_core \
-//       -lyaml-cpp -lopenblas -lsentencepiece -lpthread -o build-data/tokenizer_bench
+// Built with the project (target tokenizer_bench); the Hugging Face side of the comparison is
+// bench/data/hf_tokenizer_bench.py, run on the same machine in the same call.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
