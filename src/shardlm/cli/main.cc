@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   try {
     cli::register_train(app);
     cli::register_preprocess(app);
+    cli::register_inspect_data(app);
     // Expand --config FILE for the train command before parsing, so flags override the file.
     std::vector<std::string> args(argv + 1, argv + argc);
     if (!args.empty() && args[0] == "train") {

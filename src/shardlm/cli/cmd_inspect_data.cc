@@ -1,0 +1,167 @@
+// `shardlm inspect-data`: print the sample windows the trainer would draw, one JSON line each,
+// so a data setup can be checked against Megatron (same --data-path/--split/--seq-length/--seed
+// semantics as `shardlm train`, built with data::build_gpt_datasets).
+//
+//   shardlm inspect-data --data-path data/corpus_text_document --split 969,30,1
+//       --seq-length 2048 --seed 1234 --dataset train --num-samples 4 --start 100
+//   {"index": 100, "tokens": [... 2049 ids ...]}
+//
+// The split is built for --split-samples samples (default start + num-samples); Megatron's
+// sample order depends on that count (number of epochs, separate final epoch), so to see the
+// order of a training run pass its train_iters * global_batch_size. Other splits get 0.
+// --decode adds "text" (needs a tokenizer: --tokenizer-type and its files).
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardlm/base/error.h"
+#include "shardlm/cli/commands.h"
+#include "shardlm/data/gpt_dataset_builder.h"
+#include "shardlm/data/tokenizer/tokenizer_factory.h"
+
+namespace shardlm::cli {
+namespace {
+
+struct InspectFlags {
+  data::GptDataConfig data;
+  std::string dataset = "train";
+  int64_t num_samples = 1;
+  int64_t start = 0;
+  std::optional<int64_t> split_samples;
+  std::string data_cache_path;
+  data::TokenizerOptions tokenizer;
+  int64_t vocab_size = 786;
+  bool decode = false;
+};
+
+void run_inspect(InspectFlags& f) {
+  int split = -1;
+  if (f.dataset == "train") split = 0;
+  if (f.dataset == "valid") split = 1;
+  if (f.dataset == "test") split = 2;
+  if (split < 0) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "--dataset " + f.dataset + " is not one of train, valid, test");
+  }
+  if (f.data.seq_length <= 0) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "--seq-length " + std::to_string(f.data.seq_length) + " must be positive");
+  }
+  if (f.num_samples < 0 || f.start < 0) {
+    throw Error(ErrorKind::kInvalidConfig, "--num-samples and --start must not be negative");
+  }
+  if (f.data.data_path.empty() && f.data.train_data_path.empty() &&
+      f.data.valid_data_path.empty() && f.data.test_data_path.empty()) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "no data: pass --data-path (or --train-data-path/--valid-data-path/"
+                "--test-data-path)");
+  }
+  const int64_t requested = f.split_samples.value_or(f.start + f.num_samples);
+  if (requested < f.start + f.num_samples) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "--split-samples " + std::to_string(requested) + " is less than --start + "
+                "--num-samples = " + std::to_string(f.start + f.num_samples));
+  }
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  if (f.decode) {
+    if (f.tokenizer.type.empty()) {
+      throw Error(ErrorKind::kInvalidConfig,
+                  "--decode needs a tokenizer: pass --tokenizer-type (and --vocab-file/"
+                  "--merge-file or --tokenizer-model)");
+    }
+    f.tokenizer.vocab_size = f.vocab_size;
+    tokenizer = data::make_tokenizer(f.tokenizer);
+  }
+  if (!f.data_cache_path.empty()) f.data.data_cache_path = f.data_cache_path;
+  for (auto& n : f.data.num_samples) n = 0;
+  f.data.num_samples[split] = requested;
+
+  data::GptDatasets sets = data::build_gpt_datasets(f.data);
+  const data::SampleSource* source =
+      split == 0 ? sets.train.get() : split == 1 ? sets.valid.get() : sets.test.get();
+  if (source == nullptr || source->size() == 0) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "the " + f.dataset + " split is empty with --split " + f.data.split);
+  }
+  if (f.start + f.num_samples > source->size()) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "--start " + std::to_string(f.start) + " + --num-samples " +
+                    std::to_string(f.num_samples) + " exceeds the " + f.dataset + " split's " +
+                    std::to_string(source->size()) + " samples");
+  }
+  const int64_t seq = source->seq_length();
+  std::vector<int32_t> tokens(seq + 1);
+  std::vector<float> mask(seq);
+  for (int64_t k = f.start; k < f.start + f.num_samples; ++k) {
+    source->get(k, tokens, mask);
+    std::string line = "{\"index\": " + std::to_string(k) + ", \"tokens\": [";
+    for (int64_t i = 0; i <= seq; ++i) {
+      if (i > 0) line += ", ";
+      line += std::to_string(tokens[i]);
+    }
+    line += "]";
+    if (tokenizer) {
+      const nlohmann::json text = tokenizer->decode(tokens);
+      line += ", \"text\": " + text.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+    line += "}\n";
+    std::cout << line;
+  }
+  std::cout.flush();
+}
+
+}  // namespace
+
+void register_inspect_data(CLI::App& app) {
+  auto flags = std::make_shared<InspectFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "inspect-data", "Print the token windows of a dataset split as JSON lines");
+  data::GptDataConfig& d = flags->data;
+  const char* g = "data";
+  cmd->add_option("--data-path", d.data_path, "One prefix, or weighted 'w1 p1 w2 p2 ...' blend")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->group(g);
+  cmd->add_option("--train-data-path", d.train_data_path, "Train split blend")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->group(g);
+  cmd->add_option("--valid-data-path", d.valid_data_path, "Valid split blend")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->group(g);
+  cmd->add_option("--test-data-path", d.test_data_path, "Test split blend")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->group(g);
+  cmd->add_option("--split", d.split, "Train/valid/test split weights, e.g. 969,30,1")->group(g);
+  cmd->add_option("--seq-length", d.seq_length, "Sequence length")->required()->group(g);
+  cmd->add_option("--seed", d.seed, "Random seed (Megatron's --seed)")->group(g);
+  cmd->add_option("--data-cache-path", flags->data_cache_path,
+                  "Where dataset index caches are written")
+      ->group(g);
+  const char* s = "selection";
+  cmd->add_option("--dataset", flags->dataset, "Split to print: train, valid or test")
+      ->group(s);
+  cmd->add_option("--num-samples", flags->num_samples, "How many samples to print")->group(s);
+  cmd->add_option("--start", flags->start, "First sample index")->group(s);
+  cmd->add_option("--split-samples", flags->split_samples,
+                  "Samples the split is built for (default start + num-samples); the sample "
+                  "order depends on it, e.g. train_iters * global_batch_size for train")
+      ->group(s);
+  cmd->add_flag("--decode", flags->decode, "Add the decoded text (needs a tokenizer)")->group(s);
+  const char* tok = "tokenizer";
+  cmd->add_option("--tokenizer-type", flags->tokenizer.type, "Tokenizer type")->group(tok);
+  cmd->add_option("--vocab-file", flags->tokenizer.vocab_file, "Path to the vocab file")
+      ->group(tok);
+  cmd->add_option("--merge-file", flags->tokenizer.merge_file, "Path to the BPE merge file")
+      ->group(tok);
+  cmd->add_option("--tokenizer-model", flags->tokenizer.tokenizer_model,
+                  "SentencePiece .model or tokenizer.json")
+      ->group(tok);
+  cmd->add_option("--vocab-size", flags->vocab_size, "Vocabulary size for NullTokenizer")
+      ->group(tok);
+  cmd->callback([flags] { run_inspect(*flags); });
+}
+
+}  // namespace shardlm::cli
