@@ -10,6 +10,7 @@
 
 #include "shardlm/data/mock_gpt_dataset.h"
 #include "shardlm/ops/ops.h"
+#include "shardlm/data/pretraining_sampler.h"
 #include "shardlm/optim/grad_clip.h"
 #include "shardlm/train/device_select.h"
 #include "shardlm/train/training_data.h"
@@ -99,17 +100,28 @@ void Trainer::build_data() {
 }
 
 model::Batch Trainer::load_batch(const data::SampleSource& source, int64_t first_sample) {
+  std::vector<int64_t> indices(static_cast<size_t>(cfg_.micro_batch_size));
+  for (size_t b = 0; b < indices.size(); ++b) indices[b] = first_sample + static_cast<int64_t>(b);
+  return load_batch(source, indices);
+}
+
+model::Batch Trainer::load_batch(const data::SampleSource& source,
+                                 std::span<const int64_t> sample_indices) {
   const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+  SHARDLM_REQUIRE(static_cast<int64_t>(sample_indices.size()) == B, ErrorKind::kInternal,
+                  "load_batch: " + std::to_string(sample_indices.size()) +
+                      " sample indices for a micro-batch of " + std::to_string(B));
   std::vector<int32_t> sample(T + 1);
   std::vector<float> mask(T);
   double mask_sum = 0;
   for (int64_t b = 0; b < B; ++b) {
-    source.get((first_sample + b) % source.size(), sample, mask);
+    const int64_t index = sample_indices[static_cast<size_t>(b)];
+    source.get(index % source.size(), sample, mask);
     for (int64_t t = 0; t < T; ++t) {
       SHARDLM_REQUIRE(sample[t] >= 0 && sample[t] < cfg_.model.vocab_size &&
                           sample[t + 1] >= 0 && sample[t + 1] < cfg_.model.vocab_size,
                       ErrorKind::kCorruptData,
-                      "sample " + std::to_string(first_sample + b) + " holds token id " +
+                      "sample " + std::to_string(index) + " holds token id " +
                           std::to_string(sample[t]) + " outside the vocabulary of size " +
                           std::to_string(cfg_.model.vocab_size) +
                           "; check --vocab-size / --tokenizer-type against the data");
@@ -140,7 +152,12 @@ IterationRecord Trainer::train_step() {
   for (int64_t m = 0; m < M; ++m) {
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
                             static_cast<uint32_t>(m), true};
-    model::Batch batch = load_batch(*train_data_, consumed_samples_ + m * B);
+    // Megatron's MegatronPretrainingSampler: micro-batch m of this iteration is the slice of
+    // data-parallel rank 0 of the global micro-batch starting at consumed + m * B * dp.
+    const std::vector<int64_t> indices = data::pretraining_micro_batch_indices(
+        consumed_samples_ + m * B * cfg_.data_parallel_size, B, /*data_parallel_rank=*/0,
+        cfg_.data_parallel_size);
+    model::Batch batch = load_batch(*train_data_, indices);
     loss_sum += model_->forward(step, batch);
     model_->backward(step, batch, 1.0 / static_cast<double>(M));
   }

@@ -14,6 +14,7 @@
 
 #include <iosfwd>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "shardlm/data/sample_source.h"
@@ -59,7 +60,10 @@ class Trainer {
 
  private:
   void build_data();
+  // Samples first_sample, first_sample + 1, ... (validation), or the given global indices.
   model::Batch load_batch(const data::SampleSource& source, int64_t first_sample);
+  model::Batch load_batch(const data::SampleSource& source,
+                          std::span<const int64_t> sample_indices);
   void log_interval_line(double elapsed_s);
 
   TrainConfig cfg_;
