@@ -201,6 +201,67 @@ TEST(ParameterRegistry, FlatBuffersAndErrors) {
   EXPECT_THROW(reg.get("missing"), Error);
 }
 
+TEST(ParameterRegistry, ComputeCopyIsSeparateOnlyForAnotherDtype) {
+  DeviceContext ctx = DeviceContext::cpu();
+  ParameterRegistry same;
+  same.add({"a", {2, 3}, Split::none(), true, Init::normal(1)});
+  same.finalize(ctx, DType::kF32, 1, DType::kF32);
+  EXPECT_FALSE(same.has_compute_copy());
+  EXPECT_EQ(same.compute_dtype(), DType::kF32);
+  EXPECT_EQ(same.get("a").compute_value.raw(), same.get("a").value.raw());
+  EXPECT_EQ(same.get("a").compute_grad.raw(), same.get("a").grad.raw());
+  EXPECT_EQ(same.compute_copy_bytes(), 0u);
+  same.sync_compute_values(ctx);       // no-ops
+  same.accumulate_compute_grads(ctx);
+}
+
+// The --bf16 bookkeeping on the host (the CPU backend converts bf16 in ops::copy): compute
+// values are the rounded master values; compute grads fold into the fp32 master grads and reset.
+TEST(ParameterRegistry, Bf16ComputeCopyRoundsValuesAndAccumulatesGrads) {
+  DeviceContext ctx = DeviceContext::cpu();
+  ParameterRegistry reg;
+  reg.add({"a", {2, 3}, Split::none(), true, Init::normal(1)});
+  reg.add({"b", {4}, Split::none(), false, Init::ones()});
+  reg.finalize(ctx, DType::kF32, 7, DType::kBF16);
+  ASSERT_TRUE(reg.has_compute_copy());
+  EXPECT_EQ(reg.dtype(), DType::kF32);
+  EXPECT_EQ(reg.compute_dtype(), DType::kBF16);
+  const Parameter& a = reg.get("a");
+  EXPECT_EQ(a.compute_value.dtype(), DType::kBF16);
+  EXPECT_EQ(a.compute_grad.dtype(), DType::kBF16);
+  EXPECT_EQ(a.compute_value.shape(), a.value.shape());
+  auto bf16_at = [](const Tensor& t, int64_t i) {
+    return bf16_bits_to_float(static_cast<const uint16_t*>(t.raw())[i]);
+  };
+  auto set_bf16 = [](const Tensor& t, int64_t i, float v) {
+    static_cast<uint16_t*>(t.raw())[i] = float_to_bf16_bits(v);
+  };
+  const Tensor& flat = reg.flat_values();
+  for (int64_t i = 0; i < reg.numel(); ++i) {
+    const float master = flat.data<float>()[i];
+    EXPECT_EQ(bf16_at(reg.get(i < 6 ? "a" : "b").compute_value, i < 6 ? i : i - 6),
+              bf16_bits_to_float(float_to_bf16_bits(master)));
+  }
+  // Two micro-batches of compute grads accumulate into the fp32 master grads.
+  for (int m = 1; m <= 2; ++m) {
+    for (int64_t i = 0; i < 6; ++i) set_bf16(a.compute_grad, i, 0.5f * m * (i + 1));
+    reg.accumulate_compute_grads(ctx);
+    for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(bf16_at(a.compute_grad, i), 0.0f);
+  }
+  for (int64_t i = 0; i < 6; ++i) EXPECT_FLOAT_EQ(a.grad.data<float>()[i], 1.5f * (i + 1));
+  EXPECT_EQ(reg.get("b").grad.data<float>()[0], 0.0f);
+  // A master update reaches the compute copy only at sync.
+  reg.get("b").value.data<float>()[1] = 3.0f;
+  EXPECT_EQ(bf16_at(reg.get("b").compute_value, 1), 1.0f);
+  reg.sync_compute_values(ctx);
+  EXPECT_EQ(bf16_at(reg.get("b").compute_value, 1), 3.0f);
+  set_bf16(a.compute_grad, 0, 2.0f);
+  reg.zero_grads(ctx);
+  EXPECT_EQ(a.grad.data<float>()[0], 0.0f);
+  EXPECT_EQ(bf16_at(a.compute_grad, 0), 0.0f);
+  EXPECT_GT(reg.compute_copy_bytes(), 0u);
+}
+
 TEST(TransformerConfig, ValidationNamesTheFlag) {
   auto message = [](TransformerConfig c) {
     try {

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "shardlm/data/mock_gpt_dataset.h"
+#include "shardlm/tensor/device.h"
 #include "shardlm/tensor/philox.h"
 #include "shardlm/train/trainer.h"
 
@@ -140,6 +141,42 @@ TEST(Trainer, LogLinesLookLikeMegatrons) {
         "number of skipped iterations:   0 |", "validation loss at iteration 2 |",
         "lm loss PPL:", "> memory plan:", "> number of parameters:"})
     EXPECT_NE(out.find(needle), std::string::npos) << needle << "\n" << out;
+}
+
+}  // namespace
+}  // namespace shardlm::train
+
+namespace shardlm::train {
+namespace {
+
+std::string config_error(const TrainConfig& c) {
+  try {
+    std::ostringstream log;
+    Trainer t(c, log);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig) << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Trainer, MixedPrecisionFlagsAreRejectedWhereUnsupported) {
+  TrainConfig c = tiny_run();
+  c.bf16 = true;
+  EXPECT_NE(config_error(c).find("--bf16 needs --device cuda"), std::string::npos);
+  c.device = "auto";
+  if (cuda_device_count() == 0)
+    EXPECT_NE(config_error(c).find("--bf16 needs --device cuda"), std::string::npos);
+  c = tiny_run();
+  c.fp16 = true;
+  EXPECT_NE(config_error(c).find("--fp16 is not supported yet"), std::string::npos);
+}
+
+TEST(Trainer, LogsThePrecision) {
+  TrainConfig c = tiny_run();
+  std::ostringstream log;
+  Trainer t(c, log);
+  EXPECT_NE(log.str().find("> precision: fp32\n"), std::string::npos) << log.str();
 }
 
 }  // namespace

@@ -86,6 +86,9 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--seed", cfg.seed, "Random seed (init, dropout, data order)")->group(g);
   cmd.add_option("--device", cfg.device, "auto, cpu or cuda")->group(g);
   cmd.add_option("--compute-dtype", cfg.compute_dtype, "CPU compute precision: fp32 or fp64")->group(g);
+  cmd.add_flag("--bf16", cfg.bf16,
+               "Mixed precision: bf16 compute, fp32 master weights and gradients (CUDA)")->group(g);
+  cmd.add_flag("--fp16", cfg.fp16, "fp16 mixed precision (not supported yet)")->group(g);
 
   g = "Optimizer and learning rate";
   cmd.add_option("--lr", o.lr, "Peak learning rate")->group(g)->check(nonneg);

@@ -1,5 +1,6 @@
 #include "shardlm/model/parameter.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "shardlm/base/check.h"
@@ -9,6 +10,18 @@
 namespace shardlm::model {
 
 namespace {
+// Elements converted per chunk when accumulating compute grads into the master grads (64 MiB
+// of fp32 scratch at most).
+constexpr int64_t kGradScratchElements = int64_t{1} << 24;
+
+// Zeroes a flat buffer (memset on the host, where the CPU backend has no bf16 fill).
+void zero_buffer(DeviceContext& ctx, const Tensor& t) {
+  if (t.device().is_cpu())
+    std::memset(t.raw(), 0, t.nbytes());
+  else
+    ops::fill(ctx, t, 0.0);
+}
+
 Shape local_shape_of(const ParameterSpec& spec) {
   std::vector<int64_t> dims = spec.global_shape.dims();
   if (spec.split.is_split()) {
@@ -79,7 +92,13 @@ void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out) {
 }
 
 void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed) {
+  finalize(ctx, dtype, seed, dtype);
+}
+
+void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
+                                 DType compute_dtype) {
   SHARDLM_CHECK(!finalized_);
+  compute_dtype_ = compute_dtype;
   const Device device = ctx.device();
   values_ = OwnedTensor::empty(dtype, {total_}, device);
   grads_ = OwnedTensor::zeros(dtype, {total_}, device);
@@ -92,7 +111,46 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed)
     initialize_parameter(p, seed, init_target.flat_view(p.offset, p.local_shape));
   }
   if (!device.is_cpu()) ops::copy(ctx, values_.view(), host.view());
+  const bool mixed = compute_dtype != dtype && total_ > 0;
+  if (mixed) {
+    compute_values_ = OwnedTensor::empty(compute_dtype, {total_}, device);
+    compute_grads_ = OwnedTensor::zeros(compute_dtype, {total_}, device);
+    grad_scratch_ = OwnedTensor::empty(dtype, {std::min<int64_t>(total_, kGradScratchElements)},
+                                       device);
+  }
+  for (Parameter& p : params_) {
+    p.compute_value =
+        mixed ? compute_values_.view().flat_view(p.offset, p.local_shape) : p.value;
+    p.compute_grad = mixed ? compute_grads_.view().flat_view(p.offset, p.local_shape) : p.grad;
+  }
   finalized_ = true;
+  sync_compute_values(ctx);
+}
+
+size_t ParameterRegistry::compute_copy_bytes() const {
+  if (!has_compute_copy()) return 0;
+  return compute_values_.view().nbytes() + compute_grads_.view().nbytes() +
+         grad_scratch_.view().nbytes();
+}
+
+void ParameterRegistry::sync_compute_values(DeviceContext& ctx) {
+  if (!has_compute_copy()) return;
+  ops::copy(ctx, compute_values_.view(), values_.view());
+}
+
+void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
+  if (!has_compute_copy()) return;
+  // Chunked through an fp32 scratch so the extra memory stays bounded on large models.
+  const Tensor& scratch = grad_scratch_.view();
+  const int64_t chunk = scratch.numel();
+  for (int64_t off = 0; off < total_; off += chunk) {
+    const int64_t n = std::min(chunk, total_ - off);
+    const Shape shape({n});
+    Tensor tmp = scratch.flat_view(0, shape);
+    ops::copy(ctx, tmp, compute_grads_.view().flat_view(off, shape));
+    ops::add_inplace(ctx, grads_.view().flat_view(off, shape), tmp);
+  }
+  zero_buffer(ctx, compute_grads_.view());
 }
 
 Parameter& ParameterRegistry::get(const std::string& name) {
@@ -107,11 +165,8 @@ const Parameter& ParameterRegistry::get(const std::string& name) const {
 
 void ParameterRegistry::zero_grads(DeviceContext& ctx) {
   if (total_ == 0) return;
-  if (grads_.view().device().is_cpu()) {
-    std::memset(grads_.view().raw(), 0, grads_.view().nbytes());
-  } else {
-    ops::fill(ctx, grads_.view(), 0.0);
-  }
+  zero_buffer(ctx, grads_.view());
+  if (has_compute_copy()) zero_buffer(ctx, compute_grads_.view());
 }
 
 }  // namespace shardlm::model

@@ -7,6 +7,15 @@
 // so any shard can be initialised alone and equals the same slice of the unsharded model.
 // Checkpoints, the optimizer, grad-norm and HF conversion read this registry, never indices.
 //
+// Mixed precision (Megatron's --bf16): finalize() may be given a compute dtype different from the
+// master dtype. The registry then also owns a flat compute-value and a flat compute-grad buffer
+// in the compute dtype; modules run every op on Parameter::compute_value / compute_grad, while the
+// optimizer, grad clipping and checkpoints keep using the master value / grad (fp32). The trainer
+// calls sync_compute_values() after init and after every optimizer step, and
+// accumulate_compute_grads() after every micro-batch backward (master grad += fp32(compute grad),
+// compute grad zeroed). Without a separate compute dtype compute_value/compute_grad ARE
+// value/grad and both calls do nothing, so fp32/fp64 runs are bit-identical to before.
+//
 // Ownership: the registry owns the flat buffers; Parameter::value/grad are views into them.
 // Not thread-safe; one registry per rank (model shard).
 //
@@ -60,6 +69,10 @@ struct Parameter {
   int64_t offset = 0;      // element offset in the flat buffers
   Tensor value;            // view into the flat value buffer
   Tensor grad;             // view into the flat gradient buffer
+  // What the modules compute with: views into the compute buffers (mixed precision), else
+  // the same views as value / grad.
+  Tensor compute_value;
+  Tensor compute_grad;
   // Global index (row-major in the global shape) of local element i.
   int64_t global_index(int64_t local_index) const;
 };
@@ -69,8 +82,10 @@ class ParameterRegistry {
   // Registers a parameter; throws if the name is taken or the split does not divide the shape.
   void add(const ParameterSpec& spec);
   // Allocates the flat buffers on ctx's device, sets views, initialises values (on the host,
-  // then copied with ctx), zeroes gradients.
+  // then copied with ctx), zeroes gradients. compute_dtype (default: dtype) different from
+  // dtype adds the compute-value/compute-grad buffers (see above); compute_value is filled.
   void finalize(DeviceContext& ctx, DType dtype, uint64_t seed);
+  void finalize(DeviceContext& ctx, DType dtype, uint64_t seed, DType compute_dtype);
   bool finalized() const { return finalized_; }
 
   Parameter& get(const std::string& name);
@@ -83,14 +98,30 @@ class ParameterRegistry {
   const Tensor& flat_grads() const { return grads_.view(); }
   int64_t numel() const { return total_; }
   DType dtype() const { return values_.view().dtype(); }
+  // The dtype modules compute in (== dtype() unless mixed precision).
+  DType compute_dtype() const { return compute_dtype_; }
+  bool has_compute_copy() const { return compute_values_.view().defined(); }
+  // Bytes of the compute-value and compute-grad buffers (0 without a compute copy), and of
+  // the fp32 conversion scratch.
+  size_t compute_copy_bytes() const;
 
+  // Zeroes the master gradients (and the compute gradients when separate).
   void zero_grads(DeviceContext& ctx);
+  // Mixed precision: compute values = convert(master values). No-op without a compute copy.
+  void sync_compute_values(DeviceContext& ctx);
+  // Mixed precision: master grads += convert(compute grads), then compute grads = 0. No-op
+  // without a compute copy.
+  void accumulate_compute_grads(DeviceContext& ctx);
 
  private:
   std::vector<Parameter> params_;
   std::map<std::string, size_t> index_;
   OwnedTensor values_;  // [total]
   OwnedTensor grads_;   // [total]
+  OwnedTensor compute_values_;  // [total] in compute_dtype_ (mixed precision only)
+  OwnedTensor compute_grads_;   // [total] in compute_dtype_ (mixed precision only)
+  OwnedTensor grad_scratch_;    // [min(total, chunk)] in the master dtype (mixed precision only)
+  DType compute_dtype_ = DType::kF32;
   int64_t total_ = 0;
   bool finalized_ = false;
 };

@@ -43,6 +43,13 @@ void TrainConfig::validate() const {
     bad("--device '" + device + "' is not one of auto, cpu, cuda");
   if (compute_dtype != "fp32" && compute_dtype != "fp64")
     bad("--compute-dtype '" + compute_dtype + "' is not one of fp32, fp64");
+  if (fp16)
+    bad("--fp16 is not supported yet (dynamic loss scaling pending); use --bf16 on a GPU");
+  if (bf16 && device == "cpu")
+    bad("--bf16 needs --device cuda; the CPU backend computes in fp32/fp64");
+  if (bf16 && compute_dtype != "fp32")
+    bad("--bf16 and --compute-dtype " + compute_dtype +
+        " conflict: --bf16 keeps fp32 master weights; drop --compute-dtype");
   if (group_query_attention && model.num_query_groups == 0)
     bad("--group-query-attention needs --num-query-groups G (G must divide the head count)");
   model.validate();

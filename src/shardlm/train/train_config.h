@@ -56,6 +56,10 @@ struct TrainConfig {
   uint64_t seed = 1234;
   std::string device = "auto";    // auto | cpu | cuda
   std::string compute_dtype = "fp32";  // CPU: fp32 | fp64
+  // Megatron's mixed precision: bf16 weights/activations for compute, fp32 master weights and
+  // fp32 main gradients in the optimizer. CUDA only. fp16 (dynamic loss scaling) is pending.
+  bool bf16 = false;
+  bool fp16 = false;
   int64_t data_parallel_size = 1;
   bool group_query_attention = false;  // Megatron's switch; --num-query-groups sets G
 

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <ostream>
@@ -33,12 +34,18 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
   resolve_vocab_size(cfg_);
   cfg_.validate();
   device_ = std::make_unique<DeviceContext>(select_device(cfg_.device));
-  dtype_ = cfg_.compute_dtype == "fp64" ? DType::kF64 : DType::kF32;
+  SHARDLM_REQUIRE(!(cfg_.bf16 && device_->device().is_cpu()), ErrorKind::kInvalidConfig,
+                  "--bf16 needs --device cuda; the CPU backend computes in fp32/fp64 (no GPU was "
+                  "found for --device " + cfg_.device + ")");
+  // master_dtype: parameters, gradients and optimizer state; dtype_: compute (activations,
+  // the modules' parameter copies). They differ only under --bf16.
+  const DType master_dtype = cfg_.compute_dtype == "fp64" ? DType::kF64 : DType::kF32;
+  dtype_ = cfg_.bf16 ? DType::kBF16 : master_dtype;
   initialize_backend(*device_);
 
   model_ = std::make_unique<model::GPTModel>(cfg_.model);
   model_->register_parameters(registry_);
-  registry_.finalize(*device_, dtype_, cfg_.seed);
+  registry_.finalize(*device_, master_dtype, cfg_.seed, dtype_);
   model_->bind(registry_);
 
   const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length;
@@ -65,7 +72,13 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
   }
 
   const int64_t n_params = registry_.numel();
-  const size_t param_bytes = static_cast<size_t>(n_params) * dtype_size(dtype_);
+  const size_t param_bytes = static_cast<size_t>(n_params) * dtype_size(master_dtype);
+  const size_t compute_bytes =
+      registry_.has_compute_copy() ? static_cast<size_t>(n_params) * dtype_size(dtype_) : 0;
+  const std::string precision =
+      cfg_.bf16 ? format("bf16 mixed precision (bf16 compute, %s master weights and gradients)",
+                         dtype_name(master_dtype))
+                : std::string(dtype_name(dtype_));
   log_ << format("> building GPT model: %lld layers, hidden %lld, %lld heads (%lld query groups), "
                  "ffn %lld, seq %lld, padded vocab %lld (from %lld)\n",
                  (long long)cfg_.model.num_layers, (long long)cfg_.model.hidden_size,
@@ -74,10 +87,25 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
                  (long long)cfg_.model.padded_vocab_size(), (long long)cfg_.model.vocab_size)
        << format("> number of parameters: %lld on %s, compute dtype %s\n", (long long)n_params,
                  device_->device().to_string().c_str(), dtype_name(dtype_))
-       << format("> memory plan: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f "
-                 "MiB, activations %.1f MiB (micro-batch %lld)\n",
-                 param_bytes / 1048576.0, param_bytes / 1048576.0, 2 * param_bytes / 1048576.0,
-                 act_bytes / 1048576.0, (long long)mbs)
+       << "> precision: " << precision << "\n";
+  if (registry_.has_compute_copy()) {
+    log_ << format("> memory plan: master parameters %.1f MiB (%s), main gradients %.1f MiB "
+                   "(%s), compute parameters %.1f MiB (%s), compute gradients %.1f MiB (%s), "
+                   "grad conversion scratch %.1f MiB, optimizer state %.1f MiB, activations "
+                   "%.1f MiB (%s, micro-batch %lld)\n",
+                   param_bytes / 1048576.0, dtype_name(master_dtype), param_bytes / 1048576.0,
+                   dtype_name(master_dtype), compute_bytes / 1048576.0, dtype_name(dtype_),
+                   compute_bytes / 1048576.0, dtype_name(dtype_),
+                   (registry_.compute_copy_bytes() - 2 * compute_bytes) / 1048576.0,
+                   2 * param_bytes / 1048576.0, act_bytes / 1048576.0, dtype_name(dtype_),
+                   (long long)mbs);
+  } else {
+    log_ << format("> memory plan: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f "
+                   "MiB, activations %.1f MiB (micro-batch %lld)\n",
+                   param_bytes / 1048576.0, param_bytes / 1048576.0, 2 * param_bytes / 1048576.0,
+                   act_bytes / 1048576.0, (long long)mbs);
+  }
+  log_
        << format("> global batch %lld = micro-batch %lld x %lld micro-batches x data-parallel "
                  "%lld\n",
                  (long long)(mbs * cfg_.num_microbatches() * cfg_.data_parallel_size),
@@ -129,6 +157,8 @@ model::Batch Trainer::load_batch(const data::SampleSource& source,
       targets_host_.view().data<int32_t>()[b * T + t] = sample[t + 1];
       if (dtype_ == DType::kF64)
         mask_host_.view().data<double>()[b * T + t] = mask[t];
+      else if (dtype_ == DType::kBF16)
+        static_cast<uint16_t*>(mask_host_.view().raw())[b * T + t] = float_to_bf16_bits(mask[t]);
       else
         mask_host_.view().data<float>()[b * T + t] = mask[t];
       mask_sum += mask[t];
@@ -160,11 +190,14 @@ IterationRecord Trainer::train_step() {
     model::Batch batch = load_batch(*train_data_, indices);
     loss_sum += model_->forward(step, batch);
     model_->backward(step, batch, 1.0 / static_cast<double>(M));
+    // --bf16: fold this micro-batch's bf16 gradients into the fp32 main gradients.
+    registry_.accumulate_compute_grads(*device_);
   }
   rec.loss = loss_sum / static_cast<double>(M);
   rec.grad_norm = optim::clip_grad_norm(*device_, registry_, cfg_.optimizer.clip_grad);
   if (std::isfinite(rec.grad_norm)) {
     optimizer_->step(*device_, rec.lr);
+    registry_.sync_compute_values(*device_);  // --bf16: refresh the bf16 compute weights
   } else {
     rec.skipped = true;
     ++skipped_iterations_;

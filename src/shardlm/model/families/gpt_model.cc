@@ -92,10 +92,10 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
 }
 
 Tensor GPTModel::output_weight() const {
-  return output_layer_ ? output_layer_->value : word_embeddings_->value;
+  return output_layer_ ? output_layer_->compute_value : word_embeddings_->compute_value;
 }
 Tensor GPTModel::output_weight_grad() const {
-  return output_layer_ ? output_layer_->grad : word_embeddings_->grad;
+  return output_layer_ ? output_layer_->compute_grad : word_embeddings_->compute_grad;
 }
 
 double GPTModel::forward(StepContext& step, const Batch& batch) {
@@ -110,8 +110,8 @@ double GPTModel::forward(StepContext& step, const Batch& batch) {
                   "GPT forward: the loss mask of this micro-batch is all zero");
   Activations& a = acts_;
   ops::embedding_forward(ctx, a.embedding.reshape({B, T, C}), batch.tokens,
-                         word_embeddings_->value,
-                         position_embeddings_ ? position_embeddings_->value : Tensor());
+                         word_embeddings_->compute_value,
+                         position_embeddings_ ? position_embeddings_->compute_value : Tensor());
   ops::dropout_forward(ctx, a.residual[0], a.embedding, step.training ? cfg_.hidden_dropout : 0.0,
                        step.dropout_key(0, kDropoutEmbedding), 0);
   for (size_t l = 0; l < layers_.size(); ++l)
@@ -141,8 +141,8 @@ void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale
   }
   ops::dropout_backward(ctx, a.scratch.c0, dres, step.training ? cfg_.hidden_dropout : 0.0,
                         step.dropout_key(0, kDropoutEmbedding), 0);
-  ops::embedding_backward(ctx, word_embeddings_->grad,
-                          position_embeddings_ ? position_embeddings_->grad : Tensor(),
+  ops::embedding_backward(ctx, word_embeddings_->compute_grad,
+                          position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
                           a.scratch.c0.reshape({B, T, C}), batch.tokens);
 }
 

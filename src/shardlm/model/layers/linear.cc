@@ -19,12 +19,12 @@ void Linear::bind(ParameterRegistry& reg) {
 }
 
 void Linear::forward(DeviceContext& ctx, Tensor out, const Tensor& in) const {
-  ops::linear_forward(ctx, out, in, weight_->value, bias_ ? bias_->value : Tensor());
+  ops::linear_forward(ctx, out, in, weight_->compute_value, bias_ ? bias_->compute_value : Tensor());
 }
 
 void Linear::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const {
-  ops::linear_backward(ctx, din, weight_->grad, bias_ ? bias_->grad : Tensor(), dout, in,
-                       weight_->value);
+  ops::linear_backward(ctx, din, weight_->compute_grad, bias_ ? bias_->compute_grad : Tensor(), dout, in,
+                       weight_->compute_value);
 }
 
 }  // namespace shardlm::model

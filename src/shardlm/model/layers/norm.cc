@@ -29,19 +29,19 @@ Norm::Saved Norm::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t ro
 
 void Norm::forward(DeviceContext& ctx, Tensor out, const Saved& saved, const Tensor& in) const {
   if (kind_ == Normalization::kLayerNorm)
-    ops::layernorm_forward(ctx, out, saved.mean, saved.rstd, in, weight_->value, bias_->value,
+    ops::layernorm_forward(ctx, out, saved.mean, saved.rstd, in, weight_->compute_value, bias_->compute_value,
                            eps_);
   else
-    ops::rmsnorm_forward(ctx, out, saved.rstd, in, weight_->value, eps_);
+    ops::rmsnorm_forward(ctx, out, saved.rstd, in, weight_->compute_value, eps_);
 }
 
 void Norm::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
                     const Saved& saved) const {
   if (kind_ == Normalization::kLayerNorm)
-    ops::layernorm_backward(ctx, din, weight_->grad, bias_->grad, dout, in, weight_->value,
+    ops::layernorm_backward(ctx, din, weight_->compute_grad, bias_->compute_grad, dout, in, weight_->compute_value,
                             saved.mean, saved.rstd);
   else
-    ops::rmsnorm_backward(ctx, din, weight_->grad, dout, in, weight_->value, saved.rstd);
+    ops::rmsnorm_backward(ctx, din, weight_->compute_grad, dout, in, weight_->compute_value, saved.rstd);
 }
 
 }  // namespace shardlm::model
