@@ -9,6 +9,7 @@ class App;
 namespace shardlm::cli {
 
 void register_train(CLI::App& app);       // cmd_train.cc
+void register_bench(CLI::App& app);       // cmd_bench.cc
 void register_preprocess(CLI::App& app);  // cmd_preprocess.cc (data layer)
 void register_inspect_data(CLI::App& app);  // cmd_inspect_data.cc (data layer)
 

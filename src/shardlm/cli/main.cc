@@ -19,11 +19,13 @@ int main(int argc, char** argv) {
   app.footer("Run 'shardlm <command> --help' for the options of one command.");
   try {
     cli::register_train(app);
+    cli::register_bench(app);
     cli::register_preprocess(app);
     cli::register_inspect_data(app);
-    // Expand --config FILE for the train command before parsing, so flags override the file.
+    // Expand --config FILE for the train and bench commands before parsing, so flags override
+    // the file.
     std::vector<std::string> args(argv + 1, argv + argc);
-    if (!args.empty() && args[0] == "train") {
+    if (!args.empty() && (args[0] == "train" || args[0] == "bench")) {
       std::vector<std::string> tail(args.begin() + 1, args.end());
       tail = cli::expand_config_args(tail);
       args.resize(1);

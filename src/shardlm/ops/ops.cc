@@ -126,12 +126,36 @@ void require_probability(const char* op, double p) {
 
 }  // namespace
 
-// Routes to the backend of ctx's device (validated above to be every tensor's device).
+namespace {
+// Brackets one routed op for the context's OpTimer (if any); the timer sees the backend call
+// only, not the validation above it.
+class OpTimingScope {
+ public:
+  OpTimingScope(const DeviceContext& ctx, const char* name) : timer_(ctx.op_timer()), name_(name) {
+    if (timer_ != nullptr) timer_->begin(name_);
+  }
+  ~OpTimingScope() {
+    if (timer_ != nullptr) timer_->end(name_);
+  }
+  OpTimingScope(const OpTimingScope&) = delete;
+  OpTimingScope& operator=(const OpTimingScope&) = delete;
+
+ private:
+  OpTimer* timer_;
+  const char* name_;
+};
+}  // namespace
+
+// Routes to the backend of ctx's device (validated above to be every tensor's device), timed
+// by the context's OpTimer when one is installed.
 #ifdef SHARDLM_WITH_CUDA
-#define SHARDLM_OPS_ROUTE(name, ...) \
+#define SHARDLM_OPS_ROUTE(name, ...)     \
+  const OpTimingScope op_timing_(ctx, #name); \
   return ctx.device().is_cuda() ? cuda::name(__VA_ARGS__) : cpu::name(__VA_ARGS__)
 #else
-#define SHARDLM_OPS_ROUTE(name, ...) return cpu::name(__VA_ARGS__)
+#define SHARDLM_OPS_ROUTE(name, ...)     \
+  const OpTimingScope op_timing_(ctx, #name); \
+  return cpu::name(__VA_ARGS__)
 #endif
 
 // ---- elementwise / utility ----------------------------------------------------------------

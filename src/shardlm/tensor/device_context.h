@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "shardlm/tensor/device.h"
+#include "shardlm/tensor/op_timer.h"
 
 namespace shardlm {
 
@@ -26,9 +27,14 @@ class DeviceContext {
   BackendState* backend() const { return backend_.get(); }
   void set_backend(std::unique_ptr<BackendState> state) { backend_ = std::move(state); }
 
+  // Optional per-op timing observer (non-owning; see op_timer.h). nullptr: no timing.
+  OpTimer* op_timer() const { return op_timer_; }
+  void set_op_timer(OpTimer* timer) { op_timer_ = timer; }
+
  private:
   Device device_;
   std::unique_ptr<BackendState> backend_;
+  OpTimer* op_timer_ = nullptr;
 };
 
 }  // namespace shardlm

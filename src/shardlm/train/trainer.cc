@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "shardlm/data/mock_gpt_dataset.h"
+#include "shardlm/ops/device_queries.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/data/pretraining_sampler.h"
 #include "shardlm/optim/grad_clip.h"
@@ -45,11 +46,26 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
 
   model_ = std::make_unique<model::GPTModel>(cfg_.model);
   model_->register_parameters(registry_);
+
+  // Plan every allocation from the config, and refuse a plan that cannot fit, before
+  // allocating anything (a clear message instead of a CUDA out-of-memory error mid-run).
+  const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+  const size_t n_params = static_cast<size_t>(registry_.numel());
+  memory_plan_.master_params = n_params * dtype_size(master_dtype);
+  memory_plan_.main_grads = memory_plan_.master_params;
+  if (dtype_ != master_dtype) {
+    memory_plan_.compute_params = n_params * dtype_size(dtype_);
+    memory_plan_.compute_grads = memory_plan_.compute_params;
+  }
+  memory_plan_.optimizer_state = 2 * memory_plan_.master_params;
+  const size_t act_bytes = model_->plan_activation_bytes(dtype_, mbs);
+  memory_plan_.activations = act_bytes;
+  memory_plan_.workspace = device_->device().is_cpu() ? 0 : size_t{64} << 20;
+  device_bytes_at_start_ = ops::device_memory(*device_).used_bytes();
+  memory_plan_.check_fits(ops::device_memory(*device_), device_->device().to_string());
+
   registry_.finalize(*device_, master_dtype, cfg_.seed, dtype_);
   model_->bind(registry_);
-
-  const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length;
-  const size_t act_bytes = model_->plan_activation_bytes(dtype_, mbs);
   activations_ = Arena(device_->device(), act_bytes, "activations");
   model_->allocate_activations(activations_, dtype_, mbs);
 
@@ -71,10 +87,6 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
       throw Error(ErrorKind::kIo, "cannot write --log-jsonl file " + cfg_.logging.log_jsonl);
   }
 
-  const int64_t n_params = registry_.numel();
-  const size_t param_bytes = static_cast<size_t>(n_params) * dtype_size(master_dtype);
-  const size_t compute_bytes =
-      registry_.has_compute_copy() ? static_cast<size_t>(n_params) * dtype_size(dtype_) : 0;
   const std::string precision =
       cfg_.bf16 ? format("bf16 mixed precision (bf16 compute, %s master weights and gradients)",
                          dtype_name(master_dtype))
@@ -87,24 +99,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
                  (long long)cfg_.model.padded_vocab_size(), (long long)cfg_.model.vocab_size)
        << format("> number of parameters: %lld on %s, compute dtype %s\n", (long long)n_params,
                  device_->device().to_string().c_str(), dtype_name(dtype_))
-       << "> precision: " << precision << "\n";
-  if (registry_.has_compute_copy()) {
-    log_ << format("> memory plan: master parameters %.1f MiB (%s), main gradients %.1f MiB "
-                   "(%s), compute parameters %.1f MiB (%s), compute gradients %.1f MiB (%s), "
-                   "grad conversion scratch %.1f MiB, optimizer state %.1f MiB, activations "
-                   "%.1f MiB (%s, micro-batch %lld)\n",
-                   param_bytes / 1048576.0, dtype_name(master_dtype), param_bytes / 1048576.0,
-                   dtype_name(master_dtype), compute_bytes / 1048576.0, dtype_name(dtype_),
-                   compute_bytes / 1048576.0, dtype_name(dtype_),
-                   (registry_.compute_copy_bytes() - 2 * compute_bytes) / 1048576.0,
-                   2 * param_bytes / 1048576.0, act_bytes / 1048576.0, dtype_name(dtype_),
-                   (long long)mbs);
-  } else {
-    log_ << format("> memory plan: parameters %.1f MiB, gradients %.1f MiB, optimizer state %.1f "
-                   "MiB, activations %.1f MiB (micro-batch %lld)\n",
-                   param_bytes / 1048576.0, param_bytes / 1048576.0, 2 * param_bytes / 1048576.0,
-                   act_bytes / 1048576.0, (long long)mbs);
-  }
+       << "> precision: " << precision << "\n"
+       << memory_plan_.format();
   log_
        << format("> global batch %lld = micro-batch %lld x %lld micro-batches x data-parallel "
                  "%lld\n",
@@ -258,6 +254,15 @@ void Trainer::train() {
     }
   }
   if (cfg_.logging.eval_iters > 0) evaluate();
+  if (device_->device().is_cuda()) {
+    // Allocations are planned and made once, so memory in use now is the run's peak.
+    const size_t used = ops::device_memory(*device_).used_bytes();
+    log_ << "> peak device memory: " << format_bytes(used) << " in use on "
+         << device_->device().to_string() << ", "
+         << format_bytes(used > device_bytes_at_start_ ? used - device_bytes_at_start_ : 0)
+         << " allocated by this run (planned " << format_bytes(memory_plan_.total()) << ")\n";
+    log_.flush();
+  }
 }
 
 void Trainer::log_interval_line(double elapsed_s) {

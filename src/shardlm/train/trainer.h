@@ -23,6 +23,7 @@
 #include "shardlm/optim/adamw.h"
 #include "shardlm/optim/lr_schedule.h"
 #include "shardlm/tensor/arena.h"
+#include "shardlm/train/memory_plan.h"
 #include "shardlm/train/train_config.h"
 
 namespace shardlm::train {
@@ -56,6 +57,12 @@ class Trainer {
   const std::vector<IterationRecord>& history() const { return history_; }
   const std::vector<EvalRecord>& evaluations() const { return evals_; }
   model::ParameterRegistry& parameters() { return registry_; }
+  DeviceContext& device() { return *device_; }
+  const TrainConfig& config() const { return cfg_; }
+  const MemoryPlan& memory_plan() const { return memory_plan_; }
+  // Device memory in use (cudaMemGetInfo; host RAM in use on the CPU) before the model was
+  // allocated; now-minus-this is what the run allocated.
+  size_t device_bytes_at_start() const { return device_bytes_at_start_; }
   int64_t iteration() const { return iteration_; }
 
  private:
@@ -76,6 +83,8 @@ class Trainer {
   std::unique_ptr<optim::AdamW> optimizer_;
   std::unique_ptr<optim::LearningRateSchedule> schedule_;
   std::unique_ptr<data::SampleSource> train_data_, valid_data_;
+  MemoryPlan memory_plan_;
+  size_t device_bytes_at_start_ = 0;
 
   // Host staging for one micro-batch, and its device copies (same tensors on the CPU).
   OwnedTensor tokens_host_, targets_host_, mask_host_;

@@ -127,4 +127,11 @@ void synchronize(const DeviceContext& ctx) {
   CONTEXT_CUDA_CHECK(cudaStreamSynchronize(cuda_state(ctx).stream()));
 }
 
+MemoryInfo memory_info(const DeviceContext& ctx) {
+  CONTEXT_CUDA_CHECK(cudaSetDevice(cuda_state(ctx).device_index()));
+  MemoryInfo info;
+  CONTEXT_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
+  return info;
+}
+
 }  // namespace shardlm::ops::cuda

@@ -77,4 +77,11 @@ CudaBackendState& cuda_state(const DeviceContext& ctx);
 // Blocks until every op queued on ctx's stream has finished; throws on asynchronous errors.
 void synchronize(const DeviceContext& ctx);
 
+// cudaMemGetInfo on ctx's device.
+struct MemoryInfo {
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+};
+MemoryInfo memory_info(const DeviceContext& ctx);
+
 }  // namespace shardlm::ops::cuda

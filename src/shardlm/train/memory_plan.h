@@ -1,0 +1,42 @@
+// MemoryPlan: the bytes one rank will allocate, by category, computed from the config before
+// anything is allocated (DESIGN §8.4: memory is planned, then allocated once). The trainer logs
+// it at startup, checks it against the device's free memory first — an over-size run fails
+// with needed vs available bytes and what to change, not a raw CUDA out-of-memory error — and
+// reports the measured peak at the end.
+//
+//   MemoryPlan plan = ...;                    // filled by the trainer from registry + model
+//   log << plan.format();
+//   plan.check_fits(ops::device_memory(ctx), cfg_summary);   // throws Error(kOutOfMemory)
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "shardlm/ops/device_queries.h"
+
+namespace shardlm::train {
+
+struct MemoryPlan {
+  size_t master_params = 0;    // fp32 (or fp64) parameters
+  size_t main_grads = 0;       // gradients in the master dtype
+  size_t compute_params = 0;   // bf16/fp16 compute copy (mixed precision only)
+  size_t compute_grads = 0;    // its gradients, plus the conversion scratch
+  size_t optimizer_state = 0;  // Adam moments
+  size_t activations = 0;      // one micro-batch's saved activations + backward scratch
+  size_t workspace = 0;        // library workspaces and per-op scratch (estimate)
+
+  size_t total() const {
+    return master_params + main_grads + compute_params + compute_grads + optimizer_state +
+           activations + workspace;
+  }
+  // "> memory plan: ... = total X GiB" (one line, categories in MiB).
+  std::string format() const;
+  // Throws Error(kOutOfMemory) when total() exceeds the free memory, naming needed and
+  // available bytes, the largest categories and the flags that shrink them. `where` names the
+  // device ("cuda:0").
+  void check_fits(const ops::DeviceMemory& available, const std::string& where) const;
+};
+
+std::string format_bytes(size_t bytes);  // "1.23 GiB" / "456.7 MiB"
+
+}  // namespace shardlm::train
