@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <span>
+#include <string>
 
 #include "shardlm/model/families/gpt_model.h"
 #include "shardlm/ops/ops.h"
@@ -108,6 +111,42 @@ TEST(GPTModel, LossIsMaskedMeanOfTokenLosses) {
   EXPECT_NEAR(loss, s / h.mask_sum, 1e-12);
   // A freshly initialised model predicts close to uniform over the padded vocab.
   EXPECT_NEAR(loss, std::log(12.0), 1.5);
+}
+
+// The grad-ready hook reports every parameter exactly once, in reverse registration order, and
+// only once its gradient for the micro-batch is final (compared with the gradient at the end).
+void expect_grad_ready_order(const TransformerConfig& cfg) {
+  Harness h(cfg);
+  h.reg.zero_grads(h.ctx);
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<double>> at_report;
+  h.model->set_grad_ready_callback([&](std::span<Parameter* const> params) {
+    ASSERT_FALSE(params.empty());
+    for (Parameter* p : params) {
+      order.push_back(p->spec.name);
+      at_report[p->spec.name] = testing::to_vector(p->grad);
+    }
+  });
+  StepContext step{h.ctx, 99, 3, 1, true};
+  h.model->forward(step, h.batch());
+  h.model->backward(step, h.batch(), 1.0);
+  const auto& params = h.reg.parameters();
+  ASSERT_EQ(order.size(), params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Parameter& p = params[params.size() - 1 - i];
+    EXPECT_EQ(order[i], p.spec.name);
+    EXPECT_EQ(at_report[p.spec.name], testing::to_vector(p.grad)) << p.spec.name;
+  }
+}
+
+TEST(GPTModel, GradReadyCallbackTied) { expect_grad_ready_order(tiny_config()); }
+
+TEST(GPTModel, GradReadyCallbackUntiedRmsNorm) {
+  TransformerConfig c = tiny_config();
+  c.untie_embeddings_and_output_weights = true;
+  c.normalization = Normalization::kRMSNorm;
+  c.position_embedding = PositionEmbedding::kNone;
+  expect_grad_ready_order(c);
 }
 
 TEST(GPTModel, EvaluationDisablesDropout) {

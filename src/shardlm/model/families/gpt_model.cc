@@ -1,5 +1,7 @@
 #include "shardlm/model/families/gpt_model.h"
 
+#include <algorithm>
+
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/arena.h"
 
@@ -98,6 +100,10 @@ Tensor GPTModel::output_weight_grad() const {
   return output_layer_ ? output_layer_->compute_grad : word_embeddings_->compute_grad;
 }
 
+void GPTModel::report_grads_ready(std::span<Parameter* const> params) const {
+  if (grad_ready_ && !params.empty()) grad_ready_(params);
+}
+
 double GPTModel::forward(StepContext& step, const Batch& batch) {
   DeviceContext& ctx = step.device;
   const int64_t B = micro_batch_, T = cfg_.seq_length, N = B * T, C = cfg_.hidden_size;
@@ -133,17 +139,27 @@ void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale
                               a.lse);
   ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits, a.final_norm,
                        output_weight());
+  if (output_layer_) report_grads_ready({&output_layer_, 1});
   Tensor dres = a.dresidual0, dnext = a.dresidual1;
   final_norm_.backward(ctx, dres, a.scratch.c0, a.residual.back(), a.final_norm_saved);
+  std::vector<Parameter*> ready;
+  final_norm_.append_parameters(ready);
+  std::reverse(ready.begin(), ready.end());
+  report_grads_ready(ready);
   for (size_t l = layers_.size(); l-- > 0;) {
     layers_[l].backward(step, dnext, dres, a.residual[l], a.layers[l], a.scratch);
     std::swap(dres, dnext);
+    ready = layers_[l].parameters();
+    std::reverse(ready.begin(), ready.end());
+    report_grads_ready(ready);
   }
   ops::dropout_backward(ctx, a.scratch.c0, dres, step.training ? cfg_.hidden_dropout : 0.0,
                         step.dropout_key(0, kDropoutEmbedding), 0);
   ops::embedding_backward(ctx, word_embeddings_->compute_grad,
                           position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
                           a.scratch.c0.reshape({B, T, C}), batch.tokens);
+  if (position_embeddings_) report_grads_ready({&position_embeddings_, 1});
+  report_grads_ready({&word_embeddings_, 1});
 }
 
 }  // namespace shardlm::model

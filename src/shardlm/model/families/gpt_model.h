@@ -14,7 +14,9 @@
 //   model.backward(step, 1.0 / num_microbatches);  // grads += d(loss * scale)
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "shardlm/model/layers/linear.h"
@@ -49,6 +51,16 @@ class GPTModel {
   // Accumulates gradients of (loss * loss_scale) into the registry's gradient buffer.
   void backward(StepContext& step, const Batch& batch, double loss_scale);
 
+  // Gradient-ready hook (data-parallel overlap): backward calls cb with exactly the parameters
+  // whose gradient (compute_grad) for this micro-batch is complete, as soon as they are: the
+  // output layer (untied) and final norm first, then each transformer layer's parameters after
+  // its backward (last layer first), then the position embedding, and the word embedding last
+  // (when tied it also receives the output layer's gradient). Every parameter is reported
+  // exactly once per backward, in the reverse of registration order. With tensor/sequence
+  // parallelism a parameter is reported after any TP all-reduce of its gradient. Empty cb: none.
+  using GradReadyCallback = std::function<void(std::span<Parameter* const>)>;
+  void set_grad_ready_callback(GradReadyCallback cb) { grad_ready_ = std::move(cb); }
+
   const TransformerConfig& config() const { return cfg_; }
   // Per-token losses of the last forward, [B*T] (for tests and evaluation).
   const Tensor& token_losses() const { return acts_.losses; }
@@ -71,6 +83,7 @@ class GPTModel {
   };
 
   Tensor output_weight() const;
+  void report_grads_ready(std::span<Parameter* const> params) const;
   Tensor output_weight_grad() const;
 
   TransformerConfig cfg_;
@@ -81,6 +94,7 @@ class GPTModel {
   Parameter* output_layer_ = nullptr;
   Activations acts_;
   int64_t micro_batch_ = 0;
+  GradReadyCallback grad_ready_;
 };
 
 }  // namespace shardlm::model

@@ -18,6 +18,11 @@ void Linear::bind(ParameterRegistry& reg) {
   bias_ = has_bias_ ? &reg.get(prefix_ + ".bias") : nullptr;
 }
 
+void Linear::append_parameters(std::vector<Parameter*>& out) const {
+  out.push_back(weight_);
+  if (bias_) out.push_back(bias_);
+}
+
 void Linear::forward(DeviceContext& ctx, Tensor out, const Tensor& in) const {
   ops::linear_forward(ctx, out, in, weight_->compute_value, bias_ ? bias_->compute_value : Tensor());
 }

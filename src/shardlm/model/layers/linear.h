@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "shardlm/model/parameter.h"
 
@@ -19,6 +20,8 @@ class Linear {
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
+  // Appends the bound parameters (weight, then bias) to `out`.
+  void append_parameters(std::vector<Parameter*>& out) const;
 
   void forward(DeviceContext& ctx, Tensor out, const Tensor& in) const;
   // din may be undefined (no input gradient needed).

@@ -20,6 +20,11 @@ void Norm::bind(ParameterRegistry& reg) {
   bias_ = kind_ == Normalization::kLayerNorm ? &reg.get(bias_name_) : nullptr;
 }
 
+void Norm::append_parameters(std::vector<Parameter*>& out) const {
+  out.push_back(weight_);
+  if (bias_) out.push_back(bias_);
+}
+
 Norm::Saved Norm::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t rows) const {
   Saved s;
   if (kind_ == Normalization::kLayerNorm) s.mean = alloc.allocate(dtype, {rows});

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "shardlm/model/parameter.h"
 #include "shardlm/model/transformer_config.h"
@@ -26,6 +27,8 @@ class Norm {
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
+  // Appends the bound parameters (weight, then bias for LayerNorm) to `out`.
+  void append_parameters(std::vector<Parameter*>& out) const;
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t rows) const;
 
   void forward(DeviceContext& ctx, Tensor out, const Saved& saved, const Tensor& in) const;

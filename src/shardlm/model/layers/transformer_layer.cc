@@ -47,6 +47,17 @@ void TransformerLayer::bind(ParameterRegistry& reg) {
   fc2_.bind(reg);
 }
 
+std::vector<Parameter*> TransformerLayer::parameters() const {
+  std::vector<Parameter*> out;
+  norm1_.append_parameters(out);
+  qkv_.append_parameters(out);
+  proj_.append_parameters(out);
+  norm2_.append_parameters(out);
+  fc1_.append_parameters(out);
+  fc2_.append_parameters(out);
+  return out;
+}
+
 TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc, DType dtype,
                                                          int64_t batch) const {
   const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size;

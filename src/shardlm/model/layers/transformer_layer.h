@@ -48,6 +48,8 @@ class TransformerLayer {
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
+  // This layer's bound parameters, in registration order.
+  std::vector<Parameter*> parameters() const;
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t batch) const;
   static Scratch allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
                                   DType dtype, int64_t batch);
