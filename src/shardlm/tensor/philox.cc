@@ -6,7 +6,14 @@
 namespace shardlm {
 
 double init_normal(uint64_t seed, std::string_view name, uint64_t index) {
-  const PhiloxKey key = key_from_u64(mix64(seed) ^ hash_name(name));
+  return init_normal(init_normal_key(seed, name), index);
+}
+
+PhiloxKey init_normal_key(uint64_t seed, std::string_view name) {
+  return key_from_u64(mix64(seed) ^ hash_name(name));
+}
+
+double init_normal(const PhiloxKey& key, uint64_t index) {
   const PhiloxCounter out =
       philox4x32({static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), 0, 0}, key);
   const double u1 = uniform_open0(out[0]);

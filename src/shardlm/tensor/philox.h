@@ -53,6 +53,10 @@ inline double uniform_open0(uint32_t bits) { return (static_cast<double>(bits) +
 // two 32-bit words of one Philox block; the other two words are unused on purpose so each
 // element is independent of every other).
 double init_normal(uint64_t seed, std::string_view name, uint64_t index);
+// The same value with the per-parameter key derived once (init_normal_key(seed, name)), for
+// loops over every element of a parameter.
+PhiloxKey init_normal_key(uint64_t seed, std::string_view name);
+double init_normal(const PhiloxKey& key, uint64_t index);
 
 // Identity of one dropout application. `site` distinguishes the dropouts inside one layer.
 struct DropoutKey {
