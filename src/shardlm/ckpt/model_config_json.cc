@@ -1,0 +1,129 @@
+#include "shardlm/ckpt/model_config_json.h"
+
+#include <sstream>
+
+#include "shardlm/base/error.h"
+
+namespace shardlm::ckpt {
+
+namespace {
+const char* norm_name(model::Normalization n) {
+  return n == model::Normalization::kRMSNorm ? "RMSNorm" : "LayerNorm";
+}
+const char* position_name(model::PositionEmbedding p) {
+  return p == model::PositionEmbedding::kNone ? "none" : "learned_absolute";
+}
+
+// An architecture field: its JSON key, its flag, and the value in the form the flag takes.
+struct Field {
+  const char* key;
+  const char* flag;
+  nlohmann::json (*value)(const model::TransformerConfig&);
+};
+const Field kFields[] = {
+    {"num_layers", "--num-layers", [](const auto& c) { return nlohmann::json(c.num_layers); }},
+    {"hidden_size", "--hidden-size", [](const auto& c) { return nlohmann::json(c.hidden_size); }},
+    {"num_attention_heads", "--num-attention-heads",
+     [](const auto& c) { return nlohmann::json(c.num_attention_heads); }},
+    {"num_query_groups", "--num-query-groups",
+     [](const auto& c) { return nlohmann::json(c.query_groups()); }},
+    {"kv_channels", "--kv-channels", [](const auto& c) { return nlohmann::json(c.head_dim()); }},
+    {"ffn_hidden_size", "--ffn-hidden-size",
+     [](const auto& c) { return nlohmann::json(c.ffn_size()); }},
+    {"max_position_embeddings", "--max-position-embeddings",
+     [](const auto& c) {
+       return c.position_embedding == model::PositionEmbedding::kNone
+                  ? nlohmann::json(nullptr)
+                  : nlohmann::json(c.max_positions());
+     }},
+    {"vocab_size", "--vocab-size", [](const auto& c) { return nlohmann::json(c.vocab_size); }},
+    {"untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights",
+     [](const auto& c) { return nlohmann::json(c.untie_embeddings_and_output_weights); }},
+    {"add_bias_linear", "--disable-bias-linear",
+     [](const auto& c) { return nlohmann::json(c.add_bias_linear); }},
+    {"swiglu", "--swiglu", [](const auto& c) { return nlohmann::json(c.swiglu); }},
+    {"normalization", "--normalization",
+     [](const auto& c) { return nlohmann::json(norm_name(c.normalization)); }},
+    {"position_embedding_type", "--position-embedding-type",
+     [](const auto& c) { return nlohmann::json(position_name(c.position_embedding)); }},
+};
+}  // namespace
+
+nlohmann::json model_config_to_json(const model::TransformerConfig& c) {
+  nlohmann::json j;
+  for (const Field& f : kFields) j[f.key] = f.value(c);
+  j["seq_length"] = c.seq_length;
+  j["make_vocab_size_divisible_by"] = c.make_vocab_size_divisible_by;
+  j["padded_vocab_size"] = c.padded_vocab_size();
+  j["norm_epsilon"] = c.norm_epsilon;
+  j["init_method_std"] = c.init_method_std;
+  j["hidden_dropout"] = c.hidden_dropout;
+  j["attention_dropout"] = c.attention_dropout;
+  return j;
+}
+
+model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
+  model::TransformerConfig c;
+  auto get = [&](const char* key, auto& field) {
+    if (j.contains(key) && !j[key].is_null()) field = j[key].get<std::decay_t<decltype(field)>>();
+  };
+  get("num_layers", c.num_layers);
+  get("hidden_size", c.hidden_size);
+  get("num_attention_heads", c.num_attention_heads);
+  get("num_query_groups", c.num_query_groups);
+  get("kv_channels", c.kv_channels);
+  get("ffn_hidden_size", c.ffn_hidden_size);
+  get("seq_length", c.seq_length);
+  get("max_position_embeddings", c.max_position_embeddings);
+  get("vocab_size", c.vocab_size);
+  get("make_vocab_size_divisible_by", c.make_vocab_size_divisible_by);
+  get("untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights);
+  get("add_bias_linear", c.add_bias_linear);
+  get("swiglu", c.swiglu);
+  get("norm_epsilon", c.norm_epsilon);
+  get("init_method_std", c.init_method_std);
+  get("hidden_dropout", c.hidden_dropout);
+  get("attention_dropout", c.attention_dropout);
+  if (j.value("normalization", std::string("LayerNorm")) == "RMSNorm")
+    c.normalization = model::Normalization::kRMSNorm;
+  if (j.value("position_embedding_type", std::string("learned_absolute")) == "none")
+    c.position_embedding = model::PositionEmbedding::kNone;
+  return c;
+}
+
+void check_model_config(const nlohmann::json& saved, const model::TransformerConfig& flags,
+                        const std::string& checkpoint_dir) {
+  for (const Field& f : kFields) {
+    if (!saved.contains(f.key)) continue;
+    const nlohmann::json want = saved[f.key], have = f.value(flags);
+    if (want == have) continue;
+    throw Error(ErrorKind::kInvalidConfig,
+                std::string("checkpoint '") + checkpoint_dir + "' was saved with a different " +
+                    "model: " + f.flag + " (" + f.key + ") is " + want.dump() +
+                    " in the checkpoint but " + have.dump() +
+                    " from the flags; pass the checkpoint's model flags (" +
+                    model_config_flags(model_config_from_json(saved)) + ")");
+  }
+}
+
+std::string model_config_flags(const model::TransformerConfig& c) {
+  std::ostringstream s;
+  s << "--num-layers " << c.num_layers << " --hidden-size " << c.hidden_size
+    << " --num-attention-heads " << c.num_attention_heads;
+  if (c.query_groups() != c.num_attention_heads)
+    s << " --group-query-attention --num-query-groups " << c.query_groups();
+  if (c.kv_channels > 0) s << " --kv-channels " << c.kv_channels;
+  if (c.ffn_hidden_size > 0) s << " --ffn-hidden-size " << c.ffn_hidden_size;
+  if (c.position_embedding == model::PositionEmbedding::kNone)
+    s << " --position-embedding-type none";
+  else
+    s << " --max-position-embeddings " << c.max_positions();
+  s << " --vocab-size " << c.vocab_size;
+  if (c.untie_embeddings_and_output_weights) s << " --untie-embeddings-and-output-weights";
+  if (!c.add_bias_linear) s << " --disable-bias-linear";
+  if (c.swiglu) s << " --swiglu";
+  if (c.normalization == model::Normalization::kRMSNorm) s << " --normalization RMSNorm";
+  return s.str();
+}
+
+}  // namespace shardlm::ckpt
