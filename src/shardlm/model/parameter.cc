@@ -69,6 +69,22 @@ void ParameterRegistry::add(const ParameterSpec& spec) {
   params_.push_back(std::move(p));
 }
 
+void ParameterRegistry::set_flat_layout(const std::vector<int64_t>& offsets, int64_t total) {
+  SHARDLM_CHECK(!finalized_);
+  SHARDLM_CHECK_EQ(offsets.size(), params_.size());
+  // Every parameter inside [0, total) and no two overlapping.
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (size_t i = 0; i < params_.size(); ++i)
+    ranges.emplace_back(offsets[i], offsets[i] + params_[i].local_shape.numel());
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    SHARDLM_CHECK(ranges[i].first >= 0 && ranges[i].second <= total);
+    if (i > 0) SHARDLM_CHECK(ranges[i - 1].second <= ranges[i].first);
+  }
+  for (size_t i = 0; i < params_.size(); ++i) params_[i].offset = offsets[i];
+  total_ = total;
+}
+
 void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out) {
   SHARDLM_CHECK(out.device().is_cpu());
   SHARDLM_REQUIRE(out.dtype() == DType::kF64 || out.dtype() == DType::kF32,
@@ -117,10 +133,10 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
   SHARDLM_CHECK(!finalized_);
   compute_dtype_ = compute_dtype;
   const Device device = ctx.device();
-  values_ = OwnedTensor::empty(dtype, {total_}, device);
+  values_ = OwnedTensor::zeros(dtype, {total_}, device);  // zero: padding of set_flat_layout
   grads_ = OwnedTensor::zeros(dtype, {total_}, device);
   // Initialise on the host in the same dtype, then copy (identical values on every backend).
-  OwnedTensor host = device.is_cpu() ? OwnedTensor() : OwnedTensor::empty(dtype, {total_});
+  OwnedTensor host = device.is_cpu() ? OwnedTensor() : OwnedTensor::zeros(dtype, {total_});
   const Tensor& init_target = device.is_cpu() ? values_.view() : host.view();
   for (Parameter& p : params_) {
     p.value = values_.view().flat_view(p.offset, p.local_shape);
@@ -168,6 +184,21 @@ void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
     ops::add_inplace(ctx, grads_.view().flat_view(off, shape), tmp);
   }
   zero_buffer(ctx, compute_grads_.view());
+}
+
+void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Parameter& param) {
+  if (!has_compute_copy()) return;
+  const Tensor& scratch = grad_scratch_.view();
+  const int64_t chunk = scratch.numel(), total = param.local_shape.numel();
+  for (int64_t off = 0; off < total; off += chunk) {
+    const int64_t n = std::min(chunk, total - off);
+    const Shape shape({n});
+    Tensor tmp = scratch.flat_view(0, shape);
+    Tensor compute = compute_grads_.view().flat_view(param.offset + off, shape);
+    ops::copy(ctx, tmp, compute);
+    ops::add_inplace(ctx, grads_.view().flat_view(param.offset + off, shape), tmp);
+    zero_buffer(ctx, compute);
+  }
 }
 
 Parameter& ParameterRegistry::get(const std::string& name) {

@@ -81,6 +81,12 @@ class ParameterRegistry {
  public:
   // Registers a parameter; throws if the name is taken or the split does not divide the shape.
   void add(const ParameterSpec& spec);
+  // Lays parameter i (registration order) out at element offsets[i] of flat buffers of `total`
+  // elements, instead of back to back: the data-parallel gradient buffer's bucket layout
+  // (parallel/grad_buffer.h: backward order, bucket padding). Gaps are padding and stay zero in
+  // every flat buffer. Call after the last add() and before finalize(); throws kInternal on
+  // overlapping or out-of-range placements.
+  void set_flat_layout(const std::vector<int64_t>& offsets, int64_t total);
   // Allocates the flat buffers on ctx's device, sets views, initialises values (on the host,
   // then copied with ctx), zeroes gradients. compute_dtype (default: dtype) different from
   // dtype adds the compute-value/compute-grad buffers (see above); compute_value is filled.
@@ -112,6 +118,9 @@ class ParameterRegistry {
   // Mixed precision: master grads += convert(compute grads), then compute grads = 0. No-op
   // without a compute copy.
   void accumulate_compute_grads(DeviceContext& ctx);
+  // The same for one parameter (called from the backward grad-ready hook, so a bucket's
+  // gradients can be reduced while backward continues). No-op without a compute copy.
+  void accumulate_compute_grads(DeviceContext& ctx, const Parameter& param);
 
  private:
   std::vector<Parameter> params_;

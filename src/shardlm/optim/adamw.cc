@@ -1,5 +1,7 @@
 #include "shardlm/optim/adamw.h"
 
+#include <algorithm>
+
 #include "shardlm/ops/ops.h"
 
 namespace shardlm::optim {
@@ -9,7 +11,13 @@ AdamW::AdamW(model::ParameterRegistry& reg, const AdamWConfig& cfg) : reg_(reg),
   const Tensor& values = reg.flat_values();
   exp_avg_ = OwnedTensor::zeros(values.dtype(), values.shape(), values.device());
   exp_avg_sq_ = OwnedTensor::zeros(values.dtype(), values.shape(), values.device());
-  for (const model::Parameter& p : reg.parameters()) {
+  // In flat-buffer order (the grad buffer lays parameters out in reverse registration order).
+  std::vector<const model::Parameter*> by_offset;
+  for (const model::Parameter& p : reg.parameters()) by_offset.push_back(&p);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const model::Parameter* a, const model::Parameter* b) { return a->offset < b->offset; });
+  for (const model::Parameter* param : by_offset) {
+    const model::Parameter& p = *param;
     const int64_t n = p.local_shape.numel();
     if (!ranges_.empty() && ranges_.back().decay == p.spec.weight_decay &&
         ranges_.back().offset + ranges_.back().numel == p.offset) {

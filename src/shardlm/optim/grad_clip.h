@@ -1,17 +1,39 @@
 // Global-norm gradient clipping over a parameter registry, as Megatron's clip_grad_norm:
 //   norm = sqrt(sum over parameters of sum(g^2));  if clip > 0 and clip/(norm+1e-6) < 1,
 //   every gradient is scaled by clip/(norm+1e-6).
-// Only one replica of each tensor-parallel-duplicated parameter is counted (Split metadata), so
-// the norm is layout-independent once a communicator sums it across ranks.
+// Each parameter element is counted exactly once over the whole job (GradNormScope):
+//  - tensor-parallel-split parameters: every TP rank holds a disjoint part, all counted;
+//  - parameters replicated over TP: counted on TP rank 0 only (Megatron's
+//    param_is_not_tensor_parallel_duplicate);
+//  - with the distributed optimizer: only this rank's owned shards of the flat buffer (their
+//    gradients are the reduce-scattered ones; the rest of the buffer is stale);
+// and the partial sums of squares are summed over `sum_group`: the tensor-parallel group
+// (tp × pp once pipelines exist), or tp × dp with the distributed optimizer. Every rank of the
+// group gets the same norm, so all take the same skip / clip decision.
+//
+//   GradNormScope scope{.tp_rank = rc.coord().tp, .sum_group = &rc.tp()};
+//   double norm = clip_grad_norm(ctx, reg, cfg.clip_grad, scope);
 #pragma once
 
+#include <span>
+
+#include "shardlm/dist/communicator.h"
 #include "shardlm/model/parameter.h"
+#include "shardlm/optim/distributed_optimizer.h"
 #include "shardlm/tensor/device_context.h"
 
 namespace shardlm::optim {
 
-double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg);
+struct GradNormScope {
+  int tp_rank = 0;                          // this rank's tensor-parallel rank
+  std::span<const BucketRange> owned = {};  // empty: whole parameters; else only these ranges
+  dist::Communicator* sum_group = nullptr;  // null: this rank holds everything
+};
+
+double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
+                        const GradNormScope& scope = {});
 // Returns the norm before clipping. clip <= 0 disables clipping.
-double clip_grad_norm(DeviceContext& ctx, model::ParameterRegistry& reg, double clip);
+double clip_grad_norm(DeviceContext& ctx, model::ParameterRegistry& reg, double clip,
+                      const GradNormScope& scope = {});
 
 }  // namespace shardlm::optim

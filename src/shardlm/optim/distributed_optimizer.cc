@@ -1,0 +1,116 @@
+#include "shardlm/optim/distributed_optimizer.h"
+
+#include <algorithm>
+
+#include "shardlm/base/check.h"
+#include "shardlm/ops/ops.h"
+
+namespace shardlm::optim {
+
+DistributedOptimizer::DistributedOptimizer(model::ParameterRegistry& reg,
+                                           std::vector<BucketRange> buckets,
+                                           dist::Communicator& dp, const AdamWConfig& cfg)
+    : reg_(reg), buckets_(std::move(buckets)), dp_(dp), cfg_(cfg) {
+  SHARDLM_CHECK(reg.finalized());
+  const int64_t dp_size = dp.size(), rank = dp.rank();
+  int64_t state_total = 0;
+  for (const BucketRange& b : buckets_) {
+    SHARDLM_CHECK(b.begin >= 0 && b.begin <= b.end && b.end <= reg.numel());
+    SHARDLM_REQUIRE((b.end - b.begin) % dp_size == 0, ErrorKind::kInternal,
+                    "distributed optimizer: bucket [" + std::to_string(b.begin) + ", " +
+                        std::to_string(b.end) + ") does not split evenly over " +
+                        std::to_string(dp_size) + " data-parallel ranks (missing padding)");
+    const int64_t per_rank = (b.end - b.begin) / dp_size;
+    owned_.push_back({b.begin + rank * per_rank, b.begin + (rank + 1) * per_rank});
+    state_total += per_rank;
+  }
+  // The parameters' pieces inside the owned shards, in flat order, merged while contiguous and
+  // of equal weight-decay flag.
+  std::vector<const model::Parameter*> by_offset;
+  for (const model::Parameter& p : reg.parameters()) by_offset.push_back(&p);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const model::Parameter* a, const model::Parameter* b) { return a->offset < b->offset; });
+  int64_t state_base = 0;
+  for (const BucketRange& own : owned_) {
+    for (const model::Parameter* p : by_offset) {
+      const int64_t lo = std::max(own.begin, p->offset);
+      const int64_t hi = std::min(own.end, p->offset + p->local_shape.numel());
+      if (lo >= hi) continue;
+      const int64_t state = state_base + (lo - own.begin);
+      if (!runs_.empty() && runs_.back().decay == p->spec.weight_decay &&
+          runs_.back().offset + runs_.back().numel == lo &&
+          runs_.back().state + runs_.back().numel == state) {
+        runs_.back().numel += hi - lo;
+      } else {
+        runs_.push_back({lo, state, hi - lo, p->spec.weight_decay});
+      }
+    }
+    state_base += own.end - own.begin;
+  }
+  const Tensor& values = reg.flat_values();
+  exp_avg_ = OwnedTensor::zeros(values.dtype(), {state_total}, values.device());
+  exp_avg_sq_ = OwnedTensor::zeros(values.dtype(), {state_total}, values.device());
+}
+
+DistributedOptimizer::~DistributedOptimizer() {
+  for (dist::CommHandle& h : gathers_) {
+    try {
+      h.wait();
+    } catch (...) {
+    }
+  }
+}
+
+void DistributedOptimizer::step(DeviceContext& ctx, double lr) {
+  SHARDLM_CHECK(gathers_.empty());
+  ++steps_;
+  for (const Run& r : runs_) {
+    const ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps,
+                              r.decay ? cfg_.weight_decay : 0.0, steps_};
+    const Shape shape{r.numel};
+    ops::adamw_step(ctx, reg_.flat_values().flat_view(r.offset, shape),
+                    reg_.flat_grads().flat_view(r.offset, shape),
+                    exp_avg_.view().flat_view(r.state, shape),
+                    exp_avg_sq_.view().flat_view(r.state, shape), hp);
+  }
+  start_param_gather();
+}
+
+void DistributedOptimizer::start_param_gather() {
+  SHARDLM_CHECK(gathers_.empty());
+  if (dp_.size() == 1) return;
+  const Tensor& values = reg_.flat_values();
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    const BucketRange& bucket = buckets_[b];
+    const BucketRange& own = owned_[b];
+    if (bucket.end == bucket.begin) continue;
+    // In place: this rank's input is its own slot of the output, as Megatron's param gather.
+    gathers_.push_back(dp_.all_gather_async(
+        values.flat_view(bucket.begin, Shape({bucket.end - bucket.begin})),
+        values.flat_view(own.begin, Shape({own.end - own.begin}))));
+  }
+}
+
+void DistributedOptimizer::finish_param_gather() {
+  // Wait for all even if one fails, then rethrow the first failure.
+  std::exception_ptr first;
+  for (dist::CommHandle& h : gathers_) {
+    try {
+      h.wait();
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  gathers_.clear();
+  if (first) std::rethrow_exception(first);
+}
+
+size_t DistributedOptimizer::state_bytes() const {
+  return exp_avg_.view().nbytes() + exp_avg_sq_.view().nbytes();
+}
+
+size_t DistributedOptimizer::unsharded_state_bytes() const {
+  return 2 * static_cast<size_t>(reg_.numel()) * dtype_size(reg_.dtype());
+}
+
+}  // namespace shardlm::optim

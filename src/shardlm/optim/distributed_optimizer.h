@@ -1,0 +1,91 @@
+// DistributedOptimizer (--use-distributed-optimizer): AdamW with its state sharded across the
+// data-parallel group, as Megatron Core's DistributedOptimizer (ZeRO stage 1).
+//
+// The flat buffers are cut into buckets (parallel::GradBuffer: each bucket padded to a multiple
+// of DP elements); data-parallel rank r owns the r-th of DP equal contiguous parts of EVERY
+// bucket. Per iteration:
+//   1. gradients are reduce-scattered bucket by bucket (parallel::GradSync), so this rank's
+//      shards of the main-gradient buffer hold the DP-averaged gradient;
+//   2. step(): AdamW (ops::adamw_step, the same kernel as optim::AdamW) updates the master
+//      weights of the owned shards only, with Adam moments that exist only for those shards
+//      (2 × numel / DP values per rank instead of 2 × numel), weight decay per parameter flag;
+//   3. the updated shards are all-gathered in place into every rank's flat value buffer
+//      (start_param_gather() is called by step(); finish_param_gather() waits). With
+//      --overlap-param-gather the trainer waits only before the next forward (or evaluation /
+//      checkpoint): a simple, correct form of Megatron's overlap, which instead waits bucket by
+//      bucket in forward pre-hooks.
+// Master weights: with fp32 training the registry's fp32 values ARE the model weights (as
+// Megatron, whose fp32 params serve as their own main params), so only the moments are sharded.
+// Under --bf16 the registry still keeps the full fp32 master copy on every rank (the all-gather
+// moves fp32 values, then the trainer refreshes the bf16 compute copy); sharding that copy too
+// is a follow-up.
+// Padding elements belong to no parameter and are never updated (they stay zero).
+//
+// Thread contract: one per rank, used by its thread. Ownership: references the registry and
+// the communicator, which must outlive it; pending all-gathers hold views of the value buffer.
+//
+//   DistributedOptimizer opt(reg, buckets, rank.dp(), cfg.adamw());
+//   opt.step(ctx, lr);              // after GradSync::wait()
+//   opt.finish_param_gather();      // before anything reads the parameters
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "shardlm/dist/communicator.h"
+#include "shardlm/model/parameter.h"
+#include "shardlm/optim/adamw.h"
+#include "shardlm/tensor/device_context.h"
+
+namespace shardlm::optim {
+
+// One bucket of the flat buffers: [begin, end) in elements, (end - begin) % DP == 0.
+struct BucketRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+
+class DistributedOptimizer {
+ public:
+  DistributedOptimizer(model::ParameterRegistry& reg, std::vector<BucketRange> buckets,
+                       dist::Communicator& dp, const AdamWConfig& cfg);
+  ~DistributedOptimizer();
+  DistributedOptimizer(const DistributedOptimizer&) = delete;
+  DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
+
+  // AdamW on the owned shards (their gradients must be reduced), then start_param_gather().
+  void step(DeviceContext& ctx, double lr);
+  // All-gathers every bucket's updated shards (asynchronously) into the flat value buffer.
+  void start_param_gather();
+  // Waits for the all-gathers; a no-op when none is pending.
+  void finish_param_gather();
+  bool param_gather_pending() const { return !gathers_.empty(); }
+
+  int64_t steps_taken() const { return steps_; }
+  // This rank's shard of each bucket, in bucket order (grad norm, checkpoints).
+  const std::vector<BucketRange>& owned_ranges() const { return owned_; }
+  // Optimizer state held by this rank (both moments) and what one unsharded AdamW would hold.
+  size_t state_bytes() const;
+  size_t unsharded_state_bytes() const;
+  // The moments of the owned shards, concatenated in bucket order.
+  const Tensor& exp_avg() const { return exp_avg_.view(); }
+  const Tensor& exp_avg_sq() const { return exp_avg_sq_.view(); }
+
+ private:
+  struct Run {
+    int64_t offset;  // in the flat value/grad buffers
+    int64_t state;   // in exp_avg_ / exp_avg_sq_
+    int64_t numel;
+    bool decay;
+  };
+  model::ParameterRegistry& reg_;
+  std::vector<BucketRange> buckets_, owned_;
+  dist::Communicator& dp_;
+  AdamWConfig cfg_;
+  OwnedTensor exp_avg_, exp_avg_sq_;  // [sum of shard sizes] = [numel / DP]
+  std::vector<Run> runs_;
+  std::vector<dist::CommHandle> gathers_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace shardlm::optim

@@ -1,0 +1,114 @@
+#include "shardlm/parallel/grad_buffer.h"
+
+#include <algorithm>
+#include <numeric>
+#include <sstream>
+
+#include "shardlm/base/check.h"
+
+namespace shardlm::parallel {
+
+namespace {
+int64_t round_up(int64_t n, int64_t divisor) { return (n + divisor - 1) / divisor * divisor; }
+
+// Megatron: parameters start 128-byte aligned (64 values of >= 16-bit precision) and buckets
+// end 256-byte aligned (128 values) and divisible by DP, with the distributed optimizer only.
+constexpr int64_t kParamAlignment = 64;
+constexpr int64_t kBucketAlignment = 128;
+}  // namespace
+
+int64_t default_bucket_size(int data_parallel_size) {
+  return std::max<int64_t>(40'000'000, int64_t{1'000'000} * data_parallel_size);
+}
+
+GradBuffer GradBuffer::plan(const model::ParameterRegistry& reg, const GradBufferConfig& cfg) {
+  SHARDLM_REQUIRE(cfg.data_parallel_size >= 1, ErrorKind::kInvalidConfig,
+                  "data-parallel size must be positive, got " +
+                      std::to_string(cfg.data_parallel_size));
+  GradBuffer buf;
+  buf.cfg_ = cfg;
+  // Megatron: without overlap there is one bucket whatever --ddp-bucket-size says.
+  buf.bucket_size_ = !cfg.overlap_grad_reduce ? 0
+                     : cfg.bucket_size > 0    ? cfg.bucket_size
+                                              : default_bucket_size(cfg.data_parallel_size);
+  const bool shard = cfg.use_distributed_optimizer;
+  const int64_t bucket_divisor = std::lcm<int64_t>(cfg.data_parallel_size, kBucketAlignment);
+  auto pad_param_start = [&](int64_t i) { return shard ? round_up(i, kParamAlignment) : i; };
+  auto pad_bucket_end = [&](int64_t i) { return shard ? round_up(i, bucket_divisor) : i; };
+
+  const auto& params = reg.parameters();
+  buf.offsets_.assign(params.size(), 0);
+  buf.bucket_of_.assign(params.size(), -1);
+  int64_t param_start = 0, param_end = 0, bucket_start = 0;
+  Bucket open;
+  auto close_bucket = [&](int64_t end_unpadded) {
+    open.numel_unpadded = end_unpadded - bucket_start;
+    open.range = {bucket_start, pad_bucket_end(end_unpadded)};
+    buf.numel_unpadded_ += open.numel_unpadded;
+    bucket_start = open.range.end;
+    buf.buckets_.push_back(std::move(open));
+    open = Bucket();
+  };
+  for (size_t k = params.size(); k-- > 0;) {  // reverse: backward order
+    const int64_t n = params[k].local_shape.numel();
+    param_start = pad_param_start(param_start);
+    param_end = param_start + n;
+    buf.offsets_[k] = param_start;
+    buf.bucket_of_[k] = static_cast<int>(buf.buckets_.size());
+    open.params.push_back(k);
+    if (buf.bucket_size_ > 0 && param_end - bucket_start >= buf.bucket_size_) {
+      close_bucket(param_end);
+      param_start = bucket_start;
+    } else {
+      param_start = param_end;
+    }
+  }
+  if (!open.params.empty()) close_bucket(param_end);
+  buf.numel_ = bucket_start;
+  return buf;
+}
+
+void GradBuffer::apply(model::ParameterRegistry& reg) const {
+  SHARDLM_CHECK_EQ(reg.parameters().size(), offsets_.size());
+  reg.set_flat_layout(offsets_, numel_);
+}
+
+Tensor GradBuffer::bucket_view(const Tensor& flat, int b) const {
+  SHARDLM_CHECK(b >= 0 && b < num_buckets());
+  SHARDLM_CHECK_EQ(flat.numel(), numel_);
+  const FlatRange& r = buckets_[static_cast<size_t>(b)].range;
+  return flat.flat_view(r.begin, Shape({r.numel()}));
+}
+
+FlatRange GradBuffer::shard(int b, int dp_rank) const {
+  SHARDLM_CHECK(b >= 0 && b < num_buckets());
+  const int dp = cfg_.data_parallel_size;
+  SHARDLM_CHECK(dp_rank >= 0 && dp_rank < dp);
+  const FlatRange& r = buckets_[static_cast<size_t>(b)].range;
+  SHARDLM_CHECK_EQ(r.numel() % dp, 0);
+  const int64_t per_rank = r.numel() / dp;
+  return {r.begin + dp_rank * per_rank, r.begin + (dp_rank + 1) * per_rank};
+}
+
+std::vector<FlatRange> GradBuffer::bucket_ranges() const {
+  std::vector<FlatRange> out;
+  for (const Bucket& b : buckets_) out.push_back(b.range);
+  return out;
+}
+
+std::string GradBuffer::describe(const model::ParameterRegistry& reg) const {
+  std::ostringstream os;
+  os << "> number of buckets for gradient all-reduce / reduce-scatter: " << buckets_.size()
+     << " (bucket size " << (bucket_size_ > 0 ? std::to_string(bucket_size_) : "unbounded")
+     << " elements, " << numel_ << " elements with padding, " << numel_unpadded_
+     << " without)\n";
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    os << ">   bucket " << b << ": " << buckets_[b].numel_unpadded << " elements, "
+       << buckets_[b].range.numel() << " padded, " << buckets_[b].params.size() << " parameters ("
+       << reg.parameters()[buckets_[b].params.front()].spec.name << " ... "
+       << reg.parameters()[buckets_[b].params.back()].spec.name << ")\n";
+  }
+  return os.str();
+}
+
+}  // namespace shardlm::parallel
