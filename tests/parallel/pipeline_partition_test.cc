@@ -9,6 +9,7 @@
 
 #include "shardlm/base/error.h"
 #include "shardlm/parallel/pipeline_partition.h"
+#include "shardlm/parallel/pipeline_plan.h"
 
 namespace shardlm::parallel {
 namespace {
@@ -169,6 +170,35 @@ TEST(PipelinePartitionTest, MicroBatchesFromGlobalBatch) {
                       {"--global-batch-size 30", "--micro-batch-size 4", "data-parallel size 2",
                        "multiple of 8"});
   expect_config_error([] { num_microbatches(8, 0, 1); }, {">= 1"});
+}
+
+TEST(PipelinePlanTest, FlagsToPartitionMicroBatchesAndSchedule) {
+  PipelinePlanConfig cfg{.partition = {.num_layers = 24, .pipeline_parallel_size = 4,
+                                       .num_layers_per_virtual_stage = 3},
+                         .global_batch_size = 64, .micro_batch_size = 2,
+                         .data_parallel_size = 2};
+  PipelinePlan plan = make_pipeline_plan(cfg);
+  EXPECT_EQ(plan.partition.num_chunks(), 2);
+  EXPECT_EQ(plan.num_microbatches, 16);
+  EXPECT_EQ(plan.schedule.name, "interleaved-1f1b");
+  EXPECT_EQ(plan.schedule.num_chunks, 2);
+  EXPECT_EQ(plan.schedule.num_microbatches, 16);
+  cfg.schedule = "all-forward-all-backward";
+  EXPECT_EQ(make_pipeline_plan(cfg).schedule.name, "all-forward-all-backward");
+  cfg.partition.num_layers_per_virtual_stage.reset();
+  cfg.schedule.clear();
+  EXPECT_EQ(make_pipeline_plan(cfg).schedule.name, "1f1b");
+  // Interleaving with M = 64 / (2 x 4) = 8 micro-batches on P = 3 stages: rejected.
+  expect_config_error(
+      [] {
+        make_pipeline_plan({.partition = {.num_layers = 12, .pipeline_parallel_size = 3,
+                                          .num_virtual_stages_per_rank = 2},
+                            .global_batch_size = 64, .micro_batch_size = 2,
+                            .data_parallel_size = 4});
+      },
+      {"P=3", "M=8", "multiple"});
+  cfg.schedule = "no-such-schedule";
+  expect_config_error([&] { make_pipeline_plan(cfg); }, {"no-such-schedule"});
 }
 
 }  // namespace
