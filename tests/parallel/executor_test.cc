@@ -205,6 +205,21 @@ void check_pipelined_equals_serial(const std::string& name, int P, int V, int M)
       EXPECT_LE(rel_err(grads[r][c], ref.grads[c * P + r]), 1e-12) << "rank " << r << " chunk " << c;
     }
     EXPECT_EQ(stats[r].peak_in_flight, schedule.max_in_flight[r]) << "rank " << r;
+    // Transfers go out as one batch per (run of transfer actions, channel), never one by one.
+    int expected_batches = 0;
+    const auto& list = schedule.ranks[r];
+    for (size_t i = 0; i < list.size();) {
+      if (list[i].is_compute()) {
+        ++i;
+        continue;
+      }
+      bool channel[2] = {false, false};
+      for (; i < list.size() && list[i].is_transfer(); ++i) {
+        channel[list[i].is_activation_transfer() ? 0 : 1] = true;
+      }
+      expected_batches += channel[0] + channel[1];
+    }
+    EXPECT_EQ(stats[r].batches_posted, expected_batches) << "rank " << r;
   }
 }
 
