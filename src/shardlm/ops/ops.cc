@@ -527,6 +527,15 @@ void dropout_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, double
 // ---- attention -----------------------------------------------------------------------------
 
 namespace {
+// The saved log-sum-exp may be fp32 whatever the activation dtype (16-bit lse would put a ~1%
+// error on every recomputed probability; the CUDA backward then needs no lse recomputation).
+void require_lse_dtype(const char* op, const Tensor& lse, const Tensor& qkv) {
+  const bool qkv_16bit = qkv.dtype() == DType::kBF16 || qkv.dtype() == DType::kF16;
+  require(lse.dtype() == qkv.dtype() || (qkv_16bit && lse.dtype() == DType::kF32), op,
+          std::string("lse must have qkv's dtype ") + dtype_name(qkv.dtype()) +
+              (qkv_16bit ? " or fp32" : "") + ", got " + dtype_name(lse.dtype()));
+}
+
 // qkv [B,T,G*(NH/G+2)*HS]; checks the head shape and out/lse shapes.
 void check_attention(const char* op, const Tensor& qkv, const Arg& out, const Tensor& lse,
                      const AttentionShape& s, double dropout_p) {
@@ -552,7 +561,8 @@ void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor&
   constexpr const char* op = "attention_forward";
   check_devices(op, ctx, {{"out", out}, {"lse", lse}, {"qkv", qkv}});
   for (const Arg& x : {Arg{"out", out}, Arg{"lse", lse}, Arg{"qkv", qkv}}) require_defined(op, x);
-  require_same_float(op, {{"qkv", qkv}, {"out", out}, {"lse", lse}});
+  require_same_float(op, {{"qkv", qkv}, {"out", out}});
+  require_lse_dtype(op, lse, qkv);
   check_attention(op, qkv, {"out", out}, lse, shape, dropout_p);
   SHARDLM_OPS_ROUTE(attention_forward, ctx, out, lse, qkv, shape, dropout_p, key);
 }
@@ -566,8 +576,8 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
   for (const Arg& x :
        {Arg{"dqkv", dqkv}, Arg{"dout", dout}, Arg{"qkv", qkv}, Arg{"out", out}, Arg{"lse", lse}})
     require_defined(op, x);
-  require_same_float(op,
-                     {{"qkv", qkv}, {"dqkv", dqkv}, {"dout", dout}, {"out", out}, {"lse", lse}});
+  require_same_float(op, {{"qkv", qkv}, {"dqkv", dqkv}, {"dout", dout}, {"out", out}});
+  require_lse_dtype(op, lse, qkv);
   check_attention(op, qkv, {"out", out}, lse, shape, dropout_p);
   require_shape(op, {"dout", dout}, out.shape());
   require_shape(op, {"dqkv", dqkv}, qkv.shape());

@@ -66,7 +66,9 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
   s.norm1 = norm1_.allocate_saved(alloc, dtype, N);
   s.qkv = alloc.allocate(dtype, {N, cfg_.qkv_size()});
   s.attn = alloc.allocate(dtype, {N, cfg_.num_attention_heads * cfg_.head_dim()});
-  s.lse = alloc.allocate(dtype, {batch, cfg_.num_attention_heads, cfg_.seq_length});
+  // fp32 even in bf16/fp16 runs: the attention backward recomputes probabilities from it.
+  const bool half = dtype == DType::kBF16 || dtype == DType::kF16;
+  s.lse = alloc.allocate(half ? DType::kF32 : dtype, {batch, cfg_.num_attention_heads, cfg_.seq_length});
   s.x_mid = alloc.allocate(dtype, {N, C});
   s.ln2 = alloc.allocate(dtype, {N, C});
   s.norm2 = norm2_.allocate_saved(alloc, dtype, N);
