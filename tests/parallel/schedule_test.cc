@@ -243,6 +243,29 @@ TEST(ScheduleTest, SimulatorReportsFifoMismatch) {
   EXPECT_NE(sim.error.find("mismatch"), std::string::npos) << sim.error;
 }
 
+TEST(ScheduleTest, InterleavedNeedsCombinedStepBatches) {
+  // Megatron's interleaved compute order with every compute its own step (send after F, then
+  // receive after B, in separate batches): with V > 1 the gradient channel is a ring and each
+  // rank's stream starts with a send whose receive is queued behind the peer's own send — the
+  // simulator must call this a deadlock. The generator's combined (F, B) steps avoid it.
+  const int P = 4, V = 2, M = 8;
+  const auto good = generate_interleaved_1f1b({P, V, M});
+  std::vector<std::vector<Action>> orders(P);
+  for (int r = 0; r < P; ++r) {
+    for (const Action& a : good.ranks[r]) {
+      if (a.is_compute()) orders[r].push_back(a);
+    }
+  }
+  const auto naive = place_transfers("naive-interleaved", P, V, M, single_compute_steps(orders),
+                                     good.max_in_flight);
+  EXPECT_NO_THROW(validate_schedule(naive));
+  const auto sim = simulate_schedule(naive);
+  EXPECT_FALSE(sim.completed);
+  EXPECT_NE(sim.error.find("deadlock"), std::string::npos) << sim.error;
+  EXPECT_NE(sim.error.find("queued behind other transfers"), std::string::npos) << sim.error;
+  EXPECT_TRUE(simulate_schedule(good).completed);
+}
+
 TEST(ScheduleTest, ValidatorNamesEveryBrokenRule) {
   using K = ActionKind;
   const auto s = two_stage({{K::kBackward, 0, 0}, {K::kForward, 0, 0}},
