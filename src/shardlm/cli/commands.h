@@ -2,6 +2,8 @@
 // Megatron-LM's names) and a callback that runs it. main() owns the CLI::App.
 #pragma once
 
+#include <exception>
+
 namespace CLI {
 class App;
 }
@@ -12,5 +14,18 @@ void register_train(CLI::App& app);       // cmd_train.cc
 void register_bench(CLI::App& app);       // cmd_bench.cc
 void register_preprocess(CLI::App& app);  // cmd_preprocess.cc (data layer)
 void register_inspect_data(CLI::App& app);  // cmd_inspect_data.cc (data layer)
+void register_launch(CLI::App& app);      // cmd_launch.cc (torchrun-style local ranks)
+
+// Thrown by a command that has already reported its failure and wants main() to exit with
+// `code` (e.g. `launch` passing on a failed rank's exit code). main() prints nothing more.
+class CommandExit : public std::exception {
+ public:
+  explicit CommandExit(int code) : code_(code) {}
+  int code() const { return code_; }
+  const char* what() const noexcept override { return "command exit"; }
+
+ private:
+  int code_;
+};
 
 }  // namespace shardlm::cli

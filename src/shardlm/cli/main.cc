@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
     cli::register_bench(app);
     cli::register_preprocess(app);
     cli::register_inspect_data(app);
+    cli::register_launch(app);
     // Expand --config FILE for the train and bench commands before parsing, so flags override
     // the file.
     std::vector<std::string> args(argv + 1, argv + argc);
@@ -41,6 +42,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::cerr << "shardlm: error: " << e.what() << " (run 'shardlm --help' or 'shardlm <command> --help')\n";
     return 2;
+  } catch (const cli::CommandExit& e) {
+    return e.code();  // the command reported its failure already
   } catch (const Error& e) {
     std::cerr << "shardlm: " << error_kind_name(e.kind()) << ": " << e.what() << "\n";
     return e.kind() == ErrorKind::kInvalidConfig ? 2 : 1;
