@@ -103,6 +103,29 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--adam-eps", o.adam_eps, "Adam epsilon")->group(g);
   cmd.add_option("--clip-grad", o.clip_grad, "Global gradient-norm clip (0 disables)")->group(g)->check(nonneg);
 
+  g = "Distributed";
+  train::ParallelConfig& p = cfg.parallel;
+  cmd.add_option("--tensor-model-parallel-size", p.tensor_model_parallel_size,
+                 "Tensor-parallel ranks (TP)")->group(g)->check(pos);
+  cmd.add_option("--pipeline-model-parallel-size", p.pipeline_model_parallel_size,
+                 "Pipeline stages (PP; only 1 until pipeline parallelism lands)")->group(g)->check(pos);
+  cmd.add_option("--context-parallel-size", p.context_parallel_size,
+                 "Context-parallel ranks (reserved; 1)")->group(g)->check(pos);
+  cmd.add_option("--expert-model-parallel-size", p.expert_model_parallel_size,
+                 "Expert-parallel ranks (reserved; 1)")->group(g)->check(pos);
+  cmd.add_flag("--sequence-parallel", p.sequence_parallel,
+               "Shard norms/dropout/residuals along the sequence across TP ranks")->group(g);
+  cmd.add_flag("--use-distributed-optimizer", p.use_distributed_optimizer,
+               "Shard optimizer state across data-parallel ranks (reduce-scatter + all-gather)")->group(g);
+  cmd.add_flag("--overlap-grad-reduce", p.overlap_grad_reduce,
+               "Reduce gradient buckets during backward")->group(g);
+  cmd.add_flag("--overlap-param-gather", p.overlap_param_gather,
+               "All-gather updated parameters while the next iteration starts")->group(g);
+  cmd.add_option("--ddp-bucket-size", p.ddp_bucket_size,
+                 "Elements per gradient bucket (default max(40M, 1M x DP))")->group(g)->check(pos);
+  cmd.add_option("--distributed-timeout-minutes", p.distributed_timeout_minutes,
+                 "Deadline of every collective; a dead or hung rank fails the job after it")->group(g)->check(pos);
+
   g = "Data";
   cmd.add_flag("--mock-data", d.mock_data, "Synthetic learnable data (no files needed)")->group(g);
   cmd.add_option("--data-path", d.data_path, "[weight] prefix ... of preprocessed .bin/.idx corpora")->group(g);

@@ -27,11 +27,16 @@ Shape local_shape_of(const ParameterSpec& spec) {
   std::vector<int64_t> dims = spec.global_shape.dims();
   if (spec.split.is_split()) {
     const int d = spec.split.tp_dim;
-    SHARDLM_REQUIRE(d < static_cast<int>(dims.size()) && dims[d] % spec.split.tp_size == 0,
+    const int64_t parts = int64_t{spec.split.tp_size} * spec.split.chunks;
+    SHARDLM_REQUIRE(spec.split.chunks >= 1 && d < static_cast<int>(dims.size()) &&
+                        dims[d] % parts == 0,
                     ErrorKind::kInvalidConfig,
                     "parameter " + spec.name + " of shape " + spec.global_shape.to_string() +
                         " cannot be split " + std::to_string(spec.split.tp_size) +
-                        " ways along axis " + std::to_string(d));
+                        " ways along axis " + std::to_string(d) +
+                        (spec.split.chunks > 1
+                             ? " in each of " + std::to_string(spec.split.chunks) + " chunks"
+                             : std::string()));
     dims[d] /= spec.split.tp_size;
   }
   return Shape(dims);
@@ -48,7 +53,8 @@ int64_t Parameter::global_index(int64_t local_index) const {
     coord[a] = rem % local_shape[a];
     rem /= local_shape[a];
   }
-  coord[spec.split.tp_dim] += spec.split.tp_rank * local_shape[spec.split.tp_dim];
+  coord[spec.split.tp_dim] = spec.split.global_coordinate(coord[spec.split.tp_dim],
+                                                          spec.global_shape[spec.split.tp_dim]);
   for (int a = rank - 1; a >= 0; --a) {
     global += coord[a] * stride;
     stride *= spec.global_shape[a];

@@ -36,14 +36,31 @@
 namespace shardlm::model {
 
 // How a parameter's global tensor maps onto this rank's local shard.
+//
+// The split axis (global extent D) is viewed as [chunks, D / chunks]; every chunk is cut into
+// tp_size contiguous blocks and rank r holds block r of each chunk, concatenated in chunk order.
+//  - chunks = 1: one contiguous block per rank (column-parallel rows, row-parallel columns,
+//    the vocab-parallel embedding's padded vocab rows, and Megatron's grouped fused QKV: its rows
+//    are per query group [q heads | k | v], so G / TP whole groups per rank are contiguous).
+//  - chunks = 2: SwiGLU's fc1 [gate (F) ; up (F)]: rank r holds [gate_r ; up_r], so its local
+//    swiglu pairs matching gate and up rows (Megatron's per-rank fc1 layout).
+// A parameter with tp_dim < 0 is replicated over TP.
 struct Split {
   int tp_dim = -1;     // axis split across tensor-parallel ranks (-1: replicated over TP)
   int tp_rank = 0;     // this rank's index along that split
   int tp_size = 1;
-  // Megatron's fused QKV is split by query groups: the split axis is viewed as
-  // [tp_size, rows_per_rank] only after regrouping; for now every split is a contiguous block.
+  int chunks = 1;      // see above
   static Split none() { return {}; }
+  static Split along(int dim, int rank, int size, int chunks = 1) {
+    return {dim, rank, size, chunks};
+  }
   bool is_split() const { return tp_dim >= 0 && tp_size > 1; }
+  // Global coordinate along the split axis of local coordinate `local` (global extent `extent`).
+  int64_t global_coordinate(int64_t local, int64_t extent) const {
+    if (!is_split()) return local;
+    const int64_t chunk = extent / chunks, block = chunk / tp_size;
+    return (local / block) * chunk + tp_rank * block + local % block;
+  }
 };
 
 struct Init {

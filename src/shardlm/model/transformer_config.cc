@@ -48,6 +48,38 @@ void TransformerConfig::validate() const {
     bad("--hidden-dropout " + std::to_string(hidden_dropout) + " must be in [0, 1)");
   if (!(attention_dropout >= 0 && attention_dropout < 1))
     bad("--attention-dropout " + std::to_string(attention_dropout) + " must be in [0, 1)");
+  validate_tensor_parallel(tensor_model_parallel_size, false);
+}
+
+void TransformerConfig::validate_tensor_parallel(int64_t tp, bool sequence_parallel) const {
+  if (tp <= 0) bad("--tensor-model-parallel-size " + s(tp) + " must be positive");
+  if (tp == 1) return;
+  const std::string tp_flag = "--tensor-model-parallel-size " + s(tp);
+  if (num_attention_heads % tp != 0)
+    bad("--num-attention-heads " + s(num_attention_heads) + " is not divisible by " + tp_flag +
+        "; each tensor-parallel rank holds num_heads / TP whole heads: choose a head count that "
+        "is a multiple of " + s(tp) + " or a TP size that divides " + s(num_attention_heads));
+  if (query_groups() < tp)
+    bad("--num-query-groups " + s(query_groups()) + " is smaller than " + tp_flag +
+        "; as in Megatron Core each tensor-parallel rank holds query_groups / TP whole groups "
+        "(groups are not replicated across ranks): use at least " + s(tp) +
+        " query groups or --tensor-model-parallel-size <= " + s(query_groups()));
+  if (query_groups() % tp != 0)
+    bad("--num-query-groups " + s(query_groups()) + " is not divisible by " + tp_flag +
+        "; each tensor-parallel rank holds query_groups / TP whole groups: choose a group count "
+        "that is a multiple of " + s(tp));
+  if (ffn_size() % tp != 0)
+    bad("--ffn-hidden-size " + s(ffn_size()) + " is not divisible by " + tp_flag +
+        "; the MLP is split by columns across tensor-parallel ranks: choose a multiple of " +
+        s(tp));
+  if (padded_vocab_size() % tp != 0)
+    bad("the padded vocabulary " + s(padded_vocab_size()) + " is not divisible by " + tp_flag +
+        "; the model config must be built with tensor_model_parallel_size = " + s(tp) +
+        " so the vocabulary is padded to a multiple of --make-vocab-size-divisible-by x TP");
+  if (sequence_parallel && seq_length % tp != 0)
+    bad("--seq-length " + s(seq_length) + " is not divisible by " + tp_flag +
+        ", which --sequence-parallel needs (each rank holds seq_length / TP positions): choose a "
+        "multiple of " + s(tp) + " or drop --sequence-parallel");
 }
 
 int64_t TransformerConfig::parameter_count() const {

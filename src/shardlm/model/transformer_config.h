@@ -44,6 +44,11 @@ struct TransformerConfig {
   int64_t qkv_size() const { return (num_attention_heads + 2 * query_groups()) * head_dim(); }
 
   void validate() const;
+  // The tensor-parallel part of validate(): heads, query groups, ffn and vocab must split
+  // evenly over tp_size ranks (and the sequence too with sequence parallelism); throws
+  // Error(kInvalidConfig) naming the flags, the numbers and a fix. validate() runs it with
+  // (tensor_model_parallel_size, false); GPTModel with its TP group.
+  void validate_tensor_parallel(int64_t tp_size, bool sequence_parallel) const;
   // Total parameter count (embedding and output layer counted once when tied).
   int64_t parameter_count() const;
 };

@@ -552,6 +552,10 @@ void check_attention(const char* op, const Tensor& qkv, const Arg& out, const Te
   const int64_t B = qkv.size(0), T = qkv.size(1);
   require_shape(op, out, Shape{B, T, NH * HS});
   require_shape(op, {"lse", lse}, Shape{B, NH, T});
+  require(s.head_offset >= 0 && s.head_offset + NH <= s.global_num_heads(), op,
+          "heads [head_offset, head_offset + NH) = [" + std::to_string(s.head_offset) + ", " +
+              std::to_string(s.head_offset + NH) + ") must lie within dropout_num_heads = " +
+              std::to_string(s.global_num_heads()));
   require_probability(op, dropout_p);
 }
 }  // namespace
@@ -631,6 +635,149 @@ void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dl
   require_numel(op, {"dlosses", dlosses}, N, "one per row of logits " + shape_of(logits));
   require_numel(op, {"lse", lse}, N, "one per row of logits " + shape_of(logits));
   SHARDLM_OPS_ROUTE(cross_entropy_backward, ctx, dlogits, dlosses, logits, targets, lse);
+}
+
+// ---- vocab-parallel embedding and loss -----------------------------------------------------
+
+namespace {
+// wte [VL, C] shard; tokens int32; rows [N, C] (any leading shape) with N = tokens.numel().
+void check_vocab_parallel_embedding(const char* op, const Tensor& tokens, const Arg& table,
+                                    const Arg& rows, int64_t vocab_start) {
+  require_int32(op, {"tokens", tokens});
+  require(table.t.rank() == 2, op,
+          std::string(table.name) + " must be [vocab shard, C], got " + shape_of(table.t));
+  require_rows(op, rows, tokens.numel(), table.t.size(1), table.name);
+  require(vocab_start >= 0, op, "vocab_start must be >= 0, got " + std::to_string(vocab_start));
+}
+// logits [N, VL]; returns N.
+int64_t check_vocab_parallel_logits(const char* op, const Tensor& logits) {
+  const int64_t VL = last_dim(op, {"logits", logits});
+  return logits.numel() / VL;
+}
+// Per-row statistics are the logits' dtype, or fp32 when the logits are 16-bit (CUDA).
+void require_row_stats_dtype(const char* op, const Tensor& logits, const Arg& stats) {
+  const DType l = logits.dtype(), d = stats.t.dtype();
+  const bool low = l == DType::kBF16 || l == DType::kF16;
+  require(d == l || (low && d == DType::kF32), op,
+          std::string(stats.name) + " is " + dtype_name(d) + "; per-row tensors must be the " +
+              "logits' dtype " + dtype_name(l) + (low ? " or fp32" : ""));
+}
+}  // namespace
+
+void vocab_parallel_embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens,
+                                      const Tensor& wte, int64_t vocab_start) {
+  constexpr const char* op = "vocab_parallel_embedding_forward";
+  check_devices(op, ctx, {{"out", out}, {"tokens", tokens}, {"wte", wte}});
+  for (const Arg& x : {Arg{"out", out}, Arg{"tokens", tokens}, Arg{"wte", wte}})
+    require_defined(op, x);
+  require_same_float(op, {{"out", out}, {"wte", wte}});
+  check_vocab_parallel_embedding(op, tokens, {"wte", wte}, {"out", out}, vocab_start);
+  SHARDLM_OPS_ROUTE(vocab_parallel_embedding_forward, ctx, out, tokens, wte, vocab_start);
+}
+
+void vocab_parallel_embedding_backward(DeviceContext& ctx, Tensor dwte, const Tensor& dout,
+                                       const Tensor& tokens, int64_t vocab_start) {
+  constexpr const char* op = "vocab_parallel_embedding_backward";
+  check_devices(op, ctx, {{"dwte", dwte}, {"dout", dout}, {"tokens", tokens}});
+  for (const Arg& x : {Arg{"dwte", dwte}, Arg{"dout", dout}, Arg{"tokens", tokens}})
+    require_defined(op, x);
+  require_same_float(op, {{"dwte", dwte}, {"dout", dout}});
+  check_vocab_parallel_embedding(op, tokens, {"dwte", dwte}, {"dout", dout}, vocab_start);
+  SHARDLM_OPS_ROUTE(vocab_parallel_embedding_backward, ctx, dwte, dout, tokens, vocab_start);
+}
+
+void vocab_parallel_cross_entropy_max(DeviceContext& ctx, Tensor row_max, const Tensor& logits) {
+  constexpr const char* op = "vocab_parallel_cross_entropy_max";
+  check_devices(op, ctx, {{"row_max", row_max}, {"logits", logits}});
+  for (const Arg& x : {Arg{"row_max", row_max}, Arg{"logits", logits}}) require_defined(op, x);
+  require_same_float(op, {{"logits", logits}});
+  require_same_float(op, {{"row_max", row_max}});
+  require_row_stats_dtype(op, logits, {"row_max", row_max});
+  const int64_t N = check_vocab_parallel_logits(op, logits);
+  require_numel(op, {"row_max", row_max}, N, "one per row of logits " + shape_of(logits));
+  SHARDLM_OPS_ROUTE(vocab_parallel_cross_entropy_max, ctx, row_max, logits);
+}
+
+void vocab_parallel_cross_entropy_partials(DeviceContext& ctx, Tensor sum_exp,
+                                           Tensor target_logit, const Tensor& logits,
+                                           const Tensor& targets, const Tensor& row_max,
+                                           int64_t vocab_start) {
+  constexpr const char* op = "vocab_parallel_cross_entropy_partials";
+  check_devices(op, ctx,
+                {{"sum_exp", sum_exp},
+                 {"target_logit", target_logit},
+                 {"logits", logits},
+                 {"targets", targets},
+                 {"row_max", row_max}});
+  for (const Arg& x : {Arg{"sum_exp", sum_exp}, Arg{"target_logit", target_logit},
+                       Arg{"logits", logits}, Arg{"targets", targets}, Arg{"row_max", row_max}})
+    require_defined(op, x);
+  require_same_float(op, {{"logits", logits}});
+  require_same_float(op, {{"row_max", row_max}, {"sum_exp", sum_exp}, {"target_logit", target_logit}});
+  require_row_stats_dtype(op, logits, {"row_max", row_max});
+  const int64_t N = check_vocab_parallel_logits(op, logits);
+  require_int32(op, {"targets", targets});
+  const std::string why = "one per row of logits " + shape_of(logits);
+  for (const Arg& x : {Arg{"targets", targets}, Arg{"sum_exp", sum_exp},
+                       Arg{"target_logit", target_logit}, Arg{"row_max", row_max}})
+    require_numel(op, x, N, why);
+  require(vocab_start >= 0, op, "vocab_start must be >= 0, got " + std::to_string(vocab_start));
+  SHARDLM_OPS_ROUTE(vocab_parallel_cross_entropy_partials, ctx, sum_exp, target_logit, logits,
+                    targets, row_max, vocab_start);
+}
+
+void vocab_parallel_cross_entropy_loss(DeviceContext& ctx, Tensor losses, Tensor lse,
+                                       const Tensor& row_max, const Tensor& sum_exp,
+                                       const Tensor& target_logit) {
+  constexpr const char* op = "vocab_parallel_cross_entropy_loss";
+  check_devices(op, ctx,
+                {{"losses", losses},
+                 {"lse", lse},
+                 {"row_max", row_max},
+                 {"sum_exp", sum_exp},
+                 {"target_logit", target_logit}});
+  for (const Arg& x : {Arg{"losses", losses}, Arg{"lse", lse}, Arg{"row_max", row_max},
+                       Arg{"sum_exp", sum_exp}, Arg{"target_logit", target_logit}})
+    require_defined(op, x);
+  require_same_float(op, {{"losses", losses},
+                          {"lse", lse},
+                          {"row_max", row_max},
+                          {"sum_exp", sum_exp},
+                          {"target_logit", target_logit}});
+  const int64_t N = losses.numel();
+  for (const Arg& x : {Arg{"lse", lse}, Arg{"row_max", row_max}, Arg{"sum_exp", sum_exp},
+                       Arg{"target_logit", target_logit}})
+    require_numel(op, x, N, "one per row, like losses");
+  SHARDLM_OPS_ROUTE(vocab_parallel_cross_entropy_loss, ctx, losses, lse, row_max, sum_exp,
+                    target_logit);
+}
+
+void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
+                                           const Tensor& dlosses, const Tensor& logits,
+                                           const Tensor& targets, const Tensor& lse,
+                                           int64_t vocab_start) {
+  constexpr const char* op = "vocab_parallel_cross_entropy_backward";
+  check_devices(op, ctx,
+                {{"dlogits", dlogits},
+                 {"dlosses", dlosses},
+                 {"logits", logits},
+                 {"targets", targets},
+                 {"lse", lse}});
+  for (const Arg& x : {Arg{"dlogits", dlogits}, Arg{"dlosses", dlosses}, Arg{"logits", logits},
+                       Arg{"targets", targets}, Arg{"lse", lse}})
+    require_defined(op, x);
+  require_same_float(op, {{"logits", logits}, {"dlogits", dlogits}});
+  require_same_float(op, {{"dlosses", dlosses}, {"lse", lse}});
+  require_row_stats_dtype(op, logits, {"lse", lse});
+  const int64_t N = check_vocab_parallel_logits(op, logits);
+  require_int32(op, {"targets", targets});
+  require_rows(op, {"dlogits", dlogits}, N, logits.size(-1), "logits");
+  const std::string why = "one per row of logits " + shape_of(logits);
+  for (const Arg& x : {Arg{"targets", targets}, Arg{"dlosses", dlosses}, Arg{"lse", lse}})
+    require_numel(op, x, N, why);
+  require(vocab_start >= 0, op, "vocab_start must be >= 0, got " + std::to_string(vocab_start));
+  SHARDLM_OPS_ROUTE(vocab_parallel_cross_entropy_backward, ctx, dlogits, dlosses, logits, targets,
+                    lse, vocab_start);
 }
 
 // ---- optimizer -----------------------------------------------------------------------------

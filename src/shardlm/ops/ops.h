@@ -91,6 +91,12 @@ struct AttentionShape {
   int64_t num_heads = 0;        // NH
   int64_t num_query_groups = 0; // G, divides NH
   int64_t head_dim = 0;         // HS
+  // Tensor parallelism: these NH heads are heads [head_offset, head_offset + NH) of a model with
+  // dropout_num_heads heads (0: NH). The dropout position uses the GLOBAL b, h and head count,
+  // ((b*dropout_num_heads + head_offset + h)*T + i)*T + j, so masks do not depend on the split.
+  int64_t head_offset = 0;
+  int64_t dropout_num_heads = 0;
+  int64_t global_num_heads() const { return dropout_num_heads > 0 ? dropout_num_heads : num_heads; }
 };
 void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
                        const AttentionShape& shape, double dropout_p, const DropoutKey& key);
@@ -108,6 +114,44 @@ void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const 
 // The loss mask enters through dlosses (mask[n] / sum(mask) for the masked mean).
 void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dlosses,
                             const Tensor& logits, const Tensor& targets, const Tensor& lse);
+
+// ---- vocab-parallel embedding and loss (tensor parallelism) --------------------------------
+// The rank holds vocabulary rows [vocab_start, vocab_start + VL) of the word embedding (and of
+// the output layer): wte / dwte [VL, C], logits [N, VL]. Token and target ids are global; ids
+// outside the shard contribute nothing locally (the TP sum over ranks completes the result).
+// Negative token ids throw kInvalidArgument (negative targets too, on the CPU); the upper bound
+// is the caller's to check: no rank sees all of V.
+//
+// out[n,:] = wte[tokens[n] - vocab_start, :] when the id is in the shard, else 0.
+// tokens int32 with N elements (any shape), out [.., C] with N*C elements.
+void vocab_parallel_embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens,
+                                      const Tensor& wte, int64_t vocab_start);
+// dwte[tokens[n] - vocab_start, :] += dout[n, :] for ids in the shard (accumulates).
+void vocab_parallel_embedding_backward(DeviceContext& ctx, Tensor dwte, const Tensor& dout,
+                                       const Tensor& tokens, int64_t vocab_start);
+// Cross-entropy over a vocab shard without gathering logits (Megatron's
+// vocab_parallel_cross_entropy), in steps with tensor-parallel all-reduces between them:
+//   1. row_max[n] = max_v logits[n,v]                                      -> all-reduce MAX
+//   2. sum_exp[n] = sum_v exp(logits[n,v] - row_max[n]) (row_max: the global max);
+//      target_logit[n] = logits[n, t_n - vocab_start] if t_n in the shard, else 0
+//                                                                          -> all-reduce SUM
+//   3. lse[n] = row_max[n] + log(sum_exp[n]); losses[n] = lse[n] - target_logit[n]
+// Per-row tensors have N elements, all in the logits' dtype, or all fp32 when the logits are
+// bf16/fp16 (a 16-bit lse would spoil backward's probabilities); targets int32 [N].
+void vocab_parallel_cross_entropy_max(DeviceContext& ctx, Tensor row_max, const Tensor& logits);
+void vocab_parallel_cross_entropy_partials(DeviceContext& ctx, Tensor sum_exp,
+                                           Tensor target_logit, const Tensor& logits,
+                                           const Tensor& targets, const Tensor& row_max,
+                                           int64_t vocab_start);
+void vocab_parallel_cross_entropy_loss(DeviceContext& ctx, Tensor losses, Tensor lse,
+                                       const Tensor& row_max, const Tensor& sum_exp,
+                                       const Tensor& target_logit);
+// dlogits[n,v] = dlosses[n] * (exp(logits[n,v] - lse[n]) - [v + vocab_start == t_n])  (assign;
+// local: no communication in backward).
+void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
+                                           const Tensor& dlosses, const Tensor& logits,
+                                           const Tensor& targets, const Tensor& lse,
+                                           int64_t vocab_start);
 
 // ---- optimizer -----------------------------------------------------------------------------
 // One AdamW step over a flat range (params, grads, exp_avg, exp_avg_sq, all same dtype/numel),

@@ -62,6 +62,9 @@ class DistributedOptimizer {
   bool param_gather_pending() const { return !gathers_.empty(); }
 
   int64_t steps_taken() const { return steps_; }
+  // Checkpoint restore: the step counter (the moments are written through exp_avg() /
+  // exp_avg_sq(), laid out as owned_ranges() concatenated).
+  void set_steps_taken(int64_t steps) { steps_ = steps; }
   // This rank's shard of each bucket, in bucket order (grad norm, checkpoints).
   const std::vector<BucketRange>& owned_ranges() const { return owned_; }
   // Optimizer state held by this rank (both moments) and what one unsharded AdamW would hold.

@@ -52,6 +52,32 @@ void TrainConfig::validate() const {
         " conflict: --bf16 keeps fp32 master weights; drop --compute-dtype");
   if (group_query_attention && model.num_query_groups == 0)
     bad("--group-query-attention needs --num-query-groups G (G must divide the head count)");
+  const ParallelConfig& par = parallel;
+  if (par.tensor_model_parallel_size < 1)
+    bad("--tensor-model-parallel-size " + s(par.tensor_model_parallel_size) + " must be >= 1");
+  if (par.pipeline_model_parallel_size < 1)
+    bad("--pipeline-model-parallel-size " + s(par.pipeline_model_parallel_size) + " must be >= 1");
+  if (par.pipeline_model_parallel_size > 1)
+    bad("--pipeline-model-parallel-size " + s(par.pipeline_model_parallel_size) +
+        " is not supported yet: pipeline parallelism has not landed (its issue is open); use "
+        "--pipeline-model-parallel-size 1 and raise --tensor-model-parallel-size or the "
+        "data-parallel size instead");
+  if (par.context_parallel_size != 1)
+    bad("--context-parallel-size " + s(par.context_parallel_size) +
+        " is reserved: context parallelism is not implemented; use 1");
+  if (par.expert_model_parallel_size != 1)
+    bad("--expert-model-parallel-size " + s(par.expert_model_parallel_size) +
+        " is reserved: mixture-of-experts is not implemented; use 1");
+  if (par.overlap_param_gather && !par.use_distributed_optimizer)
+    bad("--overlap-param-gather needs --use-distributed-optimizer (only the distributed "
+        "optimizer gathers parameters); add it or drop --overlap-param-gather");
+  if (par.overlap_param_gather && !par.overlap_grad_reduce)
+    bad("--overlap-param-gather needs --overlap-grad-reduce (as Megatron); add it");
+  if (par.ddp_bucket_size < 0)
+    bad("--ddp-bucket-size " + s(par.ddp_bucket_size) + " must be positive (elements per bucket)");
+  if (!(par.distributed_timeout_minutes > 0))
+    bad("--distributed-timeout-minutes must be positive, got " +
+        std::to_string(par.distributed_timeout_minutes));
   model.validate();
 }
 
@@ -71,6 +97,39 @@ optim::LrScheduleConfig TrainConfig::lr_schedule() const {
                                               static_cast<double>(c.decay_steps))
                        : optimizer.lr_warmup_iters;
   return c;
+}
+
+dist::ParallelSizes TrainConfig::parallel_sizes() const {
+  dist::ParallelSizes sizes;
+  sizes.tensor = parallel.tensor_model_parallel_size;
+  sizes.pipeline = parallel.pipeline_model_parallel_size;
+  sizes.context = parallel.context_parallel_size;
+  sizes.expert = parallel.expert_model_parallel_size;
+  return sizes;
+}
+
+void TrainConfig::validate_parallel(int world_size) const {
+  // Throws naming the flags when world_size is not a multiple of TP x PP x CP.
+  const dist::ParallelLayout layout = dist::ParallelLayout::create(world_size, parallel_sizes());
+  dist::ModelDims dims;
+  dims.num_layers = model.num_layers;
+  dims.num_attention_heads = model.num_attention_heads;
+  dims.num_query_groups = model.query_groups();
+  dims.ffn_hidden_size = model.ffn_size();
+  dims.seq_length = model.seq_length;
+  dims.sequence_parallel = parallel.sequence_parallel && parallel.tensor_model_parallel_size > 1;
+  layout.validate_model(dims);
+  const int64_t per_step = micro_batch_size * layout.dp();
+  if (global_batch_size > 0 && global_batch_size % per_step != 0)
+    bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +
+        s(micro_batch_size) + " x data-parallel size " + s(layout.dp()) + " (world " +
+        s(world_size) + " / (TP " + s(layout.tp()) + " x PP " + s(layout.pp()) + " x CP " +
+        s(layout.cp()) + ")) = " + s(per_step) + "; use a multiple of " + s(per_step));
+}
+
+std::chrono::milliseconds TrainConfig::distributed_timeout() const {
+  return std::chrono::milliseconds(
+      static_cast<int64_t>(parallel.distributed_timeout_minutes * 60'000.0));
 }
 
 optim::AdamWConfig TrainConfig::adamw() const {

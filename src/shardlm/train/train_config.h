@@ -3,10 +3,12 @@
 // flags and YAML keys onto these fields in one table (cli/train_flags.cc).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "shardlm/dist/parallel_layout.h"
 #include "shardlm/model/transformer_config.h"
 #include "shardlm/optim/adamw.h"
 #include "shardlm/optim/lr_schedule.h"
@@ -45,8 +47,23 @@ struct LoggingConfig {
   std::string log_jsonl;  // optional: one JSON object per logged iteration / evaluation
 };
 
+// Parallel layout and data-parallel communication (Megatron's distributed flags).
+struct ParallelConfig {
+  int tensor_model_parallel_size = 1;    // --tensor-model-parallel-size
+  int pipeline_model_parallel_size = 1;  // --pipeline-model-parallel-size (pipeline pending)
+  int context_parallel_size = 1;         // --context-parallel-size (reserved)
+  int expert_model_parallel_size = 1;    // --expert-model-parallel-size (reserved)
+  bool sequence_parallel = false;        // --sequence-parallel (no-op with TP 1, as Megatron)
+  bool use_distributed_optimizer = false;  // --use-distributed-optimizer
+  bool overlap_grad_reduce = false;        // --overlap-grad-reduce
+  bool overlap_param_gather = false;       // --overlap-param-gather
+  int64_t ddp_bucket_size = 0;             // --ddp-bucket-size; 0: max(40M, 1M x DP) elements
+  double distributed_timeout_minutes = 10;  // --distributed-timeout-minutes (Megatron: 10)
+};
+
 struct TrainConfig {
   model::TransformerConfig model;
+  ParallelConfig parallel;
   OptimizerConfig optimizer;
   DataConfig data;
   LoggingConfig logging;
@@ -60,6 +77,7 @@ struct TrainConfig {
   // fp32 main gradients in the optimizer. CUDA only. fp16 (dynamic loss scaling) is pending.
   bool bf16 = false;
   bool fp16 = false;
+  // Derived: world size / (TP × PP × CP). The Trainer sets it from its RankContext's layout.
   int64_t data_parallel_size = 1;
   bool group_query_attention = false;  // Megatron's switch; --num-query-groups sets G
 
@@ -68,6 +86,13 @@ struct TrainConfig {
   int64_t num_microbatches() const;
   optim::LrScheduleConfig lr_schedule() const;
   optim::AdamWConfig adamw() const;
+  // The layout sizes for dist::ParallelLayout::create(world_size, ...).
+  dist::ParallelSizes parallel_sizes() const;
+  // Checks the parallel flags against a world of world_size ranks and the model (heads,
+  // groups, ffn, vocab, sequence divisible by TP, ...); throws Error(kInvalidConfig).
+  void validate_parallel(int world_size) const;
+  // --distributed-timeout-minutes as a duration (every collective's deadline).
+  std::chrono::milliseconds distributed_timeout() const;
 };
 
 }  // namespace shardlm::train

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "shardlm/data/mock_gpt_dataset.h"
+#include "shardlm/dist/thread_communicator.h"
 #include "shardlm/ops/device_queries.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/data/pretraining_sampler.h"
@@ -27,14 +28,61 @@ std::string format(const char* fmt, auto... args) {
 }
 }  // namespace
 
+struct Trainer::SingleRank {
+  std::unique_ptr<DeviceContext> device;
+  std::unique_ptr<dist::ThreadWorld> world;
+  std::unique_ptr<dist::RankContext> rank;
+};
+
+std::unique_ptr<Trainer::SingleRank> Trainer::make_single_rank(const TrainConfig& cfg) {
+  auto single = std::make_unique<SingleRank>();
+  single->device = std::make_unique<DeviceContext>(select_device(cfg.device));
+  single->world = std::make_unique<dist::ThreadWorld>(1);
+  // A 1-rank layout: TP/PP/CP > 1 are rejected here, naming the flags.
+  const dist::ParallelLayout layout = dist::ParallelLayout::create(1, cfg.parallel_sizes());
+  single->rank = std::make_unique<dist::RankContext>(
+      dist::RankContext::create(*single->device, single->world->communicator(0), layout));
+  return single;
+}
+
 Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
                  std::unique_ptr<data::SampleSource> train_data,
                  std::unique_ptr<data::SampleSource> valid_data)
-    : cfg_(cfg), log_(log), train_data_(std::move(train_data)),
-      valid_data_(std::move(valid_data)) {
+    : Trainer(cfg, make_single_rank(cfg), nullptr, log, std::move(train_data),
+              std::move(valid_data)) {}
+
+Trainer::Trainer(const TrainConfig& cfg, dist::RankContext& rank, std::ostream& log,
+                 std::unique_ptr<data::SampleSource> train_data,
+                 std::unique_ptr<data::SampleSource> valid_data)
+    : Trainer(cfg, nullptr, &rank, log, std::move(train_data), std::move(valid_data)) {}
+
+Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
+                 dist::RankContext* rank, std::ostream& log,
+                 std::unique_ptr<data::SampleSource> train_data,
+                 std::unique_ptr<data::SampleSource> valid_data)
+    : single_(std::move(single)), rank_(rank ? rank : single_->rank.get()), cfg_(cfg),
+      log_(rank_->world_rank() == 0 ? log : null_log_), device_(&rank_->device()),
+      train_data_(std::move(train_data)), valid_data_(std::move(valid_data)) {
   resolve_vocab_size(cfg_);
+  const dist::ParallelLayout& layout = rank_->layout();
+  SHARDLM_REQUIRE(layout.tp() == cfg_.parallel.tensor_model_parallel_size &&
+                      layout.pp() == cfg_.parallel.pipeline_model_parallel_size &&
+                      layout.cp() == cfg_.parallel.context_parallel_size,
+                  ErrorKind::kInvalidConfig,
+                  "the rank context's layout (" + layout.describe() +
+                      ") does not match --tensor-model-parallel-size " +
+                      std::to_string(cfg_.parallel.tensor_model_parallel_size) +
+                      " / --pipeline-model-parallel-size " +
+                      std::to_string(cfg_.parallel.pipeline_model_parallel_size) +
+                      " / --context-parallel-size " +
+                      std::to_string(cfg_.parallel.context_parallel_size) +
+                      "; build it with ParallelLayout::create(world, cfg.parallel_sizes())");
+  cfg_.data_parallel_size = layout.dp();
   cfg_.validate();
-  device_ = std::make_unique<DeviceContext>(select_device(cfg_.device));
+  cfg_.validate_parallel(rank_->world_size());
+  for (dist::GroupKind kind : dist::kAllGroupKinds)
+    if (rank_->has_group(kind)) rank_->group(kind).set_timeout(cfg_.distributed_timeout());
+  rank_->world().set_timeout(cfg_.distributed_timeout());
   SHARDLM_REQUIRE(!(cfg_.bf16 && device_->device().is_cpu()), ErrorKind::kInvalidConfig,
                   "--bf16 needs --device cuda; the CPU backend computes in fp32/fp64 (no GPU was "
                   "found for --device " + cfg_.device + ")");
@@ -46,6 +94,13 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
 
   model_ = std::make_unique<model::GPTModel>(cfg_.model);
   model_->register_parameters(registry_);
+  // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding).
+  grad_buffer_ = parallel::GradBuffer::plan(
+      registry_, {.data_parallel_size = layout.dp(),
+                  .bucket_size = cfg_.parallel.ddp_bucket_size,
+                  .overlap_grad_reduce = cfg_.parallel.overlap_grad_reduce,
+                  .use_distributed_optimizer = cfg_.parallel.use_distributed_optimizer});
+  grad_buffer_.apply(registry_);
 
   // Plan every allocation from the config, and refuse a plan that cannot fit, before
   // allocating anything (a clear message instead of a CUDA out-of-memory error mid-run).
@@ -58,6 +113,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
     memory_plan_.compute_grads = memory_plan_.compute_params;
   }
   memory_plan_.optimizer_state = 2 * memory_plan_.master_params;
+  if (cfg_.parallel.use_distributed_optimizer)  // each rank holds 1/DP of the moments
+    memory_plan_.optimizer_state /= static_cast<size_t>(layout.dp());
   const size_t act_bytes = model_->plan_activation_bytes(dtype_, mbs);
   memory_plan_.activations = act_bytes;
   memory_plan_.workspace = device_->device().is_cpu() ? 0 : size_t{64} << 20;
@@ -69,7 +126,23 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
   activations_ = Arena(device_->device(), act_bytes, "activations");
   model_->allocate_activations(activations_, dtype_, mbs);
 
-  optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
+  grad_sync_ = std::make_unique<parallel::GradSync>(
+      registry_, grad_buffer_, rank_->dp(), *device_,
+      parallel::GradSyncConfig{cfg_.parallel.overlap_grad_reduce,
+                               cfg_.parallel.use_distributed_optimizer});
+  // --overlap-grad-reduce: backward reports finished parameters; complete buckets start
+  // reducing while backward continues (GradSync ignores the calls otherwise).
+  model_->set_grad_ready_callback(
+      [this](std::span<model::Parameter* const> params) { grad_sync_->on_grads_ready(params); });
+  if (cfg_.parallel.use_distributed_optimizer) {
+    std::vector<optim::BucketRange> buckets;
+    for (const parallel::FlatRange& r : grad_buffer_.bucket_ranges())
+      buckets.push_back({r.begin, r.end});
+    dist_optimizer_ = std::make_unique<optim::DistributedOptimizer>(registry_, std::move(buckets),
+                                                                    rank_->dp(), cfg_.adamw());
+  } else {
+    optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
+  }
   schedule_ = std::make_unique<optim::LearningRateSchedule>(cfg_.lr_schedule());
   if (!train_data_) build_data();
 
@@ -81,7 +154,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
     targets_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
     mask_dev_ = OwnedTensor::empty(dtype_, {mbs, T}, device_->device());
   }
-  if (!cfg_.logging.log_jsonl.empty()) {
+  if (!cfg_.logging.log_jsonl.empty() && rank_->world_rank() == 0) {
     jsonl_ = std::make_unique<std::ofstream>(cfg_.logging.log_jsonl);
     if (!*jsonl_)
       throw Error(ErrorKind::kIo, "cannot write --log-jsonl file " + cfg_.logging.log_jsonl);
@@ -107,7 +180,45 @@ Trainer::Trainer(const TrainConfig& cfg, std::ostream& log,
                  (long long)(mbs * cfg_.num_microbatches() * cfg_.data_parallel_size),
                  (long long)mbs, (long long)cfg_.num_microbatches(),
                  (long long)cfg_.data_parallel_size);
+  log_ << "> parallel layout: " << layout.describe()
+       << (cfg_.parallel.sequence_parallel && layout.tp() > 1 ? ", sequence parallel" : "")
+       << "\n"
+       << grad_buffer_.describe(registry_);
+  const size_t unsharded = 2 * static_cast<size_t>(registry_.numel()) * dtype_size(master_dtype);
+  log_ << format("> optimizer state (Adam moments) on this rank: %.3f MiB", optimizer_state_bytes() / 1048576.0)
+       << (dist_optimizer_
+               ? format(" (distributed optimizer: 1/%d of %.3f MiB)", layout.dp(),
+                        unsharded / 1048576.0)
+               : std::string(" (not sharded)"))
+       << "\n";
   log_.flush();
+}
+
+size_t Trainer::optimizer_state_bytes() const {
+  if (dist_optimizer_) return dist_optimizer_->state_bytes();
+  return optimizer_->exp_avg().nbytes() + optimizer_->exp_avg_sq().nbytes();
+}
+
+void Trainer::finish_param_gather() {
+  if (!dist_optimizer_ || !dist_optimizer_->param_gather_pending()) return;
+  dist_optimizer_->finish_param_gather();
+  registry_.sync_compute_values(*device_);  // --bf16: refresh the bf16 compute weights
+}
+
+double Trainer::data_parallel_mean(double value) {
+  dist::Communicator& dp = rank_->dp();
+  if (dp.size() == 1) return value;
+  OwnedTensor host = OwnedTensor::empty(DType::kF64, {1});
+  host.view().data<double>()[0] = value;
+  if (device_->device().is_cpu()) {
+    dp.all_reduce(host.view());
+  } else {  // NCCL reduces device memory
+    OwnedTensor dev = OwnedTensor::empty(DType::kF64, {1}, device_->device());
+    ops::copy(*device_, dev.view(), host.view());
+    dp.all_reduce(dev.view());
+    ops::copy(*device_, host.view(), dev.view());
+  }
+  return host.view().data<double>()[0] / static_cast<double>(dp.size());
 }
 
 Trainer::~Trainer() = default;
@@ -173,27 +284,50 @@ IterationRecord Trainer::train_step() {
   IterationRecord rec;
   rec.iteration = iteration_ + 1;
   rec.lr = schedule_->lr_at(iteration_);
+  const int64_t dp = cfg_.data_parallel_size, dp_rank = rank_->coord().dp;
+  finish_param_gather();  // --overlap-param-gather: the forward needs the updated weights
   registry_.zero_grads(*device_);
+  grad_sync_->start_iteration();
   double loss_sum = 0;
   for (int64_t m = 0; m < M; ++m) {
+    // Dropout is keyed by the GLOBAL micro-batch index (m·DP + dp rank: the same samples as
+    // micro-batch m·DP + r of a single rank), so every layout draws the same masks.
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
-                            static_cast<uint32_t>(m), true};
-    // Megatron's MegatronPretrainingSampler: micro-batch m of this iteration is the slice of
-    // data-parallel rank 0 of the global micro-batch starting at consumed + m * B * dp.
+                            static_cast<uint32_t>(m * dp + dp_rank), true};
+    // Megatron's MegatronPretrainingSampler: micro-batch m of this iteration is this rank's
+    // slice of the global micro-batch starting at consumed + m * B * dp.
     const std::vector<int64_t> indices = data::pretraining_micro_batch_indices(
-        consumed_samples_ + m * B * cfg_.data_parallel_size, B, /*data_parallel_rank=*/0,
-        cfg_.data_parallel_size);
+        consumed_samples_ + m * B * dp, B, dp_rank, dp);
     model::Batch batch = load_batch(*train_data_, indices);
+    grad_sync_->begin_microbatch(m == M - 1);
     loss_sum += model_->forward(step, batch);
     model_->backward(step, batch, 1.0 / static_cast<double>(M));
-    // --bf16: fold this micro-batch's bf16 gradients into the fp32 main gradients.
-    registry_.accumulate_compute_grads(*device_);
+    // --bf16: folds the bf16 gradients into the fp32 main gradients; after the last
+    // micro-batch, starts the data-parallel reduction of the buckets not started yet.
+    grad_sync_->end_microbatch();
   }
-  rec.loss = loss_sum / static_cast<double>(M);
-  rec.grad_norm = optim::clip_grad_norm(*device_, registry_, cfg_.optimizer.clip_grad);
+  grad_sync_->wait();  // gradients are now averaged over DP (this rank's shards with the DO)
+  rec.loss = data_parallel_mean(loss_sum / static_cast<double>(M));
+  // Each gradient element counted once: TP-replicated ones on TP rank 0, with the distributed
+  // optimizer only the owned shards, summed over the ranks that hold disjoint parts.
+  optim::GradNormScope scope;
+  scope.tp_rank = rank_->coord().tp;
+  if (dist_optimizer_) {
+    scope.owned = dist_optimizer_->owned_ranges();
+    scope.sum_group = &rank_->group(dist::GroupKind::kTpDpCp);
+  } else {
+    scope.sum_group = &rank_->model_parallel();
+  }
+  rec.grad_norm =
+      optim::clip_grad_norm(*device_, registry_, cfg_.optimizer.clip_grad, scope);
   if (std::isfinite(rec.grad_norm)) {
-    optimizer_->step(*device_, rec.lr);
-    registry_.sync_compute_values(*device_);  // --bf16: refresh the bf16 compute weights
+    if (dist_optimizer_) {
+      dist_optimizer_->step(*device_, rec.lr);  // shard update, then the param all-gather
+      if (!cfg_.parallel.overlap_param_gather) finish_param_gather();
+    } else {
+      optimizer_->step(*device_, rec.lr);
+      registry_.sync_compute_values(*device_);  // --bf16: refresh the bf16 compute weights
+    }
   } else {
     rec.skipped = true;
     ++skipped_iterations_;
@@ -207,6 +341,8 @@ IterationRecord Trainer::train_step() {
 
 double Trainer::evaluate() {
   const int64_t M = cfg_.num_microbatches(), B = cfg_.micro_batch_size;
+  const int64_t dp = cfg_.data_parallel_size, dp_rank = rank_->coord().dp;
+  finish_param_gather();
   double sum = 0;
   int64_t count = 0;
   for (int64_t it = 0; it < cfg_.logging.eval_iters; ++it) {
@@ -216,13 +352,16 @@ double Trainer::evaluate() {
       SHARDLM_REQUIRE(valid_data_ && valid_data_->size() > 0, ErrorKind::kInvalidConfig,
                       "validation was requested (--eval-iters > 0) but the validation split is "
                       "empty; give it a share in --split or pass --eval-iters 0");
-      model::Batch batch = load_batch(*valid_data_, eval_cursor_);
-      eval_cursor_ += B;
+      // The validation samples are sharded over DP like the training ones.
+      const std::vector<int64_t> indices =
+          data::pretraining_micro_batch_indices(eval_cursor_, B, dp_rank, dp);
+      model::Batch batch = load_batch(*valid_data_, indices);
+      eval_cursor_ += B * dp;
       sum += model_->forward(step, batch);
       ++count;
     }
   }
-  const double loss = count ? sum / static_cast<double>(count) : 0.0;
+  const double loss = count ? data_parallel_mean(sum / static_cast<double>(count)) : 0.0;
   evals_.push_back({iteration_, loss});
   const std::string line = format(
       " validation loss at iteration %lld | lm loss value: %.6E | lm loss PPL: %.6E | ",
@@ -254,6 +393,7 @@ void Trainer::train() {
     }
   }
   if (cfg_.logging.eval_iters > 0) evaluate();
+  finish_param_gather();  // leave the parameters current
   if (device_->device().is_cuda()) {
     // Allocations are planned and made once, so memory in use now is the run's peak.
     const size_t used = ops::device_memory(*device_).used_bytes();

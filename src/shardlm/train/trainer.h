@@ -18,10 +18,14 @@
 #include <vector>
 
 #include "shardlm/data/sample_source.h"
+#include "shardlm/dist/rank_context.h"
 #include "shardlm/model/families/gpt_model.h"
 #include "shardlm/model/parameter.h"
 #include "shardlm/optim/adamw.h"
+#include "shardlm/optim/distributed_optimizer.h"
 #include "shardlm/optim/lr_schedule.h"
+#include "shardlm/parallel/grad_buffer.h"
+#include "shardlm/parallel/grad_sync.h"
 #include "shardlm/tensor/arena.h"
 #include "shardlm/train/memory_plan.h"
 #include "shardlm/train/train_config.h"
@@ -44,7 +48,15 @@ struct EvalRecord {
 class Trainer {
  public:
   // Sources may be injected (tests); otherwise they are built from cfg.data.
+  // One rank: the trainer builds a 1-rank world (the parallel flags must all be 1).
   Trainer(const TrainConfig& cfg, std::ostream& log,
+          std::unique_ptr<data::SampleSource> train_data = nullptr,
+          std::unique_ptr<data::SampleSource> valid_data = nullptr);
+  // One rank of a parallel job. `rank` (caller keeps it alive) must have been created with
+  // ParallelLayout::create(world, cfg.parallel_sizes()); its device is the one trained on, and
+  // cfg.data_parallel_size is taken from its layout. Only world rank 0 writes to `log`. Every
+  // collective's deadline becomes --distributed-timeout-minutes.
+  Trainer(const TrainConfig& cfg, dist::RankContext& rank, std::ostream& log,
           std::unique_ptr<data::SampleSource> train_data = nullptr,
           std::unique_ptr<data::SampleSource> valid_data = nullptr);
   ~Trainer();
@@ -56,7 +68,22 @@ class Trainer {
 
   const std::vector<IterationRecord>& history() const { return history_; }
   const std::vector<EvalRecord>& evaluations() const { return evals_; }
-  model::ParameterRegistry& parameters() { return registry_; }
+  // Waits for a pending parameter all-gather first (--overlap-param-gather), so the values
+  // are always the current ones.
+  model::ParameterRegistry& parameters() {
+    finish_param_gather();
+    return registry_;
+  }
+  dist::RankContext& rank() { return *rank_; }
+  const parallel::GradBuffer& grad_buffer() const { return grad_buffer_; }
+  const parallel::GradSync& grad_sync() const { return *grad_sync_; }
+  // Distributed optimizer only (else null).
+  const optim::DistributedOptimizer* distributed_optimizer() const { return dist_optimizer_.get(); }
+  // Bytes of optimizer state (Adam moments) this rank holds.
+  size_t optimizer_state_bytes() const;
+  // Completes the distributed optimizer's parameter all-gather, if one is pending, and
+  // refreshes the compute copy (--bf16). Called before every forward.
+  void finish_param_gather();
   DeviceContext& device() { return *device_; }
   const TrainConfig& config() const { return cfg_; }
   const MemoryPlan& memory_plan() const { return memory_plan_; }
@@ -72,15 +99,30 @@ class Trainer {
   model::Batch load_batch(const data::SampleSource& source,
                           std::span<const int64_t> sample_indices);
   void log_interval_line(double elapsed_s);
+  // Mean of a per-rank value over the data-parallel group (losses).
+  double data_parallel_mean(double value);
 
+  // The single-rank constructor's own world: device, 1-rank ThreadWorld, RankContext.
+  struct SingleRank;
+  static std::unique_ptr<SingleRank> make_single_rank(const TrainConfig& cfg);
+  Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single, dist::RankContext* rank,
+          std::ostream& log, std::unique_ptr<data::SampleSource> train_data,
+          std::unique_ptr<data::SampleSource> valid_data);
+
+  std::unique_ptr<SingleRank> single_;  // declared first: rank_ may point into it
+  dist::RankContext* rank_ = nullptr;
+  std::ostream null_log_{nullptr};      // what ranks other than world rank 0 log to
   TrainConfig cfg_;
   std::ostream& log_;
-  std::unique_ptr<DeviceContext> device_;
+  DeviceContext* device_ = nullptr;     // rank_->device()
   DType dtype_;
   model::ParameterRegistry registry_;
   std::unique_ptr<model::GPTModel> model_;
   Arena activations_;
-  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<optim::AdamW> optimizer_;  // without --use-distributed-optimizer
+  parallel::GradBuffer grad_buffer_;
+  std::unique_ptr<parallel::GradSync> grad_sync_;
+  std::unique_ptr<optim::DistributedOptimizer> dist_optimizer_;
   std::unique_ptr<optim::LearningRateSchedule> schedule_;
   std::unique_ptr<data::SampleSource> train_data_, valid_data_;
   MemoryPlan memory_plan_;

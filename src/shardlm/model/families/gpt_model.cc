@@ -1,7 +1,9 @@
 #include "shardlm/model/families/gpt_model.h"
 
 #include <algorithm>
+#include <string>
 
+#include "shardlm/base/check.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/arena.h"
 
@@ -32,26 +34,50 @@ double masked_sum_on_host(DeviceContext& ctx, const Tensor& losses, const Tensor
   for (int64_t i = 0; i < n; ++i) s += l.view().data<double>()[i] * m.view().data<double>()[i];
   return s;
 }
+
+// Token / target ids (int32, host) must be below the padded vocabulary V.
+void check_ids_below(const char* what, const Tensor& ids, int64_t V) {
+  const int32_t* p = ids.data<int32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    SHARDLM_REQUIRE(p[i] >= 0 && p[i] < V, ErrorKind::kInvalidArgument,
+                    std::string("GPT forward: ") + what + " id " + std::to_string(p[i]) +
+                        " at flat index " + std::to_string(i) + " is outside the vocabulary [0, " +
+                        std::to_string(V) + "); check the tokenizer / --vocab-size");
+}
 }  // namespace
 
-GPTModel::GPTModel(const TransformerConfig& cfg)
+GPTModel::GPTModel(const TransformerConfig& cfg) : GPTModel(cfg, TensorParallel{}) {}
+
+GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp)
     : cfg_(cfg),
+      tp_(tp),
       final_norm_("decoder.final_layernorm.weight", "decoder.final_layernorm.bias",
                   cfg.hidden_size, cfg.normalization, cfg.norm_epsilon) {
   cfg_.validate();
-  for (int64_t i = 0; i < cfg_.num_layers; ++i) layers_.emplace_back(cfg_, i);
+  if (tp_.enabled()) {
+    SHARDLM_REQUIRE(cfg_.tensor_model_parallel_size == tp_.size(), ErrorKind::kInvalidConfig,
+                    "the model config has tensor_model_parallel_size " +
+                        std::to_string(cfg_.tensor_model_parallel_size) +
+                        " but the tensor-parallel group has " + std::to_string(tp_.size()) +
+                        " ranks; set it to the group size (--tensor-model-parallel-size), "
+                        "which also pads the vocabulary for the split");
+    cfg_.validate_tensor_parallel(tp_.size(), tp_.sp());
+    vocab_start_ = tp_.rank() * (cfg_.padded_vocab_size() / tp_.size());
+  }
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) layers_.emplace_back(cfg_, i, tp_);
 }
 
 void GPTModel::register_parameters(ParameterRegistry& reg) const {
   const int64_t V = cfg_.padded_vocab_size(), C = cfg_.hidden_size;
-  reg.add({kWordEmbeddings, {V, C}, Split::none(), true, Init::normal(cfg_.init_method_std)});
+  // Vocab-parallel: rows [rank*V/TP, (rank+1)*V/TP) of the padded vocabulary.
+  reg.add({kWordEmbeddings, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std)});
   if (cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute)
     reg.add({kPositionEmbeddings, {cfg_.max_positions(), C}, Split::none(), true,
              Init::normal(cfg_.init_method_std)});
   for (const TransformerLayer& layer : layers_) layer.register_parameters(reg);
   final_norm_.register_parameters(reg);
   if (cfg_.untie_embeddings_and_output_weights)
-    reg.add({kOutputLayer, {V, C}, Split::none(), true, Init::normal(cfg_.init_method_std)});
+    reg.add({kOutputLayer, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std)});
 }
 
 void GPTModel::bind(ParameterRegistry& reg) {
@@ -66,30 +92,40 @@ void GPTModel::bind(ParameterRegistry& reg) {
 
 size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
   ArenaPlan plan;
-  GPTModel probe(cfg_);  // allocate into a copy so planning never disturbs our views
+  GPTModel probe(cfg_, tp_);  // allocate into a copy so planning never disturbs our views
   probe.allocate_activations(plan, dtype, micro_batch);
   return plan.bytes();
 }
 
 void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t micro_batch) {
   const int64_t N = micro_batch * cfg_.seq_length, C = cfg_.hidden_size;
-  const int64_t V = cfg_.padded_vocab_size();
+  const int64_t VL = cfg_.padded_vocab_size() / tp_.size();
+  const int64_t NL = SequenceRows{micro_batch, cfg_.seq_length, C}.local(tp_);
   micro_batch_ = micro_batch;
   Activations a;
   a.embedding = alloc.allocate(dtype, {N, C});
-  for (int64_t l = 0; l <= cfg_.num_layers; ++l) a.residual.push_back(alloc.allocate(dtype, {N, C}));
+  for (int64_t l = 0; l <= cfg_.num_layers; ++l)
+    a.residual.push_back(alloc.allocate(dtype, {NL, C}));
   for (const TransformerLayer& layer : layers_)
     a.layers.push_back(layer.allocate_saved(alloc, dtype, micro_batch));
-  a.scratch = TransformerLayer::allocate_scratch(cfg_, alloc, dtype, micro_batch);
+  a.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch);
   a.final_norm = alloc.allocate(dtype, {N, C});
-  a.final_norm_saved = final_norm_.allocate_saved(alloc, dtype, N);
-  a.logits = alloc.allocate(dtype, {N, V});
-  a.lse = alloc.allocate(dtype, {N});
-  a.losses = alloc.allocate(dtype, {N});
-  a.dlosses = alloc.allocate(dtype, {N});
-  a.dlogits = alloc.allocate(dtype, {N, V});
-  a.dresidual0 = alloc.allocate(dtype, {N, C});
-  a.dresidual1 = alloc.allocate(dtype, {N, C});
+  a.final_norm_saved = final_norm_.allocate_saved(alloc, dtype, NL);
+  // Vocab-parallel loss: per-row statistics in fp32 when activations are 16-bit (the global
+  // lse cannot be recomputed from one shard in backward, so it must not be rounded to bf16).
+  const bool low = dtype == DType::kBF16 || dtype == DType::kF16;
+  const DType stats = tp_.enabled() && low ? DType::kF32 : dtype;
+  a.logits = alloc.allocate(dtype, {N, VL});
+  a.lse = alloc.allocate(stats, {N});
+  a.losses = alloc.allocate(stats, {N});
+  a.dlosses = alloc.allocate(stats, {N});
+  a.dlogits = alloc.allocate(dtype, {N, VL});
+  a.dresidual0 = alloc.allocate(dtype, {NL, C});
+  a.dresidual1 = alloc.allocate(dtype, {NL, C});
+  if (tp_.enabled()) {
+    a.row_max = alloc.allocate(stats, {N});
+    a.ce_partials = alloc.allocate(stats, {2, N});
+  }
   acts_ = std::move(a);
 }
 
@@ -104,9 +140,151 @@ void GPTModel::report_grads_ready(std::span<Parameter* const> params) const {
   if (grad_ready_ && !params.empty()) grad_ready_(params);
 }
 
+void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
+  DeviceContext& ctx = step.device;
+  const int64_t B = micro_batch_, T = cfg_.seq_length, C = cfg_.hidden_size;
+  const double p = step.training ? cfg_.hidden_dropout : 0.0;
+  const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
+  Activations& a = acts_;
+  if (!tp_.enabled()) {
+    ops::embedding_forward(ctx, a.embedding.reshape({B, T, C}), batch.tokens,
+                           word_embeddings_->compute_value,
+                           position_embeddings_ ? position_embeddings_->compute_value : Tensor());
+    ops::dropout_forward(ctx, a.residual[0], a.embedding, p, key, 0);
+    return;
+  }
+  // Vocab-parallel lookup (zero rows for ids of other shards), summed over TP: all-reduce, or
+  // reduce-scatter into the rank's sequence shard; then the positions of the rank's rows.
+  const SequenceRows rows = sequence_rows();
+  const int64_t NL = rows.local(tp_), TL = positions_per_rank(tp_, rows);
+  const int64_t t0 = first_position(tp_, rows);
+  ops::vocab_parallel_embedding_forward(ctx, a.embedding, batch.tokens,
+                                        word_embeddings_->compute_value, vocab_start_);
+  const Tensor local = tp_.sp() ? a.scratch.c0.flat_view(0, Shape({NL, C})) : a.embedding;
+  exit_row_region(ctx, tp_, rows, local, a.embedding, a.scratch.staging);
+  if (position_embeddings_) {
+    const Tensor wpe = position_embeddings_->compute_value.flat_view(t0 * C, Shape({TL, C}));
+    for (int64_t b = 0; b < B; ++b)
+      ops::add_inplace(ctx, local.flat_view(b * TL * C, Shape({TL, C})), wpe);
+  }
+  dropout_rows_forward(ctx, tp_, rows, a.residual[0], local, p, key);
+}
+
+void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const Tensor& dres) {
+  DeviceContext& ctx = step.device;
+  const int64_t B = micro_batch_, T = cfg_.seq_length, C = cfg_.hidden_size;
+  const double p = step.training ? cfg_.hidden_dropout : 0.0;
+  const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
+  Activations& a = acts_;
+  if (!tp_.enabled()) {
+    ops::dropout_backward(ctx, a.scratch.c0, dres, p, key, 0);
+    ops::embedding_backward(ctx, word_embeddings_->compute_grad,
+                            position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
+                            a.scratch.c0.reshape({B, T, C}), batch.tokens);
+    if (position_embeddings_) report_grads_ready({&position_embeddings_, 1});
+    report_grads_ready({&word_embeddings_, 1});
+    return;
+  }
+  const SequenceRows rows = sequence_rows();
+  const int64_t NL = rows.local(tp_), TL = positions_per_rank(tp_, rows);
+  const Tensor d_local = a.scratch.c0.flat_view(0, Shape({NL, C}));
+  dropout_rows_backward(ctx, tp_, rows, d_local, dres, p, key);
+  if (position_embeddings_) {
+    // Rows [0, T) of the table get the sum over sequences of the gradient at each position.
+    // Sequence parallelism: each rank has positions [t0, t0 + TL) only; sum its sequences into
+    // a [TL, C] block, all-gather the blocks into [T, C] (rank order = position order), add.
+    const Tensor dwpe = position_embeddings_->compute_grad.flat_view(0, Shape({T, C}));
+    if (tp_.sp()) {
+      const Tensor block = a.scratch.c1.flat_view(0, Shape({TL, C}));
+      const Tensor gathered = a.scratch.c2.flat_view(0, Shape({T, C}));
+      ops::fill(ctx, block, 0.0);
+      for (int64_t b = 0; b < B; ++b)
+        ops::add_inplace(ctx, block, d_local.flat_view(b * TL * C, Shape({TL, C})));
+      tp_.group->all_gather(gathered, block);
+      ops::add_inplace(ctx, dwpe, gathered);
+    } else {
+      for (int64_t b = 0; b < B; ++b)
+        ops::add_inplace(ctx, dwpe, d_local.flat_view(b * T * C, Shape({T, C})));
+    }
+    report_grads_ready({&position_embeddings_, 1});
+  }
+  const Tensor d_full = tp_.sp() ? a.scratch.c3 : d_local;
+  exit_row_region_backward(ctx, tp_, rows, d_full, d_local, a.scratch.staging);
+  ops::vocab_parallel_embedding_backward(ctx, word_embeddings_->compute_grad, d_full,
+                                         batch.tokens, vocab_start_);
+  report_grads_ready({&word_embeddings_, 1});
+}
+
+void GPTModel::head_forward(StepContext& step, const Batch& batch) {
+  DeviceContext& ctx = step.device;
+  const int64_t N = micro_batch_ * cfg_.seq_length, C = cfg_.hidden_size;
+  Activations& a = acts_;
+  const Tensor targets = batch.targets.reshape({N});
+  if (!tp_.enabled()) {
+    final_norm_.forward(ctx, a.final_norm, a.final_norm_saved, a.residual.back());
+    ops::linear_forward(ctx, a.logits, a.final_norm, output_weight(), Tensor());
+    ops::cross_entropy_forward(ctx, a.losses, a.lse, a.logits, targets);
+    return;
+  }
+  const SequenceRows rows = sequence_rows();
+  const int64_t NL = rows.local(tp_);
+  const Tensor norm_local = tp_.sp() ? a.scratch.c2.flat_view(0, Shape({NL, C})) : a.final_norm;
+  final_norm_.forward(ctx, norm_local, a.final_norm_saved, a.residual.back());
+  enter_column_region(ctx, tp_, rows, a.final_norm, norm_local, a.scratch.staging);
+  ops::linear_forward(ctx, a.logits, a.final_norm, output_weight(), Tensor());
+  // Vocab-parallel cross-entropy: global max, then sum-exp and target logit summed over TP.
+  const Tensor sum_exp = a.ce_partials.flat_view(0, Shape({N}));
+  const Tensor target_logit = a.ce_partials.flat_view(N, Shape({N}));
+  ops::vocab_parallel_cross_entropy_max(ctx, a.row_max, a.logits);
+  tp_.group->all_reduce(a.row_max, dist::ReduceOp::kMax);
+  ops::vocab_parallel_cross_entropy_partials(ctx, sum_exp, target_logit, a.logits, targets,
+                                             a.row_max, vocab_start_);
+  tp_.group->all_reduce(a.ce_partials);
+  ops::vocab_parallel_cross_entropy_loss(ctx, a.losses, a.lse, a.row_max, sum_exp, target_logit);
+}
+
+void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_scale,
+                             const Tensor& dres) {
+  DeviceContext& ctx = step.device;
+  const int64_t N = micro_batch_ * cfg_.seq_length, C = cfg_.hidden_size;
+  Activations& a = acts_;
+  const Tensor targets = batch.targets.reshape({N});
+  // d(sum(l*m)/mask_sum * scale)/dl = m * scale / mask_sum
+  ops::copy(ctx, a.dlosses, batch.loss_mask.reshape({N}));
+  ops::scale_inplace(ctx, a.dlosses, loss_scale / batch.mask_sum);
+  if (tp_.enabled())
+    ops::vocab_parallel_cross_entropy_backward(ctx, a.dlogits, a.dlosses, a.logits, targets, a.lse,
+                                               vocab_start_);
+  else
+    ops::cross_entropy_backward(ctx, a.dlogits, a.dlosses, a.logits, targets, a.lse);
+  // Output layer: column-parallel over the vocabulary; its input gradient is partial over TP.
+  ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits, a.final_norm,
+                       output_weight());
+  if (output_layer_) report_grads_ready({&output_layer_, 1});
+  const SequenceRows rows = sequence_rows();
+  const int64_t NL = rows.local(tp_);
+  const Tensor d_norm = tp_.sp() ? a.scratch.c1.flat_view(0, Shape({NL, C})) : a.scratch.c0;
+  enter_column_region_backward(ctx, tp_, rows, d_norm, a.scratch.c0, a.scratch.staging);
+  if (tp_.sp()) {
+    // The final norm saw only this rank's rows: sum its gradients over TP before reporting.
+    const Tensor g = a.scratch.sp_grads.flat_view(0, Shape({final_norm_.grad_numel()}));
+    ops::fill(ctx, g, 0.0);
+    final_norm_.backward(ctx, dres, d_norm, a.residual.back(), a.final_norm_saved,
+                         final_norm_.dweight_view(g), final_norm_.dbias_view(g));
+    tp_.group->all_reduce(g);
+    final_norm_.accumulate_grads(ctx, g);
+  } else {
+    final_norm_.backward(ctx, dres, d_norm, a.residual.back(), a.final_norm_saved);
+  }
+  std::vector<Parameter*> ready;
+  final_norm_.append_parameters(ready);
+  std::reverse(ready.begin(), ready.end());
+  report_grads_ready(ready);
+}
+
 double GPTModel::forward(StepContext& step, const Batch& batch) {
   DeviceContext& ctx = step.device;
-  const int64_t B = micro_batch_, T = cfg_.seq_length, N = B * T, C = cfg_.hidden_size;
+  const int64_t B = micro_batch_, T = cfg_.seq_length, N = B * T;
   SHARDLM_REQUIRE(batch.tokens.shape() == Shape({B, T}) && batch.targets.shape() == Shape({B, T}),
                   ErrorKind::kInvalidArgument,
                   "GPT forward: tokens " + batch.tokens.shape().to_string() + " and targets " +
@@ -114,38 +292,24 @@ double GPTModel::forward(StepContext& step, const Batch& batch) {
                       Shape({B, T}).to_string());
   SHARDLM_REQUIRE(batch.mask_sum > 0, ErrorKind::kInvalidArgument,
                   "GPT forward: the loss mask of this micro-batch is all zero");
+  if (tp_.enabled() && batch.tokens.device().is_cpu()) {
+    // No rank sees the whole vocabulary, so the ops cannot range-check ids; do it here.
+    check_ids_below("tokens", batch.tokens, cfg_.padded_vocab_size());
+    check_ids_below("targets", batch.targets, cfg_.padded_vocab_size());
+  }
   Activations& a = acts_;
-  ops::embedding_forward(ctx, a.embedding.reshape({B, T, C}), batch.tokens,
-                         word_embeddings_->compute_value,
-                         position_embeddings_ ? position_embeddings_->compute_value : Tensor());
-  ops::dropout_forward(ctx, a.residual[0], a.embedding, step.training ? cfg_.hidden_dropout : 0.0,
-                       step.dropout_key(0, kDropoutEmbedding), 0);
+  embedding_forward(step, batch);
   for (size_t l = 0; l < layers_.size(); ++l)
     layers_[l].forward(step, a.residual[l + 1], a.residual[l], a.layers[l], a.scratch);
-  final_norm_.forward(ctx, a.final_norm, a.final_norm_saved, a.residual.back());
-  ops::linear_forward(ctx, a.logits, a.final_norm, output_weight(), Tensor());
-  ops::cross_entropy_forward(ctx, a.losses, a.lse, a.logits, batch.targets.reshape({N}));
+  head_forward(step, batch);
   return masked_sum_on_host(ctx, a.losses, batch.loss_mask.reshape({N})) / batch.mask_sum;
 }
 
 void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale) {
-  DeviceContext& ctx = step.device;
-  const int64_t B = micro_batch_, T = cfg_.seq_length, N = B * T, C = cfg_.hidden_size;
   Activations& a = acts_;
-  // d(sum(l*m)/mask_sum * scale)/dl = m * scale / mask_sum
-  ops::copy(ctx, a.dlosses, batch.loss_mask.reshape({N}));
-  ops::scale_inplace(ctx, a.dlosses, loss_scale / batch.mask_sum);
-  ops::cross_entropy_backward(ctx, a.dlogits, a.dlosses, a.logits, batch.targets.reshape({N}),
-                              a.lse);
-  ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits, a.final_norm,
-                       output_weight());
-  if (output_layer_) report_grads_ready({&output_layer_, 1});
   Tensor dres = a.dresidual0, dnext = a.dresidual1;
-  final_norm_.backward(ctx, dres, a.scratch.c0, a.residual.back(), a.final_norm_saved);
+  head_backward(step, batch, loss_scale, dres);
   std::vector<Parameter*> ready;
-  final_norm_.append_parameters(ready);
-  std::reverse(ready.begin(), ready.end());
-  report_grads_ready(ready);
   for (size_t l = layers_.size(); l-- > 0;) {
     layers_[l].backward(step, dnext, dres, a.residual[l], a.layers[l], a.scratch);
     std::swap(dres, dnext);
@@ -153,13 +317,7 @@ void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale
     std::reverse(ready.begin(), ready.end());
     report_grads_ready(ready);
   }
-  ops::dropout_backward(ctx, a.scratch.c0, dres, step.training ? cfg_.hidden_dropout : 0.0,
-                        step.dropout_key(0, kDropoutEmbedding), 0);
-  ops::embedding_backward(ctx, word_embeddings_->compute_grad,
-                          position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
-                          a.scratch.c0.reshape({B, T, C}), batch.tokens);
-  if (position_embeddings_) report_grads_ready({&position_embeddings_, 1});
-  report_grads_ready({&word_embeddings_, 1});
+  embedding_backward(step, batch, dres);
 }
 
 }  // namespace shardlm::model

@@ -5,6 +5,22 @@
 // Explicit forward/backward for one micro-batch at a time. Activations live in one arena
 // planned from the config (plan_activation_bytes) and allocated once.
 //
+// Tensor parallelism (GPTModel(cfg, tp), model/tensor_parallel.h): the word embedding (and the
+// untied output layer) is split by vocabulary rows over the padded vocabulary (Megatron pads it
+// to a multiple of --make-vocab-size-divisible-by x TP: cfg.tensor_model_parallel_size must be
+// the TP size); the embedding lookup is local to the shard, summed over TP (all-reduce, or
+// reduce-scatter into sequence shards), positions are added after; logits stay [N, V/TP] and the
+// cross-entropy reduces max, sum-exp and target logit over TP (never gathering logits). With
+// --sequence-parallel the residual stream, final norm and dropouts run on sequence shards, and
+// the gradients of replicated parameters that see only a shard (norm weights/biases, position
+// embeddings) are summed over TP inside backward before they are reported ready. Row-parallel
+// biases get their gradient from the full (gathered) output gradient on every rank, so they
+// need no reduction. Every rank of the TP group calls forward/backward with the same batch.
+//
+//   TensorParallel tp = TensorParallel::of(rank_context, /*sequence_parallel=*/true);
+//   cfg.tensor_model_parallel_size = tp.size();   // vocab padding, validation
+//   GPTModel model(cfg, tp);  // then exactly as below, on every TP rank
+//
 //   GPTModel model(cfg);
 //   ParameterRegistry reg;  model.register_parameters(reg);
 //   reg.finalize(ctx, DType::kF32, seed);  model.bind(reg);
@@ -23,6 +39,7 @@
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/layers/transformer_layer.h"
 #include "shardlm/model/module.h"
+#include "shardlm/model/tensor_parallel.h"
 #include "shardlm/model/transformer_config.h"
 
 namespace shardlm::model {
@@ -39,6 +56,9 @@ struct Batch {
 class GPTModel {
  public:
   explicit GPTModel(const TransformerConfig& cfg);
+  // A tensor-parallel shard; tp.group must outlive the model. Throws Error(kInvalidConfig)
+  // naming the numbers when the config does not split over tp.size() ranks.
+  GPTModel(const TransformerConfig& cfg, const TensorParallel& tp);
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -62,31 +82,47 @@ class GPTModel {
   void set_grad_ready_callback(GradReadyCallback cb) { grad_ready_ = std::move(cb); }
 
   const TransformerConfig& config() const { return cfg_; }
-  // Per-token losses of the last forward, [B*T] (for tests and evaluation).
+  const TensorParallel& tensor_parallel() const { return tp_; }
+  // Per-token losses of the last forward, [B*T] (for tests and evaluation; same on all TP ranks).
   const Tensor& token_losses() const { return acts_.losses; }
+  // [B*T, V/TP]: this rank's vocabulary slice [vocab_start(), vocab_start() + V/TP).
   const Tensor& logits() const { return acts_.logits; }
+  int64_t vocab_start() const { return vocab_start_; }
 
  private:
+  // N = B*T; NL = the rank's rows (N, or N/TP with sequence parallelism); VL = V/TP.
   struct Activations {
-    std::vector<Tensor> residual;  // L+1 × [N, C]; residual[0] = embedding output
-    Tensor embedding;              // [N, C] before dropout
+    std::vector<Tensor> residual;  // L+1 × [NL, C]; residual[0] = embedding output
+    Tensor embedding;              // [N, C] before dropout (TP: partial sum of the vocab shard)
     std::vector<TransformerLayer::Saved> layers;
     TransformerLayer::Scratch scratch;
-    Tensor final_norm;             // [N, C]
-    Norm::Saved final_norm_saved;
-    Tensor logits;                 // [N, V]
+    Tensor final_norm;             // [N, C] (all rows: gathered under sequence parallelism)
+    Norm::Saved final_norm_saved;  // [NL]
+    Tensor logits;                 // [N, VL]
     Tensor lse;                    // [N]
     Tensor losses;                 // [N]
     Tensor dlosses;                // [N]
-    Tensor dlogits;                // [N, V]
-    Tensor dresidual0, dresidual1; // [N, C] ping-pong residual-stream gradients
+    Tensor dlogits;                // [N, VL]
+    Tensor dresidual0, dresidual1; // [NL, C] ping-pong residual-stream gradients
+    Tensor row_max;                // [N]     TP only: vocab-parallel cross-entropy
+    Tensor ce_partials;            // [2, N]  TP only: sum_exp, target_logit (one all-reduce)
   };
+
+  // Embedding (+ dropout) into residual[0], and its backward from dres; the loss head (final
+  // norm, output layer, cross-entropy) and its backward into dres. Both handle TP.
+  void embedding_forward(StepContext& step, const Batch& batch);
+  void embedding_backward(StepContext& step, const Batch& batch, const Tensor& dres);
+  void head_forward(StepContext& step, const Batch& batch);
+  void head_backward(StepContext& step, const Batch& batch, double loss_scale, const Tensor& dres);
+  SequenceRows sequence_rows() const { return {micro_batch_, cfg_.seq_length, cfg_.hidden_size}; }
 
   Tensor output_weight() const;
   void report_grads_ready(std::span<Parameter* const> params) const;
   Tensor output_weight_grad() const;
 
   TransformerConfig cfg_;
+  TensorParallel tp_;
+  int64_t vocab_start_ = 0;  // first vocabulary row of this rank's shard
   std::vector<TransformerLayer> layers_;
   Norm final_norm_;
   Parameter* word_embeddings_ = nullptr;

@@ -5,12 +5,27 @@
 namespace shardlm::model {
 
 Linear::Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init)
-    : prefix_(std::move(prefix)), in_(in_features), out_(out_features), has_bias_(bias),
-      init_(init) {}
+    : Linear(std::move(prefix), in_features, out_features, bias, init, ParallelMode::kNone,
+             TensorParallel{}) {}
+
+Linear::Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init,
+               ParallelMode mode, const TensorParallel& tp, int chunks)
+    : prefix_(std::move(prefix)), in_(in_features), out_(out_features), in_local_(in_features),
+      out_local_(out_features), has_bias_(bias), init_(init),
+      mode_(tp.enabled() ? mode : ParallelMode::kNone), tp_(tp), chunks_(chunks) {
+  // Divisibility is validated with a user-facing message where the model config is built
+  // (TransformerConfig::validate); the registry re-checks when the split is registered.
+  if (mode_ == ParallelMode::kColumn) out_local_ = out_ / tp_.size();
+  if (mode_ == ParallelMode::kRow) in_local_ = in_ / tp_.size();
+}
 
 void Linear::register_parameters(ParameterRegistry& reg) const {
-  reg.add({prefix_ + ".weight", {out_, in_}, Split::none(), true, init_});
-  if (has_bias_) reg.add({prefix_ + ".bias", {out_}, Split::none(), false, Init::zeros()});
+  const Split w = mode_ == ParallelMode::kColumn ? tp_.split(0, chunks_)
+                  : mode_ == ParallelMode::kRow  ? tp_.split(1)
+                                                 : Split::none();
+  const Split b = mode_ == ParallelMode::kColumn ? tp_.split(0, chunks_) : Split::none();
+  reg.add({prefix_ + ".weight", {out_, in_}, w, true, init_});
+  if (has_bias_) reg.add({prefix_ + ".bias", {out_}, b, false, Init::zeros()});
 }
 
 void Linear::bind(ParameterRegistry& reg) {
@@ -24,7 +39,10 @@ void Linear::append_parameters(std::vector<Parameter*>& out) const {
 }
 
 void Linear::forward(DeviceContext& ctx, Tensor out, const Tensor& in) const {
-  ops::linear_forward(ctx, out, in, weight_->compute_value, bias_ ? bias_->compute_value : Tensor());
+  // Row-parallel: the partial sums of all ranks are added up afterwards; the bias once.
+  const bool add_bias = bias_ && (mode_ != ParallelMode::kRow || tp_.rank() == 0);
+  ops::linear_forward(ctx, out, in, weight_->compute_value,
+                      add_bias ? bias_->compute_value : Tensor());
 }
 
 void Linear::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const {

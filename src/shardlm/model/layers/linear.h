@@ -1,5 +1,14 @@
 // Linear: y[N,OUT] = x[N,IN] @ W[OUT,IN]^T + b[OUT], W and b registered under global names.
-// Tensor-parallel column/row variants wrap this with the communication pairs (DESIGN §8.8).
+//
+// Tensor parallelism (Megatron's ColumnParallelLinear / RowParallelLinear, without the
+// communication: the caller applies the region boundaries of model/tensor_parallel.h):
+//  - kColumn: W and b split along OUT (optionally in `chunks`, see Split); the rank computes
+//    its slice of the output features from the full input.
+//  - kRow: W split along IN; b replicated. The rank computes a partial sum of the full output
+//    from its slice of the input features; the bias is added on TP rank 0 only, so the TP sum
+//    holds it once. Backward: every rank gets the full output gradient, so every rank computes
+//    the same (complete) bias gradient.
+// in_features() / out_features() are the rank's LOCAL sizes.
 //
 //   Linear fc1("decoder.layers.0.mlp.linear_fc1", C, F, /*bias=*/true, Init::normal(0.02));
 //   fc1.register_parameters(reg);  reg.finalize(...);  fc1.bind(reg);
@@ -10,13 +19,19 @@
 #include <vector>
 
 #include "shardlm/model/parameter.h"
+#include "shardlm/model/tensor_parallel.h"
 
 namespace shardlm::model {
+
+enum class ParallelMode { kNone, kColumn, kRow };
 
 class Linear {
  public:
   // `prefix` names the weight `<prefix>.weight` and the bias `<prefix>.bias`.
   Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init);
+  // in_features / out_features are the GLOBAL sizes; mode kNone or TP = 1 is the plain layer.
+  Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init,
+         ParallelMode mode, const TensorParallel& tp, int chunks = 1);
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -27,15 +42,19 @@ class Linear {
   // din may be undefined (no input gradient needed).
   void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const;
 
-  int64_t in_features() const { return in_; }
-  int64_t out_features() const { return out_; }
+  int64_t in_features() const { return in_local_; }
+  int64_t out_features() const { return out_local_; }
   const std::string& prefix() const { return prefix_; }
 
  private:
   std::string prefix_;
-  int64_t in_, out_;
+  int64_t in_, out_;              // global
+  int64_t in_local_, out_local_;  // this rank's
   bool has_bias_;
   Init init_;
+  ParallelMode mode_ = ParallelMode::kNone;
+  TensorParallel tp_;
+  int chunks_ = 1;
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;
 };

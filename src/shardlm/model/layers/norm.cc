@@ -25,6 +25,11 @@ void Norm::append_parameters(std::vector<Parameter*>& out) const {
   if (bias_) out.push_back(bias_);
 }
 
+void Norm::accumulate_grads(DeviceContext& ctx, const Tensor& grads) const {
+  ops::add_inplace(ctx, weight_->compute_grad, dweight_view(grads));
+  if (bias_) ops::add_inplace(ctx, bias_->compute_grad, dbias_view(grads));
+}
+
 Norm::Saved Norm::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t rows) const {
   Saved s;
   if (kind_ == Normalization::kLayerNorm) s.mean = alloc.allocate(dtype, {rows});
@@ -42,11 +47,17 @@ void Norm::forward(DeviceContext& ctx, Tensor out, const Saved& saved, const Ten
 
 void Norm::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
                     const Saved& saved) const {
+  backward(ctx, din, dout, in, saved, weight_->compute_grad,
+           bias_ ? bias_->compute_grad : Tensor());
+}
+
+void Norm::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
+                    const Saved& saved, Tensor dweight, Tensor dbias) const {
   if (kind_ == Normalization::kLayerNorm)
-    ops::layernorm_backward(ctx, din, weight_->compute_grad, bias_->compute_grad, dout, in, weight_->compute_value,
-                            saved.mean, saved.rstd);
+    ops::layernorm_backward(ctx, din, dweight, dbias, dout, in, weight_->compute_value, saved.mean,
+                            saved.rstd);
   else
-    ops::rmsnorm_backward(ctx, din, weight_->compute_grad, dout, in, weight_->compute_value, saved.rstd);
+    ops::rmsnorm_backward(ctx, din, dweight, dout, in, weight_->compute_value, saved.rstd);
 }
 
 }  // namespace shardlm::model

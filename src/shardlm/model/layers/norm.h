@@ -34,6 +34,21 @@ class Norm {
   void forward(DeviceContext& ctx, Tensor out, const Saved& saved, const Tensor& in) const;
   void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
                 const Saved& saved) const;
+  // The same, accumulating the parameter gradients into dweight / dbias (each [hidden]; dbias
+  // unused for RMSNorm) instead of the registry's: sequence parallelism sums them over TP first.
+  void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
+                const Saved& saved, Tensor dweight, Tensor dbias) const;
+  bool has_bias() const { return kind_ == Normalization::kLayerNorm; }
+  // Elements of [dweight | dbias] (the layout the sequence-parallel reduction uses).
+  int64_t grad_numel() const { return has_bias() ? 2 * hidden_ : hidden_; }
+  // Registry gradients += grads[0, grad_numel()) laid out [dweight | dbias].
+  void accumulate_grads(DeviceContext& ctx, const Tensor& grads) const;
+  // Views of a [grad_numel()] buffer as (dweight, dbias) for backward(..., dweight, dbias).
+  Tensor dweight_view(const Tensor& grads) const { return grads.flat_view(0, Shape({hidden_})); }
+  Tensor dbias_view(const Tensor& grads) const {
+    return has_bias() ? grads.flat_view(hidden_, Shape({hidden_})) : Tensor();
+  }
+  int64_t hidden() const { return hidden_; }
 
  private:
   std::string weight_name_, bias_name_;

@@ -8,8 +8,10 @@ namespace {
 std::string layer_prefix(int64_t i) { return "decoder.layers." + std::to_string(i); }
 }  // namespace
 
-TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_index)
+TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
+                                   const TensorParallel& tp)
     : cfg_(cfg),
+      tp_(tp),
       index_(static_cast<uint32_t>(layer_index)),
       norm1_(layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_weight",
              layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_bias",
@@ -17,17 +19,22 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
       norm2_(layer_prefix(layer_index) + ".mlp.linear_fc1.layer_norm_weight",
              layer_prefix(layer_index) + ".mlp.linear_fc1.layer_norm_bias", cfg.hidden_size,
              cfg.normalization, cfg.norm_epsilon),
+      // QKV: whole query groups per rank are contiguous rows of the grouped layout.
       qkv_(layer_prefix(layer_index) + ".self_attention.linear_qkv", cfg.hidden_size,
-           cfg.qkv_size(), cfg.add_bias_linear, Init::normal(cfg.init_method_std)),
+           cfg.qkv_size(), cfg.add_bias_linear, Init::normal(cfg.init_method_std),
+           ParallelMode::kColumn, tp),
       // Output projections use Megatron's scaled init: std / sqrt(2 * num_layers).
       proj_(layer_prefix(layer_index) + ".self_attention.linear_proj",
             cfg.num_attention_heads * cfg.head_dim(), cfg.hidden_size, cfg.add_bias_linear,
-            Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers))),
+            Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
+            ParallelMode::kRow, tp),
+      // SwiGLU: [gate ; up] split per chunk, so each rank pairs matching gate and up rows.
       fc1_(layer_prefix(layer_index) + ".mlp.linear_fc1", cfg.hidden_size,
            cfg.swiglu ? 2 * cfg.ffn_size() : cfg.ffn_size(), cfg.add_bias_linear,
-           Init::normal(cfg.init_method_std)),
+           Init::normal(cfg.init_method_std), ParallelMode::kColumn, tp, cfg.swiglu ? 2 : 1),
       fc2_(layer_prefix(layer_index) + ".mlp.linear_fc2", cfg.ffn_size(), cfg.hidden_size,
-           cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers))) {}
+           cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
+           ParallelMode::kRow, tp) {}
 
 void TransformerLayer::register_parameters(ParameterRegistry& reg) const {
   norm1_.register_parameters(reg);
@@ -60,41 +67,61 @@ std::vector<Parameter*> TransformerLayer::parameters() const {
 
 TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc, DType dtype,
                                                          int64_t batch) const {
-  const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size;
+  const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size, P = tp_.size();
+  const int64_t NL = SequenceRows{batch, cfg_.seq_length, C}.local(tp_);
+  const int64_t heads = cfg_.num_attention_heads / P;
   Saved s;
   s.ln1 = alloc.allocate(dtype, {N, C});
-  s.norm1 = norm1_.allocate_saved(alloc, dtype, N);
-  s.qkv = alloc.allocate(dtype, {N, cfg_.qkv_size()});
-  s.attn = alloc.allocate(dtype, {N, cfg_.num_attention_heads * cfg_.head_dim()});
+  s.norm1 = norm1_.allocate_saved(alloc, dtype, NL);
+  s.qkv = alloc.allocate(dtype, {N, cfg_.qkv_size() / P});
+  s.attn = alloc.allocate(dtype, {N, heads * cfg_.head_dim()});
   // fp32 even in bf16/fp16 runs: the attention backward recomputes probabilities from it.
   const bool half = dtype == DType::kBF16 || dtype == DType::kF16;
-  s.lse = alloc.allocate(half ? DType::kF32 : dtype, {batch, cfg_.num_attention_heads, cfg_.seq_length});
-  s.x_mid = alloc.allocate(dtype, {N, C});
+  s.lse = alloc.allocate(half ? DType::kF32 : dtype, {batch, heads, cfg_.seq_length});
+  s.x_mid = alloc.allocate(dtype, {NL, C});
   s.ln2 = alloc.allocate(dtype, {N, C});
-  s.norm2 = norm2_.allocate_saved(alloc, dtype, N);
+  s.norm2 = norm2_.allocate_saved(alloc, dtype, NL);
   s.fc1 = alloc.allocate(dtype, {N, fc1_.out_features()});
-  s.act = alloc.allocate(dtype, {N, cfg_.ffn_size()});
+  s.act = alloc.allocate(dtype, {N, cfg_.ffn_size() / P});
   return s;
 }
 
 TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerConfig& cfg,
                                                              TensorAllocator& alloc, DType dtype,
                                                              int64_t batch) {
-  const int64_t N = batch * cfg.seq_length, C = cfg.hidden_size;
+  return allocate_scratch(cfg, TensorParallel{}, alloc, dtype, batch);
+}
+
+TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerConfig& cfg,
+                                                             const TensorParallel& tp,
+                                                             TensorAllocator& alloc, DType dtype,
+                                                             int64_t batch) {
+  const int64_t N = batch * cfg.seq_length, C = cfg.hidden_size, P = tp.size();
+  const int64_t F = cfg.ffn_size() / P;
   Scratch s;
   s.c0 = alloc.allocate(dtype, {N, C});
   s.c1 = alloc.allocate(dtype, {N, C});
   s.c2 = alloc.allocate(dtype, {N, C});
   s.c3 = alloc.allocate(dtype, {N, C});
-  s.a = alloc.allocate(dtype, {N, cfg.num_attention_heads * cfg.head_dim()});
-  s.qkv = alloc.allocate(dtype, {N, cfg.qkv_size()});
-  s.fc1 = alloc.allocate(dtype, {N, cfg.swiglu ? 2 * cfg.ffn_size() : cfg.ffn_size()});
-  s.act = alloc.allocate(dtype, {N, cfg.ffn_size()});
+  s.a = alloc.allocate(dtype, {N, cfg.num_attention_heads / P * cfg.head_dim()});
+  s.qkv = alloc.allocate(dtype, {N, cfg.qkv_size() / P});
+  s.fc1 = alloc.allocate(dtype, {N, cfg.swiglu ? 2 * F : F});
+  s.act = alloc.allocate(dtype, {N, F});
+  if (tp.sp() && batch > 1) s.staging = alloc.allocate(dtype, {N, C});
+  if (tp.sp()) {
+    const int64_t per_norm = cfg.normalization == Normalization::kLayerNorm ? 2 * C : C;
+    s.sp_grads = alloc.allocate(dtype, {2 * per_norm});
+  }
   return s;
 }
 
 ops::AttentionShape TransformerLayer::attention_shape() const {
-  return {cfg_.num_attention_heads, cfg_.query_groups(), cfg_.head_dim()};
+  // The rank's heads are global heads [rank*NH/TP, (rank+1)*NH/TP): dropout keys use those.
+  const int64_t P = tp_.size(), heads = cfg_.num_attention_heads / P;
+  ops::AttentionShape shape{heads, cfg_.query_groups() / P, cfg_.head_dim()};
+  shape.head_offset = tp_.rank() * heads;
+  shape.dropout_num_heads = cfg_.num_attention_heads;
+  return shape;
 }
 double TransformerLayer::hidden_dropout(const StepContext& step) const {
   return step.training ? cfg_.hidden_dropout : 0.0;
@@ -106,61 +133,106 @@ double TransformerLayer::attention_dropout(const StepContext& step) const {
 void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
                                const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
-  const int64_t B = s.lse.size(0), T = cfg_.seq_length;
+  const int64_t B = s.lse.size(0), T = cfg_.seq_length, C = cfg_.hidden_size;
+  const SequenceRows rows{B, T, C};
+  const int64_t NL = rows.local(tp_);
+  // The rank's rows of a [N, C] scratch (all of it without sequence parallelism).
+  auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
+  const bool sp = tp_.sp();
   // Attention block.
-  norm1_.forward(ctx, s.ln1, s.norm1, x);
+  const Tensor ln1_local = sp ? local(scratch.c2) : s.ln1;
+  norm1_.forward(ctx, ln1_local, s.norm1, x);
+  enter_column_region(ctx, tp_, rows, s.ln1, ln1_local, scratch.staging);
   qkv_.forward(ctx, s.qkv, s.ln1);
   ops::attention_forward(ctx, s.attn.reshape({B, T, s.attn.size(1)}), s.lse,
                          s.qkv.reshape({B, T, s.qkv.size(1)}), attention_shape(),
                          attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
   proj_.forward(ctx, scratch.c0, s.attn);
-  ops::dropout_forward(ctx, scratch.c1, scratch.c0, hidden_dropout(step),
-                       step.dropout_key(index_, kDropoutAttentionOutput), 0);
-  ops::add(ctx, s.x_mid, x, scratch.c1);
+  const Tensor proj_out = sp ? local(scratch.c3) : scratch.c0;
+  exit_row_region(ctx, tp_, rows, proj_out, scratch.c0, scratch.staging);
+  dropout_rows_forward(ctx, tp_, rows, local(scratch.c1), proj_out, hidden_dropout(step),
+                       step.dropout_key(index_, kDropoutAttentionOutput));
+  ops::add(ctx, s.x_mid, x, local(scratch.c1));
   // MLP block.
-  norm2_.forward(ctx, s.ln2, s.norm2, s.x_mid);
+  const Tensor ln2_local = sp ? local(scratch.c2) : s.ln2;
+  norm2_.forward(ctx, ln2_local, s.norm2, s.x_mid);
+  enter_column_region(ctx, tp_, rows, s.ln2, ln2_local, scratch.staging);
   fc1_.forward(ctx, s.fc1, s.ln2);
   if (cfg_.swiglu)
     ops::swiglu_forward(ctx, s.act, s.fc1);
   else
     ops::gelu_forward(ctx, s.act, s.fc1);
   fc2_.forward(ctx, scratch.c0, s.act);
-  ops::dropout_forward(ctx, scratch.c1, scratch.c0, hidden_dropout(step),
-                       step.dropout_key(index_, kDropoutMlpOutput), 0);
-  ops::add(ctx, x_out, s.x_mid, scratch.c1);
+  const Tensor fc2_out = sp ? local(scratch.c3) : scratch.c0;
+  exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
+  dropout_rows_forward(ctx, tp_, rows, local(scratch.c1), fc2_out, hidden_dropout(step),
+                       step.dropout_key(index_, kDropoutMlpOutput));
+  ops::add(ctx, x_out, s.x_mid, local(scratch.c1));
 }
 
 void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_out,
                                 const Tensor& x, const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
-  const int64_t B = s.lse.size(0), T = cfg_.seq_length;
-  const Tensor& d_branch = scratch.c0;  // gradient of a block's output branch
-  const Tensor& d_norm_out = scratch.c1;
-  const Tensor& d_norm_in = scratch.c2;
-  const Tensor& d_mid = scratch.c3;
+  const int64_t B = s.lse.size(0), T = cfg_.seq_length, C = cfg_.hidden_size;
+  const SequenceRows rows{B, T, C};
+  const int64_t NL = rows.local(tp_);
+  auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
+  const bool sp = tp_.sp();
+  // [NL, C]: the rank's rows; [N, C]: all rows. Without TP every view is the whole buffer.
+  const Tensor d_branch = local(scratch.c0);                // gradient of a block's output branch
+  const Tensor d_branch_full = sp ? scratch.c1 : d_branch;  // ... for all rows (gathered)
+  const Tensor& d_norm_out_full = scratch.c2;  // norm-output gradient, partial over TP ranks
+  const Tensor d_norm_out = sp ? local(scratch.c1) : scratch.c2;  // summed, the rank's rows
+  const Tensor d_norm_in = local(scratch.c0);
+  const Tensor d_mid = local(scratch.c3);
+  // Sequence parallelism: the norms see only the rank's rows, so their gradients are partial
+  // sums; collect them in sp_grads [norm1 | norm2], sum over TP at the end, then accumulate.
+  Tensor g1, g2;
+  if (sp) {
+    g1 = scratch.sp_grads.flat_view(0, Shape({norm1_.grad_numel()}));
+    g2 = scratch.sp_grads.flat_view(norm1_.grad_numel(), Shape({norm2_.grad_numel()}));
+    ops::fill(ctx, scratch.sp_grads, 0.0);
+  }
   // MLP block: x_out = x_mid + dropout(fc2(act(fc1(norm2(x_mid))))).
-  ops::dropout_backward(ctx, d_branch, dx_out, hidden_dropout(step),
-                        step.dropout_key(index_, kDropoutMlpOutput), 0);
-  fc2_.backward(ctx, scratch.act, d_branch, s.act);
+  dropout_rows_backward(ctx, tp_, rows, d_branch, dx_out, hidden_dropout(step),
+                        step.dropout_key(index_, kDropoutMlpOutput));
+  exit_row_region_backward(ctx, tp_, rows, d_branch_full, d_branch, scratch.staging);
+  fc2_.backward(ctx, scratch.act, d_branch_full, s.act);
   if (cfg_.swiglu)
     ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
   else
     ops::gelu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
-  fc1_.backward(ctx, d_norm_out, scratch.fc1, s.ln2);
-  norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2);
+  fc1_.backward(ctx, d_norm_out_full, scratch.fc1, s.ln2);
+  enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
+  if (sp)
+    norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2, norm2_.dweight_view(g2),
+                    norm2_.dbias_view(g2));
+  else
+    norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2);
   ops::add(ctx, d_mid, dx_out, d_norm_in);  // residual stream
   // Attention block: x_mid = x + dropout(proj(attention(qkv(norm1(x))))).
-  ops::dropout_backward(ctx, d_branch, d_mid, hidden_dropout(step),
-                        step.dropout_key(index_, kDropoutAttentionOutput), 0);
-  proj_.backward(ctx, scratch.a, d_branch, s.attn);
+  dropout_rows_backward(ctx, tp_, rows, d_branch, d_mid, hidden_dropout(step),
+                        step.dropout_key(index_, kDropoutAttentionOutput));
+  exit_row_region_backward(ctx, tp_, rows, d_branch_full, d_branch, scratch.staging);
+  proj_.backward(ctx, scratch.a, d_branch_full, s.attn);
   ops::attention_backward(ctx, scratch.qkv.reshape({B, T, s.qkv.size(1)}),
                           scratch.a.reshape({B, T, s.attn.size(1)}),
                           s.qkv.reshape({B, T, s.qkv.size(1)}),
                           s.attn.reshape({B, T, s.attn.size(1)}), s.lse, attention_shape(),
                           attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
-  qkv_.backward(ctx, d_norm_out, scratch.qkv, s.ln1);
-  norm1_.backward(ctx, d_norm_in, d_norm_out, x, s.norm1);
+  qkv_.backward(ctx, d_norm_out_full, scratch.qkv, s.ln1);
+  enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
+  if (sp)
+    norm1_.backward(ctx, d_norm_in, d_norm_out, x, s.norm1, norm1_.dweight_view(g1),
+                    norm1_.dbias_view(g1));
+  else
+    norm1_.backward(ctx, d_norm_in, d_norm_out, x, s.norm1);
   ops::add(ctx, dx, d_mid, d_norm_in);
+  if (sp) {
+    tp_.group->all_reduce(scratch.sp_grads);
+    norm1_.accumulate_grads(ctx, g1);
+    norm2_.accumulate_grads(ctx, g2);
+  }
 }
 
 }  // namespace shardlm::model

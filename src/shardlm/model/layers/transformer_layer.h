@@ -9,6 +9,15 @@
 //
 // Memory: Saved holds this layer's activations for one micro-batch (allocated once from the
 // activation arena); Scratch holds backward temporaries shared by all layers.
+//
+// Tensor parallelism (model/tensor_parallel.h): QKV and fc1 are column-parallel (QKV split by
+// whole query groups in Megatron's grouped layout, fc1 for SwiGLU split as [gate_r ; up_r]),
+// proj and fc2 row-parallel; each rank runs attention on its NH/TP heads (dropout keyed by
+// global head). The residual stream x / x_out / x_mid holds the rank's rows: all N = B*T rows
+// (plain TP) or its sequence shard of N/TP rows (--sequence-parallel), where norms, dropout and
+// residual adds run sharded and the norm gradients are summed over TP at the end of backward.
+// Shapes below: N = B*T, NL = rows of the rank (N or N/TP), NHL/GL = local heads/groups,
+// QKVL = GL*(NHL/GL+2)*HS, AL = NHL*HS, FL = F/TP.
 #pragma once
 
 #include <string>
@@ -16,6 +25,7 @@
 #include "shardlm/model/layers/linear.h"
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/module.h"
+#include "shardlm/model/tensor_parallel.h"
 #include "shardlm/model/transformer_config.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/arena.h"
@@ -25,26 +35,30 @@ namespace shardlm::model {
 class TransformerLayer {
  public:
   struct Saved {
-    Tensor ln1;        // [N, C]    norm1 output
-    Norm::Saved norm1;
-    Tensor qkv;        // [N, QKV]  fused q/k/v projections (Megatron grouped layout)
-    Tensor attn;       // [N, A]    attention output, heads concatenated (A = NH*HS)
-    Tensor lse;        // [B, NH, T]
-    Tensor x_mid;      // [N, C]    residual stream after attention
+    Tensor ln1;        // [N, C]    norm1 output (all rows: gathered under sequence parallelism)
+    Norm::Saved norm1; // [NL]
+    Tensor qkv;        // [N, QKVL] fused q/k/v projections (Megatron grouped layout)
+    Tensor attn;       // [N, AL]   attention output, heads concatenated
+    Tensor lse;        // [B, NHL, T]
+    Tensor x_mid;      // [NL, C]   residual stream after attention
     Tensor ln2;        // [N, C]
-    Norm::Saved norm2;
-    Tensor fc1;        // [N, F or 2F]
-    Tensor act;        // [N, F]
+    Norm::Saved norm2; // [NL]
+    Tensor fc1;        // [N, FL or 2FL]
+    Tensor act;        // [N, FL]
   };
   struct Scratch {
     Tensor c0, c1, c2, c3;  // [N, C]
-    Tensor a;               // [N, A]
-    Tensor qkv;             // [N, QKV]
-    Tensor fc1;             // [N, F or 2F]
-    Tensor act;             // [N, F]
+    Tensor a;               // [N, AL]
+    Tensor qkv;             // [N, QKVL]
+    Tensor fc1;             // [N, FL or 2FL]
+    Tensor act;             // [N, FL]
+    Tensor staging;         // [N, C] sequence parallelism with B > 1 only (row reorder)
+    Tensor sp_grads;        // [2 norms' grad_numel] sequence parallelism only
   };
 
-  TransformerLayer(const TransformerConfig& cfg, int64_t layer_index);
+  // tp: the tensor-parallel group (default: none, the single-rank layer).
+  TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
+                   const TensorParallel& tp = {});
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -53,8 +67,10 @@ class TransformerLayer {
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t batch) const;
   static Scratch allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
                                   DType dtype, int64_t batch);
+  static Scratch allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
+                                  TensorAllocator& alloc, DType dtype, int64_t batch);
 
-  // x, x_out: [B*T, C]. Scratch is used for forward temporaries too.
+  // x, x_out: [NL, C] (the rank's rows). Scratch is used for forward temporaries too.
   void forward(StepContext& step, Tensor x_out, const Tensor& x, const Saved& saved,
                const Scratch& scratch) const;
   // dx (assigned) from dx_out; parameter gradients accumulate.
@@ -67,6 +83,7 @@ class TransformerLayer {
   double attention_dropout(const StepContext& step) const;
 
   TransformerConfig cfg_;
+  TensorParallel tp_;
   uint32_t index_;
   Norm norm1_, norm2_;
   Linear qkv_, proj_, fc1_, fc2_;

@@ -31,6 +31,10 @@ namespace {
 // Offsets inside one qkv row, and sizes, for one (query head, group) pair.
 struct QkvLayout {
   int64_t B, T, NH, G, HS, heads_per_group, row;
+  int64_t dropout_NH, head_offset;  // global head count / first head (AttentionShape)
+  uint64_t dropout_row(int64_t b, int64_t h, int64_t i) const {
+    return static_cast<uint64_t>(((b * dropout_NH + head_offset + h) * T + i) * T);
+  }
   int64_t q_offset(int64_t h) const {
     const int64_t g = h / heads_per_group;
     return g * (heads_per_group + 2) * HS + (h % heads_per_group) * HS;
@@ -48,6 +52,8 @@ QkvLayout make_layout(const Tensor& qkv, const AttentionShape& shape) {
   l.T = qkv.size(1);
   l.row = qkv.size(2);
   l.NH = shape.num_heads;
+  l.dropout_NH = shape.global_num_heads();
+  l.head_offset = shape.head_offset;
   l.G = shape.num_query_groups;
   l.HS = shape.head_dim;
   l.heads_per_group = l.NH / l.G;
@@ -85,7 +91,7 @@ void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, do
         for (int64_t j = 0; j <= i; ++j) sum += std::exp(s[j] - m);
         const double L = m + std::log(sum);
         std::fill(acc.begin(), acc.end(), 0.0);
-        const uint64_t pos0 = static_cast<uint64_t>(((b * l.NH + h) * Tn + i) * Tn);
+        const uint64_t pos0 = l.dropout_row(b, h, i);
         for (int64_t j = 0; j <= i; ++j) {
           double pr = std::exp(s[j] - L);
           if (p > 0) {
@@ -121,7 +127,7 @@ void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
         const T* q = base + i * l.row + qo;
         const T* dy = dout + ((b * Tn + i) * l.NH + h) * HS;
         const double L = lse[(b * l.NH + h) * Tn + i];
-        const uint64_t pos0 = static_cast<uint64_t>(((b * l.NH + h) * Tn + i) * Tn);
+        const uint64_t pos0 = l.dropout_row(b, h, i);
         double D = 0;
         for (int64_t j = 0; j <= i; ++j) {
           const T* k = base + j * l.row + ko;

@@ -45,8 +45,11 @@ struct AttentionParams {
   }
   __host__ __device__ int64_t k_col_of_group(int64_t g) const { return g * (R + 2) * HS + R * HS; }
   __host__ __device__ int64_t v_col_of_group(int64_t g) const { return k_col_of_group(g) + HS; }
+  // Tensor parallelism: global head count and this shard's first head (AttentionShape), so the
+  // dropout position uses global head indices.
+  int64_t dropout_NH = 0, head_offset = 0;
   __host__ __device__ uint64_t dropout_position(int64_t b, int64_t h, int64_t i, int64_t j) const {
-    return ((static_cast<uint64_t>(b) * NH + h) * T + i) * T + j;
+    return ((static_cast<uint64_t>(b) * dropout_NH + head_offset + h) * T + i) * T + j;
   }
 };
 

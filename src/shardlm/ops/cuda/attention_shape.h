@@ -51,6 +51,8 @@ inline AttentionParams make_attention_params(const DeviceContext& ctx, const Ten
   p.R = R;
   p.HS = HS;
   p.W = W;
+  p.dropout_NH = shape.global_num_heads();
+  p.head_offset = shape.head_offset;
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HS)));
   p.scale_log2 = p.scale * kLog2e;
   p.dropout = make_dropout_stream(key, dropout_p);

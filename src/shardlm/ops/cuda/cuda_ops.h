@@ -81,6 +81,25 @@ void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const 
 void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dlosses,
                             const Tensor& logits, const Tensor& targets, const Tensor& lse);
 
+// ---- vocab-parallel embedding and loss (vocab_parallel_embedding.cu,
+// vocab_parallel_cross_entropy.cu) -----------------------------------------------------------
+void vocab_parallel_embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens,
+                                      const Tensor& wte, int64_t vocab_start);
+void vocab_parallel_embedding_backward(DeviceContext& ctx, Tensor dwte, const Tensor& dout,
+                                       const Tensor& tokens, int64_t vocab_start);
+void vocab_parallel_cross_entropy_max(DeviceContext& ctx, Tensor row_max, const Tensor& logits);
+void vocab_parallel_cross_entropy_partials(DeviceContext& ctx, Tensor sum_exp,
+                                           Tensor target_logit, const Tensor& logits,
+                                           const Tensor& targets, const Tensor& row_max,
+                                           int64_t vocab_start);
+void vocab_parallel_cross_entropy_loss(DeviceContext& ctx, Tensor losses, Tensor lse,
+                                       const Tensor& row_max, const Tensor& sum_exp,
+                                       const Tensor& target_logit);
+void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
+                                           const Tensor& dlosses, const Tensor& logits,
+                                           const Tensor& targets, const Tensor& lse,
+                                           int64_t vocab_start);
+
 // ---- optimizer -----------------------------------------------------------------------------
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
                 Tensor exp_avg_sq, const AdamWParams& hp);
