@@ -14,6 +14,7 @@ void register_train(CLI::App& app);       // cmd_train.cc
 void register_bench(CLI::App& app);       // cmd_bench.cc
 void register_preprocess(CLI::App& app);  // cmd_preprocess.cc (data layer)
 void register_inspect_data(CLI::App& app);  // cmd_inspect_data.cc (data layer)
+void register_convert(CLI::App& app);     // cmd_convert.cc (Hugging Face <-> ShardLM)
 void register_launch(CLI::App& app);      // cmd_launch.cc (torchrun-style local ranks)
 
 // Thrown by a command that has already reported its failure and wants main() to exit with

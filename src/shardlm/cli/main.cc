@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
     cli::register_bench(app);
     cli::register_preprocess(app);
     cli::register_inspect_data(app);
+    cli::register_convert(app);
     cli::register_launch(app);
     // Expand --config FILE for the train and bench commands before parsing, so flags override
     // the file.
