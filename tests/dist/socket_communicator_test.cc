@@ -52,7 +52,7 @@ std::vector<std::exception_ptr> run_socket_ranks_collect(int n,
           store = &*client;
         }
         std::unique_ptr<Communicator> comm =
-            create_socket_world(*store, r, n, {.timeout = timeout, .host = "127.0.0.1"});
+            create_socket_world(*store, r, n, {.timeout = timeout, .name = "world", .host = "127.0.0.1"});
         fn(*comm);
       } catch (...) {
         errors[r] = std::current_exception();
@@ -364,7 +364,7 @@ std::vector<ChildResult> fork_ranks(int n, std::chrono::milliseconds timeout,
       std::string report = "ok";
       try {
         TcpStore store({.host = "127.0.0.1", .port = port, .timeout = 30s});
-        auto comm = create_socket_world(store, r, n, {.timeout = timeout, .host = "127.0.0.1"});
+        auto comm = create_socket_world(store, r, n, {.timeout = timeout, .name = "world", .host = "127.0.0.1"});
         body(*comm);
       } catch (const std::exception& e) {
         report = e.what();
