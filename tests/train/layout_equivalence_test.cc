@@ -25,7 +25,7 @@ TrainConfig tiny_config() {
   c.model.hidden_size = 32;
   c.model.num_attention_heads = 4;
   c.model.seq_length = 16;
-  c.model.vocab_size = 60;  // padded to 64
+  c.model.vocab_size = 60;  // padded to 64 for TP 1, 2 and 4 alike (multiple of 16 x TP)
   c.model.make_vocab_size_divisible_by = 16;
   // No linear biases: the key bias's gradient is analytically zero (softmax is invariant to a
   // per-row shift of the scores, which is all q·b_k adds), so what backward computes for it is
@@ -218,6 +218,36 @@ TEST_F(LayoutEquivalence, DataParallelOverlappedInSmallBuckets) {
       EXPECT_GE(got.buckets, 5);
       EXPECT_EQ(got.buckets_started_during_backward, got.buckets);
     }
+  }
+}
+
+// TP in {2, 4} x DP in {1, 2, 4} (at most 8 ranks), with and without --sequence-parallel.
+std::vector<Layout> tensor_parallel_layouts() {
+  std::vector<Layout> out;
+  for (int tp : {2, 4})
+    for (int dp : {1, 2, 4})
+      for (bool sp : {false, true}) {
+        if (tp * dp > 8) continue;
+        Layout l;
+        l.tp = tp;
+        l.dp = dp;
+        l.sequence_parallel = sp;
+        out.push_back(l);
+      }
+  return out;
+}
+
+TEST_F(LayoutEquivalence, TensorParallel) {
+  for (const Layout& l : tensor_parallel_layouts())
+    expect_same_training(run_layout(tiny_config(), l), reference(), l.name());
+}
+
+TEST_F(LayoutEquivalence, TensorParallelWithDistributedOptimizer) {
+  for (Layout l : tensor_parallel_layouts()) {
+    l.distributed_optimizer = true;
+    // Overlapped, bucketed reduction and parameter gather on the multi-replica layouts.
+    if (l.dp > 1) l.overlap_grad_reduce = l.overlap_param_gather = true, l.bucket_size = 2000;
+    expect_same_training(run_layout(tiny_config(), l), reference(), l.name());
   }
 }
 

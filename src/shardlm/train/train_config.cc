@@ -119,6 +119,11 @@ void TrainConfig::validate_parallel(int world_size) const {
   dims.seq_length = model.seq_length;
   dims.sequence_parallel = parallel.sequence_parallel && parallel.tensor_model_parallel_size > 1;
   layout.validate_model(dims);
+  // The model's own TP rules (query groups, vocabulary padding, sequence split), with the
+  // vocabulary padded for this TP size as the trainer builds it.
+  model::TransformerConfig tp_model = model;
+  tp_model.tensor_model_parallel_size = layout.tp();
+  tp_model.validate_tensor_parallel(layout.tp(), dims.sequence_parallel);
   const int64_t per_step = micro_batch_size * layout.dp();
   if (global_batch_size > 0 && global_batch_size % per_step != 0)
     bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +

@@ -78,6 +78,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                       std::to_string(cfg_.parallel.context_parallel_size) +
                       "; build it with ParallelLayout::create(world, cfg.parallel_sizes())");
   cfg_.data_parallel_size = layout.dp();
+  // The vocabulary is padded to a multiple of --make-vocab-size-divisible-by x TP (Megatron).
+  cfg_.model.tensor_model_parallel_size = layout.tp();
   cfg_.validate();
   cfg_.validate_parallel(rank_->world_size());
   for (dist::GroupKind kind : dist::kAllGroupKinds)
@@ -92,7 +94,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   dtype_ = cfg_.bf16 ? DType::kBF16 : master_dtype;
   initialize_backend(*device_);
 
-  model_ = std::make_unique<model::GPTModel>(cfg_.model);
+  model_ = std::make_unique<model::GPTModel>(
+      cfg_.model, model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel));
   model_->register_parameters(registry_);
   // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding).
   grad_buffer_ = parallel::GradBuffer::plan(
