@@ -207,6 +207,20 @@ TEST(TensorParallel, Tp2GeluGqa2UntiedLayerNorm) {
   expect_layout_matches_single_rank(layout("tp2 gelu gqa2 untied", 2, false, 2, c));
 }
 
+TEST(TensorParallel, Tp4GeluMhaUntied) {
+  TransformerConfig c = base_config(4);
+  c.untie_embeddings_and_output_weights = true;
+  expect_layout_matches_single_rank(layout("tp4 gelu mha untied", 4, false, 2, c));
+}
+
+TEST(TensorParallel, Tp2SequenceParallelSwigluGqa4TwoGroupsPerRankRmsNorm) {
+  TransformerConfig c = base_config(2);
+  c.swiglu = true;
+  c.num_query_groups = 4;
+  c.normalization = Normalization::kRMSNorm;
+  expect_layout_matches_single_rank(layout("tp2 sp swiglu gqa4 rmsnorm", 2, true, 2, c));
+}
+
 TEST(TensorParallel, SplitInChunksHoldsMatchingRowsOfEachChunk) {
   // SwiGLU fc1 [gate ; up] with F = 4 rows each, TP = 2: rank 1 holds gate rows 2,3, up rows 6,7.
   Parameter p;
