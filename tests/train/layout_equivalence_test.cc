@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -249,6 +250,63 @@ TEST_F(LayoutEquivalence, TensorParallelWithDistributedOptimizer) {
     if (l.dp > 1) l.overlap_grad_reduce = l.overlap_param_gather = true, l.bucket_size = 2000;
     expect_same_training(run_layout(tiny_config(), l), reference(), l.name());
   }
+}
+
+std::string config_error(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
+  auto with = [](const std::function<void(TrainConfig&)>& edit) {
+    TrainConfig c = tiny_config();
+    edit(c);
+    return c;
+  };
+  auto validate = [](const TrainConfig& c, int world) {
+    return [c, world] {
+      c.validate();
+      c.validate_parallel(world);
+    };
+  };
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.pipeline_model_parallel_size = 2;
+            }), 2)).find("pipeline parallelism has not landed"), std::string::npos);
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.context_parallel_size = 2;
+            }), 2)).find("--context-parallel-size 2 is reserved"), std::string::npos);
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.expert_model_parallel_size = 2;
+            }), 2)).find("--expert-model-parallel-size 2 is reserved"), std::string::npos);
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.overlap_param_gather = true;
+              c.parallel.overlap_grad_reduce = true;
+            }), 1)).find("--overlap-param-gather needs --use-distributed-optimizer"),
+            std::string::npos);
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.tensor_model_parallel_size = 2;
+            }), 3)).find("--tensor-model-parallel-size"), std::string::npos);
+  // 8 / (TP 2) = DP 4; micro-batch 2 x 4 = 8 does not divide 12.
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.tensor_model_parallel_size = 2;
+              c.global_batch_size = 12;
+            }), 8)).find("data-parallel size 4"), std::string::npos);
+  // 4 heads cannot be split 8 ways.
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.tensor_model_parallel_size = 8;
+            }), 8)).find("--num-attention-heads 4"), std::string::npos);
+  // A 1-rank trainer cannot run TP 2.
+  std::ostringstream log;
+  EXPECT_NE(config_error([&] {
+              Trainer t(with([](TrainConfig& c) { c.parallel.tensor_model_parallel_size = 2; }),
+                        log);
+            }).find("--tensor-model-parallel-size"), std::string::npos);
 }
 
 TEST_F(LayoutEquivalence, LogsLayoutBucketsAndShardedOptimizerMemory) {
