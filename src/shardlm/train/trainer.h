@@ -7,7 +7,20 @@
 // --eval-interval (and at the end). A step whose gradient norm is not finite is skipped
 // (parameters untouched) and counted.
 //
-//   Trainer trainer(cfg, std::cout);
+// Parallel (a RankContext): the model is built tensor-parallel over rc.tp() (--sequence-
+// parallel optional); the flat buffers are laid out in data-parallel buckets
+// (parallel::GradBuffer) and reduced over rc.dp() by parallel::GradSync — once per iteration,
+// after the last micro-batch, bucket by bucket during backward with --overlap-grad-reduce,
+// averaged (1/DP) — then clipped with the global norm (each element once across TP/DP) and
+// stepped by AdamW or, with --use-distributed-optimizer, by optim::DistributedOptimizer (1/DP
+// of the state, all-gather of the updated shards, waited before the next forward with
+// --overlap-param-gather). Data-parallel rank r reads its slice of every global micro-batch
+// (Megatron's pretraining sampler) and keys dropout by the global micro-batch index, so every
+// layout trains exactly like one rank (tests/train/layout_equivalence_test.cc). Losses are
+// averaged over DP; only world rank 0 logs.
+//
+//   Trainer trainer(cfg, std::cout);            // one rank
+//   Trainer trainer(cfg, rank_context, std::cout);  // one rank of a parallel job
 //   trainer.train();
 //   trainer.history();   // per-iteration loss, lr, grad norm (tests, determinism checks)
 #pragma once
