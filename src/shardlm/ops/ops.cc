@@ -588,6 +588,82 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
   SHARDLM_OPS_ROUTE(attention_backward, ctx, dqkv, dout, qkv, out, lse, shape, dropout_p, key);
 }
 
+// ---- rotary position embedding -------------------------------------------------------------
+
+namespace {
+// cos_sin [P, R/2, 2] in fp32 or fp64 with R >= 2; returns R.
+int64_t check_rope_table(const char* op, const Tensor& cos_sin) {
+  require(cos_sin.dtype() == DType::kF32 || cos_sin.dtype() == DType::kF64, op,
+          std::string("cos_sin must be fp32 or fp64 (the table is computed in double and kept "
+                      "at least at fp32 whatever the activation dtype), got ") +
+              dtype_name(cos_sin.dtype()));
+  require(cos_sin.rank() == 3 && cos_sin.size(0) >= 1 && cos_sin.size(1) >= 1 &&
+              cos_sin.size(2) == 2,
+          op, "cos_sin must be [P, R/2, 2] with P >= 1 positions and rotary dim R >= 2, got " +
+                  shape_of(cos_sin));
+  return 2 * cos_sin.size(1);
+}
+
+// in [B,T,G*(NH/G+2)*HS], out like in (same tensor or disjoint), table with P >= T, R <= HS.
+void check_rope(const char* op, const Arg& out, const Arg& in, const Tensor& cos_sin,
+                const AttentionShape& s) {
+  require_same_float(op, {in, out});
+  const int64_t R = check_rope_table(op, cos_sin);
+  const int64_t NH = s.num_heads, G = s.num_query_groups, HS = s.head_dim;
+  require(NH >= 1 && G >= 1 && HS >= 1 && NH % G == 0, op,
+          "need num_heads >= 1, num_query_groups >= 1 dividing num_heads, head_dim >= 1; got "
+          "NH=" + std::to_string(NH) + " G=" + std::to_string(G) + " HS=" + std::to_string(HS));
+  const int64_t row = G * (NH / G + 2) * HS;
+  require(in.t.rank() == 3 && in.t.size(2) == row, op,
+          std::string(in.name) + " must be [B, T, G*(NH/G + 2)*HS] = [B, T, " +
+              std::to_string(row) + "] for NH=" + std::to_string(NH) + " G=" + std::to_string(G) +
+              " HS=" + std::to_string(HS) + ", got " + shape_of(in.t));
+  require_shape(op, out, in.t.shape());
+  require(R <= HS, op,
+          "rotary dim R = " + std::to_string(R) + " (cos_sin " + shape_of(cos_sin) +
+              ") exceeds head_dim " + std::to_string(HS));
+  require(cos_sin.size(0) >= in.t.size(1), op,
+          "cos_sin covers " + std::to_string(cos_sin.size(0)) + " positions but the sequence has T = " +
+              std::to_string(in.t.size(1)) + "; build the table for at least T positions");
+  const auto* a = static_cast<const char*>(in.t.raw());
+  const auto* b = static_cast<const char*>(out.t.raw());
+  const size_t n = in.t.nbytes();
+  require(a == b || a + n <= b || b + n <= a, op,
+          std::string(out.name) + " partially overlaps " + in.name +
+              "; pass the same tensor (in place) or a disjoint one");
+}
+}  // namespace
+
+void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, double base) {
+  constexpr const char* op = "rope_cos_sin";
+  check_devices(op, ctx, {{"cos_sin", cos_sin}});
+  require_defined(op, {"cos_sin", cos_sin});
+  check_rope_table(op, cos_sin);
+  require(base > 0 && std::isfinite(base), op,
+          "base must be positive and finite (--rotary-base), got " + std::to_string(base));
+  SHARDLM_OPS_ROUTE(rope_cos_sin, ctx, cos_sin, base);
+}
+
+void rope_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& cos_sin,
+                  const AttentionShape& shape, bool interleaved) {
+  constexpr const char* op = "rope_forward";
+  check_devices(op, ctx, {{"out", out}, {"in", in}, {"cos_sin", cos_sin}});
+  for (const Arg& x : {Arg{"out", out}, Arg{"in", in}, Arg{"cos_sin", cos_sin}})
+    require_defined(op, x);
+  check_rope(op, {"out", out}, {"in", in}, cos_sin, shape);
+  SHARDLM_OPS_ROUTE(rope_forward, ctx, out, in, cos_sin, shape, interleaved);
+}
+
+void rope_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& cos_sin,
+                   const AttentionShape& shape, bool interleaved) {
+  constexpr const char* op = "rope_backward";
+  check_devices(op, ctx, {{"din", din}, {"dout", dout}, {"cos_sin", cos_sin}});
+  for (const Arg& x : {Arg{"din", din}, Arg{"dout", dout}, Arg{"cos_sin", cos_sin}})
+    require_defined(op, x);
+  check_rope(op, {"din", din}, {"dout", dout}, cos_sin, shape);
+  SHARDLM_OPS_ROUTE(rope_backward, ctx, din, dout, cos_sin, shape, interleaved);
+}
+
 // ---- loss ----------------------------------------------------------------------------------
 
 namespace {

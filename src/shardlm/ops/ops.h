@@ -105,6 +105,29 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
                         const Tensor& out, const Tensor& lse, const AttentionShape& shape,
                         double dropout_p, const DropoutKey& key);
 
+// ---- rotary position embedding (RoPE) ------------------------------------------------------
+// The cos/sin table of RoPE for positions 0..P-1 and rotary dim R (even, <= HS):
+//   cos_sin[P, R/2, 2]:  cos_sin[t, i] = (cos(t * inv_freq_i), sin(t * inv_freq_i)),
+//   inv_freq_i = base^(-2i / R),  i = 0 .. R/2 - 1      (Megatron / Hugging Face Llama)
+// computed in double and rounded once to the table's dtype (fp32, or fp64 on the CPU). The
+// table is the caller's workspace (ops never allocate); P and R are read from its shape.
+void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, double base);
+// Applies RoPE to the q and k heads of a fused QKV activation in[B,T,G*(NH/G+2)*HS] (the layout
+// of attention_forward), position = token index t within the sequence; v heads and each head's
+// dims >= R pass through unchanged. Each rotated pair (a, b) at angle θ = t * inv_freq_i becomes
+// (a cos θ - b sin θ, b cos θ + a sin θ), with pairs
+//   interleaved == false: (x[i], x[i + R/2])   rotate-half, Hugging Face Llama (the default)
+//   interleaved == true:  (x[2i], x[2i + 1])   GPT-J style, Megatron --rotary-interleaved
+// out may be in itself (in place) or a disjoint tensor of the same shape; in's dtype is the
+// activation dtype (fp32/fp64 CPU; fp32/bf16/fp16 CUDA, math in fp32), cos_sin from rope_cos_sin
+// with P >= T.
+void rope_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& cos_sin,
+                  const AttentionShape& shape, bool interleaved);
+// din = rotation by -θ of dout (the transpose of forward's rotation): assigned, same layout
+// and aliasing rule as rope_forward (din may be dout).
+void rope_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& cos_sin,
+                   const AttentionShape& shape, bool interleaved);
+
 // ---- loss ----------------------------------------------------------------------------------
 // Per-row softmax cross-entropy over the last axis: losses[N] = lse(logits[n]) - logits[n,t_n].
 // targets int32 [N] in [0,V). Saves lse[N].

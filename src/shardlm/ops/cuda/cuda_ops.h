@@ -75,6 +75,13 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
                         const Tensor& out, const Tensor& lse, const AttentionShape& shape,
                         double dropout_p, const DropoutKey& key);
 
+// ---- rotary position embedding (rope.cu) ----------------------------------------------------
+void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, double base);
+void rope_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& cos_sin,
+                  const AttentionShape& shape, bool interleaved);
+void rope_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& cos_sin,
+                   const AttentionShape& shape, bool interleaved);
+
 // ---- loss ----------------------------------------------------------------------------------
 void cross_entropy_forward(DeviceContext& ctx, Tensor losses, Tensor lse, const Tensor& logits,
                            const Tensor& targets);
