@@ -42,7 +42,9 @@ TEST(VocabParallelEmbedding, ShardsSumToTheFullLookup) {
     for (int64_t n = 0; n < B * T; ++n) {
       const bool mine = tok[n] >= kShardStarts[k] && tok[n] < kShardStarts[k + 1];
       for (int64_t c = 0; c < C; ++c) {
-        if (!mine) EXPECT_EQ(o[n * C + c], 0.0) << "shard " << k << " row " << n;
+        if (!mine) {
+          EXPECT_EQ(o[n * C + c], 0.0) << "shard " << k << " row " << n;
+        }
         sum[n * C + c] += o[n * C + c];
       }
     }
