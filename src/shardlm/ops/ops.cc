@@ -524,6 +524,87 @@ void dropout_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, double
   SHARDLM_OPS_ROUTE(dropout_backward, ctx, din, dout, p, key, position_offset);
 }
 
+// ---- fused kernels -------------------------------------------------------------------------
+
+namespace {
+// `a` and `b` are the same view (in place) or do not overlap at all.
+void require_same_or_disjoint(const char* op, const Arg& a, const Arg& b, bool allow_same) {
+  const auto* pa = static_cast<const char*>(a.t.raw());
+  const auto* pb = static_cast<const char*>(b.t.raw());
+  const bool disjoint = pa + a.t.nbytes() <= pb || pb + b.t.nbytes() <= pa;
+  const bool same = pa == pb && a.t.nbytes() == b.t.nbytes();
+  require(disjoint || (allow_same && same), op,
+          std::string(a.name) + " overlaps " + b.name +
+              (allow_same ? "; pass the same tensor (in place) or a disjoint one"
+                          : "; they must be disjoint tensors"));
+}
+}  // namespace
+
+void dropout_add_forward(DeviceContext& ctx, Tensor out, const Tensor& x, const Tensor& residual,
+                         double p, const DropoutKey& key, uint64_t position_offset) {
+  constexpr const char* op = "dropout_add_forward";
+  check_devices(op, ctx, {{"out", out}, {"x", x}, {"residual", residual}});
+  for (const Arg& a : {Arg{"out", out}, Arg{"x", x}, Arg{"residual", residual}})
+    require_defined(op, a);
+  require_same_float(op, {{"x", x}, {"out", out}, {"residual", residual}});
+  require_same_numel(op, {"out", out}, {"x", x});
+  require_same_numel(op, {"residual", residual}, {"x", x});
+  require_same_or_disjoint(op, {"out", out}, {"x", x}, true);
+  require_same_or_disjoint(op, {"out", out}, {"residual", residual}, true);
+  require_probability(op, p);
+  SHARDLM_OPS_ROUTE(dropout_add_forward, ctx, out, x, residual, p, key, position_offset);
+}
+
+void dropout_add_backward(DeviceContext& ctx, Tensor dx, const Tensor& dout, double p,
+                          const DropoutKey& key, uint64_t position_offset) {
+  constexpr const char* op = "dropout_add_backward";
+  check_devices(op, ctx, {{"dx", dx}, {"dout", dout}});
+  require_defined(op, {"dx", dx});
+  require_defined(op, {"dout", dout});
+  require_same_float(op, {{"dout", dout}, {"dx", dx}});
+  require_same_numel(op, {"dx", dx}, {"dout", dout});
+  require_same_or_disjoint(op, {"dx", dx}, {"dout", dout}, true);
+  require_probability(op, p);
+  SHARDLM_OPS_ROUTE(dropout_add_backward, ctx, dx, dout, p, key, position_offset);
+}
+
+void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in,
+                         const Tensor& weight, const Tensor& bias) {
+  constexpr const char* op = "linear_gelu_forward";
+  check_devices(op, ctx,
+                {{"out", out}, {"pre", pre}, {"in", in}, {"weight", weight}, {"bias", bias}});
+  for (const Arg& a : {Arg{"out", out}, Arg{"pre", pre}, Arg{"in", in}, Arg{"weight", weight}})
+    require_defined(op, a);
+  require_same_float(op,
+                     {{"in", in}, {"out", out}, {"pre", pre}, {"weight", weight}, {"bias", bias}});
+  const int64_t N = check_linear_input(op, in, weight);
+  const int64_t F = weight.size(0);
+  require_rows(op, {"pre", pre}, N, F, "in, with OC = weight rows columns");
+  require_rows(op, {"out", out}, N, F, "in, with OC = weight rows columns");
+  if (bias.defined()) require_shape(op, {"bias", bias}, Shape{F});
+  require_same_or_disjoint(op, {"out", out}, {"pre", pre}, false);
+  require_same_or_disjoint(op, {"out", out}, {"in", in}, false);
+  require_same_or_disjoint(op, {"pre", pre}, {"in", in}, false);
+  SHARDLM_OPS_ROUTE(linear_gelu_forward, ctx, out, pre, in, weight, bias);
+}
+
+void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
+                             const Tensor& pre) {
+  constexpr const char* op = "gelu_backward_bias_grad";
+  check_devices(op, ctx, {{"dpre", dpre}, {"dbias", dbias}, {"dout", dout}, {"pre", pre}});
+  for (const Arg& a : {Arg{"dpre", dpre}, Arg{"dout", dout}, Arg{"pre", pre}})
+    require_defined(op, a);
+  require_same_float(op, {{"pre", pre}, {"dpre", dpre}, {"dout", dout}, {"dbias", dbias}});
+  const int64_t F = last_dim(op, {"pre", pre});
+  const int64_t N = pre.numel() / F;
+  require_rows(op, {"dpre", dpre}, N, F, "pre");
+  require_rows(op, {"dout", dout}, N, F, "pre");
+  if (dbias.defined()) require_shape(op, {"dbias", dbias}, Shape{F});
+  require_same_or_disjoint(op, {"dpre", dpre}, {"dout", dout}, true);
+  require_same_or_disjoint(op, {"dpre", dpre}, {"pre", pre}, true);
+  SHARDLM_OPS_ROUTE(gelu_backward_bias_grad, ctx, dpre, dbias, dout, pre);
+}
+
 // ---- attention -----------------------------------------------------------------------------
 
 namespace {

@@ -80,6 +80,30 @@ void dropout_forward(DeviceContext& ctx, Tensor out, const Tensor& in, double p,
 void dropout_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, double p,
                       const DropoutKey& key, uint64_t position_offset);
 
+// ---- fused kernels (one memory pass instead of two or three around the GEMMs) -------------
+// Residual add fused with dropout: out = residual + dropout(x), with exactly dropout_forward's
+// mask for the same key and positions (element i dropped when dropout_uniform(key,
+// position_offset + i) <= p) and its rounding (the scaled value is rounded to the dtype, then
+// added), so it equals dropout_forward followed by add bit for bit. p == 0 is a plain add (no
+// random numbers). out may be x or residual itself (in place) or disjoint from both.
+void dropout_add_forward(DeviceContext& ctx, Tensor out, const Tensor& x, const Tensor& residual,
+                         double p, const DropoutKey& key, uint64_t position_offset);
+// Its backward produces dx = dout * mask / (1 - p) (assign) only: the residual's gradient is
+// dout itself (identity), so the caller passes dout on along the residual stream.
+void dropout_add_backward(DeviceContext& ctx, Tensor dx, const Tensor& dout, double p,
+                          const DropoutKey& key, uint64_t position_offset);
+// Linear fused with GELU (tanh approximation): pre[N,F] = in[N,IC] @ weight[F,IC]^T + bias[F]
+// (bias may be undefined) and out[N,F] = gelu(pre); pre is what backward needs. CUDA: one
+// cuBLASLt GEMM with the GELU_AUX(_BIAS) epilogue when its requirements hold (F % 8 == 0,
+// 16-byte aligned pointers, an algorithm found), else linear_forward + gelu_forward.
+void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in,
+                         const Tensor& weight, const Tensor& bias);
+// GELU backward fused with the bias gradient of the linear before it: dpre[N,F] = dout *
+// gelu'(pre) (assign) and dbias[F] += sum_n dpre[n,:] (accumulate; skipped when undefined).
+// Follow with linear_backward(din, dweight, /*dbias=*/Tensor(), dpre, in, weight).
+void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
+                             const Tensor& pre);
+
 // ---- attention -----------------------------------------------------------------------------
 // Causal self-attention with grouped-query attention, Megatron's fused-QKV layout:
 // qkv[B,T,G*(NH/G + 2)*HS]; for each group g the row holds [q heads of g (NH/G * HS) | k (HS) |

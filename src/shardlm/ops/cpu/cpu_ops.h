@@ -61,6 +61,18 @@ void dropout_forward(DeviceContext& ctx, Tensor out, const Tensor& in, double p,
 void dropout_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, double p,
                       const DropoutKey& key, uint64_t position_offset);
 
+// fused_dropout_add.cc
+void dropout_add_forward(DeviceContext& ctx, Tensor out, const Tensor& x, const Tensor& residual,
+                         double p, const DropoutKey& key, uint64_t position_offset);
+void dropout_add_backward(DeviceContext& ctx, Tensor dx, const Tensor& dout, double p,
+                          const DropoutKey& key, uint64_t position_offset);
+
+// fused_linear_gelu.cc
+void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in,
+                         const Tensor& weight, const Tensor& bias);
+void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
+                             const Tensor& pre);
+
 // attention.cc
 void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
                        const AttentionShape& shape, double dropout_p, const DropoutKey& key);
