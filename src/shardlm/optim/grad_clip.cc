@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "shardlm/ops/ops.h"
 
@@ -9,15 +11,32 @@ namespace shardlm::optim {
 
 double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
                         const GradNormScope& scope) {
-  double sum = 0;
-  for (const model::Parameter& p : reg.parameters()) {
+  // Counted parameters that are neighbours in the flat buffer form one span (only zero
+  // padding can lie between them), so the norm takes a few large reductions, each one device
+  // round trip, instead of one per parameter.
+  std::vector<const model::Parameter*> by_offset;
+  for (const model::Parameter& p : reg.parameters()) by_offset.push_back(&p);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const model::Parameter* a, const model::Parameter* b) { return a->offset < b->offset; });
+  std::vector<std::pair<int64_t, int64_t>> spans;  // [begin, end) in the flat buffer
+  bool previous_counted = false;
+  for (const model::Parameter* p : by_offset) {
     // Replicated-over-TP parameters are identical on every TP rank: count them on rank 0.
-    if (!p.spec.split.is_split() && (scope.tp_rank != 0 || p.spec.split.tp_rank != 0)) continue;
+    const bool counted =
+        p->spec.split.is_split() || (scope.tp_rank == 0 && p->spec.split.tp_rank == 0);
+    const int64_t begin = p->offset, end = p->offset + p->local_shape.numel();
+    if (counted && previous_counted)
+      spans.back().second = end;
+    else if (counted)
+      spans.emplace_back(begin, end);
+    previous_counted = counted;
+  }
+  double sum = 0;
+  for (const auto& [begin, end] : spans) {
     if (scope.owned.empty()) {
-      sum += ops::sum_squares(ctx, p.grad);
+      sum += ops::sum_squares(ctx, reg.flat_grads().flat_view(begin, Shape({end - begin})));
       continue;
     }
-    const int64_t begin = p.offset, end = p.offset + p.local_shape.numel();
     for (const BucketRange& r : scope.owned) {
       const int64_t lo = std::max(begin, r.begin), hi = std::min(end, r.end);
       if (lo < hi) sum += ops::sum_squares(ctx, reg.flat_grads().flat_view(lo, Shape({hi - lo})));
