@@ -27,7 +27,8 @@ TEST(DropoutAdd, EqualsUnfusedDropoutThenAddBitForBit) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + " p=" + std::to_string(p) +
                      " offset=" + std::to_string(offset));
         const OwnedTensor x = random_tensor(dt, {9, 37}, 11), res = random_tensor(dt, {9, 37}, 12);
-        OwnedTensor dropped = random_tensor(dt, {9, 37}, 13), unfused = random_tensor(dt, {9, 37}, 14);
+        OwnedTensor dropped = random_tensor(dt, {9, 37}, 13);
+        OwnedTensor unfused = random_tensor(dt, {9, 37}, 14);
         ops::dropout_forward(ctx, dropped, x, p, key_b(), offset);
         ops::add(ctx, unfused, res, dropped);
         OwnedTensor fused = random_tensor(dt, {9, 37}, 15);  // garbage: must be overwritten
@@ -66,8 +67,10 @@ TEST(DropoutAdd, MatchesFloat64Formula) {
 
 TEST(DropoutAdd, PZeroIsAPlainAdd) {
   DeviceContext ctx = DeviceContext::cpu();
-  const OwnedTensor x = random_tensor(DType::kF32, {5, 17}, 31), res = random_tensor(DType::kF32, {5, 17}, 32);
-  OwnedTensor out = random_tensor(DType::kF32, {5, 17}, 33), sum = random_tensor(DType::kF32, {5, 17}, 34);
+  const OwnedTensor x = random_tensor(DType::kF32, {5, 17}, 31);
+  const OwnedTensor res = random_tensor(DType::kF32, {5, 17}, 32);
+  OwnedTensor out = random_tensor(DType::kF32, {5, 17}, 33);
+  OwnedTensor sum = random_tensor(DType::kF32, {5, 17}, 34);
   ops::dropout_add_forward(ctx, out, x, res, 0.0, key_b(), 12345);
   ops::add(ctx, sum, x, res);
   EXPECT_EQ(to_vector(out), to_vector(sum));
@@ -79,7 +82,8 @@ TEST(DropoutAdd, PZeroIsAPlainAdd) {
 TEST(DropoutAdd, InPlaceOnResidualAndOnX) {
   DeviceContext ctx = DeviceContext::cpu();
   const double p = 0.25;
-  const OwnedTensor x = random_tensor(DType::kF32, {4, 33}, 41), res = random_tensor(DType::kF32, {4, 33}, 42);
+  const OwnedTensor x = random_tensor(DType::kF32, {4, 33}, 41);
+  const OwnedTensor res = random_tensor(DType::kF32, {4, 33}, 42);
   OwnedTensor expect = OwnedTensor::zeros(DType::kF32, {4, 33});
   ops::dropout_add_forward(ctx, expect, x, res, p, key_b(), 5);
   OwnedTensor r = clone(res);  // residual stream updated in place: r = r + dropout(x)
@@ -112,7 +116,8 @@ TEST(DropoutAdd, BackwardMatchesFiniteDifferencesAndDropoutBackward) {
   DeviceContext ctx = DeviceContext::cpu();
   const double p = 0.35;
   const uint64_t offset = 9;
-  OwnedTensor x = random_tensor(DType::kF64, {4, 13}, 61), res = random_tensor(DType::kF64, {4, 13}, 62);
+  OwnedTensor x = random_tensor(DType::kF64, {4, 13}, 61);
+  OwnedTensor res = random_tensor(DType::kF64, {4, 13}, 62);
   const OwnedTensor dout = random_tensor(DType::kF64, {4, 13}, 63);
   OwnedTensor out = OwnedTensor::zeros(DType::kF64, {4, 13});
   auto loss = [&] {
@@ -130,7 +135,8 @@ TEST(DropoutAdd, BackwardMatchesFiniteDifferencesAndDropoutBackward) {
 
 TEST(DropoutAdd, RejectsBadArguments) {
   DeviceContext ctx = DeviceContext::cpu();
-  OwnedTensor a = random_tensor(DType::kF32, {4, 8}, 71), b = random_tensor(DType::kF32, {4, 8}, 72);
+  OwnedTensor a = random_tensor(DType::kF32, {4, 8}, 71);
+  OwnedTensor b = random_tensor(DType::kF32, {4, 8}, 72);
   OwnedTensor c = random_tensor(DType::kF32, {4, 8}, 73);
   OwnedTensor small = random_tensor(DType::kF32, {4, 7}, 74);
   OwnedTensor f64 = random_tensor(DType::kF64, {4, 8}, 75);

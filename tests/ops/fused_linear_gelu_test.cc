@@ -51,7 +51,8 @@ TEST(LinearGelu, ForwardMatchesFloat64Formula) {
   const OwnedTensor in = random_tensor(DType::kF64, {N, IC}, 11),
                     w = random_tensor(DType::kF64, {F, IC}, 12, 0.5),
                     b = random_tensor(DType::kF64, {F}, 13);
-  OwnedTensor pre = OwnedTensor::zeros(DType::kF64, {N, F}), out = OwnedTensor::zeros(DType::kF64, {N, F});
+  OwnedTensor pre = OwnedTensor::zeros(DType::kF64, {N, F});
+  OwnedTensor out = OwnedTensor::zeros(DType::kF64, {N, F});
   ops::linear_gelu_forward(ctx, out, pre, in, w, b);
   const std::vector<double> x = to_vector(in), wv = to_vector(w), bv = to_vector(b);
   std::vector<double> pre_ref(N * F), out_ref(N * F);
@@ -71,7 +72,8 @@ TEST(GeluBackwardBiasGrad, EqualsUnfusedGeluBackwardThenBiasGrad) {
   const int64_t N = 17, IC = 5, F = 23;
   for (DType dt : {DType::kF32, DType::kF64}) {
     SCOPED_TRACE(dtype_name(dt));
-    const OwnedTensor pre = random_tensor(dt, {N, F}, 21, 2.0), dout = random_tensor(dt, {N, F}, 22);
+    const OwnedTensor pre = random_tensor(dt, {N, F}, 21, 2.0);
+    const OwnedTensor dout = random_tensor(dt, {N, F}, 22);
     const OwnedTensor db0 = random_tensor(dt, {F}, 23);
     // Unfused: gelu_backward, then linear_backward's bias reduction alone.
     const OwnedTensor in = random_tensor(dt, {N, IC}, 24), w = random_tensor(dt, {F, IC}, 25);
@@ -97,10 +99,12 @@ TEST(GeluBackwardBiasGrad, EqualsUnfusedGeluBackwardThenBiasGrad) {
 TEST(LinearGelu, ChainGradientsMatchFiniteDifferences) {
   DeviceContext ctx = DeviceContext::cpu();
   const int64_t N = 6, IC = 5, F = 7;
-  OwnedTensor in = random_tensor(DType::kF64, {N, IC}, 31), w = random_tensor(DType::kF64, {F, IC}, 32, 0.5);
+  OwnedTensor in = random_tensor(DType::kF64, {N, IC}, 31);
+  OwnedTensor w = random_tensor(DType::kF64, {F, IC}, 32, 0.5);
   OwnedTensor b = random_tensor(DType::kF64, {F}, 33);
   const OwnedTensor dout = random_tensor(DType::kF64, {N, F}, 34);
-  OwnedTensor pre = OwnedTensor::zeros(DType::kF64, {N, F}), out = OwnedTensor::zeros(DType::kF64, {N, F});
+  OwnedTensor pre = OwnedTensor::zeros(DType::kF64, {N, F});
+  OwnedTensor out = OwnedTensor::zeros(DType::kF64, {N, F});
   auto loss = [&] {
     ops::linear_gelu_forward(ctx, out, pre, in, w, b);
     return dot(out, dout);
@@ -126,9 +130,12 @@ TEST(LinearGelu, ChainGradientsMatchFiniteDifferences) {
 TEST(LinearGelu, RejectsBadArguments) {
   DeviceContext ctx = DeviceContext::cpu();
   const int64_t N = 4, IC = 3, F = 5;
-  OwnedTensor in = random_tensor(DType::kF32, {N, IC}, 41), w = random_tensor(DType::kF32, {F, IC}, 42);
-  OwnedTensor b = random_tensor(DType::kF32, {F}, 43), bad_b = random_tensor(DType::kF32, {F + 1}, 44);
-  OwnedTensor out = random_tensor(DType::kF32, {N, F}, 45), pre = random_tensor(DType::kF32, {N, F}, 46);
+  OwnedTensor in = random_tensor(DType::kF32, {N, IC}, 41);
+  OwnedTensor w = random_tensor(DType::kF32, {F, IC}, 42);
+  OwnedTensor b = random_tensor(DType::kF32, {F}, 43);
+  OwnedTensor bad_b = random_tensor(DType::kF32, {F + 1}, 44);
+  OwnedTensor out = random_tensor(DType::kF32, {N, F}, 45);
+  OwnedTensor pre = random_tensor(DType::kF32, {N, F}, 46);
   OwnedTensor narrow = random_tensor(DType::kF32, {N, F - 1}, 47);
   EXPECT_SHARDLM_ERROR(ops::linear_gelu_forward(ctx, out, pre, in, w, bad_b),
                        ErrorKind::kInvalidArgument, "bias");

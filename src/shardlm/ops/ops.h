@@ -94,8 +94,9 @@ void dropout_add_backward(DeviceContext& ctx, Tensor dx, const Tensor& dout, dou
                           const DropoutKey& key, uint64_t position_offset);
 // Linear fused with GELU (tanh approximation): pre[N,F] = in[N,IC] @ weight[F,IC]^T + bias[F]
 // (bias may be undefined) and out[N,F] = gelu(pre); pre is what backward needs. CUDA: one
-// cuBLASLt GEMM with the GELU_AUX(_BIAS) epilogue when its requirements hold (F % 8 == 0,
-// 16-byte aligned pointers, an algorithm found), else linear_forward + gelu_forward.
+// cuBLASLt GEMM with the GELU_AUX(_BIAS) epilogue when its requirements hold (bf16/fp16,
+// F % 8 == 0, 16-byte aligned pointers, an algorithm found), else linear_forward +
+// gelu_forward (always for fp32, which stays exact against the CPU).
 void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in,
                          const Tensor& weight, const Tensor& bias);
 // GELU backward fused with the bias gradient of the linear before it: dpre[N,F] = dout *
