@@ -104,6 +104,15 @@ TEST_P(DropoutAddGpuTest, InPlaceAndMisalignedViews) {
   ops::dropout_add_forward(gpu(), part_d.view().slice(1, n + 1), x_d.view().slice(1, n + 1),
                            res_d.view().slice(1, n + 1), p, gpu_key(), 1);
   expect_same_bits("misaligned views", gpu(), part_d, expect_d);
+  // Misaligned pointers with a group-aligned position offset: must not take the vector path.
+  OwnedTensor ref = OwnedTensor::empty(DType::kF32, {n});
+  ops::cpu::dropout_add_forward(cpu_, ref, x.view().slice(1, n + 1), res.view().slice(1, n + 1),
+                                p, gpu_key(), 4);
+  OwnedTensor shifted_d = poisoned_device(dt, {n + 1});
+  ops::dropout_add_forward(gpu(), shifted_d.view().slice(1, n + 1), x_d.view().slice(1, n + 1),
+                           res_d.view().slice(1, n + 1), p, gpu_key(), 4);
+  testing::expect_matches_reference("misaligned pointers, aligned positions", gpu(),
+                                    shifted_d.view().slice(1, n + 1), ref, dt);
 }
 
 TEST_P(DropoutAddGpuTest, BackwardMatchesCpuAndDropoutBackward) {
