@@ -143,6 +143,24 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--eval-iters", l.eval_iters, "Iterations per validation run")->group(g)->check(nonneg);
   cmd.add_option("--log-jsonl", l.log_jsonl, "Also write metrics as JSON lines to this file")->group(g);
   cmd.add_option("--config", "YAML file with the same keys as these flags (flags win)")->group(g);
+  g = "Checkpointing";
+  train::CheckpointConfig& ck = cfg.checkpoint;
+  cmd.add_option("--save", ck.save, "Directory to save checkpoints in")->group(g);
+  cmd.add_option("--save-interval", ck.save_interval, "Iterations between checkpoints")->group(g)->check(pos);
+  cmd.add_option("--load", ck.load, "Directory to load a checkpoint from (latest, or --ckpt-step)")->group(g);
+  cmd.add_flag("--finetune", ck.finetune, "Load weights only: iteration 0, fresh optimizer and data position")->group(g);
+  cmd.add_flag("--no-load-optim", ck.no_load_optim, "Do not load the optimizer state")->group(g);
+  cmd.add_flag("--no-load-rng", ck.no_load_rng, "Do not load the RNG state (use --seed)")->group(g);
+  cmd.add_flag("--no-save-optim", ck.no_save_optim, "Do not save the optimizer state")->group(g);
+  cmd.add_option("--ckpt-step", ck.ckpt_step, "Iteration to load instead of the latest")->group(g)->check(nonneg);
+  cmd.add_flag("--async-save", ck.async_save, "Write checkpoints in a background thread")->group(g);
+  cmd.add_flag("--exit-signal-handler", ck.exit_signal_handler,
+               "On SIGTERM/SIGINT: save at the end of the step and exit 0")->group(g);
+  cmd.add_option("--exit-interval", ck.exit_interval, "Save and exit when iteration % N == 0")->group(g)->check(pos);
+  cmd.add_option("--exit-duration-in-mins", ck.exit_duration_in_mins,
+                 "Save and exit after this many minutes")->group(g)->check(pos);
+  cmd.add_option("--keep-last-checkpoints", ck.keep_last_checkpoints,
+                 "Keep only the newest K checkpoints (removed after a new one is complete)")->group(g)->check(pos);
 }
 
 namespace {

@@ -26,6 +26,9 @@ class AdamW {
   AdamW(model::ParameterRegistry& reg, const AdamWConfig& cfg);
   void step(DeviceContext& ctx, double lr);
   int64_t steps_taken() const { return steps_; }
+  // Checkpoint restore (ckpt): the step counter; the moments are written through exp_avg() /
+  // exp_avg_sq(), views laid out like the registry's flat value buffer.
+  void set_steps_taken(int64_t steps) { steps_ = steps; }
   const Tensor& exp_avg() const { return exp_avg_.view(); }
   const Tensor& exp_avg_sq() const { return exp_avg_sq_.view(); }
 

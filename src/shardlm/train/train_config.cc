@@ -78,6 +78,15 @@ void TrainConfig::validate() const {
   if (!(par.distributed_timeout_minutes > 0))
     bad("--distributed-timeout-minutes must be positive, got " +
         std::to_string(par.distributed_timeout_minutes));
+  const CheckpointConfig& ck = checkpoint;
+  if (ck.save_interval < 0) bad("--save-interval must not be negative");
+  if (ck.keep_last_checkpoints < 0) bad("--keep-last-checkpoints must not be negative");
+  if (ck.exit_interval < 0) bad("--exit-interval must not be negative");
+  if (ck.exit_duration_in_mins < 0) bad("--exit-duration-in-mins must not be negative");
+  if (ck.ckpt_step >= 0 && ck.load.empty())
+    bad("--ckpt-step " + s(ck.ckpt_step) + " needs --load DIR (the checkpoint directory)");
+  if (ck.finetune && ck.load.empty())
+    bad("--finetune needs --load DIR (the checkpoint to fine-tune from)");
   model.validate();
 }
 

@@ -47,6 +47,23 @@ struct LoggingConfig {
   std::string log_jsonl;  // optional: one JSON object per logged iteration / evaluation
 };
 
+// Checkpoints and exits (Megatron's flags; policy in train/checkpointing.h).
+struct CheckpointConfig {
+  std::string save;                  // --save DIR
+  int64_t save_interval = 0;         // --save-interval N (0: only at the end / on exit)
+  std::string load;                  // --load DIR
+  bool finetune = false;             // --finetune: weights only, iteration 0, fresh optimizer
+  bool no_load_optim = false;        // --no-load-optim
+  bool no_load_rng = false;          // --no-load-rng
+  bool no_save_optim = false;        // --no-save-optim
+  int64_t ckpt_step = -1;            // --ckpt-step N (-1: the latest)
+  bool async_save = false;           // --async-save
+  bool exit_signal_handler = false;  // --exit-signal-handler (SIGTERM/SIGINT: save, exit 0)
+  int64_t exit_interval = 0;         // --exit-interval N
+  double exit_duration_in_mins = 0;  // --exit-duration-in-mins M
+  int64_t keep_last_checkpoints = 0; // --keep-last-checkpoints K (0: keep all)
+};
+
 // Parallel layout and data-parallel communication (Megatron's distributed flags).
 struct ParallelConfig {
   int tensor_model_parallel_size = 1;    // --tensor-model-parallel-size
@@ -67,6 +84,7 @@ struct TrainConfig {
   OptimizerConfig optimizer;
   DataConfig data;
   LoggingConfig logging;
+  CheckpointConfig checkpoint;
   int64_t micro_batch_size = 0;   // required
   int64_t global_batch_size = 0;  // 0: micro × data-parallel size
   int64_t train_iters = 0;        // required

@@ -195,6 +195,37 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                : std::string(" (not sharded)"))
        << "\n";
   log_.flush();
+
+  // --load: parameters, optimizer state and progress (train/checkpointing.h).
+  checkpointer_ = std::make_unique<Checkpointer>(
+      cfg_, log_, &rank_->world(),
+      ReplicaRanks{rank_->dp().rank(), rank_->tp().rank()});
+  TrainingProgress resumed = progress();
+  OptimizerStateView opt = optimizer_view();
+  if (checkpointer_->load(*device_, registry_, &opt, resumed)) {
+    if (optimizer_) optimizer_->set_steps_taken(opt.steps);
+    if (dist_optimizer_) dist_optimizer_->set_steps_taken(opt.steps);
+    iteration_ = resumed.iteration;
+    consumed_samples_ = resumed.consumed_samples;
+    eval_cursor_ = resumed.eval_cursor;
+    skipped_iterations_ = resumed.skipped_iterations;
+    nan_iterations_ = resumed.nan_iterations;
+    cfg_.seed = resumed.seed;
+    registry_.sync_compute_values(*device_);
+  }
+}
+
+TrainingProgress Trainer::progress() const {
+  return {iteration_, consumed_samples_, eval_cursor_, skipped_iterations_, nan_iterations_,
+          cfg_.seed};
+}
+
+OptimizerStateView Trainer::optimizer_view() const {
+  if (optimizer_) return optimizer_state(*optimizer_, registry_);
+  OptimizerStateView v{dist_optimizer_->steps_taken(), {}, dist_optimizer_->exp_avg(),
+                       dist_optimizer_->exp_avg_sq(), true};
+  for (const optim::BucketRange& r : dist_optimizer_->owned_ranges()) v.owned.emplace_back(r.begin, r.end);
+  return v;
 }
 
 size_t Trainer::optimizer_state_bytes() const {
@@ -394,6 +425,17 @@ void Trainer::train() {
       evaluate();
       interval_start = Clock::now();
     }
+    if (!cfg_.checkpoint.save.empty() || cfg_.checkpoint.exit_interval > 0 ||
+        cfg_.checkpoint.exit_duration_in_mins > 0 || cfg_.checkpoint.exit_signal_handler) {
+      finish_param_gather();  // a checkpoint must hold the updated parameters
+      const OptimizerStateView opt = optimizer_view();
+      if (checkpointer_->after_step(*device_, registry_, &opt, progress())) return;
+    }
+  }
+  if (!cfg_.checkpoint.save.empty()) {
+    finish_param_gather();
+    const OptimizerStateView opt = optimizer_view();
+    checkpointer_->finish(*device_, registry_, &opt, progress());
   }
   if (cfg_.logging.eval_iters > 0) evaluate();
   finish_param_gather();  // leave the parameters current

@@ -41,6 +41,7 @@
 #include "shardlm/parallel/grad_sync.h"
 #include "shardlm/tensor/arena.h"
 #include "shardlm/train/memory_plan.h"
+#include "shardlm/train/checkpointing.h"
 #include "shardlm/train/train_config.h"
 
 namespace shardlm::train {
@@ -145,6 +146,10 @@ class Trainer {
   OwnedTensor tokens_host_, targets_host_, mask_host_;
   OwnedTensor tokens_dev_, targets_dev_, mask_dev_;
 
+  // --save / --load / exits (train/checkpointing.h), and the state it saves and restores.
+  std::unique_ptr<Checkpointer> checkpointer_;
+  TrainingProgress progress() const;
+  OptimizerStateView optimizer_view() const;
   int64_t iteration_ = 0;
   int64_t consumed_samples_ = 0;
   int64_t eval_cursor_ = 0;

@@ -1,0 +1,176 @@
+// Checkpoints from the outside (the shardlm binary as a child process): SIGTERM with
+// --exit-signal-handler saves at the end of the step and exits 0 with a loadable checkpoint;
+// --exit-interval; a model-flag mismatch on --load is one line naming the flag; convert --from hf
+// then train --load --finetune, and convert --to hf.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(SHARDLM_BINARY_PATH) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = fs::temp_directory_path() /
+            ("shardlm_ckcli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+const std::string kModel =
+    "--mock-data --num-layers 1 --hidden-size 16 --num-attention-heads 2 --seq-length 8 "
+    "--vocab-size 32 --micro-batch-size 2 --lr 1e-3 --device cpu ";
+
+TEST(CheckpointCli, SigtermSavesAtTheEndOfTheStepAndExitsZero) {
+  TempDir dir;
+  int out_pipe[2];
+  ASSERT_EQ(pipe(out_pipe), 0);
+  const std::string save = dir.str() + "/ckpt";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    dup2(out_pipe[1], 1);
+    dup2(out_pipe[1], 2);
+    close(out_pipe[0]);
+    execl(SHARDLM_BINARY_PATH, SHARDLM_BINARY_PATH, "train", "--mock-data", "--num-layers", "1",
+          "--hidden-size", "16", "--num-attention-heads", "2", "--seq-length", "8",
+          "--vocab-size", "32", "--micro-batch-size", "2", "--lr", "1e-3", "--device", "cpu",
+          "--train-iters", "1000000", "--log-interval", "1", "--eval-iters", "0",
+          "--exit-signal-handler", "--save", save.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  // Wait until a few iterations are logged, then SIGTERM.
+  std::string output;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  bool signalled = false;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{out_pipe[0], POLLIN, 0};
+    if (poll(&p, 1, 100) > 0) {
+      char buf[4096];
+      const ssize_t n = read(out_pipe[0], buf, sizeof(buf));
+      if (n <= 0) break;
+      output.append(buf, static_cast<size_t>(n));
+    }
+    if (!signalled && output.find("iteration        3/") != std::string::npos) {
+      kill(pid, SIGTERM);
+      signalled = true;
+    }
+  }
+  // The pipe closes as the child exits, a moment before it can be reaped.
+  int status = 0;
+  pid_t done = 0;
+  for (int i = 0; i < 300 && (done = waitpid(pid, &status, WNOHANG)) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (done == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    FAIL() << "shardlm did not exit after SIGTERM:\n" << output;
+  }
+  close(out_pipe[0]);
+  ASSERT_TRUE(signalled) << output;
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << output;
+  EXPECT_NE(output.find("exit signal received"), std::string::npos) << output;
+  const std::string latest = read_file(fs::path(save) / "latest_checkpointed_iteration.txt");
+  ASSERT_FALSE(latest.empty()) << output;
+  const long long it = std::stoll(latest);
+  EXPECT_GE(it, 3);
+  // The checkpoint loads and training continues from it.
+  const Result resumed = run("train " + kModel + "--train-iters " + std::to_string(it + 2) +
+                             " --log-interval 1 --eval-iters 0 --load " + save);
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("loaded checkpoint"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("iteration " + std::string(8 - std::to_string(it + 1).size(), ' ') +
+                                std::to_string(it + 1) + "/"),
+            std::string::npos)
+      << resumed.output;
+}
+
+TEST(CheckpointCli, ExitIntervalAndConfigMismatch) {
+  TempDir dir;
+  const std::string save = dir.str() + "/ckpt";
+  const Result r = run("train " + kModel + "--train-iters 10 --eval-iters 0 --log-interval 1 " +
+                       "--save " + save + " --exit-interval 3 --async-save");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(read_file(fs::path(save) / "latest_checkpointed_iteration.txt"), "3\n");
+  EXPECT_EQ(r.output.find("iteration        4/"), std::string::npos) << r.output;
+  const Result bad = run("train --mock-data --num-layers 1 --hidden-size 32 "
+                         "--num-attention-heads 2 --seq-length 8 --vocab-size 32 "
+                         "--micro-batch-size 2 --lr 1e-3 --device cpu --train-iters 5 --load " +
+                         save);
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--hidden-size"), std::string::npos) << bad.output;
+  int lines = 0;
+  for (char c : bad.output.substr(bad.output.find("shardlm: "))) lines += c == '\n';
+  EXPECT_EQ(lines, 1) << bad.output;
+}
+
+TEST(CheckpointCli, ConvertFromHfFinetuneAndBack) {
+  const fs::path fixture = fs::path(SHARDLM_SOURCE_DIR) / "tests/golden/hf/gpt2_tiny";
+  if (!fs::exists(fixture / "model.safetensors")) GTEST_SKIP() << "fixture " << fixture << " missing";
+  TempDir dir;
+  const std::string ckpt = dir.str() + "/ckpt", hf = dir.str() + "/hf";
+  const Result c = run("convert --from hf --model-type gpt2 --input " + fixture.string() +
+                       " --output " + ckpt);
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_NE(c.output.find("--finetune --num-layers 2 --hidden-size 64"), std::string::npos)
+      << c.output;
+  const Result ft = run(
+      "train --load " + ckpt + " --finetune --num-layers 2 --hidden-size 64 "
+      "--num-attention-heads 4 --max-position-embeddings 64 --vocab-size 1000 --seq-length 16 "
+      "--mock-data --micro-batch-size 2 --lr 1e-4 --train-iters 2 --eval-iters 0 "
+      "--log-interval 1 --device cpu --hidden-dropout 0 --attention-dropout 0 --save " +
+      dir.str() + "/ft");
+  EXPECT_EQ(ft.exit_code, 0) << ft.output;
+  EXPECT_NE(ft.output.find("loaded checkpoint"), std::string::npos) << ft.output;
+  EXPECT_TRUE(fs::exists(dir.str() + "/ft/iter_0000002/metadata.json")) << ft.output;
+  const Result back = run("convert --to hf --model-type gpt2 --input " + ckpt + " --output " + hf);
+  ASSERT_EQ(back.exit_code, 0) << back.output;
+  EXPECT_TRUE(fs::exists(hf + "/config.json"));
+  EXPECT_TRUE(fs::exists(hf + "/model.safetensors"));
+  const Result bad = run("convert --model-type gpt2 --input " + ckpt + " --output " + hf);
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+}
+
+}  // namespace
