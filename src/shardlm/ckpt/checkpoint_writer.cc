@@ -111,6 +111,7 @@ struct CheckpointWriter::Pending {
   std::vector<OwnedTensor> snapshot;   // owners of the host copies
   std::thread thread;
   std::exception_ptr error;
+  double write_seconds = 0;
 
   // Writes this rank's safetensors file and index part into temp_dir.
   void write_rank_files() {
@@ -206,11 +207,13 @@ void CheckpointWriter::save(DeviceContext& ctx, const std::string& root, int64_t
 
   Pending* raw = p.get();
   auto work = [raw] {
+    const auto t0 = Clock::now();
     try {
       raw->write_rank_files();
     } catch (...) {
       raw->error = std::current_exception();
     }
+    raw->write_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   };
   pending_ = std::move(p);
   if (options.async) {
@@ -223,10 +226,11 @@ void CheckpointWriter::save(DeviceContext& ctx, const std::string& root, int64_t
   }
 }
 
-void CheckpointWriter::finalize() {
-  if (!pending_) return;
+int64_t CheckpointWriter::finalize() {
+  if (!pending_) return -1;
   std::unique_ptr<Pending> p = std::move(pending_);
   if (p->thread.joinable()) p->thread.join();
+  last_write_seconds_ = p->write_seconds;
   // Every rank's part must be on disk before rank 0 publishes.
   const int failed_writes = count_failures(comm_, p->error != nullptr);
   if (failed_writes > 0) {
@@ -254,6 +258,7 @@ void CheckpointWriter::finalize() {
     throw Error(ErrorKind::kIo, "checkpoint iteration " + std::to_string(p->iteration) +
                                     " could not be published by rank 0 (see its error)");
   }
+  return p->iteration;
 }
 
 void CheckpointWriter::publish(Pending& p) {

@@ -64,11 +64,15 @@ class CheckpointWriter {
   void save(DeviceContext& ctx, const std::string& root, int64_t iteration,
             const std::vector<ShardedTensor>& shards, const nlohmann::json& state,
             const SaveOptions& options = {});
-  // Publishes the pending save (collective); a no-op when nothing is pending.
-  void finalize();
+  // Publishes the pending save (collective); a no-op when nothing is pending. Returns the
+  // iteration it published, or -1 when nothing was pending.
+  int64_t finalize();
   bool pending() const { return pending_ != nullptr; }
   // Seconds the last save() blocked the caller (snapshot + synchronous writes).
   double last_blocking_seconds() const { return last_blocking_seconds_; }
+  // Seconds this rank spent writing its files for the last published save (on the background
+  // thread when async).
+  double last_write_seconds() const { return last_write_seconds_; }
 
  private:
   struct Pending;
@@ -77,6 +81,7 @@ class CheckpointWriter {
   dist::Communicator* comm_;
   std::unique_ptr<Pending> pending_;
   double last_blocking_seconds_ = 0;
+  double last_write_seconds_ = 0;
 };
 
 // Writes `text` to `path` through "<path>.tmp" + fsync + rename (readers see old or new).

@@ -172,6 +172,7 @@ void Checkpointer::save(DeviceContext& ctx, const model::ParameterRegistry& reg,
         s.region.extents == s.global_shape.dims())
       s.write = false;
   }
+  finalize_pending();  // an earlier asynchronous save completes first
   ckpt::SaveOptions options;
   options.async = c.async_save;
   options.keep_last = c.keep_last_checkpoints;
@@ -181,6 +182,16 @@ void Checkpointer::save(DeviceContext& ctx, const model::ParameterRegistry& reg,
        << " checkpoint at iteration " << progress.iteration << " to " << c.save << " ("
        << format_seconds(writer_.last_blocking_seconds()) << " s blocking)\n";
   log_.flush();
+}
+
+void Checkpointer::finalize_pending() {
+  const bool was_async = writer_.pending();
+  const int64_t published = writer_.finalize();
+  if (was_async && published >= 0) {
+    log_ << "  asynchronous save of iteration " << published << " complete ("
+         << format_seconds(writer_.last_write_seconds()) << " s writing in the background)\n";
+    log_.flush();
+  }
 }
 
 bool Checkpointer::load(DeviceContext& ctx, model::ParameterRegistry& reg,
@@ -278,7 +289,7 @@ bool Checkpointer::after_step(DeviceContext& ctx, const model::ParameterRegistry
   if (reason.empty()) return false;
   if (can_save && last_saved_iteration_ != progress.iteration)
     save(ctx, reg, optimizer, progress);
-  writer_.finalize();
+  finalize_pending();
   log_ << "> exiting at iteration " << progress.iteration << ": " << reason
        << (can_save ? " (checkpoint saved)" : "") << "\n";
   log_.flush();
@@ -290,7 +301,7 @@ void Checkpointer::finish(DeviceContext& ctx, const model::ParameterRegistry& re
   if (!cfg_.checkpoint.save.empty() && progress.iteration > 0 &&
       last_saved_iteration_ != progress.iteration)
     save(ctx, reg, optimizer, progress);
-  writer_.finalize();
+  finalize_pending();
 }
 
 }  // namespace shardlm::train

@@ -121,6 +121,9 @@ class Checkpointer {
   nlohmann::json state_json(const OptimizerStateView* optimizer, const TrainingProgress& progress) const;
 
  private:
+  // Publishes a pending asynchronous save and logs how long its background write took.
+  void finalize_pending();
+
   TrainConfig cfg_;
   std::ostream& log_;
   dist::Communicator* comm_;
