@@ -70,10 +70,20 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
          [&m](const std::string& v) {
            if (v == "learned_absolute") m.position_embedding = model::PositionEmbedding::kLearnedAbsolute;
            else if (v == "none") m.position_embedding = model::PositionEmbedding::kNone;
+           else if (v == "rope") m.position_embedding = model::PositionEmbedding::kRope;
            else throw CLI::ValidationError("--position-embedding-type",
-                                           "'" + v + "' is not supported (learned_absolute, none)");
+                                           "'" + v + "' is not supported (learned_absolute, rope, none)");
          },
-         "learned_absolute or none")->group(g);
+         "learned_absolute, rope (rotary, no position table) or none")->group(g);
+  cmd.add_option("--rotary-base", m.rotary_base, "RoPE base: inv_freq_i = base^(-2i/rotary_dim) (10000)")->group(g)->check(pos);
+  cmd.add_option("--rotary-percent", m.rotary_percent,
+                 "Fraction of each head's dims RoPE rotates (1.0; rotary_dim = int(kv_channels * p))")->group(g)->check(pos);
+  cmd.add_flag("--rotary-interleaved", m.rotary_interleaved,
+               "RoPE on pairs (2i, 2i+1) instead of rotate-half (i, i+dim/2) as Hugging Face Llama")->group(g);
+  cmd.add_flag("--no-rope-fusion", [](int64_t) {},
+               "Accepted for Megatron compatibility (RoPE is one separate q+k kernel here)")->group(g);
+  cmd.add_flag("--attention-softmax-in-fp32", [](int64_t) {},
+               "Accepted for Megatron compatibility: attention softmax is always computed in fp32")->group(g);
   cmd.add_option("--init-method-std", m.init_method_std, "Std of the normal weight init")->group(g)->check(pos);
   cmd.add_option("--hidden-dropout", m.hidden_dropout, "Dropout after attention/MLP and embedding")->group(g)->check(nonneg);
   cmd.add_option("--attention-dropout", m.attention_dropout, "Dropout on attention probabilities")->group(g)->check(nonneg);

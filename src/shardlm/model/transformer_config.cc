@@ -1,5 +1,7 @@
 #include "shardlm/model/transformer_config.h"
 
+#include <cmath>
+
 #include "shardlm/base/error.h"
 
 namespace shardlm::model {
@@ -43,6 +45,17 @@ void TransformerConfig::validate() const {
     bad("--seq-length " + s(seq_length) + " exceeds --max-position-embeddings " +
         s(max_positions()) + "; raise --max-position-embeddings or shorten --seq-length");
   if (!(norm_epsilon > 0)) bad("--norm-epsilon must be positive");
+  if (position_embedding == PositionEmbedding::kRope) {
+    if (!(rotary_percent > 0 && rotary_percent <= 1))
+      bad("--rotary-percent " + std::to_string(rotary_percent) + " must be in (0, 1]");
+    if (!(rotary_base > 0) || !std::isfinite(rotary_base))
+      bad("--rotary-base " + std::to_string(rotary_base) + " must be positive");
+    if (rotary_dim() < 2 || rotary_dim() % 2 != 0)
+      bad("--rotary-percent " + std::to_string(rotary_percent) + " of head dim " +
+          s(head_dim()) + " gives rotary dim " + s(rotary_dim()) +
+          ", which must be even and >= 2 (RoPE rotates pairs); choose --rotary-percent so that "
+          "kv_channels * rotary_percent is an even integer");
+  }
   if (!(init_method_std > 0)) bad("--init-method-std must be positive");
   if (!(hidden_dropout >= 0 && hidden_dropout < 1))
     bad("--hidden-dropout " + std::to_string(hidden_dropout) + " must be in [0, 1)");

@@ -9,7 +9,9 @@
 namespace shardlm::model {
 
 enum class Normalization { kLayerNorm, kRMSNorm };
-enum class PositionEmbedding { kLearnedAbsolute, kNone };
+// kRope: rotary position embedding on q and k inside every attention layer (no
+// position_embeddings parameter, as Megatron's --position-embedding-type rope).
+enum class PositionEmbedding { kLearnedAbsolute, kNone, kRope };
 
 struct TransformerConfig {
   int64_t num_layers = 2;
@@ -29,6 +31,12 @@ struct TransformerConfig {
   Normalization normalization = Normalization::kLayerNorm;
   PositionEmbedding position_embedding = PositionEmbedding::kLearnedAbsolute;
   double norm_epsilon = 1e-5;
+  // RoPE (position_embedding == kRope): rotate the first rotary_dim() dims of each q/k head,
+  // inv_freq_i = rotary_base^(-2i / rotary_dim()); rotate-half pairs (Hugging Face Llama)
+  // unless rotary_interleaved (pairs 2i, 2i+1).
+  double rotary_base = 10000.0;
+  double rotary_percent = 1.0;
+  bool rotary_interleaved = false;
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
@@ -41,6 +49,10 @@ struct TransformerConfig {
   }
   // Megatron's _vocab_size_with_padding: round up to a multiple of divisible_by × TP.
   int64_t padded_vocab_size() const;
+  // Megatron's RotaryEmbedding: dim = int(kv_channels * rotary_percent).
+  int64_t rotary_dim() const {
+    return static_cast<int64_t>(static_cast<double>(head_dim()) * rotary_percent);
+  }
   int64_t qkv_size() const { return (num_attention_heads + 2 * query_groups()) * head_dim(); }
 
   void validate() const;

@@ -112,6 +112,9 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
     const int64_t per_norm = cfg.normalization == Normalization::kLayerNorm ? 2 * C : C;
     s.sp_grads = alloc.allocate(dtype, {2 * per_norm});
   }
+  if (cfg.position_embedding == PositionEmbedding::kRope)  // table at >= fp32 (ops.h)
+    s.rope_cos_sin = alloc.allocate(dtype == DType::kF64 ? DType::kF64 : DType::kF32,
+                                    {cfg.seq_length, cfg.rotary_dim() / 2, 2});
   return s;
 }
 
@@ -130,6 +133,17 @@ double TransformerLayer::attention_dropout(const StepContext& step) const {
   return step.training ? cfg_.attention_dropout : 0.0;
 }
 
+void TransformerLayer::apply_rope(DeviceContext& ctx, const Tensor& qkv, const Scratch& scratch,
+                                  int64_t batch, bool backward) const {
+  if (cfg_.position_embedding != PositionEmbedding::kRope) return;
+  ops::rope_cos_sin(ctx, scratch.rope_cos_sin, cfg_.rotary_base);
+  const Tensor x = qkv.reshape({batch, cfg_.seq_length, qkv.size(1)});  // [B, T, QKVL]
+  if (backward)
+    ops::rope_backward(ctx, x, x, scratch.rope_cos_sin, attention_shape(), cfg_.rotary_interleaved);
+  else
+    ops::rope_forward(ctx, x, x, scratch.rope_cos_sin, attention_shape(), cfg_.rotary_interleaved);
+}
+
 void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
                                const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
@@ -144,6 +158,7 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   norm1_.forward(ctx, ln1_local, s.norm1, x);
   enter_column_region(ctx, tp_, rows, s.ln1, ln1_local, scratch.staging);
   qkv_.forward(ctx, s.qkv, s.ln1);
+  apply_rope(ctx, s.qkv, scratch, B, /*backward=*/false);
   ops::attention_forward(ctx, s.attn.reshape({B, T, s.attn.size(1)}), s.lse,
                          s.qkv.reshape({B, T, s.qkv.size(1)}), attention_shape(),
                          attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
@@ -220,6 +235,7 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
                           s.qkv.reshape({B, T, s.qkv.size(1)}),
                           s.attn.reshape({B, T, s.attn.size(1)}), s.lse, attention_shape(),
                           attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
+  apply_rope(ctx, scratch.qkv, scratch, B, /*backward=*/true);
   qkv_.backward(ctx, d_norm_out_full, scratch.qkv, s.ln1);
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)

@@ -54,6 +54,7 @@ class TransformerLayer {
     Tensor act;             // [N, FL]
     Tensor staging;         // [N, C] sequence parallelism with B > 1 only (row reorder)
     Tensor sp_grads;        // [2 norms' grad_numel] sequence parallelism only
+    Tensor rope_cos_sin;    // [T, R/2, 2] fp32 (fp64 in fp64 runs); --position-embedding-type rope only
   };
 
   // tp: the tensor-parallel group (default: none, the single-rank layer).
@@ -81,6 +82,12 @@ class TransformerLayer {
   ops::AttentionShape attention_shape() const;
   double hidden_dropout(const StepContext& step) const;
   double attention_dropout(const StepContext& step) const;
+  // RoPE (--position-embedding-type rope) in place on the q/k heads of qkv [N, QKVL]: forward
+  // rotates by +θ after linear_qkv (so attention and its saved input see rotated q/k); backward
+  // rotates dqkv by -θ before linear_qkv's backward. Refills scratch.rope_cos_sin each call
+  // (T·R/2 entries, cheap) so the layer needs no state. No-op for other position types.
+  void apply_rope(DeviceContext& ctx, const Tensor& qkv, const Scratch& scratch, int64_t batch,
+                  bool backward) const;
 
   TransformerConfig cfg_;
   TensorParallel tp_;
