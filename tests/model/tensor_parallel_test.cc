@@ -221,6 +221,17 @@ TEST(TensorParallel, Tp2SequenceParallelSwigluGqa4TwoGroupsPerRankRmsNorm) {
   expect_layout_matches_single_rank(layout("tp2 sp swiglu gqa4 rmsnorm", 2, true, 2, c));
 }
 
+TEST(TensorParallel, Tp4SequenceParallelLlamaRopeGqa4) {
+  TransformerConfig c = base_config(4);
+  c.swiglu = true;
+  c.num_query_groups = 4;
+  c.untie_embeddings_and_output_weights = true;
+  c.normalization = Normalization::kRMSNorm;
+  c.add_bias_linear = false;
+  c.position_embedding = PositionEmbedding::kRope;
+  expect_layout_matches_single_rank(layout("tp4 sp llama rope gqa4", 4, true, 2, c));
+}
+
 TEST(TensorParallel, SplitInChunksHoldsMatchingRowsOfEachChunk) {
   // SwiGLU fc1 [gate ; up] with F = 4 rows each, TP = 2: rank 1 holds gate rows 2,3, up rows 6,7.
   Parameter p;
