@@ -135,6 +135,37 @@ TEST(HfGpt2, RoundTripThroughAShardLMCheckpointIsIdentical) {
   EXPECT_EQ(again.config.num_attention_heads, kNH);
 }
 
+TEST(HfGpt2, ReadsAShardedCheckpointThroughItsIndex) {
+  TempDir dir;
+  write_synthetic(dir.path() / "one");
+  // The same tensors split over two files with a model.safetensors.index.json.
+  const fs::path two = dir.path() / "two";
+  fs::create_directories(two);
+  fs::copy_file(dir.path() / "one" / "config.json", two / "config.json");
+  static const auto tensors = synthetic_hf();
+  SafetensorsWriter a, b;
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  int k = 0;
+  for (const auto& [name, t] : tensors) {
+    const bool first = k++ % 2 == 0;
+    (first ? a : b).add(name, DType::kF32, t.first,
+                        {reinterpret_cast<const std::byte*>(t.second.data()), t.second.size() * 4});
+    index["weight_map"][name] = first ? "model-00001-of-00002.safetensors"
+                                      : "model-00002-of-00002.safetensors";
+  }
+  a.write((two / "model-00001-of-00002.safetensors").string());
+  b.write((two / "model-00002-of-00002.safetensors").string());
+  std::ofstream(two / "model.safetensors.index.json") << index.dump();
+  const HfModel m1 = read_hf_gpt2((dir.path() / "one").string());
+  const HfModel m2 = read_hf_gpt2(two.string());
+  ASSERT_EQ(m1.tensors.size(), m2.tensors.size());
+  for (const auto& [name, t] : m1.tensors) {
+    const Tensor& u = m2.tensors.at(name).view();
+    ASSERT_EQ(t.view().shape(), u.shape()) << name;
+    EXPECT_EQ(std::memcmp(t.view().raw(), u.raw(), u.nbytes()), 0) << name;
+  }
+}
+
 TEST(HfGpt2, UnsupportedConfigsAreRefused) {
   TempDir dir;
   write_synthetic(dir.path() / "hf");

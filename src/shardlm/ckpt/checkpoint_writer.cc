@@ -13,6 +13,7 @@
 
 #include "shardlm/base/check.h"
 #include "shardlm/ckpt/checksum.h"
+#include "shardlm/ckpt/detail/agree.h"
 #include "shardlm/ckpt/format.h"
 #include "shardlm/ckpt/safetensors.h"
 #include "shardlm/ops/ops.h"
@@ -53,12 +54,8 @@ std::string read_text(const std::string& path) {
 }
 
 // Agreement across ranks: returns the number of ranks that report failure.
-int count_failures(dist::Communicator* comm, bool failed) {
-  if (comm == nullptr) return failed ? 1 : 0;
-  OwnedTensor flag = OwnedTensor::empty(DType::kI32, {1});
-  flag.view().data<int32_t>()[0] = failed ? 1 : 0;
-  comm->all_reduce(flag.view());
-  return flag.view().data<int32_t>()[0];
+int count_failures(dist::Communicator* comm, DeviceContext& ctx, bool failed) {
+  return detail::all_reduce_int(comm, ctx, failed ? 1 : 0, dist::ReduceOp::kSum);
 }
 
 std::string message_of(const std::exception_ptr& e) {
@@ -112,6 +109,7 @@ struct CheckpointWriter::Pending {
   std::thread thread;
   std::exception_ptr error;
   double write_seconds = 0;
+  DeviceContext* ctx = nullptr;  // the caller's (for the agreement all-reduces)
 
   // Writes this rank's safetensors file and index part into temp_dir.
   void write_rank_files() {
@@ -168,6 +166,7 @@ void CheckpointWriter::save(DeviceContext& ctx, const std::string& root, int64_t
   p->world = comm_ ? comm_->size() : 1;
   p->state = state;
   p->options = options;
+  p->ctx = &ctx;
 
   // Rank 0 prepares a clean temporary directory; everyone learns whether that worked.
   std::exception_ptr prep_error;
@@ -180,7 +179,7 @@ void CheckpointWriter::save(DeviceContext& ctx, const std::string& root, int64_t
       prep_error = std::current_exception();
     }
   }
-  if (count_failures(comm_, prep_error != nullptr) > 0) {
+  if (count_failures(comm_, *p->ctx, prep_error != nullptr) > 0) {
     if (prep_error) std::rethrow_exception(prep_error);
     throw Error(ErrorKind::kIo, "checkpoint save to '" + p->temp_dir.string() +
                                     "' failed on rank 0 (see its error)");
@@ -232,7 +231,7 @@ int64_t CheckpointWriter::finalize() {
   if (p->thread.joinable()) p->thread.join();
   last_write_seconds_ = p->write_seconds;
   // Every rank's part must be on disk before rank 0 publishes.
-  const int failed_writes = count_failures(comm_, p->error != nullptr);
+  const int failed_writes = count_failures(comm_, *p->ctx, p->error != nullptr);
   if (failed_writes > 0) {
     if (p->error) {
       throw Error(ErrorKind::kIo, "checkpoint iteration " + std::to_string(p->iteration) +
@@ -253,7 +252,7 @@ int64_t CheckpointWriter::finalize() {
       publish_error = std::current_exception();
     }
   }
-  if (count_failures(comm_, publish_error != nullptr) > 0) {
+  if (count_failures(comm_, *p->ctx, publish_error != nullptr) > 0) {
     if (publish_error) std::rethrow_exception(publish_error);
     throw Error(ErrorKind::kIo, "checkpoint iteration " + std::to_string(p->iteration) +
                                     " could not be published by rank 0 (see its error)");

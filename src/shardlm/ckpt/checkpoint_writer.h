@@ -19,8 +19,10 @@
 //
 // Thread contract: one writer per rank, called from that rank's main thread. With async saves
 // the background thread touches only the host snapshot and the file system; the communicator
-// is used only by save()/finalize() on the calling thread. The single-rank case needs no
-// communicator (nullptr). The destructor waits for a pending write but does not publish it.
+// is used only by save()/finalize() on the calling thread (its agreement all-reduces run on
+// the device of the DeviceContext given to save(), which must outlive the next finalize()). The
+// single-rank case needs no communicator (nullptr). The destructor waits for a pending write but
+// does not publish it.
 //
 //   CheckpointWriter writer(comm);   // or nullptr
 //   writer.save(ctx, "/ckpts", 10, shards, state_json, {.async = true});

@@ -6,6 +6,7 @@
 
 #include "shardlm/base/check.h"
 #include "shardlm/ckpt/checkpoint_reader.h"
+#include "shardlm/ckpt/detail/agree.h"
 #include "shardlm/ckpt/format.h"
 #include "shardlm/ckpt/model_config_json.h"
 
@@ -33,12 +34,8 @@ constexpr char kOutputLayer[] = "output_layer.weight";
 std::string key_of(const std::string& name) { return std::string(ckpt::kModelPrefix) + name; }
 
 // All ranks agree on a stop decision (any rank's reason stops everyone).
-bool any_rank(dist::Communicator* comm, bool value) {
-  if (comm == nullptr) return value;
-  OwnedTensor flag = OwnedTensor::empty(DType::kI32, {1});
-  flag.view().data<int32_t>()[0] = value ? 1 : 0;
-  comm->all_reduce(flag.view(), dist::ReduceOp::kMax);
-  return flag.view().data<int32_t>()[0] != 0;
+bool any_rank(dist::Communicator* comm, DeviceContext& ctx, bool value) {
+  return ckpt::detail::all_reduce_int(comm, ctx, value ? 1 : 0, dist::ReduceOp::kMax) != 0;
 }
 
 std::string format_seconds(double s) {
@@ -276,14 +273,14 @@ bool Checkpointer::after_step(DeviceContext& ctx, const model::ParameterRegistry
     save(ctx, reg, optimizer, progress);
 
   std::string reason;
-  const bool signal = c.exit_signal_handler && any_rank(comm_, exit_signal_received());
+  const bool signal = c.exit_signal_handler && any_rank(comm_, ctx, exit_signal_received());
   if (signal) reason = "exit signal received";
   if (reason.empty() && c.exit_interval > 0 && progress.iteration % c.exit_interval == 0)
     reason = "--exit-interval " + std::to_string(c.exit_interval);
   if (reason.empty() && c.exit_duration_in_mins > 0) {
     const double minutes =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() / 60.0;
-    if (any_rank(comm_, minutes > c.exit_duration_in_mins))
+    if (any_rank(comm_, ctx, minutes > c.exit_duration_in_mins))
       reason = "--exit-duration-in-mins " + std::to_string(c.exit_duration_in_mins);
   }
   if (reason.empty()) return false;
