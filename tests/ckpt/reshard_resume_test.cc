@@ -106,3 +106,30 @@ TEST(ReshardResume, SaveTp2Dp2DistOptResumeInOtherLayouts) {
 
 }  // namespace
 }  // namespace shardlm::train
+
+namespace shardlm::train {
+namespace {
+
+// A vocabulary padded differently (Megatron pads to divisible-by x TP): TP=4 pads 60 to 128,
+// TP=1 to 64. The parameters and the distributed optimizer's flat moment shards load the
+// common rows (the padding rows differ, so the losses cannot match a fixed-padding run).
+TEST(ReshardResume, DifferentVocabularyPaddingLoads) {
+  TempDir dir;
+  TrainConfig save = config();
+  save.model.make_vocab_size_divisible_by = 32;
+  save.checkpoint.save = dir.str();
+  save.checkpoint.exit_interval = 3;
+  ASSERT_EQ(run(save, 4, 1, false).size(), 3u);
+  ckpt::CheckpointReader reader(dir.str(), 3);
+  EXPECT_EQ(reader.global_shape("model/embedding.word_embeddings.weight"), (Shape{128, 32}));
+  TrainConfig resume = config();
+  resume.model.make_vocab_size_divisible_by = 32;
+  resume.checkpoint.load = dir.str();
+  resume.train_iters = 5;
+  const std::vector<double> rest = run(resume, 1, 2, true);
+  ASSERT_EQ(rest.size(), 2u);
+  for (double l : rest) EXPECT_TRUE(std::isfinite(l) && l > 0 && l < 10) << l;
+}
+
+}  // namespace
+}  // namespace shardlm::train

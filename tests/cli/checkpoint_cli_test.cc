@@ -146,6 +146,28 @@ TEST(CheckpointCli, ExitIntervalAndConfigMismatch) {
   EXPECT_EQ(lines, 1) << bad.output;
 }
 
+// Two processes (shardlm launch, TP=2, vocabulary padded to 256) save asynchronously; one
+// process (TP=1, padded to 128) resumes from that checkpoint.
+TEST(CheckpointCli, TwoProcessesSaveOneResumes) {
+  TempDir dir;
+  const std::string save = dir.str() + "/ckpt";
+  const std::string model =
+      "--mock-data --num-layers 1 --hidden-size 16 --num-attention-heads 2 --seq-length 8 "
+      "--vocab-size 32 --micro-batch-size 2 --global-batch-size 4 --lr 1e-3 --train-iters 6 "
+      "--eval-iters 0 --log-interval 1 ";
+  const Result two = run("launch --nproc-per-node 2 --device cpu -- train " + model +
+                         "--tensor-model-parallel-size 2 --save " + save +
+                         " --exit-interval 3 --async-save");
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_EQ(read_file(fs::path(save) / "latest_checkpointed_iteration.txt"), "3\n") << two.output;
+  EXPECT_TRUE(fs::exists(fs::path(save) / "iter_0000003" / "rank_00001.safetensors"));
+  const Result one = run("train " + model + "--device cpu --load " + save);
+  EXPECT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_NE(one.output.find("loaded checkpoint"), std::string::npos) << one.output;
+  EXPECT_NE(one.output.find("iteration        4/"), std::string::npos) << one.output;
+  EXPECT_EQ(one.output.find("iteration        3/"), std::string::npos) << one.output;
+}
+
 TEST(CheckpointCli, ConvertFromHfFinetuneAndBack) {
   const fs::path fixture = fs::path(SHARDLM_SOURCE_DIR) / "tests/golden/hf/gpt2_tiny";
   if (!fs::exists(fixture / "model.safetensors")) GTEST_SKIP() << "fixture " << fixture << " missing";

@@ -138,7 +138,7 @@ void CheckpointReader::read(DeviceContext& ctx, const ShardedTensor& target,
                       " elements for shard " + target.region.to_string());
   const bool shape_differs = saved_shape != target.global_shape;
   if (shape_differs) {
-    SHARDLM_REQUIRE(options.allow_shape_mismatch && target.region.is_whole_box() &&
+    SHARDLM_REQUIRE(options.allow_shape_mismatch &&
                         saved_shape.rank() == target.global_shape.rank(),
                     ErrorKind::kInvalidConfig,
                     "checkpoint '" + dir_ + "': tensor '" + key + "' has global shape " +
@@ -148,15 +148,9 @@ void CheckpointReader::read(DeviceContext& ctx, const ShardedTensor& target,
   }
   // Elements the saved tensor can supply.
   int64_t expected = target.region.numel();
-  if (shape_differs) {
-    expected = 1;
-    for (size_t a = 0; a < target.region.offsets.size(); ++a) {
-      const int64_t lo = target.region.offsets[a];
-      const int64_t hi = std::min(lo + target.region.extents[a],
-                                  saved_shape[static_cast<int>(a)]);
-      expected *= std::max<int64_t>(0, hi - lo);
-    }
-  }
+  if (shape_differs)  // the target's elements that lie inside the saved tensor
+    expected = copy_overlap(target.region, nullptr, ShardRegion::whole(saved_shape), nullptr,
+                            dtype_size(saved_dtype));
 
   // Gather into a host buffer in the saved dtype (zero where the saved tensor has nothing).
   const size_t elem = dtype_size(saved_dtype);

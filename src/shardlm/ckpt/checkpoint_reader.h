@@ -37,7 +37,6 @@ namespace shardlm::ckpt {
 struct ReadOptions {
   // Accept a saved global shape that differs from the requested one (a vocabulary padded to a
   // different multiple): the common part is copied, the rest of the target is zero-filled.
-  // Only for whole-box targets.
   bool allow_shape_mismatch = false;
 };
 

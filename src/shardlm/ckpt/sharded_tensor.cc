@@ -79,7 +79,7 @@ int64_t copy_overlap(const ShardRegion& dst, std::byte* dst_data, const ShardReg
   // Scalars: one element, in both or neither.
   if (rank == 0) {
     const bool in_dst = dst.numel() > 0, in_src = src.numel() > 0;
-    if (in_dst && in_src) std::memcpy(dst_data, src_data, elem_size);
+    if (in_dst && in_src && dst_data != nullptr) std::memcpy(dst_data, src_data, elem_size);
     return in_dst && in_src ? 1 : 0;
   }
   // Intersection of the boxes.
@@ -105,12 +105,12 @@ int64_t copy_overlap(const ShardRegion& dst, std::byte* dst_data, const ShardReg
     const int64_t pd = flat_in(dst, coord), ps = flat_in(src, coord);
     int64_t begin = std::max<int64_t>({0, dst.flat_begin - pd, src.flat_begin - ps});
     int64_t end = std::min<int64_t>({row, dst_end - pd, src_end - ps});
-    if (begin < end) {
+    if (begin < end && dst_data != nullptr) {
       std::memcpy(dst_data + static_cast<size_t>(pd + begin - dst.flat_begin) * elem_size,
                   src_data + static_cast<size_t>(ps + begin - src.flat_begin) * elem_size,
                   static_cast<size_t>(end - begin) * elem_size);
-      copied += end - begin;
     }
+    if (begin < end) copied += end - begin;
     // Next row: increment the coordinate over all axes but the last.
     int a = static_cast<int>(rank) - 2;
     for (; a >= 0; --a) {

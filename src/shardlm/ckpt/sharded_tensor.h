@@ -50,7 +50,8 @@ ShardRegion narrowed(const ShardRegion& region, int64_t flat_begin, int64_t flat
 
 // Copies the elements `dst` and `src` (regions of one global tensor) have in common from
 // src_data to dst_data (both laid out as their region's elements in row-major order, each
-// element elem_size bytes). Returns the number of elements copied.
+// element elem_size bytes). Returns the number of elements copied. With dst_data == nullptr
+// nothing is copied (and src_data is not read): the count of common elements.
 int64_t copy_overlap(const ShardRegion& dst, std::byte* dst_data, const ShardRegion& src,
                      const std::byte* src_data, size_t elem_size);
 

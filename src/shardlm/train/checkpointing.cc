@@ -225,12 +225,19 @@ bool Checkpointer::load(DeviceContext& ctx, model::ParameterRegistry& reg,
                         "' holds no optimizer state (saved with --no-save-optim, or converted "
                         "from Hugging Face); pass --finetune to start a new run from its weights, "
                         "or --no-load-optim to keep its iteration with fresh optimizer state");
+    // Moments of the vocabulary-padded tensors may be padded differently too.
+    auto read_moment = [&](const ckpt::ShardedTensor& t, const char* prefix) {
+      const std::string name = t.key.substr(std::string(prefix).size());
+      ckpt::ReadOptions options;
+      options.allow_shape_mismatch = name == kWordEmbeddings || name == kOutputLayer;
+      reader.read(ctx, t, options);
+    };
     for (auto& t : moment_shards(reg, optimizer->owned, optimizer->exp_avg, ckpt::kExpAvgPrefix,
                                  true))
-      reader.read(ctx, t);
+      read_moment(t, ckpt::kExpAvgPrefix);
     for (auto& t : moment_shards(reg, optimizer->owned, optimizer->exp_avg_sq,
                                  ckpt::kExpAvgSqPrefix, true))
-      reader.read(ctx, t);
+      read_moment(t, ckpt::kExpAvgSqPrefix);
     optimizer->steps = state["optimizer"].at("steps").get<int64_t>();
   }
   if (!finetune) {
