@@ -45,6 +45,15 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                "Use grouped-query attention (with --num-query-groups)")->group(g);
   cmd.add_option("--kv-channels", m.kv_channels, "Head dimension (default hidden/heads)")->group(g)->check(pos);
   cmd.add_option("--ffn-hidden-size", m.ffn_hidden_size, "MLP hidden size (default 4*hidden)")->group(g)->check(pos);
+  cmd.add_option("--recompute-granularity", cfg.recompute.granularity,
+                 "Activation recomputation: selective (core attention) or full (whole layers)")
+      ->group(g);
+  cmd.add_option("--recompute-method", cfg.recompute.method,
+                 "With full: uniform (chunks of --recompute-num-layers) or block (first N layers)")
+      ->group(g);
+  cmd.add_option("--recompute-num-layers", cfg.recompute.num_layers,
+                 "With full: layers per recomputed chunk (uniform) or recomputed layers (block)")
+      ->group(g);
   cmd.add_option("--seq-length", m.seq_length, "Sequence length")->group(g)->check(pos);
   cmd.add_option("--max-position-embeddings", m.max_position_embeddings,
                  "Learned position table size (default seq-length)")->group(g)->check(pos);
@@ -98,7 +107,21 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--compute-dtype", cfg.compute_dtype, "CPU compute precision: fp32 or fp64")->group(g);
   cmd.add_flag("--bf16", cfg.bf16,
                "Mixed precision: bf16 compute, fp32 master weights and gradients (CUDA)")->group(g);
-  cmd.add_flag("--fp16", cfg.fp16, "fp16 mixed precision (not supported yet)")->group(g);
+  cmd.add_flag("--fp16", cfg.fp16,
+               "Mixed precision: fp16 compute with loss scaling, fp32 master weights (CUDA)")
+      ->group(g);
+  optim::LossScalerConfig& ls = cfg.loss_scaler;
+  cmd.add_option("--loss-scale", ls.loss_scale,
+                 "--fp16: constant loss scale (omit for dynamic scaling)")->group(g);
+  cmd.add_option("--initial-loss-scale", ls.initial_loss_scale,
+                 "--fp16 dynamic scaling: starting scale (2^32)")->group(g);
+  cmd.add_option("--min-loss-scale", ls.min_loss_scale,
+                 "--fp16 dynamic scaling: lowest scale (1.0)")->group(g);
+  cmd.add_option("--loss-scale-window", ls.loss_scale_window,
+                 "--fp16 dynamic scaling: good steps before the scale doubles (1000)")->group(g);
+  cmd.add_option("--hysteresis", ls.hysteresis,
+                 "--fp16 dynamic scaling: overflows tolerated before the scale halves (2)")
+      ->group(g);
 
   g = "Optimizer and learning rate";
   cmd.add_option("--lr", o.lr, "Peak learning rate")->group(g)->check(nonneg);
@@ -153,6 +176,7 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--eval-iters", l.eval_iters, "Iterations per validation run")->group(g)->check(nonneg);
   cmd.add_option("--log-jsonl", l.log_jsonl, "Also write metrics as JSON lines to this file")->group(g);
   cmd.add_option("--config", "YAML file with the same keys as these flags (flags win)")->group(g);
+
   g = "Checkpointing";
   train::CheckpointConfig& ck = cfg.checkpoint;
   cmd.add_option("--save", ck.save, "Directory to save checkpoints in")->group(g);

@@ -120,6 +120,17 @@ void dropout_rows_forward(DeviceContext& ctx, const TensorParallel& tp, const Se
                          static_cast<uint64_t>((b * rows.seq + t0) * C));
 }
 
+void dropout_add_rows_forward(DeviceContext& ctx, const TensorParallel& tp,
+                              const SequenceRows& rows, Tensor out, const Tensor& in,
+                              const Tensor& residual, double p, const DropoutKey& key) {
+  if (!tp.sp() || p == 0.0) return ops::dropout_add_forward(ctx, out, in, residual, p, key, 0);
+  const int64_t C = rows.hidden, Tl = positions_per_rank(tp, rows), t0 = first_position(tp, rows);
+  for (int64_t b = 0; b < rows.batch; ++b)
+    ops::dropout_add_forward(ctx, row_block(out, b * Tl, Tl, C), row_block(in, b * Tl, Tl, C),
+                             row_block(residual, b * Tl, Tl, C), p, key,
+                             static_cast<uint64_t>((b * rows.seq + t0) * C));
+}
+
 void dropout_rows_backward(DeviceContext& ctx, const TensorParallel& tp, const SequenceRows& rows,
                            Tensor din, const Tensor& dout, double p, const DropoutKey& key) {
   if (!tp.sp() || p == 0.0) return ops::dropout_backward(ctx, din, dout, p, key, 0);

@@ -96,6 +96,11 @@ void dropout_rows_forward(DeviceContext& ctx, const TensorParallel& tp, const Se
                           Tensor out, const Tensor& in, double p, const DropoutKey& key);
 void dropout_rows_backward(DeviceContext& ctx, const TensorParallel& tp, const SequenceRows& rows,
                            Tensor din, const Tensor& dout, double p, const DropoutKey& key);
+// out = residual + dropout(in) in one pass (ops::dropout_add_forward), same masks as
+// dropout_rows_forward. Its backward is dropout_rows_backward (the residual's gradient is dout).
+void dropout_add_rows_forward(DeviceContext& ctx, const TensorParallel& tp,
+                              const SequenceRows& rows, Tensor out, const Tensor& in,
+                              const Tensor& residual, double p, const DropoutKey& key);
 // First sequence position of the rank's rows (0 without SP) and their count per sequence.
 int64_t first_position(const TensorParallel& tp, const SequenceRows& rows);
 int64_t positions_per_rank(const TensorParallel& tp, const SequenceRows& rows);

@@ -43,8 +43,14 @@ void TrainConfig::validate() const {
     bad("--device '" + device + "' is not one of auto, cpu, cuda");
   if (compute_dtype != "fp32" && compute_dtype != "fp64")
     bad("--compute-dtype '" + compute_dtype + "' is not one of fp32, fp64");
-  if (fp16)
-    bad("--fp16 is not supported yet (dynamic loss scaling pending); use --bf16 on a GPU");
+  if (fp16 && bf16) bad("--fp16 and --bf16 are both set; choose one mixed precision");
+  if (fp16 && device == "cpu")
+    bad("--fp16 needs --device cuda; the CPU backend computes in fp32/fp64");
+  if (fp16 && compute_dtype != "fp32")
+    bad("--fp16 and --compute-dtype " + compute_dtype +
+        " conflict: --fp16 keeps fp32 master weights; drop --compute-dtype");
+  loss_scaler.validate();
+  recompute.validate(model.num_layers);
   if (bf16 && device == "cpu")
     bad("--bf16 needs --device cuda; the CPU backend computes in fp32/fp64");
   if (bf16 && compute_dtype != "fp32")
@@ -90,24 +96,6 @@ void TrainConfig::validate() const {
   model.validate();
 }
 
-int64_t TrainConfig::num_microbatches() const {
-  const int64_t per_step = micro_batch_size * data_parallel_size;
-  return global_batch_size > 0 ? global_batch_size / per_step : 1;
-}
-
-optim::LrScheduleConfig TrainConfig::lr_schedule() const {
-  optim::LrScheduleConfig c;
-  c.max_lr = optimizer.lr;
-  c.min_lr = optimizer.min_lr;
-  c.decay_style = optim::lr_decay_style_from_name(optimizer.lr_decay_style);
-  c.decay_steps = optimizer.lr_decay_iters > 0 ? optimizer.lr_decay_iters : train_iters;
-  c.warmup_steps = optimizer.lr_warmup_fraction >= 0
-                       ? static_cast<int64_t>(optimizer.lr_warmup_fraction *
-                                              static_cast<double>(c.decay_steps))
-                       : optimizer.lr_warmup_iters;
-  return c;
-}
-
 dist::ParallelSizes TrainConfig::parallel_sizes() const {
   dist::ParallelSizes sizes;
   sizes.tensor = parallel.tensor_model_parallel_size;
@@ -144,6 +132,24 @@ void TrainConfig::validate_parallel(int world_size) const {
 std::chrono::milliseconds TrainConfig::distributed_timeout() const {
   return std::chrono::milliseconds(
       static_cast<int64_t>(parallel.distributed_timeout_minutes * 60'000.0));
+}
+
+int64_t TrainConfig::num_microbatches() const {
+  const int64_t per_step = micro_batch_size * data_parallel_size;
+  return global_batch_size > 0 ? global_batch_size / per_step : 1;
+}
+
+optim::LrScheduleConfig TrainConfig::lr_schedule() const {
+  optim::LrScheduleConfig c;
+  c.max_lr = optimizer.lr;
+  c.min_lr = optimizer.min_lr;
+  c.decay_style = optim::lr_decay_style_from_name(optimizer.lr_decay_style);
+  c.decay_steps = optimizer.lr_decay_iters > 0 ? optimizer.lr_decay_iters : train_iters;
+  c.warmup_steps = optimizer.lr_warmup_fraction >= 0
+                       ? static_cast<int64_t>(optimizer.lr_warmup_fraction *
+                                              static_cast<double>(c.decay_steps))
+                       : optimizer.lr_warmup_iters;
+  return c;
 }
 
 optim::AdamWConfig TrainConfig::adamw() const {

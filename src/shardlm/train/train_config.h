@@ -9,8 +9,10 @@
 #include <vector>
 
 #include "shardlm/dist/parallel_layout.h"
+#include "shardlm/model/recompute.h"
 #include "shardlm/model/transformer_config.h"
 #include "shardlm/optim/adamw.h"
+#include "shardlm/optim/loss_scaler.h"
 #include "shardlm/optim/lr_schedule.h"
 
 namespace shardlm::train {
@@ -80,6 +82,7 @@ struct ParallelConfig {
 
 struct TrainConfig {
   model::TransformerConfig model;
+  model::RecomputeConfig recompute;  // --recompute-granularity / -method / -num-layers
   ParallelConfig parallel;
   OptimizerConfig optimizer;
   DataConfig data;
@@ -95,6 +98,9 @@ struct TrainConfig {
   // fp32 main gradients in the optimizer. CUDA only. fp16 (dynamic loss scaling) is pending.
   bool bf16 = false;
   bool fp16 = false;
+  // --fp16 loss scaling (--loss-scale, --initial-loss-scale, --min-loss-scale,
+  // --loss-scale-window, --hysteresis); unused otherwise.
+  optim::LossScalerConfig loss_scaler;
   // Derived: world size / (TP × PP × CP). The Trainer sets it from its RankContext's layout.
   int64_t data_parallel_size = 1;
   bool group_query_attention = false;  // Megatron's switch; --num-query-groups sets G

@@ -85,17 +85,21 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   for (dist::GroupKind kind : dist::kAllGroupKinds)
     if (rank_->has_group(kind)) rank_->group(kind).set_timeout(cfg_.distributed_timeout());
   rank_->world().set_timeout(cfg_.distributed_timeout());
-  SHARDLM_REQUIRE(!(cfg_.bf16 && device_->device().is_cpu()), ErrorKind::kInvalidConfig,
-                  "--bf16 needs --device cuda; the CPU backend computes in fp32/fp64 (no GPU was "
-                  "found for --device " + cfg_.device + ")");
+  SHARDLM_REQUIRE(!((cfg_.bf16 || cfg_.fp16) && device_->device().is_cpu()),
+                  ErrorKind::kInvalidConfig,
+                  std::string(cfg_.bf16 ? "--bf16" : "--fp16") +
+                      " needs --device cuda; the CPU backend computes in fp32/fp64 (no GPU was "
+                      "found for --device " + cfg_.device + ")");
   // master_dtype: parameters, gradients and optimizer state; dtype_: compute (activations,
   // the modules' parameter copies). They differ only under --bf16.
   const DType master_dtype = cfg_.compute_dtype == "fp64" ? DType::kF64 : DType::kF32;
-  dtype_ = cfg_.bf16 ? DType::kBF16 : master_dtype;
+  dtype_ = cfg_.bf16 ? DType::kBF16 : cfg_.fp16 ? DType::kF16 : master_dtype;
+  if (cfg_.fp16) loss_scaler_ = std::make_unique<optim::LossScaler>(cfg_.loss_scaler);
   initialize_backend(*device_);
 
   model_ = std::make_unique<model::GPTModel>(
       cfg_.model, model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel));
+  model_->set_recompute(cfg_.recompute);  // before the activation plan
   model_->register_parameters(registry_);
   // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding).
   grad_buffer_ = parallel::GradBuffer::plan(
@@ -164,9 +168,13 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   }
 
   const std::string precision =
-      cfg_.bf16 ? format("bf16 mixed precision (bf16 compute, %s master weights and gradients)",
-                         dtype_name(master_dtype))
-                : std::string(dtype_name(dtype_));
+      cfg_.bf16   ? format("bf16 mixed precision (bf16 compute, %s master weights and gradients)",
+                           dtype_name(master_dtype))
+      : cfg_.fp16 ? format("fp16 mixed precision (fp16 compute, %s master weights and gradients, "
+                           "%s loss scale %.0f)",
+                           dtype_name(master_dtype),
+                           loss_scaler_->dynamic() ? "dynamic" : "constant", loss_scaler_->scale())
+                  : std::string(dtype_name(dtype_));
   log_ << format("> building GPT model: %lld layers, hidden %lld, %lld heads (%lld query groups), "
                  "ffn %lld, seq %lld, padded vocab %lld (from %lld)\n",
                  (long long)cfg_.model.num_layers, (long long)cfg_.model.hidden_size,
@@ -211,13 +219,23 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     skipped_iterations_ = resumed.skipped_iterations;
     nan_iterations_ = resumed.nan_iterations;
     cfg_.seed = resumed.seed;
+    if (loss_scaler_ && resumed.has_loss_scaler)
+      loss_scaler_->set_state({resumed.loss_scale, resumed.loss_scale_growth_tracker,
+                               resumed.loss_scale_hysteresis_tracker});
     registry_.sync_compute_values(*device_);
   }
 }
 
 TrainingProgress Trainer::progress() const {
-  return {iteration_, consumed_samples_, eval_cursor_, skipped_iterations_, nan_iterations_,
-          cfg_.seed};
+  TrainingProgress p{iteration_, consumed_samples_, eval_cursor_, skipped_iterations_,
+                     nan_iterations_, cfg_.seed};
+  if (loss_scaler_) {  // --fp16: the dynamic loss scale is part of the checkpoint
+    p.has_loss_scaler = true;
+    p.loss_scale = loss_scaler_->state().scale;
+    p.loss_scale_growth_tracker = loss_scaler_->state().growth_tracker;
+    p.loss_scale_hysteresis_tracker = loss_scaler_->state().hysteresis_tracker;
+  }
+  return p;
 }
 
 OptimizerStateView Trainer::optimizer_view() const {
@@ -300,6 +318,8 @@ model::Batch Trainer::load_batch(const data::SampleSource& source,
         mask_host_.view().data<double>()[b * T + t] = mask[t];
       else if (dtype_ == DType::kBF16)
         static_cast<uint16_t*>(mask_host_.view().raw())[b * T + t] = float_to_bf16_bits(mask[t]);
+      else if (dtype_ == DType::kF16)
+        static_cast<uint16_t*>(mask_host_.view().raw())[b * T + t] = float_to_fp16_bits(mask[t]);
       else
         mask_host_.view().data<float>()[b * T + t] = mask[t];
       mask_sum += mask[t];
@@ -323,6 +343,9 @@ IterationRecord Trainer::train_step() {
   registry_.zero_grads(*device_);
   grad_sync_->start_iteration();
   double loss_sum = 0;
+  // --fp16: backward runs on loss * scale so small gradients survive in fp16.
+  const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
+  rec.loss_scale = loss_scale;
   for (int64_t m = 0; m < M; ++m) {
     // Dropout is keyed by the GLOBAL micro-batch index (m·DP + dp rank: the same samples as
     // micro-batch m·DP + r of a single rank), so every layout draws the same masks.
@@ -335,13 +358,16 @@ IterationRecord Trainer::train_step() {
     model::Batch batch = load_batch(*train_data_, indices);
     grad_sync_->begin_microbatch(m == M - 1);
     loss_sum += model_->forward(step, batch);
-    model_->backward(step, batch, 1.0 / static_cast<double>(M));
+    model_->backward(step, batch, loss_scale / static_cast<double>(M));
     // --bf16: folds the bf16 gradients into the fp32 main gradients; after the last
     // micro-batch, starts the data-parallel reduction of the buckets not started yet.
     grad_sync_->end_microbatch();
   }
   grad_sync_->wait();  // gradients are now averaged over DP (this rank's shards with the DO)
   rec.loss = data_parallel_mean(loss_sum / static_cast<double>(M));
+  // --fp16: undo the loss scale on the fp32 main gradients (an overflow stays inf/NaN, so the
+  // norm below is not finite and the step is skipped).
+  if (loss_scaler_) ops::scale_inplace(*device_, registry_.flat_grads(), 1.0 / loss_scale);
   // Each gradient element counted once: TP-replicated ones on TP rank 0, with the distributed
   // optimizer only the owned shards, summed over the ranks that hold disjoint parts.
   optim::GradNormScope scope;
@@ -354,6 +380,7 @@ IterationRecord Trainer::train_step() {
   }
   rec.grad_norm =
       optim::clip_grad_norm(*device_, registry_, cfg_.optimizer.clip_grad, scope);
+  if (loss_scaler_) loss_scaler_->update(!std::isfinite(rec.grad_norm));
   if (std::isfinite(rec.grad_norm)) {
     if (dist_optimizer_) {
       dist_optimizer_->step(*device_, rec.lr);  // shard update, then the param all-gather
@@ -365,7 +392,7 @@ IterationRecord Trainer::train_step() {
   } else {
     rec.skipped = true;
     ++skipped_iterations_;
-    ++nan_iterations_;
+    if (!loss_scaler_) ++nan_iterations_;  // an fp16 overflow is a skipped step, not a NaN
   }
   ++iteration_;
   consumed_samples_ += M * B * cfg_.data_parallel_size;
@@ -474,7 +501,9 @@ void Trainer::log_interval_line(double elapsed_s) {
        << format(" tokens per second: %.0f |", tokens_per_s)
        << format(" learning rate: %.6E |", schedule_->lr_at(iteration_))
        << format(" global batch size: %5lld |", (long long)gbs)
-       << format(" lm loss: %.6E |", loss) << format(" grad norm: %.3f |", last.grad_norm)
+       << format(" lm loss: %.6E |", loss)
+       << (loss_scaler_ ? format(" loss scale: %.1f |", loss_scaler_->scale()) : std::string())
+       << format(" grad norm: %.3f |", last.grad_norm)
        << format(" number of skipped iterations: %3lld |", (long long)skipped_iterations_)
        << format(" number of nan iterations: %3lld |", (long long)nan_iterations_) << "\n";
   log_.flush();

@@ -35,6 +35,7 @@
 #include "shardlm/model/families/gpt_model.h"
 #include "shardlm/model/parameter.h"
 #include "shardlm/optim/adamw.h"
+#include "shardlm/optim/loss_scaler.h"
 #include "shardlm/optim/distributed_optimizer.h"
 #include "shardlm/optim/lr_schedule.h"
 #include "shardlm/parallel/grad_buffer.h"
@@ -52,6 +53,7 @@ struct IterationRecord {
   double lr = 0;         // lr used for this iteration's update
   double grad_norm = 0;  // before clipping
   bool skipped = false;
+  double loss_scale = 1.0;  // --fp16: the scale this iteration's backward used
 };
 
 struct EvalRecord {
@@ -134,6 +136,7 @@ class Trainer {
   std::unique_ptr<model::GPTModel> model_;
   Arena activations_;
   std::unique_ptr<optim::AdamW> optimizer_;  // without --use-distributed-optimizer
+  std::unique_ptr<optim::LossScaler> loss_scaler_;  // --fp16 only
   parallel::GradBuffer grad_buffer_;
   std::unique_ptr<parallel::GradSync> grad_sync_;
   std::unique_ptr<optim::DistributedOptimizer> dist_optimizer_;

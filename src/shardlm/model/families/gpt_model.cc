@@ -93,6 +93,7 @@ void GPTModel::bind(ParameterRegistry& reg) {
 size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
   ArenaPlan plan;
   GPTModel probe(cfg_, tp_);  // allocate into a copy so planning never disturbs our views
+  probe.recompute_ = recompute_;
   probe.allocate_activations(plan, dtype, micro_batch);
   return plan.bytes();
 }
@@ -106,8 +107,19 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
   a.embedding = alloc.allocate(dtype, {N, C});
   for (int64_t l = 0; l <= cfg_.num_layers; ++l)
     a.residual.push_back(alloc.allocate(dtype, {NL, C}));
-  for (const TransformerLayer& layer : layers_)
-    a.layers.push_back(layer.allocate_saved(alloc, dtype, micro_batch));
+  if (recompute_.selective())
+    a.shared_attention = layers_.front().allocate_attention_output(alloc, dtype, micro_batch);
+  for (int64_t s = 0; s < recompute_.slots(); ++s)
+    a.recompute_slots.push_back(layers_[s].allocate_saved(alloc, dtype, micro_batch));
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const TransformerLayer& layer = layers_[l];
+    if (recompute_.recomputes_layer(l)) {
+      a.layers.push_back(a.recompute_slots[l - recompute_.chunk_of(l, cfg_.num_layers).first]);
+    } else {
+      a.layers.push_back(layer.allocate_saved(
+          alloc, dtype, micro_batch, recompute_.selective() ? &a.shared_attention : nullptr));
+    }
+  }
   a.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch);
   a.final_norm = alloc.allocate(dtype, {N, C});
   a.final_norm_saved = final_norm_.allocate_saved(alloc, dtype, NL);
@@ -134,6 +146,11 @@ Tensor GPTModel::output_weight() const {
 }
 Tensor GPTModel::output_weight_grad() const {
   return output_layer_ ? output_layer_->compute_grad : word_embeddings_->compute_grad;
+}
+
+void GPTModel::set_recompute(const RecomputeConfig& recompute) {
+  recompute.validate(cfg_.num_layers);
+  recompute_ = recompute;
 }
 
 void GPTModel::report_grads_ready(std::span<Parameter* const> params) const {
@@ -311,6 +328,17 @@ void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale
   head_backward(step, batch, loss_scale, dres);
   std::vector<Parameter*> ready;
   for (size_t l = layers_.size(); l-- > 0;) {
+    const int64_t li = static_cast<int64_t>(l);
+    if (recompute_.recomputes_layer(li)) {
+      // Entering a recomputed chunk from its last layer: re-run the chunk's forward from its
+      // stored input (same dropout masks), refilling the chunk's activation slots.
+      const auto [begin, end] = recompute_.chunk_of(li, cfg_.num_layers);
+      if (li == end - 1)
+        for (int64_t j = begin; j < end; ++j)
+          layers_[j].forward(step, a.residual[j + 1], a.residual[j], a.layers[j], a.scratch);
+    } else if (recompute_.selective()) {
+      layers_[l].recompute_attention(step, a.layers[l]);
+    }
     layers_[l].backward(step, dnext, dres, a.residual[l], a.layers[l], a.scratch);
     std::swap(dres, dnext);
     ready = layers_[l].parameters();

@@ -40,6 +40,7 @@
 #include "shardlm/model/layers/transformer_layer.h"
 #include "shardlm/model/module.h"
 #include "shardlm/model/tensor_parallel.h"
+#include "shardlm/model/recompute.h"
 #include "shardlm/model/transformer_config.h"
 
 namespace shardlm::model {
@@ -80,6 +81,10 @@ class GPTModel {
   // parallelism a parameter is reported after any TP all-reduce of its gradient. Empty cb: none.
   using GradReadyCallback = std::function<void(std::span<Parameter* const>)>;
   void set_grad_ready_callback(GradReadyCallback cb) { grad_ready_ = std::move(cb); }
+  // Activation recomputation (model/recompute.h); call before plan_activation_bytes /
+  // allocate_activations. Validated against the layer count.
+  void set_recompute(const RecomputeConfig& recompute);
+  const RecomputeConfig& recompute() const { return recompute_; }
 
   const TransformerConfig& config() const { return cfg_; }
   const TensorParallel& tensor_parallel() const { return tp_; }
@@ -94,7 +99,9 @@ class GPTModel {
   struct Activations {
     std::vector<Tensor> residual;  // L+1 × [NL, C]; residual[0] = embedding output
     Tensor embedding;              // [N, C] before dropout (TP: partial sum of the vocab shard)
-    std::vector<TransformerLayer::Saved> layers;
+    std::vector<TransformerLayer::Saved> layers;  // recomputed layers alias a slot below
+    std::vector<TransformerLayer::Saved> recompute_slots;  // full recompute: one chunk's worth
+    TransformerLayer::Saved shared_attention;  // selective recompute: attn + lse of all layers
     TransformerLayer::Scratch scratch;
     Tensor final_norm;             // [N, C] (all rows: gathered under sequence parallelism)
     Norm::Saved final_norm_saved;  // [NL]
@@ -130,6 +137,7 @@ class GPTModel {
   Parameter* output_layer_ = nullptr;
   Activations acts_;
   int64_t micro_batch_ = 0;
+  RecomputeConfig recompute_;
   GradReadyCallback grad_ready_;
 };
 

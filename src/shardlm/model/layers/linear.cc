@@ -1,5 +1,6 @@
 #include "shardlm/model/layers/linear.h"
 
+#include "shardlm/base/check.h"
 #include "shardlm/ops/ops.h"
 
 namespace shardlm::model {
@@ -43,6 +44,20 @@ void Linear::forward(DeviceContext& ctx, Tensor out, const Tensor& in) const {
   const bool add_bias = bias_ && (mode_ != ParallelMode::kRow || tp_.rank() == 0);
   ops::linear_forward(ctx, out, in, weight_->compute_value,
                       add_bias ? bias_->compute_value : Tensor());
+}
+
+void Linear::forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in) const {
+  // Row-parallel outputs are partial sums: GELU must wait until they are summed.
+  SHARDLM_CHECK(mode_ != ParallelMode::kRow);
+  ops::linear_gelu_forward(ctx, out, pre, in, weight_->compute_value,
+                           bias_ ? bias_->compute_value : Tensor());
+}
+
+void Linear::backward_from_gelu(DeviceContext& ctx, Tensor din, Tensor dpre, const Tensor& dout,
+                                const Tensor& pre, const Tensor& in) const {
+  ops::gelu_backward_bias_grad(ctx, dpre, bias_ ? bias_->compute_grad : Tensor(), dout, pre);
+  ops::linear_backward(ctx, din, weight_->compute_grad, Tensor(), dpre, in,
+                       weight_->compute_value);
 }
 
 void Linear::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const {

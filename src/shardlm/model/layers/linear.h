@@ -41,6 +41,13 @@ class Linear {
   void forward(DeviceContext& ctx, Tensor out, const Tensor& in) const;
   // din may be undefined (no input gradient needed).
   void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const;
+  // The linear followed by GELU (not row-parallel): out = gelu(pre), pre = in @ W^T + b, one
+  // cuBLASLt GEMM with the GELU epilogue on CUDA in bf16/fp16 (ops::linear_gelu_forward).
+  void forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in) const;
+  // Its backward from dout = d(gelu output): dpre (scratch, [N, out]) and the bias gradient in
+  // one pass, then the GEMMs for din and the weight gradient.
+  void backward_from_gelu(DeviceContext& ctx, Tensor din, Tensor dpre, const Tensor& dout,
+                          const Tensor& pre, const Tensor& in) const;
 
   int64_t in_features() const { return in_local_; }
   int64_t out_features() const { return out_local_; }

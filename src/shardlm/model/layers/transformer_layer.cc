@@ -65,19 +65,31 @@ std::vector<Parameter*> TransformerLayer::parameters() const {
   return out;
 }
 
+TransformerLayer::Saved TransformerLayer::allocate_attention_output(TensorAllocator& alloc,
+                                                                    DType dtype,
+                                                                    int64_t batch) const {
+  const int64_t heads = cfg_.num_attention_heads / tp_.size();
+  Saved s;
+  s.attn = alloc.allocate(dtype, {batch * cfg_.seq_length, heads * cfg_.head_dim()});
+  // fp32 even in bf16/fp16 runs: the attention backward recomputes probabilities from it.
+  const bool half = dtype == DType::kBF16 || dtype == DType::kF16;
+  s.lse = alloc.allocate(half ? DType::kF32 : dtype, {batch, heads, cfg_.seq_length});
+  return s;
+}
+
 TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc, DType dtype,
-                                                         int64_t batch) const {
+                                                         int64_t batch,
+                                                         const Saved* shared_attention) const {
   const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size, P = tp_.size();
   const int64_t NL = SequenceRows{batch, cfg_.seq_length, C}.local(tp_);
-  const int64_t heads = cfg_.num_attention_heads / P;
   Saved s;
   s.ln1 = alloc.allocate(dtype, {N, C});
   s.norm1 = norm1_.allocate_saved(alloc, dtype, NL);
   s.qkv = alloc.allocate(dtype, {N, cfg_.qkv_size() / P});
-  s.attn = alloc.allocate(dtype, {N, heads * cfg_.head_dim()});
-  // fp32 even in bf16/fp16 runs: the attention backward recomputes probabilities from it.
-  const bool half = dtype == DType::kBF16 || dtype == DType::kF16;
-  s.lse = alloc.allocate(half ? DType::kF32 : dtype, {batch, heads, cfg_.seq_length});
+  const Saved attention =
+      shared_attention != nullptr ? *shared_attention : allocate_attention_output(alloc, dtype, batch);
+  s.attn = attention.attn;
+  s.lse = attention.lse;
   s.x_mid = alloc.allocate(dtype, {NL, C});
   s.ln2 = alloc.allocate(dtype, {N, C});
   s.norm2 = norm2_.allocate_saved(alloc, dtype, NL);
@@ -144,6 +156,13 @@ void TransformerLayer::apply_rope(DeviceContext& ctx, const Tensor& qkv, const S
     ops::rope_forward(ctx, x, x, scratch.rope_cos_sin, attention_shape(), cfg_.rotary_interleaved);
 }
 
+void TransformerLayer::recompute_attention(StepContext& step, const Saved& s) const {
+  const int64_t B = s.lse.size(0), T = cfg_.seq_length;
+  ops::attention_forward(step.device, s.attn.reshape({B, T, s.attn.size(1)}), s.lse,
+                         s.qkv.reshape({B, T, s.qkv.size(1)}), attention_shape(),
+                         attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
+}
+
 void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
                                const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
@@ -165,24 +184,23 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   proj_.forward(ctx, scratch.c0, s.attn);
   const Tensor proj_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, proj_out, scratch.c0, scratch.staging);
-  dropout_rows_forward(ctx, tp_, rows, local(scratch.c1), proj_out, hidden_dropout(step),
-                       step.dropout_key(index_, kDropoutAttentionOutput));
-  ops::add(ctx, s.x_mid, x, local(scratch.c1));
+  dropout_add_rows_forward(ctx, tp_, rows, s.x_mid, proj_out, x, hidden_dropout(step),
+                           step.dropout_key(index_, kDropoutAttentionOutput));
   // MLP block.
   const Tensor ln2_local = sp ? local(scratch.c2) : s.ln2;
   norm2_.forward(ctx, ln2_local, s.norm2, s.x_mid);
   enter_column_region(ctx, tp_, rows, s.ln2, ln2_local, scratch.staging);
-  fc1_.forward(ctx, s.fc1, s.ln2);
-  if (cfg_.swiglu)
+  if (cfg_.swiglu) {
+    fc1_.forward(ctx, s.fc1, s.ln2);
     ops::swiglu_forward(ctx, s.act, s.fc1);
-  else
-    ops::gelu_forward(ctx, s.act, s.fc1);
+  } else {
+    fc1_.forward_gelu(ctx, s.act, s.fc1, s.ln2);  // s.fc1 keeps the pre-activation
+  }
   fc2_.forward(ctx, scratch.c0, s.act);
   const Tensor fc2_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
-  dropout_rows_forward(ctx, tp_, rows, local(scratch.c1), fc2_out, hidden_dropout(step),
-                       step.dropout_key(index_, kDropoutMlpOutput));
-  ops::add(ctx, x_out, s.x_mid, local(scratch.c1));
+  dropout_add_rows_forward(ctx, tp_, rows, x_out, fc2_out, s.x_mid, hidden_dropout(step),
+                           step.dropout_key(index_, kDropoutMlpOutput));
 }
 
 void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_out,
@@ -194,8 +212,15 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
   const bool sp = tp_.sp();
   // [NL, C]: the rank's rows; [N, C]: all rows. Without TP every view is the whole buffer.
-  const Tensor d_branch = local(scratch.c0);                // gradient of a block's output branch
-  const Tensor d_branch_full = sp ? scratch.c1 : d_branch;  // ... for all rows (gathered)
+  // The gradient of a block's output branch (the rank's rows): dropout's backward of the
+  // block's output gradient, or that gradient itself when nothing is dropped (no copy).
+  auto branch_grad = [&](const Tensor& dout, uint32_t site) -> Tensor {
+    const double p = hidden_dropout(step);
+    if (p == 0.0) return dout;
+    const Tensor d_branch = local(scratch.c0);
+    dropout_rows_backward(ctx, tp_, rows, d_branch, dout, p, step.dropout_key(index_, site));
+    return d_branch;
+  };
   const Tensor& d_norm_out_full = scratch.c2;  // norm-output gradient, partial over TP ranks
   const Tensor d_norm_out = sp ? local(scratch.c1) : scratch.c2;  // summed, the rank's rows
   const Tensor d_norm_in = local(scratch.c0);
@@ -209,15 +234,16 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
     ops::fill(ctx, scratch.sp_grads, 0.0);
   }
   // MLP block: x_out = x_mid + dropout(fc2(act(fc1(norm2(x_mid))))).
-  dropout_rows_backward(ctx, tp_, rows, d_branch, dx_out, hidden_dropout(step),
-                        step.dropout_key(index_, kDropoutMlpOutput));
-  exit_row_region_backward(ctx, tp_, rows, d_branch_full, d_branch, scratch.staging);
-  fc2_.backward(ctx, scratch.act, d_branch_full, s.act);
-  if (cfg_.swiglu)
+  const Tensor d_mlp = branch_grad(dx_out, kDropoutMlpOutput);
+  const Tensor d_mlp_full = sp ? scratch.c1 : d_mlp;  // all rows (gathered under SP)
+  exit_row_region_backward(ctx, tp_, rows, d_mlp_full, d_mlp, scratch.staging);
+  fc2_.backward(ctx, scratch.act, d_mlp_full, s.act);
+  if (cfg_.swiglu) {
     ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
-  else
-    ops::gelu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
-  fc1_.backward(ctx, d_norm_out_full, scratch.fc1, s.ln2);
+    fc1_.backward(ctx, d_norm_out_full, scratch.fc1, s.ln2);
+  } else {
+    fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, s.ln2);
+  }
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)
     norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2, norm2_.dweight_view(g2),
@@ -226,10 +252,10 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
     norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2);
   ops::add(ctx, d_mid, dx_out, d_norm_in);  // residual stream
   // Attention block: x_mid = x + dropout(proj(attention(qkv(norm1(x))))).
-  dropout_rows_backward(ctx, tp_, rows, d_branch, d_mid, hidden_dropout(step),
-                        step.dropout_key(index_, kDropoutAttentionOutput));
-  exit_row_region_backward(ctx, tp_, rows, d_branch_full, d_branch, scratch.staging);
-  proj_.backward(ctx, scratch.a, d_branch_full, s.attn);
+  const Tensor d_attn = branch_grad(d_mid, kDropoutAttentionOutput);
+  const Tensor d_attn_full = sp ? scratch.c1 : d_attn;
+  exit_row_region_backward(ctx, tp_, rows, d_attn_full, d_attn, scratch.staging);
+  proj_.backward(ctx, scratch.a, d_attn_full, s.attn);
   ops::attention_backward(ctx, scratch.qkv.reshape({B, T, s.qkv.size(1)}),
                           scratch.a.reshape({B, T, s.attn.size(1)}),
                           s.qkv.reshape({B, T, s.qkv.size(1)}),

@@ -65,7 +65,14 @@ class TransformerLayer {
   void bind(ParameterRegistry& reg);
   // This layer's bound parameters, in registration order.
   std::vector<Parameter*> parameters() const;
-  Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t batch) const;
+  // shared_attention (selective recompute): take attn and lse from it instead of allocating.
+  // allocate_attention_output allocates only those two (the buffer the layers share).
+  Saved allocate_attention_output(TensorAllocator& alloc, DType dtype, int64_t batch) const;
+  Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t batch,
+                       const Saved* shared_attention = nullptr) const;
+  // Selective recompute: re-runs the core attention from the saved (post-RoPE) qkv into s.attn
+  // and s.lse, with the same dropout masks as the forward.
+  void recompute_attention(StepContext& step, const Saved& s) const;
   static Scratch allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
                                   DType dtype, int64_t batch);
   static Scratch allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
