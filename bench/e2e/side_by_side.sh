@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # ShardLM vs the PyTorch baseline (torch.compile + flash SDPA), same GPU, same call, for the
-# three GPT configs of issue 4: 124M (16x1024), 350M (16x1024), 1.3B (8x2048).
+# three GPT configs of issue 4: 124M (16x1024), 350M (16x1024), 1.3B (8x2048), and the
+# Llama-style 1B of issue 8 (llama1B: 16 layers, hidden 2048, 32 heads, 8 query groups, ffn 5632,
+# 8x2048, vocab 32000; baseline torch_llama_bench.py --config 1B).
 #
 #   bench/e2e/side_by_side.sh SHARDLM_BINARY BASELINE_DIR OUT_DIR [CONFIG ...]
 #
@@ -19,6 +21,14 @@ shardlm_flags() {
     124M) echo "--num-layers 12 --hidden-size 768 --num-attention-heads 12 --seq-length 1024 --micro-batch-size 16" ;;
     350M) echo "--num-layers 24 --hidden-size 1024 --num-attention-heads 16 --seq-length 1024 --micro-batch-size 16" ;;
     1.3B) echo "--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 --micro-batch-size 8" ;;
+    llama1B) echo "--num-layers 16 --hidden-size 2048 --num-attention-heads 32 --group-query-attention --num-query-groups 8 --ffn-hidden-size 5632 --seq-length 2048 --micro-batch-size 8 --position-embedding-type rope --normalization RMSNorm --swiglu --untie-embeddings-and-output-weights --disable-bias-linear" ;;
+  esac
+}
+vocab_of() { [[ "$1" == llama* ]] && echo 32000 || echo 50257; }
+baseline_of() {
+  case "$1" in
+    llama1B) echo "torch_llama_bench.py --config 1B" ;;
+    *) echo "torch_gpt_bench.py --config $1" ;;
   esac
 }
 
@@ -29,13 +39,14 @@ for cfg in "${CONFIGS[@]}"; do
   echo "=== $cfg: ShardLM ($(date +%T))"
   # shellcheck disable=SC2086
   timeout 240 "$BIN" bench $flags --max-position-embeddings "$S" --global-batch-size "$B" \
-      --vocab-size 50257 --hidden-dropout 0 --attention-dropout 0 --bf16 --device cuda \
+      --vocab-size "$(vocab_of "$cfg")" --hidden-dropout 0 --attention-dropout 0 --bf16 --device cuda \
       --lr 3e-4 --adam-beta2 0.95 --weight-decay 0.1 --clip-grad 1.0 \
       --bench-steps "$STEPS" --warmup-steps "$WARMUP" --label shardlm --result-jsonl "$OUT/results.jsonl" \
       ${PROFILE:+--profile-ops} >"$OUT/shardlm_$cfg.log" 2>&1
   echo "exit $?"; grep -E "^> tokens/s|memory plan|error" "$OUT/shardlm_$cfg.log" | cut -c1-300
   echo "=== $cfg: PyTorch ($(date +%T))"
-  timeout 300 python3 "$BASE/torch_gpt_bench.py" --config "$cfg" --steps "$STEPS" --warmup "$WARMUP" \
+  # shellcheck disable=SC2046
+  timeout 300 python3 "$BASE"/$(baseline_of "$cfg") --steps "$STEPS" --warmup "$WARMUP" \
       --jsonl "$OUT/results.jsonl" >"$OUT/torch_$cfg.log" 2>&1
   echo "exit $?"; grep -E "RESULT|OOM|Error" "$OUT/torch_$cfg.log" | cut -c1-300
 done
@@ -46,7 +57,8 @@ out, commit = sys.argv[1], sys.argv[2]
 rows = [json.loads(l) for l in open(f"{out}/results.jsonl") if l.strip()]
 dev = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                      capture_output=True, text=True).stdout.strip().splitlines()[0]
-cfg_of = lambda r: {(12, 768): "124M", (24, 1024): "350M", (24, 2048): "1.3B"}.get((r["L"], r["H"]), "?")
+cfg_of = lambda r: {(12, 768): "124M", (24, 1024): "350M", (24, 2048): "1.3B",
+                    (16, 2048): "llama1B"}.get((r["L"], r["H"]), "?")
 by = {}
 for r in rows:
     by.setdefault(cfg_of(r), {})[r["system"]] = r
@@ -54,7 +66,7 @@ lines = [f"{datetime.date.today()} · {dev} · commit {commit} · `bench/e2e/sid
          f"(bf16; ShardLM `--bf16`, fp32 master weights; baseline bf16 autocast + fp32 params)", "",
          "| config | micro-batch × seq | ShardLM tokens/s | torch.compile tokens/s | ratio | ShardLM MFU | torch MFU | ShardLM memory (allocated) | torch memory (reserved) | ShardLM first step | torch first step |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-for cfg in ("124M", "350M", "1.3B"):
+for cfg in ("124M", "350M", "1.3B", "llama1B"):
     s, t = by.get(cfg, {}).get("shardlm"), by.get(cfg, {}).get("torch.compile")
     if not s and not t:
         continue
