@@ -83,7 +83,6 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
   const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size, P = tp_.size();
   const int64_t NL = SequenceRows{batch, cfg_.seq_length, C}.local(tp_);
   Saved s;
-  s.ln1 = alloc.allocate(dtype, {N, C});
   s.norm1 = norm1_.allocate_saved(alloc, dtype, NL);
   s.qkv = alloc.allocate(dtype, {N, cfg_.qkv_size() / P});
   const Saved attention =
@@ -91,10 +90,8 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
   s.attn = attention.attn;
   s.lse = attention.lse;
   s.x_mid = alloc.allocate(dtype, {NL, C});
-  s.ln2 = alloc.allocate(dtype, {N, C});
   s.norm2 = norm2_.allocate_saved(alloc, dtype, NL);
   s.fc1 = alloc.allocate(dtype, {N, fc1_.out_features()});
-  s.act = alloc.allocate(dtype, {N, cfg_.ffn_size() / P});
   return s;
 }
 
@@ -163,6 +160,16 @@ void TransformerLayer::recompute_attention(StepContext& step, const Saved& s) co
                          attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
 }
 
+void TransformerLayer::recompute_norm(DeviceContext& ctx, const Norm& norm,
+                                      const Norm::Saved& stats, const Tensor& in,
+                                      const SequenceRows& rows, const Scratch& scratch) const {
+  // Into scratch.c1 (all rows); under SP the rank's rows go through c0, which is free here.
+  const Tensor local = tp_.sp() ? scratch.c0.flat_view(0, Shape({rows.local(tp_), rows.hidden}))
+                                : scratch.c1;
+  norm.forward(ctx, local, stats, in);
+  enter_column_region(ctx, tp_, rows, scratch.c1, local, scratch.staging);
+}
+
 void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
                                const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
@@ -172,11 +179,11 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   // The rank's rows of a [N, C] scratch (all of it without sequence parallelism).
   auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
   const bool sp = tp_.sp();
-  // Attention block.
-  const Tensor ln1_local = sp ? local(scratch.c2) : s.ln1;
-  norm1_.forward(ctx, ln1_local, s.norm1, x);
-  enter_column_region(ctx, tp_, rows, s.ln1, ln1_local, scratch.staging);
-  qkv_.forward(ctx, s.qkv, s.ln1);
+  // Attention block. The norm outputs live in scratch (c1, all rows): backward recomputes them.
+  const Tensor ln_full = scratch.c1, ln_local = sp ? local(scratch.c2) : scratch.c1;
+  norm1_.forward(ctx, ln_local, s.norm1, x);
+  enter_column_region(ctx, tp_, rows, ln_full, ln_local, scratch.staging);
+  qkv_.forward(ctx, s.qkv, ln_full);
   apply_rope(ctx, s.qkv, scratch, B, /*backward=*/false);
   ops::attention_forward(ctx, s.attn.reshape({B, T, s.attn.size(1)}), s.lse,
                          s.qkv.reshape({B, T, s.qkv.size(1)}), attention_shape(),
@@ -186,17 +193,16 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   exit_row_region(ctx, tp_, rows, proj_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, s.x_mid, proj_out, x, hidden_dropout(step),
                            step.dropout_key(index_, kDropoutAttentionOutput));
-  // MLP block.
-  const Tensor ln2_local = sp ? local(scratch.c2) : s.ln2;
-  norm2_.forward(ctx, ln2_local, s.norm2, s.x_mid);
-  enter_column_region(ctx, tp_, rows, s.ln2, ln2_local, scratch.staging);
+  // MLP block (the activation output is scratch too: backward recomputes it from s.fc1).
+  norm2_.forward(ctx, ln_local, s.norm2, s.x_mid);
+  enter_column_region(ctx, tp_, rows, ln_full, ln_local, scratch.staging);
   if (cfg_.swiglu) {
-    fc1_.forward(ctx, s.fc1, s.ln2);
-    ops::swiglu_forward(ctx, s.act, s.fc1);
+    fc1_.forward(ctx, s.fc1, ln_full);
+    ops::swiglu_forward(ctx, scratch.act, s.fc1);
   } else {
-    fc1_.forward_gelu(ctx, s.act, s.fc1, s.ln2);  // s.fc1 keeps the pre-activation
+    fc1_.forward_gelu(ctx, scratch.act, s.fc1, ln_full);  // s.fc1 keeps the pre-activation
   }
-  fc2_.forward(ctx, scratch.c0, s.act);
+  fc2_.forward(ctx, scratch.c0, scratch.act);
   const Tensor fc2_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, x_out, fc2_out, s.x_mid, hidden_dropout(step),
@@ -237,12 +243,21 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const Tensor d_mlp = branch_grad(dx_out, kDropoutMlpOutput);
   const Tensor d_mlp_full = sp ? scratch.c1 : d_mlp;  // all rows (gathered under SP)
   exit_row_region_backward(ctx, tp_, rows, d_mlp_full, d_mlp, scratch.staging);
-  fc2_.backward(ctx, scratch.act, d_mlp_full, s.act);
+  // Recompute the activation output (not saved) into scratch.fc1, which its gradient later
+  // overwrites; fc2's backward reads it for the weight gradient.
+  const Tensor act = scratch.fc1.flat_view(0, Shape({s.fc1.size(0), scratch.act.size(1)}));
+  if (cfg_.swiglu)
+    ops::swiglu_forward(ctx, act, s.fc1);
+  else
+    ops::gelu_forward(ctx, act, s.fc1);
+  fc2_.backward(ctx, scratch.act, d_mlp_full, act);
+  // norm2's output for fc1's weight gradient, recomputed (re-gathered under SP, as Megatron).
+  recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
   if (cfg_.swiglu) {
     ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
-    fc1_.backward(ctx, d_norm_out_full, scratch.fc1, s.ln2);
+    fc1_.backward(ctx, d_norm_out_full, scratch.fc1, scratch.c1);
   } else {
-    fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, s.ln2);
+    fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, scratch.c1);
   }
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)
@@ -262,7 +277,8 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
                           s.attn.reshape({B, T, s.attn.size(1)}), s.lse, attention_shape(),
                           attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
   apply_rope(ctx, scratch.qkv, scratch, B, /*backward=*/true);
-  qkv_.backward(ctx, d_norm_out_full, scratch.qkv, s.ln1);
+  recompute_norm(ctx, norm1_, s.norm1, x, rows, scratch);
+  qkv_.backward(ctx, d_norm_out_full, scratch.qkv, scratch.c1);
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)
     norm1_.backward(ctx, d_norm_in, d_norm_out, x, s.norm1, norm1_.dweight_view(g1),

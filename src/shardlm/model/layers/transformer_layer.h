@@ -8,7 +8,10 @@
 // ...self_attention.linear_proj.*, ...mlp.linear_fc1.{layer_norm_*,weight,bias}, mlp.linear_fc2.*
 //
 // Memory: Saved holds this layer's activations for one micro-batch (allocated once from the
-// activation arena); Scratch holds backward temporaries shared by all layers.
+// activation arena); Scratch holds temporaries shared by all layers. Cheap outputs are not
+// saved but recomputed in backward (as torch.compile does): the two norm outputs (from the
+// saved input and statistics; re-gathered under SP, as Megatron's SP backward does) and the
+// GELU/SwiGLU output (from the saved fc1 output): 2 [N, C] + [N, FL] less per layer.
 //
 // Tensor parallelism (model/tensor_parallel.h): QKV and fc1 are column-parallel (QKV split by
 // whole query groups in Megatron's grouped layout, fc1 for SwiGLU split as [gate_r ; up_r]),
@@ -35,23 +38,20 @@ namespace shardlm::model {
 class TransformerLayer {
  public:
   struct Saved {
-    Tensor ln1;        // [N, C]    norm1 output (all rows: gathered under sequence parallelism)
-    Norm::Saved norm1; // [NL]
+    Norm::Saved norm1; // [NL]       norm1 statistics (its output is recomputed)
     Tensor qkv;        // [N, QKVL] fused q/k/v projections (Megatron grouped layout)
     Tensor attn;       // [N, AL]   attention output, heads concatenated
     Tensor lse;        // [B, NHL, T]
     Tensor x_mid;      // [NL, C]   residual stream after attention
-    Tensor ln2;        // [N, C]
     Norm::Saved norm2; // [NL]
-    Tensor fc1;        // [N, FL or 2FL]
-    Tensor act;        // [N, FL]
+    Tensor fc1;        // [N, FL or 2FL] fc1 output (GELU: pre-activation)
   };
   struct Scratch {
-    Tensor c0, c1, c2, c3;  // [N, C]
+    Tensor c0, c1, c2, c3;  // [N, C]; c1 holds a norm output (all rows) in forward and backward
     Tensor a;               // [N, AL]
     Tensor qkv;             // [N, QKVL]
     Tensor fc1;             // [N, FL or 2FL]
-    Tensor act;             // [N, FL]
+    Tensor act;             // [N, FL] forward: activation output; backward: its gradient
     Tensor staging;         // [N, C] sequence parallelism with B > 1 only (row reorder)
     Tensor sp_grads;        // [2 norms' grad_numel] sequence parallelism only
     Tensor rope_cos_sin;    // [T, R/2, 2] fp32 (fp64 in fp64 runs); --position-embedding-type rope only
@@ -93,6 +93,10 @@ class TransformerLayer {
   // rotates by +θ after linear_qkv (so attention and its saved input see rotated q/k); backward
   // rotates dqkv by -θ before linear_qkv's backward. Refills scratch.rope_cos_sin each call
   // (T·R/2 entries, cheap) so the layer needs no state. No-op for other position types.
+  // Recomputes norm(in) from its saved statistics into scratch.c1 (all rows; under SP the
+  // rank's rows via scratch.c0, then all-gathered) for a weight gradient in backward.
+  void recompute_norm(DeviceContext& ctx, const Norm& norm, const Norm::Saved& stats,
+                      const Tensor& in, const SequenceRows& rows, const Scratch& scratch) const;
   void apply_rope(DeviceContext& ctx, const Tensor& qkv, const Scratch& scratch, int64_t batch,
                   bool backward) const;
 
