@@ -63,6 +63,16 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     : single_(std::move(single)), rank_(rank ? rank : single_->rank.get()), cfg_(cfg),
       log_(rank_->world_rank() == 0 ? log : null_log_), device_(&rank_->device()),
       train_data_(std::move(train_data)), valid_data_(std::move(valid_data)) {
+  // Startup phases, timed for the log (issue 4: launch to first step < 5 s for 1.3B).
+  using StartupClock = std::chrono::steady_clock;
+  const StartupClock::time_point startup_begin = StartupClock::now();
+  std::vector<std::pair<const char*, double>> startup_phases;
+  StartupClock::time_point phase_begin = startup_begin;
+  auto phase_done = [&](const char* name) {
+    const StartupClock::time_point now = StartupClock::now();
+    startup_phases.emplace_back(name, std::chrono::duration<double>(now - phase_begin).count());
+    phase_begin = now;
+  };
   resolve_vocab_size(cfg_);
   const dist::ParallelLayout& layout = rank_->layout();
   SHARDLM_REQUIRE(layout.tp() == cfg_.parallel.tensor_model_parallel_size &&
@@ -96,6 +106,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   dtype_ = cfg_.bf16 ? DType::kBF16 : cfg_.fp16 ? DType::kF16 : master_dtype;
   if (cfg_.fp16) loss_scaler_ = std::make_unique<optim::LossScaler>(cfg_.loss_scaler);
   initialize_backend(*device_);
+  phase_done("backend");
 
   model_ = std::make_unique<model::GPTModel>(
       cfg_.model, model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel));
@@ -128,8 +139,10 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   device_bytes_at_start_ = ops::device_memory(*device_).used_bytes();
   memory_plan_.check_fits(ops::device_memory(*device_), device_->device().to_string());
 
+  phase_done("plan");
   registry_.finalize(*device_, master_dtype, cfg_.seed, dtype_);
   model_->bind(registry_);
+  phase_done("parameters");
   activations_ = Arena(device_->device(), act_bytes, "activations");
   model_->allocate_activations(activations_, dtype_, mbs);
 
@@ -151,7 +164,9 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
   }
   schedule_ = std::make_unique<optim::LearningRateSchedule>(cfg_.lr_schedule());
+  phase_done("optimizer");
   if (!train_data_) build_data();
+  phase_done("data");
 
   tokens_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
   targets_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
@@ -202,6 +217,12 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                         unsharded / 1048576.0)
                : std::string(" (not sharded)"))
        << "\n";
+  log_ << format("> startup: %.2f s (", std::chrono::duration<double>(StartupClock::now() -
+                                                                     startup_begin).count());
+  for (size_t i = 0; i < startup_phases.size(); ++i)
+    log_ << (i ? ", " : "") << startup_phases[i].first
+         << format(" %.2f s", startup_phases[i].second);
+  log_ << ")\n";
   log_.flush();
 
   // --load: parameters, optimizer state and progress (train/checkpointing.h).
