@@ -72,12 +72,21 @@ struct Init {
   static Init zeros() { return {Kind::kZeros, 0}; }
 };
 
+// Tied across pipeline stages (Megatron's shared embedding): with --pipeline-model-parallel-size
+// > 1 and tied embeddings, the first stage holds the word embedding (kPrimary) and the last stage
+// a copy of it as its output layer (kCopy). Both carry the same global name, hence the same
+// initial values; their gradients are summed over the embedding group every step so they stay
+// equal. Only the primary is counted in the gradient norm and written to checkpoints (the copy
+// loads from the same name).
+enum class PipelineTie { kNone, kPrimary, kCopy };
+
 struct ParameterSpec {
   std::string name;       // global, Megatron-style
   Shape global_shape;
   Split split;
   bool weight_decay = true;  // false for biases and norm weights
   Init init;
+  PipelineTie pipeline_tie = PipelineTie::kNone;
 };
 
 struct Parameter {

@@ -21,9 +21,11 @@ double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
   std::vector<std::pair<int64_t, int64_t>> spans;  // [begin, end) in the flat buffer
   bool previous_counted = false;
   for (const model::Parameter* p : by_offset) {
-    // Replicated-over-TP parameters are identical on every TP rank: count them on rank 0.
+    // Replicated-over-TP parameters are identical on every TP rank: count them on rank 0. The
+    // last pipeline stage's copy of the tied embedding is the first stage's parameter again.
     const bool counted =
-        p->spec.split.is_split() || (scope.tp_rank == 0 && p->spec.split.tp_rank == 0);
+        p->spec.pipeline_tie != model::PipelineTie::kCopy &&
+        (p->spec.split.is_split() || (scope.tp_rank == 0 && p->spec.split.tp_rank == 0));
     const int64_t begin = p->offset, end = p->offset + p->local_shape.numel();
     if (counted && previous_counted)
       spans.back().second = end;

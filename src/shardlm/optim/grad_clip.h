@@ -5,10 +5,12 @@
 //  - tensor-parallel-split parameters: every TP rank holds a disjoint part, all counted;
 //  - parameters replicated over TP: counted on TP rank 0 only (Megatron's
 //    param_is_not_tensor_parallel_duplicate);
+//  - the last pipeline stage's copy of the tied word embedding (PipelineTie::kCopy): never
+//    (the first stage counts the same gradient);
 //  - with the distributed optimizer: only this rank's owned shards of the flat buffer (their
 //    gradients are the reduce-scattered ones; the rest of the buffer is stale);
-// and the partial sums of squares are summed over `sum_group`: the tensor-parallel group
-// (tp × pp once pipelines exist), or tp × dp with the distributed optimizer. Every rank of the
+// and the partial sums of squares are summed over `sum_group`: the model-parallel group
+// (tp × pp), or every rank (tp × dp × pp) with the distributed optimizer. Every rank of the
 // group gets the same norm, so all take the same skip / clip decision.
 //
 //   GradNormScope scope{.tp_rank = rc.coord().tp, .sum_group = &rc.tp()};

@@ -51,12 +51,20 @@ GradBuffer GradBuffer::plan(const model::ParameterRegistry& reg, const GradBuffe
   };
   for (size_t k = params.size(); k-- > 0;) {  // reverse: backward order
     const int64_t n = params[k].local_shape.numel();
+    // Megatron: with the distributed optimizer a pipeline-tied embedding gets a bucket of its
+    // own, so the first and last stage shard it identically and its all-reduce over the
+    // embedding group after the reduce-scatter sums matching shards.
+    const bool alone = shard && params[k].spec.pipeline_tie != model::PipelineTie::kNone;
+    if (alone && !open.params.empty()) {
+      close_bucket(param_end);
+      param_start = bucket_start;
+    }
     param_start = pad_param_start(param_start);
     param_end = param_start + n;
     buf.offsets_[k] = param_start;
     buf.bucket_of_[k] = static_cast<int>(buf.buckets_.size());
     open.params.push_back(k);
-    if (buf.bucket_size_ > 0 && param_end - bucket_start >= buf.bucket_size_) {
+    if (alone || (buf.bucket_size_ > 0 && param_end - bucket_start >= buf.bucket_size_)) {
       close_bucket(param_end);
       param_start = bucket_start;
     } else {

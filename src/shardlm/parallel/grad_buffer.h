@@ -12,7 +12,8 @@
 //  - With --use-distributed-optimizer every bucket's end is padded to a multiple of
 //    lcm(DP, 128) elements (so reduce-scatter / all-gather split it evenly, each rank owning one
 //    contiguous shard of every bucket), and every parameter starts on a multiple of 64 elements.
-//    Without it there is no padding.
+//    A pipeline-tied embedding (ParameterSpec::pipeline_tie) then sits alone in its bucket, so
+//    both stages' copies are sharded alike. Without it there is no padding.
 // Padding elements are zero in every flat buffer (values, grads, optimizer state) and belong to
 // no parameter: they are reduced and updated as zeros and never change.
 //

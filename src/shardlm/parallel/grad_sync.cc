@@ -30,6 +30,7 @@ GradSync::~GradSync() {
 
 void GradSync::start_iteration() {
   param_ready_.assign(reg_.parameters().size(), 0);
+  ready_count_ = 0;
   bucket_pending_.assign(static_cast<size_t>(buffer_.num_buckets()), 0);
   for (const Bucket& b : buffer_.buckets())
     bucket_pending_[&b - buffer_.buckets().data()] = static_cast<int>(b.params.size());
@@ -61,17 +62,21 @@ void GradSync::on_grads_ready(std::span<model::Parameter* const> params) {
 
 void GradSync::mark_ready(size_t param_index) {
   param_ready_[param_index] = 1;
+  ++ready_count_;
   const int b = buffer_.bucket_of(param_index);
   if (--bucket_pending_[static_cast<size_t>(b)] == 0) start_bucket(b);
 }
 
-void GradSync::end_microbatch() {
+void GradSync::end_microbatch(bool start_remaining) {
   SHARDLM_CHECK(in_backward_);
   in_backward_ = false;
   if (!last_microbatch_ || !cfg_.overlap_grad_reduce) {
-    reg_.accumulate_compute_grads(ctx_);  // whole buffer; nothing is in flight
-    if (!last_microbatch_) return;        // gradient accumulation: no communication
+    fold_unreported();
+    if (!last_microbatch_) return;  // gradient accumulation: no communication
   }
+  // A pipeline chunk's last micro-batch that is not the rank's last backward: its parameters
+  // were reported (and folded) above; the other chunks still accumulate.
+  if (!start_remaining) return;
   // Last micro-batch: start every bucket not started yet, in bucket (backward) order.
   started_during_backward_ = static_cast<int>(started_order_.size());
   for (const Bucket& bucket : buffer_.buckets())
@@ -80,6 +85,17 @@ void GradSync::end_microbatch() {
         if (cfg_.overlap_grad_reduce) reg_.accumulate_compute_grads(ctx_, reg_.parameters()[index]);
         mark_ready(index);
       }
+}
+
+void GradSync::fold_unreported() {
+  if (!reg_.has_compute_copy()) return;
+  if (ready_count_ == 0) {
+    reg_.accumulate_compute_grads(ctx_);  // whole buffer; nothing is in flight
+    return;
+  }
+  // Pipelines: buckets of chunks that finished may be reducing; never touch their gradients.
+  for (size_t i = 0; i < param_ready_.size(); ++i)
+    if (!param_ready_[i]) reg_.accumulate_compute_grads(ctx_, reg_.parameters()[i]);
 }
 
 void GradSync::start_bucket(int b) {

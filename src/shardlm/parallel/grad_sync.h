@@ -9,6 +9,9 @@
 //     end_microbatch()
 //   wait()                                 before grad clipping / the optimizer
 //
+// - Pipelines: the same calls around every backward the schedule runs, with
+//   begin_microbatch(this is the chunk's last backward) and end_microbatch(this is the rank's
+//   last backward); forwards touch no gradient.
 // - Gradient accumulation: micro-batches before the last communicate NOTHING; their gradients
 //   just accumulate (+=) in the main-gradient buffer.
 // - --overlap-grad-reduce: in the last micro-batch, on_grads_ready() marks parameters complete;
@@ -62,7 +65,11 @@ class GradSync {
   void begin_microbatch(bool is_last_microbatch);
   // The grad-ready hook: these parameters' gradients are complete for this micro-batch.
   void on_grads_ready(std::span<model::Parameter* const> params);
-  void end_microbatch();
+  // start_remaining = false (pipelines with several chunks per rank, or schedules whose last
+  // backward is not micro-batch M-1): begin_microbatch(true) marked the last backward of one
+  // chunk, whose parameters the hook reports; the buckets of unreported parameters start only
+  // at the rank's final backward, which passes true.
+  void end_microbatch(bool start_remaining = true);
   // Waits for every bucket's reduction (throws Error(kTimeout) naming the dead/hung rank).
   void wait();
 
@@ -73,6 +80,8 @@ class GradSync {
 
  private:
   void mark_ready(size_t param_index);
+  // Mixed precision: folds the compute gradients of the parameters not yet reported.
+  void fold_unreported();
   void start_bucket(int b);
 
   model::ParameterRegistry& reg_;
@@ -83,6 +92,7 @@ class GradSync {
   bool last_microbatch_ = false;
   bool in_backward_ = false;
   std::vector<char> param_ready_;    // [param]
+  size_t ready_count_ = 0;
   std::vector<int> bucket_pending_;  // [bucket] parameters not yet ready
   std::vector<char> bucket_started_;
   std::vector<dist::CommHandle> handles_;  // [bucket]

@@ -57,7 +57,9 @@ std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry
                                                   const ReplicaRanks& ranks) {
   std::vector<ckpt::ShardedTensor> out;
   for (const model::Parameter& p : reg.parameters()) {
+    // The last pipeline stage's copy of the tied embedding is the first stage's parameter.
     const bool write = ranks.data_parallel_rank == 0 &&
+                       p.spec.pipeline_tie != model::PipelineTie::kCopy &&
                        (p.spec.split.is_split() || ranks.tensor_parallel_rank == 0);
     out.push_back({key_of(p.spec.name), p.spec.global_shape, ckpt::region_of(p), p.value, write});
   }
@@ -78,7 +80,8 @@ std::vector<ckpt::ShardedTensor> moment_shards(
       if (hi - lo != n) region = ckpt::narrowed(region, lo - p.offset, hi - p.offset);
       Tensor view = state.flat_view(state_offset + (lo - begin), Shape{hi - lo});
       if (hi - lo == n) view = view.reshape(p.local_shape);
-      out.push_back({prefix + p.spec.name, p.spec.global_shape, region, view, write});
+      out.push_back({prefix + p.spec.name, p.spec.global_shape, region, view,
+                     write && p.spec.pipeline_tie != model::PipelineTie::kCopy});
     }
     state_offset += end - begin;
   }

@@ -49,8 +49,12 @@ void check_ids_below(const char* what, const Tensor& ids, int64_t V) {
 GPTModel::GPTModel(const TransformerConfig& cfg) : GPTModel(cfg, TensorParallel{}) {}
 
 GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp)
+    : GPTModel(cfg, tp, ModelChunk{}) {}
+
+GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk)
     : cfg_(cfg),
       tp_(tp),
+      chunk_(chunk),
       final_norm_("decoder.final_layernorm.weight", "decoder.final_layernorm.bias",
                   cfg.hidden_size, cfg.normalization, cfg.norm_epsilon) {
   cfg_.validate();
@@ -64,36 +68,76 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp)
     cfg_.validate_tensor_parallel(tp_.size(), tp_.sp());
     vocab_start_ = tp_.rank() * (cfg_.padded_vocab_size() / tp_.size());
   }
-  for (int64_t i = 0; i < cfg_.num_layers; ++i) layers_.emplace_back(cfg_, i, tp_);
+  if (chunk_.layer_end < 0) chunk_.layer_end = cfg_.num_layers;
+  SHARDLM_REQUIRE(0 <= chunk_.layer_begin && chunk_.layer_begin < chunk_.layer_end &&
+                      chunk_.layer_end <= cfg_.num_layers,
+                  ErrorKind::kInvalidConfig,
+                  "GPT model chunk: layers [" + std::to_string(chunk_.layer_begin) + ", " +
+                      std::to_string(chunk_.layer_end) + ") are not a non-empty range of the " +
+                      std::to_string(cfg_.num_layers) + " layers (--num-layers)");
+  // Global layer indices: names, init keys and dropout masks do not depend on the partition.
+  for (int64_t i = chunk_.layer_begin; i < chunk_.layer_end; ++i)
+    layers_.emplace_back(cfg_, i, tp_);
 }
 
 void GPTModel::register_parameters(ParameterRegistry& reg) const {
   const int64_t V = cfg_.padded_vocab_size(), C = cfg_.hidden_size;
+  const bool tied = !cfg_.untie_embeddings_and_output_weights;
   // Vocab-parallel: rows [rank*V/TP, (rank+1)*V/TP) of the padded vocabulary.
-  reg.add({kWordEmbeddings, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std)});
-  if (cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute)
-    reg.add({kPositionEmbeddings, {cfg_.max_positions(), C}, Split::none(), true,
-             Init::normal(cfg_.init_method_std)});
+  if (chunk_.has_embedding) {
+    const PipelineTie tie = tied && !chunk_.has_head ? PipelineTie::kPrimary : PipelineTie::kNone;
+    reg.add({kWordEmbeddings, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std), tie});
+    if (cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute)
+      reg.add({kPositionEmbeddings, {cfg_.max_positions(), C}, Split::none(), true,
+               Init::normal(cfg_.init_method_std)});
+  }
   for (const TransformerLayer& layer : layers_) layer.register_parameters(reg);
+  if (!chunk_.has_head) return;
   final_norm_.register_parameters(reg);
-  if (cfg_.untie_embeddings_and_output_weights)
+  if (!tied)
     reg.add({kOutputLayer, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std)});
+  else if (!chunk_.has_embedding)  // the last stage's copy: same name, so the same init
+    reg.add({kWordEmbeddings, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std),
+             PipelineTie::kCopy});
 }
 
 void GPTModel::bind(ParameterRegistry& reg) {
-  word_embeddings_ = &reg.get(kWordEmbeddings);
-  position_embeddings_ = cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute
+  const bool tied = !cfg_.untie_embeddings_and_output_weights;
+  word_embeddings_ =
+      chunk_.has_embedding || (chunk_.has_head && tied) ? &reg.get(kWordEmbeddings) : nullptr;
+  position_embeddings_ = chunk_.has_embedding &&
+                                 cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute
                              ? &reg.get(kPositionEmbeddings)
                              : nullptr;
   for (TransformerLayer& layer : layers_) layer.bind(reg);
-  final_norm_.bind(reg);
-  output_layer_ = cfg_.untie_embeddings_and_output_weights ? &reg.get(kOutputLayer) : nullptr;
+  if (chunk_.has_head) final_norm_.bind(reg);
+  output_layer_ = chunk_.has_head && !tied ? &reg.get(kOutputLayer) : nullptr;
+}
+
+void GPTModel::set_activation_slots(int slots) {
+  SHARDLM_REQUIRE(slots >= 1, ErrorKind::kInvalidArgument,
+                  "GPT model: activation slots must be >= 1, got " + std::to_string(slots));
+  num_slots_ = slots;
+}
+
+void GPTModel::select_slot(int slot) {
+  SHARDLM_REQUIRE(slot >= 0 && static_cast<size_t>(slot) < slots_.size(),
+                  ErrorKind::kInvalidArgument,
+                  "GPT model: activation slot " + std::to_string(slot) + " of " +
+                      std::to_string(slots_.size()) + " (allocate_activations first)");
+  slot_ = static_cast<size_t>(slot);
+}
+
+Shape GPTModel::boundary_shape(int64_t micro_batch) const {
+  const int64_t C = cfg_.hidden_size;
+  return Shape({SequenceRows{micro_batch, cfg_.seq_length, C}.local(tp_), C});
 }
 
 size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
   ArenaPlan plan;
-  GPTModel probe(cfg_, tp_);  // allocate into a copy so planning never disturbs our views
+  GPTModel probe(cfg_, tp_, chunk_);  // a copy, so planning never disturbs our views
   probe.recompute_ = recompute_;
+  probe.num_slots_ = num_slots_;
   probe.allocate_activations(plan, dtype, micro_batch);
   return plan.bytes();
 }
@@ -102,43 +146,55 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
   const int64_t N = micro_batch * cfg_.seq_length, C = cfg_.hidden_size;
   const int64_t VL = cfg_.padded_vocab_size() / tp_.size();
   const int64_t NL = SequenceRows{micro_batch, cfg_.seq_length, C}.local(tp_);
+  const int64_t L = num_local_layers();
   micro_batch_ = micro_batch;
-  Activations a;
-  a.embedding = alloc.allocate(dtype, {N, C});
-  for (int64_t l = 0; l <= cfg_.num_layers; ++l)
-    a.residual.push_back(alloc.allocate(dtype, {NL, C}));
-  if (recompute_.selective())
-    a.shared_attention = layers_.front().allocate_attention_output(alloc, dtype, micro_batch);
-  for (int64_t s = 0; s < recompute_.slots(); ++s)
-    a.recompute_slots.push_back(layers_[s].allocate_saved(alloc, dtype, micro_batch));
-  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    const TransformerLayer& layer = layers_[l];
-    if (recompute_.recomputes_layer(l)) {
-      a.layers.push_back(a.recompute_slots[l - recompute_.chunk_of(l, cfg_.num_layers).first]);
-    } else {
-      a.layers.push_back(layer.allocate_saved(
-          alloc, dtype, micro_batch, recompute_.selective() ? &a.shared_attention : nullptr));
-    }
-  }
-  a.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch);
-  a.final_norm = alloc.allocate(dtype, {N, C});
-  a.final_norm_saved = final_norm_.allocate_saved(alloc, dtype, NL);
   // Vocab-parallel loss: per-row statistics in fp32 when activations are 16-bit (the global
   // lse cannot be recomputed from one shard in backward, so it must not be rounded to bf16).
   const bool low = dtype == DType::kBF16 || dtype == DType::kF16;
   const DType stats = tp_.enabled() && low ? DType::kF32 : dtype;
-  a.logits = alloc.allocate(dtype, {N, VL});
-  a.lse = alloc.allocate(stats, {N});
-  a.losses = alloc.allocate(stats, {N});
-  a.dlosses = alloc.allocate(stats, {N});
-  a.dlogits = alloc.allocate(dtype, {N, VL});
-  a.dresidual0 = alloc.allocate(dtype, {NL, C});
-  a.dresidual1 = alloc.allocate(dtype, {NL, C});
-  if (tp_.enabled()) {
-    a.row_max = alloc.allocate(stats, {N});
-    a.ce_partials = alloc.allocate(stats, {2, N});
+  // Shared by every slot: forward / backward temporaries and recomputation buffers (refilled
+  // from the slot's stored layer inputs right before they are used).
+  Activations shared;
+  if (chunk_.has_embedding) shared.embedding = alloc.allocate(dtype, {N, C});
+  if (recompute_.selective())
+    shared.shared_attention = layers_.front().allocate_attention_output(alloc, dtype, micro_batch);
+  for (int64_t s = 0; s < std::min(recompute_.slots(), L); ++s)
+    shared.recompute_slots.push_back(layers_[s].allocate_saved(alloc, dtype, micro_batch));
+  shared.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch);
+  if (chunk_.has_head) {
+    shared.dlosses = alloc.allocate(stats, {N});
+    shared.dlogits = alloc.allocate(dtype, {N, VL});
+    if (tp_.enabled()) {
+      shared.row_max = alloc.allocate(stats, {N});
+      shared.ce_partials = alloc.allocate(stats, {2, N});
+    }
   }
-  acts_ = std::move(a);
+  shared.dresidual0 = alloc.allocate(dtype, {NL, C});
+  shared.dresidual1 = alloc.allocate(dtype, {NL, C});
+  std::vector<Activations> slots;
+  for (int slot = 0; slot < num_slots_; ++slot) {
+    Activations a = shared;
+    for (int64_t l = 0; l <= L; ++l) a.residual.push_back(alloc.allocate(dtype, {NL, C}));
+    for (int64_t l = 0; l < L; ++l) {
+      const TransformerLayer& layer = layers_[l];
+      if (recompute_.recomputes_layer(l)) {
+        a.layers.push_back(a.recompute_slots[l - recompute_.chunk_of(l, L).first]);
+      } else {
+        a.layers.push_back(layer.allocate_saved(
+            alloc, dtype, micro_batch, recompute_.selective() ? &a.shared_attention : nullptr));
+      }
+    }
+    if (chunk_.has_head) {
+      a.final_norm = alloc.allocate(dtype, {N, C});
+      a.final_norm_saved = final_norm_.allocate_saved(alloc, dtype, NL);
+      a.logits = alloc.allocate(dtype, {N, VL});
+      a.lse = alloc.allocate(stats, {N});
+      a.losses = alloc.allocate(stats, {N});
+    }
+    slots.push_back(std::move(a));
+  }
+  slots_ = std::move(slots);
+  slot_ = 0;
 }
 
 Tensor GPTModel::output_weight() const {
@@ -162,7 +218,7 @@ void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
   const int64_t B = micro_batch_, T = cfg_.seq_length, C = cfg_.hidden_size;
   const double p = step.training ? cfg_.hidden_dropout : 0.0;
   const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
-  Activations& a = acts_;
+  Activations& a = acts();
   if (!tp_.enabled()) {
     ops::embedding_forward(ctx, a.embedding.reshape({B, T, C}), batch.tokens,
                            word_embeddings_->compute_value,
@@ -192,7 +248,7 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
   const int64_t B = micro_batch_, T = cfg_.seq_length, C = cfg_.hidden_size;
   const double p = step.training ? cfg_.hidden_dropout : 0.0;
   const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
-  Activations& a = acts_;
+  Activations& a = acts();
   if (!tp_.enabled()) {
     ops::dropout_backward(ctx, a.scratch.c0, dres, p, key, 0);
     ops::embedding_backward(ctx, word_embeddings_->compute_grad,
@@ -235,7 +291,7 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
 void GPTModel::head_forward(StepContext& step, const Batch& batch) {
   DeviceContext& ctx = step.device;
   const int64_t N = micro_batch_ * cfg_.seq_length, C = cfg_.hidden_size;
-  Activations& a = acts_;
+  Activations& a = acts();
   const Tensor targets = batch.targets.reshape({N});
   if (!tp_.enabled()) {
     final_norm_.forward(ctx, a.final_norm, a.final_norm_saved, a.residual.back());
@@ -264,7 +320,7 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
                              const Tensor& dres) {
   DeviceContext& ctx = step.device;
   const int64_t N = micro_batch_ * cfg_.seq_length, C = cfg_.hidden_size;
-  Activations& a = acts_;
+  Activations& a = acts();
   const Tensor targets = batch.targets.reshape({N});
   // d(sum(l*m)/mask_sum * scale)/dl = m * scale / mask_sum
   ops::copy(ctx, a.dlosses, batch.loss_mask.reshape({N}));
@@ -278,6 +334,8 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
   ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits, a.final_norm,
                        output_weight());
   if (output_layer_) report_grads_ready({&output_layer_, 1});
+  // The last pipeline stage's tied copy is complete here (the first stage's reports later).
+  if (!output_layer_ && !chunk_.has_embedding) report_grads_ready({&word_embeddings_, 1});
   const SequenceRows rows = sequence_rows();
   const int64_t NL = rows.local(tp_);
   const Tensor d_norm = tp_.sp() ? a.scratch.c1.flat_view(0, Shape({NL, C})) : a.scratch.c0;
@@ -300,39 +358,81 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
 }
 
 double GPTModel::forward(StepContext& step, const Batch& batch) {
+  return forward(step, batch, 0, Tensor(), Tensor());
+}
+
+void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale) {
+  backward(step, batch, 0, loss_scale, Tensor(), Tensor());
+}
+
+double GPTModel::forward(StepContext& step, const Batch& batch, int slot, const Tensor& input,
+                         const Tensor& output) {
   DeviceContext& ctx = step.device;
   const int64_t B = micro_batch_, T = cfg_.seq_length, N = B * T;
-  SHARDLM_REQUIRE(batch.tokens.shape() == Shape({B, T}) && batch.targets.shape() == Shape({B, T}),
-                  ErrorKind::kInvalidArgument,
-                  "GPT forward: tokens " + batch.tokens.shape().to_string() + " and targets " +
-                      batch.targets.shape().to_string() + " must be [micro-batch, seq-length] = " +
-                      Shape({B, T}).to_string());
-  SHARDLM_REQUIRE(batch.mask_sum > 0, ErrorKind::kInvalidArgument,
-                  "GPT forward: the loss mask of this micro-batch is all zero");
-  if (tp_.enabled() && batch.tokens.device().is_cpu()) {
-    // No rank sees the whole vocabulary, so the ops cannot range-check ids; do it here.
-    check_ids_below("tokens", batch.tokens, cfg_.padded_vocab_size());
-    check_ids_below("targets", batch.targets, cfg_.padded_vocab_size());
+  select_slot(slot);
+  Activations& a = acts();
+  const Shape boundary = a.residual.front().shape();
+  if (chunk_.has_embedding) {
+    SHARDLM_REQUIRE(batch.tokens.shape() == Shape({B, T}), ErrorKind::kInvalidArgument,
+                    "GPT forward: tokens " + batch.tokens.shape().to_string() +
+                        " must be [micro-batch, seq-length] = " + Shape({B, T}).to_string());
+    // No rank sees the whole vocabulary under TP, so the ops cannot range-check ids; do it here.
+    if (tp_.enabled() && batch.tokens.device().is_cpu())
+      check_ids_below("tokens", batch.tokens, cfg_.padded_vocab_size());
+  } else {
+    SHARDLM_REQUIRE(input.defined() && input.shape() == boundary, ErrorKind::kInvalidArgument,
+                    "GPT forward: a chunk without the embedding needs its input hidden state " +
+                        boundary.to_string());
   }
-  Activations& a = acts_;
-  embedding_forward(step, batch);
+  if (chunk_.has_head) {
+    SHARDLM_REQUIRE(batch.targets.shape() == Shape({B, T}), ErrorKind::kInvalidArgument,
+                    "GPT forward: targets " + batch.targets.shape().to_string() +
+                        " must be [micro-batch, seq-length] = " + Shape({B, T}).to_string());
+    SHARDLM_REQUIRE(batch.mask_sum > 0, ErrorKind::kInvalidArgument,
+                    "GPT forward: the loss mask of this micro-batch is all zero");
+    if (tp_.enabled() && batch.targets.device().is_cpu())
+      check_ids_below("targets", batch.targets, cfg_.padded_vocab_size());
+  } else {
+    SHARDLM_REQUIRE(output.defined() && output.shape() == boundary, ErrorKind::kInvalidArgument,
+                    "GPT forward: a chunk without the head needs an output buffer " +
+                        boundary.to_string());
+  }
+  if (chunk_.has_embedding)
+    embedding_forward(step, batch);
+  else
+    ops::copy(ctx, a.residual[0], input);
   for (size_t l = 0; l < layers_.size(); ++l)
     layers_[l].forward(step, a.residual[l + 1], a.residual[l], a.layers[l], a.scratch);
+  if (!chunk_.has_head) {
+    ops::copy(ctx, output, a.residual.back());
+    return 0.0;
+  }
   head_forward(step, batch);
   return masked_sum_on_host(ctx, a.losses, batch.loss_mask.reshape({N})) / batch.mask_sum;
 }
 
-void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale) {
-  Activations& a = acts_;
+void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double loss_scale,
+                        const Tensor& output_grad, const Tensor& input_grad) {
+  select_slot(slot);
+  Activations& a = acts();
   Tensor dres = a.dresidual0, dnext = a.dresidual1;
-  head_backward(step, batch, loss_scale, dres);
+  if (chunk_.has_head) {
+    head_backward(step, batch, loss_scale, dres);
+  } else {
+    SHARDLM_REQUIRE(output_grad.defined() && output_grad.shape() == dres.shape(),
+                    ErrorKind::kInvalidArgument,
+                    "GPT backward: a chunk without the head needs its output gradient " +
+                        dres.shape().to_string());
+    ops::copy(step.device, dres, output_grad);
+  }
+  const int64_t L = num_local_layers();
   std::vector<Parameter*> ready;
   for (size_t l = layers_.size(); l-- > 0;) {
     const int64_t li = static_cast<int64_t>(l);
     if (recompute_.recomputes_layer(li)) {
       // Entering a recomputed chunk from its last layer: re-run the chunk's forward from its
       // stored input (same dropout masks), refilling the chunk's activation slots.
-      const auto [begin, end] = recompute_.chunk_of(li, cfg_.num_layers);
+      const auto [begin, end] = recompute_.chunk_of(li, L);
       if (li == end - 1)
         for (int64_t j = begin; j < end; ++j)
           layers_[j].forward(step, a.residual[j + 1], a.residual[j], a.layers[j], a.scratch);
@@ -345,7 +445,15 @@ void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale
     std::reverse(ready.begin(), ready.end());
     report_grads_ready(ready);
   }
-  embedding_backward(step, batch, dres);
+  if (chunk_.has_embedding) {
+    embedding_backward(step, batch, dres);
+    return;
+  }
+  SHARDLM_REQUIRE(input_grad.defined() && input_grad.shape() == dres.shape(),
+                  ErrorKind::kInvalidArgument,
+                  "GPT backward: a chunk without the embedding needs an input-gradient buffer " +
+                      dres.shape().to_string());
+  ops::copy(step.device, input_grad, dres);
 }
 
 }  // namespace shardlm::model

@@ -21,6 +21,19 @@
 //   cfg.tensor_model_parallel_size = tp.size();   // vocab padding, validation
 //   GPTModel model(cfg, tp);  // then exactly as below, on every TP rank
 //
+// Pipeline parallelism (DESIGN §2.7): GPTModel(cfg, tp, ModelChunk{...}) holds one model chunk
+// of a pipeline rank: global layers [layer_begin, layer_end) (names, init keys and dropout keep
+// the GLOBAL layer index, so any partition starts equal to the whole model), the embedding when
+// it is the first virtual stage and the loss head (final norm, output layer, cross-entropy) when
+// it is the last. A chunk without the embedding takes its input hidden state, and one without
+// the head hands its output on: forward(step, batch, slot, input, output) / backward(step,
+// batch, slot, scale, output_grad, input_grad), all [NL, C] (sequence shards with SP). With
+// tied embeddings the head-only chunk registers a copy of the word embedding under the same
+// name (PipelineTie::kCopy; the trainer sums both copies' gradients over the embedding group).
+// Several micro-batches are in flight under a schedule: set_activation_slots(n) keeps n sets of
+// per-micro-batch activations (backward temporaries, scratch and recomputation buffers are
+// shared); each forward/backward names its slot. Recomputation counts layers within the chunk.
+//
 //   GPTModel model(cfg);
 //   ParameterRegistry reg;  model.register_parameters(reg);
 //   reg.finalize(ctx, DType::kF32, seed);  model.bind(reg);
@@ -54,12 +67,23 @@ struct Batch {
   double mask_sum = 0;
 };
 
+// The part of the model one instance holds (pipeline parallelism); the default is all of it.
+struct ModelChunk {
+  int64_t layer_begin = 0;   // first global layer index
+  int64_t layer_end = -1;    // one past the last; -1: cfg.num_layers
+  bool has_embedding = true;  // first virtual stage
+  bool has_head = true;       // last virtual stage: final norm, output layer, loss
+};
+
 class GPTModel {
  public:
   explicit GPTModel(const TransformerConfig& cfg);
   // A tensor-parallel shard; tp.group must outlive the model. Throws Error(kInvalidConfig)
   // naming the numbers when the config does not split over tp.size() ranks.
   GPTModel(const TransformerConfig& cfg, const TensorParallel& tp);
+  // One pipeline chunk (see the header comment). Throws Error(kInvalidConfig) on an empty or
+  // out-of-range layer range.
+  GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk);
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -71,6 +95,24 @@ class GPTModel {
   double forward(StepContext& step, const Batch& batch);
   // Accumulates gradients of (loss * loss_scale) into the registry's gradient buffer.
   void backward(StepContext& step, const Batch& batch, double loss_scale);
+
+  // Pipeline chunk forms. The activations of this micro-batch live in `slot` (0..slots-1) from
+  // forward until its backward. input [NL, C]: the previous stage's output (undefined with the
+  // embedding, which reads batch.tokens); output [NL, C]: written unless the chunk has the head,
+  // which reads batch.targets / loss_mask and returns the loss (0 otherwise). backward:
+  // output_grad [NL, C] unless the head seeds it; input_grad [NL, C] written unless the chunk
+  // has the embedding. Inputs and outputs are copied, so the caller may reuse the buffers.
+  double forward(StepContext& step, const Batch& batch, int slot, const Tensor& input,
+                 const Tensor& output);
+  void backward(StepContext& step, const Batch& batch, int slot, double loss_scale,
+                const Tensor& output_grad, const Tensor& input_grad);
+  // Micro-batches whose activations are kept at once (default 1); call before
+  // plan_activation_bytes / allocate_activations.
+  void set_activation_slots(int slots);
+  int activation_slots() const { return num_slots_; }
+  const ModelChunk& chunk() const { return chunk_; }
+  // The chunk's hidden state as it crosses a stage boundary: [NL, C].
+  Shape boundary_shape(int64_t micro_batch) const;
 
   // Gradient-ready hook (data-parallel overlap): backward calls cb with exactly the parameters
   // whose gradient (compute_grad) for this micro-batch is complete, as soon as they are: the
@@ -89,30 +131,32 @@ class GPTModel {
   const TransformerConfig& config() const { return cfg_; }
   const TensorParallel& tensor_parallel() const { return tp_; }
   // Per-token losses of the last forward, [B*T] (for tests and evaluation; same on all TP ranks).
-  const Tensor& token_losses() const { return acts_.losses; }
+  const Tensor& token_losses() const { return slots_[slot_].losses; }
   // [B*T, V/TP]: this rank's vocabulary slice [vocab_start(), vocab_start() + V/TP).
-  const Tensor& logits() const { return acts_.logits; }
+  const Tensor& logits() const { return slots_[slot_].logits; }
   int64_t vocab_start() const { return vocab_start_; }
 
  private:
   // N = B*T; NL = the rank's rows (N, or N/TP with sequence parallelism); VL = V/TP.
+  // One slot's view set: per-micro-batch tensors of its own, shared ones (marked) the same
+  // views in every slot. L = the chunk's layers.
   struct Activations {
-    std::vector<Tensor> residual;  // L+1 × [NL, C]; residual[0] = embedding output
-    Tensor embedding;              // [N, C] before dropout (TP: partial sum of the vocab shard)
+    std::vector<Tensor> residual;  // L+1 × [NL, C]; residual[0] = embedding output / input
+    Tensor embedding;              // [N, C] shared: before dropout (TP: partial vocab sum)
     std::vector<TransformerLayer::Saved> layers;  // recomputed layers alias a slot below
     std::vector<TransformerLayer::Saved> recompute_slots;  // full recompute: one chunk's worth
     TransformerLayer::Saved shared_attention;  // selective recompute: attn + lse of all layers
-    TransformerLayer::Scratch scratch;
+    TransformerLayer::Scratch scratch;  // shared
     Tensor final_norm;             // [N, C] (all rows: gathered under sequence parallelism)
     Norm::Saved final_norm_saved;  // [NL]
     Tensor logits;                 // [N, VL]
     Tensor lse;                    // [N]
     Tensor losses;                 // [N]
-    Tensor dlosses;                // [N]
-    Tensor dlogits;                // [N, VL]
-    Tensor dresidual0, dresidual1; // [NL, C] ping-pong residual-stream gradients
-    Tensor row_max;                // [N]     TP only: vocab-parallel cross-entropy
-    Tensor ce_partials;            // [2, N]  TP only: sum_exp, target_logit (one all-reduce)
+    Tensor dlosses;                // [N]     shared
+    Tensor dlogits;                // [N, VL] shared
+    Tensor dresidual0, dresidual1; // [NL, C] shared: ping-pong residual-stream gradients
+    Tensor row_max;                // [N]     shared, TP only: vocab-parallel cross-entropy
+    Tensor ce_partials;            // [2, N]  shared, TP only: sum_exp, target_logit
   };
 
   // Embedding (+ dropout) into residual[0], and its backward from dres; the loss head (final
@@ -123,19 +167,26 @@ class GPTModel {
   void head_backward(StepContext& step, const Batch& batch, double loss_scale, const Tensor& dres);
   SequenceRows sequence_rows() const { return {micro_batch_, cfg_.seq_length, cfg_.hidden_size}; }
 
+  Activations& acts() { return slots_[slot_]; }
+  void select_slot(int slot);
+  int64_t num_local_layers() const { return static_cast<int64_t>(layers_.size()); }
+
   Tensor output_weight() const;
   void report_grads_ready(std::span<Parameter* const> params) const;
   Tensor output_weight_grad() const;
 
   TransformerConfig cfg_;
   TensorParallel tp_;
+  ModelChunk chunk_;
   int64_t vocab_start_ = 0;  // first vocabulary row of this rank's shard
   std::vector<TransformerLayer> layers_;
   Norm final_norm_;
   Parameter* word_embeddings_ = nullptr;
   Parameter* position_embeddings_ = nullptr;
   Parameter* output_layer_ = nullptr;
-  Activations acts_;
+  std::vector<Activations> slots_;  // [num_slots_]
+  int num_slots_ = 1;
+  size_t slot_ = 0;                 // the slot the running forward/backward uses
   int64_t micro_batch_ = 0;
   RecomputeConfig recompute_;
   GradReadyCallback grad_ready_;
