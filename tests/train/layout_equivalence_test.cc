@@ -5,167 +5,15 @@
 // (data-parallel copies) must agree bit for bit.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <functional>
-#include <map>
-#include <mutex>
 #include <sstream>
 
-#include "shardlm/dist/thread_communicator.h"
-#include "shardlm/train/trainer.h"
-#include "tests/testing/tensors.h"
+#include "tests/train/layout_harness.h"
 
 namespace shardlm::train {
 namespace {
 
-using namespace std::chrono_literals;
-
-TrainConfig tiny_config() {
-  TrainConfig c;
-  c.model.num_layers = 2;
-  c.model.hidden_size = 32;
-  c.model.num_attention_heads = 4;
-  c.model.seq_length = 16;
-  c.model.vocab_size = 60;  // padded to 64 for TP 1, 2 and 4 alike (multiple of 16 x TP)
-  c.model.make_vocab_size_divisible_by = 16;
-  // No linear biases: the key bias's gradient is analytically zero (softmax is invariant to a
-  // per-row shift of the scores, which is all q·b_k adds), so what backward computes for it is
-  // rounding noise, and Adam's normalisation turns noise that differs by summation order into
-  // ±lr steps: ~1e-4 relative apart after 20 steps in any two layouts, bias or no bug.
-  c.model.add_bias_linear = false;
-  c.model.hidden_dropout = 0.1;
-  c.model.attention_dropout = 0.1;
-  c.micro_batch_size = 2;
-  c.global_batch_size = 8;  // 4 micro-batches on one rank, 2 with DP 2, 1 with DP 4
-  c.train_iters = 20;
-  c.optimizer.lr = 3e-3;
-  c.optimizer.min_lr = 3e-4;
-  c.optimizer.lr_decay_style = "cosine";
-  c.optimizer.lr_warmup_iters = 3;
-  c.optimizer.weight_decay = 0.1;
-  c.optimizer.clip_grad = 1.0;
-  c.data.mock_data = true;
-  c.logging.log_interval = 10;
-  c.logging.eval_interval = 10;
-  c.logging.eval_iters = 1;
-  c.device = "cpu";
-  return c;
-}
-
-struct RunResult {
-  std::vector<double> losses, grad_norms;
-  std::vector<double> evals;
-  int buckets = 0, buckets_started_during_backward = 0;  // rank 0's last iteration
-  std::map<std::string, std::vector<double>> params;  // global tensors, by name
-};
-
-RunResult single_rank(const TrainConfig& cfg) {
-  std::ostringstream log;
-  Trainer t(cfg, log);
-  t.train();
-  RunResult r;
-  for (const auto& h : t.history()) r.losses.push_back(h.loss), r.grad_norms.push_back(h.grad_norm);
-  for (const auto& e : t.evaluations()) r.evals.push_back(e.loss);
-  for (const auto& p : t.parameters().parameters()) r.params[p.spec.name] = testing::to_vector(p.value);
-  return r;
-}
-
-struct Layout {
-  int tp = 1, dp = 1;
-  bool sequence_parallel = false, distributed_optimizer = false, overlap_grad_reduce = false,
-       overlap_param_gather = false;
-  int64_t bucket_size = 0;
-  std::string name() const {
-    std::ostringstream os;
-    os << "TP" << tp << " DP" << dp << (sequence_parallel ? " SP" : "")
-       << (distributed_optimizer ? " distopt" : "") << (overlap_grad_reduce ? " overlap-grad" : "")
-       << (overlap_param_gather ? " overlap-param" : "")
-       << (bucket_size ? " bucket " + std::to_string(bucket_size) : "");
-    return os.str();
-  }
-};
-
-RunResult run_layout(TrainConfig cfg, const Layout& l, std::string* log0 = nullptr) {
-  cfg.parallel.tensor_model_parallel_size = l.tp;
-  cfg.parallel.sequence_parallel = l.sequence_parallel;
-  cfg.parallel.use_distributed_optimizer = l.distributed_optimizer;
-  cfg.parallel.overlap_grad_reduce = l.overlap_grad_reduce;
-  cfg.parallel.overlap_param_gather = l.overlap_param_gather;
-  cfg.parallel.ddp_bucket_size = l.bucket_size;
-  const int n = l.tp * l.dp;
-  const dist::ParallelLayout layout = dist::ParallelLayout::create(n, cfg.parallel_sizes());
-  dist::ThreadWorld world(n, {.timeout = 60s});
-  RunResult result;
-  std::mutex mu;
-  std::map<std::string, std::vector<std::vector<double>>> copies;  // every rank's view
-  dist::rethrow_first_error(world.run([&](dist::Communicator& comm) {
-    DeviceContext device = DeviceContext::cpu();
-    const int r = comm.rank();
-    dist::RankContext rc =
-        dist::RankContext::create(device, comm.split(0, r, "world"), layout, r);
-    std::ostringstream log;
-    Trainer t(cfg, rc, log);
-    t.train();
-    std::lock_guard<std::mutex> lock(mu);
-    if (r == 0) {
-      for (const auto& h : t.history())
-        result.losses.push_back(h.loss), result.grad_norms.push_back(h.grad_norm);
-      for (const auto& e : t.evaluations()) result.evals.push_back(e.loss);
-      if (log0) *log0 = log.str();
-      result.buckets = t.grad_buffer().num_buckets();
-      result.buckets_started_during_backward = t.grad_sync().started_during_backward();
-    } else {
-      EXPECT_TRUE(log.str().empty()) << "rank " << r << " logged";
-    }
-    // Scatter this rank's shard into the global tensor; every element must come out the same
-    // from every rank that holds it (data-parallel replicas, TP-replicated parameters).
-    for (const auto& p : t.parameters().parameters()) {
-      const int64_t global_n = p.spec.global_shape.numel();
-      auto& full = result.params[p.spec.name];
-      auto& seen = copies[p.spec.name];
-      if (full.empty()) full.assign(static_cast<size_t>(global_n), std::nan(""));
-      if (seen.empty()) seen.resize(1);
-      const std::vector<double> local = testing::to_vector(p.value);
-      for (int64_t k = 0; k < static_cast<int64_t>(local.size()); ++k) {
-        double& slot = full[static_cast<size_t>(p.global_index(k))];
-        if (std::isnan(slot))
-          slot = local[k];
-        else
-          EXPECT_EQ(slot, local[k]) << p.spec.name << " element " << p.global_index(k)
-                                    << " differs between replicas (rank " << r << ")";
-      }
-    }
-  }));
-  return result;
-}
-
-void expect_same_training(const RunResult& got, const RunResult& ref, const std::string& what) {
-  SCOPED_TRACE(what);
-  ASSERT_EQ(got.losses.size(), ref.losses.size());
-  for (size_t i = 0; i < ref.losses.size(); ++i) {
-    EXPECT_LT(std::abs(got.losses[i] - ref.losses[i]), 1e-5 * std::abs(ref.losses[i]))
-        << "iteration " << i + 1 << ": loss " << got.losses[i] << " vs " << ref.losses[i];
-    EXPECT_LT(std::abs(got.grad_norms[i] - ref.grad_norms[i]), 1e-4 * ref.grad_norms[i])
-        << "iteration " << i + 1 << ": grad norm " << got.grad_norms[i] << " vs "
-        << ref.grad_norms[i];
-  }
-  ASSERT_EQ(got.evals.size(), ref.evals.size());
-  for (size_t i = 0; i < ref.evals.size(); ++i)
-    EXPECT_LT(std::abs(got.evals[i] - ref.evals[i]), 1e-5 * std::abs(ref.evals[i]));
-  ASSERT_EQ(got.params.size(), ref.params.size());
-  double worst = 0;
-  std::string worst_name;
-  for (const auto& [name, values] : ref.params) {
-    auto it = got.params.find(name);
-    ASSERT_NE(it, got.params.end()) << name;
-    const double err = testing::rel_error(it->second, values);  // NaN (unfilled) fails
-    if (err > worst) worst = err, worst_name = name;
-    EXPECT_LT(err, 1e-5) << name;
-  }
-  std::cout << what << ": final loss " << got.losses.back() << " (reference "
-            << ref.losses.back() << "), worst parameter error " << worst << " (" << worst_name
-            << ")\n";
-}
+using namespace layout_harness;
 
 class LayoutEquivalence : public ::testing::Test {
  protected:
@@ -252,32 +100,13 @@ TEST_F(LayoutEquivalence, TensorParallelWithDistributedOptimizer) {
   }
 }
 
-std::string config_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return "";
-}
-
 TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
   auto with = [](const std::function<void(TrainConfig&)>& edit) {
     TrainConfig c = tiny_config();
     edit(c);
     return c;
   };
-  auto validate = [](const TrainConfig& c, int world) {
-    return [c, world] {
-      c.validate();
-      c.validate_parallel(world);
-    };
-  };
-  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
-              c.parallel.pipeline_model_parallel_size = 2;
-            }), 2)).find("pipeline parallelism has not landed"), std::string::npos);
+  const auto validate = validation;
   EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
               c.parallel.context_parallel_size = 2;
             }), 2)).find("--context-parallel-size 2 is reserved"), std::string::npos);

@@ -141,7 +141,20 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--tensor-model-parallel-size", p.tensor_model_parallel_size,
                  "Tensor-parallel ranks (TP)")->group(g)->check(pos);
   cmd.add_option("--pipeline-model-parallel-size", p.pipeline_model_parallel_size,
-                 "Pipeline stages (PP; only 1 until pipeline parallelism lands)")->group(g)->check(pos);
+                 "Pipeline stages (PP)")->group(g)->check(pos);
+  cmd.add_option("--num-layers-per-virtual-pipeline-stage", p.num_layers_per_virtual_pipeline_stage,
+                 "Layers per virtual stage: V = layers / (PP x N) chunks per rank (interleaved)")
+      ->group(g)->check(pos);
+  cmd.add_option("--num-virtual-stages-per-pipeline-rank", p.num_virtual_stages_per_pipeline_rank,
+                 "Model chunks per pipeline rank (V; alternative to the flag above)")
+      ->group(g)->check(pos);
+  cmd.add_option("--decoder-first-pipeline-num-layers", p.decoder_first_pipeline_num_layers,
+                 "Layers on the first pipeline stage (uneven stages)")->group(g)->check(pos);
+  cmd.add_option("--decoder-last-pipeline-num-layers", p.decoder_last_pipeline_num_layers,
+                 "Layers on the last pipeline stage (uneven stages)")->group(g)->check(pos);
+  cmd.add_option("--pipeline-schedule", p.pipeline_schedule,
+                 "1f1b, interleaved-1f1b (interleaved) or all-forward-all-backward (afab); "
+                 "default 1f1b, interleaved with virtual stages")->group(g);
   cmd.add_option("--context-parallel-size", p.context_parallel_size,
                  "Context-parallel ranks (reserved; 1)")->group(g)->check(pos);
   cmd.add_option("--expert-model-parallel-size", p.expert_model_parallel_size,

@@ -1,5 +1,8 @@
 #include "shardlm/train/train_config.h"
 
+#include <optional>
+#include <utility>
+
 #include "shardlm/base/error.h"
 
 namespace shardlm::train {
@@ -63,11 +66,19 @@ void TrainConfig::validate() const {
     bad("--tensor-model-parallel-size " + s(par.tensor_model_parallel_size) + " must be >= 1");
   if (par.pipeline_model_parallel_size < 1)
     bad("--pipeline-model-parallel-size " + s(par.pipeline_model_parallel_size) + " must be >= 1");
-  if (par.pipeline_model_parallel_size > 1)
-    bad("--pipeline-model-parallel-size " + s(par.pipeline_model_parallel_size) +
-        " is not supported yet: pipeline parallelism has not landed (its issue is open); use "
-        "--pipeline-model-parallel-size 1 and raise --tensor-model-parallel-size or the "
-        "data-parallel size instead");
+  for (auto [flag, v] : {std::pair{"--num-layers-per-virtual-pipeline-stage",
+                                   par.num_layers_per_virtual_pipeline_stage},
+                         std::pair{"--num-virtual-stages-per-pipeline-rank",
+                                   par.num_virtual_stages_per_pipeline_rank},
+                         std::pair{"--decoder-first-pipeline-num-layers",
+                                   par.decoder_first_pipeline_num_layers},
+                         std::pair{"--decoder-last-pipeline-num-layers",
+                                   par.decoder_last_pipeline_num_layers}})
+    if (v < 0) bad(std::string(flag) + " " + s(v) + " must be positive");
+  // The layer partition (divisibility, virtual and uneven stages) is checked here; the
+  // schedule, which needs the data-parallel size, in validate_parallel.
+  if (pipeline_flags_given())
+    parallel::PipelinePartition::create(pipeline_plan_config(data_parallel_size).partition);
   if (par.context_parallel_size != 1)
     bad("--context-parallel-size " + s(par.context_parallel_size) +
         " is reserved: context parallelism is not implemented; use 1");
@@ -109,7 +120,7 @@ void TrainConfig::validate_parallel(int world_size) const {
   // Throws naming the flags when world_size is not a multiple of TP x PP x CP.
   const dist::ParallelLayout layout = dist::ParallelLayout::create(world_size, parallel_sizes());
   dist::ModelDims dims;
-  dims.num_layers = model.num_layers;
+  dims.num_layers = 0;  // the pipeline partition checks layers (uneven stages allowed)
   dims.num_attention_heads = model.num_attention_heads;
   dims.num_query_groups = model.query_groups();
   dims.ffn_hidden_size = model.ffn_size();
@@ -127,6 +138,35 @@ void TrainConfig::validate_parallel(int world_size) const {
         s(micro_batch_size) + " x data-parallel size " + s(layout.dp()) + " (world " +
         s(world_size) + " / (TP " + s(layout.tp()) + " x PP " + s(layout.pp()) + " x CP " +
         s(layout.cp()) + ")) = " + s(per_step) + "; use a multiple of " + s(per_step));
+  // Partition + micro-batches + schedule (M a multiple of P for interleaving, ...).
+  if (pipeline_flags_given()) parallel::make_pipeline_plan(pipeline_plan_config(layout.dp()));
+}
+
+bool TrainConfig::pipeline_flags_given() const {
+  const ParallelConfig& p = parallel;
+  return p.pipeline_model_parallel_size > 1 || p.num_layers_per_virtual_pipeline_stage > 0 ||
+         p.num_virtual_stages_per_pipeline_rank > 0 || p.decoder_first_pipeline_num_layers > 0 ||
+         p.decoder_last_pipeline_num_layers > 0 || !p.pipeline_schedule.empty();
+}
+
+parallel::PipelinePlanConfig TrainConfig::pipeline_plan_config(int64_t data_parallel) const {
+  const ParallelConfig& p = parallel;
+  auto given = [](int v) { return v > 0 ? std::optional<int>(v) : std::nullopt; };
+  parallel::PipelinePlanConfig c;
+  c.partition.num_layers = static_cast<int>(model.num_layers);
+  c.partition.pipeline_parallel_size = p.pipeline_model_parallel_size;
+  c.partition.num_layers_per_virtual_stage = given(p.num_layers_per_virtual_pipeline_stage);
+  c.partition.num_virtual_stages_per_rank = given(p.num_virtual_stages_per_pipeline_rank);
+  c.partition.first_stage_num_layers = given(p.decoder_first_pipeline_num_layers);
+  c.partition.last_stage_num_layers = given(p.decoder_last_pipeline_num_layers);
+  c.micro_batch_size = micro_batch_size;
+  c.data_parallel_size = data_parallel;
+  c.global_batch_size =
+      global_batch_size > 0 ? global_batch_size : micro_batch_size * data_parallel;
+  c.schedule = p.pipeline_schedule == "interleaved" ? "interleaved-1f1b"
+               : p.pipeline_schedule == "afab"      ? "all-forward-all-backward"
+                                                    : p.pipeline_schedule;
+  return c;
 }
 
 std::chrono::milliseconds TrainConfig::distributed_timeout() const {

@@ -14,6 +14,7 @@
 #include "shardlm/optim/adamw.h"
 #include "shardlm/optim/loss_scaler.h"
 #include "shardlm/optim/lr_schedule.h"
+#include "shardlm/parallel/pipeline_plan.h"
 
 namespace shardlm::train {
 
@@ -69,7 +70,7 @@ struct CheckpointConfig {
 // Parallel layout and data-parallel communication (Megatron's distributed flags).
 struct ParallelConfig {
   int tensor_model_parallel_size = 1;    // --tensor-model-parallel-size
-  int pipeline_model_parallel_size = 1;  // --pipeline-model-parallel-size (pipeline pending)
+  int pipeline_model_parallel_size = 1;  // --pipeline-model-parallel-size
   int context_parallel_size = 1;         // --context-parallel-size (reserved)
   int expert_model_parallel_size = 1;    // --expert-model-parallel-size (reserved)
   bool sequence_parallel = false;        // --sequence-parallel (no-op with TP 1, as Megatron)
@@ -78,6 +79,14 @@ struct ParallelConfig {
   bool overlap_param_gather = false;       // --overlap-param-gather
   int64_t ddp_bucket_size = 0;             // --ddp-bucket-size; 0: max(40M, 1M x DP) elements
   double distributed_timeout_minutes = 10;  // --distributed-timeout-minutes (Megatron: 10)
+  // Pipeline layout (parallel/pipeline_partition.h); 0 = unset.
+  int num_layers_per_virtual_pipeline_stage = 0;  // --num-layers-per-virtual-pipeline-stage
+  int num_virtual_stages_per_pipeline_rank = 0;   // --num-virtual-stages-per-pipeline-rank
+  int decoder_first_pipeline_num_layers = 0;      // --decoder-first-pipeline-num-layers
+  int decoder_last_pipeline_num_layers = 0;       // --decoder-last-pipeline-num-layers
+  // --pipeline-schedule: 1f1b, interleaved-1f1b (alias interleaved), all-forward-all-backward
+  // (alias afab); "" = Megatron's choice (interleaved-1f1b with virtual stages, else 1f1b).
+  std::string pipeline_schedule;
 };
 
 struct TrainConfig {
@@ -115,6 +124,9 @@ struct TrainConfig {
   // Checks the parallel flags against a world of world_size ranks and the model (heads,
   // groups, ffn, vocab, sequence divisible by TP, ...); throws Error(kInvalidConfig).
   void validate_parallel(int world_size) const;
+  // The pipeline flags as a plan config for a data-parallel size (schedule aliases resolved).
+  parallel::PipelinePlanConfig pipeline_plan_config(int64_t data_parallel) const;
+  bool pipeline_flags_given() const;
   // --distributed-timeout-minutes as a duration (every collective's deadline).
   std::chrono::milliseconds distributed_timeout() const;
 };

@@ -108,10 +108,29 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   initialize_backend(*device_);
   phase_done("backend");
 
-  model_ = std::make_unique<model::GPTModel>(
-      cfg_.model, model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel));
-  model_->set_recompute(cfg_.recompute);  // before the activation plan
-  model_->register_parameters(registry_);
+  // Pipeline: this rank's chunks (layers by global index), activation slots per chunk from the
+  // schedule's in-flight count. One rank: one chunk holding the whole model, one slot.
+  if (layout.pp() > 1)
+    pipeline_ = parallel::make_pipeline_plan(cfg_.pipeline_plan_config(layout.dp()));
+  const int pp_rank = rank_->coord().pp;
+  const int num_chunks = pipeline_ ? pipeline_->partition.num_chunks() : 1;
+  const std::vector<int> slots =
+      pipeline_ ? GPTPipelineStage::slots_per_chunk(pipeline_->schedule, pp_rank)
+                : std::vector<int>{1};
+  const model::TensorParallel tp =
+      model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel);
+  for (int c = 0; c < num_chunks; ++c) {
+    model::ModelChunk chunk;
+    if (pipeline_) {
+      const parallel::PipelinePartition& part = pipeline_->partition;
+      const parallel::LayerRange r = part.layers(pp_rank, c);
+      chunk = {r.begin, r.end, part.has_embedding(pp_rank, c), part.has_output_layer(pp_rank, c)};
+    }
+    chunks_.push_back(std::make_unique<model::GPTModel>(cfg_.model, tp, chunk));
+    chunks_.back()->set_recompute(cfg_.recompute);  // before the activation plan
+    chunks_.back()->set_activation_slots(slots[static_cast<size_t>(c)]);
+    chunks_.back()->register_parameters(registry_);
+  }
   // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding).
   grad_buffer_ = parallel::GradBuffer::plan(
       registry_, {.data_parallel_size = layout.dp(),
@@ -133,18 +152,24 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   memory_plan_.optimizer_state = 2 * memory_plan_.master_params;
   if (cfg_.parallel.use_distributed_optimizer)  // each rank holds 1/DP of the moments
     memory_plan_.optimizer_state /= static_cast<size_t>(layout.dp());
-  const size_t act_bytes = model_->plan_activation_bytes(dtype_, mbs);
-  memory_plan_.activations = act_bytes;
+  std::vector<size_t> chunk_act_bytes;
+  for (const auto& chunk : chunks_)
+    chunk_act_bytes.push_back(chunk->plan_activation_bytes(dtype_, mbs));
+  memory_plan_.activations = 0;
+  for (size_t b : chunk_act_bytes) memory_plan_.activations += b;
   memory_plan_.workspace = device_->device().is_cpu() ? 0 : size_t{64} << 20;
   device_bytes_at_start_ = ops::device_memory(*device_).used_bytes();
   memory_plan_.check_fits(ops::device_memory(*device_), device_->device().to_string());
 
   phase_done("plan");
   registry_.finalize(*device_, master_dtype, cfg_.seed, dtype_);
-  model_->bind(registry_);
   phase_done("parameters");
-  activations_ = Arena(device_->device(), act_bytes, "activations");
-  model_->allocate_activations(activations_, dtype_, mbs);
+  activations_.reserve(chunks_.size());
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    chunks_[c]->bind(registry_);
+    activations_.emplace_back(device_->device(), chunk_act_bytes[c], "activations");
+    chunks_[c]->allocate_activations(activations_.back(), dtype_, mbs);
+  }
 
   grad_sync_ = std::make_unique<parallel::GradSync>(
       registry_, grad_buffer_, rank_->dp(), *device_,
@@ -152,8 +177,9 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                                cfg_.parallel.use_distributed_optimizer});
   // --overlap-grad-reduce: backward reports finished parameters; complete buckets start
   // reducing while backward continues (GradSync ignores the calls otherwise).
-  model_->set_grad_ready_callback(
-      [this](std::span<model::Parameter* const> params) { grad_sync_->on_grads_ready(params); });
+  for (auto& chunk : chunks_)
+    chunk->set_grad_ready_callback(
+        [this](std::span<model::Parameter* const> params) { grad_sync_->on_grads_ready(params); });
   if (cfg_.parallel.use_distributed_optimizer) {
     std::vector<optim::BucketRange> buckets;
     for (const parallel::FlatRange& r : grad_buffer_.bucket_ranges())
@@ -167,6 +193,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   phase_done("optimizer");
   if (!train_data_) build_data();
   phase_done("data");
+  if (pipeline_) build_pipeline();
 
   tokens_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
   targets_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
@@ -208,8 +235,20 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                  (long long)cfg_.data_parallel_size);
   log_ << "> parallel layout: " << layout.describe()
        << (cfg_.parallel.sequence_parallel && layout.tp() > 1 ? ", sequence parallel" : "")
-       << "\n"
-       << grad_buffer_.describe(registry_);
+       << "\n";
+  if (pipeline_) {
+    const parallel::PipelinePartition& part = pipeline_->partition;
+    const int P = part.num_stages(), V = part.num_chunks(), M = pipeline_->num_microbatches;
+    log_ << format("> pipeline: schedule %s, %d stages x %d chunks, %d micro-batches, bubble "
+                   "(P-1)/(V*M) = %.1f%% of the step; layers:",
+                   pipeline_->schedule.name.c_str(), P, V, M,
+                   100.0 * (P - 1) / static_cast<double>(V * M));
+    for (int c = 0; c < V; ++c)
+      for (int r = 0; r < P; ++r)
+        log_ << format(" s%d.c%d [%d,%d)", r, c, part.layers(r, c).begin, part.layers(r, c).end);
+    log_ << "\n";
+  }
+  log_ << grad_buffer_.describe(registry_);
   const size_t unsharded = 2 * static_cast<size_t>(registry_.numel()) * dtype_size(master_dtype);
   log_ << format("> optimizer state (Adam moments) on this rank: %.3f MiB", optimizer_state_bytes() / 1048576.0)
        << (dist_optimizer_
@@ -280,18 +319,102 @@ void Trainer::finish_param_gather() {
 
 double Trainer::data_parallel_mean(double value) {
   dist::Communicator& dp = rank_->dp();
-  if (dp.size() == 1) return value;
+  return all_reduce_sum(dp, value) / static_cast<double>(dp.size());
+}
+
+double Trainer::all_reduce_sum(dist::Communicator& group, double value) {
+  if (group.size() == 1) return value;
   OwnedTensor host = OwnedTensor::empty(DType::kF64, {1});
   host.view().data<double>()[0] = value;
   if (device_->device().is_cpu()) {
-    dp.all_reduce(host.view());
+    group.all_reduce(host.view());
   } else {  // NCCL reduces device memory
     OwnedTensor dev = OwnedTensor::empty(DType::kF64, {1}, device_->device());
     ops::copy(*device_, dev.view(), host.view());
-    dp.all_reduce(dev.view());
+    group.all_reduce(dev.view());
     ops::copy(*device_, host.view(), dev.view());
   }
-  return host.view().data<double>()[0] / static_cast<double>(dp.size());
+  return host.view().data<double>()[0];
+}
+
+void Trainer::build_pipeline() {
+  const parallel::PipelineSchedule& schedule = pipeline_->schedule;
+  const int pp_rank = rank_->coord().pp, M = pipeline_->num_microbatches;
+  const int64_t dp = cfg_.data_parallel_size, dp_rank = rank_->coord().dp;
+  p2p_ = std::make_unique<parallel::PipelineP2P>(parallel::PipelineP2P::create(rank_->pp()));
+  p2p_->activations().set_timeout(cfg_.distributed_timeout());
+  p2p_->gradients().set_timeout(cfg_.distributed_timeout());
+  // The DP sync learns which backward completes each chunk's gradients, and which is the last.
+  chunk_last_backward_.assign(chunks_.size(), -1);
+  for (const parallel::Action& a : schedule.ranks[static_cast<size_t>(pp_rank)])
+    if (a.kind == parallel::ActionKind::kBackward) {
+      chunk_last_backward_[static_cast<size_t>(a.chunk)] = a.microbatch;
+      final_backward_ = a;
+    }
+  // Only the first stage reads tokens and only the last targets and the loss mask.
+  if (rank_->is_first_pipeline_stage() || rank_->is_last_pipeline_stage()) {
+    const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+    pipeline_batches_.resize(static_cast<size_t>(M));
+    for (PipelineBatch& b : pipeline_batches_) {
+      b.tokens = OwnedTensor::empty(DType::kI32, {B, T}, device_->device());
+      b.targets = OwnedTensor::empty(DType::kI32, {B, T}, device_->device());
+      b.mask = OwnedTensor::empty(dtype_, {B, T}, device_->device());
+    }
+  }
+  GPTPipelineStage::Callbacks cb;
+  cb.batch = [this](int m) {
+    return pipeline_batches_.empty() ? model::Batch{}
+                                     : pipeline_batches_[static_cast<size_t>(m)].batch;
+  };
+  // Dropout keyed by the global micro-batch index, as without a pipeline.
+  cb.step = [this, dp, dp_rank](int m) {
+    return model::StepContext{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
+                              static_cast<uint32_t>(m * dp + dp_rank), pipeline_training_};
+  };
+  cb.before_backward = [this](int c, int m) {
+    grad_sync_->begin_microbatch(m == chunk_last_backward_[static_cast<size_t>(c)]);
+  };
+  cb.after_backward = [this](int c, int m) {
+    grad_sync_->end_microbatch(c == final_backward_.chunk && m == final_backward_.microbatch);
+  };
+  std::vector<model::GPTModel*> chunks;
+  for (auto& chunk : chunks_) chunks.push_back(chunk.get());
+  stage_ = std::make_unique<GPTPipelineStage>(std::move(chunks), pp_rank, schedule.num_stages,
+                                              dtype_, device_->device(), cfg_.micro_batch_size,
+                                              std::move(cb));
+}
+
+void Trainer::load_pipeline_batch(const data::SampleSource& source,
+                                  std::span<const int64_t> indices, int m) {
+  if (pipeline_batches_.empty()) return;  // a middle stage reads no data
+  const model::Batch staged = load_batch(source, indices);
+  PipelineBatch& b = pipeline_batches_[static_cast<size_t>(m)];
+  ops::copy(*device_, b.tokens.view(), staged.tokens);
+  ops::copy(*device_, b.targets.view(), staged.targets);
+  ops::copy(*device_, b.mask.view(), staged.loss_mask);
+  b.batch = {b.tokens.view(), b.targets.view(), b.mask.view(), staged.mask_sum};
+}
+
+double Trainer::pipeline_step(double loss_scale) {
+  const int M = pipeline_->num_microbatches;
+  const int64_t B = cfg_.micro_batch_size, dp = cfg_.data_parallel_size;
+  const int64_t dp_rank = rank_->coord().dp;
+  for (int m = 0; m < M; ++m)
+    load_pipeline_batch(*train_data_,
+                        data::pretraining_micro_batch_indices(consumed_samples_ + m * B * dp, B,
+                                                              dp_rank, dp),
+                        m);
+  stage_->begin_step(loss_scale / static_cast<double>(M));
+  parallel::run_pipeline_schedule(pipeline_->schedule, *p2p_, *stage_);
+  return stage_->loss_sum();
+}
+
+void Trainer::all_reduce_tied_embedding_grads() {
+  // Megatron's _allreduce_embedding_grads: after the DP sync (with the distributed optimizer
+  // both copies sit alone in a bucket, so their owned shards match), first + last stage.
+  for (model::Parameter& p : registry_.parameters())
+    if (p.spec.pipeline_tie != model::PipelineTie::kNone)
+      rank_->embedding().all_reduce(p.grad);
 }
 
 Trainer::~Trainer() = default;
@@ -367,7 +490,8 @@ IterationRecord Trainer::train_step() {
   // --fp16: backward runs on loss * scale so small gradients survive in fp16.
   const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
   rec.loss_scale = loss_scale;
-  for (int64_t m = 0; m < M; ++m) {
+  if (pipeline_) loss_sum = pipeline_step(loss_scale);
+  for (int64_t m = 0; m < M && !pipeline_; ++m) {
     // Dropout is keyed by the GLOBAL micro-batch index (m·DP + dp rank: the same samples as
     // micro-batch m·DP + r of a single rank), so every layout draws the same masks.
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
@@ -378,13 +502,17 @@ IterationRecord Trainer::train_step() {
         consumed_samples_ + m * B * dp, B, dp_rank, dp);
     model::Batch batch = load_batch(*train_data_, indices);
     grad_sync_->begin_microbatch(m == M - 1);
-    loss_sum += model_->forward(step, batch);
-    model_->backward(step, batch, loss_scale / static_cast<double>(M));
+    loss_sum += model().forward(step, batch);
+    model().backward(step, batch, loss_scale / static_cast<double>(M));
     // --bf16: folds the bf16 gradients into the fp32 main gradients; after the last
     // micro-batch, starts the data-parallel reduction of the buckets not started yet.
     grad_sync_->end_microbatch();
   }
   grad_sync_->wait();  // gradients are now averaged over DP (this rank's shards with the DO)
+  if (pipeline_) {
+    all_reduce_tied_embedding_grads();
+    loss_sum = all_reduce_sum(rank_->pp(), loss_sum);  // only the last stage computed it
+  }
   rec.loss = data_parallel_mean(loss_sum / static_cast<double>(M));
   // --fp16: undo the loss scale on the fp32 main gradients (an overflow stays inf/NaN, so the
   // norm below is not finite and the step is skipped).
@@ -395,9 +523,10 @@ IterationRecord Trainer::train_step() {
   scope.tp_rank = rank_->coord().tp;
   if (dist_optimizer_) {
     scope.owned = dist_optimizer_->owned_ranges();
-    scope.sum_group = &rank_->group(dist::GroupKind::kTpDpCp);
+    // Pipeline stages hold disjoint parameters too: then every rank's part counts.
+    scope.sum_group = pipeline_ ? &rank_->world() : &rank_->group(dist::GroupKind::kTpDpCp);
   } else {
-    scope.sum_group = &rank_->model_parallel();
+    scope.sum_group = &rank_->model_parallel();  // tp x pp
   }
   rec.grad_norm =
       optim::clip_grad_norm(*device_, registry_, cfg_.optimizer.clip_grad, scope);
@@ -437,12 +566,20 @@ double Trainer::evaluate() {
       // The validation samples are sharded over DP like the training ones.
       const std::vector<int64_t> indices =
           data::pretraining_micro_batch_indices(eval_cursor_, B, dp_rank, dp);
-      model::Batch batch = load_batch(*valid_data_, indices);
       eval_cursor_ += B * dp;
-      sum += model_->forward(step, batch);
       ++count;
+      if (pipeline_) {  // forward only, stage after stage; the loss is on the last stage
+        load_pipeline_batch(*valid_data_, indices, 0);
+        pipeline_training_ = false;
+        sum += stage_->forward_only(0, p2p_->activations());
+        pipeline_training_ = true;
+        continue;
+      }
+      model::Batch batch = load_batch(*valid_data_, indices);
+      sum += model().forward(step, batch);
     }
   }
+  if (pipeline_) sum = all_reduce_sum(rank_->pp(), sum);
   const double loss = count ? data_parallel_mean(sum / static_cast<double>(count)) : 0.0;
   evals_.push_back({iteration_, loss});
   const std::string line = format(

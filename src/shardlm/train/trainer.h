@@ -19,6 +19,16 @@
 // layout trains exactly like one rank (tests/train/layout_equivalence_test.cc). Losses are
 // averaged over DP; only world rank 0 logs.
 //
+// Pipeline parallel (--pipeline-model-parallel-size > 1, DESIGN §2.7): the rank builds one
+// GPTModel per model chunk it holds (parallel::PipelinePlan: partition, M, schedule) with
+// activation slots for the schedule's in-flight bound, and train_step runs the schedule through
+// parallel::run_pipeline_schedule over a GPTPipelineStage. Data is loaded on the first and last
+// stage only; the DP sync is told about every backward (the chunk's last micro-batch reports its
+// gradients, buckets overlap with the rest of the schedule); after it, the tied embedding's two
+// copies (first / last stage) are summed over the embedding group; the grad norm sums over all
+// stages (the copy counted once); the last stage's loss is summed over the pipeline group so
+// every rank (and rank 0's log line) has it. Evaluation runs forward only, stage after stage.
+//
 //   Trainer trainer(cfg, std::cout);            // one rank
 //   Trainer trainer(cfg, rank_context, std::cout);  // one rank of a parallel job
 //   trainer.train();
@@ -27,6 +37,7 @@
 
 #include <iosfwd>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -40,9 +51,12 @@
 #include "shardlm/optim/lr_schedule.h"
 #include "shardlm/parallel/grad_buffer.h"
 #include "shardlm/parallel/grad_sync.h"
+#include "shardlm/parallel/p2p.h"
+#include "shardlm/parallel/pipeline_plan.h"
 #include "shardlm/tensor/arena.h"
 #include "shardlm/train/memory_plan.h"
 #include "shardlm/train/checkpointing.h"
+#include "shardlm/train/gpt_pipeline_stage.h"
 #include "shardlm/train/train_config.h"
 
 namespace shardlm::train {
@@ -117,6 +131,19 @@ class Trainer {
   void log_interval_line(double elapsed_s);
   // Mean of a per-rank value over the data-parallel group (losses).
   double data_parallel_mean(double value);
+  // Sum of a per-rank value over `group` (the pipeline's loss: only the last stage has it).
+  double all_reduce_sum(dist::Communicator& group, double value);
+
+  // Pipeline parallelism (P > 1): builds plan, p2p channels, stage adapter.
+  void build_pipeline();
+  // Loads micro-batch m's data into its pipeline buffer (first / last stage only).
+  void load_pipeline_batch(const data::SampleSource& source, std::span<const int64_t> indices,
+                           int m);
+  // Runs the schedule for one step; returns the sum of the micro-batch losses (last stage).
+  double pipeline_step(double loss_scale);
+  // After the DP sync: sums the tied embedding's gradient copies over the embedding group.
+  void all_reduce_tied_embedding_grads();
+  model::GPTModel& model() { return *chunks_.front(); }
 
   // The single-rank constructor's own world: device, 1-rank ThreadWorld, RankContext.
   struct SingleRank;
@@ -133,8 +160,8 @@ class Trainer {
   DeviceContext* device_ = nullptr;     // rank_->device()
   DType dtype_;
   model::ParameterRegistry registry_;
-  std::unique_ptr<model::GPTModel> model_;
-  Arena activations_;
+  std::vector<std::unique_ptr<model::GPTModel>> chunks_;  // [V] this rank's model chunks
+  std::vector<Arena> activations_;                        // [V]
   std::unique_ptr<optim::AdamW> optimizer_;  // without --use-distributed-optimizer
   std::unique_ptr<optim::LossScaler> loss_scaler_;  // --fp16 only
   parallel::GradBuffer grad_buffer_;
@@ -144,6 +171,19 @@ class Trainer {
   std::unique_ptr<data::SampleSource> train_data_, valid_data_;
   MemoryPlan memory_plan_;
   size_t device_bytes_at_start_ = 0;
+
+  // Pipeline parallelism (P > 1 only).
+  std::optional<parallel::PipelinePlan> pipeline_;
+  std::unique_ptr<parallel::PipelineP2P> p2p_;
+  std::unique_ptr<GPTPipelineStage> stage_;
+  struct PipelineBatch {  // one micro-batch's data, alive from its forward to its backward
+    OwnedTensor tokens, targets, mask;
+    model::Batch batch;
+  };
+  std::vector<PipelineBatch> pipeline_batches_;  // [M] (empty on middle stages)
+  std::vector<int> chunk_last_backward_;          // [V] micro-batch of each chunk's last backward
+  parallel::Action final_backward_;              // this rank's last backward of a step
+  bool pipeline_training_ = true;                // dropout on (train) / off (evaluate)
 
   // Host staging for one micro-batch, and its device copies (same tensors on the CPU).
   OwnedTensor tokens_host_, targets_host_, mask_host_;
