@@ -226,6 +226,30 @@ TEST(ParameterRegistry, ShardsInitialiseEqualToSlicesOfTheFullTensor) {
   }
 }
 
+TEST(ParameterRegistry, IndexMapIsTheGlobalIndexForEverySplit) {
+  // The arithmetic the CUDA init kernel runs (ShardIndexMap) against Parameter::global_index.
+  const Shape global{12, 6, 4};
+  for (int dim = 0; dim < 3; ++dim) {
+    for (int size : {1, 2}) {
+      for (int chunks : {1, 2}) {
+        for (int rank = 0; rank < size; ++rank) {
+          if (global[dim] % (size * chunks) != 0) continue;
+          Parameter p;
+          p.spec = {"x", global, Split::along(dim, rank, size, chunks), true, Init::normal(1)};
+          std::vector<int64_t> dims = global.dims();
+          dims[dim] /= size;
+          p.local_shape = Shape(dims);
+          const ShardIndexMap m = p.index_map();
+          for (int64_t i = 0; i < p.local_shape.numel(); ++i)
+            ASSERT_EQ(m.global_index(i), p.global_index(i))
+                << "dim " << dim << " size " << size << " chunks " << chunks << " rank " << rank
+                << " element " << i;
+        }
+      }
+    }
+  }
+}
+
 TEST(ParameterRegistry, FlatBuffersAndErrors) {
   ParameterRegistry reg;
   reg.add({"a", {2, 3}, Split::none(), true, Init::normal(1)});

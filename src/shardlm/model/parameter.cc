@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <thread>
 
 #include "shardlm/base/check.h"
 #include "shardlm/ops/ops.h"
@@ -42,6 +41,19 @@ Shape local_shape_of(const ParameterSpec& spec) {
   return Shape(dims);
 }
 }  // namespace
+
+ShardIndexMap Parameter::index_map() const {
+  ShardIndexMap m;
+  if (!spec.split.is_split()) return m;
+  const int d = spec.split.tp_dim;
+  m.local_extent = local_shape[d];
+  m.global_extent = spec.global_shape[d];
+  for (int a = d + 1; a < local_shape.rank(); ++a) m.inner *= local_shape[a];
+  m.chunk = m.global_extent / spec.split.chunks;
+  m.block = m.chunk / spec.split.tp_size;
+  m.block_offset = spec.split.tp_rank * m.block;
+  return m;
+}
 
 int64_t Parameter::global_index(int64_t local_index) const {
   if (!spec.split.is_split()) return local_index;
@@ -91,43 +103,21 @@ void ParameterRegistry::set_flat_layout(const std::vector<int64_t>& offsets, int
   total_ = total;
 }
 
+void initialize_parameter(DeviceContext& ctx, const Parameter& param, uint64_t seed,
+                          Tensor out) {
+  switch (param.spec.init.kind) {
+    case Init::Kind::kOnes: return ops::fill(ctx, out, 1.0);
+    case Init::Kind::kZeros: return ops::fill(ctx, out, 0.0);
+    case Init::Kind::kNormal:  // key hashed once per parameter, not per element
+      return ops::init_normal(ctx, out, init_normal_key(seed, param.spec.name),
+                              param.spec.init.stddev, param.index_map());
+  }
+}
+
 void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out) {
   SHARDLM_CHECK(out.device().is_cpu());
-  SHARDLM_REQUIRE(out.dtype() == DType::kF64 || out.dtype() == DType::kF32,
-                  ErrorKind::kUnsupported,
-                  std::string("host initialisation into ") + dtype_name(out.dtype()));
-  const int64_t n = out.numel();
-  const PhiloxKey key = init_normal_key(seed, param.spec.name);  // hashed once, not per element
-  auto value_at = [&](int64_t i) -> double {
-    switch (param.spec.init.kind) {
-      case Init::Kind::kOnes: return 1.0;
-      case Init::Kind::kZeros: return 0.0;
-      case Init::Kind::kNormal:
-        return param.spec.init.stddev *
-               init_normal(key, static_cast<uint64_t>(param.global_index(i)));
-    }
-    return 0.0;
-  };
-  auto fill_range = [&](int64_t begin, int64_t end) {
-    if (out.dtype() == DType::kF64)
-      for (int64_t i = begin; i < end; ++i) out.data<double>()[i] = value_at(i);
-    else
-      for (int64_t i = begin; i < end; ++i) out.data<float>()[i] = static_cast<float>(value_at(i));
-  };
-  // Every element is a pure function of its index, so large parameters are filled by several
-  // threads (a 1.3B-parameter model would otherwise take minutes to initialise).
-  constexpr int64_t kElementsPerThread = int64_t{1} << 20;
-  const int64_t threads = std::min<int64_t>(
-      std::max(1u, std::thread::hardware_concurrency()), (n + kElementsPerThread - 1) / kElementsPerThread);
-  if (threads <= 1 || param.spec.init.kind != Init::Kind::kNormal) {
-    fill_range(0, n);
-    return;
-  }
-  std::vector<std::thread> workers;
-  const int64_t per = (n + threads - 1) / threads;
-  for (int64_t t = 0; t < threads; ++t)
-    workers.emplace_back(fill_range, t * per, std::min(n, (t + 1) * per));
-  for (std::thread& w : workers) w.join();
+  DeviceContext host = DeviceContext::cpu();
+  initialize_parameter(host, param, seed, out);
 }
 
 void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed) {
@@ -141,15 +131,12 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
   const Device device = ctx.device();
   values_ = OwnedTensor::zeros(dtype, {total_}, device);  // zero: padding of set_flat_layout
   grads_ = OwnedTensor::zeros(dtype, {total_}, device);
-  // Initialise on the host in the same dtype, then copy (identical values on every backend).
-  OwnedTensor host = device.is_cpu() ? OwnedTensor() : OwnedTensor::zeros(dtype, {total_});
-  const Tensor& init_target = device.is_cpu() ? values_.view() : host.view();
+  // Initialised where they live: ops::init_normal gives the same bits on every backend.
   for (Parameter& p : params_) {
     p.value = values_.view().flat_view(p.offset, p.local_shape);
     p.grad = grads_.view().flat_view(p.offset, p.local_shape);
-    initialize_parameter(p, seed, init_target.flat_view(p.offset, p.local_shape));
+    initialize_parameter(ctx, p, seed, p.value);
   }
-  if (!device.is_cpu()) ops::copy(ctx, values_.view(), host.view());
   const bool mixed = compute_dtype != dtype && total_ > 0;
   if (mixed) {
     compute_values_ = OwnedTensor::empty(compute_dtype, {total_}, device);

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "shardlm/tensor/device_context.h"
+#include "shardlm/tensor/shard_index_map.h"
 #include "shardlm/tensor/tensor.h"
 
 namespace shardlm::model {
@@ -101,6 +102,8 @@ struct Parameter {
   Tensor compute_grad;
   // Global index (row-major in the global shape) of local element i.
   int64_t global_index(int64_t local_index) const;
+  // The same mapping as arithmetic the CUDA init kernel can run (tensor/shard_index_map.h).
+  ShardIndexMap index_map() const;
 };
 
 class ParameterRegistry {
@@ -113,9 +116,10 @@ class ParameterRegistry {
   // every flat buffer. Call after the last add() and before finalize(); throws kInternal on
   // overlapping or out-of-range placements.
   void set_flat_layout(const std::vector<int64_t>& offsets, int64_t total);
-  // Allocates the flat buffers on ctx's device, sets views, initialises values (on the host,
-  // then copied with ctx), zeroes gradients. compute_dtype (default: dtype) different from
-  // dtype adds the compute-value/compute-grad buffers (see above); compute_value is filled.
+  // Allocates the flat buffers on ctx's device, sets views, initialises values where they
+  // live (ops::init_normal: same bits on every backend), zeroes gradients. compute_dtype
+  // (default: dtype) different from dtype adds the compute-value/compute-grad buffers (see
+  // above); compute_value is filled.
   void finalize(DeviceContext& ctx, DType dtype, uint64_t seed);
   void finalize(DeviceContext& ctx, DType dtype, uint64_t seed, DType compute_dtype);
   bool finalized() const { return finalized_; }
@@ -161,8 +165,9 @@ class ParameterRegistry {
   bool finalized_ = false;
 };
 
-// Fills `out` (a local shard of `param`) with its initial values. Public so tests can check
-// that shards initialise equal to slices of the unsharded tensor.
-void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out);
+// Fills `out` (a local shard of `param`, on ctx's device) with its initial values. Public so
+// tests can check that shards initialise equal to slices of the unsharded tensor.
+void initialize_parameter(DeviceContext& ctx, const Parameter& param, uint64_t seed, Tensor out);
+void initialize_parameter(const Parameter& param, uint64_t seed, Tensor out);  // host `out`
 
 }  // namespace shardlm::model

@@ -211,6 +211,22 @@ void scale_inplace(DeviceContext& ctx, Tensor x, double alpha) {
   SHARDLM_OPS_ROUTE(scale_inplace, ctx, x, alpha);
 }
 
+void init_normal(DeviceContext& ctx, Tensor out, const PhiloxKey& key, double stddev,
+                 const ShardIndexMap& map) {
+  constexpr const char* op = "init_normal";
+  check_devices(op, ctx, {{"out", out}});
+  require_defined(op, {"out", out});
+  SHARDLM_REQUIRE(out.dtype() == DType::kF32 || out.dtype() == DType::kF64,
+                  ErrorKind::kInvalidArgument,
+                  std::string("init_normal: out must be fp32 or fp64 (master weights), got ") +
+                      dtype_name(out.dtype()));
+  SHARDLM_REQUIRE(map.local_extent > 0 && map.inner > 0 && out.numel() % (map.local_extent * map.inner) == 0,
+                  ErrorKind::kInvalidArgument,
+                  "init_normal: " + std::to_string(out.numel()) +
+                      " elements are not whole rows of the shard map");
+  SHARDLM_OPS_ROUTE(init_normal, ctx, out, key, stddev, map);
+}
+
 double sum_squares(DeviceContext& ctx, const Tensor& x) {
   constexpr const char* op = "sum_squares";
   check_devices(op, ctx, {{"x", x}});

@@ -16,6 +16,7 @@
 
 #include "shardlm/tensor/device_context.h"
 #include "shardlm/tensor/philox.h"
+#include "shardlm/tensor/shard_index_map.h"
 #include "shardlm/tensor/tensor.h"
 
 namespace shardlm::ops {
@@ -28,6 +29,13 @@ void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);           // 
 void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);              // x *= alpha
 // Sum of squares in double precision (for global grad norm).
 double sum_squares(DeviceContext& ctx, const Tensor& x);
+
+// ---- parameter initialisation ------------------------------------------------------------
+// out[i] = stddev * init_normal(key, map.global_index(i)) rounded to out's dtype (fp32/fp64):
+// a parameter shard initialised where it lives, with the same bits on every backend
+// (tensor/normal_math.h). The CPU uses all hardware threads.
+void init_normal(DeviceContext& ctx, Tensor out, const PhiloxKey& key, double stddev,
+                 const ShardIndexMap& map = {});
 // True when every element is finite.
 bool all_finite(DeviceContext& ctx, const Tensor& x);
 

@@ -1,7 +1,6 @@
 #include "shardlm/tensor/philox.h"
 
-#include <cmath>
-#include <numbers>
+#include "shardlm/tensor/normal_math.h"
 
 namespace shardlm {
 
@@ -16,9 +15,8 @@ PhiloxKey init_normal_key(uint64_t seed, std::string_view name) {
 double init_normal(const PhiloxKey& key, uint64_t index) {
   const PhiloxCounter out =
       philox4x32({static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), 0, 0}, key);
-  const double u1 = uniform_open0(out[0]);
-  const double u2 = uniform_open0(out[1]);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+  // normal_math: the same bits as the CUDA init kernel (this file has -ffp-contract=off).
+  return normal_math::box_muller(uniform_open0(out[0]), uniform_open0(out[1]));
 }
 
 DropoutStream::DropoutStream(const DropoutKey& key)

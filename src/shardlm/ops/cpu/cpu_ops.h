@@ -17,6 +17,8 @@ namespace shardlm::ops::cpu {
 
 // elementwise.cc
 void fill(DeviceContext& ctx, Tensor out, double value);
+void init_normal(DeviceContext& ctx, Tensor out, const PhiloxKey& key, double stddev,
+                 const ShardIndexMap& map);
 void copy(DeviceContext& ctx, Tensor dst, const Tensor& src);
 void add(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& b);
 void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);
