@@ -25,7 +25,21 @@ void zero_buffer(DeviceContext& ctx, const Tensor& t) {
 
 Shape local_shape_of(const ParameterSpec& spec) {
   std::vector<int64_t> dims = spec.global_shape.dims();
-  if (spec.split.is_split()) {
+  if (spec.split.is_split() && !spec.split.runs.empty()) {
+    // Explicit runs: rows of the leading axis (so each run is contiguous locally), inside it.
+    SHARDLM_REQUIRE(spec.split.tp_dim == 0 && !dims.empty(), ErrorKind::kInternal,
+                    "parameter " + spec.name + ": explicit split runs need split axis 0");
+    int64_t rows = 0;
+    for (const SplitSegment& r : spec.split.runs) {
+      SHARDLM_REQUIRE(r.begin >= 0 && r.size > 0 && r.begin + r.size <= dims[0],
+                      ErrorKind::kInternal,
+                      "parameter " + spec.name + " of shape " + spec.global_shape.to_string() +
+                          ": split run [" + std::to_string(r.begin) + ", " +
+                          std::to_string(r.begin + r.size) + ") is outside axis 0");
+      rows += r.size;
+    }
+    dims[0] = rows;
+  } else if (spec.split.is_split()) {
     const int d = spec.split.tp_dim;
     const int64_t parts = int64_t{spec.split.tp_size} * spec.split.chunks;
     SHARDLM_REQUIRE(spec.split.chunks >= 1 && d < static_cast<int>(dims.size()) &&
@@ -60,6 +74,27 @@ int64_t Parameter::global_index(int64_t local_index) const {
     stride *= spec.global_shape[a];
   }
   return global;
+}
+
+std::vector<SplitSegment> Split::segments(int64_t extent) const {
+  if (!is_split()) return {{0, extent, false}};
+  if (!runs.empty()) return runs;
+  const int64_t chunk = extent / chunks, block = chunk / tp_size;
+  std::vector<SplitSegment> out;
+  for (int c = 0; c < chunks; ++c) out.push_back({c * chunk + tp_rank * block, block, false});
+  return out;
+}
+
+std::vector<std::pair<int64_t, int64_t>> Parameter::replica_ranges() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (!spec.split.is_split() || spec.split.runs.empty()) return out;
+  const int64_t row = local_shape.numel() / local_shape[0];  // runs are rows of axis 0
+  int64_t local = 0;
+  for (const SplitSegment& r : spec.split.runs) {
+    if (r.replica) out.emplace_back(local * row, (local + r.size) * row);
+    local += r.size;
+  }
+  return out;
 }
 
 void ParameterRegistry::add(const ParameterSpec& spec) {

@@ -63,6 +63,11 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp)
                         "which also pads the vocabulary for the split");
     cfg_.validate_tensor_parallel(tp_.size(), tp_.sp());
     vocab_start_ = tp_.rank() * (cfg_.padded_vocab_size() / tp_.size());
+    if (tp_.query_group == nullptr) {  // collective over TP; copies (the planning probe) share it
+      query_group_ = split_query_group_replicas(*tp_.group,
+                                                QkvLayout::of(cfg_, tp_.rank(), tp_.size()));
+      tp_.query_group = query_group_.get();
+    }
   }
   for (int64_t i = 0; i < cfg_.num_layers; ++i) layers_.emplace_back(cfg_, i, tp_);
 }
