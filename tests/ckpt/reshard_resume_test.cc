@@ -72,6 +72,15 @@ std::vector<double> run(TrainConfig cfg, int tp, int dp, bool distributed_optimi
   return losses;
 }
 
+// The last 6 of 12 single-rank losses `ref`, from a run resumed at iteration 6.
+void expect_resumes_like_one_rank(const std::vector<double>& ref, const std::vector<double>& rest,
+                                  const std::string& what) {
+  ASSERT_EQ(rest.size(), 6u) << what;
+  for (int i = 0; i < 6; ++i)
+    EXPECT_LT(std::abs(rest[i] - ref[6 + i]), 1e-5 * ref[6 + i])
+        << what << " iteration " << 7 + i << ": " << rest[i] << " vs " << ref[6 + i];
+}
+
 TEST(ReshardResume, SaveTp2Dp2DistOptResumeInOtherLayouts) {
   const std::vector<double> ref = run(config(), 1, 1, false);
   ASSERT_EQ(ref.size(), 12u);
@@ -95,12 +104,9 @@ TEST(ReshardResume, SaveTp2Dp2DistOptResumeInOtherLayouts) {
   for (const Target& t : {Target{1, 1, false}, Target{4, 1, false}, Target{1, 2, true}}) {
     TrainConfig resume = config();
     resume.checkpoint.load = dir.str();
-    const std::vector<double> rest = run(resume, t.tp, t.dp, t.distopt);
-    ASSERT_EQ(rest.size(), 6u) << "TP" << t.tp << " DP" << t.dp;
-    for (int i = 0; i < 6; ++i)
-      EXPECT_LT(std::abs(rest[i] - ref[6 + i]), 1e-5 * ref[6 + i])
-          << "TP" << t.tp << " DP" << t.dp << (t.distopt ? " distopt" : "") << " iteration "
-          << 7 + i << ": " << rest[i] << " vs " << ref[6 + i];
+    expect_resumes_like_one_rank(ref, run(resume, t.tp, t.dp, t.distopt),
+                                 "TP" + std::to_string(t.tp) + " DP" + std::to_string(t.dp) +
+                                     (t.distopt ? " distopt" : ""));
   }
 }
 
@@ -129,6 +135,67 @@ TEST(ReshardResume, DifferentVocabularyPaddingLoads) {
   const std::vector<double> rest = run(resume, 1, 2, true);
   ASSERT_EQ(rest.size(), 2u);
   for (double l : rest) EXPECT_TRUE(std::isfinite(l) && l > 0 && l < 10) << l;
+}
+
+}  // namespace
+}  // namespace shardlm::train
+
+namespace shardlm::train {
+namespace {
+
+// Fewer query groups than TP ranks (Llama: RMSNorm, SwiGLU, RoPE, untied; 4 heads, 2 groups):
+// at TP=4 the k/v rows of each group are replicated on 2 ranks and saved once; a checkpoint
+// saved there resumes at TP=1, TP=2 (groups split) and TP=1 x DP=2 (distributed optimizer),
+// and one saved at TP=2 x DP=2 (distributed optimizer) resumes at TP=4. The losses follow 12
+// iterations on one rank. SwiGLU's fc1 [gate ; up] is two pieces per TP rank as well.
+TrainConfig llama_gqa2() {
+  TrainConfig c = config();
+  c.model.num_query_groups = 2;
+  c.model.normalization = model::Normalization::kRMSNorm;
+  c.model.swiglu = true;
+  c.model.position_embedding = model::PositionEmbedding::kRope;
+  c.model.untie_embeddings_and_output_weights = true;
+  return c;
+}
+
+TEST(ReshardResume, ReplicatedQueryGroupsSaveAtTp4ResumeAtTp1AndTp2AndBack) {
+  const std::vector<double> ref = run(llama_gqa2(), 1, 1, false);
+  ASSERT_EQ(ref.size(), 12u);
+  TempDir tp4;
+  TrainConfig save = llama_gqa2();
+  save.checkpoint.save = tp4.str();
+  save.checkpoint.exit_interval = 6;
+  const std::vector<double> first = run(save, 4, 1, false);
+  ASSERT_EQ(first.size(), 6u);
+  for (int i = 0; i < 6; ++i) EXPECT_LT(std::abs(first[i] - ref[i]), 1e-5 * ref[i]) << i;
+  {  // The replicated k/v rows are written once: ranks 0 and 2 write two pieces of linear_qkv
+     // (q rows, k/v rows), ranks 1 and 3 only their q rows; together they tile the tensor.
+    ckpt::CheckpointReader reader(tp4.str(), 6);
+    reader.verify_files();
+    const auto& qkv =
+        reader.metadata()["tensors"]["model/decoder.layers.0.self_attention.linear_qkv.weight"];
+    EXPECT_EQ(qkv["shards"].size(), 6u);
+    int64_t rows = 0;
+    for (const auto& shard : qkv["shards"]) rows += shard["extents"][0].get<int64_t>();
+    EXPECT_EQ(rows, qkv["shape"][0].get<int64_t>());
+  }
+  struct Target {
+    int tp, dp;
+    bool distopt;
+  };
+  for (const Target& t : {Target{1, 1, false}, Target{2, 1, false}, Target{1, 2, true}}) {
+    TrainConfig resume = llama_gqa2();
+    resume.checkpoint.load = tp4.str();
+    expect_resumes_like_one_rank(ref, run(resume, t.tp, t.dp, t.distopt),
+                                 "from TP4 to TP" + std::to_string(t.tp) + " DP" +
+                                     std::to_string(t.dp));
+  }
+  TempDir tp2;
+  save.checkpoint.save = tp2.str();
+  ASSERT_EQ(run(save, 2, 2, true).size(), 6u);
+  TrainConfig resume = llama_gqa2();
+  resume.checkpoint.load = tp2.str();
+  expect_resumes_like_one_rank(ref, run(resume, 4, 1, false), "from TP2 DP2 distopt to TP4");
 }
 
 }  // namespace

@@ -87,5 +87,40 @@ TEST(ShardRegion, FromParameterSplit) {
   EXPECT_THROW(ShardRegion({{0, 4}, {8, 3}}).validate(Shape{8, 6}, "w"), Error);
 }
 
+// pieces_of covers every local element exactly once, each at the global index the registry
+// gives it, for one-block, chunked (SwiGLU fc1) and explicit-run (replicated query groups)
+// splits, whole and narrowed to every flat range; replica runs are flagged.
+TEST(ShardRegion, ParameterPiecesAgreeWithGlobalIndex) {
+  std::vector<model::Parameter> params(3);
+  params[0].spec = {"block", {8, 3}, model::Split::along(0, 1, 2), true, model::Init::zeros()};
+  params[1].spec = {"chunks", {8, 3}, model::Split::along(0, 1, 2, 2), true, model::Init::zeros()};
+  params[2].spec = {"runs", {12, 3},
+                    model::Split::of_runs(0, 1, 4, {{2, 2, false}, {4, 2, true}}), true,
+                    model::Init::zeros()};
+  params[0].local_shape = params[1].local_shape = params[2].local_shape = Shape{4, 3};
+  const std::vector<size_t> expected_pieces = {1, 2, 2};
+  for (size_t k = 0; k < params.size(); ++k) {
+    const model::Parameter& p = params[k];
+    SCOPED_TRACE(p.spec.name);
+    EXPECT_EQ(pieces_of(p).size(), expected_pieces[k]);
+    for (int64_t begin = 0; begin <= 12; ++begin) {
+      for (int64_t end = begin; end <= 12; ++end) {
+        int64_t next = begin;
+        for (const ParameterPiece& piece : pieces_of(p, begin, end)) {
+          ASSERT_EQ(piece.local_begin, next);
+          ASSERT_EQ(piece.region.numel(), piece.local_end - piece.local_begin);
+          for (int64_t i = 0; i < piece.region.numel(); ++i)
+            ASSERT_EQ(global_index(piece.region, {p.spec.global_shape[0], 3}, i),
+                      p.global_index(piece.local_begin + i))
+                << "[" << begin << ", " << end << ") element " << i;
+          EXPECT_EQ(piece.replica, k == 2 && piece.local_begin >= 6);
+          next = piece.local_end;
+        }
+        EXPECT_EQ(next, end);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace shardlm::ckpt

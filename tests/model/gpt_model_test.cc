@@ -226,6 +226,28 @@ TEST(ParameterRegistry, ShardsInitialiseEqualToSlicesOfTheFullTensor) {
   }
 }
 
+TEST(ParameterRegistry, ExplicitRunShardsInitialiseEqualToTheirRowsOfTheFullTensor) {
+  // Replicated query groups: rank 1 of 4 with one group holds q rows [2, 4) and k, v [8, 12).
+  ParameterSpec full{"decoder.layers.0.self_attention.linear_qkv.weight", {12, 3}, Split::none(),
+                     true, Init::normal(0.5)};
+  Parameter whole;
+  whole.spec = full;
+  whole.local_shape = full.global_shape;
+  OwnedTensor w = OwnedTensor::empty(DType::kF32, full.global_shape);
+  initialize_parameter(whole, 9, w.view());
+  const auto all = testing::to_vector(w.view());
+  Parameter shard;
+  shard.spec = full;
+  shard.spec.split = Split::of_runs(0, 1, 4, {{2, 2, false}, {8, 4, true}});
+  shard.local_shape = Shape{6, 3};
+  OwnedTensor s = OwnedTensor::empty(DType::kF32, shard.local_shape);
+  initialize_parameter(shard, 9, s.view());
+  const auto part = testing::to_vector(s.view());
+  for (int64_t i = 0; i < shard.local_shape.numel(); ++i)
+    EXPECT_EQ(part[i], all[shard.global_index(i)]) << "element " << i;
+  EXPECT_EQ(part[0], all[6]);  // local row 0 = global row 2
+}
+
 TEST(ParameterRegistry, IndexMapIsTheGlobalIndexForEverySplit) {
   // The arithmetic the CUDA init kernel runs (ShardIndexMap) against Parameter::global_index.
   const Shape global{12, 6, 4};

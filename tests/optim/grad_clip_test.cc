@@ -68,6 +68,45 @@ TEST(GradClip, NormOverTensorParallelRanksCountsEveryElementOnce) {
   }
 }
 
+// Replicated query groups (G < TP): a fused-QKV-like [12, 3] parameter of 2 groups, each
+// [q (4 rows) | k | v]; on TP 4 rank r holds q rows 2(r%2)..+2 of group r/2 and a copy of its
+// k/v rows, a replica on odd ranks. Neighbours in the flat buffer on both sides check that the
+// replica rows are cut out of the span without dropping or re-adding anything around them.
+model::ParameterRegistry make_with_replicas(int tp_rank, int tp_size) {
+  model::ParameterRegistry reg;
+  auto split = [&](int dim) {
+    return tp_size > 1 ? model::Split::along(dim, tp_rank, tp_size) : model::Split::none();
+  };
+  model::Split qkv = model::Split::none();
+  if (tp_size > 1) {
+    const int64_t g = tp_rank / 2;
+    qkv = model::Split::of_runs(0, tp_rank, tp_size,
+                                {{g * 6 + (tp_rank % 2) * 2, 2, false}, {g * 6 + 4, 2, tp_rank % 2 == 1}});
+  }
+  reg.add({"col.weight", {8, 5}, split(0), true, model::Init::normal(1)});
+  reg.add({"qkv.weight", {12, 3}, qkv, true, model::Init::normal(1)});
+  reg.add({"row.weight", {5, 12}, split(1), true, model::Init::normal(1)});
+  return reg;
+}
+
+TEST(GradClip, ReplicatedRowsAreCountedOnce) {
+  DeviceContext ctx = DeviceContext::cpu();
+  model::ParameterRegistry full = make_with_replicas(0, 1);
+  full.finalize(ctx, DType::kF64, 1);
+  fill_grads(full);
+  const double expect = global_grad_norm(ctx, full);
+  dist::ThreadWorld world(4, {.timeout = 10s});
+  dist::rethrow_first_error(world.run([&](dist::Communicator& comm) {
+    DeviceContext rctx = DeviceContext::cpu();
+    model::ParameterRegistry reg = make_with_replicas(comm.rank(), 4);
+    reg.finalize(rctx, DType::kF64, 1);
+    ASSERT_EQ(reg.get("qkv.weight").local_shape, Shape({4, 3}));
+    fill_grads(reg);
+    GradNormScope scope{.tp_rank = comm.rank(), .sum_group = &comm};
+    EXPECT_NEAR(global_grad_norm(rctx, reg, scope), expect, 1e-12 * expect);
+  }));
+}
+
 TEST(GradClip, DistributedOptimizerShardsSumToTheFullNormAndClipScales) {
   DeviceContext ctx = DeviceContext::cpu();
   model::ParameterRegistry full = make(0, 1);

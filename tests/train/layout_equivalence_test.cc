@@ -100,6 +100,53 @@ TEST_F(LayoutEquivalence, TensorParallelWithDistributedOptimizer) {
   }
 }
 
+// Fewer query groups than TP ranks: each group's k/v is replicated on TP/G ranks (the issue's
+// "TP in {1,2,4} with G in {1,2,4}"). GELU GPT with MQA, and Llama (RMSNorm, SwiGLU, RoPE,
+// untied) with MQA and GQA-2, against the single rank of the same model.
+TrainConfig with_query_groups(TrainConfig c, int64_t groups, bool llama) {
+  c.model.num_query_groups = groups;
+  if (llama) {
+    c.model.normalization = model::Normalization::kRMSNorm;
+    c.model.swiglu = true;
+    c.model.position_embedding = model::PositionEmbedding::kRope;
+    c.model.untie_embeddings_and_output_weights = true;
+  }
+  return c;
+}
+
+Layout tp_layout(int tp, int dp, bool sp, bool distopt = false) {
+  Layout l;
+  l.tp = tp;
+  l.dp = dp;
+  l.sequence_parallel = sp;
+  l.distributed_optimizer = distopt;
+  if (distopt && dp > 1) l.overlap_grad_reduce = l.overlap_param_gather = true, l.bucket_size = 2000;
+  return l;
+}
+
+TEST(ReplicatedQueryGroups, GeluMqa) {
+  const TrainConfig cfg = with_query_groups(tiny_config(), 1, false);
+  const RunResult ref = single_rank(cfg);
+  for (const Layout& l : {tp_layout(2, 1, false), tp_layout(2, 2, true), tp_layout(4, 1, false),
+                          tp_layout(4, 2, true, true)})
+    expect_same_training(run_layout(cfg, l), ref, "gelu mqa " + l.name());
+}
+
+TEST(ReplicatedQueryGroups, LlamaGqa2) {
+  const TrainConfig cfg = with_query_groups(tiny_config(), 2, true);
+  const RunResult ref = single_rank(cfg);
+  for (const Layout& l : {tp_layout(4, 1, false), tp_layout(4, 1, true), tp_layout(4, 2, false, true),
+                          tp_layout(2, 2, true)})
+    expect_same_training(run_layout(cfg, l), ref, "llama gqa2 " + l.name());
+}
+
+TEST(ReplicatedQueryGroups, LlamaMqa) {
+  const TrainConfig cfg = with_query_groups(tiny_config(), 1, true);
+  const RunResult ref = single_rank(cfg);
+  for (const Layout& l : {tp_layout(2, 1, true), tp_layout(4, 1, true, true)})
+    expect_same_training(run_layout(cfg, l), ref, "llama mqa " + l.name());
+}
+
 TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
   auto with = [](const std::function<void(TrainConfig&)>& edit) {
     TrainConfig c = tiny_config();

@@ -166,19 +166,21 @@ void CheckpointReader::read(DeviceContext& ctx, const ShardedTensor& target,
                           target.region.offsets[a] + target.region.extents[a]);
     if (!overlaps || saved.numel() == 0) continue;
     const std::string file_name = shard["file"].get<std::string>();
+    // A rank's second and later pieces of one tensor are stored as "<key>#<n>" ("entry").
+    const std::string entry_name = shard.value("entry", key);
     const SafetensorsReader& f = file(file_name);
-    if (!f.contains(key))
+    if (!f.contains(entry_name))
       throw Error(ErrorKind::kCorruptData, "checkpoint shard file '" + f.path() +
-                                               "' lacks tensor '" + key +
+                                               "' lacks tensor '" + entry_name +
                                                "' that the index places there (damaged file)");
-    const SafetensorsEntry& e = f.entry(key);
+    const SafetensorsEntry& e = f.entry(entry_name);
     SHARDLM_REQUIRE(e.dtype == saved_dtype && e.numel() == saved.numel(),
                     ErrorKind::kCorruptData,
                     "checkpoint shard file '" + f.path() + "': tensor '" + key + "' holds " +
                         std::to_string(e.numel()) + " " + dtype_name(e.dtype) +
                         " elements but the index says " + std::to_string(saved.numel()) + " " +
                         dtype_name(saved_dtype));
-    const std::string shard_id = file_name + "/" + key;
+    const std::string shard_id = file_name + "/" + entry_name;
     if (!verified_shards_.count(shard_id)) {
       const std::string want = shard["xxh64"].get<std::string>();
       const std::string got = checksum_hex(xxh64(e.bytes.data(), e.bytes.size()));

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "shardlm/base/check.h"
@@ -116,22 +117,30 @@ struct CheckpointWriter::Pending {
     SafetensorsWriter writer;
     nlohmann::json part = {{"rank", rank}, {"tensors", nlohmann::json::object()}};
     const std::string file = rank_file_name(rank);
+    std::map<std::string, int> shards_of_key;  // a rank may hold several pieces of a tensor
     for (const ShardedTensor& s : shards) {
       const auto* bytes = static_cast<const std::byte*>(s.data.raw());
       std::span<const std::byte> span(bytes, s.data.nbytes());
       std::vector<int64_t> stored_shape =
           s.region.is_whole_box() ? s.region.extents : std::vector<int64_t>{s.region.numel()};
-      writer.add(s.key, s.data.dtype(), stored_shape, span);
+      // The first piece is stored under the key, later ones under "<key>#<n>" (the index says).
+      const int piece = shards_of_key[s.key]++;
+      const std::string entry = piece == 0 ? s.key : s.key + "#" + std::to_string(piece);
+      writer.add(entry, s.data.dtype(), stored_shape, span);
       nlohmann::json shard = {{"file", file},
                               {"offsets", s.region.offsets},
                               {"extents", s.region.extents},
                               {"xxh64", checksum_hex(xxh64(span.data(), span.size()))}};
+      if (piece > 0) shard["entry"] = entry;
       if (!s.region.is_whole_box())
         shard["flat_range"] = {s.region.flat_begin,
                                s.region.flat_end < 0 ? s.region.box_numel() : s.region.flat_end};
-      part["tensors"][s.key] = {{"shape", s.global_shape.dims()},
-                                {"dtype", safetensors_dtype_name(s.data.dtype())},
-                                {"shard", shard}};
+      nlohmann::json& t = part["tensors"][s.key];
+      if (t.is_null())
+        t = {{"shape", s.global_shape.dims()},
+             {"dtype", safetensors_dtype_name(s.data.dtype())},
+             {"shards", nlohmann::json::array()}};
+      t["shards"].push_back(shard);
     }
     writer.set_metadata("format", kFormatName);
     writer.set_metadata("iteration", std::to_string(iteration));
@@ -289,7 +298,7 @@ void CheckpointWriter::publish(Pending& p) {
                         "or dtype (" + t["shape"].dump() + " " + t["dtype"].dump() + " vs " +
                         it.value()["shape"].dump() + " " + it.value()["dtype"].dump() + ")");
       }
-      t["shards"].push_back(it.value()["shard"]);
+      for (const nlohmann::json& shard : it.value()["shards"]) t["shards"].push_back(shard);
     }
   }
   write_file_atomically((p.temp_dir / kMetadataFileName).string(), meta.dump(1));

@@ -54,6 +54,7 @@ ShardRegion region_of(const model::Parameter& param) {
   ShardRegion r = ShardRegion::whole(param.spec.global_shape);
   const model::Split& split = param.spec.split;
   if (split.is_split()) {
+    SHARDLM_CHECK_EQ(split.segments(param.spec.global_shape[split.tp_dim]).size(), size_t{1});
     const size_t d = static_cast<size_t>(split.tp_dim);
     const int64_t block = param.local_shape[split.tp_dim];
     r.offsets[d] = split.tp_rank * block;
@@ -61,6 +62,41 @@ ShardRegion region_of(const model::Parameter& param) {
   }
   SHARDLM_CHECK_EQ(r.box_numel(), param.local_shape.numel());
   return r;
+}
+
+std::vector<ParameterPiece> pieces_of(const model::Parameter& param, int64_t flat_begin,
+                                      int64_t flat_end) {
+  const int64_t n = param.local_shape.numel();
+  if (flat_end < 0) flat_end = n;
+  SHARDLM_CHECK(0 <= flat_begin && flat_begin <= flat_end && flat_end <= n);
+  const model::Split& split = param.spec.split;
+  std::vector<ParameterPiece> out;
+  auto add = [&](int64_t begin, int64_t end, ShardRegion region, bool replica) {
+    const int64_t lo = std::max(begin, flat_begin), hi = std::min(end, flat_end);
+    if (lo >= hi) return;
+    if (hi - lo != end - begin) region = narrowed(region, lo - begin, hi - begin);
+    out.push_back({lo, hi, std::move(region), replica});
+  };
+  if (!split.is_split()) {
+    add(0, n, ShardRegion::whole(param.spec.global_shape), false);
+    return out;
+  }
+  const int d = split.tp_dim;
+  const std::vector<model::SplitSegment> segments = split.segments(param.spec.global_shape[d]);
+  // Several runs are contiguous locally only as rows of the leading axis.
+  SHARDLM_CHECK(segments.size() == 1 || d == 0);
+  const int64_t row = param.local_shape[0] > 0 ? n / param.local_shape[0] : 0;  // d == 0
+  int64_t local = 0;
+  for (const model::SplitSegment& seg : segments) {
+    ShardRegion r = ShardRegion::whole(param.spec.global_shape);
+    r.offsets[static_cast<size_t>(d)] = seg.begin;
+    r.extents[static_cast<size_t>(d)] = seg.size;
+    const int64_t begin = segments.size() == 1 ? 0 : local * row;
+    const int64_t end = segments.size() == 1 ? n : (local + seg.size) * row;
+    add(begin, end, std::move(r), seg.replica);
+    local += seg.size;
+  }
+  return out;
 }
 
 ShardRegion narrowed(const ShardRegion& region, int64_t flat_begin, int64_t flat_end) {

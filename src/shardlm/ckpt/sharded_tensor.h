@@ -41,8 +41,22 @@ struct ShardRegion {
 };
 
 // The region of the global tensor that a registry parameter's local shard covers (from its
-// Split: the split axis cut to block tp_rank of tp_size; everything else whole).
+// Split: the split axis cut to block tp_rank of tp_size; everything else whole). Only for a
+// shard that is one box (one Split segment); pieces_of handles every split.
 ShardRegion region_of(const model::Parameter& param);
+
+// A part of a parameter's local shard that is one box of the global tensor: one run of the
+// split axis (model::Split::segments: a SwiGLU chunk, the q heads or the replicated k/v of the
+// fused QKV), optionally narrowed to a flat range.
+struct ParameterPiece {
+  int64_t local_begin = 0, local_end = 0;  // flat range of the parameter's local elements
+  ShardRegion region;                       // where those elements lie in the global tensor
+  bool replica = false;  // another TP rank holds the same elements and writes them
+};
+// The pieces of the local elements [flat_begin, flat_end) of `param` (flat_end < 0: to the end),
+// in local order; empty pieces are left out.
+std::vector<ParameterPiece> pieces_of(const model::Parameter& param, int64_t flat_begin = 0,
+                                      int64_t flat_end = -1);
 
 // The same parameter region narrowed to [flat_begin, flat_end) of its local elements (a
 // distributed-optimizer shard of the parameter).

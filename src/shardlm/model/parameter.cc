@@ -24,7 +24,21 @@ void zero_buffer(DeviceContext& ctx, const Tensor& t) {
 
 Shape local_shape_of(const ParameterSpec& spec) {
   std::vector<int64_t> dims = spec.global_shape.dims();
-  if (spec.split.is_split()) {
+  if (spec.split.is_split() && !spec.split.runs.empty()) {
+    // Explicit runs: rows of the leading axis (so each run is contiguous locally), inside it.
+    SHARDLM_REQUIRE(spec.split.tp_dim == 0 && !dims.empty(), ErrorKind::kInternal,
+                    "parameter " + spec.name + ": explicit split runs need split axis 0");
+    int64_t rows = 0;
+    for (const SplitSegment& r : spec.split.runs) {
+      SHARDLM_REQUIRE(r.begin >= 0 && r.size > 0 && r.begin + r.size <= dims[0],
+                      ErrorKind::kInternal,
+                      "parameter " + spec.name + " of shape " + spec.global_shape.to_string() +
+                          ": split run [" + std::to_string(r.begin) + ", " +
+                          std::to_string(r.begin + r.size) + ") is outside axis 0");
+      rows += r.size;
+    }
+    dims[0] = rows;
+  } else if (spec.split.is_split()) {
     const int d = spec.split.tp_dim;
     const int64_t parts = int64_t{spec.split.tp_size} * spec.split.chunks;
     SHARDLM_REQUIRE(spec.split.chunks >= 1 && d < static_cast<int>(dims.size()) &&
@@ -45,6 +59,7 @@ Shape local_shape_of(const ParameterSpec& spec) {
 ShardIndexMap Parameter::index_map() const {
   ShardIndexMap m;
   if (!spec.split.is_split()) return m;
+  SHARDLM_CHECK(spec.split.runs.empty());  // explicit runs: one map per run (initialize_parameter)
   const int d = spec.split.tp_dim;
   m.local_extent = local_shape[d];
   m.global_extent = spec.global_shape[d];
@@ -72,6 +87,27 @@ int64_t Parameter::global_index(int64_t local_index) const {
     stride *= spec.global_shape[a];
   }
   return global;
+}
+
+std::vector<SplitSegment> Split::segments(int64_t extent) const {
+  if (!is_split()) return {{0, extent, false}};
+  if (!runs.empty()) return runs;
+  const int64_t chunk = extent / chunks, block = chunk / tp_size;
+  std::vector<SplitSegment> out;
+  for (int c = 0; c < chunks; ++c) out.push_back({c * chunk + tp_rank * block, block, false});
+  return out;
+}
+
+std::vector<std::pair<int64_t, int64_t>> Parameter::replica_ranges() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (!spec.split.is_split() || spec.split.runs.empty()) return out;
+  const int64_t row = local_shape.numel() / local_shape[0];  // runs are rows of axis 0
+  int64_t local = 0;
+  for (const SplitSegment& r : spec.split.runs) {
+    if (r.replica) out.emplace_back(local * row, (local + r.size) * row);
+    local += r.size;
+  }
+  return out;
 }
 
 void ParameterRegistry::add(const ParameterSpec& spec) {
@@ -108,9 +144,22 @@ void initialize_parameter(DeviceContext& ctx, const Parameter& param, uint64_t s
   switch (param.spec.init.kind) {
     case Init::Kind::kOnes: return ops::fill(ctx, out, 1.0);
     case Init::Kind::kZeros: return ops::fill(ctx, out, 0.0);
-    case Init::Kind::kNormal:  // key hashed once per parameter, not per element
-      return ops::init_normal(ctx, out, init_normal_key(seed, param.spec.name),
-                              param.spec.init.stddev, param.index_map());
+    case Init::Kind::kNormal: break;
+  }
+  const PhiloxKey key = init_normal_key(seed, param.spec.name);  // hashed once, not per element
+  if (param.spec.split.runs.empty())
+    return ops::init_normal(ctx, out, key, param.spec.init.stddev, param.index_map());
+  // Explicit runs of axis-0 rows (replicated query groups): each is a contiguous local row
+  // block at global rows [begin, begin + size).
+  const int64_t rows = param.spec.global_shape[0];
+  const int64_t row = param.local_shape.numel() / param.local_shape[0];
+  int64_t local_row = 0;
+  for (const SplitSegment& r : param.spec.split.runs) {
+    const ShardIndexMap m{.local_extent = r.size, .global_extent = rows, .inner = row,
+                          .chunk = rows, .block = r.size, .block_offset = r.begin};
+    ops::init_normal(ctx, out.flat_view(local_row * row, Shape{r.size * row}), key,
+                     param.spec.init.stddev, m);
+    local_row += r.size;
   }
 }
 

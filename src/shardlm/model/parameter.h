@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shardlm/tensor/device_context.h"
@@ -35,6 +36,15 @@
 #include "shardlm/tensor/tensor.h"
 
 namespace shardlm::model {
+
+// A run of consecutive global coordinates along the split axis that a rank holds.
+struct SplitSegment {
+  int64_t begin = 0;     // first global coordinate
+  int64_t size = 0;      // number of coordinates
+  // Another rank of the TP group holds the same run and owns it: this copy is not saved to
+  // checkpoints nor counted in the gradient norm (replicated query groups, G < TP).
+  bool replica = false;
+};
 
 // How a parameter's global tensor maps onto this rank's local shard.
 //
@@ -45,20 +55,37 @@ namespace shardlm::model {
 //    are per query group [q heads | k | v], so G / TP whole groups per rank are contiguous).
 //  - chunks = 2: SwiGLU's fc1 [gate (F) ; up (F)]: rank r holds [gate_r ; up_r], so its local
 //    swiglu pairs matching gate and up rows (Megatron's per-rank fc1 layout).
+// Explicit `runs` (Split::of_runs) replace the blocks: the rank holds exactly those runs of the
+// split axis, concatenated in order; runs may overlap other ranks' runs (replicas). This is the
+// fused QKV with fewer query groups than TP ranks: [its q heads | k_g | v_g].
 // A parameter with tp_dim < 0 is replicated over TP.
 struct Split {
   int tp_dim = -1;     // axis split across tensor-parallel ranks (-1: replicated over TP)
   int tp_rank = 0;     // this rank's index along that split
   int tp_size = 1;
   int chunks = 1;      // see above
+  std::vector<SplitSegment> runs;  // explicit runs (empty: blocks of chunks, see above)
   static Split none() { return {}; }
   static Split along(int dim, int rank, int size, int chunks = 1) {
-    return {dim, rank, size, chunks};
+    return {dim, rank, size, chunks, {}};
+  }
+  static Split of_runs(int dim, int rank, int size, std::vector<SplitSegment> runs) {
+    return {dim, rank, size, 1, std::move(runs)};
   }
   bool is_split() const { return tp_dim >= 0 && tp_size > 1; }
+  // The rank's runs along the split axis (global extent `extent`) in local order: the explicit
+  // runs, else one per chunk. One run [0, extent) when not split.
+  std::vector<SplitSegment> segments(int64_t extent) const;
   // Global coordinate along the split axis of local coordinate `local` (global extent `extent`).
   int64_t global_coordinate(int64_t local, int64_t extent) const {
     if (!is_split()) return local;
+    if (!runs.empty()) {
+      for (const SplitSegment& r : runs) {
+        if (local < r.size) return r.begin + local;
+        local -= r.size;
+      }
+      return -1;  // out of range: callers pass local < local extent
+    }
     const int64_t chunk = extent / chunks, block = chunk / tp_size;
     return (local / block) * chunk + tp_rank * block + local % block;
   }
@@ -102,8 +129,12 @@ struct Parameter {
   Tensor compute_grad;
   // Global index (row-major in the global shape) of local element i.
   int64_t global_index(int64_t local_index) const;
-  // The same mapping as arithmetic the CUDA init kernel can run (tensor/shard_index_map.h).
+  // The same mapping as arithmetic the CUDA init kernel can run (tensor/shard_index_map.h);
+  // splits without explicit runs only.
   ShardIndexMap index_map() const;
+  // Flat local element ranges [begin, end) that are replicas of another TP rank's elements
+  // (SplitSegment::replica); empty for every split but replicated query groups.
+  std::vector<std::pair<int64_t, int64_t>> replica_ranges() const;
 };
 
 class ParameterRegistry {

@@ -41,6 +41,9 @@ namespace shardlm::model {
 struct TensorParallel {
   dist::Communicator* group = nullptr;  // the TP group (RankContext::tp()); null: TP = 1
   bool sequence_parallel = false;       // --sequence-parallel (ignored at TP = 1, as Megatron)
+  // Fewer query groups than TP ranks: the ranks of `group` that share this rank's query group
+  // (model/layers/qkv_layout.h); GPTModel creates and owns it. Null otherwise.
+  dist::Communicator* query_group = nullptr;
 
   // The TP group of `rc` (not owned: rc must outlive the model).
   static TensorParallel of(const dist::RankContext& rc, bool sequence_parallel);

@@ -72,15 +72,17 @@ void TransformerConfig::validate_tensor_parallel(int64_t tp, bool sequence_paral
     bad("--num-attention-heads " + s(num_attention_heads) + " is not divisible by " + tp_flag +
         "; each tensor-parallel rank holds num_heads / TP whole heads: choose a head count that "
         "is a multiple of " + s(tp) + " or a TP size that divides " + s(num_attention_heads));
-  if (query_groups() < tp)
-    bad("--num-query-groups " + s(query_groups()) + " is smaller than " + tp_flag +
-        "; as in Megatron Core each tensor-parallel rank holds query_groups / TP whole groups "
-        "(groups are not replicated across ranks): use at least " + s(tp) +
-        " query groups or --tensor-model-parallel-size <= " + s(query_groups()));
-  if (query_groups() % tp != 0)
+  // Groups are split (G divisible by TP: G/TP whole groups per rank) or replicated (TP
+  // divisible by G: TP/G ranks share a group, each with a copy of its k/v; as Megatron Core).
+  if (query_groups() >= tp && query_groups() % tp != 0)
     bad("--num-query-groups " + s(query_groups()) + " is not divisible by " + tp_flag +
         "; each tensor-parallel rank holds query_groups / TP whole groups: choose a group count "
-        "that is a multiple of " + s(tp));
+        "that is a multiple of " + s(tp) + ", or a TP size that divides " + s(query_groups()));
+  if (query_groups() < tp && tp % query_groups() != 0)
+    bad("--num-query-groups " + s(query_groups()) + " does not divide " + tp_flag +
+        "; with fewer query groups than tensor-parallel ranks each group is replicated on "
+        "TP / query_groups ranks: choose a group count that divides " + s(tp) +
+        " or a TP size that is a multiple of " + s(query_groups()));
   if (ffn_size() % tp != 0)
     bad("--ffn-hidden-size " + s(ffn_size()) + " is not divisible by " + tp_flag +
         "; the MLP is split by columns across tensor-parallel ranks: choose a multiple of " +

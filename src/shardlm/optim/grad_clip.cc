@@ -9,6 +9,18 @@
 
 namespace shardlm::optim {
 
+namespace {
+// Removes p's replica ranges (Parameter::replica_ranges) from the last span, which ends with
+// p's elements: the span splits at each (ranges are in local order). May leave empty spans.
+void cut_replica_rows(const model::Parameter& p, std::vector<std::pair<int64_t, int64_t>>& spans) {
+  for (const auto& [lo, hi] : p.replica_ranges()) {
+    const int64_t end = spans.back().second;
+    spans.back().second = p.offset + lo;
+    spans.emplace_back(p.offset + hi, end);
+  }
+}
+}  // namespace
+
 double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
                         const GradNormScope& scope) {
   // Counted parameters that are neighbours in the flat buffer form one span (only zero
@@ -32,7 +44,10 @@ double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
     else if (counted)
       spans.emplace_back(begin, end);
     previous_counted = counted;
+    // Rows another TP rank also holds (replicated query groups) are counted there only.
+    if (counted) cut_replica_rows(*p, spans);
   }
+  std::erase_if(spans, [](const auto& s) { return s.first == s.second; });
   double sum = 0;
   for (const auto& [begin, end] : spans) {
     if (scope.owned.empty()) {

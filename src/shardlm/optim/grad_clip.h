@@ -2,7 +2,8 @@
 //   norm = sqrt(sum over parameters of sum(g^2));  if clip > 0 and clip/(norm+1e-6) < 1,
 //   every gradient is scaled by clip/(norm+1e-6).
 // Each parameter element is counted exactly once over the whole job (GradNormScope):
-//  - tensor-parallel-split parameters: every TP rank holds a disjoint part, all counted;
+//  - tensor-parallel-split parameters: every TP rank holds a disjoint part, all counted, but
+//    for rows another rank owns too (replicated query groups' k/v: Parameter::replica_ranges);
 //  - parameters replicated over TP: counted on TP rank 0 only (Megatron's
 //    param_is_not_tensor_parallel_duplicate);
 //  - the last pipeline stage's copy of the tied word embedding (PipelineTie::kCopy): never

@@ -38,6 +38,14 @@ bool any_rank(dist::Communicator* comm, DeviceContext& ctx, bool value) {
   return ckpt::detail::all_reduce_int(comm, ctx, value ? 1 : 0, dist::ReduceOp::kMax) != 0;
 }
 
+// The elements of `piece` in `local` (a parameter's local elements, flat or shaped): shaped as
+// the piece's box when it is whole, else flat.
+Tensor piece_view(const Tensor& local, const ckpt::ParameterPiece& piece) {
+  const int64_t n = piece.local_end - piece.local_begin;
+  const Shape shape = piece.region.is_whole_box() ? Shape(piece.region.extents) : Shape{n};
+  return local.flat_view(piece.local_begin, shape);
+}
+
 std::string format_seconds(double s) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.3f", s);
@@ -57,11 +65,17 @@ std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry
                                                   const ReplicaRanks& ranks) {
   std::vector<ckpt::ShardedTensor> out;
   for (const model::Parameter& p : reg.parameters()) {
-    // The last pipeline stage's copy of the tied embedding is the first stage's parameter.
-    const bool write = ranks.data_parallel_rank == 0 &&
-                       p.spec.pipeline_tie != model::PipelineTie::kCopy &&
-                       (p.spec.split.is_split() || ranks.tensor_parallel_rank == 0);
-    out.push_back({key_of(p.spec.name), p.spec.global_shape, ckpt::region_of(p), p.value, write});
+    const bool split = p.spec.split.is_split();
+    for (const ckpt::ParameterPiece& piece : ckpt::pieces_of(p)) {
+      // Replicas (other DP ranks, TP ranks of an unsplit parameter, or of a replicated query
+      // group's k/v rows) are written once; the last pipeline stage's copy of the tied
+      // embedding is the first stage's parameter.
+      const bool write = ranks.data_parallel_rank == 0 &&
+                         p.spec.pipeline_tie != model::PipelineTie::kCopy &&
+                         (split ? !piece.replica : ranks.tensor_parallel_rank == 0);
+      out.push_back({key_of(p.spec.name), p.spec.global_shape, piece.region,
+                     piece_view(p.value, piece), write});
+    }
   }
   return out;
 }
@@ -76,12 +90,15 @@ std::vector<ckpt::ShardedTensor> moment_shards(
       const int64_t n = p.local_shape.numel();
       const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + n);
       if (lo >= hi) continue;
-      ckpt::ShardRegion region = ckpt::region_of(p);
-      if (hi - lo != n) region = ckpt::narrowed(region, lo - p.offset, hi - p.offset);
-      Tensor view = state.flat_view(state_offset + (lo - begin), Shape{hi - lo});
-      if (hi - lo == n) view = view.reshape(p.local_shape);
-      out.push_back({prefix + p.spec.name, p.spec.global_shape, region, view,
-                     write && p.spec.pipeline_tie != model::PipelineTie::kCopy});
+      for (const ckpt::ParameterPiece& piece : ckpt::pieces_of(p, lo - p.offset, hi - p.offset)) {
+        // Local element k of p is element state_offset + (p.offset + k - begin) of `state`.
+        ckpt::ParameterPiece at = piece;
+        at.local_begin = state_offset + (p.offset + piece.local_begin - begin);
+        at.local_end = at.local_begin + (piece.local_end - piece.local_begin);
+        out.push_back({prefix + p.spec.name, p.spec.global_shape, piece.region,
+                       piece_view(state, at),
+                       write && !piece.replica && p.spec.pipeline_tie != model::PipelineTie::kCopy});
+      }
     }
     state_offset += end - begin;
   }
@@ -213,12 +230,14 @@ bool Checkpointer::load(DeviceContext& ctx, model::ParameterRegistry& reg,
   ckpt::check_model_config(state.at("model_config"), cfg_.model, reader.directory());
 
   for (model::Parameter& p : reg.parameters()) {
-    ckpt::ShardedTensor target{key_of(p.spec.name), p.spec.global_shape, ckpt::region_of(p),
-                               p.value, true};
     // The vocabulary may be padded to a different multiple (other TP size / divisor).
     ckpt::ReadOptions options;
     options.allow_shape_mismatch = p.spec.name == kWordEmbeddings || p.spec.name == kOutputLayer;
-    reader.read(ctx, target, options);
+    // Every piece, replicas included (each replica loads its copy).
+    for (const ckpt::ParameterPiece& piece : ckpt::pieces_of(p))
+      reader.read(ctx, {key_of(p.spec.name), p.spec.global_shape, piece.region,
+                        piece_view(p.value, piece), true},
+                  options);
   }
 
   const bool finetune = c.finetune;

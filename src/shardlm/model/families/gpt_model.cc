@@ -67,6 +67,11 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
                         "which also pads the vocabulary for the split");
     cfg_.validate_tensor_parallel(tp_.size(), tp_.sp());
     vocab_start_ = tp_.rank() * (cfg_.padded_vocab_size() / tp_.size());
+    if (tp_.query_group == nullptr) {  // collective over TP; copies (the planning probe) share it
+      query_group_ = split_query_group_replicas(*tp_.group,
+                                                QkvLayout::of(cfg_, tp_.rank(), tp_.size()));
+      tp_.query_group = query_group_.get();
+    }
   }
   if (chunk_.layer_end < 0) chunk_.layer_end = cfg_.num_layers;
   SHARDLM_REQUIRE(0 <= chunk_.layer_begin && chunk_.layer_begin < chunk_.layer_end &&

@@ -176,6 +176,8 @@ class GPTModel {
   Tensor output_weight_grad() const;
 
   TransformerConfig cfg_;
+  // Fewer query groups than TP ranks: the ranks sharing this rank's group (tp_.query_group).
+  std::shared_ptr<dist::Communicator> query_group_;
   TensorParallel tp_;
   ModelChunk chunk_;
   int64_t vocab_start_ = 0;  // first vocabulary row of this rank's shard

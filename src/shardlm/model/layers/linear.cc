@@ -20,11 +20,22 @@ Linear::Linear(std::string prefix, int64_t in_features, int64_t out_features, bo
   if (mode_ == ParallelMode::kRow) in_local_ = in_ / tp_.size();
 }
 
+Linear::Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init,
+               const TensorParallel& tp, const Split& column_split)
+    : Linear(std::move(prefix), in_features, out_features, bias, init,
+             column_split.is_split() ? ParallelMode::kColumn : ParallelMode::kNone, tp) {
+  if (!column_split.is_split()) return;
+  column_split_ = column_split;
+  out_local_ = 0;
+  for (const SplitSegment& s : column_split.segments(out_features)) out_local_ += s.size;
+}
+
 void Linear::register_parameters(ParameterRegistry& reg) const {
-  const Split w = mode_ == ParallelMode::kColumn ? tp_.split(0, chunks_)
+  const Split column = column_split_.is_split() ? column_split_ : tp_.split(0, chunks_);
+  const Split w = mode_ == ParallelMode::kColumn ? column
                   : mode_ == ParallelMode::kRow  ? tp_.split(1)
                                                  : Split::none();
-  const Split b = mode_ == ParallelMode::kColumn ? tp_.split(0, chunks_) : Split::none();
+  const Split b = mode_ == ParallelMode::kColumn ? column : Split::none();
   reg.add({prefix_ + ".weight", {out_, in_}, w, true, init_});
   if (has_bias_) reg.add({prefix_ + ".bias", {out_}, b, false, Init::zeros()});
 }

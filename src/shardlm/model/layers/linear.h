@@ -32,6 +32,10 @@ class Linear {
   // in_features / out_features are the GLOBAL sizes; mode kNone or TP = 1 is the plain layer.
   Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init,
          ParallelMode mode, const TensorParallel& tp, int chunks = 1);
+  // Column-parallel with an explicit split of the output rows (weight and bias), e.g. the
+  // fused QKV with replicated query groups (layers/qkv_layout.h). Split::none(): plain layer.
+  Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init,
+         const TensorParallel& tp, const Split& column_split);
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -62,6 +66,7 @@ class Linear {
   ParallelMode mode_ = ParallelMode::kNone;
   TensorParallel tp_;
   int chunks_ = 1;
+  Split column_split_;  // explicit column split (is_split() only from that constructor)
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;
 };

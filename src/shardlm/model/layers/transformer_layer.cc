@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "shardlm/base/check.h"
+
 namespace shardlm::model {
 
 namespace {
@@ -13,16 +15,17 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
     : cfg_(cfg),
       tp_(tp),
       index_(static_cast<uint32_t>(layer_index)),
+      qkv_layout_(QkvLayout::of(cfg, tp.rank(), tp.size())),
       norm1_(layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_weight",
              layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_bias",
              cfg.hidden_size, cfg.normalization, cfg.norm_epsilon),
       norm2_(layer_prefix(layer_index) + ".mlp.linear_fc1.layer_norm_weight",
              layer_prefix(layer_index) + ".mlp.linear_fc1.layer_norm_bias", cfg.hidden_size,
              cfg.normalization, cfg.norm_epsilon),
-      // QKV: whole query groups per rank are contiguous rows of the grouped layout.
+      // QKV: the rank's rows of the grouped layout (layers/qkv_layout.h).
       qkv_(layer_prefix(layer_index) + ".self_attention.linear_qkv", cfg.hidden_size,
-           cfg.qkv_size(), cfg.add_bias_linear, Init::normal(cfg.init_method_std),
-           ParallelMode::kColumn, tp),
+           cfg.qkv_size(), cfg.add_bias_linear, Init::normal(cfg.init_method_std), tp,
+           qkv_layout_.split),
       // Output projections use Megatron's scaled init: std / sqrt(2 * num_layers).
       proj_(layer_prefix(layer_index) + ".self_attention.linear_proj",
             cfg.num_attention_heads * cfg.head_dim(), cfg.hidden_size, cfg.add_bias_linear,
@@ -34,7 +37,16 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
            Init::normal(cfg.init_method_std), ParallelMode::kColumn, tp, cfg.swiglu ? 2 : 1),
       fc2_(layer_prefix(layer_index) + ".mlp.linear_fc2", cfg.ffn_size(), cfg.hidden_size,
            cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
-           ParallelMode::kRow, tp) {}
+           ParallelMode::kRow, tp) {
+  SHARDLM_REQUIRE(!qkv_layout_.replicated() || (tp_.query_group != nullptr &&
+                                                 tp_.query_group->size() == qkv_layout_.replicas),
+                  ErrorKind::kInternal,
+                  "TransformerLayer: " + std::to_string(cfg.query_groups()) +
+                      " query groups on " + std::to_string(tp.size()) +
+                      " tensor-parallel ranks need TensorParallel::query_group, the " +
+                      std::to_string(qkv_layout_.replicas) +
+                      " ranks sharing a group (split_query_group_replicas; GPTModel sets it)");
+}
 
 void TransformerLayer::register_parameters(ParameterRegistry& reg) const {
   norm1_.register_parameters(reg);
@@ -80,11 +92,11 @@ TransformerLayer::Saved TransformerLayer::allocate_attention_output(TensorAlloca
 TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc, DType dtype,
                                                          int64_t batch,
                                                          const Saved* shared_attention) const {
-  const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size, P = tp_.size();
+  const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size;
   const int64_t NL = SequenceRows{batch, cfg_.seq_length, C}.local(tp_);
   Saved s;
   s.norm1 = norm1_.allocate_saved(alloc, dtype, NL);
-  s.qkv = alloc.allocate(dtype, {N, cfg_.qkv_size() / P});
+  s.qkv = alloc.allocate(dtype, {N, qkv_layout_.local_rows()});
   const Saved attention =
       shared_attention != nullptr ? *shared_attention : allocate_attention_output(alloc, dtype, batch);
   s.attn = attention.attn;
@@ -113,7 +125,7 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   s.c2 = alloc.allocate(dtype, {N, C});
   s.c3 = alloc.allocate(dtype, {N, C});
   s.a = alloc.allocate(dtype, {N, cfg.num_attention_heads / P * cfg.head_dim()});
-  s.qkv = alloc.allocate(dtype, {N, cfg.qkv_size() / P});
+  s.qkv = alloc.allocate(dtype, {N, QkvLayout::of(cfg, tp.rank(), P).local_rows()});
   s.fc1 = alloc.allocate(dtype, {N, cfg.swiglu ? 2 * F : F});
   s.act = alloc.allocate(dtype, {N, F});
   if (tp.sp() && batch > 1) s.staging = alloc.allocate(dtype, {N, C});
@@ -129,9 +141,9 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
 
 ops::AttentionShape TransformerLayer::attention_shape() const {
   // The rank's heads are global heads [rank*NH/TP, (rank+1)*NH/TP): dropout keys use those.
-  const int64_t P = tp_.size(), heads = cfg_.num_attention_heads / P;
-  ops::AttentionShape shape{heads, cfg_.query_groups() / P, cfg_.head_dim()};
-  shape.head_offset = tp_.rank() * heads;
+  const QkvLayout& q = qkv_layout_;
+  ops::AttentionShape shape{q.heads, q.groups, q.head_dim};
+  shape.head_offset = q.first_head;
   shape.dropout_num_heads = cfg_.num_attention_heads;
   return shape;
 }
@@ -278,7 +290,13 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
                           attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
   apply_rope(ctx, scratch.qkv, scratch, B, /*backward=*/true);
   recompute_norm(ctx, norm1_, s.norm1, x, rows, scratch);
+  std::vector<Parameter*> qkv_params;
+  qkv_.append_parameters(qkv_params);
+  const ReplicatedKvGrads kv{&qkv_layout_, tp_.query_group, qkv_params[0],
+                             qkv_params.size() > 1 ? qkv_params[1] : nullptr};
+  kv.begin(ctx);  // replicated query groups: k/v gradients summed over the group's ranks
   qkv_.backward(ctx, d_norm_out_full, scratch.qkv, scratch.c1);
+  kv.finish(ctx);
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)
     norm1_.backward(ctx, d_norm_in, d_norm_out, x, s.norm1, norm1_.dweight_view(g1),

@@ -14,19 +14,21 @@
 // GELU/SwiGLU output (from the saved fc1 output): 2 [N, C] + [N, FL] less per layer.
 //
 // Tensor parallelism (model/tensor_parallel.h): QKV and fc1 are column-parallel (QKV split by
-// whole query groups in Megatron's grouped layout, fc1 for SwiGLU split as [gate_r ; up_r]),
-// proj and fc2 row-parallel; each rank runs attention on its NH/TP heads (dropout keyed by
-// global head). The residual stream x / x_out / x_mid holds the rank's rows: all N = B*T rows
+// whole query groups in Megatron's grouped layout, or with fewer groups than ranks each rank's
+// q heads plus a replica of its group's k/v whose gradient is summed over the replicas: see
+// layers/qkv_layout.h; fc1 for SwiGLU split as [gate_r ; up_r]), proj and fc2 row-parallel;
+// each rank runs attention on its NH/TP heads (dropout keyed by global head). The residual stream x / x_out / x_mid holds the rank's rows: all N = B*T rows
 // (plain TP) or its sequence shard of N/TP rows (--sequence-parallel), where norms, dropout and
 // residual adds run sharded and the norm gradients are summed over TP at the end of backward.
 // Shapes below: N = B*T, NL = rows of the rank (N or N/TP), NHL/GL = local heads/groups,
-// QKVL = GL*(NHL/GL+2)*HS, AL = NHL*HS, FL = F/TP.
+// QKVL = (NHL+2*GL)*HS, AL = NHL*HS, FL = F/TP.
 #pragma once
 
 #include <string>
 
 #include "shardlm/model/layers/linear.h"
 #include "shardlm/model/layers/norm.h"
+#include "shardlm/model/layers/qkv_layout.h"
 #include "shardlm/model/module.h"
 #include "shardlm/model/tensor_parallel.h"
 #include "shardlm/model/transformer_config.h"
@@ -57,7 +59,8 @@ class TransformerLayer {
     Tensor rope_cos_sin;    // [T, R/2, 2] fp32 (fp64 in fp64 runs); --position-embedding-type rope only
   };
 
-  // tp: the tensor-parallel group (default: none, the single-rank layer).
+  // tp: the tensor-parallel group (default: none, the single-rank layer); with fewer query
+  // groups than ranks tp.query_group must be set (GPTModel does).
   TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
                    const TensorParallel& tp = {});
 
@@ -103,6 +106,7 @@ class TransformerLayer {
   TransformerConfig cfg_;
   TensorParallel tp_;
   uint32_t index_;
+  QkvLayout qkv_layout_;  // the rank's QKV rows and query groups
   Norm norm1_, norm2_;
   Linear qkv_, proj_, fc1_, fc2_;
 };
