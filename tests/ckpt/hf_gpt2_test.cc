@@ -11,23 +11,22 @@
 #include <random>
 
 #include "ckpt_test_util.h"
+#include "hf_test_util.h"
 #include "shardlm/ckpt/checkpoint_reader.h"
 #include "shardlm/ckpt/hf_gpt2.h"
 #include "shardlm/ckpt/safetensors.h"
-#include "shardlm/model/families/gpt_model.h"
-#include "shardlm/tensor/arena.h"
 
 namespace fs = std::filesystem;
 
 namespace shardlm::ckpt {
 namespace {
 
-using testing::TempDir;
+using namespace testing;  // NOLINT: TempDir and the HF helpers
 
 constexpr int64_t kC = 16, kNH = 4, kL = 2, kV = 50, kP = 12, kF = 64;
 
-// name -> (shape, values) of a synthetic HF GPT-2 (random, distinct values).
-std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> synthetic_hf() {
+// A synthetic HF GPT-2 (random, distinct values).
+HfTensorMap synthetic_hf() {
   std::map<std::string, std::vector<int64_t>> shapes = {
       {"transformer.wte.weight", {kV, kC}}, {"transformer.wpe.weight", {kP, kC}},
       {"transformer.ln_f.weight", {kC}},    {"transformer.ln_f.bias", {kC}}};
@@ -46,31 +45,17 @@ std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> synth
     shapes[h + "mlp.c_proj.weight"] = {kF, kC};
     shapes[h + "mlp.c_proj.bias"] = {kC};
   }
-  std::mt19937 g(5);
-  std::normal_distribution<float> n(0.0f, 0.5f);
-  std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> out;
-  for (const auto& [name, shape] : shapes) {
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
-    std::vector<float> v(static_cast<size_t>(numel));
-    for (float& x : v) x = n(g);
-    out[name] = {shape, v};
-  }
-  return out;
+  return random_hf_tensors(shapes, 5);
 }
 
-void write_synthetic(const fs::path& dir) {
-  fs::create_directories(dir);
-  std::ofstream(dir / "config.json")
-      << R"({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50,
-             "n_positions": 12, "n_embd": 16, "n_layer": 2, "n_head": 4, "n_inner": null,
-             "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05})";
-  static auto tensors = synthetic_hf();
-  SafetensorsWriter w;
-  for (const auto& [name, t] : tensors)
-    w.add(name, DType::kF32, t.first,
-          {reinterpret_cast<const std::byte*>(t.second.data()), t.second.size() * 4});
-  w.write((dir / "model.safetensors").string());
+constexpr char kConfig[] =
+    R"({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50,
+        "n_positions": 12, "n_embd": 16, "n_layer": 2, "n_head": 4, "n_inner": null,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05})";
+
+void write_synthetic(const fs::path& dir, int shards = 1) {
+  write_hf_tensors(dir, synthetic_hf(), shards);
+  std::ofstream(dir / "config.json") << kConfig;
 }
 
 TEST(HfGpt2, ImportMapsNamesTransposesAndRegroupsQkv) {
@@ -118,17 +103,8 @@ TEST(HfGpt2, RoundTripThroughAShardLMCheckpointIsIdentical) {
   const HfModel back = read_model_checkpoint((dir.path() / "ckpt").string());
   EXPECT_EQ(back.config.hidden_size, kC);
   write_hf_gpt2(back, (dir.path() / "hf2").string());
-  SafetensorsReader a((dir.path() / "hf" / "model.safetensors").string());
-  SafetensorsReader b((dir.path() / "hf2" / "model.safetensors").string());
-  ASSERT_EQ(a.entries().size(), b.entries().size());
-  for (const auto& [name, e] : a.entries()) {
-    ASSERT_TRUE(b.contains(name)) << name;
-    const SafetensorsEntry& f = b.entry(name);
-    EXPECT_EQ(e.shape, f.shape) << name;
-    EXPECT_EQ(e.dtype, f.dtype) << name;
-    ASSERT_EQ(e.bytes.size(), f.bytes.size()) << name;
-    EXPECT_EQ(std::memcmp(e.bytes.data(), f.bytes.data(), e.bytes.size()), 0) << name;
-  }
+  expect_same_safetensors(dir.path() / "hf" / "model.safetensors",
+                          dir.path() / "hf2" / "model.safetensors");
   // And the exported config reads back as the same architecture.
   const HfModel again = read_hf_gpt2((dir.path() / "hf2").string(), 128);
   EXPECT_EQ(again.config.ffn_size(), kF);
@@ -139,31 +115,10 @@ TEST(HfGpt2, ReadsAShardedCheckpointThroughItsIndex) {
   TempDir dir;
   write_synthetic(dir.path() / "one");
   // The same tensors split over two files with a model.safetensors.index.json.
-  const fs::path two = dir.path() / "two";
-  fs::create_directories(two);
-  fs::copy_file(dir.path() / "one" / "config.json", two / "config.json");
-  static const auto tensors = synthetic_hf();
-  SafetensorsWriter a, b;
-  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
-  int k = 0;
-  for (const auto& [name, t] : tensors) {
-    const bool first = k++ % 2 == 0;
-    (first ? a : b).add(name, DType::kF32, t.first,
-                        {reinterpret_cast<const std::byte*>(t.second.data()), t.second.size() * 4});
-    index["weight_map"][name] = first ? "model-00001-of-00002.safetensors"
-                                      : "model-00002-of-00002.safetensors";
-  }
-  a.write((two / "model-00001-of-00002.safetensors").string());
-  b.write((two / "model-00002-of-00002.safetensors").string());
-  std::ofstream(two / "model.safetensors.index.json") << index.dump();
-  const HfModel m1 = read_hf_gpt2((dir.path() / "one").string());
-  const HfModel m2 = read_hf_gpt2(two.string());
-  ASSERT_EQ(m1.tensors.size(), m2.tensors.size());
-  for (const auto& [name, t] : m1.tensors) {
-    const Tensor& u = m2.tensors.at(name).view();
-    ASSERT_EQ(t.view().shape(), u.shape()) << name;
-    EXPECT_EQ(std::memcmp(t.view().raw(), u.raw(), u.nbytes()), 0) << name;
-  }
+  write_synthetic(dir.path() / "two", 2);
+  ASSERT_FALSE(fs::exists(dir.path() / "two" / "model.safetensors"));
+  expect_same_model_tensors(read_hf_gpt2((dir.path() / "one").string()),
+                            read_hf_gpt2((dir.path() / "two").string()));
 }
 
 TEST(HfGpt2, UnsupportedConfigsAreRefused) {
@@ -191,59 +146,15 @@ TEST(HfGpt2, UnsupportedConfigsAreRefused) {
 
 // Logits of the imported fixture model against transformers' (fp32, 1e-5 relative).
 TEST(HfGpt2, LogitsMatchTransformers) {
-  const fs::path fixture = fs::path(SHARDLM_SOURCE_DIR) / "tests/golden/hf/gpt2_tiny";
+  const fs::path fixture = testing::hf_fixture("gpt2_tiny");
   if (!fs::exists(fixture / "logits.safetensors"))
     GTEST_SKIP() << "fixture " << fixture
                  << " missing: run tools/fixtures/make_hf_fixtures.py --out tests/golden/hf on a "
                     "machine with transformers";
-  HfModel m = read_hf_gpt2(fixture.string(), 128);
-  nlohmann::json ids_json;
-  std::ifstream(fixture / "input_ids.json") >> ids_json;
-  const auto ids = ids_json.at("input_ids").get<std::vector<std::vector<int32_t>>>();
-  const int64_t B = static_cast<int64_t>(ids.size()), T = static_cast<int64_t>(ids[0].size());
-  model::TransformerConfig cfg = m.config;
-  cfg.seq_length = T;
-  DeviceContext ctx = DeviceContext::cpu();
-  model::GPTModel gpt(cfg);
-  model::ParameterRegistry reg;
-  gpt.register_parameters(reg);
-  reg.finalize(ctx, DType::kF32, 1);
-  gpt.bind(reg);
-  for (model::Parameter& p : reg.parameters()) {
-    const Tensor& src = m.tensors.at(p.spec.name).view();
-    ASSERT_EQ(src.shape(), p.value.shape()) << p.spec.name;
-    std::memcpy(p.value.raw(), src.raw(), src.nbytes());
-  }
-  Arena acts(Device::cpu(), gpt.plan_activation_bytes(DType::kF32, B), "activations");
-  gpt.allocate_activations(acts, DType::kF32, B);
-  OwnedTensor tokens = OwnedTensor::empty(DType::kI32, {B, T});
-  OwnedTensor targets = OwnedTensor::zeros(DType::kI32, {B, T});
-  OwnedTensor mask = OwnedTensor::empty(DType::kF32, {B, T});
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      tokens.view().data<int32_t>()[b * T + t] = ids[b][t];
-      mask.view().data<float>()[b * T + t] = 1.0f;
-    }
-  model::StepContext step{ctx, 1, 0, 0, false};
-  gpt.forward(step, {tokens.view(), targets.view(), mask.view(), static_cast<double>(B * T)});
-  SafetensorsReader ref((fixture / "logits.safetensors").string());
-  const SafetensorsEntry& e = ref.entry("logits");
-  const int64_t V = m.config.vocab_size, Vp = cfg.padded_vocab_size();
-  ASSERT_EQ(e.shape, (std::vector<int64_t>{B, T, V}));
-  const float* hf = reinterpret_cast<const float*>(e.bytes.data());
-  const float* ours = gpt.logits().data<float>();
-  double diff = 0, norm = 0;
-  for (int64_t n = 0; n < B * T; ++n)
-    for (int64_t v = 0; v < V; ++v) {
-      const double d = static_cast<double>(ours[n * Vp + v]) - hf[n * V + v];
-      diff += d * d;
-      norm += static_cast<double>(hf[n * V + v]) * hf[n * V + v];
-    }
-  const double rel = std::sqrt(diff / norm);
-  std::printf("logits vs transformers: relative error %.3e over %lld x %lld\n", rel,
-              static_cast<long long>(B * T), static_cast<long long>(V));
+  const HfModel m = read_hf_gpt2(fixture.string(), 128);
+  const double rel = testing::logits_error_vs_fixture(m, fixture, DType::kF32);
+  std::printf("logits vs transformers: relative error %.3e\n", rel);
   EXPECT_LT(rel, 1e-5) << "relative error of the logits vs transformers";
-  EXPECT_GT(norm, 0.0);
 }
 
 }  // namespace

@@ -46,6 +46,10 @@ TEST(PipelineReshard, SaveTp2Pp2ResumeWithoutPipeline) {
     reader.verify_files();
     EXPECT_EQ(reader.metadata()["world_size"], 4);
     EXPECT_EQ(reader.global_shape("model/embedding.word_embeddings.weight"), (Shape{64, 32}));
+    // Two vocabulary shards from the first stage's TP ranks, none from the last stage's copy.
+    for (const char* key : {"model/embedding.word_embeddings.weight",
+                            "optim/exp_avg/embedding.word_embeddings.weight"})
+      EXPECT_EQ(reader.metadata()["tensors"][key]["shards"].size(), 2u) << key;
     EXPECT_EQ(reader.global_shape("model/decoder.layers.3.mlp.linear_fc2.weight"),
               (Shape{32, 128}));
   }

@@ -1,7 +1,7 @@
 // `shardlm launch` from the outside: two CPU ranks (separate processes, socket communicator)
-// train data-parallel and log exactly the single-process losses; a rank killed mid-run or one
-// that hangs makes the job exit non-zero within the timeout, naming the rank and the operation;
-// environment/flag mismatches and bad launcher usage are one-line errors.
+// train data-parallel (and as a 2-stage pipeline) and log the single-process losses; a rank
+// killed mid-run or one that hangs makes the job exit non-zero within the timeout, naming the
+// rank and the operation; environment/flag mismatches and bad launcher usage are one-line errors.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -92,6 +92,20 @@ TEST(LaunchCli, FourCpuRanksTensorAndDataParallelTrainLikeOneProcess) {
                               "--tensor-model-parallel-size 2 --sequence-parallel "
                               "--use-distributed-optimizer");
   ASSERT_EQ(launched.exit_code, 0) << launched.output;
+  expect_same_losses(single.output, launched.output);
+}
+
+TEST(LaunchCli, TwoCpuRanksPipelineTrainLikeOneProcess) {
+  // PP 2 over the socket communicator: one layer per stage, 2 micro-batches through 1F1B, the
+  // tied embedding's gradient summed across the two processes, forward-only validation.
+  const Result single = run(kTrain + "--device cpu");
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const Result launched = run("launch --nproc-per-node 2 --master-port 0 --device cpu -- " +
+                              kTrain + "--pipeline-model-parallel-size 2");
+  ASSERT_EQ(launched.exit_code, 0) << launched.output;
+  EXPECT_NE(launched.output.find("> pipeline: schedule 1f1b, 2 stages x 1 chunks, 2 micro-batches"),
+            std::string::npos) << launched.output;
+  EXPECT_EQ(count(launched.output, "\n iteration "), 6) << launched.output;
   expect_same_losses(single.output, launched.output);
 }
 

@@ -24,34 +24,19 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <string>
 
-#include <nlohmann/json.hpp>
-
-#include "shardlm/model/transformer_config.h"
-#include "shardlm/tensor/tensor.h"
+#include "shardlm/ckpt/hf_model.h"
 
 namespace shardlm::ckpt {
 
-struct HfModel {
-  model::TransformerConfig config;
-  std::map<std::string, OwnedTensor> tensors;  // ShardLM names, global fp32 tensors
-  nlohmann::json hf_config;                    // the config.json read (kept for export)
-};
-
-// Reads config.json + model.safetensors (or model.safetensors.index.json and its shards).
+// Reads config.json + model.safetensors (or model.safetensors.index.json and its shards). The
+// vocabulary is padded to a multiple of divisible_by x tensor_parallel_size (as training pads it).
 // Throws Error(kIo / kCorruptData / kUnsupported) naming the file and the tensor.
-HfModel read_hf_gpt2(const std::string& hf_dir, int64_t make_vocab_size_divisible_by = 128);
+HfModel read_hf_gpt2(const std::string& hf_dir, int64_t make_vocab_size_divisible_by = 128,
+                     int64_t tensor_parallel_size = 1);
 
 // Writes config.json + model.safetensors in Hugging Face's GPT2LMHeadModel layout.
 void write_hf_gpt2(const HfModel& model, const std::string& out_dir);
-
-// A model-only ShardLM checkpoint (iteration 0, no optimizer state) of `model` under root.
-void write_model_checkpoint(const HfModel& model, const std::string& root,
-                            const std::string& source);
-// Reads every parameter of a ShardLM checkpoint (any saved layout) as whole fp32 tensors.
-// iteration < 0: the latest.
-HfModel read_model_checkpoint(const std::string& root, int64_t iteration = -1);
 
 }  // namespace shardlm::ckpt

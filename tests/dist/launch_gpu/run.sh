@@ -10,7 +10,11 @@
 #   3. `shardlm launch --device cpu` on the same machine (socket communicator) matches too;
 #   4. a rank killed at iteration 3 (SHARDLM_TEST_KILL_RANK) and one that hangs
 #      (SHARDLM_TEST_HANG_RANK) end the job non-zero within --distributed-timeout-minutes,
-#      with the failing rank named.
+#      with the failing rank named;
+#   5. pipeline parallelism on 2 GPUs (--pipeline-model-parallel-size 2, bf16; 1f1b and
+#      interleaved with 2 chunks per rank) logs the one-GPU bf16 losses within 2e-2 relative
+#      (bf16 rounding differs between layouts), and prints the measured median step time next
+#      to the one-GPU step time and the bubble the schedule predicts, (P-1)/(V*M) of the step.
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
 SHARDLM="${SHARDLM:-./build/shardlm}"
@@ -25,13 +29,13 @@ TRAIN="train --mock-data --num-layers 2 --hidden-size 64 --num-attention-heads 4
   --vocab-size 256 --micro-batch-size 2 --global-batch-size 8 --lr 1e-3 --train-iters 20
   --log-interval 1 --eval-interval 10 --eval-iters 2 --seed 11"
 
-compare() {  # compare NAME REFERENCE_LOG LOG
-  python3 - "$2" "$3" "$1" <<'PY'
+compare() {  # compare NAME REFERENCE_LOG LOG [RELATIVE_TOLERANCE, default 1e-4]
+  python3 - "$2" "$3" "$1" "${4:-1e-4}" <<'PY'
 import re, sys
 def losses(p):
     return [float(m.group(2)) for m in re.finditer(r"lm loss( value)?: ([0-9.E+-]+)", open(p).read())]
-a, b, name = losses(sys.argv[1]), losses(sys.argv[2]), sys.argv[3]
-ok = len(a) == len(b) and len(a) > 0 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b))
+a, b, name, tol = losses(sys.argv[1]), losses(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+ok = len(a) == len(b) and len(a) > 0 and all(abs(x - y) <= tol * abs(x) for x, y in zip(a, b))
 worst = max((abs(x - y) / abs(x) for x, y in zip(a, b)), default=float("nan"))
 print(("PASS" if ok else "FAIL"), name, f"({len(b)} losses vs {len(a)}, worst relative difference {worst:.2e})")
 sys.exit(0 if ok else 1)
@@ -63,6 +67,40 @@ timeout 180 $SHARDLM $TRAIN --device cpu >"$OUT/one_cpu.log" 2>&1
 timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 29643 --device cpu -- $TRAIN \
   >"$OUT/launch_cpu.log" 2>&1; echo "exit $?"
 compare "launch 2 CPU ranks vs 1 CPU rank" "$OUT/one_cpu.log" "$OUT/launch_cpu.log" || rc=1
+
+echo "== pipeline parallel: 2 GPUs (PP=2, bf16) vs 1 GPU"
+# Big enough that a step is GPU-bound: 8 layers, hidden 1024, seq 1024, M = 32 / 4 = 8.
+PP_TRAIN="train --mock-data --num-layers 8 --hidden-size 1024 --num-attention-heads 16
+  --seq-length 1024 --vocab-size 32000 --micro-batch-size 4 --global-batch-size 32 --lr 1e-4
+  --train-iters 20 --log-interval 1 --eval-interval 10 --eval-iters 2 --seed 11 --bf16"
+step_times() {  # step_times LOG: median ms per iteration over iterations 6.. (after warm-up)
+  python3 - "$1" <<'PY'
+import re, statistics, sys
+t = [float(x) for x in re.findall(r"elapsed time per iteration \(ms\): ([0-9.]+)", open(sys.argv[1]).read())]
+print(f"{statistics.median(t[5:]):.1f}" if len(t) > 5 else "nan")
+PY
+}
+timeout 300 $SHARDLM $PP_TRAIN --device cuda >"$OUT/pp_one_gpu.log" 2>&1 || { echo "FAIL one-GPU bf16 run"; tail -5 "$OUT/pp_one_gpu.log"; rc=1; }
+one_ms=$(step_times "$OUT/pp_one_gpu.log")
+for variant in "1f1b:" "interleaved:--num-layers-per-virtual-pipeline-stage 2"; do
+  name=${variant%%:*}; extra=${variant#*:}
+  timeout 300 $SHARDLM launch --nproc-per-node 2 --master-port 29645 --device cuda -- $PP_TRAIN \
+    --pipeline-model-parallel-size 2 $extra >"$OUT/pp2_$name.log" 2>&1; echo "exit $?"
+  grep -m1 "> pipeline:" "$OUT/pp2_$name.log"
+  compare "PP=2 $name on 2 GPUs vs 1 GPU (bf16)" "$OUT/pp_one_gpu.log" "$OUT/pp2_$name.log" 2e-2 || rc=1
+  pp_ms=$(step_times "$OUT/pp2_$name.log")
+  python3 - "$OUT/pp2_$name.log" "$one_ms" "$pp_ms" "$name" <<'PY'
+import re, sys
+log, one, pp, name = open(sys.argv[1]).read(), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+m = re.search(r"(\d+) stages x (\d+) chunks, (\d+) micro-batches", log)
+P, V, M = (int(x) for x in m.groups()) if m else (2, 1, 8)
+bubble = (P - 1) / (V * M)
+ideal = one / P * (1 + bubble)  # perfect split of the work plus the schedule's idle time
+print(f"INFO PP=2 {name}: step {pp:.1f} ms (1 GPU {one:.1f} ms); predicted bubble (P-1)/(V*M) = "
+      f"{P-1}/({V}*{M}) = {100*bubble:.1f}% of the step = {bubble*pp:.1f} ms; ideal with that "
+      f"bubble {ideal:.1f} ms; speed-up {one/pp:.2f}x")
+PY
+done
 
 fault() {  # fault NAME ENV... : the job must fail (bounded by the 0.25 min timeout) naming rank 1
   local name=$1; shift
