@@ -11,7 +11,20 @@ const char* norm_name(model::Normalization n) {
   return n == model::Normalization::kRMSNorm ? "RMSNorm" : "LayerNorm";
 }
 const char* position_name(model::PositionEmbedding p) {
-  return p == model::PositionEmbedding::kNone ? "none" : "learned_absolute";
+  switch (p) {
+    case model::PositionEmbedding::kNone: return "none";
+    case model::PositionEmbedding::kRope: return "rope";
+    case model::PositionEmbedding::kLearnedAbsolute: break;
+  }
+  return "learned_absolute";
+}
+bool rope(const model::TransformerConfig& c) {
+  return c.position_embedding == model::PositionEmbedding::kRope;
+}
+// A RoPE setting, or null without RoPE (where it changes nothing).
+template <typename T>
+nlohmann::json if_rope(const model::TransformerConfig& c, T v) {
+  return rope(c) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
 // An architecture field: its JSON key, its flag, and the value in the form the flag takes.
@@ -30,11 +43,15 @@ const Field kFields[] = {
     {"kv_channels", "--kv-channels", [](const auto& c) { return nlohmann::json(c.head_dim()); }},
     {"ffn_hidden_size", "--ffn-hidden-size",
      [](const auto& c) { return nlohmann::json(c.ffn_size()); }},
+    // Before max_position_embeddings, which depends on it: the error names the cause.
+    {"position_embedding_type", "--position-embedding-type",
+     [](const auto& c) { return nlohmann::json(position_name(c.position_embedding)); }},
+    // Only a learned position table has a length; RoPE computes positions up to seq_length.
     {"max_position_embeddings", "--max-position-embeddings",
      [](const auto& c) {
-       return c.position_embedding == model::PositionEmbedding::kNone
-                  ? nlohmann::json(nullptr)
-                  : nlohmann::json(c.max_positions());
+       return c.position_embedding == model::PositionEmbedding::kLearnedAbsolute
+                  ? nlohmann::json(c.max_positions())
+                  : nlohmann::json(nullptr);
      }},
     {"vocab_size", "--vocab-size", [](const auto& c) { return nlohmann::json(c.vocab_size); }},
     {"untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights",
@@ -44,8 +61,13 @@ const Field kFields[] = {
     {"swiglu", "--swiglu", [](const auto& c) { return nlohmann::json(c.swiglu); }},
     {"normalization", "--normalization",
      [](const auto& c) { return nlohmann::json(norm_name(c.normalization)); }},
-    {"position_embedding_type", "--position-embedding-type",
-     [](const auto& c) { return nlohmann::json(position_name(c.position_embedding)); }},
+    {"norm_epsilon", "--norm-epsilon",
+     [](const auto& c) { return nlohmann::json(c.norm_epsilon); }},
+    {"rotary_base", "--rotary-base", [](const auto& c) { return if_rope(c, c.rotary_base); }},
+    {"rotary_percent", "--rotary-percent",
+     [](const auto& c) { return if_rope(c, c.rotary_percent); }},
+    {"rotary_interleaved", "--rotary-interleaved",
+     [](const auto& c) { return if_rope(c, c.rotary_interleaved); }},
 };
 }  // namespace
 
@@ -55,7 +77,6 @@ nlohmann::json model_config_to_json(const model::TransformerConfig& c) {
   j["seq_length"] = c.seq_length;
   j["make_vocab_size_divisible_by"] = c.make_vocab_size_divisible_by;
   j["padded_vocab_size"] = c.padded_vocab_size();
-  j["norm_epsilon"] = c.norm_epsilon;
   j["init_method_std"] = c.init_method_std;
   j["hidden_dropout"] = c.hidden_dropout;
   j["attention_dropout"] = c.attention_dropout;
@@ -81,28 +102,34 @@ model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
   get("add_bias_linear", c.add_bias_linear);
   get("swiglu", c.swiglu);
   get("norm_epsilon", c.norm_epsilon);
+  get("rotary_base", c.rotary_base);
+  get("rotary_percent", c.rotary_percent);
+  get("rotary_interleaved", c.rotary_interleaved);
   get("init_method_std", c.init_method_std);
   get("hidden_dropout", c.hidden_dropout);
   get("attention_dropout", c.attention_dropout);
   if (j.value("normalization", std::string("LayerNorm")) == "RMSNorm")
     c.normalization = model::Normalization::kRMSNorm;
-  if (j.value("position_embedding_type", std::string("learned_absolute")) == "none")
-    c.position_embedding = model::PositionEmbedding::kNone;
+  const std::string position = j.value("position_embedding_type", std::string("learned_absolute"));
+  if (position == "none") c.position_embedding = model::PositionEmbedding::kNone;
+  if (position == "rope") c.position_embedding = model::PositionEmbedding::kRope;
   return c;
 }
 
 void check_model_config(const nlohmann::json& saved, const model::TransformerConfig& flags,
                         const std::string& checkpoint_dir) {
+  // A key an older checkpoint lacks means the default it was saved with (learned positions, ...).
+  const model::TransformerConfig saved_cfg = model_config_from_json(saved);
   for (const Field& f : kFields) {
-    if (!saved.contains(f.key)) continue;
-    const nlohmann::json want = saved[f.key], have = f.value(flags);
+    const nlohmann::json want = saved.contains(f.key) ? saved[f.key] : f.value(saved_cfg);
+    const nlohmann::json have = f.value(flags);
     if (want == have) continue;
     throw Error(ErrorKind::kInvalidConfig,
                 std::string("checkpoint '") + checkpoint_dir + "' was saved with a different " +
                     "model: " + f.flag + " (" + f.key + ") is " + want.dump() +
                     " in the checkpoint but " + have.dump() +
                     " from the flags; pass the checkpoint's model flags (" +
-                    model_config_flags(model_config_from_json(saved)) + ")");
+                    model_config_flags(saved_cfg) + ")");
   }
 }
 
@@ -114,15 +141,26 @@ std::string model_config_flags(const model::TransformerConfig& c) {
     s << " --group-query-attention --num-query-groups " << c.query_groups();
   if (c.kv_channels > 0) s << " --kv-channels " << c.kv_channels;
   if (c.ffn_hidden_size > 0) s << " --ffn-hidden-size " << c.ffn_hidden_size;
-  if (c.position_embedding == model::PositionEmbedding::kNone)
+  // Doubles as JSON writes them: the shortest text that reads back to the same value.
+  auto num = [](double v) { return nlohmann::json(v).dump(); };
+  if (c.position_embedding == model::PositionEmbedding::kNone) {
     s << " --position-embedding-type none";
-  else
+  } else if (rope(c)) {
+    s << " --position-embedding-type rope";
+    const model::TransformerConfig d;
+    if (c.rotary_base != d.rotary_base) s << " --rotary-base " << num(c.rotary_base);
+    if (c.rotary_percent != d.rotary_percent) s << " --rotary-percent " << num(c.rotary_percent);
+    if (c.rotary_interleaved) s << " --rotary-interleaved";
+  } else {
     s << " --max-position-embeddings " << c.max_positions();
+  }
   s << " --vocab-size " << c.vocab_size;
   if (c.untie_embeddings_and_output_weights) s << " --untie-embeddings-and-output-weights";
   if (!c.add_bias_linear) s << " --disable-bias-linear";
   if (c.swiglu) s << " --swiglu";
   if (c.normalization == model::Normalization::kRMSNorm) s << " --normalization RMSNorm";
+  if (c.norm_epsilon != model::TransformerConfig().norm_epsilon)
+    s << " --norm-epsilon " << num(c.norm_epsilon);
   return s.str();
 }
 

@@ -1,7 +1,11 @@
 // The model architecture as saved in a checkpoint's state ("model_config"), and the check run
-// on load: every field that shapes the parameters must equal the flags, else the error names the
-// Megatron flag with both values (e.g. "--hidden-size: the checkpoint has 64, the flags say 32").
+// on load: every field that shapes the parameters or changes the math (sizes, GQA, kv_channels,
+// biases, tying, SwiGLU, norm type and epsilon, position embedding, RoPE base / percent /
+// layout) must equal the flags, else the error names the Megatron flag, the key and both values
+// ("--rotary-base (rotary_base) is 500000.0 in the checkpoint but 10000.0 from the flags").
 // Training-only fields (dropout, init std, sequence length) may differ: fine-tuning changes them.
+// A key an older checkpoint lacks stands for the default it was saved with (learned_absolute
+// positions, no RoPE), so old checkpoints still load.
 #pragma once
 
 #include <string>
