@@ -1,7 +1,7 @@
 // Checkpoints from the outside (the shardlm binary as a child process): SIGTERM with
 // --exit-signal-handler saves at the end of the step and exits 0 with a loadable checkpoint;
 // --exit-interval; a model-flag mismatch on --load is one line naming the flag; convert --from hf
-// then train --load --finetune, and convert --to hf.
+// (GPT-2 and Llama) then train --load --finetune, and convert --to hf.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -193,6 +194,69 @@ TEST(CheckpointCli, ConvertFromHfFinetuneAndBack) {
   EXPECT_TRUE(fs::exists(hf + "/model.safetensors"));
   const Result bad = run("convert --model-type gpt2 --input " + ckpt + " --output " + hf);
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
+}
+
+// The first "lm loss: X" a training run logs.
+double first_loss(const std::string& output) {
+  const size_t at = output.find("lm loss: ");
+  return at == std::string::npos ? -1.0 : std::stod(output.substr(at + 9));
+}
+
+// A Hugging Face Llama (RoPE, GQA, SwiGLU, RMSNorm, untied) converts, fine-tunes with the flags
+// convert prints (its weights, not a fresh init: the first loss differs), refuses a different
+// --rotary-base on load naming it, and converts back; --target-tensor-parallel-size is checked.
+TEST(CheckpointCli, ConvertLlamaFromHfFinetuneAndBack) {
+  const fs::path fixture = fs::path(SHARDLM_SOURCE_DIR) / "tests/golden/hf/llama_tiny";
+  if (!fs::exists(fixture / "model.safetensors"))
+    GTEST_SKIP() << "fixture " << fixture << " missing";
+  TempDir dir;
+  const std::string ckpt = dir.str() + "/ckpt", hf = dir.str() + "/hf";
+  const Result c = run("convert --from hf --model-type llama --input " + fixture.string() +
+                       " --output " + ckpt);
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  const std::string model =
+      "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --group-query-attention "
+      "--num-query-groups 2 --ffn-hidden-size 160 --position-embedding-type rope "
+      "--vocab-size 1000 --untie-embeddings-and-output-weights --disable-bias-linear --swiglu "
+      "--normalization RMSNorm";
+  EXPECT_NE(c.output.find("--finetune " + model + " "), std::string::npos) << c.output;
+  const std::string train =
+      "train " + model + " --seq-length 16 --mock-data --micro-batch-size 2 --lr 1e-4 "
+      "--eval-iters 0 --log-interval 1 --device cpu --hidden-dropout 0 --attention-dropout 0 ";
+  const Result ft = run(train + "--train-iters 3 --load " + ckpt + " --finetune --save " +
+                        dir.str() + "/ft");
+  ASSERT_EQ(ft.exit_code, 0) << ft.output;
+  EXPECT_NE(ft.output.find("loaded checkpoint"), std::string::npos) << ft.output;
+  EXPECT_TRUE(fs::exists(dir.str() + "/ft/iter_0000003/metadata.json")) << ft.output;
+  const Result scratch = run(train + "--train-iters 1");
+  ASSERT_EQ(scratch.exit_code, 0) << scratch.output;
+  const double loaded = first_loss(ft.output), fresh = first_loss(scratch.output);
+  ASSERT_GT(loaded, 0.0) << ft.output;
+  ASSERT_GT(fresh, 0.0) << scratch.output;
+  EXPECT_GT(std::abs(loaded - fresh), 1e-2 * fresh) << "the converted weights were not used";
+
+  const Result bad = run(train + "--train-iters 1 --rotary-base 500000 --load " + ckpt +
+                         " --finetune");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--rotary-base (rotary_base)"), std::string::npos) << bad.output;
+
+  const Result back = run("convert --to hf --model-type llama --input " + dir.str() + "/ft" +
+                          " --output " + hf);
+  ASSERT_EQ(back.exit_code, 0) << back.output;
+  EXPECT_NE(read_file(hf + "/config.json").find("\"LlamaForCausalLM\""), std::string::npos);
+  EXPECT_TRUE(fs::exists(hf + "/model.safetensors"));
+
+  // TP 4 > 2 query groups: each group's k/v replicated on 2 ranks (allowed); 3 splits no heads.
+  const Result tp4 = run("convert --from hf --model-type llama --target-tensor-parallel-size 4 "
+                         "--input " + fixture.string() + " --output " + dir.str() + "/tp4");
+  EXPECT_EQ(tp4.exit_code, 0) << tp4.output;
+  EXPECT_NE(tp4.output.find("--tensor-model-parallel-size 4"), std::string::npos) << tp4.output;
+  const Result tp3 = run("convert --from hf --model-type llama --target-tensor-parallel-size 3 "
+                         "--input " + fixture.string() + " --output " + dir.str() + "/tp3");
+  EXPECT_EQ(tp3.exit_code, 2) << tp3.output;
+  EXPECT_NE(tp3.output.find("--target-tensor-parallel-size 3: --num-attention-heads 4"),
+            std::string::npos) << tp3.output;
+  EXPECT_FALSE(fs::exists(dir.str() + "/tp3"));
 }
 
 }  // namespace
