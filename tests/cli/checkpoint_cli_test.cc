@@ -243,7 +243,13 @@ TEST(CheckpointCli, ConvertLlamaFromHfFinetuneAndBack) {
   const Result back = run("convert --to hf --model-type llama --input " + dir.str() + "/ft" +
                           " --output " + hf);
   ASSERT_EQ(back.exit_code, 0) << back.output;
-  EXPECT_NE(read_file(hf + "/config.json").find("\"LlamaForCausalLM\""), std::string::npos);
+  const std::string exported = read_file(hf + "/config.json");
+  EXPECT_NE(exported.find("\"LlamaForCausalLM\""), std::string::npos);
+  // The fine-tuning run carried the source config.json through its checkpoint: keys only the
+  // fixture has survive, and its context length (64) rather than the training --seq-length.
+  EXPECT_NE(exported.find("\"pretraining_tp\""), std::string::npos) << exported;
+  EXPECT_NE(exported.find("\"transformers_version\""), std::string::npos) << exported;
+  EXPECT_NE(exported.find("\"max_position_embeddings\": 64"), std::string::npos) << exported;
   EXPECT_TRUE(fs::exists(hf + "/model.safetensors"));
 
   // TP 4 > 2 query groups: each group's k/v replicated on 2 ranks (allowed); 3 splits no heads.

@@ -119,7 +119,7 @@ nlohmann::json Checkpointer::state_json(const OptimizerStateView* optimizer,
                                         const TrainingProgress& progress) const {
   const optim::LrScheduleConfig lr = cfg_.lr_schedule();
   const bool with_optim = optimizer != nullptr && !cfg_.checkpoint.no_save_optim;
-  return {
+  nlohmann::json state = {
       {"iteration", progress.iteration},
       {"consumed_samples", progress.consumed_samples},
       {"skipped_iterations", progress.skipped_iterations},
@@ -167,6 +167,8 @@ nlohmann::json Checkpointer::state_json(const OptimizerStateView* optimizer,
         {"world_size", comm_ ? comm_->size() : 1},
         {"data_parallel_size", cfg_.data_parallel_size}}},
   };
+  if (hf_config_.is_object()) state["hf_config"] = hf_config_;
+  return state;
 }
 
 void Checkpointer::save(DeviceContext& ctx, const model::ParameterRegistry& reg,
@@ -228,6 +230,8 @@ bool Checkpointer::load(DeviceContext& ctx, model::ParameterRegistry& reg,
   ckpt::CheckpointReader reader(c.load, iteration);
   const nlohmann::json& state = reader.state();
   ckpt::check_model_config(state.at("model_config"), cfg_.model, reader.directory());
+  if (state.contains("hf_config") && state["hf_config"].is_object())
+    hf_config_ = state["hf_config"];
 
   for (model::Parameter& p : reg.parameters()) {
     // The vocabulary may be padded to a different multiple (other TP size / divisor).

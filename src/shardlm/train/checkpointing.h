@@ -129,6 +129,10 @@ class Checkpointer {
   dist::Communicator* comm_;
   ReplicaRanks ranks_;
   ckpt::CheckpointWriter writer_;
+  // The Hugging Face config.json of a converted checkpoint this run loaded (null otherwise),
+  // written into every checkpoint it saves so `convert --to hf` after fine-tuning keeps the
+  // source's keys (token ids, context length, dtype).
+  nlohmann::json hf_config_;
   std::chrono::steady_clock::time_point start_;
   int64_t last_saved_iteration_ = -1;
 };
