@@ -220,7 +220,8 @@ void init_normal(DeviceContext& ctx, Tensor out, const PhiloxKey& key, double st
                   ErrorKind::kInvalidArgument,
                   std::string("init_normal: out must be fp32 or fp64 (master weights), got ") +
                       dtype_name(out.dtype()));
-  SHARDLM_REQUIRE(map.local_extent > 0 && map.inner > 0 && out.numel() % (map.local_extent * map.inner) == 0,
+  const int64_t row = map.local_extent * map.inner;  // elements per outer index
+  SHARDLM_REQUIRE(map.local_extent > 0 && map.inner > 0 && out.numel() % row == 0,
                   ErrorKind::kInvalidArgument,
                   "init_normal: " + std::to_string(out.numel()) +
                       " elements are not whole rows of the shard map");

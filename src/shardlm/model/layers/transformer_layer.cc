@@ -97,8 +97,9 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
   Saved s;
   s.norm1 = norm1_.allocate_saved(alloc, dtype, NL);
   s.qkv = alloc.allocate(dtype, {N, qkv_layout_.local_rows()});
-  const Saved attention =
-      shared_attention != nullptr ? *shared_attention : allocate_attention_output(alloc, dtype, batch);
+  const Saved attention = shared_attention != nullptr
+                             ? *shared_attention
+                             : allocate_attention_output(alloc, dtype, batch);
   s.attn = attention.attn;
   s.lse = attention.lse;
   s.x_mid = alloc.allocate(dtype, {NL, C});

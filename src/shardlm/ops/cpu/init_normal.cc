@@ -14,7 +14,8 @@ void init_normal(DeviceContext&, Tensor out, const PhiloxKey& key, double stddev
   const int64_t n = out.numel();
   auto fill_range = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const double v = stddev * shardlm::init_normal(key, static_cast<uint64_t>(map.global_index(i)));
+      const uint64_t global = static_cast<uint64_t>(map.global_index(i));
+      const double v = stddev * shardlm::init_normal(key, global);
       if (out.dtype() == DType::kF64)
         out.data<double>()[i] = v;
       else
