@@ -147,6 +147,17 @@ TEST(ReplicatedQueryGroups, LlamaMqa) {
     expect_same_training(run_layout(cfg, l), ref, "llama mqa " + l.name());
 }
 
+// Replicated query groups inside pipeline stages: every stage's chunk splits its own k/v
+// sub-communicator, and the replica gradients are summed per stage (MQA, TP2 x PP2 x DP2 with
+// SP and the distributed optimizer: 8 ranks).
+TEST(ReplicatedQueryGroups, LlamaMqaWithPipelineAndDataParallel) {
+  const TrainConfig cfg = with_query_groups(tiny_config(4), 1, true);
+  const RunResult ref = single_rank(cfg);
+  Layout l = tp_layout(2, 2, true, true);
+  l.pp = 2;
+  expect_same_training(run_layout(cfg, l), ref, "llama mqa " + l.name());
+}
+
 TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
   auto with = [](const std::function<void(TrainConfig&)>& edit) {
     TrainConfig c = tiny_config();
