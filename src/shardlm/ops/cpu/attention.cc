@@ -23,6 +23,7 @@
 
 #include "shardlm/ops/cpu/cpu_ops.h"
 #include "shardlm/ops/cpu/detail/float_dispatch.h"
+#include "shardlm/ops/cpu/detail/parallel_ranges.h"
 
 namespace shardlm::ops::cpu {
 
@@ -73,40 +74,43 @@ void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, do
   const int64_t Tn = l.T, HS = l.HS;
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
-  DropoutUniformReader uniform(key);
-  std::vector<double> s(Tn);    // scores of one query row
-  std::vector<double> acc(HS);  // output row of one head
-  for (int64_t b = 0; b < l.B; ++b) {
-    const T* base = qkv + b * Tn * l.row;
-    for (int64_t h = 0; h < l.NH; ++h) {
-      const int64_t qo = l.q_offset(h), ko = l.k_offset(h), vo = l.v_offset(h);
-      for (int64_t i = 0; i < Tn; ++i) {
-        const T* q = base + i * l.row + qo;
-        double m = -std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j <= i; ++j) {
-          s[j] = scale * dot(q, base + j * l.row + ko, HS);
-          m = std::max(m, s[j]);
-        }
-        double sum = 0;
-        for (int64_t j = 0; j <= i; ++j) sum += std::exp(s[j] - m);
-        const double L = m + std::log(sum);
-        std::fill(acc.begin(), acc.end(), 0.0);
-        const uint64_t pos0 = l.dropout_row(b, h, i);
-        for (int64_t j = 0; j <= i; ++j) {
-          double pr = std::exp(s[j] - L);
-          if (p > 0) {
-            if (uniform(pos0 + static_cast<uint64_t>(j)) <= p) continue;
-            pr *= keep_scale;
+  // Sequences are independent (each writes only its own rows): one range of them per thread.
+  detail::parallel_ranges(l.B, 1, [&](int64_t b0, int64_t b1) {
+    DropoutUniformReader uniform(key);
+    std::vector<double> s(Tn);    // scores of one query row
+    std::vector<double> acc(HS);  // output row of one head
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* base = qkv + b * Tn * l.row;
+      for (int64_t h = 0; h < l.NH; ++h) {
+        const int64_t qo = l.q_offset(h), ko = l.k_offset(h), vo = l.v_offset(h);
+        for (int64_t i = 0; i < Tn; ++i) {
+          const T* q = base + i * l.row + qo;
+          double m = -std::numeric_limits<double>::infinity();
+          for (int64_t j = 0; j <= i; ++j) {
+            s[j] = scale * dot(q, base + j * l.row + ko, HS);
+            m = std::max(m, s[j]);
           }
-          const T* v = base + j * l.row + vo;
-          for (int64_t d = 0; d < HS; ++d) acc[d] += pr * static_cast<double>(v[d]);
+          double sum = 0;
+          for (int64_t j = 0; j <= i; ++j) sum += std::exp(s[j] - m);
+          const double L = m + std::log(sum);
+          std::fill(acc.begin(), acc.end(), 0.0);
+          const uint64_t pos0 = l.dropout_row(b, h, i);
+          for (int64_t j = 0; j <= i; ++j) {
+            double pr = std::exp(s[j] - L);
+            if (p > 0) {
+              if (uniform(pos0 + static_cast<uint64_t>(j)) <= p) continue;
+              pr *= keep_scale;
+            }
+            const T* v = base + j * l.row + vo;
+            for (int64_t d = 0; d < HS; ++d) acc[d] += pr * static_cast<double>(v[d]);
+          }
+          T* o = out + ((b * Tn + i) * l.NH + h) * HS;
+          for (int64_t d = 0; d < HS; ++d) o[d] = static_cast<T>(acc[d]);
+          lse[(b * l.NH + h) * Tn + i] = static_cast<T>(L);
         }
-        T* o = out + ((b * Tn + i) * l.NH + h) * HS;
-        for (int64_t d = 0; d < HS; ++d) o[d] = static_cast<T>(acc[d]);
-        lse[(b * l.NH + h) * Tn + i] = static_cast<T>(L);
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -116,50 +120,56 @@ void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
   std::fill(dqkv, dqkv + l.B * Tn * l.row, T(0));
-  DropoutUniformReader uniform(key);
-  std::vector<double> P(Tn), dP(Tn), dq(HS);
-  for (int64_t b = 0; b < l.B; ++b) {
-    const T* base = qkv + b * Tn * l.row;
-    T* dbase = dqkv + b * Tn * l.row;
-    for (int64_t h = 0; h < l.NH; ++h) {
-      const int64_t qo = l.q_offset(h), ko = l.k_offset(h), vo = l.v_offset(h);
-      for (int64_t i = 0; i < Tn; ++i) {
-        const T* q = base + i * l.row + qo;
-        const T* dy = dout + ((b * Tn + i) * l.NH + h) * HS;
-        const double L = lse[(b * l.NH + h) * Tn + i];
-        const uint64_t pos0 = l.dropout_row(b, h, i);
-        double D = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          const T* k = base + j * l.row + ko;
-          const T* v = base + j * l.row + vo;
-          P[j] = std::exp(scale * dot(q, k, HS) - L);
-          double keep = 1.0;
-          if (p > 0)
-            keep = uniform(pos0 + static_cast<uint64_t>(j)) <= p ? 0.0 : keep_scale;
-          dP[j] = keep * dot(dy, v, HS);
-          D += P[j] * dP[j];
-          if (keep != 0.0) {
-            const double pd = P[j] * keep;
-            T* dv = dbase + j * l.row + vo;
-            for (int64_t d = 0; d < HS; ++d)
-              dv[d] = static_cast<T>(static_cast<double>(dv[d]) + pd * static_cast<double>(dy[d]));
+  // Per sequence: heads of a group accumulate into the same k/v rows, so threads split the
+  // batch (never the heads) and each sequence keeps its summation order.
+  detail::parallel_ranges(l.B, 1, [&](int64_t b0, int64_t b1) {
+    DropoutUniformReader uniform(key);
+    std::vector<double> P(Tn), dP(Tn), dq(HS);
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* base = qkv + b * Tn * l.row;
+      T* dbase = dqkv + b * Tn * l.row;
+      for (int64_t h = 0; h < l.NH; ++h) {
+        const int64_t qo = l.q_offset(h), ko = l.k_offset(h), vo = l.v_offset(h);
+        for (int64_t i = 0; i < Tn; ++i) {
+          const T* q = base + i * l.row + qo;
+          const T* dy = dout + ((b * Tn + i) * l.NH + h) * HS;
+          const double L = lse[(b * l.NH + h) * Tn + i];
+          const uint64_t pos0 = l.dropout_row(b, h, i);
+          double D = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            const T* k = base + j * l.row + ko;
+            const T* v = base + j * l.row + vo;
+            P[j] = std::exp(scale * dot(q, k, HS) - L);
+            double keep = 1.0;
+            if (p > 0)
+              keep = uniform(pos0 + static_cast<uint64_t>(j)) <= p ? 0.0 : keep_scale;
+            dP[j] = keep * dot(dy, v, HS);
+            D += P[j] * dP[j];
+            if (keep != 0.0) {
+              const double pd = P[j] * keep;
+              T* dv = dbase + j * l.row + vo;
+              for (int64_t d = 0; d < HS; ++d) {
+                const double grown = static_cast<double>(dv[d]) + pd * static_cast<double>(dy[d]);
+                dv[d] = static_cast<T>(grown);
+              }
+            }
           }
-        }
-        std::fill(dq.begin(), dq.end(), 0.0);
-        for (int64_t j = 0; j <= i; ++j) {
-          const double ds = scale * P[j] * (dP[j] - D);
-          const T* k = base + j * l.row + ko;
-          T* dk = dbase + j * l.row + ko;
-          for (int64_t d = 0; d < HS; ++d) {
-            dq[d] += ds * static_cast<double>(k[d]);
-            dk[d] = static_cast<T>(static_cast<double>(dk[d]) + ds * static_cast<double>(q[d]));
+          std::fill(dq.begin(), dq.end(), 0.0);
+          for (int64_t j = 0; j <= i; ++j) {
+            const double ds = scale * P[j] * (dP[j] - D);
+            const T* k = base + j * l.row + ko;
+            T* dk = dbase + j * l.row + ko;
+            for (int64_t d = 0; d < HS; ++d) {
+              dq[d] += ds * static_cast<double>(k[d]);
+              dk[d] = static_cast<T>(static_cast<double>(dk[d]) + ds * static_cast<double>(q[d]));
+            }
           }
+          T* dqo = dbase + i * l.row + qo;
+          for (int64_t d = 0; d < HS; ++d) dqo[d] = static_cast<T>(dq[d]);
         }
-        T* dqo = dbase + i * l.row + qo;
-        for (int64_t d = 0; d < HS; ++d) dqo[d] = static_cast<T>(dq[d]);
       }
     }
-  }
+  });
 }
 
 }  // namespace
