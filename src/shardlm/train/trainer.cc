@@ -68,7 +68,9 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   const StartupClock::time_point startup_begin = StartupClock::now();
   std::vector<std::pair<const char*, double>> startup_phases;
   StartupClock::time_point phase_begin = startup_begin;
+  bool backend_ready = false;  // the device can be synchronised once its backend is up
   auto phase_done = [&](const char* name) {
+    if (device_->device().is_cuda() && backend_ready) ops::synchronize(*device_);  // async work
     const StartupClock::time_point now = StartupClock::now();
     startup_phases.emplace_back(name, std::chrono::duration<double>(now - phase_begin).count());
     phase_begin = now;
@@ -106,6 +108,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   dtype_ = cfg_.bf16 ? DType::kBF16 : cfg_.fp16 ? DType::kF16 : master_dtype;
   if (cfg_.fp16) loss_scaler_ = std::make_unique<optim::LossScaler>(cfg_.loss_scaler);
   initialize_backend(*device_);
+  backend_ready = true;
   phase_done("backend");
 
   // Pipeline: this rank's chunks (layers by global index), activation slots per chunk from the
@@ -477,21 +480,11 @@ model::Batch Trainer::load_batch(const data::SampleSource& source,
   return {tokens_dev_.view(), targets_dev_.view(), mask_dev_.view(), mask_sum};
 }
 
-IterationRecord Trainer::train_step() {
+double Trainer::microbatch_loop(double loss_scale) {
   const int64_t M = cfg_.num_microbatches(), B = cfg_.micro_batch_size;
-  IterationRecord rec;
-  rec.iteration = iteration_ + 1;
-  rec.lr = schedule_->lr_at(iteration_);
   const int64_t dp = cfg_.data_parallel_size, dp_rank = rank_->coord().dp;
-  finish_param_gather();  // --overlap-param-gather: the forward needs the updated weights
-  registry_.zero_grads(*device_);
-  grad_sync_->start_iteration();
   double loss_sum = 0;
-  // --fp16: backward runs on loss * scale so small gradients survive in fp16.
-  const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
-  rec.loss_scale = loss_scale;
-  if (pipeline_) loss_sum = pipeline_step(loss_scale);
-  for (int64_t m = 0; m < M && !pipeline_; ++m) {
+  for (int64_t m = 0; m < M; ++m) {
     // Dropout is keyed by the GLOBAL micro-batch index (m·DP + dp rank: the same samples as
     // micro-batch m·DP + r of a single rank), so every layout draws the same masks.
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
@@ -508,6 +501,21 @@ IterationRecord Trainer::train_step() {
     // micro-batch, starts the data-parallel reduction of the buckets not started yet.
     grad_sync_->end_microbatch();
   }
+  return loss_sum;
+}
+
+IterationRecord Trainer::train_step() {
+  const int64_t M = cfg_.num_microbatches(), B = cfg_.micro_batch_size;
+  IterationRecord rec;
+  rec.iteration = iteration_ + 1;
+  rec.lr = schedule_->lr_at(iteration_);
+  finish_param_gather();  // --overlap-param-gather: the forward needs the updated weights
+  registry_.zero_grads(*device_);
+  grad_sync_->start_iteration();
+  // --fp16: backward runs on loss * scale so small gradients survive in fp16.
+  const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
+  rec.loss_scale = loss_scale;
+  double loss_sum = pipeline_ ? pipeline_step(loss_scale) : microbatch_loop(loss_scale);
   grad_sync_->wait();  // gradients are now averaged over DP (this rank's shards with the DO)
   if (pipeline_) {
     all_reduce_tied_embedding_grads();

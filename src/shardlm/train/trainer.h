@@ -140,6 +140,9 @@ class Trainer {
   void load_pipeline_batch(const data::SampleSource& source, std::span<const int64_t> indices,
                            int m);
   // Runs the schedule for one step; returns the sum of the micro-batch losses (last stage).
+  // One step's forward/backward over the micro-batches, returning the summed loss: the plain
+  // loop (one chunk holding the model) or the pipeline schedule.
+  double microbatch_loop(double loss_scale);
   double pipeline_step(double loss_scale);
   // After the DP sync: sums the tied embedding's gradient copies over the embedding group.
   void all_reduce_tied_embedding_grads();
