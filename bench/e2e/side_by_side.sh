@@ -44,6 +44,7 @@ for cfg in "${CONFIGS[@]}"; do
       --bench-steps "$STEPS" --warmup-steps "$WARMUP" --label shardlm --result-jsonl "$OUT/results.jsonl" \
       ${PROFILE:+--profile-ops} >"$OUT/shardlm_$cfg.log" 2>&1
   echo "exit $?"; grep -E "^> tokens/s|memory plan|error" "$OUT/shardlm_$cfg.log" | cut -c1-300
+  [[ -n "${SKIP_TORCH:-}" ]] && continue  # quick ShardLM-only check; not for RESULTS.md rows
   echo "=== $cfg: PyTorch ($(date +%T))"
   # shellcheck disable=SC2046
   timeout 300 python3 "$BASE"/$(baseline_of "$cfg") --steps "$STEPS" --warmup "$WARMUP" \

@@ -89,6 +89,8 @@ void bench_copy(DeviceContext& ctx) {
               "copy bf16 256M elements", ms, 2.0 * n * 2 / ms / 1e6);
 }
 
+// Both attention implementations on the same data: ShardLM's kernels ("own") and cuDNN's fused
+// flash attention ("cudnn"); lse in fp32 as the model keeps it.
 void bench_attention(DeviceContext& ctx, int64_t T, int64_t HS) {
   const int64_t tokens = 16384, hidden = 2048;
   const int64_t B = tokens / T, NH = hidden / HS, G = NH;  // MHA
@@ -96,21 +98,32 @@ void bench_attention(DeviceContext& ctx, int64_t T, int64_t HS) {
   const int64_t W = G * (NH / G + 2) * HS;
   OwnedTensor qkv = random_device(ctx, DType::kBF16, {B, T, W}, 2);
   OwnedTensor out = OwnedTensor::empty(DType::kBF16, {B, T, NH * HS}, ctx.device());
-  OwnedTensor lse = OwnedTensor::empty(DType::kBF16, {B, NH, T}, ctx.device());
+  OwnedTensor lse = OwnedTensor::empty(DType::kF32, {B, NH, T}, ctx.device());
   OwnedTensor dout = random_device(ctx, DType::kBF16, {B, T, NH * HS}, 3);
   OwnedTensor dqkv = OwnedTensor::empty(DType::kBF16, {B, T, W}, ctx.device());
   const double flops_fwd = 4.0 * B * NH * double(T) * T * HS / 2;
-  const double fwd = time_ms(ctx, [&] { ops::attention_forward(ctx, out, lse, qkv, shape, 0, {}); });
-  const double bwd = time_ms(ctx, [&] {
-    ops::attention_backward(ctx, dqkv, dout, qkv, out, lse, shape, 0, {});
-  });
-  char name[96];
-  std::snprintf(name, sizeof(name), "attention fwd B=%ld T=%ld NH=%ld HS=%ld", (long)B, (long)T,
-                (long)NH, (long)HS);
-  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, fwd, flops_fwd / fwd / 1e9);
-  std::snprintf(name, sizeof(name), "attention bwd B=%ld T=%ld NH=%ld HS=%ld", (long)B, (long)T,
-                (long)NH, (long)HS);
-  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, bwd, 2.5 * flops_fwd / bwd / 1e9);
+  auto& state = ops::cuda::cuda_state(ctx);
+  for (const auto kernels : {ops::cuda::AttentionKernels::kOwn, ops::cuda::AttentionKernels::kCudnn}) {
+    state.set_attention_kernels(kernels);
+    const char* who = ops::cuda::attention_kernels_name(kernels);
+    char name[96];
+    try {
+      const double fwd =
+          time_ms(ctx, [&] { ops::attention_forward(ctx, out, lse, qkv, shape, 0, {}); });
+      const double bwd = time_ms(ctx, [&] {
+        ops::attention_backward(ctx, dqkv, dout, qkv, out, lse, shape, 0, {});
+      });
+      std::snprintf(name, sizeof(name), "attention %s fwd B=%ld T=%ld NH=%ld HS=%ld", who,
+                    (long)B, (long)T, (long)NH, (long)HS);
+      std::printf("%-50s %9.3f ms %9.1f TFLOP/s\n", name, fwd, flops_fwd / fwd / 1e9);
+      std::snprintf(name, sizeof(name), "attention %s bwd B=%ld T=%ld NH=%ld HS=%ld", who,
+                    (long)B, (long)T, (long)NH, (long)HS);
+      std::printf("%-50s %9.3f ms %9.1f TFLOP/s\n", name, bwd, 2.5 * flops_fwd / bwd / 1e9);
+    } catch (const std::exception& e) {
+      std::printf("attention %s T=%ld HS=%ld: not run (%s)\n", who, (long)T, (long)HS, e.what());
+    }
+  }
+  state.set_attention_kernels(ops::cuda::AttentionKernels::kAuto);
 }
 
 void bench_linear(DeviceContext& ctx, int64_t N, int64_t IC, int64_t OC) {
@@ -159,6 +172,7 @@ void bench_layernorm(DeviceContext& ctx, int64_t N, int64_t C) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout kill when redirected
   try {
     DeviceContext ctx(shardlm::Device::cuda(0));
     ops::cuda::init_cuda_backend(ctx);

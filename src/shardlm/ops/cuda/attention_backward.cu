@@ -607,6 +607,9 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
   require_numel(dqkv, qkv.numel(), op, "dqkv");
   require_numel(dout, out.numel(), op, "dout");
   if (p.B * p.T == 0) return;
+  if (cudnn_attention_backward(ctx, cudnn_attention_call(p, qkv.dtype(), dropout_p, dout.raw(),
+                                                         dqkv.raw())))
+    return;
   const bool tensor_cores = attention_uses_tensor_cores(
       qkv.dtype(), p.HS, {qkv.raw(), out.raw(), dout.raw(), dqkv.raw()});
   if (!tensor_cores) require_rowwise_head_dim(p.HS, op);

@@ -329,6 +329,7 @@ void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor&
   const AttentionParams p =
       make_attention_params(ctx, qkv, out, lse, shape, dropout_p, key, op);
   if (p.B * p.T == 0) return;
+  if (cudnn_attention_forward(ctx, cudnn_attention_call(p, qkv.dtype(), dropout_p))) return;
   const bool tensor_cores =
       attention_uses_tensor_cores(qkv.dtype(), p.HS, {qkv.raw(), out.raw()});
   if (!tensor_cores) require_rowwise_head_dim(p.HS, op);

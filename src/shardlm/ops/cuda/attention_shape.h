@@ -7,6 +7,7 @@
 #include <string>
 
 #include "shardlm/ops/cuda/attention_common.cuh"
+#include "shardlm/ops/cuda/cudnn_attention.h"
 #include "shardlm/ops/ops.h"
 
 namespace shardlm::ops::cuda {
@@ -77,6 +78,27 @@ inline void require_rowwise_head_dim(int64_t HS, const char* op) {
     throw Error(ErrorKind::kUnsupported,
                 std::string(op) + " on CUDA: head_dim " + std::to_string(HS) +
                     " is supported only up to 256 (tensor-core path: 64 and 128 in bf16/fp16)");
+}
+
+// The cuDNN path's view of a validated call (dout/dqkv only for backward).
+inline CudnnAttentionCall cudnn_attention_call(const AttentionParams& p, DType dtype,
+                                               double dropout_p, const void* dout = nullptr,
+                                               void* dqkv = nullptr) {
+  CudnnAttentionCall c;
+  c.dtype = dtype;
+  c.B = p.B;
+  c.T = p.T;
+  c.NH = p.NH;
+  c.G = p.G;
+  c.HS = p.HS;
+  c.lse_is_f32 = p.lse_is_f32;
+  c.dropout_p = dropout_p;
+  c.qkv = p.qkv;
+  c.out = p.out;
+  c.lse = p.lse;
+  c.dout = dout;
+  c.dqkv = dqkv;
+  return c;
 }
 
 }  // namespace shardlm::ops::cuda

@@ -73,6 +73,7 @@ void CudaBackendState::release() noexcept {
   // Must not throw: errors here are ignored (the process is usually ending).
   cudaSetDevice(device_index_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  cudnn_attention_.reset();
   if (scratch_ != nullptr) cudaFree(scratch_);
   if (host_flags_ != nullptr) cudaFreeHost(host_flags_);
   if (device_flags_ != nullptr) cudaFree(device_flags_);
@@ -104,6 +105,11 @@ void* CudaBackendState::scratch(size_t bytes) {
                     cudaGetErrorString(err) + "); reduce the micro-batch size");
   scratch_bytes_ = rounded;
   return scratch_;
+}
+
+CudnnAttentionCache& CudaBackendState::cudnn_attention() {
+  if (!cudnn_attention_) cudnn_attention_ = std::make_unique<CudnnAttentionCache>();
+  return *cudnn_attention_;
 }
 
 void init_cuda_backend(DeviceContext& ctx) {

@@ -13,7 +13,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
+#include "shardlm/ops/cuda/cudnn_attention.h"
 #include "shardlm/tensor/device_context.h"
 
 // Opaque handles, so host-only code can include this header without the CUDA headers.
@@ -50,6 +52,12 @@ class CudaBackendState final : public BackendState {
   // loop reaches its steady size in the first step and never allocates afterwards.
   void* scratch(size_t bytes);
 
+  // Which attention kernels run (cudnn_attention.h); kAuto unless a test or bench says.
+  AttentionKernels attention_kernels() const { return attention_kernels_; }
+  void set_attention_kernels(AttentionKernels k) { attention_kernels_ = k; }
+  // cuDNN's handle and attention plans, created on first use.
+  CudnnAttentionCache& cudnn_attention();
+
  private:
   void release() noexcept;
 
@@ -64,6 +72,8 @@ class CudaBackendState final : public BackendState {
   uint64_t* host_flags_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  AttentionKernels attention_kernels_ = AttentionKernels::kAuto;
+  std::unique_ptr<CudnnAttentionCache> cudnn_attention_;
 };
 
 // Creates the CUDA state for ctx.device() (must be a CUDA device) and attaches it to ctx.

@@ -1,0 +1,460 @@
+// cudnn_attention.cc — see cudnn_attention.h. The graphs follow the pattern cuDNN's fused
+// flash-attention engines recognise (the one cudnn-frontend's SDPA nodes emit):
+//   forward : S = Q·K^T; S *= scale; causal mask (row >= col, else lowest); m = rowmax(S);
+//             E = exp(S - m); l = rowsum(E); Stats = m + log(l); P = E / l (bf16); O = P·V
+//   backward: D = rowsum(dO ∘ O); S = Q·K^T · scale - Stats; causal mask; E = exp(S) (= P);
+//             dV = P^T·dO; dS = (dO·V^T - D) ∘ E · scale; dK = dS^T·Q; dQ = dS·K (fp32 accumulator)
+//   With R = NH/G > 1 query heads per group, dK and dV are summed over the group by a reduction.
+#include "shardlm/ops/cuda/cudnn_attention.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "shardlm/base/error.h"
+#include "shardlm/ops/cuda/cuda_context.h"
+
+#ifdef SHARDLM_WITH_CUDNN
+#include "shardlm/ops/cuda/cudnn_graph.h"
+#endif
+
+namespace shardlm::ops::cuda {
+
+const char* attention_kernels_name(AttentionKernels k) {
+  switch (k) {
+    case AttentionKernels::kAuto: return "auto";
+    case AttentionKernels::kOwn: return "own";
+    case AttentionKernels::kCudnn: return "cudnn";
+  }
+  return "?";
+}
+
+namespace {
+
+// Why this call is not for cuDNN ("" when it is), before any plan is built.
+std::string unsupported_reason(const CudnnAttentionCall& c) {
+#ifndef SHARDLM_WITH_CUDNN
+  (void)c;
+  return "this build has no cuDNN (configure with cuDNN found to enable it)";
+#else
+  if (c.dtype != DType::kBF16 && c.dtype != DType::kF16)
+    return std::string("dtype ") + dtype_name(c.dtype) + " (cuDNN attention needs bf16 or fp16)";
+  if (!c.lse_is_f32) return "lse is not fp32 (cuDNN's softmax statistics are fp32)";
+  if (c.dropout_p != 0.0)
+    return "attention dropout (cuDNN's dropout mask is not ShardLM's Philox mask)";
+  if (c.HS % 8 != 0 || c.HS > 128)
+    return "head_dim " + std::to_string(c.HS) + " (cuDNN path needs a multiple of 8, <= 128)";
+  if (c.T % 128 != 0)
+    return "sequence length " + std::to_string(c.T) + " is not a multiple of 128";
+  for (const void* ptr : {static_cast<const void*>(c.qkv), static_cast<const void*>(c.out),
+                          static_cast<const void*>(c.lse), c.dout,
+                          static_cast<const void*>(c.dqkv)})
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return "a pointer is not 16-byte aligned";
+  return "";
+#endif
+}
+
+}  // namespace
+
+#ifdef SHARDLM_WITH_CUDNN
+
+namespace {
+
+using Key = std::tuple<bool /*backward*/, DType, int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+struct AttentionPlan {
+  std::optional<CudnnPlan> plan;
+  std::string why_not;  // when plan is empty
+  // Uids of the graph's real tensors.
+  int64_t q = 0, kt = 0, v = 0, o = 0, stats = 0, scale = 0, lowest = 0;
+  int64_t dout = 0, dq = 0, dk = 0, dv = 0, one = 0, softmax_sum = 0, dq_accum = 0;
+};
+
+cudnnDataType_t cudnn_type(DType dt) {
+  return dt == DType::kF16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
+}
+
+// Strides (in elements) of the strided views of qkv[B,T,W] and of [B,T,NH*HS].
+struct Layout {
+  int64_t B, T, NH, G, R, HS, W;
+  explicit Layout(const CudnnAttentionCall& c)
+      : B(c.B), T(c.T), NH(c.NH), G(c.G), R(c.NH / c.G), HS(c.HS),
+        W(c.G * (c.NH / c.G + 2) * c.HS) {}
+  // Q as [B,NH,T,HS]: inside qkv for MHA, else the gathered [B,T,NH,HS] buffer.
+  std::vector<int64_t> q_strides() const {
+    if (R == 1) return {T * W, 3 * HS, W, 1};
+    return {T * NH * HS, HS, NH * HS, 1};
+  }
+  // K^T as [B,G,HS,T] and V as [B,G,T,HS], inside qkv.
+  std::vector<int64_t> kt_strides() const { return {T * W, (R + 2) * HS, 1, W}; }
+  std::vector<int64_t> kv_strides() const { return {T * W, (R + 2) * HS, W, 1}; }
+  std::vector<int64_t> o_strides() const { return {T * NH * HS, HS, NH * HS, 1}; }
+};
+
+// scores where row (query) >= col (key), `lowest` elsewhere.
+CudnnTensor causal_mask(CudnnGraph& g, const CudnnTensor& scores, const CudnnTensor& lowest,
+                        const std::vector<int64_t>& dims) {
+  const CudnnTensor row_index = g.virtual_tensor(dims, CUDNN_DATA_INT32);
+  g.gen_index(scores, 2, row_index);
+  const CudnnTensor col_index = g.virtual_tensor(dims, CUDNN_DATA_INT32);
+  g.gen_index(scores, 3, col_index);
+  const CudnnTensor keep = g.virtual_tensor(dims, CUDNN_DATA_BOOLEAN);
+  g.pointwise(CUDNN_POINTWISE_CMP_GE, row_index, col_index, keep, CUDNN_DATA_BOOLEAN);
+  const CudnnTensor masked = g.virtual_tensor(dims);
+  g.binary_select(scores, lowest, keep, masked);
+  return masked;
+}
+
+void build_forward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPlan& out) {
+  CudnnGraph g(handle);
+  const cudnnDataType_t io = cudnn_type(dt);
+  const std::vector<int64_t> score{L.B, L.NH, L.T, L.T}, row{L.B, L.NH, L.T, 1};
+  const CudnnTensor q = g.tensor({L.B, L.NH, L.T, L.HS}, L.q_strides(), io);
+  const CudnnTensor kt = g.tensor({L.B, L.G, L.HS, L.T}, L.kt_strides(), io);
+  const CudnnTensor v = g.tensor({L.B, L.G, L.T, L.HS}, L.kv_strides(), io);
+  const CudnnTensor o = g.tensor({L.B, L.NH, L.T, L.HS}, L.o_strides(), io);
+  const CudnnTensor stats = g.tensor(row, packed_strides(row), CUDNN_DATA_FLOAT);
+  const CudnnTensor scale = g.scalar(), lowest = g.scalar();
+
+  const CudnnTensor s = g.virtual_tensor(score);
+  g.matmul(q, kt, s);
+  const CudnnTensor s_scaled = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_MUL, s, scale, s_scaled);
+  const CudnnTensor s_masked = causal_mask(g, s_scaled, lowest, score);
+  const CudnnTensor m = g.virtual_tensor(row);
+  g.reduction(CUDNN_REDUCE_TENSOR_MAX, s_masked, m);
+  const CudnnTensor centred = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_SUB, s_masked, m, centred);
+  const CudnnTensor e = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_EXP, centred, e);
+  const CudnnTensor l = g.virtual_tensor(row);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, l);
+  const CudnnTensor log_l = g.virtual_tensor(row);
+  g.pointwise(CUDNN_POINTWISE_LOG, l, log_l);
+  g.pointwise(CUDNN_POINTWISE_ADD, m, log_l, stats);
+  const CudnnTensor p = g.virtual_tensor(score, io);
+  g.pointwise(CUDNN_POINTWISE_DIV, e, l, p);
+  g.matmul(p, v, o);
+
+  out.plan = g.build_plan(&out.why_not);
+  out.q = q.uid;
+  out.kt = kt.uid;
+  out.v = v.uid;
+  out.o = o.uid;
+  out.stats = stats.uid;
+  out.scale = scale.uid;
+  out.lowest = lowest.uid;
+}
+
+void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPlan& out) {
+  CudnnGraph g(handle);
+  const cudnnDataType_t io = cudnn_type(dt);
+  const std::vector<int64_t> score{L.B, L.NH, L.T, L.T}, row{L.B, L.NH, L.T, 1},
+      head{L.B, L.NH, L.T, L.HS}, group{L.B, L.G, L.T, L.HS};
+  // Transposed score layouts for P^T and dS^T: [B,NH,Tk,Tq] over the same memory order.
+  const std::vector<int64_t> score_t_strides{L.NH * L.T * L.T, L.T * L.T, 1, L.T};
+  const CudnnTensor q = g.tensor(head, L.q_strides(), io);
+  const CudnnTensor kt = g.tensor({L.B, L.G, L.HS, L.T}, L.kt_strides(), io);
+  const CudnnTensor vt = g.tensor({L.B, L.G, L.HS, L.T}, L.kt_strides(), io);
+  const CudnnTensor o = g.tensor(head, L.o_strides(), io);
+  const CudnnTensor dout = g.tensor(head, L.o_strides(), io);
+  const CudnnTensor stats = g.tensor(row, packed_strides(row), CUDNN_DATA_FLOAT);
+  const CudnnTensor dq = g.tensor(head, L.q_strides(), io);
+  const CudnnTensor dk = g.tensor(group, L.kv_strides(), io);
+  const CudnnTensor dv = g.tensor(group, L.kv_strides(), io);
+  const CudnnTensor softmax_sum = g.tensor(row, packed_strides(row), CUDNN_DATA_FLOAT);
+  const CudnnTensor dq_accum = g.tensor(head, packed_strides(head), CUDNN_DATA_FLOAT);
+  const CudnnTensor scale = g.scalar(), lowest = g.scalar(), one = g.scalar();
+
+  // D = rowsum(dO ∘ O)
+  const CudnnTensor dout_o =
+      g.virtual_tensor(head, {L.NH * L.T * L.HS, L.T * L.HS, L.NH * L.HS, 1}, CUDNN_DATA_FLOAT);
+  g.pointwise(CUDNN_POINTWISE_MUL, dout, o, dout_o);
+  const CudnnTensor d = g.virtual_tensor(row);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, dout_o, d);
+  g.pointwise(CUDNN_POINTWISE_MUL, d, one, softmax_sum);
+
+  // P = exp(S·scale - Stats) under the causal mask
+  const CudnnTensor s = g.virtual_tensor(score);
+  g.matmul(q, kt, s);
+  const CudnnTensor s_scaled = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_MUL, s, scale, s_scaled);
+  const CudnnTensor s_centred = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_SUB, s_scaled, stats, s_centred);
+  const CudnnTensor s_masked = causal_mask(g, s_centred, lowest, score);
+  const CudnnTensor p = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_EXP, s_masked, p);
+
+  // dV = P^T · dO (summed over the group's query heads when R > 1)
+  const CudnnTensor p_t = g.virtual_tensor({L.B, L.NH, L.T, L.T}, score_t_strides, io);
+  g.reshape(p, p_t);
+  if (L.R == 1) {
+    g.matmul(p_t, dout, dv);
+  } else {
+    const CudnnTensor dv_heads = g.virtual_tensor(head, io);
+    g.matmul(p_t, dout, dv_heads);
+    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dv_heads, dv);
+  }
+
+  // dS = (dO · V^T - D) ∘ P · scale
+  const CudnnTensor dp = g.virtual_tensor(score);
+  g.matmul(dout, vt, dp);
+  const CudnnTensor dp_centred = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_SUB, dp, softmax_sum, dp_centred);
+  const CudnnTensor dp_p = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_MUL, dp_centred, p, dp_p);
+  const CudnnTensor ds = g.virtual_tensor(score);
+  g.pointwise(CUDNN_POINTWISE_MUL, dp_p, scale, ds);
+
+  // dK = dS^T · Q
+  const CudnnTensor ds_t = g.virtual_tensor({L.B, L.NH, L.T, L.T}, score_t_strides, io);
+  g.reshape(ds, ds_t);
+  if (L.R == 1) {
+    g.matmul(ds_t, q, dk);
+  } else {
+    const CudnnTensor dk_heads = g.virtual_tensor(head, io);
+    g.matmul(ds_t, q, dk_heads);
+    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dk_heads, dk);
+  }
+
+  // dQ = dS · K through the fp32 accumulator
+  const std::vector<int64_t> kts = L.kt_strides();
+  const CudnnTensor k = g.virtual_tensor(group, {kts[0], kts[1], kts[3], kts[2]},
+                                         CUDNN_DATA_FLOAT);
+  g.reshape(kt, k);
+  g.matmul(ds, k, dq_accum);
+  g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_accum, dq);
+
+  out.plan = g.build_plan(&out.why_not);
+  out.q = q.uid;
+  out.kt = kt.uid;
+  out.v = vt.uid;
+  out.o = o.uid;
+  out.dout = dout.uid;
+  out.stats = stats.uid;
+  out.dq = dq.uid;
+  out.dk = dk.uid;
+  out.dv = dv.uid;
+  out.softmax_sum = softmax_sum.uid;
+  out.dq_accum = dq_accum.uid;
+  out.scale = scale.uid;
+  out.lowest = lowest.uid;
+  out.one = one.uid;
+}
+
+void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw Error(ErrorKind::kInternal, std::string("cuDNN attention: ") + what + " failed: " +
+                                          cudaGetErrorString(err));
+}
+
+size_t round_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace
+
+struct CudnnAttentionCache::Impl {
+  cudnnHandle_t handle = nullptr;
+  std::map<Key, AttentionPlan> plans;
+  size_t version = 0;
+
+  ~Impl() {
+    plans.clear();
+    if (handle != nullptr) cudnnDestroy(handle);
+  }
+
+  cudnnHandle_t bound_handle(cudaStream_t stream) {
+    if (handle == nullptr) {
+      cudnn_check(cudnnCreate(&handle), "cudnnCreate");
+      version = cudnnGetVersion();
+    }
+    cudnn_check(cudnnSetStream(handle, stream), "cudnnSetStream");
+    return handle;
+  }
+
+  const AttentionPlan& plan(cudnnHandle_t h, bool backward, const CudnnAttentionCall& c) {
+    const Key key{backward, c.dtype, c.B, c.T, c.NH, c.G, c.HS};
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    AttentionPlan p;
+    const Layout L(c);
+    try {
+      if (backward)
+        build_backward(h, L, c.dtype, p);
+      else
+        build_forward(h, L, c.dtype, p);
+    } catch (const Error& e) {
+      p.plan.reset();
+      p.why_not = e.what();
+    }
+    return plans.emplace(key, std::move(p)).first->second;
+  }
+};
+
+CudnnAttentionCache::CudnnAttentionCache() : impl_(std::make_unique<Impl>()) {}
+CudnnAttentionCache::~CudnnAttentionCache() = default;
+
+namespace {
+
+// The plan for the call, or null (kAuto: caller falls back) / throw (kCudnn).
+const AttentionPlan* usable_plan(const DeviceContext& ctx, const CudnnAttentionCall& c,
+                                 bool backward, cudnnHandle_t* handle) {
+  CudaBackendState& st = cuda_state(ctx);
+  const AttentionKernels mode = st.attention_kernels();
+  if (mode == AttentionKernels::kOwn) return nullptr;
+  const char* op = backward ? "attention_backward" : "attention_forward";
+  std::string why = unsupported_reason(c);
+  const AttentionPlan* plan = nullptr;
+  if (why.empty()) {
+    CudnnAttentionCache::Impl& cache = st.cudnn_attention().impl();
+    *handle = cache.bound_handle(static_cast<cudaStream_t>(st.stream()));
+    plan = &cache.plan(*handle, backward, c);
+    if (!plan->plan) why = "no cuDNN engine for this graph (" + plan->why_not + ")";
+  }
+  if (!why.empty()) {
+    if (mode == AttentionKernels::kCudnn)
+      throw Error(ErrorKind::kUnsupported,
+                  std::string(op) + " with attention kernels 'cudnn': " + why +
+                      "; use 'auto' to fall back to ShardLM's kernels");
+    return nullptr;
+  }
+  return plan;
+}
+
+// One 2-d copy per query group between qkv's q columns and a [B,T,NH,HS] buffer.
+void copy_queries(const CudnnAttentionCall& c, const void* src, void* dst, bool to_qkv,
+                  cudaStream_t stream) {
+  const Layout L(c);
+  const size_t elt = dtype_size(c.dtype);
+  const size_t width = static_cast<size_t>(L.R * L.HS) * elt;
+  const size_t qkv_pitch = static_cast<size_t>(L.W) * elt, buf_pitch = L.NH * L.HS * elt;
+  for (int64_t g = 0; g < L.G; ++g) {
+    const size_t qkv_off = static_cast<size_t>(g * (L.R + 2) * L.HS) * elt;
+    const size_t buf_off = static_cast<size_t>(g * L.R * L.HS) * elt;
+    if (to_qkv)
+      cuda_check(cudaMemcpy2DAsync(static_cast<char*>(dst) + qkv_off, qkv_pitch,
+                                   static_cast<const char*>(src) + buf_off, buf_pitch, width,
+                                   L.B * L.T, cudaMemcpyDeviceToDevice, stream),
+                 "scatter dQ");
+    else
+      cuda_check(cudaMemcpy2DAsync(static_cast<char*>(dst) + buf_off, buf_pitch,
+                                   static_cast<const char*>(src) + qkv_off, qkv_pitch, width,
+                                   L.B * L.T, cudaMemcpyDeviceToDevice, stream),
+                 "gather Q");
+  }
+}
+
+}  // namespace
+
+bool cudnn_attention_forward(const DeviceContext& ctx, const CudnnAttentionCall& c) {
+  cudnnHandle_t handle = nullptr;
+  const AttentionPlan* plan = usable_plan(ctx, c, /*backward=*/false, &handle);
+  if (plan == nullptr) return false;
+  CudaBackendState& st = cuda_state(ctx);
+  const cudaStream_t stream = static_cast<cudaStream_t>(st.stream());
+  const Layout L(c);
+  const size_t elt = dtype_size(c.dtype);
+  const size_t q_bytes = L.R > 1 ? round_up(L.B * L.T * L.NH * L.HS * elt) : 0;
+  char* scratch = static_cast<char*>(
+      st.scratch(q_bytes + static_cast<size_t>(plan->plan->workspace_bytes()) + 256));
+  void* q = const_cast<void*>(c.qkv);
+  if (L.R > 1) {
+    q = scratch;
+    copy_queries(c, c.qkv, q, /*to_qkv=*/false, stream);
+  }
+  const char* qkv = static_cast<const char*>(c.qkv);
+  float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.HS)));
+  float lowest = std::numeric_limits<float>::lowest();
+  plan->plan->execute(handle,
+                      {{plan->q, q},
+                       {plan->kt, const_cast<char*>(qkv + L.R * L.HS * elt)},
+                       {plan->v, const_cast<char*>(qkv + (L.R + 1) * L.HS * elt)},
+                       {plan->o, c.out},
+                       {plan->stats, c.lse},
+                       {plan->scale, &scale},
+                       {plan->lowest, &lowest}},
+                      scratch + q_bytes);
+  return true;
+}
+
+bool cudnn_attention_backward(const DeviceContext& ctx, const CudnnAttentionCall& c) {
+  cudnnHandle_t handle = nullptr;
+  const AttentionPlan* plan = usable_plan(ctx, c, /*backward=*/true, &handle);
+  if (plan == nullptr) return false;
+  CudaBackendState& st = cuda_state(ctx);
+  const cudaStream_t stream = static_cast<cudaStream_t>(st.stream());
+  const Layout L(c);
+  const size_t elt = dtype_size(c.dtype);
+  const size_t rows = static_cast<size_t>(L.B * L.NH * L.T);
+  const size_t q_bytes = L.R > 1 ? round_up(rows * L.HS * elt) : 0;  // gathered Q, then dQ
+  const size_t sum_bytes = round_up(rows * sizeof(float));
+  const size_t accum_bytes = round_up(rows * L.HS * sizeof(float));
+  char* scratch = static_cast<char*>(st.scratch(2 * q_bytes + sum_bytes + accum_bytes +
+                                                plan->plan->workspace_bytes() + 256));
+  char* q_buf = scratch;
+  char* dq_buf = scratch + q_bytes;
+  char* softmax_sum = dq_buf + q_bytes;
+  char* dq_accum = softmax_sum + sum_bytes;
+  char* workspace = dq_accum + accum_bytes;
+  // cuDNN zeroes the dQ accumulator itself from 9.6 on (cudnn-frontend stopped doing it).
+  if (st.cudnn_attention().impl().version < 90600)
+    cuda_check(cudaMemsetAsync(dq_accum, 0, accum_bytes, stream), "zero dQ accumulator");
+  void* q = const_cast<void*>(c.qkv);
+  void* dq = c.dqkv;
+  if (L.R > 1) {
+    q = q_buf;
+    dq = dq_buf;
+    copy_queries(c, c.qkv, q, /*to_qkv=*/false, stream);
+  }
+  const char* qkv = static_cast<const char*>(c.qkv);
+  char* dqkv = static_cast<char*>(c.dqkv);
+  float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.HS)));
+  float lowest = std::numeric_limits<float>::lowest();
+  float one = 1.0f;
+  plan->plan->execute(handle,
+                      {{plan->q, q},
+                       {plan->kt, const_cast<char*>(qkv + L.R * L.HS * elt)},
+                       {plan->v, const_cast<char*>(qkv + (L.R + 1) * L.HS * elt)},
+                       {plan->o, c.out},
+                       {plan->dout, const_cast<void*>(c.dout)},
+                       {plan->stats, c.lse},
+                       {plan->dq, dq},
+                       {plan->dk, dqkv + L.R * L.HS * elt},
+                       {plan->dv, dqkv + (L.R + 1) * L.HS * elt},
+                       {plan->softmax_sum, softmax_sum},
+                       {plan->dq_accum, dq_accum},
+                       {plan->scale, &scale},
+                       {plan->lowest, &lowest},
+                       {plan->one, &one}},
+                      workspace);
+  if (L.R > 1) copy_queries(c, dq_buf, c.dqkv, /*to_qkv=*/true, stream);
+  return true;
+}
+
+#else  // !SHARDLM_WITH_CUDNN
+
+struct CudnnAttentionCache::Impl {};
+CudnnAttentionCache::CudnnAttentionCache() : impl_(std::make_unique<Impl>()) {}
+CudnnAttentionCache::~CudnnAttentionCache() = default;
+
+namespace {
+bool refuse(const DeviceContext& ctx, const CudnnAttentionCall& c, const char* op) {
+  if (cuda_state(ctx).attention_kernels() == AttentionKernels::kCudnn)
+    throw Error(ErrorKind::kUnsupported, std::string(op) + " with attention kernels 'cudnn': " +
+                                             unsupported_reason(c));
+  return false;
+}
+}  // namespace
+
+bool cudnn_attention_forward(const DeviceContext& ctx, const CudnnAttentionCall& c) {
+  return refuse(ctx, c, "attention_forward");
+}
+bool cudnn_attention_backward(const DeviceContext& ctx, const CudnnAttentionCall& c) {
+  return refuse(ctx, c, "attention_backward");
+}
+
+#endif
+
+}  // namespace shardlm::ops::cuda
