@@ -1,5 +1,10 @@
 // GPU test of the fused AdamW step (fp32 flat buffers) against the CPU backend over several
-// steps, with an odd length and a misaligned sub-range (scalar path).
+// steps, with an odd length and a misaligned sub-range (scalar head), and of the compute copy
+// written in the same pass (fp32/bf16/fp16): poisoned before the step, it must equal the device
+// copy of the updated parameters bit for bit, leave its neighbours alone, and not change the
+// parameters' own bits.
+#include <cstring>
+
 #include "tests/ops/gpu_test_common.h"
 
 namespace shardlm {
@@ -7,6 +12,7 @@ namespace {
 
 using testing::expect_matches_reference;
 using testing::random_tensor;
+using testing::round_to;
 using testing::to_device;
 
 TEST(AdamWGpuTest, StepsMatchCpu) {
@@ -38,6 +44,64 @@ TEST(AdamWGpuTest, StepsMatchCpu) {
   expect_matches_reference("adamw params", gpu, p_d, p, DType::kF32);
   expect_matches_reference("adamw exp_avg", gpu, m_d, m, DType::kF32);
   expect_matches_reference("adamw exp_avg_sq", gpu, v_d, v, DType::kF32);
+}
+
+class AdamWComputeCopyGpuTest : public GpuOpTest {};  // parameter: the compute dtype
+SHARDLM_GPU_DTYPES(AdamWComputeCopyGpuTest);
+
+TEST_P(AdamWComputeCopyGpuTest, EqualsStepThenCopyAndMatchesCpu) {
+  // Offsets of the fp32 state views and of the compute view inside their buffers: equal (a
+  // scalar head, then vectors) or relatively misaligned (scalar loop only).
+  struct Offsets {
+    int64_t state, moments, compute;
+  };
+  for (int64_t n : {1, 5, 4099, 100003}) {
+    for (Offsets off : {Offsets{0, 0, 0}, Offsets{1, 1, 1}, Offsets{3, 3, 3}, Offsets{2, 2, 1},
+                        Offsets{0, 1, 0}}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " offsets " + std::to_string(off.state) + "/" +
+                   std::to_string(off.moments) + "/" + std::to_string(off.compute));
+      const int64_t total = n + 8;
+      const auto view = [n](const OwnedTensor& t, int64_t o) { return t.view().flat_view(o, {n}); };
+      OwnedTensor p = random_tensor(DType::kF32, {total}, 71 + n);
+      OwnedTensor m = random_tensor(DType::kF32, {total}, 72 + n, 0.01);
+      OwnedTensor v = random_tensor(DType::kF32, {total}, 73 + n, 0.01);
+      for (int64_t i = 0; i < total; ++i) v.view().data<float>()[i] *= v.view().data<float>()[i];
+      OwnedTensor p_d = to_device(p, DType::kF32), m_d = to_device(m, DType::kF32),
+                  v_d = to_device(v, DType::kF32);
+      // The same state stepped without the compute copy, to compare the parameters' bits.
+      OwnedTensor p_plain = to_device(p, DType::kF32), m_plain = to_device(m, DType::kF32),
+                  v_plain = to_device(v, DType::kF32);
+      OwnedTensor c_d = testing::poisoned_device(dtype(), {total});
+      for (int64_t step = 1; step <= 2; ++step) {
+        const OwnedTensor g = random_tensor(DType::kF32, {total}, 80 + step);
+        const OwnedTensor g_d = to_device(g, DType::kF32);
+        const ops::AdamWParams hp{1e-3, 0.9, 0.95, 1e-8, 0.1, step};
+        ops::cpu::adamw_step(cpu_, view(p, off.state), view(g, off.state), view(m, off.moments),
+                             view(v, off.moments), hp);
+        ops::adamw_step(gpu(), view(p_d, off.state), view(g_d, off.state),
+                        view(m_d, off.moments), view(v_d, off.moments), hp,
+                        view(c_d, off.compute));
+        ops::adamw_step(gpu(), view(p_plain, off.state), view(g_d, off.state),
+                        view(m_plain, off.moments), view(v_plain, off.moments), hp);
+      }
+      expect_matches_reference("adamw params", gpu(), p_d, p, DType::kF32);
+      expect_matches_reference("adamw exp_avg", gpu(), m_d, m, DType::kF32);
+      expect_matches_reference("adamw exp_avg_sq", gpu(), v_d, v, DType::kF32);
+      const OwnedTensor p_host = testing::to_host(gpu(), p_d);
+      const OwnedTensor plain_host = testing::to_host(gpu(), p_plain);
+      EXPECT_EQ(std::memcmp(p_host.view().raw(), plain_host.view().raw(), p_host.view().nbytes()),
+                0)
+          << "writing the compute copy changed the fp32 parameters";
+      // The compute copy is the device's own conversion of the updated parameters.
+      OwnedTensor c_want = testing::poisoned_device(dtype(), {total});
+      ops::copy(gpu(), view(c_want, off.compute), view(p_d, off.state));
+      const OwnedTensor got = testing::to_host(gpu(), c_d), want = testing::to_host(gpu(), c_want);
+      EXPECT_EQ(std::memcmp(got.view().raw(), want.view().raw(), got.view().nbytes()), 0)
+          << "compute copy differs from copy(params) (or a poisoned neighbour was written)";
+      expect_matches_reference("adamw compute copy", gpu(), view(c_d, off.compute),
+                               round_to(view(p, off.state), dtype()), dtype());
+    }
+  }
 }
 
 TEST(AdamWGpuTest, RejectsNonFp32) {

@@ -1,8 +1,10 @@
 // Tests of adamw_step against a naive fp64 AdamW (apex FusedAdam adam_w_mode) over several
-// steps, the sign-like first step, fp32 vs fp64, and argument validation.
+// steps, the sign-like first step, fp32 vs fp64, the compute copy written in the same pass
+// (bit-identical to a step followed by copy), and argument validation.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "shardlm/ops/ops.h"
 #include "tests/testing/op_checks.h"
@@ -88,6 +90,40 @@ TEST(AdamW, Fp32MatchesFp64) {
   for (int i = 0; i < 3; ++i) EXPECT_LT(rel_error(res[1][i], res[0][i]), 1e-6) << i;
 }
 
+// The mixed-precision compute copy written by the step equals adamw_step then copy(compute,
+// params) bit for bit, for each master dtype and compute dtype; params and moments are
+// unchanged by asking for it.
+TEST(AdamW, ComputeCopyEqualsStepThenCopyBitForBit) {
+  DeviceContext ctx = DeviceContext::cpu();
+  for (DType master : {DType::kF32, DType::kF64}) {
+    for (DType compute : {DType::kBF16, DType::kF16, DType::kF32}) {
+      SCOPED_TRACE(std::string(dtype_name(master)) + " -> " + dtype_name(compute));
+      OwnedTensor p = convert(random_tensor(DType::kF64, {kN}, 9), master);
+      OwnedTensor m = OwnedTensor::zeros(master, {kN}), v = OwnedTensor::zeros(master, {kN});
+      OwnedTensor p_ref = testing::clone(p), m_ref = testing::clone(m), v_ref = testing::clone(v);
+      OwnedTensor c = convert(random_tensor(DType::kF64, {kN}, 10), compute);  // stale values
+      OwnedTensor c_ref = OwnedTensor::empty(compute, {kN});
+      ops::AdamWParams hp;
+      hp.lr = 1e-2;
+      hp.weight_decay = 0.1;
+      for (int64_t step = 1; step <= 3; ++step) {
+        hp.step = step;
+        const OwnedTensor g = convert(random_tensor(DType::kF64, {kN}, 300 + step), master);
+        ops::adamw_step(ctx, p, g, m, v, hp, c);
+        ops::adamw_step(ctx, p_ref, g, m_ref, v_ref, hp);
+        ops::copy(ctx, c_ref, p_ref);
+        auto same_bits = [](const Tensor& got, const Tensor& want) {
+          return std::memcmp(got.raw(), want.raw(), want.nbytes()) == 0;
+        };
+        EXPECT_TRUE(same_bits(c, c_ref)) << "compute copy, step " << step;
+        EXPECT_TRUE(same_bits(p, p_ref)) << "params, step " << step;
+        EXPECT_TRUE(same_bits(m, m_ref)) << "exp_avg, step " << step;
+        EXPECT_TRUE(same_bits(v, v_ref)) << "exp_avg_sq, step " << step;
+      }
+    }
+  }
+}
+
 TEST(AdamW, BadArguments) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor p = random_tensor(DType::kF32, {kN}, 5), g = random_tensor(DType::kF32, {kN}, 6);
@@ -106,6 +142,14 @@ TEST(AdamW, BadArguments) {
                        "grads");
   OwnedTensor g64 = random_tensor(DType::kF64, {kN}, 8);
   EXPECT_SHARDLM_ERROR(ops::adamw_step(ctx, p, g64, m, v, hp), ErrorKind::kInvalidArgument, "fp64");
+  OwnedTensor short_c = OwnedTensor::zeros(DType::kBF16, {kN - 1});
+  EXPECT_SHARDLM_ERROR(ops::adamw_step(ctx, p, g, m, v, hp, short_c), ErrorKind::kInvalidArgument,
+                       "compute_params");
+  OwnedTensor int_c = OwnedTensor::zeros(DType::kI32, {kN});
+  EXPECT_SHARDLM_ERROR(ops::adamw_step(ctx, p, g, m, v, hp, int_c), ErrorKind::kInvalidArgument,
+                       "compute_params must be fp32, bf16 or fp16");
+  EXPECT_SHARDLM_ERROR(ops::adamw_step(ctx, p, g, m, v, hp, p), ErrorKind::kInvalidArgument,
+                       "separate buffer");
 }
 
 }  // namespace

@@ -211,6 +211,24 @@ void scale_inplace(DeviceContext& ctx, Tensor x, double alpha) {
   SHARDLM_OPS_ROUTE(scale_inplace, ctx, x, alpha);
 }
 
+void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x) {
+  constexpr const char* op = "accumulate_and_zero";
+  check_devices(op, ctx, {{"acc", acc}, {"x", x}});
+  require_defined(op, {"acc", acc});
+  require_defined(op, {"x", x});
+  require(acc.dtype() == DType::kF32 || acc.dtype() == DType::kF64, op,
+          std::string("acc must be fp32 or fp64 (main gradients), got ") +
+              dtype_name(acc.dtype()));
+  require(x.dtype() == DType::kF32 || x.dtype() == DType::kBF16 || x.dtype() == DType::kF16 ||
+              x.dtype() == DType::kF64,
+          op, std::string("x must be fp32, bf16, fp16 or fp64 (compute gradients), got ") +
+                  dtype_name(x.dtype()));
+  require_same_numel(op, {"acc", acc}, {"x", x});
+  require(acc.numel() == 0 || acc.raw() != x.raw(), op,
+          "acc and x must be different buffers (x is zeroed after it is added)");
+  SHARDLM_OPS_ROUTE(accumulate_and_zero, ctx, acc, x);
+}
+
 void init_normal(DeviceContext& ctx, Tensor out, const PhiloxKey& key, double stddev,
                  const ShardIndexMap& map) {
   constexpr const char* op = "init_normal";
@@ -957,11 +975,14 @@ void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
 // ---- optimizer -----------------------------------------------------------------------------
 
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
-                Tensor exp_avg_sq, const AdamWParams& hp) {
+                Tensor exp_avg_sq, const AdamWParams& hp, Tensor compute_params) {
   constexpr const char* op = "adamw_step";
-  check_devices(
-      op, ctx,
-      {{"params", params}, {"grads", grads}, {"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}});
+  check_devices(op, ctx,
+                {{"params", params},
+                 {"grads", grads},
+                 {"exp_avg", exp_avg},
+                 {"exp_avg_sq", exp_avg_sq},
+                 {"compute_params", compute_params}});
   for (const Arg& x : {Arg{"params", params}, Arg{"grads", grads}, Arg{"exp_avg", exp_avg},
                        Arg{"exp_avg_sq", exp_avg_sq}})
     require_defined(op, x);
@@ -975,7 +996,17 @@ void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor e
   require(hp.beta1 >= 0 && hp.beta1 < 1 && hp.beta2 >= 0 && hp.beta2 < 1, op,
           "betas must be in [0, 1), got beta1=" + std::to_string(hp.beta1) +
               " beta2=" + std::to_string(hp.beta2));
-  SHARDLM_OPS_ROUTE(adamw_step, ctx, params, grads, exp_avg, exp_avg_sq, hp);
+  if (compute_params.defined()) {  // optional: the compute copy written in the same pass
+    const DType c = compute_params.dtype();
+    require(c == DType::kF32 || c == DType::kBF16 || c == DType::kF16, op,
+            std::string("compute_params must be fp32, bf16 or fp16 (the compute copy), got ") +
+                dtype_name(c));
+    require_same_numel(op, {"compute_params", compute_params}, {"params", params});
+    require(params.numel() == 0 || compute_params.raw() != params.raw(), op,
+            "compute_params must be a separate buffer from params (pass an undefined Tensor "
+            "when the parameters are their own compute copy)");
+  }
+  SHARDLM_OPS_ROUTE(adamw_step, ctx, params, grads, exp_avg, exp_avg_sq, hp, compute_params);
 }
 
 #undef SHARDLM_OPS_ROUTE

@@ -27,6 +27,12 @@ void copy(DeviceContext& ctx, Tensor dst, const Tensor& src);   // same numel; c
 void add(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& b);  // out = a + b
 void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);           // acc += x
 void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);              // x *= alpha
+// acc += convert(x) elementwise, then x = 0, in one pass: folds a micro-batch's bf16/fp16
+// compute gradients into the fp32 main gradients (mixed precision) without a conversion
+// buffer. Bit-identical to copy(tmp, x) (tmp in acc's dtype), add_inplace(acc, tmp), fill(x, 0):
+// the converted value is added in acc's dtype. acc fp32 (or fp64 on the CPU); x fp32, bf16 or
+// fp16 (the CPU also takes fp64); same numel; acc and x must not overlap.
+void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x);
 // Sum of squares in double precision (for global grad norm).
 double sum_squares(DeviceContext& ctx, const Tensor& x);
 
@@ -213,6 +219,9 @@ void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
 // One AdamW step over a flat range (params, grads, exp_avg, exp_avg_sq, all same dtype/numel),
 // as Megatron/apex FusedAdam with adam_w_mode: bias-corrected moments at step `step` (>= 1),
 //   p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p).
+// compute_params (optional; undefined: none) receives convert(updated p) in the same pass: the
+// mixed-precision compute copy of the range (fp32, bf16 or fp16, same numel, not overlapping
+// params), bit-identical to adamw_step followed by copy(compute_params, params).
 struct AdamWParams {
   double lr = 0;
   double beta1 = 0.9;
@@ -222,6 +231,6 @@ struct AdamWParams {
   int64_t step = 1;
 };
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
-                Tensor exp_avg_sq, const AdamWParams& hp);
+                Tensor exp_avg_sq, const AdamWParams& hp, Tensor compute_params = Tensor());
 
 }  // namespace shardlm::ops

@@ -5,19 +5,22 @@
 //   m_hat = m / (1 - beta1^step),  v_hat = v / (1 - beta2^step)
 //   p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)
 //
-// Each element is updated in double and rounded once per stored tensor.
+// Each element is updated in double and rounded once per stored tensor. With compute_params
+// the stored (rounded) parameter is also converted as copy() converts it, into the compute copy.
 #include <cmath>
 
 #include "shardlm/ops/cpu/cpu_ops.h"
 #include "shardlm/ops/cpu/detail/float_dispatch.h"
+#include "shardlm/ops/cpu/detail/storage_float.h"
 
 namespace shardlm::ops::cpu {
 
 namespace {
 
+// compute: the compute copy (nullptr: none), of dtype compute_dtype.
 template <typename T>
 void adamw_impl(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
-                const AdamWParams& hp) {
+                const AdamWParams& hp, void* compute, DType compute_dtype) {
   const double step = static_cast<double>(hp.step);
   const double bc1 = 1.0 - std::pow(hp.beta1, step);
   const double bc2 = 1.0 - std::pow(hp.beta2, step);
@@ -30,17 +33,22 @@ void adamw_impl(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
     exp_avg[i] = static_cast<T>(m);
     exp_avg_sq[i] = static_cast<T>(v);
     params[i] = static_cast<T>(p - hp.lr * update);
+    if (compute != nullptr) detail::store_as(compute_dtype, compute, i, params[i]);
   }
 }
 
 }  // namespace
 
 void adamw_step(DeviceContext&, Tensor params, const Tensor& grads, Tensor exp_avg,
-                Tensor exp_avg_sq, const AdamWParams& hp) {
+                Tensor exp_avg_sq, const AdamWParams& hp, Tensor compute_params) {
+  const bool with_compute = compute_params.defined();
+  if (with_compute && !detail::is_storage_float(compute_params.dtype()))
+    detail::throw_unsupported_dtype("adamw_step", compute_params.dtype());
   detail::dispatch_float(params.dtype(), "adamw_step", [&](auto zero) {
     using T = decltype(zero);
     adamw_impl<T>(params.data<T>(), grads.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(),
-                  params.numel(), hp);
+                  params.numel(), hp, with_compute ? compute_params.raw() : nullptr,
+                  with_compute ? compute_params.dtype() : params.dtype());
   });
 }
 

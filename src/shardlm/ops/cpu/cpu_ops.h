@@ -23,6 +23,7 @@ void copy(DeviceContext& ctx, Tensor dst, const Tensor& src);
 void add(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& b);
 void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);
 void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);
+void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x);  // accumulate_and_zero.cc
 double sum_squares(DeviceContext& ctx, const Tensor& x);
 bool all_finite(DeviceContext& ctx, const Tensor& x);
 
@@ -117,6 +118,6 @@ void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
 
 // adamw.cc
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
-                Tensor exp_avg_sq, const AdamWParams& hp);
+                Tensor exp_avg_sq, const AdamWParams& hp, Tensor compute_params = Tensor());
 
 }  // namespace shardlm::ops::cpu

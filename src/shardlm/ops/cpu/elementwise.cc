@@ -10,59 +10,19 @@
 
 #include "shardlm/ops/cpu/cpu_ops.h"
 #include "shardlm/ops/cpu/detail/float_dispatch.h"
+#include "shardlm/ops/cpu/detail/storage_float.h"
 
 namespace shardlm::ops::cpu {
 
-namespace {
-
 using detail::dispatch_float;
-
-bool is_storage_float(DType d) {
-  return d == DType::kF64 || d == DType::kF32 || d == DType::kBF16 || d == DType::kF16;
-}
-
-double load(DType d, const void* p, int64_t i) {
-  switch (d) {
-    case DType::kF64:
-      return static_cast<const double*>(p)[i];
-    case DType::kF32:
-      return static_cast<const float*>(p)[i];
-    case DType::kBF16:
-      return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kF16:
-      return fp16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-    default:
-      SHARDLM_CHECK(false);
-  }
-}
-
-void store(DType d, void* p, int64_t i, double v) {
-  switch (d) {
-    case DType::kF64:
-      static_cast<double*>(p)[i] = v;
-      return;
-    case DType::kF32:
-      static_cast<float*>(p)[i] = static_cast<float>(v);
-      return;
-    // Via float: fp64 -> fp32 -> bf16 can double-round, but fp64 -> bf16 sources are rare and
-    // the CUDA backend converts through fp32 too.
-    case DType::kBF16:
-      static_cast<uint16_t*>(p)[i] = float_to_bf16_bits(static_cast<float>(v));
-      return;
-    case DType::kF16:
-      static_cast<uint16_t*>(p)[i] = float_to_fp16_bits(static_cast<float>(v));
-      return;
-    default:
-      SHARDLM_CHECK(false);
-  }
-}
-
-}  // namespace
+using detail::is_storage_float;
+using detail::load_as_double;
+using detail::store_as;
 
 void fill(DeviceContext&, Tensor out, double value) {
   if (!is_storage_float(out.dtype())) detail::throw_unsupported_dtype("fill", out.dtype());
   const int64_t n = out.numel();
-  for (int64_t i = 0; i < n; ++i) store(out.dtype(), out.raw(), i, value);
+  for (int64_t i = 0; i < n; ++i) store_as(out.dtype(), out.raw(), i, value);
 }
 
 void copy(DeviceContext&, Tensor dst, const Tensor& src) {
@@ -74,7 +34,8 @@ void copy(DeviceContext&, Tensor dst, const Tensor& src) {
   if (!is_storage_float(src.dtype())) detail::throw_unsupported_dtype("copy", src.dtype());
   if (!is_storage_float(dst.dtype())) detail::throw_unsupported_dtype("copy", dst.dtype());
   const int64_t n = dst.numel();
-  for (int64_t i = 0; i < n; ++i) store(dst.dtype(), dst.raw(), i, load(src.dtype(), src.raw(), i));
+  for (int64_t i = 0; i < n; ++i)
+    store_as(dst.dtype(), dst.raw(), i, load_as_double(src.dtype(), src.raw(), i));
 }
 
 void add(DeviceContext&, Tensor out, const Tensor& a, const Tensor& b) {

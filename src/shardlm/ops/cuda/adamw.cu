@@ -2,12 +2,16 @@
 // the math of apex FusedAdam with adam_w_mode (Megatron's optimizer):
 //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   p -= lr * ( (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + wd * p )
+// and, when given the mixed-precision compute copy (bf16/fp16/fp32), c = convert(p) in the same
+// pass: the separate fp32 -> bf16 copy of every parameter after the step disappears.
 //
 // Algorithm: the flat buffer is already "multi-tensor" (every parameter of a bucket is one
 // range), so one grid-stride loop of float4 accesses (4 loads + 3 stores of 16 bytes per
-// 4 elements; 28 bytes/element is the floor) covers it with one launch; a scalar loop takes
-// misaligned ranges and the tail.
+// 4 elements; 28 bytes/element is the floor, +2 with a bf16 compute copy) covers it with one
+// launch, after a scalar head that aligns the pointers; the head and the tail share a scalar
+// loop, which takes everything when no head aligns all pointers (views at different offsets).
 #include <cmath>
+#include <type_traits>
 
 #include "shardlm/ops/cuda/common.cuh"
 #include "shardlm/ops/cuda/cuda_ops.h"
@@ -30,38 +34,87 @@ __device__ __forceinline__ void adamw_element(float& p, float g, float& m, float
   p -= k.lr * (m_hat / (sqrtf(v_hat) + k.eps) + k.weight_decay * p);
 }
 
-template <bool kVector>
-__global__ void adamw_kernel(float* params, const float* grads, float* exp_avg,
-                             float* exp_avg_sq, int64_t n, AdamWConstants k) {
+// Four consecutive compute-copy elements: one 16-byte (fp32) or 8-byte (bf16/fp16) store.
+template <typename T>
+struct alignas(4 * sizeof(T)) Quad {
+  T v[4];
+};
+
+// TC: the compute copy's element type, void for none. Elements [head, head + 4 * nvec) in
+// float4 vectors, the others one by one.
+template <typename TC>
+__global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads,
+                             float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
+                             TC* __restrict__ compute, int64_t n, int64_t head, int64_t nvec,
+                             AdamWConstants k) {
+  constexpr bool kCompute = !std::is_void_v<TC>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  int64_t scalar_begin = 0;
-  if constexpr (kVector) {
-    const int64_t nvec = n / 4;
-    for (int64_t i = tid; i < nvec; i += stride) {
-      float4 p = reinterpret_cast<float4*>(params)[i];
-      const float4 g = reinterpret_cast<const float4*>(grads)[i];
-      float4 m = reinterpret_cast<float4*>(exp_avg)[i];
-      float4 v = reinterpret_cast<float4*>(exp_avg_sq)[i];
-      adamw_element(p.x, g.x, m.x, v.x, k);
-      adamw_element(p.y, g.y, m.y, v.y, k);
-      adamw_element(p.z, g.z, m.z, v.z, k);
-      adamw_element(p.w, g.w, m.w, v.w, k);
-      reinterpret_cast<float4*>(params)[i] = p;
-      reinterpret_cast<float4*>(exp_avg)[i] = m;
-      reinterpret_cast<float4*>(exp_avg_sq)[i] = v;
+  for (int64_t vi = tid; vi < nvec; vi += stride) {
+    const int64_t i = head + 4 * vi;
+    float4 p = *reinterpret_cast<float4*>(params + i);
+    const float4 g = *reinterpret_cast<const float4*>(grads + i);
+    float4 m = *reinterpret_cast<float4*>(exp_avg + i);
+    float4 v = *reinterpret_cast<float4*>(exp_avg_sq + i);
+    adamw_element(p.x, g.x, m.x, v.x, k);
+    adamw_element(p.y, g.y, m.y, v.y, k);
+    adamw_element(p.z, g.z, m.z, v.z, k);
+    adamw_element(p.w, g.w, m.w, v.w, k);
+    *reinterpret_cast<float4*>(params + i) = p;
+    *reinterpret_cast<float4*>(exp_avg + i) = m;
+    *reinterpret_cast<float4*>(exp_avg_sq + i) = v;
+    if constexpr (kCompute) {
+      Quad<TC> c;
+      c.v[0] = float_to<TC>(p.x);
+      c.v[1] = float_to<TC>(p.y);
+      c.v[2] = float_to<TC>(p.z);
+      c.v[3] = float_to<TC>(p.w);
+      *reinterpret_cast<Quad<TC>*>(compute + i) = c;
     }
-    scalar_begin = nvec * 4;
   }
-  for (int64_t i = scalar_begin + tid; i < n; i += stride)
-    adamw_element(params[i], grads[i], exp_avg[i], exp_avg_sq[i], k);
+  const int64_t vector_end = head + 4 * nvec, scalar = n - 4 * nvec;
+  for (int64_t j = tid; j < scalar; j += stride) {
+    const int64_t i = j < head ? j : vector_end + (j - head);
+    float p = params[i], m = exp_avg[i], v = exp_avg_sq[i];
+    adamw_element(p, grads[i], m, v, k);
+    params[i] = p;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    if constexpr (kCompute) compute[i] = float_to<TC>(p);
+  }
+}
+
+// ---- launcher -----------------------------------------------------------------------------------
+template <typename TC>
+constexpr int compute_element_bytes() {
+  if constexpr (std::is_void_v<TC>)
+    return 1;  // no compute copy: its (null) operand is skipped by vector_head
+  else
+    return static_cast<int>(sizeof(TC));
+}
+
+template <typename TC>
+void launch_adamw(const CudaBackendState& st, float* p, const float* g, float* m, float* v,
+                  TC* c, int64_t n, const AdamWConstants& k) {
+  constexpr int kThreads = 256;
+  constexpr int kComputeBytes = compute_element_bytes<TC>();
+  const int h = vector_head(4, {{p, 4, 16},
+                                {g, 4, 16},
+                                {m, 4, 16},
+                                {v, 4, 16},
+                                {c, kComputeBytes, 4 * kComputeBytes}});
+  const int64_t head = h < 0 ? 0 : std::min<int64_t>(h, n);
+  const int64_t nvec = h < 0 ? 0 : (n - head) / 4;
+  const unsigned int blocks = grid_stride_blocks(st, nvec + (n - 4 * nvec), kThreads);
+  adamw_kernel<TC><<<blocks, kThreads, 0, st.stream()>>>(p, g, m, v, c, n, head, nvec, k);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 // ---- entry point -------------------------------------------------------------------------------
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
-                Tensor exp_avg_sq, const AdamWParams& hp) {
+                Tensor exp_avg_sq, const AdamWParams& hp, Tensor compute_params) {
   const char* op = "adamw_step";
   require_on_device(ctx, params, op, "params");
   require_on_device(ctx, grads, op, "grads");
@@ -75,6 +128,10 @@ void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor e
   require_numel(grads, n, op, "grads");
   require_numel(exp_avg, n, op, "exp_avg");
   require_numel(exp_avg_sq, n, op, "exp_avg_sq");
+  if (compute_params.defined()) {
+    require_on_device(ctx, compute_params, op, "compute_params");
+    require_numel(compute_params, n, op, "compute_params");
+  }
   if (hp.step < 1)
     throw Error(ErrorKind::kInvalidArgument,
                 std::string(op) + " on CUDA: step must be >= 1, got " + std::to_string(hp.step));
@@ -92,13 +149,10 @@ void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor e
   const float* g = static_cast<const float*>(grads.raw());
   float* m = static_cast<float*>(exp_avg.raw());
   float* v = static_cast<float*>(exp_avg_sq.raw());
-  const bool vector = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v);
-  const unsigned int blocks = grid_stride_blocks(st, vector ? (n + 3) / 4 : n, 256);
-  if (vector)
-    adamw_kernel<true><<<blocks, 256, 0, st.stream()>>>(p, g, m, v, n, k);
-  else
-    adamw_kernel<false><<<blocks, 256, 0, st.stream()>>>(p, g, m, v, n, k);
-  CUDA_CHECK_LAUNCH();
+  if (!compute_params.defined()) return launch_adamw<void>(st, p, g, m, v, nullptr, n, k);
+  dispatch_float(compute_params.dtype(), op, [&]<typename TC>() {
+    launch_adamw<TC>(st, p, g, m, v, static_cast<TC*>(compute_params.raw()), n, k);
+  });
 }
 
 }  // namespace shardlm::ops::cuda

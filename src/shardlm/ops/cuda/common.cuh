@@ -115,6 +115,30 @@ __device__ __forceinline__ void store_chunk(T* p, const float (&v)[kW]) {
 // True when every pointer is 16-byte aligned (vector path allowed).
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// One operand of a kernel that walks several arrays in step with vector accesses after a
+// scalar head: its pointer (nullptr: not used), element size and the alignment its vector
+// access needs.
+struct VectorOperand {
+  const void* ptr;
+  int elem_bytes;
+  int align;
+};
+// The smallest head h < width such that every operand advanced by h elements is aligned (the
+// kernel then takes elements [0, h) one by one and vectors from h on), or -1 when no head
+// aligns them all (pointers misaligned relative to each other: scalar only).
+inline int vector_head(int width, std::initializer_list<VectorOperand> operands) {
+  for (int h = 0; h < width; ++h) {
+    bool aligned = true;
+    for (const VectorOperand& o : operands)
+      if (o.ptr != nullptr &&
+          (reinterpret_cast<uintptr_t>(o.ptr) + static_cast<uintptr_t>(h) * o.elem_bytes) %
+                  static_cast<uintptr_t>(o.align) != 0)
+        aligned = false;
+    if (aligned) return h;
+  }
+  return -1;
+}
+
 // ---- reductions -------------------------------------------------------------------------------
 template <typename F>
 __device__ __forceinline__ F warp_sum(F v) {
