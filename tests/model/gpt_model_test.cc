@@ -347,6 +347,45 @@ TEST(ParameterRegistry, Bf16ComputeCopyRoundsValuesAndAccumulatesGrads) {
   EXPECT_GT(reg.compute_copy_bytes(), 0u);
 }
 
+// The per-parameter fold (the grad-ready hook's) touches exactly that parameter: its master
+// grads gain the converted compute grads (the fp32 sum), its compute grads are zeroed, and every
+// other parameter's compute and master grads are left as they were.
+TEST(ParameterRegistry, PerParameterFoldTouchesOnlyThatParameter) {
+  DeviceContext ctx = DeviceContext::cpu();
+  ParameterRegistry reg;
+  reg.add({"a", {3, 5}, Split::none(), true, Init::normal(1)});
+  reg.add({"b", {7}, Split::none(), false, Init::ones()});
+  reg.add({"c", {2, 2}, Split::none(), true, Init::normal(1)});
+  reg.finalize(ctx, DType::kF32, 3, DType::kBF16);
+  std::map<std::string, std::vector<double>> master_before, compute_before;
+  uint64_t seed = 10;
+  for (Parameter& p : reg.parameters()) {
+    ops::copy(ctx, p.grad, testing::random_tensor(DType::kF32, p.local_shape, seed++).view());
+    ops::copy(ctx, p.compute_grad,
+              testing::random_tensor(DType::kBF16, p.local_shape, seed++).view());
+    master_before[p.spec.name] = testing::to_vector(p.grad);
+    compute_before[p.spec.name] = testing::to_vector(p.compute_grad);
+  }
+  reg.accumulate_compute_grads(ctx, reg.get("b"));
+  for (const Parameter& p : reg.parameters()) {
+    const std::vector<double> master = testing::to_vector(p.grad);
+    const std::vector<double> compute = testing::to_vector(p.compute_grad);
+    const std::vector<double>& m0 = master_before[p.spec.name];
+    const std::vector<double>& c0 = compute_before[p.spec.name];
+    for (size_t i = 0; i < master.size(); ++i) {
+      if (p.spec.name == "b") {
+        EXPECT_EQ(master[i], static_cast<double>(static_cast<float>(m0[i]) +
+                                                 static_cast<float>(c0[i])))
+            << i;
+        EXPECT_EQ(compute[i], 0.0) << i;
+      } else {
+        EXPECT_EQ(master[i], m0[i]) << p.spec.name << " " << i;
+        EXPECT_EQ(compute[i], c0[i]) << p.spec.name << " " << i;
+      }
+    }
+  }
+}
+
 TEST(TransformerConfig, ValidationNamesTheFlag) {
   auto message = [](TransformerConfig c) {
     try {

@@ -10,10 +10,6 @@
 namespace shardlm::model {
 
 namespace {
-// Elements converted per chunk when accumulating compute grads into the master grads (64 MiB
-// of fp32 scratch at most).
-constexpr int64_t kGradScratchElements = int64_t{1} << 24;
-
 // Zeroes a flat buffer (memset on the host, where the CPU backend has no bf16 fill).
 void zero_buffer(DeviceContext& ctx, const Tensor& t) {
   if (t.device().is_cpu())
@@ -190,8 +186,6 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
   if (mixed) {
     compute_values_ = OwnedTensor::empty(compute_dtype, {total_}, device);
     compute_grads_ = OwnedTensor::zeros(compute_dtype, {total_}, device);
-    grad_scratch_ = OwnedTensor::empty(dtype, {std::min<int64_t>(total_, kGradScratchElements)},
-                                       device);
   }
   for (Parameter& p : params_) {
     p.compute_value =
@@ -204,8 +198,7 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
 
 size_t ParameterRegistry::compute_copy_bytes() const {
   if (!has_compute_copy()) return 0;
-  return compute_values_.view().nbytes() + compute_grads_.view().nbytes() +
-         grad_scratch_.view().nbytes();
+  return compute_values_.view().nbytes() + compute_grads_.view().nbytes();
 }
 
 void ParameterRegistry::sync_compute_values(DeviceContext& ctx) {
@@ -215,32 +208,15 @@ void ParameterRegistry::sync_compute_values(DeviceContext& ctx) {
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
-  // Chunked through an fp32 scratch so the extra memory stays bounded on large models.
-  const Tensor& scratch = grad_scratch_.view();
-  const int64_t chunk = scratch.numel();
-  for (int64_t off = 0; off < total_; off += chunk) {
-    const int64_t n = std::min(chunk, total_ - off);
-    const Shape shape({n});
-    Tensor tmp = scratch.flat_view(0, shape);
-    ops::copy(ctx, tmp, compute_grads_.view().flat_view(off, shape));
-    ops::add_inplace(ctx, grads_.view().flat_view(off, shape), tmp);
-  }
-  zero_buffer(ctx, compute_grads_.view());
+  // The whole flat buffer in one pass (padding included: zero += 0 stays zero).
+  ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view());
 }
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Parameter& param) {
   if (!has_compute_copy()) return;
-  const Tensor& scratch = grad_scratch_.view();
-  const int64_t chunk = scratch.numel(), total = param.local_shape.numel();
-  for (int64_t off = 0; off < total; off += chunk) {
-    const int64_t n = std::min(chunk, total - off);
-    const Shape shape({n});
-    Tensor tmp = scratch.flat_view(0, shape);
-    Tensor compute = compute_grads_.view().flat_view(param.offset + off, shape);
-    ops::copy(ctx, tmp, compute);
-    ops::add_inplace(ctx, grads_.view().flat_view(param.offset + off, shape), tmp);
-    zero_buffer(ctx, compute);
-  }
+  const Shape shape({param.local_shape.numel()});
+  ops::accumulate_and_zero(ctx, grads_.view().flat_view(param.offset, shape),
+                           compute_grads_.view().flat_view(param.offset, shape));
 }
 
 Parameter& ParameterRegistry::get(const std::string& name) {

@@ -13,8 +13,9 @@
 // optimizer, grad clipping and checkpoints keep using the master value / grad (fp32). The trainer
 // calls sync_compute_values() after init and after every optimizer step, and
 // accumulate_compute_grads() after every micro-batch backward (master grad += fp32(compute grad),
-// compute grad zeroed). Without a separate compute dtype compute_value/compute_grad ARE
-// value/grad and both calls do nothing, so fp32/fp64 runs are bit-identical to before.
+// compute grad zeroed: one ops::accumulate_and_zero pass). Without a separate compute dtype
+// compute_value/compute_grad ARE value/grad and both calls do nothing, so fp32/fp64 runs are
+// bit-identical to before.
 //
 // Ownership: the registry owns the flat buffers; Parameter::value/grad are views into them.
 // Not thread-safe; one registry per rank (model shard).
@@ -163,21 +164,22 @@ class ParameterRegistry {
 
   const Tensor& flat_values() const { return values_.view(); }
   const Tensor& flat_grads() const { return grads_.view(); }
+  // The flat compute-value buffer [total] in compute_dtype(); undefined without a compute copy.
+  const Tensor& flat_compute_values() const { return compute_values_.view(); }
   int64_t numel() const { return total_; }
   DType dtype() const { return values_.view().dtype(); }
   // The dtype modules compute in (== dtype() unless mixed precision).
   DType compute_dtype() const { return compute_dtype_; }
   bool has_compute_copy() const { return compute_values_.view().defined(); }
-  // Bytes of the compute-value and compute-grad buffers (0 without a compute copy), and of
-  // the fp32 conversion scratch.
+  // Bytes of the compute-value and compute-grad buffers (0 without a compute copy).
   size_t compute_copy_bytes() const;
 
   // Zeroes the master gradients (and the compute gradients when separate).
   void zero_grads(DeviceContext& ctx);
   // Mixed precision: compute values = convert(master values). No-op without a compute copy.
   void sync_compute_values(DeviceContext& ctx);
-  // Mixed precision: master grads += convert(compute grads), then compute grads = 0. No-op
-  // without a compute copy.
+  // Mixed precision: master grads += convert(compute grads), then compute grads = 0, in one
+  // pass (ops::accumulate_and_zero). No-op without a compute copy.
   void accumulate_compute_grads(DeviceContext& ctx);
   // The same for one parameter (called from the backward grad-ready hook, so a bucket's
   // gradients can be reduced while backward continues). No-op without a compute copy.
@@ -190,7 +192,6 @@ class ParameterRegistry {
   OwnedTensor grads_;   // [total]
   OwnedTensor compute_values_;  // [total] in compute_dtype_ (mixed precision only)
   OwnedTensor compute_grads_;   // [total] in compute_dtype_ (mixed precision only)
-  OwnedTensor grad_scratch_;    // [min(total, chunk)] in the master dtype (mixed precision only)
   DType compute_dtype_ = DType::kF32;
   int64_t total_ = 0;
   bool finalized_ = false;

@@ -20,7 +20,7 @@ struct MemoryPlan {
   size_t master_params = 0;    // fp32 (or fp64) parameters
   size_t main_grads = 0;       // gradients in the master dtype
   size_t compute_params = 0;   // bf16/fp16 compute copy (mixed precision only)
-  size_t compute_grads = 0;    // its gradients, plus the conversion scratch
+  size_t compute_grads = 0;    // its gradients
   size_t optimizer_state = 0;  // Adam moments
   size_t activations = 0;      // one micro-batch's saved activations + backward scratch
   size_t workspace = 0;        // library workspaces and per-op scratch (estimate)
