@@ -11,7 +11,24 @@
 //
 //   struct LnGrad { ... __device__ float2 operator()(int64_t n, int64_t c) const; };
 //   launch_column_reduce<T, 2>(st, N, C, LnGrad{...}, dweight_ptr, dbias_ptr);
+//
+// Row-block pieces, for kernels that make ONE pass over [N, C] and produce a per-row result
+// (e.g. a norm's din) and the column sums at the same time (layernorm.cu, rmsnorm.cu):
+//  - dispatch_row_blocks<kW>(C / kW, fn): picks kChunks (16-byte chunks per thread per row)
+//    and the block size: thread t of a block owns chunks t, t + threads, ... of every row, so a
+//    block covers a whole row and keeps its columns' sums in registers (<= 16 fp32 per output).
+//    Returns false when C is too large for that (C > 8192): callers fall back to two passes.
+//  - row_block_count(st, kernel, threads, row_groups): blocks of a one-wave grid that walks
+//    row groups grid-stride; each block writes one row of partial[kOutputs][blocks][C].
+//  - block_means<kN>(v, red, count): kN per-thread values summed over the block in a fixed
+//    order and divided by count, the same bits in every thread; one barrier per call,
+//    alternating two shared buffers.
+//  - launch_column_partials_finalize<T, kOutputs>(st, partial, blocks, C, acc0, acc1):
+//    acc[c] += sum over b of partial[k][b][c] in a fixed order (32 columns x 16 row-lanes per
+//    block, then the 16 lanes folded in order): deterministic, fp32 until the final store.
 #pragma once
+
+#include <type_traits>
 
 #include "shardlm/ops/cuda/common.cuh"
 
@@ -74,6 +91,159 @@ void launch_column_reduce(CudaBackendState& st, int64_t rows, int64_t cols, Valu
   CUDA_CHECK_LAUNCH();
   column_finalize_kernel<T, kOutputs><<<ceil_div_u(cols, 256), 256, 0, st.stream()>>>(
       partial, static_cast<int>(slices), cols, acc0, acc1);
+  CUDA_CHECK_LAUNCH();
+}
+
+// ---- row-block kernels: one pass, per-row outputs plus column partial sums ----------------------
+constexpr int kRowBlockMaxThreads = 512;  // kernels declare __launch_bounds__(kRowBlockMaxThreads)
+constexpr int kRowBlockMaxWarps = kRowBlockMaxThreads / 32;
+constexpr int kRowBlockPreferredThreads = 256;  // smaller blocks overlap one another's barriers
+constexpr int kRowBlockMaxElems = 16;  // columns a thread owns: fp32 registers per column sum
+constexpr int kRowBlockTargetThreadsPerSm = 512;  // enough 16-byte loads in flight; more blocks
+                                                  // only add partial-sum traffic
+
+// Rows a block takes per iteration (per barrier) when each thread owns kChunks chunks: 4 rows
+// of one chunk keep 8 16-byte loads in flight per thread within 128 registers. (Measured on
+// an H200 at C=2048/4096, bf16: this beat 1 or 2 rows, 2 rows of 2 chunks, and prefetching
+// the next group into registers.)
+constexpr int row_block_rows(int chunks) { return chunks >= 2 ? 1 : 4; }
+
+// A 16-byte chunk (kW > 1) or one element (kW == 1), kept in its storage type until used so
+// that a thread holds several rows' loads in few registers.
+template <typename T, int kW>
+using RowChunk = std::conditional_t<kW == 1, T, Vec16<T>>;
+template <int kW, typename T>
+__device__ __forceinline__ RowChunk<T, kW> load_row_chunk(const T* p) {
+  return *reinterpret_cast<const RowChunk<T, kW>*>(p);
+}
+template <int kW, typename T>
+__device__ __forceinline__ void unpack_row_chunk(const RowChunk<T, kW>& c, float (&v)[kW]) {
+  if constexpr (kW == 1) {
+    v[0] = load_as_float(c);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kW; ++k) v[k] = load_as_float(c.v[k]);
+  }
+}
+
+// Calls fn.template operator()<kChunks>(threads) with the fewest chunks per thread (a power of
+// two, kChunks * kW <= kRowBlockMaxElems) that need <= kRowBlockPreferredThreads threads for
+// `chunks_per_row`, else the most chunks allowed if that needs <= kRowBlockMaxThreads; threads
+// is a multiple of 32. Returns false (fn not called) when no choice fits.
+template <int kW, int kChunks = 1, typename Fn>
+bool dispatch_row_blocks(int64_t chunks_per_row, Fn&& fn) {
+  static_assert(kChunks * kW <= kRowBlockMaxElems);
+  const int64_t threads = ((chunks_per_row + kChunks - 1) / kChunks + 31) / 32 * 32;
+  constexpr bool kLast = kChunks * 2 * kW > kRowBlockMaxElems;
+  if (threads <= kRowBlockPreferredThreads || (kLast && threads <= kRowBlockMaxThreads)) {
+    fn.template operator()<kChunks>(static_cast<int>(threads));
+    return true;
+  }
+  if constexpr (kLast) {
+    return false;
+  } else {
+    return dispatch_row_blocks<kW, kChunks * 2>(chunks_per_row, fn);
+  }
+}
+
+// Grid size for a row-block kernel: as many blocks as are resident at once (one wave, capped
+// at ~kRowBlockTargetThreadsPerSm threads per SM, at least 2 blocks per SM where they fit),
+// never more than there are row groups.
+template <typename Kernel>
+int row_block_count(const CudaBackendState& st, Kernel kernel, int threads, int64_t row_groups) {
+  int resident = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, 0));
+  const int per_sm =
+      std::max(1, std::min(resident, std::max(2, kRowBlockTargetThreadsPerSm / threads)));
+  return static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(row_groups, static_cast<int64_t>(st.multiprocessor_count()) * per_sm)));
+}
+
+// Halving rounds of warp_sum_scatter: lanes whose bit kOffset is set keep the upper half of
+// the kLive live values, the others the lower half, each adding its partner's copy.
+template <int kLive, int kOffset, int kN>
+__device__ __forceinline__ void warp_halve(float (&a)[kN], int lane) {
+  if constexpr (kLive > 1) {
+    constexpr int kHalf = kLive / 2;
+    const bool upper = (lane & kOffset) != 0;
+#pragma unroll
+    for (int j = 0; j < kHalf; ++j) {
+      const float keep = upper ? a[j + kHalf] : a[j];
+      const float give = upper ? a[j] : a[j + kHalf];
+      a[j] = keep + __shfl_xor_sync(0xffffffffu, give, kOffset);
+    }
+    warp_halve<kHalf, kOffset / 2>(a, lane);
+  }
+}
+// Sums each of kN values (kN a power of two <= 32) over the warp with kN - 1 + log2(32 / kN)
+// shuffles instead of 5 * kN: returns the total of value lane / (32 / kN) (the same bits in
+// all 32 / kN lanes that hold it). `a` is clobbered.
+template <int kN>
+__device__ __forceinline__ float warp_sum_scatter(float (&a)[kN]) {
+  static_assert(kN >= 1 && kN <= 32 && (kN & (kN - 1)) == 0, "kN: a power of two <= 32");
+  const int lane = threadIdx.x & 31;
+  warp_halve<kN, 16>(a, lane);
+#pragma unroll
+  for (int o = 16 / kN; o > 0; o >>= 1) a[0] += __shfl_xor_sync(0xffffffffu, a[0], o);
+  return a[0];
+}
+
+// v[i] <- (sum of v[i] over the block) / count, for blockDim.x a multiple of 32 and
+// <= kRowBlockMaxThreads; every thread gets the same bits (warps added in order 0, 1, ...,
+// then one division, done by lane i for value i, so a warp divides once instead of kN
+// times). `red` is shared memory of kRowBlockMaxWarps * kN floats. One barrier per call: a
+// caller alternates between two buffers, since a buffer is rewritten only after the next
+// call's barrier, which every thread reaches after its reads of this call.
+template <int kN>
+__device__ __forceinline__ void block_means(float (&v)[kN], float* red, float count) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  constexpr int kLanesPerValue = 32 / kN;
+  const float mine = warp_sum_scatter<kN>(v);
+  if (lane % kLanesPerValue == 0) red[warp * kN + lane / kLanesPerValue] = mine;
+  __syncthreads();
+  float total = 0.0f;
+  if (lane < kN)
+    for (int w = 0; w < nwarps; ++w) total += red[w * kN + lane];
+  const float mean = total / count;
+#pragma unroll
+  for (int i = 0; i < kN; ++i) v[i] = __shfl_sync(0xffffffffu, mean, i);
+}
+
+constexpr int kFinalizeRowLanes = 16;
+
+// partial: [kOutputs][blocks][cols] fp32; acc0/acc1: [cols] in dtype T, accumulated (+=); a
+// null acc is skipped. grid (ceil(cols/32), kOutputs), block (32, kFinalizeRowLanes).
+template <typename T, int kOutputs>
+__global__ void column_partials_finalize_kernel(const float* partial, int blocks, int64_t cols,
+                                                T* acc0, T* acc1) {
+  __shared__ float fold[kFinalizeRowLanes][33];
+  T* acc = blockIdx.y == 0 ? acc0 : acc1;
+  if (acc == nullptr) return;  // the whole block
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  const float* p = partial + static_cast<int64_t>(blockIdx.y) * blocks * cols;
+  float s = 0.0f;
+  if (c < cols)
+    for (int b = threadIdx.y; b < blocks; b += kFinalizeRowLanes)
+      s += p[static_cast<int64_t>(b) * cols + c];
+  fold[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0.0f;
+#pragma unroll
+    for (int y = 0; y < kFinalizeRowLanes; ++y) total += fold[y][threadIdx.x];
+    acc[c] = float_to<T>(load_as_float(acc[c]) + total);
+  }
+}
+
+template <typename T, int kOutputs>
+void launch_column_partials_finalize(CudaBackendState& st, const float* partial, int blocks,
+                                     int64_t cols, T* acc0, T* acc1) {
+  static_assert(kOutputs == 1 || kOutputs == 2);
+  if (cols == 0 || (acc0 == nullptr && (kOutputs == 1 || acc1 == nullptr))) return;
+  const dim3 grid(ceil_div_u(cols, 32), kOutputs);
+  column_partials_finalize_kernel<T, kOutputs>
+      <<<grid, dim3(32, kFinalizeRowLanes), 0, st.stream()>>>(partial, blocks, cols, acc0,
+                                                              kOutputs == 2 ? acc1 : nullptr);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -5,9 +5,19 @@
 //    variance, no cancellation), pass 3 writes (x-mean)*rstd*w + b; the row is re-read from
 //    L1/L2, so DRAM traffic is one read and one write. Saves mean[N], rstd[N]. Lanes move 16
 //    bytes per access when C and the pointers allow (scalar otherwise).
-//  backward: din per row (one warp): g = dout*w, din = rstd * (g - mean(g) - xhat*mean(g*xhat));
-//    dweight += sum_n dout*xhat and dbias += sum_n dout through column_reduce.cuh
-//    (deterministic, fp32).
+//  backward, one pass over dout and in (C <= 8192): g = dout*w, xhat = (x-mean)*rstd,
+//    din = rstd * (g - mean(g) - xhat*mean(g*xhat)), dweight += sum_n dout*xhat,
+//    dbias += sum_n dout. A block (<= 512 threads) covers whole rows: thread t owns the 16-byte
+//    chunks t, t+threads, ... of every row (kChunks of them, <= 16 columns), keeps w and its
+//    columns' dweight/dbias sums in fp32 registers, and walks groups of kRows rows grid-stride
+//    (one wave, ~512 threads per SM): load the group's chunks, sum g and g*xhat per row over the
+//    block (block_means, one barrier), write din, add the group into the column sums. At the end
+//    each block writes its sums as one row of partial[2][blocks][C] (fp32 scratch); a second
+//    kernel adds the rows in a fixed order into dweight/dbias (+=). DRAM traffic: dout and in
+//    read once, din written once, plus 2 * blocks * C * 4 bytes each way for the partials.
+//    Deterministic (fixed grid for a given device and shape, fixed summation order, no atomics).
+//    C > 8192 (the column sums would not fit in registers) takes the two-pass path: one warp
+//    per row for din, then launch_column_reduce re-reads dout and in for dweight/dbias.
 #include <cmath>
 
 #include "shardlm/ops/cuda/column_reduce.cuh"
@@ -17,7 +27,7 @@
 namespace shardlm::ops::cuda {
 namespace {
 
-constexpr int kRowsPerBlock = 8;  // one warp per row
+constexpr int kRowsPerBlock = 8;  // one warp per row (forward; two-pass backward)
 
 // ---- kernels ------------------------------------------------------------------------------------
 // in, out: [N, C]; weight, bias: [C]; mean, rstd: [N]. Each lane takes chunks of kW consecutive
@@ -100,6 +110,112 @@ __global__ void layernorm_backward_input_kernel(T* din, const T* dout, const T* 
   }
 }
 
+// One pass: din and the block's column sums of dout*xhat and dout (see the banner). din may be
+// null (no input gradient), partial null (no parameter gradient); chunks = C / kW.
+template <typename T, int kW, int kChunks>
+__global__ void __launch_bounds__(kRowBlockMaxThreads)
+    layernorm_backward_fused_kernel(T* din, float* partial, const T* dout, const T* in,
+                                    const T* weight, const T* mean_in, const T* rstd_in,
+                                    int64_t rows, int64_t C) {
+  constexpr int kRows = row_block_rows(kChunks);
+  constexpr int kSums = 2 * kRows;  // per row: mean of g, mean of g*xhat
+  __shared__ float red[2][kRowBlockMaxWarps * kSums];
+  const int64_t chunks = C / kW, threads = blockDim.x;
+  bool owns[kChunks];  // chunk j of this thread lies inside the row
+  float w[kChunks][kW], dw[kChunks][kW], db[kChunks][kW];
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int64_t q = threadIdx.x + j * threads;
+    owns[j] = q < chunks;
+    if (owns[j]) load_chunk<kW>(weight + q * kW, w[j]);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      if (!owns[j]) w[j][k] = 0.0f;
+      dw[j][k] = 0.0f;
+      db[j][k] = 0.0f;
+    }
+  }
+  const int64_t groups = (rows + kRows - 1) / kRows;
+  int buffer = 0;
+  for (int64_t group = blockIdx.x; group < groups; group += gridDim.x) {
+    RowChunk<T, kW> xr[kRows][kChunks], dr[kRows][kChunks];
+    float mean[kRows], rstd[kRows];
+    bool live[kRows];  // row inside the tensor (the last group may be short)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t n = group * kRows + r;
+      live[r] = n < rows;
+      mean[r] = live[r] ? load_as_float(mean_in[n]) : 0.0f;
+      rstd[r] = live[r] ? load_as_float(rstd_in[n]) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < kChunks; ++j) {
+        if (live[r] && owns[j]) {
+          const int64_t off = n * C + (threadIdx.x + j * threads) * kW;
+          xr[r][j] = load_row_chunk<kW>(in + off);
+          dr[r][j] = load_row_chunk<kW>(dout + off);
+        }
+      }
+    }
+    float means[kSums];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float sum_g = 0.0f, sum_g_xhat = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kChunks; ++j) {
+        if (live[r] && owns[j]) {
+          float xv[kW], dv[kW];
+          unpack_row_chunk<kW, T>(xr[r][j], xv);
+          unpack_row_chunk<kW, T>(dr[r][j], dv);
+#pragma unroll
+          for (int k = 0; k < kW; ++k) {
+            const float g = dv[k] * w[j][k];
+            sum_g += g;
+            sum_g_xhat += g * (xv[k] - mean[r]) * rstd[r];
+          }
+        }
+      }
+      means[2 * r] = sum_g;
+      means[2 * r + 1] = sum_g_xhat;
+    }
+    block_means<kSums>(means, red[buffer], static_cast<float>(C));
+    buffer ^= 1;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t n = group * kRows + r;
+      const float mean_g = means[2 * r], mean_g_xhat = means[2 * r + 1];
+#pragma unroll
+      for (int j = 0; j < kChunks; ++j) {
+        if (live[r] && owns[j]) {
+          float xv[kW], dv[kW], out[kW];
+          unpack_row_chunk<kW, T>(xr[r][j], xv);
+          unpack_row_chunk<kW, T>(dr[r][j], dv);
+#pragma unroll
+          for (int k = 0; k < kW; ++k) {
+            out[k] = rstd[r] *
+                     (dv[k] * w[j][k] - mean_g - (xv[k] - mean[r]) * rstd[r] * mean_g_xhat);
+            dw[j][k] += dv[k] * ((xv[k] - mean[r]) * rstd[r]);
+            db[j][k] += dv[k];
+          }
+          if (din != nullptr) store_chunk<kW>(din + n * C + (threadIdx.x + j * threads) * kW, out);
+        }
+      }
+    }
+  }
+  if (partial == nullptr) return;
+  float* pw = partial + static_cast<int64_t>(blockIdx.x) * C;
+  float* pb = partial + (static_cast<int64_t>(gridDim.x) + blockIdx.x) * C;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if (!owns[j]) continue;
+    const int64_t c0 = (threadIdx.x + j * threads) * kW;
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      pw[c0 + k] = dw[j][k];
+      pb[c0 + k] = db[j][k];
+    }
+  }
+}
+
 // (n, c) -> (dout * xhat, dout): the per-element terms of dweight and dbias.
 template <typename T>
 struct LayerNormParamGradTerms {
@@ -115,6 +231,27 @@ struct LayerNormParamGradTerms {
     return make_float2(dy * xhat, dy);
   }
 };
+
+// ---- launchers ---------------------------------------------------------------------------------
+// The one-pass backward; false (nothing launched) when C is too large for it. dweight/dbias:
+// [C], accumulated (+=), either may be null; din may be null.
+template <typename T, int kW>
+bool launch_layernorm_backward_fused(CudaBackendState& st, T* din, T* dweight, T* dbias,
+                                     const T* dout, const T* in, const T* weight, const T* mean,
+                                     const T* rstd, int64_t N, int64_t C) {
+  return dispatch_row_blocks<kW>(C / kW, [&]<int kChunks>(int threads) {
+    auto kernel = layernorm_backward_fused_kernel<T, kW, kChunks>;
+    const int64_t groups = (N + row_block_rows(kChunks) - 1) / row_block_rows(kChunks);
+    const int blocks = row_block_count(st, kernel, threads, groups);
+    float* partial = nullptr;  // [2][blocks][C]: dweight's sums, then dbias's
+    if (dweight != nullptr || dbias != nullptr)
+      partial = static_cast<float*>(st.scratch(sizeof(float) * 2 * blocks * C));
+    kernel<<<blocks, threads, 0, st.stream()>>>(din, partial, dout, in, weight, mean, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+    if (partial != nullptr)
+      launch_column_partials_finalize<T, 2>(st, partial, blocks, C, dweight, dbias);
+  });
+}
 
 }  // namespace
 
@@ -185,26 +322,33 @@ void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor d
     require_numel(dbias, C, op, "dbias");
   }
   require_rows_fit_grid(N / kRowsPerBlock + 1, op);
-  if (N == 0) return;
+  if (N == 0 || (!has_din && !has_dw && !has_db)) return;
   CudaBackendState& st = cuda_state(ctx);
   dispatch_float(dout.dtype(), op, [&]<typename T>() {
+    T* dx = has_din ? static_cast<T*>(din.raw()) : nullptr;
+    T* dw = has_dw ? static_cast<T*>(dweight.raw()) : nullptr;
+    T* db = has_db ? static_cast<T*>(dbias.raw()) : nullptr;
     const T* dy = static_cast<const T*>(dout.raw());
     const T* x = static_cast<const T*>(in.raw());
+    const T* w = static_cast<const T*>(weight.raw());
     const T* m = static_cast<const T*>(mean.raw());
     const T* r = static_cast<const T*>(rstd.raw());
-    if (has_din) {
-      constexpr int kW = Vec16<T>::kSize;
-      const bool vector = C % kW == 0 && aligned16(din.raw()) && aligned16(dy) && aligned16(x) &&
-                          aligned16(weight.raw());
+    constexpr int kW = Vec16<T>::kSize;
+    const bool vector = C % kW == 0 && (dx == nullptr || aligned16(dx)) && aligned16(dy) &&
+                        aligned16(x) && aligned16(w);
+    const bool fused =
+        vector ? launch_layernorm_backward_fused<T, kW>(st, dx, dw, db, dy, x, w, m, r, N, C)
+               : launch_layernorm_backward_fused<T, 1>(st, dx, dw, db, dy, x, w, m, r, N, C);
+    if (fused) return;
+    // Two passes (C > 8192).
+    if (dx != nullptr) {
       auto kernel = vector ? layernorm_backward_input_kernel<T, kW>
                            : layernorm_backward_input_kernel<T, 1>;
       kernel<<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, st.stream()>>>(
-          static_cast<T*>(din.raw()), dy, x, static_cast<const T*>(weight.raw()), m, r, N, C);
+          dx, dy, x, w, m, r, N, C);
       CUDA_CHECK_LAUNCH();
     }
-    launch_column_reduce<T, 2>(st, N, C, LayerNormParamGradTerms<T>{dy, x, m, r, C},
-                               has_dw ? static_cast<T*>(dweight.raw()) : nullptr,
-                               has_db ? static_cast<T*>(dbias.raw()) : nullptr);
+    launch_column_reduce<T, 2>(st, N, C, LayerNormParamGradTerms<T>{dy, x, m, r, C}, dw, db);
   });
 }
 
