@@ -11,6 +11,7 @@
 // Bytes (memory-bound ops) count each input read once and each output written once.
 // Each timing: 3 warm-up runs, then the median of 20 runs measured with CUDA events on the
 // op stream.
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -168,6 +169,79 @@ void bench_layernorm(DeviceContext& ctx, int64_t N, int64_t C) {
   std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, bwd, 3.0 * N * C * 2 / bwd / 1e6);
 }
 
+// How much of the GEMM rate the heuristic's first choice leaves on the table: the 1.3B layer's
+// GEMMs as linear.cu issues them (column-major: forward TN, input gradient NN, weight gradient
+// NT with beta = 1), timed with cuBLASLt's top-1 algorithm and with the fastest of its top 16.
+void bench_gemm_algorithms(DeviceContext& ctx) {
+  struct G {
+    const char* name;
+    bool ta, tb;
+    int64_t m, n, k;
+    float beta;
+  };
+  const int64_t N = 16384;
+  const G gemms[] = {
+      {"fwd qkv", true, false, 6144, N, 2048, 0}, {"fwd proj", true, false, 2048, N, 2048, 0},
+      {"fwd fc1", true, false, 8192, N, 2048, 0}, {"fwd fc2", true, false, 2048, N, 8192, 0},
+      {"din qkv", false, false, 2048, N, 6144, 0}, {"din proj", false, false, 2048, N, 2048, 0},
+      {"din fc1", false, false, 2048, N, 8192, 0}, {"din fc2", false, false, 8192, N, 2048, 0},
+      {"dW qkv", false, true, 2048, 6144, N, 1}, {"dW proj", false, true, 2048, 2048, N, 1},
+      {"dW fc1", false, true, 2048, 8192, N, 1}, {"dW fc2", false, true, 8192, 2048, N, 1},
+  };
+  const auto& st = ops::cuda::cuda_state(ctx);
+  OwnedTensor A = random_device(ctx, DType::kBF16, {int64_t{8192} * N}, 21, 0.05);
+  OwnedTensor B = random_device(ctx, DType::kBF16, {int64_t{8192} * N}, 22, 0.05);
+  OwnedTensor D = random_device(ctx, DType::kBF16, {int64_t{8192} * N}, 23, 0.05);
+  double top1_total = 0, best_total = 0, flops_total = 0;
+  for (const G& g : gemms) {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    const cublasOperation_t ta = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
+    const int64_t lda = g.ta ? g.k : g.m, ldb = g.tb ? g.n : g.k;
+    cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, g.ta ? g.k : g.m, g.ta ? g.m : g.k, lda);
+    cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, g.tb ? g.n : g.k, g.tb ? g.k : g.n, ldb);
+    cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, g.m, g.n, g.m);
+    cublasLtMatmulPreferenceCreate(&pref);
+    const uint64_t ws = ops::cuda::CudaBackendState::kCublasWorkspaceBytes;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                         sizeof(ws));
+    cublasLtMatmulHeuristicResult_t results[16];
+    int found = 0;
+    cublasLtMatmulAlgoGetHeuristic(st.cublaslt(), desc, la, lb, ld, ld, pref, 16, results, &found);
+    const float alpha = 1.0f;
+    double top1 = 0, best = 1e30;
+    int best_i = -1;
+    for (int i = 0; i < found; ++i) {
+      const double ms = time_ms(ctx, [&] {
+        cublasLtMatmul(st.cublaslt(), desc, &alpha, A.view().raw(), la, B.view().raw(), lb,
+                       &g.beta, D.view().raw(), ld, D.view().raw(), ld, &results[i].algo,
+                       st.cublas_workspace(), ws, st.stream());
+      }, 10);
+      if (i == 0) top1 = ms;
+      if (ms < best) best = ms, best_i = i;
+    }
+    const double flops = 2.0 * g.m * g.n * g.k;
+    top1_total += top1;
+    best_total += best;
+    flops_total += flops;
+    std::printf("gemm %-9s m=%5ld n=%5ld k=%5ld: top-1 %7.1f TFLOP/s, best of %2d (#%d) %7.1f\n",
+                g.name, (long)g.m, (long)g.n, (long)g.k, flops / top1 / 1e9, found, best_i,
+                flops / best / 1e9);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(desc);
+  }
+  std::printf("gemm layer total: top-1 %.3f ms (%.1f TFLOP/s), best %.3f ms (%.1f TFLOP/s)\n",
+              top1_total, flops_total / top1_total / 1e9, best_total,
+              flops_total / best_total / 1e9);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,6 +254,7 @@ int main(int argc, char** argv) {
     check(cudaGetDeviceProperties(&prop, 0), "props");
     std::printf("device: %s, %d SMs; all tensors bf16\n", prop.name, prop.multiProcessorCount);
     bench_copy(ctx);
+    bench_gemm_algorithms(ctx);
     for (int64_t T : quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 2048, 4096})
       for (int64_t HS : {64, 128}) bench_attention(ctx, T, HS);
     bench_linear(ctx, 16384, 2048, 8192);

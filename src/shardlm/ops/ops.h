@@ -118,13 +118,23 @@ void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tenso
 // Follow with linear_backward(din, dweight, /*dbias=*/Tensor(), dpre, in, weight).
 void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
                              const Tensor& pre);
+// The MLP's second projection, backward into the GELU before it (Megatron's bias-GELU backward
+// fusion): dpre[N,F] = (dout[N,OC] @ weight[OC,F]) * gelu'(pre) (assign) and dbias[F] +=
+// sum_n dpre[n,:] (the FIRST projection's bias; skipped when undefined). weight's own gradient
+// is linear_backward(din undefined, ...). CUDA: one cuBLASLt GEMM with the DGELU_BGRAD epilogue
+// (pre is the aux matrix linear_gelu_forward stored) under the same requirements as
+// linear_gelu_forward's epilogue, else the GEMM then gelu_backward_bias_grad in place.
+void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
+                           const Tensor& weight, const Tensor& pre);
 
 // ---- attention -----------------------------------------------------------------------------
 // Causal self-attention with grouped-query attention, Megatron's fused-QKV layout:
 // qkv[B,T,G*(NH/G + 2)*HS]; for each group g the row holds [q heads of g (NH/G * HS) | k (HS) |
 // v (HS)]. Query head h uses group h / (NH/G). out[B,T,NH*HS] (heads concatenated).
 // Saves lse[B,NH,T] (log-sum-exp of the scaled, masked scores) for backward. Softmax scale
-// 1/sqrt(HS). Attention-probability dropout p uses key with position
+// 1/sqrt(HS). CUDA runs cuDNN's fused attention when it supports the call (bf16/fp16, fp32 lse,
+// no dropout, T % 128 == 0, HS % 8 == 0 and <= 128; ops/cuda/cudnn_attention.h), else
+// ShardLM's own kernels. Attention-probability dropout p uses key with position
 // ((b*NH + h)*T + i)*T + j.
 struct AttentionShape {
   int64_t num_heads = 0;        // NH
