@@ -74,6 +74,39 @@ TEST(AdamW, MatchesReferenceAndSkipsDecayWhereFlagged) {
   EXPECT_EQ(opt.steps_taken(), 3);
 }
 
+// With a bf16 compute copy the step writes it too: after each step the compute values are the
+// rounded master values without a sync_compute_values(), and the master values are the same
+// bits as a registry without a compute copy gets.
+TEST(AdamW, WritesTheComputeCopyInTheStep) {
+  DeviceContext ctx = DeviceContext::cpu();
+  auto make = [&](DType compute) {
+    model::ParameterRegistry reg;
+    reg.add({"w", {3, 5}, model::Split::none(), true, model::Init::normal(1.0)});
+    reg.add({"b", {5}, model::Split::none(), false, model::Init::normal(1.0)});
+    reg.add({"w2", {9}, model::Split::none(), true, model::Init::normal(1.0)});
+    reg.finalize(ctx, DType::kF32, 4, compute);
+    return reg;
+  };
+  model::ParameterRegistry mixed = make(DType::kBF16), plain = make(DType::kF32);
+  ASSERT_TRUE(mixed.has_compute_copy());
+  ASSERT_FALSE(plain.has_compute_copy());
+  const AdamWConfig cfg{0.9, 0.95, 1e-8, 0.1};
+  AdamW opt_mixed(mixed, cfg), opt_plain(plain, cfg);
+  for (int step = 1; step <= 3; ++step) {
+    OwnedTensor g = testing::random_tensor(DType::kF32, {mixed.numel()}, 50 + step);
+    ops::copy(ctx, mixed.flat_grads(), g.view());
+    ops::copy(ctx, plain.flat_grads(), g.view());
+    opt_mixed.step(ctx, 0.05);
+    opt_plain.step(ctx, 0.05);
+    const std::vector<double> master = testing::to_vector(mixed.flat_values());
+    EXPECT_EQ(master, testing::to_vector(plain.flat_values())) << "step " << step;
+    const std::vector<double> compute = testing::to_vector(mixed.flat_compute_values());
+    for (size_t i = 0; i < master.size(); ++i)
+      ASSERT_EQ(compute[i], bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(master[i]))))
+          << "step " << step << " element " << i;
+  }
+}
+
 TEST(GradClip, NormAndScaling) {
   model::ParameterRegistry reg = make_registry();
   DeviceContext ctx = DeviceContext::cpu();

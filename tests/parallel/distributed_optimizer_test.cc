@@ -87,6 +87,46 @@ TEST(DistributedOptimizer, MatchesPlainAdamWOnEveryRank) {
   }
 }
 
+// --bf16: step() writes the owned shards' compute values; after the all-gather the rest comes
+// from sync_compute_values() (the trainer's finish_param_gather). At DP = 1 nothing is gathered,
+// so the step alone must leave the whole compute copy equal to the rounded master values.
+TEST(DistributedOptimizer, WritesTheOwnedShardsOfTheComputeCopy) {
+  for (int dp : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << "dp " << dp);
+    dist::ThreadWorld world(dp, {.timeout = 20s});
+    dist::rethrow_first_error(world.run([&](dist::Communicator& comm) {
+      DeviceContext ctx = DeviceContext::cpu();
+      model::ParameterRegistry reg;
+      add_params(reg);
+      const parallel::GradBuffer buf = parallel::GradBuffer::plan(reg, {dp, 200, true, true});
+      buf.apply(reg);
+      reg.finalize(ctx, DType::kF32, 9, DType::kBF16);
+      std::vector<BucketRange> buckets;
+      for (const auto& r : buf.bucket_ranges()) buckets.push_back({r.begin, r.end});
+      DistributedOptimizer opt(reg, buckets, comm, kCfg);
+      auto rounded = [](double v) {
+        return static_cast<double>(bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(v))));
+      };
+      for (int s = 0; s < 2; ++s) {
+        for (auto& p : reg.parameters())
+          ops::copy(ctx, p.grad, testing::convert(grad_of(p, s).view(), DType::kF32).view());
+        opt.step(ctx, kLr[s]);
+        std::vector<double> master = testing::to_vector(reg.flat_values());
+        std::vector<double> compute = testing::to_vector(reg.flat_compute_values());
+        for (const auto& own : opt.owned_ranges())
+          for (int64_t k = own.begin; k < own.end; ++k)
+            ASSERT_EQ(compute[k], rounded(master[k])) << "owned element " << k << " step " << s;
+        opt.finish_param_gather();
+        if (dp > 1) reg.sync_compute_values(ctx);  // what the trainer does after a gather
+        master = testing::to_vector(reg.flat_values());
+        compute = testing::to_vector(reg.flat_compute_values());
+        for (size_t k = 0; k < master.size(); ++k)
+          ASSERT_EQ(compute[k], rounded(master[k])) << "element " << k << " step " << s;
+      }
+    }));
+  }
+}
+
 TEST(DistributedOptimizer, RejectsBucketsThatDoNotSplitEvenly) {
   dist::ThreadWorld world(2, {.timeout = 5s});
   auto errors = world.run([&](dist::Communicator& comm) {

@@ -10,12 +10,13 @@
 // Mixed precision (Megatron's --bf16): finalize() may be given a compute dtype different from the
 // master dtype. The registry then also owns a flat compute-value and a flat compute-grad buffer
 // in the compute dtype; modules run every op on Parameter::compute_value / compute_grad, while the
-// optimizer, grad clipping and checkpoints keep using the master value / grad (fp32). The trainer
-// calls sync_compute_values() after init and after every optimizer step, and
-// accumulate_compute_grads() after every micro-batch backward (master grad += fp32(compute grad),
-// compute grad zeroed: one ops::accumulate_and_zero pass). Without a separate compute dtype
-// compute_value/compute_grad ARE value/grad and both calls do nothing, so fp32/fp64 runs are
-// bit-identical to before.
+// optimizer, grad clipping and checkpoints keep using the master value / grad (fp32). The
+// compute values are refreshed by sync_compute_values() after init and checkpoint loads and
+// after a distributed optimizer's parameter all-gather; optim::AdamW writes them itself in its
+// step kernel (ops::adamw_step's compute_params). accumulate_compute_grads() runs after every
+// micro-batch backward (master grad += fp32(compute grad), compute grad zeroed: one
+// ops::accumulate_and_zero pass). Without a separate compute dtype compute_value/compute_grad
+// ARE value/grad and both calls do nothing, so fp32/fp64 runs are bit-identical to before.
 //
 // Ownership: the registry owns the flat buffers; Parameter::value/grad are views into them.
 // Not thread-safe; one registry per rank (model shard).

@@ -30,6 +30,7 @@ AdamW::AdamW(model::ParameterRegistry& reg, const AdamWConfig& cfg) : reg_(reg),
 
 void AdamW::step(DeviceContext& ctx, double lr) {
   ++steps_;
+  const Tensor& compute = reg_.flat_compute_values();  // undefined without a compute copy
   for (const Range& r : ranges_) {
     ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0,
                         steps_};
@@ -37,7 +38,8 @@ void AdamW::step(DeviceContext& ctx, double lr) {
     ops::adamw_step(ctx, reg_.flat_values().flat_view(r.offset, shape),
                     reg_.flat_grads().flat_view(r.offset, shape),
                     exp_avg_.view().flat_view(r.offset, shape),
-                    exp_avg_sq_.view().flat_view(r.offset, shape), hp);
+                    exp_avg_sq_.view().flat_view(r.offset, shape), hp,
+                    compute.defined() ? compute.flat_view(r.offset, shape) : Tensor());
   }
 }
 

@@ -1,6 +1,8 @@
 // AdamW over the parameter registry's flat buffers: moments live in two flat buffers laid out
 // exactly like the parameters, and each maximal run of parameters with the same weight-decay
-// flag is updated with one ops::adamw_step call (no decay on biases and norm weights).
+// flag is updated with one ops::adamw_step call (no decay on biases and norm weights). With a
+// mixed-precision compute copy (--bf16 / --fp16) the same call also writes the run's updated
+// compute values, so the registry needs no sync_compute_values() after a step.
 //
 //   AdamW opt(reg, {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1});
 //   opt.step(ctx, lr);   // uses and then advances the step counter

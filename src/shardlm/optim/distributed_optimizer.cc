@@ -64,6 +64,9 @@ DistributedOptimizer::~DistributedOptimizer() {
 void DistributedOptimizer::step(DeviceContext& ctx, double lr) {
   SHARDLM_CHECK(gathers_.empty());
   ++steps_;
+  // --bf16: the owned shards' compute values come out of the same kernel; the rest of the
+  // compute copy is refreshed by the trainer after the all-gather (none at DP = 1).
+  const Tensor& compute = reg_.flat_compute_values();  // undefined without a compute copy
   for (const Run& r : runs_) {
     const ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps,
                               r.decay ? cfg_.weight_decay : 0.0, steps_};
@@ -71,7 +74,8 @@ void DistributedOptimizer::step(DeviceContext& ctx, double lr) {
     ops::adamw_step(ctx, reg_.flat_values().flat_view(r.offset, shape),
                     reg_.flat_grads().flat_view(r.offset, shape),
                     exp_avg_.view().flat_view(r.state, shape),
-                    exp_avg_sq_.view().flat_view(r.state, shape), hp);
+                    exp_avg_sq_.view().flat_view(r.state, shape), hp,
+                    compute.defined() ? compute.flat_view(r.offset, shape) : Tensor());
   }
   start_param_gather();
 }

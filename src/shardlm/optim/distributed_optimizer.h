@@ -16,9 +16,10 @@
 //      bucket in forward pre-hooks.
 // Master weights: with fp32 training the registry's fp32 values ARE the model weights (as
 // Megatron, whose fp32 params serve as their own main params), so only the moments are sharded.
-// Under --bf16 the registry still keeps the full fp32 master copy on every rank (the all-gather
-// moves fp32 values, then the trainer refreshes the bf16 compute copy); sharding that copy too
-// is a follow-up.
+// Under --bf16 the registry still keeps the full fp32 master copy on every rank; sharding that
+// copy too is a follow-up. step() writes the owned shards' bf16 compute values in the AdamW
+// kernel (at DP = 1 that is every value and nothing is gathered); the all-gather moves fp32
+// values, after which the trainer refreshes the whole compute copy (sync_compute_values).
 // Padding elements belong to no parameter and are never updated (they stay zero).
 //
 // Thread contract: one per rank, used by its thread. Ownership: references the registry and

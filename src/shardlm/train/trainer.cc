@@ -317,7 +317,9 @@ size_t Trainer::optimizer_state_bytes() const {
 void Trainer::finish_param_gather() {
   if (!dist_optimizer_ || !dist_optimizer_->param_gather_pending()) return;
   dist_optimizer_->finish_param_gather();
-  registry_.sync_compute_values(*device_);  // --bf16: refresh the bf16 compute weights
+  // --bf16: the gathered shards' compute weights (step() wrote the owned ones; at DP = 1
+  // nothing is gathered and step() wrote them all).
+  registry_.sync_compute_values(*device_);
 }
 
 double Trainer::data_parallel_mean(double value) {
@@ -544,8 +546,7 @@ IterationRecord Trainer::train_step() {
       dist_optimizer_->step(*device_, rec.lr);  // shard update, then the param all-gather
       if (!cfg_.parallel.overlap_param_gather) finish_param_gather();
     } else {
-      optimizer_->step(*device_, rec.lr);
-      registry_.sync_compute_values(*device_);  // --bf16: refresh the bf16 compute weights
+      optimizer_->step(*device_, rec.lr);  // --bf16: also writes the bf16 compute weights
     }
   } else {
     rec.skipped = true;
