@@ -25,13 +25,18 @@ struct AdamWConstants {
 };
 
 // ---- kernels ------------------------------------------------------------------------------------
+// Every operation explicitly rounded (fmaf, __fmul_rn, __fadd_rn, IEEE / and sqrt): nvcc may
+// otherwise contract a*b + c into an fma differently in the float4 loop and the scalar loop, and
+// the same parameter would get different bits depending on its alignment (measured on an H200:
+// a misaligned compute-copy view took the scalar path and changed the fp32 parameters).
 __device__ __forceinline__ void adamw_element(float& p, float g, float& m, float& v,
                                               const AdamWConstants& k) {
-  m = k.beta1 * m + (1.0f - k.beta1) * g;
-  v = k.beta2 * v + (1.0f - k.beta2) * g * g;
-  const float m_hat = m / k.bias_correction1;
-  const float v_hat = v / k.bias_correction2;
-  p -= k.lr * (m_hat / (sqrtf(v_hat) + k.eps) + k.weight_decay * p);
+  m = fmaf(k.beta1, m, __fmul_rn(1.0f - k.beta1, g));
+  v = fmaf(k.beta2, v, __fmul_rn(__fmul_rn(1.0f - k.beta2, g), g));
+  const float m_hat = __fdiv_rn(m, k.bias_correction1);
+  const float v_hat = __fdiv_rn(v, k.bias_correction2);
+  const float step = fmaf(k.weight_decay, p, __fdiv_rn(m_hat, __fadd_rn(__fsqrt_rn(v_hat), k.eps)));
+  p = fmaf(-k.lr, step, p);
 }
 
 // Four consecutive compute-copy elements: one 16-byte (fp32) or 8-byte (bf16/fp16) store.
