@@ -121,9 +121,8 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
 // The MLP's second projection, backward into the GELU before it (Megatron's bias-GELU backward
 // fusion): dpre[N,F] = (dout[N,OC] @ weight[OC,F]) * gelu'(pre) (assign) and dbias[F] +=
 // sum_n dpre[n,:] (the FIRST projection's bias; skipped when undefined). weight's own gradient
-// is linear_backward(din undefined, ...). CUDA: one cuBLASLt GEMM with the DGELU_BGRAD epilogue
-// (pre is the aux matrix linear_gelu_forward stored) under the same requirements as
-// linear_gelu_forward's epilogue, else the GEMM then gelu_backward_bias_grad in place.
+// is linear_backward(din undefined, ...). Both backends: the GEMM, then gelu_backward_bias_grad
+// in place (cuBLASLt's DGELU_BGRAD epilogue measured slower; ops/cuda/fused_linear_gelu.cu).
 void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
                            const Tensor& weight, const Tensor& pre);
 

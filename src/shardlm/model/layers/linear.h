@@ -50,9 +50,9 @@ class Linear {
   void forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in) const;
   // Backward of this linear when its input is gelu(pre) and pre is the output of `before`
   // (the MLP's fc2 after fc1 + GELU): this layer's weight and bias gradients from in =
-  // gelu(pre), then dpre = d(in) * gelu'(pre) and before's bias gradient in one GEMM (cuBLASLt
-  // DGELU_BGRAD epilogue on CUDA, ops::linear_dgelu_backward). dpre may share storage with in:
-  // in is read before dpre is written.
+  // gelu(pre), then dpre = d(in) * gelu'(pre) and before's bias gradient
+  // (ops::linear_dgelu_backward). dpre may share storage with in: in is read before dpre is
+  // written.
   void backward_into_gelu(DeviceContext& ctx, Tensor dpre, const Linear& before,
                           const Tensor& dout, const Tensor& in, const Tensor& pre) const;
   // The rest of `before`'s backward once dpre (and its bias gradient) exist: din and the weight

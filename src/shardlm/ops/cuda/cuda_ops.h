@@ -82,10 +82,6 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
                              const Tensor& pre);
 void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
                            const Tensor& weight, const Tensor& pre);
-// True when linear_dgelu_backward with these arguments takes the one-GEMM cuBLASLt
-// DGELU_BGRAD epilogue path (false: GEMM + gelu_backward_bias_grad). Runs the heuristic.
-bool linear_dgelu_uses_epilogue(DeviceContext& ctx, const Tensor& dpre, const Tensor& dbias,
-                                const Tensor& dout, const Tensor& weight, const Tensor& pre);
 // True when linear_gelu_forward with these arguments takes the one-GEMM cuBLASLt GELU_AUX
 // epilogue path (false: GEMM + separate GELU). For tests and profiling; runs the heuristic.
 bool linear_gelu_uses_epilogue(DeviceContext& ctx, const Tensor& out, const Tensor& pre,

@@ -13,13 +13,11 @@
 // round far more than any fast tanh errs). Row-major X[r,c] is column-major X^T with ld = c,
 // exactly as in linear.cu. fp32 accumulation (CUBLAS_COMPUTE_32F), no TF32.
 //
-// Backward through the projection after the GELU (linear_dgelu_backward): the input-gradient
-// GEMM of that projection with the CUBLASLT_EPILOGUE_DGELU_BGRAD epilogue, which multiplies by
-// gelu'(pre) (pre read as the aux matrix, same layout as the forward stored it) and writes the
-// column sums = the first projection's bias gradient, so d(gelu output) never reaches memory.
-// The epilogue overwrites its bias vector, so it goes to fp32 scratch and is then added into
-// the accumulating gradient. Same requirements and fallback as the forward (fp32, F % 8 != 0,
-// misaligned pointers or no algorithm: GEMM, then the helper below in place).
+// Backward through the projection after the GELU (linear_dgelu_backward): its input-gradient
+// GEMM into dpre, then the helper below in place. cuBLASLt's DGELU_BGRAD epilogue (GELU's
+// backward and the bias gradient inside that GEMM) was tried and measured slower on an H200:
+// 47.2 ms per 1.3B step for the 24 fused GEMMs against ~31 ms for GEMM + helper (see
+// bench/ops/NOTES.md), so it is not used.
 //
 // Backward helper: dpre = dout * gelu'(pre) written in the same pass that sums the bias
 // gradient, through column_reduce.cuh. The value functor writes dpre[n, c] as a side effect,
@@ -187,83 +185,6 @@ class GeluEpilogueGemm {
   bool found_ = false;
 };
 
-// The descriptors of one GEMM + DGELU_BGRAD call: the input-gradient GEMM of the projection
-// after the GELU, dpre^T[F,N] = gelu'(pre) * (W_cm[F,OC] · dout_cm[OC,N]) (NN, beta = 0), with
-// the bias gradient of the projection before the GELU, sum_n dpre, written (overwritten, not
-// accumulated) to a separate vector of bias_type. pre is the aux matrix that the forward's
-// GELU_AUX epilogue stored: same layout as D, ld = F.
-class DgeluEpilogueGemm {
- public:
-  DgeluEpilogueGemm(const CudaBackendState& st, DType dtype, int64_t N, int64_t OC, int64_t F,
-                    const void* dout, const void* weight, const void* pre, void* dpre,
-                    void* bias_grad, cudaDataType_t bias_type)
-      : st_(st), dout_(dout), weight_(weight), dpre_(dpre) {
-    const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    if (dtype == DType::kF32) return;  // exact GELU for fp32 (see the banner)
-    if (F % 8 != 0 || !aligned16(pre) || !aligned16(bias_grad)) return;
-    const cudaDataType_t type = lt_data_type(dtype);
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_.h, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t op_n = CUBLAS_OP_N;
-    CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(desc_.h, CUBLASLT_MATMUL_DESC_TRANSA, &op_n, sizeof(op_n)));
-    CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(desc_.h, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof(op_n)));
-    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DGELU_BGRAD;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
-                                                sizeof(epilogue)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                &bias_grad, sizeof(bias_grad)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                &bias_type, sizeof(bias_type)));
-    const int64_t aux_ld = F;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_.h, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                                                &pre, sizeof(pre)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_.h, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
-                                                &aux_ld, sizeof(aux_ld)));
-    // A = W stored [F, OC] column-major (op N), B = dout [OC, N], D = dpre [F, N].
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_.h, type, F, OC, F));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_.h, type, OC, N, OC));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_.h, type, F, N, F));
-    make_preference(pref_, weight, dout, dpre);
-    int found = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-        st.cublaslt(), desc_.h, a_.h, b_.h, d_.h, d_.h, pref_.h, 1, &heuristic_, &found);
-    if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) return;
-    CUBLAS_CHECK(status);
-    found_ = found > 0;
-  }
-  DgeluEpilogueGemm(const DgeluEpilogueGemm&) = delete;
-  DgeluEpilogueGemm& operator=(const DgeluEpilogueGemm&) = delete;
-
-  bool found() const { return found_; }
-
-  void run() const {
-    const float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasLtMatmul(st_.cublaslt(), desc_.h, &alpha, weight_, a_.h, dout_, b_.h,
-                                &beta, dpre_, d_.h, dpre_, d_.h, &heuristic_.algo,
-                                st_.cublas_workspace(), CudaBackendState::kCublasWorkspaceBytes,
-                                st_.stream()));
-  }
-
- private:
-  const CudaBackendState& st_;
-  const void* dout_;
-  const void* weight_;
-  void* dpre_;
-  LtMatmulDesc desc_;
-  LtLayout a_, b_, d_;
-  LtPreference pref_;
-  cublasLtMatmulHeuristicResult_t heuristic_{};
-  bool found_ = false;
-};
-
-// acc[i] += x[i] (the epilogue's overwritten bias gradient into the accumulating one).
-template <typename T, typename S>
-__global__ void accumulate_vector_kernel(T* acc, const S* x, int64_t n) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) acc[i] = float_to<T>(load_as_float(acc[i]) + load_as_float(x[i]));
-}
-
 struct GemmDims {
   int64_t N, IC, F;
 };
@@ -349,59 +270,12 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
   });
 }
 
-namespace {
-
-// Calls use(gemm, bias_grad_scratch, bias_type) with the first DGELU_BGRAD GEMM that cuBLASLt
-// has an algorithm for (fp32 bias gradient preferred, else the tensors' dtype); false when none.
-// Shapes were checked by ops::linear_dgelu_backward: weight [OC, F], dout [N, OC], pre [N, F].
-template <typename Use>
-bool with_dgelu_gemm(CudaBackendState& st, const Tensor& dpre, const Tensor& dout,
-                     const Tensor& weight, const Tensor& pre, Use&& use) {
-  const int64_t OC = weight.size(0), F = weight.size(1), N = pre.numel() / F;
-  for (const cudaDataType_t bias_type : {CUDA_R_32F, lt_data_type(dpre.dtype())}) {
-    void* tmp = st.scratch(static_cast<size_t>(F) * (bias_type == CUDA_R_32F ? 4 : 2));
-    const DgeluEpilogueGemm gemm(st, dpre.dtype(), N, OC, F, dout.raw(), weight.raw(), pre.raw(),
-                                 dpre.raw(), tmp, bias_type);
-    if (!gemm.found()) continue;
-    use(gemm, tmp, bias_type);
-    return true;
-  }
-  return false;
-}
-
-}  // namespace
-
-bool linear_dgelu_uses_epilogue(DeviceContext& ctx, const Tensor& dpre, const Tensor& dbias,
-                                const Tensor& dout, const Tensor& weight, const Tensor& pre) {
-  if (!dbias.defined() || weight.size(1) == 0 || pre.numel() == 0) return false;
-  return with_dgelu_gemm(cuda_state(ctx), dpre, dout, weight, pre,
-                         [](const DgeluEpilogueGemm&, void*, cudaDataType_t) {});
-}
-
 void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
                            const Tensor& weight, const Tensor& pre) {
-  const char* op = "linear_dgelu_backward";
-  const int64_t F = weight.size(1);
-  if (F == 0 || pre.numel() == 0) return;
-  CudaBackendState& st = cuda_state(ctx);
-  // The epilogue overwrites its bias gradient: it goes to scratch, then accumulates into dbias.
-  const auto run = [&](const DgeluEpilogueGemm& gemm, void* tmp, cudaDataType_t bias_type) {
-    gemm.run();
-    dispatch_float(dpre.dtype(), op, [&]<typename T>() {
-      T* acc = static_cast<T*>(dbias.raw());
-      const unsigned blocks = ceil_div_u(F, 256);
-      if (bias_type == CUDA_R_32F)
-        accumulate_vector_kernel<<<blocks, 256, 0, st.stream()>>>(
-            acc, static_cast<const float*>(tmp), F);
-      else
-        accumulate_vector_kernel<<<blocks, 256, 0, st.stream()>>>(acc, static_cast<const T*>(tmp),
-                                                                  F);
-      CUDA_CHECK_LAUNCH();
-    });
-  };
-  if (dbias.defined() && with_dgelu_gemm(st, dpre, dout, weight, pre, run)) return;
-  // No epilogue (fp32, F % 8, misaligned, no algorithm, or no bias gradient to fuse): the
-  // input-gradient GEMM into dpre, then GELU's backward in place with the bias gradient.
+  // Shapes were checked by ops::linear_dgelu_backward: weight [OC, F], dout [N, OC], pre [N, F].
+  if (weight.size(1) == 0 || pre.numel() == 0) return;
+  // The input-gradient GEMM into dpre, then GELU's backward in place with the bias gradient
+  // (cuBLASLt's DGELU_BGRAD epilogue measured slower; see the banner).
   linear_backward(ctx, dpre, Tensor(), Tensor(), dout, pre, weight);
   gelu_backward_bias_grad(ctx, dpre, dbias, dpre, pre);
 }
