@@ -28,6 +28,16 @@ std::string MemoryPlan::format() const {
   return s;
 }
 
+size_t cuda_workspace_estimate(int64_t micro_batch, int64_t seq_length, int64_t heads,
+                               int64_t groups, int64_t head_dim, size_t compute_dtype_bytes) {
+  const size_t fixed = size_t{64} << 20;
+  const size_t rows = static_cast<size_t>(micro_batch * heads * seq_length);
+  size_t attention = rows * (static_cast<size_t>(head_dim) + 1) * sizeof(float);
+  if (groups > 0 && heads > groups)
+    attention += 2 * rows * static_cast<size_t>(head_dim) * compute_dtype_bytes;
+  return fixed + attention;
+}
+
 void MemoryPlan::check_fits(const ops::DeviceMemory& available, const std::string& where) const {
   if (available.total_bytes == 0 || total() <= available.free_bytes) return;
   std::string plan = format();  // "> memory plan: ...\n" without the prefix and newline

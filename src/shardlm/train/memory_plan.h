@@ -39,4 +39,15 @@ struct MemoryPlan {
 
 std::string format_bytes(size_t bytes);  // "1.23 GiB" / "456.7 MiB"
 
+// Workspace of a CUDA rank: cuBLASLt's workspace and small buffers (a fixed 64 MiB) plus the
+// op scratch the largest op grows the context's scratch to (CudaBackendState::scratch, kept for
+// the run). That op is attention's backward: through cuDNN, an fp32 dQ accumulator and fp32
+// softmax sums per query head, and for grouped-query attention the gathered queries and dQ
+// (2 x [B, T, heads, HS] in the compute dtype); ShardLM's own kernels need less (2 fp32 per
+// query row). heads = this rank's query heads, groups = its query groups. cuDNN's own plan
+// workspace is not known before its plan is built and is not counted (0 for the engines
+// measured so far).
+size_t cuda_workspace_estimate(int64_t micro_batch, int64_t seq_length, int64_t heads,
+                               int64_t groups, int64_t head_dim, size_t compute_dtype_bytes);
+
 }  // namespace shardlm::train

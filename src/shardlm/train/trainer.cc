@@ -1,5 +1,6 @@
 #include "shardlm/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -160,7 +161,13 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     chunk_act_bytes.push_back(chunk->plan_activation_bytes(dtype_, mbs));
   memory_plan_.activations = 0;
   for (size_t b : chunk_act_bytes) memory_plan_.activations += b;
-  memory_plan_.workspace = device_->device().is_cpu() ? 0 : size_t{64} << 20;
+  if (!device_->device().is_cpu()) {
+    const int64_t tp = layout.tp();
+    memory_plan_.workspace = cuda_workspace_estimate(
+        mbs, T, cfg_.model.num_attention_heads / tp,
+        std::max<int64_t>(1, cfg_.model.query_groups() / tp), cfg_.model.head_dim(),
+        dtype_size(dtype_));
+  }
   device_bytes_at_start_ = ops::device_memory(*device_).used_bytes();
   memory_plan_.check_fits(ops::device_memory(*device_), device_->device().to_string());
 
