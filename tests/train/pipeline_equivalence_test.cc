@@ -69,7 +69,14 @@ TEST_F(PipelineEquivalence, OneF1BWithTiedEmbeddings) {
   for (int pp : {2, 4}) {
     const Layout l = pipeline(pp);
     std::string log;
-    expect_same_training(run_layout(pipeline_config(), l, &log), *gpt_, l.name());
+    // Only the first and last stages read samples; a middle stage builds no dataset (and
+    // still evaluates: eval_interval 10 of 20 iterations).
+    const auto data_only_at_the_ends = [pp](Trainer& t) {
+      const int stage = t.rank().coord().pp;
+      EXPECT_EQ(t.has_training_data(), stage == 0 || stage == pp - 1) << "stage " << stage;
+    };
+    expect_same_training(run_layout(pipeline_config(), l, &log, data_only_at_the_ends), *gpt_,
+                         l.name());
     EXPECT_NE(log.find("> pipeline: schedule 1f1b, " + std::to_string(pp) + " stages x 1 chunks"),
               std::string::npos) << log;
   }

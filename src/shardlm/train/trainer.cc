@@ -201,7 +201,11 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   }
   schedule_ = std::make_unique<optim::LearningRateSchedule>(cfg_.lr_schedule());
   phase_done("optimizer");
-  if (!train_data_) build_data();
+  // A middle pipeline stage reads no samples: it builds no dataset (no index files opened, no
+  // sample index built), so adding stages costs no data start-up.
+  const bool reads_data =
+      !pipeline_ || rank_->is_first_pipeline_stage() || rank_->is_last_pipeline_stage();
+  if (!train_data_ && reads_data) build_data();
   phase_done("data");
   if (pipeline_) build_pipeline();
 
@@ -396,10 +400,11 @@ void Trainer::build_pipeline() {
                                               std::move(cb));
 }
 
-void Trainer::load_pipeline_batch(const data::SampleSource& source,
+void Trainer::load_pipeline_batch(const data::SampleSource* source,
                                   std::span<const int64_t> indices, int m) {
-  if (pipeline_batches_.empty()) return;  // a middle stage reads no data
-  const model::Batch staged = load_batch(source, indices);
+  if (pipeline_batches_.empty()) return;  // a middle stage reads no data (and has no source)
+  SHARDLM_CHECK(source != nullptr);
+  const model::Batch staged = load_batch(*source, indices);
   PipelineBatch& b = pipeline_batches_[static_cast<size_t>(m)];
   ops::copy(*device_, b.tokens.view(), staged.tokens);
   ops::copy(*device_, b.targets.view(), staged.targets);
@@ -412,7 +417,7 @@ double Trainer::pipeline_step(double loss_scale) {
   const int64_t B = cfg_.micro_batch_size, dp = cfg_.data_parallel_size;
   const int64_t dp_rank = rank_->coord().dp;
   for (int m = 0; m < M; ++m)
-    load_pipeline_batch(*train_data_,
+    load_pipeline_batch(train_data_.get(),
                         data::pretraining_micro_batch_indices(consumed_samples_ + m * B * dp, B,
                                                               dp_rank, dp),
                         m);
@@ -576,7 +581,11 @@ double Trainer::evaluate() {
     for (int64_t m = 0; m < M; ++m) {
       model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
                               static_cast<uint32_t>(m), false};
-      SHARDLM_REQUIRE(valid_data_ && valid_data_->size() > 0, ErrorKind::kInvalidConfig,
+      // Middle pipeline stages hold no dataset; the stages that read data check it (a throw
+      // there makes the middle stages' peers fail fast).
+      const bool middle_stage = pipeline_ && pipeline_batches_.empty();
+      SHARDLM_REQUIRE(middle_stage || (valid_data_ && valid_data_->size() > 0),
+                      ErrorKind::kInvalidConfig,
                       "validation was requested (--eval-iters > 0) but the validation split is "
                       "empty; give it a share in --split or pass --eval-iters 0");
       // The validation samples are sharded over DP like the training ones.
@@ -585,7 +594,7 @@ double Trainer::evaluate() {
       eval_cursor_ += B * dp;
       ++count;
       if (pipeline_) {  // forward only, stage after stage; the loss is on the last stage
-        load_pipeline_batch(*valid_data_, indices, 0);
+        load_pipeline_batch(valid_data_.get(), indices, 0);
         pipeline_training_ = false;
         sum += stage_->forward_only(0, p2p_->activations());
         pipeline_training_ = true;

@@ -121,6 +121,8 @@ class Trainer {
   // allocated; now-minus-this is what the run allocated.
   size_t device_bytes_at_start() const { return device_bytes_at_start_; }
   int64_t iteration() const { return iteration_; }
+  // False on a middle pipeline stage, which reads no samples and builds no dataset.
+  bool has_training_data() const { return train_data_ != nullptr; }
 
  private:
   void build_data();
@@ -136,8 +138,9 @@ class Trainer {
 
   // Pipeline parallelism (P > 1): builds plan, p2p channels, stage adapter.
   void build_pipeline();
-  // Loads micro-batch m's data into its pipeline buffer (first / last stage only).
-  void load_pipeline_batch(const data::SampleSource& source, std::span<const int64_t> indices,
+  // Loads micro-batch m's data into its pipeline buffer (first / last stage only; a middle
+  // stage has no buffers and no source, null).
+  void load_pipeline_batch(const data::SampleSource* source, std::span<const int64_t> indices,
                            int m);
   // Runs the schedule for one step; returns the sum of the micro-batch losses (last stage).
   // One step's forward/backward over the micro-batches, returning the summed loss: the plain
