@@ -75,6 +75,16 @@ TEST(TrainCli, GlobalBatchNotDivisible) {
                      "--global-batch-size 5 is not divisible by --micro-batch-size 2");
 }
 
+TEST(TrainCli, AttentionBackend) {
+  // Accepted everywhere (no effect on the CPU's reference attention); Megatron's unfused/local
+  // and unknown names are refused with the choices.
+  const Result r = run(kTiny + "--attention-backend flash");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  expect_usage_error(kTiny + "--attention-backend unfused",
+                     "--attention-backend unfused: ShardLM has no unfused attention");
+  expect_usage_error(kTiny + "--attention-backend te", "--attention-backend te is not one of");
+}
+
 TEST(TrainCli, SeqLengthBeyondPositions) {
   expect_usage_error(kTiny + "--max-position-embeddings 4",
                      "--seq-length 8 exceeds --max-position-embeddings 4");

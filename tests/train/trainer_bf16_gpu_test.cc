@@ -60,8 +60,8 @@ TEST(TrainerBf16Gpu, TracksTheFp32CpuRun) {
   }
 }
 
-// Sequences of 128 tokens: attention runs on cuDNN's fused engines (forced, so a case cuDNN
-// turns down fails here instead of silently taking ShardLM's kernels), for the GPT layer and
+// Sequences of 128 tokens: attention runs on cuDNN's fused engines (--attention-backend fused,
+// so a case cuDNN turns down fails here instead of silently taking ShardLM's kernels), for the GPT layer and
 // the Llama layer (RMSNorm, SwiGLU, RoPE, no biases, untied output, 2 query heads per group, so
 // queries are gathered and dQ scattered). The bf16 GPU run tracks the fp32 CPU run.
 class TrainerBf16CudnnGpu : public ::testing::TestWithParam<bool /*llama*/> {};
@@ -90,8 +90,10 @@ TEST_P(TrainerBf16CudnnGpu, TracksTheFp32CpuRun) {
   Trainer cpu(cfg, log_cpu);
   cfg.device = "cuda";
   cfg.bf16 = true;
+  cfg.attention_backend = "fused";
   Trainer gpu(cfg, log_gpu);
-  ops::cuda::cuda_state(gpu.device()).set_attention_kernels(ops::cuda::AttentionKernels::kCudnn);
+  EXPECT_EQ(ops::cuda::cuda_state(gpu.device()).attention_kernels(),
+            ops::cuda::AttentionKernels::kCudnn);
   for (int i = 0; i < cfg.train_iters; ++i) {
     const IterationRecord a = cpu.train_step();
     const IterationRecord b = gpu.train_step();

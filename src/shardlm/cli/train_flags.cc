@@ -45,6 +45,10 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                "Use grouped-query attention (with --num-query-groups)")->group(g);
   cmd.add_option("--kv-channels", m.kv_channels, "Head dimension (default hidden/heads)")->group(g)->check(pos);
   cmd.add_option("--ffn-hidden-size", m.ffn_hidden_size, "MLP hidden size (default 4*hidden)")->group(g)->check(pos);
+  cmd.add_option("--attention-backend", cfg.attention_backend,
+                 "Attention kernels on CUDA: auto (cuDNN fused where it applies, else ShardLM's "
+                 "flash kernels), fused (cuDNN only), flash (ShardLM's kernels only)")
+      ->group(g);
   cmd.add_option("--recompute-granularity", cfg.recompute.granularity,
                  "Activation recomputation: selective (core attention) or full (whole layers)")
       ->group(g);

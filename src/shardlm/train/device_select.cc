@@ -34,4 +34,16 @@ void initialize_backend(DeviceContext& ctx) {
 #endif
 }
 
+void set_attention_backend(DeviceContext& ctx, const std::string& backend) {
+  if (ctx.device().is_cpu()) return;
+#ifdef SHARDLM_WITH_CUDA
+  using ops::cuda::AttentionKernels;
+  ops::cuda::cuda_state(ctx).set_attention_kernels(backend == "fused"   ? AttentionKernels::kCudnn
+                                                   : backend == "flash" ? AttentionKernels::kOwn
+                                                                        : AttentionKernels::kAuto);
+#else
+  (void)backend;
+#endif
+}
+
 }  // namespace shardlm::train

@@ -12,5 +12,8 @@ namespace shardlm::train {
 DeviceContext select_device(const std::string& requested, int local_rank = 0);
 // Creates backend state (CUDA stream, cuBLASLt handle) for CUDA contexts; no-op on the CPU.
 void initialize_backend(DeviceContext& ctx);
+// --attention-backend auto | fused | flash (validated by TrainConfig) for a CUDA context; no-op
+// on the CPU.
+void set_attention_backend(DeviceContext& ctx, const std::string& backend);
 
 }  // namespace shardlm::train

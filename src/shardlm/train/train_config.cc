@@ -54,6 +54,12 @@ void TrainConfig::validate() const {
         " conflict: --fp16 keeps fp32 master weights; drop --compute-dtype");
   loss_scaler.validate();
   recompute.validate(model.num_layers);
+  if (attention_backend == "unfused" || attention_backend == "local")
+    bad("--attention-backend " + attention_backend +
+        ": ShardLM has no unfused attention (the S x S score matrix is never materialised); use "
+        "auto, fused (cuDNN) or flash (ShardLM's kernels)");
+  if (attention_backend != "auto" && attention_backend != "fused" && attention_backend != "flash")
+    bad("--attention-backend " + attention_backend + " is not one of auto, fused, flash");
   if (bf16 && device == "cpu")
     bad("--bf16 needs --device cuda; the CPU backend computes in fp32/fp64");
   if (bf16 && compute_dtype != "fp32")

@@ -102,6 +102,10 @@ struct TrainConfig {
   int64_t train_iters = 0;        // required
   uint64_t seed = 1234;
   std::string device = "auto";    // auto | cpu | cuda
+  // --attention-backend (Megatron's flag): auto = cuDNN's fused attention where it applies,
+  // ShardLM's flash kernels otherwise; fused = cuDNN only (an error where it cannot run); flash
+  // = ShardLM's kernels only. CUDA only; the CPU has one (reference) attention.
+  std::string attention_backend = "auto";
   std::string compute_dtype = "fp32";  // CPU: fp32 | fp64
   // Megatron's mixed precision: bf16 weights/activations for compute, fp32 master weights and
   // fp32 main gradients in the optimizer. CUDA only. fp16 (dynamic loss scaling) is pending.

@@ -109,6 +109,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   dtype_ = cfg_.bf16 ? DType::kBF16 : cfg_.fp16 ? DType::kF16 : master_dtype;
   if (cfg_.fp16) loss_scaler_ = std::make_unique<optim::LossScaler>(cfg_.loss_scaler);
   initialize_backend(*device_);
+  set_attention_backend(*device_, cfg_.attention_backend);
   backend_ready = true;
   phase_done("backend");
 
