@@ -1,8 +1,8 @@
 // embedding.cc — CPU token + position embedding lookup and its backward (scatter-add into the
 // table gradients, which accumulate as parameter gradients do).
 //
-// Shapes (validated by ops.cc): tokens int32 [B,T], wte [V,C], wpe [P,C] (P >= T) or undefined,
-// out / dout [B,T,C]. Token ids are data, so their range is checked here.
+// Shapes (validated by the ops/*_ops.cc dispatchers): tokens int32 [B,T], wte [V,C], wpe [P,C]
+// (P >= T) or undefined, out / dout [B,T,C]. Token ids are data, so their range is checked here.
 #include <string>
 
 #include "shardlm/ops/cpu/cpu_ops.h"

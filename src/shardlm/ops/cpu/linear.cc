@@ -59,7 +59,8 @@ void linear_forward_impl(T* out, const T* in, const T* weight, const T* bias, in
 template <typename T>
 void linear_backward_impl(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight,
                           int64_t N, int64_t IC, int64_t OC) {
-  // (ops.cc guarantees IC, OC >= 1; N may be 0, where the accumulated gradients are unchanged)
+  // (the dispatcher guarantees IC, OC >= 1; N may be 0, where the accumulated gradients are
+  // unchanged)
   if (din != nullptr && N > 0) gemm(false, false, N, IC, OC, dout, weight, T(0), din);
   if (dweight != nullptr && N > 0) gemm(true, false, OC, IC, N, dout, in, T(1), dweight);
   if (dbias != nullptr) {

@@ -5,7 +5,8 @@
 //            = 0                                 otherwise
 //   dwte[tokens[n] - vocab_start, :] += dout[n, :]  for ids in the shard
 //
-// Shapes (validated by ops.cc): tokens int32 with N elements, wte [VL, C], out / dout N*C.
+// Shapes (validated by the ops/*_ops.cc dispatchers): tokens int32 with N elements, wte [VL, C],
+// out / dout N*C.
 // Negative ids are data errors, checked here; the upper bound belongs to the caller.
 #include <string>
 
