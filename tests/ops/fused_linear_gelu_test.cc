@@ -96,42 +96,6 @@ TEST(GeluBackwardBiasGrad, EqualsUnfusedGeluBackwardThenBiasGrad) {
   }
 }
 
-// linear_dgelu_backward: dpre = (dout @ W) * gelu'(pre), dbias += sum_n dpre, against a float64
-// formula (gelu' by the closed form of the tanh approximation), with and without dbias.
-TEST(LinearDgeluBackward, MatchesFloat64Formula) {
-  DeviceContext ctx = DeviceContext::cpu();
-  const int64_t N = 9, OC = 13, F = 11;
-  const OwnedTensor dout = random_tensor(DType::kF64, {N, OC}, 61),
-                    w = random_tensor(DType::kF64, {OC, F}, 62, 0.5),
-                    pre = random_tensor(DType::kF64, {N, F}, 63, 2.0),
-                    db0 = random_tensor(DType::kF64, {F}, 64);
-  const std::vector<double> g = to_vector(dout), wv = to_vector(w), x = to_vector(pre),
-                            b0 = to_vector(db0);
-  const double c = std::sqrt(2.0 / 3.14159265358979323846);
-  std::vector<double> dpre_ref(N * F), db_ref = b0;
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t f = 0; f < F; ++f) {
-      double d = 0;
-      for (int64_t o = 0; o < OC; ++o) d += g[n * OC + o] * wv[o * F + f];
-      const double v = x[n * F + f], u = c * (v + 0.044715 * v * v * v), th = std::tanh(u);
-      const double grad =
-          0.5 * (1 + th) + 0.5 * v * (1 - th * th) * c * (1 + 3 * 0.044715 * v * v);
-      dpre_ref[n * F + f] = d * grad;
-      db_ref[f] += d * grad;
-    }
-  OwnedTensor dpre = random_tensor(DType::kF64, {N, F}, 65), db = clone(db0);
-  ops::linear_dgelu_backward(ctx, dpre, db, dout, w, pre);
-  EXPECT_LT(rel_error(to_vector(dpre), dpre_ref), 1e-13);
-  EXPECT_LT(rel_error(to_vector(db), db_ref), 1e-13);
-  OwnedTensor dpre2 = random_tensor(DType::kF64, {N, F}, 66);
-  ops::linear_dgelu_backward(ctx, dpre2, Tensor(), dout, w, pre);
-  EXPECT_EQ(to_vector(dpre2), to_vector(dpre));
-  // Wrong shapes are refused with the argument named.
-  OwnedTensor bad = OwnedTensor::zeros(DType::kF64, {N, F + 1});
-  EXPECT_SHARDLM_ERROR(ops::linear_dgelu_backward(ctx, bad, db, dout, w, pre),
-                       ErrorKind::kInvalidArgument, "dpre");
-}
-
 TEST(LinearGelu, ChainGradientsMatchFiniteDifferences) {
   DeviceContext ctx = DeviceContext::cpu();
   const int64_t N = 6, IC = 5, F = 7;

@@ -294,27 +294,4 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
   SHARDLM_OPS_ROUTE(gelu_backward_bias_grad, ctx, dpre, dbias, dout, pre);
 }
 
-void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
-                           const Tensor& weight, const Tensor& pre) {
-  constexpr const char* op = "linear_dgelu_backward";
-  check_devices(
-      op, ctx,
-      {{"dpre", dpre}, {"dbias", dbias}, {"dout", dout}, {"weight", weight}, {"pre", pre}});
-  for (const Arg& a :
-       {Arg{"dpre", dpre}, Arg{"dout", dout}, Arg{"weight", weight}, Arg{"pre", pre}})
-    require_defined(op, a);
-  require_same_float(
-      op, {{"pre", pre}, {"dpre", dpre}, {"dout", dout}, {"weight", weight}, {"dbias", dbias}});
-  // weight [OC, F] is applied to pre's F columns: check_linear_input's "in" is pre here.
-  const int64_t N = check_linear_input(op, pre, weight);
-  const int64_t OC = weight.size(0), F = weight.size(1);
-  require_rows(op, {"dout", dout}, N, OC, "pre, with OC = weight rows columns");
-  require_rows(op, {"dpre", dpre}, N, F, "pre");
-  if (dbias.defined()) require_shape(op, {"dbias", dbias}, Shape{F});
-  require_same_or_disjoint(op, {"dpre", dpre}, {"pre", pre}, false);
-  require_same_or_disjoint(op, {"dpre", dpre}, {"dout", dout}, false);
-  require_same_or_disjoint(op, {"dpre", dpre}, {"weight", weight}, false);
-  SHARDLM_OPS_ROUTE(linear_dgelu_backward, ctx, dpre, dbias, dout, weight, pre);
-}
-
 }  // namespace shardlm::ops

@@ -118,13 +118,6 @@ void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tenso
 // Follow with linear_backward(din, dweight, /*dbias=*/Tensor(), dpre, in, weight).
 void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
                              const Tensor& pre);
-// The MLP's second projection, backward into the GELU before it (Megatron's bias-GELU backward
-// fusion): dpre[N,F] = (dout[N,OC] @ weight[OC,F]) * gelu'(pre) (assign) and dbias[F] +=
-// sum_n dpre[n,:] (the FIRST projection's bias; skipped when undefined). weight's own gradient
-// is linear_backward(din undefined, ...). Both backends: the GEMM, then gelu_backward_bias_grad
-// in place (cuBLASLt's DGELU_BGRAD epilogue measured slower; ops/cuda/fused_linear_gelu.cu).
-void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
-                           const Tensor& weight, const Tensor& pre);
 
 // ---- attention -----------------------------------------------------------------------------
 // Causal self-attention with grouped-query attention, Megatron's fused-QKV layout:

@@ -64,17 +64,9 @@ void Linear::forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tens
                            bias_ ? bias_->compute_value : Tensor());
 }
 
-void Linear::backward_into_gelu(DeviceContext& ctx, Tensor dpre, const Linear& before,
-                                const Tensor& dout, const Tensor& in, const Tensor& pre) const {
-  SHARDLM_CHECK(before.mode_ != ParallelMode::kRow);  // its output (pre) is whole per rank
-  ops::linear_backward(ctx, Tensor(), weight_->compute_grad,
-                       bias_ ? bias_->compute_grad : Tensor(), dout, in, weight_->compute_value);
-  ops::linear_dgelu_backward(ctx, dpre, before.bias_ ? before.bias_->compute_grad : Tensor(),
-                             dout, weight_->compute_value, pre);
-}
-
-void Linear::backward_from_dpre(DeviceContext& ctx, Tensor din, const Tensor& dpre,
-                                const Tensor& in) const {
+void Linear::backward_from_gelu(DeviceContext& ctx, Tensor din, Tensor dpre, const Tensor& dout,
+                                const Tensor& pre, const Tensor& in) const {
+  ops::gelu_backward_bias_grad(ctx, dpre, bias_ ? bias_->compute_grad : Tensor(), dout, pre);
   ops::linear_backward(ctx, din, weight_->compute_grad, Tensor(), dpre, in,
                        weight_->compute_value);
 }

@@ -48,17 +48,10 @@ class Linear {
   // The linear followed by GELU (not row-parallel): out = gelu(pre), pre = in @ W^T + b, one
   // cuBLASLt GEMM with the GELU epilogue on CUDA in bf16/fp16 (ops::linear_gelu_forward).
   void forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in) const;
-  // Backward of this linear when its input is gelu(pre) and pre is the output of `before`
-  // (the MLP's fc2 after fc1 + GELU): this layer's weight and bias gradients from in =
-  // gelu(pre), then dpre = d(in) * gelu'(pre) and before's bias gradient
-  // (ops::linear_dgelu_backward). dpre may share storage with in: in is read before dpre is
-  // written.
-  void backward_into_gelu(DeviceContext& ctx, Tensor dpre, const Linear& before,
-                          const Tensor& dout, const Tensor& in, const Tensor& pre) const;
-  // The rest of `before`'s backward once dpre (and its bias gradient) exist: din and the weight
-  // gradient.
-  void backward_from_dpre(DeviceContext& ctx, Tensor din, const Tensor& dpre,
-                          const Tensor& in) const;
+  // Its backward from dout = d(gelu output): dpre (scratch, [N, out]) and the bias gradient in
+  // one pass, then the GEMMs for din and the weight gradient.
+  void backward_from_gelu(DeviceContext& ctx, Tensor din, Tensor dpre, const Tensor& dout,
+                          const Tensor& pre, const Tensor& in) const;
 
   int64_t in_features() const { return in_local_; }
   int64_t out_features() const { return out_local_; }

@@ -263,20 +263,14 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
     ops::swiglu_forward(ctx, act, s.fc1);
   else
     ops::gelu_forward(ctx, act, s.fc1);
-  // fc2's gradients; for GELU its input gradient comes out as fc1's pre-activation gradient
-  // (with fc1's bias gradient) from one GEMM, written over act once fc2's weight gradient has
-  // read it. Both read d_mlp_full, which under SP lives in c1: before recompute_norm reuses c1.
-  if (cfg_.swiglu)
-    fc2_.backward(ctx, scratch.act, d_mlp_full, act);
-  else
-    fc2_.backward_into_gelu(ctx, scratch.fc1, fc1_, d_mlp_full, act, s.fc1);
+  fc2_.backward(ctx, scratch.act, d_mlp_full, act);
   // norm2's output for fc1's weight gradient, recomputed (re-gathered under SP, as Megatron).
   recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
   if (cfg_.swiglu) {
     ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
     fc1_.backward(ctx, d_norm_out_full, scratch.fc1, scratch.c1);
   } else {
-    fc1_.backward_from_dpre(ctx, d_norm_out_full, scratch.fc1, scratch.c1);
+    fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, scratch.c1);
   }
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)

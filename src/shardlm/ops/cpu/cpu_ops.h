@@ -75,8 +75,6 @@ void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tenso
                          const Tensor& weight, const Tensor& bias);
 void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
                              const Tensor& pre);
-void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
-                           const Tensor& weight, const Tensor& pre);
 
 // attention.cc
 void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,

@@ -2,7 +2,6 @@
 // GELU's backward fused with that projection's bias gradient:
 //   linear_gelu_forward:      pre = in @ weight^T + bias;  out = gelu_tanh(pre)
 //   gelu_backward_bias_grad:  dpre = dout * gelu'(pre) (assign);  dbias += sum_n dpre[n, :]
-//   linear_dgelu_backward:    dpre = (dout @ weight) * gelu'(pre);  dbias += sum_n dpre[n, :]
 // On the CPU these are, by definition, the composition of the unfused ops (linear_forward then
 // gelu_forward; gelu_backward then linear_backward's bias reduction: column sums in double of
 // the stored dpre, rounded once onto dbias), so a model that switches to them changes no number.
@@ -41,14 +40,6 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
     const int64_t F = dpre.size(-1);
     accumulate_column_sums<T>(dbias.data<T>(), dpre.data<T>(), dpre.numel() / F, F);
   });
-}
-
-void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
-                           const Tensor& weight, const Tensor& pre) {
-  // d(gelu output) into dpre, then GELU's backward in place (same values as the CUDA epilogue
-  // computes, up to its rounding of the intermediate).
-  linear_backward(ctx, dpre, Tensor(), Tensor(), dout, pre, weight);
-  gelu_backward_bias_grad(ctx, dpre, dbias, dpre, pre);
 }
 
 }  // namespace shardlm::ops::cpu

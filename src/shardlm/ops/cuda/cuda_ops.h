@@ -80,8 +80,6 @@ void linear_gelu_forward(DeviceContext& ctx, Tensor out, Tensor pre, const Tenso
                          const Tensor& weight, const Tensor& bias);
 void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
                              const Tensor& pre);
-void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
-                           const Tensor& weight, const Tensor& pre);
 // True when linear_gelu_forward with these arguments takes the one-GEMM cuBLASLt GELU_AUX
 // epilogue path (false: GEMM + separate GELU). For tests and profiling; runs the heuristic.
 bool linear_gelu_uses_epilogue(DeviceContext& ctx, const Tensor& out, const Tensor& pre,

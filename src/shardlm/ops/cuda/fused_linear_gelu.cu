@@ -13,12 +13,6 @@
 // round far more than any fast tanh errs). Row-major X[r,c] is column-major X^T with ld = c,
 // exactly as in linear.cu. fp32 accumulation (CUBLAS_COMPUTE_32F), no TF32.
 //
-// Backward through the projection after the GELU (linear_dgelu_backward): its input-gradient
-// GEMM into dpre, then the helper below in place. cuBLASLt's DGELU_BGRAD epilogue (GELU's
-// backward and the bias gradient inside that GEMM) was tried and measured slower on an H200:
-// 47.2 ms per 1.3B step for the 24 fused GEMMs against ~31 ms for GEMM + helper (see
-// bench/ops/NOTES.md), so it is not used.
-//
 // Backward helper: dpre = dout * gelu'(pre) written in the same pass that sums the bias
 // gradient, through column_reduce.cuh. The value functor writes dpre[n, c] as a side effect,
 // which is sound because column_partial_sums_kernel evaluates every (n, c) exactly once; the
@@ -97,24 +91,6 @@ struct LtPreference {
   ~LtPreference() { if (h) cublasLtMatmulPreferenceDestroy(h); }
 };
 
-// Workspace limit and the real pointer alignments of A, B and D (C = D), for the heuristic.
-void make_preference(LtPreference& pref, const void* a, const void* b, const void* d) {
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
-  const uint64_t workspace = CudaBackendState::kCublasWorkspaceBytes;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
-  const uint32_t align_a = pointer_alignment(a), align_b = pointer_alignment(b),
-                 align_d = pointer_alignment(d);
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
-}
-
 // The descriptors of one GEMM + GELU_AUX(_BIAS) call and the algorithm the heuristic picked.
 // found() is false when a requirement of the epilogue is not met or no algorithm exists.
 class GeluEpilogueGemm {
@@ -152,7 +128,20 @@ class GeluEpilogueGemm {
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_.h, type, IC, F, IC));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_.h, type, IC, N, IC));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_.h, type, F, N, F));
-    make_preference(pref_, weight, in, out);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref_.h));
+    const uint64_t workspace = CudaBackendState::kCublasWorkspaceBytes;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref_.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+    const uint32_t align_a = pointer_alignment(weight), align_b = pointer_alignment(in),
+                   align_d = pointer_alignment(out);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref_.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref_.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref_.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref_.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
     int found = 0;
     // NOT_SUPPORTED here means "no algorithm for this epilogue/type/shape": fall back.
     const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
@@ -268,16 +257,6 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
                              static_cast<const T*>(pre.raw()), F},
         static_cast<T*>(dbias.raw()), static_cast<T*>(nullptr));
   });
-}
-
-void linear_dgelu_backward(DeviceContext& ctx, Tensor dpre, Tensor dbias, const Tensor& dout,
-                           const Tensor& weight, const Tensor& pre) {
-  // Shapes were checked by ops::linear_dgelu_backward: weight [OC, F], dout [N, OC], pre [N, F].
-  if (weight.size(1) == 0 || pre.numel() == 0) return;
-  // The input-gradient GEMM into dpre, then GELU's backward in place with the bias gradient
-  // (cuBLASLt's DGELU_BGRAD epilogue measured slower; see the banner).
-  linear_backward(ctx, dpre, Tensor(), Tensor(), dout, pre, weight);
-  gelu_backward_bias_grad(ctx, dpre, dbias, dpre, pre);
 }
 
 }  // namespace shardlm::ops::cuda
