@@ -64,7 +64,7 @@ TEST_P(LinearGeluGpuTest, ForwardMatchesCpu) {
 TEST_P(LinearGeluGpuTest, GeluBackwardBiasGradMatchesCpu) {
   const DType dt = dtype();
   const std::vector<std::pair<int64_t, int64_t>> sizes = {
-      {67, 96}, {1, 3}, {512, 3072}, {300, 257}};
+      {67, 96}, {1, 3}, {512, 3072}, {300, 257}, {4099, 1024}};  // 4099: the 4-row unrolled loop
   for (const auto& [N, F] : sizes) {
     SCOPED_TRACE("N=" + std::to_string(N) + " F=" + std::to_string(F));
     const OwnedTensor pre = round_to(random_tensor(DType::kF32, {N, F}, 51, 2.0), dt);
@@ -80,6 +80,15 @@ TEST_P(LinearGeluGpuTest, GeluBackwardBiasGradMatchesCpu) {
     ops::gelu_backward_bias_grad(gpu(), dpre_d, db_d, dout_d, pre_d);
     testing::expect_matches_reference("gelu_backward_bias_grad dpre", gpu(), dpre_d, dpre, dt);
     testing::expect_matches_reference("gelu_backward_bias_grad dbias (+=)", gpu(), db_d, db, dt);
+
+    // In place (dpre aliases dout), as the MLP backward calls it.
+    OwnedTensor inplace_d = to_device(dout, dt);
+    OwnedTensor db2_d = to_device(db0, dt);
+    ops::gelu_backward_bias_grad(gpu(), inplace_d, db2_d, inplace_d, pre_d);
+    testing::expect_matches_reference("gelu_backward_bias_grad dpre (in place)", gpu(), inplace_d,
+                                      dpre, dt);
+    testing::expect_matches_reference("gelu_backward_bias_grad dbias (in place)", gpu(), db2_d, db,
+                                      dt);
 
     // Without dbias: GELU's backward alone.
     OwnedTensor dpre2_d = poisoned_device(dt, {N, F});

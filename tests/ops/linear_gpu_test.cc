@@ -21,7 +21,8 @@ SHARDLM_GPU_DTYPES(LinearGpuTest);
 TEST_P(LinearGpuTest, ForwardBackwardMatchCpu) {
   const DType dt = dtype();
   for (const LinearCase& c : {LinearCase{67, 129, 95}, LinearCase{1, 8, 3},
-                              LinearCase{512, 768, 2304}, LinearCase{300, 1024, 256}}) {
+                              LinearCase{512, 768, 2304}, LinearCase{300, 1024, 256},
+                              LinearCase{4099, 64, 1024}}) {  // 4099 rows: dbias's unrolled loop
     SCOPED_TRACE("N=" + std::to_string(c.N) + " IC=" + std::to_string(c.IC) +
                  " OC=" + std::to_string(c.OC));
     const OwnedTensor in = round_to(random_tensor(DType::kF32, {c.N, c.IC}, 31), dt);

@@ -66,6 +66,15 @@ Storage::Storage(Device device, size_t bytes) : bytes_(bytes), device_(device) {
                     "); reduce --micro-batch-size, enable --recompute-granularity, or use more "
                     "tensor/pipeline parallelism");
   }
+  // Tests (ctest -L gpu sets it) fill new device memory with 0xFF bytes (NaN in every float
+  // dtype): fresh cudaMalloc pages usually read as zero, which hides reads of memory no kernel
+  // wrote until a later allocation in the same process recycles dirty memory.
+  if (const char* poison = std::getenv("SHARDLM_POISON_DEVICE_MEMORY");
+      poison != nullptr && poison[0] == '1') {
+    if (cudaMemset(data_, 0xFF, bytes) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+      throw Error(ErrorKind::kInternal, "poisoning a new device allocation failed: " +
+                                            std::string(cudaGetErrorString(cudaGetLastError())));
+  }
 #else
   throw Error(ErrorKind::kUnsupported,
               "a CUDA tensor was requested but this build has no CUDA backend; rebuild where "

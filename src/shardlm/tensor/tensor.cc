@@ -43,7 +43,12 @@ OwnedTensor OwnedTensor::zeros(DType dtype, const Shape& shape, Device device) {
     std::memset(t.view_.raw(), 0, t.view_.nbytes());
   } else {
 #ifdef SHARDLM_WITH_CUDA
-    cudaMemset(t.view_.raw(), 0, t.view_.nbytes());
+    // The memset runs on the legacy default stream, which the ops' non-blocking streams do not
+    // wait for: finish it here so no kernel queued next can run before (or under) it.
+    if (cudaMemset(t.view_.raw(), 0, t.view_.nbytes()) != cudaSuccess ||
+        cudaDeviceSynchronize() != cudaSuccess)
+      throw Error(ErrorKind::kInternal, std::string("zero-filling a device tensor failed: ") +
+                                            cudaGetErrorString(cudaGetLastError()));
 #endif
   }
   return t;

@@ -14,8 +14,8 @@
 // exactly as in linear.cu. fp32 accumulation (CUBLAS_COMPUTE_32F), no TF32.
 //
 // Backward helper: dpre = dout * gelu'(pre) written in the same pass that sums the bias
-// gradient, through column_reduce.cuh. The value functor writes dpre[n, c] as a side effect,
-// which is sound because column_partial_sums_kernel evaluates every (n, c) exactly once; the
+// gradient, through column_reduce.cuh's chunked reduction. The term writes dpre[n, c..] as a
+// side effect, which is sound because the kernel loads and adds every chunk exactly once; the
 // sum is over the rounded dpre, as linear_backward would sum it, and accumulates (+=) into
 // dbias deterministically. Without dbias it is gelu_backward.
 #include <cublasLt.h>
@@ -41,18 +41,32 @@ __device__ __forceinline__ float gelu_grad(float dout, float x) {
   return dout * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
 }
 
-// (n, c) -> dpre[n, c] (also stored): the per-element term of dbias.
-template <typename T>
+// Row n's chunks of dout and pre (kW columns from c): dpre = dout * gelu'(pre) is stored, and
+// its rounded value is the term of dbias.
+template <typename T, int kWidth>
 struct GeluGradStoreTerm {
+  static constexpr int kW = kWidth;
+  struct Loaded {
+    RowChunk<T, kW> dout, pre;
+  };
   T* dpre;
   const T* dout;
   const T* pre;
   int64_t F;
-  __device__ float2 operator()(int64_t n, int64_t c) const {
+  __device__ Loaded load(int64_t n, int64_t c) const {
     const int64_t i = n * F + c;
-    const T g = float_to<T>(gelu_grad(load_as_float(dout[i]), load_as_float(pre[i])));
-    dpre[i] = g;
-    return make_float2(load_as_float(g), 0.0f);
+    return {load_row_chunk<kW>(dout + i), load_row_chunk<kW>(pre + i)};
+  }
+  __device__ void add(const Loaded& l, int64_t n, int64_t c, float (&s0)[kW], float (&)[kW]) const {
+    float d[kW], x[kW];
+    unpack_row_chunk<kW, T>(l.dout, d);
+    unpack_row_chunk<kW, T>(l.pre, x);
+#pragma unroll
+    for (int j = 0; j < kW; ++j) {
+      d[j] = load_as_float(float_to<T>(gelu_grad(d[j], x[j])));  // rounded as stored
+      s0[j] += d[j];
+    }
+    store_chunk<kW>(dpre + n * F + c, d);
   }
 };
 
@@ -251,10 +265,12 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
   if (N == 0) return;
   CudaBackendState& st = cuda_state(ctx);
   dispatch_float(dpre.dtype(), op, [&]<typename T>() {
-    launch_column_reduce<T, 1>(
-        st, N, F,
-        GeluGradStoreTerm<T>{static_cast<T*>(dpre.raw()), static_cast<const T*>(dout.raw()),
-                             static_cast<const T*>(pre.raw()), F},
+    T* dp = static_cast<T*>(dpre.raw());
+    const T* d = static_cast<const T*>(dout.raw());
+    const T* p = static_cast<const T*>(pre.raw());
+    launch_column_reduce_chunked<T, 1>(
+        st, N, F, aligned16(dp) && aligned16(d) && aligned16(p),
+        [&]<int kW>() { return GeluGradStoreTerm<T, kW>{dp, d, p, F}; },
         static_cast<T*>(dbias.raw()), static_cast<T*>(nullptr));
   });
 }

@@ -6,8 +6,8 @@
 //   forward : out^T[OC,N]  = (W_cm[IC,OC])^T · in_cm[IC,N]      (TN), bias via the BIAS epilogue
 //   din     : din^T[IC,N]  = W_cm[IC,OC] · dout_cm[OC,N]         (NN), beta = 0 (assign)
 //   dweight : dW^T[IC,OC] += in_cm[IC,N] · (dout_cm[OC,N])^T     (NT), beta = 1 (accumulate)
-// dbias += column sums of dout goes through column_reduce.cuh (cuBLASLt's BGRAD epilogue
-// overwrites, and parameter gradients must accumulate).
+// dbias += column sums of dout goes through column_reduce.cuh's chunked reduction (16-byte
+// loads; cuBLASLt's BGRAD epilogue overwrites, and parameter gradients must accumulate).
 // The heuristic query runs per call (a few microseconds of host time); caching algorithms per
 // shape in the context is the next step if host overhead shows.
 #include <cublasLt.h>
@@ -93,13 +93,19 @@ void lt_matmul(const CudaBackendState& st, DType dtype, bool trans_a, bool trans
                               workspace, st.stream()));
 }
 
-// (n, c) -> dout[n, c]: the per-element term of dbias.
-template <typename T>
+// Row n's chunk of dout (kW columns from c): the terms of dbias.
+template <typename T, int kWidth>
 struct BiasGradTerm {
+  static constexpr int kW = kWidth;
+  using Loaded = RowChunk<T, kW>;
   const T* dout;
   int64_t OC;
-  __device__ float2 operator()(int64_t n, int64_t c) const {
-    return make_float2(load_as_float(dout[n * OC + c]), 0.0f);
+  __device__ Loaded load(int64_t n, int64_t c) const { return load_row_chunk<kW>(dout + n * OC + c); }
+  __device__ void add(const Loaded& chunk, int64_t, int64_t, float (&s0)[kW], float (&)[kW]) const {
+    float v[kW];
+    unpack_row_chunk<kW, T>(chunk, v);
+#pragma unroll
+    for (int j = 0; j < kW; ++j) s0[j] += v[j];
   }
 };
 
@@ -186,9 +192,11 @@ void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbia
               dout.raw(), dims.OC, dweight.raw(), 1.0f, nullptr, "weight-gradient");
   if (has_db && dims.N > 0) {
     dispatch_float(dout.dtype(), op, [&]<typename T>() {
-      launch_column_reduce<T, 1>(st, dims.N, dims.OC,
-                                 BiasGradTerm<T>{static_cast<const T*>(dout.raw()), dims.OC},
-                                 static_cast<T*>(dbias.raw()), static_cast<T*>(nullptr));
+      const T* d = static_cast<const T*>(dout.raw());
+      launch_column_reduce_chunked<T, 1>(
+          st, dims.N, dims.OC, aligned16(d),
+          [&]<int kW>() { return BiasGradTerm<T, kW>{d, dims.OC}; },
+          static_cast<T*>(dbias.raw()), static_cast<T*>(nullptr));
     });
   }
 }
