@@ -386,6 +386,67 @@ TEST(ParameterRegistry, PerParameterFoldTouchesOnlyThatParameter) {
   }
 }
 
+// begin_step_grads leaves last step's master gradients in place and the step's first fold of
+// each parameter assigns (whole-buffer fold or per parameter), later folds add; end_step_grads
+// zeroes a parameter no fold reached, so nothing of the last step survives. Stale master
+// values are random, so an accumulate where an assign belongs shows.
+TEST(ParameterRegistry, FirstFoldOfAStepAssigns) {
+  DeviceContext ctx = DeviceContext::cpu();
+  ParameterRegistry reg;
+  reg.add({"a", {3, 5}, Split::none(), true, Init::normal(1)});
+  reg.add({"b", {7}, Split::none(), false, Init::ones()});
+  reg.add({"c", {2, 2}, Split::none(), true, Init::normal(1)});
+  reg.finalize(ctx, DType::kF32, 3, DType::kBF16);
+  uint64_t seed = 40;
+  auto dirty_masters = [&] {
+    for (Parameter& p : reg.parameters())
+      ops::copy(ctx, p.grad, testing::random_tensor(DType::kF32, p.local_shape, seed++).view());
+  };
+  auto set_compute = [&](Parameter& p) {
+    ops::copy(ctx, p.compute_grad,
+              testing::random_tensor(DType::kBF16, p.local_shape, seed++).view());
+    return testing::to_vector(p.compute_grad);
+  };
+  // Whole-buffer folds: assign, then add.
+  dirty_masters();
+  reg.begin_step_grads(ctx);
+  std::map<std::string, std::vector<double>> first, second;
+  for (Parameter& p : reg.parameters()) first[p.spec.name] = set_compute(p);
+  reg.accumulate_compute_grads(ctx);
+  for (Parameter& p : reg.parameters()) second[p.spec.name] = set_compute(p);
+  reg.accumulate_compute_grads(ctx);
+  reg.end_step_grads(ctx);
+  for (const Parameter& p : reg.parameters()) {
+    const std::vector<double> master = testing::to_vector(p.grad);
+    for (size_t i = 0; i < master.size(); ++i)
+      EXPECT_EQ(master[i], static_cast<double>(static_cast<float>(first[p.spec.name][i]) +
+                                               static_cast<float>(second[p.spec.name][i])))
+          << p.spec.name << " " << i;
+    for (double v : testing::to_vector(p.compute_grad)) EXPECT_EQ(v, 0.0);
+  }
+  // Mixed: "a" folded alone (assigns), then a whole-buffer fold with some masters filled (per
+  // parameter: a adds, b and c assign).
+  dirty_masters();
+  reg.begin_step_grads(ctx);
+  const std::vector<double> a1 = set_compute(reg.get("a"));
+  reg.accumulate_compute_grads(ctx, reg.get("a"));
+  const std::vector<double> a2 = set_compute(reg.get("a"));
+  const std::vector<double> b1 = set_compute(reg.get("b"));
+  reg.accumulate_compute_grads(ctx);  // a: adds; b: assigns; c: assigns its zero compute grads
+  const std::vector<double> a = testing::to_vector(reg.get("a").grad);
+  const std::vector<double> b = testing::to_vector(reg.get("b").grad);
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(a[i], static_cast<double>(static_cast<float>(a1[i]) + static_cast<float>(a2[i])));
+  EXPECT_EQ(b, b1);
+  for (double v : testing::to_vector(reg.get("c").grad)) EXPECT_EQ(v, 0.0);
+  // A step in which no fold ran: end_step_grads zeroes every (dirty) master gradient.
+  reg.begin_step_grads(ctx);
+  dirty_masters();
+  reg.end_step_grads(ctx);
+  for (const Parameter& p : reg.parameters())
+    for (double v : testing::to_vector(p.grad)) EXPECT_EQ(v, 0.0) << p.spec.name;
+}
+
 TEST(TransformerConfig, ValidationNamesTheFlag) {
   auto message = [](TransformerConfig c) {
     try {

@@ -192,6 +192,7 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
         mixed ? compute_values_.view().flat_view(p.offset, p.local_shape) : p.value;
     p.compute_grad = mixed ? compute_grads_.view().flat_view(p.offset, p.local_shape) : p.grad;
   }
+  main_grad_empty_.assign(params_.size(), 0);
   finalized_ = true;
   sync_compute_values(ctx);
 }
@@ -208,15 +209,52 @@ void ParameterRegistry::sync_compute_values(DeviceContext& ctx) {
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
-  // The whole flat buffer in one pass (padding included: zero += 0 stays zero).
-  ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view());
+  const bool all_empty = std::all_of(main_grad_empty_.begin(), main_grad_empty_.end(),
+                                     [](uint8_t e) { return e != 0; });
+  const bool none_empty = std::none_of(main_grad_empty_.begin(), main_grad_empty_.end(),
+                                       [](uint8_t e) { return e != 0; });
+  if (all_empty || none_empty) {
+    // The whole flat buffer in one pass (padding included: it is zero in both buffers).
+    if (all_empty) {
+      ops::copy(ctx, grads_.view(), compute_grads_.view());
+      zero_buffer(ctx, compute_grads_.view());
+    } else {
+      ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view());
+    }
+    std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
+    return;
+  }
+  for (const Parameter& p : params_) accumulate_compute_grads(ctx, p);
 }
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Parameter& param) {
   if (!has_compute_copy()) return;
   const Shape shape({param.local_shape.numel()});
-  ops::accumulate_and_zero(ctx, grads_.view().flat_view(param.offset, shape),
-                           compute_grads_.view().flat_view(param.offset, shape));
+  Tensor main = grads_.view().flat_view(param.offset, shape);
+  Tensor compute = compute_grads_.view().flat_view(param.offset, shape);
+  uint8_t& empty = main_grad_empty_[static_cast<size_t>(&param - params_.data())];
+  if (empty) {
+    ops::copy(ctx, main, compute);
+    zero_buffer(ctx, compute);
+    empty = 0;
+  } else {
+    ops::accumulate_and_zero(ctx, main, compute);
+  }
+}
+
+void ParameterRegistry::begin_step_grads(DeviceContext& ctx) {
+  if (!has_compute_copy()) return zero_grads(ctx);
+  std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{1});
+}
+
+void ParameterRegistry::end_step_grads(DeviceContext& ctx) {
+  if (!has_compute_copy()) return;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (main_grad_empty_[i]) {
+      const Parameter& p = params_[i];
+      zero_buffer(ctx, grads_.view().flat_view(p.offset, Shape({p.local_shape.numel()})));
+      main_grad_empty_[i] = 0;
+    }
 }
 
 Parameter& ParameterRegistry::get(const std::string& name) {
@@ -233,6 +271,7 @@ void ParameterRegistry::zero_grads(DeviceContext& ctx) {
   if (total_ == 0) return;
   zero_buffer(ctx, grads_.view());
   if (has_compute_copy()) zero_buffer(ctx, compute_grads_.view());
+  std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
 }
 
 }  // namespace shardlm::model

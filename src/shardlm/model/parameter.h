@@ -177,10 +177,19 @@ class ParameterRegistry {
 
   // Zeroes the master gradients (and the compute gradients when separate).
   void zero_grads(DeviceContext& ctx);
+  // Start of a training step. Without a compute copy: zero_grads. With one, nothing is
+  // written: the compute gradients are already zero (every fold zeroes them), and the master
+  // gradients are only marked empty, so the step's first fold of each parameter assigns
+  // instead of adding (saves a pass over the fp32 buffer and its zeroing: ~5 ms per 1.3B step).
+  void begin_step_grads(DeviceContext& ctx);
+  // After the step's last fold: zeroes the master gradient of any parameter no fold reached
+  // (none in a normal step), so no gradient of an earlier step survives.
+  void end_step_grads(DeviceContext& ctx);
   // Mixed precision: compute values = convert(master values). No-op without a compute copy.
   void sync_compute_values(DeviceContext& ctx);
-  // Mixed precision: master grads += convert(compute grads), then compute grads = 0, in one
-  // pass (ops::accumulate_and_zero). No-op without a compute copy.
+  // Mixed precision: master grads += convert(compute grads) (= when begin_step_grads marked
+  // them empty), then compute grads = 0 (ops::accumulate_and_zero, or copy + fill). No-op
+  // without a compute copy.
   void accumulate_compute_grads(DeviceContext& ctx);
   // The same for one parameter (called from the backward grad-ready hook, so a bucket's
   // gradients can be reduced while backward continues). No-op without a compute copy.
@@ -193,6 +202,8 @@ class ParameterRegistry {
   OwnedTensor grads_;   // [total]
   OwnedTensor compute_values_;  // [total] in compute_dtype_ (mixed precision only)
   OwnedTensor compute_grads_;   // [total] in compute_dtype_ (mixed precision only)
+  // Per parameter: the master gradient holds nothing of this step yet (begin_step_grads).
+  std::vector<uint8_t> main_grad_empty_;
   DType compute_dtype_ = DType::kF32;
   int64_t total_ = 0;
   bool finalized_ = false;

@@ -525,12 +525,13 @@ IterationRecord Trainer::train_step() {
   rec.iteration = iteration_ + 1;
   rec.lr = schedule_->lr_at(iteration_);
   finish_param_gather();  // --overlap-param-gather: the forward needs the updated weights
-  registry_.zero_grads(*device_);
+  registry_.begin_step_grads(*device_);  // --bf16/--fp16: the first fold assigns
   grad_sync_->start_iteration();
   // --fp16: backward runs on loss * scale so small gradients survive in fp16.
   const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
   rec.loss_scale = loss_scale;
   double loss_sum = pipeline_ ? pipeline_step(loss_scale) : microbatch_loop(loss_scale);
+  registry_.end_step_grads(*device_);  // a parameter no fold reached: zero, not last step's
   grad_sync_->wait();  // gradients are now averaged over DP (this rank's shards with the DO)
   if (pipeline_) {
     all_reduce_tied_embedding_grads();
