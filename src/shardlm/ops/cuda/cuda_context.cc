@@ -74,6 +74,7 @@ void CudaBackendState::release() noexcept {
   cudaSetDevice(device_index_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   cudnn_attention_.reset();
+  gemm_plans_.reset();  // descriptors only; before the handle they were used with
   if (scratch_ != nullptr) cudaFree(scratch_);
   if (host_flags_ != nullptr) cudaFreeHost(host_flags_);
   if (device_flags_ != nullptr) cudaFree(device_flags_);
@@ -110,6 +111,11 @@ void* CudaBackendState::scratch(size_t bytes) {
 CudnnAttentionCache& CudaBackendState::cudnn_attention() {
   if (!cudnn_attention_) cudnn_attention_ = std::make_unique<CudnnAttentionCache>();
   return *cudnn_attention_;
+}
+
+GemmPlanCache& CudaBackendState::gemm_plans() {
+  if (!gemm_plans_) gemm_plans_ = std::make_unique<GemmPlanCache>();
+  return *gemm_plans_;
 }
 
 void init_cuda_backend(DeviceContext& ctx) {

@@ -1,6 +1,6 @@
 // cuda_context.h — the CUDA backend's per-rank state, hung off DeviceContext::backend():
-// the compute stream every op runs on, a cuBLASLt handle with its workspace, and small
-// device/pinned buffers for ops that return a host value or need per-call scratch.
+// the compute stream every op runs on, a cuBLASLt handle with its workspace and GEMM plans, and
+// small device/pinned buffers for ops that return a host value or need per-call scratch.
 //
 // Ownership: created by init_cuda_backend(ctx) and owned by ctx (one per rank, no globals).
 // Thread contract: like the DeviceContext, used by one host thread at a time.
@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "shardlm/ops/cuda/cudnn_attention.h"
+#include "shardlm/ops/cuda/gemm_plan_cache.h"
 #include "shardlm/tensor/device_context.h"
 
 // Opaque handles, so host-only code can include this header without the CUDA headers.
@@ -58,6 +59,14 @@ class CudaBackendState final : public BackendState {
   // cuDNN's handle and attention plans, created on first use.
   CudnnAttentionCache& cudnn_attention();
 
+  // Whether bf16/fp16 GEMMs with beta == 0 time the heuristic's candidates on the first call of
+  // a shape and keep the fastest (gemm_plan_cache.h); on by default. Off: the heuristic's first
+  // choice, the same algorithm in every run. Plans made under either setting are kept apart.
+  bool gemm_autotune() const { return gemm_autotune_; }
+  void set_gemm_autotune(bool on) { gemm_autotune_ = on; }
+  // cuBLASLt GEMM plans per shape, created on first use.
+  GemmPlanCache& gemm_plans();
+
  private:
   void release() noexcept;
 
@@ -74,6 +83,8 @@ class CudaBackendState final : public BackendState {
   size_t scratch_bytes_ = 0;
   AttentionKernels attention_kernels_ = AttentionKernels::kAuto;
   std::unique_ptr<CudnnAttentionCache> cudnn_attention_;
+  bool gemm_autotune_ = true;
+  std::unique_ptr<GemmPlanCache> gemm_plans_;
 };
 
 // Creates the CUDA state for ctx.device() (must be a CUDA device) and attaches it to ctx.

@@ -8,89 +8,29 @@
 //   dweight : dW^T[IC,OC] += in_cm[IC,N] · (dout_cm[OC,N])^T     (NT), beta = 1 (accumulate)
 // dbias += column sums of dout goes through column_reduce.cuh's chunked reduction (16-byte
 // loads; cuBLASLt's BGRAD epilogue overwrites, and parameter gradients must accumulate).
-// The heuristic query runs per call (a few microseconds of host time); caching algorithms per
-// shape in the context is the next step if host overhead shows.
+// Plans (descriptor, layouts, algorithm) are cached per shape in the rank's CUDA state
+// (gemm_plan_cache.h): a repeated shape only sets the bias pointer and launches. bf16/fp16 GEMMs
+// with beta = 0 (forward, din) time the heuristic's top candidates on first use and keep the
+// fastest, unless CudaBackendState::set_gemm_autotune(false); fp32 and the beta = 1 dweight GEMM
+// take the heuristic's first choice (deterministic across processes / must not run twice).
 #include <cublasLt.h>
 
 #include "shardlm/ops/cuda/column_reduce.cuh"
 #include "shardlm/ops/cuda/common.cuh"
 #include "shardlm/ops/cuda/cuda_ops.h"
+#include "shardlm/ops/cuda/gemm_plan_cache.h"
 
 namespace shardlm::ops::cuda {
 namespace {
 
-cudaDataType_t cuda_data_type(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return CUDA_R_32F;
-    case DType::kBF16: return CUDA_R_16BF;
-    case DType::kF16: return CUDA_R_16F;
-    default:
-      throw Error(ErrorKind::kInvalidArgument,
-                  std::string("linear on CUDA: dtype ") + dtype_name(dtype) +
-                      " is not supported (use fp32, bf16 or fp16)");
-  }
-}
-
-// RAII owners of the cuBLASLt descriptors of one call.
-struct MatmulDesc {
-  cublasLtMatmulDesc_t desc = nullptr;
-  ~MatmulDesc() { if (desc) cublasLtMatmulDescDestroy(desc); }
-};
-struct Layout {
-  cublasLtMatrixLayout_t layout = nullptr;
-  ~Layout() { if (layout) cublasLtMatrixLayoutDestroy(layout); }
-};
-struct Preference {
-  cublasLtMatmulPreference_t pref = nullptr;
-  ~Preference() { if (pref) cublasLtMatmulPreferenceDestroy(pref); }
-};
-
-// D[m,n] (column-major, ld = m) = alpha * op(A) op(B) + beta * D (+ bias[m] when bias != null).
+// D[m,n] (column-major, ld = m) = op(A) op(B) + beta * D (+ bias[m] when bias != null), through
+// the rank's cached plan for this shape (gemm_plan_cache.h).
 // A is stored (trans_a ? k x m : m x k) with leading dimension lda; B likewise (k x n / n x k).
-void lt_matmul(const CudaBackendState& st, DType dtype, bool trans_a, bool trans_b, int64_t m,
+void lt_matmul(CudaBackendState& st, DType dtype, bool trans_a, bool trans_b, int64_t m,
                int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
                void* D, float beta, const void* bias, const char* what) {
-  const cudaDataType_t type = cuda_data_type(dtype);
-  MatmulDesc op;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&op.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  if (bias != nullptr) {
-    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
-                                                &epilogue, sizeof(epilogue)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                &bias, sizeof(bias)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                &type, sizeof(type)));
-  }
-  Layout a, b, d;
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a.layout, type, trans_a ? k : m, trans_a ? m : k, lda));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b.layout, type, trans_b ? n : k, trans_b ? k : n, ldb));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.layout, type, m, n, m));
-  Preference pref;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.pref));
-  const uint64_t workspace = CudaBackendState::kCublasWorkspaceBytes;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
-  cublasLtMatmulHeuristicResult_t heuristic{};
-  int found = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(st.cublaslt(), op.desc, a.layout, b.layout,
-                                              d.layout, d.layout, pref.pref, 1, &heuristic,
-                                              &found));
-  if (found == 0)
-    throw Error(ErrorKind::kUnsupported,
-                std::string("linear on CUDA: cuBLASLt has no algorithm for the ") + what +
-                    " GEMM m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                    " k=" + std::to_string(k) + " in " + dtype_name(dtype));
-  const float alpha = 1.0f;
-  CUBLAS_CHECK(cublasLtMatmul(st.cublaslt(), op.desc, &alpha, A, a.layout, B, b.layout, &beta, D,
-                              d.layout, D, d.layout, &heuristic.algo, st.cublas_workspace(),
-                              workspace, st.stream()));
+  const GemmCall call{dtype, trans_a, trans_b, m, n, k, A, lda, B, ldb, D, /*ldd=*/m, beta, bias};
+  run_cached_gemm(st, call, "linear", what);
 }
 
 // Row n's chunk of dout (kW columns from c): the terms of dbias.
@@ -145,7 +85,7 @@ void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tens
     require_numel(bias, dims.OC, op, "bias");
   }
   if (dims.N * dims.OC == 0) return;
-  const CudaBackendState& st = cuda_state(ctx);
+  CudaBackendState& st = cuda_state(ctx);
   if (dims.IC == 0)
     throw Error(ErrorKind::kInvalidArgument, "linear_forward on CUDA: IC = 0 (empty weight)");
   lt_matmul(st, out.dtype(), /*trans_a=*/true, /*trans_b=*/false, dims.OC, dims.N, dims.IC,

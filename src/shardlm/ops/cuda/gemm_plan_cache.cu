@@ -1,0 +1,244 @@
+// gemm_plan_cache.cu — see gemm_plan_cache.h: plan building (descriptor, layouts, heuristic
+// with the operands' real alignment), the candidate timing of autotune, and the cached launch.
+#include "shardlm/ops/cuda/gemm_plan_cache.h"
+
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <compare>
+#include <limits>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "shardlm/ops/cuda/common.cuh"
+
+namespace shardlm::ops::cuda {
+namespace {
+
+constexpr int kTimedRuns = 3;  // per candidate, after one warm-up run
+
+cudaDataType_t cuda_data_type(DType dtype, const char* op) {
+  switch (dtype) {
+    case DType::kF32: return CUDA_R_32F;
+    case DType::kBF16: return CUDA_R_16BF;
+    case DType::kF16: return CUDA_R_16F;
+    default:
+      throw Error(ErrorKind::kInvalidArgument,
+                  std::string(op) + " on CUDA: dtype " + dtype_name(dtype) +
+                      " is not supported (use fp32, bf16 or fp16)");
+  }
+}
+
+// Largest power of two dividing the address, capped at 16 bytes (what vectorized and TMA loads
+// need). The heuristic is given this as the minimum alignment, so the plan holds for every
+// pointer of the same class.
+uint32_t alignment_class(const void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  uint32_t bytes = 16;
+  while (address % bytes != 0) bytes /= 2;
+  return bytes;
+}
+
+struct GemmKey {
+  DType dtype;
+  bool trans_a, trans_b;
+  int64_t m, n, k, lda, ldb, ldd;
+  bool bias, beta_zero;
+  uint32_t align_a, align_b, align_d, align_bias;
+  bool timed;  // the algorithm was (or will be) picked by timing, not heuristic result 0
+  auto operator<=>(const GemmKey&) const = default;
+};
+
+bool is_16bit(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kF16; }
+
+GemmKey gemm_key(const GemmCall& c, bool autotune) {
+  const bool beta_zero = c.beta == 0.0f;
+  return GemmKey{c.dtype, c.trans_a, c.trans_b, c.m, c.n, c.k, c.lda, c.ldb, c.ldd,
+                 c.bias != nullptr, beta_zero, alignment_class(c.A), alignment_class(c.B),
+                 alignment_class(c.D), alignment_class(c.bias),
+                 autotune && beta_zero && is_16bit(c.dtype)};
+}
+
+// RAII owners of the cuBLASLt descriptors.
+struct MatmulDesc {
+  cublasLtMatmulDesc_t desc = nullptr;
+  ~MatmulDesc() { if (desc) cublasLtMatmulDescDestroy(desc); }
+};
+struct Layout {
+  cublasLtMatrixLayout_t layout = nullptr;
+  ~Layout() { if (layout) cublasLtMatrixLayoutDestroy(layout); }
+};
+struct Preference {
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~Preference() { if (pref) cublasLtMatmulPreferenceDestroy(pref); }
+};
+struct Event {
+  cudaEvent_t event = nullptr;
+  ~Event() { if (event) cudaEventDestroy(event); }
+};
+
+// One key's plan. The bias pointer on the descriptor is the last call's: every call with a bias
+// sets its own before launching.
+struct GemmPlan {
+  MatmulDesc op;
+  Layout a, b, d;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+}  // namespace
+
+struct GemmPlanCache::Impl {
+  std::map<GemmKey, std::unique_ptr<GemmPlan>> plans;
+};
+
+GemmPlanCache::GemmPlanCache() : impl_(std::make_unique<Impl>()) {}
+GemmPlanCache::~GemmPlanCache() = default;
+size_t GemmPlanCache::size() const { return impl_->plans.size(); }
+
+namespace {
+
+void set_bias_pointer(GemmPlan& plan, const GemmCall& c) {
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                              &c.bias, sizeof(c.bias)));
+}
+
+// Unchecked: autotune skips candidates cuBLASLt refuses; the real launch checks the status.
+cublasStatus_t launch(const CudaBackendState& st, const GemmPlan& plan, const GemmCall& c,
+                      const cublasLtMatmulAlgo_t& algo) {
+  const float alpha = 1.0f;
+  return cublasLtMatmul(st.cublaslt(), plan.op.desc, &alpha, c.A, plan.a.layout, c.B,
+                        plan.b.layout, &c.beta, c.D, plan.d.layout, c.D, plan.d.layout, &algo,
+                        st.cublas_workspace(), CudaBackendState::kCublasWorkspaceBytes,
+                        st.stream());
+}
+
+// Descriptor (transposes, BIAS epilogue, the call's bias pointer) and layouts; no algorithm yet.
+std::unique_ptr<GemmPlan> describe(const GemmCall& c, cudaDataType_t type) {
+  auto plan = std::make_unique<GemmPlan>();
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = c.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t tb = c.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  if (c.bias != nullptr) {
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                &epilogue, sizeof(epilogue)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                &type, sizeof(type)));
+    set_bias_pointer(*plan, c);
+  }
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a.layout, type, c.trans_a ? c.k : c.m,
+                                          c.trans_a ? c.m : c.k, c.lda));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b.layout, type, c.trans_b ? c.n : c.k,
+                                          c.trans_b ? c.k : c.n, c.ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d.layout, type, c.m, c.n, c.ldd));
+  return plan;
+}
+
+// The heuristic's usable results, best first. A fixed array: nvcc's front end crashes on a
+// std::vector of cuBLASLt's unnamed result structs.
+struct Candidates {
+  cublasLtMatmulHeuristicResult_t results[kGemmCandidates];
+  int count = 0;
+};
+
+// Asks the heuristic for up to max_results algorithms for the key's workspace and alignments.
+Candidates candidates(const CudaBackendState& st, const GemmPlan& plan, const GemmKey& key,
+                      int max_results) {
+  Preference pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.pref));
+  const uint64_t workspace = CudaBackendState::kCublasWorkspaceBytes;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+  // Without these the heuristic assumes 256-byte aligned buffers.
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
+  for (const auto& [attribute, bytes] : alignments)
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, attribute, &bytes, sizeof(bytes)));
+  cublasLtMatmulHeuristicResult_t results[kGemmCandidates] = {};
+  int found = 0;
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      st.cublaslt(), plan.op.desc, plan.a.layout, plan.b.layout, plan.d.layout, plan.d.layout,
+      pref.pref, std::min(max_results, kGemmCandidates), results, &found);
+  Candidates usable{};
+  // NOT_SUPPORTED is cuBLASLt's "nothing for this case": the caller reports it like found == 0.
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return usable;
+  CUBLAS_CHECK(status);
+  for (int i = 0; i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) usable.results[usable.count++] = results[i];
+  return usable;
+}
+
+// Index of the fastest candidate on the call's operands: one warm-up, then kTimedRuns launches
+// between two events on the context's stream. Candidates that cuBLASLt refuses at launch are
+// skipped; 0 when none ran (the real launch then reports the error).
+int fastest_candidate(const CudaBackendState& st, const GemmPlan& plan, const GemmCall& c,
+                      const Candidates& cands) {
+  Event start, stop;
+  CUDA_CHECK(cudaEventCreate(&start.event));
+  CUDA_CHECK(cudaEventCreate(&stop.event));
+  int best = 0;
+  float best_ms = std::numeric_limits<float>::infinity();
+  for (int i = 0; i < cands.count; ++i) {
+    const cublasLtMatmulAlgo_t& algo = cands.results[i].algo;
+    bool ok = launch(st, plan, c, algo) == CUBLAS_STATUS_SUCCESS;
+    if (ok) {
+      CUDA_CHECK(cudaEventRecord(start.event, st.stream()));
+      for (int r = 0; r < kTimedRuns && ok; ++r)
+        ok = launch(st, plan, c, algo) == CUBLAS_STATUS_SUCCESS;
+      CUDA_CHECK(cudaEventRecord(stop.event, st.stream()));
+      CUDA_CHECK(cudaEventSynchronize(stop.event));
+    }
+    if (!ok) {
+      // A refused launch may leave a (non-sticky) launch error behind; it is not the op's.
+      (void)cudaGetLastError();
+      continue;
+    }
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start.event, stop.event));
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = i;
+    }
+  }
+  return best;
+}
+
+std::unique_ptr<GemmPlan> build_plan(const CudaBackendState& st, const GemmCall& c,
+                                     const GemmKey& key, const char* op, const char* what) {
+  std::unique_ptr<GemmPlan> plan = describe(c, cuda_data_type(c.dtype, op));
+  const Candidates cands = candidates(st, *plan, key, key.timed ? kGemmCandidates : 1);
+  if (cands.count == 0)
+    throw Error(ErrorKind::kUnsupported,
+                std::string(op) + " on CUDA: cuBLASLt has no algorithm for the " + what +
+                    " GEMM m=" + std::to_string(c.m) + " n=" + std::to_string(c.n) +
+                    " k=" + std::to_string(c.k) + " in " + dtype_name(c.dtype));
+  plan->algo = cands.results[cands.count > 1 ? fastest_candidate(st, *plan, c, cands) : 0].algo;
+  return plan;
+}
+
+}  // namespace
+
+void run_cached_gemm(CudaBackendState& st, const GemmCall& call, const char* op,
+                     const char* what) {
+  auto& plans = st.gemm_plans().impl().plans;
+  const GemmKey key = gemm_key(call, st.gemm_autotune());
+  auto it = plans.find(key);
+  if (it == plans.end()) {
+    // Inserted only once built: a throw while building leaves no half-made plan behind.
+    std::unique_ptr<GemmPlan> plan = build_plan(st, call, key, op, what);
+    it = plans.emplace(key, std::move(plan)).first;
+  } else if (call.bias != nullptr) {
+    set_bias_pointer(*it->second, call);
+  }
+  CUBLAS_CHECK(launch(st, *it->second, call, it->second->algo));
+}
+
+}  // namespace shardlm::ops::cuda

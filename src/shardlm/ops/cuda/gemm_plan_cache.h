@@ -1,0 +1,85 @@
+// gemm_plan_cache.h — cuBLASLt GEMMs run through plans cached per call shape: the matmul
+// descriptor, the three layouts and the chosen algorithm are built on the first call of a shape
+// and reused, so later calls only set the bias pointer and launch (no descriptor creation, no
+// heuristic query).
+//
+// One GEMM, fp32 accumulation (CUBLAS_COMPUTE_32F, no TF32):
+//   D[m,n] (column-major, ld = ldd) = op(A) op(B) + beta * D (+ bias[m] via the BIAS epilogue)
+// The key is everything a plan depends on: dtype, transposes, m, n, k, lda, ldb, ldd, bias or
+// not, beta == 0 or not, each pointer's alignment up to 16 bytes (the heuristic is told A's, B's
+// and D's, so a plan chosen for aligned operands never runs on misaligned views; cuBLASLt takes
+// no alignment preference for the bias, whose class only separates keys), and whether it was
+// timed.
+// The bias pointer itself changes per call and is set on the cached descriptor each time.
+//
+// Algorithm choice, once per key: the heuristic's first kGemmCandidates results. bf16/fp16 GEMMs
+// with beta == 0, while CudaBackendState::gemm_autotune() is on, time every candidate on the
+// call's real operands and keep the fastest (harmless: with beta == 0 D is only written, and the
+// chosen plan then runs for real). Everything else takes the heuristic's first result: fp32 runs are
+// compared with the CPU at ~1e-6 and must pick the same algorithm in every process, and beta = 1
+// GEMMs accumulate into real gradients, so they cannot run more than once. The first call of a
+// timed key waits for the stream (event timing); later calls never synchronize.
+//
+// Ownership: one cache per rank, owned by CudaBackendState (created on first use) and destroyed
+// with it. Thread contract: the state's, one host thread at a time. It grows by one plan per
+// distinct key; a training run has a handful of GEMM shapes.
+//
+//   GemmCall call{DType::kBF16, /*trans_a=*/true, /*trans_b=*/false, OC, N, IC,
+//                 w, IC, in, IC, out, OC, /*beta=*/0.0f, bias};
+//   run_cached_gemm(cuda_state(ctx), call, "linear", "forward");
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "shardlm/tensor/dtype.h"
+
+namespace shardlm::ops::cuda {
+
+class CudaBackendState;
+
+// Heuristic results considered per key (the timed candidates under autotune).
+inline constexpr int kGemmCandidates = 8;
+
+// One GEMM's geometry and operands. A is stored (trans_a ? k x m : m x k), B (trans_b ? n x k :
+// k x n), column-major with the given leading dimensions; bias is null or bias[m] of dtype.
+struct GemmCall {
+  DType dtype = DType::kF32;
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  const void* A = nullptr;
+  int64_t lda = 0;
+  const void* B = nullptr;
+  int64_t ldb = 0;
+  void* D = nullptr;
+  int64_t ldd = 0;
+  float beta = 0.0f;
+  const void* bias = nullptr;
+};
+
+// Runs call on st's stream through the cached plan for its key, building the plan first when the
+// key is new. op and what name the GEMM in errors ("linear", "forward"). Throws
+// Error(kInvalidArgument) for a dtype other than fp32/bf16/fp16, Error(kUnsupported) when
+// cuBLASLt has no algorithm for the shape, Error(kInternal) on cuBLAS/CUDA failures.
+void run_cached_gemm(CudaBackendState& st, const GemmCall& call, const char* op, const char* what);
+
+// The per-rank plans. Opaque outside gemm_plan_cache.cu.
+class GemmPlanCache {
+ public:
+  GemmPlanCache();
+  ~GemmPlanCache();
+  GemmPlanCache(const GemmPlanCache&) = delete;
+  GemmPlanCache& operator=(const GemmPlanCache&) = delete;
+
+  // Number of cached plans (one per distinct key seen).
+  size_t size() const;
+
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardlm::ops::cuda
