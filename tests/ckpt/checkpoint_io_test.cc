@@ -198,6 +198,39 @@ TEST(Checkpoint, AsyncSaveSnapshotsThenPublishesOnFinalize) {
   CheckpointReader(dir.str(), 6).verify_files();
 }
 
+// The writer keeps its host staging copies from one save to the next: a second save into the
+// same buffers must not reach the first checkpoint's files, must write its own values, and a
+// save with fewer shards must not write stale ones.
+TEST(Checkpoint, ReusedStagingCopiesHoldEachSavesOwnValues) {
+  TempDir dir;
+  DeviceContext ctx = DeviceContext::cpu();
+  std::vector<Shard> shards = saved_layout(0, 1);
+  CheckpointWriter writer(nullptr);
+  writer.save(ctx, dir.str(), 3, metas(shards), {{"iteration", 3}}, {.async = true});
+  for (Shard& s : shards)
+    for (int64_t k = 0; k < s.meta.region.numel(); ++k) s.owner.view().data<float>()[k] = -7.0f;
+  writer.save(ctx, dir.str(), 4, metas(shards), {{"iteration", 4}}, {.async = true});
+  std::vector<ShardedTensor> fewer = metas(shards);
+  fewer.resize(1);
+  writer.save(ctx, dir.str(), 5, fewer, {{"iteration", 5}}, {.async = false});
+  for (const Shard& s : saved_layout(0, 1)) {
+    Shard target = make_shard(s.meta.key, s.meta.global_shape, s.meta.region, false);
+    CheckpointReader(dir.str(), 3).read(ctx, target.meta);
+    expect_values(target);
+    CheckpointReader(dir.str(), 4).read(ctx, target.meta);
+    for (int64_t k = 0; k < target.meta.region.numel(); ++k)
+      ASSERT_EQ(target.owner.view().data<float>()[k], -7.0f) << s.meta.key << " " << k;
+  }
+  CheckpointReader five(dir.str(), 5);
+  five.verify_files();
+  Shard first = make_shard(fewer[0].key, fewer[0].global_shape, fewer[0].region, false);
+  five.read(ctx, first.meta);
+  EXPECT_EQ(first.owner.view().data<float>()[0], -7.0f);
+  Shard second = make_shard(shards[1].meta.key, shards[1].meta.global_shape,
+                            shards[1].meta.region, false);
+  EXPECT_THROW(five.read(ctx, second.meta), Error);  // not in the smaller checkpoint
+}
+
 TEST(Checkpoint, FailedSaveLeavesThePreviousCheckpointUntouched) {
   TempDir dir;
   DeviceContext ctx = DeviceContext::cpu();

@@ -105,8 +105,7 @@ struct CheckpointWriter::Pending {
   int rank = 0, world = 1;
   nlohmann::json state;
   SaveOptions options;
-  std::vector<ShardedTensor> shards;   // data = host snapshot views
-  std::vector<OwnedTensor> snapshot;   // owners of the host copies
+  std::vector<ShardedTensor> shards;   // data = views of the writer's staging copies
   std::thread thread;
   std::exception_ptr error;
   double write_seconds = 0;
@@ -194,24 +193,33 @@ void CheckpointWriter::save(DeviceContext& ctx, const std::string& root, int64_t
                                     "' failed on rank 0 (see its error)");
   }
 
-  // Snapshot every shard this rank writes into host memory.
+  // Snapshot every shard this rank writes into host memory: the staging copy of the same slot
+  // of the last save when dtype, shape and kind of memory still match, else a new one.
+  size_t slot = 0;
   for (const ShardedTensor& s : shards) {
     if (!s.write) continue;
     s.region.validate(s.global_shape, "checkpoint tensor " + s.key);
     SHARDLM_REQUIRE(s.data.numel() == s.region.numel(), ErrorKind::kInternal,
                     "checkpoint tensor " + s.key + ": " + std::to_string(s.data.numel()) +
                         " elements for shard " + s.region.to_string());
-    OwnedTensor host = OwnedTensor::empty(s.data.dtype(), s.data.shape());
-    if (s.data.device().is_cpu()) {
+    const bool from_gpu = !s.data.device().is_cpu();
+    if (slot == staging_.size()) staging_.emplace_back();
+    OwnedTensor& host = staging_[slot++];
+    const Tensor& v = host.view();
+    if (!v.defined() || v.dtype() != s.data.dtype() || v.shape() != s.data.shape() ||
+        host.pinned() != (from_gpu && cuda_device_count() > 0))
+      host = from_gpu ? OwnedTensor::empty_pinned(s.data.dtype(), s.data.shape())
+                      : OwnedTensor::empty(s.data.dtype(), s.data.shape());
+    if (!from_gpu) {
       if (s.data.nbytes() > 0) std::memcpy(host.view().raw(), s.data.raw(), s.data.nbytes());
     } else {
       ops::copy(ctx, host.view(), s.data);
     }
     ShardedTensor copy = s;
     copy.data = host.view();
-    p->snapshot.push_back(std::move(host));
     p->shards.push_back(std::move(copy));
   }
+  staging_.resize(slot);  // fewer shards than last time: release the rest
 
   Pending* raw = p.get();
   auto work = [raw] {

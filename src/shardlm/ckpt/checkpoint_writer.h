@@ -82,6 +82,10 @@ class CheckpointWriter {
 
   dist::Communicator* comm_;
   std::unique_ptr<Pending> pending_;
+  // Host copies of the shards, kept from one save to the next (the shards of a run keep their
+  // shapes): GPU shards land in pinned memory at full bus speed, and only the first save pays
+  // for allocating and pinning. Free to reuse once finalize() has joined the writer thread.
+  std::vector<OwnedTensor> staging_;
   double last_blocking_seconds_ = 0;
   double last_write_seconds_ = 0;
 };

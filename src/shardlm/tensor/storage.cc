@@ -82,12 +82,32 @@ Storage::Storage(Device device, size_t bytes) : bytes_(bytes), device_(device) {
 #endif
 }
 
+Storage Storage::pinned_host(size_t bytes) {
+#ifdef SHARDLM_WITH_CUDA
+  if (bytes > 0 && cuda_device_count() > 0) {
+    Storage s;
+    if (cudaHostAlloc(&s.data_, bytes, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      throw Error(ErrorKind::kOutOfMemory,
+                  "pinned host allocation of " + human_bytes(bytes) +
+                      " failed; free host memory or save checkpoints less often");
+    }
+    s.bytes_ = bytes;
+    s.device_ = Device::cpu();
+    s.pinned_ = true;
+    return s;
+  }
+#endif
+  return Storage(Device::cpu(), bytes);
+}
+
 Storage::~Storage() { release(); }
 
 Storage::Storage(Storage&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       bytes_(std::exchange(other.bytes_, 0)),
-      device_(other.device_) {}
+      device_(other.device_),
+      pinned_(std::exchange(other.pinned_, false)) {}
 
 Storage& Storage::operator=(Storage&& other) noexcept {
   if (this != &other) {
@@ -95,13 +115,18 @@ Storage& Storage::operator=(Storage&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     bytes_ = std::exchange(other.bytes_, 0);
     device_ = other.device_;
+    pinned_ = std::exchange(other.pinned_, false);
   }
   return *this;
 }
 
 void Storage::release() {
   if (!data_) return;
-  if (device_.is_cpu()) {
+  if (pinned_) {
+#ifdef SHARDLM_WITH_CUDA
+    cudaFreeHost(data_);
+#endif
+  } else if (device_.is_cpu()) {
     std::free(data_);
   } else {
 #ifdef SHARDLM_WITH_CUDA
@@ -110,6 +135,7 @@ void Storage::release() {
   }
   data_ = nullptr;
   bytes_ = 0;
+  pinned_ = false;
 }
 
 }  // namespace shardlm

@@ -3,6 +3,7 @@
 //
 //   Storage s(Device::cpu(), 1 << 20);   // throws Error(kOutOfMemory) naming the size
 //   void* p = s.data();                   // freed when s is destroyed
+//   Storage h = Storage::pinned_host(n);  // page-locked host memory (plain host without a GPU)
 #pragma once
 
 #include <cstddef>
@@ -15,6 +16,10 @@ class Storage {
  public:
   Storage() = default;
   Storage(Device device, size_t bytes);
+  // Host memory the GPU copies into at full bus speed (cudaHostAlloc): for staging buffers
+  // that are reused, since pinning costs far more than a plain allocation. Ordinary host
+  // memory in builds without CUDA or on machines without a GPU.
+  static Storage pinned_host(size_t bytes);
   ~Storage();
   Storage(Storage&& other) noexcept;
   Storage& operator=(Storage&& other) noexcept;
@@ -24,6 +29,7 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
+  bool pinned() const { return pinned_; }
 
  private:
   void release();
@@ -31,6 +37,7 @@ class Storage {
   void* data_ = nullptr;
   size_t bytes_ = 0;
   Device device_{};
+  bool pinned_ = false;  // host memory from cudaHostAlloc (freed with cudaFreeHost)
 };
 
 }  // namespace shardlm

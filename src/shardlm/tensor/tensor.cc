@@ -36,6 +36,13 @@ OwnedTensor OwnedTensor::empty(DType dtype, const Shape& shape, Device device) {
   return t;
 }
 
+OwnedTensor OwnedTensor::empty_pinned(DType dtype, const Shape& shape) {
+  OwnedTensor t;
+  t.storage_ = Storage::pinned_host(static_cast<size_t>(shape.numel()) * dtype_size(dtype));
+  t.view_ = Tensor(t.storage_.data(), dtype, shape, Device::cpu());
+  return t;
+}
+
 OwnedTensor OwnedTensor::zeros(DType dtype, const Shape& shape, Device device) {
   OwnedTensor t = empty(dtype, shape, device);
   if (t.view_.nbytes() == 0) return t;

@@ -61,6 +61,9 @@ class OwnedTensor {
   OwnedTensor() = default;
   static OwnedTensor empty(DType dtype, const Shape& shape, Device device = Device::cpu());
   static OwnedTensor zeros(DType dtype, const Shape& shape, Device device = Device::cpu());
+  // Uninitialised host tensor in page-locked memory (Storage::pinned_host).
+  static OwnedTensor empty_pinned(DType dtype, const Shape& shape);
+  bool pinned() const { return storage_.pinned(); }
 
   const Tensor& view() const { return view_; }
   operator const Tensor&() const { return view_; }  // NOLINT: views are what ops take
