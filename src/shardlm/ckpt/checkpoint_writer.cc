@@ -207,7 +207,7 @@ void CheckpointWriter::save(DeviceContext& ctx, const std::string& root, int64_t
     OwnedTensor& host = staging_[slot++];
     const Tensor& v = host.view();
     if (!v.defined() || v.dtype() != s.data.dtype() || v.shape() != s.data.shape() ||
-        host.pinned() != (from_gpu && cuda_device_count() > 0))
+        host.pinned() != from_gpu)
       host = from_gpu ? OwnedTensor::empty_pinned(s.data.dtype(), s.data.shape())
                       : OwnedTensor::empty(s.data.dtype(), s.data.shape());
     if (!from_gpu) {

@@ -209,22 +209,20 @@ void ParameterRegistry::sync_compute_values(DeviceContext& ctx) {
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
-  const bool all_empty = std::all_of(main_grad_empty_.begin(), main_grad_empty_.end(),
-                                     [](uint8_t e) { return e != 0; });
-  const bool none_empty = std::none_of(main_grad_empty_.begin(), main_grad_empty_.end(),
-                                       [](uint8_t e) { return e != 0; });
-  if (all_empty || none_empty) {
-    // The whole flat buffer in one pass (padding included: it is zero in both buffers).
-    if (all_empty) {
-      ops::copy(ctx, grads_.view(), compute_grads_.view());
-      zero_buffer(ctx, compute_grads_.view());
-    } else {
-      ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view());
-    }
-    std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
+  const auto empty = static_cast<size_t>(
+      std::count(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{1}));
+  if (empty != 0 && empty != params_.size()) {  // some folded already: parameter by parameter
+    for (const Parameter& p : params_) accumulate_compute_grads(ctx, p);
     return;
   }
-  for (const Parameter& p : params_) accumulate_compute_grads(ctx, p);
+  // The whole flat buffer in one pass (padding included: it is zero in both buffers).
+  if (empty != 0) {
+    ops::copy(ctx, grads_.view(), compute_grads_.view());
+    zero_buffer(ctx, compute_grads_.view());
+  } else {
+    ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view());
+  }
+  std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
 }
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Parameter& param) {

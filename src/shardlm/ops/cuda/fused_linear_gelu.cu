@@ -23,6 +23,7 @@
 #include <cmath>
 
 #include "shardlm/ops/cuda/column_reduce.cuh"
+#include "shardlm/ops/cuda/cublaslt_handles.h"
 #include "shardlm/ops/cuda/common.cuh"
 #include "shardlm/ops/cuda/cuda_ops.h"
 
@@ -71,18 +72,6 @@ struct GeluGradStoreTerm {
 };
 
 // ---- cuBLASLt GEMM with the GELU_AUX epilogue ----------------------------------------------
-cudaDataType_t lt_data_type(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return CUDA_R_32F;
-    case DType::kBF16: return CUDA_R_16BF;
-    case DType::kF16: return CUDA_R_16F;
-    default:
-      throw Error(ErrorKind::kInvalidArgument,
-                  std::string("linear_gelu_forward on CUDA: dtype ") + dtype_name(dtype) +
-                      " is not supported (use fp32, bf16 or fp16)");
-  }
-}
-
 // Largest power of two <= 256 dividing the address (the heuristic's alignment preference).
 uint32_t pointer_alignment(const void* p) {
   const auto a = reinterpret_cast<uintptr_t>(p);
@@ -90,20 +79,6 @@ uint32_t pointer_alignment(const void* p) {
   while (align > 1 && a % align != 0) align >>= 1;
   return align;
 }
-
-// RAII owners of the cuBLASLt descriptors (members, so a throwing constructor frees them).
-struct LtMatmulDesc {
-  cublasLtMatmulDesc_t h = nullptr;
-  ~LtMatmulDesc() { if (h) cublasLtMatmulDescDestroy(h); }
-};
-struct LtLayout {
-  cublasLtMatrixLayout_t h = nullptr;
-  ~LtLayout() { if (h) cublasLtMatrixLayoutDestroy(h); }
-};
-struct LtPreference {
-  cublasLtMatmulPreference_t h = nullptr;
-  ~LtPreference() { if (h) cublasLtMatmulPreferenceDestroy(h); }
-};
 
 // The descriptors of one GEMM + GELU_AUX(_BIAS) call and the algorithm the heuristic picked.
 // found() is false when a requirement of the epilogue is not met or no algorithm exists.
@@ -115,7 +90,7 @@ class GeluEpilogueGemm {
     const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     if (dtype == DType::kF32) return;  // exact GELU for fp32 (see the banner)
     if (F % 8 != 0 || !aligned16(pre) || (bias != nullptr && !aligned16(bias))) return;
-    const cudaDataType_t type = lt_data_type(dtype);
+    const cudaDataType_t type = lt_data_type(dtype, "linear_gelu_forward");
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_.h, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     CUBLAS_CHECK(

@@ -12,23 +12,12 @@
 #include <utility>
 
 #include "shardlm/ops/cuda/common.cuh"
+#include "shardlm/ops/cuda/cublaslt_handles.h"
 
 namespace shardlm::ops::cuda {
 namespace {
 
 constexpr int kTimedRuns = 3;  // per candidate, after one warm-up run
-
-cudaDataType_t cuda_data_type(DType dtype, const char* op) {
-  switch (dtype) {
-    case DType::kF32: return CUDA_R_32F;
-    case DType::kBF16: return CUDA_R_16BF;
-    case DType::kF16: return CUDA_R_16F;
-    default:
-      throw Error(ErrorKind::kInvalidArgument,
-                  std::string(op) + " on CUDA: dtype " + dtype_name(dtype) +
-                      " is not supported (use fp32, bf16 or fp16)");
-  }
-}
 
 // Largest power of two dividing the address, capped at 16 bytes (what vectorized and TMA loads
 // need). The heuristic is given this as the minimum alignment, so the plan holds for every
@@ -60,19 +49,7 @@ GemmKey gemm_key(const GemmCall& c, bool autotune) {
                  autotune && beta_zero && is_16bit(c.dtype)};
 }
 
-// RAII owners of the cuBLASLt descriptors.
-struct MatmulDesc {
-  cublasLtMatmulDesc_t desc = nullptr;
-  ~MatmulDesc() { if (desc) cublasLtMatmulDescDestroy(desc); }
-};
-struct Layout {
-  cublasLtMatrixLayout_t layout = nullptr;
-  ~Layout() { if (layout) cublasLtMatrixLayoutDestroy(layout); }
-};
-struct Preference {
-  cublasLtMatmulPreference_t pref = nullptr;
-  ~Preference() { if (pref) cublasLtMatmulPreferenceDestroy(pref); }
-};
+// RAII owner of a CUDA event (autotune timing).
 struct Event {
   cudaEvent_t event = nullptr;
   ~Event() { if (event) cudaEventDestroy(event); }
@@ -81,8 +58,8 @@ struct Event {
 // One key's plan. The bias pointer on the descriptor is the last call's: every call with a bias
 // sets its own before launching.
 struct GemmPlan {
-  MatmulDesc op;
-  Layout a, b, d;
+  LtMatmulDesc op;
+  LtLayout a, b, d;
   cublasLtMatmulAlgo_t algo{};
 };
 
@@ -99,7 +76,7 @@ size_t GemmPlanCache::size() const { return impl_->plans.size(); }
 namespace {
 
 void set_bias_pointer(GemmPlan& plan, const GemmCall& c) {
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                               &c.bias, sizeof(c.bias)));
 }
 
@@ -107,8 +84,8 @@ void set_bias_pointer(GemmPlan& plan, const GemmCall& c) {
 cublasStatus_t launch(const CudaBackendState& st, const GemmPlan& plan, const GemmCall& c,
                       const cublasLtMatmulAlgo_t& algo) {
   const float alpha = 1.0f;
-  return cublasLtMatmul(st.cublaslt(), plan.op.desc, &alpha, c.A, plan.a.layout, c.B,
-                        plan.b.layout, &c.beta, c.D, plan.d.layout, c.D, plan.d.layout, &algo,
+  return cublasLtMatmul(st.cublaslt(), plan.op.h, &alpha, c.A, plan.a.h, c.B,
+                        plan.b.h, &c.beta, c.D, plan.d.h, c.D, plan.d.h, &algo,
                         st.cublas_workspace(), CudaBackendState::kCublasWorkspaceBytes,
                         st.stream());
 }
@@ -116,26 +93,26 @@ cublasStatus_t launch(const CudaBackendState& st, const GemmPlan& plan, const Ge
 // Descriptor (transposes, BIAS epilogue, the call's bias pointer) and layouts; no algorithm yet.
 std::unique_ptr<GemmPlan> describe(const GemmCall& c, cudaDataType_t type) {
   auto plan = std::make_unique<GemmPlan>();
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = c.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t tb = c.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+      cublasLtMatmulDescSetAttribute(plan->op.h, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+      cublasLtMatmulDescSetAttribute(plan->op.h, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   if (c.bias != nullptr) {
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.h, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                 &epilogue, sizeof(epilogue)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                                                 &type, sizeof(type)));
     set_bias_pointer(*plan, c);
   }
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a.layout, type, c.trans_a ? c.k : c.m,
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a.h, type, c.trans_a ? c.k : c.m,
                                           c.trans_a ? c.m : c.k, c.lda));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b.layout, type, c.trans_b ? c.n : c.k,
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b.h, type, c.trans_b ? c.n : c.k,
                                           c.trans_b ? c.k : c.n, c.ldb));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d.layout, type, c.m, c.n, c.ldd));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d.h, type, c.m, c.n, c.ldd));
   return plan;
 }
 
@@ -149,11 +126,11 @@ struct Candidates {
 // Asks the heuristic for up to max_results algorithms for the key's workspace and alignments.
 Candidates candidates(const CudaBackendState& st, const GemmPlan& plan, const GemmKey& key,
                       int max_results) {
-  Preference pref;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.pref));
+  LtPreference pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
   const uint64_t workspace = CudaBackendState::kCublasWorkspaceBytes;
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+      pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
   // Without these the heuristic assumes 256-byte aligned buffers.
   const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
@@ -161,12 +138,12 @@ Candidates candidates(const CudaBackendState& st, const GemmPlan& plan, const Ge
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
   for (const auto& [attribute, bytes] : alignments)
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, attribute, &bytes, sizeof(bytes)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, attribute, &bytes, sizeof(bytes)));
   cublasLtMatmulHeuristicResult_t results[kGemmCandidates] = {};
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-      st.cublaslt(), plan.op.desc, plan.a.layout, plan.b.layout, plan.d.layout, plan.d.layout,
-      pref.pref, std::min(max_results, kGemmCandidates), results, &found);
+      st.cublaslt(), plan.op.h, plan.a.h, plan.b.h, plan.d.h, plan.d.h,
+      pref.h, std::min(max_results, kGemmCandidates), results, &found);
   Candidates usable{};
   // NOT_SUPPORTED is cuBLASLt's "nothing for this case": the caller reports it like found == 0.
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) return usable;
@@ -213,7 +190,7 @@ int fastest_candidate(const CudaBackendState& st, const GemmPlan& plan, const Ge
 
 std::unique_ptr<GemmPlan> build_plan(const CudaBackendState& st, const GemmCall& c,
                                      const GemmKey& key, const char* op, const char* what) {
-  std::unique_ptr<GemmPlan> plan = describe(c, cuda_data_type(c.dtype, op));
+  std::unique_ptr<GemmPlan> plan = describe(c, lt_data_type(c.dtype, op));
   const Candidates cands = candidates(st, *plan, key, key.timed ? kGemmCandidates : 1);
   if (cands.count == 0)
     throw Error(ErrorKind::kUnsupported,
