@@ -19,6 +19,7 @@
 
 #ifdef SHARDLM_WITH_CUDNN
 #include "shardlm/ops/cuda/cudnn_graph.h"
+#include "shardlm/ops/cuda/grouped_query_copy.h"
 #endif
 
 namespace shardlm::ops::cuda {
@@ -323,27 +324,12 @@ const AttentionPlan* usable_plan(const DeviceContext& ctx, const CudnnAttentionC
   return plan;
 }
 
-// One 2-d copy per query group between qkv's q columns and a [B,T,NH,HS] buffer.
+// Between qkv's query columns and a [B,T,NH,HS] buffer (grouped_query_copy.h).
 void copy_queries(const CudnnAttentionCall& c, const void* src, void* dst, bool to_qkv,
                   cudaStream_t stream) {
   const Layout L(c);
-  const size_t elt = dtype_size(c.dtype);
-  const size_t width = static_cast<size_t>(L.R * L.HS) * elt;
-  const size_t qkv_pitch = static_cast<size_t>(L.W) * elt, buf_pitch = L.NH * L.HS * elt;
-  for (int64_t g = 0; g < L.G; ++g) {
-    const size_t qkv_off = static_cast<size_t>(g * (L.R + 2) * L.HS) * elt;
-    const size_t buf_off = static_cast<size_t>(g * L.R * L.HS) * elt;
-    if (to_qkv)
-      cuda_check(cudaMemcpy2DAsync(static_cast<char*>(dst) + qkv_off, qkv_pitch,
-                                   static_cast<const char*>(src) + buf_off, buf_pitch, width,
-                                   L.B * L.T, cudaMemcpyDeviceToDevice, stream),
-                 "scatter dQ");
-    else
-      cuda_check(cudaMemcpy2DAsync(static_cast<char*>(dst) + buf_off, buf_pitch,
-                                   static_cast<const char*>(src) + qkv_off, qkv_pitch, width,
-                                   L.B * L.T, cudaMemcpyDeviceToDevice, stream),
-                 "gather Q");
-  }
+  copy_grouped_queries({L.B * L.T, L.G, L.R, L.HS, dtype_size(c.dtype)}, src, dst, to_qkv,
+                       reinterpret_cast<CUstream_st*>(stream));
 }
 
 }  // namespace
