@@ -46,6 +46,44 @@ TEST(AdamWGpuTest, StepsMatchCpu) {
   expect_matches_reference("adamw exp_avg_sq", gpu, v_d, v, DType::kF32);
 }
 
+// Clipping folded into the step: the same bits as scale_inplace + adamw_step on the GPU, and the
+// CPU's within fp32 tolerance; the gradients are not written.
+TEST(AdamWGpuTest, GradScaleEqualsScaleInplaceThenStep) {
+  if (!testing::cuda_device_available()) GTEST_SKIP() << "no CUDA device visible";
+  DeviceContext gpu = testing::make_cuda_context();
+  DeviceContext cpu = DeviceContext::cpu();
+  const int64_t n = 50001;
+  OwnedTensor p = random_tensor(DType::kF32, {n}, 91);
+  OwnedTensor m = OwnedTensor::zeros(DType::kF32, {n}), v = OwnedTensor::zeros(DType::kF32, {n});
+  OwnedTensor p_d = to_device(p, DType::kF32), m_d = to_device(m, DType::kF32),
+              v_d = to_device(v, DType::kF32);
+  OwnedTensor pr_d = to_device(p, DType::kF32), mr_d = to_device(m, DType::kF32),
+              vr_d = to_device(v, DType::kF32);
+  for (int64_t step = 1; step <= 3; ++step) {
+    const OwnedTensor g = random_tensor(DType::kF32, {n}, 95 + step);
+    const double coeff = 0.37 / step;
+    ops::AdamWParams hp{1e-3, 0.9, 0.95, 1e-8, 0.1, step};
+    ops::AdamWParams scaled = hp;
+    scaled.grad_scale = coeff;
+    ops::cpu::adamw_step(cpu, p, g, m, v, scaled);
+    const OwnedTensor g_d = to_device(g, DType::kF32);
+    OwnedTensor gs_d = to_device(g, DType::kF32);
+    ops::scale_inplace(gpu, gs_d, coeff);
+    ops::adamw_step(gpu, pr_d, gs_d, mr_d, vr_d, hp);
+    ops::adamw_step(gpu, p_d, g_d, m_d, v_d, scaled);
+    auto host = [&](const Tensor& t) {
+      OwnedTensor h = OwnedTensor::empty(DType::kF32, {n});
+      ops::copy(gpu, h, t);
+      return h;
+    };
+    const OwnedTensor a = host(p_d), b = host(pr_d), ga = host(g_d);
+    EXPECT_EQ(std::memcmp(a.view().raw(), b.view().raw(), a.view().nbytes()), 0) << step;
+    EXPECT_EQ(std::memcmp(ga.view().raw(), g.view().raw(), g.view().nbytes()), 0) << step;
+  }
+  expect_matches_reference("adamw params (grad_scale)", gpu, p_d, p, DType::kF32);
+  expect_matches_reference("adamw exp_avg (grad_scale)", gpu, m_d, m, DType::kF32);
+}
+
 class AdamWComputeCopyGpuTest : public GpuOpTest {};  // parameter: the compute dtype
 SHARDLM_GPU_DTYPES(AdamWComputeCopyGpuTest);
 

@@ -124,6 +124,37 @@ TEST(AdamW, ComputeCopyEqualsStepThenCopyBitForBit) {
   }
 }
 
+// grad_scale (clipping folded into the step) gives the bits of scale_inplace + adamw_step, and
+// leaves the gradients unwritten.
+TEST(AdamW, GradScaleEqualsScaleInplaceThenStep) {
+  DeviceContext ctx = DeviceContext::cpu();
+  for (DType master : {DType::kF32, DType::kF64}) {
+    SCOPED_TRACE(dtype_name(master));
+    OwnedTensor p = convert(random_tensor(DType::kF64, {kN}, 19), master);
+    OwnedTensor m = OwnedTensor::zeros(master, {kN}), v = OwnedTensor::zeros(master, {kN});
+    OwnedTensor p_ref = testing::clone(p), m_ref = testing::clone(m), v_ref = testing::clone(v);
+    ops::AdamWParams hp;
+    hp.lr = 1e-2;
+    hp.weight_decay = 0.1;
+    for (int64_t step = 1; step <= 3; ++step) {
+      hp.step = step;
+      const OwnedTensor g = convert(random_tensor(DType::kF64, {kN}, 400 + step), master);
+      const OwnedTensor g_before = testing::clone(g);
+      OwnedTensor g_scaled = testing::clone(g);
+      const double coeff = 0.3 / step;
+      ops::scale_inplace(ctx, g_scaled, coeff);
+      ops::adamw_step(ctx, p_ref, g_scaled, m_ref, v_ref, hp);
+      ops::AdamWParams scaled = hp;
+      scaled.grad_scale = coeff;
+      ops::adamw_step(ctx, p, g, m, v, scaled);
+      EXPECT_EQ(std::memcmp(p.view().raw(), p_ref.view().raw(), p.view().nbytes()), 0) << step;
+      EXPECT_EQ(std::memcmp(m.view().raw(), m_ref.view().raw(), m.view().nbytes()), 0) << step;
+      EXPECT_EQ(std::memcmp(v.view().raw(), v_ref.view().raw(), v.view().nbytes()), 0) << step;
+      EXPECT_EQ(std::memcmp(g.view().raw(), g_before.view().raw(), g.view().nbytes()), 0);
+    }
+  }
+}
+
 TEST(AdamW, BadArguments) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor p = random_tensor(DType::kF32, {kN}, 5), g = random_tensor(DType::kF32, {kN}, 6);
@@ -134,6 +165,10 @@ TEST(AdamW, BadArguments) {
   EXPECT_SHARDLM_ERROR(ops::adamw_step(ctx, p, g, m, v, hp), ErrorKind::kInvalidArgument,
                        "step must be >= 1");
   hp.step = 1;
+  hp.grad_scale = 0.0;
+  EXPECT_SHARDLM_ERROR(ops::adamw_step(ctx, p, g, m, v, hp), ErrorKind::kInvalidArgument,
+                       "grad_scale must be finite and > 0");
+  hp.grad_scale = 1.0;
   hp.beta2 = 1.0;
   EXPECT_SHARDLM_ERROR(ops::adamw_step(ctx, p, g, m, v, hp), ErrorKind::kInvalidArgument, "beta2");
   hp.beta2 = 0.999;

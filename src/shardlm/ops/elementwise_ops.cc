@@ -1,6 +1,8 @@
 // elementwise_ops.cc — validation and dispatch of the elementwise and utility ops, dropout and
 // the optimizer step (ops.h); the shared checks and the routing macro are in
 // detail/op_validation.h.
+#include <cmath>
+
 #include "shardlm/ops/detail/op_validation.h"
 
 namespace shardlm::ops {
@@ -156,6 +158,8 @@ void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor e
   require_same_numel(op, {"grads", grads}, {"params", params});
   require_same_numel(op, {"exp_avg", exp_avg}, {"params", params});
   require_same_numel(op, {"exp_avg_sq", exp_avg_sq}, {"params", params});
+  require(std::isfinite(hp.grad_scale) && hp.grad_scale > 0, op,
+          "grad_scale must be finite and > 0, got " + std::to_string(hp.grad_scale));
   require(hp.step >= 1, op,
           "step must be >= 1 (bias correction 1 - beta^step), got " + std::to_string(hp.step));
   require(hp.beta1 >= 0 && hp.beta1 < 1 && hp.beta2 >= 0 && hp.beta2 < 1, op,

@@ -224,6 +224,9 @@ void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
 // compute_params (optional; undefined: none) receives convert(updated p) in the same pass: the
 // mixed-precision compute copy of the range (fp32, bf16 or fp16, same numel, not overlapping
 // params), bit-identical to adamw_step followed by copy(compute_params, params).
+// grad_scale != 1 uses each gradient as scale_inplace(grads, grad_scale) would have stored it
+// (grads themselves are not written): grad-norm clipping folded into the step, bit-identical
+// to scale_inplace followed by adamw_step on the same backend.
 struct AdamWParams {
   double lr = 0;
   double beta1 = 0.9;
@@ -231,6 +234,7 @@ struct AdamWParams {
   double eps = 1e-8;
   double weight_decay = 0;
   int64_t step = 1;
+  double grad_scale = 1.0;
 };
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
                 Tensor exp_avg_sq, const AdamWParams& hp, Tensor compute_params = Tensor());

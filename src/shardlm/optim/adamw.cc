@@ -28,12 +28,12 @@ AdamW::AdamW(model::ParameterRegistry& reg, const AdamWConfig& cfg) : reg_(reg),
   }
 }
 
-void AdamW::step(DeviceContext& ctx, double lr) {
+void AdamW::step(DeviceContext& ctx, double lr, double grad_scale) {
   ++steps_;
   const Tensor& compute = reg_.flat_compute_values();  // undefined without a compute copy
   for (const Range& r : ranges_) {
     ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0,
-                        steps_};
+                        steps_, grad_scale};
     const Shape shape{r.numel};
     ops::adamw_step(ctx, reg_.flat_values().flat_view(r.offset, shape),
                     reg_.flat_grads().flat_view(r.offset, shape),

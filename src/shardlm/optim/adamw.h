@@ -26,7 +26,8 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(model::ParameterRegistry& reg, const AdamWConfig& cfg);
-  void step(DeviceContext& ctx, double lr);
+  // grad_scale: the gradient clipping factor, applied inside the step (ops::AdamWParams).
+  void step(DeviceContext& ctx, double lr, double grad_scale = 1.0);
   int64_t steps_taken() const { return steps_; }
   // Checkpoint restore (ckpt): the step counter; the moments are written through exp_avg() /
   // exp_avg_sq(), views laid out like the registry's flat value buffer.

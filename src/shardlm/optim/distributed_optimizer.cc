@@ -61,7 +61,7 @@ DistributedOptimizer::~DistributedOptimizer() {
   }
 }
 
-void DistributedOptimizer::step(DeviceContext& ctx, double lr) {
+void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale) {
   SHARDLM_CHECK(gathers_.empty());
   ++steps_;
   // --bf16: the owned shards' compute values come out of the same kernel; the rest of the
@@ -69,7 +69,7 @@ void DistributedOptimizer::step(DeviceContext& ctx, double lr) {
   const Tensor& compute = reg_.flat_compute_values();  // undefined without a compute copy
   for (const Run& r : runs_) {
     const ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps,
-                              r.decay ? cfg_.weight_decay : 0.0, steps_};
+                              r.decay ? cfg_.weight_decay : 0.0, steps_, grad_scale};
     const Shape shape{r.numel};
     ops::adamw_step(ctx, reg_.flat_values().flat_view(r.offset, shape),
                     reg_.flat_grads().flat_view(r.offset, shape),

@@ -55,7 +55,8 @@ class DistributedOptimizer {
   DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
 
   // AdamW on the owned shards (their gradients must be reduced), then start_param_gather().
-  void step(DeviceContext& ctx, double lr);
+  // grad_scale: the gradient clipping factor, applied inside the step (ops::AdamWParams).
+  void step(DeviceContext& ctx, double lr, double grad_scale = 1.0);
   // All-gathers every bucket's updated shards (asynchronously) into the flat value buffer.
   void start_param_gather();
   // Waits for the all-gathers; a no-op when none is pending.

@@ -75,14 +75,19 @@ double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
   return std::sqrt(sum);
 }
 
+GradClip grad_clip(DeviceContext& ctx, const model::ParameterRegistry& reg, double clip,
+                   const GradNormScope& scope) {
+  GradClip out;
+  out.norm = global_grad_norm(ctx, reg, scope);
+  if (clip > 0 && std::isfinite(out.norm)) out.coeff = std::min(1.0, clip / (out.norm + 1e-6));
+  return out;
+}
+
 double clip_grad_norm(DeviceContext& ctx, model::ParameterRegistry& reg, double clip,
                       const GradNormScope& scope) {
-  const double norm = global_grad_norm(ctx, reg, scope);
-  if (clip > 0 && std::isfinite(norm)) {
-    const double coeff = clip / (norm + 1e-6);
-    if (coeff < 1.0) ops::scale_inplace(ctx, reg.flat_grads(), coeff);
-  }
-  return norm;
+  const GradClip c = grad_clip(ctx, reg, clip, scope);
+  if (c.coeff < 1.0) ops::scale_inplace(ctx, reg.flat_grads(), c.coeff);
+  return c.norm;
 }
 
 }  // namespace shardlm::optim

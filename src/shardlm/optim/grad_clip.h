@@ -35,7 +35,18 @@ struct GradNormScope {
 
 double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
                         const GradNormScope& scope = {});
-// Returns the norm before clipping. clip <= 0 disables clipping.
+// The norm and the factor clip_grad_norm would scale the gradients by (min(1, clip / (norm +
+// 1e-6)); 1 when clip <= 0 or the norm is not finite), without writing anything: the trainer
+// passes the factor to the optimizer step (ops::AdamWParams::grad_scale), which saves a pass
+// over the fp32 gradients with the same bits.
+struct GradClip {
+  double norm = 0;
+  double coeff = 1;
+};
+GradClip grad_clip(DeviceContext& ctx, const model::ParameterRegistry& reg, double clip,
+                   const GradNormScope& scope = {});
+// Scales the gradients by that factor; returns the norm before clipping. clip <= 0 disables
+// clipping.
 double clip_grad_norm(DeviceContext& ctx, model::ParameterRegistry& reg, double clip,
                       const GradNormScope& scope = {});
 

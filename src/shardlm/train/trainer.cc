@@ -552,15 +552,16 @@ IterationRecord Trainer::train_step() {
   } else {
     scope.sum_group = &rank_->model_parallel();  // tp x pp
   }
-  rec.grad_norm =
-      optim::clip_grad_norm(*device_, registry_, cfg_.optimizer.clip_grad, scope);
+  // The clipping factor goes into the optimizer's kernel: no separate pass over the gradients.
+  const optim::GradClip clip = optim::grad_clip(*device_, registry_, cfg_.optimizer.clip_grad, scope);
+  rec.grad_norm = clip.norm;
   if (loss_scaler_) loss_scaler_->update(!std::isfinite(rec.grad_norm));
   if (std::isfinite(rec.grad_norm)) {
     if (dist_optimizer_) {
-      dist_optimizer_->step(*device_, rec.lr);  // shard update, then the param all-gather
+      dist_optimizer_->step(*device_, rec.lr, clip.coeff);  // shard update, then the all-gather
       if (!cfg_.parallel.overlap_param_gather) finish_param_gather();
     } else {
-      optimizer_->step(*device_, rec.lr);  // --bf16: also writes the bf16 compute weights
+      optimizer_->step(*device_, rec.lr, clip.coeff);  // --bf16: also writes the compute weights
     }
   } else {
     rec.skipped = true;

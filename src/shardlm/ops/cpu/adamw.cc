@@ -25,7 +25,8 @@ void adamw_impl(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
   const double bc1 = 1.0 - std::pow(hp.beta1, step);
   const double bc2 = 1.0 - std::pow(hp.beta2, step);
   for (int64_t i = 0; i < n; ++i) {
-    const double g = grads[i];
+    // As scale_inplace stores it (double product, rounded to T); exact when grad_scale == 1.
+    const double g = static_cast<T>(static_cast<double>(grads[i]) * hp.grad_scale);
     const double m = hp.beta1 * static_cast<double>(exp_avg[i]) + (1.0 - hp.beta1) * g;
     const double v = hp.beta2 * static_cast<double>(exp_avg_sq[i]) + (1.0 - hp.beta2) * g * g;
     const double p = params[i];

@@ -22,6 +22,7 @@ namespace {
 struct AdamWConstants {
   float lr, beta1, beta2, eps, weight_decay;
   float bias_correction1, bias_correction2;  // 1 - beta^step
+  float grad_scale;  // g * grad_scale rounded as scale_inplace's ScaleOp (x1: exact)
 };
 
 // ---- kernels ------------------------------------------------------------------------------------
@@ -31,6 +32,7 @@ struct AdamWConstants {
 // a misaligned compute-copy view took the scalar path and changed the fp32 parameters).
 __device__ __forceinline__ void adamw_element(float& p, float g, float& m, float& v,
                                               const AdamWConstants& k) {
+  g = __fmul_rn(g, k.grad_scale);
   m = fmaf(k.beta1, m, __fmul_rn(1.0f - k.beta1, g));
   v = fmaf(k.beta2, v, __fmul_rn(__fmul_rn(1.0f - k.beta2, g), g));
   const float m_hat = __fdiv_rn(m, k.bias_correction1);
@@ -149,7 +151,8 @@ void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor e
       static_cast<float>(hp.eps),
       static_cast<float>(hp.weight_decay),
       static_cast<float>(1.0 - std::pow(hp.beta1, static_cast<double>(hp.step))),
-      static_cast<float>(1.0 - std::pow(hp.beta2, static_cast<double>(hp.step)))};
+      static_cast<float>(1.0 - std::pow(hp.beta2, static_cast<double>(hp.step))),
+      static_cast<float>(hp.grad_scale)};
   float* p = static_cast<float*>(params.raw());
   const float* g = static_cast<const float*>(grads.raw());
   float* m = static_cast<float*>(exp_avg.raw());
