@@ -447,6 +447,64 @@ TEST(ParameterRegistry, FirstFoldOfAStepAssigns) {
     for (double v : testing::to_vector(p.grad)) EXPECT_EQ(v, 0.0) << p.spec.name;
 }
 
+// Gradient-accumulation fusion, on the CPU with fp64 master / fp32 compute copies: the Linear's
+// weight gradient is written into the fp64 master gradient by its GEMM (no fp32 compute
+// gradient exists for it), the bias still folds; over two steps of two micro-batches every
+// master gradient and din equal the unfused run's bit for bit, and a parameter no backward
+// reached is zeroed at the end of the step in both.
+TEST(ParameterRegistry, GradientAccumulationFusionEqualsFoldingBitForBit) {
+  DeviceContext ctx = DeviceContext::cpu();
+  constexpr int64_t N = 6, IC = 10, OC = 7;
+  struct Run {
+    ParameterRegistry reg;
+    Linear fc{"fc", IC, OC, /*bias=*/true, Init::normal(0.5)};
+    Linear unused{"unused", IC, OC, /*bias=*/false, Init::normal(0.5)};
+  };
+  Run fused, plain;
+  plain.reg.set_gradient_accumulation_fusion(false);
+  for (Run* r : {&fused, &plain}) {
+    r->fc.register_parameters(r->reg);
+    r->unused.register_parameters(r->reg);
+    r->reg.finalize(ctx, DType::kF64, 5, DType::kF32);
+    r->fc.bind(r->reg);
+    r->unused.bind(r->reg);
+  }
+  EXPECT_TRUE(fused.reg.get("fc.weight").main_grad_fused);
+  EXPECT_FALSE(fused.reg.get("fc.weight").compute_grad.defined());
+  EXPECT_FALSE(fused.reg.get("fc.bias").main_grad_fused);
+  EXPECT_FALSE(plain.reg.get("fc.weight").main_grad_fused);
+  EXPECT_EQ(fused.reg.compute_grad_numel(), OC);  // the bias only
+  EXPECT_EQ(plain.reg.compute_grad_numel(), plain.reg.numel());
+  uint64_t seed = 70;
+  for (int step = 0; step < 2; ++step) {
+    for (Run* r : {&fused, &plain}) {  // stale masters: the first micro-batch must assign
+      for (Parameter& p : r->reg.parameters())
+        ops::copy(ctx, p.grad, testing::random_tensor(DType::kF64, p.local_shape, 99).view());
+      r->reg.begin_step_grads(ctx);
+    }
+    for (int mb = 0; mb < 2; ++mb) {
+      const OwnedTensor in = testing::random_tensor(DType::kF32, {N, IC}, seed++);
+      const OwnedTensor dout = testing::random_tensor(DType::kF32, {N, OC}, seed++);
+      OwnedTensor din_fused = OwnedTensor::zeros(DType::kF32, {N, IC});
+      OwnedTensor din_plain = OwnedTensor::zeros(DType::kF32, {N, IC});
+      fused.fc.backward(ctx, din_fused, dout, in);
+      plain.fc.backward(ctx, din_plain, dout, in);
+      EXPECT_EQ(testing::to_vector(din_fused), testing::to_vector(din_plain));
+      fused.reg.accumulate_compute_grads(ctx);
+      plain.reg.accumulate_compute_grads(ctx);
+    }
+    fused.reg.end_step_grads(ctx);
+    plain.reg.end_step_grads(ctx);
+    for (const char* name : {"fc.weight", "fc.bias", "unused.weight"}) {
+      SCOPED_TRACE(std::string(name) + " step " + std::to_string(step));
+      const std::vector<double> f = testing::to_vector(fused.reg.get(name).grad);
+      EXPECT_EQ(f, testing::to_vector(plain.reg.get(name).grad));
+      const bool zero = std::string(name) == "unused.weight";
+      EXPECT_EQ(f == std::vector<double>(f.size(), 0.0), zero);  // not vacuous
+    }
+  }
+}
+
 TEST(TransformerConfig, ValidationNamesTheFlag) {
   auto message = [](TransformerConfig c) {
     try {

@@ -41,11 +41,12 @@ TEST_P(AccumulateAndZeroGpuTest, MatchesCpuBitForBit) {
   struct Offsets {
     int64_t acc, x;
   };
+  for (bool assign : {false, true})
   for (int64_t n : {1, 7, 13, 4099, 100003}) {
     for (Offsets off : {Offsets{0, 0}, Offsets{1, 1}, Offsets{3, 3}, Offsets{5, 5},
                         Offsets{1, 2}}) {
       SCOPED_TRACE("n=" + std::to_string(n) + " offsets acc " + std::to_string(off.acc) + " x " +
-                   std::to_string(off.x));
+                   std::to_string(off.x) + (assign ? " assign" : " accumulate"));
       const int64_t total = n + 16;
       // Two magnitudes interleaved so the fp32 add rounds.
       std::vector<double> xv = to_vector(random_tensor(DType::kF64, {n}, 41 + n));
@@ -57,9 +58,11 @@ TEST_P(AccumulateAndZeroGpuTest, MatchesCpuBitForBit) {
       OwnedTensor acc_dev = upload(gpu(), acc_ref), x_dev = upload(gpu(), x_ref);
 
       ops::accumulate_and_zero(gpu(), acc_dev.view().flat_view(off.acc, {n}),
-                               x_dev.view().flat_view(off.x, {n}));
+                               x_dev.view().flat_view(off.x, {n}), assign);
       ops::cpu::accumulate_and_zero(cpu_, acc_ref.view().flat_view(off.acc, {n}),
-                                    x_ref.view().flat_view(off.x, {n}));
+                                    x_ref.view().flat_view(off.x, {n}), assign);
+      if (assign)  // the CPU's assign is copy()'s conversion
+        EXPECT_EQ(to_vector(acc_ref.view().flat_view(off.acc, {n})), to_vector(x_values));
       // Whole buffers: the views equal the CPU's, the poisoned neighbours are untouched.
       EXPECT_TRUE(same_bytes(to_host(gpu(), acc_dev), acc_ref)) << "acc differs from the CPU";
       EXPECT_TRUE(same_bytes(to_host(gpu(), x_dev), x_ref)) << "x differs from the CPU";
@@ -76,7 +79,7 @@ TEST(AccumulateAndZeroGpuArgs, RejectsNonFp32Acc) {
   DeviceContext gpu = testing::make_cuda_context();
   OwnedTensor x = testing::to_device(random_tensor(DType::kF32, {64}, 90), DType::kBF16);
   OwnedTensor acc = testing::to_device(random_tensor(DType::kF32, {64}, 91), DType::kBF16);
-  EXPECT_SHARDLM_ERROR(ops::cuda::accumulate_and_zero(gpu, acc, x), ErrorKind::kInvalidArgument,
+  EXPECT_SHARDLM_ERROR(ops::cuda::accumulate_and_zero(gpu, acc, x, false), ErrorKind::kInvalidArgument,
                        "expected fp32");
 }
 

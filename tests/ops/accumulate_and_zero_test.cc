@@ -76,6 +76,22 @@ TEST_P(AccumulateAndZero, EqualsCopyThenAddBitForBitAndZeroesX) {
   }
 }
 
+TEST_P(AccumulateAndZero, AssignEqualsCopyBitForBitAndZeroesX) {
+  const Case c = GetParam();
+  DeviceContext ctx = DeviceContext::cpu();
+  const int64_t n = 1001, offset = 3, total = n + 8;
+  OwnedTensor acc = convert(random_tensor(DType::kF64, {total}, 12), c.acc);  // stale values
+  OwnedTensor expected = clone(acc);
+  std::vector<double> xv = to_vector(random_tensor(DType::kF64, {total}, 30));
+  for (int64_t i = 0; i < total; ++i) xv[i] *= i % 3 == 0 ? 1e2 : i % 3 == 1 ? 1.0 : 1e-3;
+  OwnedTensor x = from_vector(c.x, {total}, xv);
+  ops::copy(ctx, expected.view().flat_view(offset, {n}), x.view().flat_view(offset, {n}));
+  ops::accumulate_and_zero(ctx, acc.view().flat_view(offset, {n}), x.view().flat_view(offset, {n}),
+                           /*assign=*/true);
+  EXPECT_EQ(first_bit_difference(acc, expected), -1);  // the view copied, its neighbours kept
+  EXPECT_TRUE(all_zero_bytes(x.view().flat_view(offset, {n}))) << "x is not +0 everywhere";
+}
+
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   return std::string(dtype_name(info.param.acc)) + "_from_" + dtype_name(info.param.x);
 }

@@ -145,6 +145,62 @@ TEST(Linear, Fp32MatchesFp64) {
   for (int i = 0; i < 4; ++i) EXPECT_LT(rel_error(results[1][i], results[0][i]), 1e-5) << i;
 }
 
+// linear_weight_grad: the weight gradient alone. In the activations' dtype it is
+// linear_backward's dweight bit for bit (assigned from zero or accumulated); into fp64 from fp32
+// activations it is that fp32 gradient converted and assigned or added: exactly what folding an
+// fp32 gradient into an fp64 master gradient gives (gradient-accumulation fusion on the CPU).
+TEST(Linear, WeightGradEqualsLinearBackwardsAndFoldsIntoAWiderGradient) {
+  DeviceContext ctx = DeviceContext::cpu();
+  const int64_t N = 9, IC = 11, OC = 6;
+  for (DType d : {DType::kF32, DType::kF64}) {
+    SCOPED_TRACE(dtype_name(d));
+    OwnedTensor in = convert(random_tensor(DType::kF64, {N, IC}, 50), d);
+    OwnedTensor w = convert(random_tensor(DType::kF64, {OC, IC}, 51), d);
+    OwnedTensor dout = convert(random_tensor(DType::kF64, {N, OC}, 52), d);
+    OwnedTensor stale = convert(random_tensor(DType::kF64, {OC, IC}, 53), d);
+    OwnedTensor want = OwnedTensor::zeros(d, {OC, IC});
+    ops::linear_backward(ctx, Tensor(), want, Tensor(), dout, in, w);
+    OwnedTensor got = testing::clone(stale);
+    ops::linear_weight_grad(ctx, got, dout, in, /*accumulate=*/false);
+    EXPECT_EQ(to_vector(got), to_vector(want));
+    ops::linear_backward(ctx, Tensor(), want, Tensor(), dout, in, w);  // now 2x
+    ops::linear_weight_grad(ctx, got, dout, in, /*accumulate=*/true);
+    EXPECT_EQ(to_vector(got), to_vector(want));
+  }
+  // fp32 activations into an fp64 gradient.
+  OwnedTensor in = random_tensor(DType::kF32, {N, IC}, 54);
+  OwnedTensor w = random_tensor(DType::kF32, {OC, IC}, 55);
+  OwnedTensor dout = random_tensor(DType::kF32, {N, OC}, 56);
+  OwnedTensor g32 = OwnedTensor::zeros(DType::kF32, {OC, IC});
+  ops::linear_backward(ctx, Tensor(), g32, Tensor(), dout, in, w);
+  const std::vector<double> g = to_vector(g32);
+  OwnedTensor main = random_tensor(DType::kF64, {OC, IC}, 57);
+  const std::vector<double> before = to_vector(main);
+  ops::linear_weight_grad(ctx, main, dout, in, /*accumulate=*/true);
+  std::vector<double> want = before;
+  for (size_t i = 0; i < want.size(); ++i) want[i] += g[i];
+  EXPECT_EQ(to_vector(main), want);
+  ops::linear_weight_grad(ctx, main, dout, in, /*accumulate=*/false);
+  EXPECT_EQ(to_vector(main), g);
+  EXPECT_NE(g, std::vector<double>(g.size(), 0.0));  // not vacuous
+}
+
+TEST(Linear, WeightGradRejectsBadDtypesAndShapes) {
+  DeviceContext ctx = DeviceContext::cpu();
+  OwnedTensor in = random_tensor(DType::kF64, {4, 13}, 1);
+  OwnedTensor dout = random_tensor(DType::kF64, {4, 5}, 2);
+  OwnedTensor dw32 = OwnedTensor::zeros(DType::kF32, {5, 13});  // narrower than the activations
+  EXPECT_SHARDLM_ERROR(ops::linear_weight_grad(ctx, dw32, dout, in, false),
+                       ErrorKind::kInvalidArgument, "wider master dtype");
+  OwnedTensor dw_bad = OwnedTensor::zeros(DType::kF64, {5, 12});
+  EXPECT_SHARDLM_ERROR(ops::linear_weight_grad(ctx, dw_bad, dout, in, false),
+                       ErrorKind::kInvalidArgument, "does not end in IC = 12");
+  OwnedTensor dout_bad = random_tensor(DType::kF64, {4, 6}, 3);
+  OwnedTensor dw = OwnedTensor::zeros(DType::kF64, {5, 13});
+  EXPECT_SHARDLM_ERROR(ops::linear_weight_grad(ctx, dw, dout_bad, in, false),
+                       ErrorKind::kInvalidArgument, "dout has shape [4, 6]");
+}
+
 TEST(Linear, BadShapes) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor in = random_tensor(DType::kF32, {4, 13}, 1),

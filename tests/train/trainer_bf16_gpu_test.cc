@@ -34,6 +34,15 @@ TrainConfig tiny_bf16_config() {
   return cfg;
 }
 
+// The Llama layer: RMSNorm, SwiGLU, RoPE, no biases, untied output layer.
+void make_llama(TrainConfig& cfg) {
+  cfg.model.normalization = model::Normalization::kRMSNorm;
+  cfg.model.swiglu = true;
+  cfg.model.position_embedding = model::PositionEmbedding::kRope;
+  cfg.model.add_bias_linear = false;
+  cfg.model.untie_embeddings_and_output_weights = true;
+}
+
 TEST(TrainerBf16Gpu, TracksTheFp32CpuRun) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
   TrainConfig cfg = tiny_bf16_config();
@@ -78,13 +87,7 @@ TEST_P(TrainerBf16CudnnGpu, TracksTheFp32CpuRun) {
   cfg.model.hidden_size = 128;  // head dim 32
   cfg.micro_batch_size = 2;
   cfg.global_batch_size = 4;
-  if (GetParam()) {
-    cfg.model.normalization = model::Normalization::kRMSNorm;
-    cfg.model.swiglu = true;
-    cfg.model.position_embedding = model::PositionEmbedding::kRope;
-    cfg.model.add_bias_linear = false;
-    cfg.model.untie_embeddings_and_output_weights = true;
-  }
+  if (GetParam()) make_llama(cfg);
   std::ostringstream log_cpu, log_gpu;
   cfg.device = "cpu";
   Trainer cpu(cfg, log_cpu);
@@ -100,6 +103,50 @@ TEST_P(TrainerBf16CudnnGpu, TracksTheFp32CpuRun) {
     ASSERT_TRUE(std::isfinite(b.loss)) << "iteration " << i + 1;
     EXPECT_NEAR(b.loss, a.loss, 2e-2 * std::abs(a.loss)) << "iteration " << i + 1;
     ASSERT_TRUE(std::isfinite(b.grad_norm)) << "iteration " << i + 1;
+  }
+}
+
+// Gradient-accumulation fusion (the default) against --no-gradient-accumulation-fusion, for the
+// GPT layer (biases, tied embedding) and the Llama layer (no biases, untied output layer, whose
+// weight gradient is fused too), two micro-batches per step (the second adds in fp32). The
+// first forward is the same computation, so the first loss is equal; after that the fused
+// gradients are the unrounded fp32 sums, so the runs agree within bf16 rounding.
+class TrainerBf16FusionGpu : public ::testing::TestWithParam<bool /*llama*/> {};
+INSTANTIATE_TEST_SUITE_P(Families, TrainerBf16FusionGpu, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Llama" : "Gpt"; });
+
+TEST_P(TrainerBf16FusionGpu, TracksTheUnfusedRun) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  TrainConfig cfg = tiny_bf16_config();
+  cfg.device = "cuda";
+  cfg.bf16 = true;
+  if (GetParam()) make_llama(cfg);
+  std::ostringstream log_fused, log_plain;
+  Trainer fused(cfg, log_fused);
+  cfg.gradient_accumulation_fusion = false;
+  Trainer plain(cfg, log_plain);
+  // Fused: no 16-bit gradient for the linear weights (nor the untied output layer).
+  int fused_count = 0;
+  for (const model::Parameter& p : fused.parameters().parameters()) {
+    const bool linear_weight = p.spec.name.find("linear_") != std::string::npos &&
+                               p.spec.name.ends_with(".weight");
+    const bool output = p.spec.name == "output_layer.weight";
+    EXPECT_EQ(p.main_grad_fused, linear_weight || output) << p.spec.name;
+    EXPECT_EQ(p.compute_grad.defined(), !p.main_grad_fused) << p.spec.name;
+    fused_count += p.main_grad_fused;
+  }
+  EXPECT_EQ(fused_count, 4 * cfg.model.num_layers + (GetParam() ? 1 : 0));
+  EXPECT_LT(fused.parameters().compute_grad_numel(), fused.parameters().numel() / 2);
+  for (const model::Parameter& p : plain.parameters().parameters())
+    EXPECT_FALSE(p.main_grad_fused) << p.spec.name;
+  EXPECT_EQ(plain.parameters().compute_grad_numel(), plain.parameters().numel());
+  for (int i = 0; i < cfg.train_iters; ++i) {
+    const IterationRecord a = plain.train_step();
+    const IterationRecord b = fused.train_step();
+    ASSERT_TRUE(std::isfinite(b.loss) && std::isfinite(b.grad_norm)) << "iteration " << i + 1;
+    if (i == 0) EXPECT_EQ(b.loss, a.loss);
+    EXPECT_NEAR(b.loss, a.loss, 5e-3 * std::abs(a.loss)) << "iteration " << i + 1;
+    EXPECT_NEAR(b.grad_norm, a.grad_norm, 2e-2 * a.grad_norm) << "iteration " << i + 1;
   }
 }
 

@@ -114,6 +114,11 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_flag("--fp16", cfg.fp16,
                "Mixed precision: fp16 compute with loss scaling, fp32 master weights (CUDA)")
       ->group(g);
+  cmd.add_flag("--no-gradient-accumulation-fusion",
+               [&cfg](int64_t) { cfg.gradient_accumulation_fusion = false; },
+               "--bf16/--fp16: linear weight gradients go through 16-bit gradients folded into "
+               "the fp32 main gradients, instead of being written there by their GEMMs")
+      ->group(g);
   optim::LossScalerConfig& ls = cfg.loss_scaler;
   cmd.add_option("--loss-scale", ls.loss_scale,
                  "--fp16: constant loss scale (omit for dynamic scaling)")->group(g);

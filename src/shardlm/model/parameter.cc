@@ -183,14 +183,29 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
     initialize_parameter(ctx, p, seed, p.value);
   }
   const bool mixed = compute_dtype != dtype && total_ > 0;
+  any_fused_ = false;
   if (mixed) {
     compute_values_ = OwnedTensor::empty(compute_dtype, {total_}, device);
-    compute_grads_ = OwnedTensor::zeros(compute_dtype, {total_}, device);
+    const int64_t grad_numel = compute_grad_numel();
+    // Fused parameters have no compute gradient: the buffer then packs the others back to
+    // back (their layout no longer mirrors the master buffer's).
+    any_fused_ = grad_numel != total_;
+    if (grad_numel > 0) compute_grads_ = OwnedTensor::zeros(compute_dtype, {grad_numel}, device);
   }
+  int64_t packed = 0;
   for (Parameter& p : params_) {
     p.compute_value =
         mixed ? compute_values_.view().flat_view(p.offset, p.local_shape) : p.value;
-    p.compute_grad = mixed ? compute_grads_.view().flat_view(p.offset, p.local_shape) : p.grad;
+    p.main_grad_fused = mixed && fusion_ && p.spec.fuse_main_grad;
+    if (!mixed) {
+      p.compute_grad = p.grad;
+    } else if (p.main_grad_fused) {
+      p.compute_grad = Tensor();
+    } else {
+      p.compute_grad = compute_grads_.view().flat_view(any_fused_ ? packed : p.offset,
+                                                       p.local_shape);
+      packed += p.local_shape.numel();
+    }
   }
   main_grad_empty_.assign(params_.size(), 0);
   finalized_ = true;
@@ -207,8 +222,33 @@ void ParameterRegistry::sync_compute_values(DeviceContext& ctx) {
   ops::copy(ctx, compute_values_.view(), values_.view());
 }
 
+void ParameterRegistry::set_gradient_accumulation_fusion(bool on) {
+  SHARDLM_CHECK(!finalized_);
+  fusion_ = on;
+}
+
+int64_t ParameterRegistry::compute_grad_numel() const {
+  int64_t n = total_;
+  if (!fusion_) return n;
+  for (const Parameter& p : params_)
+    if (p.spec.fuse_main_grad) n -= p.local_shape.numel();
+  return n;
+}
+
+ParameterRegistry::FusedMainGrad ParameterRegistry::fused_main_grad(const Parameter& param) {
+  SHARDLM_CHECK(param.main_grad_fused);
+  uint8_t& empty = main_grad_empty_[static_cast<size_t>(&param - params_.data())];
+  const bool accumulate = !empty;
+  empty = 0;
+  return {param.grad, accumulate};
+}
+
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
+  if (any_fused_) {  // the compute gradients are packed: fold the unfused ones one by one
+    for (const Parameter& p : params_) accumulate_compute_grads(ctx, p);
+    return;
+  }
   const auto empty = static_cast<size_t>(
       std::count(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{1}));
   if (empty != 0 && empty != params_.size()) {  // some folded already: parameter by parameter
@@ -216,28 +256,18 @@ void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
     return;
   }
   // The whole flat buffer in one pass (padding included: it is zero in both buffers).
-  if (empty != 0) {
-    ops::copy(ctx, grads_.view(), compute_grads_.view());
-    zero_buffer(ctx, compute_grads_.view());
-  } else {
-    ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view());
-  }
+  ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view(), /*assign=*/empty != 0);
   std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
 }
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Parameter& param) {
-  if (!has_compute_copy()) return;
+  if (!has_compute_copy() || param.main_grad_fused) return;
   const Shape shape({param.local_shape.numel()});
   Tensor main = grads_.view().flat_view(param.offset, shape);
-  Tensor compute = compute_grads_.view().flat_view(param.offset, shape);
+  Tensor compute = param.compute_grad.reshape(shape);
   uint8_t& empty = main_grad_empty_[static_cast<size_t>(&param - params_.data())];
-  if (empty) {
-    ops::copy(ctx, main, compute);
-    zero_buffer(ctx, compute);
-    empty = 0;
-  } else {
-    ops::accumulate_and_zero(ctx, main, compute);
-  }
+  ops::accumulate_and_zero(ctx, main, compute, /*assign=*/empty != 0);
+  empty = 0;
 }
 
 void ParameterRegistry::begin_step_grads(DeviceContext& ctx) {
@@ -268,7 +298,7 @@ const Parameter& ParameterRegistry::get(const std::string& name) const {
 void ParameterRegistry::zero_grads(DeviceContext& ctx) {
   if (total_ == 0) return;
   zero_buffer(ctx, grads_.view());
-  if (has_compute_copy()) zero_buffer(ctx, compute_grads_.view());
+  if (compute_grads_.view().defined()) zero_buffer(ctx, compute_grads_.view());
   std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
 }
 

@@ -18,6 +18,13 @@
 // ops::accumulate_and_zero pass). Without a separate compute dtype compute_value/compute_grad
 // ARE value/grad and both calls do nothing, so fp32/fp64 runs are bit-identical to before.
 //
+// Gradient-accumulation fusion (Megatron's default, --no-gradient-accumulation-fusion turns it
+// off): a parameter registered with fuse_main_grad (the Linear weights) gets no compute
+// gradient under mixed precision. Its weight-gradient GEMM writes the fp32 master gradient
+// itself (ops::linear_weight_grad; fused_main_grad() says where and whether to assign or add),
+// so the compute-gradient buffer holds only the other parameters (biases, norms, embeddings:
+// ~8% of a 1.3B GPT) and their folds are the only ones left.
+//
 // Ownership: the registry owns the flat buffers; Parameter::value/grad are views into them.
 // Not thread-safe; one registry per rank (model shard).
 //
@@ -117,6 +124,9 @@ struct ParameterSpec {
   bool weight_decay = true;  // false for biases and norm weights
   Init init;
   PipelineTie pipeline_tie = PipelineTie::kNone;
+  // Its gradient comes from one weight-gradient GEMM per micro-batch, which may then write the
+  // master gradient directly (gradient-accumulation fusion, see above).
+  bool fuse_main_grad = false;
 };
 
 struct Parameter {
@@ -128,7 +138,10 @@ struct Parameter {
   // What the modules compute with: views into the compute buffers (mixed precision), else
   // the same views as value / grad.
   Tensor compute_value;
-  Tensor compute_grad;
+  Tensor compute_grad;     // undefined when main_grad_fused
+  // Gradient-accumulation fusion is on for this parameter: its backward writes `grad` through
+  // ParameterRegistry::fused_main_grad() and there is no compute gradient.
+  bool main_grad_fused = false;
   // Global index (row-major in the global shape) of local element i.
   int64_t global_index(int64_t local_index) const;
   // The same mapping as arithmetic the CUDA init kernel can run (tensor/shard_index_map.h);
@@ -149,6 +162,12 @@ class ParameterRegistry {
   // every flat buffer. Call after the last add() and before finalize(); throws kInternal on
   // overlapping or out-of-range placements.
   void set_flat_layout(const std::vector<int64_t>& offsets, int64_t total);
+  // Gradient-accumulation fusion for the parameters registered with fuse_main_grad (on by
+  // default); it takes effect only with a separate compute dtype. Call before finalize().
+  void set_gradient_accumulation_fusion(bool on);
+  // Elements of the compute-gradient buffer finalize() will allocate under mixed precision:
+  // every parameter's but the fused ones (for memory plans, before finalize()).
+  int64_t compute_grad_numel() const;
   // Allocates the flat buffers on ctx's device, sets views, initialises values where they
   // live (ops::init_normal: same bits on every backend), zeroes gradients. compute_dtype
   // (default: dtype) different from dtype adds the compute-value/compute-grad buffers (see
@@ -194,6 +213,14 @@ class ParameterRegistry {
   // The same for one parameter (called from the backward grad-ready hook, so a bucket's
   // gradients can be reduced while backward continues). No-op without a compute copy.
   void accumulate_compute_grads(DeviceContext& ctx, const Parameter& param);
+  // A fused parameter's master gradient for this micro-batch's weight-gradient GEMM, and
+  // whether the GEMM adds to it (false: the step's first contribution, which assigns, as the
+  // first fold does). Marks the master gradient as holding this step's values.
+  struct FusedMainGrad {
+    Tensor grad;
+    bool accumulate;
+  };
+  FusedMainGrad fused_main_grad(const Parameter& param);
 
  private:
   std::vector<Parameter> params_;
@@ -204,6 +231,8 @@ class ParameterRegistry {
   OwnedTensor compute_grads_;   // [total] in compute_dtype_ (mixed precision only)
   // Per parameter: the master gradient holds nothing of this step yet (begin_step_grads).
   std::vector<uint8_t> main_grad_empty_;
+  bool fusion_ = true;          // set_gradient_accumulation_fusion
+  bool any_fused_ = false;      // some parameter has main_grad_fused
   DType compute_dtype_ = DType::kF32;
   int64_t total_ = 0;
   bool finalized_ = false;

@@ -62,7 +62,7 @@ void scale_inplace(DeviceContext& ctx, Tensor x, double alpha) {
   SHARDLM_OPS_ROUTE(scale_inplace, ctx, x, alpha);
 }
 
-void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x) {
+void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x, bool assign) {
   constexpr const char* op = "accumulate_and_zero";
   check_devices(op, ctx, {{"acc", acc}, {"x", x}});
   require_defined(op, {"acc", acc});
@@ -77,7 +77,7 @@ void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x) {
   require_same_numel(op, {"acc", acc}, {"x", x});
   require(acc.numel() == 0 || acc.raw() != x.raw(), op,
           "acc and x must be different buffers (x is zeroed after it is added)");
-  SHARDLM_OPS_ROUTE(accumulate_and_zero, ctx, acc, x);
+  SHARDLM_OPS_ROUTE(accumulate_and_zero, ctx, acc, x, assign);
 }
 
 void init_normal(DeviceContext& ctx, Tensor out, const PhiloxKey& key, double stddev,

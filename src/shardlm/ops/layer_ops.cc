@@ -182,6 +182,31 @@ void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbia
   SHARDLM_OPS_ROUTE(linear_backward, ctx, din, dweight, dbias, dout, in, weight);
 }
 
+void linear_weight_grad(DeviceContext& ctx, Tensor dweight, const Tensor& dout, const Tensor& in,
+                        bool accumulate) {
+  constexpr const char* op = "linear_weight_grad";
+  check_devices(op, ctx, {{"dweight", dweight}, {"dout", dout}, {"in", in}});
+  for (const Arg& x : {Arg{"dweight", dweight}, Arg{"dout", dout}, Arg{"in", in}})
+    require_defined(op, x);
+  require_same_float(op, {{"in", in}, {"dout", dout}});
+  const DType a = in.dtype(), w = dweight.dtype();
+  const bool wider = (w == DType::kF32 && (a == DType::kBF16 || a == DType::kF16)) ||
+                     (w == DType::kF64 && a == DType::kF32);
+  require(w == a || wider, op,
+          std::string("dweight is ") + dtype_name(w) + " for " + dtype_name(a) +
+              " activations; it must be " + dtype_name(a) + " or the wider master dtype (fp32 "
+              "for bf16/fp16, fp64 for fp32)");
+  require(dweight.rank() == 2 && dweight.size(0) >= 1 && dweight.size(1) >= 1, op,
+          "dweight must be [OC, IC], got " + shape_of(dweight));
+  const int64_t OC = dweight.size(0), IC = dweight.size(1);
+  const int64_t in_cols = last_dim(op, {"in", in});
+  require(in_cols == IC, op,
+          "in " + shape_of(in) + " does not end in IC = " + std::to_string(IC) + " of dweight " +
+              shape_of(dweight));
+  require_rows(op, {"dout", dout}, in.numel() / IC, OC, "in, with OC columns");
+  SHARDLM_OPS_ROUTE(linear_weight_grad, ctx, dweight, dout, in, accumulate);
+}
+
 // ---- activations ---------------------------------------------------------------------------
 
 void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in) {

@@ -31,8 +31,9 @@ void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);              // 
 // compute gradients into the fp32 main gradients (mixed precision) without a conversion
 // buffer. Bit-identical to copy(tmp, x) (tmp in acc's dtype), add_inplace(acc, tmp), fill(x, 0):
 // the converted value is added in acc's dtype. acc fp32 (or fp64 on the CPU); x fp32, bf16 or
-// fp16 (the CPU also takes fp64); same numel; acc and x must not overlap.
-void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x);
+// fp16 (the CPU also takes fp64); same numel; acc and x must not overlap. assign: acc =
+// convert(x) instead (the step's first fold; acc is not read).
+void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x, bool assign = false);
 // Sum of squares in double precision (for global grad norm).
 double sum_squares(DeviceContext& ctx, const Tensor& x);
 
@@ -76,6 +77,13 @@ void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tens
 // dweight[OC,IC] += dout^T @ in; dbias[OC] += sum_n dout (skipped when undefined).
 void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                      const Tensor& dout, const Tensor& in, const Tensor& weight);
+// The weight gradient alone, into a buffer that may be wider than the activations:
+// dweight[OC,IC] = (accumulate ? dweight : 0) + dout[N,OC]^T @ in[N,IC], math in fp32 (fp64 for
+// fp64). dweight's dtype is dout's, or fp32 for bf16/fp16 activations (CUDA) and fp64 for fp32
+// ones: Megatron's gradient-accumulation fusion, where the GEMM writes the fp32 main gradient
+// directly instead of a 16-bit gradient that a later pass adds in.
+void linear_weight_grad(DeviceContext& ctx, Tensor dweight, const Tensor& dout, const Tensor& in,
+                        bool accumulate);
 
 // ---- activations ---------------------------------------------------------------------------
 // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

@@ -143,6 +143,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                   .overlap_grad_reduce = cfg_.parallel.overlap_grad_reduce,
                   .use_distributed_optimizer = cfg_.parallel.use_distributed_optimizer});
   grad_buffer_.apply(registry_);
+  registry_.set_gradient_accumulation_fusion(cfg_.gradient_accumulation_fusion);
 
   // Plan every allocation from the config, and refuse a plan that cannot fit, before
   // allocating anything (a clear message instead of a CUDA out-of-memory error mid-run).
@@ -152,7 +153,9 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   memory_plan_.main_grads = memory_plan_.master_params;
   if (dtype_ != master_dtype) {
     memory_plan_.compute_params = n_params * dtype_size(dtype_);
-    memory_plan_.compute_grads = memory_plan_.compute_params;
+    // Without the fused parameters' gradients (gradient-accumulation fusion).
+    memory_plan_.compute_grads =
+        static_cast<size_t>(registry_.compute_grad_numel()) * dtype_size(dtype_);
   }
   memory_plan_.optimizer_state = 2 * memory_plan_.master_params;
   if (cfg_.parallel.use_distributed_optimizer)  // each rank holds 1/DP of the moments

@@ -99,8 +99,12 @@ void GPTModel::register_parameters(ParameterRegistry& reg) const {
   for (const TransformerLayer& layer : layers_) layer.register_parameters(reg);
   if (!chunk_.has_head) return;
   final_norm_.register_parameters(reg);
-  if (!tied)
-    reg.add({kOutputLayer, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std)});
+  if (!tied) {  // one weight-gradient GEMM per micro-batch: gradient-accumulation fusion applies
+    ParameterSpec output{kOutputLayer, {V, C}, tp_.split(0), true,
+                         Init::normal(cfg_.init_method_std)};
+    output.fuse_main_grad = true;
+    reg.add(output);
+  }
   else if (!chunk_.has_embedding)  // the last stage's copy: same name, so the same init
     reg.add({kWordEmbeddings, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std),
              PipelineTie::kCopy});
@@ -117,6 +121,7 @@ void GPTModel::bind(ParameterRegistry& reg) {
   for (TransformerLayer& layer : layers_) layer.bind(reg);
   if (chunk_.has_head) final_norm_.bind(reg);
   output_layer_ = chunk_.has_head && !tied ? &reg.get(kOutputLayer) : nullptr;
+  registry_ = &reg;
 }
 
 void GPTModel::set_activation_slots(int slots) {
@@ -336,8 +341,15 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
   else
     ops::cross_entropy_backward(ctx, a.dlogits, a.dlosses, a.logits, targets, a.lse);
   // Output layer: column-parallel over the vocabulary; its input gradient is partial over TP.
-  ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits, a.final_norm,
-                       output_weight());
+  if (output_layer_ && output_layer_->main_grad_fused) {  // straight into the fp32 main gradient
+    ops::linear_backward(ctx, a.scratch.c0, Tensor(), Tensor(), a.dlogits, a.final_norm,
+                         output_weight());
+    const ParameterRegistry::FusedMainGrad main = registry_->fused_main_grad(*output_layer_);
+    ops::linear_weight_grad(ctx, main.grad, a.dlogits, a.final_norm, main.accumulate);
+  } else {
+    ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits,
+                         a.final_norm, output_weight());
+  }
   if (output_layer_) report_grads_ready({&output_layer_, 1});
   // The last pipeline stage's tied copy is complete here (the first stage's reports later).
   if (!output_layer_ && !chunk_.has_embedding) report_grads_ready({&word_embeddings_, 1});

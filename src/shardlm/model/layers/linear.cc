@@ -36,11 +36,19 @@ void Linear::register_parameters(ParameterRegistry& reg) const {
                   : mode_ == ParallelMode::kRow  ? tp_.split(1)
                                                  : Split::none();
   const Split b = mode_ == ParallelMode::kColumn ? column : Split::none();
-  reg.add({prefix_ + ".weight", {out_, in_}, w, true, init_});
+  ParameterSpec weight{prefix_ + ".weight", {out_, in_}, w, true, init_};
+  // One weight-gradient GEMM per micro-batch writes its gradient, so it may write the fp32
+  // master gradient directly; not with replicated k/v rows, whose gradient is summed over the
+  // replicas in the compute gradient (layers/qkv_layout.h).
+  bool replicas = false;
+  for (const SplitSegment& s : w.runs) replicas = replicas || s.replica;
+  weight.fuse_main_grad = !replicas;
+  reg.add(weight);
   if (has_bias_) reg.add({prefix_ + ".bias", {out_}, b, false, Init::zeros()});
 }
 
 void Linear::bind(ParameterRegistry& reg) {
+  registry_ = &reg;
   weight_ = &reg.get(prefix_ + ".weight");
   bias_ = has_bias_ ? &reg.get(prefix_ + ".bias") : nullptr;
 }
@@ -67,13 +75,24 @@ void Linear::forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tens
 void Linear::backward_from_gelu(DeviceContext& ctx, Tensor din, Tensor dpre, const Tensor& dout,
                                 const Tensor& pre, const Tensor& in) const {
   ops::gelu_backward_bias_grad(ctx, dpre, bias_ ? bias_->compute_grad : Tensor(), dout, pre);
-  ops::linear_backward(ctx, din, weight_->compute_grad, Tensor(), dpre, in,
-                       weight_->compute_value);
+  backward_gemms(ctx, din, Tensor(), dpre, in);
 }
 
 void Linear::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const {
-  ops::linear_backward(ctx, din, weight_->compute_grad, bias_ ? bias_->compute_grad : Tensor(), dout, in,
-                       weight_->compute_value);
+  backward_gemms(ctx, din, bias_ ? bias_->compute_grad : Tensor(), dout, in);
+}
+
+void Linear::backward_gemms(DeviceContext& ctx, Tensor din, Tensor dbias, const Tensor& dout,
+                            const Tensor& in) const {
+  if (!weight_->main_grad_fused) {
+    ops::linear_backward(ctx, din, weight_->compute_grad, dbias, dout, in, weight_->compute_value);
+    return;
+  }
+  // Gradient-accumulation fusion: the weight gradient goes straight into the fp32 master
+  // gradient (assigned by the step's first micro-batch, added by the others).
+  ops::linear_backward(ctx, din, Tensor(), dbias, dout, in, weight_->compute_value);
+  const ParameterRegistry::FusedMainGrad main = registry_->fused_main_grad(*weight_);
+  ops::linear_weight_grad(ctx, main.grad, dout, in, main.accumulate);
 }
 
 }  // namespace shardlm::model

@@ -67,6 +67,12 @@ class Linear {
   TensorParallel tp_;
   int chunks_ = 1;
   Split column_split_;  // explicit column split (is_split() only from that constructor)
+  // din and dbias through linear_backward, the weight gradient into the compute gradient or,
+  // with gradient-accumulation fusion, the master gradient (parameter.h).
+  void backward_gemms(DeviceContext& ctx, Tensor din, Tensor dbias, const Tensor& dout,
+                      const Tensor& in) const;
+
+  ParameterRegistry* registry_ = nullptr;  // bind()'s: fused_main_grad() of the weight
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;
 };

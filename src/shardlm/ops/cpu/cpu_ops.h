@@ -23,7 +23,7 @@ void copy(DeviceContext& ctx, Tensor dst, const Tensor& src);
 void add(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& b);
 void add_inplace(DeviceContext& ctx, Tensor acc, const Tensor& x);
 void scale_inplace(DeviceContext& ctx, Tensor x, double alpha);
-void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x);  // accumulate_and_zero.cc
+void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x, bool assign);  // accumulate_and_zero.cc
 double sum_squares(DeviceContext& ctx, const Tensor& x);
 bool all_finite(DeviceContext& ctx, const Tensor& x);
 
@@ -51,6 +51,8 @@ void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tens
                     const Tensor& bias);
 void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                      const Tensor& dout, const Tensor& in, const Tensor& weight);
+void linear_weight_grad(DeviceContext& ctx, Tensor dweight, const Tensor& dout, const Tensor& in,
+                        bool accumulate);
 
 // activations.cc
 void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);

@@ -5,10 +5,14 @@
 //   backward: din[N,IC]    = dout[N,OC] @ weight[OC,IC]         (assigned, beta = 0)
 //             dweight[OC,IC] += dout[N,OC]^T @ in[N,IC]         (accumulated, beta = 1)
 //             dbias[OC]    += sum_n dout[n,:]                    (accumulated, in double)
+//   weight gradient into a wider buffer (linear_weight_grad, fp32 activations, fp64 dweight):
+//   the fp32 GEMM result, then converted and assigned or added, exactly what an fp32 gradient
+//   folded into an fp64 master gradient gives.
 //
 // GEMM dimensions must fit OpenBLAS's 32-bit blasint; larger calls throw kUnsupported.
 #include <cblas.h>
 
+#include <algorithm>
 #include <climits>
 #include <string>
 #include <vector>
@@ -96,6 +100,34 @@ void linear_backward(DeviceContext&, Tensor din, Tensor dweight, Tensor dbias, c
                             dbias.defined() ? dbias.data<T>() : nullptr, dout.data<T>(),
                             in.data<T>(), weight.data<T>(), N, IC, OC);
   });
+}
+
+void linear_weight_grad(DeviceContext&, Tensor dweight, const Tensor& dout, const Tensor& in,
+                        bool accumulate) {
+  const int64_t OC = dweight.size(0), IC = dweight.size(1), N = in.numel() / IC;
+  check_blas_dims("linear_weight_grad", N, IC, OC);
+  if (dweight.dtype() == in.dtype()) {
+    detail::dispatch_float(in.dtype(), "linear_weight_grad", [&](auto zero) {
+      using T = decltype(zero);
+      T* dw = dweight.data<T>();
+      if (N > 0)
+        gemm(true, false, OC, IC, N, dout.data<T>(), in.data<T>(), accumulate ? T(1) : T(0), dw);
+      else if (!accumulate)
+        std::fill(dw, dw + OC * IC, T(0));
+    });
+    return;
+  }
+  // fp32 activations, fp64 dweight (the dispatcher allows no other mix on the CPU).
+  if (in.dtype() != DType::kF32 || dweight.dtype() != DType::kF64)
+    throw Error(ErrorKind::kUnsupported,
+                std::string("linear_weight_grad on the CPU: ") + dtype_name(in.dtype()) +
+                    " activations with a " + dtype_name(dweight.dtype()) +
+                    " dweight (the CPU computes in fp32 and fp64 only)");
+  std::vector<float> g(static_cast<size_t>(OC * IC), 0.0f);
+  if (N > 0) gemm(true, false, OC, IC, N, dout.data<float>(), in.data<float>(), 0.0f, g.data());
+  double* dw = dweight.data<double>();
+  for (size_t i = 0; i < g.size(); ++i)
+    dw[i] = accumulate ? dw[i] + static_cast<double>(g[i]) : static_cast<double>(g[i]);
 }
 
 }  // namespace shardlm::ops::cpu

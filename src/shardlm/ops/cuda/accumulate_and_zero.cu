@@ -1,6 +1,7 @@
 // accumulate_and_zero.cu — acc (fp32) += convert(x), then x = 0, in one kernel pass: the
 // mixed-precision fold of a micro-batch's bf16/fp16 compute gradients into the fp32 main
-// gradients (ParameterRegistry::accumulate_compute_grads).
+// gradients (ParameterRegistry::accumulate_compute_grads). assign: acc = convert(x) (the step's
+// first fold), acc not read.
 //
 // Replaces copy-to-fp32-scratch + add_inplace + fill(0): 3 passes and a scratch buffer become one
 // pass of 2 + 4 + 4 + 2 bytes per bf16 element (read x, read and write acc, write x), with the
@@ -20,7 +21,7 @@ namespace {
 // Elements [head, head + nvec * kW) in 16-byte vectors of x; the rest one by one.
 template <typename TX>
 __global__ void accumulate_and_zero_kernel(float* __restrict__ acc, TX* __restrict__ x,
-                                           int64_t n, int64_t head, int64_t nvec) {
+                                           int64_t n, int64_t head, int64_t nvec, bool assign) {
   constexpr int kW = Vec16<TX>::kSize;  // elements of x per 16 bytes: 4 (fp32) or 8 (bf16/fp16)
   static_assert(kW % 4 == 0, "acc is accessed as whole float4s");
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -32,40 +33,43 @@ __global__ void accumulate_and_zero_kernel(float* __restrict__ acc, TX* __restri
     float4* a = reinterpret_cast<float4*>(acc_v + v * kW);
 #pragma unroll
     for (int q = 0; q < kW / 4; ++q) {
-      float4 s = a[q];
-      s.x += load_as_float(cx.v[4 * q + 0]);
-      s.y += load_as_float(cx.v[4 * q + 1]);
-      s.z += load_as_float(cx.v[4 * q + 2]);
-      s.w += load_as_float(cx.v[4 * q + 3]);
-      a[q] = s;
+      float4 r = make_float4(load_as_float(cx.v[4 * q + 0]), load_as_float(cx.v[4 * q + 1]),
+                             load_as_float(cx.v[4 * q + 2]), load_as_float(cx.v[4 * q + 3]));
+      if (!assign) {  // acc + x, as add_inplace adds (fp32 addition commutes exactly)
+        const float4 s = a[q];
+        r = make_float4(s.x + r.x, s.y + r.y, s.z + r.z, s.w + r.w);
+      }
+      a[q] = r;
     }
     reinterpret_cast<uint4*>(x_v)[v] = make_uint4(0u, 0u, 0u, 0u);  // +0 in every dtype
   }
   const int64_t vector_end = head + nvec * kW, scalar = n - nvec * kW;
   for (int64_t j = tid; j < scalar; j += stride) {
     const int64_t i = j < head ? j : vector_end + (j - head);
-    acc[i] += load_as_float(x[i]);
+    acc[i] = assign ? load_as_float(x[i]) : acc[i] + load_as_float(x[i]);
     x[i] = float_to<TX>(0.0f);
   }
 }
 
 // ---- launcher -----------------------------------------------------------------------------------
 template <typename TX>
-void launch_accumulate_and_zero(const CudaBackendState& st, float* acc, TX* x, int64_t n) {
+void launch_accumulate_and_zero(const CudaBackendState& st, float* acc, TX* x, int64_t n,
+                                bool assign) {
   constexpr int kThreads = 256, kW = Vec16<TX>::kSize;
   const int h = vector_head(kW, {{acc, sizeof(float), 16}, {x, sizeof(TX), 16}});
   const int64_t head = h < 0 ? 0 : std::min<int64_t>(h, n);
   const int64_t nvec = h < 0 ? 0 : (n - head) / kW;
   const int64_t work = nvec + (n - nvec * kW);
   const unsigned int blocks = grid_stride_blocks(st, work, kThreads);
-  accumulate_and_zero_kernel<TX><<<blocks, kThreads, 0, st.stream()>>>(acc, x, n, head, nvec);
+  accumulate_and_zero_kernel<TX><<<blocks, kThreads, 0, st.stream()>>>(acc, x, n, head, nvec,
+                                                                      assign);
   CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 // ---- entry point -------------------------------------------------------------------------------
-void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x) {
+void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x, bool assign) {
   const char* op = "accumulate_and_zero";
   require_on_device(ctx, acc, op, "acc");
   require_on_device(ctx, x, op, "x");
@@ -76,7 +80,7 @@ void accumulate_and_zero(DeviceContext& ctx, Tensor acc, Tensor x) {
   if (n == 0) return;
   dispatch_float(x.dtype(), op, [&]<typename TX>() {
     launch_accumulate_and_zero<TX>(st, static_cast<float*>(acc.raw()), static_cast<TX*>(x.raw()),
-                                   n);
+                                   n, assign);
   });
 }
 

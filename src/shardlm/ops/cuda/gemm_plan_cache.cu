@@ -33,7 +33,7 @@ struct GemmKey {
   DType dtype;
   bool trans_a, trans_b;
   int64_t m, n, k, lda, ldb, ldd;
-  bool bias, beta_zero;
+  bool bias, beta_zero, wide_output;
   uint32_t align_a, align_b, align_d, align_bias;
   bool timed;  // the algorithm was (or will be) picked by timing, not heuristic result 0
   auto operator<=>(const GemmKey&) const = default;
@@ -44,7 +44,7 @@ bool is_16bit(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kF1
 GemmKey gemm_key(const GemmCall& c, bool autotune) {
   const bool beta_zero = c.beta == 0.0f;
   return GemmKey{c.dtype, c.trans_a, c.trans_b, c.m, c.n, c.k, c.lda, c.ldb, c.ldd,
-                 c.bias != nullptr, beta_zero, alignment_class(c.A), alignment_class(c.B),
+                 c.bias != nullptr, beta_zero, c.wide_output, alignment_class(c.A), alignment_class(c.B),
                  alignment_class(c.D), alignment_class(c.bias),
                  autotune && beta_zero && is_16bit(c.dtype)};
 }
@@ -112,7 +112,8 @@ std::unique_ptr<GemmPlan> describe(const GemmCall& c, cudaDataType_t type) {
                                           c.trans_a ? c.m : c.k, c.lda));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b.h, type, c.trans_b ? c.n : c.k,
                                           c.trans_b ? c.k : c.n, c.ldb));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d.h, type, c.m, c.n, c.ldd));
+  const cudaDataType_t d_type = c.wide_output ? CUDA_R_32F : type;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d.h, d_type, c.m, c.n, c.ldd));
   return plan;
 }
 
@@ -196,7 +197,8 @@ std::unique_ptr<GemmPlan> build_plan(const CudaBackendState& st, const GemmCall&
     throw Error(ErrorKind::kUnsupported,
                 std::string(op) + " on CUDA: cuBLASLt has no algorithm for the " + what +
                     " GEMM m=" + std::to_string(c.m) + " n=" + std::to_string(c.n) +
-                    " k=" + std::to_string(c.k) + " in " + dtype_name(c.dtype));
+                    " k=" + std::to_string(c.k) + " in " + dtype_name(c.dtype) +
+                    (c.wide_output ? " with an fp32 output" : ""));
   plan->algo = cands.results[cands.count > 1 ? fastest_candidate(st, *plan, c, cands) : 0].algo;
   return plan;
 }

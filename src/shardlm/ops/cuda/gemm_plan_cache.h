@@ -5,7 +5,7 @@
 //
 // One GEMM, fp32 accumulation (CUBLAS_COMPUTE_32F, no TF32):
 //   D[m,n] (column-major, ld = ldd) = op(A) op(B) + beta * D (+ bias[m] via the BIAS epilogue)
-// The key is everything a plan depends on: dtype, transposes, m, n, k, lda, ldb, ldd, bias or
+// The key is everything a plan depends on: dtype (and D's, when wide), transposes, m, n, k, lda, ldb, ldd, bias or
 // not, beta == 0 or not, each pointer's alignment up to 16 bytes (the heuristic is told A's, B's
 // and D's, so a plan chosen for aligned operands never runs on misaligned views; cuBLASLt takes
 // no alignment preference for the bias, whose class only separates keys), and whether it was
@@ -56,6 +56,9 @@ struct GemmCall {
   int64_t ldd = 0;
   float beta = 0.0f;
   const void* bias = nullptr;
+  // D in fp32 while A and B are 16-bit (the weight gradient written straight into the fp32
+  // main gradient); otherwise D has A's dtype.
+  bool wide_output = false;
 };
 
 // Runs call on st's stream through the cached plan for its key, building the plan first when the

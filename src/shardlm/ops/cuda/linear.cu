@@ -6,6 +6,9 @@
 //   forward : out^T[OC,N]  = (W_cm[IC,OC])^T · in_cm[IC,N]      (TN), bias via the BIAS epilogue
 //   din     : din^T[IC,N]  = W_cm[IC,OC] · dout_cm[OC,N]         (NN), beta = 0 (assign)
 //   dweight : dW^T[IC,OC] += in_cm[IC,N] · (dout_cm[OC,N])^T     (NT), beta = 1 (accumulate)
+// linear_weight_grad runs the dweight GEMM alone, with beta 0 or 1, and for bf16/fp16 inputs
+// may write an fp32 D: the fp32 main gradient directly (gradient-accumulation fusion), no 16-bit
+// gradient and no later pass adding it in.
 // dbias += column sums of dout goes through column_reduce.cuh's chunked reduction (16-byte
 // loads; cuBLASLt's BGRAD epilogue overwrites, and parameter gradients must accumulate).
 // Plans (descriptor, layouts, algorithm) are cached per shape in the rank's CUDA state
@@ -28,8 +31,9 @@ namespace {
 // A is stored (trans_a ? k x m : m x k) with leading dimension lda; B likewise (k x n / n x k).
 void lt_matmul(CudaBackendState& st, DType dtype, bool trans_a, bool trans_b, int64_t m,
                int64_t n, int64_t k, const void* A, int64_t lda, const void* B, int64_t ldb,
-               void* D, float beta, const void* bias, const char* what) {
-  const GemmCall call{dtype, trans_a, trans_b, m, n, k, A, lda, B, ldb, D, /*ldd=*/m, beta, bias};
+               void* D, float beta, const void* bias, const char* what, bool wide_output = false) {
+  const GemmCall call{dtype, trans_a, trans_b, m, n, k, A, lda, B, ldb, D, /*ldd=*/m, beta, bias,
+                      wide_output};
   run_cached_gemm(st, call, "linear", what);
 }
 
@@ -139,6 +143,33 @@ void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbia
           static_cast<T*>(dbias.raw()), static_cast<T*>(nullptr));
     });
   }
+}
+
+void linear_weight_grad(DeviceContext& ctx, Tensor dweight, const Tensor& dout, const Tensor& in,
+                        bool accumulate) {
+  const char* op = "linear_weight_grad";
+  require_on_device(ctx, dweight, op, "dweight");
+  require_on_device(ctx, dout, op, "dout");
+  require_on_device(ctx, in, op, "in");
+  require_same_dtype(dout, in, op, "dout", "in");
+  const bool wide = dweight.dtype() != in.dtype();
+  if (wide && !(dweight.dtype() == DType::kF32 &&
+                (in.dtype() == DType::kBF16 || in.dtype() == DType::kF16)))
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: a " + dtype_name(dweight.dtype()) + " dweight for " +
+                    dtype_name(in.dtype()) + " activations (wider gradients: fp32 for bf16/fp16)");
+  const LinearDims dims = linear_dims(in, dweight, op);
+  require_numel(dout, dims.N * dims.OC, op, "dout");
+  if (dims.IC * dims.OC == 0) return;
+  CudaBackendState& st = cuda_state(ctx);
+  if (dims.N == 0) {
+    if (!accumulate) fill(ctx, dweight, 0.0);
+    return;
+  }
+  // dW^T[IC,OC] (= dW row-major) = in_cm[IC,N] · dout_cm[OC,N]^T, as linear_backward's dweight.
+  lt_matmul(st, in.dtype(), false, true, dims.IC, dims.OC, dims.N, in.raw(), dims.IC, dout.raw(),
+            dims.OC, dweight.raw(), accumulate ? 1.0f : 0.0f, nullptr,
+            wide ? "weight-gradient (fp32 main gradient)" : "weight-gradient", wide);
 }
 
 }  // namespace shardlm::ops::cuda
