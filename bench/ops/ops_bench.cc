@@ -164,6 +164,28 @@ void bench_layernorm(DeviceContext& ctx, int64_t N, int64_t C) {
   std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, bwd, 3.0 * N * C * 2 / bwd / 1e6);
 }
 
+// RoPE in place on the fused QKV activation, as the model runs it (rotate-half, R = HS). Bytes:
+// the q and k heads read and written once (v heads are not touched); the table is built once.
+void bench_rope(DeviceContext& ctx, int64_t B, int64_t T, int64_t NH, int64_t G, int64_t HS) {
+  const ops::AttentionShape shape{NH, G, HS};
+  const int64_t W = G * (NH / G + 2) * HS;
+  OwnedTensor qkv = random_device(ctx, DType::kBF16, {B, T, W}, 16);  // [B, T, G*(NH/G+2)*HS]
+  OwnedTensor table = OwnedTensor::empty(DType::kF32, {T, HS / 2, 2}, ctx.device());  // [T, R/2, 2]
+  const double table_ms = time_ms(ctx, [&] { ops::rope_cos_sin(ctx, table, 10000.0); });
+  const double fwd = time_ms(ctx, [&] { ops::rope_forward(ctx, qkv, qkv, table, shape, false); });
+  const double bwd = time_ms(ctx, [&] { ops::rope_backward(ctx, qkv, qkv, table, shape, false); });
+  const double bytes = 2.0 * B * T * G * (NH / G + 1) * HS * 2;
+  char name[96];
+  std::snprintf(name, sizeof(name), "rope table T=%ld R/2=%ld (fp32)", (long)T, (long)(HS / 2));
+  std::printf("%-44s %9.3f ms\n", name, table_ms);
+  std::snprintf(name, sizeof(name), "rope fwd in place B=%ld T=%ld NH=%ld G=%ld HS=%ld", (long)B,
+                (long)T, (long)NH, (long)G, (long)HS);
+  std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, fwd, bytes / fwd / 1e6);
+  std::snprintf(name, sizeof(name), "rope bwd in place B=%ld T=%ld NH=%ld G=%ld HS=%ld", (long)B,
+                (long)T, (long)NH, (long)G, (long)HS);
+  std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, bwd, bytes / bwd / 1e6);
+}
+
 // How much of the GEMM rate the heuristic's first choice leaves on the table: the 1.3B layer's
 // GEMMs as linear.cu issues them (column-major: forward TN, input gradient NN, weight gradient
 // NT with beta = 1), timed with cuBLASLt's top-1 algorithm and with the fastest of its top 16.
@@ -256,6 +278,7 @@ int main(int argc, char** argv) {
     bench_linear(ctx, 16384, 2048, 6144);
     bench_layernorm(ctx, 16384, 2048);
     bench_layernorm(ctx, 16384, 1024);
+    bench_rope(ctx, 8, 2048, 32, 8, 64);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ops_bench: %s\n", e.what());
     return 1;

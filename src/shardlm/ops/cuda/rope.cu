@@ -4,12 +4,17 @@
 //   table[t, i] = (cos θ, sin θ),  θ = t * base^(-2i/R)      (computed in double, stored fp32)
 //   pair (a, b) -> (a cos θ - b sin θ,  b cos θ + a sin θ)    rotate-half: (x[i], x[i + R/2])
 //                                                              interleaved: (x[2i], x[2i + 1])
-// Algorithm: one thread per rotated pair (row n, q/k head, pair i) in a grid-stride loop; it
-// reads its two elements and the table entry, rotates in fp32 and writes both (pairs are
-// disjoint, so in place is race-free). Out of place, the row is first copied stream-ordered
-// (v heads and dims >= R pass through), then rotated from `in`. Memory-bound; a separate kernel
-// after the QKV GEMM, not fused into attention yet (the model runs it in place on the saved
-// QKV activation, so attention reads rotated q/k).
+// Algorithm: a 2D launch, threadIdx.y (and the block) over rows, threadIdx.x over the row's work
+// items. An item is kW consecutive pairs of one rotated head (kW = 16 bytes of T when the head
+// sizes and pointers allow, else 1): it reads two kW-element chunks (rotate-half: x[i..] and
+// x[i + R/2..]; interleaved: the 2kW elements x[2i..]), kW table entries of the row's position,
+// rotates in fp32 and writes both chunks (pairs are disjoint, so in place is race-free). Out of
+// place, extra items copy the v heads and the dims >= R chunk by chunk, so every element is read
+// and written once. Only 32-bit index math per item (rows < 2^31). Memory-bound: in place the
+// floor is 2 * rows * G*(NH/G+1) * R * sizeof(T) bytes over bandwidth. A separate kernel after
+// the QKV GEMM, not fused into attention yet (the model runs it in place on the saved QKV
+// activation, so attention reads rotated q/k).
+#include <climits>
 #include <cmath>
 #include <string>
 
@@ -33,37 +38,109 @@ __global__ void rope_cos_sin_kernel(float2* table, int64_t positions, int64_t ha
   }
 }
 
-// Geometry of one fused QKV row, Megatron grouped layout.
+// Geometry of one fused QKV row (Megatron grouped layout) and its work items; all within-row
+// sizes fit int (the launcher checks).
 struct RopeGeometry {
-  int64_t rows;          // B*T
-  int64_t seq;           // T (row n has position n % T)
-  int64_t head_dim;      // HS
-  int64_t heads_rot;     // G * (NH/G + 1): q and k heads per row
-  int64_t slots;         // NH/G + 1 rotated heads per group (then one v head)
-  int64_t group_width;   // (NH/G + 2) * HS
-  int64_t row_width;     // G * group_width
-  int64_t half;          // R/2 pairs per head
+  int rows;         // B*T
+  int seq;          // T (row n has position n % T)
+  int head_dim;     // HS
+  int half;         // R/2 pairs per rotated head
+  int slots;        // NH/G + 1 rotated heads per group (then one v head)
+  int group_width;  // (NH/G + 2) * HS
+  int row_width;    // G * group_width
+  int rot_items;    // half / kW rotation items per rotated head
+  int head_items;   // rot_items, plus (HS - R) / kW copy items out of place
+  int group_items;  // slots * head_items, plus HS / kW v-head copy items out of place
+  int row_items;    // G * group_items
 };
 
-template <typename T>
+// One rotation, rounded once to T by the caller. The roundings are spelled out (one fused
+// product per output, the b-product rounded) so every path, and the test's host model of the
+// kernel, gives the same bits whatever the compiler would contract.
+__device__ __forceinline__ void rotate_pair(float& a, float& b, float2 cs, float sign) {
+  const float s = sign * cs.y;  // sign is +-1: exact
+  const float ra = __fmaf_rn(a, cs.x, -__fmul_rn(b, s));
+  const float rb = __fmaf_rn(a, s, __fmul_rn(b, cs.x));
+  a = ra;
+  b = rb;
+}
+
+// kW table entries from p (16-byte aligned when kW > 1), through the read-only cache: every
+// rotated head of the row reads the same entries.
+template <int kW>
+__device__ __forceinline__ void load_table(const float2* p, float2 (&cs)[kW]) {
+  if constexpr (kW == 1) {
+    cs[0] = __ldg(p);
+  } else {
+    static_assert(kW % 2 == 0, "vector chunks hold an even number of pairs");
+#pragma unroll
+    for (int k = 0; k < kW / 2; ++k) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(p) + k);
+      cs[2 * k] = make_float2(v.x, v.y);
+      cs[2 * k + 1] = make_float2(v.z, v.w);
+    }
+  }
+}
+
+// kW elements from x to y unchanged (bit copy: one 16-byte move when kW > 1).
+template <int kW, typename T>
+__device__ __forceinline__ void copy_chunk(T* y, const T* x) {
+  if constexpr (kW == 1)
+    *y = *x;
+  else
+    *reinterpret_cast<Vec16<T>*>(y) = *reinterpret_cast<const Vec16<T>*>(x);
+}
+
+// Items of a group, in order: for each rotated slot its rot_items rotations then its copies of
+// dims >= R, then the v head's copies (copies exist only out of place).
+template <typename T, int kW, bool kInterleaved>
 __global__ void rope_rotate_kernel(T* out, const T* in, const float2* table, RopeGeometry geo,
-                                   bool interleaved, float sign) {
-  const int64_t items = geo.rows * geo.heads_rot * geo.half;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; it < items;
-       it += stride) {
-    const int64_t i = it % geo.half;
-    const int64_t head = (it / geo.half) % geo.heads_rot;
-    const int64_t n = it / (geo.half * geo.heads_rot);
-    const int64_t g = head / geo.slots, slot = head % geo.slots;
-    const int64_t base = n * geo.row_width + g * geo.group_width + slot * geo.head_dim;
-    const int64_t ia = base + (interleaved ? 2 * i : i);
-    const int64_t ib = base + (interleaved ? 2 * i + 1 : i + geo.half);
-    const float2 cs = table[(n % geo.seq) * geo.half + i];
-    const float s = sign * cs.y;
-    const float a = load_as_float(in[ia]), b = load_as_float(in[ib]);
-    out[ia] = float_to<T>(a * cs.x - b * s);
-    out[ib] = float_to<T>(b * cs.x + a * s);
+                                   float sign) {
+  const unsigned int n = blockIdx.x * blockDim.y + threadIdx.y;
+  if (n >= static_cast<unsigned int>(geo.rows)) return;
+  const int64_t row_offset = static_cast<int64_t>(n) * geo.row_width;
+  const T* x = in + row_offset;
+  T* y = out + row_offset;
+  const float2* cs_row = table + static_cast<int64_t>(n % static_cast<unsigned int>(geo.seq)) *
+                                     geo.half;
+  for (int u = threadIdx.x; u < geo.row_items; u += blockDim.x) {
+    const int g = u / geo.group_items, r = u - g * geo.group_items;
+    const int group_col = g * geo.group_width;
+    if (r >= geo.slots * geo.head_items) {  // v head (out of place only)
+      const int col = group_col + geo.slots * geo.head_dim + (r - geo.slots * geo.head_items) * kW;
+      copy_chunk<kW>(y + col, x + col);
+      continue;
+    }
+    const int slot = r / geo.head_items, k = r - slot * geo.head_items;
+    const int head_col = group_col + slot * geo.head_dim;
+    if (k >= geo.rot_items) {  // dims >= R of a rotated head (out of place only)
+      const int col = head_col + 2 * geo.half + (k - geo.rot_items) * kW;
+      copy_chunk<kW>(y + col, x + col);
+      continue;
+    }
+    const int i0 = k * kW;  // first pair of this item
+    const int ca = head_col + (kInterleaved ? 2 * i0 : i0);
+    const int cb = ca + (kInterleaved ? kW : geo.half);
+    float va[kW], vb[kW];
+    load_chunk<kW>(x + ca, va);
+    load_chunk<kW>(x + cb, vb);
+    float2 cs[kW];
+    load_table<kW>(cs_row + i0, cs);
+    if constexpr (kInterleaved) {
+      // Pair j is elements (2j, 2j + 1) of va ++ vb; kW == 1 gives (va[0], vb[0]).
+      float e[2 * kW];
+#pragma unroll
+      for (int m = 0; m < kW; ++m) e[m] = va[m], e[kW + m] = vb[m];
+#pragma unroll
+      for (int j = 0; j < kW; ++j) rotate_pair(e[2 * j], e[2 * j + 1], cs[j], sign);
+#pragma unroll
+      for (int m = 0; m < kW; ++m) va[m] = e[m], vb[m] = e[kW + m];
+    } else {
+#pragma unroll
+      for (int j = 0; j < kW; ++j) rotate_pair(va[j], vb[j], cs[j], sign);
+    }
+    store_chunk<kW>(y + ca, va);
+    store_chunk<kW>(y + cb, vb);
   }
 }
 
@@ -79,6 +156,24 @@ void check_table(const DeviceContext& ctx, const Tensor& cos_sin, const char* op
                                              "8-byte aligned (read as float2 pairs)");
 }
 
+template <typename T, int kW, bool kInterleaved>
+void launch_rotate(const CudaBackendState& st, T* out, const T* in, const float2* table,
+                   RopeGeometry geo, bool copy, float sign) {
+  geo.rot_items = geo.half / kW;
+  geo.head_items = geo.rot_items + (copy ? (geo.head_dim - 2 * geo.half) / kW : 0);
+  geo.group_items = geo.slots * geo.head_items + (copy ? geo.head_dim / kW : 0);
+  geo.row_items = geo.row_width / geo.group_width * geo.group_items;
+  if (geo.row_items == 0) return;
+  // About 256 threads a block: x covers a row's items (warp-rounded, looping past 256), y rows.
+  const int bx = std::min((geo.row_items + 31) / 32 * 32, 256);
+  const int by = std::max(1, 256 / bx);
+  const dim3 block(bx, by);
+  const dim3 grid(static_cast<unsigned int>((geo.rows + by - 1) / by));
+  rope_rotate_kernel<T, kW, kInterleaved><<<grid, block, 0, st.stream()>>>(out, in, table, geo,
+                                                                            sign);
+  CUDA_CHECK_LAUNCH();
+}
+
 void rope_rotate(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& cos_sin,
                  const AttentionShape& shape, bool interleaved, float sign, const char* op,
                  const char* out_name, const char* in_name) {
@@ -90,27 +185,34 @@ void rope_rotate(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor&
   const CudaBackendState& st = cuda_state(ctx);
   const int64_t G = shape.num_query_groups, HS = shape.head_dim;
   const int64_t per_group = shape.num_heads / G;
-  RopeGeometry geo;
-  geo.rows = in.size(0) * in.size(1);
-  geo.seq = in.size(1);
-  geo.head_dim = HS;
-  geo.slots = per_group + 1;
-  geo.heads_rot = G * geo.slots;
-  geo.group_width = (per_group + 2) * HS;
-  geo.row_width = G * geo.group_width;
-  geo.half = cos_sin.size(1);
-  if (geo.rows == 0) return;
-  if (out.raw() != in.raw())
-    CUDA_CHECK(cudaMemcpyAsync(out.raw(), in.raw(), in.nbytes(), cudaMemcpyDeviceToDevice,
-                               st.stream()));
-  const int64_t items = geo.rows * geo.heads_rot * geo.half;
-  const unsigned int blocks = grid_stride_blocks(st, items, 256);
+  const int64_t rows = in.size(0) * in.size(1);
+  const int64_t row_width = G * (per_group + 2) * HS;
+  if (rows == 0) return;
+  if (rows > INT_MAX || row_width > INT_MAX / 2)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: " + std::to_string(rows) + " rows of " +
+                    std::to_string(row_width) + " elements exceed the kernel's 32-bit indexing");
+  RopeGeometry geo{};
+  geo.rows = static_cast<int>(rows);
+  geo.seq = static_cast<int>(in.size(1));
+  geo.head_dim = static_cast<int>(HS);
+  geo.half = static_cast<int>(cos_sin.size(1));
+  geo.slots = static_cast<int>(per_group + 1);
+  geo.group_width = static_cast<int>((per_group + 2) * HS);
+  geo.row_width = static_cast<int>(row_width);
+  const bool copy = out.raw() != in.raw();
   const auto* table = static_cast<const float2*>(cos_sin.raw());
   dispatch_float(in.dtype(), op, [&]<typename T>() {
-    rope_rotate_kernel<T><<<blocks, 256, 0, st.stream()>>>(
-        static_cast<T*>(out.raw()), static_cast<const T*>(in.raw()), table, geo, interleaved,
-        sign);
-    CUDA_CHECK_LAUNCH();
+    constexpr int kV = Vec16<T>::kSize;
+    // Every chunk start is a multiple of kV elements from the row start when R/2 and HS are.
+    const bool vector = geo.half % kV == 0 && geo.head_dim % kV == 0 && aligned16(in.raw()) &&
+                        aligned16(out.raw()) && aligned16(table);
+    auto* o = static_cast<T*>(out.raw());
+    const auto* i = static_cast<const T*>(in.raw());
+    if (vector && interleaved) launch_rotate<T, kV, true>(st, o, i, table, geo, copy, sign);
+    else if (vector) launch_rotate<T, kV, false>(st, o, i, table, geo, copy, sign);
+    else if (interleaved) launch_rotate<T, 1, true>(st, o, i, table, geo, copy, sign);
+    else launch_rotate<T, 1, false>(st, o, i, table, geo, copy, sign);
   });
 }
 
