@@ -2,6 +2,7 @@
 // of malformed file is refused with an error naming the file (and tensor).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -49,9 +50,13 @@ TEST(Safetensors, RoundTripAndChecksum) {
   w.add("b", DType::kF32, {5}, as_bytes(b));
   w.add("c", DType::kBF16, {3}, {reinterpret_cast<const std::byte*>(c.data()), 6});
   w.set_metadata("format", "pt");
-  const uint64_t digest = w.write(path);
+  const SafetensorsWriter::Checksums sums = w.write(path);
   const std::string bytes = testing::slurp(path);
-  EXPECT_EQ(digest, xxh64(bytes.data(), bytes.size()));
+  EXPECT_EQ(sums.file, xxh64(bytes.data(), bytes.size()));
+  ASSERT_EQ(sums.tensors.size(), 3u);
+  EXPECT_EQ(sums.tensors[0], xxh64(a.data(), 48));
+  EXPECT_EQ(sums.tensors[1], xxh64(b.data(), 20));
+  EXPECT_EQ(sums.tensors[2], xxh64(c.data(), 6));
   uint64_t header_len;
   std::memcpy(&header_len, bytes.data(), 8);
   EXPECT_EQ((8 + header_len) % 8, 0u);  // data section aligned
@@ -67,6 +72,44 @@ TEST(Safetensors, RoundTripAndChecksum) {
   EXPECT_EQ(r.entry("c").dtype, DType::kBF16);
   EXPECT_EQ(r.metadata().at("format"), "pt");
   EXPECT_NE(error_of([&] { r.entry("nope"); }).find("no tensor 'nope'"), std::string::npos);
+}
+
+// The writer works in 8 MiB slices: tensors of 0 bytes, a few bytes, exactly a slice, a slice and
+// a bit, and several slices (in add() order, not sorted) each get XXH64 of their own bytes, and the
+// file hash is XXH64 of the file as read back.
+TEST(Safetensors, ChecksumsOfTensorsSpanningSlices) {
+  TempDir dir;
+  const std::string path = dir.str() + "/big.safetensors";
+  constexpr size_t kMiB = size_t{1} << 20;
+  const std::vector<std::pair<std::string, size_t>> sizes = {
+      {"z.empty", 0}, {"y.three", 3}, {"x.slice", 8 * kMiB}, {"w.slice_plus_5", 8 * kMiB + 5},
+      {"v.twenty", 20 * kMiB + 12345}, {"u.seven", 7}};
+  std::vector<std::vector<std::byte>> data;
+  uint64_t state = 0x9e3779b97f4a7c15ull;
+  SafetensorsWriter w;
+  for (const auto& [name, n] : sizes) {
+    std::vector<std::byte> bytes(n);
+    for (std::byte& b : bytes) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      b = static_cast<std::byte>(state >> 56);
+    }
+    data.push_back(std::move(bytes));
+    w.add(name, DType::kF8E4M3, {static_cast<int64_t>(n)}, data.back());
+  }
+  const SafetensorsWriter::Checksums sums = w.write(path);
+  ASSERT_EQ(sums.tensors.size(), sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i)
+    EXPECT_EQ(sums.tensors[i], xxh64(data[i].data(), data[i].size())) << sizes[i].first;
+  EXPECT_EQ(sums.tensors[0], xxh64(nullptr, 0));
+  const std::string bytes = testing::slurp(path);
+  EXPECT_EQ(sums.file, xxh64(bytes.data(), bytes.size()));
+
+  SafetensorsReader r(path);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const SafetensorsEntry& e = r.entry(sizes[i].first);
+    ASSERT_EQ(e.bytes.size(), data[i].size()) << sizes[i].first;
+    EXPECT_TRUE(std::equal(e.bytes.begin(), e.bytes.end(), data[i].begin())) << sizes[i].first;
+  }
 }
 
 TEST(Safetensors, ReadsAHandWrittenFile) {

@@ -117,6 +117,7 @@ struct CheckpointWriter::Pending {
     nlohmann::json part = {{"rank", rank}, {"tensors", nlohmann::json::object()}};
     const std::string file = rank_file_name(rank);
     std::map<std::string, int> shards_of_key;  // a rank may hold several pieces of a tensor
+    std::vector<std::pair<std::string, size_t>> added;  // (key, index in its "shards"), per add()
     for (const ShardedTensor& s : shards) {
       const auto* bytes = static_cast<const std::byte*>(s.data.raw());
       std::span<const std::byte> span(bytes, s.data.nbytes());
@@ -128,8 +129,7 @@ struct CheckpointWriter::Pending {
       writer.add(entry, s.data.dtype(), stored_shape, span);
       nlohmann::json shard = {{"file", file},
                               {"offsets", s.region.offsets},
-                              {"extents", s.region.extents},
-                              {"xxh64", checksum_hex(xxh64(span.data(), span.size()))}};
+                              {"extents", s.region.extents}};  // "xxh64" once written
       if (piece > 0) shard["entry"] = entry;
       if (!s.region.is_whole_box())
         shard["flat_range"] = {s.region.flat_begin,
@@ -140,14 +140,19 @@ struct CheckpointWriter::Pending {
              {"dtype", safetensors_dtype_name(s.data.dtype())},
              {"shards", nlohmann::json::array()}};
       t["shards"].push_back(shard);
+      added.emplace_back(s.key, t["shards"].size() - 1);
     }
     writer.set_metadata("format", kFormatName);
     writer.set_metadata("iteration", std::to_string(iteration));
     const std::string path = (temp_dir / file).string();
-    const uint64_t file_hash = writer.write(path);
+    // The writer hashes each shard while writing it (every byte is read from memory once).
+    const SafetensorsWriter::Checksums sums = writer.write(path);
+    for (size_t i = 0; i < added.size(); ++i)
+      part["tensors"][added[i].first]["shards"][added[i].second]["xxh64"] =
+          checksum_hex(sums.tensors[i]);
     part["file"] = {{"name", file},
                     {"bytes", static_cast<uint64_t>(fs::file_size(path))},
-                    {"xxh64", checksum_hex(file_hash)}};
+                    {"xxh64", checksum_hex(sums.file)}};
     write_file_atomically((temp_dir / rank_part_name(rank)).string(), part.dump());
     if (options.TEST_fault) options.TEST_fault("rank_written");
   }

@@ -6,8 +6,12 @@
 // SafetensorsReader maps the file (only touched pages are read) and validates the header once:
 // size field within the file, JSON well formed, every dtype known, shape × dtype size equal to
 // the byte range, every range inside the file, no two ranges overlapping. Errors name the file
-// (and the tensor). SafetensorsWriter streams tensors to a file and returns the XXH64 of every
-// byte written (the file checksum recorded in a checkpoint's index).
+// (and the tensor). SafetensorsWriter streams tensors to a file in 8 MiB slices, hashing each
+// slice while it is cache-warm, and returns the XXH64 of every byte written (the file checksum
+// recorded in a checkpoint's index) and of each tensor's bytes (the shard checksums), so a save
+// reads every byte from memory once. On Linux it starts the disk writing each slice as soon as it
+// is written (sync_file_range) and keeps at most ~768 MiB unflushed, so the final fsync does not
+// have the whole file left to write.
 //
 // Thread contract: a reader may be shared by threads (read-only); a writer belongs to one thread.
 //
@@ -68,8 +72,14 @@ class SafetensorsWriter {
   void add(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
            std::span<const std::byte> bytes);
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
-  // Writes the file (and fsyncs it); returns the XXH64 of the whole file. Throws Error(kIo).
-  uint64_t write(const std::string& path) const;
+
+  struct Checksums {
+    uint64_t file = 0;              // XXH64 of the whole file
+    std::vector<uint64_t> tensors;  // XXH64 of each tensor's bytes, in add() order
+  };
+  // Writes the file (and fsyncs it). Throws Error(kIo) when a write, the fsync or a writeback
+  // (reported early by sync_file_range) fails.
+  Checksums write(const std::string& path) const;
 
  private:
   struct Pending {
