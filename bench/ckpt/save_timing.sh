@@ -12,7 +12,7 @@ MODEL="--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 
   --max-position-embeddings 2048 --micro-batch-size 8 --global-batch-size 8 --vocab-size 50257
   --hidden-dropout 0 --attention-dropout 0 --bf16 --device cuda --lr 3e-4 --mock-data
   --train-iters 6 --log-interval 1 --eval-iters 0 --save-interval 2 --keep-last-checkpoints 1"
-for mode in sync async; do
+for mode in ${MODES:-sync async}; do  # MODES="sync" or "async" for one of them
   rm -rf "$DIR"; mkdir -p "$DIR"
   extra=""; [[ $mode == async ]] && extra="--async-save"
   echo "=== $mode ($(date +%T))"

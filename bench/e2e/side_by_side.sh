@@ -13,6 +13,7 @@ set -uo pipefail
 BIN="$1"; BASE="$2"; OUT="$3"; shift 3
 CONFIGS=("$@"); [[ ${#CONFIGS[@]} -eq 0 ]] && CONFIGS=(124M 350M 1.3B)
 STEPS="${STEPS:-20}"; WARMUP="${WARMUP:-5}"
+# SHARDLM_EXTRA_FLAGS: appended to ShardLM's command (A/B runs, e.g. with SKIP_TORCH=1).
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0
 
@@ -42,7 +43,7 @@ for cfg in "${CONFIGS[@]}"; do
       --vocab-size "$(vocab_of "$cfg")" --hidden-dropout 0 --attention-dropout 0 --bf16 --device cuda \
       --lr 3e-4 --adam-beta2 0.95 --weight-decay 0.1 --clip-grad 1.0 \
       --bench-steps "$STEPS" --warmup-steps "$WARMUP" --label shardlm --result-jsonl "$OUT/results.jsonl" \
-      ${PROFILE:+--profile-ops} >"$OUT/shardlm_$cfg.log" 2>&1
+      ${PROFILE:+--profile-ops} ${SHARDLM_EXTRA_FLAGS:-} >"$OUT/shardlm_$cfg.log" 2>&1
   echo "exit $?"; grep -E "^> tokens/s|memory plan|error" "$OUT/shardlm_$cfg.log" | cut -c1-300
   [[ -n "${SKIP_TORCH:-}" ]] && continue  # quick ShardLM-only check; not for RESULTS.md rows
   echo "=== $cfg: PyTorch ($(date +%T))"
