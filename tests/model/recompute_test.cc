@@ -102,6 +102,31 @@ TEST(Recompute, EveryModeGivesBitIdenticalLossAndGradients) {
   }
 }
 
+// --no-recompute-norm-activation: the norm and activation outputs are saved, not recomputed;
+// alone and with each granularity, the same bits as the default, with 2 [N, C] + [N, F] more
+// bytes per stored layer.
+TEST(Recompute, SavingNormAndActivationOutputsGivesBitIdenticalResults) {
+  const RecomputeRun reference = train_two_microbatches({});
+  for (RecomputeConfig c : {make("", "", 0), make("selective", "", 0), make("full", "uniform", 2),
+                            make("full", "block", 3)}) {
+    SCOPED_TRACE(c.granularity + " " + c.method + " " + std::to_string(c.num_layers));
+    const RecomputeRun recomputing = train_two_microbatches(c);
+    c.norm_activation = false;
+    const RecomputeRun saving = train_two_microbatches(c);
+    EXPECT_EQ(saving.loss, reference.loss);
+    EXPECT_EQ(saving.grads, reference.grads);
+    EXPECT_GT(saving.activation_bytes, recomputing.activation_bytes);
+  }
+  RecomputeConfig saving;
+  saving.norm_activation = false;
+  const TransformerConfig cfg = config();
+  const int64_t N = 3 * cfg.seq_length;  // B = 3 rows of the sequence, fp64
+  const size_t per_layer = 2 * arena_aligned_bytes(DType::kF64, {N, cfg.hidden_size}) +
+                           arena_aligned_bytes(DType::kF64, {N, cfg.ffn_size()});
+  EXPECT_EQ(train_two_microbatches(saving).activation_bytes,
+            reference.activation_bytes + static_cast<size_t>(cfg.num_layers) * per_layer);
+}
+
 TEST(Recompute, FullUniformStoresLessThanBlockOfFewLayers) {
   // Uniform chunks of 1 keep one layer's activations; block 1 still stores layers 1..4.
   EXPECT_LT(train_two_microbatches(make("full", "uniform", 1)).activation_bytes,

@@ -158,6 +158,20 @@ TEST(ReplicatedQueryGroups, LlamaMqaWithPipelineAndDataParallel) {
   expect_same_training(run_layout(cfg, l), ref, "llama mqa " + l.name());
 }
 
+// --no-recompute-norm-activation: the saved norm outputs are the gathered rows under SP; TP2 x
+// DP2 with SP (GPT) and TP2 x PP2 x DP2 with SP and the distributed optimizer (Llama, MQA)
+// match the single rank of the same model.
+TEST(SavedNormActivationOutputs, TensorSequenceAndPipelineParallel) {
+  TrainConfig gpt = tiny_config(4);
+  gpt.recompute.norm_activation = false;
+  expect_same_training(run_layout(gpt, tp_layout(2, 2, true)), single_rank(gpt), "gpt tp2 dp2 sp");
+  TrainConfig llama = with_query_groups(tiny_config(4), 1, true);
+  llama.recompute.norm_activation = false;
+  Layout l = tp_layout(2, 2, true, true);
+  l.pp = 2;
+  expect_same_training(run_layout(llama, l), single_rank(llama), "llama mqa " + l.name());
+}
+
 TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
   auto with = [](const std::function<void(TrainConfig&)>& edit) {
     TrainConfig c = tiny_config();

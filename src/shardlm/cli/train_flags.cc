@@ -58,6 +58,11 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--recompute-num-layers", cfg.recompute.num_layers,
                  "With full: layers per recomputed chunk (uniform) or recomputed layers (block)")
       ->group(g);
+  cmd.add_flag("--no-recompute-norm-activation",
+               [&cfg](int64_t) { cfg.recompute.norm_activation = false; },
+               "Save the norm and GELU/SwiGLU outputs instead of recomputing them in backward "
+               "(faster; 2 x N x C + N x F/TP more activation memory per layer)")
+      ->group(g);
   cmd.add_option("--seq-length", m.seq_length, "Sequence length")->group(g)->check(pos);
   cmd.add_option("--max-position-embeddings", m.max_position_embeddings,
                  "Learned position table size (default seq-length)")->group(g)->check(pos);

@@ -9,6 +9,10 @@
 //    chunk's forward before its backward. N sets of layer activations are allocated in all.
 //  - full + block + N: the first N layers are recomputed one at a time (one set of
 //    activations), the others store everything.
+//  - independently of the above, the cheap outputs (both norm outputs and the GELU/SwiGLU
+//    output, 2 [N, C] + [N, F/TP] per layer) are recomputed in backward by default, as
+//    torch.compile does; norm_activation = false (--no-recompute-norm-activation) saves them
+//    instead, as Megatron does: faster (no norm or activation forward in backward), more memory.
 // Recomputed forwards draw the same dropout masks (keyed by step, micro-batch, layer), so a run
 // with recomputation gives bit-identical losses and gradients to one without.
 #pragma once
@@ -22,6 +26,7 @@ struct RecomputeConfig {
   std::string granularity;  // "" (none), "selective" or "full"
   std::string method;       // "" (unset), "uniform" or "block" (full only)
   int64_t num_layers = 0;   // 0: unset (means 1 when a method is given)
+  bool norm_activation = true;  // recompute the norm and activation outputs (see above)
 
   bool selective() const { return granularity == "selective"; }
   bool full() const { return granularity == "full"; }

@@ -146,7 +146,7 @@ Shape GPTModel::boundary_shape(int64_t micro_batch) const {
 size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
   ArenaPlan plan;
   GPTModel probe(cfg_, tp_, chunk_);  // a copy, so planning never disturbs our views
-  probe.recompute_ = recompute_;
+  probe.set_recompute(recompute_);  // the layers' saved-output choice too
   probe.num_slots_ = num_slots_;
   probe.allocate_activations(plan, dtype, micro_batch);
   return plan.bytes();
@@ -217,6 +217,7 @@ Tensor GPTModel::output_weight_grad() const {
 void GPTModel::set_recompute(const RecomputeConfig& recompute) {
   recompute.validate(cfg_.num_layers);
   recompute_ = recompute;
+  for (TransformerLayer& layer : layers_) layer.set_save_norm_activation(!recompute.norm_activation);
 }
 
 void GPTModel::report_grads_ready(std::span<Parameter* const> params) const {

@@ -105,6 +105,11 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
   s.x_mid = alloc.allocate(dtype, {NL, C});
   s.norm2 = norm2_.allocate_saved(alloc, dtype, NL);
   s.fc1 = alloc.allocate(dtype, {N, fc1_.out_features()});
+  if (save_norm_activation_) {
+    s.ln1 = alloc.allocate(dtype, {N, C});
+    s.ln2 = alloc.allocate(dtype, {N, C});
+    s.act = alloc.allocate(dtype, {N, cfg_.ffn_size() / tp_.size()});
+  }
   return s;
 }
 
@@ -192,11 +197,16 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   // The rank's rows of a [N, C] scratch (all of it without sequence parallelism).
   auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
   const bool sp = tp_.sp();
-  // Attention block. The norm outputs live in scratch (c1, all rows): backward recomputes them.
-  const Tensor ln_full = scratch.c1, ln_local = sp ? local(scratch.c2) : scratch.c1;
-  norm1_.forward(ctx, ln_local, s.norm1, x);
-  enter_column_region(ctx, tp_, rows, ln_full, ln_local, scratch.staging);
-  qkv_.forward(ctx, s.qkv, ln_full);
+  // Attention block. The norm outputs (all rows) live in scratch c1, which backward recomputes,
+  // or in s.ln1 / s.ln2 when saved.
+  const bool saved_outputs = s.ln1.defined();
+  const Tensor ln1_full = saved_outputs ? s.ln1 : scratch.c1;
+  const Tensor ln2_full = saved_outputs ? s.ln2 : scratch.c1;
+  const Tensor ln1_local = sp ? local(scratch.c2) : ln1_full;
+  const Tensor ln2_local = sp ? local(scratch.c2) : ln2_full;
+  norm1_.forward(ctx, ln1_local, s.norm1, x);
+  enter_column_region(ctx, tp_, rows, ln1_full, ln1_local, scratch.staging);
+  qkv_.forward(ctx, s.qkv, ln1_full);
   apply_rope(ctx, s.qkv, scratch, B, /*backward=*/false);
   ops::attention_forward(ctx, s.attn.reshape({B, T, s.attn.size(1)}), s.lse,
                          s.qkv.reshape({B, T, s.qkv.size(1)}), attention_shape(),
@@ -206,16 +216,18 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   exit_row_region(ctx, tp_, rows, proj_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, s.x_mid, proj_out, x, hidden_dropout(step),
                            step.dropout_key(index_, kDropoutAttentionOutput));
-  // MLP block (the activation output is scratch too: backward recomputes it from s.fc1).
-  norm2_.forward(ctx, ln_local, s.norm2, s.x_mid);
-  enter_column_region(ctx, tp_, rows, ln_full, ln_local, scratch.staging);
+  // MLP block (the activation output is scratch too unless saved: backward recomputes it from
+  // s.fc1).
+  norm2_.forward(ctx, ln2_local, s.norm2, s.x_mid);
+  enter_column_region(ctx, tp_, rows, ln2_full, ln2_local, scratch.staging);
+  const Tensor act_out = saved_outputs ? s.act : scratch.act;
   if (cfg_.swiglu) {
-    fc1_.forward(ctx, s.fc1, ln_full);
-    ops::swiglu_forward(ctx, scratch.act, s.fc1);
+    fc1_.forward(ctx, s.fc1, ln2_full);
+    ops::swiglu_forward(ctx, act_out, s.fc1);
   } else {
-    fc1_.forward_gelu(ctx, scratch.act, s.fc1, ln_full);  // s.fc1 keeps the pre-activation
+    fc1_.forward_gelu(ctx, act_out, s.fc1, ln2_full);  // s.fc1 keeps the pre-activation
   }
-  fc2_.forward(ctx, scratch.c0, scratch.act);
+  fc2_.forward(ctx, scratch.c0, act_out);
   const Tensor fc2_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, x_out, fc2_out, s.x_mid, hidden_dropout(step),
@@ -256,21 +268,27 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const Tensor d_mlp = branch_grad(dx_out, kDropoutMlpOutput);
   const Tensor d_mlp_full = sp ? scratch.c1 : d_mlp;  // all rows (gathered under SP)
   exit_row_region_backward(ctx, tp_, rows, d_mlp_full, d_mlp, scratch.staging);
-  // Recompute the activation output (not saved) into scratch.fc1, which its gradient later
-  // overwrites; fc2's backward reads it for the weight gradient.
-  const Tensor act = scratch.fc1.flat_view(0, Shape({s.fc1.size(0), scratch.act.size(1)}));
-  if (cfg_.swiglu)
-    ops::swiglu_forward(ctx, act, s.fc1);
-  else
-    ops::gelu_forward(ctx, act, s.fc1);
+  // The activation output for fc2's weight gradient: saved, or recomputed into scratch.fc1,
+  // which its gradient later overwrites.
+  const bool saved_outputs = s.ln1.defined();
+  Tensor act = s.act;
+  if (!saved_outputs) {
+    act = scratch.fc1.flat_view(0, Shape({s.fc1.size(0), scratch.act.size(1)}));
+    if (cfg_.swiglu)
+      ops::swiglu_forward(ctx, act, s.fc1);
+    else
+      ops::gelu_forward(ctx, act, s.fc1);
+  }
   fc2_.backward(ctx, scratch.act, d_mlp_full, act);
-  // norm2's output for fc1's weight gradient, recomputed (re-gathered under SP, as Megatron).
-  recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
+  // norm2's output for fc1's weight gradient: saved, or recomputed into scratch.c1
+  // (re-gathered under SP, as Megatron).
+  if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
+  const Tensor ln2_full = saved_outputs ? s.ln2 : scratch.c1;
   if (cfg_.swiglu) {
     ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
-    fc1_.backward(ctx, d_norm_out_full, scratch.fc1, scratch.c1);
+    fc1_.backward(ctx, d_norm_out_full, scratch.fc1, ln2_full);
   } else {
-    fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, scratch.c1);
+    fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, ln2_full);
   }
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)
@@ -290,13 +308,14 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
                           s.attn.reshape({B, T, s.attn.size(1)}), s.lse, attention_shape(),
                           attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
   apply_rope(ctx, scratch.qkv, scratch, B, /*backward=*/true);
-  recompute_norm(ctx, norm1_, s.norm1, x, rows, scratch);
+  if (!saved_outputs) recompute_norm(ctx, norm1_, s.norm1, x, rows, scratch);
+  const Tensor ln1_full = saved_outputs ? s.ln1 : scratch.c1;
   std::vector<Parameter*> qkv_params;
   qkv_.append_parameters(qkv_params);
   const ReplicatedKvGrads kv{&qkv_layout_, tp_.query_group, qkv_params[0],
                              qkv_params.size() > 1 ? qkv_params[1] : nullptr};
   kv.begin(ctx);  // replicated query groups: k/v gradients summed over the group's ranks
-  qkv_.backward(ctx, d_norm_out_full, scratch.qkv, scratch.c1);
+  qkv_.backward(ctx, d_norm_out_full, scratch.qkv, ln1_full);
   kv.finish(ctx);
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)

@@ -11,7 +11,8 @@
 // activation arena); Scratch holds temporaries shared by all layers. Cheap outputs are not
 // saved but recomputed in backward (as torch.compile does): the two norm outputs (from the
 // saved input and statistics; re-gathered under SP, as Megatron's SP backward does) and the
-// GELU/SwiGLU output (from the saved fc1 output): 2 [N, C] + [N, FL] less per layer.
+// GELU/SwiGLU output (from the saved fc1 output): 2 [N, C] + [N, FL] less per layer, unless
+// set_save_norm_activation(true) keeps them (Saved::ln1, ln2, act).
 //
 // Tensor parallelism (model/tensor_parallel.h): QKV and fc1 are column-parallel (QKV split by
 // whole query groups in Megatron's grouped layout, or with fewer groups than ranks each rank's
@@ -47,6 +48,10 @@ class TransformerLayer {
     Tensor x_mid;      // [NL, C]   residual stream after attention
     Norm::Saved norm2; // [NL]
     Tensor fc1;        // [N, FL or 2FL] fc1 output (GELU: pre-activation)
+    // Only when the cheap outputs are saved (set_save_norm_activation): the norm outputs that
+    // feed QKV and fc1 (all rows, gathered under SP) and the activation output feeding fc2.
+    Tensor ln1, ln2;   // [N, C]
+    Tensor act;        // [N, FL]
   };
   struct Scratch {
     Tensor c0, c1, c2, c3;  // [N, C]; c1 holds a norm output (all rows) in forward and backward
@@ -63,6 +68,10 @@ class TransformerLayer {
   // groups than ranks tp.query_group must be set (GPTModel does).
   TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
                    const TensorParallel& tp = {});
+
+  // Save the norm and activation outputs instead of recomputing them in backward
+  // (RecomputeConfig::norm_activation = false). Call before allocate_saved.
+  void set_save_norm_activation(bool save) { save_norm_activation_ = save; }
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -109,6 +118,7 @@ class TransformerLayer {
   QkvLayout qkv_layout_;  // the rank's QKV rows and query groups
   Norm norm1_, norm2_;
   Linear qkv_, proj_, fc1_, fc2_;
+  bool save_norm_activation_ = false;
 };
 
 }  // namespace shardlm::model
