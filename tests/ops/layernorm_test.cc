@@ -120,34 +120,6 @@ TEST(LayerNorm, ParameterGradientsAccumulateDinIsAssigned) {
   EXPECT_LT(rel_error(to_vector(dw3), dw1), 1e-15);
 }
 
-// dresidual: din = dresidual + the input gradient, bit for bit the gradient then ops::add, into
-// another buffer and in place (din == dresidual), in fp32 and fp64.
-TEST(LayerNorm, ResidualGradientEqualsBackwardThenAdd) {
-  DeviceContext ctx = DeviceContext::cpu();
-  const int64_t N = 5, C = 11;
-  for (DType d : {DType::kF32, DType::kF64}) {
-    OwnedTensor in = convert(shifted_input(DType::kF64, {N, C}, 40), d);
-    OwnedTensor w = convert(random_tensor(DType::kF64, {C}, 41), d);
-    OwnedTensor b = convert(random_tensor(DType::kF64, {C}, 42), d);
-    OwnedTensor dout = convert(random_tensor(DType::kF64, {N, C}, 43), d);
-    OwnedTensor dres = convert(random_tensor(DType::kF64, {N, C}, 44), d);
-    OwnedTensor out = OwnedTensor::zeros(d, {N, C});
-    OwnedTensor mean = OwnedTensor::zeros(d, {N}), rstd = OwnedTensor::zeros(d, {N});
-    ops::layernorm_forward(ctx, out, mean, rstd, in, w, b, kEps);
-    OwnedTensor dw = OwnedTensor::zeros(d, {C}), db = OwnedTensor::zeros(d, {C});
-    OwnedTensor grad = OwnedTensor::zeros(d, {N, C}), want = OwnedTensor::zeros(d, {N, C});
-    ops::layernorm_backward(ctx, grad, dw, db, dout, in, w, mean, rstd);
-    ops::add(ctx, want, dres, grad);
-    OwnedTensor got = OwnedTensor::zeros(d, {N, C});
-    ops::layernorm_backward(ctx, got, dw, db, dout, in, w, mean, rstd, dres);
-    EXPECT_EQ(to_vector(got), to_vector(want)) << dtype_name(d);
-    OwnedTensor in_place = testing::clone(dres);
-    ops::layernorm_backward(ctx, in_place, dw, db, dout, in, w, mean, rstd, in_place);
-    EXPECT_EQ(to_vector(in_place), to_vector(want)) << dtype_name(d) << " in place";
-    EXPECT_NE(to_vector(grad), to_vector(want));
-  }
-}
-
 TEST(LayerNorm, Fp32MatchesFp64) {
   DeviceContext ctx = DeviceContext::cpu();
   const Shape s{3, 7, 13};

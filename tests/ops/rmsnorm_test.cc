@@ -90,32 +90,6 @@ TEST(RmsNorm, WeightGradientAccumulatesDinIsAssigned) {
   EXPECT_EQ(to_vector(din), din1);
 }
 
-// dresidual: din = dresidual + the input gradient, bit for bit the gradient then ops::add, into
-// another buffer and in place (din == dresidual), in fp32 and fp64.
-TEST(RmsNorm, ResidualGradientEqualsBackwardThenAdd) {
-  DeviceContext ctx = DeviceContext::cpu();
-  const int64_t N = 5, C = 11;
-  for (DType d : {DType::kF32, DType::kF64}) {
-    OwnedTensor in = convert(random_tensor(DType::kF64, {N, C}, 50), d);
-    OwnedTensor w = convert(random_tensor(DType::kF64, {C}, 51), d);
-    OwnedTensor dout = convert(random_tensor(DType::kF64, {N, C}, 52), d);
-    OwnedTensor dres = convert(random_tensor(DType::kF64, {N, C}, 53), d);
-    OwnedTensor out = OwnedTensor::zeros(d, {N, C}), rstd = OwnedTensor::zeros(d, {N});
-    ops::rmsnorm_forward(ctx, out, rstd, in, w, 1e-6);
-    OwnedTensor dw = OwnedTensor::zeros(d, {C});
-    OwnedTensor grad = OwnedTensor::zeros(d, {N, C}), want = OwnedTensor::zeros(d, {N, C});
-    ops::rmsnorm_backward(ctx, grad, dw, dout, in, w, rstd);
-    ops::add(ctx, want, dres, grad);
-    OwnedTensor got = OwnedTensor::zeros(d, {N, C});
-    ops::rmsnorm_backward(ctx, got, dw, dout, in, w, rstd, dres);
-    EXPECT_EQ(to_vector(got), to_vector(want)) << dtype_name(d);
-    OwnedTensor in_place = testing::clone(dres);
-    ops::rmsnorm_backward(ctx, in_place, dw, dout, in, w, rstd, in_place);
-    EXPECT_EQ(to_vector(in_place), to_vector(want)) << dtype_name(d) << " in place";
-    EXPECT_NE(to_vector(grad), to_vector(want));
-  }
-}
-
 TEST(RmsNorm, Fp32MatchesFp64) {
   DeviceContext ctx = DeviceContext::cpu();
   const Shape s{3, 7, 13};

@@ -64,7 +64,7 @@ void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
 
 void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                         const Tensor& dout, const Tensor& in, const Tensor& weight,
-                        const Tensor& mean, const Tensor& rstd, const Tensor& dresidual) {
+                        const Tensor& mean, const Tensor& rstd) {
   constexpr const char* op = "layernorm_backward";
   check_devices(op, ctx,
                 {{"din", din},
@@ -74,8 +74,7 @@ void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor d
                  {"in", in},
                  {"weight", weight},
                  {"mean", mean},
-                 {"rstd", rstd},
-                 {"dresidual", dresidual}});
+                 {"rstd", rstd}});
   for (const Arg& x : {Arg{"din", din}, Arg{"dweight", dweight}, Arg{"dout", dout}, Arg{"in", in},
                        Arg{"weight", weight}, Arg{"mean", mean}, Arg{"rstd", rstd}})
     require_defined(op, x);
@@ -86,19 +85,16 @@ void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor d
                           {"dout", dout},
                           {"weight", weight},
                           {"mean", mean},
-                          {"rstd", rstd},
-                          {"dresidual", dresidual}});
+                          {"rstd", rstd}});
   const int64_t N = check_norm_input(op, in, weight, Tensor());
   const int64_t C = weight.numel();
   require_rows(op, {"din", din}, N, C, "in");
   require_rows(op, {"dout", dout}, N, C, "in");
-  if (dresidual.defined()) require_rows(op, {"dresidual", dresidual}, N, C, "in");
   require_shape(op, {"dweight", dweight}, Shape{C});
   if (dbias.defined()) require_shape(op, {"dbias", dbias}, Shape{C});
   require_numel(op, {"mean", mean}, N, "one per row of in");
   require_numel(op, {"rstd", rstd}, N, "one per row of in");
-  SHARDLM_OPS_ROUTE(layernorm_backward, ctx, din, dweight, dbias, dout, in, weight, mean, rstd,
-                    dresidual);
+  SHARDLM_OPS_ROUTE(layernorm_backward, ctx, din, dweight, dbias, dout, in, weight, mean, rstd);
 }
 
 void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& in,
@@ -116,8 +112,7 @@ void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& 
 }
 
 void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
-                      const Tensor& in, const Tensor& weight, const Tensor& rstd,
-                      const Tensor& dresidual) {
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd) {
   constexpr const char* op = "rmsnorm_backward";
   check_devices(op, ctx,
                 {{"din", din},
@@ -125,8 +120,7 @@ void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tens
                  {"dout", dout},
                  {"in", in},
                  {"weight", weight},
-                 {"rstd", rstd},
-                 {"dresidual", dresidual}});
+                 {"rstd", rstd}});
   for (const Arg& x : {Arg{"din", din}, Arg{"dweight", dweight}, Arg{"dout", dout}, Arg{"in", in},
                        Arg{"weight", weight}, Arg{"rstd", rstd}})
     require_defined(op, x);
@@ -135,16 +129,14 @@ void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tens
                           {"dweight", dweight},
                           {"dout", dout},
                           {"weight", weight},
-                          {"rstd", rstd},
-                          {"dresidual", dresidual}});
+                          {"rstd", rstd}});
   const int64_t N = check_norm_input(op, in, weight, Tensor());
   const int64_t C = weight.numel();
   require_rows(op, {"din", din}, N, C, "in");
   require_rows(op, {"dout", dout}, N, C, "in");
-  if (dresidual.defined()) require_rows(op, {"dresidual", dresidual}, N, C, "in");
   require_shape(op, {"dweight", dweight}, Shape{C});
   require_numel(op, {"rstd", rstd}, N, "one per row of in");
-  SHARDLM_OPS_ROUTE(rmsnorm_backward, ctx, din, dweight, dout, in, weight, rstd, dresidual);
+  SHARDLM_OPS_ROUTE(rmsnorm_backward, ctx, din, dweight, dout, in, weight, rstd);
 }
 
 // ---- linear --------------------------------------------------------------------------------

@@ -59,21 +59,15 @@ void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tens
 // LayerNorm over the last axis C of in[N,C]. Saves mean[N], rstd[N] (same float dtype).
 void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
                        const Tensor& in, const Tensor& weight, const Tensor& bias, double eps);
-// din = ... (assign); dweight, dbias accumulate. dresidual (optional, [N,C]): din = dresidual +
-// the input gradient rounded to din's dtype, in the same pass: a residual stream's gradient
-// joining the norm's, bit-identical to the gradient then add(din, dresidual, din). din may be
-// dresidual itself.
+// din = ... (assign); dweight, dbias accumulate.
 void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                         const Tensor& dout, const Tensor& in, const Tensor& weight,
-                        const Tensor& mean, const Tensor& rstd,
-                        const Tensor& dresidual = Tensor());
+                        const Tensor& mean, const Tensor& rstd);
 // RMSNorm: out = in * rstd * weight, rstd = 1/sqrt(mean(in^2) + eps). Saves rstd[N].
 void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& in,
                      const Tensor& weight, double eps);
-// dresidual as layernorm_backward's.
 void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
-                      const Tensor& in, const Tensor& weight, const Tensor& rstd,
-                      const Tensor& dresidual = Tensor());
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd);
 
 // ---- linear --------------------------------------------------------------------------------
 // out[N,OC] = in[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be undefined).

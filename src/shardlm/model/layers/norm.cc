@@ -46,20 +46,18 @@ void Norm::forward(DeviceContext& ctx, Tensor out, const Saved& saved, const Ten
 }
 
 void Norm::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
-                    const Saved& saved, const Tensor& dresidual) const {
+                    const Saved& saved) const {
   backward(ctx, din, dout, in, saved, weight_->compute_grad,
-           bias_ ? bias_->compute_grad : Tensor(), dresidual);
+           bias_ ? bias_->compute_grad : Tensor());
 }
 
 void Norm::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
-                    const Saved& saved, Tensor dweight, Tensor dbias,
-                    const Tensor& dresidual) const {
+                    const Saved& saved, Tensor dweight, Tensor dbias) const {
   if (kind_ == Normalization::kLayerNorm)
     ops::layernorm_backward(ctx, din, dweight, dbias, dout, in, weight_->compute_value, saved.mean,
-                            saved.rstd, dresidual);
+                            saved.rstd);
   else
-    ops::rmsnorm_backward(ctx, din, dweight, dout, in, weight_->compute_value, saved.rstd,
-                          dresidual);
+    ops::rmsnorm_backward(ctx, din, dweight, dout, in, weight_->compute_value, saved.rstd);
 }
 
 }  // namespace shardlm::model

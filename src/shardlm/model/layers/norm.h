@@ -32,15 +32,12 @@ class Norm {
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t rows) const;
 
   void forward(DeviceContext& ctx, Tensor out, const Saved& saved, const Tensor& in) const;
-  // dresidual (optional): din = dresidual + the norm's input gradient, in one pass (the
-  // residual stream's gradient joining the norm branch's; ops::layernorm_backward).
   void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
-                const Saved& saved, const Tensor& dresidual = Tensor()) const;
+                const Saved& saved) const;
   // The same, accumulating the parameter gradients into dweight / dbias (each [hidden]; dbias
   // unused for RMSNorm) instead of the registry's: sequence parallelism sums them over TP first.
   void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
-                const Saved& saved, Tensor dweight, Tensor dbias,
-                const Tensor& dresidual = Tensor()) const;
+                const Saved& saved, Tensor dweight, Tensor dbias) const;
   bool has_bias() const { return kind_ == Normalization::kLayerNorm; }
   // Elements of [dweight | dbias] (the layout the sequence-parallel reduction uses).
   int64_t grad_numel() const { return has_bias() ? 2 * hidden_ : hidden_; }

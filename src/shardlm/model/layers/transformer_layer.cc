@@ -254,6 +254,7 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   };
   const Tensor& d_norm_out_full = scratch.c2;  // norm-output gradient, partial over TP ranks
   const Tensor d_norm_out = sp ? local(scratch.c1) : scratch.c2;  // summed, the rank's rows
+  const Tensor d_norm_in = local(scratch.c0);
   const Tensor d_mid = local(scratch.c3);
   // Sequence parallelism: the norms see only the rank's rows, so their gradients are partial
   // sums; collect them in sp_grads [norm1 | norm2], sum over TP at the end, then accumulate.
@@ -290,12 +291,12 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
     fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, ln2_full);
   }
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
-  // d_mid = dx_out (the residual stream) + norm2's input gradient, in the norm's pass.
   if (sp)
-    norm2_.backward(ctx, d_mid, d_norm_out, s.x_mid, s.norm2, norm2_.dweight_view(g2),
-                    norm2_.dbias_view(g2), dx_out);
+    norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2, norm2_.dweight_view(g2),
+                    norm2_.dbias_view(g2));
   else
-    norm2_.backward(ctx, d_mid, d_norm_out, s.x_mid, s.norm2, dx_out);
+    norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2);
+  ops::add(ctx, d_mid, dx_out, d_norm_in);  // residual stream
   // Attention block: x_mid = x + dropout(proj(attention(qkv(norm1(x))))).
   const Tensor d_attn = branch_grad(d_mid, kDropoutAttentionOutput);
   const Tensor d_attn_full = sp ? scratch.c1 : d_attn;
@@ -317,12 +318,12 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   qkv_.backward(ctx, d_norm_out_full, scratch.qkv, ln1_full);
   kv.finish(ctx);
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
-  // dx = d_mid (the residual stream) + norm1's input gradient.
   if (sp)
-    norm1_.backward(ctx, dx, d_norm_out, x, s.norm1, norm1_.dweight_view(g1),
-                    norm1_.dbias_view(g1), d_mid);
+    norm1_.backward(ctx, d_norm_in, d_norm_out, x, s.norm1, norm1_.dweight_view(g1),
+                    norm1_.dbias_view(g1));
   else
-    norm1_.backward(ctx, dx, d_norm_out, x, s.norm1, d_mid);
+    norm1_.backward(ctx, d_norm_in, d_norm_out, x, s.norm1);
+  ops::add(ctx, dx, d_mid, d_norm_in);
   if (sp) {
     tp_.group->all_reduce(scratch.sp_grads);
     norm1_.accumulate_grads(ctx, g1);

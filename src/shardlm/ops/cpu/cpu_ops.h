@@ -38,14 +38,13 @@ void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
                        const Tensor& weight, const Tensor& bias, double eps);
 void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                         const Tensor& dout, const Tensor& in, const Tensor& weight,
-                        const Tensor& mean, const Tensor& rstd, const Tensor& dresidual);
+                        const Tensor& mean, const Tensor& rstd);
 
 // rmsnorm.cc
 void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& in,
                      const Tensor& weight, double eps);
 void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
-                      const Tensor& in, const Tensor& weight, const Tensor& rstd,
-                      const Tensor& dresidual);
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd);
 
 // linear.cc
 void linear_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& weight,

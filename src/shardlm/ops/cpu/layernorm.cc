@@ -43,9 +43,8 @@ void layernorm_forward_impl(T* out, T* mean, T* rstd, const T* in, const T* weig
 }
 
 template <typename T>
-void layernorm_backward_impl(T* din, const T* dres, T* dweight, T* dbias, const T* dout,
-                             const T* in, const T* weight, const T* mean, const T* rstd, int64_t N,
-                             int64_t C) {
+void layernorm_backward_impl(T* din, T* dweight, T* dbias, const T* dout, const T* in,
+                             const T* weight, const T* mean, const T* rstd, int64_t N, int64_t C) {
   std::vector<double> dw(dweight != nullptr ? C : 0, 0.0);
   std::vector<double> db(dbias != nullptr ? C : 0, 0.0);
   for (int64_t n = 0; n < N; ++n) {
@@ -69,8 +68,7 @@ void layernorm_backward_impl(T* din, const T* dres, T* dweight, T* dbias, const 
     for (int64_t c = 0; c < C; ++c) {
       const double xhat = (static_cast<double>(x[c]) - m) * r;
       const double g = static_cast<double>(dy[c]) * static_cast<double>(weight[c]);
-      const T v = static_cast<T>(r * (g - g_mean - xhat * gx_mean));
-      dx[c] = dres != nullptr ? static_cast<T>(dres[n * C + c] + v) : v;  // add()'s rounding
+      dx[c] = static_cast<T>(r * (g - g_mean - xhat * gx_mean));
     }
   }
   for (int64_t c = 0; c < static_cast<int64_t>(dw.size()); ++c)
@@ -94,14 +92,12 @@ void layernorm_forward(DeviceContext&, Tensor out, Tensor mean, Tensor rstd, con
 
 void layernorm_backward(DeviceContext&, Tensor din, Tensor dweight, Tensor dbias,
                         const Tensor& dout, const Tensor& in, const Tensor& weight,
-                        const Tensor& mean, const Tensor& rstd, const Tensor& dresidual) {
+                        const Tensor& mean, const Tensor& rstd) {
   detail::dispatch_float(in.dtype(), "layernorm_backward", [&](auto zero) {
     using T = decltype(zero);
     const int64_t C = weight.numel();
     layernorm_backward_impl<T>(
-        din.defined() ? din.data<T>() : nullptr,
-        dresidual.defined() ? dresidual.data<T>() : nullptr,
-        dweight.defined() ? dweight.data<T>() : nullptr,
+        din.defined() ? din.data<T>() : nullptr, dweight.defined() ? dweight.data<T>() : nullptr,
         dbias.defined() ? dbias.data<T>() : nullptr, dout.data<T>(), in.data<T>(), weight.data<T>(),
         mean.data<T>(), rstd.data<T>(), in.numel() / C, C);
   });

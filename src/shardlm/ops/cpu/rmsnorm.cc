@@ -31,8 +31,8 @@ void rmsnorm_forward_impl(T* out, T* rstd, const T* in, const T* weight, int64_t
 }
 
 template <typename T>
-void rmsnorm_backward_impl(T* din, const T* dres, T* dweight, const T* dout, const T* in,
-                           const T* weight, const T* rstd, int64_t N, int64_t C) {
+void rmsnorm_backward_impl(T* din, T* dweight, const T* dout, const T* in, const T* weight,
+                           const T* rstd, int64_t N, int64_t C) {
   std::vector<double> dw(dweight != nullptr ? C : 0, 0.0);
   for (int64_t n = 0; n < N; ++n) {
     const T* x = in + n * C;
@@ -50,8 +50,7 @@ void rmsnorm_backward_impl(T* din, const T* dres, T* dweight, const T* dout, con
     for (int64_t c = 0; c < C; ++c) {
       const double xhat = static_cast<double>(x[c]) * r;
       const double g = static_cast<double>(dy[c]) * static_cast<double>(weight[c]);
-      const T v = static_cast<T>(r * (g - xhat * gx_mean));
-      dx[c] = dres != nullptr ? static_cast<T>(dres[n * C + c] + v) : v;  // add()'s rounding
+      dx[c] = static_cast<T>(r * (g - xhat * gx_mean));
     }
   }
   for (int64_t c = 0; c < static_cast<int64_t>(dw.size()); ++c)
@@ -71,13 +70,11 @@ void rmsnorm_forward(DeviceContext&, Tensor out, Tensor rstd, const Tensor& in,
 }
 
 void rmsnorm_backward(DeviceContext&, Tensor din, Tensor dweight, const Tensor& dout,
-                      const Tensor& in, const Tensor& weight, const Tensor& rstd,
-                      const Tensor& dresidual) {
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd) {
   detail::dispatch_float(in.dtype(), "rmsnorm_backward", [&](auto zero) {
     using T = decltype(zero);
     const int64_t C = weight.numel();
     rmsnorm_backward_impl<T>(din.defined() ? din.data<T>() : nullptr,
-                             dresidual.defined() ? dresidual.data<T>() : nullptr,
                              dweight.defined() ? dweight.data<T>() : nullptr, dout.data<T>(),
                              in.data<T>(), weight.data<T>(), rstd.data<T>(), in.numel() / C, C);
   });

@@ -112,17 +112,6 @@ __device__ __forceinline__ void store_chunk(T* p, const float (&v)[kW]) {
   }
 }
 
-// out[k] := round_T(out[k]) + residual[k], in fp32 (the caller's store rounds to T again): a
-// norm's input gradient with the residual stream's gradient added in the same pass, bit-identical
-// to storing the gradient and then ops::add (which adds the two T values in fp32).
-template <int kW, typename T>
-__device__ __forceinline__ void add_residual_chunk(const T* residual, float (&out)[kW]) {
-  float r[kW];
-  load_chunk<kW>(residual, r);
-#pragma unroll
-  for (int k = 0; k < kW; ++k) out[k] = r[k] + load_as_float(float_to<T>(out[k]));
-}
-
 // True when every pointer is 16-byte aligned (vector path allowed).
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

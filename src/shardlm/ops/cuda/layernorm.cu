@@ -73,7 +73,7 @@ __global__ void layernorm_forward_kernel(T* out, T* mean_out, T* rstd_out, const
 }
 
 template <typename T, int kW>
-__global__ void layernorm_backward_input_kernel(T* din, const T* dres, const T* dout, const T* in,
+__global__ void layernorm_backward_input_kernel(T* din, const T* dout, const T* in,
                                                 const T* weight, const T* mean_in,
                                                 const T* rstd_in, int64_t rows, int64_t C) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
@@ -106,7 +106,6 @@ __global__ void layernorm_backward_input_kernel(T* din, const T* dres, const T* 
 #pragma unroll
     for (int k = 0; k < kW; ++k)
       out[k] = rstd * (dv[k] * wv[k] - mean_g - (xv[k] - mean) * rstd * mean_g_xhat);
-    if (dres != nullptr) add_residual_chunk<kW>(dres + n * C + c, out);
     store_chunk<kW>(dx + c, out);
   }
 }
@@ -115,7 +114,7 @@ __global__ void layernorm_backward_input_kernel(T* din, const T* dres, const T* 
 // null (no input gradient), partial null (no parameter gradient); chunks = C / kW.
 template <typename T, int kW, int kChunks>
 __global__ void __launch_bounds__(kRowBlockMaxThreads)
-    layernorm_backward_fused_kernel(T* din, const T* dres, float* partial, const T* dout, const T* in,
+    layernorm_backward_fused_kernel(T* din, float* partial, const T* dout, const T* in,
                                     const T* weight, const T* mean_in, const T* rstd_in,
                                     int64_t rows, int64_t C) {
   constexpr int kRows = row_block_rows(kChunks);
@@ -197,11 +196,7 @@ __global__ void __launch_bounds__(kRowBlockMaxThreads)
             dw[j][k] += dv[k] * ((xv[k] - mean[r]) * rstd[r]);
             db[j][k] += dv[k];
           }
-          if (din != nullptr) {
-            const int64_t off = n * C + (threadIdx.x + j * threads) * kW;
-            if (dres != nullptr) add_residual_chunk<kW>(dres + off, out);
-            store_chunk<kW>(din + off, out);
-          }
+          if (din != nullptr) store_chunk<kW>(din + n * C + (threadIdx.x + j * threads) * kW, out);
         }
       }
     }
@@ -241,7 +236,7 @@ struct LayerNormParamGradTerms {
 // The one-pass backward; false (nothing launched) when C is too large for it. dweight/dbias:
 // [C], accumulated (+=), either may be null; din may be null.
 template <typename T, int kW>
-bool launch_layernorm_backward_fused(CudaBackendState& st, T* din, const T* dres, T* dweight, T* dbias,
+bool launch_layernorm_backward_fused(CudaBackendState& st, T* din, T* dweight, T* dbias,
                                      const T* dout, const T* in, const T* weight, const T* mean,
                                      const T* rstd, int64_t N, int64_t C) {
   return dispatch_row_blocks<kW>(C / kW, [&]<int kChunks>(int threads) {
@@ -251,8 +246,7 @@ bool launch_layernorm_backward_fused(CudaBackendState& st, T* din, const T* dres
     float* partial = nullptr;  // [2][blocks][C]: dweight's sums, then dbias's
     if (dweight != nullptr || dbias != nullptr)
       partial = static_cast<float*>(st.scratch(sizeof(float) * 2 * blocks * C));
-    kernel<<<blocks, threads, 0, st.stream()>>>(din, dres, partial, dout, in, weight, mean, rstd,
-                                                N, C);
+    kernel<<<blocks, threads, 0, st.stream()>>>(din, partial, dout, in, weight, mean, rstd, N, C);
     CUDA_CHECK_LAUNCH();
     if (partial != nullptr)
       launch_column_partials_finalize<T, 2>(st, partial, blocks, C, dweight, dbias);
@@ -297,7 +291,7 @@ void layernorm_forward(DeviceContext& ctx, Tensor out, Tensor mean, Tensor rstd,
 
 void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbias,
                         const Tensor& dout, const Tensor& in, const Tensor& weight,
-                        const Tensor& mean, const Tensor& rstd, const Tensor& dresidual) {
+                        const Tensor& mean, const Tensor& rstd) {
   const char* op = "layernorm_backward";
   require_on_device(ctx, dout, op, "dout");
   require_on_device(ctx, in, op, "in");
@@ -327,18 +321,11 @@ void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor d
     require_same_dtype(dout, dbias, op, "dout", "dbias");
     require_numel(dbias, C, op, "dbias");
   }
-  const bool has_res = dresidual.defined() && has_din;
-  if (has_res) {
-    require_on_device(ctx, dresidual, op, "dresidual");
-    require_same_dtype(dout, dresidual, op, "dout", "dresidual");
-    require_numel(dresidual, in.numel(), op, "dresidual");
-  }
   require_rows_fit_grid(N / kRowsPerBlock + 1, op);
   if (N == 0 || (!has_din && !has_dw && !has_db)) return;
   CudaBackendState& st = cuda_state(ctx);
   dispatch_float(dout.dtype(), op, [&]<typename T>() {
     T* dx = has_din ? static_cast<T*>(din.raw()) : nullptr;
-    const T* dr = has_res ? static_cast<const T*>(dresidual.raw()) : nullptr;
     T* dw = has_dw ? static_cast<T*>(dweight.raw()) : nullptr;
     T* db = has_db ? static_cast<T*>(dbias.raw()) : nullptr;
     const T* dy = static_cast<const T*>(dout.raw());
@@ -347,19 +334,18 @@ void layernorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor d
     const T* m = static_cast<const T*>(mean.raw());
     const T* r = static_cast<const T*>(rstd.raw());
     constexpr int kW = Vec16<T>::kSize;
-    const bool vector = C % kW == 0 && (dx == nullptr || aligned16(dx)) &&
-                        (dr == nullptr || aligned16(dr)) && aligned16(dy) && aligned16(x) &&
-                        aligned16(w);
+    const bool vector = C % kW == 0 && (dx == nullptr || aligned16(dx)) && aligned16(dy) &&
+                        aligned16(x) && aligned16(w);
     const bool fused =
-        vector ? launch_layernorm_backward_fused<T, kW>(st, dx, dr, dw, db, dy, x, w, m, r, N, C)
-               : launch_layernorm_backward_fused<T, 1>(st, dx, dr, dw, db, dy, x, w, m, r, N, C);
+        vector ? launch_layernorm_backward_fused<T, kW>(st, dx, dw, db, dy, x, w, m, r, N, C)
+               : launch_layernorm_backward_fused<T, 1>(st, dx, dw, db, dy, x, w, m, r, N, C);
     if (fused) return;
     // Two passes (C > 8192).
     if (dx != nullptr) {
       auto kernel = vector ? layernorm_backward_input_kernel<T, kW>
                            : layernorm_backward_input_kernel<T, 1>;
       kernel<<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, st.stream()>>>(
-          dx, dr, dy, x, w, m, r, N, C);
+          dx, dy, x, w, m, r, N, C);
       CUDA_CHECK_LAUNCH();
     }
     launch_column_reduce<T, 2>(st, N, C, LayerNormParamGradTerms<T>{dy, x, m, r, C}, dw, db);

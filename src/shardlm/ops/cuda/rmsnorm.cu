@@ -59,7 +59,7 @@ __global__ void rmsnorm_forward_kernel(T* out, T* rstd_out, const T* in, const T
 }
 
 template <typename T, int kW>
-__global__ void rmsnorm_backward_input_kernel(T* din, const T* dres, const T* dout, const T* in,
+__global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in,
                                               const T* weight, const T* rstd_in, int64_t rows,
                                               int64_t C) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
@@ -86,7 +86,6 @@ __global__ void rmsnorm_backward_input_kernel(T* din, const T* dres, const T* do
     load_chunk<kW>(weight + c, wv);
 #pragma unroll
     for (int k = 0; k < kW; ++k) out[k] = rstd * (dv[k] * wv[k] - xv[k] * coef);
-    if (dres != nullptr) add_residual_chunk<kW>(dres + n * C + c, out);
     store_chunk<kW>(dx + c, out);
   }
 }
@@ -95,7 +94,7 @@ __global__ void rmsnorm_backward_input_kernel(T* din, const T* dres, const T* do
 // input gradient), partial null (no weight gradient); chunks = C / kW.
 template <typename T, int kW, int kChunks>
 __global__ void __launch_bounds__(kRowBlockMaxThreads)
-    rmsnorm_backward_fused_kernel(T* din, const T* dres, float* partial, const T* dout, const T* in,
+    rmsnorm_backward_fused_kernel(T* din, float* partial, const T* dout, const T* in,
                                   const T* weight, const T* rstd_in, int64_t rows, int64_t C) {
   constexpr int kRows = row_block_rows(kChunks);
   __shared__ float red[2][kRowBlockMaxWarps * kRows];
@@ -166,11 +165,7 @@ __global__ void __launch_bounds__(kRowBlockMaxThreads)
             out[k] = rstd[r] * (dv[k] * w[j][k] - xv[k] * coef);
             dw[j][k] += dv[k] * xv[k] * rstd[r];
           }
-          if (din != nullptr) {
-            const int64_t off = n * C + (threadIdx.x + j * threads) * kW;
-            if (dres != nullptr) add_residual_chunk<kW>(dres + off, out);
-            store_chunk<kW>(din + off, out);
-          }
+          if (din != nullptr) store_chunk<kW>(din + n * C + (threadIdx.x + j * threads) * kW, out);
         }
       }
     }
@@ -204,8 +199,7 @@ struct RmsNormWeightGradTerm {
 // The one-pass backward; false (nothing launched) when C is too large for it. dweight: [C],
 // accumulated (+=), may be null; din may be null.
 template <typename T, int kW>
-bool launch_rmsnorm_backward_fused(CudaBackendState& st, T* din, const T* dres, T* dweight,
-                                   const T* dout,
+bool launch_rmsnorm_backward_fused(CudaBackendState& st, T* din, T* dweight, const T* dout,
                                    const T* in, const T* weight, const T* rstd, int64_t N,
                                    int64_t C) {
   return dispatch_row_blocks<kW>(C / kW, [&]<int kChunks>(int threads) {
@@ -215,7 +209,7 @@ bool launch_rmsnorm_backward_fused(CudaBackendState& st, T* din, const T* dres, 
     float* partial = nullptr;  // [blocks][C]: dweight's sums
     if (dweight != nullptr)
       partial = static_cast<float*>(st.scratch(sizeof(float) * blocks * C));
-    kernel<<<blocks, threads, 0, st.stream()>>>(din, dres, partial, dout, in, weight, rstd, N, C);
+    kernel<<<blocks, threads, 0, st.stream()>>>(din, partial, dout, in, weight, rstd, N, C);
     CUDA_CHECK_LAUNCH();
     if (partial != nullptr)
       launch_column_partials_finalize<T, 1>(st, partial, blocks, C, dweight,
@@ -255,8 +249,7 @@ void rmsnorm_forward(DeviceContext& ctx, Tensor out, Tensor rstd, const Tensor& 
 }
 
 void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tensor& dout,
-                      const Tensor& in, const Tensor& weight, const Tensor& rstd,
-                      const Tensor& dresidual) {
+                      const Tensor& in, const Tensor& weight, const Tensor& rstd) {
   const char* op = "rmsnorm_backward";
   require_on_device(ctx, dout, op, "dout");
   require_on_device(ctx, in, op, "in");
@@ -279,37 +272,29 @@ void rmsnorm_backward(DeviceContext& ctx, Tensor din, Tensor dweight, const Tens
     require_same_dtype(dout, dweight, op, "dout", "dweight");
     require_numel(dweight, C, op, "dweight");
   }
-  const bool has_res = dresidual.defined() && has_din;
-  if (has_res) {
-    require_on_device(ctx, dresidual, op, "dresidual");
-    require_same_dtype(dout, dresidual, op, "dout", "dresidual");
-    require_numel(dresidual, in.numel(), op, "dresidual");
-  }
   require_rows_fit_grid(N / kRowsPerBlock + 1, op);
   if (N == 0 || (!has_din && !has_dw)) return;
   CudaBackendState& st = cuda_state(ctx);
   dispatch_float(dout.dtype(), op, [&]<typename T>() {
     T* dx = has_din ? static_cast<T*>(din.raw()) : nullptr;
-    const T* dr = has_res ? static_cast<const T*>(dresidual.raw()) : nullptr;
     T* dw = has_dw ? static_cast<T*>(dweight.raw()) : nullptr;
     const T* dy = static_cast<const T*>(dout.raw());
     const T* x = static_cast<const T*>(in.raw());
     const T* w = static_cast<const T*>(weight.raw());
     const T* r = static_cast<const T*>(rstd.raw());
     constexpr int kW = Vec16<T>::kSize;
-    const bool vector = C % kW == 0 && (dx == nullptr || aligned16(dx)) &&
-                        (dr == nullptr || aligned16(dr)) && aligned16(dy) && aligned16(x) &&
-                        aligned16(w);
+    const bool vector = C % kW == 0 && (dx == nullptr || aligned16(dx)) && aligned16(dy) &&
+                        aligned16(x) && aligned16(w);
     const bool fused = vector
-                           ? launch_rmsnorm_backward_fused<T, kW>(st, dx, dr, dw, dy, x, w, r, N, C)
-                           : launch_rmsnorm_backward_fused<T, 1>(st, dx, dr, dw, dy, x, w, r, N, C);
+                           ? launch_rmsnorm_backward_fused<T, kW>(st, dx, dw, dy, x, w, r, N, C)
+                           : launch_rmsnorm_backward_fused<T, 1>(st, dx, dw, dy, x, w, r, N, C);
     if (fused) return;
     // Two passes (C > 8192).
     if (dx != nullptr) {
       auto kernel = vector ? rmsnorm_backward_input_kernel<T, kW>
                            : rmsnorm_backward_input_kernel<T, 1>;
       kernel<<<ceil_div_u(N, kRowsPerBlock), dim3(32, kRowsPerBlock), 0, st.stream()>>>(
-          dx, dr, dy, x, w, r, N, C);
+          dx, dy, x, w, r, N, C);
       CUDA_CHECK_LAUNCH();
     }
     if (dw != nullptr)
