@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Multi-process launch on a 2-GPU machine (for the lead; not part of ctest). Needs a CUDA build
-# of shardlm (scripts/gpu_check.sh builds ./build; or set SHARDLM=path/to/shardlm).
+# The two-GPU acceptance checks of the distributed issues (5, 6, 7), on a 2-GPU machine. Registered
+# with ctest as MultiGpu.LaunchScript (label gpu): it exits 77 (skipped) with fewer than two GPUs.
+# Needs a CUDA build of shardlm (SHARDLM=path/to/shardlm, default ./build/shardlm).
 #   tests/dist/launch_gpu/run.sh            # logs under $OUT (default runs/launch_gpu)
+#   DEVICE=cpu tests/dist/launch_gpu/run.sh # the same flow with CPU ranks (fp32): checks the script
 # Checks, each printing PASS/FAIL:
 #   1. `shardlm launch --nproc-per-node 2 --device cuda -- train ...` (DP=2 over NCCL) logs the
 #      one-GPU run's losses (fp32; relative difference <= 1e-4: NCCL's reduction order differs
 #      from the single rank's micro-batch accumulation only in rounding);
 #   2. the same job under `mpirun -np 2 shardlm train ...` (Open MPI discovery);
 #   3. `shardlm launch --device cpu` on the same machine (socket communicator) matches too;
-#   4. a rank killed at iteration 3 (SHARDLM_TEST_KILL_RANK) and one that hangs
+#   4. bf16: TP=2, and DP=2 with the distributed optimizer, log the one-GPU bf16 losses within
+#      2e-2 relative (bf16 rounding differs between layouts);
+#   5. checkpoints: a TP=2 bf16 run on two GPUs saves at iteration 10 (--exit-interval 10); one GPU
+#      loads it (TP=2 -> TP=1 reshard, optimizer state included) and trains iterations 11-20,
+#      whose losses match the straight one-GPU run's within 2e-2;
+#   6. a rank killed at iteration 3 (SHARDLM_TEST_KILL_RANK) and one that hangs
 #      (SHARDLM_TEST_HANG_RANK) end the job non-zero within --distributed-timeout-minutes,
 #      with the failing rank named;
-#   5. pipeline parallelism on 2 GPUs (--pipeline-model-parallel-size 2, bf16; 1f1b and
+#   7. pipeline parallelism on 2 GPUs (--pipeline-model-parallel-size 2, bf16; 1f1b and
 #      interleaved with 2 chunks per rank) logs the one-GPU bf16 losses within 2e-2 relative
 #      (bf16 rounding differs between layouts), and prints the measured median step time next
 #      to the one-GPU step time and the bubble the schedule predicts, (P-1)/(V*M) of the step.
@@ -24,6 +31,16 @@ export NCCL_NVLS_ENABLE=0  # NVLink multicast must stay off on the shared machin
 if [[ -d .deps/root ]]; then
   export LD_LIBRARY_PATH="$PWD/.deps/root/usr/lib/x86_64-linux-gnu/openblas-pthread:$PWD/.deps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 fi
+DEV="${DEVICE:-cuda}"
+if [[ $DEV == cuda ]]; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
+  if [[ "${gpus:-0}" -lt 2 ]]; then echo "SKIP: ${gpus:-0} GPU(s) visible, the checks need 2"; exit 77; fi
+  HALF="--bf16"; HALF_TOL=2e-2
+else
+  HALF=""; HALF_TOL=1e-4  # CPU ranks: the "bf16" checks run in fp32
+fi
+U=$([[ $DEV == cuda ]] && echo GPU || echo "CPU rank")  # what the messages count
+[[ -x "$SHARDLM" ]] || { echo "FAIL: no shardlm binary at $SHARDLM (set SHARDLM)"; exit 1; }
 rc=0
 TRAIN="train --mock-data --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32
   --vocab-size 256 --micro-batch-size 2 --global-batch-size 8 --lr 1e-3 --train-iters 20
@@ -42,19 +59,36 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-echo "== reference: one GPU"
-timeout 120 $SHARDLM $TRAIN --device cuda >"$OUT/one_gpu.log" 2>&1 || { echo "FAIL one-GPU run"; tail -5 "$OUT/one_gpu.log"; exit 1; }
+compare_iterations() {  # compare_iterations NAME REFERENCE_LOG LOG TOLERANCE: LOG's training
+  # iterations (at least 10) against the same iterations of the reference run.
+  python3 - "$2" "$3" "$1" "$4" <<'PY'
+import re, sys
+def by_iteration(p):
+    pat = r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: ([0-9.E+-]+)"
+    return {int(i): float(x) for i, x in re.findall(pat, open(p).read())}
+a, b, name, tol = by_iteration(sys.argv[1]), by_iteration(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+common = sorted(set(a) & set(b))
+ok = len(b) >= 10 and set(b) <= set(a) and all(abs(a[i] - b[i]) <= tol * abs(a[i]) for i in common)
+worst = max((abs(a[i] - b[i]) / abs(a[i]) for i in common), default=float("nan"))
+span = f"iterations {min(b)}-{max(b)}" if b else "no iterations"
+print(("PASS" if ok else "FAIL"), name, f"({span}, worst relative difference {worst:.2e})")
+sys.exit(0 if ok else 1)
+PY
+}
 
-echo "== shardlm launch --nproc-per-node 2 --device cuda"
-timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 29641 --device cuda -- $TRAIN \
+echo "== reference: one GPU"
+timeout 120 $SHARDLM $TRAIN --device $DEV >"$OUT/one_gpu.log" 2>&1 || { echo "FAIL one-GPU run"; tail -5 "$OUT/one_gpu.log"; exit 1; }
+
+echo "== shardlm launch --nproc-per-node 2 --device $DEV"
+timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 0 --device $DEV -- $TRAIN \
   >"$OUT/launch_cuda.log" 2>&1; echo "exit $?"
 grep -m1 "^distributed:" "$OUT/launch_cuda.log"
-compare "launch 2 GPUs vs 1 GPU" "$OUT/one_gpu.log" "$OUT/launch_cuda.log" || rc=1
+compare "launch 2 ${U}s vs 1 $U" "$OUT/one_gpu.log" "$OUT/launch_cuda.log" || rc=1
 
 echo "== mpirun -np 2 shardlm train"
 if command -v mpirun >/dev/null; then
   timeout 180 mpirun --allow-run-as-root --oversubscribe -np 2 -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH \
-    -x MASTER_ADDR=127.0.0.1 -x MASTER_PORT=29642 $SHARDLM $TRAIN --device cuda \
+    -x MASTER_ADDR=127.0.0.1 -x MASTER_PORT=29642 $SHARDLM $TRAIN --device $DEV \
     >"$OUT/mpirun_cuda.log" 2>&1; echo "exit $?"
   grep -m1 "^distributed:" "$OUT/mpirun_cuda.log"
   compare "mpirun 2 GPUs vs 1 GPU" "$OUT/one_gpu.log" "$OUT/mpirun_cuda.log" || rc=1
@@ -64,9 +98,35 @@ fi
 
 echo "== shardlm launch --nproc-per-node 2 --device cpu (socket communicator)"
 timeout 180 $SHARDLM $TRAIN --device cpu >"$OUT/one_cpu.log" 2>&1
-timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 29643 --device cpu -- $TRAIN \
+timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 0 --device cpu -- $TRAIN \
   >"$OUT/launch_cpu.log" 2>&1; echo "exit $?"
 compare "launch 2 CPU ranks vs 1 CPU rank" "$OUT/one_cpu.log" "$OUT/launch_cpu.log" || rc=1
+
+echo "== bf16: TP=2 and DP=2 with the distributed optimizer vs 1 GPU"
+timeout 120 $SHARDLM $TRAIN $HALF --device $DEV >"$OUT/half_one_gpu.log" 2>&1 || { echo "FAIL one-GPU bf16 run"; tail -5 "$OUT/half_one_gpu.log"; rc=1; }
+for variant in "tp2:--tensor-model-parallel-size 2" "tp2_sp:--tensor-model-parallel-size 2 --sequence-parallel" \
+               "dp2_distopt:--use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather"; do
+  name=${variant%%:*}; extra=${variant#*:}
+  timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 0 --device $DEV -- $TRAIN $HALF \
+    $extra >"$OUT/half_$name.log" 2>&1; echo "exit $?"
+  grep -m1 "^distributed:" "$OUT/half_$name.log"
+  compare "$name on 2 ${U}s vs 1 $U${HALF:+ (bf16)}" "$OUT/half_one_gpu.log" "$OUT/half_$name.log" "$HALF_TOL" || rc=1
+done
+
+echo "== checkpoint: save at TP=2 on 2 GPUs, resume on 1 GPU"
+CKPT="$OUT/ckpt_tp2"; rm -rf "$CKPT"
+timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 0 --device $DEV -- $TRAIN $HALF \
+  --tensor-model-parallel-size 2 --save "$CKPT" --exit-interval 10 >"$OUT/ckpt_save_tp2.log" 2>&1
+echo "exit $?"; grep -E "saved checkpoint|exiting at" "$OUT/ckpt_save_tp2.log" | head -3
+timeout 120 $SHARDLM $TRAIN $HALF --device $DEV --load "$CKPT" >"$OUT/ckpt_resume_one.log" 2>&1
+echo "exit $?"; grep -m2 -E "loaded checkpoint|load" "$OUT/ckpt_resume_one.log"
+compare_iterations "TP=2 checkpoint (2 ${U}s) resumed on 1 $U vs the straight 1-$U run" \
+  "$OUT/half_one_gpu.log" "$OUT/ckpt_resume_one.log" "$HALF_TOL" || rc=1
+
+if [[ $DEV != cuda ]]; then
+  echo "(CPU mode: the pipeline timing and fault checks run on GPUs only)"
+  exit $rc
+fi
 
 echo "== pipeline parallel: 2 GPUs (PP=2, bf16) vs 1 GPU"
 # Big enough that a step is GPU-bound: 8 layers, hidden 1024, seq 1024, M = 32 / 4 = 8.
@@ -84,7 +144,7 @@ timeout 300 $SHARDLM $PP_TRAIN --device cuda >"$OUT/pp_one_gpu.log" 2>&1 || { ec
 one_ms=$(step_times "$OUT/pp_one_gpu.log")
 for variant in "1f1b:" "interleaved:--num-layers-per-virtual-pipeline-stage 2"; do
   name=${variant%%:*}; extra=${variant#*:}
-  timeout 300 $SHARDLM launch --nproc-per-node 2 --master-port 29645 --device cuda -- $PP_TRAIN \
+  timeout 300 $SHARDLM launch --nproc-per-node 2 --master-port 0 --device cuda -- $PP_TRAIN \
     --pipeline-model-parallel-size 2 $extra >"$OUT/pp2_$name.log" 2>&1; echo "exit $?"
   grep -m1 "> pipeline:" "$OUT/pp2_$name.log"
   compare "PP=2 $name on 2 GPUs vs 1 GPU (bf16)" "$OUT/pp_one_gpu.log" "$OUT/pp2_$name.log" 2e-2 || rc=1
@@ -106,7 +166,7 @@ fault() {  # fault NAME ENV... : the job must fail (bounded by the 0.25 min time
   local name=$1; shift
   local start=$SECONDS
   env "$@" SHARDLM_TEST_FAULT_AT_ITER=3 timeout 120 $SHARDLM launch --nproc-per-node 2 \
-    --master-port 29644 --device cuda --grace-period 2 -- $TRAIN --distributed-timeout-minutes 0.25 \
+    --master-port 0 --device cuda --grace-period 2 -- $TRAIN --distributed-timeout-minutes 0.25 \
     >"$OUT/$name.log" 2>&1
   local code=$? took=$((SECONDS - start))
   if [[ $code -ne 0 && $code -ne 124 ]] && grep -q "rank 1" "$OUT/$name.log"; then
