@@ -122,6 +122,37 @@ int free_port() {
   return ntohs(sa.sin_port);
 }
 
+// `bench` under the launcher: every rank steps, world rank 0 alone reports, with the layout, the
+// per-rank rate and the whole model's FLOPs per token (the same as one process's, although each
+// pipeline stage or tensor shard holds part of the parameters; the vocabulary, 256, is already a
+// multiple of 128 x TP, so TP=2 pads it no further).
+TEST(LaunchCli, BenchOnTwoRanksReportsOnceWithTheLayoutAndTheWholeModel) {
+  const std::string bench =
+      "bench --num-layers 2 --hidden-size 16 --num-attention-heads 2 --seq-length 8 "
+      "--vocab-size 256 --micro-batch-size 2 --global-batch-size 4 --device cpu "
+      "--bench-steps 2 --warmup-steps 1 ";
+  const Result one = run(bench);
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const std::regex flops("\"flops_per_token\":([0-9.e+]+)");
+  std::smatch m_one;
+  ASSERT_TRUE(std::regex_search(one.output, m_one, flops)) << one.output;
+  for (const std::string layout : {"--tensor-model-parallel-size 2", "--pipeline-model-parallel-size 2",
+                                   ""}) {
+    const Result r = run("launch --nproc-per-node 2 --master-port 0 --device cpu -- " + bench + layout);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(count(r.output, "RESULT {"), 1) << r.output;
+    EXPECT_EQ(count(r.output, "> tokens/s "), 1) << r.output;
+    EXPECT_NE(r.output.find("\"world_size\":2"), std::string::npos) << r.output;
+    const std::string expected = layout.empty() ? "tp 1, pp 1, dp 2"
+                                 : layout.find("tensor") != std::string::npos ? "tp 2, pp 1, dp 1"
+                                                                               : "tp 1, pp 2, dp 1";
+    EXPECT_NE(r.output.find("(rank 0 of 2: " + expected + ")"), std::string::npos) << r.output;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.output, m, flops)) << r.output;
+    EXPECT_EQ(m[1].str(), m_one[1].str()) << layout;
+  }
+}
+
 TEST(LaunchCli, TrainDiscoversRanksFromOpenMpiAndSlurmVariables) {
   const Result single = run(kTrain + "--device cpu");
   ASSERT_EQ(single.exit_code, 0) << single.output;

@@ -4,6 +4,11 @@
 // baseline. `--profile-ops` adds a per-op time breakdown of a few extra steps (timed with CUDA
 // events on the GPU; the timed steps run without it). One "RESULT {json}" line at the end, as
 // ../shared/bench/torch_gpt_bench.py prints, so bench/ scripts can tabulate both.
+//
+// Under a launcher (`shardlm launch --nproc-per-node N -- bench ...`, torchrun, srun, mpirun)
+// every rank runs the steps on its part of the layout (cli/distributed_run.h) and world rank 0
+// reports: tokens/s of the whole job and per GPU, MFU per GPU, its own memory (per GPU), and the
+// layout (tp, pp, dp). The FLOPs per token count the whole model whatever the layout.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -20,6 +25,9 @@
 
 #include "shardlm/base/error.h"
 #include "shardlm/cli/commands.h"
+#include "shardlm/cli/distributed_run.h"
+#include "shardlm/dist/launch_env.h"
+#include "shardlm/model/families/gpt_model.h"
 #include "shardlm/cli/train_flags.h"
 #include "shardlm/ops/device_queries.h"
 #include "shardlm/ops/op_profile.h"
@@ -67,7 +75,8 @@ double elapsed_ms(std::chrono::steady_clock::time_point since) {
       .count();
 }
 
-void run_bench(train::TrainConfig cfg, const BenchOptions& opt) {
+// rank: null for a single-process run.
+void run_bench(train::TrainConfig cfg, const BenchOptions& opt, dist::RankContext* rank) {
   SHARDLM_REQUIRE(opt.steps > 0 && opt.warmup >= 1, ErrorKind::kInvalidConfig,
                   "--bench-steps must be > 0 and --warmup-steps >= 1 (the first step includes "
                   "one-time setup and is never timed)");
@@ -77,9 +86,14 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt) {
   if (cfg.optimizer.lr < 0) cfg.optimizer.lr = 3e-4;
   cfg.train_iters = opt.warmup + opt.steps + (opt.profile_ops ? opt.profile_steps : 0);
 
-  train::Trainer trainer(cfg, std::cout);
+  std::unique_ptr<train::Trainer> owned =
+      rank != nullptr ? std::make_unique<train::Trainer>(cfg, *rank, std::cout)
+                      : std::make_unique<train::Trainer>(cfg, std::cout);
+  train::Trainer& trainer = *owned;
   DeviceContext& ctx = trainer.device();
   const train::TrainConfig& c = trainer.config();
+  const int world = rank != nullptr ? rank->world().size() : 1;
+  const bool report = rank == nullptr || rank->world().rank() == 0;
 
   using Clock = std::chrono::steady_clock;
   trainer.train_step();
@@ -99,12 +113,15 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt) {
   const double wall_ms = elapsed_ms(t0);
   const double final_loss = trainer.history().back().loss;
 
-  const train::ModelFlops flops = train::model_flops(trainer.parameters(), c.model);
+  // The whole model's parameters (global shapes), not this rank's pipeline stage.
+  model::ParameterRegistry whole_model;
+  model::GPTModel(c.model).register_parameters(whole_model);
+  const train::ModelFlops flops = train::model_flops(whole_model, c.model);
   const int64_t tokens_per_step =
       c.micro_batch_size * c.num_microbatches() * c.data_parallel_size * c.model.seq_length;
   const double tokens_per_s = static_cast<double>(tokens_per_step * opt.steps) * 1000.0 / wall_ms;
   const double model_tflops = flops.flops_per_token * tokens_per_s / 1e12;
-  const double mfu = model_tflops / opt.peak_tflops;
+  const double mfu = model_tflops / world / opt.peak_tflops;  // per GPU
   std::sort(step_ms.begin(), step_ms.end());
   const double median_ms = step_ms[step_ms.size() / 2];
 
@@ -135,17 +152,26 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt) {
                               {"ms_per_step", row.total_ms / opt.profile_steps}});
   }
 
+  if (!report) return;
   std::cout << "> bench: " << opt.steps << " timed steps after " << opt.warmup << " warm-up, "
-            << tokens_per_step << " tokens/step on " << ctx.device().to_string() << "\n"
+            << tokens_per_step << " tokens/step on " << ctx.device().to_string()
+            << (world > 1 ? " (rank 0 of " + std::to_string(world) + ": tp " +
+                                std::to_string(rank->layout().tp()) + ", pp " +
+                                std::to_string(rank->layout().pp()) + ", dp " +
+                                std::to_string(rank->layout().dp()) + ")"
+                          : std::string())
+            << "\n"
             << "> " << train::model_flops_formula() << "\n"
             << "> parameters " << flops.parameters << ", non-embedding " << flops.non_embedding
             << ", flops/token " << flops.flops_per_token << "\n";
   char line[512];
   std::snprintf(line, sizeof(line),
-                "> tokens/s %.0f | step ms median %.2f (wall mean %.2f) | model TFLOP/s %.1f | "
+                "> tokens/s %.0f (%.0f per rank) | step ms median %.2f (wall mean %.2f) | model "
+                "TFLOP/s %.1f per rank | "
                 "MFU %.1f%% of %.0f TFLOP/s | memory in use %s (%s allocated by the run, %s "
                 "planned) | first step done %.2f s after process start | loss %.4f\n",
-                tokens_per_s, median_ms, wall_ms / opt.steps, model_tflops, 100 * mfu,
+                tokens_per_s, tokens_per_s / world, median_ms, wall_ms / opt.steps,
+                model_tflops / world, 100 * mfu,
                 opt.peak_tflops, train::format_bytes(used).c_str(),
                 train::format_bytes(allocated).c_str(),
                 train::format_bytes(trainer.memory_plan().total()).c_str(), first_step_s,
@@ -166,7 +192,12 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt) {
       {"step_ms_min", step_ms.front()}, {"step_ms_max", step_ms.back()},
       {"step_ms_wall_mean", wall_ms / opt.steps}, {"tokens_per_s_wall", tokens_per_s},
       {"tokens_per_s_median", tokens_per_step * 1000.0 / median_ms},
-      {"model_tflops_wall", model_tflops}, {"mfu_989", model_tflops * 1e12 / train::kH100PeakBf16Flops},
+      {"model_tflops_wall", model_tflops},
+      {"mfu_989", model_tflops / world * 1e12 / train::kH100PeakBf16Flops},
+      {"world_size", world}, {"tokens_per_s_per_gpu", tokens_per_s / world},
+      {"tp", rank != nullptr ? rank->layout().tp() : 1},
+      {"pp", rank != nullptr ? rank->layout().pp() : 1},
+      {"dp", rank != nullptr ? rank->layout().dp() : 1},
       {"peak_mem_in_use_GiB", used / 1073741824.0},
       {"peak_mem_allocated_GiB", allocated / 1073741824.0},
       {"planned_mem_GiB", trainer.memory_plan().total() / 1073741824.0},
@@ -201,7 +232,13 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--result-jsonl", opt->result_jsonl, "Append the RESULT json to this file")
       ->group(g);
   cmd->add_option("--label", opt->label, "Name of this system in the RESULT json")->group(g);
-  cmd->callback([cfg, opt] { run_bench(*cfg, *opt); });
+  cmd->callback([cfg, opt] {
+    const dist::LaunchEnv env = dist::discover_launch_env(dist::read_process_environment());
+    if (env.world_size == 1) return run_bench(*cfg, *opt, nullptr);
+    run_on_world(*cfg, env, [&](const train::TrainConfig& c, dist::RankContext& rc) {
+      run_bench(c, *opt, &rc);
+    });
+  });
 }
 
 }  // namespace shardlm::cli

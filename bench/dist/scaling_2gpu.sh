@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 5's two-GPU benchmark: the 1.3B GPT (8x2048 per micro-batch, bf16) on one GPU and on two
+# GPUs as DP=2 (overlapped bucketed gradient reduction), DP=2 with the distributed optimizer
+# (overlapped reduce-scatter and parameter all-gather), TP=2 and TP=2 with sequence parallelism.
+# Weak scaling: each data-parallel rank keeps the one-GPU micro-batch (the global batch doubles
+# with DP), TP splits the same global batch. Prints a markdown table: tokens/s of the job and per
+# GPU, scaling efficiency (per-GPU tokens/s over the one-GPU run's), MFU per GPU and rank 0's
+# memory, ready for bench/RESULTS.md.
+#
+#   bench/dist/scaling_2gpu.sh SHARDLM_BINARY OUT_DIR
+#   DEVICE=cpu MODEL=tiny bench/dist/scaling_2gpu.sh ...   # the same flow on CPU ranks (plumbing)
+set -uo pipefail
+BIN="$1"; OUT="$2"
+mkdir -p "$OUT"; : >"$OUT/results.jsonl"
+export NCCL_NVLS_ENABLE=0  # NVLink multicast must stay off on the shared machines
+DEV="${DEVICE:-cuda}"
+if [[ "${MODEL:-1.3B}" == tiny ]]; then
+  FLAGS="--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --vocab-size 256
+    --micro-batch-size 2"
+  MBS=2
+else
+  FLAGS="--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048
+    --max-position-embeddings 2048 --vocab-size 50257 --micro-batch-size 8"
+  MBS=8
+fi
+[[ $DEV == cuda ]] && FLAGS="$FLAGS --bf16"
+COMMON="$FLAGS --hidden-dropout 0 --attention-dropout 0 --device $DEV --lr 3e-4 --clip-grad 1.0
+  --bench-steps ${STEPS:-20} --warmup-steps ${WARMUP:-5}"
+
+run() {  # run NAME RANKS GLOBAL_BATCH EXTRA_FLAGS...
+  local name=$1 ranks=$2 gbs=$3; shift 3
+  echo "=== $name ($(date +%T))"
+  local launch=""
+  [[ $ranks -gt 1 ]] && launch="launch --nproc-per-node $ranks --master-port 0 --device $DEV --"
+  # shellcheck disable=SC2086
+  timeout 600 "$BIN" $launch bench $COMMON --global-batch-size "$gbs" --label "$name" \
+    --result-jsonl "$OUT/results.jsonl" "$@" >"$OUT/$name.log" 2>&1
+  echo "exit $?"; grep -E "^> tokens/s|memory plan|rror" "$OUT/$name.log" | head -3 | cut -c1-300
+}
+run one_gpu 1 "$MBS"
+run dp2 2 $((2 * MBS)) --overlap-grad-reduce
+run dp2_distopt 2 $((2 * MBS)) --overlap-grad-reduce --use-distributed-optimizer --overlap-param-gather
+run tp2 2 "$MBS" --tensor-model-parallel-size 2
+run tp2_sp 2 "$MBS" --tensor-model-parallel-size 2 --sequence-parallel
+
+python3 - "$OUT/results.jsonl" "$DEV" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+base = next((r for r in rows if r["system"] == "one_gpu"), None)
+print("\n| layout | GPUs | tokens/s | tokens/s per GPU | efficiency | MFU per GPU | memory per GPU (rank 0) |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    per = r.get("tokens_per_s_per_gpu", r["tokens_per_s_wall"])
+    eff = f"{100 * per / base['tokens_per_s_wall']:.1f}%" if base else "—"
+    print(f"| {r['system']} (tp {r.get('tp', 1)}, pp {r.get('pp', 1)}, dp {r.get('dp', 1)}) | "
+          f"{r.get('world_size', 1)} | {r['tokens_per_s_wall']:,.0f} | {per:,.0f} | {eff} | "
+          f"{100 * r['mfu_989']:.1f}% | {r['peak_mem_allocated_GiB']:.2f} GiB |")
+PY
