@@ -53,6 +53,34 @@ TEST(TrainCli, TrainsATinyModel) {
   EXPECT_NE(r.output.find("validation loss at iteration 2"), std::string::npos) << r.output;
 }
 
+// Flags of Megatron launch scripts that ask for what ShardLM does anyway are accepted (values
+// still checked), and --recompute-activations means --recompute-granularity selective.
+TEST(TrainCli, MegatronCompatibilityFlags) {
+  const Result r = run(kTiny +
+                       "--use-mcore-models --use-flash-attn --accumulate-allreduce-grads-in-fp32 "
+                       "--log-throughput --no-masked-softmax-fusion --no-bias-gelu-fusion "
+                       "--no-bias-dropout-fusion --no-bias-swiglu-fusion --transformer-impl "
+                       "transformer_engine --distributed-backend nccl");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  expect_usage_error(kTiny + "--transformer-impl te", "--transformer-impl");
+  expect_usage_error(kTiny + "--distributed-backend mpi", "--distributed-backend");
+  auto activations = [](const Result& x) {
+    const size_t at = x.output.find("activations ");
+    return at == std::string::npos ? std::string() : x.output.substr(at, 24);
+  };
+  // Big enough that selective recompute's saving shows in the plan's MiB.
+  const std::string mid =
+      "train --mock-data --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 128 "
+      "--vocab-size 64 --micro-batch-size 4 --lr 1e-3 --train-iters 1 --eval-iters 0 --device cpu ";
+  const Result shorthand = run(mid + "--recompute-activations");
+  const Result selective = run(mid + "--recompute-granularity selective");
+  const Result plain = run(mid);
+  ASSERT_EQ(shorthand.exit_code, 0) << shorthand.output;
+  ASSERT_FALSE(activations(plain).empty()) << plain.output;
+  EXPECT_EQ(activations(shorthand), activations(selective));
+  EXPECT_NE(activations(shorthand), activations(plain));
+}
+
 TEST(TrainCli, UnknownFlag) { expect_usage_error(kTiny + "--no-such-flag 3", "--no-such-flag"); }
 
 TEST(TrainCli, MissingValue) { expect_usage_error(kTiny + "--num-layers", "--num-layers"); }

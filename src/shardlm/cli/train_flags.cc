@@ -1,5 +1,9 @@
 #include "shardlm/cli/train_flags.h"
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include <CLI/CLI.hpp>
 #include <yaml-cpp/yaml.h>
 
@@ -57,6 +61,10 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
       ->group(g);
   cmd.add_option("--recompute-num-layers", cfg.recompute.num_layers,
                  "With full: layers per recomputed chunk (uniform) or recomputed layers (block)")
+      ->group(g);
+  cmd.add_flag("--recompute-activations",
+               [&cfg](int64_t) { cfg.recompute.granularity = "selective"; },
+               "Megatron's shorthand for --recompute-granularity selective")
       ->group(g);
   cmd.add_flag("--no-recompute-norm-activation",
                [&cfg](int64_t) { cfg.recompute.norm_activation = false; },
@@ -222,6 +230,38 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "Save and exit after this many minutes")->group(g)->check(pos);
   cmd.add_option("--keep-last-checkpoints", ck.keep_last_checkpoints,
                  "Keep only the newest K checkpoints (removed after a new one is complete)")->group(g)->check(pos);
+
+  // Megatron flags that ask for what ShardLM does anyway: accepted, so existing launch scripts
+  // run unchanged; the help says why each needs nothing. Values are still checked.
+  g = "Megatron compatibility (accepted; ShardLM does this already)";
+  const std::pair<const char*, const char*> already[] = {
+      {"--use-mcore-models", "the model is Megatron Core's GPT"},
+      {"--use-flash-attn", "attention is always a flash kernel (cuDNN's or ShardLM's)"},
+      {"--accumulate-allreduce-grads-in-fp32", "main gradients are fp32 under --bf16/--fp16"},
+      {"--log-throughput", "every log line has tokens per second"},
+      {"--no-masked-softmax-fusion", "there is no separate masked softmax (flash attention)"},
+      {"--no-bias-gelu-fusion", "the fused bias + GELU computes the same function"},
+      {"--no-bias-dropout-fusion", "the fused bias + dropout + add computes the same function"},
+      {"--no-bias-swiglu-fusion", "the fused SwiGLU computes the same function"},
+  };
+  for (const auto& [flag, why] : already)
+    cmd.add_flag(flag, [](int64_t) {}, std::string("Accepted: ") + why)->group(g);
+  auto one_of = [](const char* flag, std::vector<std::string> allowed) {
+    return [flag, allowed](const std::string& v) {
+      if (std::find(allowed.begin(), allowed.end(), v) != allowed.end()) return;
+      std::string list;
+      for (const std::string& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      throw CLI::ValidationError(flag, "'" + v + "' is not one of " + list);
+    };
+  };
+  cmd.add_option_function<std::string>(
+         "--transformer-impl", one_of("--transformer-impl", {"local", "transformer_engine"}),
+         "local or transformer_engine: accepted, ShardLM's own fused layers run either way")
+      ->group(g);
+  cmd.add_option_function<std::string>(
+         "--distributed-backend", one_of("--distributed-backend", {"nccl", "gloo"}),
+         "nccl or gloo: accepted; GPU ranks use NCCL, CPU ranks ShardLM's socket communicator")
+      ->group(g);
 }
 
 namespace {
