@@ -41,20 +41,9 @@ LAYOUT3D="--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --sequ
   --use-distributed-optimizer --overlap-grad-reduce"
 launch() { echo "$BIN launch --nproc-per-node $1 --master-port 0 --device $DEV --"; }
 
+LOGS="$(dirname "$0")/../../tools/loss_logs.py"
 compare() {  # compare NAME REFERENCE_LOG LOG TOLERANCE: the iterations LOG trained
-  python3 - "$2" "$3" "$1" "$4" <<'PY'
-import re, sys
-def by_iteration(p):
-    pat = r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: ([0-9.E+-]+)"
-    return {int(i): float(x) for i, x in re.findall(pat, open(p).read())}
-a, b, name, tol = by_iteration(sys.argv[1]), by_iteration(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-common = sorted(set(a) & set(b))
-ok = len(common) > 0 and set(b) <= set(a) and all(abs(a[i] - b[i]) <= tol * abs(a[i]) for i in common)
-worst = max((abs(a[i] - b[i]) / abs(a[i]) for i in common), default=float("nan"))
-span = f"iterations {min(common)}-{max(common)}" if common else "no common iterations"
-print(("PASS" if ok else "FAIL"), name, f"({span}, worst relative difference {worst:.2e})")
-sys.exit(0 if ok else 1)
-PY
+  python3 "$LOGS" iterations "$@"
 }
 
 echo "=== 1. one GPU, gradient accumulation ($(date +%T))"
@@ -100,17 +89,5 @@ timeout 900 $(launch 8) bench $BIG --micro-batch-size $MBS $HALF --hidden-dropou
   --result-jsonl "$OUT/scaling.jsonl" >"$OUT/bench_tp8.log" 2>&1
 echo "exit $?"; grep -E "^> tokens/s|rror" "$OUT/bench_tp8.log" | head -2 | cut -c1-250
 
-python3 - "$OUT/scaling.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-base = next((r for r in rows if r["system"] == "dp1"), None)
-print("\n| run | GPUs | tokens/s | tokens/s per GPU | efficiency vs DP=1 | MFU per GPU | memory per GPU (rank 0) |")
-print("|---|---:|---:|---:|---:|---:|---:|")
-for r in rows:
-    per = r.get("tokens_per_s_per_gpu", r["tokens_per_s_wall"])
-    eff = f"{100 * per / base['tokens_per_s_wall']:.1f}%" if base and r["system"].startswith("dp") else "—"
-    print(f"| {r['system']} (tp {r.get('tp', 1)}, pp {r.get('pp', 1)}, dp {r.get('dp', 1)}) | "
-          f"{r.get('world_size', 1)} | {r['tokens_per_s_wall']:,.0f} | {per:,.0f} | {eff} | "
-          f"{100 * r['mfu_989']:.1f}% | {r['peak_mem_allocated_GiB']:.2f} GiB |")
-PY
+python3 "$LOGS" scaling-table "$OUT/scaling.jsonl" dp1
 exit $rc

@@ -43,16 +43,4 @@ run dp2_distopt 2 $((2 * MBS)) --overlap-grad-reduce --use-distributed-optimizer
 run tp2 2 "$MBS" --tensor-model-parallel-size 2
 run tp2_sp 2 "$MBS" --tensor-model-parallel-size 2 --sequence-parallel
 
-python3 - "$OUT/results.jsonl" "$DEV" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-base = next((r for r in rows if r["system"] == "one_gpu"), None)
-print("\n| layout | GPUs | tokens/s | tokens/s per GPU | efficiency | MFU per GPU | memory per GPU (rank 0) |")
-print("|---|---:|---:|---:|---:|---:|---:|")
-for r in rows:
-    per = r.get("tokens_per_s_per_gpu", r["tokens_per_s_wall"])
-    eff = f"{100 * per / base['tokens_per_s_wall']:.1f}%" if base else "—"
-    print(f"| {r['system']} (tp {r.get('tp', 1)}, pp {r.get('pp', 1)}, dp {r.get('dp', 1)}) | "
-          f"{r.get('world_size', 1)} | {r['tokens_per_s_wall']:,.0f} | {per:,.0f} | {eff} | "
-          f"{100 * r['mfu_989']:.1f}% | {r['peak_mem_allocated_GiB']:.2f} GiB |")
-PY
+python3 "$(dirname "$0")/../../tools/loss_logs.py" scaling-table "$OUT/results.jsonl"

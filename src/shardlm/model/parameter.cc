@@ -245,13 +245,11 @@ ParameterRegistry::FusedMainGrad ParameterRegistry::fused_main_grad(const Parame
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
-  if (any_fused_) {  // the compute gradients are packed: fold the unfused ones one by one
-    for (const Parameter& p : params_) accumulate_compute_grads(ctx, p);
-    return;
-  }
   const auto empty = static_cast<size_t>(
       std::count(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{1}));
-  if (empty != 0 && empty != params_.size()) {  // some folded already: parameter by parameter
+  // Parameter by parameter when the compute gradients are packed (fusion) or some parameters
+  // folded already this step; else the whole flat buffer in one pass.
+  if (any_fused_ || (empty != 0 && empty != params_.size())) {
     for (const Parameter& p : params_) accumulate_compute_grads(ctx, p);
     return;
   }
