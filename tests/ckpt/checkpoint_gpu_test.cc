@@ -1,7 +1,8 @@
 // Checkpoints of GPU runs: device -> host snapshot and host -> device load. A GPU run saved at
 // iteration 6 (asynchronously) and resumed by a new GPU trainer follows the straight 12-iteration
 // GPU run; the same checkpoint loads into a CPU trainer with exactly the GPU's master weights;
-// a --bf16 run's checkpoint holds its fp32 master weights.
+// a --bf16 run's checkpoint holds its fp32 master weights; with the distributed optimizer those
+// are sharded (all of them on one GPU) and the checkpoint is the same as plain AdamW's.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "ckpt_test_util.h"
+#include "shardlm/ckpt/checkpoint_reader.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/device.h"
 #include "shardlm/train/trainer.h"
@@ -106,6 +108,63 @@ TEST(CheckpointGpu, Bf16RunSavesFp32MasterWeights) {
   EXPECT_EQ(std::memcmp(on_cpu.parameters().flat_values().raw(), master.data(),
                         master.size() * 4),
             0);
+}
+
+// --bf16 --use-distributed-optimizer: the optimizer holds the fp32 master weights (the registry
+// frees its copy) and writes its bf16 compute weights; on one GPU it owns every element, so
+// losses and every checkpoint tensor equal plain AdamW's bit for bit (no clipping: the two sum
+// the norm in different orders), and a resume from its checkpoint follows the straight run.
+TEST(CheckpointGpu, Bf16DistributedOptimizerHoldsTheMasterWeights) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  TrainConfig base = gpu_config();
+  base.bf16 = true;
+  base.optimizer.clip_grad = 0;
+  auto run = [](TrainConfig c, std::string* log_out = nullptr) {
+    std::ostringstream log;
+    Trainer t(c, log);
+    t.train();
+    if (c.parallel.use_distributed_optimizer) EXPECT_FALSE(t.parameters().has_master_values());
+    if (log_out) *log_out = log.str();
+    std::vector<double> losses;
+    for (const auto& h : t.history()) losses.push_back(h.loss);
+    return losses;
+  };
+  TempDir plain_dir, sharded_dir;
+  TrainConfig plain = base;
+  plain.checkpoint.save = plain_dir.str();
+  plain.checkpoint.exit_interval = 6;
+  TrainConfig sharded = plain;
+  sharded.checkpoint.save = sharded_dir.str();
+  sharded.parallel.use_distributed_optimizer = true;
+  const std::vector<double> a = run(plain);
+  std::string log;
+  const std::vector<double> b = run(sharded, &log);
+  EXPECT_NE(log.find("> master weights (fp32) on this rank"), std::string::npos) << log;
+  ASSERT_EQ(a.size(), 6u);
+  EXPECT_EQ(a, b);
+  ckpt::CheckpointReader ra(plain_dir.str(), 6), rb(sharded_dir.str(), 6);
+  DeviceContext cpu = DeviceContext::cpu();
+  int compared = 0;
+  for (auto it = ra.metadata()["tensors"].begin(); it != ra.metadata()["tensors"].end(); ++it) {
+    const Shape shape = ra.global_shape(it.key());
+    ASSERT_EQ(rb.global_shape(it.key()), shape) << it.key();
+    OwnedTensor x = OwnedTensor::empty(DType::kF32, shape), y = OwnedTensor::empty(DType::kF32, shape);
+    ra.read(cpu, {it.key(), shape, ckpt::ShardRegion::whole(shape), x.view(), true});
+    rb.read(cpu, {it.key(), shape, ckpt::ShardRegion::whole(shape), y.view(), true});
+    EXPECT_EQ(std::memcmp(x.view().raw(), y.view().raw(), x.view().nbytes()), 0) << it.key();
+    ++compared;
+  }
+  EXPECT_GT(compared, 20);
+  TrainConfig straight = base;
+  straight.parallel.use_distributed_optimizer = true;
+  const std::vector<double> whole = run(straight);
+  TrainConfig resume = straight;
+  resume.checkpoint.load = sharded_dir.str();
+  const std::vector<double> rest = run(resume);
+  ASSERT_EQ(whole.size(), 12u);
+  ASSERT_EQ(rest.size(), 6u);
+  for (int i = 0; i < 6; ++i)
+    EXPECT_NEAR(rest[i], whole[6 + i], 1e-5 * whole[6 + i]) << "iteration " << 7 + i;
 }
 
 }  // namespace

@@ -116,6 +116,55 @@ TEST(ReshardResume, SaveTp2Dp2DistOptResumeInOtherLayouts) {
 namespace shardlm::train {
 namespace {
 
+// Small buckets (--overlap-grad-reduce --ddp-bucket-size 96) cut parameters at the distributed optimizer's shard
+// boundaries, the TP-replicated ones (norm weights, biases) included: each TP rank holds the
+// same fragment of those, which only TP rank 0 may write, or the checkpoint holds overlapping
+// shards and will not load. Saved at TP=2 x DP=2, resumed at TP=1 x DP=1 and TP=2 x DP=2.
+TEST(ReshardResume, FragmentsOfReplicatedParametersAreWrittenOnce) {
+  TrainConfig base = config();
+  base.model.add_bias_linear = true;  // replicated row-parallel biases, cut by the buckets too
+  base.parallel.ddp_bucket_size = 96;
+  base.parallel.overlap_grad_reduce = true;  // the bucket size applies with overlap only
+  const std::vector<double> ref = run(base, 1, 1, false);
+  ASSERT_EQ(ref.size(), 12u);
+  TempDir dir;
+  TrainConfig save = base;
+  save.checkpoint.save = dir.str();
+  save.checkpoint.exit_interval = 6;
+  ASSERT_EQ(run(save, 2, 2, true).size(), 6u);
+  {
+    ckpt::CheckpointReader reader(dir.str(), 6);
+    reader.verify_files();
+    // Replicated over TP and cut by the shard boundaries (the position embedding [16, 32] is a
+    // bucket of its own, split between the two DP ranks): the pieces tile it exactly once.
+    for (const char* key : {"model/embedding.position_embeddings.weight",
+                            "optim/exp_avg/embedding.position_embeddings.weight",
+                            "optim/exp_avg/decoder.final_layernorm.weight"}) {
+      const auto& t = reader.metadata()["tensors"][key];
+      ASSERT_TRUE(t.is_object()) << key;
+      int64_t total = 1, n = 0;
+      for (const auto& d : t["shape"]) total *= d.get<int64_t>();
+      for (const auto& shard : t["shards"]) {
+        int64_t box = 1;  // a piece that is no box is a flat range of its box
+        for (const auto& e : shard["extents"]) box *= e.get<int64_t>();
+        n += shard.contains("flat_range")
+                 ? shard["flat_range"][1].get<int64_t>() - shard["flat_range"][0].get<int64_t>()
+                 : box;
+      }
+      EXPECT_EQ(n, total) << key << " " << t["shards"].dump();
+    }
+  }
+  for (const auto& [tp, dp] : {std::pair{1, 1}, std::pair{2, 2}}) {
+    TrainConfig resume = base;
+    resume.checkpoint.load = dir.str();
+    const std::vector<double> rest = run(resume, tp, dp, dp > 1);
+    ASSERT_EQ(rest.size(), 6u);
+    for (int i = 0; i < 6; ++i)
+      EXPECT_LT(std::abs(rest[i] - ref[6 + i]), 1e-5 * ref[6 + i])
+          << "TP" << tp << " DP" << dp << " iteration " << 7 + i;
+  }
+}
+
 // A vocabulary padded differently (Megatron pads to divisible-by x TP): TP=4 pads 60 to 128,
 // TP=1 to 64. The parameters and the distributed optimizer's flat moment shards load the
 // common rows (the padding rows differ, so the losses cannot match a fixed-padding run).

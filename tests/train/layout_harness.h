@@ -151,7 +151,10 @@ inline RunResult run_layout(TrainConfig cfg, const Layout& l, std::string* log0 
       const int64_t global_n = p.spec.global_shape.numel();
       auto& full = result.params[p.spec.name];
       if (full.empty()) full.assign(static_cast<size_t>(global_n), std::nan(""));
-      const std::vector<double> local = testing::to_vector(p.value);
+      // Mixed precision with the distributed optimizer: the master weights are sharded, the
+      // compute weights are the rank's full copy.
+      const std::vector<double> local =
+          testing::to_vector(p.value.defined() ? p.value : p.compute_value);
       for (int64_t k = 0; k < static_cast<int64_t>(local.size()); ++k) {
         double& slot = full[static_cast<size_t>(p.global_index(k))];
         if (std::isnan(slot))

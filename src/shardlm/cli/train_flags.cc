@@ -122,6 +122,11 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--seed", cfg.seed, "Random seed (init, dropout, data order)")->group(g);
   cmd.add_option("--device", cfg.device, "auto, cpu or cuda")->group(g);
   cmd.add_option("--compute-dtype", cfg.compute_dtype, "CPU compute precision: fp32 or fp64")->group(g);
+  cmd.add_option("--main-params-dtype", cfg.main_params_dtype,
+                 "master weights, main gradients and optimizer state: fp32 (default) or fp64 "
+                 "(CPU with --compute-dtype fp32: mixed precision, the --bf16 code paths on a "
+                 "CPU)")
+      ->group(g);
   cmd.add_flag("--bf16", cfg.bf16,
                "Mixed precision: bf16 compute, fp32 master weights and gradients (CUDA)")->group(g);
   cmd.add_flag("--fp16", cfg.fp16,

@@ -172,6 +172,7 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed)
 void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
                                  DType compute_dtype) {
   SHARDLM_CHECK(!finalized_);
+  dtype_ = dtype;
   compute_dtype_ = compute_dtype;
   const Device device = ctx.device();
   values_ = OwnedTensor::zeros(dtype, {total_}, device);  // zero: padding of set_flat_layout
@@ -219,7 +220,16 @@ size_t ParameterRegistry::compute_copy_bytes() const {
 
 void ParameterRegistry::sync_compute_values(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
+  SHARDLM_REQUIRE(has_master_values(), ErrorKind::kInternal,
+                  "sync_compute_values: the master values were released to a distributed "
+                  "optimizer, which refreshes the compute values itself");
   ops::copy(ctx, compute_values_.view(), values_.view());
+}
+
+void ParameterRegistry::release_master_values() {
+  SHARDLM_CHECK(finalized_ && has_compute_copy());
+  values_ = OwnedTensor();
+  for (Parameter& p : params_) p.value = Tensor();
 }
 
 void ParameterRegistry::set_gradient_accumulation_fusion(bool on) {

@@ -25,6 +25,12 @@
 // so the compute-gradient buffer holds only the other parameters (biases, norms, embeddings:
 // ~8% of a 1.3B GPT) and their folds are the only ones left.
 //
+// Sharded master weights (Megatron's distributed optimizer under mixed precision): the
+// optimizer copies the master values of the shards it owns out of the registry and then calls
+// release_master_values(); the registry frees its full master-value buffer, Parameter::value is
+// undefined from then on, and the compute values (refreshed by the optimizer's all-gather) are
+// the only full copy of the weights on the rank.
+//
 // Ownership: the registry owns the flat buffers; Parameter::value/grad are views into them.
 // Not thread-safe; one registry per rank (model shard).
 //
@@ -182,15 +188,20 @@ class ParameterRegistry {
   std::vector<Parameter>& parameters() { return params_; }
   const std::vector<Parameter>& parameters() const { return params_; }
 
+  // The flat master values; undefined after release_master_values().
   const Tensor& flat_values() const { return values_.view(); }
   const Tensor& flat_grads() const { return grads_.view(); }
   // The flat compute-value buffer [total] in compute_dtype(); undefined without a compute copy.
   const Tensor& flat_compute_values() const { return compute_values_.view(); }
   int64_t numel() const { return total_; }
-  DType dtype() const { return values_.view().dtype(); }
+  DType dtype() const { return dtype_; }
   // The dtype modules compute in (== dtype() unless mixed precision).
   DType compute_dtype() const { return compute_dtype_; }
   bool has_compute_copy() const { return compute_values_.view().defined(); }
+  // Frees the full master-value buffer (see above); only with a compute copy. Afterwards
+  // Parameter::value and flat_values() are undefined and sync_compute_values() throws.
+  void release_master_values();
+  bool has_master_values() const { return values_.view().defined(); }
   // Bytes of the compute-value and compute-grad buffers (0 without a compute copy).
   size_t compute_copy_bytes() const;
 
@@ -233,6 +244,7 @@ class ParameterRegistry {
   std::vector<uint8_t> main_grad_empty_;
   bool fusion_ = true;          // set_gradient_accumulation_fusion
   bool any_fused_ = false;      // some parameter has main_grad_fused
+  DType dtype_ = DType::kF32;          // master dtype (kept after release_master_values)
   DType compute_dtype_ = DType::kF32;
   int64_t total_ = 0;
   bool finalized_ = false;

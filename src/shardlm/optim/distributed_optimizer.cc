@@ -7,7 +7,7 @@
 
 namespace shardlm::optim {
 
-DistributedOptimizer::DistributedOptimizer(model::ParameterRegistry& reg,
+DistributedOptimizer::DistributedOptimizer(DeviceContext& ctx, model::ParameterRegistry& reg,
                                            std::vector<BucketRange> buckets,
                                            dist::Communicator& dp, const AdamWConfig& cfg)
     : reg_(reg), buckets_(std::move(buckets)), dp_(dp), cfg_(cfg) {
@@ -48,8 +48,20 @@ DistributedOptimizer::DistributedOptimizer(model::ParameterRegistry& reg,
     state_base += own.end - own.begin;
   }
   const Tensor& values = reg.flat_values();
+  SHARDLM_CHECK(values.defined());  // one distributed optimizer per registry
   exp_avg_ = OwnedTensor::zeros(values.dtype(), {state_total}, values.device());
   exp_avg_sq_ = OwnedTensor::zeros(values.dtype(), {state_total}, values.device());
+  if (reg.has_compute_copy()) {
+    // Mixed precision: this rank keeps only its shards' master values (padding included: zero).
+    master_ = OwnedTensor::empty(values.dtype(), {state_total}, values.device());
+    int64_t at = 0;
+    for (const BucketRange& own : owned_) {
+      const Shape n({own.end - own.begin});
+      ops::copy(ctx, master_.view().flat_view(at, n), values.flat_view(own.begin, n));
+      at += own.end - own.begin;
+    }
+    reg.release_master_values();
+  }
 }
 
 DistributedOptimizer::~DistributedOptimizer() {
@@ -71,7 +83,9 @@ void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale
     const ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps,
                               r.decay ? cfg_.weight_decay : 0.0, steps_, grad_scale};
     const Shape shape{r.numel};
-    ops::adamw_step(ctx, reg_.flat_values().flat_view(r.offset, shape),
+    ops::adamw_step(ctx,
+                    shards_master_weights() ? master_.view().flat_view(r.state, shape)
+                                            : reg_.flat_values().flat_view(r.offset, shape),
                     reg_.flat_grads().flat_view(r.offset, shape),
                     exp_avg_.view().flat_view(r.state, shape),
                     exp_avg_sq_.view().flat_view(r.state, shape), hp,
@@ -83,7 +97,9 @@ void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale
 void DistributedOptimizer::start_param_gather() {
   SHARDLM_CHECK(gathers_.empty());
   if (dp_.size() == 1) return;
-  const Tensor& values = reg_.flat_values();
+  // Sharded master weights: the compute values are gathered (step() wrote the owned ones).
+  const Tensor& values =
+      shards_master_weights() ? reg_.flat_compute_values() : reg_.flat_values();
   for (size_t b = 0; b < buckets_.size(); ++b) {
     const BucketRange& bucket = buckets_[b];
     const BucketRange& own = owned_[b];
@@ -107,6 +123,20 @@ void DistributedOptimizer::finish_param_gather() {
   }
   gathers_.clear();
   if (first) std::rethrow_exception(first);
+}
+
+void DistributedOptimizer::sync_compute_values(DeviceContext& ctx) {
+  if (!shards_master_weights()) return reg_.sync_compute_values(ctx);
+  finish_param_gather();
+  const Tensor& compute = reg_.flat_compute_values();
+  int64_t at = 0;
+  for (const BucketRange& own : owned_) {
+    const Shape n({own.end - own.begin});
+    ops::copy(ctx, compute.flat_view(own.begin, n), master_.view().flat_view(at, n));
+    at += own.end - own.begin;
+  }
+  start_param_gather();
+  finish_param_gather();
 }
 
 size_t DistributedOptimizer::state_bytes() const {

@@ -15,17 +15,21 @@
 //      checkpoint): a simple, correct form of Megatron's overlap, which instead waits bucket by
 //      bucket in forward pre-hooks.
 // Master weights: with fp32 training the registry's fp32 values ARE the model weights (as
-// Megatron, whose fp32 params serve as their own main params), so only the moments are sharded.
-// Under --bf16 the registry still keeps the full fp32 master copy on every rank; sharding that
-// copy too is a follow-up. step() writes the owned shards' bf16 compute values in the AdamW
-// kernel (at DP = 1 that is every value and nothing is gathered); the all-gather moves fp32
-// values, after which the trainer refreshes the whole compute copy (sync_compute_values).
+// Megatron, whose fp32 params serve as their own main params), so only the moments are sharded
+// and the all-gather moves fp32 values. Under mixed precision (--bf16 / --fp16, or the CPU's
+// --main-params-dtype fp64) the master weights are sharded too, as Megatron's fp32 main params:
+// the constructor copies the owned shards' master values out of the registry and releases its
+// full master buffer (ParameterRegistry::release_master_values). step() updates the owned
+// master shards and writes their compute values in the same AdamW kernel; the all-gather then
+// moves compute values (bf16: half the bytes of fp32) straight into the registry's compute
+// buffer, so nothing is converted afterwards. Per parameter a rank holds compute value 2 B,
+// main gradient 4 B, and (master 4 B + moments 8 B) / DP.
 // Padding elements belong to no parameter and are never updated (they stay zero).
 //
 // Thread contract: one per rank, used by its thread. Ownership: references the registry and
 // the communicator, which must outlive it; pending all-gathers hold views of the value buffer.
 //
-//   DistributedOptimizer opt(reg, buckets, rank.dp(), cfg.adamw());
+//   DistributedOptimizer opt(ctx, reg, buckets, rank.dp(), cfg.adamw());
 //   opt.step(ctx, lr);              // after GradSync::wait()
 //   opt.finish_param_gather();      // before anything reads the parameters
 #pragma once
@@ -48,8 +52,10 @@ struct BucketRange {
 
 class DistributedOptimizer {
  public:
-  DistributedOptimizer(model::ParameterRegistry& reg, std::vector<BucketRange> buckets,
-                       dist::Communicator& dp, const AdamWConfig& cfg);
+  // ctx: the registry's device (copies the master shards out under mixed precision).
+  DistributedOptimizer(DeviceContext& ctx, model::ParameterRegistry& reg,
+                       std::vector<BucketRange> buckets, dist::Communicator& dp,
+                       const AdamWConfig& cfg);
   ~DistributedOptimizer();
   DistributedOptimizer(const DistributedOptimizer&) = delete;
   DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
@@ -61,6 +67,10 @@ class DistributedOptimizer {
   void start_param_gather();
   // Waits for the all-gathers; a no-op when none is pending.
   void finish_param_gather();
+  // After the master shards were written from outside (a checkpoint load): the compute values
+  // from them (owned shards converted, then all-gathered; waits). Without sharded master
+  // weights: the registry's sync_compute_values().
+  void sync_compute_values(DeviceContext& ctx);
   bool param_gather_pending() const { return !gathers_.empty(); }
 
   int64_t steps_taken() const { return steps_; }
@@ -72,6 +82,12 @@ class DistributedOptimizer {
   // Optimizer state held by this rank (both moments) and what one unsharded AdamW would hold.
   size_t state_bytes() const;
   size_t unsharded_state_bytes() const;
+  // Whether this optimizer holds the master weights (sharded, see above) and their bytes on
+  // this rank (0 when the registry's values are the weights).
+  bool shards_master_weights() const { return master_.view().defined(); }
+  size_t master_bytes() const { return master_.view().defined() ? master_.view().nbytes() : 0; }
+  // The owned shards' master values, laid out as the moments (undefined when not sharded).
+  const Tensor& master_values() const { return master_.view(); }
   // The moments of the owned shards, concatenated in bucket order.
   const Tensor& exp_avg() const { return exp_avg_.view(); }
   const Tensor& exp_avg_sq() const { return exp_avg_sq_.view(); }
@@ -88,6 +104,7 @@ class DistributedOptimizer {
   dist::Communicator& dp_;
   AdamWConfig cfg_;
   OwnedTensor exp_avg_, exp_avg_sq_;  // [sum of shard sizes] = [numel / DP]
+  OwnedTensor master_;                // the same layout; mixed precision only
   std::vector<Run> runs_;
   std::vector<dist::CommHandle> gathers_;
   int64_t steps_ = 0;

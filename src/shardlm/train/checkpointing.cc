@@ -58,11 +58,16 @@ void TEST_raise_exit_signal() { g_exit_signal = 1; }
 void TEST_clear_exit_signal() { g_exit_signal = 0; }
 
 OptimizerStateView optimizer_state(const optim::AdamW& adam, const model::ParameterRegistry& reg) {
-  return {adam.steps_taken(), {{0, reg.numel()}}, adam.exp_avg(), adam.exp_avg_sq(), false};
+  return {adam.steps_taken(), {{0, reg.numel()}}, adam.exp_avg(), adam.exp_avg_sq(), false, Tensor()};
 }
 
 std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry& reg,
-                                                  const ReplicaRanks& ranks) {
+                                                  const ReplicaRanks& ranks,
+                                                  const OptimizerStateView* optimizer) {
+  // Sharded master weights: every data-parallel rank writes the pieces it owns.
+  if (optimizer != nullptr && optimizer->master.defined())
+    return moment_shards(reg, optimizer->owned, optimizer->master, ckpt::kModelPrefix, true,
+                         ranks.tensor_parallel_rank);
   std::vector<ckpt::ShardedTensor> out;
   for (const model::Parameter& p : reg.parameters()) {
     const bool split = p.spec.split.is_split();
@@ -82,7 +87,7 @@ std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry
 
 std::vector<ckpt::ShardedTensor> moment_shards(
     const model::ParameterRegistry& reg, const std::vector<std::pair<int64_t, int64_t>>& owned,
-    const Tensor& state, const std::string& prefix, bool write) {
+    const Tensor& state, const std::string& prefix, bool write, int tp_rank) {
   std::vector<ckpt::ShardedTensor> out;
   int64_t state_offset = 0;  // where owned[i] starts in `state`
   for (const auto& [begin, end] : owned) {
@@ -90,14 +95,17 @@ std::vector<ckpt::ShardedTensor> moment_shards(
       const int64_t n = p.local_shape.numel();
       const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + n);
       if (lo >= hi) continue;
+      const bool split = p.spec.split.is_split();
       for (const ckpt::ParameterPiece& piece : ckpt::pieces_of(p, lo - p.offset, hi - p.offset)) {
         // Local element k of p is element state_offset + (p.offset + k - begin) of `state`.
         ckpt::ParameterPiece at = piece;
         at.local_begin = state_offset + (p.offset + piece.local_begin - begin);
         at.local_end = at.local_begin + (piece.local_end - piece.local_begin);
+        // Every TP rank holds the same pieces of a parameter not split across TP.
         out.push_back({prefix + p.spec.name, p.spec.global_shape, piece.region,
                        piece_view(state, at),
-                       write && !piece.replica && p.spec.pipeline_tie != model::PipelineTie::kCopy});
+                       write && (split ? !piece.replica : tp_rank == 0) &&
+                           p.spec.pipeline_tie != model::PipelineTie::kCopy});
       }
     }
     state_offset += end - begin;
@@ -175,21 +183,14 @@ void Checkpointer::save(DeviceContext& ctx, const model::ParameterRegistry& reg,
                         const OptimizerStateView* optimizer, const TrainingProgress& progress) {
   const CheckpointConfig& c = cfg_.checkpoint;
   SHARDLM_CHECK(!c.save.empty());
-  std::vector<ckpt::ShardedTensor> shards = parameter_shards(reg, ranks_);
+  std::vector<ckpt::ShardedTensor> shards = parameter_shards(reg, ranks_, optimizer);
   if (optimizer != nullptr && !c.no_save_optim) {
     const bool write = optimizer->sharded_over_data_parallel || ranks_.data_parallel_rank == 0;
-    for (auto& s : moment_shards(reg, optimizer->owned, optimizer->exp_avg, ckpt::kExpAvgPrefix,
-                                 write))
-      shards.push_back(s);
-    for (auto& s : moment_shards(reg, optimizer->owned, optimizer->exp_avg_sq,
-                                 ckpt::kExpAvgSqPrefix, write))
-      shards.push_back(s);
-  }
-  // Parameters not split across TP are replicated: only TP rank 0 writes their moments too.
-  for (auto& s : shards) {
-    if (ranks_.tensor_parallel_rank != 0 && s.region.offsets == std::vector<int64_t>(s.region.offsets.size(), 0) &&
-        s.region.extents == s.global_shape.dims())
-      s.write = false;
+    for (const auto& [prefix, state] : {std::pair{ckpt::kExpAvgPrefix, &optimizer->exp_avg},
+                                        std::pair{ckpt::kExpAvgSqPrefix, &optimizer->exp_avg_sq}})
+      for (auto& s : moment_shards(reg, optimizer->owned, *state, prefix, write,
+                                   ranks_.tensor_parallel_rank))
+        shards.push_back(std::move(s));
   }
   finalize_pending();  // an earlier asynchronous save completes first
   ckpt::SaveOptions options;
@@ -233,15 +234,24 @@ bool Checkpointer::load(DeviceContext& ctx, model::ParameterRegistry& reg,
   if (state.contains("hf_config") && state["hf_config"].is_object())
     hf_config_ = state["hf_config"];
 
-  for (model::Parameter& p : reg.parameters()) {
-    // The vocabulary may be padded to a different multiple (other TP size / divisor).
+  // The vocabulary may be padded to a different multiple (other TP size / divisor).
+  auto read_padded = [&](const ckpt::ShardedTensor& t, const std::string& name) {
     ckpt::ReadOptions options;
-    options.allow_shape_mismatch = p.spec.name == kWordEmbeddings || p.spec.name == kOutputLayer;
+    options.allow_shape_mismatch = name == kWordEmbeddings || name == kOutputLayer;
+    reader.read(ctx, t, options);
+  };
+  if (optimizer != nullptr && optimizer->master.defined()) {
+    // Sharded master weights: this rank's pieces (the caller refreshes the compute weights).
+    for (auto& t : moment_shards(reg, optimizer->owned, optimizer->master, ckpt::kModelPrefix,
+                                 true))
+      read_padded(t, t.key.substr(std::string(ckpt::kModelPrefix).size()));
+  } else {
     // Every piece, replicas included (each replica loads its copy).
-    for (const ckpt::ParameterPiece& piece : ckpt::pieces_of(p))
-      reader.read(ctx, {key_of(p.spec.name), p.spec.global_shape, piece.region,
-                        piece_view(p.value, piece), true},
-                  options);
+    for (model::Parameter& p : reg.parameters())
+      for (const ckpt::ParameterPiece& piece : ckpt::pieces_of(p))
+        read_padded({key_of(p.spec.name), p.spec.global_shape, piece.region,
+                     piece_view(p.value, piece), true},
+                    p.spec.name);
   }
 
   const bool finetune = c.finetune;
@@ -252,18 +262,12 @@ bool Checkpointer::load(DeviceContext& ctx, model::ParameterRegistry& reg,
                         "from Hugging Face); pass --finetune to start a new run from its weights, "
                         "or --no-load-optim to keep its iteration with fresh optimizer state");
     // Moments of the vocabulary-padded tensors may be padded differently too.
-    auto read_moment = [&](const ckpt::ShardedTensor& t, const char* prefix) {
-      const std::string name = t.key.substr(std::string(prefix).size());
-      ckpt::ReadOptions options;
-      options.allow_shape_mismatch = name == kWordEmbeddings || name == kOutputLayer;
-      reader.read(ctx, t, options);
-    };
     for (auto& t : moment_shards(reg, optimizer->owned, optimizer->exp_avg, ckpt::kExpAvgPrefix,
                                  true))
-      read_moment(t, ckpt::kExpAvgPrefix);
+      read_padded(t, t.key.substr(std::string(ckpt::kExpAvgPrefix).size()));
     for (auto& t : moment_shards(reg, optimizer->owned, optimizer->exp_avg_sq,
                                  ckpt::kExpAvgSqPrefix, true))
-      read_moment(t, ckpt::kExpAvgSqPrefix);
+      read_padded(t, t.key.substr(std::string(ckpt::kExpAvgSqPrefix).size()));
     optimizer->steps = state["optimizer"].at("steps").get<int64_t>();
   }
   if (!finetune) {

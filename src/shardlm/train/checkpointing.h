@@ -72,6 +72,9 @@ struct OptimizerStateView {
   std::vector<std::pair<int64_t, int64_t>> owned;
   Tensor exp_avg, exp_avg_sq;
   bool sharded_over_data_parallel = false;
+  // The master weights when the optimizer holds them (a distributed optimizer under mixed
+  // precision): laid out as the moments. Undefined: the registry's values are the weights.
+  Tensor master;
 };
 OptimizerStateView optimizer_state(const optim::AdamW& adam, const model::ParameterRegistry& reg);
 
@@ -82,17 +85,21 @@ struct ReplicaRanks {
   int tensor_parallel_rank = 0;
 };
 
-// Shards of every parameter's master value ("model/<name>").
+// Shards of every parameter's master value ("model/<name>"): from the registry, or from the
+// optimizer's master shards when it holds them (optimizer->master defined).
 std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry& reg,
-                                                  const ReplicaRanks& ranks = {});
+                                                  const ReplicaRanks& ranks = {},
+                                                  const OptimizerStateView* optimizer = nullptr);
 // Shards of optimizer moments `state` (one flat tensor), which holds the registry's flat
 // elements owned[0], owned[1], ... concatenated ([begin, end) element ranges of the flat value
 // buffer). AdamW: owned = {{0, reg.numel()}}; a distributed optimizer: its owned ranges. Gaps
-// between parameters (bucket padding) are skipped.
+// between parameters (bucket padding) are skipped. `write` is cleared for copies other ranks
+// write: replicated k/v rows, the pipeline-tied embedding's copy, and (tp_rank != 0) parameters
+// not split across TP.
 std::vector<ckpt::ShardedTensor> moment_shards(const model::ParameterRegistry& reg,
                                                const std::vector<std::pair<int64_t, int64_t>>& owned,
                                                const Tensor& state, const std::string& prefix,
-                                               bool write);
+                                               bool write, int tp_rank = 0);
 
 class Checkpointer {
  public:

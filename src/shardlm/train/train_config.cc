@@ -46,6 +46,11 @@ void TrainConfig::validate() const {
     bad("--device '" + device + "' is not one of auto, cpu, cuda");
   if (compute_dtype != "fp32" && compute_dtype != "fp64")
     bad("--compute-dtype '" + compute_dtype + "' is not one of fp32, fp64");
+  if (main_params_dtype != "fp32" && main_params_dtype != "fp64")
+    bad("--main-params-dtype '" + main_params_dtype + "' is not one of fp32, fp64");
+  if (main_params_dtype == "fp64" && (bf16 || fp16 || compute_dtype != "fp32" || device == "cuda"))
+    bad("--main-params-dtype fp64 is the CPU's mixed precision (fp32 compute, fp64 master "
+        "weights): it needs --device cpu and --compute-dtype fp32, without --bf16 / --fp16");
   if (fp16 && bf16) bad("--fp16 and --bf16 are both set; choose one mixed precision");
   if (fp16 && device == "cpu")
     bad("--fp16 needs --device cuda; the CPU backend computes in fp32/fp64");

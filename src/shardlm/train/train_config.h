@@ -107,8 +107,14 @@ struct TrainConfig {
   // = ShardLM's kernels only. CUDA only; the CPU has one (reference) attention.
   std::string attention_backend = "auto";
   std::string compute_dtype = "fp32";  // CPU: fp32 | fp64
+  // --main-params-dtype: the master weights, main gradients and Adam moments. "fp32" keeps them
+  // in the compute dtype (or fp32 under --bf16/--fp16). "fp64" (CPU, --compute-dtype fp32) is
+  // the CPU's mixed precision: fp32 compute copies of fp64 master weights, the same code paths
+  // as --bf16 on a GPU (compute copies, gradient folds and fusion, the distributed optimizer's
+  // sharded master weights, checkpoints), so they are testable without a GPU.
+  std::string main_params_dtype = "fp32";
   // Megatron's mixed precision: bf16 weights/activations for compute, fp32 master weights and
-  // fp32 main gradients in the optimizer. CUDA only. fp16 (dynamic loss scaling) is pending.
+  // fp32 main gradients in the optimizer. CUDA only. --fp16 adds a dynamic loss scale.
   bool bf16 = false;
   bool fp16 = false;
   // Megatron's gradient-accumulation fusion (on unless --no-gradient-accumulation-fusion):

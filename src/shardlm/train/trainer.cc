@@ -103,10 +103,20 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                   std::string(cfg_.bf16 ? "--bf16" : "--fp16") +
                       " needs --device cuda; the CPU backend computes in fp32/fp64 (no GPU was "
                       "found for --device " + cfg_.device + ")");
+  SHARDLM_REQUIRE(cfg_.main_params_dtype != "fp64" || device_->device().is_cpu(),
+                  ErrorKind::kInvalidConfig,
+                  "--main-params-dtype fp64 is the CPU's mixed precision; on " +
+                      device_->device().to_string() + " use --bf16 (fp32 master weights), or "
+                      "pass --device cpu");
   // master_dtype: parameters, gradients and optimizer state; dtype_: compute (activations,
-  // the modules' parameter copies). They differ only under --bf16.
-  const DType master_dtype = cfg_.compute_dtype == "fp64" ? DType::kF64 : DType::kF32;
-  dtype_ = cfg_.bf16 ? DType::kBF16 : cfg_.fp16 ? DType::kF16 : master_dtype;
+  // the modules' parameter copies). They differ under --bf16 / --fp16 and, on the CPU, with
+  // --main-params-dtype fp64 (fp32 compute).
+  const DType master_dtype =
+      cfg_.compute_dtype == "fp64" || cfg_.main_params_dtype == "fp64" ? DType::kF64 : DType::kF32;
+  dtype_ = cfg_.bf16                      ? DType::kBF16
+           : cfg_.fp16                    ? DType::kF16
+           : cfg_.compute_dtype == "fp64" ? DType::kF64
+                                          : DType::kF32;
   if (cfg_.fp16) loss_scaler_ = std::make_unique<optim::LossScaler>(cfg_.loss_scaler);
   initialize_backend(*device_);
   set_attention_backend(*device_, cfg_.attention_backend);
@@ -158,8 +168,13 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
         static_cast<size_t>(registry_.compute_grad_numel()) * dtype_size(dtype_);
   }
   memory_plan_.optimizer_state = 2 * memory_plan_.master_params;
-  if (cfg_.parallel.use_distributed_optimizer)  // each rank holds 1/DP of the moments
+  if (cfg_.parallel.use_distributed_optimizer) {  // each rank holds 1/DP of the moments
     memory_plan_.optimizer_state /= static_cast<size_t>(layout.dp());
+    // ... and, under mixed precision, 1/DP of the master weights (rounded up: bucket padding).
+    if (dtype_ != master_dtype)
+      memory_plan_.master_params = (memory_plan_.master_params + layout.dp() - 1) /
+                                   static_cast<size_t>(layout.dp());
+  }
   std::vector<size_t> chunk_act_bytes;
   for (const auto& chunk : chunks_)
     chunk_act_bytes.push_back(chunk->plan_activation_bytes(dtype_, mbs));
@@ -178,6 +193,17 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   phase_done("plan");
   registry_.finalize(*device_, master_dtype, cfg_.seed, dtype_);
   phase_done("parameters");
+  // Before the activations: under mixed precision the distributed optimizer takes its shards of
+  // the master weights and the registry frees the full master buffer, so the two never coexist.
+  if (cfg_.parallel.use_distributed_optimizer) {
+    std::vector<optim::BucketRange> buckets;
+    for (const parallel::FlatRange& r : grad_buffer_.bucket_ranges())
+      buckets.push_back({r.begin, r.end});
+    dist_optimizer_ = std::make_unique<optim::DistributedOptimizer>(
+        *device_, registry_, std::move(buckets), rank_->dp(), cfg_.adamw());
+  } else {
+    optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
+  }
   activations_.reserve(chunks_.size());
   for (size_t c = 0; c < chunks_.size(); ++c) {
     chunks_[c]->bind(registry_);
@@ -194,15 +220,6 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   for (auto& chunk : chunks_)
     chunk->set_grad_ready_callback(
         [this](std::span<model::Parameter* const> params) { grad_sync_->on_grads_ready(params); });
-  if (cfg_.parallel.use_distributed_optimizer) {
-    std::vector<optim::BucketRange> buckets;
-    for (const parallel::FlatRange& r : grad_buffer_.bucket_ranges())
-      buckets.push_back({r.begin, r.end});
-    dist_optimizer_ = std::make_unique<optim::DistributedOptimizer>(registry_, std::move(buckets),
-                                                                    rank_->dp(), cfg_.adamw());
-  } else {
-    optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
-  }
   schedule_ = std::make_unique<optim::LearningRateSchedule>(cfg_.lr_schedule());
   phase_done("optimizer");
   // A middle pipeline stage reads no samples: it builds no dataset (no index files opened, no
@@ -234,7 +251,10 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                            "%s loss scale %.0f)",
                            dtype_name(master_dtype),
                            loss_scaler_->dynamic() ? "dynamic" : "constant", loss_scaler_->scale())
-                  : std::string(dtype_name(dtype_));
+      : dtype_ != master_dtype
+          ? format("%s compute, %s master weights and gradients (--main-params-dtype)",
+                   dtype_name(dtype_), dtype_name(master_dtype))
+          : std::string(dtype_name(dtype_));
   log_ << format("> building GPT model: %lld layers, hidden %lld, %lld heads (%lld query groups), "
                  "ffn %lld, seq %lld, padded vocab %lld (from %lld)\n",
                  (long long)cfg_.model.num_layers, (long long)cfg_.model.hidden_size,
@@ -274,6 +294,11 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                         unsharded / 1048576.0)
                : std::string(" (not sharded)"))
        << "\n";
+  if (dist_optimizer_ && dist_optimizer_->shards_master_weights())
+    log_ << format("> master weights (%s) on this rank: %.3f MiB (distributed optimizer: 1/%d "
+                   "of %.3f MiB; the %s compute weights are all-gathered after each step)\n",
+                   dtype_name(master_dtype), dist_optimizer_->master_bytes() / 1048576.0,
+                   layout.dp(), unsharded / 2 / 1048576.0, dtype_name(dtype_));
   log_ << format("> startup: %.2f s (", std::chrono::duration<double>(StartupClock::now() -
                                                                      startup_begin).count());
   for (size_t i = 0; i < startup_phases.size(); ++i)
@@ -300,7 +325,12 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     if (loss_scaler_ && resumed.has_loss_scaler)
       loss_scaler_->set_state({resumed.loss_scale, resumed.loss_scale_growth_tracker,
                                resumed.loss_scale_hysteresis_tracker});
-    registry_.sync_compute_values(*device_);
+    // Mixed precision: the compute weights from the loaded master weights (with sharded master
+    // weights, each rank converts its shards and they are all-gathered).
+    if (dist_optimizer_)
+      dist_optimizer_->sync_compute_values(*device_);
+    else
+      registry_.sync_compute_values(*device_);
   }
 }
 
@@ -319,7 +349,7 @@ TrainingProgress Trainer::progress() const {
 OptimizerStateView Trainer::optimizer_view() const {
   if (optimizer_) return optimizer_state(*optimizer_, registry_);
   OptimizerStateView v{dist_optimizer_->steps_taken(), {}, dist_optimizer_->exp_avg(),
-                       dist_optimizer_->exp_avg_sq(), true};
+                       dist_optimizer_->exp_avg_sq(), true, dist_optimizer_->master_values()};
   for (const optim::BucketRange& r : dist_optimizer_->owned_ranges()) v.owned.emplace_back(r.begin, r.end);
   return v;
 }
@@ -331,10 +361,9 @@ size_t Trainer::optimizer_state_bytes() const {
 
 void Trainer::finish_param_gather() {
   if (!dist_optimizer_ || !dist_optimizer_->param_gather_pending()) return;
+  // Under mixed precision the gather moved compute weights (the master weights are sharded),
+  // else the fp32 weights themselves: nothing to convert either way.
   dist_optimizer_->finish_param_gather();
-  // --bf16: the gathered shards' compute weights (step() wrote the owned ones; at DP = 1
-  // nothing is gathered and step() wrote them all).
-  registry_.sync_compute_values(*device_);
 }
 
 double Trainer::data_parallel_mean(double value) {
