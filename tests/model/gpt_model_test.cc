@@ -2,6 +2,7 @@
 // parameter names and counts, layout-independent initialisation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <span>
@@ -147,6 +148,45 @@ TEST(GPTModel, GradReadyCallbackUntiedRmsNorm) {
   c.normalization = Normalization::kRMSNorm;
   c.position_embedding = PositionEmbedding::kNone;
   expect_grad_ready_order(c);
+}
+
+// The parameters-needed hook (--overlap-param-gather) reports every parameter before the
+// forward reads it: with every weight poisoned (NaN) and each restored only when reported, the
+// forward gives exactly the loss of the intact model. First reports come in registration
+// (= forward) order.
+void expect_params_needed_before_use(const TransformerConfig& cfg) {
+  Harness h(cfg);
+  const double want = h.loss(false);
+  std::map<std::string, std::vector<double>> saved;
+  for (Parameter& p : h.reg.parameters()) {
+    saved[p.spec.name] = testing::to_vector(p.compute_value);
+    ops::fill(h.ctx, p.compute_value, std::nan(""));
+  }
+  std::vector<std::string> first_reports;
+  h.model->set_params_needed_callback([&](std::span<Parameter* const> params) {
+    ASSERT_FALSE(params.empty());
+    for (Parameter* p : params) {
+      if (std::find(first_reports.begin(), first_reports.end(), p->spec.name) ==
+          first_reports.end())
+        first_reports.push_back(p->spec.name);
+      const std::vector<double>& v = saved.at(p->spec.name);
+      std::copy(v.begin(), v.end(), p->compute_value.data<double>());
+    }
+  });
+  EXPECT_EQ(h.loss(false), want);
+  const auto& params = h.reg.parameters();
+  ASSERT_EQ(first_reports.size(), params.size());
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_EQ(first_reports[i], params[i].spec.name);
+}
+
+TEST(GPTModel, ParamsNeededCallbackTied) { expect_params_needed_before_use(tiny_config()); }
+
+TEST(GPTModel, ParamsNeededCallbackUntiedRmsNorm) {
+  TransformerConfig c = tiny_config();
+  c.untie_embeddings_and_output_weights = true;
+  c.normalization = Normalization::kRMSNorm;
+  c.position_embedding = PositionEmbedding::kNone;
+  expect_params_needed_before_use(c);
 }
 
 TEST(GPTModel, EvaluationDisablesDropout) {

@@ -191,6 +191,35 @@ TEST_P(DistributedOptimizerMixed, ShardsTheMasterWeightsAndGathersComputeValues)
   });
 }
 
+// --overlap-param-gather: wait_for(params) completes exactly the gathers of the buckets that
+// hold those parameters (the forward's pre-hook); the values it lets through are final.
+TEST(DistributedOptimizer, WaitsForTheBucketsOfTheParametersAsked) {
+  dist::ThreadWorld world(2, {.timeout = 20s});
+  dist::rethrow_first_error(world.run([&](dist::Communicator& comm) {
+    DeviceContext ctx = DeviceContext::cpu();
+    model::ParameterRegistry reg;
+    const std::vector<BucketRange> buckets =
+        bucketed(reg, ctx, 2, 200, DType::kF32, DType::kBF16);
+    ASSERT_GE(buckets.size(), 3u);
+    DistributedOptimizer opt(ctx, reg, buckets, comm, kCfg);
+    for (auto& p : reg.parameters())
+      ops::copy(ctx, p.grad, testing::convert(grad_of(p, 0).view(), DType::kF32).view());
+    opt.step(ctx, kLr[0]);
+    ASSERT_TRUE(opt.param_gather_pending());
+    // The parameter registered first is laid out last: its bucket is the last one.
+    model::Parameter* first = &reg.parameters().front();
+    opt.wait_for({&first, 1});
+    EXPECT_TRUE(opt.param_gather_pending());  // the other buckets were not waited for
+    std::vector<model::Parameter*> all;
+    for (auto& p : reg.parameters()) all.push_back(&p);
+    opt.wait_for(all);
+    EXPECT_FALSE(opt.param_gather_pending());
+    opt.finish_param_gather();  // nothing left: a no-op
+    opt.step(ctx, kLr[1]);      // a new step may start
+    opt.finish_param_gather();
+  }));
+}
+
 TEST(DistributedOptimizer, RejectsBucketsThatDoNotSplitEvenly) {
   dist::ThreadWorld world(2, {.timeout = 5s});
   auto errors = world.run([&](dist::Communicator& comm) {

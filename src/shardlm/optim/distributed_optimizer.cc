@@ -14,8 +14,11 @@ DistributedOptimizer::DistributedOptimizer(DeviceContext& ctx, model::ParameterR
   SHARDLM_CHECK(reg.finalized());
   const int64_t dp_size = dp.size(), rank = dp.rank();
   int64_t state_total = 0;
+  int64_t previous_end = 0;
   for (const BucketRange& b : buckets_) {
-    SHARDLM_CHECK(b.begin >= 0 && b.begin <= b.end && b.end <= reg.numel());
+    // In flat order (wait_for searches them), disjoint.
+    SHARDLM_CHECK(b.begin >= previous_end && b.begin <= b.end && b.end <= reg.numel());
+    previous_end = b.end;
     SHARDLM_REQUIRE((b.end - b.begin) % dp_size == 0, ErrorKind::kInternal,
                     "distributed optimizer: bucket [" + std::to_string(b.begin) + ", " +
                         std::to_string(b.end) + ") does not split evenly over " +
@@ -74,7 +77,7 @@ DistributedOptimizer::~DistributedOptimizer() {
 }
 
 void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale) {
-  SHARDLM_CHECK(gathers_.empty());
+  SHARDLM_CHECK(pending_ == 0);
   ++steps_;
   // --bf16: the owned shards' compute values come out of the same kernel; the rest of the
   // compute copy is refreshed by the trainer after the all-gather (none at DP = 1).
@@ -95,33 +98,56 @@ void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale
 }
 
 void DistributedOptimizer::start_param_gather() {
-  SHARDLM_CHECK(gathers_.empty());
+  SHARDLM_CHECK(pending_ == 0);
   if (dp_.size() == 1) return;
   // Sharded master weights: the compute values are gathered (step() wrote the owned ones).
   const Tensor& values =
       shards_master_weights() ? reg_.flat_compute_values() : reg_.flat_values();
-  for (size_t b = 0; b < buckets_.size(); ++b) {
+  gathers_.resize(buckets_.size());
+  gather_pending_.assign(buckets_.size(), 0);
+  // Forward order: the last bucket holds the first layers' parameters.
+  for (size_t b = buckets_.size(); b-- > 0;) {
     const BucketRange& bucket = buckets_[b];
     const BucketRange& own = owned_[b];
     if (bucket.end == bucket.begin) continue;
     // In place: this rank's input is its own slot of the output, as Megatron's param gather.
-    gathers_.push_back(dp_.all_gather_async(
+    gathers_[b] = dp_.all_gather_async(
         values.flat_view(bucket.begin, Shape({bucket.end - bucket.begin})),
-        values.flat_view(own.begin, Shape({own.end - own.begin}))));
+        values.flat_view(own.begin, Shape({own.end - own.begin})));
+    gather_pending_[b] = 1;
+    ++pending_;
+  }
+}
+
+void DistributedOptimizer::wait_bucket(size_t b) {
+  if (!gather_pending_[b]) return;
+  gather_pending_[b] = 0;
+  --pending_;
+  gathers_[b].wait();
+}
+
+void DistributedOptimizer::wait_for(std::span<model::Parameter* const> params) {
+  if (pending_ == 0) return;
+  for (const model::Parameter* p : params) {
+    // The bucket whose range holds the parameter's first element.
+    const auto it = std::upper_bound(
+        buckets_.begin(), buckets_.end(), p->offset,
+        [](int64_t offset, const BucketRange& r) { return offset < r.begin; });
+    SHARDLM_CHECK(it != buckets_.begin());
+    wait_bucket(static_cast<size_t>(it - buckets_.begin() - 1));
   }
 }
 
 void DistributedOptimizer::finish_param_gather() {
-  // Wait for all even if one fails, then rethrow the first failure.
+  // Wait for all (in issue order) even if one fails, then rethrow the first failure.
   std::exception_ptr first;
-  for (dist::CommHandle& h : gathers_) {
+  for (size_t b = gathers_.size(); b-- > 0;) {
     try {
-      h.wait();
+      wait_bucket(b);
     } catch (...) {
       if (!first) first = std::current_exception();
     }
   }
-  gathers_.clear();
   if (first) std::rethrow_exception(first);
 }
 

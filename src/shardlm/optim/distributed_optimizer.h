@@ -9,11 +9,12 @@
 //   2. step(): AdamW (ops::adamw_step, the same kernel as optim::AdamW) updates the master
 //      weights of the owned shards only, with Adam moments that exist only for those shards
 //      (2 × numel / DP values per rank instead of 2 × numel), weight decay per parameter flag;
-//   3. the updated shards are all-gathered in place into every rank's flat value buffer
-//      (start_param_gather() is called by step(); finish_param_gather() waits). With
-//      --overlap-param-gather the trainer waits only before the next forward (or evaluation /
-//      checkpoint): a simple, correct form of Megatron's overlap, which instead waits bucket by
-//      bucket in forward pre-hooks.
+//   3. the updated shards are all-gathered in place into every rank's flat buffer, bucket by
+//      bucket in forward order (the buckets are laid out in backward order, so the last bucket
+//      goes first): start_param_gather() is called by step(); finish_param_gather() waits for
+//      all. With --overlap-param-gather the trainer waits only as the next forward reaches each
+//      bucket's parameters (wait_for(), from the model's parameters-needed hook), as Megatron's
+//      forward pre-hooks: the gathers of later layers run while earlier layers compute.
 // Master weights: with fp32 training the registry's fp32 values ARE the model weights (as
 // Megatron, whose fp32 params serve as their own main params), so only the moments are sharded
 // and the all-gather moves fp32 values. Under mixed precision (--bf16 / --fp16, or the CPU's
@@ -35,6 +36,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "shardlm/dist/communicator.h"
@@ -67,11 +69,13 @@ class DistributedOptimizer {
   void start_param_gather();
   // Waits for the all-gathers; a no-op when none is pending.
   void finish_param_gather();
+  // Waits for the gathers of the buckets holding `params` (others may still be in flight).
+  void wait_for(std::span<model::Parameter* const> params);
   // After the master shards were written from outside (a checkpoint load): the compute values
   // from them (owned shards converted, then all-gathered; waits). Without sharded master
   // weights: the registry's sync_compute_values().
   void sync_compute_values(DeviceContext& ctx);
-  bool param_gather_pending() const { return !gathers_.empty(); }
+  bool param_gather_pending() const { return pending_ > 0; }
 
   int64_t steps_taken() const { return steps_; }
   // Checkpoint restore: the step counter (the moments are written through exp_avg() /
@@ -106,7 +110,11 @@ class DistributedOptimizer {
   OwnedTensor exp_avg_, exp_avg_sq_;  // [sum of shard sizes] = [numel / DP]
   OwnedTensor master_;                // the same layout; mixed precision only
   std::vector<Run> runs_;
-  std::vector<dist::CommHandle> gathers_;
+  std::vector<dist::CommHandle> gathers_;  // per bucket; empty handles once waited
+  std::vector<uint8_t> gather_pending_;    // per bucket
+  int pending_ = 0;
+  // Waits for bucket b's gather if it is pending; rethrows its failure.
+  void wait_bucket(size_t b);
   int64_t steps_ = 0;
 };
 

@@ -220,6 +220,13 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   for (auto& chunk : chunks_)
     chunk->set_grad_ready_callback(
         [this](std::span<model::Parameter* const> params) { grad_sync_->on_grads_ready(params); });
+  // --overlap-param-gather: the forward waits for each bucket's parameter all-gather only when
+  // it reaches that bucket's parameters (Megatron's forward pre-hooks).
+  if (dist_optimizer_ && cfg_.parallel.overlap_param_gather && layout.dp() > 1)
+    for (auto& chunk : chunks_)
+      chunk->set_params_needed_callback([this](std::span<model::Parameter* const> params) {
+        dist_optimizer_->wait_for(params);
+      });
   schedule_ = std::make_unique<optim::LearningRateSchedule>(cfg_.lr_schedule());
   phase_done("optimizer");
   // A middle pipeline stage reads no samples: it builds no dataset (no index files opened, no
@@ -556,7 +563,7 @@ IterationRecord Trainer::train_step() {
   IterationRecord rec;
   rec.iteration = iteration_ + 1;
   rec.lr = schedule_->lr_at(iteration_);
-  finish_param_gather();  // --overlap-param-gather: the forward needs the updated weights
+  // --overlap-param-gather: the forward waits bucket by bucket (the parameters-needed hook).
   registry_.begin_step_grads(*device_);  // --bf16/--fp16: the first fold assigns
   grad_sync_->start_iteration();
   // --fp16: backward runs on loss * scale so small gradients survive in fp16.
@@ -564,6 +571,7 @@ IterationRecord Trainer::train_step() {
   rec.loss_scale = loss_scale;
   double loss_sum = pipeline_ ? pipeline_step(loss_scale) : microbatch_loop(loss_scale);
   registry_.end_step_grads(*device_);  // a parameter no fold reached: zero, not last step's
+  finish_param_gather();  // every bucket was reached by now; the step needs none pending
   grad_sync_->wait();  // gradients are now averaged over DP (this rank's shards with the DO)
   if (pipeline_) {
     all_reduce_tied_embedding_grads();

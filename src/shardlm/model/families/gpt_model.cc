@@ -415,15 +415,29 @@ double GPTModel::forward(StepContext& step, const Batch& batch, int slot, const 
                     "GPT forward: a chunk without the head needs an output buffer " +
                         boundary.to_string());
   }
-  if (chunk_.has_embedding)
+  if (chunk_.has_embedding) {
+    if (params_needed_) {
+      std::vector<Parameter*> embeddings{word_embeddings_};
+      if (position_embeddings_) embeddings.push_back(position_embeddings_);
+      params_needed_(embeddings);
+    }
     embedding_forward(step, batch);
-  else
+  } else {
     ops::copy(ctx, a.residual[0], input);
-  for (size_t l = 0; l < layers_.size(); ++l)
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (params_needed_) params_needed_(layers_[l].parameters());
     layers_[l].forward(step, a.residual[l + 1], a.residual[l], a.layers[l], a.scratch);
+  }
   if (!chunk_.has_head) {
     ops::copy(ctx, output, a.residual.back());
     return 0.0;
+  }
+  if (params_needed_) {
+    std::vector<Parameter*> head;
+    final_norm_.append_parameters(head);
+    head.push_back(output_layer_ ? output_layer_ : word_embeddings_);  // tied: the embedding
+    params_needed_(head);
   }
   head_forward(step, batch);
   return masked_sum_on_host(ctx, a.losses, batch.loss_mask.reshape({N})) / batch.mask_sum;

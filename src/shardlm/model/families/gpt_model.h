@@ -123,6 +123,11 @@ class GPTModel {
   // parallelism a parameter is reported after any TP all-reduce of its gradient. Empty cb: none.
   using GradReadyCallback = std::function<void(std::span<Parameter* const>)>;
   void set_grad_ready_callback(GradReadyCallback cb) { grad_ready_ = std::move(cb); }
+  // Parameters-needed hook (--overlap-param-gather): forward calls cb with the parameters it is
+  // about to read, before it reads them, in forward order: the embeddings, each transformer
+  // layer's, then the final norm's and the output layer's. Empty cb: none.
+  using ParamsNeededCallback = std::function<void(std::span<Parameter* const>)>;
+  void set_params_needed_callback(ParamsNeededCallback cb) { params_needed_ = std::move(cb); }
   // Activation recomputation (model/recompute.h); call before plan_activation_bytes /
   // allocate_activations. Validated against the layer count.
   void set_recompute(const RecomputeConfig& recompute);
@@ -193,6 +198,7 @@ class GPTModel {
   int64_t micro_batch_ = 0;
   RecomputeConfig recompute_;
   GradReadyCallback grad_ready_;
+  ParamsNeededCallback params_needed_;
 };
 
 }  // namespace shardlm::model
