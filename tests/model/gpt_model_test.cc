@@ -142,13 +142,16 @@ void expect_grad_ready_order(const TransformerConfig& cfg) {
 
 TEST(GPTModel, GradReadyCallbackTied) { expect_grad_ready_order(tiny_config()); }
 
-TEST(GPTModel, GradReadyCallbackUntiedRmsNorm) {
+// Untied output layer, RMSNorm (no biases), no position embedding.
+TransformerConfig untied_rmsnorm_config() {
   TransformerConfig c = tiny_config();
   c.untie_embeddings_and_output_weights = true;
   c.normalization = Normalization::kRMSNorm;
   c.position_embedding = PositionEmbedding::kNone;
-  expect_grad_ready_order(c);
+  return c;
 }
+
+TEST(GPTModel, GradReadyCallbackUntiedRmsNorm) { expect_grad_ready_order(untied_rmsnorm_config()); }
 
 // The parameters-needed hook (--overlap-param-gather) reports every parameter before the
 // forward reads it: with every weight poisoned (NaN) and each restored only when reported, the
@@ -182,11 +185,7 @@ void expect_params_needed_before_use(const TransformerConfig& cfg) {
 TEST(GPTModel, ParamsNeededCallbackTied) { expect_params_needed_before_use(tiny_config()); }
 
 TEST(GPTModel, ParamsNeededCallbackUntiedRmsNorm) {
-  TransformerConfig c = tiny_config();
-  c.untie_embeddings_and_output_weights = true;
-  c.normalization = Normalization::kRMSNorm;
-  c.position_embedding = PositionEmbedding::kNone;
-  expect_params_needed_before_use(c);
+  expect_params_needed_before_use(untied_rmsnorm_config());
 }
 
 TEST(GPTModel, EvaluationDisablesDropout) {
