@@ -1,15 +1,17 @@
 // Checkpoints of GPU runs: device -> host snapshot and host -> device load. A GPU run saved at
 // iteration 6 (asynchronously) and resumed by a new GPU trainer follows the straight 12-iteration
 // GPU run; the same checkpoint loads into a CPU trainer with exactly the GPU's master weights;
-// a --bf16 run's checkpoint holds its fp32 master weights; with the distributed optimizer those
-// are sharded (all of them on one GPU) and the checkpoint is the same as plain AdamW's.
+// a --bf16 run's checkpoint holds its fp32 master weights, also when the distributed optimizer
+// holds them (sharded; all of them on one GPU).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <sstream>
 
 #include "ckpt_test_util.h"
+#include "tests/testing/cuda_tensors.h"
 #include "shardlm/ckpt/checkpoint_reader.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/device.h"
@@ -111,60 +113,67 @@ TEST(CheckpointGpu, Bf16RunSavesFp32MasterWeights) {
 }
 
 // --bf16 --use-distributed-optimizer: the optimizer holds the fp32 master weights (the registry
-// frees its copy) and writes its bf16 compute weights; on one GPU it owns every element, so
-// losses and every checkpoint tensor equal plain AdamW's bit for bit (no clipping: the two sum
-// the norm in different orders), and a resume from its checkpoint follows the straight run.
+// frees its copy) and writes the bf16 compute weights. Checked without comparing two trainings
+// (bf16 GPU runs are not bit-reproducible): the checkpoint's fp32 master weights round to
+// exactly the trainer's bf16 compute weights; a trainer resumed from it starts with those very
+// compute weights; and it trains on like the run it continues (bf16 tolerance).
 TEST(CheckpointGpu, Bf16DistributedOptimizerHoldsTheMasterWeights) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
-  TrainConfig base = gpu_config();
-  base.bf16 = true;
-  base.optimizer.clip_grad = 0;
-  auto run = [](TrainConfig c, std::string* log_out = nullptr) {
-    std::ostringstream log;
-    Trainer t(c, log);
-    t.train();
-    if (c.parallel.use_distributed_optimizer) EXPECT_FALSE(t.parameters().has_master_values());
-    if (log_out) *log_out = log.str();
-    std::vector<double> losses;
-    for (const auto& h : t.history()) losses.push_back(h.loss);
-    return losses;
+  TrainConfig c = gpu_config();
+  c.bf16 = true;
+  c.parallel.use_distributed_optimizer = true;
+  TempDir dir;
+  c.checkpoint.save = dir.str();
+  c.checkpoint.exit_interval = 6;
+  // Each parameter's bf16 compute weights, as raw bits, by name.
+  auto compute_bits = [](Trainer& t) {
+    std::map<std::string, std::vector<uint16_t>> out;
+    for (const model::Parameter& p : t.parameters().parameters()) {
+      const OwnedTensor host = testing::to_host(t.device(), p.compute_value);
+      const auto* bits = static_cast<const uint16_t*>(host.view().raw());
+      out[p.spec.name].assign(bits, bits + host.view().numel());
+    }
+    return out;
   };
-  TempDir plain_dir, sharded_dir;
-  TrainConfig plain = base;
-  plain.checkpoint.save = plain_dir.str();
-  plain.checkpoint.exit_interval = 6;
-  TrainConfig sharded = plain;
-  sharded.checkpoint.save = sharded_dir.str();
-  sharded.parallel.use_distributed_optimizer = true;
-  const std::vector<double> a = run(plain);
-  std::string log;
-  const std::vector<double> b = run(sharded, &log);
-  EXPECT_NE(log.find("> master weights (fp32) on this rank"), std::string::npos) << log;
-  ASSERT_EQ(a.size(), 6u);
-  EXPECT_EQ(a, b);
-  ckpt::CheckpointReader ra(plain_dir.str(), 6), rb(sharded_dir.str(), 6);
+  std::ostringstream log;
+  Trainer first(c, log);
+  first.train();
+  EXPECT_FALSE(first.parameters().has_master_values());
+  EXPECT_NE(log.str().find("> master weights (fp32) on this rank"), std::string::npos)
+      << log.str();
+  const auto trained = compute_bits(first);
+  ckpt::CheckpointReader reader(dir.str(), 6);
   DeviceContext cpu = DeviceContext::cpu();
-  int compared = 0;
-  for (auto it = ra.metadata()["tensors"].begin(); it != ra.metadata()["tensors"].end(); ++it) {
-    const Shape shape = ra.global_shape(it.key());
-    ASSERT_EQ(rb.global_shape(it.key()), shape) << it.key();
-    OwnedTensor x = OwnedTensor::empty(DType::kF32, shape), y = OwnedTensor::empty(DType::kF32, shape);
-    ra.read(cpu, {it.key(), shape, ckpt::ShardRegion::whole(shape), x.view(), true});
-    rb.read(cpu, {it.key(), shape, ckpt::ShardRegion::whole(shape), y.view(), true});
-    EXPECT_EQ(std::memcmp(x.view().raw(), y.view().raw(), x.view().nbytes()), 0) << it.key();
-    ++compared;
+  for (const model::Parameter& p : first.parameters().parameters()) {
+    const std::string key = "model/" + p.spec.name;
+    const Shape shape = reader.global_shape(key);
+    OwnedTensor master = OwnedTensor::empty(DType::kF32, shape);
+    reader.read(cpu, {key, shape, ckpt::ShardRegion::whole(shape), master.view(), true});
+    const float* m = master.view().data<float>();
+    const std::vector<uint16_t>& want = trained.at(p.spec.name);
+    ASSERT_EQ(static_cast<size_t>(master.view().numel()), want.size()) << key;
+    size_t mismatches = 0;
+    for (size_t i = 0; i < want.size(); ++i) mismatches += float_to_bf16_bits(m[i]) != want[i];
+    EXPECT_EQ(mismatches, 0u) << key;
   }
-  EXPECT_GT(compared, 20);
-  TrainConfig straight = base;
-  straight.parallel.use_distributed_optimizer = true;
-  const std::vector<double> whole = run(straight);
-  TrainConfig resume = straight;
-  resume.checkpoint.load = sharded_dir.str();
-  const std::vector<double> rest = run(resume);
-  ASSERT_EQ(whole.size(), 12u);
-  ASSERT_EQ(rest.size(), 6u);
-  for (int i = 0; i < 6; ++i)
-    EXPECT_NEAR(rest[i], whole[6 + i], 1e-5 * whole[6 + i]) << "iteration " << 7 + i;
+  TrainConfig resume = c;
+  resume.checkpoint.save.clear();
+  resume.checkpoint.exit_interval = 0;
+  resume.checkpoint.load = dir.str();
+  Trainer resumed(resume, log);
+  ASSERT_EQ(resumed.iteration(), 6);
+  EXPECT_EQ(compute_bits(resumed), trained);
+  resumed.train();
+  TrainConfig straight = c;
+  straight.checkpoint.save.clear();
+  straight.checkpoint.exit_interval = 0;
+  Trainer whole(straight, log);
+  whole.train();
+  ASSERT_EQ(resumed.history().size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    const double want = whole.history()[6 + i].loss;
+    EXPECT_NEAR(resumed.history()[i].loss, want, 2e-3 * want) << "iteration " << 7 + i;
+  }
 }
 
 }  // namespace
