@@ -103,7 +103,13 @@ TEST_F(MixedLayouts, EveryLayoutTrainsLikeOneRank) {
   layouts.push_back(l);
   for (const Layout& layout : layouts) {
     std::string log;
-    const RunResult got = run_layout(mixed_config(), layout, &log);
+    // The plan and the optimizer agree: 1/DP of the fp64 master weights and of the moments.
+    const RunResult got = run_layout(mixed_config(), layout, &log, [&](Trainer& t) {
+      const size_t n = static_cast<size_t>(t.parameters().numel());
+      EXPECT_EQ(t.memory_plan().master_params * static_cast<size_t>(layout.dp), n * 8);
+      EXPECT_EQ(t.memory_plan().optimizer_state * static_cast<size_t>(layout.dp), 2 * n * 8);
+      EXPECT_EQ(t.memory_plan().main_grads, n * 8);  // the main gradients stay whole
+    });
     expect_same_training(got, reference(), layout.name());
     EXPECT_NE(log.find("> master weights (fp64) on this rank:"), std::string::npos) << log;
   }
