@@ -208,7 +208,7 @@ void ParameterRegistry::finalize(DeviceContext& ctx, DType dtype, uint64_t seed,
       packed += p.local_shape.numel();
     }
   }
-  main_grad_empty_.assign(params_.size(), 0);
+  for (Parameter& p : params_) p.main_grad_empty = false;
   finalized_ = true;
   sync_compute_values(ctx);
 }
@@ -245,18 +245,21 @@ int64_t ParameterRegistry::compute_grad_numel() const {
   return n;
 }
 
-ParameterRegistry::FusedMainGrad ParameterRegistry::fused_main_grad(const Parameter& param) {
-  SHARDLM_CHECK(param.main_grad_fused);
-  uint8_t& empty = main_grad_empty_[static_cast<size_t>(&param - params_.data())];
-  const bool accumulate = !empty;
-  empty = 0;
-  return {param.grad, accumulate};
+Parameter::FusedMainGrad Parameter::take_fused_main_grad() {
+  SHARDLM_CHECK(main_grad_fused);
+  const bool accumulate = !main_grad_empty;
+  main_grad_empty = false;
+  return {grad, accumulate};
+}
+
+void ParameterRegistry::set_all_main_grads_empty(bool empty) {
+  for (Parameter& p : params_) p.main_grad_empty = empty;
 }
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
-  const auto empty = static_cast<size_t>(
-      std::count(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{1}));
+  const auto empty = static_cast<size_t>(std::count_if(
+      params_.begin(), params_.end(), [](const Parameter& p) { return p.main_grad_empty; }));
   // Parameter by parameter when the compute gradients are packed (fusion) or some parameters
   // folded already this step; else the whole flat buffer in one pass.
   if (any_fused_ || (empty != 0 && empty != params_.size())) {
@@ -265,7 +268,7 @@ void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   }
   // The whole flat buffer in one pass (padding included: it is zero in both buffers).
   ops::accumulate_and_zero(ctx, grads_.view(), compute_grads_.view(), /*assign=*/empty != 0);
-  std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
+  set_all_main_grads_empty(false);
 }
 
 void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Parameter& param) {
@@ -273,23 +276,23 @@ void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Param
   const Shape shape({param.local_shape.numel()});
   Tensor main = grads_.view().flat_view(param.offset, shape);
   Tensor compute = param.compute_grad.reshape(shape);
-  uint8_t& empty = main_grad_empty_[static_cast<size_t>(&param - params_.data())];
-  ops::accumulate_and_zero(ctx, main, compute, /*assign=*/empty != 0);
-  empty = 0;
+  // The registry's own parameter (param may come from a module's const view of it).
+  Parameter& own = params_[static_cast<size_t>(&param - params_.data())];
+  ops::accumulate_and_zero(ctx, main, compute, /*assign=*/own.main_grad_empty);
+  own.main_grad_empty = false;
 }
 
 void ParameterRegistry::begin_step_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return zero_grads(ctx);
-  std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{1});
+  set_all_main_grads_empty(true);
 }
 
 void ParameterRegistry::end_step_grads(DeviceContext& ctx) {
   if (!has_compute_copy()) return;
-  for (size_t i = 0; i < params_.size(); ++i)
-    if (main_grad_empty_[i]) {
-      const Parameter& p = params_[i];
+  for (Parameter& p : params_)
+    if (p.main_grad_empty) {
       zero_buffer(ctx, grads_.view().flat_view(p.offset, Shape({p.local_shape.numel()})));
-      main_grad_empty_[i] = 0;
+      p.main_grad_empty = false;
     }
 }
 
@@ -307,7 +310,7 @@ void ParameterRegistry::zero_grads(DeviceContext& ctx) {
   if (total_ == 0) return;
   zero_buffer(ctx, grads_.view());
   if (compute_grads_.view().defined()) zero_buffer(ctx, compute_grads_.view());
-  std::fill(main_grad_empty_.begin(), main_grad_empty_.end(), uint8_t{0});
+  set_all_main_grads_empty(false);
 }
 
 }  // namespace shardlm::model

@@ -21,7 +21,8 @@
 // Gradient-accumulation fusion (Megatron's default, --no-gradient-accumulation-fusion turns it
 // off): a parameter registered with fuse_main_grad (the Linear weights) gets no compute
 // gradient under mixed precision. Its weight-gradient GEMM writes the fp32 master gradient
-// itself (ops::linear_weight_grad; fused_main_grad() says where and whether to assign or add),
+// itself (ops::linear_weight_grad; Parameter::take_fused_main_grad() says where and whether to
+// assign or add),
 // so the compute-gradient buffer holds only the other parameters (biases, norms, embeddings:
 // ~8% of a 1.3B GPT) and their folds are the only ones left.
 //
@@ -146,8 +147,19 @@ struct Parameter {
   Tensor compute_value;
   Tensor compute_grad;     // undefined when main_grad_fused
   // Gradient-accumulation fusion is on for this parameter: its backward writes `grad` through
-  // ParameterRegistry::fused_main_grad() and there is no compute gradient.
+  // take_fused_main_grad() and there is no compute gradient.
   bool main_grad_fused = false;
+  // The master gradient holds nothing of this step yet (ParameterRegistry::begin_step_grads):
+  // the step's first contribution assigns instead of adding.
+  bool main_grad_empty = false;
+  // A fused parameter's master gradient for this micro-batch's weight-gradient GEMM, and
+  // whether the GEMM adds to it (false: the step's first contribution, which assigns, as the
+  // first fold does). Marks the master gradient as holding this step's values.
+  struct FusedMainGrad {
+    Tensor grad;
+    bool accumulate;
+  };
+  FusedMainGrad take_fused_main_grad();
   // Global index (row-major in the global shape) of local element i.
   int64_t global_index(int64_t local_index) const;
   // The same mapping as arithmetic the CUDA init kernel can run (tensor/shard_index_map.h);
@@ -224,24 +236,16 @@ class ParameterRegistry {
   // The same for one parameter (called from the backward grad-ready hook, so a bucket's
   // gradients can be reduced while backward continues). No-op without a compute copy.
   void accumulate_compute_grads(DeviceContext& ctx, const Parameter& param);
-  // A fused parameter's master gradient for this micro-batch's weight-gradient GEMM, and
-  // whether the GEMM adds to it (false: the step's first contribution, which assigns, as the
-  // first fold does). Marks the master gradient as holding this step's values.
-  struct FusedMainGrad {
-    Tensor grad;
-    bool accumulate;
-  };
-  FusedMainGrad fused_main_grad(const Parameter& param);
 
  private:
+  void set_all_main_grads_empty(bool empty);
+
   std::vector<Parameter> params_;
   std::map<std::string, size_t> index_;
   OwnedTensor values_;  // [total]
   OwnedTensor grads_;   // [total]
   OwnedTensor compute_values_;  // [total] in compute_dtype_ (mixed precision only)
   OwnedTensor compute_grads_;   // [total] in compute_dtype_ (mixed precision only)
-  // Per parameter: the master gradient holds nothing of this step yet (begin_step_grads).
-  std::vector<uint8_t> main_grad_empty_;
   bool fusion_ = true;          // set_gradient_accumulation_fusion
   bool any_fused_ = false;      // some parameter has main_grad_fused
   DType dtype_ = DType::kF32;          // master dtype (kept after release_master_values)

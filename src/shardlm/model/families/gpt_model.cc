@@ -121,7 +121,6 @@ void GPTModel::bind(ParameterRegistry& reg) {
   for (TransformerLayer& layer : layers_) layer.bind(reg);
   if (chunk_.has_head) final_norm_.bind(reg);
   output_layer_ = chunk_.has_head && !tied ? &reg.get(kOutputLayer) : nullptr;
-  registry_ = &reg;
 }
 
 void GPTModel::set_activation_slots(int slots) {
@@ -345,7 +344,7 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
   if (output_layer_ && output_layer_->main_grad_fused) {  // straight into the fp32 main gradient
     ops::linear_backward(ctx, a.scratch.c0, Tensor(), Tensor(), a.dlogits, a.final_norm,
                          output_weight());
-    const ParameterRegistry::FusedMainGrad main = registry_->fused_main_grad(*output_layer_);
+    const Parameter::FusedMainGrad main = output_layer_->take_fused_main_grad();
     ops::linear_weight_grad(ctx, main.grad, a.dlogits, a.final_norm, main.accumulate);
   } else {
     ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits,

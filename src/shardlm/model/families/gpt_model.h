@@ -191,7 +191,6 @@ class GPTModel {
   Parameter* word_embeddings_ = nullptr;
   Parameter* position_embeddings_ = nullptr;
   Parameter* output_layer_ = nullptr;
-  ParameterRegistry* registry_ = nullptr;  // bind()'s: the output layer's fused main gradient
   std::vector<Activations> slots_;  // [num_slots_]
   int num_slots_ = 1;
   size_t slot_ = 0;                 // the slot the running forward/backward uses

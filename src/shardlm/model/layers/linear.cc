@@ -48,7 +48,6 @@ void Linear::register_parameters(ParameterRegistry& reg) const {
 }
 
 void Linear::bind(ParameterRegistry& reg) {
-  registry_ = &reg;
   weight_ = &reg.get(prefix_ + ".weight");
   bias_ = has_bias_ ? &reg.get(prefix_ + ".bias") : nullptr;
 }
@@ -91,7 +90,7 @@ void Linear::backward_gemms(DeviceContext& ctx, Tensor din, Tensor dbias, const 
   // Gradient-accumulation fusion: the weight gradient goes straight into the fp32 master
   // gradient (assigned by the step's first micro-batch, added by the others).
   ops::linear_backward(ctx, din, Tensor(), dbias, dout, in, weight_->compute_value);
-  const ParameterRegistry::FusedMainGrad main = registry_->fused_main_grad(*weight_);
+  const Parameter::FusedMainGrad main = weight_->take_fused_main_grad();
   ops::linear_weight_grad(ctx, main.grad, dout, in, main.accumulate);
 }
 

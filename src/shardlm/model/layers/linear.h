@@ -72,7 +72,6 @@ class Linear {
   void backward_gemms(DeviceContext& ctx, Tensor din, Tensor dbias, const Tensor& dout,
                       const Tensor& in) const;
 
-  ParameterRegistry* registry_ = nullptr;  // bind()'s: fused_main_grad() of the weight
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;
 };
