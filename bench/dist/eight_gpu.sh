@@ -29,7 +29,8 @@ else
     --max-position-embeddings 2048 --vocab-size 50257"
   MBS=8; ITERS=${ITERS:-50}; TOL=2e-2
 fi
-HALF=""; [[ $DEV == cuda ]] && HALF="--bf16"
+# CPU ranks: the CPU's mixed precision (fp32 compute, fp64 master weights), the --bf16 code paths.
+HALF="--main-params-dtype fp64"; [[ $DEV == cuda ]] && HALF="--bf16"
 # Global batch 4 micro-batches of the 3D layout's DP=2 ranks: 8 x MBS sequences.
 GBS=$((8 * MBS))
 WARM=$(( ITERS >= 10 ? 5 : 1 ))

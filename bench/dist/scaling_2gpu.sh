@@ -23,7 +23,8 @@ else
     --max-position-embeddings 2048 --vocab-size 50257 --micro-batch-size 8"
   MBS=8
 fi
-[[ $DEV == cuda ]] && FLAGS="$FLAGS --bf16"
+# CPU ranks: the CPU's mixed precision (fp32 compute, fp64 master weights), the --bf16 code paths.
+if [[ $DEV == cuda ]]; then FLAGS="$FLAGS --bf16"; else FLAGS="$FLAGS --main-params-dtype fp64"; fi
 COMMON="$FLAGS --hidden-dropout 0 --attention-dropout 0 --device $DEV --lr 3e-4 --clip-grad 1.0
   --bench-steps ${STEPS:-20} --warmup-steps ${WARMUP:-5}"
 
@@ -35,7 +36,7 @@ run() {  # run NAME RANKS GLOBAL_BATCH EXTRA_FLAGS...
   # shellcheck disable=SC2086
   timeout 600 "$BIN" $launch bench $COMMON --global-batch-size "$gbs" --label "$name" \
     --result-jsonl "$OUT/results.jsonl" "$@" >"$OUT/$name.log" 2>&1
-  echo "exit $?"; grep -E "^> tokens/s|memory plan|rror" "$OUT/$name.log" | head -3 | cut -c1-300
+  echo "exit $?"; grep -E "^> tokens/s|memory plan|master weights|rror" "$OUT/$name.log" | head -4 | cut -c1-300
 }
 run one_gpu 1 "$MBS"
 run dp2 2 $((2 * MBS)) --overlap-grad-reduce

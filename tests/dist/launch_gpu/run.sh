@@ -3,7 +3,8 @@
 # with ctest as MultiGpu.LaunchScript (label gpu): it exits 77 (skipped) with fewer than two GPUs.
 # Needs a CUDA build of shardlm (SHARDLM=path/to/shardlm, default ./build/shardlm).
 #   tests/dist/launch_gpu/run.sh            # logs under $OUT (default runs/launch_gpu)
-#   DEVICE=cpu tests/dist/launch_gpu/run.sh # checks 1-5 and 7 with CPU ranks (fp32, a tiny PP model)
+#   DEVICE=cpu tests/dist/launch_gpu/run.sh # checks 1-5 and 7 with CPU ranks (a tiny PP model; the
+#                                           # bf16 checks in fp32 compute / fp64 master precision)
 # Checks, each printing PASS/FAIL:
 #   1. `shardlm launch --nproc-per-node 2 --device cuda -- train ...` (DP=2 over NCCL) logs the
 #      one-GPU run's losses (fp32; relative difference <= 1e-4: NCCL's reduction order differs
@@ -35,9 +36,11 @@ DEV="${DEVICE:-cuda}"
 if [[ $DEV == cuda ]]; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
   if [[ "${gpus:-0}" -lt 2 ]]; then echo "SKIP: ${gpus:-0} GPU(s) visible, the checks need 2"; exit 77; fi
-  HALF="--bf16"; HALF_TOL=2e-2
+  HALF="--bf16"; HALF_TOL=2e-2; HALF_NAME=bf16
 else
-  HALF=""; HALF_TOL=1e-4  # CPU ranks: the "bf16" checks run in fp32
+  # CPU ranks: the "bf16" checks run the CPU's mixed precision (fp32 compute, fp64 master
+  # weights), the same code paths (compute copies, sharded master weights, their checkpoints).
+  HALF="--main-params-dtype fp64"; HALF_TOL=1e-4; HALF_NAME="fp32 compute, fp64 master"
 fi
 U=$([[ $DEV == cuda ]] && echo GPU || echo "CPU rank")  # what the messages count
 [[ -x "$SHARDLM" ]] || { echo "FAIL: no shardlm binary at $SHARDLM (set SHARDLM)"; exit 1; }
@@ -91,7 +94,7 @@ for variant in "tp2:--tensor-model-parallel-size 2" "tp2_sp:--tensor-model-paral
   timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 0 --device $DEV -- $TRAIN $HALF \
     $extra >"$OUT/half_$name.log" 2>&1; echo "exit $?"
   grep -m1 "^distributed:" "$OUT/half_$name.log"
-  compare "$name on 2 ${U}s vs 1 $U${HALF:+ (bf16)}" "$OUT/half_one_gpu.log" "$OUT/half_$name.log" "$HALF_TOL" || rc=1
+  compare "$name on 2 ${U}s vs 1 $U ($HALF_NAME)" "$OUT/half_one_gpu.log" "$OUT/half_$name.log" "$HALF_TOL" || rc=1
 done
 
 echo "== checkpoint: save at TP=2 on 2 GPUs, resume on 1 GPU"
@@ -104,7 +107,7 @@ echo "exit $?"; grep -m2 -E "loaded checkpoint|load" "$OUT/ckpt_resume_one.log"
 compare_iterations "TP=2 checkpoint (2 ${U}s) resumed on 1 $U vs the straight 1-$U run" \
   "$OUT/half_one_gpu.log" "$OUT/ckpt_resume_one.log" "$HALF_TOL" || rc=1
 
-echo "== pipeline parallel: 2 ${U}s (PP=2${HALF:+, bf16}) vs 1 $U"
+echo "== pipeline parallel: 2 ${U}s (PP=2, $HALF_NAME) vs 1 $U"
 # On GPUs big enough that a step is GPU-bound: 8 layers, hidden 1024, seq 1024, M = 32 / 4 = 8.
 PP_MODEL="--num-layers 8 --hidden-size 1024 --num-attention-heads 16 --seq-length 1024
   --vocab-size 32000 --micro-batch-size 4 --global-batch-size 32"
