@@ -52,11 +52,11 @@ DistributedOptimizer::DistributedOptimizer(DeviceContext& ctx, model::ParameterR
   }
   const Tensor& values = reg.flat_values();
   SHARDLM_CHECK(values.defined());  // one distributed optimizer per registry
-  exp_avg_ = OwnedTensor::zeros(values.dtype(), {state_total}, values.device());
-  exp_avg_sq_ = OwnedTensor::zeros(values.dtype(), {state_total}, values.device());
+  const DType dtype = values.dtype();
+  const Device device = values.device();
   if (reg.has_compute_copy()) {
     // Mixed precision: this rank keeps only its shards' master values (padding included: zero).
-    master_ = OwnedTensor::empty(values.dtype(), {state_total}, values.device());
+    master_ = OwnedTensor::empty(dtype, {state_total}, device);
     int64_t at = 0;
     for (const BucketRange& own : owned_) {
       const Shape n({own.end - own.begin});
@@ -65,6 +65,9 @@ DistributedOptimizer::DistributedOptimizer(DeviceContext& ctx, model::ParameterR
     }
     reg.release_master_values();
   }
+  // After the release: the full master buffer and the moments never coexist.
+  exp_avg_ = OwnedTensor::zeros(dtype, {state_total}, device);
+  exp_avg_sq_ = OwnedTensor::zeros(dtype, {state_total}, device);
 }
 
 DistributedOptimizer::~DistributedOptimizer() {
