@@ -100,6 +100,7 @@ TEST_F(MixedLayouts, EveryLayoutTrainsLikeOneRank) {
   layouts.push_back(l);
   l = Layout{};
   l.pp = 2, l.dp = 2, l.distributed_optimizer = true, l.overlap_grad_reduce = true;
+  l.overlap_param_gather = true, l.layers_per_virtual_stage = 1;  // interleaved, 2 chunks
   layouts.push_back(l);
   for (const Layout& layout : layouts) {
     std::string log;
