@@ -152,6 +152,7 @@ TEST_P(DistributedOptimizerMixed, ShardsTheMasterWeightsAndGathersComputeValues)
     ASSERT_TRUE(opt.shards_master_weights());
     EXPECT_FALSE(reg.has_master_values());
     EXPECT_FALSE(reg.parameters()[0].value.defined());
+    EXPECT_THROW(reg.sync_compute_values(rctx), Error);  // nothing to convert from any more
     EXPECT_EQ(opt.master_bytes() * static_cast<size_t>(dp),
               static_cast<size_t>(reg.numel()) * dtype_size(mc.master));
     // Master element k of the registry's flat layout -> its place in master_values().
