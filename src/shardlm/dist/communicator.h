@@ -87,6 +87,8 @@ class CommHandle {
     }
   }
   bool is_completed() const { return !work_ || work_->is_completed(); }
+  // Started and not yet waited for (wait() still has to be called to see its outcome).
+  bool pending() const { return work_ != nullptr; }
 
  private:
   std::shared_ptr<CommWork> work_;

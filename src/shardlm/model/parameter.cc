@@ -263,7 +263,7 @@ void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   // Parameter by parameter when the compute gradients are packed (fusion) or some parameters
   // folded already this step; else the whole flat buffer in one pass.
   if (any_fused_ || (empty != 0 && empty != params_.size())) {
-    for (const Parameter& p : params_) accumulate_compute_grads(ctx, p);
+    for (Parameter& p : params_) accumulate_compute_grads(ctx, p);
     return;
   }
   // The whole flat buffer in one pass (padding included: it is zero in both buffers).
@@ -271,15 +271,13 @@ void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx) {
   set_all_main_grads_empty(false);
 }
 
-void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, const Parameter& param) {
+void ParameterRegistry::accumulate_compute_grads(DeviceContext& ctx, Parameter& param) {
   if (!has_compute_copy() || param.main_grad_fused) return;
   const Shape shape({param.local_shape.numel()});
   Tensor main = grads_.view().flat_view(param.offset, shape);
   Tensor compute = param.compute_grad.reshape(shape);
-  // The registry's own parameter (param may come from a module's const view of it).
-  Parameter& own = params_[static_cast<size_t>(&param - params_.data())];
-  ops::accumulate_and_zero(ctx, main, compute, /*assign=*/own.main_grad_empty);
-  own.main_grad_empty = false;
+  ops::accumulate_and_zero(ctx, main, compute, /*assign=*/param.main_grad_empty);
+  param.main_grad_empty = false;
 }
 
 void ParameterRegistry::begin_step_grads(DeviceContext& ctx) {

@@ -235,7 +235,7 @@ class ParameterRegistry {
   void accumulate_compute_grads(DeviceContext& ctx);
   // The same for one parameter (called from the backward grad-ready hook, so a bucket's
   // gradients can be reduced while backward continues). No-op without a compute copy.
-  void accumulate_compute_grads(DeviceContext& ctx, const Parameter& param);
+  void accumulate_compute_grads(DeviceContext& ctx, Parameter& param);
 
  private:
   void set_all_main_grads_empty(bool empty);

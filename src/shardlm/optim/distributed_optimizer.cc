@@ -80,10 +80,10 @@ DistributedOptimizer::~DistributedOptimizer() {
 }
 
 void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale) {
-  SHARDLM_CHECK(pending_ == 0);
+  SHARDLM_CHECK(!param_gather_pending());
   ++steps_;
-  // --bf16: the owned shards' compute values come out of the same kernel; the rest of the
-  // compute copy is refreshed by the trainer after the all-gather (none at DP = 1).
+  // Mixed precision: the owned shards' compute values come out of the same kernel; the others
+  // arrive by the all-gather (none at DP = 1).
   const Tensor& compute = reg_.flat_compute_values();  // undefined without a compute copy
   for (const Run& r : runs_) {
     const ops::AdamWParams hp{lr, cfg_.beta1, cfg_.beta2, cfg_.eps,
@@ -101,13 +101,12 @@ void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale
 }
 
 void DistributedOptimizer::start_param_gather() {
-  SHARDLM_CHECK(pending_ == 0);
+  SHARDLM_CHECK(!param_gather_pending());
   if (dp_.size() == 1) return;
   // Sharded master weights: the compute values are gathered (step() wrote the owned ones).
   const Tensor& values =
       shards_master_weights() ? reg_.flat_compute_values() : reg_.flat_values();
   gathers_.resize(buckets_.size());
-  gather_pending_.assign(buckets_.size(), 0);
   // Forward order: the last bucket holds the first layers' parameters.
   for (size_t b = buckets_.size(); b-- > 0;) {
     const BucketRange& bucket = buckets_[b];
@@ -117,27 +116,23 @@ void DistributedOptimizer::start_param_gather() {
     gathers_[b] = dp_.all_gather_async(
         values.flat_view(bucket.begin, Shape({bucket.end - bucket.begin})),
         values.flat_view(own.begin, Shape({own.end - own.begin})));
-    gather_pending_[b] = 1;
-    ++pending_;
   }
 }
 
-void DistributedOptimizer::wait_bucket(size_t b) {
-  if (!gather_pending_[b]) return;
-  gather_pending_[b] = 0;
-  --pending_;
-  gathers_[b].wait();
+bool DistributedOptimizer::param_gather_pending() const {
+  return std::any_of(gathers_.begin(), gathers_.end(),
+                     [](const dist::CommHandle& h) { return h.pending(); });
 }
 
 void DistributedOptimizer::wait_for(std::span<model::Parameter* const> params) {
-  if (pending_ == 0) return;
+  if (gathers_.empty()) return;  // DP = 1, or none started yet
   for (const model::Parameter* p : params) {
     // The bucket whose range holds the parameter's first element.
     const auto it = std::upper_bound(
         buckets_.begin(), buckets_.end(), p->offset,
         [](int64_t offset, const BucketRange& r) { return offset < r.begin; });
     SHARDLM_CHECK(it != buckets_.begin());
-    wait_bucket(static_cast<size_t>(it - buckets_.begin() - 1));
+    gathers_[static_cast<size_t>(it - buckets_.begin() - 1)].wait();  // no-op once waited
   }
 }
 
@@ -146,7 +141,7 @@ void DistributedOptimizer::finish_param_gather() {
   std::exception_ptr first;
   for (size_t b = gathers_.size(); b-- > 0;) {
     try {
-      wait_bucket(b);
+      gathers_[b].wait();
     } catch (...) {
       if (!first) first = std::current_exception();
     }

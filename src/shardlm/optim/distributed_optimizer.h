@@ -28,7 +28,8 @@
 // Padding elements belong to no parameter and are never updated (they stay zero).
 //
 // Thread contract: one per rank, used by its thread. Ownership: references the registry and
-// the communicator, which must outlive it; pending all-gathers hold views of the value buffer.
+// the communicator, which must outlive it; pending all-gathers hold views of the registry's value
+// (or, with sharded master weights, compute-value) buffer.
 //
 //   DistributedOptimizer opt(ctx, reg, buckets, rank.dp(), cfg.adamw());
 //   opt.step(ctx, lr);              // after GradSync::wait()
@@ -75,7 +76,7 @@ class DistributedOptimizer {
   // from them (owned shards converted, then all-gathered; waits). Without sharded master
   // weights: the registry's sync_compute_values().
   void sync_compute_values(DeviceContext& ctx);
-  bool param_gather_pending() const { return pending_ > 0; }
+  bool param_gather_pending() const;
 
   int64_t steps_taken() const { return steps_; }
   // Checkpoint restore: the step counter (the moments are written through exp_avg() /
@@ -110,11 +111,7 @@ class DistributedOptimizer {
   OwnedTensor exp_avg_, exp_avg_sq_;  // [sum of shard sizes] = [numel / DP]
   OwnedTensor master_;                // the same layout; mixed precision only
   std::vector<Run> runs_;
-  std::vector<dist::CommHandle> gathers_;  // per bucket; empty handles once waited
-  std::vector<uint8_t> gather_pending_;    // per bucket
-  int pending_ = 0;
-  // Waits for bucket b's gather if it is pending; rethrows its failure.
-  void wait_bucket(size_t b);
+  std::vector<dist::CommHandle> gathers_;  // per bucket; not pending once waited
   int64_t steps_ = 0;
 };
 

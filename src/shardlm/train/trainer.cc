@@ -170,10 +170,9 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   memory_plan_.optimizer_state = 2 * memory_plan_.master_params;
   if (cfg_.parallel.use_distributed_optimizer) {  // each rank holds 1/DP of the moments
     memory_plan_.optimizer_state /= static_cast<size_t>(layout.dp());
-    // ... and, under mixed precision, 1/DP of the master weights (rounded up: bucket padding).
-    if (dtype_ != master_dtype)
-      memory_plan_.master_params = (memory_plan_.master_params + layout.dp() - 1) /
-                                   static_cast<size_t>(layout.dp());
+    // ... and, under mixed precision, 1/DP of the master weights (the padded buckets split
+    // exactly).
+    if (dtype_ != master_dtype) memory_plan_.master_params /= static_cast<size_t>(layout.dp());
   }
   std::vector<size_t> chunk_act_bytes;
   for (const auto& chunk : chunks_)
