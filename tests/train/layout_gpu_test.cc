@@ -1,0 +1,117 @@
+// Parallel layouts on ONE GPU: every rank is a thread with its own DeviceContext (stream,
+// cuBLASLt/cuDNN handles) on GPU 0, talking through HostStagedCommunicator. This runs the GPU
+// code paths that only a multi-rank job reaches — vocab-parallel embedding and cross-entropy
+// kernels, sequence-parallel gathers and scatters of device activations, bf16 compute copies
+// gathered by the distributed optimizer, pipeline sends of device activations, the tied
+// embedding's gradient all-reduce — against the one-GPU run, without needing two GPUs.
+// (NCCL itself is covered by tests/dist/launch_gpu/run.sh, which needs two.)
+//  - fp32: every layout within 1e-4 of one rank (loss), 1e-3 (parameters);
+//  - bf16: within bf16 tolerance (the layouts sum partial products in other orders, and bf16
+//    rounds each differently);
+//  - a checkpoint saved by TP=2 x DP=2 (distributed optimizer) resumes on one rank and at PP=2
+//    and follows the straight one-rank run (issue 7's "save on two GPUs, resume on one").
+#include <gtest/gtest.h>
+
+#include "shardlm/tensor/device.h"
+#include "tests/ckpt/ckpt_test_util.h"
+#include "tests/train/layout_harness.h"
+
+namespace shardlm::train {
+namespace {
+
+using namespace layout_harness;
+using ckpt::testing::TempDir;
+
+// The layout tests' tiny GPT with a head size the GPU's attention kernels take (16), 4 layers
+// so two pipeline stages can hold two virtual chunks each.
+TrainConfig gpu_config(bool bf16) {
+  TrainConfig c = tiny_config(/*num_layers=*/4);
+  c.device = "cuda";
+  c.model.hidden_size = 64;
+  c.model.seq_length = 32;
+  c.bf16 = bf16;
+  return c;
+}
+
+std::vector<Layout> layouts() {
+  std::vector<Layout> all;
+  Layout tp2{.tp = 2};
+  all.push_back(tp2);
+  tp2.sequence_parallel = true;
+  all.push_back(tp2);
+  all.push_back(Layout{.dp = 2, .distributed_optimizer = true, .overlap_grad_reduce = true,
+                       .overlap_param_gather = true, .bucket_size = 20000});
+  all.push_back(Layout{.pp = 2});
+  all.push_back(Layout{.pp = 2, .layers_per_virtual_stage = 1});
+  all.push_back(Layout{.tp = 2, .dp = 2, .sequence_parallel = true,
+                       .distributed_optimizer = true, .overlap_grad_reduce = true,
+                       .bucket_size = 20000});
+  all.push_back(Layout{.tp = 2, .dp = 2, .pp = 2, .sequence_parallel = true,
+                       .distributed_optimizer = true, .overlap_grad_reduce = true,
+                       .overlap_param_gather = true});
+  return all;
+}
+
+TEST(LayoutGpu, Fp32LayoutsMatchOneGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  const RunResult ref = single_rank(gpu_config(false));
+  for (const Layout& l : layouts())
+    expect_same_training(run_layout(gpu_config(false), l), ref, "fp32 " + l.name(), 1e-4, 1e-3,
+                         1e-3);
+}
+
+TEST(LayoutGpu, Bf16LayoutsMatchOneGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  const RunResult ref = single_rank(gpu_config(true));
+  for (const Layout& l : layouts())
+    expect_same_training(run_layout(gpu_config(true), l), ref, "bf16 " + l.name(), 1e-2, 3e-2,
+                         5e-2);
+}
+
+// The bf16 tolerances must still catch a real difference: the same run on half the data per
+// step (a lost rank's gradients look like this) is far outside them.
+TEST(LayoutGpu, Bf16ToleranceSeparatesADifferentRun) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  const RunResult ref = single_rank(gpu_config(true));
+  TrainConfig other = gpu_config(true);
+  other.global_batch_size = 4;  // half the micro-batches per step
+  const RunResult half = single_rank(other);
+  double worst = 0;
+  for (const auto& [name, values] : ref.params)
+    worst = std::max(worst, testing::rel_error(half.params.at(name), values));
+  std::cout << "half the data per step: worst parameter error " << worst << "\n";
+  EXPECT_GT(worst, 3 * 3e-2) << "the bf16 parameter tolerance cannot tell these runs apart";
+}
+
+TEST(LayoutGpu, SaveTp2Dp2ResumeOnOneRankAndPp2) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  for (bool bf16 : {false, true}) {
+    const double tol = bf16 ? 1e-2 : 1e-4;
+    const RunResult ref = single_rank(gpu_config(bf16));
+    ASSERT_EQ(ref.losses.size(), 20u);
+    TempDir dir;
+    TrainConfig save = gpu_config(bf16);
+    save.checkpoint.save = dir.str();
+    save.checkpoint.exit_interval = 10;
+    const RunResult first = run_layout(
+        save, Layout{.tp = 2, .dp = 2, .sequence_parallel = true, .distributed_optimizer = true});
+    ASSERT_EQ(first.losses.size(), 10u);
+    for (const Layout& l : {Layout{}, Layout{.pp = 2}}) {
+      TrainConfig resume = gpu_config(bf16);
+      resume.checkpoint.load = dir.str();
+      const RunResult rest = run_layout(resume, l);
+      ASSERT_EQ(rest.losses.size(), 10u) << l.name();
+      double worst = 0;
+      for (size_t i = 0; i < rest.losses.size(); ++i) {
+        const double rel = std::abs(rest.losses[i] - ref.losses[10 + i]) / ref.losses[10 + i];
+        worst = std::max(worst, rel);
+        EXPECT_LT(rel, tol) << l.name() << " iteration " << 11 + i;
+      }
+      std::cout << (bf16 ? "bf16" : "fp32") << " saved TP2 DP2 distopt, resumed " << l.name()
+                << ": worst loss rel diff " << worst << "\n";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shardlm::train
