@@ -64,6 +64,8 @@ TEST(TrainCli, MegatronCompatibilityFlags) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   expect_usage_error(kTiny + "--transformer-impl te", "--transformer-impl");
   expect_usage_error(kTiny + "--distributed-backend mpi", "--distributed-backend");
+  const Result gloo = run(kTiny + "--distributed-backend gloo");  // one process: nothing to do
+  EXPECT_EQ(gloo.exit_code, 0) << gloo.output;
   auto activations = [](const Result& x) {
     const size_t at = x.output.find("activations ");
     return at == std::string::npos ? std::string() : x.output.substr(at, 24);

@@ -8,6 +8,7 @@
 
 #include "shardlm/base/check.h"
 #include "shardlm/base/error.h"
+#include "shardlm/dist/host_staged_communicator.h"
 #include "shardlm/dist/socket_communicator.h"
 #include "shardlm/dist/tcp_store.h"
 #include "shardlm/ops/ops.h"
@@ -44,17 +45,27 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
   const std::chrono::milliseconds rendezvous_timeout =
       std::max<std::chrono::milliseconds>(timeout, std::chrono::minutes(2));
 
-  auto device = std::make_unique<DeviceContext>(train::select_device(cfg.device, env.local_rank));
+  // gloo: collectives go through host memory, so GPU ranks may share GPUs (round robin).
+  const bool gloo = cfg.parallel.distributed_backend == "gloo";
+  const int gpu_index = gloo && cfg.device == "cuda" && cuda_device_count() > 0
+                            ? env.local_rank % cuda_device_count()
+                            : env.local_rank;
+  auto device = std::make_unique<DeviceContext>(train::select_device(cfg.device, gpu_index));
   train::initialize_backend(*device);
   dist::TcpStore store({.host = env.master_addr, .port = env.master_port,
                         .is_server = env.rank == 0, .timeout = rendezvous_timeout});
   std::unique_ptr<dist::Communicator> world;
   std::string backend;
-  if (device->device().is_cpu()) {
+  if (device->device().is_cpu() || gloo) {
     dist::SocketWorldOptions options;
     options.timeout = rendezvous_timeout;
     world = dist::create_socket_world(store, env.rank, env.world_size, options);
     backend = "socket (CPU ranks over TCP)";
+    if (!device->device().is_cpu()) {
+      world = std::make_unique<dist::HostStagedCommunicator>(*device, std::move(world));
+      backend = "gloo: socket, GPU tensors staged through host memory (GPU " +
+                std::to_string(gpu_index) + ")";
+    }
   } else {
 #ifdef SHARDLM_WITH_CUDA
     dist::NcclOptions options;

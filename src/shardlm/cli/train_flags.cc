@@ -198,6 +198,12 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "Elements per gradient bucket (default max(40M, 1M x DP))")->group(g)->check(pos);
   cmd.add_option("--distributed-timeout-minutes", p.distributed_timeout_minutes,
                  "Deadline of every collective; a dead or hung rank fails the job after it")->group(g)->check(pos);
+  cmd.add_option("--distributed-backend", p.distributed_backend,
+                 "nccl (GPU ranks, a GPU each) or gloo (collectives over host sockets, GPU "
+                 "tensors staged through host memory; GPU ranks may share a GPU); CPU ranks "
+                 "always use ShardLM's socket communicator")
+      ->check(CLI::IsMember({"nccl", "gloo"}))
+      ->group(g);
 
   g = "Data";
   cmd.add_flag("--mock-data", d.mock_data, "Synthetic learnable data (no files needed)")->group(g);
@@ -262,10 +268,6 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option_function<std::string>(
          "--transformer-impl", one_of("--transformer-impl", {"local", "transformer_engine"}),
          "local or transformer_engine: accepted, ShardLM's own fused layers run either way")
-      ->group(g);
-  cmd.add_option_function<std::string>(
-         "--distributed-backend", one_of("--distributed-backend", {"nccl", "gloo"}),
-         "nccl or gloo: accepted; GPU ranks use NCCL, CPU ranks ShardLM's socket communicator")
       ->group(g);
 }
 

@@ -103,6 +103,8 @@ void TrainConfig::validate() const {
     bad("--overlap-param-gather needs --overlap-grad-reduce (as Megatron); add it");
   if (par.ddp_bucket_size < 0)
     bad("--ddp-bucket-size " + s(par.ddp_bucket_size) + " must be positive (elements per bucket)");
+  if (par.distributed_backend != "nccl" && par.distributed_backend != "gloo")
+    bad("--distributed-backend must be nccl or gloo, got '" + par.distributed_backend + "'");
   if (!(par.distributed_timeout_minutes > 0))
     bad("--distributed-timeout-minutes must be positive, got " +
         std::to_string(par.distributed_timeout_minutes));

@@ -79,6 +79,11 @@ struct ParallelConfig {
   bool overlap_param_gather = false;       // --overlap-param-gather
   int64_t ddp_bucket_size = 0;             // --ddp-bucket-size; 0: max(40M, 1M x DP) elements
   double distributed_timeout_minutes = 10;  // --distributed-timeout-minutes (Megatron: 10)
+  // --distributed-backend: "nccl" (GPU ranks, one GPU each) or "gloo" (as torch's gloo: every
+  // collective over host sockets, GPU tensors staged through host memory; slow, but GPU ranks
+  // may share a GPU, so a multi-rank GPU job runs on a one-GPU machine). CPU ranks always use
+  // the socket communicator.
+  std::string distributed_backend = "nccl";
   // Pipeline layout (parallel/pipeline_partition.h); 0 = unset.
   int num_layers_per_virtual_pipeline_stage = 0;  // --num-layers-per-virtual-pipeline-stage
   int num_virtual_stages_per_pipeline_rank = 0;   // --num-virtual-stages-per-pipeline-rank
