@@ -5,8 +5,9 @@
   loss_logs.py losses NAME REFERENCE_LOG LOG [TOLERANCE]
       every logged loss (training and validation), in order, within TOLERANCE relative
       (default 1e-4); prints PASS/FAIL NAME and exits 0/1.
-  loss_logs.py iterations NAME REFERENCE_LOG LOG TOLERANCE [MIN_ITERATIONS]
-      LOG's training iterations (at least MIN_ITERATIONS, default 1), each against the same
+  loss_logs.py iterations NAME REFERENCE_LOG LOG TOLERANCE [MIN_ITERATIONS [FIRST]]
+      LOG's training iterations (at least MIN_ITERATIONS, default 1; the first of them FIRST
+      when given: a resumed run that did not load starts at 1), each against the same
       iteration of the reference run (a resumed run's against the straight run's).
   loss_logs.py scaling-table RESULTS_JSONL [BASE_LABEL]
       a markdown table of `bench --result-jsonl` rows: tokens/s of the job and per GPU, the
@@ -35,12 +36,13 @@ def losses(name, reference, log, tol="1e-4"):
     return report(ok, name, f"{len(b)} losses vs {len(a)}, worst relative difference {worst:.2e}")
 
 
-def iterations(name, reference, log, tol, min_iterations="1"):
+def iterations(name, reference, log, tol, min_iterations="1", first=None):
     def by_iteration(path):
         return {int(i): float(x) for i, x in ITERATION.findall(open(path).read())}
 
     a, b, tol = by_iteration(reference), by_iteration(log), float(tol)
     ok = (len(b) >= int(min_iterations) and set(b) <= set(a)
+          and (first is None or min(b) == int(first))
           and all(abs(a[i] - b[i]) <= tol * abs(a[i]) for i in b))
     common = sorted(set(a) & set(b))
     worst = max((abs(a[i] - b[i]) / abs(a[i]) for i in common), default=float("nan"))

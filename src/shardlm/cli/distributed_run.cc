@@ -88,12 +88,12 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
                               : OwnedTensor::empty(DType::kI64, {1}, device->device());
     ids.view().data<int64_t>()[0] = env.rank;
     Tensor t = ids.view();
-    if (!device->device().is_cpu()) {
-      ops::copy(*device, ids.view(), ids_dev.view());
+    if (!device->device().is_cpu()) {  // the GPU communicators reduce device memory
+      ops::copy(*device, ids_dev.view(), ids.view());
       t = ids_dev.view();
     }
     world_comm->all_reduce(t);
-    if (!device->device().is_cpu()) ops::copy(*device, ids_dev.view(), ids.view());
+    if (!device->device().is_cpu()) ops::copy(*device, ids.view(), ids_dev.view());
     const int64_t n = env.world_size;
     SHARDLM_REQUIRE(ids.view().data<int64_t>()[0] == n * (n - 1) / 2, ErrorKind::kInternal,
                     "distributed sanity check: the all-reduce of the rank ids gave " +
