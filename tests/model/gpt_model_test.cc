@@ -544,6 +544,85 @@ TEST(ParameterRegistry, GradientAccumulationFusionEqualsFoldingBitForBit) {
   }
 }
 
+// Gradient-accumulation fusion of the word embedding (CPU mixed precision: fp64 master, fp32
+// compute), over two steps of two micro-batches with stale master gradients at each step's start
+// and few distinct tokens (rows share them): fused, the word embedding has no compute gradient
+// and its lookup's scatter-add (and, tied, the output GEMM) writes the master gradient, assigning
+// on the step's first contribution (untied: the scatter-add itself, which zeroes it first).
+// Every other master gradient equals the unfused run's bit for bit; the word embedding's agrees
+// within fp32 rounding (the unfused run rounds each row's add to fp32 before the fold).
+void expect_fused_word_embedding_tracks_unfused(const TransformerConfig& cfg) {
+  constexpr int64_t B = 2;
+  struct Run {
+    DeviceContext ctx = DeviceContext::cpu();
+    ParameterRegistry reg;
+    std::unique_ptr<GPTModel> model;
+    Arena acts;
+  };
+  Run fused, plain;
+  plain.reg.set_gradient_accumulation_fusion(false);
+  for (Run* r : {&fused, &plain}) {
+    r->model = std::make_unique<GPTModel>(cfg);
+    r->model->register_parameters(r->reg);
+    r->reg.finalize(r->ctx, DType::kF64, 7, DType::kF32);
+    r->model->bind(r->reg);
+    r->acts = Arena(Device::cpu(), r->model->plan_activation_bytes(DType::kF32, B), "acts");
+    r->model->allocate_activations(r->acts, DType::kF32, B);
+  }
+  const char* kWte = "embedding.word_embeddings.weight";
+  EXPECT_TRUE(fused.reg.get(kWte).main_grad_fused);
+  EXPECT_FALSE(fused.reg.get(kWte).compute_grad.defined());
+  EXPECT_FALSE(plain.reg.get(kWte).main_grad_fused);
+  if (fused.reg.contains("embedding.position_embeddings.weight"))
+    EXPECT_FALSE(fused.reg.get("embedding.position_embeddings.weight").main_grad_fused);
+  const int64_t T = cfg.seq_length;
+  std::vector<double> m(B * T, 1.0);
+  m[3] = 0.0;
+  const OwnedTensor mask = testing::from_vector(DType::kF32, {B, T}, m);
+  uint64_t seed = 40;
+  for (int step = 0; step < 2; ++step) {
+    for (Run* r : {&fused, &plain}) {  // stale masters: the first contribution must assign
+      for (Parameter& p : r->reg.parameters())
+        ops::copy(r->ctx, p.grad, testing::random_tensor(DType::kF64, p.local_shape, 99).view());
+      r->reg.begin_step_grads(r->ctx);
+    }
+    for (uint32_t mb = 0; mb < 2; ++mb) {
+      const OwnedTensor tokens = random_ints({B, T}, 3, seed++);  // ids 0..2: repeated
+      const OwnedTensor targets =
+          random_ints({B, T}, static_cast<int32_t>(cfg.vocab_size), seed++);
+      const Batch batch{tokens.view(), targets.view(), mask.view(), B * T - 1.0};
+      double losses[2];
+      for (Run* r : {&fused, &plain}) {
+        StepContext s{r->ctx, 99, static_cast<uint32_t>(step), mb, true};
+        losses[r == &plain] = r->model->forward(s, batch);
+        r->model->backward(s, batch, 0.5);
+        r->reg.accumulate_compute_grads(r->ctx);
+      }
+      EXPECT_EQ(losses[0], losses[1]);  // the compute weights are the same
+    }
+    for (Run* r : {&fused, &plain}) r->reg.end_step_grads(r->ctx);
+    for (const Parameter& p : fused.reg.parameters()) {
+      SCOPED_TRACE(p.spec.name + " step " + std::to_string(step));
+      const std::vector<double> f = testing::to_vector(p.grad);
+      const std::vector<double> u = testing::to_vector(plain.reg.get(p.spec.name).grad);
+      if (p.spec.name == kWte) {
+        EXPECT_LT(testing::rel_error(f, u), 1e-6);
+        EXPECT_NE(f, u);  // the unfused run's fp32 roundings are real
+      } else {
+        EXPECT_EQ(f, u);
+      }
+    }
+  }
+}
+
+TEST(GPTModel, FusedWordEmbeddingGradientTracksTheUnfusedTied) {
+  expect_fused_word_embedding_tracks_unfused(tiny_config());
+}
+
+TEST(GPTModel, FusedWordEmbeddingGradientTracksTheUnfusedUntied) {
+  expect_fused_word_embedding_tracks_unfused(untied_rmsnorm_config());
+}
+
 TEST(TransformerConfig, ValidationNamesTheFlag) {
   auto message = [](TransformerConfig c) {
     try {

@@ -1,8 +1,12 @@
 // Tests of vocab_parallel_embedding_forward / _backward: uneven vocabulary shards sum to the
 // single-rank lookup (rows of other shards are exact zeros), backward against central finite
-// differences and accumulation (+=), fp32 vs fp64, and argument validation.
+// differences and accumulation (+=), fp32 vs fp64, the backward into a wider gradient
+// (gradient-accumulation fusion) with repeated tokens inside and outside the shard, and
+// argument validation.
 #include <gtest/gtest.h>
 
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "shardlm/ops/ops.h"
@@ -93,6 +97,47 @@ TEST(VocabParallelEmbedding, Fp32MatchesFp64) {
     res[i][1] = to_vector(dw);
   }
   for (int j = 0; j < 2; ++j) EXPECT_LT(rel_error(res[1][j], res[0][j]), 1e-6) << j;
+}
+
+// The shard [7, 16) of V = 23, tokens from 6 ids (3 in the shard, 3 outside: 0, 5, 20), each
+// repeated ~15 times; the backward into fp64 (fp32 dout) and fp32 (bf16 / fp16 dout) against
+// prior + the fp64 sum of the shard's rows; the other ids change nothing.
+TEST(VocabParallelEmbedding, BackwardIntoWiderGradientSumsRepeatedTokens) {
+  DeviceContext ctx = DeviceContext::cpu();
+  const int64_t s = kShardStarts[1], e = kShardStarts[2], VL = e - s;
+  constexpr int32_t kIds[] = {0, 5, 7, 11, 15, 20};
+  constexpr int64_t Bw = 6, Tw = 15;
+  OwnedTensor tokens = random_ints({Bw, Tw}, 6, 13);
+  int32_t* tok = tokens.view().data<int32_t>();
+  for (int64_t i = 0; i < Bw * Tw; ++i) tok[i] = kIds[tok[i]];
+  for (const auto& [grad_dtype, dout_dtype, tol] :
+       {std::tuple{DType::kF64, DType::kF32, 1e-14}, std::tuple{DType::kF32, DType::kBF16, 1e-6},
+        std::tuple{DType::kF32, DType::kF16, 1e-6}}) {
+    SCOPED_TRACE(std::string(dtype_name(grad_dtype)) + " dwte, " + dtype_name(dout_dtype) +
+                 " dout");
+    const OwnedTensor dout = random_tensor(dout_dtype, {Bw * Tw, C}, 14);
+    const OwnedTensor prior = random_tensor(grad_dtype, {VL, C}, 15);
+    OwnedTensor dwte = testing::clone(prior);
+    ops::vocab_parallel_embedding_backward(ctx, dwte, dout, tokens, s);
+    std::vector<double> want = to_vector(prior);
+    const std::vector<double> d = to_vector(dout);
+    for (int64_t n = 0; n < Bw * Tw; ++n) {
+      if (tok[n] < s || tok[n] >= e) continue;
+      for (int64_t c = 0; c < C; ++c) want[(tok[n] - s) * C + c] += d[n * C + c];
+    }
+    EXPECT_LT(rel_error(to_vector(dwte), want), tol);
+    const std::vector<double> got = to_vector(dwte), before = to_vector(prior);
+    for (int64_t row : {1, 2, 3, 5, 6, 7})  // ids 7, 11, 15 are rows 0, 4, 8: the others kept
+      for (int64_t c = 0; c < C; ++c) ASSERT_EQ(got[row * C + c], before[row * C + c]) << row;
+  }
+  OwnedTensor dwte32 = OwnedTensor::zeros(DType::kF32, {VL, C});
+  EXPECT_SHARDLM_ERROR(ops::vocab_parallel_embedding_backward(
+                           ctx, dwte32, random_tensor(DType::kF64, {Bw * Tw, C}, 16), tokens, s),
+                       ErrorKind::kInvalidArgument, "dwte is fp32 for fp64 dout");
+  OwnedTensor dwte64 = OwnedTensor::zeros(DType::kF64, {VL, C});
+  EXPECT_SHARDLM_ERROR(ops::vocab_parallel_embedding_backward(
+                           ctx, dwte64, random_tensor(DType::kF16, {Bw * Tw, C}, 17), tokens, s),
+                       ErrorKind::kInvalidArgument, "wider master dtype");
 }
 
 TEST(VocabParallelEmbedding, BadArguments) {

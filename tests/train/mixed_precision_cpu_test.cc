@@ -8,7 +8,9 @@
 //    compute weights, and every tensor of the checkpoints both save; without clipping, whose
 //    norm the two sum in different orders);
 //  - a checkpoint of sharded master weights resumes bit-exactly in the same layout and within
-//    1e-5 in others (one rank, TP=2 x DP=2).
+//    1e-5 in others (one rank, TP=2 x DP=2);
+//  - gradient-accumulation fusion covers the word embedding (no compute gradient; tied or not),
+//    and --no-gradient-accumulation-fusion trains within 1e-6 of it.
 #include <gtest/gtest.h>
 
 #include <sstream>
@@ -74,6 +76,46 @@ TEST(MixedPrecisionCpu, RejectsTheGpuAndOtherPrecisions) {
   c.main_params_dtype = "fp16";
   EXPECT_NE(config_error([c] { c.validate(); }).find("is not one of fp32, fp64"),
             std::string::npos);
+}
+
+// The word embedding is fused like the linear weights: its lookup's scatter-add (and the tied
+// output GEMM) writes the fp64 master gradient, so it has no fp32 compute gradient; the position
+// embedding, norms and biases still fold. Without fusion every parameter folds, and the losses
+// differ only by the fp32 roundings of the unfused gradients (bit-identical linear weight
+// gradients on the CPU, fp32 vs fp64 sums of the embedding rows).
+TEST(MixedPrecisionCpu, WordEmbeddingGradientIsFusedAndTracksTheUnfusedRun) {
+  for (bool untied : {false, true}) {
+    SCOPED_TRACE(untied ? "untied output layer" : "tied embedding");
+    TrainConfig cfg = mixed_config();
+    cfg.model.untie_embeddings_and_output_weights = untied;
+    std::ostringstream log_fused, log_plain;
+    Trainer fused(cfg, log_fused);
+    cfg.gradient_accumulation_fusion = false;
+    Trainer plain(cfg, log_plain);
+    const model::ParameterRegistry& reg = fused.parameters();
+    const model::Parameter& wte = reg.get("embedding.word_embeddings.weight");
+    EXPECT_TRUE(wte.main_grad_fused);
+    EXPECT_FALSE(wte.compute_grad.defined());
+    EXPECT_FALSE(reg.get("embedding.position_embeddings.weight").main_grad_fused);
+    EXPECT_EQ(reg.contains("output_layer.weight"), untied);
+    if (untied) EXPECT_TRUE(reg.get("output_layer.weight").main_grad_fused);
+    for (const model::Parameter& p : plain.parameters().parameters()) {
+      EXPECT_FALSE(p.main_grad_fused) << p.spec.name;
+      EXPECT_TRUE(p.compute_grad.defined()) << p.spec.name;
+    }
+    // The memory plan's compute gradients leave the word embedding (and the linear weights) out.
+    EXPECT_LE(fused.memory_plan().compute_grads + static_cast<size_t>(wte.local_shape.numel()) * 4,
+              plain.memory_plan().compute_grads);
+    bool differs = false;
+    for (int64_t i = 0; i < cfg.train_iters; ++i) {
+      const IterationRecord a = plain.train_step();
+      const IterationRecord b = fused.train_step();
+      EXPECT_NEAR(b.loss, a.loss, 1e-6 * a.loss) << "iteration " << i + 1;
+      EXPECT_NEAR(b.grad_norm, a.grad_norm, 1e-5 * a.grad_norm) << "iteration " << i + 1;
+      differs |= b.grad_norm != a.grad_norm;
+    }
+    EXPECT_TRUE(differs);  // the two runs do round differently
+  }
 }
 
 class MixedLayouts : public ::testing::Test {

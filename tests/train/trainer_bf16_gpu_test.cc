@@ -107,10 +107,11 @@ TEST_P(TrainerBf16CudnnGpu, TracksTheFp32CpuRun) {
 }
 
 // Gradient-accumulation fusion (the default) against --no-gradient-accumulation-fusion, for the
-// GPT layer (biases, tied embedding) and the Llama layer (no biases, untied output layer, whose
-// weight gradient is fused too), two micro-batches per step (the second adds in fp32). The
-// first forward is the same computation, so the first loss is equal; after that the fused
-// gradients are the unrounded fp32 sums, so the runs agree within bf16 rounding.
+// GPT layer (biases, tied embedding: the output GEMM and the lookup's scatter-add both write the
+// fp32 master gradient) and the Llama layer (no biases, untied output layer, whose weight
+// gradient is fused too, as the word embedding's), two micro-batches per step (the second adds
+// in fp32). The first forward is the same computation, so the first loss is equal; after that
+// the fused gradients are the unrounded fp32 sums, so the runs agree within bf16 rounding.
 class TrainerBf16FusionGpu : public ::testing::TestWithParam<bool /*llama*/> {};
 INSTANTIATE_TEST_SUITE_P(Families, TrainerBf16FusionGpu, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "Llama" : "Gpt"; });
@@ -125,17 +126,19 @@ TEST_P(TrainerBf16FusionGpu, TracksTheUnfusedRun) {
   Trainer fused(cfg, log_fused);
   cfg.gradient_accumulation_fusion = false;
   Trainer plain(cfg, log_plain);
-  // Fused: no 16-bit gradient for the linear weights (nor the untied output layer).
+  // Fused: no 16-bit gradient for the linear weights, the word embedding (nor the untied output
+  // layer).
   int fused_count = 0;
   for (const model::Parameter& p : fused.parameters().parameters()) {
     const bool linear_weight = p.spec.name.find("linear_") != std::string::npos &&
                                p.spec.name.ends_with(".weight");
     const bool output = p.spec.name == "output_layer.weight";
-    EXPECT_EQ(p.main_grad_fused, linear_weight || output) << p.spec.name;
+    const bool word_embedding = p.spec.name == "embedding.word_embeddings.weight";
+    EXPECT_EQ(p.main_grad_fused, linear_weight || output || word_embedding) << p.spec.name;
     EXPECT_EQ(p.compute_grad.defined(), !p.main_grad_fused) << p.spec.name;
     fused_count += p.main_grad_fused;
   }
-  EXPECT_EQ(fused_count, 4 * cfg.model.num_layers + (GetParam() ? 1 : 0));
+  EXPECT_EQ(fused_count, 4 * cfg.model.num_layers + 1 + (GetParam() ? 1 : 0));
   EXPECT_LT(fused.parameters().compute_grad_numel(), fused.parameters().numel() / 2);
   for (const model::Parameter& p : plain.parameters().parameters())
     EXPECT_FALSE(p.main_grad_fused) << p.spec.name;

@@ -134,8 +134,9 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
       ->group(g);
   cmd.add_flag("--no-gradient-accumulation-fusion",
                [&cfg](int64_t) { cfg.gradient_accumulation_fusion = false; },
-               "--bf16/--fp16: linear weight gradients go through 16-bit gradients folded into "
-               "the fp32 main gradients, instead of being written there by their GEMMs")
+               "--bf16/--fp16: linear weight and word-embedding gradients go through 16-bit "
+               "gradients folded into the fp32 main gradients, instead of being written there "
+               "by their backward")
       ->group(g);
   optim::LossScalerConfig& ls = cfg.loss_scaler;
   cmd.add_option("--loss-scale", ls.loss_scale,

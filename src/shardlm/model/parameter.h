@@ -19,12 +19,16 @@
 // ARE value/grad and both calls do nothing, so fp32/fp64 runs are bit-identical to before.
 //
 // Gradient-accumulation fusion (Megatron's default, --no-gradient-accumulation-fusion turns it
-// off): a parameter registered with fuse_main_grad (the Linear weights) gets no compute
-// gradient under mixed precision. Its weight-gradient GEMM writes the fp32 master gradient
-// itself (ops::linear_weight_grad; Parameter::take_fused_main_grad() says where and whether to
-// assign or add),
-// so the compute-gradient buffer holds only the other parameters (biases, norms, embeddings:
-// ~8% of a 1.3B GPT) and their folds are the only ones left.
+// off): a parameter registered with fuse_main_grad gets no compute gradient under mixed
+// precision; its backward writes the fp32 master gradient itself
+// (Parameter::take_fused_main_grad() says where and whether to assign or add). Fused are the
+// Linear weights and the untied output layer (their weight-gradient GEMM,
+// ops::linear_weight_grad) and the word embedding: the lookup's scatter-add
+// (ops::embedding_backward / ops::vocab_parallel_embedding_backward into the master gradient,
+// zeroed first on the step's first contribution) and, when tied, the output layer's GEMM. A
+// token seen k times in a micro-batch is then summed in fp32, not rounded k times in bf16. The
+// compute-gradient buffer holds only the other parameters (biases, norms, the position
+// embedding: ~0.4% of a 1.3B GPT), and their folds are the only ones left.
 //
 // Sharded master weights (Megatron's distributed optimizer under mixed precision): the
 // optimizer copies the master values of the shards it owns out of the registry and then calls
@@ -131,8 +135,8 @@ struct ParameterSpec {
   bool weight_decay = true;  // false for biases and norm weights
   Init init;
   PipelineTie pipeline_tie = PipelineTie::kNone;
-  // Its gradient comes from one weight-gradient GEMM per micro-batch, which may then write the
-  // master gradient directly (gradient-accumulation fusion, see above).
+  // Its backward may write the master gradient directly (gradient-accumulation fusion, see
+  // above): the Linear weights' weight-gradient GEMM, the word embedding's scatter-add.
   bool fuse_main_grad = false;
 };
 

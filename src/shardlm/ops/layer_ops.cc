@@ -26,7 +26,9 @@ void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tens
   check_devices(op, ctx, {{"dwte", dwte}, {"dwpe", dwpe}, {"dout", dout}, {"tokens", tokens}});
   for (const Arg& x : {Arg{"dwte", dwte}, Arg{"dout", dout}, Arg{"tokens", tokens}})
     require_defined(op, x);
-  require_same_float(op, {{"dwte", dwte}, {"dwpe", dwpe}, {"dout", dout}});
+  // dwte may be the wider master gradient (gradient-accumulation fusion); dwpe never is.
+  require_same_float(op, {{"dout", dout}, {"dwpe", dwpe}});
+  require_same_or_wider_grad(op, {"dwte", dwte}, dout.dtype(), "dout");
   check_embedding_common(op, tokens, {"dwte", dwte}, {"dwpe", dwpe});
   require_shape(op, {"dout", dout}, Shape{tokens.size(0), tokens.size(1), dwte.size(1)});
   SHARDLM_OPS_ROUTE(embedding_backward, ctx, dwte, dwpe, dout, tokens);
@@ -189,13 +191,7 @@ void linear_weight_grad(DeviceContext& ctx, Tensor dweight, const Tensor& dout, 
   for (const Arg& x : {Arg{"dweight", dweight}, Arg{"dout", dout}, Arg{"in", in}})
     require_defined(op, x);
   require_same_float(op, {{"in", in}, {"dout", dout}});
-  const DType a = in.dtype(), w = dweight.dtype();
-  const bool wider = (w == DType::kF32 && (a == DType::kBF16 || a == DType::kF16)) ||
-                     (w == DType::kF64 && a == DType::kF32);
-  require(w == a || wider, op,
-          std::string("dweight is ") + dtype_name(w) + " for " + dtype_name(a) +
-              " activations; it must be " + dtype_name(a) + " or the wider master dtype (fp32 "
-              "for bf16/fp16, fp64 for fp32)");
+  require_same_or_wider_grad(op, {"dweight", dweight}, in.dtype(), "activations");
   require(dweight.rank() == 2 && dweight.size(0) >= 1 && dweight.size(1) >= 1, op,
           "dweight must be [OC, IC], got " + shape_of(dweight));
   const int64_t OC = dweight.size(0), IC = dweight.size(1);

@@ -63,7 +63,8 @@ void vocab_parallel_embedding_backward(DeviceContext& ctx, Tensor dwte, const Te
   check_devices(op, ctx, {{"dwte", dwte}, {"dout", dout}, {"tokens", tokens}});
   for (const Arg& x : {Arg{"dwte", dwte}, Arg{"dout", dout}, Arg{"tokens", tokens}})
     require_defined(op, x);
-  require_same_float(op, {{"dwte", dwte}, {"dout", dout}});
+  require_same_float(op, {{"dout", dout}});
+  require_same_or_wider_grad(op, {"dwte", dwte}, dout.dtype(), "dout");  // fusion: the master
   check_vocab_parallel_embedding(op, tokens, {"dwte", dwte}, {"dout", dout}, vocab_start);
   SHARDLM_OPS_ROUTE(vocab_parallel_embedding_backward, ctx, dwte, dout, tokens, vocab_start);
 }

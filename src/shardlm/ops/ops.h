@@ -3,7 +3,8 @@
 //
 // Conventions (all ops):
 //  - Tensors are contiguous row-major views; all float tensors of one call share one dtype
-//    (fp32 or fp64 on the CPU), integer inputs (tokens, targets) are int32.
+//    (fp32 or fp64 on the CPU) unless the op says otherwise (wider parameter gradients, fp32
+//    statistics), integer inputs (tokens, targets) are int32.
 //  - Ops never allocate. Anything extra is saved in caller-provided tensors (mean/rstd, lse).
 //  - Accumulation rule (DESIGN §8.7): parameter gradients ACCUMULATE (+=); activation
 //    gradients are ASSIGNED (=). The model adds residual-stream gradients explicitly.
@@ -52,6 +53,10 @@ bool all_finite(DeviceContext& ctx, const Tensor& x);
 void embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens, const Tensor& wte,
                        const Tensor& wpe);
 // dwte[tokens[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (dwpe may be undefined).
+// dwte may be wider than dout (gradient-accumulation fusion writes the master gradient): fp32
+// for bf16/fp16 dout, fp64 for fp32 dout (CPU); dwpe is dout's dtype. Rows sharing a token are
+// summed in row order (deterministic): the CPU adds each in dwte's dtype, CUDA sums them in fp32
+// and adds the sum once, rounding once to dwte's dtype.
 void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tensor& dout,
                         const Tensor& tokens);
 
@@ -198,7 +203,8 @@ void cross_entropy_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dl
 // tokens int32 with N elements (any shape), out [.., C] with N*C elements.
 void vocab_parallel_embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens,
                                       const Tensor& wte, int64_t vocab_start);
-// dwte[tokens[n] - vocab_start, :] += dout[n, :] for ids in the shard (accumulates).
+// dwte[tokens[n] - vocab_start, :] += dout[n, :] for ids in the shard (accumulates). dwte may
+// be wider than dout, summed in row order, as embedding_backward.
 void vocab_parallel_embedding_backward(DeviceContext& ctx, Tensor dwte, const Tensor& dout,
                                        const Tensor& tokens, int64_t vocab_start);
 // Cross-entropy over a vocab shard without gathering logits (Megatron's

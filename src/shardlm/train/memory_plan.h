@@ -46,7 +46,8 @@ std::string format_bytes(size_t bytes);  // "1.23 GiB" / "456.7 MiB"
 // (2 x [B, T, heads, HS] in the compute dtype); ShardLM's own kernels need less (2 fp32 per
 // query row). heads = this rank's query heads, groups = its query groups. cuDNN's own plan
 // workspace is not known before its plan is built and is not counted (0 for the engines
-// measured so far).
+// measured so far). The embedding backward's sort (~16 B per token row plus cub's storage) is
+// far smaller.
 size_t cuda_workspace_estimate(int64_t micro_batch, int64_t seq_length, int64_t heads,
                                int64_t groups, int64_t head_dim, size_t compute_dtype_bytes);
 

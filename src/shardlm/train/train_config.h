@@ -123,8 +123,9 @@ struct TrainConfig {
   bool bf16 = false;
   bool fp16 = false;
   // Megatron's gradient-accumulation fusion (on unless --no-gradient-accumulation-fusion):
-  // under --bf16/--fp16 the linear layers' weight-gradient GEMMs write the fp32 main gradients
-  // directly (model/parameter.h). No effect in fp32/fp64 runs.
+  // under --bf16/--fp16 the linear layers' weight-gradient GEMMs and the word embedding's
+  // backward write the fp32 main gradients directly (model/parameter.h). No effect in fp32/fp64
+  // runs.
   bool gradient_accumulation_fusion = true;
   // --fp16 loss scaling (--loss-scale, --initial-loss-scale, --min-loss-scale,
   // --loss-scale-window, --hysteresis); unused otherwise.

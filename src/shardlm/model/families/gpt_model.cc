@@ -88,10 +88,18 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
 void GPTModel::register_parameters(ParameterRegistry& reg) const {
   const int64_t V = cfg_.padded_vocab_size(), C = cfg_.hidden_size;
   const bool tied = !cfg_.untie_embeddings_and_output_weights;
-  // Vocab-parallel: rows [rank*V/TP, (rank+1)*V/TP) of the padded vocabulary.
+  // Vocab-parallel: rows [rank*V/TP, (rank+1)*V/TP) of the padded vocabulary. Its gradient
+  // (the lookup's scatter-add, plus the output-layer GEMM when tied) may go straight into the
+  // master gradient: gradient-accumulation fusion, as for the linear weights.
+  auto word_embeddings = [&](PipelineTie tie) {
+    ParameterSpec spec{kWordEmbeddings, {V, C}, tp_.split(0), true,
+                       Init::normal(cfg_.init_method_std), tie};
+    spec.fuse_main_grad = true;
+    return spec;
+  };
   if (chunk_.has_embedding) {
     const PipelineTie tie = tied && !chunk_.has_head ? PipelineTie::kPrimary : PipelineTie::kNone;
-    reg.add({kWordEmbeddings, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std), tie});
+    reg.add(word_embeddings(tie));
     if (cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute)
       reg.add({kPositionEmbeddings, {cfg_.max_positions(), C}, Split::none(), true,
                Init::normal(cfg_.init_method_std)});
@@ -106,8 +114,7 @@ void GPTModel::register_parameters(ParameterRegistry& reg) const {
     reg.add(output);
   }
   else if (!chunk_.has_embedding)  // the last stage's copy: same name, so the same init
-    reg.add({kWordEmbeddings, {V, C}, tp_.split(0), true, Init::normal(cfg_.init_method_std),
-             PipelineTie::kCopy});
+    reg.add(word_embeddings(PipelineTie::kCopy));
 }
 
 void GPTModel::bind(ParameterRegistry& reg) {
@@ -206,11 +213,9 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
   slot_ = 0;
 }
 
-Tensor GPTModel::output_weight() const {
-  return output_layer_ ? output_layer_->compute_value : word_embeddings_->compute_value;
-}
-Tensor GPTModel::output_weight_grad() const {
-  return output_layer_ ? output_layer_->compute_grad : word_embeddings_->compute_grad;
+Tensor GPTModel::output_weight() const { return output_parameter()->compute_value; }
+Parameter* GPTModel::output_parameter() const {
+  return output_layer_ ? output_layer_ : word_embeddings_;
 }
 
 void GPTModel::set_recompute(const RecomputeConfig& recompute) {
@@ -253,6 +258,17 @@ void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
   dropout_rows_forward(ctx, tp_, rows, a.residual[0], local, p, key);
 }
 
+Tensor GPTModel::take_word_embedding_grad(DeviceContext& ctx) const {
+  if (!word_embeddings_->main_grad_fused) return word_embeddings_->compute_grad;
+  // Fused: the lookup's scatter-add adds into the master gradient. As the step's first
+  // contribution (untied, or the pipeline's first stage; tied in one chunk the head's GEMM
+  // assigned before) it finds an earlier step's values there, which it cannot overwrite row by
+  // row: zero them first.
+  const Parameter::FusedMainGrad main = word_embeddings_->take_fused_main_grad();
+  if (!main.accumulate) ops::fill(ctx, main.grad, 0.0);
+  return main.grad;
+}
+
 void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const Tensor& dres) {
   DeviceContext& ctx = step.device;
   const int64_t B = micro_batch_, T = cfg_.seq_length, C = cfg_.hidden_size;
@@ -261,7 +277,7 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
   Activations& a = acts();
   if (!tp_.enabled()) {
     ops::dropout_backward(ctx, a.scratch.c0, dres, p, key, 0);
-    ops::embedding_backward(ctx, word_embeddings_->compute_grad,
+    ops::embedding_backward(ctx, take_word_embedding_grad(ctx),
                             position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
                             a.scratch.c0.reshape({B, T, C}), batch.tokens);
     if (position_embeddings_) report_grads_ready({&position_embeddings_, 1});
@@ -293,7 +309,7 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
   }
   const Tensor d_full = tp_.sp() ? a.scratch.c3 : d_local;
   exit_row_region_backward(ctx, tp_, rows, d_full, d_local, a.scratch.staging);
-  ops::vocab_parallel_embedding_backward(ctx, word_embeddings_->compute_grad, d_full,
+  ops::vocab_parallel_embedding_backward(ctx, take_word_embedding_grad(ctx), d_full,
                                          batch.tokens, vocab_start_);
   report_grads_ready({&word_embeddings_, 1});
 }
@@ -341,14 +357,16 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
   else
     ops::cross_entropy_backward(ctx, a.dlogits, a.dlosses, a.logits, targets, a.lse);
   // Output layer: column-parallel over the vocabulary; its input gradient is partial over TP.
-  if (output_layer_ && output_layer_->main_grad_fused) {  // straight into the fp32 main gradient
+  // Its weight (untied, or the tied word embedding) is fused: straight into the main gradient.
+  Parameter* const out = output_parameter();
+  if (out->main_grad_fused) {
     ops::linear_backward(ctx, a.scratch.c0, Tensor(), Tensor(), a.dlogits, a.final_norm,
-                         output_weight());
-    const Parameter::FusedMainGrad main = output_layer_->take_fused_main_grad();
+                         out->compute_value);
+    const Parameter::FusedMainGrad main = out->take_fused_main_grad();
     ops::linear_weight_grad(ctx, main.grad, a.dlogits, a.final_norm, main.accumulate);
   } else {
-    ops::linear_backward(ctx, a.scratch.c0, output_weight_grad(), Tensor(), a.dlogits,
-                         a.final_norm, output_weight());
+    ops::linear_backward(ctx, a.scratch.c0, out->compute_grad, Tensor(), a.dlogits, a.final_norm,
+                         out->compute_value);
   }
   if (output_layer_) report_grads_ready({&output_layer_, 1});
   // The last pipeline stage's tied copy is complete here (the first stage's reports later).

@@ -115,12 +115,13 @@ class GPTModel {
   Shape boundary_shape(int64_t micro_batch) const;
 
   // Gradient-ready hook (data-parallel overlap): backward calls cb with exactly the parameters
-  // whose gradient (compute_grad) for this micro-batch is complete, as soon as they are: the
-  // output layer (untied) and final norm first, then each transformer layer's parameters after
-  // its backward (last layer first), then the position embedding, and the word embedding last
-  // (when tied it also receives the output layer's gradient). Every parameter is reported
-  // exactly once per backward, in the reverse of registration order. With tensor/sequence
-  // parallelism a parameter is reported after any TP all-reduce of its gradient. Empty cb: none.
+  // whose gradient for this micro-batch is complete (compute_grad, or the master gradient of a
+  // main_grad_fused parameter), as soon as they are: the output layer (untied) and final norm
+  // first, then each transformer layer's parameters after its backward (last layer first), then
+  // the position embedding, and the word embedding last (when tied it also receives the output
+  // layer's gradient). Every parameter is reported exactly once per backward, in the reverse of
+  // registration order. With tensor/sequence parallelism a parameter is reported after any TP
+  // all-reduce of its gradient. Empty cb: none.
   using GradReadyCallback = std::function<void(std::span<Parameter* const>)>;
   void set_grad_ready_callback(GradReadyCallback cb) { grad_ready_ = std::move(cb); }
   // Parameters-needed hook (--overlap-param-gather): forward calls cb with the parameters it is
@@ -176,9 +177,14 @@ class GPTModel {
   void select_slot(int slot);
   int64_t num_local_layers() const { return static_cast<int64_t>(layers_.size()); }
 
+  // The output layer's weight: the untied output layer, else the (tied) word embedding.
+  Parameter* output_parameter() const;
   Tensor output_weight() const;
+  // Where the word embedding's backward adds its gradient: the compute gradient, or with
+  // gradient-accumulation fusion the master gradient (zeroed first when it is the step's first
+  // contribution).
+  Tensor take_word_embedding_grad(DeviceContext& ctx) const;
   void report_grads_ready(std::span<Parameter* const> params) const;
-  Tensor output_weight_grad() const;
 
   TransformerConfig cfg_;
   // Fewer query groups than TP ranks: the ranks sharing this rank's group (tp_.query_group).

@@ -2,7 +2,8 @@
 // ops.h, in namespace shardlm::ops::cpu. Call these through ops.h, never directly: the
 // dispatcher (ops.cc) validates shapes, dtypes and devices first, so these functions assume
 // well-formed arguments and only check what needs the data itself (token / target ids) and
-// the dtype (fp32 and fp64 compute; fill/copy also handle bf16/fp16 storage).
+// the dtype (fp32 and fp64 compute; fill/copy, accumulate_and_zero's x and the embedding
+// backwards' dout also handle bf16/fp16 storage).
 //
 // Numerics: every op computes in double internally and rounds once on store, so fp32 results
 // stay within ~1e-6 of fp64 ones and the backend can serve as the reference for CUDA kernels.

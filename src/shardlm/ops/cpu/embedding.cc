@@ -3,10 +3,14 @@
 //
 // Shapes (validated by the ops/*_ops.cc dispatchers): tokens int32 [B,T], wte [V,C], wpe [P,C]
 // (P >= T) or undefined, out / dout [B,T,C]. Token ids are data, so their range is checked here.
+// Backward adds the rows in row order, each in dwte's dtype: deterministic, and with a wider
+// dwte (the fp64 master gradient for fp32 dout; fp32 for bf16/fp16 dout) each row is converted
+// exactly and added, as the fold of a compute gradient into the master gradient adds.
 #include <string>
 
 #include "shardlm/ops/cpu/cpu_ops.h"
 #include "shardlm/ops/cpu/detail/float_dispatch.h"
+#include "shardlm/ops/cpu/detail/storage_float.h"
 
 namespace shardlm::ops::cpu {
 
@@ -45,20 +49,15 @@ void embedding_forward_impl(T* out, const int32_t* tokens, const T* wte, const T
   }
 }
 
+// dwpe[t] += dout[b, t] over b, in dout's dtype.
 template <typename T>
-void embedding_backward_impl(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int64_t B,
-                             int64_t Tn, int64_t C) {
-  for (int64_t b = 0; b < B; ++b) {
+void position_backward_impl(T* dwpe, const T* dout, int64_t B, int64_t Tn, int64_t C) {
+  for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t) {
       const T* d = dout + (b * Tn + t) * C;
-      T* w = dwte + static_cast<int64_t>(tokens[b * Tn + t]) * C;
-      for (int64_t c = 0; c < C; ++c) w[c] += d[c];
-      if (dwpe != nullptr) {
-        T* pe = dwpe + t * C;
-        for (int64_t c = 0; c < C; ++c) pe[c] += d[c];
-      }
+      T* pe = dwpe + t * C;
+      for (int64_t c = 0; c < C; ++c) pe[c] += d[c];
     }
-  }
 }
 
 }  // namespace
@@ -74,14 +73,21 @@ void embedding_forward(DeviceContext&, Tensor out, const Tensor& tokens, const T
   });
 }
 
-void embedding_backward(DeviceContext&, Tensor dwte, Tensor dwpe, const Tensor& dout,
+void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tensor& dout,
                         const Tensor& tokens) {
-  detail::dispatch_float(dwte.dtype(), "embedding_backward", [&](auto zero) {
+  constexpr const char* op = "embedding_backward";
+  // Refuse before writing anything: dwpe is computed in dout's dtype (fp32/fp64 only).
+  const bool computes = dout.dtype() == DType::kF32 || dout.dtype() == DType::kF64;
+  if (!detail::is_storage_float(dout.dtype()) || (dwpe.defined() && !computes))
+    detail::throw_unsupported_dtype(op, dout.dtype());
+  const int64_t B = tokens.size(0), Tn = tokens.size(1), C = dwte.size(1);
+  check_token_ids(op, tokens, dwte.size(0));
+  // The whole table is this rank's shard: the vocab-parallel scatter-add from row 0.
+  vocab_parallel_embedding_backward(ctx, dwte, dout, tokens, /*vocab_start=*/0);
+  if (!dwpe.defined()) return;
+  detail::dispatch_float(dout.dtype(), op, [&](auto zero) {
     using T = decltype(zero);
-    check_token_ids("embedding_backward", tokens, dwte.size(0));
-    embedding_backward_impl<T>(dwte.data<T>(), dwpe.defined() ? dwpe.data<T>() : nullptr,
-                               dout.data<T>(), tokens.data<int32_t>(), tokens.size(0),
-                               tokens.size(1), dwte.size(1));
+    position_backward_impl<T>(dwpe.data<T>(), dout.data<T>(), B, Tn, C);
   });
 }
 

@@ -8,10 +8,13 @@
 // Shapes (validated by the ops/*_ops.cc dispatchers): tokens int32 with N elements, wte [VL, C],
 // out / dout N*C.
 // Negative ids are data errors, checked here; the upper bound belongs to the caller.
+// Backward adds the rows in row order, each in dwte's dtype, which may be wider than dout's (the
+// master gradient: fp64 for fp32 dout, fp32 for bf16/fp16 dout), as embedding.cc.
 #include <string>
 
 #include "shardlm/ops/cpu/cpu_ops.h"
 #include "shardlm/ops/cpu/detail/float_dispatch.h"
+#include "shardlm/ops/cpu/detail/storage_float.h"
 
 namespace shardlm::ops::cpu {
 
@@ -41,15 +44,22 @@ void forward_impl(T* out, const int32_t* tokens, const T* wte, int64_t N, int64_
   }
 }
 
-template <typename T>
-void backward_impl(T* dwte, const T* dout, const int32_t* tokens, int64_t N, int64_t VL,
-                   int64_t C, int64_t vocab_start) {
+// dout is G or a narrower storage dtype (converted exactly, added in G).
+template <typename G>
+void backward_impl(G* dwte, DType dout_dtype, const void* dout, const int32_t* tokens, int64_t N,
+                   int64_t VL, int64_t C, int64_t vocab_start) {
+  const bool same = dout_dtype == DTypeOf<G>::value;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t row = static_cast<int64_t>(tokens[n]) - vocab_start;
     if (row < 0 || row >= VL) continue;
-    const T* d = dout + n * C;
-    T* w = dwte + row * C;
-    for (int64_t c = 0; c < C; ++c) w[c] += d[c];
+    G* w = dwte + row * C;
+    if (same) {
+      const G* d = static_cast<const G*>(dout) + n * C;
+      for (int64_t c = 0; c < C; ++c) w[c] += d[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        w[c] += static_cast<G>(detail::load_as_double(dout_dtype, dout, n * C + c));
+    }
   }
 }
 
@@ -69,11 +79,12 @@ void vocab_parallel_embedding_forward(DeviceContext&, Tensor out, const Tensor& 
 void vocab_parallel_embedding_backward(DeviceContext&, Tensor dwte, const Tensor& dout,
                                        const Tensor& tokens, int64_t vocab_start) {
   constexpr const char* op = "vocab_parallel_embedding_backward";
+  if (!detail::is_storage_float(dout.dtype())) detail::throw_unsupported_dtype(op, dout.dtype());
   detail::dispatch_float(dwte.dtype(), op, [&](auto zero) {
-    using T = decltype(zero);
+    using G = decltype(zero);
     check_non_negative(op, tokens);
-    backward_impl<T>(dwte.data<T>(), dout.data<T>(), tokens.data<int32_t>(), tokens.numel(),
-                     dwte.size(0), dwte.size(1), vocab_start);
+    backward_impl<G>(dwte.data<G>(), dout.dtype(), dout.raw(), tokens.data<int32_t>(),
+                     tokens.numel(), dwte.size(0), dwte.size(1), vocab_start);
   });
 }
 

@@ -5,10 +5,11 @@
 //
 // Contract: every op runs asynchronously on the stream of the CudaBackendState attached to ctx
 // (cuda_context.h, init_cuda_backend). Tensors are never allocated by ops; the parameter-gradient
-// column reductions (norms, linear bias) and attention_backward take per-call fp32 scratch from
-// the context (CudaBackendState::scratch, grown stream-ordered on first use, then reused). The
-// only host syncs are the ops that return a host value (sum_squares, all_finite), copies to/from
-// host memory, and embedding_forward's token-range check (which reads back one flag).
+// column reductions (norms, linear bias), the embedding backwards' sort (sorted_scatter_add.h)
+// and attention_backward take per-call scratch from the context (CudaBackendState::scratch,
+// grown stream-ordered on first use, then reused). The only host syncs are the ops that return a
+// host value (sum_squares, all_finite), copies to/from host memory, and embedding_forward's
+// token-range check (which reads back one flag).
 //
 //   DeviceContext ctx(Device::cuda(0));
 //   ops::cuda::init_cuda_backend(ctx);

@@ -5,12 +5,16 @@
 //    (consecutive threads take consecutive c: coalesced). A token outside [0,V) writes 0 and
 //    raises a device flag; the entry point reads the flag back (one stream sync) and throws
 //    kInvalidArgument, as the CPU backend does.
-//  backward: dwte[tok[n], c] += dout[n, c] with atomicAdd in the parameter's dtype (fp32, or
-//    bf16/fp16 hardware atomics): rows that share a token are summed in a nondeterministic
-//    order. dwpe[t, c] += sum_b dout[b, t, c] is one thread per (t, c) looping over b
-//    (deterministic, fp32 sum).
+//  backward: dwte[tok[n], :] += dout[n, :] through sorted_scatter_add.h: a stable radix sort of
+//    (token, row) groups each token's rows in row order; each token's rows are summed in fp32 in
+//    that order and added to dwte once (one rounding to dwte's dtype), so the result is
+//    deterministic and a token seen k times is not rounded k times. dwte is dout's dtype or, for
+//    bf16/fp16 dout, the fp32 master gradient (gradient-accumulation fusion). Ids outside [0,V)
+//    (forward refused them) are skipped. dwpe[t, c] += sum_b dout[b, t, c] is one thread per
+//    (t, c) looping over b (deterministic, fp32 sum), in dout's dtype.
 #include "shardlm/ops/cuda/common.cuh"
 #include "shardlm/ops/cuda/cuda_ops.h"
+#include "shardlm/ops/cuda/sorted_scatter_add.h"
 
 namespace shardlm::ops::cuda {
 namespace {
@@ -34,27 +38,6 @@ __global__ void embedding_forward_kernel(T* out, const int32_t* tokens, const T*
     float v = load_as_float(wte[static_cast<int64_t>(tok) * C + c]);
     if (wpe != nullptr) v += load_as_float(wpe[(n % T_len) * C + c]);
     out[i] = float_to<T>(v);
-  }
-}
-
-__device__ __forceinline__ void atomic_accumulate(float* p, float v) { atomicAdd(p, v); }
-__device__ __forceinline__ void atomic_accumulate(__nv_bfloat16* p, float v) {
-  atomicAdd(p, __float2bfloat16_rn(v));
-}
-__device__ __forceinline__ void atomic_accumulate(__half* p, float v) {
-  atomicAdd(p, __float2half_rn(v));
-}
-
-template <typename T>
-__global__ void embedding_token_backward_kernel(T* dwte, const T* dout, const int32_t* tokens,
-                                                int64_t N, int64_t C, int64_t V) {
-  const int64_t total = N * C, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += stride) {
-    const int64_t n = i / C, c = i % C;
-    const int32_t tok = tokens[n];
-    if (tok < 0 || tok >= V) continue;  // forward already refused these
-    atomic_accumulate(&dwte[static_cast<int64_t>(tok) * C + c], load_as_float(dout[i]));
   }
 }
 
@@ -127,8 +110,7 @@ void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tens
   const char* op = "embedding_backward";
   check_tokens(ctx, tokens, op);
   require_on_device(ctx, dout, op, "dout");
-  require_on_device(ctx, dwte, op, "dwte");
-  require_same_dtype(dout, dwte, op, "dout", "dwte");
+  require_on_device(ctx, dwte, op, "dwte");  // its dtype: sorted_scatter_add checks
   const int64_t B = tokens.size(0), T_len = tokens.size(1), N = B * T_len;
   const int64_t V = dwte.size(0), C = dwte.numel() / std::max<int64_t>(V, 1);
   require_numel(dout, N * C, op, "dout");
@@ -143,19 +125,14 @@ void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tens
                       std::to_string(T_len));
   }
   if (N * C == 0) return;
+  sorted_scatter_add(ctx, dwte, dout, tokens, /*row_start=*/0, op);
+  if (!has_wpe) return;
   const CudaBackendState& st = cuda_state(ctx);
   dispatch_float(dout.dtype(), op, [&]<typename T>() {
-    embedding_token_backward_kernel<T><<<grid_stride_blocks(st, N * C, 256), 256, 0,
-                                         st.stream()>>>(
-        static_cast<T*>(dwte.raw()), static_cast<const T*>(dout.raw()),
-        static_cast<const int32_t*>(tokens.raw()), N, C, V);
+    embedding_position_backward_kernel<T><<<grid_stride_blocks(st, T_len * C, 256), 256, 0,
+                                            st.stream()>>>(
+        static_cast<T*>(dwpe.raw()), static_cast<const T*>(dout.raw()), B, T_len, C);
     CUDA_CHECK_LAUNCH();
-    if (has_wpe) {
-      embedding_position_backward_kernel<T><<<grid_stride_blocks(st, T_len * C, 256), 256, 0,
-                                              st.stream()>>>(
-          static_cast<T*>(dwpe.raw()), static_cast<const T*>(dout.raw()), B, T_len, C);
-      CUDA_CHECK_LAUNCH();
-    }
   });
 }
 

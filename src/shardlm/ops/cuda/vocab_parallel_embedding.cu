@@ -7,13 +7,16 @@
 //    coalesced); out[n,c] = wte[tok[n] - start, c] for ids in the shard, else 0. A negative id
 //    writes 0 and raises a device flag; the entry point reads it back (one stream sync, as
 //    embedding_forward does) and throws kInvalidArgument.
-//  backward: dwte[tok[n] - start, c] += dout[n, c] for ids in the shard, atomicAdd in the
-//    parameter's dtype (rows sharing a token sum in a nondeterministic order, as
-//    embedding_backward).
+//  backward: dwte[tok[n] - start, :] += dout[n, :] for ids in the shard through
+//    sorted_scatter_add.h, as embedding_backward: ids outside [start, start + VL) (other
+//    ranks' rows) are skipped; each of the shard's tokens gets the fp32 sum of its rows in row
+//    order, added once (deterministic); dwte is dout's dtype or, for bf16/fp16 dout, the fp32
+//    master gradient (gradient-accumulation fusion).
 #include <algorithm>
 
 #include "shardlm/ops/cuda/common.cuh"
 #include "shardlm/ops/cuda/cuda_ops.h"
+#include "shardlm/ops/cuda/sorted_scatter_add.h"
 
 namespace shardlm::ops::cuda {
 namespace {
@@ -32,28 +35,6 @@ __global__ void vocab_parallel_embedding_forward_kernel(T* out, const int32_t* t
     if (tok < 0) *bad_token_flag = 1;
     const int64_t row = static_cast<int64_t>(tok) - start;
     out[i] = (row >= 0 && row < VL) ? wte[row * C + c] : float_to<T>(0.0f);
-  }
-}
-
-__device__ __forceinline__ void atomic_accumulate(float* p, float v) { atomicAdd(p, v); }
-__device__ __forceinline__ void atomic_accumulate(__nv_bfloat16* p, float v) {
-  atomicAdd(p, __float2bfloat16_rn(v));
-}
-__device__ __forceinline__ void atomic_accumulate(__half* p, float v) {
-  atomicAdd(p, __float2half_rn(v));
-}
-
-template <typename T>
-__global__ void vocab_parallel_embedding_backward_kernel(T* dwte, const T* dout,
-                                                         const int32_t* tokens, int64_t N,
-                                                         int64_t C, int64_t VL, int64_t start) {
-  const int64_t total = N * C, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += stride) {
-    const int64_t n = i / C, c = i % C;
-    const int64_t row = static_cast<int64_t>(tokens[n]) - start;
-    if (row < 0 || row >= VL) continue;
-    atomic_accumulate(&dwte[row * C + c], load_as_float(dout[i]));
   }
 }
 
@@ -95,20 +76,12 @@ void vocab_parallel_embedding_backward(DeviceContext& ctx, Tensor dwte, const Te
   require_on_device(ctx, tokens, op, "tokens");
   require_dtype(tokens, DType::kI32, op, "tokens");
   require_on_device(ctx, dout, op, "dout");
-  require_on_device(ctx, dwte, op, "dwte");
-  require_same_dtype(dout, dwte, op, "dout", "dwte");
+  require_on_device(ctx, dwte, op, "dwte");  // its dtype: sorted_scatter_add checks
   const int64_t N = tokens.numel(), VL = dwte.size(0),
                 C = dwte.numel() / std::max<int64_t>(VL, 1);
   require_numel(dout, N * C, op, "dout");
   if (N * C == 0) return;
-  const CudaBackendState& st = cuda_state(ctx);
-  dispatch_float(dwte.dtype(), op, [&]<typename T>() {
-    vocab_parallel_embedding_backward_kernel<T>
-        <<<grid_stride_blocks(st, N * C, 256), 256, 0, st.stream()>>>(
-            static_cast<T*>(dwte.raw()), static_cast<const T*>(dout.raw()),
-            static_cast<const int32_t*>(tokens.raw()), N, C, VL, vocab_start);
-    CUDA_CHECK_LAUNCH();
-  });
+  sorted_scatter_add(ctx, dwte, dout, tokens, vocab_start, op);
 }
 
 }  // namespace shardlm::ops::cuda

@@ -84,6 +84,19 @@ inline void require_same_float(const char* op, std::initializer_list<Arg> args) 
   }
 }
 
+// A parameter gradient computed from `from`-dtype activations (`from_what`): the same dtype, or
+// the wider master dtype gradient-accumulation fusion writes (fp32 for bf16/fp16, fp64 for fp32).
+inline void require_same_or_wider_grad(const char* op, const Arg& grad, DType from,
+                                       const char* from_what) {
+  const DType g = grad.t.dtype();
+  const bool wider = (g == DType::kF32 && (from == DType::kBF16 || from == DType::kF16)) ||
+                     (g == DType::kF64 && from == DType::kF32);
+  require(g == from || wider, op,
+          std::string(grad.name) + " is " + dtype_name(g) + " for " + dtype_name(from) + " " +
+              from_what + "; it must be " + dtype_name(from) +
+              " or the wider master dtype (fp32 for bf16/fp16, fp64 for fp32)");
+}
+
 inline void require_int32(const char* op, const Arg& a) {
   require(a.t.dtype() == DType::kI32, op,
           std::string(a.name) + " must be int32, got " + dtype_name(a.t.dtype()));
