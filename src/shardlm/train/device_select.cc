@@ -19,7 +19,10 @@ DeviceContext select_device(const std::string& requested, int local_rank) {
     if (gpus <= local_rank)
       throw Error(ErrorKind::kInvalidConfig,
                   "--device cuda: " + std::to_string(gpus) + " GPU(s) visible, need index " +
-                      std::to_string(local_rank) + "; check CUDA_VISIBLE_DEVICES or use --device cpu");
+                      std::to_string(local_rank) +
+                      " (one GPU per local rank); check CUDA_VISIBLE_DEVICES, start fewer ranks "
+                      "per node, use --device cpu, or --distributed-backend gloo to let ranks "
+                      "share GPUs (slow: collectives go through host memory)");
     return DeviceContext(Device::cuda(local_rank));
   }
   // auto
