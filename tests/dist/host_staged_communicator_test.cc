@@ -104,6 +104,31 @@ TEST(HostStagedCommunicator, PointToPointAndSubgroups) {
   });
 }
 
+// defer_collectives: a collective reads its inputs at wait(), so a change made between issue
+// and wait shows in the result; sends and receives still run at issue (a pipeline exchange
+// waited in any order completes).
+TEST(HostStagedCommunicator, DeferredCollectivesReadTheirInputsAtWait) {
+  run_ranks(2, [&](Communicator& world) {
+    DeviceContext cpu = DeviceContext::cpu();
+    HostStagedCommunicator comm(cpu, world.split(0, world.rank(), "world"),
+                                {.stage_host_tensors = true, .defer_collectives = true});
+    const int r = comm.rank();
+    OwnedTensor t = OwnedTensor::empty(DType::kF32, {3});
+    for (int i = 0; i < 3; ++i) t.view().data<float>()[i] = 1.0f;
+    CommHandle h = comm.all_reduce_async(t.view());
+    for (int i = 0; i < 3; ++i) t.view().data<float>()[i] = static_cast<float>(10 * (r + 1));
+    h.wait();
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(t.view().data<float>()[i], 30.0f) << "read at issue";
+    // Receive first, then send, each waited after both are issued: not deferred, no deadlock.
+    OwnedTensor in = OwnedTensor::zeros(DType::kF32, {2}), out = values(DType::kF32, 2, r, 9);
+    CommHandle recv = comm.recv_async(in.view(), 1 - r);
+    CommHandle send = comm.send_async(out.view(), 1 - r);
+    recv.wait();
+    send.wait();
+    EXPECT_TRUE(bytes_equal(in.view(), values(DType::kF32, 2, 1 - r, 9).view()));
+  });
+}
+
 TEST(HostStagedCommunicator, AMissingRankIsStillNamed) {
   ThreadWorld world(2, {.timeout = std::chrono::milliseconds(500)});
   const auto errors = world.run([&](Communicator& w) {

@@ -210,6 +210,30 @@ TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
             }).find("--tensor-model-parallel-size"), std::string::npos);
 }
 
+// Collectives issued only when they are waited for (the latest moment the Communicator
+// contract allows the inputs to be read) give the same bits: no rank touches a buffer between
+// issuing an operation and waiting for it — the race an NCCL side stream would expose.
+TEST(DeferredCollectives, EveryOverlappedLayoutGivesTheSameBits) {
+  std::vector<Layout> layouts;
+  layouts.push_back(Layout{.dp = 2, .distributed_optimizer = true, .overlap_grad_reduce = true,
+                           .overlap_param_gather = true, .bucket_size = 3000});
+  layouts.push_back(Layout{.dp = 2, .overlap_grad_reduce = true, .bucket_size = 3000});
+  layouts.push_back(Layout{.tp = 2, .dp = 2, .pp = 2, .sequence_parallel = true,
+                           .distributed_optimizer = true, .overlap_grad_reduce = true,
+                           .overlap_param_gather = true, .bucket_size = 3000});
+  layouts.push_back(Layout{.dp = 2, .pp = 2, .overlap_grad_reduce = true, .bucket_size = 3000,
+                           .layers_per_virtual_stage = 1});
+  for (Layout l : layouts) {
+    const RunResult immediate = run_layout(tiny_config(), l);
+    l.defer_collectives = true;
+    const RunResult deferred = run_layout(tiny_config(), l);
+    SCOPED_TRACE(l.name());
+    EXPECT_EQ(deferred.losses, immediate.losses);
+    EXPECT_EQ(deferred.grad_norms, immediate.grad_norms);
+    EXPECT_EQ(deferred.params, immediate.params);
+  }
+}
+
 TEST_F(LayoutEquivalence, LogsLayoutBucketsAndShardedOptimizerMemory) {
   Layout l;
   l.dp = 4;

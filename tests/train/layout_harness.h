@@ -4,7 +4,8 @@
 // and final parameters. Every copy of an element (data-parallel replicas, TP-replicated
 // parameters, the pipeline's tied-embedding copy) must agree bit for bit.
 // With cfg.device "cuda" every rank thread drives its own DeviceContext on GPU 0 and talks
-// through a HostStagedCommunicator: the GPU code paths of any layout on one GPU.
+// through a HostStagedCommunicator (collectives deferred to wait()): the GPU code paths of any
+// layout on one GPU.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -92,6 +93,10 @@ struct Layout {
   int tp = 1, dp = 1, pp = 1;
   bool sequence_parallel = false, distributed_optimizer = false, overlap_grad_reduce = false,
        overlap_param_gather = false;
+  // Collectives issued only at wait() (HostStagedOptions::defer_collectives): a rank that
+  // changes a buffer between issuing an operation and waiting for it gets different numbers.
+  // Always on for GPU runs.
+  bool defer_collectives = false;
   int64_t bucket_size = 0;
   // Pipeline shape (0 / "": unset).
   int layers_per_virtual_stage = 0, first_stage_layers = 0, last_stage_layers = 0;
@@ -106,6 +111,7 @@ struct Layout {
        << (schedule.empty() ? "" : " " + schedule) << (sequence_parallel ? " SP" : "")
        << (distributed_optimizer ? " distopt" : "") << (overlap_grad_reduce ? " overlap-grad" : "")
        << (overlap_param_gather ? " overlap-param" : "")
+       << (defer_collectives ? " deferred" : "")
        << (bucket_size ? " bucket " + std::to_string(bucket_size) : "");
     return os.str();
   }
@@ -139,8 +145,9 @@ inline RunResult run_layout(TrainConfig cfg, const Layout& l, std::string* log0 
     const bool gpu = cfg.device == "cuda";
     DeviceContext device = gpu ? DeviceContext(Device::cuda(0)) : DeviceContext::cpu();
     std::unique_ptr<dist::Communicator> world_group = comm.split(0, r, "world");
-    if (gpu)
-      world_group = std::make_unique<dist::HostStagedCommunicator>(device, std::move(world_group));
+    if (gpu || l.defer_collectives)
+      world_group = std::make_unique<dist::HostStagedCommunicator>(
+          device, std::move(world_group), dist::HostStagedOptions{.defer_collectives = true});
     dist::RankContext rc = dist::RankContext::create(device, std::move(world_group), layout, r);
     std::ostringstream log;
     Trainer t(cfg, rc, log);

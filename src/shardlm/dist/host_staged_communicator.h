@@ -10,7 +10,8 @@
 // wait(), each host output is copied back into its device tensor on the rank's stream. Host
 // tensors pass through unstaged (unless `stage_host_tensors`, which stages them too so the
 // staging itself is testable without a GPU). Semantics, deadlines and errors are the wrapped
-// communicator's; outputs may alias inputs as before (inputs are read at issue).
+// communicator's; outputs may alias inputs as before (inputs are read at issue, or at wait()
+// with `defer_collectives`).
 //
 // Thread contract: as every Communicator, one rank's thread. Ownership: owns the wrapped
 // communicator; the DeviceContext must outlive it; pending handles own their host buffers.
@@ -34,6 +35,11 @@ namespace shardlm::dist {
 
 struct HostStagedOptions {
   bool stage_host_tensors = false;  // stage host tensors as well (tests of the staging)
+  // Collectives (not send/recv: a deferred send would stall its receiver) are issued only when
+  // wait() is called: their inputs are read as late as the contract allows, so a caller that
+  // changes an input before wait() — a race on an NCCL side stream — gets wrong results here
+  // instead of passing by luck.
+  bool defer_collectives = false;
 };
 
 class HostStagedCommunicator final : public Communicator {
