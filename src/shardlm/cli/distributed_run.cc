@@ -77,11 +77,10 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
 #endif
   }
   world->set_timeout(timeout);  // every operation from here on (subgroups inherit it)
-  dist::Communicator* world_comm = world.get();
   std::optional<dist::RankContext> rc;  // outlives the try block: the handler aborts its world
   try {
     // Sanity: everyone reached the same world, and collectives work.
-    world_comm->barrier();
+    world->barrier();
     OwnedTensor ids = OwnedTensor::empty(DType::kI64, {1});
     OwnedTensor ids_dev = device->device().is_cpu()
                               ? OwnedTensor()
@@ -92,7 +91,7 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
       ops::copy(*device, ids_dev.view(), ids.view());
       t = ids_dev.view();
     }
-    world_comm->all_reduce(t);
+    world->all_reduce(t);
     if (!device->device().is_cpu()) ops::copy(*device, ids.view(), ids_dev.view());
     const int64_t n = env.world_size;
     SHARDLM_REQUIRE(ids.view().data<int64_t>()[0] == n * (n - 1) / 2, ErrorKind::kInternal,
@@ -111,6 +110,9 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
         dist::RankContext::create(std::move(device), std::move(world), layout, env.local_rank));
 
     body(cfg, *rc);
+    // Nobody leaves before everyone is done: rank 0 hosts the store that slower ranks still
+    // read while they wait on their last operations.
+    rc->world().barrier();
   } catch (const std::exception& e) {
     const std::string what = e.what();
     const std::string reason = "rank " + std::to_string(env.rank) + " failed: " + what;
@@ -121,7 +123,10 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
         if (rc->has_group(kind)) rc->group(kind).abort(reason);
       }
     }
-    world_comm->abort(reason);
+    if (rc)
+      rc->world().abort(reason);
+    else if (world)  // (RankContext::create aborts the world itself when it fails)
+      world->abort(reason);
     const ErrorKind kind = [&] {
       if (auto* err = dynamic_cast<const Error*>(&e)) return err->kind();
       return ErrorKind::kInternal;

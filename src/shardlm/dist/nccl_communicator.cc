@@ -206,20 +206,27 @@ void NcclCommunicator::await_ready(ncclComm* comm, const std::string& what, uint
 
 std::string NcclCommunicator::dead_member() const {
   if (!store_) return "";
-  std::vector<std::string> keys;
-  for (int w : world_ranks_) keys.push_back(dead_key(w));
-  const std::vector<bool> present = store_->check(keys);
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (present[i] && static_cast<int>(i) != rank_) {
-      return "rank " + std::to_string(i) + " (world rank " + std::to_string(world_ranks_[i]) +
-             ") is dead (" + store_->get(keys[i], std::chrono::milliseconds(1000)) + ")";
+  // The store is only a hint: when it is gone (rank 0, its server, finished its part and
+  // exited) the deadline still decides, so a slower healthy rank does not fail on it.
+  try {
+    std::vector<std::string> keys;
+    for (int w : world_ranks_) keys.push_back(dead_key(w));
+    const std::vector<bool> present = store_->check(keys);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (present[i] && static_cast<int>(i) != rank_) {
+        return "rank " + std::to_string(i) + " (world rank " + std::to_string(world_ranks_[i]) +
+               ") is dead (" + store_->get(keys[i], std::chrono::milliseconds(1000)) + ")";
+      }
     }
+  } catch (const Error&) {
   }
   return "";
 }
 
 void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what, uint64_t seq,
                                   Clock::time_point deadline) {
+  // Another handle's failure aborted the group: this operation's result is gone too.
+  check_usable(what + " #" + std::to_string(seq));
   const auto start = Clock::now();
   auto next_store_check = start + std::chrono::seconds(1);
   for (;;) {

@@ -37,24 +37,41 @@ RankContext RankContext::build(DeviceContext* device, std::unique_ptr<DeviceCont
   rc.local_rank_ = local_rank;
   const int rank = world->rank();
   rc.coord_ = layout.coord(rank);
-  for (GroupKind kind : kAllGroupKinds) {
-    const int color = layout.group_index(kind, rank);
-    const auto& members = layout.group_of(kind, rank);
-    const int key = color < 0 ? 0
-                              : static_cast<int>(std::find(members.begin(), members.end(), rank) -
-                                                 members.begin());
-    auto comm = world->split(color < 0 ? kNoColor : color, key, group_kind_name(kind));
-    if (comm) {
-      // Group rank order must be the layout's member order (parallel code relies on it).
-      std::vector<int> expected;
-      for (int m : members) expected.push_back(world->world_ranks()[m]);
-      SHARDLM_CHECK(comm->world_ranks() == expected);
-      SHARDLM_CHECK_EQ(comm->rank(), key);
-    }
-    rc.groups_[static_cast<size_t>(kind)] = std::move(comm);
+  try {
+    rc.split_groups(*world);
+  } catch (const std::exception& e) {
+    // A peer died or hung while the groups were being split: abort what exists (peers waiting
+    // on these groups fail fast; NCCL communicators are aborted, not destroyed with work
+    // pending), the world last, before they are destroyed with this frame.
+    const std::string reason = "world rank " + std::to_string(rank) +
+                               " failed while creating its process groups: " + e.what();
+    for (auto& g : rc.groups_)
+      if (g) g->abort(reason);
+    world->abort(reason);
+    throw;
   }
   rc.world_ = std::move(world);
   return rc;
+}
+
+void RankContext::split_groups(Communicator& world) {
+  const int rank = world.rank();
+  for (GroupKind kind : kAllGroupKinds) {
+    const int color = layout_.group_index(kind, rank);
+    const auto& members = layout_.group_of(kind, rank);
+    const int key = color < 0 ? 0
+                              : static_cast<int>(std::find(members.begin(), members.end(), rank) -
+                                                 members.begin());
+    auto comm = world.split(color < 0 ? kNoColor : color, key, group_kind_name(kind));
+    if (comm) {
+      // Group rank order must be the layout's member order (parallel code relies on it).
+      std::vector<int> expected;
+      for (int m : members) expected.push_back(world.world_ranks()[m]);
+      SHARDLM_CHECK(comm->world_ranks() == expected);
+      SHARDLM_CHECK_EQ(comm->rank(), key);
+    }
+    groups_[static_cast<size_t>(kind)] = std::move(comm);
+  }
 }
 
 Communicator& RankContext::group(GroupKind kind) const {

@@ -72,6 +72,8 @@ class RankContext {
   static RankContext build(DeviceContext* device, std::unique_ptr<DeviceContext> owned,
                            std::unique_ptr<Communicator> world, const ParallelLayout& layout,
                            int local_rank);
+  // One split of `world` per GroupKind into groups_ (collective over the world).
+  void split_groups(Communicator& world);
 
   std::unique_ptr<DeviceContext> owned_device_;
   DeviceContext* device_ = nullptr;

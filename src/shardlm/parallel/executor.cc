@@ -47,8 +47,22 @@ class RankRun {
     return is_last_virtual_stage(rank_, chunk, s_.num_stages, s_.num_chunks);
   }
 
+  // Boundary buffers are recycled within the step, never freed mid-step: cudaFree waits for
+  // the whole device, including a posted NCCL send/recv kernel that waits for a peer which may
+  // itself wait for this rank (a deadlock the thread communicator cannot show). They are freed
+  // when the step's run ends, with every transfer complete.
   Tensor allocate(std::map<Key, OwnedTensor>& where, const Key& k, const BoundarySpec& spec) {
-    OwnedTensor t = OwnedTensor::empty(spec.dtype, spec.shape, spec.device);
+    OwnedTensor t;
+    auto spare = std::find_if(spare_.begin(), spare_.end(), [&](const OwnedTensor& b) {
+      const Tensor v = b.view();
+      return v.dtype() == spec.dtype && v.shape() == spec.shape && v.device() == spec.device;
+    });
+    if (spare != spare_.end()) {
+      t = std::move(*spare);
+      spare_.erase(spare);
+    } else {
+      t = OwnedTensor::empty(spec.dtype, spec.shape, spec.device);
+    }
     Tensor view = t.view();
     SHARDLM_CHECK(where.emplace(k, std::move(t)).second);
     count_buffers();
@@ -59,6 +73,13 @@ class RankRun {
     const int n = static_cast<int>(inputs_.size() + outputs_.size() + output_grads_.size() +
                                    input_grads_.size());
     stats_.peak_buffers = std::max(stats_.peak_buffers, n);
+  }
+
+  void release(std::map<Key, OwnedTensor>& where, const Key& k) {
+    auto it = where.find(k);
+    if (it == where.end()) return;
+    spare_.push_back(std::move(it->second));
+    where.erase(it);
   }
 
   static Tensor find(const std::map<Key, OwnedTensor>& where, const Key& k, const Action& a) {
@@ -133,8 +154,8 @@ class RankRun {
     if (!first(a.chunk)) input_grad = allocate(input_grads_, k, stage_.input_spec(a.chunk));
     stage_.backward(a.chunk, a.microbatch, output_grad, input_grad);
     --in_flight_;
-    inputs_.erase(k);
-    output_grads_.erase(k);
+    release(inputs_, k);
+    release(output_grads_, k);
   }
 
   // Frees the buffers of sends whose batch completed (all of them with wait).
@@ -147,7 +168,7 @@ class RankRun {
       }
       it->handle->wait();  // completed: returns at once, rethrows a failure
       const Key k{it->action.chunk, it->action.microbatch};
-      (it->action.kind == ActionKind::kSendActivation ? outputs_ : input_grads_).erase(k);
+      release(it->action.kind == ActionKind::kSendActivation ? outputs_ : input_grads_, k);
       it = pending_sends_.erase(it);
     }
   }
@@ -164,6 +185,7 @@ class RankRun {
   ExecutorStats stats_;
   int in_flight_ = 0;
   std::map<Key, OwnedTensor> inputs_, outputs_, output_grads_, input_grads_;
+  std::vector<OwnedTensor> spare_;  // released boundary buffers, reused by allocate()
   std::map<std::tuple<ActionKind, int, int>, std::shared_ptr<dist::CommHandle>> received_;
   std::vector<PendingSend> pending_sends_;
 };
