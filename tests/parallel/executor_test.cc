@@ -289,5 +289,21 @@ TEST(PipelineExecutorTest, RejectsScheduleForOtherPipelineSize) {
   });
 }
 
+// connect(): every rank exchanges with both neighbours on both channels at once, so it
+// completes for any pipeline size (a mismatched exchange would time out here), and the
+// channels still carry a schedule afterwards.
+TEST(PipelineExecutorTest, ConnectExchangesWithBothNeighboursOnBothChannels) {
+  for (int P : {1, 2, 3, 4}) {
+    SCOPED_TRACE("P=" + std::to_string(P));
+    dist::testing::run_ranks(P, [&](dist::Communicator& comm) {
+      PipelineP2P p2p = PipelineP2P::create(comm);
+      DeviceContext cpu = DeviceContext::cpu();
+      p2p.connect(cpu);
+      p2p.connect(cpu);  // and again: the channels stay matched
+      comm.barrier();
+    }, std::chrono::seconds(5));
+  }
+}
+
 }  // namespace
 }  // namespace shardlm::parallel

@@ -57,6 +57,22 @@ PostedBatch PipelineP2P::post(std::span<const Transfer> transfers, int num_chunk
   return out;
 }
 
+void PipelineP2P::connect(DeviceContext& device) {
+  const int P = num_stages(), r = rank();
+  if (P == 1) return;
+  const int next = (r + 1) % P, prev = (r + P - 1) % P;
+  // [0, 1): sent to both; [1, 3): received from next and prev.
+  OwnedTensor buf = OwnedTensor::zeros(DType::kI32, {3}, device.device());
+  const Tensor out = buf.view().flat_view(0, Shape({1}));
+  const std::vector<dist::P2POp> ops{
+      {dist::P2POp::Kind::kSend, out, next},
+      {dist::P2POp::Kind::kSend, out, prev},
+      {dist::P2POp::Kind::kRecv, buf.view().flat_view(1, Shape({1})), next},
+      {dist::P2POp::Kind::kRecv, buf.view().flat_view(2, Shape({1})), prev}};
+  for (dist::Communicator* channel : {activations_.get(), gradients_.get()})
+    channel->batch_send_recv(ops);
+}
+
 void PipelineP2P::abort(const std::string& reason) {
   activations_->abort(reason);
   gradients_->abort(reason);

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "shardlm/dist/communicator.h"
+#include "shardlm/tensor/device_context.h"
 #include "shardlm/parallel/schedule.h"
 
 namespace shardlm::parallel {
@@ -55,6 +56,13 @@ class PipelineP2P {
 
   // Posts the transfers (all must be transfer actions with a peer); see the header comment.
   PostedBatch post(std::span<const Transfer> transfers, int num_chunks);
+
+  // Collective over the pipeline group: one symmetric exchange with both neighbours on each
+  // channel, in tensors on `device`. NCCL (>= 2.22) connects peers lazily on first use, and a
+  // first send whose peer is busy elsewhere would block the host until it posts the match;
+  // here every rank connects everything at once, so the schedule's first transfers never wait
+  // on a connection. A no-op for one stage.
+  void connect(DeviceContext& device);
 
   // Aborts both channels (peers' pending transfers fail fast); used when this rank fails.
   void abort(const std::string& reason);

@@ -399,6 +399,7 @@ void Trainer::build_pipeline() {
   p2p_ = std::make_unique<parallel::PipelineP2P>(parallel::PipelineP2P::create(rank_->pp()));
   p2p_->activations().set_timeout(cfg_.distributed_timeout());
   p2p_->gradients().set_timeout(cfg_.distributed_timeout());
+  p2p_->connect(*device_);
   // The DP sync learns which backward completes each chunk's gradients, and which is the last.
   chunk_last_backward_.assign(chunks_.size(), -1);
   for (const parallel::Action& a : schedule.ranks[static_cast<size_t>(pp_rank)])
