@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <iomanip>
 #include <numeric>
 #include <sstream>
@@ -126,9 +127,20 @@ NcclCommunicator::NcclCommunicator(DeviceContext& device, TcpStore* store, ncclC
 
 NcclCommunicator::~NcclCommunicator() {
   if (comm_) {
-    // Destroy after everything queued on our stream finished; never throw from here.
-    if (stream_) cudaStreamSynchronize(stream_);
-    ncclCommDestroy(comm_);
+    // Destroy after everything queued on our stream finished; never throw from here. Work still
+    // pending may wait for a peer that is dead or failing too, so never wait for it unbounded:
+    // while an exception unwinds this rank (it is failing) abort at once, else give the stream
+    // the operations' deadline and abort if it is still busy then.
+    bool idle = std::uncaught_exceptions() == 0;
+    const auto deadline = Clock::now() + timeout_;
+    while (idle && stream_ && cudaStreamQuery(stream_) == cudaErrorNotReady) {
+      if (Clock::now() >= deadline) idle = false;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    if (idle)
+      ncclCommDestroy(comm_);
+    else
+      ncclCommAbort(comm_);
   }
   if (scratch_) cudaFree(scratch_);
   if (stream_) cudaStreamDestroy(stream_);
