@@ -205,6 +205,9 @@ void check_pipelined_equals_serial(const std::string& name, int P, int V, int M)
       EXPECT_LE(rel_err(grads[r][c], ref.grads[c * P + r]), 1e-12) << "rank " << r << " chunk " << c;
     }
     EXPECT_EQ(stats[r].peak_in_flight, schedule.max_in_flight[r]) << "rank " << r;
+    // Buffers are recycled within the run (never freed mid-step): no more are allocated than
+    // are ever alive at once (the toy stage's boundaries all have one shape).
+    EXPECT_LE(stats[r].buffers_allocated, stats[r].peak_buffers) << "rank " << r;
     // Transfers go out as one batch per (run of transfer actions, channel), never one by one.
     int expected_batches = 0;
     const auto& list = schedule.ranks[r];

@@ -62,6 +62,7 @@ class RankRun {
       spare_.erase(spare);
     } else {
       t = OwnedTensor::empty(spec.dtype, spec.shape, spec.device);
+      ++stats_.buffers_allocated;
     }
     Tensor view = t.view();
     SHARDLM_CHECK(where.emplace(k, std::move(t)).second);

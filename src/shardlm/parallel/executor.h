@@ -66,6 +66,7 @@ struct ExecutorStats {
   int peak_in_flight = 0;  // most (chunk, mb) with forward done and backward not
   int peak_buffers = 0;    // most transfer buffers alive at once
   int batches_posted = 0;  // batch_send_recv calls issued (both channels)
+  int buffers_allocated = 0;  // transfer buffers allocated (the rest were recycled)
 };
 
 // Runs schedule.ranks[p2p.rank()] once. The schedule's P must equal p2p.num_stages().
