@@ -21,15 +21,17 @@
 
 namespace shardlm::cli {
 
-std::string resolve_rank_device(const std::string& requested, const dist::LaunchEnv& env) {
+std::string resolve_rank_device(const std::string& requested, const dist::LaunchEnv& env,
+                                bool ranks_may_share_gpus) {
   if (requested != "auto") return requested;
-  const int needed = std::max(env.local_world_size, env.local_rank + 1);
+  const int needed =
+      ranks_may_share_gpus ? 1 : std::max(env.local_world_size, env.local_rank + 1);
   return cuda_backend_compiled() && cuda_device_count() >= needed ? "cuda" : "cpu";
 }
 
 void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const RankBody& body) {
   const bool log = env.rank == 0;
-  cfg.device = resolve_rank_device(cfg.device, env);
+  cfg.device = resolve_rank_device(cfg.device, env, cfg.parallel.distributed_backend == "gloo");
   try {
     cfg.validate_parallel(env.world_size);
   } catch (const Error& e) {

@@ -27,7 +27,9 @@ using RankBody = std::function<void(const train::TrainConfig& cfg, dist::RankCon
 void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const RankBody& body);
 
 // --device for a rank of a multi-process job: auto takes GPUs only when every local rank gets
-// one, so a job never mixes CPU and GPU ranks.
-std::string resolve_rank_device(const std::string& requested, const dist::LaunchEnv& env);
+// one (or, with ranks_may_share_gpus: --distributed-backend gloo, when there is any), so a job
+// never mixes CPU and GPU ranks.
+std::string resolve_rank_device(const std::string& requested, const dist::LaunchEnv& env,
+                                bool ranks_may_share_gpus = false);
 
 }  // namespace shardlm::cli
