@@ -303,6 +303,15 @@ TEST(PipelineExecutorTest, ConnectExchangesWithBothNeighboursOnBothChannels) {
       DeviceContext cpu = DeviceContext::cpu();
       p2p.connect(cpu);
       p2p.connect(cpu);  // and again: the channels stay matched
+      if (P > 1) {  // and a transfer afterwards gets the right data from the right peer
+        const int r = comm.rank(), next = (r + 1) % P, prev = (r + P - 1) % P;
+        OwnedTensor out = OwnedTensor::empty(DType::kF64, {1}), in = OwnedTensor::zeros(DType::kF64, {1});
+        out.view().data<double>()[0] = r;
+        const std::vector<dist::P2POp> ops{{dist::P2POp::Kind::kSend, out.view(), next},
+                                           {dist::P2POp::Kind::kRecv, in.view(), prev}};
+        p2p.activations().batch_send_recv(ops);
+        EXPECT_EQ(in.view().data<double>()[0], prev);
+      }
       comm.barrier();
     }, std::chrono::seconds(5));
   }

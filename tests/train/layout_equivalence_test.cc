@@ -224,10 +224,15 @@ TEST(DeferredCollectives, EveryOverlappedLayoutGivesTheSameBits) {
   layouts.push_back(Layout{.dp = 2, .pp = 2, .overlap_grad_reduce = true, .bucket_size = 3000,
                            .layers_per_virtual_stage = 1});
   for (Layout l : layouts) {
-    const RunResult immediate = run_layout(tiny_config(), l);
-    l.defer_collectives = true;
-    const RunResult deferred = run_layout(tiny_config(), l);
     SCOPED_TRACE(l.name());
+    // 4 layers for the virtual stages: 2 chunks of one layer on each of the 2 stages.
+    const TrainConfig cfg = tiny_config(l.layers_per_virtual_stage ? 4 : 2);
+    std::string log;
+    const RunResult immediate = run_layout(cfg, l, &log);
+    if (l.layers_per_virtual_stage)
+      EXPECT_NE(log.find("interleaved-1f1b"), std::string::npos) << log;
+    l.defer_collectives = true;
+    const RunResult deferred = run_layout(cfg, l);
     EXPECT_EQ(deferred.losses, immediate.losses);
     EXPECT_EQ(deferred.grad_norms, immediate.grad_norms);
     EXPECT_EQ(deferred.params, immediate.params);

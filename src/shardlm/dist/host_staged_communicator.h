@@ -3,7 +3,9 @@
 // threads each drive their own DeviceContext on ONE GPU, so the GPU code paths of every
 // parallel layout (vocab-parallel kernels, sequence-parallel exchanges, bf16 buckets, the
 // distributed optimizer's gathers, pipeline sends) are checked against the one-rank run on a
-// single-GPU machine. It is a test and debugging tool: nothing overlaps, every transfer blocks.
+// single-GPU machine. Wrapped around the socket communicator it is also `--distributed-backend
+// gloo` (cli/distributed_run.cc): GPU ranks that share GPUs. Slow by design: every staging copy
+// synchronises the rank's stream, so nothing overlaps with compute.
 //
 // How an operation runs: at issue, each device input is copied to a host buffer (ops::copy,
 // which finishes the rank's queued work first); the host operation runs on those buffers; at
@@ -38,7 +40,9 @@ struct HostStagedOptions {
   // Collectives (not send/recv: a deferred send would stall its receiver) are issued only when
   // wait() is called: their inputs are read as late as the contract allows, so a caller that
   // changes an input before wait() — a race on an NCCL side stream — gets wrong results here
-  // instead of passing by luck.
+  // instead of passing by luck. Issue order becomes wait order, so every rank must wait for a
+  // group's operations in one order, and a handle dropped without wait() is never issued (its
+  // peers time out); both hold for the trainer (tests/train/layout_equivalence_test.cc).
   bool defer_collectives = false;
 };
 

@@ -130,7 +130,8 @@ NcclCommunicator::~NcclCommunicator() {
     // Destroy after everything queued on our stream finished; never throw from here. Work still
     // pending may wait for a peer that is dead or failing too, so never wait for it unbounded:
     // while an exception unwinds this rank (it is failing) abort at once, else give the stream
-    // the operations' deadline and abort if it is still busy then.
+    // the operations' deadline and abort if it is still busy then. (With use_side_stream false
+    // the work is on the compute stream, which is not polled here.)
     bool idle = std::uncaught_exceptions() == 0;
     const auto deadline = Clock::now() + timeout_;
     while (idle && stream_ && cudaStreamQuery(stream_) == cudaErrorNotReady) {

@@ -21,8 +21,10 @@ DeviceContext select_device(const std::string& requested, int local_rank) {
                   "--device cuda: " + std::to_string(gpus) + " GPU(s) visible, need index " +
                       std::to_string(local_rank) +
                       " (one GPU per local rank); check CUDA_VISIBLE_DEVICES, start fewer ranks "
-                      "per node, use --device cpu, or --distributed-backend gloo to let ranks "
-                      "share GPUs (slow: collectives go through host memory)");
+                      "per node, or use --device cpu" +
+                      (gpus > 0 ? std::string(" (or --distributed-backend gloo to let ranks share "
+                                              "GPUs; slow: collectives go through host memory)")
+                                : std::string()));
     return DeviceContext(Device::cuda(local_rank));
   }
   // auto

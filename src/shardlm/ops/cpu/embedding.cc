@@ -81,6 +81,8 @@ void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tens
   if (!detail::is_storage_float(dout.dtype()) || (dwpe.defined() && !computes))
     detail::throw_unsupported_dtype(op, dout.dtype());
   const int64_t B = tokens.size(0), Tn = tokens.size(1), C = dwte.size(1);
+  if (dwte.dtype() != DType::kF32 && dwte.dtype() != DType::kF64)
+    detail::throw_unsupported_dtype(op, dwte.dtype());
   check_token_ids(op, tokens, dwte.size(0));
   // The whole table is this rank's shard: the vocab-parallel scatter-add from row 0.
   vocab_parallel_embedding_backward(ctx, dwte, dout, tokens, /*vocab_start=*/0);
