@@ -37,8 +37,11 @@ RankContext RankContext::build(DeviceContext* device, std::unique_ptr<DeviceCont
   rc.local_rank_ = local_rank;
   const int rank = world->rank();
   rc.coord_ = layout.coord(rank);
+  // Owned by rc from here: on a failure its members go in reverse order, the communicators
+  // before the DeviceContext they hold.
+  rc.world_ = std::move(world);
   try {
-    rc.split_groups(*world);
+    rc.split_groups(*rc.world_);
   } catch (const std::exception& e) {
     // A peer died or hung while the groups were being split: abort what exists (peers waiting
     // on these groups fail fast; NCCL communicators are aborted, not destroyed with work
@@ -47,10 +50,9 @@ RankContext RankContext::build(DeviceContext* device, std::unique_ptr<DeviceCont
                                " failed while creating its process groups: " + e.what();
     for (auto& g : rc.groups_)
       if (g) g->abort(reason);
-    world->abort(reason);
+    rc.world_->abort(reason);
     throw;
   }
-  rc.world_ = std::move(world);
   return rc;
 }
 
