@@ -31,7 +31,9 @@ std::string resolve_rank_device(const std::string& requested, const dist::Launch
 
 void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const RankBody& body) {
   const bool log = env.rank == 0;
-  cfg.device = resolve_rank_device(cfg.device, env, cfg.parallel.distributed_backend == "gloo");
+  // gloo: collectives go through host memory, so GPU ranks may share GPUs (round robin).
+  const bool gloo = cfg.parallel.distributed_backend == "gloo";
+  cfg.device = resolve_rank_device(cfg.device, env, gloo);
   try {
     cfg.validate_parallel(env.world_size);
   } catch (const Error& e) {
@@ -47,8 +49,6 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
   const std::chrono::milliseconds rendezvous_timeout =
       std::max<std::chrono::milliseconds>(timeout, std::chrono::minutes(2));
 
-  // gloo: collectives go through host memory, so GPU ranks may share GPUs (round robin).
-  const bool gloo = cfg.parallel.distributed_backend == "gloo";
   const int gpu_index = gloo && cfg.device == "cuda" && cuda_device_count() > 0
                             ? env.local_rank % cuda_device_count()
                             : env.local_rank;
