@@ -17,24 +17,16 @@
 #include <string>
 #include <thread>
 
+#include "tests/testing/run_command.h"
+
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string output;
-};
+using Result = shardlm::testing::CommandResult;  // output: stdout + stderr
 
 Result run(const std::string& args) {
-  const std::string cmd = std::string(SHARDLM_BINARY_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return shardlm::testing::run_command(std::string(SHARDLM_BINARY_PATH) + " " + args + " 2>&1");
 }
 
 class TempDir {

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/run_command.h"
+
 namespace {
 
 struct Result {
@@ -40,16 +42,11 @@ class InspectData : public ::testing::Test {
                             data_dir() + "/megatron/moby_dick_text_document --split 90,8,2 " +
                             "--seq-length 256 --seed 1234 --data-cache-path " + cache_.string() +
                             "/cache " + args + " 2>" + err_file;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    std::string out;
-    std::array<char, 65536> buf;
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
-    const int status = pclose(pipe);
+    const shardlm::testing::CommandResult r = shardlm::testing::run_command(cmd);
     std::ifstream in(err_file);
     std::stringstream err;
     err << in.rdbuf();
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, err.str()};
+    return {r.exit_code, r.output, err.str()};
   }
 
   static std::string data_dir() { return SHARDLM_TEST_DATA_DIR; }

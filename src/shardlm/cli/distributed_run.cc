@@ -8,6 +8,7 @@
 
 #include "shardlm/base/check.h"
 #include "shardlm/base/error.h"
+#include "shardlm/dist/gpu_binding.h"
 #include "shardlm/dist/host_staged_communicator.h"
 #include "shardlm/dist/socket_communicator.h"
 #include "shardlm/dist/tcp_store.h"
@@ -21,19 +22,10 @@
 
 namespace shardlm::cli {
 
-std::string resolve_rank_device(const std::string& requested, const dist::LaunchEnv& env,
-                                bool ranks_may_share_gpus) {
-  if (requested != "auto") return requested;
-  const int needed =
-      ranks_may_share_gpus ? 1 : std::max(env.local_world_size, env.local_rank + 1);
-  return cuda_backend_compiled() && cuda_device_count() >= needed ? "cuda" : "cpu";
-}
-
 void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const RankBody& body) {
   const bool log = env.rank == 0;
   // gloo: collectives go through host memory, so GPU ranks may share GPUs (round robin).
   const bool gloo = cfg.parallel.distributed_backend == "gloo";
-  cfg.device = resolve_rank_device(cfg.device, env, gloo);
   try {
     cfg.validate_parallel(env.world_size);
   } catch (const Error& e) {
@@ -49,13 +41,19 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
   const std::chrono::milliseconds rendezvous_timeout =
       std::max<std::chrono::milliseconds>(timeout, std::chrono::minutes(2));
 
-  const int gpu_index = gloo && cfg.device == "cuda" && cuda_device_count() > 0
-                            ? env.local_rank % cuda_device_count()
-                            : env.local_rank;
-  auto device = std::make_unique<DeviceContext>(train::select_device(cfg.device, gpu_index));
-  train::initialize_backend(*device);
   dist::TcpStore store({.host = env.master_addr, .port = env.master_port,
                         .is_server = env.rank == 0, .timeout = rendezvous_timeout});
+  // Which GPU (if any) each rank takes, agreed by all ranks (gpu_binding.h).
+  const dist::GpuProposal proposal = dist::propose_gpu(env.local_rank, dist::host_name());
+  const dist::RankDevice chosen = dist::decide_rank_device(
+      cfg.device, env.rank, proposal,
+      dist::exchange_gpu_proposals(store, env.rank, env.world_size, proposal, rendezvous_timeout),
+      gloo);
+  cfg.device = chosen.device;
+  if (log && !chosen.note.empty()) std::cout << "device: " << chosen.note << "\n";
+  const int gpu_index = chosen.gpu_index;
+  auto device = std::make_unique<DeviceContext>(train::select_device(cfg.device, gpu_index));
+  train::initialize_backend(*device);
   std::unique_ptr<dist::Communicator> world;
   std::string backend;
   if (device->device().is_cpu() || gloo) {
@@ -73,7 +71,7 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
     dist::NcclOptions options;
     options.timeout = rendezvous_timeout;
     world = dist::NcclCommunicator::create_world(*device, store, env.rank, env.world_size, options);
-    backend = "NCCL (GPU " + std::to_string(env.local_rank) + ")";
+    backend = "NCCL (GPU " + std::to_string(gpu_index) + ")";
 #else
     throw Error(ErrorKind::kUnsupported, "this build has no CUDA backend; use --device cpu");
 #endif

@@ -1,7 +1,8 @@
 // Running one rank of a multi-process job (the steps shared by `shardlm train` and `shardlm
-// bench`): check the parallel flags against the launch environment's world, pick the rank's
-// device, rendezvous through a TcpStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it), build the
-// world communicator (socket on the CPU, NCCL on GPUs, GPU = LOCAL_RANK) with
+// bench`): check the parallel flags against the launch environment's world, rendezvous through
+// a TcpStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it), agree on the ranks' devices through
+// it (dist/gpu_binding.h: visible GPU LOCAL_RANK % count, one per rank unless gloo), build the
+// world communicator (socket on the CPU, NCCL on GPUs, gloo: socket with staged GPU tensors) with
 // --distributed-timeout-minutes as every operation's deadline (the rendezvous waits at least 2
 // minutes), prove it with a sanity collective, create the RankContext from the flags' layout and
 // run `body` on it. A body that throws aborts every group and the world (peers fail fast, naming
@@ -25,11 +26,5 @@ namespace shardlm::cli {
 using RankBody = std::function<void(const train::TrainConfig& cfg, dist::RankContext& rank)>;
 
 void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const RankBody& body);
-
-// --device for a rank of a multi-process job: auto takes GPUs only when every local rank gets
-// one (or, with ranks_may_share_gpus: --distributed-backend gloo, when there is any), so a job
-// never mixes CPU and GPU ranks.
-std::string resolve_rank_device(const std::string& requested, const dist::LaunchEnv& env,
-                                bool ranks_may_share_gpus = false);
 
 }  // namespace shardlm::cli

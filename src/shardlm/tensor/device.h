@@ -26,5 +26,8 @@ struct Device {
 bool cuda_backend_compiled();
 // Number of CUDA devices visible to this process (0 without the CUDA backend or a driver).
 int cuda_device_count();
+// The visible device's UUID (cudaDeviceProp::uuid, written as nvidia-smi writes GPU UUIDs:
+// "GPU-8c1e…"); empty without the CUDA backend or when the driver cannot say.
+std::string cuda_device_uuid(int index);
 
 }  // namespace shardlm

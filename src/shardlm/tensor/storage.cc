@@ -42,6 +42,29 @@ int cuda_device_count() {
 #endif
 }
 
+std::string cuda_device_uuid(int index) {
+#ifdef SHARDLM_WITH_CUDA
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, index) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  // 8-4-4-4-12 hex groups after "GPU-", as nvidia-smi -L.
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "GPU-";
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    const auto byte = static_cast<unsigned char>(prop.uuid.bytes[i]);
+    out += kHex[byte >> 4];
+    out += kHex[byte & 15];
+  }
+  return out;
+#else
+  (void)index;
+  return "";
+#endif
+}
+
 Storage::Storage(Device device, size_t bytes) : bytes_(bytes), device_(device) {
   if (bytes == 0) return;
   if (device.is_cpu()) {
