@@ -186,6 +186,38 @@ void bench_rope(DeviceContext& ctx, int64_t B, int64_t T, int64_t NH, int64_t G,
   std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, bwd, bytes / bwd / 1e6);
 }
 
+// Word-embedding gradient (sorted scatter-add: bf16 dout into the fp32 master gradient, V =
+// 50304) for uniform random tokens and for every row one token (EOD / padding: the case that
+// once summed all N rows in one serial loop per column). Bytes: dout read once, each touched
+// gradient row read and written once (fp32); the sort's N keys are left out.
+void bench_embedding_backward(DeviceContext& ctx, int64_t N, int64_t C, bool one_token) {
+  const int64_t V = 50304;
+  std::vector<int32_t> ids(static_cast<size_t>(N));
+  std::vector<char> seen(static_cast<size_t>(V), 0);
+  int64_t distinct = 0;
+  uint64_t x = 12345;
+  for (int32_t& id : ids) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;  // LCG: fixed tokens per run
+    id = one_token ? 50256 : static_cast<int32_t>((x >> 33) % V);
+    distinct += seen[static_cast<size_t>(id)] == 0;
+    seen[static_cast<size_t>(id)] = 1;
+  }
+  OwnedTensor tokens = OwnedTensor::empty(DType::kI32, {1, N}, ctx.device());
+  check(cudaMemcpy(tokens.view().raw(), ids.data(), ids.size() * sizeof(int32_t),
+                   cudaMemcpyHostToDevice),
+        "tokens H2D");
+  check(cudaDeviceSynchronize(), "sync");  // the op stream does not wait for the default one
+  OwnedTensor dout = random_device(ctx, DType::kBF16, {1, N, C}, 24);
+  OwnedTensor dwte = OwnedTensor::zeros(DType::kF32, {V, C}, ctx.device());
+  const double ms =
+      time_ms(ctx, [&] { ops::embedding_backward(ctx, dwte, Tensor(), dout, tokens); });
+  char name[96];
+  std::snprintf(name, sizeof(name), "embedding bwd %s N=%ld C=%ld",
+                one_token ? "one token" : "uniform", (long)N, (long)C);
+  const double bytes = 2.0 * N * C + 2.0 * 4 * distinct * C;
+  std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, ms, bytes / ms / 1e6);
+}
+
 // How much of the GEMM rate the heuristic's first choice leaves on the table: the 1.3B layer's
 // GEMMs as linear.cu issues them (column-major: forward TN, input gradient NN, weight gradient
 // NT with beta = 1), timed with cuBLASLt's top-1 algorithm and with the fastest of its top 16.
@@ -269,7 +301,8 @@ int main(int argc, char** argv) {
     ops::cuda::init_cuda_backend(ctx);
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, 0), "props");
-    std::printf("device: %s, %d SMs; all tensors bf16\n", prop.name, prop.multiProcessorCount);
+    std::printf("device: %s, %d SMs; all tensors bf16 (embedding bwd: fp32 dwte)\n", prop.name,
+                prop.multiProcessorCount);
     bench_copy(ctx);
     bench_gemm_algorithms(ctx);
     for (int64_t T : quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 2048, 4096})
@@ -279,6 +312,8 @@ int main(int argc, char** argv) {
     bench_layernorm(ctx, 16384, 2048);
     bench_layernorm(ctx, 16384, 1024);
     bench_rope(ctx, 8, 2048, 32, 8, 64);
+    bench_embedding_backward(ctx, 16384, 2048, /*one_token=*/false);
+    bench_embedding_backward(ctx, 16384, 2048, /*one_token=*/true);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ops_bench: %s\n", e.what());
     return 1;
