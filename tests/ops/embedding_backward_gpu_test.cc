@@ -8,13 +8,20 @@
 //    dwte is 16-bit;
 //  - leaves rows no token (of the shard) maps to bit-identical to the prior;
 //  - is bit-identical over two calls (no atomics: the same bits every run).
+// Tokens with more rows than the chunk length L (summed in chunks, then the chunk sums: L - 1,
+// L, L + 1, 2L, 5L + 37 rows, adjacent long segments, all rows one token, half the batch one
+// token, inside and outside a vocab shard) are checked element by element against an fp64 host
+// sum within the worst-case rounding bound of that chunked fp32 summation, and bit-identical over
+// two calls with another input's call between them (stale chunk partials would show).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "shardlm/ops/cuda/sorted_scatter_add.h"
 #include "tests/ops/gpu_test_common.h"
 
 namespace shardlm {
@@ -45,15 +52,21 @@ int64_t max_repeats(const Tensor& tokens) {
   return most;
 }
 
+// `second` (device), from a second call on the same inputs, holds the bits of `first` (host).
+void expect_same_bits(const DeviceContext& gpu, const OwnedTensor& first, const Tensor& second) {
+  const OwnedTensor b = to_host(gpu, second);
+  ASSERT_EQ(first.view().nbytes(), b.view().nbytes());
+  EXPECT_EQ(std::memcmp(first.view().raw(), b.view().raw(), b.view().nbytes()), 0)
+      << "two calls on the same inputs differ: the backward is not deterministic";
+}
+
 // dwte grad_dtype from `prior`; the op ran twice on the GPU into `first` and `second`; `want` is
 // the fp64 reference. `touched[r]`: some token maps to row r.
 void expect_scatter_result(const DeviceContext& gpu, const Tensor& first, const Tensor& second,
                            const Tensor& prior, const Tensor& want,
                            const std::vector<bool>& touched, DType dout_dtype, int64_t repeats) {
-  const OwnedTensor a = to_host(gpu, first), b = to_host(gpu, second);
-  ASSERT_EQ(a.view().nbytes(), b.view().nbytes());
-  EXPECT_EQ(std::memcmp(a.view().raw(), b.view().raw(), a.view().nbytes()), 0)
-      << "two calls on the same inputs differ: the backward is not deterministic";
+  const OwnedTensor a = to_host(gpu, first);
+  expect_same_bits(gpu, a, second);
   const std::vector<double> got = to_vector(a.view()), p = to_vector(prior),
                             w = to_vector(want);
   const int64_t rows = static_cast<int64_t>(touched.size());
@@ -210,6 +223,175 @@ TEST_P(EmbeddingBackwardGpuTest, VocabParallelSumsTheShardsTokensDeterministical
       expect_scatter_result(gpu(), first, second, prior, want, touched, dt, max_repeats(tokens));
     }
   }
+}
+
+// ---- tokens with more rows than the chunk length L ---------------------------------------------
+
+constexpr int64_t kL = ops::cuda::kSortedScatterAddChunkRows;
+
+struct Heavy {
+  int32_t id;
+  int64_t rows;
+};
+
+// N ids: each heavy id exactly `rows` times, the rest uniform in [0, V) without the heavy ids,
+// shuffled (deterministic per seed), as [1, N].
+OwnedTensor heavy_tokens(int64_t N, int64_t V, const std::vector<Heavy>& heavy, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids;
+  for (const Heavy& h : heavy) ids.insert(ids.end(), static_cast<size_t>(h.rows), h.id);
+  while (static_cast<int64_t>(ids.size()) < N) {
+    const auto id = static_cast<int32_t>(rng() % static_cast<uint64_t>(V));
+    if (std::none_of(heavy.begin(), heavy.end(), [&](const Heavy& h) { return h.id == id; }))
+      ids.push_back(id);
+  }
+  for (size_t i = ids.size() - 1; i > 0; --i) std::swap(ids[i], ids[rng() % (i + 1)]);
+  OwnedTensor t = OwnedTensor::empty(DType::kI32, {1, N});
+  std::copy(ids.begin(), ids.end(), t.view().data<int32_t>());
+  return t;
+}
+
+// prior + the exact sums of each table row's rows (fp64, host), and how far the GPU's result may
+// be from it. Table row r with k rows: each row passes through at most
+// d = min(k, L) + ceil(k / L) + 1 fp32 additions (its chunk, the chunk sums, the add into dwte;
+// sorted_scatter_add.h), so the fp32 result is within gamma_d (|prior| + sum |rows|) of the
+// exact one, gamma_d = d u / (1 - d u), u = 2^-24 (Higham, Accuracy and Stability of Numerical
+// Algorithms, 4.2: any summation tree, by each term's depth). Rounding it to a 16-bit dwte adds
+// u_G (|exact| + that error): u_G = 2^-8 (bf16) or 2^-11 (fp16, plus 2^-25, half its subnormal
+// spacing). Rows no token maps to (k = 0) must keep the prior's bits.
+struct ChunkedReference {
+  std::vector<double> want, bound;  // [R, C]
+  std::vector<int64_t> count;       // [R] rows per table row
+};
+
+ChunkedReference chunked_reference(const Tensor& prior, const Tensor& dout, const Tensor& tokens,
+                                   int64_t row_start, DType grad_dtype) {
+  const int64_t R = prior.size(0), C = prior.numel() / R, N = tokens.numel();
+  ChunkedReference ref{to_vector(prior), {}, std::vector<int64_t>(static_cast<size_t>(R), 0)};
+  std::vector<double> magnitude(ref.want.size());
+  for (size_t i = 0; i < magnitude.size(); ++i) magnitude[i] = std::fabs(ref.want[i]);
+  const std::vector<double> rows = to_vector(dout);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t r = tokens.data<int32_t>()[n] - row_start;
+    if (r < 0 || r >= R) continue;
+    ++ref.count[static_cast<size_t>(r)];
+    for (int64_t c = 0; c < C; ++c) {
+      const double x = rows[static_cast<size_t>(n * C + c)];
+      ref.want[static_cast<size_t>(r * C + c)] += x;
+      magnitude[static_cast<size_t>(r * C + c)] += std::fabs(x);
+    }
+  }
+  const double u = std::ldexp(1.0, -24);
+  const double u_g = grad_dtype == DType::kBF16  ? std::ldexp(1.0, -8)
+                     : grad_dtype == DType::kF16 ? std::ldexp(1.0, -11)
+                                                 : 0.0;
+  const double tiny = grad_dtype == DType::kF16 ? std::ldexp(1.0, -25) : 0.0;
+  ref.bound.resize(ref.want.size());
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t k = ref.count[static_cast<size_t>(r)];
+    const auto d = static_cast<double>(std::min(k, kL) + (k + kL - 1) / kL + 1);
+    const double gamma = d * u / (1 - d * u);
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t i = static_cast<size_t>(r * C + c);
+      const double e = gamma * magnitude[i];
+      ref.bound[i] = k == 0 ? 0.0 : e + u_g * (std::fabs(ref.want[i]) + e) + tiny;
+    }
+  }
+  return ref;
+}
+
+struct ChunkCase {
+  const char* what;
+  int64_t N, V, C;
+  std::vector<Heavy> heavy;
+  // 0: embedding_backward over V rows; else vocab_parallel_embedding_backward on the third of
+  // four shards, [2 shard_rows, 3 shard_rows) of V = 4 shard_rows.
+  int64_t shard_rows;
+};
+
+// Runs the case on the GPU (dout in dt, dwte in grad_dtype) twice, with a call on other rows,
+// all of one token, between them (it rewrites the chunk partials: a read of one the second call
+// did not write would change its bits), and checks the first against chunked_reference.
+void expect_chunked_sums(DeviceContext& gpu, const ChunkCase& k, DType dt, DType grad_dtype,
+                         uint64_t seed) {
+  const int64_t R = k.shard_rows == 0 ? k.V : k.shard_rows;
+  const int64_t row_start = k.shard_rows == 0 ? 0 : 2 * k.shard_rows;
+  const OwnedTensor tokens = heavy_tokens(k.N, k.V, k.heavy, seed);
+  const OwnedTensor dout = round_to(random_tensor(DType::kF32, {1, k.N, k.C}, seed + 1), dt);
+  const OwnedTensor prior = round_to(random_tensor(DType::kF32, {R, k.C}, seed + 2), grad_dtype);
+  const ChunkedReference ref = chunked_reference(prior, dout, tokens, row_start, grad_dtype);
+  auto scatter = [&](Tensor dwte, const Tensor& dout_d, const Tensor& tokens_d) {
+    if (k.shard_rows == 0)
+      ops::embedding_backward(gpu, dwte, Tensor(), dout_d, tokens_d);
+    else
+      ops::vocab_parallel_embedding_backward(gpu, dwte, dout_d, tokens_d, row_start);
+  };
+  const OwnedTensor tokens_d = to_device(tokens, DType::kI32);
+  const OwnedTensor dout_d = to_device(dout, dt);
+  OwnedTensor one_token = OwnedTensor::empty(DType::kI32, {1, k.N});  // the call between
+  std::fill_n(one_token.view().data<int32_t>(), k.N, static_cast<int32_t>(row_start));
+  const OwnedTensor one_token_d = to_device(one_token, DType::kI32);
+  const OwnedTensor other_dout_d =
+      to_device(random_tensor(DType::kF32, {1, k.N, k.C}, seed + 3), dt);
+  OwnedTensor first = to_device(prior, grad_dtype), second = to_device(prior, grad_dtype),
+              other = to_device(prior, grad_dtype);
+  scatter(first, dout_d, tokens_d);
+  scatter(other, other_dout_d, one_token_d);
+  scatter(second, dout_d, tokens_d);
+  const OwnedTensor got_host = to_host(gpu, first);
+  expect_same_bits(gpu, got_host, second);
+
+  const std::vector<double> got = to_vector(got_host.view()), p = to_vector(prior);
+  int64_t failures = 0;
+  double worst = 0;  // the largest |got - want| / bound over touched elements
+  std::string first_failure;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool untouched = ref.count[i / static_cast<size_t>(k.C)] == 0;
+    const double err = std::fabs(got[i] - ref.want[i]);
+    const bool ok = untouched ? got[i] == p[i] : err <= ref.bound[i];  // false for NaN
+    if (!untouched && ref.bound[i] > 0) worst = std::max(worst, err / ref.bound[i]);
+    if (!ok && failures++ == 0)
+      first_failure = "[" + std::to_string(i / static_cast<size_t>(k.C)) + ", " +
+                      std::to_string(i % static_cast<size_t>(k.C)) + "]: gpu " +
+                      std::to_string(got[i]) + ", exact " + std::to_string(ref.want[i]) +
+                      ", bound " + std::to_string(ref.bound[i]);
+  }
+  EXPECT_EQ(failures, 0) << failures << " elements outside the chunked fp32 summation's bound "
+                         << "(or untouched rows changed); first " << first_failure
+                         << "; largest error / bound " << worst;
+}
+
+TEST_P(EmbeddingBackwardGpuTest, TokensWithMoreRowsThanTheChunkLengthSumInChunks) {
+  const DType dt = dtype();
+  const int64_t L = kL;
+  const ChunkCase cases[] = {
+      {"L - 1 rows", L + 200, 97, 300, {{40, L - 1}}, 0},
+      {"exactly L rows", L + 200, 97, 300, {{40, L}}, 0},
+      {"L + 1 rows", 2 * L, 97, 300, {{40, L + 1}}, 0},
+      {"2L rows, the first id", 3 * L + 5, 97, 300, {{0, 2 * L}}, 0},
+      {"5L + 37 rows, the last id", 6 * L + 100, 97, 300, {{96, 5 * L + 37}}, 0},
+      {"adjacent long segments", 8 * L + 300, 97, 300,
+       {{10, L + 10}, {11, 3 * L + 5}, {12, 2 * L}, {13, L + 1}}, 0},
+      {"every row one token (N = 16384, C = 2048)", 16384, 50, 2048, {{7, 16384}}, 0},
+      {"half the batch one token (EOD)", 16384, 50304, 512, {{50256, 8192}}, 0},
+      // Vocab-parallel: the shard is [2000, 3000) of V = 4000.
+      {"shard: heavy inside", 4 * L, 4000, 300, {{2500, 3 * L + 17}}, 1000},
+      {"shard: heavy on its first and last ids", 5 * L, 4000, 300,
+       {{2000, 2 * L + 3}, {2999, L + 1}}, 1000},
+      {"shard: heavy just outside, below and above", 6 * L, 4000, 300,
+       {{1999, 3 * L}, {3000, 2 * L + 7}}, 1000},
+      {"shard: heavy inside and outside", 8 * L, 4000, 300, {{2500, 2 * L + 1}, {3000, 5 * L}},
+       1000},
+  };
+  uint64_t seed = 800;
+  for (const ChunkCase& k : cases)
+    for (DType grad_dtype : grad_dtypes(dt)) {
+      SCOPED_TRACE(std::string(k.what) + ": N=" + std::to_string(k.N) + " C=" +
+                   std::to_string(k.C) + ", " + dtype_name(dt) + " dout, " +
+                   dtype_name(grad_dtype) + " dwte, L=" + std::to_string(L));
+      expect_chunked_sums(gpu(), k, dt, grad_dtype, seed);
+      seed += 4;
+    }
 }
 
 }  // namespace

@@ -56,7 +56,8 @@ void embedding_forward(DeviceContext& ctx, Tensor out, const Tensor& tokens, con
 // dwte may be wider than dout (gradient-accumulation fusion writes the master gradient): fp32
 // for bf16/fp16 dout, fp64 for fp32 dout (CPU); dwpe is dout's dtype. Rows sharing a token are
 // summed in row order (deterministic): the CPU adds each in dwte's dtype, CUDA sums them in fp32
-// and adds the sum once, rounding once to dwte's dtype.
+// (a token with more than 256 rows in 256-row chunks, then the chunk sums in order:
+// cuda/sorted_scatter_add.h) and adds the sum once, rounding once to dwte's dtype.
 void embedding_backward(DeviceContext& ctx, Tensor dwte, Tensor dwpe, const Tensor& dout,
                         const Tensor& tokens);
 

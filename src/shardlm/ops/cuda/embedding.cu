@@ -7,11 +7,12 @@
 //    kInvalidArgument, as the CPU backend does.
 //  backward: dwte[tok[n], :] += dout[n, :] through sorted_scatter_add.h: a stable radix sort of
 //    (token, row) groups each token's rows in row order; each token's rows are summed in fp32 in
-//    that order and added to dwte once (one rounding to dwte's dtype), so the result is
-//    deterministic and a token seen k times is not rounded k times. dwte is dout's dtype or, for
-//    bf16/fp16 dout, the fp32 master gradient (gradient-accumulation fusion). Ids outside [0,V)
-//    (forward refused them) are skipped. dwpe[t, c] += sum_b dout[b, t, c] is one thread per
-//    (t, c) looping over b (deterministic, fp32 sum), in dout's dtype.
+//    that order (in chunks of 256 rows, then the chunk sums, for a token with more rows: the
+//    header states the order) and added to dwte once (one rounding to dwte's dtype), so the
+//    result is deterministic and a token seen k times is not rounded k times. dwte is dout's
+//    dtype or, for bf16/fp16 dout, the fp32 master gradient (gradient-accumulation fusion). Ids
+//    outside [0,V) (forward refused them) are skipped. dwpe[t, c] += sum_b dout[b, t, c] is one
+//    thread per (t, c) looping over b (deterministic, fp32 sum), in dout's dtype.
 #include "shardlm/ops/cuda/common.cuh"
 #include "shardlm/ops/cuda/cuda_ops.h"
 #include "shardlm/ops/cuda/sorted_scatter_add.h"

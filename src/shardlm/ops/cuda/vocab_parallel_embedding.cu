@@ -10,8 +10,9 @@
 //  backward: dwte[tok[n] - start, :] += dout[n, :] for ids in the shard through
 //    sorted_scatter_add.h, as embedding_backward: ids outside [start, start + VL) (other
 //    ranks' rows) are skipped; each of the shard's tokens gets the fp32 sum of its rows in row
-//    order, added once (deterministic); dwte is dout's dtype or, for bf16/fp16 dout, the fp32
-//    master gradient (gradient-accumulation fusion).
+//    order (chunked for more than 256 rows, as the header states), added once (deterministic);
+//    dwte is dout's dtype or, for bf16/fp16 dout, the fp32 master gradient (gradient-accumulation
+//    fusion).
 #include <algorithm>
 
 #include "shardlm/ops/cuda/common.cuh"
