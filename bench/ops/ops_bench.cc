@@ -3,7 +3,7 @@
 // bandwidth.
 //
 // Build (CUDA build tree):  cmake --build build-cuda --target ops_bench
-// Run:                      ./build-cuda/ops_bench [--quick]
+// Run:                      ./build-cuda/ops_bench [--quick | --embedding]
 //
 // FLOP conventions (stated so numbers compare with FlashAttention / PyTorch SDPA reports):
 //   attention forward, causal = 4 * B * NH * T^2 * HS / 2;  backward = 2.5 x forward
@@ -295,6 +295,7 @@ void bench_gemm_algorithms(DeviceContext& ctx) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool embedding_only = argc > 1 && std::strcmp(argv[1], "--embedding") == 0;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout kill when redirected
   try {
     DeviceContext ctx(shardlm::Device::cuda(0));
@@ -303,6 +304,11 @@ int main(int argc, char** argv) {
     check(cudaGetDeviceProperties(&prop, 0), "props");
     std::printf("device: %s, %d SMs; all tensors bf16 (embedding bwd: fp32 dwte)\n", prop.name,
                 prop.multiProcessorCount);
+    if (embedding_only) {
+      bench_embedding_backward(ctx, 16384, 2048, /*one_token=*/false);
+      bench_embedding_backward(ctx, 16384, 2048, /*one_token=*/true);
+      return 0;
+    }
     bench_copy(ctx);
     bench_gemm_algorithms(ctx);
     for (int64_t T : quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 2048, 4096})
