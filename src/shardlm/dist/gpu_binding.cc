@@ -69,13 +69,20 @@ GpuCensus exchange_gpu_proposals(TcpStore& store, int rank, int world_size,
   census.ranks_without_gpu = static_cast<int>(store.add(kPrefix + "without", 0));
   census.ranks_sharing_a_gpu = static_cast<int>(store.add(kPrefix + "sharing", 0));
   census.own_gpu_shared = mine.index >= 0 && store.add(gpu_key, 0) > 1;
-  if (census.ranks_sharing_a_gpu == 0) return census;
-  const std::string shared_key =
-      census.own_gpu_shared ? gpu_key : store.get(kPrefix + "example", timeout);
-  census.shared_uuid = shared_key.substr((kPrefix + "gpu/").size());
-  const int64_t n = store.add(shared_key, 0);
-  for (int64_t k = 1; k <= n; ++k)
-    census.sharers.push_back(store.get(shared_key + "/" + std::to_string(k), timeout));
+  if (census.ranks_sharing_a_gpu > 0) {
+    const std::string shared_key =
+        census.own_gpu_shared ? gpu_key : store.get(kPrefix + "example", timeout);
+    census.shared_uuid = shared_key.substr((kPrefix + "gpu/").size());
+    const int64_t n = store.add(shared_key, 0);
+    for (int64_t k = 1; k <= n; ++k)
+      census.sharers.push_back(store.get(shared_key + "/" + std::to_string(k), timeout));
+  }
+  // Rank 0 serves the store, and every rank may fail right after this (a shared GPU): it leaves
+  // only when every rank has read its census, so no rank's reads meet a vanished store.
+  store.set(kPrefix + "read/" + std::to_string(rank), "1");
+  if (rank == 0) {
+    for (int r = 1; r < world_size; ++r) store.get(kPrefix + "read/" + std::to_string(r), timeout);
+  }
   return census;
 }
 

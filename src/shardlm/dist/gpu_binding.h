@@ -56,7 +56,8 @@ struct GpuCensus {
 };
 
 // Collective over the store (keys "gpu-binding/…"): publishes `mine`, waits for every rank,
-// and returns the census. Throws Error(kTimeout) naming missing ranks after `timeout`.
+// and returns the census; rank 0 (the store's server) returns only after every rank has read
+// its census. Throws Error(kTimeout) naming missing ranks after `timeout`.
 GpuCensus exchange_gpu_proposals(TcpStore& store, int rank, int world_size,
                                  const GpuProposal& mine, std::chrono::milliseconds timeout);
 
