@@ -138,6 +138,19 @@ NcclCommunicator::~NcclCommunicator() {
       if (Clock::now() >= deadline) idle = false;
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
+    // A clean end finalizes first (flushes NCCL's operations and network resources; on this
+    // non-blocking communicator it returns at once and is polled), within the same deadline;
+    // destroy then only frees memory. Left to ncclCommDestroy, finalizing could block unbounded.
+    if (idle) {
+      ncclResult_t state = ncclCommFinalize(comm_);
+      while (state == ncclSuccess || state == ncclInProgress) {
+        if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) state = ncclInternalError;
+        if (state != ncclInProgress) break;
+        if (Clock::now() >= deadline) break;
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      idle = state == ncclSuccess;
+    }
     if (idle)
       ncclCommDestroy(comm_);
     else
