@@ -4,6 +4,7 @@
 // them share the GPU (dist/gpu_binding.h).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "tests/testing/run_command.h"
@@ -12,8 +13,17 @@ namespace {
 
 using Result = shardlm::testing::CommandResult;  // output: stdout + stderr
 
+// The first GPU this test may use (the first entry of an inherited CUDA_VISIBLE_DEVICES, which
+// may be an index or a UUID), made the only one visible.
+std::string one_gpu_visible() {
+  const char* inherited = std::getenv("CUDA_VISIBLE_DEVICES");
+  std::string first = inherited != nullptr && *inherited != '\0' ? inherited : "0";
+  first = first.substr(0, first.find(','));
+  return "CUDA_VISIBLE_DEVICES=" + first;
+}
+
 Result run_on_gpu0(const std::string& args) {
-  return shardlm::testing::run_command("CUDA_VISIBLE_DEVICES=0 timeout -k 5 120 " +
+  return shardlm::testing::run_command(one_gpu_visible() + " timeout -k 5 120 " +
                                        std::string(SHARDLM_BINARY_PATH) + " " + args + " 2>&1");
 }
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <stdexcept>
 #include <thread>
 
 #include "rank_threads.h"
@@ -32,34 +33,40 @@ GpuProposal fake_proposal(int local_rank, const std::string& host,
 }
 
 // Runs the exchange for every rank's proposal (ranks as threads over one loopback store).
-std::vector<GpuCensus> exchange_all(const std::vector<GpuProposal>& proposals) {
+// Rank 0 owns the store's server and destroys it as soon as its exchange returns, as a rank 0
+// that fails on a shared GPU does: the other ranks must be done with the store by then.
+std::vector<GpuCensus> exchange_all(const std::vector<GpuProposal>& proposals,
+                                    std::vector<std::string> flags = {}) {
   const int n = static_cast<int>(proposals.size());
+  if (flags.empty()) flags.assign(static_cast<size_t>(n), "--device auto");
   std::promise<int> port_promise;
   std::shared_future<int> port = port_promise.get_future().share();
-  std::unique_ptr<TcpStore> server;  // outlives every rank's thread, as rank 0's store does
   std::vector<GpuCensus> census(static_cast<size_t>(n));
   std::vector<std::string> errors(static_cast<size_t>(n));
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
     threads.emplace_back([&, r] {
+      const auto i = static_cast<size_t>(r);
       try {
-        std::unique_ptr<TcpStore> own;
-        TcpStore* store = nullptr;
         if (r == 0) {
-          server = std::make_unique<TcpStore>(
+          TcpStore server(
               TcpStoreOptions{.host = "127.0.0.1", .port = 0, .is_server = true, .timeout = 10s});
-          store = server.get();
-          port_promise.set_value(store->port());
+          port_promise.set_value(server.port());
+          census[i] = exchange_gpu_proposals(server, r, n, proposals[i], flags[i], 10s);
         } else {
-          own = std::make_unique<TcpStore>(
-              TcpStoreOptions{.host = "127.0.0.1", .port = port.get(), .timeout = 10s});
-          store = own.get();
+          if (port.wait_for(10s) != std::future_status::ready)
+            throw std::runtime_error("rank 0 never served the store");
+          TcpStore client(TcpStoreOptions{.host = "127.0.0.1", .port = port.get(), .timeout = 10s});
+          census[i] = exchange_gpu_proposals(client, r, n, proposals[i], flags[i], 10s);
         }
-        census[static_cast<size_t>(r)] =
-            exchange_gpu_proposals(*store, r, n, proposals[static_cast<size_t>(r)], 10s);
-        store_barrier(*store, "test-done", r, n);  // the server outlives every client's reads
       } catch (const std::exception& e) {
-        errors[static_cast<size_t>(r)] = e.what();
+        errors[i] = e.what();
+        if (r == 0) {
+          try {
+            port_promise.set_value(-1);
+          } catch (const std::future_error&) {
+          }
+        }
       }
     });
   }
@@ -130,7 +137,7 @@ TEST(GpuBinding, FewerGpusThanRanksFailsEveryRankOrFallsBackOrShares) {
     expect_error([&] { decide_rank_device("cuda", r, mine, c, false); },
                  ErrorKind::kInvalidConfig,
                  {"4 rank(s) would share a GPU", partner, mine.uuid, "NCCL needs one GPU per rank",
-                  "--gpus-per-task=1", "--distributed-backend gloo"});
+                  "every GPU of the node visible", "--distributed-backend gloo"});
     // --device auto: every rank runs on the CPU and says why.
     const RankDevice a = decide_rank_device("auto", r, mine, c, false);
     EXPECT_EQ(a.device, "cpu");
@@ -179,7 +186,9 @@ TEST(GpuBinding, RanksWithoutGpus) {
       EXPECT_EQ(decide_rank_device("cuda", r, mine, c, false).device, "cuda");
     } else {
       expect_error([&] { decide_rank_device("cuda", r, mine, c, false); },
-                   ErrorKind::kInvalidConfig, {"1 rank(s) of the job see no GPU", "--device cpu"});
+                   ErrorKind::kInvalidConfig,
+                   {"1 rank(s) of the job see no GPU: rank 1 (local rank 1 on a, no GPU visible)",
+                    "--device cpu"});
     }
   }
   // A machine without GPUs: auto is the CPU, with nothing to explain.
@@ -188,6 +197,22 @@ TEST(GpuBinding, RanksWithoutGpus) {
   const RankDevice d = decide_rank_device("auto", 0, none[0], cpu_census[0], false);
   EXPECT_EQ(d.device, "cpu");
   EXPECT_EQ(d.note, "");
+}
+
+TEST(GpuBinding, RanksStartedWithDifferentDeviceFlagsAllFail) {
+  // One rank with --device cpu among GPU ranks would wait on another communicator's keys: every
+  // rank stops at once instead, naming both values.
+  std::vector<GpuProposal> p;
+  for (int r = 0; r < 3; ++r) p.push_back(fake_proposal(r, "a", kNodeA));
+  const std::vector<std::string> flags = {"--device auto", "--device cpu", "--device auto"};
+  const std::vector<GpuCensus> census = exchange_all(p, flags);
+  for (int r = 0; r < 3; ++r) {
+    const auto i = static_cast<size_t>(r);
+    expect_error([&] { decide_rank_device(r == 1 ? "cpu" : "auto", r, p[i], census[i], false); },
+                 ErrorKind::kInvalidConfig,
+                 {"different device flags", "'" + flags[i] + "'",
+                  r == 1 ? "only 1 of 3 ranks" : "only 2 of 3 ranks", "rank 0 has '--device auto'"});
+  }
 }
 
 TEST(GpuBinding, ProposalOfThisProcess) {

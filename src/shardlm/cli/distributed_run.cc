@@ -47,7 +47,10 @@ void run_on_world(train::TrainConfig cfg, const dist::LaunchEnv& env, const Rank
   const dist::GpuProposal proposal = dist::propose_gpu(env.local_rank, dist::host_name());
   const dist::RankDevice chosen = dist::decide_rank_device(
       cfg.device, env.rank, proposal,
-      dist::exchange_gpu_proposals(store, env.rank, env.world_size, proposal, rendezvous_timeout),
+      dist::exchange_gpu_proposals(store, env.rank, env.world_size, proposal,
+                                   "--device " + cfg.device + " --distributed-backend " +
+                                       cfg.parallel.distributed_backend,
+                                   rendezvous_timeout),
       gloo);
   cfg.device = chosen.device;
   if (log && !chosen.note.empty()) std::cout << "device: " << chosen.note << "\n";

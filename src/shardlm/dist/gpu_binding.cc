@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 
 #include "shardlm/base/error.h"
@@ -12,6 +13,7 @@ namespace shardlm::dist {
 namespace {
 
 const std::string kPrefix = "gpu-binding/";
+constexpr int kNamed = 4;  // ranks without a GPU named in messages
 
 std::string joined(const std::vector<std::string>& items) {
   std::string out;
@@ -52,10 +54,14 @@ GpuProposal propose_gpu(int local_rank, const std::string& host) {
 }
 
 GpuCensus exchange_gpu_proposals(TcpStore& store, int rank, int world_size,
-                                 const GpuProposal& mine, std::chrono::milliseconds timeout) {
+                                 const GpuProposal& mine, const std::string& flags,
+                                 std::chrono::milliseconds timeout) {
   const std::string gpu_key = kPrefix + "gpu/" + mine.uuid;
+  store.add(kPrefix + "flags/" + flags, 1);
+  if (rank == 0) store.set(kPrefix + "flags-of-rank-0", flags);
   if (mine.index < 0) {
-    store.add(kPrefix + "without", 1);
+    const int64_t n = store.add(kPrefix + "without", 1);
+    if (n <= kNamed) store.set(kPrefix + "without/" + std::to_string(n), mine.describe(rank));
   } else {
     const int64_t n = store.add(gpu_key, 1);
     store.set(gpu_key + "/" + std::to_string(n), mine.describe(rank));
@@ -66,7 +72,13 @@ GpuCensus exchange_gpu_proposals(TcpStore& store, int rank, int world_size,
   store_barrier(store, "gpu-binding", rank, world_size, timeout);
   GpuCensus census;
   census.ranks = world_size;
+  census.my_flags = flags;
+  census.ranks_with_my_flags = static_cast<int>(store.add(kPrefix + "flags/" + flags, 0));
+  if (census.ranks_with_my_flags != world_size)
+    census.flags_of_rank_0 = store.get(kPrefix + "flags-of-rank-0", timeout);
   census.ranks_without_gpu = static_cast<int>(store.add(kPrefix + "without", 0));
+  for (int k = 1; k <= std::min(census.ranks_without_gpu, kNamed); ++k)
+    census.without.push_back(store.get(kPrefix + "without/" + std::to_string(k), timeout));
   census.ranks_sharing_a_gpu = static_cast<int>(store.add(kPrefix + "sharing", 0));
   census.own_gpu_shared = mine.index >= 0 && store.add(gpu_key, 0) > 1;
   if (census.ranks_sharing_a_gpu > 0) {
@@ -78,16 +90,35 @@ GpuCensus exchange_gpu_proposals(TcpStore& store, int rank, int world_size,
       census.sharers.push_back(store.get(shared_key + "/" + std::to_string(k), timeout));
   }
   // Rank 0 serves the store, and every rank may fail right after this (a shared GPU): it leaves
-  // only when every rank has read its census, so no rank's reads meet a vanished store.
+  // only when every rank has read its census (each rank's last store operation is its "read"
+  // key), so no rank's reads meet a vanished store. (A final store_barrier would not do: rank 0
+  // could leave while a peer still polls the barrier's keys.)
   store.set(kPrefix + "read/" + std::to_string(rank), "1");
   if (rank == 0) {
-    for (int r = 1; r < world_size; ++r) store.get(kPrefix + "read/" + std::to_string(r), timeout);
+    for (int r = 1; r < world_size; ++r) {
+      try {
+        store.get(kPrefix + "read/" + std::to_string(r), timeout);
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kTimeout) throw;
+        throw Error(ErrorKind::kTimeout, "the GPU binding exchange: rank " + std::to_string(r) +
+                                             " passed its barrier but did not read the result "
+                                             "(it died or hangs; see its log): " + e.what());
+      }
+    }
   }
   return census;
 }
 
 RankDevice decide_rank_device(const std::string& requested, int rank, const GpuProposal& mine,
                               const GpuCensus& census, bool ranks_may_share) {
+  if (census.ranks_with_my_flags != census.ranks)
+    throw Error(ErrorKind::kInvalidConfig,
+                "the ranks were started with different device flags: this is " +
+                    mine.describe(rank) + " with '" + census.my_flags + "', as only " +
+                    std::to_string(census.ranks_with_my_flags) + " of " +
+                    std::to_string(census.ranks) + " ranks; rank 0 has '" +
+                    census.flags_of_rank_0 + "'. Start every rank with the same --device and "
+                    "--distributed-backend");
   if (requested == "cpu") return {"cpu", 0, ""};
   const bool sharing_blocks = census.ranks_sharing_a_gpu > 0 && !ranks_may_share;
   if (requested == "cuda") {
@@ -96,8 +127,9 @@ RankDevice decide_rank_device(const std::string& requested, int rank, const GpuP
     if (census.ranks_without_gpu > 0)
       throw Error(ErrorKind::kInvalidConfig,
                   "--device cuda: " + std::to_string(census.ranks_without_gpu) +
-                      " rank(s) of the job see no GPU (their own errors say why; this is " +
-                      mine.describe(rank) +
+                      " rank(s) of the job see no GPU: " + joined(census.without) +
+                      (census.ranks_without_gpu > kNamed ? ", ..." : "") +
+                      " (their own errors say why; this is " + mine.describe(rank) +
                       "). Fix: start ranks only where GPUs are visible, or use --device cpu");
     if (sharing_blocks)
       throw Error(ErrorKind::kInvalidConfig,
@@ -105,11 +137,16 @@ RankDevice decide_rank_device(const std::string& requested, int rank, const GpuP
                       " rank(s) would share a GPU, e.g. " + joined(census.sharers) +
                       " would all use GPU " + census.shared_uuid + " (this is " +
                       mine.describe(rank) +
-                      "); NCCL needs one GPU per rank. Fix: let every local rank see its own "
-                      "GPU (CUDA_VISIBLE_DEVICES listing the node's GPUs, or one bound per task: "
-                      "srun --gpus-per-task=1), start at most as many ranks per node as there "
-                      "are GPUs, use --device cpu, or --distributed-backend gloo to let ranks "
-                      "share a GPU (slow: collectives go through host memory)");
+                      "); NCCL needs one GPU per rank. Fix: start at most as many ranks per "
+                      "node as it has GPUs, with every GPU of the node visible to every rank "
+                      "(CUDA_VISIBLE_DEVICES, srun --gpus-per-node; one GPU bound per task also "
+                      "works, but can keep NCCL from using NVLink between them), use --device "
+                      "cpu, or --distributed-backend gloo to let ranks share a GPU (slow: "
+                      "collectives go through host memory)" +
+                      (census.shared_uuid.find(":cuda") != std::string::npos
+                           ? ". (The driver gave no GPU UUID, so GPUs are told apart by host and "
+                             "index: ranks bound to one GPU each look shared)"
+                           : std::string()));
     return {"cuda", mine.index, ""};
   }
   // auto: every rank reaches the same answer from the same counts.
@@ -117,8 +154,9 @@ RankDevice decide_rank_device(const std::string& requested, int rank, const GpuP
   if (census.ranks_without_gpu > 0)
     return {"cpu", 0,
             "--device auto: " + std::to_string(census.ranks_without_gpu) + " of " +
-                std::to_string(census.ranks) +
-                " ranks see no GPU, so every rank runs on the CPU"};
+                std::to_string(census.ranks) + " ranks see no GPU (" + joined(census.without) +
+                (census.ranks_without_gpu > kNamed ? ", ..." : "") +
+                "), so every rank runs on the CPU; pass --device cuda to make that an error"};
   if (sharing_blocks)
     return {"cpu", 0,
             "--device auto: " + std::to_string(census.ranks_sharing_a_gpu) +

@@ -139,14 +139,18 @@ NcclCommunicator::~NcclCommunicator() {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     // A clean end finalizes first (flushes NCCL's operations and network resources; on this
-    // non-blocking communicator it returns at once and is polled), within the same deadline;
-    // destroy then only frees memory. Left to ncclCommDestroy, finalizing could block unbounded.
+    // non-blocking communicator it returns at once and is polled); destroy then only frees
+    // memory. Left to ncclCommDestroy, finalizing could block unbounded. Finalizing waits for
+    // the peers to finalize too; a rank ends its communicators one after another, so each gets
+    // at most a minute (not the whole operation timeout) before it is aborted instead.
     if (idle) {
+      const auto finalize_deadline =
+          std::min(deadline, Clock::now() + std::chrono::milliseconds(60'000));
       ncclResult_t state = ncclCommFinalize(comm_);
       while (state == ncclSuccess || state == ncclInProgress) {
         if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) state = ncclInternalError;
         if (state != ncclInProgress) break;
-        if (Clock::now() >= deadline) break;
+        if (Clock::now() >= finalize_deadline) break;
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
       idle = state == ncclSuccess;

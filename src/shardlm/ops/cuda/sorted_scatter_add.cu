@@ -14,7 +14,7 @@ namespace {
 constexpr int kThreads = 256;      // one column each; whole warps (the segment-end ballots)
 constexpr int kRowsInFlight = 8;   // loads issued before they are summed (in order)
 constexpr int64_t kChunk = kSortedScatterAddChunkRows;  // L
-static_assert(kChunk % 32 == 0, "segment_end's ballots cover the first L keys in whole warps");
+static_assert(kChunk % 32 == 0, "a short segment's end is found by whole-warp ballots");
 
 // ---- kernels ------------------------------------------------------------------------------------
 // keys[n] = tokens[n] - row_start for ids in the shard, else R (sorts after every real key);
@@ -56,25 +56,35 @@ __device__ __forceinline__ float sum_rows(const T* rows, const uint32_t* positio
   });
 }
 
-// One past the last sorted position holding `key`, for the segment starting at i. Called by
-// every lane of a whole warp; every lane gets the same answer. Ballots over the next L keys (32
-// at a time: a short segment's end, as the common case needs), then, for a segment longer than
-// L, a binary search of the sorted keys.
+// One past the last sorted position holding `key`, for the segment starting at i: a short one
+// (at most L rows; ballots over the next L keys, 32 at a time) or, with kLong, a longer one (a
+// binary search past the first L + 1 rows). Called by every lane of a whole warp; every lane
+// gets the same answer.
+template <bool kLong>
 __device__ __forceinline__ int64_t segment_end(const uint32_t* keys, int64_t i, int64_t N,
                                                uint32_t key) {
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  for (int64_t j = i + 1; j <= i + kChunk; j += 32) {  // positions i + 1 .. i + L
-    const int64_t k = j + lane;
-    const unsigned past = __ballot_sync(0xffffffffu, k >= N || keys[k] != key);
-    if (past != 0) return j + __ffs(static_cast<int>(past)) - 1;
+  if constexpr (kLong) {
+    int64_t lo = i + kChunk + 1, hi = N;  // keys[lo - 1] == key; the end is in [lo, hi]
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (keys[mid] == key) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  } else {
+    const int lane = static_cast<int>(threadIdx.x & 31);
+    for (int64_t j = i + 1;; j += 32) {  // ends by position i + L
+      const int64_t k = j + lane;
+      const unsigned past = __ballot_sync(0xffffffffu, k >= N || keys[k] != key);
+      if (past != 0) return j + __ffs(static_cast<int>(past)) - 1;
+    }
   }
-  int64_t lo = i + kChunk + 1, hi = N;  // keys[lo - 1] == key; the end is in [lo, hi]
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (keys[mid] == key) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
+}
+
+// A segment starting at i is long (more than L rows) when position i + L still holds its key.
+__device__ __forceinline__ bool is_long_segment(const uint32_t* keys, int64_t i, int64_t N,
+                                                uint32_t key) {
+  return i + kChunk < N && keys[i + kChunk] == key;
 }
 
 // First sorted position holding `key`, for a position q that holds it. Called by every thread of
@@ -114,7 +124,7 @@ __global__ void chunk_sum_kernel(float* partials, const T* rows, const uint32_t*
     const uint32_t key = keys[q];  // the same for the whole block: uniform branches below
     if (key == skip_key) return;   // sorted last: no ids of this shard from here on
     const int64_t start = segment_start(keys, q, key);
-    if (start + kChunk >= N || keys[start + kChunk] != key) continue;  // at most L rows
+    if (!is_long_segment(keys, start, N, key)) continue;  // at most L rows
     const int64_t chunk = start + (q - start) / kChunk * kChunk;  // the chunk holding q
     if (chunk + kChunk > N || keys[chunk + kChunk - 1] != key) continue;  // the rest rows
     for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C;
@@ -123,32 +133,36 @@ __global__ void chunk_sum_kernel(float* partials, const T* rows, const uint32_t*
   }
 }
 
-// grad[key, c] += the key's sum in the header's order: for a segment of at most L rows, its rows
-// in order; for a longer one, the partials of its full chunks in chunk order (written by
-// chunk_sum_kernel, which ran before on the stream), then the rest rows' sum. Block (x, y) takes
-// sorted positions x, x + gridDim.x, ... and columns of tile y (and y + gridDim.y, ...); it sums
-// the segments that START at its positions, so each grad element is written by one thread, once.
-template <typename T, typename G>
-__global__ void segment_sum_kernel(G* grad, const T* rows, const float* partials,
-                                   const uint32_t* keys, const uint32_t* positions, int64_t N,
-                                   int64_t C, uint32_t skip_key) {
+// grad[key, c] += the key's sum in the header's order, for the segments of one kind: kLong =
+// false sums each segment of at most L rows, its rows in order; kLong = true adds each longer
+// segment's full-chunk partials in chunk order (written by chunk_sum_kernel, which ran before on
+// the stream), then the rest rows' sum. Two kernels, so the common short case keeps a lean
+// kernel at full occupancy (the long path's extra registers cost it 30% when they shared one).
+// Block (x, y) takes sorted positions x, x + gridDim.x, ... and columns of tile y (and y +
+// gridDim.y, ...); it sums the segments that START at its positions, so each grad element is
+// written by one thread, once.
+template <typename T, typename G, bool kLong>
+__global__ void __launch_bounds__(kThreads, kLong ? 1 : 2048 / kThreads)  // short: 32 regs
+    segment_sum_kernel(G* grad, const T* rows, const float* partials, const uint32_t* keys,
+                       const uint32_t* positions, int64_t N, int64_t C, uint32_t skip_key) {
   const int64_t col_stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const uint32_t key = keys[i];  // the same for the whole block: uniform branches below
     if (key == skip_key) return;   // sorted last: no ids of this shard from here on
     if (i > 0 && keys[i - 1] == key) continue;  // inside a segment its start's block sums
-    const int64_t end = segment_end(keys, i, N, key);
-    const int64_t full = end - i > kChunk ? (end - i) / kChunk : 0;  // chunks in partials
-    const int64_t first = (i + kChunk - 1) / kChunk;  // partials row of chunk 0: ceil(i/L)
-    const int64_t rest = i + full * kChunk;           // the rows summed here: [rest, end)
+    if (is_long_segment(keys, i, N, key) != kLong) continue;  // the other kernel's
+    const int64_t end = segment_end<kLong>(keys, i, N, key);
     for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C;
          c += col_stride) {
       float sum;
-      if (full == 0) {
-        sum = sum_rows(rows, positions, i, end, C, c);
-      } else {
+      if constexpr (kLong) {
+        const int64_t full = (end - i) / kChunk;         // chunks in partials
+        const int64_t first = (i + kChunk - 1) / kChunk;  // partials row of chunk 0: ceil(i/L)
+        const int64_t rest = i + full * kChunk;           // the rows summed here: [rest, end)
         sum = ordered_sum(full, [&](int64_t k) { return partials[(first + k) * C + c]; });
         if (rest < end) sum += sum_rows(rows, positions, rest, end, C, c);
+      } else {
+        sum = sum_rows(rows, positions, i, end, C, c);
       }
       G* g = grad + static_cast<int64_t>(key) * C + c;
       *g = float_to<G>(load_as_float(*g) + sum);
@@ -176,9 +190,14 @@ void launch_sums(const CudaBackendState& st, G* grad, const T* rows, float* part
                           st.stream()>>>(partials, rows, keys, positions, N, C, skip_key);
     CUDA_CHECK_LAUNCH();
   }
-  segment_sum_kernel<T, G><<<scatter_grid(st, N, C), kThreads, 0, st.stream()>>>(
+  segment_sum_kernel<T, G, false><<<scatter_grid(st, N, C), kThreads, 0, st.stream()>>>(
       grad, rows, partials, keys, positions, N, C, skip_key);
   CUDA_CHECK_LAUNCH();
+  if (N > kChunk) {
+    segment_sum_kernel<T, G, true><<<scatter_grid(st, N, C), kThreads, 0, st.stream()>>>(
+        grad, rows, partials, keys, positions, N, C, skip_key);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 size_t aligned256(size_t bytes) { return (bytes + 255) & ~size_t{255}; }

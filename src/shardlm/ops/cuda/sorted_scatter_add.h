@@ -22,11 +22,13 @@
 //     position tL lies in exactly one chunk; if that is a full chunk (L rows) of a segment longer
 //     than L, the block sums it, one thread per column, into partials[t, :]. Each full chunk of a
 //     long segment holds exactly one multiple of L, so each is summed once, in parallel.
-//  2. segment sums: blocks walk the sorted positions; at a segment start a warp finds the end
-//     (ballots over the next L keys, then a binary search for long ones). A segment of <= L rows
-//     is summed directly (each thread one column, 8 loads in flight); a longer one adds its full
-//     chunks' partials in chunk order, then sums the rest rows itself. Each thread writes its
-//     grad element once: no two blocks write one element.
+//  2. segment sums, two kernels (short and long segments; position s + L holding the segment's
+//     key tells them apart): blocks walk the sorted positions; at a segment start a segment of
+//     <= L rows (its end found by warp ballots over the next L keys) is summed directly (each
+//     thread one column, 8 loads in flight); a longer one (its end by binary search) adds its
+//     full chunks' partials in chunk order, then sums the rest rows itself. Each thread writes
+//     its grad element once: no two blocks write one element. The short kernel is the old
+//     single-pass one, kept apart so it runs at full occupancy.
 // A batch of one repeated token (N rows) thus costs N/L parallel chunks of L rows, then N/L
 // partial additions per column, instead of one N-long loop per column.
 // Scratch (from the context's stream-ordered scratch, CudaBackendState::scratch, one call):
