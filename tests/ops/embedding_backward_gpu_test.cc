@@ -300,6 +300,43 @@ ChunkedReference chunked_reference(const Tensor& prior, const Tensor& dout, cons
   return ref;
 }
 
+// prior + each table row's rows summed in fp32 in sorted_scatter_add.h's order: a row's k rows
+// in row order; k <= L: summed from 0; else each L-row chunk (the last one the rest) summed from
+// 0, then the chunk sums added from 0; the result added to prior once. fp32 prior only.
+OwnedTensor documented_order_sums(const Tensor& prior, const Tensor& dout, const Tensor& tokens,
+                                  int64_t row_start) {
+  const int64_t R = prior.size(0), C = prior.numel() / R, N = tokens.numel();
+  std::vector<std::vector<int64_t>> rows_of(static_cast<size_t>(R));
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t r = tokens.data<int32_t>()[n] - row_start;
+    if (r >= 0 && r < R) rows_of[static_cast<size_t>(r)].push_back(n);
+  }
+  const std::vector<double> x = to_vector(dout);  // exact: dout's values are fp32-representable
+  OwnedTensor out = testing::clone(prior);
+  float* o = out.view().data<float>();
+  for (int64_t r = 0; r < R; ++r) {
+    const std::vector<int64_t>& ns = rows_of[static_cast<size_t>(r)];
+    if (ns.empty()) continue;
+    const auto k = static_cast<int64_t>(ns.size());
+    for (int64_t c = 0; c < C; ++c) {
+      auto chunk_sum = [&](int64_t begin, int64_t end) {
+        float sum = 0.0f;
+        for (int64_t j = begin; j < end; ++j)
+          sum += static_cast<float>(x[static_cast<size_t>(ns[static_cast<size_t>(j)] * C + c)]);
+        return sum;
+      };
+      float sum = 0.0f;
+      if (k <= kL) {
+        sum = chunk_sum(0, k);
+      } else {
+        for (int64_t b = 0; b < k; b += kL) sum += chunk_sum(b, std::min(k, b + kL));
+      }
+      o[r * C + c] += sum;
+    }
+  }
+  return out;
+}
+
 struct ChunkCase {
   const char* what;
   int64_t N, V, C;
@@ -359,6 +396,10 @@ void expect_chunked_sums(DeviceContext& gpu, const ChunkCase& k, DType dt, DType
   EXPECT_EQ(failures, 0) << failures << " elements outside the chunked fp32 summation's bound "
                          << "(or untouched rows changed); first " << first_failure
                          << "; largest error / bound " << worst;
+  // Into an fp32 dwte the header's order is exact to emulate (the kernels only add, in fp32):
+  // the same bits, or the order changed.
+  if (grad_dtype == DType::kF32)
+    expect_same_bits(gpu, documented_order_sums(prior, dout, tokens, row_start), first);
 }
 
 TEST_P(EmbeddingBackwardGpuTest, TokensWithMoreRowsThanTheChunkLengthSumInChunks) {
