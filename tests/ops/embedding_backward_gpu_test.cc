@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -60,40 +61,59 @@ void expect_same_bits(const DeviceContext& gpu, const OwnedTensor& first, const 
       << "two calls on the same inputs differ: the backward is not deterministic";
 }
 
-// dwte grad_dtype from `prior`; the op ran twice on the GPU into `first` and `second`; `want` is
-// the fp64 reference. `touched[r]`: some token maps to row r.
-void expect_scatter_result(const DeviceContext& gpu, const Tensor& first, const Tensor& second,
-                           const Tensor& prior, const Tensor& want,
-                           const std::vector<bool>& touched, DType dout_dtype, int64_t repeats) {
-  const OwnedTensor a = to_host(gpu, first);
-  expect_same_bits(gpu, a, second);
-  const std::vector<double> got = to_vector(a.view()), p = to_vector(prior),
-                            w = to_vector(want);
-  const int64_t rows = static_cast<int64_t>(touched.size());
-  const int64_t C = static_cast<int64_t>(got.size()) / rows;
-  std::vector<double> delta_got(got.size()), delta_want(got.size());
-  int64_t changed_untouched = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < C; ++c) {
-      const size_t i = static_cast<size_t>(r * C + c);
-      delta_got[i] = got[i] - p[i];
-      delta_want[i] = w[i] - p[i];
-      if (!touched[static_cast<size_t>(r)] && got[i] != p[i]) ++changed_untouched;
-    }
-  EXPECT_EQ(changed_untouched, 0) << "elements of rows no token maps to changed";
-  const DType grad_dtype = first.dtype();
-  const double tol = grad_dtype == DType::kF32
-                         ? 1e-6 + 2e-7 * std::sqrt(static_cast<double>(repeats))
-                         : testing::tolerance_for(grad_dtype);
-  EXPECT_LT(testing::rel_error(delta_got, delta_want), tol)
-      << dtype_name(dout_dtype) << " dout into " << dtype_name(grad_dtype) << " dwte, up to "
-      << repeats << " rows per token";
-}
-
 // The dwte dtypes to test for dout in `dt`: fp32 (the master gradient) and dt itself.
 std::vector<DType> grad_dtypes(DType dt) {
   return dt == DType::kF32 ? std::vector<DType>{DType::kF32}
                            : std::vector<DType>{DType::kF32, dt};
+}
+
+// One of the two embedding backwards on `ctx`: dwte += dout's rows scattered by tokens.
+using Scatter = std::function<void(DeviceContext& ctx, Tensor dwte, const Tensor& dout,
+                                   const Tensor& tokens)>;
+
+// For each dwte dtype (grad_dtypes): from a random prior of `rows` table rows (the ids
+// [row_start, row_start + rows)), `scatter` on the CPU into fp64 is the reference; twice on the
+// GPU must give the same bits, leave rows no token maps to untouched, and match the reference.
+void expect_scatter_matches(DeviceContext& cpu, DeviceContext& gpu, const Scatter& scatter,
+                            const OwnedTensor& tokens, const OwnedTensor& dout, DType dt,
+                            int64_t rows, int64_t row_start, const std::string& what,
+                            uint64_t& seed) {
+  const int64_t C = dout.view().numel() / tokens.view().numel();
+  std::vector<bool> touched(static_cast<size_t>(rows), false);
+  for (int64_t i = 0; i < tokens.view().numel(); ++i) {
+    const int64_t r = tokens.view().data<int32_t>()[i] - row_start;
+    if (r >= 0 && r < rows) touched[static_cast<size_t>(r)] = true;
+  }
+  const int64_t repeats = max_repeats(tokens);
+  const OwnedTensor tokens_d = to_device(tokens, DType::kI32);
+  const OwnedTensor dout_d = to_device(dout, dt);
+  for (DType grad_dtype : grad_dtypes(dt)) {
+    SCOPED_TRACE(what + ", " + dtype_name(dt) + " dout, " + dtype_name(grad_dtype) + " dwte");
+    const OwnedTensor prior = round_to(random_tensor(DType::kF32, {rows, C}, seed++), grad_dtype);
+    OwnedTensor want = convert(prior, DType::kF64);  // + the exact sums (CPU, fp64)
+    scatter(cpu, want, dout, tokens);
+    OwnedTensor first = to_device(prior, grad_dtype), second = to_device(prior, grad_dtype);
+    scatter(gpu, first, dout_d, tokens_d);
+    scatter(gpu, second, dout_d, tokens_d);
+
+    const OwnedTensor a = to_host(gpu, first);
+    expect_same_bits(gpu, a, second);
+    const std::vector<double> got = to_vector(a.view()), p = to_vector(prior),
+                              w = to_vector(want);
+    std::vector<double> delta_got(got.size()), delta_want(got.size());
+    int64_t changed_untouched = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      delta_got[i] = got[i] - p[i];
+      delta_want[i] = w[i] - p[i];
+      if (!touched[i / static_cast<size_t>(C)] && got[i] != p[i]) ++changed_untouched;
+    }
+    EXPECT_EQ(changed_untouched, 0) << "elements of rows no token maps to changed";
+    const double tol = grad_dtype == DType::kF32
+                           ? 1e-6 + 2e-7 * std::sqrt(static_cast<double>(repeats))
+                           : testing::tolerance_for(grad_dtype);
+    EXPECT_LT(testing::rel_error(delta_got, delta_want), tol)
+        << "up to " << repeats << " rows per token";
+  }
 }
 
 class EmbeddingBackwardGpuTest : public GpuOpTest {};
@@ -118,26 +138,16 @@ TEST_P(EmbeddingBackwardGpuTest, SumsEachTokensRowsInFp32Deterministically) {
         pattern == "uniform" ? random_ints({k.B, k.T}, V32, seed++)
         : pattern == "same"  ? tokens_from({V32 / 2}, k.B, k.T, seed++)
                              : tokens_from({0, 1, V32 / 2, V32 - 2, V32 - 1}, k.B, k.T, seed++);
-    std::vector<bool> touched(static_cast<size_t>(k.V), false);
-    for (int64_t i = 0; i < tokens.view().numel(); ++i)
-      touched[static_cast<size_t>(tokens.view().data<int32_t>()[i])] = true;
     const OwnedTensor dout = round_to(random_tensor(DType::kF32, {k.B, k.T, k.C}, seed++), dt);
-    const OwnedTensor tokens_d = to_device(tokens, DType::kI32);
-    const OwnedTensor dout_d = to_device(dout, dt);
-    for (DType grad_dtype : grad_dtypes(dt)) {
-      SCOPED_TRACE("B=" + std::to_string(k.B) + " T=" + std::to_string(k.T) +
-                   " V=" + std::to_string(k.V) + " C=" + std::to_string(k.C) + " tokens " +
-                   pattern + ", " + dtype_name(dt) + " dout, " + dtype_name(grad_dtype) +
-                   " dwte");
-      const OwnedTensor prior =
-          round_to(random_tensor(DType::kF32, {k.V, k.C}, seed++), grad_dtype);
-      OwnedTensor want = convert(prior, DType::kF64);  // + the exact sums (CPU, fp64)
-      ops::embedding_backward(cpu_, want, Tensor(), dout, tokens);
-      OwnedTensor first = to_device(prior, grad_dtype), second = to_device(prior, grad_dtype);
-      ops::embedding_backward(gpu(), first, Tensor(), dout_d, tokens_d);
-      ops::embedding_backward(gpu(), second, Tensor(), dout_d, tokens_d);
-      expect_scatter_result(gpu(), first, second, prior, want, touched, dt, max_repeats(tokens));
-    }
+    expect_scatter_matches(
+        cpu_, gpu(),
+        [](DeviceContext& ctx, Tensor dwte, const Tensor& d, const Tensor& t) {
+          ops::embedding_backward(ctx, dwte, Tensor(), d, t);
+        },
+        tokens, dout, dt, k.V, 0,
+        "B=" + std::to_string(k.B) + " T=" + std::to_string(k.T) + " V=" + std::to_string(k.V) +
+            " C=" + std::to_string(k.C) + " tokens " + pattern,
+        seed);
   }
 }
 
@@ -200,28 +210,16 @@ TEST_P(EmbeddingBackwardGpuTest, VocabParallelSumsTheShardsTokensDeterministical
                                     // the shard's edges and the ids just outside it
                                     : tokens_from({s - 1, s, s + vl / 2, s + vl - 1, s + vl}, k.B,
                                                   k.T, seed++);
-    std::vector<bool> touched(static_cast<size_t>(k.VL), false);
-    for (int64_t i = 0; i < tokens.view().numel(); ++i) {
-      const int64_t row = tokens.view().data<int32_t>()[i] - start;
-      if (row >= 0 && row < k.VL) touched[static_cast<size_t>(row)] = true;
-    }
     const OwnedTensor dout = round_to(random_tensor(DType::kF32, {k.B * k.T, k.C}, seed++), dt);
-    const OwnedTensor tokens_d = to_device(tokens, DType::kI32);
-    const OwnedTensor dout_d = to_device(dout, dt);
-    for (DType grad_dtype : grad_dtypes(dt)) {
-      SCOPED_TRACE("B=" + std::to_string(k.B) + " T=" + std::to_string(k.T) +
-                   " VL=" + std::to_string(k.VL) + " C=" + std::to_string(k.C) + " tokens " +
-                   pattern + ", " + dtype_name(dt) + " dout, " + dtype_name(grad_dtype) +
-                   " dwte");
-      const OwnedTensor prior =
-          round_to(random_tensor(DType::kF32, {k.VL, k.C}, seed++), grad_dtype);
-      OwnedTensor want = convert(prior, DType::kF64);
-      ops::vocab_parallel_embedding_backward(cpu_, want, dout, tokens, start);
-      OwnedTensor first = to_device(prior, grad_dtype), second = to_device(prior, grad_dtype);
-      ops::vocab_parallel_embedding_backward(gpu(), first, dout_d, tokens_d, start);
-      ops::vocab_parallel_embedding_backward(gpu(), second, dout_d, tokens_d, start);
-      expect_scatter_result(gpu(), first, second, prior, want, touched, dt, max_repeats(tokens));
-    }
+    expect_scatter_matches(
+        cpu_, gpu(),
+        [start](DeviceContext& ctx, Tensor dwte, const Tensor& d, const Tensor& t) {
+          ops::vocab_parallel_embedding_backward(ctx, dwte, d, t, start);
+        },
+        tokens, dout, dt, k.VL, start,
+        "B=" + std::to_string(k.B) + " T=" + std::to_string(k.T) + " VL=" + std::to_string(k.VL) +
+            " C=" + std::to_string(k.C) + " tokens " + pattern,
+        seed);
   }
 }
 

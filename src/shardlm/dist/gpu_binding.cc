@@ -24,6 +24,11 @@ std::string joined(const std::vector<std::string>& items) {
   return out;
 }
 
+// The ranks without a GPU, as named in the census (the first kNamed of them).
+std::string ranks_without_gpu(const GpuCensus& census) {
+  return joined(census.without) + (census.ranks_without_gpu > kNamed ? ", ..." : "");
+}
+
 }  // namespace
 
 std::string GpuProposal::describe(int rank) const {
@@ -127,8 +132,7 @@ RankDevice decide_rank_device(const std::string& requested, int rank, const GpuP
     if (census.ranks_without_gpu > 0)
       throw Error(ErrorKind::kInvalidConfig,
                   "--device cuda: " + std::to_string(census.ranks_without_gpu) +
-                      " rank(s) of the job see no GPU: " + joined(census.without) +
-                      (census.ranks_without_gpu > kNamed ? ", ..." : "") +
+                      " rank(s) of the job see no GPU: " + ranks_without_gpu(census) +
                       " (their own errors say why; this is " + mine.describe(rank) +
                       "). Fix: start ranks only where GPUs are visible, or use --device cpu");
     if (sharing_blocks)
@@ -154,8 +158,7 @@ RankDevice decide_rank_device(const std::string& requested, int rank, const GpuP
   if (census.ranks_without_gpu > 0)
     return {"cpu", 0,
             "--device auto: " + std::to_string(census.ranks_without_gpu) + " of " +
-                std::to_string(census.ranks) + " ranks see no GPU (" + joined(census.without) +
-                (census.ranks_without_gpu > kNamed ? ", ..." : "") +
+                std::to_string(census.ranks) + " ranks see no GPU (" + ranks_without_gpu(census) +
                 "), so every rank runs on the CPU; pass --device cuda to make that an error"};
   if (sharing_blocks)
     return {"cpu", 0,

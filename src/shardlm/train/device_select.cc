@@ -8,7 +8,7 @@
 
 namespace shardlm::train {
 
-DeviceContext select_device(const std::string& requested, int local_rank) {
+DeviceContext select_device(const std::string& requested, int gpu_index) {
   if (requested == "cpu") return DeviceContext::cpu();
   const int gpus = cuda_device_count();
   if (requested == "cuda") {
@@ -16,19 +16,15 @@ DeviceContext select_device(const std::string& requested, int local_rank) {
       throw Error(ErrorKind::kInvalidConfig,
                   "--device cuda: this build has no CUDA backend (nvcc was not found when it was "
                   "configured); rebuild on a machine with the CUDA toolkit or use --device cpu");
-    if (gpus <= local_rank)
+    if (gpus <= gpu_index)
       throw Error(ErrorKind::kInvalidConfig,
                   "--device cuda: " + std::to_string(gpus) + " GPU(s) visible, need index " +
-                      std::to_string(local_rank) +
-                      " (one GPU per local rank); check CUDA_VISIBLE_DEVICES, start fewer ranks "
-                      "per node, or use --device cpu" +
-                      (gpus > 0 ? std::string(" (or --distributed-backend gloo to let ranks share "
-                                              "GPUs; slow: collectives go through host memory)")
-                                : std::string()));
-    return DeviceContext(Device::cuda(local_rank));
+                      std::to_string(gpu_index) +
+                      "; check CUDA_VISIBLE_DEVICES or use --device cpu");
+    return DeviceContext(Device::cuda(gpu_index));
   }
   // auto
-  if (gpus > local_rank) return DeviceContext(Device::cuda(local_rank));
+  if (gpus > gpu_index) return DeviceContext(Device::cuda(gpu_index));
   return DeviceContext::cpu();
 }
 

@@ -9,7 +9,8 @@
 namespace shardlm::train {
 
 // Throws Error(kInvalidConfig) for --device cuda without a usable GPU, naming why.
-DeviceContext select_device(const std::string& requested, int local_rank = 0);
+// gpu_index: the visible GPU to take (a multi-process rank's comes from dist/gpu_binding.h).
+DeviceContext select_device(const std::string& requested, int gpu_index = 0);
 // Creates backend state (CUDA stream, cuBLASLt handle) for CUDA contexts; no-op on the CPU.
 void initialize_backend(DeviceContext& ctx);
 // --attention-backend auto | fused | flash (validated by TrainConfig) for a CUDA context; no-op
