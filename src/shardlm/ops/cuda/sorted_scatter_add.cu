@@ -56,29 +56,32 @@ __device__ __forceinline__ float sum_rows(const T* rows, const uint32_t* positio
   });
 }
 
-// One past the last sorted position holding `key`, for the segment starting at i: a short one
-// (at most L rows; ballots over the next L keys, 32 at a time) or, with kLong, a longer one (a
-// binary search past the first L + 1 rows). Called by every lane of a whole warp; every lane
-// gets the same answer.
-template <bool kLong>
-__device__ __forceinline__ int64_t segment_end(const uint32_t* keys, int64_t i, int64_t N,
-                                               uint32_t key) {
-  if constexpr (kLong) {
-    int64_t lo = i + kChunk + 1, hi = N;  // keys[lo - 1] == key; the end is in [lo, hi]
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (keys[mid] == key) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  } else {
-    const int lane = static_cast<int>(threadIdx.x & 31);
-    for (int64_t j = i + 1;; j += 32) {  // ends by position i + L
-      const int64_t k = j + lane;
-      const unsigned past = __ballot_sync(0xffffffffu, k >= N || keys[k] != key);
-      if (past != 0) return j + __ffs(static_cast<int>(past)) - 1;
-    }
+// One past the last sorted position holding `key`, for the segment starting at i, if it has at
+// most L rows; -1 if it is longer (positions i + 1 .. i + L all hold the key). Ballots over those
+// L keys, 32 at a time, so the common short segment costs no extra load. Called by every lane of
+// a whole warp; every lane gets the same answer.
+__device__ __forceinline__ int64_t short_segment_end(const uint32_t* keys, int64_t i, int64_t N,
+                                                     uint32_t key) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  for (int64_t j = i + 1; j <= i + kChunk; j += 32) {
+    const int64_t k = j + lane;
+    const unsigned past = __ballot_sync(0xffffffffu, k >= N || keys[k] != key);
+    if (past != 0) return j + __ffs(static_cast<int>(past)) - 1;
   }
+  return -1;
+}
+
+// One past the last sorted position holding `key`, for a segment starting at i with more than L
+// rows (keys[i + L] == key): a binary search past them.
+__device__ __forceinline__ int64_t long_segment_end(const uint32_t* keys, int64_t i, int64_t N,
+                                                    uint32_t key) {
+  int64_t lo = i + kChunk + 1, hi = N;  // keys[lo - 1] == key; the end is in [lo, hi]
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (keys[mid] == key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 // A segment starting at i is long (more than L rows) when position i + L still holds its key.
@@ -107,9 +110,23 @@ __device__ __forceinline__ int64_t segment_start(const uint32_t* keys, int64_t q
   return lo;
 }
 
+// The segment holding sorted position q = t·L, for the kernels that walk L-tiles: kStop when q
+// holds no id of this shard (sorted last: none follow), kShort for a segment of at most L rows,
+// else kLong with its key and start. Called by every thread of the block (segment_start
+// synchronises); every thread gets the same answer, so the callers' branches stay uniform.
+enum class TileSegment { kStop, kShort, kLong };
+__device__ __forceinline__ TileSegment tile_segment(const uint32_t* keys, int64_t q, int64_t N,
+                                                    uint32_t skip_key, uint32_t& key,
+                                                    int64_t& start) {
+  key = keys[q];
+  if (key == skip_key) return TileSegment::kStop;
+  start = segment_start(keys, q, key);
+  return is_long_segment(keys, start, N, key) ? TileSegment::kLong : TileSegment::kShort;
+}
+
 // partials[t, c] = column c of the chunk holding sorted position t·L, summed in row order, when
 // that chunk is a full one (L rows) of a segment longer than L; otherwise nothing is written
-// (shorter segments and the rest rows of longer ones are segment_sum_kernel's). A segment
+// (shorter segments and the rest rows of longer ones are summed by the segment kernels). A segment
 // starting at s has its chunk k at [s + kL, s + (k+1)L), holding exactly one multiple of L:
 // (ceil(s/L) + k)·L. So each full chunk is summed by one block, into row ceil(s/L) + k.
 // Block (x, y) takes tiles x, x + gridDim.x, ... and columns of tile y (and y + gridDim.y, ...).
@@ -121,10 +138,11 @@ __global__ void chunk_sum_kernel(float* partials, const T* rows, const uint32_t*
   const int64_t col_stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const int64_t q = t * kChunk;
-    const uint32_t key = keys[q];  // the same for the whole block: uniform branches below
-    if (key == skip_key) return;   // sorted last: no ids of this shard from here on
-    const int64_t start = segment_start(keys, q, key);
-    if (!is_long_segment(keys, start, N, key)) continue;  // at most L rows
+    uint32_t key;
+    int64_t start;
+    const TileSegment kind = tile_segment(keys, q, N, skip_key, key, start);
+    if (kind == TileSegment::kStop) return;
+    if (kind == TileSegment::kShort) continue;
     const int64_t chunk = start + (q - start) / kChunk * kChunk;  // the chunk holding q
     if (chunk + kChunk > N || keys[chunk + kChunk - 1] != key) continue;  // the rest rows
     for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C;
@@ -133,37 +151,57 @@ __global__ void chunk_sum_kernel(float* partials, const T* rows, const uint32_t*
   }
 }
 
-// grad[key, c] += the key's sum in the header's order, for the segments of one kind: kLong =
-// false sums each segment of at most L rows, its rows in order; kLong = true adds each longer
-// segment's full-chunk partials in chunk order (written by chunk_sum_kernel, which ran before on
-// the stream), then the rest rows' sum. Two kernels, so the common short case keeps a lean
-// kernel at full occupancy (the long path's extra registers cost it 30% when they shared one).
-// Block (x, y) takes sorted positions x, x + gridDim.x, ... and columns of tile y (and y +
-// gridDim.y, ...); it sums the segments that START at its positions, so each grad element is
-// written by one thread, once.
-template <typename T, typename G, bool kLong>
-__global__ void __launch_bounds__(kThreads, kLong ? 1 : 2048 / kThreads)  // short: 32 regs
-    segment_sum_kernel(G* grad, const T* rows, const float* partials, const uint32_t* keys,
-                       const uint32_t* positions, int64_t N, int64_t C, uint32_t skip_key) {
+// grad[key, c] += the sum of the key's rows in row order, for every segment of at most L rows
+// (longer ones are long_segment_sum_kernel's). Block (x, y) takes sorted positions x, x +
+// gridDim.x, ... and columns of tile y (and y + gridDim.y, ...); it sums the segments that START
+// at its positions, so each grad element is written by one thread, once.
+template <typename T, typename G>
+__global__ void __launch_bounds__(kThreads, 2048 / kThreads)  // full occupancy: 32 registers
+    short_segment_sum_kernel(G* grad, const T* rows, const uint32_t* keys,
+                             const uint32_t* positions, int64_t N, int64_t C, uint32_t skip_key) {
   const int64_t col_stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const uint32_t key = keys[i];  // the same for the whole block: uniform branches below
     if (key == skip_key) return;   // sorted last: no ids of this shard from here on
     if (i > 0 && keys[i - 1] == key) continue;  // inside a segment its start's block sums
-    if (is_long_segment(keys, i, N, key) != kLong) continue;  // the other kernel's
-    const int64_t end = segment_end<kLong>(keys, i, N, key);
+    const int64_t end = short_segment_end(keys, i, N, key);
+    if (end < 0) continue;  // longer than L
     for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C;
          c += col_stride) {
-      float sum;
-      if constexpr (kLong) {
-        const int64_t full = (end - i) / kChunk;         // chunks in partials
-        const int64_t first = (i + kChunk - 1) / kChunk;  // partials row of chunk 0: ceil(i/L)
-        const int64_t rest = i + full * kChunk;           // the rows summed here: [rest, end)
-        sum = ordered_sum(full, [&](int64_t k) { return partials[(first + k) * C + c]; });
-        if (rest < end) sum += sum_rows(rows, positions, rest, end, C, c);
-      } else {
-        sum = sum_rows(rows, positions, i, end, C, c);
-      }
+      const float sum = sum_rows(rows, positions, i, end, C, c);
+      G* g = grad + static_cast<int64_t>(key) * C + c;
+      *g = float_to<G>(load_as_float(*g) + sum);
+    }
+  }
+}
+
+// grad[key, c] += the chunked sum of every segment longer than L: its full chunks' partials
+// (written by chunk_sum_kernel, which ran before on the stream) in chunk order, then its rest
+// rows. Such a segment holds at least one multiple of L; the block of the L-tile starting at the
+// FIRST one sums it (so once), so this kernel walks N / L tiles, not N positions: it costs a few
+// microseconds when no segment is long. Block (x, y): tiles x, x + gridDim.x, ..., column tile y.
+template <typename T, typename G>
+__global__ void long_segment_sum_kernel(G* grad, const T* rows, const float* partials,
+                                        const uint32_t* keys, const uint32_t* positions,
+                                        int64_t N, int64_t C, uint32_t skip_key) {
+  const int64_t tiles = (N + kChunk - 1) / kChunk;
+  const int64_t col_stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t q = t * kChunk;
+    uint32_t key;
+    int64_t start;
+    const TileSegment kind = tile_segment(keys, q, N, skip_key, key, start);
+    if (kind == TileSegment::kStop) return;
+    if (kind == TileSegment::kShort) continue;  // the short kernel's
+    if (q - start >= kChunk) continue;  // an earlier tile start lies in the segment: its block's
+    const int64_t end = long_segment_end(keys, start, N, key);
+    const int64_t full = (end - start) / kChunk;          // chunks in partials
+    const int64_t first = t;                              // partials row of chunk 0: ceil(start/L)
+    const int64_t rest = start + full * kChunk;           // the rows summed here: [rest, end)
+    for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C;
+         c += col_stride) {
+      float sum = ordered_sum(full, [&](int64_t k) { return partials[(first + k) * C + c]; });
+      if (rest < end) sum += sum_rows(rows, positions, rest, end, C, c);
       G* g = grad + static_cast<int64_t>(key) * C + c;
       *g = float_to<G>(load_as_float(*g) + sum);
     }
@@ -190,12 +228,13 @@ void launch_sums(const CudaBackendState& st, G* grad, const T* rows, float* part
                           st.stream()>>>(partials, rows, keys, positions, N, C, skip_key);
     CUDA_CHECK_LAUNCH();
   }
-  segment_sum_kernel<T, G, false><<<scatter_grid(st, N, C), kThreads, 0, st.stream()>>>(
-      grad, rows, partials, keys, positions, N, C, skip_key);
+  short_segment_sum_kernel<T, G><<<scatter_grid(st, N, C), kThreads, 0, st.stream()>>>(
+      grad, rows, keys, positions, N, C, skip_key);
   CUDA_CHECK_LAUNCH();
   if (N > kChunk) {
-    segment_sum_kernel<T, G, true><<<scatter_grid(st, N, C), kThreads, 0, st.stream()>>>(
-        grad, rows, partials, keys, positions, N, C, skip_key);
+    long_segment_sum_kernel<T, G><<<scatter_grid(st, (N + kChunk - 1) / kChunk, C), kThreads, 0,
+                                    st.stream()>>>(grad, rows, partials, keys, positions, N, C,
+                                                   skip_key);
     CUDA_CHECK_LAUNCH();
   }
 }

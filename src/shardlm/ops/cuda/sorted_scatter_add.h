@@ -17,18 +17,20 @@
 //
 // Algorithm: keys[n] = tokens[n] - row_start (R when outside the shard), values[n] = n; a stable
 // cub radix sort of (key, n) over the key's bits groups each token's rows, ascending: a token's
-// rows are a segment of the sorted positions. Two kernels then run on the stream:
+// rows are a segment of the sorted positions. Three kernels then run on the stream:
 //  1. chunk sums: one block per L-tile [tL, tL + L) of sorted positions (and column tile). The
 //     position tL lies in exactly one chunk; if that is a full chunk (L rows) of a segment longer
 //     than L, the block sums it, one thread per column, into partials[t, :]. Each full chunk of a
 //     long segment holds exactly one multiple of L, so each is summed once, in parallel.
-//  2. segment sums, two kernels (short and long segments; position s + L holding the segment's
-//     key tells them apart): blocks walk the sorted positions; at a segment start a segment of
-//     <= L rows (its end found by warp ballots over the next L keys) is summed directly (each
-//     thread one column, 8 loads in flight); a longer one (its end by binary search) adds its
-//     full chunks' partials in chunk order, then sums the rest rows itself. Each thread writes
-//     its grad element once: no two blocks write one element. The short kernel is the old
-//     single-pass one, kept apart so it runs at full occupancy.
+//  2. short segments (<= L rows): blocks walk the sorted positions; at a segment start, warp
+//     ballots over the next L keys find its end (or that it is longer: skipped) and each thread
+//     sums one column, 8 loads in flight. This is the single-pass kernel of before, with no extra
+//     load, at full occupancy (32 registers).
+//  3. long segments (> L rows): blocks walk the L-tiles, not the positions; each long segment
+//     holds a multiple of L, and the block of its first one finds the segment's start (a block
+//     count over L keys), its end (binary search), adds its full chunks' partials in chunk order,
+//     then sums the rest rows itself. With no long segment this is N/L cheap block steps.
+//  Each grad element is written by one thread, once: no two blocks write one element.
 // A batch of one repeated token (N rows) thus costs N/L parallel chunks of L rows, then N/L
 // partial additions per column, instead of one N-long loop per column.
 // Scratch (from the context's stream-ordered scratch, CudaBackendState::scratch, one call):
