@@ -126,42 +126,51 @@ NcclCommunicator::NcclCommunicator(DeviceContext& device, TcpStore* store, ncclC
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (comm_) {
-    // Destroy after everything queued on our stream finished; never throw from here. Work still
-    // pending may wait for a peer that is dead or failing too, so never wait for it unbounded:
-    // while an exception unwinds this rank (it is failing) abort at once, else give the stream
-    // the operations' deadline and abort if it is still busy then. (With use_side_stream false
-    // the work is on the compute stream, which is not polled here.)
-    bool idle = std::uncaught_exceptions() == 0;
-    const auto deadline = Clock::now() + timeout_;
-    while (idle && stream_ && cudaStreamQuery(stream_) == cudaErrorNotReady) {
-      if (Clock::now() >= deadline) idle = false;
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    // A clean end finalizes first (flushes NCCL's operations and network resources; on this
-    // non-blocking communicator it returns at once and is polled); destroy then only frees
-    // memory. Left to ncclCommDestroy, finalizing could block unbounded. Finalizing waits for
-    // the peers to finalize too; a rank ends its communicators one after another, so each gets
-    // at most a minute (not the whole operation timeout) before it is aborted instead.
-    if (idle) {
-      const auto finalize_deadline =
-          std::min(deadline, Clock::now() + std::chrono::milliseconds(60'000));
-      ncclResult_t state = ncclCommFinalize(comm_);
-      while (state == ncclSuccess || state == ncclInProgress) {
-        if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) state = ncclInternalError;
-        if (state != ncclInProgress) break;
-        if (Clock::now() >= finalize_deadline) break;
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-      }
-      idle = state == ncclSuccess;
-    }
-    if (idle)
-      ncclCommDestroy(comm_);
-    else
-      ncclCommAbort(comm_);
-  }
+  close();  // never throws
   if (scratch_) cudaFree(scratch_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+NcclCommunicator::Ending NcclCommunicator::close() noexcept {
+  if (!comm_) return ending_;
+  // Destroy after everything queued on our stream finished. Work still pending may wait for a
+  // peer that is dead or failing too, so never wait for it unbounded: while an exception unwinds
+  // this rank (it is failing) abort at once, else give the stream the operations' deadline and
+  // abort if it is still busy then. (With use_side_stream false the work is on the compute
+  // stream, which is not polled here.)
+  bool idle = std::uncaught_exceptions() == 0;
+  const auto deadline = Clock::now() + timeout_;
+  while (idle && stream_ && cudaStreamQuery(stream_) == cudaErrorNotReady) {
+    if (Clock::now() >= deadline) idle = false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  // A clean end finalizes first (flushes NCCL's operations and network resources; on this
+  // non-blocking communicator it returns at once and is polled); destroy then only frees
+  // memory. Left to ncclCommDestroy, finalizing could block unbounded. Finalizing waits for
+  // the peers to finalize too; a rank ends its communicators one after another, so each gets
+  // at most a minute (not the whole operation timeout) before it is aborted instead.
+  if (idle) {
+    const auto finalize_deadline =
+        std::min(deadline, Clock::now() + std::chrono::milliseconds(60'000));
+    ncclResult_t state = ncclCommFinalize(comm_);
+    while (state == ncclSuccess || state == ncclInProgress) {
+      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) state = ncclInternalError;
+      if (state != ncclInProgress) break;
+      if (Clock::now() >= finalize_deadline) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    idle = state == ncclSuccess;
+  }
+  if (idle) {
+    ncclCommDestroy(comm_);
+    ending_ = Ending::kFinalized;
+  } else {
+    ncclCommAbort(comm_);
+    ending_ = Ending::kAborted;
+  }
+  comm_ = nullptr;
+  if (abort_reason_.empty()) abort_reason_ = "closed by this rank";
+  return ending_;
 }
 
 void NcclCommunicator::set_device() const {
@@ -320,6 +329,7 @@ void NcclCommunicator::fail(const std::string& what, uint64_t seq, const std::st
   if (comm_) {
     ncclCommAbort(comm_);
     comm_ = nullptr;
+    ending_ = Ending::kAborted;
   }
   abort_reason_ = what + " #" + std::to_string(seq) + " failed: " + cause;
   throw Error(ErrorKind::kTimeout, os.str());
@@ -336,6 +346,7 @@ void NcclCommunicator::abort(const std::string& reason) {
   if (comm_) {
     ncclCommAbort(comm_);
     comm_ = nullptr;
+    ending_ = Ending::kAborted;
   }
   if (abort_reason_.empty()) abort_reason_ = "aborted by this rank: " + reason;
 }

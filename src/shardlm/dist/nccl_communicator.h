@@ -83,6 +83,15 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
   void abort(const std::string& reason) override;
 
+  // How close() ended the NCCL communicator: kFinalized (the stream drained and every peer
+  // finalized in time: ncclCommFinalize + ncclCommDestroy) or kAborted (ncclCommAbort: called
+  // while an exception unwinds, a deadline passed, or abort() / a failed operation ended it
+  // before). kOpen until then.
+  enum class Ending { kOpen, kFinalized, kAborted };
+  // Ends the NCCL communicator now, as the destructor does; idempotent. Operations afterwards
+  // throw as after abort(). Lets a caller (and the tests) see whether the end was clean.
+  Ending close() noexcept;
+
   ncclComm* nccl_comm() const { return comm_; }
   CUstream_st* comm_stream() const { return stream_; }
 
@@ -116,7 +125,8 @@ class NcclCommunicator final : public Communicator {
   std::chrono::milliseconds timeout_;
   bool use_side_stream_;
   uint64_t seq_ = 0;
-  std::string abort_reason_;  // non-empty: aborted, comm_ is gone
+  std::string abort_reason_;  // non-empty: aborted or closed, comm_ is gone
+  Ending ending_ = Ending::kOpen;
 };
 
 }  // namespace shardlm::dist
