@@ -2,8 +2,9 @@
 // != hidden/heads, untied) maps element by element as hf_llama.h defines; HF -> ShardLM
 // checkpoint -> HF gives identical tensors and config.json (also for the transformers fixture,
 // byte for byte); a ShardLM-made Llama (tied, partial RoPE, no source config) exports and reads
-// back as the same model; every unsupported feature is refused naming its key; and the imported
-// fixture's logits equal transformers' (tests/golden/hf/llama_tiny).
+// back as the same model; Llama 3.x RoPE scaling and linear interpolation convert in both config
+// forms; every unsupported feature is refused naming its key; and the imported fixtures' logits
+// equal transformers' (tests/golden/hf/llama_tiny, llama3_tiny).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -173,21 +174,61 @@ TEST(HfLlama, RoundTripThroughAShardLMCheckpointIsIdentical) {
   EXPECT_EQ(detail::read_json_file(dir.path() / "hf2" / "config.json"), synthetic_config());
 }
 
+// The transformers fixtures: llama_tiny (default RoPE, untied) and llama3_tiny (Llama 3.x RoPE
+// scaling, tied embeddings).
+// Runs `check` on each fixture present (under its name as a trace); skips the test, after
+// checking the others, if one is missing.
+void for_each_llama_fixture(const std::function<void(const char*, const fs::path&)>& check) {
+  std::string missing;
+  for (const char* name : {"llama_tiny", "llama3_tiny"}) {
+    SCOPED_TRACE(name);
+    const fs::path fixture = hf_fixture(name);
+    if (fs::exists(fixture / "model.safetensors") && fs::exists(fixture / "logits.safetensors"))
+      check(name, fixture);
+    else
+      missing += " " + fixture.string();
+  }
+  if (!missing.empty())
+    GTEST_SKIP() << "fixtures missing:" << missing
+                 << ": run tools/fixtures/make_hf_fixtures.py --out tests/golden/hf on a machine "
+                    "with transformers";
+}
+
 // What transformers wrote (rope_parameters, transformers 5) comes back byte for byte.
 TEST(HfLlama, FixtureRoundTripReproducesItsFiles) {
-  const fs::path fixture = hf_fixture("llama_tiny");
-  if (!fs::exists(fixture / "model.safetensors"))
+  for_each_llama_fixture([](const char*, const fs::path& fixture) {
+    TempDir dir;
+    const HfModel m = read_hf_llama(fixture.string());
+    EXPECT_EQ(m.config.kv_channels, 0);  // head_dim 16 == hidden / heads
+    EXPECT_EQ(m.config.query_groups(), 2);
+    write_model_checkpoint(m, (dir.path() / "ckpt").string(), "test");
+    write_hf_llama(read_model_checkpoint((dir.path() / "ckpt").string()),
+                   (dir.path() / "hf").string());
+    expect_same_safetensors(fixture / "model.safetensors",
+                            dir.path() / "hf" / "model.safetensors");
+    EXPECT_EQ(detail::read_json_file(dir.path() / "hf" / "config.json"),
+              detail::read_json_file(fixture / "config.json"));
+  });
+}
+
+// ShardLM's RoPE frequencies for the llama3 fixture's config equal transformers' inv_freq (its
+// fp32 computation, so within fp32 rounding), band by band.
+TEST(HfLlama, Llama3FixtureFrequenciesMatchTransformers) {
+  const fs::path fixture = hf_fixture("llama3_tiny");
+  if (!fs::exists(fixture / "logits.safetensors"))
     GTEST_SKIP() << "fixture " << fixture << " missing";
-  TempDir dir;
   const HfModel m = read_hf_llama(fixture.string());
-  EXPECT_EQ(m.config.kv_channels, 0);  // head_dim 16 == hidden / heads
-  EXPECT_EQ(m.config.query_groups(), 2);
-  write_model_checkpoint(m, (dir.path() / "ckpt").string(), "test");
-  write_hf_llama(read_model_checkpoint((dir.path() / "ckpt").string()),
-                 (dir.path() / "hf").string());
-  expect_same_safetensors(fixture / "model.safetensors", dir.path() / "hf" / "model.safetensors");
-  EXPECT_EQ(detail::read_json_file(dir.path() / "hf" / "config.json"),
-            detail::read_json_file(fixture / "config.json"));
+  ASSERT_TRUE(m.config.use_rope_scaling);
+  EXPECT_FALSE(m.config.untie_embeddings_and_output_weights);
+  SafetensorsReader ref((fixture / "logits.safetensors").string());
+  const SafetensorsEntry& e = ref.entry("inv_freq");
+  const int64_t half = m.config.rotary_dim() / 2;
+  ASSERT_EQ(e.shape, (std::vector<int64_t>{half}));
+  const float* hf = reinterpret_cast<const float*>(e.bytes.data());
+  for (int64_t i = 0; i < half; ++i) {
+    const double ours = ops::rope_inv_freq(m.config.rope_frequencies(), i, 2 * half);
+    EXPECT_NEAR(ours / hf[i], 1.0, 1e-6) << "pair " << i;
+  }
 }
 
 // A Llama trained here (tied, partial RoPE, no source config.json) exports and reads back.
@@ -261,7 +302,7 @@ void expect_refused(const std::function<void()>& f, ErrorKind kind, const std::s
 
 TEST(HfLlama, UnsupportedConfigsAreRefusedNamingTheKey) {
   const std::vector<std::pair<nlohmann::json, std::string>> cases = {
-      {{{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}}, "rope_scaling"},
+      {{{"rope_scaling", {{"rope_type", "dynamic"}, {"factor", 2.0}}}}, "rope_scaling"},
       {{{"rope_parameters", {{"rope_type", "yarn"}, {"rope_theta", 10000.0}}}}, "rope_type"},
       {{{"attention_bias", true}}, "attention_bias"},
       {{{"mlp_bias", true}}, "mlp_bias"},
@@ -275,6 +316,81 @@ TEST(HfLlama, UnsupportedConfigsAreRefusedNamingTheKey) {
     expect_refused([&] { read_hf_llama((dir.path() / "hf").string()); }, ErrorKind::kUnsupported,
                    key);
   }
+}
+
+// Llama 3.x's long-context RoPE and linear interpolation, as transformers 4.x (rope_scaling) and
+// 5 (rope_parameters) write them: read into the flags' fields, kept through a ShardLM
+// checkpoint, and written back as the source said them.
+TEST(HfLlama, RopeScalingConvertsInBothConfigForms) {
+  const nlohmann::json llama31 = {{"rope_type", "llama3"}, {"factor", 8.0},
+                                  {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                                  {"original_max_position_embeddings", 8192}};
+  nlohmann::json v5 = llama31;
+  v5["rope_theta"] = 500000.0;
+  const nlohmann::json cases[] = {
+      {{"rope_scaling", llama31}},                                     // transformers 4.x
+      {{"rope_scaling", nullptr}, {"rope_theta", nullptr}, {"rope_parameters", v5}},  // 5
+  };
+  for (const nlohmann::json& patch : cases) {
+    SCOPED_TRACE(patch.dump());
+    TempDir dir;
+    write_synthetic(dir.path() / "hf", 1, patch);
+    const HfModel m = read_hf_llama((dir.path() / "hf").string(), 128);
+    EXPECT_TRUE(m.config.use_rope_scaling);
+    EXPECT_EQ(m.config.rope_scaling_factor, 8.0);
+    EXPECT_EQ(m.config.rope_scaling_low_freq_factor, 1.0);
+    EXPECT_EQ(m.config.rope_scaling_high_freq_factor, 4.0);
+    EXPECT_EQ(m.config.rope_scaling_original_max_positions, 8192.0);
+    EXPECT_EQ(m.config.rotary_base, 500000.0);
+    EXPECT_EQ(m.config.rotary_seq_len_interpolation_factor, 1.0);
+    write_model_checkpoint(m, (dir.path() / "ckpt").string(), "test");
+    const HfModel back = read_model_checkpoint((dir.path() / "ckpt").string());
+    EXPECT_TRUE(back.config.use_rope_scaling);
+    EXPECT_EQ(back.config.rope_scaling_factor, 8.0);
+    write_hf_llama(back, (dir.path() / "hf2").string());
+    nlohmann::json want = synthetic_config();
+    want.merge_patch(patch);
+    EXPECT_EQ(detail::read_json_file(dir.path() / "hf2" / "config.json"), want);
+  }
+  // Linear interpolation (the legacy "type" key), both forms.
+  for (const nlohmann::json& patch :
+       {nlohmann::json{{"rope_scaling", {{"type", "linear"}, {"factor", 2.5}}}},
+        nlohmann::json{{"rope_scaling", nullptr},
+                       {"rope_parameters", {{"rope_type", "linear"}, {"factor", 2.5},
+                                            {"rope_theta", 10000.0}}}}}) {
+    SCOPED_TRACE(patch.dump());
+    TempDir dir;
+    write_synthetic(dir.path() / "hf", 1, patch);
+    const HfModel m = read_hf_llama((dir.path() / "hf").string(), 128);
+    EXPECT_FALSE(m.config.use_rope_scaling);
+    EXPECT_EQ(m.config.rotary_seq_len_interpolation_factor, 2.5);
+    write_hf_llama(m, (dir.path() / "hf2").string());
+    const nlohmann::json out = detail::read_json_file(dir.path() / "hf2" / "config.json");
+    const nlohmann::json& scaling =
+        out.contains("rope_parameters") ? out["rope_parameters"] : out["rope_scaling"];
+    EXPECT_EQ(scaling["rope_type"], "linear") << out.dump();
+    EXPECT_EQ(scaling["factor"], 2.5) << out.dump();
+    EXPECT_EQ(read_hf_llama((dir.path() / "hf2").string(), 128)
+                  .config.rotary_seq_len_interpolation_factor,
+              2.5);
+  }
+}
+
+TEST(HfLlama, IncompleteRopeScalingIsRefusedNamingTheKey) {
+  TempDir dir;
+  write_synthetic(dir.path() / "hf", 1,
+                  {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}});
+  expect_refused([&] { read_hf_llama((dir.path() / "hf").string()); }, ErrorKind::kCorruptData,
+                 "low_freq_factor");
+  write_synthetic(dir.path() / "hf2", 1,
+                  {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0},
+                                     {"low_freq_factor", 4.0}, {"high_freq_factor", 1.0},
+                                     {"original_max_position_embeddings", 8192}}}});
+  expect_refused([&] { read_hf_llama((dir.path() / "hf2").string()); },
+                 ErrorKind::kInvalidConfig, "--rope-scaling-high-freq-factor");
+  write_synthetic(dir.path() / "hf3", 1, {{"rope_scaling", "llama3"}});
+  expect_refused([&] { read_hf_llama((dir.path() / "hf3").string()); }, ErrorKind::kCorruptData,
+                 "rope_scaling");
 }
 
 TEST(HfLlama, TensorsThatDoNotFitAreRefused) {
@@ -303,31 +419,39 @@ TEST(HfLlama, ExportRefusesWhatLlamaCannotExpress) {
   expect_refused([&] { write_hf_llama(m, (dir.path() / "out").string()); },
                  ErrorKind::kUnsupported, "--rotary-interleaved");
   m.config.rotary_interleaved = false;
+  m.config.use_rope_scaling = true;
+  m.config.rotary_seq_len_interpolation_factor = 2.0;
+  expect_refused([&] { write_hf_llama(m, (dir.path() / "out").string()); },
+                 ErrorKind::kUnsupported, "one rope_type");
+  m.config.use_rope_scaling = false;
   m.config.normalization = model::Normalization::kLayerNorm;
   expect_refused([&] { write_hf_llama(m, (dir.path() / "out").string()); },
                  ErrorKind::kUnsupported, "not a Llama architecture");
   EXPECT_FALSE(fs::exists(dir.path() / "out" / "model.safetensors"));
 }
 
-// Logits of the imported fixture (RoPE rotate-half, GQA, SwiGLU, RMSNorm, untied) against
-// transformers' fp32 logits: fp32 and fp64 forwards within 1e-5 relative.
+// Logits of the imported fixtures (RoPE rotate-half, GQA, SwiGLU, RMSNorm; untied, and tied with
+// Llama 3.x RoPE scaling) against transformers' fp32 logits: fp32 and fp64 forwards within 1e-5
+// relative.
 TEST(HfLlama, LogitsMatchTransformers) {
-  const fs::path fixture = hf_fixture("llama_tiny");
-  if (!fs::exists(fixture / "logits.safetensors"))
-    GTEST_SKIP() << "fixture " << fixture
-                 << " missing: run tools/fixtures/make_hf_fixtures.py --out tests/golden/hf on a "
-                    "machine with transformers";
-  const HfModel m = read_hf_llama(fixture.string(), 128);
-  for (DType dtype : {DType::kF32, DType::kF64}) {
-    const double rel = logits_error_vs_fixture(m, fixture, dtype);
-    std::printf("llama logits vs transformers (%s forward): relative error %.3e\n",
-                dtype == DType::kF32 ? "fp32" : "fp64", rel);
-    EXPECT_LT(rel, 1e-5) << "relative error of the logits vs transformers";
-  }
-  // The same weights with interleaved RoPE are a different model: the check can fail.
-  HfModel wrong = read_hf_llama(fixture.string(), 128);
-  wrong.config.rotary_interleaved = true;
-  EXPECT_GT(logits_error_vs_fixture(wrong, fixture, DType::kF64), 1e-3);
+  for_each_llama_fixture([](const char* name, const fs::path& fixture) {
+    const HfModel m = read_hf_llama(fixture.string(), 128);
+    for (DType dtype : {DType::kF32, DType::kF64}) {
+      const double rel = logits_error_vs_fixture(m, fixture, dtype);
+      std::printf("%s logits vs transformers (%s forward): relative error %.3e\n", name,
+                  dtype == DType::kF32 ? "fp32" : "fp64", rel);
+      EXPECT_LT(rel, 1e-5) << "relative error of the logits vs transformers";
+    }
+    // The same weights with interleaved RoPE are a different model: the check can fail.
+    HfModel wrong = read_hf_llama(fixture.string(), 128);
+    wrong.config.rotary_interleaved = true;
+    EXPECT_GT(logits_error_vs_fixture(wrong, fixture, DType::kF64), 1e-3);
+    if (m.config.use_rope_scaling) {  // ... and so is the model without its RoPE scaling
+      HfModel unscaled = read_hf_llama(fixture.string(), 128);
+      unscaled.config.use_rope_scaling = false;
+      EXPECT_GT(logits_error_vs_fixture(unscaled, fixture, DType::kF64), 1e-4);
+    }
+  });
 }
 
 }  // namespace

@@ -156,5 +156,74 @@ TEST(ModelConfigJson, FlagsReproduceTheConfig) {
   EXPECT_EQ(plain.find("--norm-epsilon"), std::string::npos) << plain;
 }
 
+// Llama 3.x RoPE scaling and linear interpolation: kept in the JSON, compared against the flags
+// (a checkpoint made with them does not load silently without them), named in the fix, and not
+// compared where they cannot matter (no --use-rope-scaling: its parameters).
+model::TransformerConfig llama3_like() {
+  model::TransformerConfig c = llama_like();
+  c.use_rope_scaling = true;
+  c.rope_scaling_factor = 32.0;
+  c.rope_scaling_low_freq_factor = 2.0;
+  c.rope_scaling_high_freq_factor = 8.0;
+  c.rope_scaling_original_max_positions = 4096;
+  c.rotary_seq_len_interpolation_factor = 2.0;
+  return c;
+}
+
+TEST(ModelConfigJson, RopeScalingSurvivesJsonAndIsCompared) {
+  const model::TransformerConfig c = llama3_like();
+  const nlohmann::json saved = model_config_to_json(c);
+  const model::TransformerConfig back = model_config_from_json(saved);
+  EXPECT_TRUE(back.use_rope_scaling);
+  EXPECT_EQ(back.rope_scaling_factor, 32.0);
+  EXPECT_EQ(back.rope_scaling_low_freq_factor, 2.0);
+  EXPECT_EQ(back.rope_scaling_high_freq_factor, 8.0);
+  EXPECT_EQ(back.rope_scaling_original_max_positions, 4096.0);
+  EXPECT_EQ(back.rotary_seq_len_interpolation_factor, 2.0);
+  EXPECT_NO_THROW(check_model_config(saved, back, "ckpt"));
+  using Change = std::function<void(model::TransformerConfig&)>;
+  const std::vector<std::tuple<std::string, std::string, Change>> cases = {
+      {"--use-rope-scaling", "use_rope_scaling", [](auto& c) { c.use_rope_scaling = false; }},
+      {"--rope-scaling-factor", "rope_scaling_factor",
+       [](auto& c) { c.rope_scaling_factor = 8.0; }},
+      {"--rope-scaling-low-freq-factor", "rope_scaling_low_freq_factor",
+       [](auto& c) { c.rope_scaling_low_freq_factor = 1.0; }},
+      {"--rope-scaling-high-freq-factor", "rope_scaling_high_freq_factor",
+       [](auto& c) { c.rope_scaling_high_freq_factor = 4.0; }},
+      {"--rope-scaling-original-max-position-embeddings",
+       "rope_scaling_original_max_position_embeddings",
+       [](auto& c) { c.rope_scaling_original_max_positions = 8192; }},
+      {"--rotary-seq-len-interpolation-factor", "rotary_seq_len_interpolation_factor",
+       [](auto& c) { c.rotary_seq_len_interpolation_factor = 1.0; }},
+  };
+  for (const auto& [flag, key, change] : cases) {
+    model::TransformerConfig flags = c;
+    change(flags);
+    SCOPED_TRACE(flag);
+    expect_mismatch(saved, flags, flag, key);
+  }
+  const std::string fix = model_config_flags(c);
+  for (const char* part : {"--use-rope-scaling --rope-scaling-factor 32.0 "
+                           "--rope-scaling-low-freq-factor 2.0 --rope-scaling-high-freq-factor "
+                           "8.0 --rope-scaling-original-max-position-embeddings 4096.0",
+                           "--rotary-seq-len-interpolation-factor 2.0"})
+    EXPECT_NE(fix.find(part), std::string::npos) << part << " in " << fix;
+  // Without --use-rope-scaling its parameters are not compared; an old RoPE checkpoint (no
+  // scaling keys) loads with the defaults and refuses --use-rope-scaling.
+  model::TransformerConfig plain = llama_like(), other = plain;
+  other.rope_scaling_factor = 3.0;
+  EXPECT_NO_THROW(check_model_config(model_config_to_json(plain), other, "ckpt"));
+  nlohmann::json old = model_config_to_json(plain);
+  for (const char* k : {"use_rope_scaling", "rope_scaling_factor", "rope_scaling_low_freq_factor",
+                        "rope_scaling_high_freq_factor",
+                        "rope_scaling_original_max_position_embeddings",
+                        "rotary_seq_len_interpolation_factor"})
+    old.erase(k);
+  EXPECT_NO_THROW(check_model_config(old, plain, "ckpt"));
+  model::TransformerConfig scaled = plain;
+  scaled.use_rope_scaling = true;
+  expect_mismatch(old, scaled, "--use-rope-scaling", "use_rope_scaling");
+}
+
 }  // namespace
 }  // namespace shardlm::ckpt

@@ -107,6 +107,22 @@ TEST(TrainCli, AttentionBackend) {
   expect_usage_error(kTiny + "--attention-backend te", "--attention-backend te is not one of");
 }
 
+// Llama 3.x RoPE scaling and linear interpolation train from the flags; without RoPE, or with
+// bad parameters, one line names the flag.
+TEST(TrainCli, RopeScalingFlags) {
+  const std::string rope = kTiny + "--position-embedding-type rope ";
+  const Result r = run(rope + "--use-rope-scaling --rope-scaling-factor 32 "
+                              "--rope-scaling-original-max-position-embeddings 4 "
+                              "--rotary-seq-len-interpolation-factor 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("iteration        2/       2"), std::string::npos) << r.output;
+  expect_usage_error(kTiny + "--use-rope-scaling", "--position-embedding-type rope");
+  expect_usage_error(rope + "--use-rope-scaling --rope-scaling-high-freq-factor 0.5",
+                     "--rope-scaling-high-freq-factor");
+  expect_usage_error(rope + "--rotary-seq-len-interpolation-factor 0",
+                     "--rotary-seq-len-interpolation-factor");
+}
+
 TEST(TrainCli, SeqLengthBeyondPositions) {
   expect_usage_error(kTiny + "--max-position-embeddings 4",
                      "--seq-length 8 exceeds --max-position-embeddings 4");

@@ -141,6 +141,50 @@ TEST(LlamaModel, RopeChangesTheFunctionAndLayoutsDiffer) {
               testing::to_vector(b.model->token_losses())[0], 1e-12);
 }
 
+// Llama 3.x RoPE scaling (all three bands at this head dim: original context 16, frequency
+// factors 1 / 4, base 50) and linear interpolation: the model's gradients still match finite
+// differences, and each changes the function (so the layer really uses the scaled table).
+TEST(LlamaModel, RopeScalingGradientsMatchFiniteDifferencesAndChangeTheLoss) {
+  TransformerConfig scaled = tiny_llama();
+  scaled.rotary_base = 50.0;
+  scaled.use_rope_scaling = true;
+  scaled.rope_scaling_factor = 4.0;
+  scaled.rope_scaling_original_max_positions = 16;
+  scaled.rotary_seq_len_interpolation_factor = 1.5;
+  expect_gradients_match_finite_differences(scaled);
+  TransformerConfig plain = scaled;
+  plain.use_rope_scaling = false;
+  TransformerConfig no_interp = scaled;
+  no_interp.rotary_seq_len_interpolation_factor = 1.0;
+  Harness a(scaled), b(plain), c(no_interp);
+  const double la = a.loss();
+  EXPECT_GT(std::abs(la - b.loss()), 1e-6);
+  EXPECT_GT(std::abs(la - c.loss()), 1e-6);
+}
+
+TEST(LlamaModel, RejectsBadRopeScaling) {
+  auto expect_rejected = [](const TransformerConfig& c, const std::string& flag) {
+    try {
+      c.validate();
+      ADD_FAILURE() << "accepted; expected an error naming " << flag;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig);
+      EXPECT_NE(std::string(e.what()).find(flag), std::string::npos) << e.what();
+    }
+  };
+  TransformerConfig c = tiny_llama();
+  c.use_rope_scaling = true;
+  c.rope_scaling_high_freq_factor = 0.5;  // not above the low frequency factor (1)
+  expect_rejected(c, "--rope-scaling-high-freq-factor");
+  c = tiny_llama();
+  c.rotary_seq_len_interpolation_factor = 0.0;
+  expect_rejected(c, "--rotary-seq-len-interpolation-factor");
+  c = tiny_llama();
+  c.position_embedding = PositionEmbedding::kLearnedAbsolute;
+  c.use_rope_scaling = true;
+  expect_rejected(c, "--position-embedding-type rope");
+}
+
 TEST(LlamaModel, RejectsOddRotaryDim) {
   TransformerConfig c = tiny_llama();
   c.rotary_percent = 0.25;  // head dim 4 -> rotary dim 1

@@ -96,12 +96,12 @@ class RopeGpuTest : public GpuOpTest {
     const ops::AttentionShape as = c.attention();
     const Shape table_shape{c.T + 2, c.R / 2, 2};  // P > T: the kernel must index by n % T
     OwnedTensor table = OwnedTensor::empty(DType::kF32, table_shape);
-    ops::cpu::rope_cos_sin(cpu_, table, 10000.0);
+    ops::cpu::rope_cos_sin(cpu_, table, {});
     // Device table at table_offset floats into a buffer (2: 8-byte but not 16-byte aligned).
     OwnedTensor table_buf =
         poisoned_device(DType::kF32, {table_shape.numel() + table_offset});
     const Tensor table_d = table_buf.view().flat_view(table_offset, table_shape);
-    ops::rope_cos_sin(gpu(), table_d, 10000.0);
+    ops::rope_cos_sin(gpu(), table_d, {});
     const OwnedTensor table_h = to_host(gpu(), table_d);
 
     const OwnedTensor in = round_to(random_tensor(DType::kF32, shape, 51, 2.0), dt);
@@ -159,13 +159,25 @@ class RopeGpuTest : public GpuOpTest {
 SHARDLM_GPU_DTYPES(RopeGpuTest);
 
 TEST_P(RopeGpuTest, TableMatchesCpu) {
-  for (const auto& [P, R, base] : {std::tuple<int64_t, int64_t, double>{4099, 128, 10000.0},
-                                   {37, 20, 500000.0}, {1, 2, 10.0}}) {
-    SCOPED_TRACE("P=" + std::to_string(P) + " R=" + std::to_string(R));
+  // Llama 3.2's rescaling (factor 32, original context 8192) puts R = 64 pairs in all three
+  // bands; the same with linear interpolation on top; linear alone.
+  const ops::RopeFrequencies llama32{.base = 500000.0, .llama3_scaling = true,
+                                     .scaling_factor = 32.0, .low_freq_factor = 1.0,
+                                     .high_freq_factor = 4.0, .original_max_positions = 8192};
+  ops::RopeFrequencies both = llama32;
+  both.interpolation_factor = 3.0;
+  const std::tuple<int64_t, int64_t, ops::RopeFrequencies> cases[] = {
+      {4099, 128, {.base = 10000.0}}, {37, 20, {.base = 500000.0}}, {1, 2, {.base = 10.0}},
+      {4099, 64, llama32}, {300, 64, both},
+      {300, 64, {.base = 10000.0, .interpolation_factor = 4.0}}};
+  for (const auto& [P, R, freq] : cases) {
+    SCOPED_TRACE("P=" + std::to_string(P) + " R=" + std::to_string(R) + " base " +
+                 std::to_string(freq.base) + (freq.llama3_scaling ? " llama3" : "") +
+                 " interpolation " + std::to_string(freq.interpolation_factor));
     OwnedTensor ref = OwnedTensor::empty(DType::kF32, {P, R / 2, 2});
-    ops::cpu::rope_cos_sin(cpu_, ref, base);
+    ops::cpu::rope_cos_sin(cpu_, ref, freq);
     OwnedTensor dev = poisoned_device(DType::kF32, {P, R / 2, 2});
-    ops::rope_cos_sin(gpu(), dev, base);
+    ops::rope_cos_sin(gpu(), dev, freq);
     expect_matches_reference("rope_cos_sin", gpu(), dev, ref, DType::kF32);
   }
 }

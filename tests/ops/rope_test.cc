@@ -2,8 +2,8 @@
 // Hugging Face / Megatron inv_freq formula, forward against two independent fp64 references
 // (Hugging Face's q*cos + rotate_half(q)*sin for the default layout, complex multiplication for
 // the interleaved one), hand-computed numbers, partial rotation (--rotary-percent), relative
-// position property, finite-difference backward, in place == out of place, fp32 vs fp64 and
-// argument validation.
+// position property, finite-difference backward, in place == out of place, fp32 vs fp64,
+// Llama 3 / linear rescaled tables against Hugging Face's formula, and argument validation.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -34,7 +34,7 @@ ops::AttentionShape shape_of(const Case& c) { return {c.NH, c.G, c.HS}; }
 
 OwnedTensor make_table(DeviceContext& ctx, DType dtype, int64_t P, int64_t R, double base) {
   OwnedTensor table = OwnedTensor::empty(dtype, {P, R / 2, 2});
-  ops::rope_cos_sin(ctx, table, base);
+  ops::rope_cos_sin(ctx, table, {.base = base});
   return table;
 }
 
@@ -277,11 +277,113 @@ TEST(Rope, RejectsBadArguments) {
       ops::rope_forward(ctx, big.view().flat_view(1, {2, 5, 64}), big.view().flat_view(0, {2, 5, 64}),
                         table, s, false),
       ErrorKind::kInvalidArgument, "partially overlaps");
-  EXPECT_SHARDLM_ERROR(ops::rope_cos_sin(ctx, table, 0.0), ErrorKind::kInvalidArgument,
+  EXPECT_SHARDLM_ERROR(ops::rope_cos_sin(ctx, table, {.base = 0.0}), ErrorKind::kInvalidArgument,
                        "--rotary-base");
   OwnedTensor odd = OwnedTensor::zeros(DType::kF32, {5, 4, 3});
-  EXPECT_SHARDLM_ERROR(ops::rope_cos_sin(ctx, odd, 10000.0), ErrorKind::kInvalidArgument,
+  EXPECT_SHARDLM_ERROR(ops::rope_cos_sin(ctx, odd, {}), ErrorKind::kInvalidArgument,
                        "[P, R/2, 2]");
+}
+
+// Hugging Face's _compute_llama3_parameters, written out on the whole inv_freq vector (its
+// torch.where form), then linear interpolation as a division of the positions.
+std::vector<double> hf_scaled_inv_freq(int64_t R, const ops::RopeFrequencies& f) {
+  std::vector<double> inv, out;
+  for (int64_t j = 0; j < R; j += 2) inv.push_back(1.0 / std::pow(f.base, double(j) / R));
+  for (double v : inv) {
+    double x = v;
+    if (f.llama3_scaling) {
+      const double low_wavelen = f.original_max_positions / f.low_freq_factor;
+      const double high_wavelen = f.original_max_positions / f.high_freq_factor;
+      const double wavelen = 2 * M_PI / v;
+      const double llama = wavelen > low_wavelen ? v / f.scaling_factor : v;
+      const double smooth = (f.original_max_positions / wavelen - f.low_freq_factor) /
+                            (f.high_freq_factor - f.low_freq_factor);
+      const double smoothed = (1 - smooth) * llama / f.scaling_factor + smooth * llama;
+      const bool medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+      x = medium ? smoothed : llama;
+    }
+    out.push_back(x);
+  }
+  return out;
+}
+
+// Llama 3's rescaling (and linear interpolation) against the formula above, at parameters that
+// put pairs in all three bands: R = 16, base 5e5 gives wavelengths 6.3 (high: kept), 32.4
+// (medium: blended) and >= 167 (low: divided by the factor) for original context 64 and
+// frequency factors 1 and 4.
+TEST(Rope, ScaledTablesMatchTheLlama3AndLinearFormulas) {
+  DeviceContext ctx(Device::cpu());
+  const int64_t P = 40, R = 16;
+  ops::RopeFrequencies llama3{.base = 5e5, .llama3_scaling = true, .scaling_factor = 4.0,
+                              .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+                              .original_max_positions = 64};
+  ops::RopeFrequencies linear{.base = 5e5, .interpolation_factor = 2.5};
+  ops::RopeFrequencies both = llama3;
+  both.interpolation_factor = 2.5;
+  const ops::RopeFrequencies plain{.base = 5e5};
+  OwnedTensor unscaled = OwnedTensor::empty(DType::kF64, {P, R / 2, 2});
+  ops::rope_cos_sin(ctx, unscaled, plain);
+  const std::vector<double> u = to_vector(unscaled);
+  for (const auto& [what, f] : {std::pair{"llama3", llama3}, std::pair{"linear", linear},
+                                std::pair{"llama3 + linear", both}}) {
+    SCOPED_TRACE(what);
+    OwnedTensor table = OwnedTensor::empty(DType::kF64, {P, R / 2, 2});
+    ops::rope_cos_sin(ctx, table, f);
+    const std::vector<double> got = to_vector(table);
+    const std::vector<double> inv = hf_scaled_inv_freq(R, f);
+    for (int64_t t = 0; t < P; ++t)
+      for (int64_t i = 0; i < R / 2; ++i) {
+        const double theta = (double(t) / f.interpolation_factor) * inv[i];
+        const size_t k = static_cast<size_t>((t * R / 2 + i) * 2);
+        EXPECT_NEAR(got[k], std::cos(theta), 1e-12) << "t=" << t << " i=" << i;
+        EXPECT_NEAR(got[k + 1], std::sin(theta), 1e-12) << "t=" << t << " i=" << i;
+      }
+    // The bands: pair 0 (high frequency) keeps its angle under llama3 alone; the last pair (low)
+    // turns factor times slower; pair 1 (medium) lies strictly between.
+    const int64_t t = 30;
+    const double angle0 = std::atan2(got[(t * R / 2) * 2 + 1], got[(t * R / 2) * 2]);
+    const double plain0 = std::atan2(u[(t * R / 2) * 2 + 1], u[(t * R / 2) * 2]);
+    if (f.interpolation_factor == 1.0) EXPECT_NEAR(angle0, plain0, 1e-12);
+    const double plain_last = t * std::pow(5e5, -2.0 * (R / 2 - 1) / R);
+    const double got_last = std::atan2(got[(t * R / 2 + R / 2 - 1) * 2 + 1],
+                                       got[(t * R / 2 + R / 2 - 1) * 2]);
+    const double divisor = (f.llama3_scaling ? 4.0 : 1.0) * f.interpolation_factor;
+    EXPECT_NEAR(got_last, plain_last / divisor, 1e-12);
+    if (f.llama3_scaling && f.interpolation_factor == 1.0) {  // at t = 1: no wrap past π
+      const double plain1 = std::pow(5e5, -2.0 / R);
+      const double got1 = std::atan2(got[(R / 2 + 1) * 2 + 1], got[(R / 2 + 1) * 2]);
+      EXPECT_GT(got1, plain1 / 4.0 + 1e-3);
+      EXPECT_LT(got1, plain1 - 1e-3);
+    }
+  }
+  // No scaling is the plain table, bit for bit (the default path is unchanged).
+  OwnedTensor again = OwnedTensor::empty(DType::kF64, {P, R / 2, 2});
+  ops::rope_cos_sin(ctx, again, ops::RopeFrequencies{.base = 5e5, .scaling_factor = 32.0});
+  EXPECT_EQ(to_vector(again), u);
+}
+
+TEST(Rope, ScalingParametersAreValidated) {
+  DeviceContext ctx(Device::cpu());
+  OwnedTensor table = OwnedTensor::empty(DType::kF32, {8, 4, 2});
+  const ops::RopeFrequencies llama3{.llama3_scaling = true};
+  auto with = [&](auto change) {
+    ops::RopeFrequencies f = llama3;
+    change(f);
+    return f;
+  };
+  EXPECT_SHARDLM_ERROR(
+      ops::rope_cos_sin(ctx, table, with([](auto& f) { f.high_freq_factor = 1.0; })),
+      ErrorKind::kInvalidArgument, "--rope-scaling-high-freq-factor");
+  EXPECT_SHARDLM_ERROR(
+      ops::rope_cos_sin(ctx, table, with([](auto& f) { f.scaling_factor = 0.0; })),
+      ErrorKind::kInvalidArgument, "--rope-scaling-factor");
+  EXPECT_SHARDLM_ERROR(
+      ops::rope_cos_sin(ctx, table, with([](auto& f) { f.original_max_positions = -1; })),
+      ErrorKind::kInvalidArgument, "--rope-scaling-original-max-position-embeddings");
+  EXPECT_SHARDLM_ERROR(ops::rope_cos_sin(ctx, table, {.interpolation_factor = 0.0}),
+                       ErrorKind::kInvalidArgument, "--rotary-seq-len-interpolation-factor");
+  // Unused llama3 parameters are not checked without --use-rope-scaling.
+  ops::rope_cos_sin(ctx, table, {.high_freq_factor = 0.5});
 }
 
 }  // namespace

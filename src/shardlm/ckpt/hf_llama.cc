@@ -1,5 +1,6 @@
 #include "shardlm/ckpt/hf_llama.h"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -27,21 +28,66 @@ T value_or(const nlohmann::json& j, const char* key, T fallback) {
 }
 
 // The RoPE settings: transformers >= 5 nests them in rope_parameters {rope_type, rope_theta,
-// partial_rotary_factor}; 4.x has rope_theta / partial_rotary_factor at the top and rope_scaling.
+// partial_rotary_factor, and the scaling's parameters}; 4.x has rope_theta /
+// partial_rotary_factor at the top and the scaling in rope_scaling {rope_type (or type), ...}.
+// rope_type default, linear (factor: ShardLM's --rotary-seq-len-interpolation-factor) and
+// llama3 (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings:
+// --use-rope-scaling and its flags) convert; the others are refused by name.
 void read_rope(const nlohmann::json& h, const std::string& where, model::TransformerConfig& c) {
   const nlohmann::json scaling = value_or(h, "rope_scaling", nlohmann::json());
-  SHARDLM_REQUIRE(scaling.is_null(), ErrorKind::kUnsupported,
-                  where + ": rope_scaling " + scaling.dump() +
-                      " is not supported (ShardLM's RoPE is the default, unscaled one); only "
-                      "rope_scaling null converts");
+  SHARDLM_REQUIRE(scaling.is_null() || scaling.is_object(), ErrorKind::kCorruptData,
+                  where + ": rope_scaling " + scaling.dump() + " is neither null nor an object");
   const nlohmann::json rp = value_or(h, "rope_parameters", nlohmann::json::object());
-  const std::string type = value_or(rp, "rope_type", value_or(rp, "type", std::string("default")));
-  SHARDLM_REQUIRE(type == "default", ErrorKind::kUnsupported,
-                  where + ": rope_parameters.rope_type '" + type +
-                      "' is not supported (ShardLM's RoPE is the default, unscaled one)");
+  const nlohmann::json& params = scaling.is_object() ? scaling : rp;
+  const std::string key = scaling.is_object() ? "rope_scaling" : "rope_parameters";
+  const std::string type =
+      value_or(params, "rope_type", value_or(params, "type", std::string("default")));
+  auto number = [&](const char* name) {
+    SHARDLM_REQUIRE(params.contains(name) && params[name].is_number(), ErrorKind::kCorruptData,
+                    where + ": " + key + " has rope_type '" + type + "' but no number '" + name +
+                        "' (" + params.dump() + ")");
+    return params[name].get<double>();
+  };
+  if (type == "linear") {
+    c.rotary_seq_len_interpolation_factor = number("factor");
+  } else if (type == "llama3") {
+    c.use_rope_scaling = true;
+    c.rope_scaling_factor = number("factor");
+    c.rope_scaling_low_freq_factor = number("low_freq_factor");
+    c.rope_scaling_high_freq_factor = number("high_freq_factor");
+    c.rope_scaling_original_max_positions = number("original_max_position_embeddings");
+  } else {
+    SHARDLM_REQUIRE(type == "default", ErrorKind::kUnsupported,
+                    where + ": " + key + ".rope_type '" + type +
+                        "' is not supported; ShardLM's RoPE converts rope_type default, linear "
+                        "and llama3");
+  }
   c.rotary_base = value_or(rp, "rope_theta", value_or(h, "rope_theta", 10000.0));
   c.rotary_percent =
       value_or(rp, "partial_rotary_factor", value_or(h, "partial_rotary_factor", 1.0));
+}
+
+// The scaling's keys as read_rope reads them: {rope_type, parameters...}.
+nlohmann::json rope_scaling_json(const model::TransformerConfig& c) {
+  nlohmann::json s = nlohmann::json::object();
+  if (c.use_rope_scaling) {
+    s["rope_type"] = "llama3";
+    s["factor"] = c.rope_scaling_factor;
+    s["low_freq_factor"] = c.rope_scaling_low_freq_factor;
+    s["high_freq_factor"] = c.rope_scaling_high_freq_factor;
+    // A context length: an integer in every Llama 3.x config.json, so written as one when whole.
+    const double original = c.rope_scaling_original_max_positions;
+    s["original_max_position_embeddings"] =
+        original == std::floor(original) && std::abs(original) < 9e15
+            ? nlohmann::json(static_cast<int64_t>(original))
+            : nlohmann::json(original);
+  } else if (c.rotary_seq_len_interpolation_factor != 1.0) {
+    s["rope_type"] = "linear";
+    s["factor"] = c.rotary_seq_len_interpolation_factor;
+  } else {
+    s["rope_type"] = "default";
+  }
+  return s;
 }
 
 model::TransformerConfig read_config(const nlohmann::json& h, const std::string& where) {
@@ -181,6 +227,11 @@ void write_hf_llama(const HfModel& m, const std::string& out_dir) {
   SHARDLM_REQUIRE(!c.rotary_interleaved, ErrorKind::kUnsupported,
                   "the model uses --rotary-interleaved RoPE, but Hugging Face Llama rotates "
                   "halves; --to hf --model-type llama cannot express it");
+  SHARDLM_REQUIRE(!(c.use_rope_scaling && c.rotary_seq_len_interpolation_factor != 1.0),
+                  ErrorKind::kUnsupported,
+                  "the model uses both --use-rope-scaling and --rotary-seq-len-interpolation-"
+                  "factor, but a Hugging Face config has one rope_type; --to hf --model-type llama "
+                  "cannot express it");
   const int64_t C = c.hidden_size, V = c.vocab_size, F = c.ffn_size(), HS = c.head_dim(),
                 NH = c.num_attention_heads, G = c.query_groups();
   auto at = [&](const std::string& name) -> const Tensor& {
@@ -233,12 +284,20 @@ void write_hf_llama(const HfModel& m, const std::string& out_dir) {
   j["mlp_bias"] = false;
   // RoPE has no length limit of its own: keep the source's context length, else seq_length.
   if (!j.contains("max_position_embeddings")) j["max_position_embeddings"] = c.max_positions();
-  // transformers >= 5 reads rope_parameters, 4.x (and 5, as legacy) rope_theta at the top.
+  // transformers >= 5 reads rope_parameters, 4.x (and 5, as legacy) rope_theta at the top and
+  // the scaling in rope_scaling.
   nlohmann::json& rope = j.contains("rope_parameters") && j["rope_parameters"].is_object()
                              ? j["rope_parameters"]
                              : j;
-  if (&rope != &j) rope["rope_type"] = "default";
-  else j["rope_scaling"] = nullptr;
+  const nlohmann::json scaling = rope_scaling_json(c);
+  if (&rope != &j) {
+    for (const char* k : {"type", "factor", "low_freq_factor", "high_freq_factor",
+                          "original_max_position_embeddings"})
+      rope.erase(k);
+    rope.update(scaling);
+  } else {
+    j["rope_scaling"] = scaling["rope_type"] == "default" ? nlohmann::json(nullptr) : scaling;
+  }
   rope["rope_theta"] = c.rotary_base;
   if (c.rotary_percent != 1.0) rope["partial_rotary_factor"] = c.rotary_percent;
   else rope.erase("partial_rotary_factor");

@@ -26,6 +26,10 @@ template <typename T>
 nlohmann::json if_rope(const model::TransformerConfig& c, T v) {
   return rope(c) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
+// A Llama 3 RoPE-scaling setting, or null without it.
+nlohmann::json if_llama3(const model::TransformerConfig& c, double v) {
+  return rope(c) && c.use_rope_scaling ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
 
 // An architecture field: its JSON key, its flag, and the value in the form the flag takes.
 struct Field {
@@ -68,6 +72,19 @@ const Field kFields[] = {
      [](const auto& c) { return if_rope(c, c.rotary_percent); }},
     {"rotary_interleaved", "--rotary-interleaved",
      [](const auto& c) { return if_rope(c, c.rotary_interleaved); }},
+    {"use_rope_scaling", "--use-rope-scaling",
+     [](const auto& c) { return if_rope(c, c.use_rope_scaling); }},
+    {"rope_scaling_factor", "--rope-scaling-factor",
+     [](const auto& c) { return if_llama3(c, c.rope_scaling_factor); }},
+    {"rope_scaling_low_freq_factor", "--rope-scaling-low-freq-factor",
+     [](const auto& c) { return if_llama3(c, c.rope_scaling_low_freq_factor); }},
+    {"rope_scaling_high_freq_factor", "--rope-scaling-high-freq-factor",
+     [](const auto& c) { return if_llama3(c, c.rope_scaling_high_freq_factor); }},
+    {"rope_scaling_original_max_position_embeddings",
+     "--rope-scaling-original-max-position-embeddings",
+     [](const auto& c) { return if_llama3(c, c.rope_scaling_original_max_positions); }},
+    {"rotary_seq_len_interpolation_factor", "--rotary-seq-len-interpolation-factor",
+     [](const auto& c) { return if_rope(c, c.rotary_seq_len_interpolation_factor); }},
 };
 }  // namespace
 
@@ -105,6 +122,12 @@ model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
   get("rotary_base", c.rotary_base);
   get("rotary_percent", c.rotary_percent);
   get("rotary_interleaved", c.rotary_interleaved);
+  get("use_rope_scaling", c.use_rope_scaling);
+  get("rope_scaling_factor", c.rope_scaling_factor);
+  get("rope_scaling_low_freq_factor", c.rope_scaling_low_freq_factor);
+  get("rope_scaling_high_freq_factor", c.rope_scaling_high_freq_factor);
+  get("rope_scaling_original_max_position_embeddings", c.rope_scaling_original_max_positions);
+  get("rotary_seq_len_interpolation_factor", c.rotary_seq_len_interpolation_factor);
   get("init_method_std", c.init_method_std);
   get("hidden_dropout", c.hidden_dropout);
   get("attention_dropout", c.attention_dropout);
@@ -151,6 +174,20 @@ std::string model_config_flags(const model::TransformerConfig& c) {
     if (c.rotary_base != d.rotary_base) s << " --rotary-base " << num(c.rotary_base);
     if (c.rotary_percent != d.rotary_percent) s << " --rotary-percent " << num(c.rotary_percent);
     if (c.rotary_interleaved) s << " --rotary-interleaved";
+    if (c.use_rope_scaling) {
+      s << " --use-rope-scaling";
+      if (c.rope_scaling_factor != d.rope_scaling_factor)
+        s << " --rope-scaling-factor " << num(c.rope_scaling_factor);
+      if (c.rope_scaling_low_freq_factor != d.rope_scaling_low_freq_factor)
+        s << " --rope-scaling-low-freq-factor " << num(c.rope_scaling_low_freq_factor);
+      if (c.rope_scaling_high_freq_factor != d.rope_scaling_high_freq_factor)
+        s << " --rope-scaling-high-freq-factor " << num(c.rope_scaling_high_freq_factor);
+      if (c.rope_scaling_original_max_positions != d.rope_scaling_original_max_positions)
+        s << " --rope-scaling-original-max-position-embeddings "
+          << num(c.rope_scaling_original_max_positions);
+    }
+    if (c.rotary_seq_len_interpolation_factor != d.rotary_seq_len_interpolation_factor)
+      s << " --rotary-seq-len-interpolation-factor " << num(c.rotary_seq_len_interpolation_factor);
   } else {
     s << " --max-position-embeddings " << c.max_positions();
   }

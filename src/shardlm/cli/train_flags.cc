@@ -106,6 +106,18 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "Fraction of each head's dims RoPE rotates (1.0; rotary_dim = int(kv_channels * p))")->group(g)->check(pos);
   cmd.add_flag("--rotary-interleaved", m.rotary_interleaved,
                "RoPE on pairs (2i, 2i+1) instead of rotate-half (i, i+dim/2) as Hugging Face Llama")->group(g);
+  cmd.add_flag("--use-rope-scaling", m.use_rope_scaling,
+               "Llama 3.x long-context RoPE: low frequencies divided by --rope-scaling-factor, a smooth blend between")->group(g);
+  cmd.add_option("--rope-scaling-factor", m.rope_scaling_factor,
+                 "--use-rope-scaling's factor (8; Llama 3.2: 32)")->group(g)->check(pos);
+  cmd.add_option("--rope-scaling-low-freq-factor", m.rope_scaling_low_freq_factor,
+                 "--use-rope-scaling: wavelengths above original/this are scaled (1)")->group(g)->check(pos);
+  cmd.add_option("--rope-scaling-high-freq-factor", m.rope_scaling_high_freq_factor,
+                 "--use-rope-scaling: wavelengths below original/this are kept (4)")->group(g)->check(pos);
+  cmd.add_option("--rope-scaling-original-max-position-embeddings", m.rope_scaling_original_max_positions,
+                 "--use-rope-scaling: the context the model was first trained for (8192)")->group(g)->check(pos);
+  cmd.add_option("--rotary-seq-len-interpolation-factor", m.rotary_seq_len_interpolation_factor,
+                 "Linear RoPE position interpolation: positions divided by this (1 = none)")->group(g)->check(pos);
   cmd.add_flag("--no-rope-fusion", [](int64_t) {},
                "Accepted for Megatron compatibility (RoPE is one separate q+k kernel here)")->group(g);
   cmd.add_flag("--attention-softmax-in-fp32", [](int64_t) {},

@@ -48,14 +48,20 @@ void TransformerConfig::validate() const {
   if (position_embedding == PositionEmbedding::kRope) {
     if (!(rotary_percent > 0 && rotary_percent <= 1))
       bad("--rotary-percent " + std::to_string(rotary_percent) + " must be in (0, 1]");
-    if (!(rotary_base > 0) || !std::isfinite(rotary_base))
-      bad("--rotary-base " + std::to_string(rotary_base) + " must be positive");
+    if (const std::string why = ops::rope_frequencies_error(rope_frequencies()); !why.empty())
+      bad(why);
     if (rotary_dim() < 2 || rotary_dim() % 2 != 0)
       bad("--rotary-percent " + std::to_string(rotary_percent) + " of head dim " +
           s(head_dim()) + " gives rotary dim " + s(rotary_dim()) +
           ", which must be even and >= 2 (RoPE rotates pairs); choose --rotary-percent so that "
           "kv_channels * rotary_percent is an even integer");
   }
+  if (position_embedding != PositionEmbedding::kRope &&
+      (use_rope_scaling || rotary_seq_len_interpolation_factor != 1.0))
+    bad(std::string(use_rope_scaling ? "--use-rope-scaling"
+                                     : "--rotary-seq-len-interpolation-factor") +
+        " rescales RoPE, but the model has no RoPE; add --position-embedding-type rope or drop "
+        "the flag");
   if (!(init_method_std > 0)) bad("--init-method-std must be positive");
   if (!(hidden_dropout >= 0 && hidden_dropout < 1))
     bad("--hidden-dropout " + std::to_string(hidden_dropout) + " must be in [0, 1)");

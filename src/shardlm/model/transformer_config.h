@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "shardlm/ops/rope_frequencies.h"
+
 namespace shardlm::model {
 
 enum class Normalization { kLayerNorm, kRMSNorm };
@@ -37,6 +39,15 @@ struct TransformerConfig {
   double rotary_base = 10000.0;
   double rotary_percent = 1.0;
   bool rotary_interleaved = false;
+  // Long-context RoPE (ops/rope_frequencies.h): Llama 3.x's rescaling of the low frequencies
+  // (--use-rope-scaling; factor, low/high frequency factors and original context as Llama 3.x
+  // configs give them), and linear position interpolation.
+  bool use_rope_scaling = false;
+  double rope_scaling_factor = 8.0;
+  double rope_scaling_low_freq_factor = 1.0;
+  double rope_scaling_high_freq_factor = 4.0;
+  double rope_scaling_original_max_positions = 8192;
+  double rotary_seq_len_interpolation_factor = 1.0;
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
@@ -52,6 +63,15 @@ struct TransformerConfig {
   // Megatron's RotaryEmbedding: dim = int(kv_channels * rotary_percent).
   int64_t rotary_dim() const {
     return static_cast<int64_t>(static_cast<double>(head_dim()) * rotary_percent);
+  }
+  ops::RopeFrequencies rope_frequencies() const {
+    return {rotary_base,
+            use_rope_scaling,
+            rope_scaling_factor,
+            rope_scaling_low_freq_factor,
+            rope_scaling_high_freq_factor,
+            rope_scaling_original_max_positions,
+            rotary_seq_len_interpolation_factor};
   }
   int64_t qkv_size() const { return (num_attention_heads + 2 * query_groups()) * head_dim(); }
 

@@ -38,14 +38,14 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
 
 // ---- rotary position embedding -------------------------------------------------------------
 
-void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, double base) {
+void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, const RopeFrequencies& freq) {
   constexpr const char* op = "rope_cos_sin";
   check_devices(op, ctx, {{"cos_sin", cos_sin}});
   require_defined(op, {"cos_sin", cos_sin});
   check_rope_table(op, cos_sin);
-  require(base > 0 && std::isfinite(base), op,
-          "base must be positive and finite (--rotary-base), got " + std::to_string(base));
-  SHARDLM_OPS_ROUTE(rope_cos_sin, ctx, cos_sin, base);
+  const std::string bad = rope_frequencies_error(freq);
+  require(bad.empty(), op, bad);
+  SHARDLM_OPS_ROUTE(rope_cos_sin, ctx, cos_sin, freq);
 }
 
 void rope_forward(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& cos_sin,

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "shardlm/ops/rope_frequencies.h"
 #include "shardlm/tensor/device_context.h"
 #include "shardlm/tensor/philox.h"
 #include "shardlm/tensor/shard_index_map.h"
@@ -164,9 +165,10 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
 // The cos/sin table of RoPE for positions 0..P-1 and rotary dim R (even, <= HS):
 //   cos_sin[P, R/2, 2]:  cos_sin[t, i] = (cos(t * inv_freq_i), sin(t * inv_freq_i)),
 //   inv_freq_i = base^(-2i / R),  i = 0 .. R/2 - 1      (Megatron / Hugging Face Llama)
-// computed in double and rounded once to the table's dtype (fp32, or fp64 on the CPU). The
-// table is the caller's workspace (ops never allocate); P and R are read from its shape.
-void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, double base);
+// or its Llama 3 / linear rescaling (rope_frequencies.h), computed in double and rounded once
+// to the table's dtype (fp32, or fp64 on the CPU). The table is the caller's workspace (ops
+// never allocate); P and R are read from its shape.
+void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, const RopeFrequencies& freq);
 // Applies RoPE to the q and k heads of a fused QKV activation in[B,T,G*(NH/G+2)*HS] (the layout
 // of attention_forward), position = token index t within the sequence; v heads and each head's
 // dims >= R pass through unchanged. Each rotated pair (a, b) at angle θ = t * inv_freq_i becomes

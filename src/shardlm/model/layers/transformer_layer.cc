@@ -163,7 +163,7 @@ double TransformerLayer::attention_dropout(const StepContext& step) const {
 void TransformerLayer::apply_rope(DeviceContext& ctx, const Tensor& qkv, const Scratch& scratch,
                                   int64_t batch, bool backward) const {
   if (cfg_.position_embedding != PositionEmbedding::kRope) return;
-  ops::rope_cos_sin(ctx, scratch.rope_cos_sin, cfg_.rotary_base);
+  ops::rope_cos_sin(ctx, scratch.rope_cos_sin, cfg_.rope_frequencies());
   const Tensor x = qkv.reshape({batch, cfg_.seq_length, qkv.size(1)});  // [B, T, QKVL]
   if (backward)
     ops::rope_backward(ctx, x, x, scratch.rope_cos_sin, attention_shape(), cfg_.rotary_interleaved);

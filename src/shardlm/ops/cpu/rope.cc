@@ -1,7 +1,8 @@
 // rope.cc — CPU rotary position embedding (RoPE): the cos/sin table, and the rotation of the q
 // and k heads of a fused QKV activation, forward (by +θ) and backward (by -θ, the transpose).
 //
-//   inv_freq_i = base^(-2i/R),  θ(t, i) = t * inv_freq_i,  i < R/2   (table: double, rounded once)
+//   inv_freq_i = base^(-2i/R) (or rescaled: rope_frequencies.h),  θ(t, i) = t * inv_freq_i,  i < R/2
+//   (table: double, rounded once)
 //   pair (a, b) -> (a cos θ - b sin θ,  b cos θ + a sin θ)          (backward: sin -> -sin)
 //   rotate-half pairs (x[i], x[i + R/2]); interleaved pairs (x[2i], x[2i+1]).
 //
@@ -18,10 +19,10 @@ namespace shardlm::ops::cpu {
 namespace {
 
 template <typename T>
-void rope_cos_sin_impl(T* table, int64_t P, int64_t R, double base) {
+void rope_cos_sin_impl(T* table, int64_t P, int64_t R, const RopeFrequencies& freq) {
   const int64_t half = R / 2;
   for (int64_t i = 0; i < half; ++i) {
-    const double inv_freq = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(R));
+    const double inv_freq = rope_inv_freq(freq, i, R);
     for (int64_t t = 0; t < P; ++t) {
       const double theta = static_cast<double>(t) * inv_freq;
       table[(t * half + i) * 2 + 0] = static_cast<T>(std::cos(theta));
@@ -78,10 +79,10 @@ void rope_rotate(const char* op, Tensor out, const Tensor& in, const Tensor& cos
 
 }  // namespace
 
-void rope_cos_sin(DeviceContext&, Tensor cos_sin, double base) {
+void rope_cos_sin(DeviceContext&, Tensor cos_sin, const RopeFrequencies& freq) {
   detail::dispatch_float(cos_sin.dtype(), "rope_cos_sin", [&](auto zero) {
     using T = decltype(zero);
-    rope_cos_sin_impl<T>(cos_sin.data<T>(), cos_sin.size(0), 2 * cos_sin.size(1), base);
+    rope_cos_sin_impl<T>(cos_sin.data<T>(), cos_sin.size(0), 2 * cos_sin.size(1), freq);
   });
 }
 

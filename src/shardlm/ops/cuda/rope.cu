@@ -25,13 +25,14 @@ namespace shardlm::ops::cuda {
 namespace {
 
 // ---- kernels ------------------------------------------------------------------------------------
-__global__ void rope_cos_sin_kernel(float2* table, int64_t positions, int64_t half, double base) {
+__global__ void rope_cos_sin_kernel(float2* table, int64_t positions, int64_t half,
+                                    RopeFrequencies freq) {
   const int64_t items = positions * half;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; it < items;
        it += stride) {
     const int64_t t = it / half, i = it % half;
-    const double inv_freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(2 * half));
+    const double inv_freq = rope_inv_freq(freq, i, 2 * half);
     double s, c;
     sincos(static_cast<double>(t) * inv_freq, &s, &c);
     table[it] = make_float2(static_cast<float>(c), static_cast<float>(s));
@@ -219,14 +220,14 @@ void rope_rotate(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor&
 }  // namespace
 
 // ---- entry points ------------------------------------------------------------------------------
-void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, double base) {
+void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, const RopeFrequencies& freq) {
   check_table(ctx, cos_sin, "rope_cos_sin");
   const CudaBackendState& st = cuda_state(ctx);
   const int64_t positions = cos_sin.size(0), half = cos_sin.size(1);
   if (positions * half == 0) return;
   const unsigned int blocks = grid_stride_blocks(st, positions * half, 256);
   rope_cos_sin_kernel<<<blocks, 256, 0, st.stream()>>>(static_cast<float2*>(cos_sin.raw()),
-                                                        positions, half, base);
+                                                        positions, half, freq);
   CUDA_CHECK_LAUNCH();
 }
 
