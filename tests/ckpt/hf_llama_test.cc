@@ -174,41 +174,37 @@ TEST(HfLlama, RoundTripThroughAShardLMCheckpointIsIdentical) {
   EXPECT_EQ(detail::read_json_file(dir.path() / "hf2" / "config.json"), synthetic_config());
 }
 
-// The transformers fixtures: llama_tiny (default RoPE, untied) and llama3_tiny (Llama 3.x RoPE
-// scaling, tied embeddings).
-// Runs `check` on each fixture present (under its name as a trace); skips the test, after
-// checking the others, if one is missing.
-void for_each_llama_fixture(const std::function<void(const char*, const fs::path&)>& check) {
-  std::string missing;
-  for (const char* name : {"llama_tiny", "llama3_tiny"}) {
-    SCOPED_TRACE(name);
-    const fs::path fixture = hf_fixture(name);
-    if (fs::exists(fixture / "model.safetensors") && fs::exists(fixture / "logits.safetensors"))
-      check(name, fixture);
-    else
-      missing += " " + fixture.string();
+// The transformers fixtures, a test each, skipped (alone) while its files are missing:
+// llama_tiny (default RoPE, untied) and llama3_tiny (Llama 3.x RoPE scaling, tied embeddings).
+class HfLlamaFixture : public ::testing::TestWithParam<const char*> {
+ protected:
+  fs::path fixture() const { return hf_fixture(GetParam()); }
+  void SetUp() override {
+    if (!fs::exists(fixture() / "model.safetensors") ||
+        !fs::exists(fixture() / "logits.safetensors"))
+      GTEST_SKIP() << "fixture " << fixture()
+                   << " missing: run tools/fixtures/make_hf_fixtures.py --out tests/golden/hf on "
+                      "a machine with transformers";
   }
-  if (!missing.empty())
-    GTEST_SKIP() << "fixtures missing:" << missing
-                 << ": run tools/fixtures/make_hf_fixtures.py --out tests/golden/hf on a machine "
-                    "with transformers";
-}
+};
+INSTANTIATE_TEST_SUITE_P(Transformers, HfLlamaFixture,
+                         ::testing::Values("llama_tiny", "llama3_tiny"),
+                         [](const auto& info) { return std::string(info.param); });
 
 // What transformers wrote (rope_parameters, transformers 5) comes back byte for byte.
-TEST(HfLlama, FixtureRoundTripReproducesItsFiles) {
-  for_each_llama_fixture([](const char*, const fs::path& fixture) {
-    TempDir dir;
-    const HfModel m = read_hf_llama(fixture.string());
-    EXPECT_EQ(m.config.kv_channels, 0);  // head_dim 16 == hidden / heads
-    EXPECT_EQ(m.config.query_groups(), 2);
-    write_model_checkpoint(m, (dir.path() / "ckpt").string(), "test");
-    write_hf_llama(read_model_checkpoint((dir.path() / "ckpt").string()),
-                   (dir.path() / "hf").string());
-    expect_same_safetensors(fixture / "model.safetensors",
-                            dir.path() / "hf" / "model.safetensors");
-    EXPECT_EQ(detail::read_json_file(dir.path() / "hf" / "config.json"),
-              detail::read_json_file(fixture / "config.json"));
-  });
+TEST_P(HfLlamaFixture, RoundTripReproducesItsFiles) {
+  const fs::path fixture = this->fixture();
+  TempDir dir;
+  const HfModel m = read_hf_llama(fixture.string());
+  EXPECT_EQ(m.config.kv_channels, 0);  // head_dim 16 == hidden / heads
+  EXPECT_EQ(m.config.query_groups(), 2);
+  write_model_checkpoint(m, (dir.path() / "ckpt").string(), "test");
+  write_hf_llama(read_model_checkpoint((dir.path() / "ckpt").string()),
+                 (dir.path() / "hf").string());
+  expect_same_safetensors(fixture / "model.safetensors",
+                          dir.path() / "hf" / "model.safetensors");
+  EXPECT_EQ(detail::read_json_file(dir.path() / "hf" / "config.json"),
+            detail::read_json_file(fixture / "config.json"));
 }
 
 // ShardLM's RoPE frequencies for the llama3 fixture's config equal transformers' inv_freq (its
@@ -363,6 +359,13 @@ TEST(HfLlama, RopeScalingConvertsInBothConfigForms) {
     write_synthetic(dir.path() / "hf", 1, patch);
     const HfModel m = read_hf_llama((dir.path() / "hf").string(), 128);
     EXPECT_FALSE(m.config.use_rope_scaling);
+    // transformers 5 form: no legacy top-level copy survives the export to shadow it.
+    if (patch.contains("rope_parameters")) {
+      write_hf_llama(m, (dir.path() / "hf5").string());
+      const nlohmann::json out = detail::read_json_file(dir.path() / "hf5" / "config.json");
+      EXPECT_FALSE(out.contains("rope_scaling")) << out.dump();
+      EXPECT_FALSE(out.contains("rope_theta")) << out.dump();
+    }
     EXPECT_EQ(m.config.rotary_seq_len_interpolation_factor, 2.5);
     write_hf_llama(m, (dir.path() / "hf2").string());
     const nlohmann::json out = detail::read_json_file(dir.path() / "hf2" / "config.json");
@@ -388,6 +391,14 @@ TEST(HfLlama, IncompleteRopeScalingIsRefusedNamingTheKey) {
                                      {"original_max_position_embeddings", 8192}}}});
   expect_refused([&] { read_hf_llama((dir.path() / "hf2").string()); },
                  ErrorKind::kInvalidConfig, "--rope-scaling-high-freq-factor");
+  // Without original_max_position_embeddings, as transformers: the top-level key, else the
+  // model's context (32 here).
+  write_synthetic(dir.path() / "fallback", 1,
+                  {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0},
+                                     {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0}}}});
+  EXPECT_EQ(read_hf_llama((dir.path() / "fallback").string())
+                .config.rope_scaling_original_max_positions,
+            32.0);
   write_synthetic(dir.path() / "hf3", 1, {{"rope_scaling", "llama3"}});
   expect_refused([&] { read_hf_llama((dir.path() / "hf3").string()); }, ErrorKind::kCorruptData,
                  "rope_scaling");
@@ -433,25 +444,25 @@ TEST(HfLlama, ExportRefusesWhatLlamaCannotExpress) {
 // Logits of the imported fixtures (RoPE rotate-half, GQA, SwiGLU, RMSNorm; untied, and tied with
 // Llama 3.x RoPE scaling) against transformers' fp32 logits: fp32 and fp64 forwards within 1e-5
 // relative.
-TEST(HfLlama, LogitsMatchTransformers) {
-  for_each_llama_fixture([](const char* name, const fs::path& fixture) {
-    const HfModel m = read_hf_llama(fixture.string(), 128);
-    for (DType dtype : {DType::kF32, DType::kF64}) {
-      const double rel = logits_error_vs_fixture(m, fixture, dtype);
-      std::printf("%s logits vs transformers (%s forward): relative error %.3e\n", name,
-                  dtype == DType::kF32 ? "fp32" : "fp64", rel);
-      EXPECT_LT(rel, 1e-5) << "relative error of the logits vs transformers";
-    }
-    // The same weights with interleaved RoPE are a different model: the check can fail.
-    HfModel wrong = read_hf_llama(fixture.string(), 128);
-    wrong.config.rotary_interleaved = true;
-    EXPECT_GT(logits_error_vs_fixture(wrong, fixture, DType::kF64), 1e-3);
-    if (m.config.use_rope_scaling) {  // ... and so is the model without its RoPE scaling
-      HfModel unscaled = read_hf_llama(fixture.string(), 128);
-      unscaled.config.use_rope_scaling = false;
-      EXPECT_GT(logits_error_vs_fixture(unscaled, fixture, DType::kF64), 1e-4);
-    }
-  });
+TEST_P(HfLlamaFixture, LogitsMatchTransformers) {
+  const fs::path fixture = this->fixture();
+  const char* name = GetParam();
+  const HfModel m = read_hf_llama(fixture.string(), 128);
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    const double rel = logits_error_vs_fixture(m, fixture, dtype);
+    std::printf("%s logits vs transformers (%s forward): relative error %.3e\n", name,
+                dtype == DType::kF32 ? "fp32" : "fp64", rel);
+    EXPECT_LT(rel, 1e-5) << "relative error of the logits vs transformers";
+  }
+  // The same weights with interleaved RoPE are a different model: the check can fail.
+  HfModel wrong = read_hf_llama(fixture.string(), 128);
+  wrong.config.rotary_interleaved = true;
+  EXPECT_GT(logits_error_vs_fixture(wrong, fixture, DType::kF64), 1e-3);
+  if (m.config.use_rope_scaling) {  // ... and so is the model without its RoPE scaling
+    HfModel unscaled = read_hf_llama(fixture.string(), 128);
+    unscaled.config.use_rope_scaling = false;
+    EXPECT_GT(logits_error_vs_fixture(unscaled, fixture, DType::kF64), 1e-4);
+  }
 }
 
 }  // namespace

@@ -57,10 +57,18 @@ TEST(NcclCommunicatorOneGpu, CollectiveSplitAndCleanEnd) {
   world->barrier();
   auto* nccl_group = dynamic_cast<NcclCommunicator*>(group.get());
   ASSERT_NE(nccl_group, nullptr);
+  // A handle still unwaited at the close: close drains the stream, so waiting later succeeds.
+  OwnedTensor y = OwnedTensor::zeros(DType::kF32, {5}, ctx.device());
+  CommHandle late = world->all_reduce_async(y.view());
   // The split group, then the world: each finalizes and is destroyed, not aborted.
   EXPECT_EQ(nccl_group->close(), Ending::kFinalized);
   EXPECT_EQ(world->close(), Ending::kFinalized);
   EXPECT_EQ(world->close(), Ending::kFinalized);  // idempotent
+  EXPECT_NO_THROW(late.wait());
+  // abort() after a clean end changes nothing (and marks no rank dead).
+  world->abort("after a clean end");
+  EXPECT_EQ(world->close(), Ending::kFinalized);
+  EXPECT_FALSE(store.check({"nccl/dead/0"})[0]);  // the key announce_failure sets
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 25.0);
   // A closed communicator refuses work with a message, not a crash.
   OwnedTensor x = OwnedTensor::empty(DType::kF32, {5}, ctx.device());

@@ -141,8 +141,9 @@ TEST(LlamaModel, RopeChangesTheFunctionAndLayoutsDiffer) {
               testing::to_vector(b.model->token_losses())[0], 1e-12);
 }
 
-// Llama 3.x RoPE scaling (all three bands at this head dim: original context 16, frequency
-// factors 1 / 4, base 50) and linear interpolation: the model's gradients still match finite
+// Llama 3.x RoPE scaling (head dim 4, base 50: wavelengths 6.3 and 44, so with original context
+// 16 and frequency factors 1 / 4 one pair is blended and one divided; the kept band is covered by
+// tests/ops/rope_test.cc) and linear interpolation: the model's gradients still match finite
 // differences, and each changes the function (so the layer really uses the scaled table).
 TEST(LlamaModel, RopeScalingGradientsMatchFiniteDifferencesAndChangeTheLoss) {
   TransformerConfig scaled = tiny_llama();

@@ -356,7 +356,16 @@ TEST(Rope, ScaledTablesMatchTheLlama3AndLinearFormulas) {
       EXPECT_LT(got1, plain1 - 1e-3);
     }
   }
-  // No scaling is the plain table, bit for bit (the default path is unchanged).
+  // Without scaling the table is the formula the op computed before scaling existed, bit for
+  // bit (cos / sin of t · base^(-2i/R) in double), and unused scaling parameters change nothing.
+  for (int64_t t = 0; t < P; ++t)
+    for (int64_t i = 0; i < R / 2; ++i) {
+      const double theta = static_cast<double>(t) * std::pow(5e5, -2.0 * static_cast<double>(i) /
+                                                                     static_cast<double>(R));
+      const size_t k = static_cast<size_t>((t * R / 2 + i) * 2);
+      ASSERT_EQ(u[k], std::cos(theta)) << "t=" << t << " i=" << i;
+      ASSERT_EQ(u[k + 1], std::sin(theta)) << "t=" << t << " i=" << i;
+    }
   OwnedTensor again = OwnedTensor::empty(DType::kF64, {P, R / 2, 2});
   ops::rope_cos_sin(ctx, again, ops::RopeFrequencies{.base = 5e5, .scaling_factor = 32.0});
   EXPECT_EQ(to_vector(again), u);

@@ -55,7 +55,12 @@ void read_rope(const nlohmann::json& h, const std::string& where, model::Transfo
     c.rope_scaling_factor = number("factor");
     c.rope_scaling_low_freq_factor = number("low_freq_factor");
     c.rope_scaling_high_freq_factor = number("high_freq_factor");
-    c.rope_scaling_original_max_positions = number("original_max_position_embeddings");
+    // transformers falls back to the top-level key of that name, then to the model's context.
+    c.rope_scaling_original_max_positions =
+        params.contains("original_max_position_embeddings")
+            ? number("original_max_position_embeddings")
+            : value_or(h, "original_max_position_embeddings",
+                       h.at("max_position_embeddings").get<double>());
   } else {
     SHARDLM_REQUIRE(type == "default", ErrorKind::kUnsupported,
                     where + ": " + key + ".rope_type '" + type +
@@ -65,6 +70,10 @@ void read_rope(const nlohmann::json& h, const std::string& where, model::Transfo
   c.rotary_base = value_or(rp, "rope_theta", value_or(h, "rope_theta", 10000.0));
   c.rotary_percent =
       value_or(rp, "partial_rotary_factor", value_or(h, "partial_rotary_factor", 1.0));
+  const std::string why = ops::rope_frequencies_error(c.rope_frequencies());
+  SHARDLM_REQUIRE(why.empty(), ErrorKind::kInvalidConfig,
+                  where + ": the RoPE settings (" + key + " " + params.dump() +
+                      ") are not usable: " + why);
 }
 
 // The scaling's keys as read_rope reads them: {rope_type, parameters...}.
@@ -295,6 +304,9 @@ void write_hf_llama(const HfModel& m, const std::string& out_dir) {
                           "original_max_position_embeddings"})
       rope.erase(k);
     rope.update(scaling);
+    // A legacy copy at the top would be read first (by transformers and read_rope): drop it.
+    j.erase("rope_scaling");
+    j.erase("rope_theta");
   } else {
     j["rope_scaling"] = scaling["rope_type"] == "default" ? nlohmann::json(nullptr) : scaling;
   }

@@ -22,9 +22,11 @@
 // rms_norm_eps -> norm_epsilon, rope_theta (or rope_parameters.rope_theta, transformers >= 5)
 // -> rotary_base, partial_rotary_factor -> rotary_percent, max_position_embeddings ->
 // seq_length, vocab_size. RoPE is rotate-half (HF's layout), never interleaved; no biases;
-// RMSNorm; SwiGLU. Refused with kUnsupported naming the key: rope_scaling / a rope_type other
-// than "default" (Llama 3.1 scaling, YaRN, ...), attention_bias, mlp_bias, hidden_act other than
-// silu, and any tensor the mapping does not use. Tensors may be F32/F16/BF16 on read (fp32 out);
+// RMSNorm; SwiGLU. RoPE scaling (rope_scaling, or rope_parameters in transformers >= 5):
+// rope_type llama3 -> --use-rope-scaling and its factors, linear ->
+// --rotary-seq-len-interpolation-factor. Refused with kUnsupported naming the key: another
+// rope_type (YaRN, dynamic, ...), attention_bias, mlp_bias, hidden_act other than silu, and any
+// tensor the mapping does not use. Tensors may be F32/F16/BF16 on read (fp32 out);
 // export writes F32.
 //
 //   HfModel m = read_hf_llama("llama_dir", 128);   // m.config, m.tensors (our names, fp32)

@@ -107,7 +107,7 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_flag("--rotary-interleaved", m.rotary_interleaved,
                "RoPE on pairs (2i, 2i+1) instead of rotate-half (i, i+dim/2) as Hugging Face Llama")->group(g);
   cmd.add_flag("--use-rope-scaling", m.use_rope_scaling,
-               "Llama 3.x long-context RoPE: low frequencies divided by --rope-scaling-factor, a smooth blend between")->group(g);
+               "Llama 3.x long-context RoPE: low frequencies divided by --rope-scaling-factor, middle ones blended")->group(g);
   cmd.add_option("--rope-scaling-factor", m.rope_scaling_factor,
                  "--use-rope-scaling's factor (8; Llama 3.2: 32)")->group(g)->check(pos);
   cmd.add_option("--rope-scaling-low-freq-factor", m.rope_scaling_low_freq_factor,

@@ -264,6 +264,8 @@ std::string NcclCommunicator::dead_member() const {
 
 void NcclCommunicator::wait_event(cudaEvent_t done, const std::string& what, uint64_t seq,
                                   Clock::time_point deadline) {
+  // Closed cleanly: everything queued had finished, so a handle waited on afterwards is done.
+  if (ending_ == Ending::kFinalized && cudaEventQuery(done) == cudaSuccess) return;
   // Another handle's failure aborted the group: this operation's result is gone too.
   check_usable(what + " #" + std::to_string(seq));
   const auto start = Clock::now();
@@ -336,6 +338,8 @@ void NcclCommunicator::fail(const std::string& what, uint64_t seq, const std::st
 }
 
 void NcclCommunicator::abort(const std::string& reason) {
+  // Ended cleanly already: nothing to abort, and marking this rank dead would fail its peers.
+  if (ending_ == Ending::kFinalized) return;
   if (store_) {
     try {
       announce_failure(*store_, world_ranks_[rank_], reason);
@@ -354,9 +358,9 @@ void NcclCommunicator::abort(const std::string& reason) {
 void NcclCommunicator::check_usable(const std::string& what) const {
   if (!abort_reason_.empty() || !comm_) {
     throw Error(ErrorKind::kTimeout, "[group '" + name_ + "'] " + what + " at rank " +
-                                         std::to_string(rank_) +
-                                         ": the group was aborted earlier (" + abort_reason_ +
-                                         ")");
+                                         std::to_string(rank_) + ": the group was " +
+                                         (ending_ == Ending::kFinalized ? "closed" : "aborted") +
+                                         " earlier (" + abort_reason_ + ")");
   }
 }
 
