@@ -163,12 +163,11 @@ NcclCommunicator::Ending NcclCommunicator::close() noexcept {
   }
   if (idle) {
     ncclCommDestroy(comm_);
+    comm_ = nullptr;
     ending_ = Ending::kFinalized;
   } else {
-    ncclCommAbort(comm_);
-    ending_ = Ending::kAborted;
+    abort_nccl();
   }
-  comm_ = nullptr;
   if (abort_reason_.empty()) abort_reason_ = "closed by this rank";
   return ending_;
 }
@@ -328,11 +327,7 @@ void NcclCommunicator::fail(const std::string& what, uint64_t seq, const std::st
   os << ". Every rank of the group must issue the same operations in the same order; a missing "
         "rank has crashed, hangs, or took another code path (see its log). If the ranks are "
         "only slow, raise the timeout (--distributed-timeout-minutes).";
-  if (comm_) {
-    ncclCommAbort(comm_);
-    comm_ = nullptr;
-    ending_ = Ending::kAborted;
-  }
+  abort_nccl();
   abort_reason_ = what + " #" + std::to_string(seq) + " failed: " + cause;
   throw Error(ErrorKind::kTimeout, os.str());
 }
@@ -347,12 +342,15 @@ void NcclCommunicator::abort(const std::string& reason) {
       // best effort: the store may already be gone
     }
   }
-  if (comm_) {
-    ncclCommAbort(comm_);
-    comm_ = nullptr;
-    ending_ = Ending::kAborted;
-  }
+  abort_nccl();
   if (abort_reason_.empty()) abort_reason_ = "aborted by this rank: " + reason;
+}
+
+void NcclCommunicator::abort_nccl() noexcept {
+  if (!comm_) return;
+  ncclCommAbort(comm_);
+  comm_ = nullptr;
+  ending_ = Ending::kAborted;
 }
 
 void NcclCommunicator::check_usable(const std::string& what) const {

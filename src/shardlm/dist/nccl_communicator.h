@@ -103,6 +103,7 @@ class NcclCommunicator final : public Communicator {
   template <typename Issue>
   CommHandle enqueue(const std::string& what, Issue&& issue);
   void check_usable(const std::string& what) const;
+  void abort_nccl() noexcept;  // ncclCommAbort, if the communicator is still there; kAborted
   void check_tensor(CommOpKind kind, const Tensor& t) const;
   void set_device() const;
   // Polls ncclCommGetAsyncError until `comm` leaves ncclInProgress; throws past the deadline.

@@ -112,16 +112,20 @@ __device__ __forceinline__ int64_t segment_start(const uint32_t* keys, int64_t q
 
 // The segment holding sorted position q = t·L, for the kernels that walk L-tiles: kStop when q
 // holds no id of this shard (sorted last: none follow), kShort for a segment of at most L rows,
-// else kLong with its key and start. Called by every thread of the block (segment_start
+// else kLong, with its key and start. Called by every thread of the block (segment_start
 // synchronises); every thread gets the same answer, so the callers' branches stay uniform.
-enum class TileSegment { kStop, kShort, kLong };
+struct TileSegment {
+  enum Kind { kStop, kShort, kLong } kind;
+  uint32_t key;
+  int64_t start;
+};
 __device__ __forceinline__ TileSegment tile_segment(const uint32_t* keys, int64_t q, int64_t N,
-                                                    uint32_t skip_key, uint32_t& key,
-                                                    int64_t& start) {
-  key = keys[q];
-  if (key == skip_key) return TileSegment::kStop;
-  start = segment_start(keys, q, key);
-  return is_long_segment(keys, start, N, key) ? TileSegment::kLong : TileSegment::kShort;
+                                                    uint32_t skip_key) {
+  const uint32_t key = keys[q];
+  if (key == skip_key) return {TileSegment::kStop, key, 0};
+  const int64_t start = segment_start(keys, q, key);
+  return {is_long_segment(keys, start, N, key) ? TileSegment::kLong : TileSegment::kShort, key,
+          start};
 }
 
 // partials[t, c] = column c of the chunk holding sorted position t·L, summed in row order, when
@@ -138,11 +142,9 @@ __global__ void chunk_sum_kernel(float* partials, const T* rows, const uint32_t*
   const int64_t col_stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const int64_t q = t * kChunk;
-    uint32_t key;
-    int64_t start;
-    const TileSegment kind = tile_segment(keys, q, N, skip_key, key, start);
+    const auto [kind, key, start] = tile_segment(keys, q, N, skip_key);
     if (kind == TileSegment::kStop) return;
-    if (kind == TileSegment::kShort) continue;
+    if (kind == TileSegment::kShort) continue;  // at most L rows: no full chunk
     const int64_t chunk = start + (q - start) / kChunk * kChunk;  // the chunk holding q
     if (chunk + kChunk > N || keys[chunk + kChunk - 1] != key) continue;  // the rest rows
     for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C;
@@ -188,9 +190,7 @@ __global__ void long_segment_sum_kernel(G* grad, const T* rows, const float* par
   const int64_t col_stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const int64_t q = t * kChunk;
-    uint32_t key;
-    int64_t start;
-    const TileSegment kind = tile_segment(keys, q, N, skip_key, key, start);
+    const auto [kind, key, start] = tile_segment(keys, q, N, skip_key);
     if (kind == TileSegment::kStop) return;
     if (kind == TileSegment::kShort) continue;  // the short kernel's
     if (q - start >= kChunk) continue;  // an earlier tile start lies in the segment: its block's
