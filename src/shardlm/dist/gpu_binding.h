@@ -19,7 +19,8 @@
 //   GpuProposal mine = propose_gpu(env.local_rank, host_name());
 //   GpuCensus census = exchange_gpu_proposals(store, env.rank, env.world_size, mine,
 //                                             "--device auto --distributed-backend nccl", timeout);
-//   RankDevice rd = decide_rank_device(cfg.device, mine, census, /*ranks_may_share=*/gloo);
+//   RankDevice rd = decide_rank_device(cfg.device, env.rank, mine, census,
+//                                      /*ranks_may_share=*/gloo);
 #pragma once
 
 #include <chrono>
