@@ -16,6 +16,7 @@ void register_preprocess(CLI::App& app);  // cmd_preprocess.cc (data layer)
 void register_inspect_data(CLI::App& app);  // cmd_inspect_data.cc (data layer)
 void register_convert(CLI::App& app);     // cmd_convert.cc (Hugging Face <-> ShardLM)
 void register_launch(CLI::App& app);      // cmd_launch.cc (torchrun-style local ranks)
+void register_plan(CLI::App& app);        // cmd_plan.cc (layout planner)
 
 // Thrown by a command that has already reported its failure and wants main() to exit with
 // `code` (e.g. `launch` passing on a failed rank's exit code). main() prints nothing more.

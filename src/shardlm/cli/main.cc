@@ -24,10 +24,11 @@ int main(int argc, char** argv) {
     cli::register_inspect_data(app);
     cli::register_convert(app);
     cli::register_launch(app);
-    // Expand --config FILE for the train and bench commands before parsing, so flags override
+    cli::register_plan(app);
+    // Expand --config FILE for the train, bench and plan commands before parsing, so flags override
     // the file.
     std::vector<std::string> args(argv + 1, argv + argc);
-    if (!args.empty() && (args[0] == "train" || args[0] == "bench")) {
+    if (!args.empty() && (args[0] == "train" || args[0] == "bench" || args[0] == "plan")) {
       std::vector<std::string> tail(args.begin() + 1, args.end());
       tail = cli::expand_config_args(tail);
       args.resize(1);

@@ -17,6 +17,7 @@
 #include "shardlm/data/pretraining_sampler.h"
 #include "shardlm/optim/grad_clip.h"
 #include "shardlm/train/device_select.h"
+#include "shardlm/train/rank_model.h"
 #include "shardlm/train/training_data.h"
 
 namespace shardlm::train {
@@ -111,12 +112,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   // master_dtype: parameters, gradients and optimizer state; dtype_: compute (activations,
   // the modules' parameter copies). They differ under --bf16 / --fp16 and, on the CPU, with
   // --main-params-dtype fp64 (fp32 compute).
-  const DType master_dtype =
-      cfg_.compute_dtype == "fp64" || cfg_.main_params_dtype == "fp64" ? DType::kF64 : DType::kF32;
-  dtype_ = cfg_.bf16                      ? DType::kBF16
-           : cfg_.fp16                    ? DType::kF16
-           : cfg_.compute_dtype == "fp64" ? DType::kF64
-                                          : DType::kF32;
+  const DType master_dtype = master_dtype_of(cfg_);
+  dtype_ = compute_dtype_of(cfg_);
   if (cfg_.fp16) loss_scaler_ = std::make_unique<optim::LossScaler>(cfg_.loss_scaler);
   initialize_backend(*device_);
   set_attention_backend(*device_, cfg_.attention_backend);
@@ -127,64 +124,19 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   // schedule's in-flight count. One rank: one chunk holding the whole model, one slot.
   if (layout.pp() > 1)
     pipeline_ = parallel::make_pipeline_plan(cfg_.pipeline_plan_config(layout.dp()));
-  const int pp_rank = rank_->coord().pp;
-  const int num_chunks = pipeline_ ? pipeline_->partition.num_chunks() : 1;
-  const std::vector<int> slots =
-      pipeline_ ? GPTPipelineStage::slots_per_chunk(pipeline_->schedule, pp_rank)
-                : std::vector<int>{1};
-  const model::TensorParallel tp =
-      model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel);
-  for (int c = 0; c < num_chunks; ++c) {
-    model::ModelChunk chunk;
-    if (pipeline_) {
-      const parallel::PipelinePartition& part = pipeline_->partition;
-      const parallel::LayerRange r = part.layers(pp_rank, c);
-      chunk = {r.begin, r.end, part.has_embedding(pp_rank, c), part.has_output_layer(pp_rank, c)};
-    }
-    chunks_.push_back(std::make_unique<model::GPTModel>(cfg_.model, tp, chunk));
-    chunks_.back()->set_recompute(cfg_.recompute);  // before the activation plan
-    chunks_.back()->set_activation_slots(slots[static_cast<size_t>(c)]);
-    chunks_.back()->register_parameters(registry_);
-  }
-  // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding).
-  grad_buffer_ = parallel::GradBuffer::plan(
-      registry_, {.data_parallel_size = layout.dp(),
-                  .bucket_size = cfg_.parallel.ddp_bucket_size,
-                  .overlap_grad_reduce = cfg_.parallel.overlap_grad_reduce,
-                  .use_distributed_optimizer = cfg_.parallel.use_distributed_optimizer});
-  grad_buffer_.apply(registry_);
-  registry_.set_gradient_accumulation_fusion(cfg_.gradient_accumulation_fusion);
-
-  // Plan every allocation from the config, and refuse a plan that cannot fit, before
-  // allocating anything (a clear message instead of a CUDA out-of-memory error mid-run).
+  // This rank's chunks, their parameters laid out in the data-parallel buckets, and the plan
+  // of every allocation, made from the config; a plan that cannot fit is refused before
+  // anything is allocated (a clear message instead of a CUDA out-of-memory error mid-run).
   const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length;
-  const size_t n_params = static_cast<size_t>(registry_.numel());
-  memory_plan_.master_params = n_params * dtype_size(master_dtype);
-  memory_plan_.main_grads = memory_plan_.master_params;
-  if (dtype_ != master_dtype) {
-    memory_plan_.compute_params = n_params * dtype_size(dtype_);
-    // Without the fused parameters' gradients (gradient-accumulation fusion).
-    memory_plan_.compute_grads =
-        static_cast<size_t>(registry_.compute_grad_numel()) * dtype_size(dtype_);
-  }
-  memory_plan_.optimizer_state = 2 * memory_plan_.master_params;
-  if (cfg_.parallel.use_distributed_optimizer) {  // each rank holds 1/DP of the moments
-    memory_plan_.optimizer_state /= static_cast<size_t>(layout.dp());
-    // ... and, under mixed precision, 1/DP of the master weights (the padded buckets split
-    // exactly).
-    if (dtype_ != master_dtype) memory_plan_.master_params /= static_cast<size_t>(layout.dp());
-  }
-  std::vector<size_t> chunk_act_bytes;
-  for (const auto& chunk : chunks_)
-    chunk_act_bytes.push_back(chunk->plan_activation_bytes(dtype_, mbs));
-  memory_plan_.activations = 0;
-  for (size_t b : chunk_act_bytes) memory_plan_.activations += b;
-  if (!device_->device().is_cpu()) {
-    const int64_t tp = layout.tp();
-    memory_plan_.workspace = cuda_workspace_estimate(
-        mbs, T, cfg_.model.num_attention_heads / tp,
-        std::max<int64_t>(1, cfg_.model.query_groups() / tp), cfg_.model.head_dim(),
-        dtype_size(dtype_));
+  {
+    RankModel rank_model = build_rank_model(
+        cfg_, layout, rank_->coord().pp,
+        model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel),
+        pipeline_ ? &*pipeline_ : nullptr);
+    memory_plan_ = plan_rank_memory(cfg_, layout, rank_model, !device_->device().is_cpu());
+    registry_ = std::move(rank_model.registry);
+    chunks_ = std::move(rank_model.chunks);
+    grad_buffer_ = std::move(rank_model.grad_buffer);
   }
   device_bytes_at_start_ = ops::device_memory(*device_).used_bytes();
   memory_plan_.check_fits(ops::device_memory(*device_), device_->device().to_string());
@@ -206,7 +158,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   activations_.reserve(chunks_.size());
   for (size_t c = 0; c < chunks_.size(); ++c) {
     chunks_[c]->bind(registry_);
-    activations_.emplace_back(device_->device(), chunk_act_bytes[c], "activations");
+    activations_.emplace_back(device_->device(), chunks_[c]->plan_activation_bytes(dtype_, mbs),
+                              "activations");
     chunks_[c]->allocate_activations(activations_.back(), dtype_, mbs);
   }
 
@@ -267,7 +220,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                  (long long)cfg_.model.num_attention_heads, (long long)cfg_.model.query_groups(),
                  (long long)cfg_.model.ffn_size(), (long long)T,
                  (long long)cfg_.model.padded_vocab_size(), (long long)cfg_.model.vocab_size)
-       << format("> number of parameters: %lld on %s, compute dtype %s\n", (long long)n_params,
+       << format("> number of parameters: %lld on %s, compute dtype %s\n", (long long)registry_.numel(),
                  device_->device().to_string().c_str(), dtype_name(dtype_))
        << "> precision: " << precision << "\n"
        << memory_plan_.format();

@@ -1,0 +1,439 @@
+#include "shardlm/plan/layout_planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "shardlm/base/error.h"
+#include "shardlm/dist/parallel_layout.h"
+#include "shardlm/dist/shape_only_communicator.h"
+#include "shardlm/model/layers/qkv_layout.h"
+#include "shardlm/parallel/schedule_simulator.h"
+#include "shardlm/train/metrics.h"
+#include "shardlm/train/rank_model.h"
+
+namespace shardlm::plan {
+
+namespace {
+
+using train::TrainConfig;
+
+// Forward FLOPs per token of one transformer layer, train/metrics.h's convention (2 per
+// multiply-add of every weight; attention scores and values over the full S x S).
+struct LayerFlops {
+  double linear = 0;     // QKV, projection, MLP
+  double attention = 0;  // QK^T and PV: what selective recomputation re-runs
+};
+
+LayerFlops layer_forward_flops(const model::TransformerConfig& m) {
+  const double H = static_cast<double>(m.hidden_size);
+  const double q = static_cast<double>(m.num_attention_heads * m.head_dim());
+  const double F = static_cast<double>(m.ffn_size());
+  LayerFlops f;
+  f.linear = 2 * H * static_cast<double>(m.qkv_size()) + 2 * q * H +
+             2 * H * F * (m.swiglu ? 2 : 1) + 2 * F * H;
+  f.attention = 4 * static_cast<double>(m.seq_length) * q;
+  return f;
+}
+
+// The tensor-parallel groups of TP rank 0 as shapes only (every TP rank has the same shapes).
+struct ShapeOnlyTensorParallel {
+  std::unique_ptr<dist::ShapeOnlyCommunicator> group, query_group;
+  model::TensorParallel tp;
+
+  ShapeOnlyTensorParallel(const TrainConfig& cfg, int size, bool sequence_parallel) {
+    if (size == 1) return;
+    group = std::make_unique<dist::ShapeOnlyCommunicator>("tp", 0, size);
+    tp.group = group.get();
+    tp.sequence_parallel = sequence_parallel;
+    const model::QkvLayout qkv = model::QkvLayout::of(cfg.model, 0, size);
+    if (qkv.replicated()) {  // what GPTModel would split off the TP group
+      query_group = std::make_unique<dist::ShapeOnlyCommunicator>(
+          "tp-query-group", 0, static_cast<int>(qkv.replicas));
+      tp.query_group = query_group.get();
+    }
+  }
+};
+
+// Per micro-batch times of one model chunk on one rank.
+struct ChunkTimes {
+  double forward = 0, backward = 0;
+  double tp_comm = 0;  // forward + backward (+ recomputation) TP collectives, included above
+};
+
+class CandidateEstimator {
+ public:
+  CandidateEstimator(const TrainConfig& cfg, const Cluster& cluster)
+      : cfg_(cfg), cluster_(cluster), flops_(layer_forward_flops(cfg.model)) {}
+
+  ChunkTimes chunk_times(const Candidate& c, int64_t num_layers, bool has_head) const {
+    const double tokens = static_cast<double>(c.micro_batch_size * cfg_.model.seq_length);
+    const double rate = cluster_.peak_flops * cluster_.achieved_mfu;
+    const double tp = c.tp;
+    // Two all-reduces per layer and direction (or, with SP, all-gather + reduce-scatter pairs:
+    // the same ring bytes): 2 x 2(t-1)/t x the [tokens, hidden] activation.
+    const double act_bytes = tokens * static_cast<double>(cfg_.model.hidden_size) *
+                             static_cast<double>(dtype_size(compute_dtype()));
+    const double comm = c.tp > 1 ? 4 * (tp - 1) / tp * act_bytes / cluster_.intra_node_bandwidth
+                                 : 0.0;
+    const double fwd_compute = tokens * (flops_.linear + flops_.attention) / tp / rate;
+    const double attention_compute = tokens * flops_.attention / tp / rate;
+    const double layer_fwd = fwd_compute + comm + cluster_.per_layer_overhead_s;
+    double layer_bwd = 2 * fwd_compute + comm + cluster_.per_layer_overhead_s;
+    double layer_comm = 2 * comm;
+    if (c.recompute == Recompute::kFull) {
+      layer_bwd += layer_fwd;
+      layer_comm += comm;
+    } else if (c.recompute == Recompute::kSelective) {
+      layer_bwd += attention_compute;
+    }
+    ChunkTimes t;
+    const double n = static_cast<double>(num_layers);
+    t.forward = n * layer_fwd;
+    t.backward = n * layer_bwd;
+    t.tp_comm = n * layer_comm;
+    if (has_head) {  // the output layer's GEMM (vocabulary split over TP)
+      const double head = tokens * 2 * static_cast<double>(cfg_.model.padded_vocab_size()) *
+                          static_cast<double>(cfg_.model.hidden_size) / tp / rate;
+      t.forward += head;
+      t.backward += 2 * head;
+    }
+    return t;
+  }
+
+  // Bandwidth of a collective over `span` consecutive ranks (nodes hold gpus_per_node each).
+  double bandwidth(int span) const {
+    return span <= cluster_.gpus_per_node ? cluster_.intra_node_bandwidth
+                                          : cluster_.inter_node_bandwidth;
+  }
+
+  DType compute_dtype() const { return train::compute_dtype_of(cfg_); }
+  DType master_dtype() const { return train::master_dtype_of(cfg_); }
+
+ private:
+  const TrainConfig& cfg_;
+  const Cluster& cluster_;
+  LayerFlops flops_;
+};
+
+// One pipeline stage of a candidate, built as the trainer builds it.
+struct StagePlan {
+  train::MemoryPlan memory;
+  int64_t params = 0;            // local elements of the flat buffers (padding included)
+  int64_t tied_embedding = 0;    // local elements of the word embedding synced over PP
+  int num_buckets = 1;
+  std::vector<std::pair<int64_t, bool>> chunks;  // [V] (layers, has output layer)
+};
+
+StagePlan plan_stage(const TrainConfig& c, const dist::ParallelLayout& layout, int pp_rank,
+                     const parallel::PipelinePlan* pipeline) {
+  const ShapeOnlyTensorParallel tp(c, layout.tp(), c.parallel.sequence_parallel);
+  train::RankModel m = train::build_rank_model(c, layout, pp_rank, tp.tp, pipeline);
+  StagePlan s;
+  s.memory = train::plan_rank_memory(c, layout, m, /*cuda=*/true);
+  s.params = m.registry.numel();
+  s.num_buckets = std::max(1, m.grad_buffer.num_buckets());
+  for (const model::Parameter& p : m.registry.parameters())
+    if (p.spec.pipeline_tie != model::PipelineTie::kNone) s.tied_embedding += p.local_shape.numel();
+  const int V = pipeline ? pipeline->partition.num_chunks() : 1;
+  for (int v = 0; v < V; ++v) {
+    if (pipeline) {
+      const parallel::LayerRange r = pipeline->partition.layers(pp_rank, v);
+      s.chunks.emplace_back(r.end - r.begin, pipeline->partition.has_output_layer(pp_rank, v));
+    } else {
+      s.chunks.emplace_back(c.model.num_layers, true);
+    }
+  }
+  return s;
+}
+
+void estimate_time(Candidate& cand, const TrainConfig& c, const Cluster& cluster,
+                   const std::vector<StagePlan>& stages, const parallel::PipelinePlan* pipeline,
+                   double tokens_per_step, double flops_per_token) {
+  const CandidateEstimator est(c, cluster);
+  // [stage][chunk] per micro-batch times.
+  std::vector<std::vector<ChunkTimes>> times(stages.size());
+  for (size_t r = 0; r < stages.size(); ++r)
+    for (const auto& [layers, head] : stages[r].chunks)
+      times[r].push_back(est.chunk_times(cand, layers, head));
+  const double M = static_cast<double>(cand.num_microbatches);
+  std::vector<double> busy(stages.size(), 0), comm(stages.size(), 0);
+  for (size_t r = 0; r < stages.size(); ++r)
+    for (const ChunkTimes& t : times[r]) {
+      busy[r] += M * (t.forward + t.backward);
+      comm[r] += M * t.tp_comm;
+    }
+  const size_t busiest = static_cast<size_t>(std::max_element(busy.begin(), busy.end()) - busy.begin());
+  cand.compute_s = busy[busiest];
+  cand.tp_comm_s = comm[busiest];
+  cand.pipeline_s = cand.compute_s;
+  const double compute_bytes = static_cast<double>(dtype_size(est.compute_dtype()));
+  const double master_bytes = static_cast<double>(dtype_size(est.master_dtype()));
+  if (pipeline) {
+    // Activations (and their gradients) between stages: [tokens, hidden], sequence-sharded
+    // under SP. Stages are TP x DP ranks apart.
+    const double boundary = static_cast<double>(cand.micro_batch_size * c.model.seq_length *
+                                                c.model.hidden_size) *
+                            compute_bytes / (cand.sequence_parallel ? cand.tp : 1);
+    parallel::SimulationTiming timing;
+    timing.transfer = boundary / est.bandwidth(cand.tp * cand.dp * 2);
+    timing.compute_time = [&](int rank, const parallel::Action& a) {
+      const ChunkTimes& t = times[static_cast<size_t>(rank)][static_cast<size_t>(a.chunk)];
+      return a.kind == parallel::ActionKind::kForward ? t.forward : t.backward;
+    };
+    const parallel::SimulationResult sim = parallel::simulate_schedule(pipeline->schedule, timing);
+    SHARDLM_CHECK(sim.completed);  // the generators' schedules complete (tested)
+    cand.pipeline_s = sim.makespan;
+  }
+  // Data parallel: the reduction overlaps the last micro-batch's backward, the gathers of the
+  // distributed optimizer the next step's first forward; the last (first) bucket is exposed.
+  double dp_exposed = 0, optimizer = 0;
+  for (size_t r = 0; r < stages.size(); ++r) {
+    const StagePlan& s = stages[r];
+    double last_backward = 0, first_forward = 0;
+    for (const ChunkTimes& t : times[r]) {
+      last_backward += t.backward;
+      first_forward += t.forward;
+    }
+    double exposed = 0;
+    if (cand.dp > 1) {
+      const double d = cand.dp, bw = est.bandwidth(cand.tp * cand.dp);
+      const double grad_bytes = static_cast<double>(s.params) * master_bytes;
+      const double reduce = (cand.distributed_optimizer ? 1.0 : 2.0) * (d - 1) / d * grad_bytes / bw;
+      exposed += std::max(reduce - last_backward, reduce / s.num_buckets);
+      if (cand.distributed_optimizer) {
+        const double gather =
+            (d - 1) / d * static_cast<double>(s.params) * compute_bytes / bw;
+        exposed += std::max(gather - first_forward, gather / s.num_buckets);
+      }
+    }
+    dp_exposed = std::max(dp_exposed, exposed);
+    // AdamW: read value, gradient, two moments; write value, moments (+ the compute copy).
+    const double elements = static_cast<double>(s.params) /
+                            (cand.distributed_optimizer ? cand.dp : 1);
+    const double bytes_per_element =
+        7 * master_bytes + (est.compute_dtype() != est.master_dtype() ? compute_bytes : 0);
+    optimizer = std::max(optimizer, elements * bytes_per_element / cluster.memory_bandwidth);
+    if (pipeline && s.tied_embedding > 0)  // all-reduce over the first and last stage
+      cand.embedding_sync_s = std::max(
+          cand.embedding_sync_s, static_cast<double>(s.tied_embedding) * master_bytes /
+                                     est.bandwidth(cluster.num_gpus));
+  }
+  cand.dp_exposed_s = dp_exposed;
+  cand.optimizer_s = optimizer;
+  cand.step_s = cand.pipeline_s + cand.dp_exposed_s + cand.embedding_sync_s + cand.optimizer_s;
+  cand.tokens_per_s_per_gpu = tokens_per_step / cand.step_s / cluster.num_gpus;
+  cand.mfu = flops_per_token * cand.tokens_per_s_per_gpu / cluster.peak_flops;
+}
+
+std::vector<int> divisors(int n) {
+  std::vector<int> d;
+  for (int i = 1; i <= n; ++i)
+    if (n % i == 0) d.push_back(i);
+  return d;
+}
+
+template <typename T>
+std::vector<T> choices(const std::optional<T>& fixed, std::vector<T> all) {
+  return fixed ? std::vector<T>{*fixed} : all;
+}
+
+// The validation message without the numbers' context after the first sentence, so the same
+// reason counts once.
+std::string reason_of(const Error& e) {
+  std::string m = e.what();
+  const size_t cut = m.find(';');
+  return cut == std::string::npos ? m : m.substr(0, cut);
+}
+
+}  // namespace
+
+const char* recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::kNone: return "none";
+    case Recompute::kSelective: return "selective";
+    case Recompute::kFull: return "full";
+  }
+  return "?";
+}
+
+std::vector<std::string> Candidate::flags() const {
+  std::vector<std::string> f = {"--tensor-model-parallel-size", std::to_string(tp),
+                                "--pipeline-model-parallel-size", std::to_string(pp),
+                                "--micro-batch-size", std::to_string(micro_batch_size)};
+  if (virtual_chunks > 1) {
+    f.push_back("--num-virtual-stages-per-pipeline-rank");
+    f.push_back(std::to_string(virtual_chunks));
+  }
+  if (sequence_parallel) f.push_back("--sequence-parallel");
+  if (distributed_optimizer) {
+    for (const char* s : {"--use-distributed-optimizer", "--overlap-grad-reduce",
+                          "--overlap-param-gather"})
+      f.push_back(s);
+  } else if (dp > 1) {
+    f.push_back("--overlap-grad-reduce");
+  }
+  if (recompute == Recompute::kSelective) {
+    f.push_back("--recompute-granularity");
+    f.push_back("selective");
+  } else if (recompute == Recompute::kFull) {
+    for (const char* s : {"--recompute-granularity", "full", "--recompute-method", "uniform",
+                          "--recompute-num-layers", "1"})
+      f.push_back(s);
+  }
+  return f;
+}
+
+std::string Candidate::describe() const {
+  std::string s = "TP " + std::to_string(tp) + " x PP " + std::to_string(pp);
+  if (virtual_chunks > 1) s += " (V " + std::to_string(virtual_chunks) + ")";
+  s += " x DP " + std::to_string(dp) + ", micro-batch " + std::to_string(micro_batch_size) +
+       ", recompute " + recompute_name(recompute);
+  return s;
+}
+
+int PlanResult::fitting() const {
+  return static_cast<int>(std::count_if(candidates.begin(), candidates.end(),
+                                        [](const Candidate& c) { return c.fits; }));
+}
+
+PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const FixedChoices& fixed) {
+  const int N = cluster.num_gpus;
+  SHARDLM_REQUIRE(N >= 1, ErrorKind::kInvalidConfig,
+                  "--num-gpus " + std::to_string(N) + " must be at least 1");
+  SHARDLM_REQUIRE(cluster.gpus_per_node >= 1 &&
+                      (N <= cluster.gpus_per_node || N % cluster.gpus_per_node == 0),
+                  ErrorKind::kInvalidConfig,
+                  "--num-gpus " + std::to_string(N) + " is not a whole number of nodes of " +
+                      std::to_string(cluster.gpus_per_node) +
+                      " GPUs (--gpus-per-node); use a multiple of it");
+  SHARDLM_REQUIRE(cfg.global_batch_size > 0, ErrorKind::kInvalidConfig,
+                  "the planner needs the global batch: pass --global-batch-size (samples per "
+                  "iteration, e.g. 256)");
+  SHARDLM_REQUIRE(cluster.gpu_memory_bytes > cluster.reserved_bytes &&
+                      cluster.peak_flops > 0 && cluster.achieved_mfu > 0 &&
+                      cluster.achieved_mfu <= 1 && cluster.intra_node_bandwidth > 0 &&
+                      cluster.inter_node_bandwidth > 0 && cluster.memory_bandwidth > 0,
+                  ErrorKind::kInvalidConfig,
+                  "the cluster's numbers must be positive, the GPU memory above the reserve and "
+                  "the assumed MFU in (0, 1]");
+  cfg.model.validate();
+
+  PlanResult result;
+  result.tokens_per_step = cfg.global_batch_size * cfg.model.seq_length;
+  {  // Global counts from the one-rank model.
+    TrainConfig one = cfg;
+    one.parallel = {};
+    one.model.tensor_model_parallel_size = 1;
+    const ShapeOnlyTensorParallel tp(one, 1, false);
+    const train::RankModel m =
+        train::build_rank_model(one, dist::ParallelLayout::create(1, {}), 0, tp.tp, nullptr);
+    const train::ModelFlops f = train::model_flops(m.registry, one.model);
+    result.parameters = f.parameters;
+    result.flops_per_token = f.flops_per_token;
+  }
+
+  const int64_t L = cfg.model.num_layers;
+  std::vector<int> tps;
+  for (int t : divisors(std::min(N, cluster.gpus_per_node)))
+    if (cluster.gpus_per_node % t == 0) tps.push_back(t);
+  for (int tp : choices(fixed.tensor_parallel, tps)) {
+    for (int pp : choices(fixed.pipeline_parallel, divisors(N / std::max(1, tp)))) {
+      if (N % (tp * pp) != 0 || pp > L) {
+        ++result.rejected["--pipeline-model-parallel-size " + std::to_string(pp) +
+                          " does not divide the GPUs or exceeds the layers"];
+        continue;
+      }
+      const int dp = N / (tp * pp);
+      std::vector<int> vs = {1};
+      if (pp > 1)
+        for (int v : {2, 4})
+          if (L % (pp * v) == 0) vs.push_back(v);
+      std::vector<int64_t> mbss;
+      for (int64_t m = 1; m <= 64; m *= 2)
+        if (cfg.global_batch_size % (m * dp) == 0) mbss.push_back(m);
+      if (fixed.micro_batch_size) mbss = {*fixed.micro_batch_size};
+      if (mbss.empty()) {
+        ++result.rejected["--global-batch-size not divisible by the data-parallel size"];
+        continue;
+      }
+      for (int v : choices(fixed.virtual_chunks, vs)) {
+        for (int64_t mbs : mbss) {
+          for (Recompute rec : choices(fixed.recompute, {Recompute::kNone, Recompute::kSelective,
+                                                         Recompute::kFull})) {
+            Candidate cand;
+            cand.tp = tp;
+            cand.pp = pp;
+            cand.dp = dp;
+            cand.virtual_chunks = v;
+            cand.micro_batch_size = mbs;
+            cand.recompute = rec;
+            cand.sequence_parallel = fixed.sequence_parallel.value_or(tp > 1) && tp > 1;
+            cand.distributed_optimizer = fixed.distributed_optimizer.value_or(dp > 1);
+            TrainConfig c = cfg;
+            c.micro_batch_size = mbs;
+            c.data_parallel_size = dp;
+            c.model.tensor_model_parallel_size = tp;
+            c.parallel.tensor_model_parallel_size = tp;
+            c.parallel.pipeline_model_parallel_size = pp;
+            c.parallel.sequence_parallel = cand.sequence_parallel;
+            c.parallel.use_distributed_optimizer = cand.distributed_optimizer;
+            c.parallel.overlap_grad_reduce = dp > 1;
+            c.parallel.overlap_param_gather = cand.distributed_optimizer && dp > 1;
+            c.parallel.num_layers_per_virtual_pipeline_stage = 0;
+            c.parallel.num_virtual_stages_per_pipeline_rank = v > 1 ? v : 0;
+            if (rec == Recompute::kSelective) {
+              c.recompute.granularity = "selective";
+              c.recompute.method.clear();
+              c.recompute.num_layers = 0;
+            } else if (rec == Recompute::kFull) {
+              c.recompute.granularity = "full";
+              c.recompute.method = "uniform";
+              c.recompute.num_layers = 1;
+            } else {
+              c.recompute.granularity.clear();
+              c.recompute.method.clear();
+              c.recompute.num_layers = 0;
+            }
+            std::optional<parallel::PipelinePlan> pipeline;
+            try {
+              c.recompute.validate(L);
+              c.validate_parallel(N);
+              if (pp > 1) pipeline = parallel::make_pipeline_plan(c.pipeline_plan_config(dp));
+            } catch (const Error& e) {
+              if (e.kind() != ErrorKind::kInvalidConfig) throw;
+              ++result.rejected[reason_of(e)];
+              continue;
+            }
+            cand.num_microbatches = cfg.global_batch_size / (mbs * dp);
+            const dist::ParallelLayout layout = dist::ParallelLayout::create(N, c.parallel_sizes());
+            std::vector<StagePlan> stages;
+            for (int r = 0; r < pp; ++r) {
+              stages.push_back(plan_stage(c, layout, r, pipeline ? &*pipeline : nullptr));
+              cand.stage_memory.push_back(stages.back().memory);
+              if (stages.back().memory.total() > cand.memory.total() || r == 0) {
+                cand.memory = stages.back().memory;
+                cand.memory_stage = r;
+              }
+            }
+            cand.fits = static_cast<double>(cand.memory.total()) + cluster.reserved_bytes <=
+                        cluster.gpu_memory_bytes;
+            if (cand.fits)  // only fitting layouts are worth simulating
+              estimate_time(cand, c, cluster, stages, pipeline ? &*pipeline : nullptr,
+                            static_cast<double>(result.tokens_per_step), result.flops_per_token);
+            result.candidates.push_back(cand);
+          }
+        }
+      }
+    }
+  }
+  std::stable_sort(result.candidates.begin(), result.candidates.end(),
+                   [](const Candidate& a, const Candidate& b) {
+                     if (a.fits != b.fits) return a.fits;
+                     if (a.fits && a.step_s != b.step_s) return a.step_s < b.step_s;
+                     return a.memory.total() < b.memory.total();
+                   });
+  return result;
+}
+
+}  // namespace shardlm::plan

@@ -1,0 +1,84 @@
+#include "shardlm/train/rank_model.h"
+
+#include <algorithm>
+
+#include "shardlm/train/gpt_pipeline_stage.h"
+
+namespace shardlm::train {
+
+DType master_dtype_of(const TrainConfig& cfg) {
+  return cfg.compute_dtype == "fp64" || cfg.main_params_dtype == "fp64" ? DType::kF64
+                                                                        : DType::kF32;
+}
+
+DType compute_dtype_of(const TrainConfig& cfg) {
+  return cfg.bf16                      ? DType::kBF16
+         : cfg.fp16                    ? DType::kF16
+         : cfg.compute_dtype == "fp64" ? DType::kF64
+                                       : DType::kF32;
+}
+
+RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& layout, int pp_rank,
+                           const model::TensorParallel& tp, const parallel::PipelinePlan* pipeline) {
+  RankModel m;
+  // Activation slots per chunk: the schedule's most micro-batches in flight on this rank.
+  const int num_chunks = pipeline ? pipeline->partition.num_chunks() : 1;
+  const std::vector<int> slots =
+      pipeline ? GPTPipelineStage::slots_per_chunk(pipeline->schedule, pp_rank)
+               : std::vector<int>{1};
+  for (int c = 0; c < num_chunks; ++c) {
+    model::ModelChunk chunk;
+    if (pipeline) {
+      const parallel::PipelinePartition& part = pipeline->partition;
+      const parallel::LayerRange r = part.layers(pp_rank, c);
+      chunk = {r.begin, r.end, part.has_embedding(pp_rank, c), part.has_output_layer(pp_rank, c)};
+    }
+    m.chunks.push_back(std::make_unique<model::GPTModel>(cfg.model, tp, chunk));
+    m.chunks.back()->set_recompute(cfg.recompute);  // before the activation plan
+    m.chunks.back()->set_activation_slots(slots[static_cast<size_t>(c)]);
+    m.chunks.back()->register_parameters(m.registry);
+  }
+  // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding).
+  m.grad_buffer = parallel::GradBuffer::plan(
+      m.registry, {.data_parallel_size = layout.dp(),
+                   .bucket_size = cfg.parallel.ddp_bucket_size,
+                   .overlap_grad_reduce = cfg.parallel.overlap_grad_reduce,
+                   .use_distributed_optimizer = cfg.parallel.use_distributed_optimizer});
+  m.grad_buffer.apply(m.registry);
+  m.registry.set_gradient_accumulation_fusion(cfg.gradient_accumulation_fusion);
+  return m;
+}
+
+MemoryPlan plan_rank_memory(const TrainConfig& cfg, const dist::ParallelLayout& layout,
+                            const RankModel& model, bool cuda) {
+  const DType master = master_dtype_of(cfg), compute = compute_dtype_of(cfg);
+  MemoryPlan plan;
+  const size_t n_params = static_cast<size_t>(model.registry.numel());
+  plan.master_params = n_params * dtype_size(master);
+  plan.main_grads = plan.master_params;
+  if (compute != master) {
+    plan.compute_params = n_params * dtype_size(compute);
+    // Without the fused parameters' gradients (gradient-accumulation fusion).
+    plan.compute_grads = static_cast<size_t>(model.registry.compute_grad_numel()) *
+                         dtype_size(compute);
+  }
+  plan.optimizer_state = 2 * plan.master_params;
+  if (cfg.parallel.use_distributed_optimizer) {  // each rank holds 1/DP of the moments
+    plan.optimizer_state /= static_cast<size_t>(layout.dp());
+    // ... and, under mixed precision, 1/DP of the master weights (the padded buckets split
+    // exactly).
+    if (compute != master) plan.master_params /= static_cast<size_t>(layout.dp());
+  }
+  for (const auto& chunk : model.chunks)
+    plan.activations += chunk->plan_activation_bytes(compute, cfg.micro_batch_size);
+  if (cuda) {
+    const int64_t tp = layout.tp();
+    plan.workspace = cuda_workspace_estimate(
+        cfg.micro_batch_size, cfg.model.seq_length, cfg.model.num_attention_heads / tp,
+        std::max<int64_t>(1, cfg.model.query_groups() / tp), cfg.model.head_dim(),
+        dtype_size(compute));
+  }
+  return plan;
+}
+
+}  // namespace shardlm::train

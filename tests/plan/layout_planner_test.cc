@@ -1,0 +1,313 @@
+// The layout planner: its memory is the trainer's own plan on every pipeline stage (trainers
+// built on thread ranks, compared field by field), its choices follow the model and the GPUs
+// (data parallel when the model fits, split when it does not, nothing when nothing fits), fixed
+// choices stay fixed, unsplittable layouts are rejected with the validation's reason, and the
+// time estimate moves as its inputs say (pipeline bubble, bandwidth).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+#include "shardlm/dist/thread_communicator.h"
+#include "shardlm/plan/layout_planner.h"
+#include "shardlm/train/trainer.h"
+
+namespace shardlm::plan {
+namespace {
+
+using train::MemoryPlan;
+using train::TrainConfig;
+
+TrainConfig tiny_config() {
+  TrainConfig c;
+  c.model.num_layers = 4;
+  c.model.hidden_size = 32;
+  c.model.num_attention_heads = 4;
+  c.model.seq_length = 16;
+  c.model.vocab_size = 60;
+  c.model.make_vocab_size_divisible_by = 16;
+  c.micro_batch_size = 2;
+  c.global_batch_size = 16;
+  c.train_iters = 1;
+  c.optimizer.lr = 1e-3;
+  c.data.mock_data = true;
+  c.device = "cpu";
+  return c;
+}
+
+TrainConfig gpt_1_3b() {
+  TrainConfig c;
+  c.model.num_layers = 24;
+  c.model.hidden_size = 2048;
+  c.model.num_attention_heads = 16;
+  c.model.seq_length = 2048;
+  c.model.max_position_embeddings = 2048;
+  c.model.vocab_size = 50257;
+  c.model.hidden_dropout = 0;
+  c.model.attention_dropout = 0;
+  c.global_batch_size = 256;
+  c.micro_batch_size = 1;
+  c.bf16 = true;
+  return c;
+}
+
+TrainConfig gpt_13b() {
+  TrainConfig c = gpt_1_3b();
+  c.model.num_layers = 40;
+  c.model.hidden_size = 5120;
+  c.model.num_attention_heads = 40;
+  c.model.seq_length = 4096;
+  c.model.max_position_embeddings = 4096;
+  c.model.vocab_size = 32000;
+  c.global_batch_size = 128;
+  return c;
+}
+
+Cluster gpus(int n, double memory_gib = 80) {
+  Cluster c;
+  c.num_gpus = n;
+  c.gpus_per_node = std::min(n, 8);
+  c.gpu_memory_bytes = memory_gib * kGiB;
+  return c;
+}
+
+struct LayoutCase {
+  std::string name;
+  int tp, pp, dp, v;
+  bool sp, distopt;
+  Recompute recompute;
+  int64_t query_groups = 0;
+  bool fp64_master = false;  // the CPU's mixed precision: compute copies and sharded masters
+};
+
+// Every rank's memory plan as the Trainer makes it, by pipeline stage (ranks of one stage must
+// agree: same shapes).
+std::vector<MemoryPlan> trainer_plans(const TrainConfig& cfg, int world) {
+  using namespace std::chrono_literals;
+  const dist::ParallelLayout layout = dist::ParallelLayout::create(world, cfg.parallel_sizes());
+  std::map<int, MemoryPlan> by_stage;
+  std::mutex mu;
+  dist::ThreadWorld threads(world, {.timeout = 60s});
+  dist::rethrow_first_error(threads.run([&](dist::Communicator& comm) {
+    const int r = comm.rank();
+    DeviceContext device = DeviceContext::cpu();
+    dist::RankContext rc =
+        dist::RankContext::create(device, comm.split(0, r, "world"), layout, r);
+    std::ostringstream log;
+    train::Trainer t(cfg, rc, log);
+    std::lock_guard<std::mutex> lock(mu);
+    const MemoryPlan& p = t.memory_plan();
+    auto [it, first] = by_stage.emplace(rc.coord().pp, p);
+    if (!first) {
+      EXPECT_EQ(it->second.total(), p.total()) << "rank " << r << " differs within its stage";
+    }
+  }));
+  std::vector<MemoryPlan> plans;
+  for (const auto& [stage, p] : by_stage) plans.push_back(p);
+  return plans;
+}
+
+void expect_same_plan(const MemoryPlan& planned, const MemoryPlan& trainer, const std::string& what) {
+  EXPECT_EQ(planned.master_params, trainer.master_params) << what;
+  EXPECT_EQ(planned.main_grads, trainer.main_grads) << what;
+  EXPECT_EQ(planned.compute_params, trainer.compute_params) << what;
+  EXPECT_EQ(planned.compute_grads, trainer.compute_grads) << what;
+  EXPECT_EQ(planned.optimizer_state, trainer.optimizer_state) << what;
+  EXPECT_EQ(planned.activations, trainer.activations) << what;
+  EXPECT_GT(planned.activations, 0u) << what;
+  // The planner plans for GPUs: the CUDA workspace comes on top of what a CPU rank needs.
+  EXPECT_EQ(trainer.workspace, 0u) << what;
+  EXPECT_GT(planned.workspace, 0u) << what;
+}
+
+TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
+  const std::vector<LayoutCase> cases = {
+      {"TP2 PP2 (V2) DP2, SP, distributed optimizer", 2, 2, 2, 2, true, true, Recompute::kNone},
+      {"TP4 DP2 over 2 query groups (replicated), selective", 4, 1, 2, 1, true, true,
+       Recompute::kSelective, 2},
+      {"PP4 1F1B, full recompute", 1, 4, 1, 1, false, false, Recompute::kFull},
+      {"TP2 PP2 DP2, fp64 master weights sharded", 2, 2, 2, 1, false, true, Recompute::kNone, 0,
+       true},
+      {"DP4, fp64 master weights, no distributed optimizer", 1, 1, 4, 1, false, false,
+       Recompute::kNone, 0, true},
+  };
+  for (const LayoutCase& lc : cases) {
+    SCOPED_TRACE(lc.name);
+    TrainConfig cfg = tiny_config();
+    cfg.model.num_query_groups = lc.query_groups;
+    if (lc.fp64_master) cfg.main_params_dtype = "fp64";
+    const int world = lc.tp * lc.pp * lc.dp;
+    FixedChoices fixed{.tensor_parallel = lc.tp,
+                       .pipeline_parallel = lc.pp,
+                       .virtual_chunks = lc.v,
+                       .micro_batch_size = cfg.micro_batch_size,
+                       .sequence_parallel = lc.sp,
+                       .distributed_optimizer = lc.distopt,
+                       .recompute = lc.recompute};
+    const PlanResult r = plan_layouts(cfg, gpus(world), fixed);
+    ASSERT_EQ(r.candidates.size(), 1u) << (r.rejected.empty() ? "" : r.rejected.begin()->first);
+    const Candidate& c = r.candidates.front();
+    ASSERT_EQ(static_cast<int>(c.stage_memory.size()), lc.pp);
+
+    // The same layout as `shardlm train` flags, trained by thread ranks.
+    TrainConfig t = cfg;
+    t.parallel.tensor_model_parallel_size = lc.tp;
+    t.parallel.pipeline_model_parallel_size = lc.pp;
+    t.parallel.num_virtual_stages_per_pipeline_rank = lc.v > 1 ? lc.v : 0;
+    t.parallel.sequence_parallel = lc.sp;
+    t.parallel.use_distributed_optimizer = lc.distopt;
+    t.parallel.overlap_grad_reduce = c.dp > 1;
+    t.parallel.overlap_param_gather = lc.distopt && c.dp > 1;
+    if (lc.recompute == Recompute::kSelective) t.recompute.granularity = "selective";
+    if (lc.recompute == Recompute::kFull) {
+      t.recompute.granularity = "full";
+      t.recompute.method = "uniform";
+      t.recompute.num_layers = 1;
+    }
+    const std::vector<MemoryPlan> trainer = trainer_plans(t, world);
+    ASSERT_EQ(trainer.size(), c.stage_memory.size());
+    for (size_t s = 0; s < trainer.size(); ++s)
+      expect_same_plan(c.stage_memory[s], trainer[s], "stage " + std::to_string(s));
+    // The candidate's memory is its largest stage's.
+    for (const MemoryPlan& p : c.stage_memory) EXPECT_LE(p.total(), c.memory.total());
+  }
+}
+
+TEST(LayoutPlanner, DataParallelWhenTheModelFitsOneGpu) {
+  const PlanResult r = plan_layouts(gpt_1_3b(), gpus(8), {});
+  ASSERT_GT(r.fitting(), 0);
+  const Candidate& best = r.candidates.front();
+  EXPECT_EQ(best.tp, 1);
+  EXPECT_EQ(best.pp, 1);
+  EXPECT_EQ(best.dp, 8);
+  EXPECT_TRUE(best.distributed_optimizer);
+  EXPECT_EQ(r.parameters, 1315819520);  // padded vocabulary 50,304
+  EXPECT_NEAR(best.tokens_per_s_per_gpu * 8 * best.step_s,
+              static_cast<double>(r.tokens_per_step), 1e-6 * r.tokens_per_step);
+  // Fitting layouts first, fastest first; then the others.
+  bool seen_unfit = false;
+  for (size_t i = 0; i < r.candidates.size(); ++i) {
+    const Candidate& c = r.candidates[i];
+    if (!c.fits) seen_unfit = true;
+    EXPECT_FALSE(seen_unfit && c.fits) << "a fitting layout after one that does not fit";
+    if (i > 0 && c.fits) EXPECT_GE(c.step_s, r.candidates[i - 1].step_s);
+    if (c.fits)
+      EXPECT_LE(static_cast<double>(c.memory.total()) + gpus(8).reserved_bytes, 80 * kGiB);
+  }
+}
+
+TEST(LayoutPlanner, SplitsAModelThatDoesNotFitOneGpu) {
+  const PlanResult r = plan_layouts(gpt_13b(), gpus(8), {});
+  ASSERT_GT(r.fitting(), 0);
+  const Candidate& best = r.candidates.front();
+  EXPECT_TRUE(best.fits);
+  EXPECT_GT(best.tp * best.pp, 1) << best.describe();
+  for (const Candidate& c : r.candidates)
+    if (c.tp == 1 && c.pp == 1) EXPECT_FALSE(c.fits) << c.describe() << " cannot hold 13B";
+  // With twice the memory per GPU, the whole model fits one GPU and plain data parallelism wins.
+  const PlanResult big = plan_layouts(gpt_13b(), gpus(8, 160), {});
+  EXPECT_EQ(big.candidates.front().tp * big.candidates.front().pp, 1)
+      << big.candidates.front().describe();
+}
+
+TEST(LayoutPlanner, NothingFitsComesBackSmallestFirst) {
+  TrainConfig cfg = gpt_13b();
+  const PlanResult r = plan_layouts(cfg, gpus(1), {});
+  ASSERT_FALSE(r.candidates.empty());
+  EXPECT_EQ(r.fitting(), 0);
+  for (size_t i = 1; i < r.candidates.size(); ++i)
+    EXPECT_GE(r.candidates[i].memory.total(), r.candidates[i - 1].memory.total());
+  EXPECT_EQ(r.candidates.front().recompute, Recompute::kFull);  // the least memory
+}
+
+TEST(LayoutPlanner, FixedChoicesAreKept) {
+  const PlanResult r = plan_layouts(gpt_1_3b(), gpus(8),
+                                    {.tensor_parallel = 2, .micro_batch_size = 2,
+                                     .recompute = Recompute::kSelective});
+  ASSERT_FALSE(r.candidates.empty());
+  for (const Candidate& c : r.candidates) {
+    EXPECT_EQ(c.tp, 2);
+    EXPECT_EQ(c.micro_batch_size, 2);
+    EXPECT_EQ(c.recompute, Recompute::kSelective);
+    EXPECT_TRUE(c.sequence_parallel);
+  }
+}
+
+TEST(LayoutPlanner, RejectsLayoutsTheModelCannotSplit) {
+  TrainConfig cfg = gpt_1_3b();
+  cfg.model.num_attention_heads = 12;  // 2048 / 12 is not whole: use kv channels
+  cfg.model.hidden_size = 1536;
+  const PlanResult r = plan_layouts(cfg, gpus(8), {});
+  for (const Candidate& c : r.candidates) EXPECT_NE(c.tp, 8) << "12 heads do not split 8 ways";
+  bool heads_named = false;
+  for (const auto& [reason, n] : r.rejected)
+    heads_named |= reason.find("--num-attention-heads") != std::string::npos;
+  EXPECT_TRUE(heads_named) << "the rejection names the heads";
+}
+
+TEST(LayoutPlanner, PipelineBubbleIsTheSchedules) {
+  // Stages of equal cost (the output layer's GEMM is negligible next to a layer's), no
+  // per-layer overhead, free transfers: the makespan is compute x (1 + (P-1)/(V*M)).
+  TrainConfig cfg = gpt_1_3b();
+  cfg.model.vocab_size = 64;
+  cfg.model.num_layers = 16;
+  cfg.global_batch_size = 8;
+  Cluster cl = gpus(4, 1000);
+  cl.per_layer_overhead_s = 0;
+  cl.intra_node_bandwidth = 1e18;
+  for (int v : {1, 2}) {
+    const PlanResult r = plan_layouts(
+        cfg, cl, {.tensor_parallel = 1, .pipeline_parallel = 4, .virtual_chunks = v,
+                  .micro_batch_size = 1, .recompute = Recompute::kNone});
+    ASSERT_EQ(r.candidates.size(), 1u);
+    const Candidate& c = r.candidates.front();
+    ASSERT_EQ(c.num_microbatches, 8);
+    EXPECT_NEAR(c.bubble_fraction(), 3.0 / (v * 8.0), 0.01) << "V " << v;
+  }
+}
+
+TEST(LayoutPlanner, CommunicationFollowsBandwidth) {
+  const FixedChoices tp2{.tensor_parallel = 2, .pipeline_parallel = 1, .micro_batch_size = 4,
+                         .recompute = Recompute::kNone};
+  Cluster fast = gpus(8), slow = gpus(8);
+  slow.intra_node_bandwidth = fast.intra_node_bandwidth / 2;
+  const Candidate a = plan_layouts(gpt_1_3b(), fast, tp2).candidates.front();
+  const Candidate b = plan_layouts(gpt_1_3b(), slow, tp2).candidates.front();
+  EXPECT_GT(a.tp_comm_s, 0);
+  EXPECT_NEAR(b.tp_comm_s, 2 * a.tp_comm_s, 1e-9 * a.tp_comm_s);
+  EXPECT_NEAR(b.compute_s - a.compute_s, a.tp_comm_s, 1e-6 * a.compute_s);
+  // Without TP there is nothing to wait for.
+  const Candidate dp = plan_layouts(gpt_1_3b(), fast, {.tensor_parallel = 1}).candidates.front();
+  EXPECT_EQ(dp.tp_comm_s, 0);
+}
+
+// The default MFU is calibrated so the estimate reproduces the measurement it came from: the
+// 1.3B GPT, micro-batch 8 x 2048, on one H100: 61,980 tokens/s (bench/RESULTS.md, 2026-12).
+TEST(LayoutPlanner, DefaultsReproduceTheMeasured1_3B) {
+  TrainConfig cfg = gpt_1_3b();
+  cfg.global_batch_size = 8;
+  const PlanResult r =
+      plan_layouts(cfg, gpus(1), {.micro_batch_size = 8, .recompute = Recompute::kNone});
+  ASSERT_EQ(r.candidates.size(), 1u);
+  EXPECT_NEAR(r.candidates.front().tokens_per_s_per_gpu, 61980, 0.03 * 61980);
+}
+
+TEST(LayoutPlanner, BadRequestsNameTheFix) {
+  TrainConfig cfg = gpt_1_3b();
+  cfg.global_batch_size = 0;
+  try {
+    plan_layouts(cfg, gpus(8), {});
+    FAIL() << "no global batch accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig);
+    EXPECT_NE(std::string(e.what()).find("--global-batch-size"), std::string::npos);
+  }
+  Cluster odd = gpus(12);
+  odd.gpus_per_node = 8;
+  EXPECT_THROW(plan_layouts(gpt_1_3b(), odd, {}), Error);
+}
+
+}  // namespace
+}  // namespace shardlm::plan
