@@ -61,6 +61,18 @@ TEST(PlanCli, MultiNodeLaunchLineAndFixedFlags) {
       << r.output;
 }
 
+TEST(PlanCli, GivenRecomputationIsKept) {
+  const Result r = run(k1_3B + "--num-gpus 1 --recompute-granularity full --recompute-method block "
+                               "--recompute-num-layers 6");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(line_starting(r.output, "> flags: ")
+                .find("--recompute-granularity full --recompute-method block "
+                      "--recompute-num-layers 6"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("recompute full block 6"), std::string::npos) << r.output;
+}
+
 TEST(PlanCli, JsonHoldsEveryLayout) {
   const std::string path =
       (std::filesystem::temp_directory_path() / ("plan_cli_" + std::to_string(::getpid()) + ".json"))

@@ -77,7 +77,7 @@ struct LayoutCase {
   std::string name;
   int tp, pp, dp, v;
   bool sp, distopt;
-  Recompute recompute;
+  model::RecomputeConfig recompute;
   int64_t query_groups = 0;
   bool fp64_master = false;  // the CPU's mixed precision: compute copies and sharded masters
 };
@@ -124,14 +124,16 @@ void expect_same_plan(const MemoryPlan& planned, const MemoryPlan& trainer, cons
 
 TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
   const std::vector<LayoutCase> cases = {
-      {"TP2 PP2 (V2) DP2, SP, distributed optimizer", 2, 2, 2, 2, true, true, Recompute::kNone},
+      {"TP2 PP2 (V2) DP2, SP, distributed optimizer", 2, 2, 2, 2, true, true, no_recompute()},
       {"TP4 DP2 over 2 query groups (replicated), selective", 4, 1, 2, 1, true, true,
-       Recompute::kSelective, 2},
-      {"PP4 1F1B, full recompute", 1, 4, 1, 1, false, false, Recompute::kFull},
-      {"TP2 PP2 DP2, fp64 master weights sharded", 2, 2, 2, 1, false, true, Recompute::kNone, 0,
+       selective_recompute(), 2},
+      {"PP4 1F1B, full recompute", 1, 4, 1, 1, false, false, full_recompute()},
+      {"PP2 DP2, full recompute of each stage's first layer (block)", 1, 2, 2, 1, false, true,
+       full_recompute("block", 1)},
+      {"TP2 PP2 DP2, fp64 master weights sharded", 2, 2, 2, 1, false, true, no_recompute(), 0,
        true},
       {"DP4, fp64 master weights, no distributed optimizer", 1, 1, 4, 1, false, false,
-       Recompute::kNone, 0, true},
+       no_recompute(), 0, true},
   };
   for (const LayoutCase& lc : cases) {
     SCOPED_TRACE(lc.name);
@@ -160,12 +162,7 @@ TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
     t.parallel.use_distributed_optimizer = lc.distopt;
     t.parallel.overlap_grad_reduce = c.dp > 1;
     t.parallel.overlap_param_gather = lc.distopt && c.dp > 1;
-    if (lc.recompute == Recompute::kSelective) t.recompute.granularity = "selective";
-    if (lc.recompute == Recompute::kFull) {
-      t.recompute.granularity = "full";
-      t.recompute.method = "uniform";
-      t.recompute.num_layers = 1;
-    }
+    t.recompute = lc.recompute;
     const std::vector<MemoryPlan> trainer = trainer_plans(t, world);
     ASSERT_EQ(trainer.size(), c.stage_memory.size());
     for (size_t s = 0; s < trainer.size(); ++s)
@@ -219,18 +216,18 @@ TEST(LayoutPlanner, NothingFitsComesBackSmallestFirst) {
   EXPECT_EQ(r.fitting(), 0);
   for (size_t i = 1; i < r.candidates.size(); ++i)
     EXPECT_GE(r.candidates[i].memory.total(), r.candidates[i - 1].memory.total());
-  EXPECT_EQ(r.candidates.front().recompute, Recompute::kFull);  // the least memory
+  EXPECT_EQ(recompute_label(r.candidates.front().recompute), "full");  // the least memory
 }
 
 TEST(LayoutPlanner, FixedChoicesAreKept) {
   const PlanResult r = plan_layouts(gpt_1_3b(), gpus(8),
                                     {.tensor_parallel = 2, .micro_batch_size = 2,
-                                     .recompute = Recompute::kSelective});
+                                     .recompute = selective_recompute()});
   ASSERT_FALSE(r.candidates.empty());
   for (const Candidate& c : r.candidates) {
     EXPECT_EQ(c.tp, 2);
     EXPECT_EQ(c.micro_batch_size, 2);
-    EXPECT_EQ(c.recompute, Recompute::kSelective);
+    EXPECT_TRUE(c.recompute.selective());
     EXPECT_TRUE(c.sequence_parallel);
   }
 }
@@ -260,7 +257,7 @@ TEST(LayoutPlanner, PipelineBubbleIsTheSchedules) {
   for (int v : {1, 2}) {
     const PlanResult r = plan_layouts(
         cfg, cl, {.tensor_parallel = 1, .pipeline_parallel = 4, .virtual_chunks = v,
-                  .micro_batch_size = 1, .recompute = Recompute::kNone});
+                  .micro_batch_size = 1, .recompute = no_recompute()});
     ASSERT_EQ(r.candidates.size(), 1u);
     const Candidate& c = r.candidates.front();
     ASSERT_EQ(c.num_microbatches, 8);
@@ -268,9 +265,27 @@ TEST(LayoutPlanner, PipelineBubbleIsTheSchedules) {
   }
 }
 
+// Full recomputation re-runs the forward of the layers it covers: half the layers, half the
+// extra time; selective re-runs attention only.
+TEST(LayoutPlanner, RecomputationCostsWhatItReruns) {
+  TrainConfig cfg = gpt_1_3b();
+  cfg.global_batch_size = 8;
+  auto step = [&](const model::RecomputeConfig& r) {
+    const PlanResult p = plan_layouts(cfg, gpus(1), {.micro_batch_size = 8, .recompute = r});
+    EXPECT_EQ(p.candidates.size(), 1u);
+    return p.candidates.front().step_s;
+  };
+  const double none = step(no_recompute()), full = step(full_recompute());
+  const double half = step(full_recompute("block", 12)), selective = step(selective_recompute());
+  EXPECT_LT(none, selective);
+  EXPECT_LT(selective, half);
+  EXPECT_NEAR(half - none, (full - none) / 2, 1e-9 * full);
+  EXPECT_NEAR(step(full_recompute("uniform", 4)), full, 1e-12 * full);  // every layer either way
+}
+
 TEST(LayoutPlanner, CommunicationFollowsBandwidth) {
   const FixedChoices tp2{.tensor_parallel = 2, .pipeline_parallel = 1, .micro_batch_size = 4,
-                         .recompute = Recompute::kNone};
+                         .recompute = no_recompute()};
   Cluster fast = gpus(8), slow = gpus(8);
   slow.intra_node_bandwidth = fast.intra_node_bandwidth / 2;
   const Candidate a = plan_layouts(gpt_1_3b(), fast, tp2).candidates.front();
@@ -289,7 +304,7 @@ TEST(LayoutPlanner, DefaultsReproduceTheMeasured1_3B) {
   TrainConfig cfg = gpt_1_3b();
   cfg.global_batch_size = 8;
   const PlanResult r =
-      plan_layouts(cfg, gpus(1), {.micro_batch_size = 8, .recompute = Recompute::kNone});
+      plan_layouts(cfg, gpus(1), {.micro_batch_size = 8, .recompute = no_recompute()});
   ASSERT_EQ(r.candidates.size(), 1u);
   EXPECT_NEAR(r.candidates.front().tokens_per_s_per_gpu, 61980, 0.03 * 61980);
 }

@@ -75,30 +75,23 @@ plan::FixedChoices fixed_choices(CLI::App& cmd, const train::TrainConfig& cfg) {
   if (given(cmd, "--micro-batch-size")) f.micro_batch_size = cfg.micro_batch_size;
   if (given(cmd, "--sequence-parallel")) f.sequence_parallel = true;
   if (given(cmd, "--use-distributed-optimizer")) f.distributed_optimizer = true;
-  if (given(cmd, "--recompute-granularity")) {
-    SHARDLM_REQUIRE(!cfg.recompute.full() || cfg.recompute.method == "uniform" ||
-                        cfg.recompute.method.empty(),
-                    ErrorKind::kInvalidConfig,
-                    "plan models full recomputation of every layer (--recompute-method uniform "
-                    "--recompute-num-layers 1); drop --recompute-method " + cfg.recompute.method);
-    f.recompute = cfg.recompute.selective() ? plan::Recompute::kSelective
-                  : cfg.recompute.full()    ? plan::Recompute::kFull
-                                            : plan::Recompute::kNone;
-  }
+  // --recompute-granularity (with its method and layers, which train checks) fixes recompute;
+  // --no-recompute-norm-activation carries into every candidate.
+  if (given(cmd, "--recompute-granularity")) f.recompute = cfg.recompute;
   return f;
 }
 
 void print_table(std::ostream& out, const plan::PlanResult& r, const plan::Cluster& cl, int top) {
-  out << "   #  TP  PP  V  DP  mbs  SP  distopt  recompute  memory/GPU     step s  tokens/s/GPU"
+  out << "   #  TP  PP  V  DP  mbs  SP  distopt  recompute      memory/GPU     step s  tokens/s/GPU"
          "    MFU  bubble  TP comm s  DP exposed s\n";
   int shown = 0;
   for (const plan::Candidate& c : r.candidates) {
     if (shown == top) break;
     const bool fits = c.fits;
-    out << fmt("%4d %3d %3d %2d %3d %4lld  %-3s %-8s %-10s %7.2f GiB", ++shown, c.tp, c.pp,
+    out << fmt("%4d %3d %3d %2d %3d %4lld  %-3s %-8s %-14s %7.2f GiB", ++shown, c.tp, c.pp,
                c.virtual_chunks, c.dp, static_cast<long long>(c.micro_batch_size),
                c.sequence_parallel ? "on" : "-", c.distributed_optimizer ? "on" : "-",
-               plan::recompute_name(c.recompute),
+               plan::recompute_label(c.recompute).c_str(),
                (static_cast<double>(c.memory.total()) + cl.reserved_bytes) / plan::kGiB);
     if (fits)
       out << fmt("  %9.3f  %12s  %5.1f%%  %5.1f%%  %9.3f  %12.3f\n", c.step_s,
@@ -134,7 +127,7 @@ nlohmann::json to_json(const plan::PlanResult& r, const plan::Cluster& cl) {
                         {"num_microbatches", c.num_microbatches},
                         {"sequence_parallel", c.sequence_parallel},
                         {"distributed_optimizer", c.distributed_optimizer},
-                        {"recompute", plan::recompute_name(c.recompute)},
+                        {"recompute", plan::recompute_label(c.recompute)},
                         {"memory_bytes", c.memory.total()},
                         {"memory_stage", c.memory_stage},
                         {"fits", c.fits},

@@ -79,19 +79,16 @@ class CandidateEstimator {
     const double fwd_compute = tokens * (flops_.linear + flops_.attention) / tp / rate;
     const double attention_compute = tokens * flops_.attention / tp / rate;
     const double layer_fwd = fwd_compute + comm + cluster_.per_layer_overhead_s;
-    double layer_bwd = 2 * fwd_compute + comm + cluster_.per_layer_overhead_s;
-    double layer_comm = 2 * comm;
-    if (c.recompute == Recompute::kFull) {
-      layer_bwd += layer_fwd;
-      layer_comm += comm;
-    } else if (c.recompute == Recompute::kSelective) {
-      layer_bwd += attention_compute;
-    }
+    const double layer_bwd = 2 * fwd_compute + comm + cluster_.per_layer_overhead_s;
+    // Layers of this chunk whose forward backward re-runs (model/recompute.h: chunk-local).
+    int64_t rerun = 0;
+    for (int64_t l = 0; l < num_layers; ++l) rerun += c.recompute.recomputes_layer(l);
+    const double n = static_cast<double>(num_layers), r = static_cast<double>(rerun);
     ChunkTimes t;
-    const double n = static_cast<double>(num_layers);
     t.forward = n * layer_fwd;
-    t.backward = n * layer_bwd;
-    t.tp_comm = n * layer_comm;
+    t.backward = n * layer_bwd + r * layer_fwd;
+    t.tp_comm = n * 2 * comm + r * comm;
+    if (c.recompute.selective()) t.backward += n * attention_compute;
     if (has_head) {  // the output layer's GEMM (vocabulary split over TP)
       const double head = tokens * 2 * static_cast<double>(cfg_.model.padded_vocab_size()) *
                           static_cast<double>(cfg_.model.hidden_size) / tp / rate;
@@ -248,13 +245,27 @@ std::string reason_of(const Error& e) {
 
 }  // namespace
 
-const char* recompute_name(Recompute r) {
-  switch (r) {
-    case Recompute::kNone: return "none";
-    case Recompute::kSelective: return "selective";
-    case Recompute::kFull: return "full";
-  }
-  return "?";
+model::RecomputeConfig no_recompute() { return {}; }
+
+model::RecomputeConfig selective_recompute() {
+  model::RecomputeConfig r;
+  r.granularity = "selective";
+  return r;
+}
+
+model::RecomputeConfig full_recompute(const std::string& method, int64_t layers) {
+  model::RecomputeConfig r;
+  r.granularity = "full";
+  r.method = method;
+  r.num_layers = layers;
+  return r;
+}
+
+std::string recompute_label(const model::RecomputeConfig& r) {
+  if (r.selective()) return "selective";
+  if (!r.full()) return "none";
+  if (r.method == "uniform" && r.layers_per_unit() == 1) return "full";
+  return "full " + r.method + " " + std::to_string(r.layers_per_unit());
 }
 
 std::vector<std::string> Candidate::flags() const {
@@ -273,12 +284,14 @@ std::vector<std::string> Candidate::flags() const {
   } else if (dp > 1) {
     f.push_back("--overlap-grad-reduce");
   }
-  if (recompute == Recompute::kSelective) {
+  if (recompute.selective()) {
     f.push_back("--recompute-granularity");
     f.push_back("selective");
-  } else if (recompute == Recompute::kFull) {
-    for (const char* s : {"--recompute-granularity", "full", "--recompute-method", "uniform",
-                          "--recompute-num-layers", "1"})
+  } else if (recompute.full()) {
+    for (const std::string& s :
+         {std::string("--recompute-granularity"), std::string("full"),
+          std::string("--recompute-method"), recompute.method,
+          std::string("--recompute-num-layers"), std::to_string(recompute.layers_per_unit())})
       f.push_back(s);
   }
   return f;
@@ -288,7 +301,7 @@ std::string Candidate::describe() const {
   std::string s = "TP " + std::to_string(tp) + " x PP " + std::to_string(pp);
   if (virtual_chunks > 1) s += " (V " + std::to_string(virtual_chunks) + ")";
   s += " x DP " + std::to_string(dp) + ", micro-batch " + std::to_string(micro_batch_size) +
-       ", recompute " + recompute_name(recompute);
+       ", recompute " + recompute_label(recompute);
   return s;
 }
 
@@ -324,6 +337,7 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
   {  // Global counts from the one-rank model.
     TrainConfig one = cfg;
     one.parallel = {};
+    one.recompute = {};
     one.model.tensor_model_parallel_size = 1;
     const ShapeOnlyTensorParallel tp(one, 1, false);
     const train::RankModel m =
@@ -359,8 +373,16 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
       }
       for (int v : choices(fixed.virtual_chunks, vs)) {
         for (int64_t mbs : mbss) {
-          for (Recompute rec : choices(fixed.recompute, {Recompute::kNone, Recompute::kSelective,
-                                                         Recompute::kFull})) {
+          // Full recomputation of the first k layers of each chunk, or of every layer.
+          std::vector<model::RecomputeConfig> recomputes = {no_recompute(), selective_recompute(),
+                                                            full_recompute()};
+          const int64_t per_chunk = L / (static_cast<int64_t>(pp) * v);
+          for (int64_t k : {per_chunk / 4, per_chunk / 2, 3 * per_chunk / 4})
+            if (k >= 1 && k < per_chunk &&
+                (recomputes.back().method != "block" || recomputes.back().num_layers != k))
+              recomputes.push_back(full_recompute("block", k));
+          if (fixed.recompute) recomputes = {*fixed.recompute};
+          for (const model::RecomputeConfig& rec : recomputes) {
             Candidate cand;
             cand.tp = tp;
             cand.pp = pp;
@@ -368,6 +390,7 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
             cand.virtual_chunks = v;
             cand.micro_batch_size = mbs;
             cand.recompute = rec;
+            cand.recompute.norm_activation = cfg.recompute.norm_activation;
             cand.sequence_parallel = fixed.sequence_parallel.value_or(tp > 1) && tp > 1;
             cand.distributed_optimizer = fixed.distributed_optimizer.value_or(dp > 1);
             TrainConfig c = cfg;
@@ -382,19 +405,7 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
             c.parallel.overlap_param_gather = cand.distributed_optimizer && dp > 1;
             c.parallel.num_layers_per_virtual_pipeline_stage = 0;
             c.parallel.num_virtual_stages_per_pipeline_rank = v > 1 ? v : 0;
-            if (rec == Recompute::kSelective) {
-              c.recompute.granularity = "selective";
-              c.recompute.method.clear();
-              c.recompute.num_layers = 0;
-            } else if (rec == Recompute::kFull) {
-              c.recompute.granularity = "full";
-              c.recompute.method = "uniform";
-              c.recompute.num_layers = 1;
-            } else {
-              c.recompute.granularity.clear();
-              c.recompute.method.clear();
-              c.recompute.num_layers = 0;
-            }
+            c.recompute = cand.recompute;
             std::optional<parallel::PipelinePlan> pipeline;
             try {
               c.recompute.validate(L);

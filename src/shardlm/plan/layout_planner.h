@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "shardlm/model/recompute.h"
 #include "shardlm/train/memory_plan.h"
 #include "shardlm/train/train_config.h"
 
@@ -62,8 +63,15 @@ struct Cluster {
   double per_layer_overhead_s = 100e-6;        // per layer and micro-batch (launches, small ops)
 };
 
-enum class Recompute { kNone, kSelective, kFull };
-const char* recompute_name(Recompute r);  // "none", "selective", "full"
+// Activation recomputation as `shardlm train` takes it (--recompute-granularity / -method /
+// -num-layers). The search tries none, selective, full of every layer (uniform, 1), and full
+// of the first k layers of each model chunk (block) for k a quarter, half and three quarters
+// of the chunk's layers.
+model::RecomputeConfig no_recompute();
+model::RecomputeConfig selective_recompute();
+model::RecomputeConfig full_recompute(const std::string& method = "uniform", int64_t layers = 1);
+// "none", "selective", "full", "full block 6", "full uniform 2"
+std::string recompute_label(const model::RecomputeConfig& r);
 
 // Choices the caller fixed (the flags given on the command line); unset ones are searched.
 struct FixedChoices {
@@ -73,14 +81,14 @@ struct FixedChoices {
   std::optional<int64_t> micro_batch_size;
   std::optional<bool> sequence_parallel;
   std::optional<bool> distributed_optimizer;
-  std::optional<Recompute> recompute;
+  std::optional<model::RecomputeConfig> recompute;
 };
 
 struct Candidate {
   int tp = 1, pp = 1, dp = 1, virtual_chunks = 1;
   int64_t micro_batch_size = 1, num_microbatches = 1;
   bool sequence_parallel = false, distributed_optimizer = false;
-  Recompute recompute = Recompute::kNone;
+  model::RecomputeConfig recompute;
 
   std::vector<train::MemoryPlan> stage_memory;  // [PP] each pipeline stage's plan
   train::MemoryPlan memory;  // of the pipeline stage that needs the most
