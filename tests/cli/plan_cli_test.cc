@@ -73,6 +73,45 @@ TEST(PlanCli, GivenRecomputationIsKept) {
   EXPECT_NE(r.output.find("recompute full block 6"), std::string::npos) << r.output;
 }
 
+// Flags that fix a choice keep their value, including off, and a --config file counts as given.
+TEST(PlanCli, GivenFlagsAndConfigFilesFixTheirChoice) {
+  const Result act = run(k1_3B + "--num-gpus 8 --recompute-activations");
+  ASSERT_EQ(act.exit_code, 0) << act.output;
+  EXPECT_NE(line_starting(act.output, "> flags: ").find("--recompute-granularity selective"),
+            std::string::npos)
+      << act.output;
+  const Result sp = run(k1_3B + "--num-gpus 8 --tensor-model-parallel-size 2 --sequence-parallel=false");
+  ASSERT_EQ(sp.exit_code, 0) << sp.output;
+  EXPECT_EQ(line_starting(sp.output, "> flags: ").find("--sequence-parallel"), std::string::npos)
+      << sp.output;
+  const std::string yaml =
+      (std::filesystem::temp_directory_path() / ("plan_cli_" + std::to_string(::getpid()) + ".yaml"))
+          .string();
+  std::ofstream(yaml) << "tensor-model-parallel-size: 4\nmicro-batch-size: 2\n";
+  const Result file = run(k1_3B + "--num-gpus 8 --config " + yaml);
+  std::filesystem::remove(yaml);
+  ASSERT_EQ(file.exit_code, 0) << file.output;
+  EXPECT_NE(line_starting(file.output, "> flags: ")
+                .find("--tensor-model-parallel-size 4 --pipeline-model-parallel-size 1 "
+                      "--micro-batch-size 2"),
+            std::string::npos)
+      << file.output;
+  // A fixed layout that cannot be: exit 2, one line naming the flag.
+  const Result big = run(k1_3B + "--num-gpus 8 --tensor-model-parallel-size 16");
+  EXPECT_EQ(big.exit_code, 2) << big.output;
+  EXPECT_NE(big.output.find("--tensor-model-parallel-size 16"), std::string::npos) << big.output;
+  // Nothing fits because of what was fixed: the message says so.
+  const Result pinned = run(
+      "plan --num-layers 40 --hidden-size 5120 --num-attention-heads 40 --seq-length 4096 "
+      "--max-position-embeddings 4096 --vocab-size 32000 --bf16 --global-batch-size 128 "
+      "--num-gpus 8 --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1");
+  EXPECT_EQ(pinned.exit_code, 1) << pinned.output;
+  EXPECT_NE(pinned.output.find("or drop a fixed layout flag (--tensor-model-parallel-size, "
+                               "--pipeline-model-parallel-size)"),
+            std::string::npos)
+      << pinned.output;
+}
+
 TEST(PlanCli, JsonHoldsEveryLayout) {
   const std::string path =
       (std::filesystem::temp_directory_path() / ("plan_cli_" + std::to_string(::getpid()) + ".json"))
@@ -111,20 +150,43 @@ TEST(PlanCli, BadRequestsExitTwoWithOneLine) {
 }
 
 // The recommended flags train: a tiny model planned for 2 CPU "GPUs", then run with `shardlm
-// launch --device cpu` and exactly those flags.
+// launch --device cpu` and exactly those flags; so do an interleaved-pipeline and a
+// block-recompute layout picked from the JSON.
 TEST(PlanCli, RecommendedFlagsTrain) {
   const std::string model =
-      "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --vocab-size 100 "
+      "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --vocab-size 100 "
       "--global-batch-size 8 ";
-  const Result p = run("plan " + model + "--num-gpus 2");
+  const std::string json =
+      (std::filesystem::temp_directory_path() / ("plan_cli_t" + std::to_string(::getpid()) + ".json"))
+          .string();
+  const Result p = run("plan " + model + "--num-gpus 2 --json " + json);
   ASSERT_EQ(p.exit_code, 0) << p.output;
-  const std::string flags = line_starting(p.output, "> flags: ").substr(9);
-  ASSERT_FALSE(flags.empty()) << p.output;
-  const Result t = run("launch --nproc-per-node 2 --master-port 0 --device cpu -- train " + model +
-                       "--mock-data --lr 1e-3 --train-iters 2 --log-interval 1 --eval-iters 1 " +
-                       flags);
-  EXPECT_EQ(t.exit_code, 0) << flags << "\n" << t.output;
-  EXPECT_NE(t.output.find("iteration        2/       2"), std::string::npos) << t.output;
+  std::vector<std::string> layouts = {line_starting(p.output, "> flags: ").substr(9)};
+  std::ifstream f(json);
+  const nlohmann::json j = nlohmann::json::parse(f);
+  std::filesystem::remove(json);
+  auto first = [&](auto pred) {
+    for (const nlohmann::json& c : j["candidates"])
+      if (pred(c)) {
+        std::string s;
+        for (const auto& x : c["flags"]) s += x.get<std::string>() + " ";
+        return s;
+      }
+    return std::string();
+  };
+  layouts.push_back(first([](const nlohmann::json& c) { return c["virtual_chunks"] == 2; }));
+  layouts.push_back(first([](const nlohmann::json& c) {
+    return c["recompute"].get<std::string>().rfind("full block", 0) == 0 && c["dp"] == 2;
+  }));
+  for (const std::string& flags : layouts) {
+    ASSERT_FALSE(flags.empty()) << p.output;
+    const Result t = run("launch --nproc-per-node 2 --master-port 0 --device cpu -- train " +
+                         model + "--mock-data --lr 1e-3 --train-iters 2 --log-interval 1 "
+                         "--eval-iters 1 " + flags);
+    EXPECT_EQ(t.exit_code, 0) << flags << "\n" << t.output;
+    EXPECT_NE(t.output.find("iteration        2/       2"), std::string::npos) << flags << "\n"
+                                                                              << t.output;
+  }
 }
 
 }  // namespace

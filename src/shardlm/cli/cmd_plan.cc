@@ -1,9 +1,10 @@
 // `shardlm plan`: which parallel layout to train a model with on N GPUs (plan/layout_planner.h).
 // Takes the model, batch and precision flags of `shardlm train` (so the same command line or
 // --config file works) plus the GPUs; prints the layouts ranked by estimated speed among those
-// that fit, the best one's flags and the launch line. Layout flags given on the command line
-// (--tensor-model-parallel-size, --micro-batch-size, --recompute-granularity, ...) are kept
-// fixed; the others are searched.
+// that fit, the best one's flags and the launch line. Layout flags given on the command line or
+// in the --config file (--tensor-model-parallel-size, --micro-batch-size,
+// --recompute-granularity, ...) are kept fixed, so a training config is planned as written
+// except for what it leaves out; the others are searched.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -73,12 +74,35 @@ plan::FixedChoices fixed_choices(CLI::App& cmd, const train::TrainConfig& cfg) {
                                         (*f.pipeline_parallel * p.num_layers_per_virtual_pipeline_stage));
   }
   if (given(cmd, "--micro-batch-size")) f.micro_batch_size = cfg.micro_batch_size;
-  if (given(cmd, "--sequence-parallel")) f.sequence_parallel = true;
-  if (given(cmd, "--use-distributed-optimizer")) f.distributed_optimizer = true;
-  // --recompute-granularity (with its method and layers, which train checks) fixes recompute;
-  // --no-recompute-norm-activation carries into every candidate.
-  if (given(cmd, "--recompute-granularity")) f.recompute = cfg.recompute;
+  // The value, not the presence: --sequence-parallel=false fixes SP off.
+  if (given(cmd, "--sequence-parallel")) f.sequence_parallel = p.sequence_parallel;
+  if (given(cmd, "--use-distributed-optimizer"))
+    f.distributed_optimizer = p.use_distributed_optimizer;
+  // --recompute-granularity (with its method and layers, which train checks) or
+  // --recompute-activations fixes recompute; --no-recompute-norm-activation carries into every
+  // candidate.
+  if (!cfg.recompute.granularity.empty()) f.recompute = cfg.recompute;
   return f;
+}
+
+bool any_fixed(const plan::FixedChoices& f) {
+  return f.tensor_parallel || f.pipeline_parallel || f.virtual_chunks || f.micro_batch_size ||
+         f.sequence_parallel || f.distributed_optimizer || f.recompute;
+}
+
+// The fixed choices as the flags that fixed them, for messages.
+std::string fixed_flags(const plan::FixedChoices& f) {
+  std::vector<std::string> v;
+  if (f.tensor_parallel) v.push_back("--tensor-model-parallel-size");
+  if (f.pipeline_parallel) v.push_back("--pipeline-model-parallel-size");
+  if (f.virtual_chunks) v.push_back("virtual stages");
+  if (f.micro_batch_size) v.push_back("--micro-batch-size");
+  if (f.sequence_parallel) v.push_back("--sequence-parallel");
+  if (f.distributed_optimizer) v.push_back("--use-distributed-optimizer");
+  if (f.recompute) v.push_back("--recompute-*");
+  std::string s;
+  for (const std::string& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
 }
 
 void print_table(std::ostream& out, const plan::PlanResult& r, const plan::Cluster& cl, int top) {
@@ -190,7 +214,9 @@ void run_plan(CLI::App& cmd, train::TrainConfig cfg, PlanOptions opt) {
   SHARDLM_REQUIRE(!r.candidates.empty(), ErrorKind::kInvalidConfig,
                   "no layout of " + std::to_string(cl.num_gpus) +
                       " GPUs can split this model and batch (reasons above); change --num-gpus "
-                      "or --global-batch-size, or drop a fixed layout flag");
+                      "or --global-batch-size" +
+                      (any_fixed(fixed) ? ", or drop a fixed layout flag (" + fixed_flags(fixed) + ")"
+                                        : std::string()));
   print_table(out, r, cl, opt.top);
   const plan::Candidate& best = r.candidates.front();
   if (!best.fits)
@@ -201,7 +227,10 @@ void run_plan(CLI::App& cmd, train::TrainConfig cfg, PlanOptions opt) {
                                     plan::kGiB) +
                     " GiB (" + train::format_bytes(best.memory.total()) +
                     " planned + the reserve). Use more GPUs (--num-gpus), a shorter "
-                    "--seq-length or a smaller model");
+                    "--seq-length or a smaller model" +
+                    (any_fixed(fixed) ? std::string(", or drop a fixed layout flag (") +
+                                            fixed_flags(fixed) + ") so other layouts are tried"
+                                      : std::string()));
   out << "> best: " << best.describe()
       << fmt(": estimated %s tokens/s per GPU (MFU %.1f%%), %.2f GiB of %.1f GiB per GPU\n",
              with_commas(best.tokens_per_s_per_gpu).c_str(), 100 * best.mfu,

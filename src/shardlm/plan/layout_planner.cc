@@ -1,6 +1,7 @@
 #include "shardlm/plan/layout_planner.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <memory>
 
@@ -74,8 +75,7 @@ class CandidateEstimator {
     // the same ring bytes): 2 x 2(t-1)/t x the [tokens, hidden] activation.
     const double act_bytes = tokens * static_cast<double>(cfg_.model.hidden_size) *
                              static_cast<double>(dtype_size(compute_dtype()));
-    const double comm = c.tp > 1 ? 4 * (tp - 1) / tp * act_bytes / cluster_.intra_node_bandwidth
-                                 : 0.0;
+    const double comm = c.tp > 1 ? 4 * (tp - 1) / tp * act_bytes / bandwidth(c.tp) : 0.0;
     const double fwd_compute = tokens * (flops_.linear + flops_.attention) / tp / rate;
     const double attention_compute = tokens * flops_.attention / tp / rate;
     const double layer_fwd = fwd_compute + comm + cluster_.per_layer_overhead_s;
@@ -98,10 +98,13 @@ class CandidateEstimator {
     return t;
   }
 
-  // Bandwidth of a collective over `span` consecutive ranks (nodes hold gpus_per_node each).
+  // Bandwidth of a collective over the aligned block of `span` consecutive ranks that holds
+  // the group (TP: span TP; DP: TP x DP; pipeline neighbours: the whole world, as the slowest
+  // boundary gates every step): NVLink when every such block sits inside one node.
   double bandwidth(int span) const {
-    return span <= cluster_.gpus_per_node ? cluster_.intra_node_bandwidth
-                                          : cluster_.inter_node_bandwidth;
+    const int g = cluster_.gpus_per_node;
+    return span <= g && g % span == 0 ? cluster_.intra_node_bandwidth
+                                      : cluster_.inter_node_bandwidth;
   }
 
   DType compute_dtype() const { return train::compute_dtype_of(cfg_); }
@@ -168,12 +171,13 @@ void estimate_time(Candidate& cand, const TrainConfig& c, const Cluster& cluster
   const double master_bytes = static_cast<double>(dtype_size(est.master_dtype()));
   if (pipeline) {
     // Activations (and their gradients) between stages: [tokens, hidden], sequence-sharded
-    // under SP. Stages are TP x DP ranks apart.
+    // under SP. Stages are TP x DP ranks apart; one transfer time for all boundaries, so a
+    // job wider than a node pays the network's.
     const double boundary = static_cast<double>(cand.micro_batch_size * c.model.seq_length *
                                                 c.model.hidden_size) *
                             compute_bytes / (cand.sequence_parallel ? cand.tp : 1);
     parallel::SimulationTiming timing;
-    timing.transfer = boundary / est.bandwidth(cand.tp * cand.dp * 2);
+    timing.transfer = boundary / est.bandwidth(cluster.num_gpus);
     timing.compute_time = [&](int rank, const parallel::Action& a) {
       const ChunkTimes& t = times[static_cast<size_t>(rank)][static_cast<size_t>(a.chunk)];
       return a.kind == parallel::ActionKind::kForward ? t.forward : t.backward;
@@ -235,13 +239,23 @@ std::vector<T> choices(const std::optional<T>& fixed, std::vector<T> all) {
   return fixed ? std::vector<T>{*fixed} : all;
 }
 
-// The validation message without the numbers' context after the first sentence, so the same
-// reason counts once.
-std::string reason_of(const Error& e) {
-  std::string m = e.what();
-  const size_t cut = m.find(';');
-  return cut == std::string::npos ? m : m.substr(0, cut);
-}
+// Counts rejections by reason: messages that differ only in their numbers are one reason,
+// reported with the first message seen (its first clause, before the fix).
+class Rejections {
+ public:
+  explicit Rejections(std::map<std::string, int>& out) : out_(out) {}
+  void add(const std::string& message) {
+    std::string m = message.substr(0, message.find(';'));
+    std::string key;
+    for (char ch : m) key += std::isdigit(static_cast<unsigned char>(ch)) ? '#' : ch;
+    auto it = example_.emplace(key, m).first;
+    ++out_[it->second];
+  }
+
+ private:
+  std::map<std::string, int>& out_;
+  std::map<std::string, std::string> example_;  // normalized -> first message
+};
 
 }  // namespace
 
@@ -277,13 +291,9 @@ std::vector<std::string> Candidate::flags() const {
     f.push_back(std::to_string(virtual_chunks));
   }
   if (sequence_parallel) f.push_back("--sequence-parallel");
-  if (distributed_optimizer) {
-    for (const char* s : {"--use-distributed-optimizer", "--overlap-grad-reduce",
-                          "--overlap-param-gather"})
-      f.push_back(s);
-  } else if (dp > 1) {
-    f.push_back("--overlap-grad-reduce");
-  }
+  if (distributed_optimizer) f.push_back("--use-distributed-optimizer");
+  if (overlap_grad_reduce) f.push_back("--overlap-grad-reduce");
+  if (overlap_param_gather) f.push_back("--overlap-param-gather");
   if (recompute.selective()) {
     f.push_back("--recompute-granularity");
     f.push_back("selective");
@@ -348,27 +358,50 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
   }
 
   const int64_t L = cfg.model.num_layers;
+  Rejections rejected(result.rejected);
+  // Fixed sizes that no layout of N GPUs can have fail here, naming the flag.
+  auto fixed_positive = [](const auto& v, const char* flag) {
+    SHARDLM_REQUIRE(!v || *v >= 1, ErrorKind::kInvalidConfig,
+                    std::string(flag) + " must be at least 1");
+  };
+  fixed_positive(fixed.tensor_parallel, "--tensor-model-parallel-size");
+  fixed_positive(fixed.pipeline_parallel, "--pipeline-model-parallel-size");
+  fixed_positive(fixed.virtual_chunks, "the virtual stages per pipeline rank");
+  fixed_positive(fixed.micro_batch_size, "--micro-batch-size");
+  const int fixed_tp = fixed.tensor_parallel.value_or(1), fixed_pp = fixed.pipeline_parallel.value_or(1);
+  SHARDLM_REQUIRE(N % (fixed_tp * fixed_pp) == 0, ErrorKind::kInvalidConfig,
+                  "--num-gpus " + std::to_string(N) + " is not a multiple of the fixed " +
+                      (fixed.tensor_parallel ? "--tensor-model-parallel-size " + std::to_string(fixed_tp) : "") +
+                      (fixed.tensor_parallel && fixed.pipeline_parallel ? " x " : "") +
+                      (fixed.pipeline_parallel ? "--pipeline-model-parallel-size " + std::to_string(fixed_pp) : "") +
+                      "; change it or --num-gpus");
+  // TP inside a node: the divisors of the GPUs per node (a fixed TP may cross nodes; its
+  // collectives are then priced at the network's bandwidth).
   std::vector<int> tps;
   for (int t : divisors(std::min(N, cluster.gpus_per_node)))
-    if (cluster.gpus_per_node % t == 0) tps.push_back(t);
+    if (cluster.gpus_per_node % t == 0 && N % t == 0) tps.push_back(t);
   for (int tp : choices(fixed.tensor_parallel, tps)) {
-    for (int pp : choices(fixed.pipeline_parallel, divisors(N / std::max(1, tp)))) {
-      if (N % (tp * pp) != 0 || pp > L) {
-        ++result.rejected["--pipeline-model-parallel-size " + std::to_string(pp) +
-                          " does not divide the GPUs or exceeds the layers"];
+    for (int pp : choices(fixed.pipeline_parallel, divisors(N / tp))) {
+      if (pp > L) {
+        rejected.add("--pipeline-model-parallel-size " + std::to_string(pp) +
+                     " exceeds the model's " + std::to_string(L) + " layers (--num-layers)");
         continue;
       }
       const int dp = N / (tp * pp);
+      // Virtual chunks per rank: every V > 1 that splits the stage's layers (up to 8).
       std::vector<int> vs = {1};
       if (pp > 1)
-        for (int v : {2, 4})
+        for (int v = 2; v <= 8 && v <= L / pp; ++v)
           if (L % (pp * v) == 0) vs.push_back(v);
+      // Micro-batch sizes: every divisor of the per-rank batch, up to 64.
       std::vector<int64_t> mbss;
-      for (int64_t m = 1; m <= 64; m *= 2)
-        if (cfg.global_batch_size % (m * dp) == 0) mbss.push_back(m);
+      if (cfg.global_batch_size % dp == 0)
+        for (int64_t m = 1; m <= std::min<int64_t>(64, cfg.global_batch_size / dp); ++m)
+          if ((cfg.global_batch_size / dp) % m == 0) mbss.push_back(m);
       if (fixed.micro_batch_size) mbss = {*fixed.micro_batch_size};
       if (mbss.empty()) {
-        ++result.rejected["--global-batch-size not divisible by the data-parallel size"];
+        rejected.add("--global-batch-size " + std::to_string(cfg.global_batch_size) +
+                     " is not divisible by the data-parallel size " + std::to_string(dp));
         continue;
       }
       for (int v : choices(fixed.virtual_chunks, vs)) {
@@ -401,8 +434,10 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
             c.parallel.pipeline_model_parallel_size = pp;
             c.parallel.sequence_parallel = cand.sequence_parallel;
             c.parallel.use_distributed_optimizer = cand.distributed_optimizer;
-            c.parallel.overlap_grad_reduce = dp > 1;
-            c.parallel.overlap_param_gather = cand.distributed_optimizer && dp > 1;
+            cand.overlap_grad_reduce = dp > 1;
+            cand.overlap_param_gather = cand.distributed_optimizer && dp > 1;
+            c.parallel.overlap_grad_reduce = cand.overlap_grad_reduce;
+            c.parallel.overlap_param_gather = cand.overlap_param_gather;
             c.parallel.num_layers_per_virtual_pipeline_stage = 0;
             c.parallel.num_virtual_stages_per_pipeline_rank = v > 1 ? v : 0;
             c.recompute = cand.recompute;
@@ -413,7 +448,7 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
               if (pp > 1) pipeline = parallel::make_pipeline_plan(c.pipeline_plan_config(dp));
             } catch (const Error& e) {
               if (e.kind() != ErrorKind::kInvalidConfig) throw;
-              ++result.rejected[reason_of(e)];
+              rejected.add(e.what());
               continue;
             }
             cand.num_microbatches = cfg.global_batch_size / (mbs * dp);

@@ -3,11 +3,12 @@
 //
 // Search: every layout Megatron's flags can express on the GPUs — tensor parallel size TP (a
 // divisor of the GPUs per node: TP stays inside a node), pipeline size PP, data-parallel size
-// DP = GPUs / (TP·PP), virtual pipeline chunks V, micro-batch size, activation recomputation
-// (none, selective, full) — with sequence parallelism whenever TP > 1 and the distributed
-// optimizer with overlapped gradient reduction and parameter gather whenever DP > 1 (Megatron's
-// recommended settings: they cost no time and save memory). Choices the caller fixes are not
-// searched. Layouts the model cannot be split into (heads, query groups, FFN, vocabulary,
+// DP = GPUs / (TP·PP), virtual pipeline chunks V (2..8, splitting a stage's layers evenly),
+// micro-batch size (every divisor of the per-rank batch up to 64), activation recomputation
+// (below) — with sequence parallelism whenever TP > 1 and the distributed optimizer with
+// overlapped gradient reduction and parameter gather whenever DP > 1 (Megatron's recommended
+// settings: they cost no time and save memory). Choices the caller fixes are not searched (a
+// fixed TP may cross nodes; its collectives then run at the network's bandwidth). Layouts the model cannot be split into (heads, query groups, FFN, vocabulary,
 // sequence or layers not divisible, batch not divisible, ...) are rejected with the trainer's
 // own validation, and counted by reason.
 //
@@ -88,6 +89,7 @@ struct Candidate {
   int tp = 1, pp = 1, dp = 1, virtual_chunks = 1;
   int64_t micro_batch_size = 1, num_microbatches = 1;
   bool sequence_parallel = false, distributed_optimizer = false;
+  bool overlap_grad_reduce = false, overlap_param_gather = false;  // with DP > 1
   model::RecomputeConfig recompute;
 
   std::vector<train::MemoryPlan> stage_memory;  // [PP] each pipeline stage's plan
@@ -117,7 +119,8 @@ struct Candidate {
 
 struct PlanResult {
   std::vector<Candidate> candidates;  // fitting ones first, each group by estimated step time
-  // Layouts the model or batch cannot be split into, by reason (the validation's message).
+  // Layouts the model or batch cannot be split into, by reason: the validation's message (the
+  // first seen of those that differ only in numbers) and how many layouts it rejected.
   std::map<std::string, int> rejected;
   int64_t parameters = 0;       // global, tied output layer counted once
   double flops_per_token = 0;   // train/metrics.h
