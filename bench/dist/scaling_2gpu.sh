@@ -28,6 +28,14 @@ if [[ $DEV == cuda ]]; then FLAGS="$FLAGS --bf16"; else FLAGS="$FLAGS --main-par
 COMMON="$FLAGS --hidden-dropout 0 --attention-dropout 0 --device $DEV --lr 3e-4 --clip-grad 1.0
   --bench-steps ${STEPS:-20} --warmup-steps ${WARMUP:-5}"
 
+plan() {  # plan NAME RANKS GLOBAL_BATCH PLAN_FLAGS...: the planner's estimate of that layout
+  local name=$1 ranks=$2 gbs=$3; shift 3
+  # shellcheck disable=SC2086
+  "$BIN" plan $FLAGS --hidden-dropout 0 --attention-dropout 0 --global-batch-size "$gbs" \
+    --num-gpus "$ranks" --top 1 --json "$OUT/plan_$name.json" "$@" >"$OUT/plan_$name.log" 2>&1 \
+    || { echo "plan $name failed:"; tail -2 "$OUT/plan_$name.log"; }
+}
+
 run() {  # run NAME RANKS GLOBAL_BATCH EXTRA_FLAGS...
   local name=$1 ranks=$2 gbs=$3; shift 3
   echo "=== $name ($(date +%T))"
@@ -38,10 +46,21 @@ run() {  # run NAME RANKS GLOBAL_BATCH EXTRA_FLAGS...
     --result-jsonl "$OUT/results.jsonl" "$@" >"$OUT/$name.log" 2>&1
   echo "exit $?"; grep -E "^> tokens/s|memory plan|master weights|rror" "$OUT/$name.log" | head -4 | cut -c1-300
 }
+# The same layouts for the planner: every layout flag fixed (recompute none is its fastest).
+plan one_gpu 1 "$MBS" --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1
+plan dp2 2 $((2 * MBS)) --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 \
+  --use-distributed-optimizer=false
+plan dp2_distopt 2 $((2 * MBS)) --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 \
+  --use-distributed-optimizer
+plan tp2 2 "$MBS" --tensor-model-parallel-size 2 --pipeline-model-parallel-size 1 \
+  --sequence-parallel=false
+plan tp2_sp 2 "$MBS" --tensor-model-parallel-size 2 --pipeline-model-parallel-size 1 \
+  --sequence-parallel
+
 run one_gpu 1 "$MBS"
 run dp2 2 $((2 * MBS)) --overlap-grad-reduce
 run dp2_distopt 2 $((2 * MBS)) --overlap-grad-reduce --use-distributed-optimizer --overlap-param-gather
 run tp2 2 "$MBS" --tensor-model-parallel-size 2
 run tp2_sp 2 "$MBS" --tensor-model-parallel-size 2 --sequence-parallel
 
-python3 "$(dirname "$0")/../../tools/loss_logs.py" scaling-table "$OUT/results.jsonl"
+python3 "$(dirname "$0")/../../tools/loss_logs.py" scaling-table "$OUT/results.jsonl" "" "$OUT"
