@@ -150,8 +150,8 @@ TEST(PlanCli, BadRequestsExitTwoWithOneLine) {
 }
 
 // The recommended flags train: a tiny model planned for 2 CPU "GPUs", then run with `shardlm
-// launch --device cpu` and exactly those flags; so do an interleaved-pipeline and a
-// block-recompute layout picked from the JSON.
+// launch --device cpu` and exactly those flags; so do an interleaved-pipeline, an uneven-stage
+// and a block-recompute layout picked from the JSON.
 TEST(PlanCli, RecommendedFlagsTrain) {
   const std::string model =
       "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --vocab-size 100 "
@@ -175,6 +175,7 @@ TEST(PlanCli, RecommendedFlagsTrain) {
     return std::string();
   };
   layouts.push_back(first([](const nlohmann::json& c) { return c["virtual_chunks"] == 2; }));
+  layouts.push_back(first([](const nlohmann::json& c) { return c["last_stage_layers"] == 1; }));
   layouts.push_back(first([](const nlohmann::json& c) {
     return c["recompute"].get<std::string>().rfind("full block", 0) == 0 && c["dp"] == 2;
   }));

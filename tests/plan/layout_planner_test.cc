@@ -85,6 +85,7 @@ struct LayoutCase {
   model::RecomputeConfig recompute;
   int64_t query_groups = 0;
   bool fp64_master = false;  // the CPU's mixed precision: compute copies and sharded masters
+  int last_stage_layers = 0;  // --decoder-last-pipeline-num-layers given by the user
 };
 
 // Every rank's memory plan as the Trainer makes it, by pipeline stage (ranks of one stage must
@@ -139,16 +140,20 @@ TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
        true},
       {"DP4, fp64 master weights, no distributed optimizer", 1, 1, 4, 1, false, false,
        no_recompute(), 0, true},
+      {"PP2 with a one-layer last stage (--decoder-last-pipeline-num-layers 1)", 1, 2, 1, 1,
+       false, false, selective_recompute(), 0, false, 1},
   };
   for (const LayoutCase& lc : cases) {
     SCOPED_TRACE(lc.name);
     TrainConfig cfg = tiny_config();
     cfg.model.num_query_groups = lc.query_groups;
     if (lc.fp64_master) cfg.main_params_dtype = "fp64";
+    cfg.parallel.decoder_last_pipeline_num_layers = lc.last_stage_layers;
     const int world = lc.tp * lc.pp * lc.dp;
     FixedChoices fixed{.tensor_parallel = lc.tp,
                        .pipeline_parallel = lc.pp,
                        .virtual_chunks = lc.v,
+                       .stage_layers = std::pair{0, lc.last_stage_layers},
                        .micro_batch_size = cfg.micro_batch_size,
                        .sequence_parallel = lc.sp,
                        .distributed_optimizer = lc.distopt,
@@ -281,12 +286,34 @@ TEST(LayoutPlanner, PipelineBubbleIsTheSchedules) {
   for (int v : {1, 2}) {
     const PlanResult r = plan_layouts(
         cfg, cl, {.tensor_parallel = 1, .pipeline_parallel = 4, .virtual_chunks = v,
-                  .micro_batch_size = 1, .recompute = no_recompute()});
+                  .stage_layers = std::pair{0, 0}, .micro_batch_size = 1,
+                  .recompute = no_recompute()});
     ASSERT_EQ(r.candidates.size(), 1u);
     const Candidate& c = r.candidates.front();
     ASSERT_EQ(c.num_microbatches, 8);
     EXPECT_NEAR(c.bubble_fraction(), 3.0 / (v * 8.0), 0.01) << "V " << v;
   }
+}
+
+// A heavy output layer (a 256k vocabulary is ten layers' worth of FLOPs here) makes the last
+// stage the bottleneck: the search moves layers off it (first and last stages one layer short,
+// the only uneven split of 16 layers over 4 stages it tries that divides), and that wins.
+TEST(LayoutPlanner, UnevenStagesRelieveAHeavyOutputLayer) {
+  TrainConfig cfg = gpt_1_3b();
+  cfg.model.num_layers = 16;
+  cfg.model.vocab_size = 256000;
+  cfg.global_batch_size = 16;
+  const PlanResult r = plan_layouts(cfg, gpus(4, 1000),
+                                    {.tensor_parallel = 1, .pipeline_parallel = 4,
+                                     .virtual_chunks = 1, .micro_batch_size = 1,
+                                     .recompute = no_recompute()});
+  ASSERT_EQ(r.candidates.size(), 2u);  // even, and first/last 3 (the others do not divide)
+  const Candidate& best = r.candidates.front();
+  EXPECT_EQ(best.first_stage_layers, 3);
+  EXPECT_EQ(best.last_stage_layers, 3);
+  EXPECT_LT(best.step_s, 0.95 * r.candidates.back().step_s);
+  const std::vector<std::string> f = best.flags();
+  EXPECT_NE(std::find(f.begin(), f.end(), "--decoder-last-pipeline-num-layers"), f.end());
 }
 
 // Full recomputation re-runs the forward of the layers it covers: half the layers, half the

@@ -106,14 +106,19 @@ std::string fixed_flags(const plan::FixedChoices& f) {
 }
 
 void print_table(std::ostream& out, const plan::PlanResult& r, const plan::Cluster& cl, int top) {
-  out << "   #  TP  PP  V  DP  mbs  SP  distopt  recompute      memory/GPU     step s  tokens/s/GPU"
+  out << "   #  TP  PP  V  first/last  DP  mbs  SP  distopt  recompute      memory/GPU     step s  tokens/s/GPU"
          "    MFU  bubble  TP comm s  DP exposed s\n";
   int shown = 0;
   for (const plan::Candidate& c : r.candidates) {
     if (shown == top) break;
     const bool fits = c.fits;
-    out << fmt("%4d %3d %3d %2d %3d %4lld  %-3s %-8s %-14s %7.2f GiB", ++shown, c.tp, c.pp,
-               c.virtual_chunks, c.dp, static_cast<long long>(c.micro_batch_size),
+    const std::string uneven =
+        c.first_stage_layers || c.last_stage_layers
+            ? (c.first_stage_layers ? std::to_string(c.first_stage_layers) : "-") + "/" +
+                  (c.last_stage_layers ? std::to_string(c.last_stage_layers) : "-")
+            : "-";
+    out << fmt("%4d %3d %3d %2d  %-10s %3d %4lld  %-3s %-8s %-14s %7.2f GiB", ++shown, c.tp, c.pp,
+               c.virtual_chunks, uneven.c_str(), c.dp, static_cast<long long>(c.micro_batch_size),
                c.sequence_parallel ? "on" : "-", c.distributed_optimizer ? "on" : "-",
                plan::recompute_label(c.recompute).c_str(),
                (static_cast<double>(c.memory.total()) + cl.reserved_bytes) / plan::kGiB);
@@ -146,6 +151,8 @@ nlohmann::json to_json(const plan::PlanResult& r, const plan::Cluster& cl) {
     nlohmann::json e = {{"tp", c.tp},
                         {"pp", c.pp},
                         {"virtual_chunks", c.virtual_chunks},
+                        {"first_stage_layers", c.first_stage_layers},
+                        {"last_stage_layers", c.last_stage_layers},
                         {"dp", c.dp},
                         {"micro_batch_size", c.micro_batch_size},
                         {"num_microbatches", c.num_microbatches},

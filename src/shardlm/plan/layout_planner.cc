@@ -247,7 +247,11 @@ class Rejections {
   void add(const std::string& message) {
     std::string m = message.substr(0, message.find(';'));
     std::string key;
-    for (char ch : m) key += std::isdigit(static_cast<unsigned char>(ch)) ? '#' : ch;
+    for (char ch : m) {  // each run of digits becomes one '#'
+      const bool digit = std::isdigit(static_cast<unsigned char>(ch)) != 0;
+      if (!digit) key += ch;
+      else if (key.empty() || key.back() != '#') key += '#';
+    }
     auto it = example_.emplace(key, m).first;
     ++out_[it->second];
   }
@@ -290,6 +294,14 @@ std::vector<std::string> Candidate::flags() const {
     f.push_back("--num-virtual-stages-per-pipeline-rank");
     f.push_back(std::to_string(virtual_chunks));
   }
+  if (first_stage_layers) {
+    f.push_back("--decoder-first-pipeline-num-layers");
+    f.push_back(std::to_string(first_stage_layers));
+  }
+  if (last_stage_layers) {
+    f.push_back("--decoder-last-pipeline-num-layers");
+    f.push_back(std::to_string(last_stage_layers));
+  }
   if (sequence_parallel) f.push_back("--sequence-parallel");
   if (distributed_optimizer) f.push_back("--use-distributed-optimizer");
   if (overlap_grad_reduce) f.push_back("--overlap-grad-reduce");
@@ -310,6 +322,9 @@ std::vector<std::string> Candidate::flags() const {
 std::string Candidate::describe() const {
   std::string s = "TP " + std::to_string(tp) + " x PP " + std::to_string(pp);
   if (virtual_chunks > 1) s += " (V " + std::to_string(virtual_chunks) + ")";
+  if (first_stage_layers || last_stage_layers)
+    s += " (layers first " + (first_stage_layers ? std::to_string(first_stage_layers) : "even") +
+         ", last " + (last_stage_layers ? std::to_string(last_stage_layers) : "even") + ")";
   s += " x DP " + std::to_string(dp) + ", micro-batch " + std::to_string(micro_batch_size) +
        ", recompute " + recompute_label(recompute);
   return s;
@@ -405,6 +420,16 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
         continue;
       }
       for (int v : choices(fixed.virtual_chunks, vs)) {
+        // Uneven first / last stages (1F1B): one layer fewer where the embedding or the output
+        // layer sits, when the user gave neither flag. {0, 0}: Megatron's even split.
+        std::vector<std::pair<int, int>> unevens = {{0, 0}};
+        const int e = static_cast<int>(L / pp);
+        if (pp > 1 && v == 1 && e > 1 && cfg.parallel.decoder_first_pipeline_num_layers == 0 &&
+            cfg.parallel.decoder_last_pipeline_num_layers == 0)
+          for (auto fl : {std::pair{0, e - 1}, std::pair{e - 1, 0}, std::pair{e - 1, e - 1}})
+            unevens.push_back(fl);
+        if (fixed.stage_layers) unevens = {*fixed.stage_layers};
+        for (const auto& [first_layers, last_layers] : unevens)
         for (int64_t mbs : mbss) {
           // Full recomputation of the first k layers of each chunk, or of every layer.
           std::vector<model::RecomputeConfig> recomputes = {no_recompute(), selective_recompute(),
@@ -440,6 +465,12 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
             c.parallel.overlap_param_gather = cand.overlap_param_gather;
             c.parallel.num_layers_per_virtual_pipeline_stage = 0;
             c.parallel.num_virtual_stages_per_pipeline_rank = v > 1 ? v : 0;
+            if (first_layers || last_layers || fixed.stage_layers) {
+              c.parallel.decoder_first_pipeline_num_layers = first_layers;
+              c.parallel.decoder_last_pipeline_num_layers = last_layers;
+            }
+            cand.first_stage_layers = c.parallel.decoder_first_pipeline_num_layers;
+            cand.last_stage_layers = c.parallel.decoder_last_pipeline_num_layers;
             c.recompute = cand.recompute;
             std::optional<parallel::PipelinePlan> pipeline;
             try {
@@ -448,7 +479,9 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
               if (pp > 1) pipeline = parallel::make_pipeline_plan(c.pipeline_plan_config(dp));
             } catch (const Error& e) {
               if (e.kind() != ErrorKind::kInvalidConfig) throw;
-              rejected.add(e.what());
+              // An uneven split the search tried itself that does not divide: not a reason
+              // the user's model or batch cannot be split, so not reported.
+              if (!((first_layers || last_layers) && !fixed.stage_layers)) rejected.add(e.what());
               continue;
             }
             cand.num_microbatches = cfg.global_batch_size / (mbs * dp);

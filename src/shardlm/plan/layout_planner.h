@@ -4,7 +4,8 @@
 // Search: every layout Megatron's flags can express on the GPUs — tensor parallel size TP (a
 // divisor of the GPUs per node: TP stays inside a node), pipeline size PP, data-parallel size
 // DP = GPUs / (TP·PP), virtual pipeline chunks V (2..8, splitting a stage's layers evenly),
-// micro-batch size (every divisor of the per-rank batch up to 64), activation recomputation
+// uneven first / last stages (one layer fewer where the embedding or the output layer sits, with
+// V = 1), micro-batch size (every divisor of the per-rank batch up to 64), activation recomputation
 // (below) — with sequence parallelism whenever TP > 1 and the distributed optimizer with
 // overlapped gradient reduction and parameter gather whenever DP > 1 (Megatron's recommended
 // settings: they cost no time and save memory). Choices the caller fixes are not searched (a
@@ -79,6 +80,9 @@ struct FixedChoices {
   std::optional<int> tensor_parallel;
   std::optional<int> pipeline_parallel;
   std::optional<int> virtual_chunks;  // V per pipeline rank (1: plain 1F1B)
+  // {first, last} stage layers (--decoder-first/last-pipeline-num-layers; 0 = unset): {0, 0}
+  // fixes the even split. Given in the config instead, they are kept and not searched.
+  std::optional<std::pair<int, int>> stage_layers;
   std::optional<int64_t> micro_batch_size;
   std::optional<bool> sequence_parallel;
   std::optional<bool> distributed_optimizer;
@@ -87,6 +91,8 @@ struct FixedChoices {
 
 struct Candidate {
   int tp = 1, pp = 1, dp = 1, virtual_chunks = 1;
+  // --decoder-first/last-pipeline-num-layers (0: unset, the layers split evenly).
+  int first_stage_layers = 0, last_stage_layers = 0;
   int64_t micro_batch_size = 1, num_microbatches = 1;
   bool sequence_parallel = false, distributed_optimizer = false;
   bool overlap_grad_reduce = false, overlap_param_gather = false;  // with DP > 1
