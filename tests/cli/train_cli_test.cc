@@ -45,6 +45,19 @@ TEST(TrainCli, TrainsATinyModel) {
   EXPECT_NE(r.output.find("validation loss at iteration 2"), std::string::npos) << r.output;
 }
 
+// A flag that does nothing without another one trains as Megatron does (ignored), with a note.
+TEST(TrainCli, RopeScalingFlagsWithoutUseRopeScalingGetANote) {
+  const Result r = run(kTiny + "--position-embedding-type rope --rope-scaling-factor 32");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("note: --rope-scaling-factor has no effect without --use-rope-scaling"),
+            std::string::npos)
+      << r.output;
+  const Result used =
+      run(kTiny + "--position-embedding-type rope --use-rope-scaling --rope-scaling-factor 32");
+  EXPECT_EQ(used.exit_code, 0) << used.output;
+  EXPECT_EQ(used.output.find("note:"), std::string::npos) << used.output;
+}
+
 // Flags of Megatron launch scripts that ask for what ShardLM does anyway are accepted (values
 // still checked), and --recompute-activations means --recompute-granularity selective.
 TEST(TrainCli, MegatronCompatibilityFlags) {

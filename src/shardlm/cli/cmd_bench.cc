@@ -232,8 +232,11 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--result-jsonl", opt->result_jsonl, "Append the RESULT json to this file")
       ->group(g);
   cmd->add_option("--label", opt->label, "Name of this system in the RESULT json")->group(g);
-  cmd->callback([cfg, opt] {
+  cmd->callback([cmd, cfg, opt] {
     const dist::LaunchEnv env = dist::discover_launch_env(dist::read_process_environment());
+    if (env.rank == 0)
+      for (const std::string& note : ignored_flag_notes(*cmd, *cfg))
+        std::cerr << "shardlm: note: " << note << "\n";
     if (env.world_size == 1) return run_bench(*cfg, *opt, nullptr);
     run_on_world(*cfg, env, [&](const train::TrainConfig& c, dist::RankContext& rc) {
       run_bench(c, *opt, &rc);

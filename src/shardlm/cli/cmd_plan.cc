@@ -189,6 +189,8 @@ void run_plan(CLI::App& cmd, train::TrainConfig cfg, PlanOptions opt) {
   cl.memory_bandwidth = opt.hbm_gbs * 1e9;
   if (!given(cmd, "--gpus-per-node")) cl.gpus_per_node = std::min(cl.num_gpus, 8);
   train::resolve_vocab_size(cfg);
+  for (const std::string& note : ignored_flag_notes(cmd, cfg))
+    std::cerr << "shardlm: note: " << note << "\n";
   const plan::FixedChoices fixed = fixed_choices(cmd, cfg);
   const plan::PlanResult r = plan::plan_layouts(cfg, cl, fixed);
 

@@ -107,9 +107,12 @@ void register_train(CLI::App& app) {
   auto cfg = std::make_shared<train::TrainConfig>();
   CLI::App* cmd = app.add_subcommand("train", "Train a GPT model (Megatron-LM flag names)");
   add_train_flags(*cmd, *cfg);
-  cmd->callback([cfg] {
+  cmd->callback([cmd, cfg] {
     const dist::EnvMap vars = dist::read_process_environment();
     const dist::LaunchEnv env = dist::discover_launch_env(vars);
+    if (env.rank == 0)
+      for (const std::string& note : ignored_flag_notes(*cmd, *cfg))
+        std::cerr << "shardlm: note: " << note << "\n";
     if (env.world_size == 1) {
       run_single(*cfg);
     } else {

@@ -294,6 +294,20 @@ std::string scalar_to_string(const YAML::Node& node, const std::string& path,
 }
 }  // namespace
 
+std::vector<std::string> ignored_flag_notes(const CLI::App& cmd, const train::TrainConfig& cfg) {
+  std::vector<std::string> notes;
+  auto given = [&](const char* flag) { return cmd.get_option(flag)->count() > 0; };
+  if (!cfg.model.use_rope_scaling)
+    for (const char* flag :
+         {"--rope-scaling-factor", "--rope-scaling-low-freq-factor",
+          "--rope-scaling-high-freq-factor", "--rope-scaling-original-max-position-embeddings"})
+      if (given(flag))
+        notes.push_back(std::string(flag) +
+                        " has no effect without --use-rope-scaling (as in Megatron-LM); add "
+                        "--use-rope-scaling to scale RoPE as Llama 3.x does");
+  return notes;
+}
+
 std::vector<std::string> yaml_config_to_args(const std::string& path) {
   YAML::Node root;
   try {

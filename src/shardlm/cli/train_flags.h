@@ -17,6 +17,11 @@ namespace shardlm::cli {
 // Adds every train flag to `cmd`, bound to fields of `cfg` (which must outlive parsing).
 void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg);
 
+// Flags that were given but have no effect with the others, as Megatron-LM silently ignores
+// them (e.g. --rope-scaling-factor without --use-rope-scaling): one note each, for rank 0 to
+// print ("--rope-scaling-factor has no effect without --use-rope-scaling; add it ...").
+std::vector<std::string> ignored_flag_notes(const CLI::App& cmd, const train::TrainConfig& cfg);
+
 // Reads a YAML config and returns it as command-line arguments ("--key", "value", ...), so the
 // one flag table also parses config files. Unknown keys are rejected by the caller's parser.
 // Throws Error(kInvalidConfig) for unreadable or malformed files, naming the file and the fix.
