@@ -234,9 +234,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--label", opt->label, "Name of this system in the RESULT json")->group(g);
   cmd->callback([cmd, cfg, opt] {
     const dist::LaunchEnv env = dist::discover_launch_env(dist::read_process_environment());
-    if (env.rank == 0)
-      for (const std::string& note : ignored_flag_notes(*cmd, *cfg))
-        std::cerr << "shardlm: note: " << note << "\n";
+    if (env.rank == 0) note_ignored_flags(*cmd, *cfg, std::cerr);
     if (env.world_size == 1) return run_bench(*cfg, *opt, nullptr);
     run_on_world(*cfg, env, [&](const train::TrainConfig& c, dist::RankContext& rc) {
       run_bench(c, *opt, &rc);

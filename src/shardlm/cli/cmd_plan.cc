@@ -85,24 +85,21 @@ plan::FixedChoices fixed_choices(CLI::App& cmd, const train::TrainConfig& cfg) {
   return f;
 }
 
-bool any_fixed(const plan::FixedChoices& f) {
-  return f.tensor_parallel || f.pipeline_parallel || f.virtual_chunks || f.micro_batch_size ||
-         f.sequence_parallel || f.distributed_optimizer || f.recompute;
-}
-
-// The fixed choices as the flags that fixed them, for messages.
-std::string fixed_flags(const plan::FixedChoices& f) {
-  std::vector<std::string> v;
-  if (f.tensor_parallel) v.push_back("--tensor-model-parallel-size");
-  if (f.pipeline_parallel) v.push_back("--pipeline-model-parallel-size");
-  if (f.virtual_chunks) v.push_back("virtual stages");
-  if (f.micro_batch_size) v.push_back("--micro-batch-size");
-  if (f.sequence_parallel) v.push_back("--sequence-parallel");
-  if (f.distributed_optimizer) v.push_back("--use-distributed-optimizer");
-  if (f.recompute) v.push_back("--recompute-*");
-  std::string s;
-  for (const std::string& x : v) s += (s.empty() ? "" : ", ") + x;
-  return s;
+// ", or drop a fixed layout flag (--tensor-model-parallel-size, ...)" when any choice was
+// fixed, else "": what to add to a message about layouts that could not be found.
+std::string drop_fixed_hint(const plan::FixedChoices& f) {
+  std::string flags;
+  for (const auto& [fixed, flag] :
+       {std::pair{f.tensor_parallel.has_value(), "--tensor-model-parallel-size"},
+        std::pair{f.pipeline_parallel.has_value(), "--pipeline-model-parallel-size"},
+        std::pair{f.virtual_chunks.has_value(), "virtual stages"},
+        std::pair{f.stage_layers.has_value(), "--decoder-first/last-pipeline-num-layers"},
+        std::pair{f.micro_batch_size.has_value(), "--micro-batch-size"},
+        std::pair{f.sequence_parallel.has_value(), "--sequence-parallel"},
+        std::pair{f.distributed_optimizer.has_value(), "--use-distributed-optimizer"},
+        std::pair{f.recompute.has_value(), "--recompute-*"}})
+    if (fixed) flags += (flags.empty() ? "" : ", ") + std::string(flag);
+  return flags.empty() ? "" : ", or drop a fixed layout flag (" + flags + ")";
 }
 
 void print_table(std::ostream& out, const plan::PlanResult& r, const plan::Cluster& cl, int top) {
@@ -121,7 +118,7 @@ void print_table(std::ostream& out, const plan::PlanResult& r, const plan::Clust
                c.virtual_chunks, uneven.c_str(), c.dp, static_cast<long long>(c.micro_batch_size),
                c.sequence_parallel ? "on" : "-", c.distributed_optimizer ? "on" : "-",
                plan::recompute_label(c.recompute).c_str(),
-               (static_cast<double>(c.memory.total()) + cl.reserved_bytes) / plan::kGiB);
+               (static_cast<double>(c.memory().total()) + cl.reserved_bytes) / plan::kGiB);
     if (fits)
       out << fmt("  %9.3f  %12s  %5.1f%%  %5.1f%%  %9.3f  %12.3f\n", c.step_s,
                  with_commas(c.tokens_per_s_per_gpu).c_str(), 100 * c.mfu,
@@ -159,7 +156,7 @@ nlohmann::json to_json(const plan::PlanResult& r, const plan::Cluster& cl) {
                         {"sequence_parallel", c.sequence_parallel},
                         {"distributed_optimizer", c.distributed_optimizer},
                         {"recompute", plan::recompute_label(c.recompute)},
-                        {"memory_bytes", c.memory.total()},
+                        {"memory_bytes", c.memory().total()},
                         {"memory_stage", c.memory_stage},
                         {"fits", c.fits},
                         {"flags", c.flags()}};
@@ -189,8 +186,7 @@ void run_plan(CLI::App& cmd, train::TrainConfig cfg, PlanOptions opt) {
   cl.memory_bandwidth = opt.hbm_gbs * 1e9;
   if (!given(cmd, "--gpus-per-node")) cl.gpus_per_node = std::min(cl.num_gpus, 8);
   train::resolve_vocab_size(cfg);
-  for (const std::string& note : ignored_flag_notes(cmd, cfg))
-    std::cerr << "shardlm: note: " << note << "\n";
+  note_ignored_flags(cmd, cfg, std::cerr);
   const plan::FixedChoices fixed = fixed_choices(cmd, cfg);
   const plan::PlanResult r = plan::plan_layouts(cfg, cl, fixed);
 
@@ -224,26 +220,23 @@ void run_plan(CLI::App& cmd, train::TrainConfig cfg, PlanOptions opt) {
                   "no layout of " + std::to_string(cl.num_gpus) +
                       " GPUs can split this model and batch (reasons above); change --num-gpus "
                       "or --global-batch-size" +
-                      (any_fixed(fixed) ? ", or drop a fixed layout flag (" + fixed_flags(fixed) + ")"
-                                        : std::string()));
+                      drop_fixed_hint(fixed));
   print_table(out, r, cl, opt.top);
   const plan::Candidate& best = r.candidates.front();
   if (!best.fits)
     throw Error(ErrorKind::kOutOfMemory,
                 "no layout fits " + fmt("%.1f", opt.gpu_memory_gib) +
                     " GiB per GPU: the smallest, " + best.describe() + ", needs " +
-                    fmt("%.1f", (static_cast<double>(best.memory.total()) + cl.reserved_bytes) /
+                    fmt("%.1f", (static_cast<double>(best.memory().total()) + cl.reserved_bytes) /
                                     plan::kGiB) +
-                    " GiB (" + train::format_bytes(best.memory.total()) +
+                    " GiB (" + train::format_bytes(best.memory().total()) +
                     " planned + the reserve). Use more GPUs (--num-gpus), a shorter "
                     "--seq-length or a smaller model" +
-                    (any_fixed(fixed) ? std::string(", or drop a fixed layout flag (") +
-                                            fixed_flags(fixed) + ") so other layouts are tried"
-                                      : std::string()));
+                    drop_fixed_hint(fixed));
   out << "> best: " << best.describe()
       << fmt(": estimated %s tokens/s per GPU (MFU %.1f%%), %.2f GiB of %.1f GiB per GPU\n",
              with_commas(best.tokens_per_s_per_gpu).c_str(), 100 * best.mfu,
-             (static_cast<double>(best.memory.total()) + cl.reserved_bytes) / plan::kGiB,
+             (static_cast<double>(best.memory().total()) + cl.reserved_bytes) / plan::kGiB,
              opt.gpu_memory_gib);
   out << "> flags: " << join(best.flags()) << "\n";
   const int nodes = (cl.num_gpus + cl.gpus_per_node - 1) / cl.gpus_per_node;

@@ -110,9 +110,7 @@ void register_train(CLI::App& app) {
   cmd->callback([cmd, cfg] {
     const dist::EnvMap vars = dist::read_process_environment();
     const dist::LaunchEnv env = dist::discover_launch_env(vars);
-    if (env.rank == 0)
-      for (const std::string& note : ignored_flag_notes(*cmd, *cfg))
-        std::cerr << "shardlm: note: " << note << "\n";
+    if (env.rank == 0) note_ignored_flags(*cmd, *cfg, std::cerr);
     if (env.world_size == 1) {
       run_single(*cfg);
     } else {

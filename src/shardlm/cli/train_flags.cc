@@ -1,6 +1,7 @@
 #include "shardlm/cli/train_flags.h"
 
 #include <algorithm>
+#include <ostream>
 #include <utility>
 #include <vector>
 
@@ -294,18 +295,16 @@ std::string scalar_to_string(const YAML::Node& node, const std::string& path,
 }
 }  // namespace
 
-std::vector<std::string> ignored_flag_notes(const CLI::App& cmd, const train::TrainConfig& cfg) {
-  std::vector<std::string> notes;
+void note_ignored_flags(const CLI::App& cmd, const train::TrainConfig& cfg, std::ostream& out) {
   auto given = [&](const char* flag) { return cmd.get_option(flag)->count() > 0; };
   if (!cfg.model.use_rope_scaling)
     for (const char* flag :
          {"--rope-scaling-factor", "--rope-scaling-low-freq-factor",
           "--rope-scaling-high-freq-factor", "--rope-scaling-original-max-position-embeddings"})
       if (given(flag))
-        notes.push_back(std::string(flag) +
-                        " has no effect without --use-rope-scaling (as in Megatron-LM); add "
-                        "--use-rope-scaling to scale RoPE as Llama 3.x does");
-  return notes;
+        out << "shardlm: note: " << flag
+            << " has no effect without --use-rope-scaling (as in Megatron-LM); add "
+               "--use-rope-scaling to scale RoPE as Llama 3.x does\n";
 }
 
 std::vector<std::string> yaml_config_to_args(const std::string& path) {

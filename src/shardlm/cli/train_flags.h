@@ -3,6 +3,7 @@
 // leading dashes, '-' or '_'); flags given on the command line win over the file.
 #pragma once
 
+#include <iosfwd>
 #include <string>
 #include <vector>
 
@@ -17,10 +18,10 @@ namespace shardlm::cli {
 // Adds every train flag to `cmd`, bound to fields of `cfg` (which must outlive parsing).
 void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg);
 
-// Flags that were given but have no effect with the others, as Megatron-LM silently ignores
-// them (e.g. --rope-scaling-factor without --use-rope-scaling): one note each, for rank 0 to
-// print ("--rope-scaling-factor has no effect without --use-rope-scaling; add it ...").
-std::vector<std::string> ignored_flag_notes(const CLI::App& cmd, const train::TrainConfig& cfg);
+// Writes one "shardlm: note: ..." line to `out` for each flag that was given but has no effect
+// with the others, as Megatron-LM silently ignores them (e.g. --rope-scaling-factor without
+// --use-rope-scaling). Rank 0 calls it.
+void note_ignored_flags(const CLI::App& cmd, const train::TrainConfig& cfg, std::ostream& out);
 
 // Reads a YAML config and returns it as command-line arguments ("--key", "value", ...), so the
 // one flag table also parses config files. Unknown keys are rejected by the caller's parser.

@@ -135,15 +135,9 @@ StagePlan plan_stage(const TrainConfig& c, const dist::ParallelLayout& layout, i
   s.num_buckets = std::max(1, m.grad_buffer.num_buckets());
   for (const model::Parameter& p : m.registry.parameters())
     if (p.spec.pipeline_tie != model::PipelineTie::kNone) s.tied_embedding += p.local_shape.numel();
-  const int V = pipeline ? pipeline->partition.num_chunks() : 1;
-  for (int v = 0; v < V; ++v) {
-    if (pipeline) {
-      const parallel::LayerRange r = pipeline->partition.layers(pp_rank, v);
-      s.chunks.emplace_back(r.end - r.begin, pipeline->partition.has_output_layer(pp_rank, v));
-    } else {
-      s.chunks.emplace_back(c.model.num_layers, true);
-    }
-  }
+  for (const auto& chunk : m.chunks)
+    s.chunks.emplace_back(chunk->chunk().layer_end - chunk->chunk().layer_begin,
+                          chunk->chunk().has_head);
   return s;
 }
 
@@ -261,6 +255,147 @@ class Rejections {
   std::map<std::string, std::string> example_;  // normalized -> first message
 };
 
+// The points of the search (layout and per-rank choices; the Candidate fields evaluate()
+// does not fill). Layout sizes that cannot split the layers or the batch are counted in
+// `rejected` here; the rest of the validation is evaluate()'s.
+std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& cluster,
+                                         const FixedChoices& fixed, Rejections& rejected) {
+  const int N = cluster.num_gpus;
+  const int64_t L = cfg.model.num_layers;
+  // TP inside a node: the divisors of the GPUs per node (a fixed TP may cross nodes; its
+  // collectives are then priced at the network's bandwidth).
+  std::vector<int> tps;
+  for (int t : divisors(std::min(N, cluster.gpus_per_node)))
+    if (cluster.gpus_per_node % t == 0 && N % t == 0) tps.push_back(t);
+  // A layout (TP, PP, V, first/last stage layers) with its per-rank choices.
+  struct Layout {
+    int tp, pp, v, first, last;
+  };
+  std::vector<Layout> layouts;
+  for (int tp : choices(fixed.tensor_parallel, tps))
+    for (int pp : choices(fixed.pipeline_parallel, divisors(N / tp))) {
+      if (pp > L) {
+        rejected.add("--pipeline-model-parallel-size " + std::to_string(pp) +
+                     " exceeds the model's " + std::to_string(L) + " layers (--num-layers)");
+        continue;
+      }
+      // Virtual chunks per rank: every V > 1 that splits the stage's layers (up to 8).
+      std::vector<int> vs = {1};
+      for (int v = 2; pp > 1 && v <= 8 && v <= L / pp; ++v)
+        if (L % (pp * v) == 0) vs.push_back(v);
+      for (int v : choices(fixed.virtual_chunks, vs)) {
+        // Uneven first / last stages (1F1B): one layer fewer where the embedding or the
+        // output layer sits, when the config gives neither. {0, 0}: Megatron's even split.
+        std::vector<std::pair<int, int>> stage_layers = {{0, 0}};
+        const int e = static_cast<int>(L / pp);
+        if (pp > 1 && v == 1 && e > 1 && cfg.parallel.decoder_first_pipeline_num_layers == 0 &&
+            cfg.parallel.decoder_last_pipeline_num_layers == 0)
+          stage_layers.insert(stage_layers.end(), {{0, e - 1}, {e - 1, 0}, {e - 1, e - 1}});
+        for (const auto& [first, last] : choices(fixed.stage_layers, stage_layers))
+          layouts.push_back({tp, pp, v, first, last});
+      }
+    }
+  std::vector<Candidate> out;
+  for (const Layout& l : layouts) {
+    const int dp = N / (l.tp * l.pp);
+    // Micro-batch sizes: every divisor of the per-rank batch, up to 64.
+    std::vector<int64_t> mbss;
+    const int64_t per_rank = cfg.global_batch_size % dp == 0 ? cfg.global_batch_size / dp : 0;
+    for (int64_t m = 1; m <= std::min<int64_t>(64, per_rank); ++m)
+      if (per_rank % m == 0) mbss.push_back(m);
+    if (mbss.empty() && !fixed.micro_batch_size) {
+      rejected.add("--global-batch-size " + std::to_string(cfg.global_batch_size) +
+                   " is not divisible by the data-parallel size " + std::to_string(dp));
+      continue;
+    }
+    // Recomputation: none, selective, full of every layer, full of the first k of each chunk.
+    std::vector<model::RecomputeConfig> recomputes = {no_recompute(), selective_recompute(),
+                                                      full_recompute()};
+    const int64_t per_chunk = L / (static_cast<int64_t>(l.pp) * l.v);
+    for (int64_t k : {per_chunk / 4, per_chunk / 2, 3 * per_chunk / 4})
+      if (k >= 1 && k < per_chunk &&
+          (recomputes.back().method != "block" || recomputes.back().num_layers != k))
+        recomputes.push_back(full_recompute("block", k));
+    for (int64_t mbs : choices(fixed.micro_batch_size, mbss))
+      for (const model::RecomputeConfig& rec : choices(fixed.recompute, recomputes)) {
+        Candidate c;
+        c.tp = l.tp;
+        c.pp = l.pp;
+        c.dp = dp;
+        c.virtual_chunks = l.v;
+        c.first_stage_layers = l.first;
+        c.last_stage_layers = l.last;
+        c.micro_batch_size = mbs;
+        c.recompute = rec;
+        c.recompute.norm_activation = cfg.recompute.norm_activation;
+        c.sequence_parallel = fixed.sequence_parallel.value_or(l.tp > 1) && l.tp > 1;
+        c.distributed_optimizer = fixed.distributed_optimizer.value_or(dp > 1);
+        out.push_back(c);
+      }
+  }
+  return out;
+}
+
+// The train config that runs choice c: the user's, with c's layout flags.
+TrainConfig config_of(const TrainConfig& cfg, const Candidate& c, const FixedChoices& fixed) {
+  TrainConfig t = cfg;
+  t.micro_batch_size = c.micro_batch_size;
+  t.data_parallel_size = c.dp;
+  t.model.tensor_model_parallel_size = c.tp;
+  train::ParallelConfig& p = t.parallel;
+  p.tensor_model_parallel_size = c.tp;
+  p.pipeline_model_parallel_size = c.pp;
+  p.sequence_parallel = c.sequence_parallel;
+  p.use_distributed_optimizer = c.distributed_optimizer;
+  p.overlap_grad_reduce = c.overlap_grad_reduce();
+  p.overlap_param_gather = c.overlap_param_gather();
+  p.num_layers_per_virtual_pipeline_stage = 0;
+  p.num_virtual_stages_per_pipeline_rank = c.virtual_chunks > 1 ? c.virtual_chunks : 0;
+  if (c.first_stage_layers || c.last_stage_layers || fixed.stage_layers) {
+    p.decoder_first_pipeline_num_layers = c.first_stage_layers;
+    p.decoder_last_pipeline_num_layers = c.last_stage_layers;
+  }
+  t.recompute = c.recompute;
+  return t;
+}
+
+// choice with its memory (every stage built as the trainer builds it) and, when it fits, its
+// time; nullopt when the trainer's validation rejects it (counted in `rejected`, unless it is an
+// uneven split the search guessed itself: not a reason the user's model cannot be split).
+std::optional<Candidate> evaluate(const TrainConfig& cfg, const Cluster& cluster,
+                                  const FixedChoices& fixed, Candidate cand,
+                                  const PlanResult& totals, Rejections& rejected) {
+  const bool guessed_split =
+      (cand.first_stage_layers || cand.last_stage_layers) && !fixed.stage_layers;
+  TrainConfig c = config_of(cfg, cand, fixed);
+  cand.first_stage_layers = c.parallel.decoder_first_pipeline_num_layers;  // the config's, if given
+  cand.last_stage_layers = c.parallel.decoder_last_pipeline_num_layers;
+  std::optional<parallel::PipelinePlan> pipeline;
+  try {
+    c.recompute.validate(c.model.num_layers);
+    c.validate_parallel(cluster.num_gpus);
+    if (cand.pp > 1) pipeline = parallel::make_pipeline_plan(c.pipeline_plan_config(cand.dp));
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kInvalidConfig) throw;
+    if (!guessed_split) rejected.add(e.what());
+    return std::nullopt;
+  }
+  cand.num_microbatches = cfg.global_batch_size / (cand.micro_batch_size * cand.dp);
+  const dist::ParallelLayout layout = dist::ParallelLayout::create(cluster.num_gpus, c.parallel_sizes());
+  std::vector<StagePlan> stages;
+  for (int r = 0; r < cand.pp; ++r) {
+    stages.push_back(plan_stage(c, layout, r, pipeline ? &*pipeline : nullptr));
+    cand.stage_memory.push_back(stages.back().memory);
+    if (stages.back().memory.total() > cand.memory().total()) cand.memory_stage = r;
+  }
+  cand.fits = static_cast<double>(cand.memory().total()) + cluster.reserved_bytes <=
+              cluster.gpu_memory_bytes;
+  if (cand.fits)  // only fitting layouts are worth simulating
+    estimate_time(cand, c, cluster, stages, pipeline ? &*pipeline : nullptr,
+                  static_cast<double>(totals.tokens_per_step), totals.flops_per_token);
+  return cand;
+}
+
 }  // namespace
 
 model::RecomputeConfig no_recompute() { return {}; }
@@ -304,8 +439,8 @@ std::vector<std::string> Candidate::flags() const {
   }
   if (sequence_parallel) f.push_back("--sequence-parallel");
   if (distributed_optimizer) f.push_back("--use-distributed-optimizer");
-  if (overlap_grad_reduce) f.push_back("--overlap-grad-reduce");
-  if (overlap_param_gather) f.push_back("--overlap-param-gather");
+  if (overlap_grad_reduce()) f.push_back("--overlap-grad-reduce");
+  if (overlap_param_gather()) f.push_back("--overlap-param-gather");
   if (recompute.selective()) {
     f.push_back("--recompute-granularity");
     f.push_back("selective");
@@ -372,7 +507,6 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
     result.flops_per_token = f.flops_per_token;
   }
 
-  const int64_t L = cfg.model.num_layers;
   Rejections rejected(result.rejected);
   // Fixed sizes that no layout of N GPUs can have fail here, naming the flag.
   auto fixed_positive = [](const auto& v, const char* flag) {
@@ -390,127 +524,15 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
                       (fixed.tensor_parallel && fixed.pipeline_parallel ? " x " : "") +
                       (fixed.pipeline_parallel ? "--pipeline-model-parallel-size " + std::to_string(fixed_pp) : "") +
                       "; change it or --num-gpus");
-  // TP inside a node: the divisors of the GPUs per node (a fixed TP may cross nodes; its
-  // collectives are then priced at the network's bandwidth).
-  std::vector<int> tps;
-  for (int t : divisors(std::min(N, cluster.gpus_per_node)))
-    if (cluster.gpus_per_node % t == 0 && N % t == 0) tps.push_back(t);
-  for (int tp : choices(fixed.tensor_parallel, tps)) {
-    for (int pp : choices(fixed.pipeline_parallel, divisors(N / tp))) {
-      if (pp > L) {
-        rejected.add("--pipeline-model-parallel-size " + std::to_string(pp) +
-                     " exceeds the model's " + std::to_string(L) + " layers (--num-layers)");
-        continue;
-      }
-      const int dp = N / (tp * pp);
-      // Virtual chunks per rank: every V > 1 that splits the stage's layers (up to 8).
-      std::vector<int> vs = {1};
-      if (pp > 1)
-        for (int v = 2; v <= 8 && v <= L / pp; ++v)
-          if (L % (pp * v) == 0) vs.push_back(v);
-      // Micro-batch sizes: every divisor of the per-rank batch, up to 64.
-      std::vector<int64_t> mbss;
-      if (cfg.global_batch_size % dp == 0)
-        for (int64_t m = 1; m <= std::min<int64_t>(64, cfg.global_batch_size / dp); ++m)
-          if ((cfg.global_batch_size / dp) % m == 0) mbss.push_back(m);
-      if (fixed.micro_batch_size) mbss = {*fixed.micro_batch_size};
-      if (mbss.empty()) {
-        rejected.add("--global-batch-size " + std::to_string(cfg.global_batch_size) +
-                     " is not divisible by the data-parallel size " + std::to_string(dp));
-        continue;
-      }
-      for (int v : choices(fixed.virtual_chunks, vs)) {
-        // Uneven first / last stages (1F1B): one layer fewer where the embedding or the output
-        // layer sits, when the user gave neither flag. {0, 0}: Megatron's even split.
-        std::vector<std::pair<int, int>> unevens = {{0, 0}};
-        const int e = static_cast<int>(L / pp);
-        if (pp > 1 && v == 1 && e > 1 && cfg.parallel.decoder_first_pipeline_num_layers == 0 &&
-            cfg.parallel.decoder_last_pipeline_num_layers == 0)
-          for (auto fl : {std::pair{0, e - 1}, std::pair{e - 1, 0}, std::pair{e - 1, e - 1}})
-            unevens.push_back(fl);
-        if (fixed.stage_layers) unevens = {*fixed.stage_layers};
-        for (const auto& [first_layers, last_layers] : unevens)
-        for (int64_t mbs : mbss) {
-          // Full recomputation of the first k layers of each chunk, or of every layer.
-          std::vector<model::RecomputeConfig> recomputes = {no_recompute(), selective_recompute(),
-                                                            full_recompute()};
-          const int64_t per_chunk = L / (static_cast<int64_t>(pp) * v);
-          for (int64_t k : {per_chunk / 4, per_chunk / 2, 3 * per_chunk / 4})
-            if (k >= 1 && k < per_chunk &&
-                (recomputes.back().method != "block" || recomputes.back().num_layers != k))
-              recomputes.push_back(full_recompute("block", k));
-          if (fixed.recompute) recomputes = {*fixed.recompute};
-          for (const model::RecomputeConfig& rec : recomputes) {
-            Candidate cand;
-            cand.tp = tp;
-            cand.pp = pp;
-            cand.dp = dp;
-            cand.virtual_chunks = v;
-            cand.micro_batch_size = mbs;
-            cand.recompute = rec;
-            cand.recompute.norm_activation = cfg.recompute.norm_activation;
-            cand.sequence_parallel = fixed.sequence_parallel.value_or(tp > 1) && tp > 1;
-            cand.distributed_optimizer = fixed.distributed_optimizer.value_or(dp > 1);
-            TrainConfig c = cfg;
-            c.micro_batch_size = mbs;
-            c.data_parallel_size = dp;
-            c.model.tensor_model_parallel_size = tp;
-            c.parallel.tensor_model_parallel_size = tp;
-            c.parallel.pipeline_model_parallel_size = pp;
-            c.parallel.sequence_parallel = cand.sequence_parallel;
-            c.parallel.use_distributed_optimizer = cand.distributed_optimizer;
-            cand.overlap_grad_reduce = dp > 1;
-            cand.overlap_param_gather = cand.distributed_optimizer && dp > 1;
-            c.parallel.overlap_grad_reduce = cand.overlap_grad_reduce;
-            c.parallel.overlap_param_gather = cand.overlap_param_gather;
-            c.parallel.num_layers_per_virtual_pipeline_stage = 0;
-            c.parallel.num_virtual_stages_per_pipeline_rank = v > 1 ? v : 0;
-            if (first_layers || last_layers || fixed.stage_layers) {
-              c.parallel.decoder_first_pipeline_num_layers = first_layers;
-              c.parallel.decoder_last_pipeline_num_layers = last_layers;
-            }
-            cand.first_stage_layers = c.parallel.decoder_first_pipeline_num_layers;
-            cand.last_stage_layers = c.parallel.decoder_last_pipeline_num_layers;
-            c.recompute = cand.recompute;
-            std::optional<parallel::PipelinePlan> pipeline;
-            try {
-              c.recompute.validate(L);
-              c.validate_parallel(N);
-              if (pp > 1) pipeline = parallel::make_pipeline_plan(c.pipeline_plan_config(dp));
-            } catch (const Error& e) {
-              if (e.kind() != ErrorKind::kInvalidConfig) throw;
-              // An uneven split the search tried itself that does not divide: not a reason
-              // the user's model or batch cannot be split, so not reported.
-              if (!((first_layers || last_layers) && !fixed.stage_layers)) rejected.add(e.what());
-              continue;
-            }
-            cand.num_microbatches = cfg.global_batch_size / (mbs * dp);
-            const dist::ParallelLayout layout = dist::ParallelLayout::create(N, c.parallel_sizes());
-            std::vector<StagePlan> stages;
-            for (int r = 0; r < pp; ++r) {
-              stages.push_back(plan_stage(c, layout, r, pipeline ? &*pipeline : nullptr));
-              cand.stage_memory.push_back(stages.back().memory);
-              if (stages.back().memory.total() > cand.memory.total() || r == 0) {
-                cand.memory = stages.back().memory;
-                cand.memory_stage = r;
-              }
-            }
-            cand.fits = static_cast<double>(cand.memory.total()) + cluster.reserved_bytes <=
-                        cluster.gpu_memory_bytes;
-            if (cand.fits)  // only fitting layouts are worth simulating
-              estimate_time(cand, c, cluster, stages, pipeline ? &*pipeline : nullptr,
-                            static_cast<double>(result.tokens_per_step), result.flops_per_token);
-            result.candidates.push_back(cand);
-          }
-        }
-      }
-    }
+  for (const Candidate& choice : enumerate_choices(cfg, cluster, fixed, rejected)) {
+    std::optional<Candidate> cand = evaluate(cfg, cluster, fixed, choice, result, rejected);
+    if (cand) result.candidates.push_back(std::move(*cand));
   }
   std::stable_sort(result.candidates.begin(), result.candidates.end(),
                    [](const Candidate& a, const Candidate& b) {
                      if (a.fits != b.fits) return a.fits;
                      if (a.fits && a.step_s != b.step_s) return a.step_s < b.step_s;
-                     return a.memory.total() < b.memory.total();
+                     return a.memory().total() < b.memory().total();
                    });
   return result;
 }

@@ -95,13 +95,15 @@ struct Candidate {
   int first_stage_layers = 0, last_stage_layers = 0;
   int64_t micro_batch_size = 1, num_microbatches = 1;
   bool sequence_parallel = false, distributed_optimizer = false;
-  bool overlap_grad_reduce = false, overlap_param_gather = false;  // with DP > 1
   model::RecomputeConfig recompute;
+  // Megatron's overlap settings, on wherever there is data parallelism to overlap.
+  bool overlap_grad_reduce() const { return dp > 1; }
+  bool overlap_param_gather() const { return distributed_optimizer && dp > 1; }
 
   std::vector<train::MemoryPlan> stage_memory;  // [PP] each pipeline stage's plan
-  train::MemoryPlan memory;  // of the pipeline stage that needs the most
-  int memory_stage = 0;      // that stage
-  bool fits = false;         // memory.total() + reserved <= GPU memory
+  int memory_stage = 0;      // the stage that needs the most
+  bool fits = false;         // memory().total() + reserved <= GPU memory
+  const train::MemoryPlan& memory() const { return stage_memory.at(static_cast<size_t>(memory_stage)); }
 
   // Seconds per training step (estimate): the pipeline's simulated makespan (compute, TP
   // collectives, activation transfers, bubble), then the exposed data-parallel communication,
