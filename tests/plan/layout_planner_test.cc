@@ -178,7 +178,7 @@ TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
     for (size_t s = 0; s < trainer.size(); ++s)
       expect_same_plan(c.stage_memory[s], trainer[s], "stage " + std::to_string(s));
     // The candidate's memory is its largest stage's.
-    for (const MemoryPlan& p : c.stage_memory) EXPECT_LE(p.total(), c.memory.total());
+    for (const MemoryPlan& p : c.stage_memory) EXPECT_LE(p.total(), c.memory().total());
   }
 }
 
@@ -199,7 +199,7 @@ TEST(LayoutPlanner, DataParallelWhenTheModelFitsOneGpu) {
     EXPECT_FALSE(seen_unfit && c.fits) << "a fitting layout after one that does not fit";
     if (i > 0 && c.fits) EXPECT_GE(c.step_s, r.candidates[i - 1].step_s);
     if (c.fits)
-      EXPECT_LE(static_cast<double>(c.memory.total()) + gpus(8).reserved_bytes, 80 * kGiB);
+      EXPECT_LE(static_cast<double>(c.memory().total()) + gpus(8).reserved_bytes, 80 * kGiB);
   }
 }
 
@@ -223,7 +223,7 @@ TEST(LayoutPlanner, NothingFitsComesBackSmallestFirst) {
   ASSERT_FALSE(r.candidates.empty());
   EXPECT_EQ(r.fitting(), 0);
   for (size_t i = 1; i < r.candidates.size(); ++i)
-    EXPECT_GE(r.candidates[i].memory.total(), r.candidates[i - 1].memory.total());
+    EXPECT_GE(r.candidates[i].memory().total(), r.candidates[i - 1].memory().total());
   EXPECT_EQ(recompute_label(r.candidates.front().recompute), "full");  // the least memory
 }
 
