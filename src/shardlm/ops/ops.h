@@ -161,6 +161,38 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
                         const Tensor& out, const Tensor& lse, const AttentionShape& shape,
                         double dropout_p, const DropoutKey& key);
 
+// ---- context-parallel attention (one query chunk against the whole sequence) ---------------
+// Context parallelism with Megatron's --cp-comm-type all_gather: a rank holds TQ of the T
+// tokens of each sequence as equal chunks of contiguous positions; its keys and values are
+// all-gathered. One call handles one chunk:
+//   q_src [B, TQ, W]  the rank's fused-QKV rows (layout of attention_forward, W = G*(NH/G+2)*HS);
+//                     the chunk is rows [chunk.row, chunk.row + chunk.rows); only q columns read
+//   kv    [B, T,  W]  the whole sequence in global position order; only k and v columns read
+// Row chunk.row + i is at global position chunk.position + i and sees keys j <= that position
+// (causal), so keys [0, chunk.position + chunk.rows) take part. out [B, TQ, NH*HS] and
+// lse [B, NH, TQ]: the chunk's rows (and lse entries) are written, the others left untouched.
+// Dropout uses the GLOBAL position and T: ((b*NH_global + head_offset + h)*T + position + i)*T
+// + j, so q_src = kv = qkv with chunk {0, T, 0} equals attention_forward on qkv, masks included,
+// and any split of the sequence into chunks gives the same outputs row for row.
+struct AttentionChunk {
+  int64_t row = 0;       // first query row of the chunk in q_src
+  int64_t rows = 0;      // chunk length (>= 1)
+  int64_t position = 0;  // global position of that row; position + rows <= T
+};
+void attention_chunk_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q_src,
+                             const Tensor& kv, const AttentionShape& shape,
+                             const AttentionChunk& chunk, double dropout_p, const DropoutKey& key);
+// Backward of one chunk from dout [B, TQ, NH*HS] (its chunk rows read), with forward's out/lse:
+//   dq  [B, TQ, W]: the chunk's rows, q columns ASSIGNED; k/v columns and other rows untouched;
+//   dkv [B, T, W]:  k and v columns of rows [0, chunk.position + chunk.rows) ASSIGNED (this
+//                   chunk's contribution only); q columns and later rows untouched.
+// dq and dkv must not overlap. The caller sums the dkv contributions of its chunks.
+void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q_src, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape,
+                              const AttentionChunk& chunk, double dropout_p,
+                              const DropoutKey& key);
+
 // ---- rotary position embedding (RoPE) ------------------------------------------------------
 // The cos/sin table of RoPE for positions 0..P-1 and rotary dim R (even, <= HS):
 //   cos_sin[P, R/2, 2]:  cos_sin[t, i] = (cos(t * inv_freq_i), sin(t * inv_freq_i)),
