@@ -1,17 +1,23 @@
 // attention.cc — CPU causal grouped-query self-attention on Megatron's fused QKV layout, with
 // attention-probability dropout. The reference the CUDA (flash-style) kernels are tested
-// against, so it follows the same recompute scheme: forward saves only lse[B,NH,T]; backward
+// against, so it follows the same recompute scheme: forward saves only lse; backward
 // recomputes the probabilities row by row. No [T,T] buffer: per call, a host scratch of a few
 // T- and HS-sized vectors.
 //
-// Layout: qkv[B,T,R], R = G*(NH/G + 2)*HS; group g's slice of a row is
+// Layout: qkv[B,T,W], W = G*(NH/G + 2)*HS; group g's slice of a row is
 // [q heads g*NH/G .. (g+1)*NH/G - 1 | k | v], each HS wide. out[B,T,NH*HS].
 //
-// Per (b, h, row i), with j <= i (causal), scale = 1/sqrt(HS), keep_ij from
-// dropout_uniform(key, ((b*NH + h)*T + i)*T + j) > p:
+// One implementation serves both entry points: a query chunk (rows [row, row + rows) of
+// q_src[B,TQ,W] at global positions [position, position + rows)) against the keys and values
+// of kv[B,T,W] (attention_chunk_*, context parallelism); attention_forward/backward are the
+// chunk q_src = kv = qkv, {row 0, rows T, position 0}.
+//
+// Per (b, h, chunk row i at global position t = position + i), with keys j <= t (causal),
+// scale = 1/sqrt(HS), keep_ij from dropout_uniform(key, ((b*NH + h)*T + t)*T + j) > p (global
+// b, h, NH as in AttentionShape; T is kv's):
 //   s_ij = scale q_i.k_j,  lse_i = log sum_j exp(s_ij),  P_ij = exp(s_ij - lse_i)
 //   Pd_ij = P_ij keep_ij / (1 - p),  out_i = sum_j Pd_ij v_j
-// Backward (dout -> dqkv, assigned):
+// Backward (dout -> dq assigned, dk/dv of keys [0, position + rows) assigned):
 //   dv_j += Pd_ij dout_i,  dP_ij = keep_ij / (1 - p) (dout_i.v_j),  D_i = sum_j P_ij dP_ij
 //   dS_ij = P_ij (dP_ij - D_i),  dq_i = scale sum_j dS_ij k_j,  dk_j += scale dS_ij q_i
 // D_i equals dout_i.out_i; it is recomputed from the row in double here rather than read from
@@ -29,12 +35,15 @@ namespace shardlm::ops::cpu {
 
 namespace {
 
-// Offsets inside one qkv row, and sizes, for one (query head, group) pair.
+// Sizes and offsets inside one fused-QKV row for one (query head, group) pair, and the chunk.
 struct QkvLayout {
-  int64_t B, T, NH, G, HS, heads_per_group, row;
+  int64_t B, TQ, T, NH, G, HS, heads_per_group, row;  // TQ: q_src rows, T: kv rows (global)
   int64_t dropout_NH, head_offset;  // global head count / first head (AttentionShape)
-  uint64_t dropout_row(int64_t b, int64_t h, int64_t i) const {
-    return static_cast<uint64_t>(((b * dropout_NH + head_offset + h) * T + i) * T);
+  AttentionChunk chunk;
+  int64_t keys() const { return chunk.position + chunk.rows; }  // keys taking part
+  // Dropout position of (b, h, global query position t, key 0).
+  uint64_t dropout_row(int64_t b, int64_t h, int64_t t) const {
+    return static_cast<uint64_t>(((b * dropout_NH + head_offset + h) * T + t) * T);
   }
   int64_t q_offset(int64_t h) const {
     const int64_t g = h / heads_per_group;
@@ -47,19 +56,25 @@ struct QkvLayout {
   int64_t v_offset(int64_t h) const { return k_offset(h) + HS; }
 };
 
-QkvLayout make_layout(const Tensor& qkv, const AttentionShape& shape) {
+QkvLayout make_layout(const Tensor& q_src, const Tensor& kv, const AttentionShape& shape,
+                      const AttentionChunk& chunk) {
   QkvLayout l{};
-  l.B = qkv.size(0);
-  l.T = qkv.size(1);
-  l.row = qkv.size(2);
+  l.B = kv.size(0);
+  l.TQ = q_src.size(1);
+  l.T = kv.size(1);
+  l.row = kv.size(2);
   l.NH = shape.num_heads;
   l.dropout_NH = shape.global_num_heads();
   l.head_offset = shape.head_offset;
   l.G = shape.num_query_groups;
   l.HS = shape.head_dim;
   l.heads_per_group = l.NH / l.G;
+  l.chunk = chunk;
   return l;
 }
+
+// The whole sequence as one chunk (attention_forward / attention_backward).
+AttentionChunk whole_sequence(const Tensor& qkv) { return {0, qkv.size(1), 0}; }
 
 template <typename T>
 double dot(const T* a, const T* b, int64_t n) {
@@ -69,22 +84,24 @@ double dot(const T* a, const T* b, int64_t n) {
 }
 
 template <typename T>
-void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, double p,
-                            const DropoutKey& key) {
-  const int64_t Tn = l.T, HS = l.HS;
+void attention_forward_impl(T* out, T* lse, const T* q_src, const T* kv, const QkvLayout& l,
+                            double p, const DropoutKey& key) {
+  const int64_t HS = l.HS;
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
   // Sequences are independent (each writes only its own rows): one range of them per thread.
   detail::parallel_ranges(l.B, 1, [&](int64_t b0, int64_t b1) {
     DropoutUniformReader uniform(key);
-    std::vector<double> s(Tn);    // scores of one query row
-    std::vector<double> acc(HS);  // output row of one head
+    std::vector<double> s(l.keys());  // scores of one query row
+    std::vector<double> acc(HS);      // output row of one head
     for (int64_t b = b0; b < b1; ++b) {
-      const T* base = qkv + b * Tn * l.row;
+      const T* qbase = q_src + b * l.TQ * l.row;
+      const T* base = kv + b * l.T * l.row;
       for (int64_t h = 0; h < l.NH; ++h) {
         const int64_t qo = l.q_offset(h), ko = l.k_offset(h), vo = l.v_offset(h);
-        for (int64_t i = 0; i < Tn; ++i) {
-          const T* q = base + i * l.row + qo;
+        for (int64_t c = 0; c < l.chunk.rows; ++c) {
+          const int64_t qi = l.chunk.row + c, i = l.chunk.position + c;  // q_src row, position
+          const T* q = qbase + qi * l.row + qo;
           double m = -std::numeric_limits<double>::infinity();
           for (int64_t j = 0; j <= i; ++j) {
             s[j] = scale * dot(q, base + j * l.row + ko, HS);
@@ -104,36 +121,45 @@ void attention_forward_impl(T* out, T* lse, const T* qkv, const QkvLayout& l, do
             const T* v = base + j * l.row + vo;
             for (int64_t d = 0; d < HS; ++d) acc[d] += pr * static_cast<double>(v[d]);
           }
-          T* o = out + ((b * Tn + i) * l.NH + h) * HS;
+          T* o = out + ((b * l.TQ + qi) * l.NH + h) * HS;
           for (int64_t d = 0; d < HS; ++d) o[d] = static_cast<T>(acc[d]);
-          lse[(b * l.NH + h) * Tn + i] = static_cast<T>(L);
+          lse[(b * l.NH + h) * l.TQ + qi] = static_cast<T>(L);
         }
       }
     }
   });
 }
 
+// dq and dkv may be one tensor (the whole-sequence op): q columns and k/v columns are disjoint.
 template <typename T>
-void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse, const QkvLayout& l,
-                             double p, const DropoutKey& key) {
-  const int64_t Tn = l.T, HS = l.HS;
+void attention_backward_impl(T* dq_out, T* dkv, const T* dout, const T* q_src, const T* kv,
+                             const T* lse, const QkvLayout& l, double p, const DropoutKey& key) {
+  const int64_t HS = l.HS, R = l.heads_per_group;
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   const double keep_scale = 1.0 / (1.0 - p);
-  std::fill(dqkv, dqkv + l.B * Tn * l.row, T(0));
   // Per sequence: heads of a group accumulate into the same k/v rows, so threads split the
   // batch (never the heads) and each sequence keeps its summation order.
   detail::parallel_ranges(l.B, 1, [&](int64_t b0, int64_t b1) {
     DropoutUniformReader uniform(key);
-    std::vector<double> P(Tn), dP(Tn), dq(HS);
+    std::vector<double> P(l.keys()), dP(l.keys()), dq(HS);
     for (int64_t b = b0; b < b1; ++b) {
-      const T* base = qkv + b * Tn * l.row;
-      T* dbase = dqkv + b * Tn * l.row;
+      const T* qbase = q_src + b * l.TQ * l.row;
+      const T* base = kv + b * l.T * l.row;
+      T* dqbase = dq_out + b * l.TQ * l.row;
+      T* dbase = dkv + b * l.T * l.row;
+      // Only the k/v columns of the keys taking part are this chunk's to assign.
+      for (int64_t j = 0; j < l.keys(); ++j)
+        for (int64_t g = 0; g < l.G; ++g) {
+          T* kv_cols = dbase + j * l.row + g * (R + 2) * HS + R * HS;
+          std::fill(kv_cols, kv_cols + 2 * HS, T(0));
+        }
       for (int64_t h = 0; h < l.NH; ++h) {
         const int64_t qo = l.q_offset(h), ko = l.k_offset(h), vo = l.v_offset(h);
-        for (int64_t i = 0; i < Tn; ++i) {
-          const T* q = base + i * l.row + qo;
-          const T* dy = dout + ((b * Tn + i) * l.NH + h) * HS;
-          const double L = lse[(b * l.NH + h) * Tn + i];
+        for (int64_t c = 0; c < l.chunk.rows; ++c) {
+          const int64_t qi = l.chunk.row + c, i = l.chunk.position + c;  // q_src row, position
+          const T* q = qbase + qi * l.row + qo;
+          const T* dy = dout + ((b * l.TQ + qi) * l.NH + h) * HS;
+          const double L = lse[(b * l.NH + h) * l.TQ + qi];
           const uint64_t pos0 = l.dropout_row(b, h, i);
           double D = 0;
           for (int64_t j = 0; j <= i; ++j) {
@@ -164,7 +190,7 @@ void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
               dk[d] = static_cast<T>(static_cast<double>(dk[d]) + ds * static_cast<double>(q[d]));
             }
           }
-          T* dqo = dbase + i * l.row + qo;
+          T* dqo = dqbase + qi * l.row + qo;
           for (int64_t d = 0; d < HS; ++d) dqo[d] = static_cast<T>(dq[d]);
         }
       }
@@ -174,22 +200,41 @@ void attention_backward_impl(T* dqkv, const T* dout, const T* qkv, const T* lse,
 
 }  // namespace
 
-void attention_forward(DeviceContext&, Tensor out, Tensor lse, const Tensor& qkv,
+void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
                        const AttentionShape& shape, double dropout_p, const DropoutKey& key) {
-  detail::dispatch_float(qkv.dtype(), "attention_forward", [&](auto zero) {
+  cpu::attention_chunk_forward(ctx, out, lse, qkv, qkv, shape, whole_sequence(qkv), dropout_p,
+                               key);
+}
+
+// Every column of dqkv is a q, k or v column of some row, so the whole tensor is assigned.
+void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, const Tensor& qkv,
+                        const Tensor& out, const Tensor& lse, const AttentionShape& shape,
+                        double dropout_p, const DropoutKey& key) {
+  cpu::attention_chunk_backward(ctx, dqkv, dqkv, dout, qkv, qkv, out, lse, shape,
+                                whole_sequence(qkv), dropout_p, key);
+}
+
+void attention_chunk_forward(DeviceContext&, Tensor out, Tensor lse, const Tensor& q_src,
+                             const Tensor& kv, const AttentionShape& shape,
+                             const AttentionChunk& chunk, double dropout_p, const DropoutKey& key) {
+  detail::dispatch_float(kv.dtype(), "attention_chunk_forward", [&](auto zero) {
     using T = decltype(zero);
-    attention_forward_impl<T>(out.data<T>(), lse.data<T>(), qkv.data<T>(), make_layout(qkv, shape),
-                              dropout_p, key);
+    attention_forward_impl<T>(out.data<T>(), lse.data<T>(), q_src.data<T>(), kv.data<T>(),
+                              make_layout(q_src, kv, shape, chunk), dropout_p, key);
   });
 }
 
-void attention_backward(DeviceContext&, Tensor dqkv, const Tensor& dout, const Tensor& qkv,
-                        const Tensor& /*out: D_i is recomputed, see banner*/, const Tensor& lse,
-                        const AttentionShape& shape, double dropout_p, const DropoutKey& key) {
-  detail::dispatch_float(qkv.dtype(), "attention_backward", [&](auto zero) {
+void attention_chunk_backward(DeviceContext&, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q_src, const Tensor& kv,
+                              const Tensor& /*out: D_i is recomputed, see banner*/,
+                              const Tensor& lse, const AttentionShape& shape,
+                              const AttentionChunk& chunk, double dropout_p,
+                              const DropoutKey& key) {
+  detail::dispatch_float(kv.dtype(), "attention_chunk_backward", [&](auto zero) {
     using T = decltype(zero);
-    attention_backward_impl<T>(dqkv.data<T>(), dout.data<T>(), qkv.data<T>(), lse.data<T>(),
-                               make_layout(qkv, shape), dropout_p, key);
+    attention_backward_impl<T>(dq.data<T>(), dkv.data<T>(), dout.data<T>(), q_src.data<T>(),
+                               kv.data<T>(), lse.data<T>(), make_layout(q_src, kv, shape, chunk),
+                               dropout_p, key);
   });
 }
 
