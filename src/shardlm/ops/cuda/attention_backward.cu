@@ -1,6 +1,10 @@
 // attention_backward.cu — causal grouped-query attention backward, flash-attention style:
 // probabilities are recomputed tile by tile from Q, K and the row log-sum-exp; nothing T x T is
 // stored. dqkv is assigned (q slots by the first kernel, k/v slots by the second).
+// attention_chunk_backward (context parallelism) runs the same kernels on one query chunk of
+// q_src against kv: the first kernel assigns the q columns of the chunk's rows of dq, the
+// second the k/v columns of keys [0, position + rows) of dkv (this chunk's contribution); the
+// whole sequence is the chunk {0, T, 0} with dq = dkv = dqkv, on the same grids.
 //
 // Math (M = dropout multiplier 0 or 1/(1-p), P = softmax probabilities, s = 1/sqrt(HS)):
 //   D_i = dO_i . O_i        dP_ij = M_ij (dO_i . V_j)        dS_ij = P_ij (dP_ij - D_i)
@@ -13,7 +17,8 @@
 //     K/V tiles (cp.async double buffer) and accumulates dQ: S = Q K^T, P, dP = dO V^T, dS,
 //     dQ += dS K, all on mma.m16n8k16 with fp32 accumulators.
 //  2. dK/dV kernel, one block per (64 keys, b, group): 4 warps x 16 keys keep dK, dV in
-//     registers and stream (query tile, head of the group) pairs: S^T = K Q^T, P^T from the
+//     registers and stream (query tile, head of the group) pairs, from the first query tile
+//     whose positions reach the block's keys: S^T = K Q^T, P^T from the
 //     scratch lse, dV += P^T dO, dP^T = V dO^T, dS^T, dK += dS^T Q. GQA's sum over the heads of
 //     a group happens in registers.
 //  Row-wise fallback (fp32, other head dims <= 256, misaligned views): the same two passes with
@@ -81,14 +86,19 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tid4 = lane % 4;
   const int64_t qb = gridDim.x - 1 - blockIdx.x;
   const int64_t b = blockIdx.y / p.NH, h = blockIdx.y % p.NH, g = h / p.R;
+  // q0: the block's first chunk row; scratch rows are chunk rows (bh * rows + row).
   const int64_t bh = b * p.NH + h, q0 = qb * kTile, o_stride = p.NH * p.HS;
-  const T* qkv = static_cast<const T*>(p.qkv) + b * p.T * p.W;
-  const T* dout = static_cast<const T*>(p.dout) + b * p.T * o_stride;
-  const T* out = static_cast<const T*>(p.out) + b * p.T * o_stride;
+  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.W;
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
+  const T* dout = static_cast<const T*>(p.dout) + b * p.TQ * o_stride;
+  const T* out = static_cast<const T*>(p.out) + b * p.TQ * o_stride;
   const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const int64_t n_keys = p.keys(), row_end = p.q_row0 + p.rows;
 
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sQ, qkv, p.W, p.q_col(h), q0, p.T);
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sdO, dout, o_stride, h * HS, q0, p.T);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sQ, q_src, p.W, p.q_col(h), p.q_row0 + q0,
+                                                     row_end);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sdO, dout, o_stride, h * HS, p.q_row0 + q0,
+                                                     row_end);
   cp_async_commit();
 
   // D_i = dO_i . O_i: two threads per row, half the head dims each.
@@ -96,9 +106,9 @@ __global__ void __launch_bounds__(kMmaThreads)
     const int row = threadIdx.x / 2, half = threadIdx.x % 2;
     const int64_t i = q0 + row;
     float d = 0.0f;
-    if (i < p.T) {
-      const T* o_row = out + i * o_stride + h * HS + half * (HS / 2);
-      const T* do_row = dout + i * o_stride + h * HS + half * (HS / 2);
+    if (i < p.rows) {
+      const T* o_row = out + (p.q_row0 + i) * o_stride + h * HS + half * (HS / 2);
+      const T* do_row = dout + (p.q_row0 + i) * o_stride + h * HS + half * (HS / 2);
       for (int k = 0; k < HS / 2; k += Vec16<T>::kSize) {
         const Vec16<T> a = *reinterpret_cast<const Vec16<T>*>(o_row + k);
         const Vec16<T> c = *reinterpret_cast<const Vec16<T>*>(do_row + k);
@@ -109,16 +119,20 @@ __global__ void __launch_bounds__(kMmaThreads)
     d += __shfl_xor_sync(0xffffffffu, d, 1);
     if (half == 0) {
       sD[row] = d;
-      if (i < p.T) p.delta[bh * p.T + i] = d;
+      if (i < p.rows) p.delta[bh * p.rows + i] = d;
       if constexpr (!kRecomputeLse) {
-        const float l = i < p.T ? load_lse<T>(p, bh * p.T + i) * kLog2e : 0.0f;
+        const float l = i < p.rows ? load_lse<T>(p, bh * p.TQ + p.q_row0 + i) * kLog2e : 0.0f;
         sL[row] = l;
-        if (i < p.T) p.lse_log2[bh * p.T + i] = l;
+        if (i < p.rows) p.lse_log2[bh * p.rows + i] = l;
       }
     }
   }
-  const int64_t i0 = q0 + warp * 16 + gid, i1 = i0 + 8;
-  const int64_t n_tiles = qb + 1;
+  // Chunk rows of accumulator rows gid and gid + 8, and their global positions (the mask's).
+  const int64_t c0 = q0 + warp * 16 + gid, c1 = c0 + 8;
+  const int64_t i0 = p.q_pos0 + c0, i1 = i0 + 8;
+  // Key tiles up to the block's last valid row.
+  const int64_t last_row = q0 + kTile < p.rows ? q0 + kTile - 1 : p.rows - 1;
+  const int64_t n_tiles = (p.q_pos0 + last_row) / kTile + 1;
 
   if constexpr (kRecomputeLse) {
     // One Q K^T sweep for the exact row max / sum (the saved 16-bit lse is too coarse).
@@ -126,7 +140,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
     for (int64_t jt = 0; jt < n_tiles; ++jt) {
-      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, qkv, p.W, k_col, jt * kTile, p.T);
+      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, jt * kTile, n_keys);
       cp_async_commit();
       cp_async_wait<0>();
       __syncthreads();
@@ -176,13 +190,13 @@ __global__ void __launch_bounds__(kMmaThreads)
       const float l0 = row_max[0] + log2f(row_sum[0]), l1 = row_max[1] + log2f(row_sum[1]);
       sL[warp * 16 + gid] = l0;
       sL[warp * 16 + gid + 8] = l1;
-      if (i0 < p.T) p.lse_log2[bh * p.T + i0] = l0;
-      if (i1 < p.T) p.lse_log2[bh * p.T + i1] = l1;
+      if (c0 < p.rows) p.lse_log2[bh * p.rows + c0] = l0;
+      if (c1 < p.rows) p.lse_log2[bh * p.rows + c1] = l1;
     }
   }
 
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, qkv, p.W, k_col, 0, p.T);
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, qkv, p.W, v_col, 0, p.T);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, 0, n_keys);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, kv, p.W, v_col, 0, n_keys);
   cp_async_commit();
 
   float dq[HS / 8][4] = {};
@@ -190,10 +204,10 @@ __global__ void __launch_bounds__(kMmaThreads)
     const int buf = static_cast<int>(jt & 1);
     if (jt + 1 < n_tiles) {
       const int nb = buf ^ 1;
-      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK + nb * kTile * kPitch, qkv, p.W,
-                                                         k_col, (jt + 1) * kTile, p.T);
-      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV + nb * kTile * kPitch, qkv, p.W,
-                                                         v_col, (jt + 1) * kTile, p.T);
+      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK + nb * kTile * kPitch, kv, p.W,
+                                                         k_col, (jt + 1) * kTile, n_keys);
+      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV + nb * kTile * kPitch, kv, p.W,
+                                                         v_col, (jt + 1) * kTile, n_keys);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -259,15 +273,15 @@ __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
   }
 
-  T* dqkv = static_cast<T*>(p.dqkv) + b * p.T * p.W + p.q_col(h);
+  T* dq_rows = static_cast<T*>(p.dq) + (b * p.TQ + p.q_row0) * p.W + p.q_col(h);
 #pragma unroll
   for (int dn = 0; dn < HS / 8; ++dn) {
     const int d = dn * 8 + tid4 * 2;
-    if (i0 < p.T)
-      *reinterpret_cast<uint32_t*>(dqkv + i0 * p.W + d) =
+    if (c0 < p.rows)
+      *reinterpret_cast<uint32_t*>(dq_rows + c0 * p.W + d) =
           pack2<T>(dq[dn][0] * p.scale, dq[dn][1] * p.scale);
-    if (i1 < p.T)
-      *reinterpret_cast<uint32_t*>(dqkv + i1 * p.W + d) =
+    if (c1 < p.rows)
+      *reinterpret_cast<uint32_t*>(dq_rows + c1 * p.W + d) =
           pack2<T>(dq[dn][2] * p.scale, dq[dn][3] * p.scale);
   }
 }
@@ -287,26 +301,30 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int64_t key_block = blockIdx.x;  // block 0 (earliest keys) has the most work: first
   const int64_t b = blockIdx.y / p.G, g = blockIdx.y % p.G;
   const int64_t k0 = key_block * kTile, o_stride = p.NH * p.HS;
-  const T* qkv = static_cast<const T*>(p.qkv) + b * p.T * p.W;
-  const T* dout = static_cast<const T*>(p.dout) + b * p.T * o_stride;
+  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.W;
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
+  const T* dout = static_cast<const T*>(p.dout) + b * p.TQ * o_stride;
   const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const int64_t n_keys = p.keys(), row_end = p.q_row0 + p.rows;
 
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, qkv, p.W, k_col, k0, p.T);
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, qkv, p.W, v_col, k0, p.T);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, k0, n_keys);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, kv, p.W, v_col, k0, n_keys);
 
-  const int64_t first_qt = k0 / kBr, n_qt = (p.T + kBr - 1) / kBr;
+  // Query tiles (of chunk rows) from the first whose positions reach key k0.
+  const int64_t first_qt = (k0 > p.q_pos0 ? k0 - p.q_pos0 : 0) / kBr;
+  const int64_t n_qt = (p.rows + kBr - 1) / kBr;
   const int64_t per_head = n_qt - first_qt, n_iters = p.R * per_head;
   // Issues the loads of iteration `it` (head r = it / per_head, query tile qt) into buffer nb.
   const auto issue = [&](int64_t it, int nb) {
     const int64_t h = g * p.R + it / per_head, qt = first_qt + it % per_head;
-    load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ + nb * kBr * kPitch, qkv, p.W, p.q_col(h),
-                                                     qt * kBr, p.T);
+    load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ + nb * kBr * kPitch, q_src, p.W,
+                                                     p.q_col(h), p.q_row0 + qt * kBr, row_end);
     load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sdO + nb * kBr * kPitch, dout, o_stride,
-                                                     h * HS, qt * kBr, p.T);
+                                                     h * HS, p.q_row0 + qt * kBr, row_end);
     for (int r = threadIdx.x; r < kBr; r += kMmaThreads) {
-      const int64_t i = qt * kBr + r, idx = (b * p.NH + h) * p.T + i;
-      sL[nb * kBr + r] = i < p.T ? p.lse_log2[idx] : 0.0f;
-      sD[nb * kBr + r] = i < p.T ? p.delta[idx] : 0.0f;
+      const int64_t i = qt * kBr + r, idx = (b * p.NH + h) * p.rows + i;
+      sL[nb * kBr + r] = i < p.rows ? p.lse_log2[idx] : 0.0f;
+      sD[nb * kBr + r] = i < p.rows ? p.delta[idx] : 0.0f;
     }
   };
   issue(0, 0);
@@ -354,9 +372,9 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = nt * 8 + tid4 * 2 + (e & 1);
-        const int64_t i = q_base + col, j = e < 2 ? j0 : j1;
+        const int64_t c = q_base + col, i = p.q_pos0 + c, j = e < 2 ? j0 : j1;  // row, position
         const float pr =
-            (i < j || i >= p.T) ? 0.0f : exp2f(st[nt][e] * p.scale_log2 - L[col]);
+            (i < j || c >= p.rows) ? 0.0f : exp2f(st[nt][e] * p.scale_log2 - L[col]);
         float mask = 1.0f;
         if constexpr (kDropout)
           if (pr != 0.0f) mask = dropout_single(p, p.dropout_position(b, h, i, j));
@@ -389,16 +407,16 @@ __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
   }
 
-  T* dqkv = static_cast<T*>(p.dqkv) + b * p.T * p.W;
+  T* dqkv = static_cast<T*>(p.dkv) + b * p.T * p.W;
 #pragma unroll
   for (int dn = 0; dn < HS / 8; ++dn) {
     const int d = dn * 8 + tid4 * 2;
-    if (j0 < p.T) {
+    if (j0 < n_keys) {
       *reinterpret_cast<uint32_t*>(dqkv + j0 * p.W + k_col + d) =
           pack2<T>(dk[dn][0] * p.scale, dk[dn][1] * p.scale);
       *reinterpret_cast<uint32_t*>(dqkv + j0 * p.W + v_col + d) = pack2<T>(dv[dn][0], dv[dn][1]);
     }
-    if (j1 < p.T) {
+    if (j1 < n_keys) {
       *reinterpret_cast<uint32_t*>(dqkv + j1 * p.W + k_col + d) =
           pack2<T>(dk[dn][2] * p.scale, dk[dn][3] * p.scale);
       *reinterpret_cast<uint32_t*>(dqkv + j1 * p.W + v_col + d) = pack2<T>(dv[dn][2], dv[dn][3]);
@@ -407,18 +425,20 @@ __global__ void __launch_bounds__(kMmaThreads)
 }
 
 // ---- kernels: row-wise fallback ------------------------------------------------------------------
-// One warp per query row (b, h, i): D_i, exact lse (recomputed unless saved in fp32), dQ_i.
+// One warp per query row (b, h, chunk row c at position i): D_i, exact lse (recomputed unless
+// saved in fp32), dQ_i.
 template <typename T, bool kDropout>
 __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
   const int lane = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (row >= p.B * p.NH * p.T) return;
-  const int64_t i = row % p.T, bh = row / p.T, h = bh % p.NH, b = bh / p.NH, g = h / p.R;
+  if (row >= p.B * p.NH * p.rows) return;
+  const int64_t c = row % p.rows, bh = row / p.rows, h = bh % p.NH, b = bh / p.NH, g = h / p.R;
+  const int64_t i = p.q_pos0 + c, qi = b * p.TQ + p.q_row0 + c;  // position, q_src row (with b)
   const int64_t o_stride = p.NH * p.HS;
-  const T* qkv = static_cast<const T*>(p.qkv) + b * p.T * p.W;
-  const T* q = qkv + i * p.W + p.q_col(h);
-  const T* o = static_cast<const T*>(p.out) + (b * p.T + i) * o_stride + h * p.HS;
-  const T* dO = static_cast<const T*>(p.dout) + (b * p.T + i) * o_stride + h * p.HS;
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
+  const T* q = static_cast<const T*>(p.q_src) + qi * p.W + p.q_col(h);
+  const T* o = static_cast<const T*>(p.out) + qi * o_stride + h * p.HS;
+  const T* dO = static_cast<const T*>(p.dout) + qi * o_stride + h * p.HS;
   const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
   float qv[kRowwiseMaxPerLane], dov[kRowwiseMaxPerLane], dq[kRowwiseMaxPerLane];
   float dsum = 0.0f;
@@ -433,7 +453,7 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
   }
   const float D = warp_sum(dsum);
   const auto score = [&](int64_t j) {  // q_i . k_j * scale
-    const T* kr = qkv + j * p.W + k_col;
+    const T* kr = kv + j * p.W + k_col;
     float dot = 0.0f;
 #pragma unroll
     for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
@@ -444,7 +464,7 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
   };
   float lse;
   if (p.lse_is_f32) {
-    lse = static_cast<const float*>(p.lse)[bh * p.T + i];
+    lse = static_cast<const float*>(p.lse)[bh * p.TQ + p.q_row0 + c];
   } else {
     float m = -INFINITY, l = 0.0f;
     for (int64_t j = 0; j <= i; ++j) {
@@ -455,12 +475,12 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
     lse = m + logf(l);
   }
   if (lane == 0) {
-    p.delta[bh * p.T + i] = D;
-    p.lse_log2[bh * p.T + i] = lse * kLog2e;
+    p.delta[bh * p.rows + c] = D;
+    p.lse_log2[bh * p.rows + c] = lse * kLog2e;
   }
   for (int64_t j = 0; j <= i; ++j) {
-    const T* kr = qkv + j * p.W + k_col;
-    const T* vr = qkv + j * p.W + v_col;
+    const T* kr = kv + j * p.W + k_col;
+    const T* vr = kv + j * p.W + v_col;
     const float pr = expf(score(j) - lse);
     float dot = 0.0f;
 #pragma unroll
@@ -476,52 +496,55 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
       if (d < p.HS) dq[k] += ds * load_as_float(kr[d]);
     }
   }
-  T* dqkv = static_cast<T*>(p.dqkv) + (b * p.T + i) * p.W + p.q_col(h);
+  T* dq_row = static_cast<T*>(p.dq) + qi * p.W + p.q_col(h);
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
     const int d = lane + 32 * k;
-    if (d < p.HS) dqkv[d] = float_to<T>(dq[k] * p.scale);
+    if (d < p.HS) dq_row[d] = float_to<T>(dq[k] * p.scale);
   }
 }
 
-// One warp per key row (b, g, j): dK_j, dV_j summed over the heads of group g and rows i >= j.
+// One warp per key row (b, g, j < keys()): dK_j, dV_j summed over the heads of group g and the
+// chunk rows at positions i >= j.
 template <typename T, bool kDropout>
 __global__ void attention_backward_dkdv_rowwise_kernel(const AttentionParams p) {
   const int lane = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (row >= p.B * p.G * p.T) return;
-  const int64_t j = row % p.T, bg = row / p.T, g = bg % p.G, b = bg / p.G;
+  const int64_t n_keys = p.keys();
+  if (row >= p.B * p.G * n_keys) return;
+  const int64_t j = row % n_keys, bg = row / n_keys, g = bg % p.G, b = bg / p.G;
   const int64_t o_stride = p.NH * p.HS;
-  const T* qkv = static_cast<const T*>(p.qkv) + b * p.T * p.W;
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
   const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
-  float kv[kRowwiseMaxPerLane], vv[kRowwiseMaxPerLane], dk[kRowwiseMaxPerLane],
+  float k_reg[kRowwiseMaxPerLane], vv[kRowwiseMaxPerLane], dk[kRowwiseMaxPerLane],
       dv[kRowwiseMaxPerLane];
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
     const int d = lane + 32 * k;
     const bool in = d < p.HS;
-    kv[k] = in ? load_as_float(qkv[j * p.W + k_col + d]) : 0.0f;
-    vv[k] = in ? load_as_float(qkv[j * p.W + v_col + d]) : 0.0f;
+    k_reg[k] = in ? load_as_float(kv[j * p.W + k_col + d]) : 0.0f;
+    vv[k] = in ? load_as_float(kv[j * p.W + v_col + d]) : 0.0f;
     dk[k] = dv[k] = 0.0f;
   }
   for (int64_t r = 0; r < p.R; ++r) {
     const int64_t h = g * p.R + r, bh = b * p.NH + h;
-    for (int64_t i = j; i < p.T; ++i) {
-      const T* q = qkv + i * p.W + p.q_col(h);
-      const T* dO = static_cast<const T*>(p.dout) + (b * p.T + i) * o_stride + h * p.HS;
+    for (int64_t i = j > p.q_pos0 ? j : p.q_pos0; i < n_keys; ++i) {  // positions
+      const int64_t c = i - p.q_pos0, qi = b * p.TQ + p.q_row0 + c;   // chunk row, q_src row
+      const T* q = static_cast<const T*>(p.q_src) + qi * p.W + p.q_col(h);
+      const T* dO = static_cast<const T*>(p.dout) + qi * o_stride + h * p.HS;
       float qk = 0.0f, dov = 0.0f;
 #pragma unroll
       for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
         const int d = lane + 32 * k;
         if (d < p.HS) {
-          qk += load_as_float(q[d]) * kv[k];
+          qk += load_as_float(q[d]) * k_reg[k];
           dov += load_as_float(dO[d]) * vv[k];
         }
       }
       const float s = warp_sum(qk) * p.scale;
-      const float pr = expf(s - p.lse_log2[bh * p.T + i] * kLn2);
+      const float pr = expf(s - p.lse_log2[bh * p.rows + c] * kLn2);
       const float mask = kDropout ? dropout_single(p, p.dropout_position(b, h, i, j)) : 1.0f;
-      const float ds = pr * (warp_sum(dov) * mask - p.delta[bh * p.T + i]);
+      const float ds = pr * (warp_sum(dov) * mask - p.delta[bh * p.rows + c]);
 #pragma unroll
       for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
         const int d = lane + 32 * k;
@@ -532,13 +555,13 @@ __global__ void attention_backward_dkdv_rowwise_kernel(const AttentionParams p) 
       }
     }
   }
-  T* dqkv = static_cast<T*>(p.dqkv) + (b * p.T + j) * p.W;
+  T* dkv = static_cast<T*>(p.dkv) + (b * p.T + j) * p.W;
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
     const int d = lane + 32 * k;
     if (d < p.HS) {
-      dqkv[k_col + d] = float_to<T>(dk[k] * p.scale);
-      dqkv[v_col + d] = float_to<T>(dv[k]);
+      dkv[k_col + d] = float_to<T>(dk[k] * p.scale);
+      dkv[v_col + d] = float_to<T>(dv[k]);
     }
   }
 }
@@ -553,14 +576,14 @@ void launch_backward_mma(const CudaBackendState& st, const AttentionParams& p) {
     auto kernel = p.lse_is_f32 ? attention_backward_dq_mma_kernel<T, HS, kDropout, false>
                                : attention_backward_dq_mma_kernel<T, HS, kDropout, true>;
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    kernel<<<dim3(ceil_div_u(p.T, kTile), bh), kMmaThreads, kSmem, st.stream()>>>(p);
+    kernel<<<dim3(ceil_div_u(p.rows, kTile), bh), kMmaThreads, kSmem, st.stream()>>>(p);
     CUDA_CHECK_LAUNCH();
   }
   {
     constexpr int kSmem = dkdv_smem_bytes<HS>();
     auto kernel = attention_backward_dkdv_mma_kernel<T, HS, kDropout>;
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    kernel<<<dim3(ceil_div_u(p.T, kTile), bg), kMmaThreads, kSmem, st.stream()>>>(p);
+    kernel<<<dim3(ceil_div_u(p.keys(), kTile), bg), kMmaThreads, kSmem, st.stream()>>>(p);
     CUDA_CHECK_LAUNCH();
   }
 }
@@ -569,10 +592,10 @@ template <typename T, bool kDropout>
 void launch_backward_rowwise(const CudaBackendState& st, const AttentionParams& p) {
   const dim3 block(32, 8);
   attention_backward_dq_rowwise_kernel<T, kDropout>
-      <<<ceil_div_u(p.B * p.NH * p.T, 8), block, 0, st.stream()>>>(p);
+      <<<ceil_div_u(p.B * p.NH * p.rows, 8), block, 0, st.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
   attention_backward_dkdv_rowwise_kernel<T, kDropout>
-      <<<ceil_div_u(p.B * p.G * p.T, 8), block, 0, st.stream()>>>(p);
+      <<<ceil_div_u(p.B * p.G * p.keys(), 8), block, 0, st.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -594,36 +617,65 @@ void launch_backward(const CudaBackendState& st, const AttentionParams& p, bool 
 
 }  // namespace
 
-// ---- entry point -------------------------------------------------------------------------------
+// ---- entry points ------------------------------------------------------------------------------
+namespace {
+
+// cuDNN when it takes the call, else the tensor-core or row-wise kernels. p carries the checked
+// geometry; dq and dkv may be one tensor (the whole-sequence op: disjoint columns).
+void run_backward(DeviceContext& ctx, AttentionParams p, DType dtype, const Tensor& dout,
+                  const Tensor& dq, const Tensor& dkv, double dropout_p, const char* op) {
+  require_on_device(ctx, dq, op, "dq");
+  require_on_device(ctx, dkv, op, "dkv");
+  require_on_device(ctx, dout, op, "dout");
+  require_same_dtype(dkv, dq, op, "dkv", "dq");
+  require_same_dtype(dkv, dout, op, "dkv", "dout");
+  if (dq.dtype() != dtype)
+    throw Error(ErrorKind::kInvalidArgument, std::string(op) + " on CUDA: gradients are " +
+                                                 dtype_name(dq.dtype()) + ", inputs " +
+                                                 dtype_name(dtype));
+  require_numel(dq, p.B * p.TQ * p.W, op, "dq");
+  require_numel(dkv, p.B * p.T * p.W, op, "dkv");
+  require_numel(dout, p.B * p.TQ * p.NH * p.HS, op, "dout");
+  if (p.B * p.rows == 0) return;
+  if (cudnn_attention_backward(
+          ctx, cudnn_attention_call(p, dtype, dropout_p, dout.raw(), dq.raw(), dkv.raw())))
+    return;
+  const bool tensor_cores = attention_uses_tensor_cores(
+      dtype, p.HS, {p.q_src, p.kv, p.out, dout.raw(), dq.raw(), dkv.raw()});
+  if (!tensor_cores) require_rowwise_head_dim(p.HS, op);
+  const int64_t rows = p.B * p.NH * p.rows;
+  require_rows_fit_grid(rows, op);
+  CudaBackendState& st = cuda_state(ctx);
+  float* scratch = static_cast<float*>(st.scratch(2 * rows * sizeof(float)));
+  p.dout = dout.raw();
+  p.dq = dq.raw();
+  p.dkv = dkv.raw();
+  p.delta = scratch;
+  p.lse_log2 = scratch + rows;
+  dispatch_float(dtype, op, [&]<typename T>() {
+    launch_backward<T>(st, p, tensor_cores, dropout_p > 0.0);
+  });
+}
+
+}  // namespace
+
 void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, const Tensor& qkv,
                         const Tensor& out, const Tensor& lse, const AttentionShape& shape,
                         double dropout_p, const DropoutKey& key) {
   const char* op = "attention_backward";
-  AttentionParams p = make_attention_params(ctx, qkv, out, lse, shape, dropout_p, key, op);
-  require_on_device(ctx, dqkv, op, "dqkv");
-  require_on_device(ctx, dout, op, "dout");
-  require_same_dtype(qkv, dqkv, op, "qkv", "dqkv");
-  require_same_dtype(qkv, dout, op, "qkv", "dout");
-  require_numel(dqkv, qkv.numel(), op, "dqkv");
-  require_numel(dout, out.numel(), op, "dout");
-  if (p.B * p.T == 0) return;
-  if (cudnn_attention_backward(ctx, cudnn_attention_call(p, qkv.dtype(), dropout_p, dout.raw(),
-                                                         dqkv.raw())))
-    return;
-  const bool tensor_cores = attention_uses_tensor_cores(
-      qkv.dtype(), p.HS, {qkv.raw(), out.raw(), dout.raw(), dqkv.raw()});
-  if (!tensor_cores) require_rowwise_head_dim(p.HS, op);
-  require_rows_fit_grid(p.B * p.NH * p.T, op);
-  CudaBackendState& st = cuda_state(ctx);
-  const int64_t rows = p.B * p.NH * p.T;
-  float* scratch = static_cast<float*>(st.scratch(2 * rows * sizeof(float)));
-  p.dout = dout.raw();
-  p.dqkv = dqkv.raw();
-  p.delta = scratch;
-  p.lse_log2 = scratch + rows;
-  dispatch_float(qkv.dtype(), op, [&]<typename T>() {
-    launch_backward<T>(st, p, tensor_cores, dropout_p > 0.0);
-  });
+  const AttentionParams p = make_attention_params(ctx, qkv, out, lse, shape, dropout_p, key, op);
+  run_backward(ctx, p, qkv.dtype(), dout, dqkv, dqkv, dropout_p, op);
+}
+
+void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q_src, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape,
+                              const AttentionChunk& chunk, double dropout_p,
+                              const DropoutKey& key) {
+  const char* op = "attention_chunk_backward";
+  const AttentionParams p =
+      make_attention_chunk_params(ctx, q_src, kv, out, lse, shape, chunk, dropout_p, key, op);
+  run_backward(ctx, p, kv.dtype(), dout, dq, dkv, dropout_p, op);
 }
 
 }  // namespace shardlm::ops::cuda

@@ -1,7 +1,8 @@
 // attention_common.cuh — pieces shared by the attention kernels: the fused-QKV geometry
 // (Megatron GQA layout from ops.h), the kernel parameter block, Hopper/Ampere warp-level
 // tensor-core primitives (mma.sync m16n8k16, ldmatrix, cp.async), and the attention-dropout
-// mask at position ((b*NH + h)*T + i)*T + j (philox.cuh, bit-identical to the CPU).
+// mask at position ((b*NH + h)*T + i)*T + j, i the global query position (philox.cuh,
+// bit-identical to the CPU).
 //
 // Fragment layouts used throughout (PTX ISA, mma.m16n8k16 with 16-bit inputs; lane = 4*gid+tid4):
 //   A (16x16, row-major): regs {r0,r1,r2,r3} = rows {gid, gid+8, gid, gid+8},
@@ -25,20 +26,28 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // Everything the attention kernels need, by value (one struct for forward and backward).
+// The kernels compute one query chunk against the keys and values of the whole sequence:
+// rows [q_row0, q_row0 + rows) of q_src at global positions [q_pos0, q_pos0 + rows), causal,
+// so keys [0, keys()) of kv take part. The whole-sequence ops are q_src = kv = qkv, TQ = rows
+// = T, q_row0 = q_pos0 = 0 (and dq = dkv = dqkv).
 struct AttentionParams {
-  const void* qkv = nullptr;    // [B, T, W], W = G*(R+2)*HS
-  void* out = nullptr;          // [B, T, NH*HS] forward output (backward: saved output)
-  const void* dout = nullptr;   // [B, T, NH*HS]
-  void* dqkv = nullptr;         // [B, T, W]
-  void* lse = nullptr;          // [B, NH, T] (dtype lse_is_f32 ? fp32 : T)
+  const void* q_src = nullptr;  // [B, TQ, W], W = G*(R+2)*HS: query rows (q columns read)
+  const void* kv = nullptr;     // [B, T, W]: the whole sequence (k and v columns read)
+  void* out = nullptr;          // [B, TQ, NH*HS] forward output (backward: saved output)
+  const void* dout = nullptr;   // [B, TQ, NH*HS]
+  void* dq = nullptr;           // [B, TQ, W]: q columns of the chunk rows written
+  void* dkv = nullptr;          // [B, T, W]: k/v columns of rows [0, keys()) written
+  void* lse = nullptr;          // [B, NH, TQ] (dtype lse_is_f32 ? fp32 : T)
   bool lse_is_f32 = false;
-  float* delta = nullptr;       // backward scratch [B*NH*T]: D_i = dO_i . O_i
-  float* lse_log2 = nullptr;    // backward scratch [B*NH*T]: lse_i * log2(e), fp32-exact
+  float* delta = nullptr;       // backward scratch [B*NH*rows]: D_i = dO_i . O_i
+  float* lse_log2 = nullptr;    // backward scratch [B*NH*rows]: lse_i * log2(e), fp32-exact
   int64_t B = 0, T = 0, NH = 0, G = 0, R = 0, HS = 0, W = 0;
+  int64_t TQ = 0, q_row0 = 0, rows = 0, q_pos0 = 0;  // the query chunk (AttentionChunk)
   float scale = 0, scale_log2 = 0;  // 1/sqrt(HS), and times log2(e)
   DropoutStream dropout;
   float keep_scale = 1.0f;          // 1/(1-p)
 
+  __host__ __device__ int64_t keys() const { return q_pos0 + rows; }
   // Column offsets of query head h and of its group's k and v inside a qkv row.
   __host__ __device__ int64_t q_col(int64_t h) const {
     return (h / R) * (R + 2) * HS + (h % R) * HS;
@@ -46,7 +55,7 @@ struct AttentionParams {
   __host__ __device__ int64_t k_col_of_group(int64_t g) const { return g * (R + 2) * HS + R * HS; }
   __host__ __device__ int64_t v_col_of_group(int64_t g) const { return k_col_of_group(g) + HS; }
   // Tensor parallelism: global head count and this shard's first head (AttentionShape), so the
-  // dropout position uses global head indices.
+  // dropout position uses global head indices; i is the global query position, T kv's length.
   int64_t dropout_NH = 0, head_offset = 0;
   __host__ __device__ uint64_t dropout_position(int64_t b, int64_t h, int64_t i, int64_t j) const {
     return ((static_cast<uint64_t>(b) * dropout_NH + head_offset + h) * T + i) * T + j;

@@ -1,5 +1,9 @@
 // attention_forward.cu — causal grouped-query self-attention forward, flash-attention style:
 // the T x T score matrix is never materialised; saves lse[B,NH,T] for the backward.
+// attention_chunk_forward (context parallelism) runs the same kernels on one query chunk:
+// chunk rows of q_src at global positions position + i against keys [0, position + rows) of
+// kv (AttentionParams); the whole sequence is the chunk {0, T, 0} of q_src = kv = qkv, with the
+// same grids. Masks, tile skipping and dropout positions use the global query position.
 //
 // Algorithms:
 //  tensor-core path (bf16/fp16, HS = 64 or 128): FlashAttention-2. One block of 4 warps per
@@ -10,7 +14,8 @@
 //    mma.m16n8k16 (fp32 accumulate), causal mask on the diagonal tile only, online softmax in the
 //    log2 domain (running max m, running sum l per row, rescaling O by 2^(m_old - m_new)), then
 //    O += P V with P re-packed from the S accumulators into A-fragments (no shared-memory trip).
-//    Blocks run heaviest-first (last query block first) to balance the causal triangle.
+//    Blocks run heaviest-first (last query block first) to balance the causal triangle; a
+//    block reads the key tiles up to its last row's position.
 //    FLOPs: 2 * B * NH * T^2 * HS (causal half of 4 B NH T^2 HS).
 //  row-wise path (fp32, other head dims up to 256, misaligned views): one warp per query row,
 //    HS/32 dims per lane, exact expf; keys streamed from L2. Correct, slow: the reference-grade
@@ -57,13 +62,18 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tid4 = lane % 4;
   const int64_t qb = gridDim.x - 1 - blockIdx.x;  // heaviest (longest causal rows) first
   const int64_t b = blockIdx.y / p.NH, h = blockIdx.y % p.NH, g = h / p.R;
-  const T* qkv = static_cast<const T*>(p.qkv) + b * p.T * p.W;
-  const int64_t q0 = qb * kBr, k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.W;
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
+  const int64_t n_keys = p.keys();
+  // q0: the block's first chunk row; pos0: its global position (what the mask compares).
+  const int64_t q0 = qb * kBr, pos0 = p.q_pos0 + q0;
+  const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
   const int warp_row0 = warp * 16 * kM;  // this warp's rows: q0 + warp_row0 + [0, 16 kM)
 
-  load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ, qkv, p.W, p.q_col(h), q0, p.T);
-  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sK, qkv, p.W, k_col, 0, p.T);
-  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sV, qkv, p.W, v_col, 0, p.T);
+  load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ, q_src, p.W, p.q_col(h), p.q_row0 + q0,
+                                                   p.q_row0 + p.rows);
+  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, 0, n_keys);
+  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sV, kv, p.W, v_col, 0, n_keys);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -78,27 +88,29 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   float o[kM][HS / 8][4];
   float row_max[kM][2], row_sum[kM][2];
-  int64_t rows[kM][2];  // query index of accumulator rows gid and gid + 8 of each m-tile
+  int64_t rows[kM][2];  // global position of accumulator rows gid and gid + 8 of each m-tile
 #pragma unroll
   for (int mt = 0; mt < kM; ++mt) {
 #pragma unroll
     for (int dn = 0; dn < HS / 8; ++dn) o[mt][dn][0] = o[mt][dn][1] = o[mt][dn][2] = o[mt][dn][3] = 0.0f;
     row_max[mt][0] = row_max[mt][1] = -INFINITY;
     row_sum[mt][0] = row_sum[mt][1] = 0.0f;
-    rows[mt][0] = q0 + warp_row0 + mt * 16 + gid;
+    rows[mt][0] = pos0 + warp_row0 + mt * 16 + gid;
     rows[mt][1] = rows[mt][0] + 8;
   }
-  const int64_t warp_last_row = q0 + warp_row0 + 16 * kM - 1;
+  const int64_t warp_last_row = pos0 + warp_row0 + 16 * kM - 1;
 
-  const int64_t n_tiles = (q0 + kBr + kTileRows - 1) / kTileRows;  // keys <= last query row
+  // Key tiles up to the block's last valid row (keys <= its position).
+  const int64_t last_row = q0 + kBr < p.rows ? q0 + kBr - 1 : p.rows - 1;
+  const int64_t n_tiles = (p.q_pos0 + last_row) / kTileRows + 1;
   for (int64_t jt = 0; jt < n_tiles; ++jt) {
     const int buf = static_cast<int>(jt & 1);
     if (jt + 1 < n_tiles) {
       const int nb = buf ^ 1;
-      load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sK + nb * kTileRows * kPitch, qkv,
-                                                             p.W, k_col, (jt + 1) * kTileRows, p.T);
-      load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sV + nb * kTileRows * kPitch, qkv,
-                                                             p.W, v_col, (jt + 1) * kTileRows, p.T);
+      load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(
+          sK + nb * kTileRows * kPitch, kv, p.W, k_col, (jt + 1) * kTileRows, n_keys);
+      load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(
+          sV + nb * kTileRows * kPitch, kv, p.W, v_col, (jt + 1) * kTileRows, n_keys);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -133,7 +145,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       }
 
       // Scale into the log2 domain, mask tiles that reach the diagonal, online softmax.
-      const bool needs_mask = key0 + kTileRows - 1 > q0 + warp_row0;
+      const bool needs_mask = key0 + kTileRows - 1 > pos0 + warp_row0;
 #pragma unroll
       for (int mt = 0; mt < kM; ++mt) {
         float tile_max[2] = {row_max[mt][0], row_max[mt][1]};
@@ -208,9 +220,9 @@ __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();  // everyone is done with buf before the next prefetch overwrites it
   }
 
-  // Normalise and store O and lse.
+  // Normalise and store O and lse (rows of the chunk only).
   const int64_t out_stride = p.NH * p.HS;
-  T* out = static_cast<T*>(p.out) + b * p.T * out_stride + h * HS;
+  T* out = static_cast<T*>(p.out) + (b * p.TQ + p.q_row0) * out_stride + h * HS;
 #pragma unroll
   for (int mt = 0; mt < kM; ++mt) {
 #pragma unroll
@@ -219,34 +231,37 @@ __global__ void __launch_bounds__(kMmaThreads)
       row_sum[mt][r] += __shfl_xor_sync(0xffffffffu, row_sum[mt][r], 2);
     }
     const float inv0 = 1.0f / row_sum[mt][0], inv1 = 1.0f / row_sum[mt][1];
-    const int64_t i0 = rows[mt][0], i1 = rows[mt][1];
+    const int64_t i0 = rows[mt][0] - p.q_pos0, i1 = i0 + 8;  // chunk rows
 #pragma unroll
     for (int dn = 0; dn < HS / 8; ++dn) {
       const int d = dn * 8 + tid4 * 2;
-      if (i0 < p.T)
+      if (i0 < p.rows)
         *reinterpret_cast<uint32_t*>(out + i0 * out_stride + d) =
             pack2<T>(o[mt][dn][0] * inv0, o[mt][dn][1] * inv0);
-      if (i1 < p.T)
+      if (i1 < p.rows)
         *reinterpret_cast<uint32_t*>(out + i1 * out_stride + d) =
             pack2<T>(o[mt][dn][2] * inv1, o[mt][dn][3] * inv1);
     }
     if (tid4 == 0) {
-      const int64_t base = (b * p.NH + h) * p.T;
-      if (i0 < p.T) store_lse<T>(p, base + i0, (row_max[mt][0] + log2f(row_sum[mt][0])) * kLn2);
-      if (i1 < p.T) store_lse<T>(p, base + i1, (row_max[mt][1] + log2f(row_sum[mt][1])) * kLn2);
+      const int64_t base = (b * p.NH + h) * p.TQ + p.q_row0;
+      if (i0 < p.rows)
+        store_lse<T>(p, base + i0, (row_max[mt][0] + log2f(row_sum[mt][0])) * kLn2);
+      if (i1 < p.rows)
+        store_lse<T>(p, base + i1, (row_max[mt][1] + log2f(row_sum[mt][1])) * kLn2);
     }
   }
 }
 
-// One warp per query row (b, h, i); lane holds dims lane + 32k.
+// One warp per query row (b, h, chunk row c at position i); lane holds dims lane + 32k.
 template <typename T, bool kDropout>
 __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
   const int lane = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (row >= p.B * p.NH * p.T) return;
-  const int64_t i = row % p.T, bh = row / p.T, h = bh % p.NH, b = bh / p.NH, g = h / p.R;
-  const T* qkv = static_cast<const T*>(p.qkv) + b * p.T * p.W;
-  const T* q = qkv + i * p.W + p.q_col(h);
+  if (row >= p.B * p.NH * p.rows) return;
+  const int64_t c = row % p.rows, bh = row / p.rows, h = bh % p.NH, b = bh / p.NH, g = h / p.R;
+  const int64_t i = p.q_pos0 + c, qi = p.q_row0 + c;  // global position, q_src row
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
+  const T* q = static_cast<const T*>(p.q_src) + (b * p.TQ + qi) * p.W + p.q_col(h);
   const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
   float qv[kRowwiseMaxPerLane], acc[kRowwiseMaxPerLane];
 #pragma unroll
@@ -257,8 +272,8 @@ __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
   }
   float m = -INFINITY, l = 0.0f;
   for (int64_t j = 0; j <= i; ++j) {
-    const T* kr = qkv + j * p.W + k_col;
-    const T* vr = qkv + j * p.W + v_col;
+    const T* kr = kv + j * p.W + k_col;
+    const T* vr = kv + j * p.W + v_col;
     float dot = 0.0f;
 #pragma unroll
     for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
@@ -278,13 +293,13 @@ __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
     }
     m = m_new;
   }
-  T* out = static_cast<T*>(p.out) + (b * p.T + i) * p.NH * p.HS + h * p.HS;
+  T* out = static_cast<T*>(p.out) + (b * p.TQ + qi) * p.NH * p.HS + h * p.HS;
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
     const int d = lane + 32 * k;
     if (d < p.HS) out[d] = float_to<T>(acc[k] / l);
   }
-  if (lane == 0) store_lse<T>(p, bh * p.T + i, m + logf(l));
+  if (lane == 0) store_lse<T>(p, bh * p.TQ + qi, m + logf(l));
 }
 
 // ---- launchers --------------------------------------------------------------------------------
@@ -293,7 +308,8 @@ void launch_forward_mma(const CudaBackendState& st, const AttentionParams& p) {
   constexpr int kSmem = forward_smem_bytes<HS>();
   auto kernel = attention_forward_mma_kernel<T, HS, kDropout>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  const dim3 grid(ceil_div_u(p.T, forward_query_rows<HS>()), static_cast<unsigned int>(p.B * p.NH));
+  const dim3 grid(ceil_div_u(p.rows, forward_query_rows<HS>()),
+                  static_cast<unsigned int>(p.B * p.NH));
   kernel<<<grid, kMmaThreads, kSmem, st.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -312,7 +328,7 @@ void launch_forward(const CudaBackendState& st, const AttentionParams& p, bool t
     }
   }
   const dim3 block(32, 8);
-  const unsigned int blocks = ceil_div_u(p.B * p.NH * p.T, 8);
+  const unsigned int blocks = ceil_div_u(p.B * p.NH * p.rows, 8);
   if (dropout)
     attention_forward_rowwise_kernel<T, true><<<blocks, block, 0, st.stream()>>>(p);
   else
@@ -322,22 +338,40 @@ void launch_forward(const CudaBackendState& st, const AttentionParams& p, bool t
 
 }  // namespace
 
-// ---- entry point -------------------------------------------------------------------------------
+// ---- entry points ------------------------------------------------------------------------------
+namespace {
+
+// cuDNN when it takes the call, else the tensor-core or row-wise kernels.
+void run_forward(DeviceContext& ctx, const AttentionParams& p, DType dtype, double dropout_p,
+                 const char* op) {
+  if (p.B * p.rows == 0) return;
+  if (cudnn_attention_forward(ctx, cudnn_attention_call(p, dtype, dropout_p))) return;
+  const bool tensor_cores = attention_uses_tensor_cores(dtype, p.HS, {p.q_src, p.kv, p.out});
+  if (!tensor_cores) require_rowwise_head_dim(p.HS, op);
+  require_rows_fit_grid(p.B * p.NH, op);
+  const CudaBackendState& st = cuda_state(ctx);
+  dispatch_float(dtype, op, [&]<typename T>() {
+    launch_forward<T>(st, p, tensor_cores, dropout_p > 0.0);
+  });
+}
+
+}  // namespace
+
 void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
                        const AttentionShape& shape, double dropout_p, const DropoutKey& key) {
   const char* op = "attention_forward";
   const AttentionParams p =
       make_attention_params(ctx, qkv, out, lse, shape, dropout_p, key, op);
-  if (p.B * p.T == 0) return;
-  if (cudnn_attention_forward(ctx, cudnn_attention_call(p, qkv.dtype(), dropout_p))) return;
-  const bool tensor_cores =
-      attention_uses_tensor_cores(qkv.dtype(), p.HS, {qkv.raw(), out.raw()});
-  if (!tensor_cores) require_rowwise_head_dim(p.HS, op);
-  require_rows_fit_grid(p.B * p.NH, op);
-  const CudaBackendState& st = cuda_state(ctx);
-  dispatch_float(qkv.dtype(), op, [&]<typename T>() {
-    launch_forward<T>(st, p, tensor_cores, dropout_p > 0.0);
-  });
+  run_forward(ctx, p, qkv.dtype(), dropout_p, op);
+}
+
+void attention_chunk_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q_src,
+                             const Tensor& kv, const AttentionShape& shape,
+                             const AttentionChunk& chunk, double dropout_p, const DropoutKey& key) {
+  const char* op = "attention_chunk_forward";
+  const AttentionParams p =
+      make_attention_chunk_params(ctx, q_src, kv, out, lse, shape, chunk, dropout_p, key, op);
+  run_forward(ctx, p, kv.dtype(), dropout_p, op);
 }
 
 }  // namespace shardlm::ops::cuda

@@ -1,5 +1,6 @@
-// attention_shape.h — host-side validation of attention arguments and the kernel parameter
-// block they produce (shared by attention_forward.cu and attention_backward.cu).
+// attention_shape.h — host-side validation of attention arguments (whole sequence or one
+// context-parallel query chunk) and the kernel parameter block they produce (shared by
+// attention_forward.cu and attention_backward.cu).
 #pragma once
 
 #include <cmath>
@@ -12,17 +13,21 @@
 
 namespace shardlm::ops::cuda {
 
-// Checks qkv [B,T,G*(NH/G+2)*HS], out/dout [B,T,NH*HS], lse [B,NH,T] (fp32 or qkv's dtype) and
-// the dropout probability, then fills the geometry, scale and dropout fields of the params.
-inline AttentionParams make_attention_params(const DeviceContext& ctx, const Tensor& qkv,
-                                             const Tensor& out, const Tensor& lse,
-                                             const AttentionShape& shape, double dropout_p,
-                                             const DropoutKey& key, const char* op) {
-  require_on_device(ctx, qkv, op, "qkv");
+// Checks q_src [B,TQ,W] and kv [B,T,W] (W = G*(NH/G+2)*HS), out/dout [B,TQ,NH*HS], lse
+// [B,NH,TQ] (fp32 or the inputs' dtype), the chunk and the dropout probability, then fills the
+// geometry, chunk, scale and dropout fields of the params.
+inline AttentionParams make_attention_chunk_params(const DeviceContext& ctx, const Tensor& q_src,
+                                                   const Tensor& kv, const Tensor& out,
+                                                   const Tensor& lse, const AttentionShape& shape,
+                                                   const AttentionChunk& chunk, double dropout_p,
+                                                   const DropoutKey& key, const char* op) {
+  require_on_device(ctx, q_src, op, "q_src");
+  require_on_device(ctx, kv, op, "kv");
   require_on_device(ctx, out, op, "out");
   require_on_device(ctx, lse, op, "lse");
-  require_same_dtype(qkv, out, op, "qkv", "out");
-  if (lse.dtype() != DType::kF32) require_same_dtype(qkv, lse, op, "qkv", "lse");
+  require_same_dtype(kv, q_src, op, "kv", "q_src");
+  require_same_dtype(kv, out, op, "kv", "out");
+  if (lse.dtype() != DType::kF32) require_same_dtype(kv, lse, op, "kv", "lse");
   const int64_t NH = shape.num_heads, G = shape.num_query_groups, HS = shape.head_dim;
   if (NH <= 0 || G <= 0 || HS <= 0 || NH % G != 0)
     throw Error(ErrorKind::kInvalidArgument,
@@ -30,18 +35,28 @@ inline AttentionParams make_attention_params(const DeviceContext& ctx, const Ten
                     " G=" + std::to_string(G) + " HS=" + std::to_string(HS) +
                     " (all positive, G divides NH)");
   const int64_t R = NH / G, W = G * (R + 2) * HS;
-  if (qkv.rank() != 3 || qkv.size(2) != W)
+  for (const Tensor* t : {&q_src, &kv})
+    if (t->rank() != 3 || t->size(2) != W || t->size(0) != kv.size(0))
+      throw Error(ErrorKind::kInvalidArgument,
+                  std::string(op) + " on CUDA: q_src " + q_src.shape().to_string() + " and kv " +
+                      kv.shape().to_string() + " must be [B, TQ or T, G*(NH/G+2)*HS = " +
+                      std::to_string(W) + "]");
+  const int64_t B = kv.size(0), T = kv.size(1), TQ = q_src.size(1);
+  require_numel(out, B * TQ * NH * HS, op, "out");
+  require_numel(lse, B * NH * TQ, op, "lse");
+  if (chunk.rows < 0 || chunk.row < 0 || chunk.row + chunk.rows > TQ || chunk.position < 0 ||
+      chunk.position + chunk.rows > T)
     throw Error(ErrorKind::kInvalidArgument,
-                std::string(op) + " on CUDA: qkv " + qkv.shape().to_string() +
-                    " must be [B, T, G*(NH/G+2)*HS = " + std::to_string(W) + "]");
-  const int64_t B = qkv.size(0), T = qkv.size(1);
-  require_numel(out, B * T * NH * HS, op, "out");
-  require_numel(lse, B * NH * T, op, "lse");
+                std::string(op) + " on CUDA: chunk {row " + std::to_string(chunk.row) +
+                    ", rows " + std::to_string(chunk.rows) + ", position " +
+                    std::to_string(chunk.position) + "} does not fit TQ = " + std::to_string(TQ) +
+                    ", T = " + std::to_string(T));
   if (!(dropout_p >= 0.0 && dropout_p < 1.0))
     throw Error(ErrorKind::kInvalidArgument, std::string(op) + " on CUDA: dropout p = " +
                                                  std::to_string(dropout_p) + " is not in [0, 1)");
   AttentionParams p;
-  p.qkv = qkv.raw();
+  p.q_src = q_src.raw();
+  p.kv = kv.raw();
   p.out = out.raw();
   p.lse = lse.raw();
   p.lse_is_f32 = lse.dtype() == DType::kF32;
@@ -52,6 +67,10 @@ inline AttentionParams make_attention_params(const DeviceContext& ctx, const Ten
   p.R = R;
   p.HS = HS;
   p.W = W;
+  p.TQ = TQ;
+  p.q_row0 = chunk.row;
+  p.rows = chunk.rows;
+  p.q_pos0 = chunk.position;
   p.dropout_NH = shape.global_num_heads();
   p.head_offset = shape.head_offset;
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HS)));
@@ -59,6 +78,17 @@ inline AttentionParams make_attention_params(const DeviceContext& ctx, const Ten
   p.dropout = make_dropout_stream(key, dropout_p);
   p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
   return p;
+}
+
+// The whole sequence: q_src = kv = qkv [B,T,W], chunk {0, T, 0} (rows = 0 when T = 0: the
+// callers return before launching anything when B * rows == 0).
+inline AttentionParams make_attention_params(const DeviceContext& ctx, const Tensor& qkv,
+                                             const Tensor& out, const Tensor& lse,
+                                             const AttentionShape& shape, double dropout_p,
+                                             const DropoutKey& key, const char* op) {
+  const int64_t T = qkv.rank() == 3 ? qkv.size(1) : 0;
+  return make_attention_chunk_params(ctx, qkv, qkv, out, lse, shape, AttentionChunk{0, T, 0},
+                                     dropout_p, key, op);
 }
 
 // The tensor-core kernels need 16-bit data, HS in {64, 128} and 16-byte aligned rows.
@@ -80,10 +110,10 @@ inline void require_rowwise_head_dim(int64_t HS, const char* op) {
                     " is supported only up to 256 (tensor-core path: 64 and 128 in bf16/fp16)");
 }
 
-// The cuDNN path's view of a validated call (dout/dqkv only for backward).
+// The cuDNN path's view of a validated call (dout/dq/dkv only for backward).
 inline CudnnAttentionCall cudnn_attention_call(const AttentionParams& p, DType dtype,
                                                double dropout_p, const void* dout = nullptr,
-                                               void* dqkv = nullptr) {
+                                               void* dq = nullptr, void* dkv = nullptr) {
   CudnnAttentionCall c;
   c.dtype = dtype;
   c.B = p.B;
@@ -91,13 +121,19 @@ inline CudnnAttentionCall cudnn_attention_call(const AttentionParams& p, DType d
   c.NH = p.NH;
   c.G = p.G;
   c.HS = p.HS;
+  c.TQ = p.TQ;
+  c.row = p.q_row0;
+  c.rows = p.rows;
+  c.position = p.q_pos0;
   c.lse_is_f32 = p.lse_is_f32;
   c.dropout_p = dropout_p;
-  c.qkv = p.qkv;
+  c.q_src = p.q_src;
+  c.kv = p.kv;
   c.out = p.out;
   c.lse = p.lse;
   c.dout = dout;
-  c.dqkv = dqkv;
+  c.dq = dq;
+  c.dkv = dkv;
   return c;
 }
 

@@ -94,6 +94,14 @@ void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor&
 void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, const Tensor& qkv,
                         const Tensor& out, const Tensor& lse, const AttentionShape& shape,
                         double dropout_p, const DropoutKey& key);
+void attention_chunk_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q_src,
+                             const Tensor& kv, const AttentionShape& shape,
+                             const AttentionChunk& chunk, double dropout_p, const DropoutKey& key);
+void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q_src, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape,
+                              const AttentionChunk& chunk, double dropout_p,
+                              const DropoutKey& key);
 
 // ---- rotary position embedding (rope.cu) ----------------------------------------------------
 void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, const RopeFrequencies& freq);

@@ -1,23 +1,33 @@
 // cudnn_attention.h — causal grouped-query attention forward and backward through cuDNN's fused
-// flash-attention engines (the graph API, cudnn_graph.h), on the fused-QKV layout of ops.h.
+// flash-attention engines (the graph API, cudnn_graph.h), on the fused-QKV layout of ops.h: the
+// whole sequence, or one context-parallel query chunk against the whole sequence's keys.
 //
-// attention_forward / attention_backward (attention_*.cu) call these first; they return false
+// attention_forward / attention_backward and attention_chunk_forward / attention_chunk_backward
+// (attention_*.cu) call these first; they return false
 // when the case is not for cuDNN, and the caller runs ShardLM's own kernels. Which kernels run is
 // the context's choice (CudaBackendState::set_attention_kernels):
 //   kAuto  — cuDNN when it supports the case, else ShardLM's kernels (the default);
 //   kOwn   — always ShardLM's kernels (tests, and to compare);
 //   kCudnn — cuDNN or an Error(kUnsupported) that says why not.
 // cuDNN's case: bf16/fp16, fp32 lse, no attention dropout (cuDNN's dropout mask is not ShardLM's
-// Philox mask, so it would change training), head dim a multiple of 8 up to 128, sequence length
-// a multiple of 128 (shorter or ragged lengths need a padding-mask workaround before cuDNN 9.16),
-// 16-byte aligned pointers, and a plan that finalizes on this device. Builds without cuDNN
+// Philox mask, so it would change training), head dim a multiple of 8 up to 128, query rows and
+// key count multiples of 128 (the sequence length T for the whole sequence; a chunk's rows and
+// position + rows; shorter or ragged lengths need a padding-mask workaround before cuDNN 9.16),
+// 16-byte aligned pointers (the chunk's views included), and a plan that finalizes on this
+// device. Builds without cuDNN
 // (SHARDLM_WITH_CUDNN undefined) always answer "not for cuDNN".
 //
-// Layout, no copies for MHA (NH == G): Q, K, V are strided views of qkv[B,T,W] (W = G*(R+2)*HS,
-// R = NH/G), O and dO strided views of [B,T,NH*HS], lse is cuDNN's fp32 Stats [B,NH,T,1]. With
-// R > 1 the query heads of a group sit R*HS apart but groups (R+2)*HS apart, which no 4-d stride
-// describes, so Q is gathered into [B,T,NH,HS] first and dQ scattered back (one 2-d copy per
-// group). Plans are built once per shape and cached in the context.
+// Layout, no copies for MHA (NH == G): for a chunk of `rows` query rows starting at row `row` of
+// q_src[B,TQ,W] (W = G*(R+2)*HS, R = NH/G) at global position `position`, Q and dQ are strided
+// views of those rows of q_src / dq (pointer offset, the full tensors' strides), K, V, dK, dV
+// strided views of rows [0, position + rows) of kv[B,T,W] / dkv, O and dO views of the chunk's
+// rows of [B,TQ,NH*HS], and lse is cuDNN's fp32 Stats [B,NH,rows,1] inside [B,NH,TQ]. The
+// causal mask compares the query's global position, row index + position (as cudnn-frontend's
+// bottom-right alignment: + s_kv - s_q), with the key index; position 0 (the whole sequence:
+// q_src = kv = qkv, TQ = rows = T) builds the plain top-left graph. With R > 1 the query heads of
+// a group sit R*HS apart but groups (R+2)*HS apart, which no 4-d stride describes, so Q is
+// gathered into [B,rows,NH,HS] first and dQ scattered back. Plans are built once per shape
+// (B, TQ, T, rows, position, heads) and cached in the context.
 #pragma once
 
 #include <cstdint>
@@ -36,17 +46,22 @@ namespace shardlm::ops::cuda {
 enum class AttentionKernels { kAuto, kOwn, kCudnn };
 const char* attention_kernels_name(AttentionKernels k);
 
-// One attention call's geometry and pointers (the layout of ops::attention_forward).
+// One attention call's geometry and pointers (the layout of ops::attention_chunk_forward; the
+// whole sequence is q_src = kv = qkv, TQ = rows = T, row = position = 0, dq = dkv = dqkv).
 struct CudnnAttentionCall {
   DType dtype = DType::kBF16;
-  int64_t B = 0, T = 0, NH = 0, G = 0, HS = 0;
+  int64_t B = 0, T = 0, NH = 0, G = 0, HS = 0;    // T: kv's length (the whole sequence)
+  int64_t TQ = 0, row = 0, rows = 0, position = 0;  // the query chunk (AttentionChunk)
   bool lse_is_f32 = false;
   double dropout_p = 0;
-  const void* qkv = nullptr;
-  void* out = nullptr;        // forward: written; backward: the saved output
-  void* lse = nullptr;        // forward: written; backward: read
-  const void* dout = nullptr; // backward only
-  void* dqkv = nullptr;       // backward only
+  const void* q_src = nullptr;  // [B, TQ, W]
+  const void* kv = nullptr;     // [B, T, W]
+  void* out = nullptr;          // [B, TQ, NH*HS] forward: written; backward: the saved output
+  void* lse = nullptr;          // [B, NH, TQ] forward: written; backward: read
+  const void* dout = nullptr;   // backward only, [B, TQ, NH*HS]
+  void* dq = nullptr;           // backward only, [B, TQ, W]
+  void* dkv = nullptr;          // backward only, [B, T, W]
+  int64_t keys() const { return position + rows; }
 };
 
 // Returns true when cuDNN computed the call, false when the caller should use its own kernels
