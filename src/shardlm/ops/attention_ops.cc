@@ -36,6 +36,46 @@ void attention_backward(DeviceContext& ctx, Tensor dqkv, const Tensor& dout, con
   SHARDLM_OPS_ROUTE(attention_backward, ctx, dqkv, dout, qkv, out, lse, shape, dropout_p, key);
 }
 
+void attention_chunk_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q_src,
+                             const Tensor& kv, const AttentionShape& shape,
+                             const AttentionChunk& chunk, double dropout_p, const DropoutKey& key) {
+  constexpr const char* op = "attention_chunk_forward";
+  check_devices(op, ctx, {{"out", out}, {"lse", lse}, {"q_src", q_src}, {"kv", kv}});
+  for (const Arg& x :
+       {Arg{"out", out}, Arg{"lse", lse}, Arg{"q_src", q_src}, Arg{"kv", kv}})
+    require_defined(op, x);
+  require_same_float(op, {{"q_src", q_src}, {"kv", kv}, {"out", out}});
+  require_lse_dtype(op, lse, q_src);
+  check_attention_chunk(op, q_src, kv, {"out", out}, lse, shape, chunk, dropout_p);
+  SHARDLM_OPS_ROUTE(attention_chunk_forward, ctx, out, lse, q_src, kv, shape, chunk, dropout_p,
+                    key);
+}
+
+void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q_src, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape,
+                              const AttentionChunk& chunk, double dropout_p,
+                              const DropoutKey& key) {
+  constexpr const char* op = "attention_chunk_backward";
+  check_devices(op, ctx,
+                {{"dq", dq}, {"dkv", dkv}, {"dout", dout}, {"q_src", q_src}, {"kv", kv},
+                 {"out", out}, {"lse", lse}});
+  for (const Arg& x : {Arg{"dq", dq}, Arg{"dkv", dkv}, Arg{"dout", dout}, Arg{"q_src", q_src},
+                       Arg{"kv", kv}, Arg{"out", out}, Arg{"lse", lse}})
+    require_defined(op, x);
+  require_same_float(op, {{"q_src", q_src}, {"kv", kv}, {"dq", dq}, {"dkv", dkv},
+                          {"dout", dout}, {"out", out}});
+  require_lse_dtype(op, lse, q_src);
+  check_attention_chunk(op, q_src, kv, {"out", out}, lse, shape, chunk, dropout_p);
+  require_shape(op, {"dout", dout}, out.shape());
+  require_shape(op, {"dq", dq}, q_src.shape());
+  require_shape(op, {"dkv", dkv}, kv.shape());
+  // Each backend writes dq's rows and dkv's rows independently; an overlap would race.
+  require_same_or_disjoint(op, {"dq", dq}, {"dkv", dkv}, /*allow_same=*/false);
+  SHARDLM_OPS_ROUTE(attention_chunk_backward, ctx, dq, dkv, dout, q_src, kv, out, lse, shape,
+                    chunk, dropout_p, key);
+}
+
 // ---- rotary position embedding -------------------------------------------------------------
 
 void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, const RopeFrequencies& freq) {

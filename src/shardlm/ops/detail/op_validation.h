@@ -226,26 +226,65 @@ inline void require_lse_dtype(const char* op, const Tensor& lse, const Tensor& q
               (qkv_16bit ? " or fp32" : "") + ", got " + dtype_name(lse.dtype()));
 }
 
-// qkv [B,T,G*(NH/G+2)*HS]; checks the head shape and out/lse shapes.
-inline void check_attention(const char* op, const Tensor& qkv, const Arg& out, const Tensor& lse,
-                     const AttentionShape& s, double dropout_p) {
+// The head shape (NH, G dividing NH, HS all positive); returns the fused-QKV row width
+// W = G*(NH/G+2)*HS.
+inline int64_t check_attention_heads(const char* op, const AttentionShape& s) {
   const int64_t NH = s.num_heads, G = s.num_query_groups, HS = s.head_dim;
   require(NH >= 1 && G >= 1 && HS >= 1 && NH % G == 0, op,
           "need num_heads >= 1, num_query_groups >= 1 dividing num_heads, head_dim >= 1; got "
           "NH=" +
               std::to_string(NH) + " G=" + std::to_string(G) + " HS=" + std::to_string(HS));
-  const int64_t row = G * (NH / G + 2) * HS;
-  require(qkv.rank() == 3 && qkv.size(2) == row, op,
-          "qkv must be [B, T, G*(NH/G + 2)*HS] = [B, T, " + std::to_string(row) +
-              "] for NH=" + std::to_string(NH) + " G=" + std::to_string(G) +
-              " HS=" + std::to_string(HS) + ", got " + shape_of(qkv));
-  const int64_t B = qkv.size(0), T = qkv.size(1);
-  require_shape(op, out, Shape{B, T, NH * HS});
-  require_shape(op, {"lse", lse}, Shape{B, NH, T});
   require(s.head_offset >= 0 && s.head_offset + NH <= s.global_num_heads(), op,
           "heads [head_offset, head_offset + NH) = [" + std::to_string(s.head_offset) + ", " +
               std::to_string(s.head_offset + NH) + ") must lie within dropout_num_heads = " +
               std::to_string(s.global_num_heads()));
+  return G * (NH / G + 2) * HS;
+}
+
+// `a` is a fused-QKV tensor [B, T, W] of the shape's row width W.
+inline void require_fused_qkv(const char* op, const Arg& a, const AttentionShape& s, int64_t W) {
+  require(a.t.rank() == 3 && a.t.size(2) == W, op,
+          std::string(a.name) + " must be [B, T, G*(NH/G + 2)*HS] = [B, T, " + std::to_string(W) +
+              "] for NH=" + std::to_string(s.num_heads) + " G=" +
+              std::to_string(s.num_query_groups) + " HS=" + std::to_string(s.head_dim) +
+              ", got " + shape_of(a.t));
+}
+
+// qkv [B,T,G*(NH/G+2)*HS]; checks the head shape and out/lse shapes.
+inline void check_attention(const char* op, const Tensor& qkv, const Arg& out, const Tensor& lse,
+                     const AttentionShape& s, double dropout_p) {
+  const int64_t W = check_attention_heads(op, s);
+  require_fused_qkv(op, {"qkv", qkv}, s, W);
+  const int64_t B = qkv.size(0), T = qkv.size(1);
+  require_shape(op, out, Shape{B, T, s.num_heads * s.head_dim});
+  require_shape(op, {"lse", lse}, Shape{B, s.num_heads, T});
+  require_probability(op, dropout_p);
+}
+
+// Context-parallel chunk: q_src [B,TQ,W] and kv [B,T,W] of one batch and row width, out
+// [B,TQ,NH*HS], lse [B,NH,TQ], and the chunk inside both: rows [row, row + rows) of q_src at
+// global positions [position, position + rows) of kv.
+inline void check_attention_chunk(const char* op, const Tensor& q_src, const Tensor& kv,
+                                  const Arg& out, const Tensor& lse, const AttentionShape& s,
+                                  const AttentionChunk& c, double dropout_p) {
+  const int64_t W = check_attention_heads(op, s);
+  require_fused_qkv(op, {"q_src", q_src}, s, W);
+  require_fused_qkv(op, {"kv", kv}, s, W);
+  const int64_t B = q_src.size(0), TQ = q_src.size(1), T = kv.size(1);
+  require(kv.size(0) == B, op,
+          "kv " + shape_of(kv) + " and q_src " + shape_of(q_src) +
+              " must have the same batch size B");
+  require_shape(op, out, Shape{B, TQ, s.num_heads * s.head_dim});
+  require_shape(op, {"lse", lse}, Shape{B, s.num_heads, TQ});
+  require(c.rows >= 1, op, "chunk.rows must be >= 1, got " + std::to_string(c.rows));
+  require(c.row >= 0 && c.row + c.rows <= TQ, op,
+          "chunk rows [row, row + rows) = [" + std::to_string(c.row) + ", " +
+              std::to_string(c.row + c.rows) + ") must lie within q_src's TQ = " +
+              std::to_string(TQ) + " rows");
+  require(c.position >= 0 && c.position + c.rows <= T, op,
+          "chunk positions [position, position + rows) = [" + std::to_string(c.position) + ", " +
+              std::to_string(c.position + c.rows) + ") must lie within kv's T = " +
+              std::to_string(T) + " positions");
   require_probability(op, dropout_p);
 }
 // rotary position embedding
