@@ -50,9 +50,18 @@ constexpr int forward_smem_bytes() {
   return (forward_query_rows<HS>() + 4 * kTileRows) * (HS + 8) * 2;  // Q + 2x(K, V)
 }
 
+// Blocks per SM the register budget must allow (ptxas otherwise spends registers freely). At HS
+// 64 shared memory admits 4 blocks (46 KB each): without dropout the kernel fits 128 registers
+// (the chunk arithmetic of context parallelism had taken it to 141: 3 blocks, 11% slower on
+// H100), with dropout 170 (3 blocks). At HS 128 shared memory admits 2 (87 KB).
+template <int HS, bool kDropout>
+constexpr int forward_min_blocks() {
+  return HS == 64 ? (kDropout ? 3 : 4) : 2;
+}
+
 // ---- kernels ------------------------------------------------------------------------------------
 template <typename T, int HS, bool kDropout>
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>()))
     attention_forward_mma_kernel(const AttentionParams p) {
   constexpr int kPitch = HS + 8, kM = forward_m_tiles<HS>(), kBr = forward_query_rows<HS>();
   extern __shared__ __align__(16) unsigned char smem[];
