@@ -179,9 +179,15 @@ TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
     return c;
   };
   const auto validate = validation;
+  // 16 positions do not split into 2 x 3 chunks; ring attention is not implemented.
+  EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
+              c.parallel.context_parallel_size = 3;
+            }), 3)).find("--seq-length 16 is not divisible by 2 x --context-parallel-size 3"),
+            std::string::npos);
   EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
               c.parallel.context_parallel_size = 2;
-            }), 2)).find("--context-parallel-size 2 is reserved"), std::string::npos);
+              c.parallel.cp_comm_type = "p2p";
+            }), 2)).find("--cp-comm-type p2p is not implemented"), std::string::npos);
   EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
               c.parallel.expert_model_parallel_size = 2;
             }), 2)).find("--expert-model-parallel-size 2 is reserved"), std::string::npos);

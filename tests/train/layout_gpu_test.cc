@@ -50,6 +50,12 @@ std::vector<Layout> layouts() {
   all.push_back(Layout{.tp = 2, .dp = 2, .pp = 2, .sequence_parallel = true,
                        .distributed_optimizer = true, .overlap_grad_reduce = true,
                        .overlap_param_gather = true});
+  // Context parallelism: the chunk attention kernels and the sequence gather / scatter of
+  // device QKV rows; with TP + SP and the optimizer sharded over data x context ranks.
+  all.push_back(Layout{.cp = 2});
+  all.push_back(Layout{.tp = 2, .cp = 2, .sequence_parallel = true});
+  all.push_back(Layout{.dp = 2, .cp = 2, .distributed_optimizer = true,
+                       .overlap_grad_reduce = true, .bucket_size = 20000});
   return all;
 }
 

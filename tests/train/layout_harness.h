@@ -90,7 +90,7 @@ inline RunResult single_rank(const TrainConfig& cfg) {
 }
 
 struct Layout {
-  int tp = 1, dp = 1, pp = 1;
+  int tp = 1, dp = 1, pp = 1, cp = 1;
   bool sequence_parallel = false, distributed_optimizer = false, overlap_grad_reduce = false,
        overlap_param_gather = false;
   // Collectives issued only at wait() (HostStagedOptions::defer_collectives): a rank that
@@ -104,6 +104,7 @@ struct Layout {
   std::string name() const {
     std::ostringstream os;
     os << "TP" << tp << " DP" << dp << (pp > 1 ? " PP" + std::to_string(pp) : "")
+       << (cp > 1 ? " CP" + std::to_string(cp) : "")
        << (layers_per_virtual_stage ? " layers/vstage " + std::to_string(layers_per_virtual_stage)
                                     : "")
        << (first_stage_layers ? " first " + std::to_string(first_stage_layers) : "")
@@ -118,6 +119,7 @@ struct Layout {
   void apply(TrainConfig& cfg) const {
     cfg.parallel.tensor_model_parallel_size = tp;
     cfg.parallel.pipeline_model_parallel_size = pp;
+    cfg.parallel.context_parallel_size = cp;
     cfg.parallel.sequence_parallel = sequence_parallel;
     cfg.parallel.use_distributed_optimizer = distributed_optimizer;
     cfg.parallel.overlap_grad_reduce = overlap_grad_reduce;
@@ -135,7 +137,7 @@ inline RunResult run_layout(TrainConfig cfg, const Layout& l, std::string* log0 
                             const std::function<void(Trainer&)>& on_rank = {}) {
   using namespace std::chrono_literals;
   l.apply(cfg);
-  const int n = l.tp * l.dp * l.pp;
+  const int n = l.tp * l.cp * l.dp * l.pp;
   const dist::ParallelLayout layout = dist::ParallelLayout::create(n, cfg.parallel_sizes());
   dist::ThreadWorld world(n, {.timeout = 60s});
   RunResult result;

@@ -157,7 +157,11 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt, dist::RankContex
             << tokens_per_step << " tokens/step on " << ctx.device().to_string()
             << (world > 1 ? " (rank 0 of " + std::to_string(world) + ": tp " +
                                 std::to_string(rank->layout().tp()) + ", pp " +
-                                std::to_string(rank->layout().pp()) + ", dp " +
+                                std::to_string(rank->layout().pp()) +
+                                (rank->layout().cp() > 1
+                                     ? ", cp " + std::to_string(rank->layout().cp())
+                                     : std::string()) +
+                                ", dp " +
                                 std::to_string(rank->layout().dp()) + ")"
                           : std::string())
             << "\n"
@@ -197,6 +201,7 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt, dist::RankContex
       {"world_size", world}, {"tokens_per_s_per_gpu", tokens_per_s / world},
       {"tp", rank != nullptr ? rank->layout().tp() : 1},
       {"pp", rank != nullptr ? rank->layout().pp() : 1},
+      {"cp", rank != nullptr ? rank->layout().cp() : 1},
       {"dp", rank != nullptr ? rank->layout().dp() : 1},
       {"peak_mem_in_use_GiB", used / 1073741824.0},
       {"peak_mem_allocated_GiB", allocated / 1073741824.0},

@@ -197,7 +197,11 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "1f1b, interleaved-1f1b (interleaved) or all-forward-all-backward (afab); "
                  "default 1f1b, interleaved with virtual stages")->group(g);
   cmd.add_option("--context-parallel-size", p.context_parallel_size,
-                 "Context-parallel ranks (reserved; 1)")->group(g)->check(pos);
+                 "Context-parallel ranks: each holds 2 load-balanced chunks of every sequence")
+      ->group(g)->check(pos);
+  cmd.add_option("--cp-comm-type", p.cp_comm_type,
+                 "Context-parallel attention communication: all_gather (K/V all-gathered)")
+      ->group(g);
   cmd.add_option("--expert-model-parallel-size", p.expert_model_parallel_size,
                  "Expert-parallel ranks (reserved; 1)")->group(g)->check(pos);
   cmd.add_flag("--sequence-parallel", p.sequence_parallel,

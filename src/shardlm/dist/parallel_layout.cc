@@ -1,5 +1,6 @@
 #include "shardlm/dist/parallel_layout.h"
 
+#include <numeric>
 #include <sstream>
 
 #include "shardlm/base/check.h"
@@ -269,19 +270,23 @@ void ParallelLayout::validate_model(const ModelDims& m) const {
             " is not divisible by --expert-model-parallel-size " + std::to_string(ep_) +
             ". Fix: use an expert-parallel size in " + divisors(m.num_experts) + ".");
   }
-  if (m.seq_length > 0 && m.sequence_parallel && tp_ > 1 && m.seq_length % tp_ != 0) {
-    invalid("--seq-length " + std::to_string(m.seq_length) +
-            " is not divisible by --tensor-model-parallel-size " + std::to_string(tp_) +
-            ", which --sequence-parallel needs (the sequence is split across the TP ranks). "
-            "Fix: use a sequence length that is a multiple of " + std::to_string(tp_) +
-            " or drop --sequence-parallel.");
-  }
   if (m.seq_length > 0 && cp_ > 1 && m.seq_length % (2 * cp_) != 0) {
     invalid("--seq-length " + std::to_string(m.seq_length) + " is not divisible by 2 x " +
             "--context-parallel-size " + std::to_string(cp_) + " = " +
             std::to_string(2 * cp_) + " (context parallelism gives each rank two load-" +
             "balanced chunks). Fix: use a sequence length that is a multiple of " +
             std::to_string(2 * cp_) + ".");
+  }
+  // Sequence parallelism splits each rank's T / CP positions over the TP ranks.
+  if (m.seq_length > 0 && m.sequence_parallel && tp_ > 1 && (m.seq_length / cp_) % tp_ != 0) {
+    const std::string held =
+        cp_ > 1 ? "--seq-length / --context-parallel-size = " + std::to_string(m.seq_length / cp_)
+                : "--seq-length " + std::to_string(m.seq_length);
+    invalid(held + " is not divisible by --tensor-model-parallel-size " + std::to_string(tp_) +
+            ", which --sequence-parallel needs (the sequence is split across the TP ranks). "
+            "Fix: use a sequence length that is a multiple of " +
+            std::to_string(cp_ > 1 ? std::lcm(2 * cp_, tp_ * cp_) : tp_) +
+            " or drop --sequence-parallel.");
   }
 }
 

@@ -110,34 +110,56 @@ int64_t positions_per_rank(const TensorParallel& tp, const SequenceRows& rows) {
   return tp.sp() ? rows.seq / tp.size() : rows.seq;
 }
 
+namespace {
+// Calls f(row, count, key_offset) for each block of the rank's rows whose global positions are
+// consecutive: one per sequence (and per context-parallel chunk). key_offset is the block's
+// first element in the single-rank [B, T_global, C] layout, so masks match every other split.
+template <typename F>
+void for_each_position_block(const TensorParallel& tp, const SequenceRows& rows, F&& f) {
+  const int64_t C = rows.hidden, Tl = positions_per_rank(tp, rows), t0 = first_position(tp, rows);
+  const std::vector<PositionRun> runs = position_runs(rows.cp, rows.global_seq(), t0, Tl);
+  for (int64_t b = 0; b < rows.batch; ++b)
+    for (const PositionRun& run : runs)
+      f(b * Tl + run.local - t0, run.count,
+        static_cast<uint64_t>((b * rows.global_seq() + run.global) * C));
+}
+// The rank's rows are the whole micro-batch in single-rank order: one call covers them.
+bool rows_are_single_rank_order(const TensorParallel& tp, const SequenceRows& rows) {
+  return !tp.sp() && !rows.cp.enabled();
+}
+}  // namespace
+
 void dropout_rows_forward(DeviceContext& ctx, const TensorParallel& tp, const SequenceRows& rows,
                           Tensor out, const Tensor& in, double p, const DropoutKey& key) {
-  if (!tp.sp() || p == 0.0) return ops::dropout_forward(ctx, out, in, p, key, 0);
-  // Each sequence's block of rows is contiguous in the global layout: one call per sequence.
-  const int64_t C = rows.hidden, Tl = positions_per_rank(tp, rows), t0 = first_position(tp, rows);
-  for (int64_t b = 0; b < rows.batch; ++b)
-    ops::dropout_forward(ctx, row_block(out, b * Tl, Tl, C), row_block(in, b * Tl, Tl, C), p, key,
-                         static_cast<uint64_t>((b * rows.seq + t0) * C));
+  if (rows_are_single_rank_order(tp, rows) || p == 0.0)
+    return ops::dropout_forward(ctx, out, in, p, key, 0);
+  const int64_t C = rows.hidden;
+  for_each_position_block(tp, rows, [&](int64_t row, int64_t n, uint64_t offset) {
+    ops::dropout_forward(ctx, row_block(out, row, n, C), row_block(in, row, n, C), p, key, offset);
+  });
 }
 
 void dropout_add_rows_forward(DeviceContext& ctx, const TensorParallel& tp,
                               const SequenceRows& rows, Tensor out, const Tensor& in,
                               const Tensor& residual, double p, const DropoutKey& key) {
-  if (!tp.sp() || p == 0.0) return ops::dropout_add_forward(ctx, out, in, residual, p, key, 0);
-  const int64_t C = rows.hidden, Tl = positions_per_rank(tp, rows), t0 = first_position(tp, rows);
-  for (int64_t b = 0; b < rows.batch; ++b)
-    ops::dropout_add_forward(ctx, row_block(out, b * Tl, Tl, C), row_block(in, b * Tl, Tl, C),
-                             row_block(residual, b * Tl, Tl, C), p, key,
-                             static_cast<uint64_t>((b * rows.seq + t0) * C));
+  if (rows_are_single_rank_order(tp, rows) || p == 0.0)
+    return ops::dropout_add_forward(ctx, out, in, residual, p, key, 0);
+  const int64_t C = rows.hidden;
+  for_each_position_block(tp, rows, [&](int64_t row, int64_t n, uint64_t offset) {
+    ops::dropout_add_forward(ctx, row_block(out, row, n, C), row_block(in, row, n, C),
+                             row_block(residual, row, n, C), p, key, offset);
+  });
 }
 
 void dropout_rows_backward(DeviceContext& ctx, const TensorParallel& tp, const SequenceRows& rows,
                            Tensor din, const Tensor& dout, double p, const DropoutKey& key) {
-  if (!tp.sp() || p == 0.0) return ops::dropout_backward(ctx, din, dout, p, key, 0);
-  const int64_t C = rows.hidden, Tl = positions_per_rank(tp, rows), t0 = first_position(tp, rows);
-  for (int64_t b = 0; b < rows.batch; ++b)
-    ops::dropout_backward(ctx, row_block(din, b * Tl, Tl, C), row_block(dout, b * Tl, Tl, C), p,
-                          key, static_cast<uint64_t>((b * rows.seq + t0) * C));
+  if (rows_are_single_rank_order(tp, rows) || p == 0.0)
+    return ops::dropout_backward(ctx, din, dout, p, key, 0);
+  const int64_t C = rows.hidden;
+  for_each_position_block(tp, rows, [&](int64_t row, int64_t n, uint64_t offset) {
+    ops::dropout_backward(ctx, row_block(din, row, n, C), row_block(dout, row, n, C), p, key,
+                          offset);
+  });
 }
 
 }  // namespace shardlm::model

@@ -28,6 +28,7 @@
 #include <cstdint>
 
 #include "shardlm/dist/communicator.h"
+#include "shardlm/model/context_parallel.h"
 #include "shardlm/model/parameter.h"
 #include "shardlm/tensor/device_context.h"
 #include "shardlm/tensor/philox.h"
@@ -58,12 +59,16 @@ struct TensorParallel {
   }
 };
 
-// Rows of the sequence-parallel layout of a micro-batch: B sequences of T tokens.
+// Rows of the sequence-parallel layout of a micro-batch: B sequences of T tokens. Under context
+// parallelism T is the rank's local sequence (T_global / CP) and `cp` maps its positions to
+// global ones, which key the dropout masks (so masks do not depend on the split).
 struct SequenceRows {
   int64_t batch = 0;    // B
-  int64_t seq = 0;      // T
+  int64_t seq = 0;      // T (local under CP)
   int64_t hidden = 0;   // C (row width of the residual stream)
+  ContextParallel cp{};
   int64_t full() const { return batch * seq; }
+  int64_t global_seq() const { return seq * cp.size(); }
   // Rows held by one rank between parallel regions.
   int64_t local(const TensorParallel& tp) const { return tp.sp() ? full() / tp.size() : full(); }
 };

@@ -490,6 +490,12 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
                   ErrorKind::kInvalidConfig,
                   "the cluster's numbers must be positive, the GPU memory above the reserve and "
                   "the assumed MFU in (0, 1]");
+  // Context parallelism is not part of the search yet (its time model needs the attention
+  // all-gather); say so rather than plan layouts that ignore the flag.
+  SHARDLM_REQUIRE(cfg.parallel.context_parallel_size == 1, ErrorKind::kInvalidConfig,
+                  "shardlm plan does not search context parallelism yet: drop "
+                  "--context-parallel-size " + std::to_string(cfg.parallel.context_parallel_size) +
+                  " to plan TP x PP x DP, then divide the data-parallel size by it");
   cfg.model.validate();
 
   PlanResult result;

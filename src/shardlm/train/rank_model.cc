@@ -1,6 +1,9 @@
 #include "shardlm/train/rank_model.h"
 
 #include <algorithm>
+#include <string>
+
+#include "shardlm/base/check.h"
 
 #include "shardlm/train/gpt_pipeline_stage.h"
 
@@ -19,7 +22,11 @@ DType compute_dtype_of(const TrainConfig& cfg) {
 }
 
 RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& layout, int pp_rank,
-                           const model::TensorParallel& tp, const parallel::PipelinePlan* pipeline) {
+                           const model::TensorParallel& tp, const parallel::PipelinePlan* pipeline,
+                           const model::ContextParallel& cp) {
+  SHARDLM_REQUIRE(cp.size() == layout.cp(), ErrorKind::kInternal,
+                  "build_rank_model: a context-parallel group of " + std::to_string(cp.size()) +
+                      " ranks for a layout with CP " + std::to_string(layout.cp()));
   RankModel m;
   // Activation slots per chunk: the schedule's most micro-batches in flight on this rank.
   const int num_chunks = pipeline ? pipeline->partition.num_chunks() : 1;
@@ -33,14 +40,15 @@ RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& l
       const parallel::LayerRange r = part.layers(pp_rank, c);
       chunk = {r.begin, r.end, part.has_embedding(pp_rank, c), part.has_output_layer(pp_rank, c)};
     }
-    m.chunks.push_back(std::make_unique<model::GPTModel>(cfg.model, tp, chunk));
+    m.chunks.push_back(std::make_unique<model::GPTModel>(cfg.model, tp, chunk, cp));
     m.chunks.back()->set_recompute(cfg.recompute);  // before the activation plan
     m.chunks.back()->set_activation_slots(slots[static_cast<size_t>(c)]);
     m.chunks.back()->register_parameters(m.registry);
   }
-  // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding).
+  // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding):
+  // gradients are reduced, and the distributed optimizer shards, over data x context ranks.
   m.grad_buffer = parallel::GradBuffer::plan(
-      m.registry, {.data_parallel_size = layout.dp(),
+      m.registry, {.data_parallel_size = layout.dp() * layout.cp(),
                    .bucket_size = cfg.parallel.ddp_bucket_size,
                    .overlap_grad_reduce = cfg.parallel.overlap_grad_reduce,
                    .use_distributed_optimizer = cfg.parallel.use_distributed_optimizer});
@@ -63,18 +71,18 @@ MemoryPlan plan_rank_memory(const TrainConfig& cfg, const dist::ParallelLayout& 
                          dtype_size(compute);
   }
   plan.optimizer_state = 2 * plan.master_params;
-  if (cfg.parallel.use_distributed_optimizer) {  // each rank holds 1/DP of the moments
-    plan.optimizer_state /= static_cast<size_t>(layout.dp());
-    // ... and, under mixed precision, 1/DP of the master weights (the padded buckets split
-    // exactly).
-    if (compute != master) plan.master_params /= static_cast<size_t>(layout.dp());
+  if (cfg.parallel.use_distributed_optimizer) {  // each rank holds 1/(DP·CP) of the moments
+    const size_t shards = static_cast<size_t>(layout.dp() * layout.cp());
+    plan.optimizer_state /= shards;
+    // ... and, under mixed precision, of the master weights (the padded buckets split exactly).
+    if (compute != master) plan.master_params /= shards;
   }
   for (const auto& chunk : model.chunks)
     plan.activations += chunk->plan_activation_bytes(compute, cfg.micro_batch_size);
   if (cuda) {
     const int64_t tp = layout.tp();
     plan.workspace = cuda_workspace_estimate(
-        cfg.micro_batch_size, cfg.model.seq_length, cfg.model.num_attention_heads / tp,
+        cfg.micro_batch_size, cfg.model.seq_length / layout.cp(), cfg.model.num_attention_heads / tp,
         std::max<int64_t>(1, cfg.model.query_groups() / tp), cfg.model.head_dim(),
         dtype_size(compute));
   }

@@ -41,10 +41,12 @@ struct RankModel {
 
 // cfg: checked and resolved as the Trainer does it (vocabulary size known, data_parallel_size
 // and model.tensor_model_parallel_size set from the layout). pipeline: the plan when
-// layout.pp() > 1, else null (one chunk with the whole model and one activation slot). tp: this
-// rank's tensor-parallel group; its communicators must outlive the returned chunks.
+// layout.pp() > 1, else null (one chunk with the whole model and one activation slot). tp / cp:
+// this rank's tensor- and context-parallel groups (cp.size() == layout.cp()); their communicators
+// must outlive the returned chunks. Gradients are bucketed for the data x context group.
 RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& layout, int pp_rank,
-                           const model::TensorParallel& tp, const parallel::PipelinePlan* pipeline);
+                           const model::TensorParallel& tp, const parallel::PipelinePlan* pipeline,
+                           const model::ContextParallel& cp = {});
 
 // Bytes the rank will allocate, by category (memory_plan.h); `cuda` adds the CUDA workspace.
 MemoryPlan plan_rank_memory(const TrainConfig& cfg, const dist::ParallelLayout& layout,

@@ -90,9 +90,10 @@ void TrainConfig::validate() const {
   // schedule, which needs the data-parallel size, in validate_parallel.
   if (pipeline_flags_given())
     parallel::PipelinePartition::create(pipeline_plan_config(data_parallel_size).partition);
-  if (par.context_parallel_size != 1)
-    bad("--context-parallel-size " + s(par.context_parallel_size) +
-        " is reserved: context parallelism is not implemented; use 1");
+  if (par.cp_comm_type != "all_gather")
+    bad("--cp-comm-type " + par.cp_comm_type +
+        " is not implemented: ShardLM's context parallelism all-gathers keys and values "
+        "(all_gather); p2p (ring) and a2a are not available yet. Use --cp-comm-type all_gather");
   if (par.expert_model_parallel_size != 1)
     bad("--expert-model-parallel-size " + s(par.expert_model_parallel_size) +
         " is reserved: mixture-of-experts is not implemented; use 1");

@@ -71,7 +71,10 @@ struct CheckpointConfig {
 struct ParallelConfig {
   int tensor_model_parallel_size = 1;    // --tensor-model-parallel-size
   int pipeline_model_parallel_size = 1;  // --pipeline-model-parallel-size
-  int context_parallel_size = 1;         // --context-parallel-size (reserved)
+  int context_parallel_size = 1;         // --context-parallel-size (model/context_parallel.h)
+  // --cp-comm-type: how attention sees the other ranks' keys. ShardLM implements all_gather
+  // (Megatron's option of that name: K/V all-gathered, then each local chunk attends).
+  std::string cp_comm_type = "all_gather";
   int expert_model_parallel_size = 1;    // --expert-model-parallel-size (reserved)
   bool sequence_parallel = false;        // --sequence-parallel (no-op with TP 1, as Megatron)
   bool use_distributed_optimizer = false;  // --use-distributed-optimizer

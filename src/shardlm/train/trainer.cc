@@ -127,12 +127,13 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   // This rank's chunks, their parameters laid out in the data-parallel buckets, and the plan
   // of every allocation, made from the config; a plan that cannot fit is refused before
   // anything is allocated (a clear message instead of a CUDA out-of-memory error mid-run).
-  const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+  // Context parallelism: the rank holds T / CP positions of every sequence.
+  const int64_t mbs = cfg_.micro_batch_size, T = cfg_.model.seq_length / layout.cp();
   {
     RankModel rank_model = build_rank_model(
         cfg_, layout, rank_->coord().pp,
         model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel),
-        pipeline_ ? &*pipeline_ : nullptr);
+        pipeline_ ? &*pipeline_ : nullptr, model::ContextParallel::of(*rank_));
     memory_plan_ = plan_rank_memory(cfg_, layout, rank_model, !device_->device().is_cpu());
     registry_ = std::move(rank_model.registry);
     chunks_ = std::move(rank_model.chunks);
@@ -151,7 +152,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     for (const parallel::FlatRange& r : grad_buffer_.bucket_ranges())
       buckets.push_back({r.begin, r.end});
     dist_optimizer_ = std::make_unique<optim::DistributedOptimizer>(
-        *device_, registry_, std::move(buckets), rank_->dp(), cfg_.adamw());
+        *device_, registry_, std::move(buckets), grad_group(), cfg_.adamw());
   } else {
     optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
   }
@@ -164,7 +165,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   }
 
   grad_sync_ = std::make_unique<parallel::GradSync>(
-      registry_, grad_buffer_, rank_->dp(), *device_,
+      registry_, grad_buffer_, grad_group(), *device_,
       parallel::GradSyncConfig{cfg_.parallel.overlap_grad_reduce,
                                cfg_.parallel.use_distributed_optimizer});
   // --overlap-grad-reduce: backward reports finished parameters; complete buckets start
@@ -174,7 +175,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
         [this](std::span<model::Parameter* const> params) { grad_sync_->on_grads_ready(params); });
   // --overlap-param-gather: the forward waits for each bucket's parameter all-gather only when
   // it reaches that bucket's parameters (Megatron's forward pre-hooks).
-  if (dist_optimizer_ && cfg_.parallel.overlap_param_gather && layout.dp() > 1)
+  if (dist_optimizer_ && cfg_.parallel.overlap_param_gather && grad_group().size() > 1)
     for (auto& chunk : chunks_)
       chunk->set_params_needed_callback([this](std::span<model::Parameter* const> params) {
         dist_optimizer_->wait_for(params);
@@ -249,7 +250,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   const size_t unsharded = 2 * static_cast<size_t>(registry_.numel()) * dtype_size(master_dtype);
   log_ << format("> optimizer state (Adam moments) on this rank: %.3f MiB", optimizer_state_bytes() / 1048576.0)
        << (dist_optimizer_
-               ? format(" (distributed optimizer: 1/%d of %.3f MiB)", layout.dp(),
+               ? format(" (distributed optimizer: 1/%d of %.3f MiB)", grad_group().size(),
                         unsharded / 1048576.0)
                : std::string(" (not sharded)"))
        << "\n";
@@ -257,7 +258,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     log_ << format("> master weights (%s) on this rank: %.3f MiB (distributed optimizer: 1/%d "
                    "of %.3f MiB; the %s compute weights are all-gathered after each step)\n",
                    dtype_name(master_dtype), dist_optimizer_->master_bytes() / 1048576.0,
-                   layout.dp(), unsharded / 2 / 1048576.0, dtype_name(dtype_));
+                   grad_group().size(), unsharded / 2 / 1048576.0, dtype_name(dtype_));
   log_ << format("> startup: %.2f s (", std::chrono::duration<double>(StartupClock::now() -
                                                                      startup_begin).count());
   for (size_t i = 0; i < startup_phases.size(); ++i)
@@ -269,7 +270,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   // --load: parameters, optimizer state and progress (train/checkpointing.h).
   checkpointer_ = std::make_unique<Checkpointer>(
       cfg_, log_, &rank_->world(),
-      ReplicaRanks{rank_->dp().rank(), rank_->tp().rank()});
+      ReplicaRanks{grad_group().rank(), rank_->tp().rank()});
   TrainingProgress resumed = progress();
   OptimizerStateView opt = optimizer_view();
   if (checkpointer_->load(*device_, registry_, &opt, resumed)) {
@@ -362,7 +363,7 @@ void Trainer::build_pipeline() {
     }
   // Only the first stage reads tokens and only the last targets and the loss mask.
   if (rank_->is_first_pipeline_stage() || rank_->is_last_pipeline_stage()) {
-    const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+    const int64_t B = cfg_.micro_batch_size, T = model().local_seq_length();
     pipeline_batches_.resize(static_cast<size_t>(M));
     for (PipelineBatch& b : pipeline_batches_) {
       b.tokens = OwnedTensor::empty(DType::kI32, {B, T}, device_->device());
@@ -414,7 +415,7 @@ double Trainer::pipeline_step(double loss_scale) {
                         data::pretraining_micro_batch_indices(consumed_samples_ + m * B * dp, B,
                                                               dp_rank, dp),
                         m);
-  stage_->begin_step(loss_scale / static_cast<double>(M));
+  stage_->begin_step(loss_scale * context_parallel_size() / static_cast<double>(M));
   parallel::run_pipeline_schedule(pipeline_->schedule, *p2p_, *stage_);
   return stage_->loss_sum();
 }
@@ -449,11 +450,15 @@ model::Batch Trainer::load_batch(const data::SampleSource& source, int64_t first
 model::Batch Trainer::load_batch(const data::SampleSource& source,
                                  std::span<const int64_t> sample_indices) {
   const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+  const model::ContextParallel& cp = model().context_parallel();
+  const int64_t TL = cp.local_length(T);  // this rank's positions of each sequence
   SHARDLM_REQUIRE(static_cast<int64_t>(sample_indices.size()) == B, ErrorKind::kInternal,
                   "load_batch: " + std::to_string(sample_indices.size()) +
                       " sample indices for a micro-batch of " + std::to_string(B));
   std::vector<int32_t> sample(T + 1);
   std::vector<float> mask(T);
+  // The loss is a mean over the whole micro-batch: under CP each rank divides its positions'
+  // sum by the mask sum of the whole sequences, and the ranks' parts add up.
   double mask_sum = 0;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t index = sample_indices[static_cast<size_t>(b)];
@@ -466,17 +471,20 @@ model::Batch Trainer::load_batch(const data::SampleSource& source,
                           std::to_string(sample[t]) + " outside the vocabulary of size " +
                           std::to_string(cfg_.model.vocab_size) +
                           "; check --vocab-size / --tokenizer-type against the data");
-      tokens_host_.view().data<int32_t>()[b * T + t] = sample[t];
-      targets_host_.view().data<int32_t>()[b * T + t] = sample[t + 1];
-      if (dtype_ == DType::kF64)
-        mask_host_.view().data<double>()[b * T + t] = mask[t];
-      else if (dtype_ == DType::kBF16)
-        static_cast<uint16_t*>(mask_host_.view().raw())[b * T + t] = float_to_bf16_bits(mask[t]);
-      else if (dtype_ == DType::kF16)
-        static_cast<uint16_t*>(mask_host_.view().raw())[b * T + t] = float_to_fp16_bits(mask[t]);
-      else
-        mask_host_.view().data<float>()[b * T + t] = mask[t];
       mask_sum += mask[t];
+    }
+    for (int64_t l = 0; l < TL; ++l) {
+      const int64_t t = cp.global_position(l, T), i = b * TL + l;
+      tokens_host_.view().data<int32_t>()[i] = sample[t];
+      targets_host_.view().data<int32_t>()[i] = sample[t + 1];
+      if (dtype_ == DType::kF64)
+        mask_host_.view().data<double>()[i] = mask[t];
+      else if (dtype_ == DType::kBF16)
+        static_cast<uint16_t*>(mask_host_.view().raw())[i] = float_to_bf16_bits(mask[t]);
+      else if (dtype_ == DType::kF16)
+        static_cast<uint16_t*>(mask_host_.view().raw())[i] = float_to_fp16_bits(mask[t]);
+      else
+        mask_host_.view().data<float>()[i] = mask[t];
     }
   }
   if (device_->device().is_cpu())
@@ -503,7 +511,7 @@ double Trainer::microbatch_loop(double loss_scale) {
     model::Batch batch = load_batch(*train_data_, indices);
     grad_sync_->begin_microbatch(m == M - 1);
     loss_sum += model().forward(step, batch);
-    model().backward(step, batch, loss_scale / static_cast<double>(M));
+    model().backward(step, batch, loss_scale * context_parallel_size() / static_cast<double>(M));
     // --bf16: folds the bf16 gradients into the fp32 main gradients; after the last
     // micro-batch, starts the data-parallel reduction of the buckets not started yet.
     grad_sync_->end_microbatch();
@@ -530,6 +538,7 @@ IterationRecord Trainer::train_step() {
     all_reduce_tied_embedding_grads();
     loss_sum = all_reduce_sum(rank_->pp(), loss_sum);  // only the last stage computed it
   }
+  loss_sum = all_reduce_sum(rank_->cp(), loss_sum);  // each CP rank has its positions' part
   rec.loss = data_parallel_mean(loss_sum / static_cast<double>(M));
   // --fp16: undo the loss scale on the fp32 main gradients (an overflow stays inf/NaN, so the
   // norm below is not finite and the step is skipped).
@@ -601,6 +610,7 @@ double Trainer::evaluate() {
     }
   }
   if (pipeline_) sum = all_reduce_sum(rank_->pp(), sum);
+  sum = all_reduce_sum(rank_->cp(), sum);
   const double loss = count ? data_parallel_mean(sum / static_cast<double>(count)) : 0.0;
   evals_.push_back({iteration_, loss});
   const std::string line = format(

@@ -150,6 +150,12 @@ class Trainer {
   // After the DP sync: sums the tied embedding's gradient copies over the embedding group.
   void all_reduce_tied_embedding_grads();
   model::GPTModel& model() { return *chunks_.front(); }
+  int context_parallel_size() const { return rank_->layout().cp(); }
+  // Where gradients are reduced and the distributed optimizer shards: data x context ranks
+  // (the data-parallel group itself without context parallelism, named so in errors).
+  dist::Communicator& grad_group() const {
+    return context_parallel_size() > 1 ? rank_->dp_cp() : rank_->dp();
+  }
 
   // The single-rank constructor's own world: device, 1-rank ThreadWorld, RankContext.
   struct SingleRank;

@@ -16,8 +16,8 @@
 #      from the single rank's micro-batch accumulation only in rounding);
 #   2. the same job under `mpirun -np 2 shardlm train ...` (Open MPI discovery);
 #   3. `shardlm launch --device cpu` on the same machine (socket communicator) matches too;
-#   4. bf16: TP=2, and DP=2 with the distributed optimizer, log the one-GPU bf16 losses within
-#      2e-2 relative (bf16 rounding differs between layouts);
+#   4. bf16: TP=2, DP=2 with the distributed optimizer, and CP=2 (context parallelism) log the
+#      one-GPU bf16 losses within 2e-2 relative (bf16 rounding differs between layouts);
 #   5. checkpoints: a TP=2 bf16 run on two GPUs saves at iteration 10 (--exit-interval 10); one GPU
 #      loads it (TP=2 -> TP=1 reshard, optimizer state included) and trains iterations 11-20,
 #      whose losses match the straight one-GPU run's within 2e-2;
@@ -94,10 +94,11 @@ if [[ $DEV == cuda ]]; then  # in CPU mode check 1 is this check
   compare "launch 2 CPU ranks vs 1 CPU rank" "$OUT/one_cpu.log" "$OUT/launch_cpu.log" || rc=1
 fi
 
-echo "== bf16: TP=2 and DP=2 with the distributed optimizer vs 1 GPU"
+echo "== bf16: TP=2, DP=2 with the distributed optimizer, CP=2 vs 1 GPU"
 timeout 120 $SHARDLM $TRAIN $HALF --device $DEV >"$OUT/half_one_gpu.log" 2>&1 || { echo "FAIL one-GPU bf16 run"; tail -5 "$OUT/half_one_gpu.log"; rc=1; }
 for variant in "tp2:--tensor-model-parallel-size 2" "tp2_sp:--tensor-model-parallel-size 2 --sequence-parallel" \
-               "dp2_distopt:--use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather"; do
+               "dp2_distopt:--use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather" \
+               "cp2:--context-parallel-size 2"; do
   name=${variant%%:*}; extra=${variant#*:}
   timeout 180 $SHARDLM launch --nproc-per-node 2 --master-port 0 --device $DEV -- $TRAIN $HALF \
     $extra >"$OUT/half_$name.log" 2>&1; echo "exit $?"

@@ -51,9 +51,11 @@ GPTModel::GPTModel(const TransformerConfig& cfg) : GPTModel(cfg, TensorParallel{
 GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp)
     : GPTModel(cfg, tp, ModelChunk{}) {}
 
-GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk)
+GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk,
+                   const ContextParallel& cp)
     : cfg_(cfg),
       tp_(tp),
+      cp_(cp),
       chunk_(chunk),
       final_norm_("decoder.final_layernorm.weight", "decoder.final_layernorm.bias",
                   cfg.hidden_size, cfg.normalization, cfg.norm_epsilon) {
@@ -73,6 +75,18 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
       tp_.query_group = query_group_.get();
     }
   }
+  if (cp_.enabled()) {
+    SHARDLM_REQUIRE(cfg_.seq_length % (2 * cp_.size()) == 0, ErrorKind::kInvalidConfig,
+                    "--seq-length " + std::to_string(cfg_.seq_length) +
+                        " is not divisible by 2 x --context-parallel-size " +
+                        std::to_string(cp_.size()) +
+                        " (each rank holds two load-balanced chunks of every sequence)");
+    SHARDLM_REQUIRE(!tp_.sp() || local_seq_length() % tp_.size() == 0,
+                    ErrorKind::kInvalidConfig,
+                    "--sequence-parallel splits each rank's " + std::to_string(local_seq_length()) +
+                        " positions (--seq-length / --context-parallel-size) over " +
+                        std::to_string(tp_.size()) + " tensor-parallel ranks: not divisible");
+  }
   if (chunk_.layer_end < 0) chunk_.layer_end = cfg_.num_layers;
   SHARDLM_REQUIRE(0 <= chunk_.layer_begin && chunk_.layer_begin < chunk_.layer_end &&
                       chunk_.layer_end <= cfg_.num_layers,
@@ -82,7 +96,7 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
                       std::to_string(cfg_.num_layers) + " layers (--num-layers)");
   // Global layer indices: names, init keys and dropout masks do not depend on the partition.
   for (int64_t i = chunk_.layer_begin; i < chunk_.layer_end; ++i)
-    layers_.emplace_back(cfg_, i, tp_);
+    layers_.emplace_back(cfg_, i, tp_, cp_);
 }
 
 void GPTModel::register_parameters(ParameterRegistry& reg) const {
@@ -146,12 +160,12 @@ void GPTModel::select_slot(int slot) {
 
 Shape GPTModel::boundary_shape(int64_t micro_batch) const {
   const int64_t C = cfg_.hidden_size;
-  return Shape({SequenceRows{micro_batch, cfg_.seq_length, C}.local(tp_), C});
+  return Shape({SequenceRows{micro_batch, local_seq_length(), C}.local(tp_), C});
 }
 
 size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
   ArenaPlan plan;
-  GPTModel probe(cfg_, tp_, chunk_);  // a copy, so planning never disturbs our views
+  GPTModel probe(cfg_, tp_, chunk_, cp_);  // a copy, so planning never disturbs our views
   probe.set_recompute(recompute_);  // the layers' saved-output choice too
   probe.num_slots_ = num_slots_;
   probe.allocate_activations(plan, dtype, micro_batch);
@@ -159,9 +173,9 @@ size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
 }
 
 void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t micro_batch) {
-  const int64_t N = micro_batch * cfg_.seq_length, C = cfg_.hidden_size;
+  const int64_t N = micro_batch * local_seq_length(), C = cfg_.hidden_size;
   const int64_t VL = cfg_.padded_vocab_size() / tp_.size();
-  const int64_t NL = SequenceRows{micro_batch, cfg_.seq_length, C}.local(tp_);
+  const int64_t NL = SequenceRows{micro_batch, local_seq_length(), C}.local(tp_);
   const int64_t L = num_local_layers();
   micro_batch_ = micro_batch;
   // Vocab-parallel loss: per-row statistics in fp32 when activations are 16-bit (the global
@@ -176,7 +190,7 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
     shared.shared_attention = layers_.front().allocate_attention_output(alloc, dtype, micro_batch);
   for (int64_t s = 0; s < std::min(recompute_.slots(), L); ++s)
     shared.recompute_slots.push_back(layers_[s].allocate_saved(alloc, dtype, micro_batch));
-  shared.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch);
+  shared.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch, cp_);
   if (chunk_.has_head) {
     shared.dlosses = alloc.allocate(stats, {N});
     shared.dlogits = alloc.allocate(dtype, {N, VL});
@@ -230,11 +244,11 @@ void GPTModel::report_grads_ready(std::span<Parameter* const> params) const {
 
 void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
   DeviceContext& ctx = step.device;
-  const int64_t B = micro_batch_, T = cfg_.seq_length, C = cfg_.hidden_size;
+  const int64_t B = micro_batch_, T = local_seq_length(), C = cfg_.hidden_size;
   const double p = step.training ? cfg_.hidden_dropout : 0.0;
   const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
   Activations& a = acts();
-  if (!tp_.enabled()) {
+  if (!tp_.enabled() && !cp_.enabled()) {
     ops::embedding_forward(ctx, a.embedding.reshape({B, T, C}), batch.tokens,
                            word_embeddings_->compute_value,
                            position_embeddings_ ? position_embeddings_->compute_value : Tensor());
@@ -242,20 +256,54 @@ void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
     return;
   }
   // Vocab-parallel lookup (zero rows for ids of other shards), summed over TP: all-reduce, or
-  // reduce-scatter into the rank's sequence shard; then the positions of the rank's rows.
+  // reduce-scatter into the rank's sequence shard; then the positions of the rank's rows (the
+  // path context parallelism takes too, for its global positions).
   const SequenceRows rows = sequence_rows();
-  const int64_t NL = rows.local(tp_), TL = positions_per_rank(tp_, rows);
-  const int64_t t0 = first_position(tp_, rows);
+  const int64_t NL = rows.local(tp_);
   ops::vocab_parallel_embedding_forward(ctx, a.embedding, batch.tokens,
                                         word_embeddings_->compute_value, vocab_start_);
   const Tensor local = tp_.sp() ? a.scratch.c0.flat_view(0, Shape({NL, C})) : a.embedding;
   exit_row_region(ctx, tp_, rows, local, a.embedding, a.scratch.staging);
-  if (position_embeddings_) {
-    const Tensor wpe = position_embeddings_->compute_value.flat_view(t0 * C, Shape({TL, C}));
-    for (int64_t b = 0; b < B; ++b)
-      ops::add_inplace(ctx, local.flat_view(b * TL * C, Shape({TL, C})), wpe);
-  }
+  if (position_embeddings_) add_position_embeddings(ctx, local);
   dropout_rows_forward(ctx, tp_, rows, a.residual[0], local, p, key);
+}
+
+void GPTModel::add_position_embeddings(DeviceContext& ctx, const Tensor& local) const {
+  const SequenceRows rows = sequence_rows();
+  const int64_t C = cfg_.hidden_size, TL = positions_per_rank(tp_, rows);
+  const Tensor& wpe = position_embeddings_->compute_value;
+  for (const PositionRun& run :
+       position_runs(cp_, cfg_.seq_length, first_position(tp_, rows), TL))
+    for (int64_t b = 0; b < rows.batch; ++b)
+      ops::add_inplace(ctx, local.flat_view((b * TL + run.local - first_position(tp_, rows)) * C,
+                                            Shape({run.count, C})),
+                       wpe.flat_view(run.global * C, Shape({run.count, C})));
+}
+
+void GPTModel::position_embedding_backward(DeviceContext& ctx, const Tensor& d_local) {
+  // Rows of the table get the sum over sequences of the gradient at each position. Sequence
+  // parallelism: each rank has positions [t0, t0 + TL) of the local sequence only; sum its
+  // sequences into a [TL, C] block, all-gather the blocks into [T, C] (rank order = position
+  // order), then add each run of local positions to its global rows.
+  const SequenceRows rows = sequence_rows();
+  const int64_t C = cfg_.hidden_size, T = rows.seq, TL = positions_per_rank(tp_, rows);
+  Activations& a = acts();
+  Tensor per_position = d_local;  // [B, T, C] without SP: sum the sequences per run below
+  int64_t sequences = rows.batch;
+  if (tp_.sp()) {
+    const Tensor block = a.scratch.c1.flat_view(0, Shape({TL, C}));
+    per_position = a.scratch.c2.flat_view(0, Shape({T, C}));
+    ops::fill(ctx, block, 0.0);
+    for (int64_t b = 0; b < rows.batch; ++b)
+      ops::add_inplace(ctx, block, d_local.flat_view(b * TL * C, Shape({TL, C})));
+    tp_.group->all_gather(per_position, block);
+    sequences = 1;
+  }
+  const Tensor& dwpe = position_embeddings_->compute_grad;
+  for (const PositionRun& run : position_runs(cp_, cfg_.seq_length, 0, T))
+    for (int64_t b = 0; b < sequences; ++b)
+      ops::add_inplace(ctx, dwpe.flat_view(run.global * C, Shape({run.count, C})),
+                       per_position.flat_view((b * T + run.local) * C, Shape({run.count, C})));
 }
 
 Tensor GPTModel::take_word_embedding_grad(DeviceContext& ctx) const {
@@ -271,11 +319,11 @@ Tensor GPTModel::take_word_embedding_grad(DeviceContext& ctx) const {
 
 void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const Tensor& dres) {
   DeviceContext& ctx = step.device;
-  const int64_t B = micro_batch_, T = cfg_.seq_length, C = cfg_.hidden_size;
+  const int64_t B = micro_batch_, T = local_seq_length(), C = cfg_.hidden_size;
   const double p = step.training ? cfg_.hidden_dropout : 0.0;
   const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
   Activations& a = acts();
-  if (!tp_.enabled()) {
+  if (!tp_.enabled() && !cp_.enabled()) {
     ops::dropout_backward(ctx, a.scratch.c0, dres, p, key, 0);
     ops::embedding_backward(ctx, take_word_embedding_grad(ctx),
                             position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
@@ -285,26 +333,11 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
     return;
   }
   const SequenceRows rows = sequence_rows();
-  const int64_t NL = rows.local(tp_), TL = positions_per_rank(tp_, rows);
+  const int64_t NL = rows.local(tp_);
   const Tensor d_local = a.scratch.c0.flat_view(0, Shape({NL, C}));
   dropout_rows_backward(ctx, tp_, rows, d_local, dres, p, key);
   if (position_embeddings_) {
-    // Rows [0, T) of the table get the sum over sequences of the gradient at each position.
-    // Sequence parallelism: each rank has positions [t0, t0 + TL) only; sum its sequences into
-    // a [TL, C] block, all-gather the blocks into [T, C] (rank order = position order), add.
-    const Tensor dwpe = position_embeddings_->compute_grad.flat_view(0, Shape({T, C}));
-    if (tp_.sp()) {
-      const Tensor block = a.scratch.c1.flat_view(0, Shape({TL, C}));
-      const Tensor gathered = a.scratch.c2.flat_view(0, Shape({T, C}));
-      ops::fill(ctx, block, 0.0);
-      for (int64_t b = 0; b < B; ++b)
-        ops::add_inplace(ctx, block, d_local.flat_view(b * TL * C, Shape({TL, C})));
-      tp_.group->all_gather(gathered, block);
-      ops::add_inplace(ctx, dwpe, gathered);
-    } else {
-      for (int64_t b = 0; b < B; ++b)
-        ops::add_inplace(ctx, dwpe, d_local.flat_view(b * T * C, Shape({T, C})));
-    }
+    position_embedding_backward(ctx, d_local);
     report_grads_ready({&position_embeddings_, 1});
   }
   const Tensor d_full = tp_.sp() ? a.scratch.c3 : d_local;
@@ -316,7 +349,7 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
 
 void GPTModel::head_forward(StepContext& step, const Batch& batch) {
   DeviceContext& ctx = step.device;
-  const int64_t N = micro_batch_ * cfg_.seq_length, C = cfg_.hidden_size;
+  const int64_t N = micro_batch_ * local_seq_length(), C = cfg_.hidden_size;
   Activations& a = acts();
   const Tensor targets = batch.targets.reshape({N});
   if (!tp_.enabled()) {
@@ -345,7 +378,7 @@ void GPTModel::head_forward(StepContext& step, const Batch& batch) {
 void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_scale,
                              const Tensor& dres) {
   DeviceContext& ctx = step.device;
-  const int64_t N = micro_batch_ * cfg_.seq_length, C = cfg_.hidden_size;
+  const int64_t N = micro_batch_ * local_seq_length(), C = cfg_.hidden_size;
   Activations& a = acts();
   const Tensor targets = batch.targets.reshape({N});
   // d(sum(l*m)/mask_sum * scale)/dl = m * scale / mask_sum
@@ -403,7 +436,7 @@ void GPTModel::backward(StepContext& step, const Batch& batch, double loss_scale
 double GPTModel::forward(StepContext& step, const Batch& batch, int slot, const Tensor& input,
                          const Tensor& output) {
   DeviceContext& ctx = step.device;
-  const int64_t B = micro_batch_, T = cfg_.seq_length, N = B * T;
+  const int64_t B = micro_batch_, T = local_seq_length(), N = B * T;
   select_slot(slot);
   Activations& a = acts();
   const Shape boundary = a.residual.front().shape();
@@ -486,7 +519,7 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
         for (int64_t j = begin; j < end; ++j)
           layers_[j].forward(step, a.residual[j + 1], a.residual[j], a.layers[j], a.scratch);
     } else if (recompute_.selective()) {
-      layers_[l].recompute_attention(step, a.layers[l]);
+      layers_[l].recompute_attention(step, a.layers[l], a.scratch);
     }
     layers_[l].backward(step, dnext, dres, a.residual[l], a.layers[l], a.scratch);
     std::swap(dres, dnext);

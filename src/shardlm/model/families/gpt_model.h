@@ -21,6 +21,11 @@
 //   cfg.tensor_model_parallel_size = tp.size();   // vocab padding, validation
 //   GPTModel model(cfg, tp);  // then exactly as below, on every TP rank
 //
+// Context parallelism (GPTModel(cfg, tp, chunk, cp)): the model holds T = seq_length / CP
+// positions of every sequence (model/context_parallel.h); batches are [B, T] of those positions
+// and mask_sum stays the whole micro-batch's, so the CP ranks' losses add up to the mean. Learned
+// position embeddings and dropout use global positions.
+//
 // Pipeline parallelism (DESIGN §2.7): GPTModel(cfg, tp, ModelChunk{...}) holds one model chunk
 // of a pipeline rank: global layers [layer_begin, layer_end) (names, init keys and dropout keep
 // the GLOBAL layer index, so any partition starts equal to the whole model), the embedding when
@@ -48,6 +53,7 @@
 #include <span>
 #include <vector>
 
+#include "shardlm/model/context_parallel.h"
 #include "shardlm/model/layers/linear.h"
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/layers/transformer_layer.h"
@@ -82,8 +88,10 @@ class GPTModel {
   // naming the numbers when the config does not split over tp.size() ranks.
   GPTModel(const TransformerConfig& cfg, const TensorParallel& tp);
   // One pipeline chunk (see the header comment). Throws Error(kInvalidConfig) on an empty or
-  // out-of-range layer range.
-  GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk);
+  // out-of-range layer range. cp: the context-parallel group (model/context_parallel.h); the
+  // model then holds T = cfg.seq_length / CP positions of every sequence (batches are [B, T]).
+  GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk,
+           const ContextParallel& cp = {});
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -136,6 +144,9 @@ class GPTModel {
 
   const TransformerConfig& config() const { return cfg_; }
   const TensorParallel& tensor_parallel() const { return tp_; }
+  const ContextParallel& context_parallel() const { return cp_; }
+  // Positions of each sequence this model instance holds: cfg.seq_length / CP.
+  int64_t local_seq_length() const { return cp_.local_length(cfg_.seq_length); }
   // Per-token losses of the last forward, [B*T] (for tests and evaluation; same on all TP ranks).
   const Tensor& token_losses() const { return slots_[slot_].losses; }
   // [B*T, V/TP]: this rank's vocabulary slice [vocab_start(), vocab_start() + V/TP).
@@ -171,7 +182,13 @@ class GPTModel {
   void embedding_backward(StepContext& step, const Batch& batch, const Tensor& dres);
   void head_forward(StepContext& step, const Batch& batch);
   void head_backward(StepContext& step, const Batch& batch, double loss_scale, const Tensor& dres);
-  SequenceRows sequence_rows() const { return {micro_batch_, cfg_.seq_length, cfg_.hidden_size}; }
+  SequenceRows sequence_rows() const {
+    return {micro_batch_, local_seq_length(), cfg_.hidden_size, cp_};
+  }
+  // Adds (backward: accumulates the gradient of) the learned position embedding to the rank's
+  // rows `local` [NL, C] (sequences of the local positions [t0, t0 + TL)).
+  void add_position_embeddings(DeviceContext& ctx, const Tensor& local) const;
+  void position_embedding_backward(DeviceContext& ctx, const Tensor& d_local);
 
   Activations& acts() { return slots_[slot_]; }
   void select_slot(int slot);
@@ -190,6 +207,7 @@ class GPTModel {
   // Fewer query groups than TP ranks: the ranks sharing this rank's group (tp_.query_group).
   std::shared_ptr<dist::Communicator> query_group_;
   TensorParallel tp_;
+  ContextParallel cp_;
   ModelChunk chunk_;
   int64_t vocab_start_ = 0;  // first vocabulary row of this rank's shard
   std::vector<TransformerLayer> layers_;

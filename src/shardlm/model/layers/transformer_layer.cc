@@ -11,9 +11,10 @@ std::string layer_prefix(int64_t i) { return "decoder.layers." + std::to_string(
 }  // namespace
 
 TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
-                                   const TensorParallel& tp)
+                                   const TensorParallel& tp, const ContextParallel& cp)
     : cfg_(cfg),
       tp_(tp),
+      cp_(cp),
       index_(static_cast<uint32_t>(layer_index)),
       qkv_layout_(QkvLayout::of(cfg, tp.rank(), tp.size())),
       norm1_(layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_weight",
@@ -82,18 +83,18 @@ TransformerLayer::Saved TransformerLayer::allocate_attention_output(TensorAlloca
                                                                     int64_t batch) const {
   const int64_t heads = cfg_.num_attention_heads / tp_.size();
   Saved s;
-  s.attn = alloc.allocate(dtype, {batch * cfg_.seq_length, heads * cfg_.head_dim()});
+  s.attn = alloc.allocate(dtype, {batch * seq(), heads * cfg_.head_dim()});
   // fp32 even in bf16/fp16 runs: the attention backward recomputes probabilities from it.
   const bool half = dtype == DType::kBF16 || dtype == DType::kF16;
-  s.lse = alloc.allocate(half ? DType::kF32 : dtype, {batch, heads, cfg_.seq_length});
+  s.lse = alloc.allocate(half ? DType::kF32 : dtype, {batch, heads, seq()});
   return s;
 }
 
 TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc, DType dtype,
                                                          int64_t batch,
                                                          const Saved* shared_attention) const {
-  const int64_t N = batch * cfg_.seq_length, C = cfg_.hidden_size;
-  const int64_t NL = SequenceRows{batch, cfg_.seq_length, C}.local(tp_);
+  const int64_t N = batch * seq(), C = cfg_.hidden_size;
+  const int64_t NL = sequence_rows(batch).local(tp_);
   Saved s;
   s.norm1 = norm1_.allocate_saved(alloc, dtype, NL);
   s.qkv = alloc.allocate(dtype, {N, qkv_layout_.local_rows()});
@@ -116,14 +117,16 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
 TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerConfig& cfg,
                                                              TensorAllocator& alloc, DType dtype,
                                                              int64_t batch) {
-  return allocate_scratch(cfg, TensorParallel{}, alloc, dtype, batch);
+  return allocate_scratch(cfg, TensorParallel{}, alloc, dtype, batch, ContextParallel{});
 }
 
 TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerConfig& cfg,
                                                              const TensorParallel& tp,
                                                              TensorAllocator& alloc, DType dtype,
-                                                             int64_t batch) {
-  const int64_t N = batch * cfg.seq_length, C = cfg.hidden_size, P = tp.size();
+                                                             int64_t batch,
+                                                             const ContextParallel& cp) {
+  const int64_t T = cp.local_length(cfg.seq_length);
+  const int64_t N = batch * T, C = cfg.hidden_size, P = tp.size();
   const int64_t F = cfg.ffn_size() / P;
   Scratch s;
   s.c0 = alloc.allocate(dtype, {N, C});
@@ -131,7 +134,8 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   s.c2 = alloc.allocate(dtype, {N, C});
   s.c3 = alloc.allocate(dtype, {N, C});
   s.a = alloc.allocate(dtype, {N, cfg.num_attention_heads / P * cfg.head_dim()});
-  s.qkv = alloc.allocate(dtype, {N, QkvLayout::of(cfg, tp.rank(), P).local_rows()});
+  const int64_t qkv_width = QkvLayout::of(cfg, tp.rank(), P).local_rows();
+  s.qkv = alloc.allocate(dtype, {N, qkv_width});
   s.fc1 = alloc.allocate(dtype, {N, cfg.swiglu ? 2 * F : F});
   s.act = alloc.allocate(dtype, {N, F});
   if (tp.sp() && batch > 1) s.staging = alloc.allocate(dtype, {N, C});
@@ -139,9 +143,17 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
     const int64_t per_norm = cfg.normalization == Normalization::kLayerNorm ? 2 * C : C;
     s.sp_grads = alloc.allocate(dtype, {2 * per_norm});
   }
-  if (cfg.position_embedding == PositionEmbedding::kRope)  // table at >= fp32 (ops.h)
-    s.rope_cos_sin = alloc.allocate(dtype == DType::kF64 ? DType::kF64 : DType::kF32,
-                                    {cfg.seq_length, cfg.rotary_dim() / 2, 2});
+  const DType table = dtype == DType::kF64 ? DType::kF64 : DType::kF32;  // >= fp32 (ops.h)
+  if (cfg.position_embedding == PositionEmbedding::kRope)
+    s.rope_cos_sin = alloc.allocate(table, {T, cfg.rotary_dim() / 2, 2});
+  if (cp.enabled()) {
+    const int64_t global_rows = batch * cfg.seq_length;
+    s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});
+    s.cp_dkv = alloc.allocate(dtype, {global_rows, qkv_width});
+    s.cp_staging = alloc.allocate(dtype, {global_rows, qkv_width});
+    if (cfg.position_embedding == PositionEmbedding::kRope)
+      s.rope_global = alloc.allocate(table, {cfg.seq_length, cfg.rotary_dim() / 2, 2});
+  }
   return s;
 }
 
@@ -163,19 +175,83 @@ double TransformerLayer::attention_dropout(const StepContext& step) const {
 void TransformerLayer::apply_rope(DeviceContext& ctx, const Tensor& qkv, const Scratch& scratch,
                                   int64_t batch, bool backward) const {
   if (cfg_.position_embedding != PositionEmbedding::kRope) return;
-  ops::rope_cos_sin(ctx, scratch.rope_cos_sin, cfg_.rope_frequencies());
-  const Tensor x = qkv.reshape({batch, cfg_.seq_length, qkv.size(1)});  // [B, T, QKVL]
+  if (cp_.enabled()) {  // the rank's positions: its chunks' rows of the whole table
+    ops::rope_cos_sin(ctx, scratch.rope_global, cfg_.rope_frequencies());
+    const int64_t row = scratch.rope_global.numel() / cfg_.seq_length;
+    for (const PositionRun& run : position_runs(cp_, cfg_.seq_length, 0, seq()))
+      ops::copy(ctx, scratch.rope_cos_sin.flat_view(run.local * row, Shape({run.count * row})),
+                scratch.rope_global.flat_view(run.global * row, Shape({run.count * row})));
+  } else {
+    ops::rope_cos_sin(ctx, scratch.rope_cos_sin, cfg_.rope_frequencies());
+  }
+  const Tensor x = qkv.reshape({batch, seq(), qkv.size(1)});  // [B, T, QKVL]
   if (backward)
     ops::rope_backward(ctx, x, x, scratch.rope_cos_sin, attention_shape(), cfg_.rotary_interleaved);
   else
     ops::rope_forward(ctx, x, x, scratch.rope_cos_sin, attention_shape(), cfg_.rotary_interleaved);
 }
 
-void TransformerLayer::recompute_attention(StepContext& step, const Saved& s) const {
-  const int64_t B = s.lse.size(0), T = cfg_.seq_length;
-  ops::attention_forward(step.device, s.attn.reshape({B, T, s.attn.size(1)}), s.lse,
-                         s.qkv.reshape({B, T, s.qkv.size(1)}), attention_shape(),
-                         attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
+void TransformerLayer::recompute_attention(StepContext& step, const Saved& s,
+                                           const Scratch& scratch) const {
+  attention(step, s, scratch);
+}
+
+void TransformerLayer::attention(StepContext& step, const Saved& s, const Scratch& scratch) const {
+  const int64_t B = s.lse.size(0), T = seq();
+  const Tensor out = s.attn.reshape({B, T, s.attn.size(1)});
+  const Tensor qkv = s.qkv.reshape({B, T, s.qkv.size(1)});
+  const double p = attention_dropout(step);
+  const DropoutKey key = step.dropout_key(index_, kDropoutAttentionProbs);
+  if (!cp_.enabled()) {
+    ops::attention_forward(step.device, out, s.lse, qkv, attention_shape(), p, key);
+    return;
+  }
+  const int64_t T_global = cfg_.seq_length, c = cp_.chunk_length(T_global);
+  const Tensor kv = scratch.cp_kv.reshape({B, T_global, s.qkv.size(1)});
+  gather_sequence(step.device, cp_, B, T_global, kv, s.qkv, scratch.cp_staging);
+  for (int k = 0; k < cp_.num_chunks(); ++k)
+    ops::attention_chunk_forward(step.device, out, s.lse, qkv, kv, attention_shape(),
+                                 {k * c, c, cp_.chunk_position(k, T_global)}, p, key);
+}
+
+void TransformerLayer::attention_backward(StepContext& step, const Saved& s,
+                                          const Scratch& scratch) const {
+  DeviceContext& ctx = step.device;
+  const int64_t B = s.lse.size(0), T = seq(), W = s.qkv.size(1);
+  const Tensor dqkv = scratch.qkv.reshape({B, T, W});
+  const Tensor dout = scratch.a.reshape({B, T, s.attn.size(1)});
+  const Tensor qkv = s.qkv.reshape({B, T, W});
+  const Tensor out = s.attn.reshape({B, T, s.attn.size(1)});
+  const double p = attention_dropout(step);
+  const DropoutKey key = step.dropout_key(index_, kDropoutAttentionProbs);
+  if (!cp_.enabled()) {
+    ops::attention_backward(ctx, dqkv, dout, qkv, out, s.lse, attention_shape(), p, key);
+    return;
+  }
+  // Chunk 1 (the later one) sees every key chunk 0 sees and more: its key/value gradient goes
+  // straight into cp_dkv, chunk 0's into the staging buffer and is added on. The q columns of
+  // cp_dkv and the k/v columns of dqkv stay zero, so one add joins them after the scatter.
+  const int64_t T_global = cfg_.seq_length, c = cp_.chunk_length(T_global);
+  const Tensor kv = scratch.cp_kv.reshape({B, T_global, W});
+  const Tensor dkv = scratch.cp_dkv.reshape({B, T_global, W});
+  const Tensor dkv0 = scratch.cp_staging.reshape({B, T_global, W});
+  gather_sequence(ctx, cp_, B, T_global, kv, s.qkv, scratch.cp_staging);
+  ops::fill(ctx, dqkv, 0.0);
+  ops::fill(ctx, dkv, 0.0);
+  ops::fill(ctx, dkv0, 0.0);  // its q columns are added on too: no gathered rows left there
+  const ops::AttentionChunk late{c, c, cp_.chunk_position(1, T_global)};
+  const ops::AttentionChunk early{0, c, cp_.chunk_position(0, T_global)};
+  ops::attention_chunk_backward(ctx, dqkv, dkv, dout, qkv, kv, out, s.lse, attention_shape(), late,
+                                p, key);
+  ops::attention_chunk_backward(ctx, dqkv, dkv0, dout, qkv, kv, out, s.lse, attention_shape(),
+                                early, p, key);
+  const int64_t keys0 = early.position + early.rows;  // rows chunk 0 wrote
+  for (int64_t b = 0; b < B; ++b)
+    ops::add_inplace(ctx, scratch.cp_dkv.flat_view(b * T_global * W, Shape({keys0 * W})),
+                     scratch.cp_staging.flat_view(b * T_global * W, Shape({keys0 * W})));
+  const Tensor summed = scratch.cp_kv.flat_view(0, Shape({B * T * W}));  // kv is spent
+  reduce_scatter_sequence(ctx, cp_, B, T_global, summed, scratch.cp_dkv, scratch.cp_staging);
+  ops::add_inplace(ctx, scratch.qkv, summed.reshape(scratch.qkv.shape()));
 }
 
 void TransformerLayer::recompute_norm(DeviceContext& ctx, const Norm& norm,
@@ -191,8 +267,8 @@ void TransformerLayer::recompute_norm(DeviceContext& ctx, const Norm& norm,
 void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
                                const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
-  const int64_t B = s.lse.size(0), T = cfg_.seq_length, C = cfg_.hidden_size;
-  const SequenceRows rows{B, T, C};
+  const int64_t B = s.lse.size(0), C = cfg_.hidden_size;
+  const SequenceRows rows = sequence_rows(B);
   const int64_t NL = rows.local(tp_);
   // The rank's rows of a [N, C] scratch (all of it without sequence parallelism).
   auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
@@ -208,9 +284,7 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   enter_column_region(ctx, tp_, rows, ln1_full, ln1_local, scratch.staging);
   qkv_.forward(ctx, s.qkv, ln1_full);
   apply_rope(ctx, s.qkv, scratch, B, /*backward=*/false);
-  ops::attention_forward(ctx, s.attn.reshape({B, T, s.attn.size(1)}), s.lse,
-                         s.qkv.reshape({B, T, s.qkv.size(1)}), attention_shape(),
-                         attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
+  attention(step, s, scratch);
   proj_.forward(ctx, scratch.c0, s.attn);
   const Tensor proj_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, proj_out, scratch.c0, scratch.staging);
@@ -237,8 +311,8 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
 void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_out,
                                 const Tensor& x, const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
-  const int64_t B = s.lse.size(0), T = cfg_.seq_length, C = cfg_.hidden_size;
-  const SequenceRows rows{B, T, C};
+  const int64_t B = s.lse.size(0), C = cfg_.hidden_size;
+  const SequenceRows rows = sequence_rows(B);
   const int64_t NL = rows.local(tp_);
   auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
   const bool sp = tp_.sp();
@@ -302,11 +376,7 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const Tensor d_attn_full = sp ? scratch.c1 : d_attn;
   exit_row_region_backward(ctx, tp_, rows, d_attn_full, d_attn, scratch.staging);
   proj_.backward(ctx, scratch.a, d_attn_full, s.attn);
-  ops::attention_backward(ctx, scratch.qkv.reshape({B, T, s.qkv.size(1)}),
-                          scratch.a.reshape({B, T, s.attn.size(1)}),
-                          s.qkv.reshape({B, T, s.qkv.size(1)}),
-                          s.attn.reshape({B, T, s.attn.size(1)}), s.lse, attention_shape(),
-                          attention_dropout(step), step.dropout_key(index_, kDropoutAttentionProbs));
+  attention_backward(step, s, scratch);
   apply_rope(ctx, scratch.qkv, scratch, B, /*backward=*/true);
   if (!saved_outputs) recompute_norm(ctx, norm1_, s.norm1, x, rows, scratch);
   const Tensor ln1_full = saved_outputs ? s.ln1 : scratch.c1;

@@ -21,12 +21,18 @@
 // each rank runs attention on its NH/TP heads (dropout keyed by global head). The residual stream x / x_out / x_mid holds the rank's rows: all N = B*T rows
 // (plain TP) or its sequence shard of N/TP rows (--sequence-parallel), where norms, dropout and
 // residual adds run sharded and the norm gradients are summed over TP at the end of backward.
+// Context parallelism (model/context_parallel.h): T is the rank's T_global/CP positions (two
+// chunks); everything but attention is per token. Attention all-gathers the fused QKV rows of
+// the whole sequence (again in backward, rather than keeping them) and runs each local chunk
+// against the keys before it (ops::attention_chunk_forward); backward reduce-scatters the k/v
+// gradients to the ranks that own those rows. RoPE takes the rank's rows of the whole table.
 // Shapes below: N = B*T, NL = rows of the rank (N or N/TP), NHL/GL = local heads/groups,
 // QKVL = (NHL+2*GL)*HS, AL = NHL*HS, FL = F/TP.
 #pragma once
 
 #include <string>
 
+#include "shardlm/model/context_parallel.h"
 #include "shardlm/model/layers/linear.h"
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/layers/qkv_layout.h"
@@ -62,12 +68,18 @@ class TransformerLayer {
     Tensor staging;         // [N, C] sequence parallelism with B > 1 only (row reorder)
     Tensor sp_grads;        // [2 norms' grad_numel] sequence parallelism only
     Tensor rope_cos_sin;    // [T, R/2, 2] fp32 (fp64 in fp64 runs); --position-embedding-type rope only
+    // Context parallelism only (T: the local sequence, T_global = CP·T):
+    Tensor rope_global;     // [T_global, R/2, 2] the whole table; rope_cos_sin takes the rank's rows
+    Tensor cp_kv;           // [B*T_global, QKVL] the sequence's fused QKV rows, global order
+    Tensor cp_dkv;          // [B*T_global, QKVL] their gradient (k/v columns)
+    Tensor cp_staging;      // [B*T_global, QKVL] the collectives' rank-major order; dkv of chunk 0
   };
 
   // tp: the tensor-parallel group (default: none, the single-rank layer); with fewer query
-  // groups than ranks tp.query_group must be set (GPTModel does).
+  // groups than ranks tp.query_group must be set (GPTModel does). cp: the context-parallel
+  // group; the layer then sees T = cfg.seq_length / CP positions of each sequence.
   TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
-                   const TensorParallel& tp = {});
+                   const TensorParallel& tp = {}, const ContextParallel& cp = {});
 
   // Save the norm and activation outputs instead of recomputing them in backward
   // (RecomputeConfig::norm_activation = false). Call before allocate_saved.
@@ -84,11 +96,12 @@ class TransformerLayer {
                        const Saved* shared_attention = nullptr) const;
   // Selective recompute: re-runs the core attention from the saved (post-RoPE) qkv into s.attn
   // and s.lse, with the same dropout masks as the forward.
-  void recompute_attention(StepContext& step, const Saved& s) const;
+  void recompute_attention(StepContext& step, const Saved& s, const Scratch& scratch) const;
   static Scratch allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
                                   DType dtype, int64_t batch);
   static Scratch allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
-                                  TensorAllocator& alloc, DType dtype, int64_t batch);
+                                  TensorAllocator& alloc, DType dtype, int64_t batch,
+                                  const ContextParallel& cp = {});
 
   // x, x_out: [NL, C] (the rank's rows). Scratch is used for forward temporaries too.
   void forward(StepContext& step, Tensor x_out, const Tensor& x, const Saved& saved,
@@ -99,6 +112,16 @@ class TransformerLayer {
 
  private:
   ops::AttentionShape attention_shape() const;
+  // Positions of each sequence this rank holds (cfg.seq_length / CP).
+  int64_t seq() const { return cp_.local_length(cfg_.seq_length); }
+  SequenceRows sequence_rows(int64_t batch) const {
+    return SequenceRows{batch, seq(), cfg_.hidden_size, cp_};
+  }
+  // Core attention of s.qkv into s.attn / s.lse; its backward into scratch.qkv from scratch.a.
+  // Under CP: the sequence's rows are all-gathered into scratch.cp_kv (again in backward) and
+  // each local chunk attends to the keys before it; key/value gradients are reduce-scattered.
+  void attention(StepContext& step, const Saved& s, const Scratch& scratch) const;
+  void attention_backward(StepContext& step, const Saved& s, const Scratch& scratch) const;
   double hidden_dropout(const StepContext& step) const;
   double attention_dropout(const StepContext& step) const;
   // RoPE (--position-embedding-type rope) in place on the q/k heads of qkv [N, QKVL]: forward
@@ -114,6 +137,7 @@ class TransformerLayer {
 
   TransformerConfig cfg_;
   TensorParallel tp_;
+  ContextParallel cp_;
   uint32_t index_;
   QkvLayout qkv_layout_;  // the rank's QKV rows and query groups
   Norm norm1_, norm2_;
