@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 5's two-GPU benchmark: the 1.3B GPT (8x2048 per micro-batch, bf16) on one GPU and on two
 # GPUs as DP=2 (overlapped bucketed gradient reduction), DP=2 with the distributed optimizer
-# (overlapped reduce-scatter and parameter all-gather), TP=2 and TP=2 with sequence parallelism.
+# (overlapped reduce-scatter and parameter all-gather), TP=2, TP=2 with sequence parallelism and
+# CP=2 (context parallelism: each GPU holds half of every sequence).
 # Weak scaling: each data-parallel rank keeps the one-GPU micro-batch (the global batch doubles
-# with DP), TP splits the same global batch. Prints a markdown table: tokens/s of the job and per
+# with DP), TP and CP split the same global batch. Prints a markdown table: tokens/s of the job and per
 # GPU, scaling efficiency (per-GPU tokens/s over the one-GPU run's), MFU per GPU and rank 0's
 # memory, ready for bench/RESULTS.md.
 #
@@ -62,5 +63,6 @@ run dp2 2 $((2 * MBS)) --overlap-grad-reduce
 run dp2_distopt 2 $((2 * MBS)) --overlap-grad-reduce --use-distributed-optimizer --overlap-param-gather
 run tp2 2 "$MBS" --tensor-model-parallel-size 2
 run tp2_sp 2 "$MBS" --tensor-model-parallel-size 2 --sequence-parallel
+run cp2 2 "$MBS" --context-parallel-size 2
 
 python3 "$(dirname "$0")/../../tools/loss_logs.py" scaling-table "$OUT/results.jsonl" "" "$OUT"
