@@ -3,7 +3,7 @@
 // bandwidth.
 //
 // Build (CUDA build tree):  cmake --build build-cuda --target ops_bench
-// Run:                      ./build-cuda/ops_bench [--quick | --embedding]
+// Run:                      ./build-cuda/ops_bench [--quick | --embedding | --context-parallel]
 //
 // FLOP conventions (stated so numbers compare with FlashAttention / PyTorch SDPA reports):
 //   attention forward, causal = 4 * B * NH * T^2 * HS / 2;  backward = 2.5 x forward
@@ -293,9 +293,53 @@ void bench_gemm_algorithms(DeviceContext& ctx) {
 
 }  // namespace
 
+// Context parallelism's attention work per rank (model/context_parallel.h): one sequence of T
+// tokens; the whole-sequence forward + backward on one GPU, then, for CP ranks, each rank's two
+// chunks (positions r and 2·CP−1−r) against the gathered keys, the calls that rank would make.
+// Equal per-rank times near 1/CP of the whole are what the load-balanced split promises.
+void bench_context_parallel_attention(DeviceContext& ctx, int64_t T, int64_t NH, int64_t HS) {
+  const int64_t B = 1, G = NH, W = G * (NH / G + 2) * HS;
+  const ops::AttentionShape shape{NH, G, HS};
+  OwnedTensor qkv = random_device(ctx, DType::kBF16, {B, T, W}, 2);
+  OwnedTensor out = OwnedTensor::empty(DType::kBF16, {B, T, NH * HS}, ctx.device());
+  OwnedTensor lse = OwnedTensor::empty(DType::kF32, {B, NH, T}, ctx.device());
+  OwnedTensor dout = random_device(ctx, DType::kBF16, {B, T, NH * HS}, 3);
+  OwnedTensor dqkv = OwnedTensor::empty(DType::kBF16, {B, T, W}, ctx.device());
+  const double whole = time_ms(ctx, [&] {
+    ops::attention_forward(ctx, out, lse, qkv, shape, 0, {});
+    ops::attention_backward(ctx, dqkv, dout, qkv, out, lse, shape, 0, {});
+  });
+  std::printf("attention fwd+bwd B=1 T=%ld NH=%ld HS=%ld, whole sequence: %9.3f ms\n", (long)T,
+              (long)NH, (long)HS, whole);
+  for (int64_t cp : {2, 4, 8}) {
+    const int64_t TL = T / cp, c = TL / 2;
+    OwnedTensor q_src = random_device(ctx, DType::kBF16, {B, TL, W}, 4);
+    OwnedTensor o = OwnedTensor::empty(DType::kBF16, {B, TL, NH * HS}, ctx.device());
+    OwnedTensor l = OwnedTensor::empty(DType::kF32, {B, NH, TL}, ctx.device());
+    OwnedTensor d_o = random_device(ctx, DType::kBF16, {B, TL, NH * HS}, 5);
+    OwnedTensor dq = OwnedTensor::empty(DType::kBF16, {B, TL, W}, ctx.device());
+    std::printf("  CP %ld, ms per rank (fwd+bwd of its 2 chunks):", (long)cp);
+    double slowest = 0;
+    for (int64_t r = 0; r < cp; ++r) {
+      const ops::AttentionChunk early{0, c, r * c}, late{c, c, (2 * cp - 1 - r) * c};
+      const double ms = time_ms(ctx, [&] {
+        for (const ops::AttentionChunk& k : {early, late})
+          ops::attention_chunk_forward(ctx, o, l, q_src, qkv, shape, k, 0, {});
+        for (const ops::AttentionChunk& k : {late, early})
+          ops::attention_chunk_backward(ctx, dq, dqkv, d_o, q_src, qkv, o, l, shape, k, 0, {});
+      });
+      slowest = std::max(slowest, ms);
+      std::printf(" %.3f", ms);
+    }
+    std::printf(" | slowest = %.1f%% of the whole (1/CP = %.1f%%)\n", 100 * slowest / whole,
+                100.0 / cp);
+  }
+}
+
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool embedding_only = argc > 1 && std::strcmp(argv[1], "--embedding") == 0;
+  const bool context_parallel = argc > 1 && std::strcmp(argv[1], "--context-parallel") == 0;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout kill when redirected
   try {
     DeviceContext ctx(shardlm::Device::cuda(0));
@@ -304,6 +348,10 @@ int main(int argc, char** argv) {
     check(cudaGetDeviceProperties(&prop, 0), "props");
     std::printf("device: %s, %d SMs; all tensors bf16 (embedding bwd: fp32 dwte)\n", prop.name,
                 prop.multiProcessorCount);
+    if (context_parallel) {
+      for (int64_t T : {16384, 65536}) bench_context_parallel_attention(ctx, T, 16, 128);
+      return 0;
+    }
     if (embedding_only) {
       bench_embedding_backward(ctx, 16384, 2048, /*one_token=*/false);
       bench_embedding_backward(ctx, 16384, 2048, /*one_token=*/true);
