@@ -23,6 +23,21 @@ const std::string k1_3B =
     "plan --num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 "
     "--max-position-embeddings 2048 --vocab-size 50257 --global-batch-size 256 --bf16 ";
 
+// A per-process path in the temporary directory: stem + pid + extension.
+std::string temp_file(const std::string& stem, const std::string& extension) {
+  return (std::filesystem::temp_directory_path() / (stem + std::to_string(::getpid()) + extension))
+      .string();
+}
+
+// `args --config FILE` with a YAML file holding `yaml`.
+Result run_with_config(const std::string& args, const std::string& yaml) {
+  const std::string path = temp_file("plan_cli_", ".yaml");
+  std::ofstream(path) << yaml;
+  const Result r = run(args + "--config " + path);
+  std::filesystem::remove(path);
+  return r;
+}
+
 std::string line_starting(const std::string& output, const std::string& prefix) {
   const size_t at = output.find("\n" + prefix);
   if (at == std::string::npos) return "";
@@ -84,12 +99,8 @@ TEST(PlanCli, GivenFlagsAndConfigFilesFixTheirChoice) {
   ASSERT_EQ(sp.exit_code, 0) << sp.output;
   EXPECT_EQ(line_starting(sp.output, "> flags: ").find("--sequence-parallel"), std::string::npos)
       << sp.output;
-  const std::string yaml =
-      (std::filesystem::temp_directory_path() / ("plan_cli_" + std::to_string(::getpid()) + ".yaml"))
-          .string();
-  std::ofstream(yaml) << "tensor-model-parallel-size: 4\nmicro-batch-size: 2\n";
-  const Result file = run(k1_3B + "--num-gpus 8 --config " + yaml);
-  std::filesystem::remove(yaml);
+  const Result file = run_with_config(k1_3B + "--num-gpus 8 ",
+                                      "tensor-model-parallel-size: 4\nmicro-batch-size: 2\n");
   ASSERT_EQ(file.exit_code, 0) << file.output;
   EXPECT_NE(line_starting(file.output, "> flags: ")
                 .find("--tensor-model-parallel-size 4 --pipeline-model-parallel-size 1 "
@@ -112,10 +123,53 @@ TEST(PlanCli, GivenFlagsAndConfigFilesFixTheirChoice) {
       << pinned.output;
 }
 
+// A long sequence (Llama-3-8B's shape, 32,768 tokens): context parallelism in the best flags,
+// the table and the JSON; --context-parallel-size given (1 included, or in a --config file) is
+// kept.
+TEST(PlanCli, ContextParallelForALongSequence) {
+  const std::string llama =
+      "plan --num-layers 32 --hidden-size 4096 --num-attention-heads 32 --group-query-attention "
+      "--num-query-groups 8 --swiglu --ffn-hidden-size 14336 --position-embedding-type rope "
+      "--seq-length 32768 --max-position-embeddings 32768 --vocab-size 128256 --bf16 "
+      "--global-batch-size 16 --num-gpus 8 ";
+  const std::string json = temp_file("plan_cli_cp", ".json");
+  const Result r = run(llama + "--json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(line_starting(r.output, "> flags: ").find("--context-parallel-size "), std::string::npos)
+      << r.output;
+  EXPECT_NE(line_starting(r.output, "> run:").find("--context-parallel-size "), std::string::npos)
+      << r.output;
+  EXPECT_NE(line_starting(r.output, "> best: ").find(" x CP "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("CP comm s"), std::string::npos) << r.output;
+  std::ifstream f(json);
+  const nlohmann::json j = nlohmann::json::parse(f);
+  std::filesystem::remove(json);
+  const nlohmann::json& best = j["candidates"][0];
+  EXPECT_GT(best["cp"].get<int>(), 1);
+  EXPECT_GT(best["cp_comm_s"].get<double>(), 0);
+  EXPECT_EQ(best["tp"].get<int>() * best["cp"].get<int>() * best["pp"].get<int>() *
+                best["dp"].get<int>(),
+            8);
+
+  const Result off = run(llama + "--context-parallel-size 1");
+  ASSERT_EQ(off.exit_code, 0) << off.output;
+  EXPECT_EQ(off.output.find("--context-parallel-size"), std::string::npos) << off.output;
+  EXPECT_EQ(line_starting(off.output, "> best: ").find(" x CP "), std::string::npos) << off.output;
+  const Result file = run_with_config(llama, "context-parallel-size: 4\n");
+  ASSERT_EQ(file.exit_code, 0) << file.output;
+  EXPECT_NE(line_starting(file.output, "> flags: ").find("--context-parallel-size 4 "),
+            std::string::npos)
+      << file.output;
+  // Nothing fits with CP fixed off: the message names the flag to drop.
+  const Result pinned = run(llama + "--context-parallel-size 1 --gpu-memory-gib 20");
+  EXPECT_EQ(pinned.exit_code, 1) << pinned.output;
+  EXPECT_NE(pinned.output.find("or drop a fixed layout flag (--context-parallel-size)"),
+            std::string::npos)
+      << pinned.output;
+}
+
 TEST(PlanCli, JsonHoldsEveryLayout) {
-  const std::string path =
-      (std::filesystem::temp_directory_path() / ("plan_cli_" + std::to_string(::getpid()) + ".json"))
-          .string();
+  const std::string path = temp_file("plan_cli_", ".json");
   const Result r = run(k1_3B + "--num-gpus 4 --json " + path);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::ifstream f(path);
@@ -150,15 +204,13 @@ TEST(PlanCli, BadRequestsExitTwoWithOneLine) {
 }
 
 // The recommended flags train: a tiny model planned for 2 CPU "GPUs", then run with `shardlm
-// launch --device cpu` and exactly those flags; so do an interleaved-pipeline, an uneven-stage
-// and a block-recompute layout picked from the JSON.
+// launch --device cpu` and exactly those flags; so do an interleaved-pipeline, an uneven-stage,
+// a block-recompute and a context-parallel layout picked from the JSON.
 TEST(PlanCli, RecommendedFlagsTrain) {
   const std::string model =
       "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --vocab-size 100 "
       "--global-batch-size 8 ";
-  const std::string json =
-      (std::filesystem::temp_directory_path() / ("plan_cli_t" + std::to_string(::getpid()) + ".json"))
-          .string();
+  const std::string json = temp_file("plan_cli_t", ".json");
   const Result p = run("plan " + model + "--num-gpus 2 --json " + json);
   ASSERT_EQ(p.exit_code, 0) << p.output;
   std::vector<std::string> layouts = {line_starting(p.output, "> flags: ").substr(9)};
@@ -179,6 +231,7 @@ TEST(PlanCli, RecommendedFlagsTrain) {
   layouts.push_back(first([](const nlohmann::json& c) {
     return c["recompute"].get<std::string>().rfind("full block", 0) == 0 && c["dp"] == 2;
   }));
+  layouts.push_back(first([](const nlohmann::json& c) { return c["cp"] == 2; }));
   for (const std::string& flags : layouts) {
     ASSERT_FALSE(flags.empty()) << p.output;
     const Result t = run("launch --nproc-per-node 2 --master-port 0 --device cpu -- train " +

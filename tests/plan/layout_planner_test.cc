@@ -2,7 +2,8 @@
 // built on thread ranks, compared field by field), its choices follow the model and the GPUs
 // (data parallel when the model fits, split when it does not, nothing when nothing fits), fixed
 // choices stay fixed, unsplittable layouts are rejected with the validation's reason, and the
-// time estimate moves as its inputs say (pipeline bubble, bandwidth).
+// time estimate moves as its inputs say (pipeline bubble, bandwidth, context-parallel
+// collectives: CP wins a long sequence and loses a short one).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -70,6 +71,23 @@ TrainConfig gpt_13b() {
   return c;
 }
 
+// Llama-3-8B's shape (GQA 8, SwiGLU, RoPE) at a long sequence.
+TrainConfig llama_8b(int64_t seq) {
+  TrainConfig c = gpt_1_3b();
+  c.model.num_layers = 32;
+  c.model.hidden_size = 4096;
+  c.model.num_attention_heads = 32;
+  c.model.num_query_groups = 8;
+  c.model.swiglu = true;
+  c.model.ffn_hidden_size = 14336;
+  c.model.position_embedding = model::PositionEmbedding::kRope;
+  c.model.seq_length = seq;
+  c.model.max_position_embeddings = seq;
+  c.model.vocab_size = 128256;
+  c.global_batch_size = 16;
+  return c;
+}
+
 Cluster gpus(int n, double memory_gib = 80) {
   Cluster c;
   c.num_gpus = n;
@@ -86,6 +104,7 @@ struct LayoutCase {
   int64_t query_groups = 0;
   bool fp64_master = false;  // the CPU's mixed precision: compute copies and sharded masters
   int last_stage_layers = 0;  // --decoder-last-pipeline-num-layers given by the user
+  int cp = 1;                 // --context-parallel-size
 };
 
 // Every rank's memory plan as the Trainer makes it, by pipeline stage (ranks of one stage must
@@ -142,6 +161,13 @@ TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
        no_recompute(), 0, true},
       {"PP2 with a one-layer last stage (--decoder-last-pipeline-num-layers 1)", 1, 2, 1, 1,
        false, false, selective_recompute(), 0, false, 1},
+      // Context parallel: a rank's seq/CP tokens, optimizer state sharded over DP x CP.
+      {"CP2 x TP2 x DP2, SP, distributed optimizer", 2, 1, 2, 1, true, true, no_recompute(), 0,
+       false, 0, 2},
+      {"CP2 x PP2, distributed optimizer over the CP ranks, selective", 1, 2, 1, 1, false, true,
+       selective_recompute(), 0, false, 0, 2},
+      {"CP4, fp64 master weights sharded over CP, full recompute", 1, 1, 1, 1, false, true,
+       full_recompute(), 0, true, 0, 4},
   };
   for (const LayoutCase& lc : cases) {
     SCOPED_TRACE(lc.name);
@@ -149,9 +175,10 @@ TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
     cfg.model.num_query_groups = lc.query_groups;
     if (lc.fp64_master) cfg.main_params_dtype = "fp64";
     cfg.parallel.decoder_last_pipeline_num_layers = lc.last_stage_layers;
-    const int world = lc.tp * lc.pp * lc.dp;
+    const int world = lc.tp * lc.pp * lc.cp * lc.dp;
     FixedChoices fixed{.tensor_parallel = lc.tp,
                        .pipeline_parallel = lc.pp,
+                       .context_parallel = lc.cp,
                        .virtual_chunks = lc.v,
                        .stage_layers = std::pair{0, lc.last_stage_layers},
                        .micro_batch_size = cfg.micro_batch_size,
@@ -162,6 +189,8 @@ TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
     ASSERT_EQ(r.candidates.size(), 1u) << (r.rejected.empty() ? "" : r.rejected.begin()->first);
     const Candidate& c = r.candidates.front();
     ASSERT_EQ(static_cast<int>(c.stage_memory.size()), lc.pp);
+    ASSERT_EQ(c.cp, lc.cp);
+    ASSERT_EQ(c.dp, lc.dp);
 
     // The same layout as `shardlm train` takes it: the candidate's printed flags, parsed by
     // train's own flag table over the base config, then built by trainers on thread ranks.
@@ -188,7 +217,11 @@ TEST(LayoutPlanner, DataParallelWhenTheModelFitsOneGpu) {
   const Candidate& best = r.candidates.front();
   EXPECT_EQ(best.tp, 1);
   EXPECT_EQ(best.pp, 1);
+  EXPECT_EQ(best.cp, 1);  // 2048 tokens: context parallelism only adds collectives
   EXPECT_EQ(best.dp, 8);
+  EXPECT_TRUE(std::any_of(r.candidates.begin(), r.candidates.end(),
+                          [](const Candidate& c) { return c.cp > 1 && c.fits; }))
+      << "CP layouts are searched, and lose";
   EXPECT_TRUE(best.distributed_optimizer);
   EXPECT_EQ(r.parameters, 1315819520);  // padded vocabulary 50,304
   // Fitting layouts first, fastest first; then the others.
@@ -253,6 +286,11 @@ TEST(LayoutPlanner, FixedChoicesAreKept) {
     EXPECT_EQ(std::count(f.begin(), f.end(), "--use-distributed-optimizer"), 0);
     EXPECT_EQ(std::count(f.begin(), f.end(), "--overlap-param-gather"), 0);
   }
+  // A fixed PP leaves the searched TP only sizes that fit next to it (TP 4 x PP 4 is not a
+  // layout of 8 GPUs; it once divided by a data-parallel size of 0).
+  const PlanResult pp4 = plan_layouts(gpt_1_3b(), gpus(8), {.pipeline_parallel = 4});
+  ASSERT_FALSE(pp4.candidates.empty());
+  for (const Candidate& c : pp4.candidates) EXPECT_EQ(c.tp * c.cp * c.pp * c.dp, 8) << c.describe();
   // A distributed optimizer fixed on one GPU: no data-parallel overlap flags to print.
   for (const Candidate& c :
        plan_layouts(gpt_1_3b(), gpus(1), {.distributed_optimizer = true}).candidates) {
@@ -376,6 +414,128 @@ TEST(LayoutPlanner, DataParallelCostsFollowTheGroup) {
   sharded.distributed_optimizer = true;
   const Candidate opt = plan_layouts(gpt_1_3b(), gpus(8), sharded).candidates.front();
   EXPECT_NEAR(opt.optimizer_s * 8, within.optimizer_s, 0.01 * within.optimizer_s);
+}
+
+// A long sequence: Llama-3-8B's shape at 32,768 tokens on 8 GPUs. Context parallelism wins: a
+// CP rank moves the sequence's fused QKV rows (1.5 x hidden under GQA 8) three times per layer,
+// where TP moves four [tokens, hidden] activations per layer and direction, so CP2 x TP2
+// beats every layout without CP (TP4 x DP2 the best of those).
+TEST(LayoutPlanner, ContextParallelWinsALongSequence) {
+  const PlanResult r = plan_layouts(llama_8b(32768), gpus(8), {});
+  ASSERT_GT(r.fitting(), 0);
+  const Candidate& best = r.candidates.front();
+  EXPECT_TRUE(best.fits);
+  EXPECT_GT(best.cp, 1) << best.describe();
+  EXPECT_LE(static_cast<double>(best.memory().total()) + gpus(8).reserved_bytes, 80 * kGiB);
+  EXPECT_EQ(best.tp * best.cp * best.pp * best.dp, 8);
+  EXPECT_GT(best.cp_comm_s, 0);
+  const auto no_cp = std::find_if(r.candidates.begin(), r.candidates.end(),
+                                  [](const Candidate& c) { return c.cp == 1; });
+  ASSERT_NE(no_cp, r.candidates.end());
+  EXPECT_TRUE(no_cp->fits);
+  EXPECT_LT(best.step_s, 0.97 * no_cp->step_s) << no_cp->describe();
+  // The flags say it, and describe() too.
+  const std::vector<std::string> f = best.flags();
+  const auto at = std::find(f.begin(), f.end(), "--context-parallel-size");
+  ASSERT_NE(at, f.end());
+  EXPECT_EQ(*(at + 1), std::to_string(best.cp));
+  EXPECT_NE(best.describe().find(" x CP " + std::to_string(best.cp) + " x DP "), std::string::npos);
+  // CP's activations: the same layout without CP needs more memory (twice the tokens).
+  const PlanResult without = plan_layouts(
+      llama_8b(32768), gpus(8),
+      {.tensor_parallel = best.tp, .pipeline_parallel = best.pp, .context_parallel = 1,
+       .micro_batch_size = best.micro_batch_size, .recompute = best.recompute});
+  ASSERT_FALSE(without.candidates.empty());
+  EXPECT_GT(without.candidates.front().memory().activations, best.memory().activations);
+}
+
+// A fixed --context-parallel-size is the only one tried: 1 keeps CP off where it would win,
+// others are kept with DP = GPUs / (TP x CP x PP); one the sequence cannot split is rejected with
+// the trainer's reason, one the GPUs cannot hold names the flag.
+TEST(LayoutPlanner, FixedContextParallelIsKept) {
+  const PlanResult off = plan_layouts(llama_8b(32768), gpus(8), {.context_parallel = 1});
+  ASSERT_GT(off.fitting(), 0);
+  for (const Candidate& c : off.candidates) {
+    EXPECT_EQ(c.cp, 1);
+    const std::vector<std::string> f = c.flags();
+    EXPECT_EQ(std::count(f.begin(), f.end(), "--context-parallel-size"), 0);
+  }
+  const PlanResult four = plan_layouts(llama_8b(32768), gpus(8), {.context_parallel = 4});
+  ASSERT_GT(four.fitting(), 0);
+  for (const Candidate& c : four.candidates) {
+    EXPECT_EQ(c.cp, 4);
+    EXPECT_EQ(c.tp * c.pp * c.dp, 2) << c.describe();
+  }
+  // 2040 tokens split into 2 x CP chunks for CP 2 and 4, not 8: the search skips 8, a fixed 8
+  // is rejected by the trainer's validation.
+  TrainConfig odd = gpt_1_3b();
+  odd.model.seq_length = 2040;
+  for (const Candidate& c : plan_layouts(odd, gpus(8), {}).candidates) EXPECT_LE(c.cp, 4);
+  const PlanResult eight = plan_layouts(odd, gpus(8), {.context_parallel = 8});
+  EXPECT_TRUE(eight.candidates.empty());
+  bool named = false;
+  for (const auto& [reason, n] : eight.rejected)
+    named |= reason.find("--context-parallel-size 8") != std::string::npos;
+  EXPECT_TRUE(named);
+  try {
+    plan_layouts(gpt_1_3b(), gpus(8), {.tensor_parallel = 2, .context_parallel = 3});
+    FAIL() << "CP 3 of 8 GPUs accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig);
+    EXPECT_NE(std::string(e.what()).find(
+                  "--tensor-model-parallel-size 2 x --context-parallel-size 3"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// CP's collectives as the time model prices them: per layer, one all-gather of the fused QKV
+// rows forward, one more and a reduce-scatter backward, each (c-1)/c of [mbs x seq, QKV rows/TP];
+// full recomputation gathers once more; the group spans TP x CP consecutive ranks, at the
+// network's bandwidth once that block leaves a node.
+TEST(LayoutPlanner, ContextParallelCommunicationScales) {
+  TrainConfig cfg = gpt_1_3b();
+  cfg.global_batch_size = 8;
+  auto plan = [&](const Cluster& cl, int tp, int cp, const model::RecomputeConfig& r) {
+    const PlanResult p = plan_layouts(cfg, cl, {.tensor_parallel = tp, .pipeline_parallel = 1,
+                                                .context_parallel = cp, .micro_batch_size = 1,
+                                                .recompute = r});
+    EXPECT_EQ(p.candidates.size(), 1u);
+    EXPECT_TRUE(p.candidates.front().fits);
+    return p.candidates.front();
+  };
+  // DP 1 on CP GPUs: 8 micro-batches either way. No per-layer overhead: compute only.
+  auto bare = [](int n) {
+    Cluster cl = gpus(n);
+    cl.per_layer_overhead_s = 0;
+    return cl;
+  };
+  const Candidate cp2 = plan(bare(2), 1, 2, no_recompute());
+  const Candidate cp4 = plan(bare(4), 1, 4, no_recompute());
+  ASSERT_EQ(cp2.num_microbatches, 8);
+  ASSERT_EQ(cp4.num_microbatches, 8);
+  // 3 passes x 24 layers x 8 micro-batches x 1/2 x 2048 x 3 x 2048 x 2 bytes at 360 GB/s.
+  const double qkv_bytes = 2048.0 * 3 * 2048 * 2;
+  EXPECT_NEAR(cp2.cp_comm_s, 3 * 24 * 8 * 0.5 * qkv_bytes / 360e9, 1e-9);
+  EXPECT_NEAR(cp4.cp_comm_s / cp2.cp_comm_s, (3.0 / 4) / (1.0 / 2), 1e-9);
+  EXPECT_EQ(cp2.tp_comm_s, 0);
+  // CP ranks hold the same parameters: gradients are reduced over them (DP x CP) and the
+  // distributed optimizer, on by default, shards its step over them.
+  EXPECT_TRUE(cp2.distributed_optimizer);
+  EXPECT_GT(cp2.dp_exposed_s, 0);
+  EXPECT_NEAR(cp4.optimizer_s * 2, cp2.optimizer_s, 1e-3 * cp2.optimizer_s);
+  // Each rank computes on half the tokens at CP 4 of CP 2's (compute_s holds the collectives).
+  EXPECT_NEAR((cp4.compute_s - cp4.cp_comm_s) / (cp2.compute_s - cp2.cp_comm_s), 0.5, 1e-9);
+  const Candidate full = plan(bare(2), 1, 2, full_recompute());
+  EXPECT_NEAR(full.cp_comm_s / cp2.cp_comm_s, 4.0 / 3, 1e-9);
+  // 16 GPUs on two nodes: with TP 4, CP 2's block of TP x CP = 8 ranks is one node (NVLink);
+  // with TP 8 the block is both nodes (the network's 45 GB/s) and the QKV rows per rank half
+  // as wide: 8 / 2 = 4 times the time per micro-batch.
+  const Candidate tp4 = plan(gpus(16), 4, 2, no_recompute());
+  const Candidate tp8 = plan(gpus(16), 8, 2, no_recompute());
+  ASSERT_EQ(tp8.num_microbatches, tp4.num_microbatches * 2);  // DP 1 and DP 2
+  EXPECT_NEAR((tp8.cp_comm_s / tp8.num_microbatches) / (tp4.cp_comm_s / tp4.num_microbatches),
+              360.0 / 45 / 2, 1e-9);
 }
 
 TEST(LayoutPlanner, BadRequestsNameTheFix) {

@@ -8,6 +8,7 @@
 #include "shardlm/base/error.h"
 #include "shardlm/dist/parallel_layout.h"
 #include "shardlm/dist/shape_only_communicator.h"
+#include "shardlm/model/context_parallel.h"
 #include "shardlm/model/layers/qkv_layout.h"
 #include "shardlm/parallel/schedule_simulator.h"
 #include "shardlm/train/metrics.h"
@@ -56,10 +57,23 @@ struct ShapeOnlyTensorParallel {
   }
 };
 
+// The context-parallel group of CP rank 0 as a shape (every CP rank has the same shapes).
+struct ShapeOnlyContextParallel {
+  std::unique_ptr<dist::ShapeOnlyCommunicator> group;
+  model::ContextParallel cp;
+
+  explicit ShapeOnlyContextParallel(int size) {
+    if (size == 1) return;
+    group = std::make_unique<dist::ShapeOnlyCommunicator>("cp", 0, size);
+    cp.group = group.get();
+  }
+};
+
 // Per micro-batch times of one model chunk on one rank.
 struct ChunkTimes {
   double forward = 0, backward = 0;
   double tp_comm = 0;  // forward + backward (+ recomputation) TP collectives, included above
+  double cp_comm = 0;  // the same for CP's
 };
 
 class CandidateEstimator {
@@ -68,18 +82,29 @@ class CandidateEstimator {
       : cfg_(cfg), cluster_(cluster), flops_(layer_forward_flops(cfg.model)) {}
 
   ChunkTimes chunk_times(const Candidate& c, int64_t num_layers, bool has_head) const {
-    const double tokens = static_cast<double>(c.micro_batch_size * cfg_.model.seq_length);
+    // The rank's tokens: seq/CP of each sequence (the load-balanced split gives every CP rank
+    // the same attention work, so attention divides by CP as the linear layers do).
+    const double sequences = static_cast<double>(c.micro_batch_size * cfg_.model.seq_length);
+    const double tokens = sequences / c.cp;
     const double rate = cluster_.peak_flops * cluster_.achieved_mfu;
-    const double tp = c.tp;
+    const double tp = c.tp, cp = c.cp;
+    const double bytes = static_cast<double>(dtype_size(compute_dtype()));
     // Two all-reduces per layer and direction (or, with SP, all-gather + reduce-scatter pairs:
     // the same ring bytes): 2 x 2(t-1)/t x the [tokens, hidden] activation.
-    const double act_bytes = tokens * static_cast<double>(cfg_.model.hidden_size) *
-                             static_cast<double>(dtype_size(compute_dtype()));
+    const double act_bytes = tokens * static_cast<double>(cfg_.model.hidden_size) * bytes;
     const double comm = c.tp > 1 ? 4 * (tp - 1) / tp * act_bytes / bandwidth(c.tp) : 0.0;
+    // CP: each attention pass all-gathers the fused QKV rows of whole sequences, [mbs x seq,
+    // QKV rows / TP] ((c-1)/c of them arrive per rank in a ring); the backward gathers again and
+    // reduce-scatters the key/value gradients of the same size. The group is the aligned block
+    // of TP x CP ranks.
+    const double qkv_rows =
+        static_cast<double>(model::QkvLayout::of(cfg_.model, 0, c.tp).local_rows());
+    const double qkv_bytes = sequences * qkv_rows * bytes;
+    const double cp_pass = c.cp > 1 ? (cp - 1) / cp * qkv_bytes / bandwidth(c.tp * c.cp) : 0.0;
     const double fwd_compute = tokens * (flops_.linear + flops_.attention) / tp / rate;
     const double attention_compute = tokens * flops_.attention / tp / rate;
-    const double layer_fwd = fwd_compute + comm + cluster_.per_layer_overhead_s;
-    const double layer_bwd = 2 * fwd_compute + comm + cluster_.per_layer_overhead_s;
+    const double layer_fwd = fwd_compute + comm + cp_pass + cluster_.per_layer_overhead_s;
+    const double layer_bwd = 2 * fwd_compute + comm + 2 * cp_pass + cluster_.per_layer_overhead_s;
     // Layers of this chunk whose forward backward re-runs (model/recompute.h: chunk-local).
     int64_t rerun = 0;
     for (int64_t l = 0; l < num_layers; ++l) rerun += c.recompute.recomputes_layer(l);
@@ -88,7 +113,11 @@ class CandidateEstimator {
     t.forward = n * layer_fwd;
     t.backward = n * layer_bwd + r * layer_fwd;
     t.tp_comm = n * 2 * comm + r * comm;
-    if (c.recompute.selective()) t.backward += n * attention_compute;
+    t.cp_comm = n * 3 * cp_pass + r * cp_pass;
+    if (c.recompute.selective()) {  // attention re-runs, with its gather
+      t.backward += n * (attention_compute + cp_pass);
+      t.cp_comm += n * cp_pass;
+    }
     if (has_head) {  // the output layer's GEMM (vocabulary split over TP)
       const double head = tokens * 2 * static_cast<double>(cfg_.model.padded_vocab_size()) *
                           static_cast<double>(cfg_.model.hidden_size) / tp / rate;
@@ -99,8 +128,9 @@ class CandidateEstimator {
   }
 
   // Bandwidth of a collective over the aligned block of `span` consecutive ranks that holds
-  // the group (TP: span TP; DP: TP x DP; pipeline neighbours: the whole world, as the slowest
-  // boundary gates every step): NVLink when every such block sits inside one node.
+  // the group (TP: span TP; CP: TP x CP; DP with CP: TP x CP x DP; pipeline neighbours: the
+  // whole world, as the slowest boundary gates every step): NVLink when every such block sits
+  // inside one node.
   double bandwidth(int span) const {
     const int g = cluster_.gpus_per_node;
     return span <= g && g % span == 0 ? cluster_.intra_node_bandwidth
@@ -128,7 +158,8 @@ struct StagePlan {
 StagePlan plan_stage(const TrainConfig& c, const dist::ParallelLayout& layout, int pp_rank,
                      const parallel::PipelinePlan* pipeline) {
   const ShapeOnlyTensorParallel tp(c, layout.tp(), c.parallel.sequence_parallel);
-  train::RankModel m = train::build_rank_model(c, layout, pp_rank, tp.tp, pipeline);
+  const ShapeOnlyContextParallel cp(layout.cp());
+  train::RankModel m = train::build_rank_model(c, layout, pp_rank, tp.tp, pipeline, cp.cp);
   StagePlan s;
   s.memory = train::plan_rank_memory(c, layout, m, /*cuda=*/true);
   s.params = m.registry.numel();
@@ -151,25 +182,27 @@ void estimate_time(Candidate& cand, const TrainConfig& c, const Cluster& cluster
     for (const auto& [layers, head] : stages[r].chunks)
       times[r].push_back(est.chunk_times(cand, layers, head));
   const double M = static_cast<double>(cand.num_microbatches);
-  std::vector<double> busy(stages.size(), 0), comm(stages.size(), 0);
+  std::vector<double> busy(stages.size(), 0), comm(stages.size(), 0), cp_comm(stages.size(), 0);
   for (size_t r = 0; r < stages.size(); ++r)
     for (const ChunkTimes& t : times[r]) {
       busy[r] += M * (t.forward + t.backward);
       comm[r] += M * t.tp_comm;
+      cp_comm[r] += M * t.cp_comm;
     }
   const size_t busiest = static_cast<size_t>(std::max_element(busy.begin(), busy.end()) - busy.begin());
   cand.compute_s = busy[busiest];
   cand.tp_comm_s = comm[busiest];
+  cand.cp_comm_s = cp_comm[busiest];
   cand.pipeline_s = cand.compute_s;
   const double compute_bytes = static_cast<double>(dtype_size(est.compute_dtype()));
   const double master_bytes = static_cast<double>(dtype_size(est.master_dtype()));
   if (pipeline) {
-    // Activations (and their gradients) between stages: [tokens, hidden], sequence-sharded
-    // under SP. Stages are TP x DP ranks apart; one transfer time for all boundaries, so a
-    // job wider than a node pays the network's.
+    // Activations (and their gradients) between stages: [tokens, hidden] of the rank's seq/CP
+    // tokens, sequence-sharded under SP. Stages are TP x CP x DP ranks apart; one transfer time
+    // for all boundaries, so a job wider than a node pays the network's.
     const double boundary = static_cast<double>(cand.micro_batch_size * c.model.seq_length *
                                                 c.model.hidden_size) *
-                            compute_bytes / (cand.sequence_parallel ? cand.tp : 1);
+                            compute_bytes / (cand.sequence_parallel ? cand.tp : 1) / cand.cp;
     parallel::SimulationTiming timing;
     timing.transfer = boundary / est.bandwidth(cluster.num_gpus);
     timing.compute_time = [&](int rank, const parallel::Action& a) {
@@ -180,8 +213,9 @@ void estimate_time(Candidate& cand, const TrainConfig& c, const Cluster& cluster
     SHARDLM_CHECK(sim.completed);  // the generators' schedules complete (tested)
     cand.pipeline_s = sim.makespan;
   }
-  // Data parallel: the reduction overlaps the last micro-batch's backward, the gathers of the
-  // distributed optimizer the next step's first forward; the last (first) bucket is exposed.
+  // Data parallel, over the data x context ranks (CP ranks hold the same parameters): the
+  // reduction overlaps the last micro-batch's backward, the gathers of the distributed optimizer
+  // the next step's first forward; the last (first) bucket is exposed.
   double dp_exposed = 0, optimizer = 0;
   for (size_t r = 0; r < stages.size(); ++r) {
     const StagePlan& s = stages[r];
@@ -191,8 +225,8 @@ void estimate_time(Candidate& cand, const TrainConfig& c, const Cluster& cluster
       first_forward += t.forward;
     }
     double exposed = 0;
-    if (cand.dp > 1) {
-      const double d = cand.dp, bw = est.bandwidth(cand.tp * cand.dp);
+    if (cand.grad_ranks() > 1) {
+      const double d = cand.grad_ranks(), bw = est.bandwidth(cand.tp * cand.grad_ranks());
       const double grad_bytes = static_cast<double>(s.params) * master_bytes;
       const double reduce = (cand.distributed_optimizer ? 1.0 : 2.0) * (d - 1) / d * grad_bytes / bw;
       exposed += std::max(reduce - last_backward, reduce / s.num_buckets);
@@ -205,7 +239,7 @@ void estimate_time(Candidate& cand, const TrainConfig& c, const Cluster& cluster
     dp_exposed = std::max(dp_exposed, exposed);
     // AdamW: read value, gradient, two moments; write value, moments (+ the compute copy).
     const double elements = static_cast<double>(s.params) /
-                            (cand.distributed_optimizer ? cand.dp : 1);
+                            (cand.distributed_optimizer ? cand.grad_ranks() : 1);
     const double bytes_per_element =
         7 * master_bytes + (est.compute_dtype() != est.master_dtype() ? compute_bytes : 0);
     optimizer = std::max(optimizer, elements * bytes_per_element / cluster.memory_bandwidth);
@@ -255,6 +289,15 @@ class Rejections {
   std::map<std::string, std::string> example_;  // normalized -> first message
 };
 
+// Context-parallel sizes to try with `ranks` = GPUs / (TP x PP): the divisors that split the
+// sequence into 2 x CP chunks (1 always: CP off).
+std::vector<int> context_sizes(const TrainConfig& cfg, int ranks) {
+  std::vector<int> out;
+  for (int c : divisors(ranks))
+    if (c == 1 || cfg.model.seq_length % (2 * c) == 0) out.push_back(c);
+  return out;
+}
+
 // The points of the search (layout and per-rank choices; the Candidate fields evaluate()
 // does not fill). Layout sizes that cannot split the layers or the batch are counted in
 // `rejected` here; the rest of the validation is evaluate()'s.
@@ -267,9 +310,9 @@ std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& 
   std::vector<int> tps;
   for (int t : divisors(std::min(N, cluster.gpus_per_node)))
     if (cluster.gpus_per_node % t == 0 && N % t == 0) tps.push_back(t);
-  // A layout (TP, PP, V, first/last stage layers) with its per-rank choices.
+  // A layout (TP, PP, CP, V, first/last stage layers) with its per-rank choices.
   struct Layout {
-    int tp, pp, v, first, last;
+    int tp, pp, cp, v, first, last;
   };
   std::vector<Layout> layouts;
   for (int tp : choices(fixed.tensor_parallel, tps))
@@ -283,21 +326,25 @@ std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& 
       std::vector<int> vs = {1};
       for (int v = 2; pp > 1 && v <= 8 && v <= L / pp; ++v)
         if (L % (pp * v) == 0) vs.push_back(v);
-      for (int v : choices(fixed.virtual_chunks, vs)) {
-        // Uneven first / last stages (1F1B): one layer fewer where the embedding or the
-        // output layer sits, when the config gives neither. {0, 0}: Megatron's even split.
-        std::vector<std::pair<int, int>> stage_layers = {{0, 0}};
-        const int e = static_cast<int>(L / pp);
-        if (pp > 1 && v == 1 && e > 1 && cfg.parallel.decoder_first_pipeline_num_layers == 0 &&
-            cfg.parallel.decoder_last_pipeline_num_layers == 0)
-          stage_layers.insert(stage_layers.end(), {{0, e - 1}, {e - 1, 0}, {e - 1, e - 1}});
-        for (const auto& [first, last] : choices(fixed.stage_layers, stage_layers))
-          layouts.push_back({tp, pp, v, first, last});
+      for (int cp : choices(fixed.context_parallel, context_sizes(cfg, N / (tp * pp)))) {
+        // A fixed size may leave a searched one no room: not a layout of N GPUs at all.
+        if (N % (tp * pp * cp) != 0) continue;
+        for (int v : choices(fixed.virtual_chunks, vs)) {
+          // Uneven first / last stages (1F1B): one layer fewer where the embedding or the
+          // output layer sits, when the config gives neither. {0, 0}: Megatron's even split.
+          std::vector<std::pair<int, int>> stage_layers = {{0, 0}};
+          const int e = static_cast<int>(L / pp);
+          if (pp > 1 && v == 1 && e > 1 && cfg.parallel.decoder_first_pipeline_num_layers == 0 &&
+              cfg.parallel.decoder_last_pipeline_num_layers == 0)
+            stage_layers.insert(stage_layers.end(), {{0, e - 1}, {e - 1, 0}, {e - 1, e - 1}});
+          for (const auto& [first, last] : choices(fixed.stage_layers, stage_layers))
+            layouts.push_back({tp, pp, cp, v, first, last});
+        }
       }
     }
   std::vector<Candidate> out;
   for (const Layout& l : layouts) {
-    const int dp = N / (l.tp * l.pp);
+    const int dp = N / (l.tp * l.pp * l.cp);
     // Micro-batch sizes: every divisor of the per-rank batch, up to 64.
     std::vector<int64_t> mbss;
     const int64_t per_rank = cfg.global_batch_size % dp == 0 ? cfg.global_batch_size / dp : 0;
@@ -321,6 +368,7 @@ std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& 
         Candidate c;
         c.tp = l.tp;
         c.pp = l.pp;
+        c.cp = l.cp;
         c.dp = dp;
         c.virtual_chunks = l.v;
         c.first_stage_layers = l.first;
@@ -329,7 +377,7 @@ std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& 
         c.recompute = rec;
         c.recompute.norm_activation = cfg.recompute.norm_activation;
         c.sequence_parallel = fixed.sequence_parallel.value_or(l.tp > 1) && l.tp > 1;
-        c.distributed_optimizer = fixed.distributed_optimizer.value_or(dp > 1);
+        c.distributed_optimizer = fixed.distributed_optimizer.value_or(c.grad_ranks() > 1);
         out.push_back(c);
       }
   }
@@ -345,6 +393,7 @@ TrainConfig config_of(const TrainConfig& cfg, const Candidate& c, const FixedCho
   train::ParallelConfig& p = t.parallel;
   p.tensor_model_parallel_size = c.tp;
   p.pipeline_model_parallel_size = c.pp;
+  p.context_parallel_size = c.cp;
   p.sequence_parallel = c.sequence_parallel;
   p.use_distributed_optimizer = c.distributed_optimizer;
   p.overlap_grad_reduce = c.overlap_grad_reduce();
@@ -423,8 +472,13 @@ std::string recompute_label(const model::RecomputeConfig& r) {
 
 std::vector<std::string> Candidate::flags() const {
   std::vector<std::string> f = {"--tensor-model-parallel-size", std::to_string(tp),
-                                "--pipeline-model-parallel-size", std::to_string(pp),
-                                "--micro-batch-size", std::to_string(micro_batch_size)};
+                                "--pipeline-model-parallel-size", std::to_string(pp)};
+  if (cp > 1) {
+    f.push_back("--context-parallel-size");
+    f.push_back(std::to_string(cp));
+  }
+  f.push_back("--micro-batch-size");
+  f.push_back(std::to_string(micro_batch_size));
   if (virtual_chunks > 1) {
     f.push_back("--num-virtual-stages-per-pipeline-rank");
     f.push_back(std::to_string(virtual_chunks));
@@ -460,6 +514,7 @@ std::string Candidate::describe() const {
   if (first_stage_layers || last_stage_layers)
     s += " (layers first " + (first_stage_layers ? std::to_string(first_stage_layers) : "even") +
          ", last " + (last_stage_layers ? std::to_string(last_stage_layers) : "even") + ")";
+  if (cp > 1) s += " x CP " + std::to_string(cp);
   s += " x DP " + std::to_string(dp) + ", micro-batch " + std::to_string(micro_batch_size) +
        ", recompute " + recompute_label(recompute);
   return s;
@@ -490,12 +545,6 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
                   ErrorKind::kInvalidConfig,
                   "the cluster's numbers must be positive, the GPU memory above the reserve and "
                   "the assumed MFU in (0, 1]");
-  // Context parallelism is not part of the search yet (its time model needs the attention
-  // all-gather); say so rather than plan layouts that ignore the flag.
-  SHARDLM_REQUIRE(cfg.parallel.context_parallel_size == 1, ErrorKind::kInvalidConfig,
-                  "shardlm plan does not search context parallelism yet: drop "
-                  "--context-parallel-size " + std::to_string(cfg.parallel.context_parallel_size) +
-                  " to plan TP x PP x DP, then divide the data-parallel size by it");
   cfg.model.validate();
 
   PlanResult result;
@@ -521,15 +570,23 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
   };
   fixed_positive(fixed.tensor_parallel, "--tensor-model-parallel-size");
   fixed_positive(fixed.pipeline_parallel, "--pipeline-model-parallel-size");
+  fixed_positive(fixed.context_parallel, "--context-parallel-size");
   fixed_positive(fixed.virtual_chunks, "the virtual stages per pipeline rank");
   fixed_positive(fixed.micro_batch_size, "--micro-batch-size");
-  const int fixed_tp = fixed.tensor_parallel.value_or(1), fixed_pp = fixed.pipeline_parallel.value_or(1);
-  SHARDLM_REQUIRE(N % (fixed_tp * fixed_pp) == 0, ErrorKind::kInvalidConfig,
+  int fixed_product = 1;
+  std::string fixed_sizes;  // "--tensor-model-parallel-size 2 x --context-parallel-size 3"
+  for (const auto& [size, flag] :
+       {std::pair{fixed.tensor_parallel, "--tensor-model-parallel-size"},
+        std::pair{fixed.context_parallel, "--context-parallel-size"},
+        std::pair{fixed.pipeline_parallel, "--pipeline-model-parallel-size"}})
+    if (size) {
+      fixed_product *= *size;
+      fixed_sizes += (fixed_sizes.empty() ? "" : " x ") + std::string(flag) + " " +
+                     std::to_string(*size);
+    }
+  SHARDLM_REQUIRE(N % fixed_product == 0, ErrorKind::kInvalidConfig,
                   "--num-gpus " + std::to_string(N) + " is not a multiple of the fixed " +
-                      (fixed.tensor_parallel ? "--tensor-model-parallel-size " + std::to_string(fixed_tp) : "") +
-                      (fixed.tensor_parallel && fixed.pipeline_parallel ? " x " : "") +
-                      (fixed.pipeline_parallel ? "--pipeline-model-parallel-size " + std::to_string(fixed_pp) : "") +
-                      "; change it or --num-gpus");
+                      fixed_sizes + "; change it or --num-gpus");
   for (const Candidate& choice : enumerate_choices(cfg, cluster, fixed, rejected)) {
     std::optional<Candidate> cand = evaluate(cfg, cluster, fixed, choice, result, rejected);
     if (cand) result.candidates.push_back(std::move(*cand));

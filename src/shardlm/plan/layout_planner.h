@@ -2,16 +2,18 @@
 // guessing. `shardlm plan` prints its answer.
 //
 // Search: every layout Megatron's flags can express on the GPUs — tensor parallel size TP (a
-// divisor of the GPUs per node: TP stays inside a node), pipeline size PP, data-parallel size
-// DP = GPUs / (TP·PP), virtual pipeline chunks V (2..8, splitting a stage's layers evenly),
-// uneven first / last stages (one layer fewer where the embedding or the output layer sits, with
-// V = 1), micro-batch size (every divisor of the per-rank batch up to 64), activation recomputation
-// (below) — with sequence parallelism whenever TP > 1 and the distributed optimizer with
-// overlapped gradient reduction and parameter gather whenever DP > 1 (Megatron's recommended
-// settings: they cost no time and save memory). Choices the caller fixes are not searched (a
-// fixed TP may cross nodes; its collectives then run at the network's bandwidth). Layouts the model cannot be split into (heads, query groups, FFN, vocabulary,
-// sequence or layers not divisible, batch not divisible, ...) are rejected with the trainer's
-// own validation, and counted by reason.
+// divisor of the GPUs per node: TP stays inside a node), pipeline size PP, context-parallel size
+// CP (a divisor of GPUs / (TP·PP) that splits the sequence into 2·CP chunks: long sequences),
+// data-parallel size DP = GPUs / (TP·CP·PP), virtual pipeline chunks V (2..8, splitting a
+// stage's layers evenly), uneven first / last stages (one layer fewer where the embedding or the
+// output layer sits, with V = 1), micro-batch size (every divisor of the per-rank batch up to
+// 64), activation recomputation (below) — with sequence parallelism whenever TP > 1 and the
+// distributed optimizer with overlapped gradient reduction and parameter gather whenever
+// DP·CP > 1 (gradients are reduced over data x context ranks; Megatron's recommended settings:
+// they cost no time and save memory). Choices the caller fixes are not searched (a fixed TP may
+// cross nodes; its collectives then run at the network's bandwidth). Layouts the model cannot be
+// split into (heads, query groups, FFN, vocabulary, sequence or layers not divisible, batch not
+// divisible, ...) are rejected with the trainer's own validation, and counted by reason.
 //
 // Memory is exact: each candidate's pipeline stages are built as the trainer builds them
 // (train/rank_model.h, on shape-only communicators), and its MemoryPlan is the one the trainer
@@ -20,10 +22,12 @@
 //
 // Time is an estimate, stated as one: the model FLOPs of train/metrics.h run at a fixed
 // fraction of the GPU's peak (Cluster::achieved_mfu, by default calibrated on what ShardLM
-// measured on one GPU; bench/RESULTS.md); tensor-parallel collectives (not overlapped) and data-parallel ones
-// (overlapped with the last micro-batch's backward and the next forward) cost ring-algorithm
-// bytes over the node's or the network's bandwidth; the pipeline's step is simulated with the
-// schedule's own action lists (parallel/schedule_simulator.h), so bubbles, uneven first and
+// measured on one GPU; bench/RESULTS.md), on a rank's seq/CP tokens of each sequence;
+// tensor- and context-parallel collectives (not overlapped: CP all-gathers each layer's fused
+// QKV rows, and its backward gathers again and reduce-scatters the key/value gradients) and
+// data-parallel ones (overlapped with the last micro-batch's backward and the next forward) cost
+// ring-algorithm bytes over the node's or the network's bandwidth; the pipeline's step is
+// simulated with the schedule's own action lists (parallel/schedule_simulator.h), so bubbles, uneven first and
 // last stages and activation transfers are counted as the executor would run them; the
 // optimizer step is bound by memory bandwidth. Kernel efficiency at smaller per-rank shapes is
 // not modelled; a small fixed cost per layer and micro-batch stands for launch overheads.
@@ -79,6 +83,7 @@ std::string recompute_label(const model::RecomputeConfig& r);
 struct FixedChoices {
   std::optional<int> tensor_parallel;
   std::optional<int> pipeline_parallel;
+  std::optional<int> context_parallel;  // 1 keeps context parallelism off
   std::optional<int> virtual_chunks;  // V per pipeline rank (1: plain 1F1B)
   // {first, last} stage layers (--decoder-first/last-pipeline-num-layers; 0 = unset): {0, 0}
   // fixes the even split. Given in the config instead, they are kept and not searched.
@@ -90,26 +95,29 @@ struct FixedChoices {
 };
 
 struct Candidate {
-  int tp = 1, pp = 1, dp = 1, virtual_chunks = 1;
+  int tp = 1, pp = 1, cp = 1, dp = 1, virtual_chunks = 1;
   // --decoder-first/last-pipeline-num-layers (0: unset, the layers split evenly).
   int first_stage_layers = 0, last_stage_layers = 0;
   int64_t micro_batch_size = 1, num_microbatches = 1;
   bool sequence_parallel = false, distributed_optimizer = false;
   model::RecomputeConfig recompute;
-  // Megatron's overlap settings, on wherever there is data parallelism to overlap.
-  bool overlap_grad_reduce() const { return dp > 1; }
-  bool overlap_param_gather() const { return distributed_optimizer && dp > 1; }
+  // Megatron's overlap settings, on wherever there is a gradient reduction to overlap: over the
+  // data x context ranks, so CP alone has one too.
+  int grad_ranks() const { return dp * cp; }
+  bool overlap_grad_reduce() const { return grad_ranks() > 1; }
+  bool overlap_param_gather() const { return distributed_optimizer && grad_ranks() > 1; }
 
   std::vector<train::MemoryPlan> stage_memory;  // [PP] each pipeline stage's plan
   int memory_stage = 0;      // the stage that needs the most
   bool fits = false;         // memory().total() + reserved <= GPU memory
   const train::MemoryPlan& memory() const { return stage_memory.at(static_cast<size_t>(memory_stage)); }
 
-  // Seconds per training step (estimate): the pipeline's simulated makespan (compute, TP
-  // collectives, activation transfers, bubble), then the exposed data-parallel communication,
-  // the tied-embedding all-reduce and the optimizer step.
-  double compute_s = 0;        // busiest rank's compute, TP collectives included
+  // Seconds per training step (estimate): the pipeline's simulated makespan (compute, TP and
+  // CP collectives, activation transfers, bubble), then the exposed data-parallel
+  // communication, the tied-embedding all-reduce and the optimizer step.
+  double compute_s = 0;        // busiest rank's compute, TP and CP collectives included
   double tp_comm_s = 0;        // of which tensor-parallel collectives
+  double cp_comm_s = 0;        // of which context-parallel collectives (QKV gathers, scatters)
   double pipeline_s = 0;       // the simulated makespan (≥ compute_s: the bubble)
   double dp_exposed_s = 0;     // data-parallel reduction (and gather) not hidden by compute
   double embedding_sync_s = 0; // first/last stage word-embedding gradient all-reduce (PP > 1)
@@ -121,7 +129,7 @@ struct Candidate {
   double bubble_fraction() const { return compute_s > 0 ? pipeline_s / compute_s - 1 : 0; }
   // The train flags that select this layout ("--tensor-model-parallel-size", "2", ...).
   std::vector<std::string> flags() const;
-  // "TP 2 x PP 2 (V 2) x DP 2, micro-batch 4, recompute selective"
+  // "TP 2 x PP 2 (V 2) x DP 2, micro-batch 4, recompute selective" ("... x CP 2 x DP 2" with CP)
   std::string describe() const;
 };
 
