@@ -57,6 +57,8 @@ plan tp2 2 "$MBS" --tensor-model-parallel-size 2 --pipeline-model-parallel-size 
   --sequence-parallel=false
 plan tp2_sp 2 "$MBS" --tensor-model-parallel-size 2 --pipeline-model-parallel-size 1 \
   --sequence-parallel
+plan cp2 2 "$MBS" --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 \
+  --context-parallel-size 2 --use-distributed-optimizer=false
 
 run one_gpu 1 "$MBS"
 run dp2 2 $((2 * MBS)) --overlap-grad-reduce
