@@ -63,6 +63,14 @@ TEST(ContextParallel, WithPipelineAndRecompute) {
   TrainConfig cfg = tiny_config(4);
   const RunResult reference = single_rank(cfg);
   expect_same_training(run_layout(cfg, cp_layout(2, 1, 1, 2)), reference, "CP2 PP2");
+  // 8 ranks: CP2 x TP2 (SP) x PP2 with the distributed optimizer (grad norm summed over the
+  // world), and CP2 x PP2 interleaved (two virtual stages per rank).
+  Layout all = cp_layout(2, 2, 1, 2);
+  all.sequence_parallel = all.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, all), reference, all.name());
+  Layout interleaved = cp_layout(2, 1, 1, 2);
+  interleaved.layers_per_virtual_stage = 1;
+  expect_same_training(run_layout(cfg, interleaved), reference, interleaved.name());
   cfg.recompute.granularity = "selective";
   expect_same_training(run_layout(cfg, cp_layout(2, 2)), reference, "CP2 TP2 selective");
   cfg.recompute.granularity = "full";

@@ -74,6 +74,20 @@ TEST(LayoutGpu, Bf16LayoutsMatchOneGpu) {
                          5e-2);
 }
 
+// Context parallelism through cuDNN's chunk graphs (a causal mask shifted by the chunk's
+// position): no dropout and chunks of 128 rows (512 tokens over CP 2), which the tiny layouts
+// above (dropout on, 32 tokens) never reach; fp32 runs the own kernels, so bf16 only.
+TEST(LayoutGpu, Bf16ContextParallelOnCudnnChunks) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  TrainConfig cfg = gpu_config(true);
+  cfg.model.seq_length = 512;
+  cfg.model.hidden_dropout = cfg.model.attention_dropout = 0;
+  cfg.attention_backend = "fused";  // cuDNN or an error: no silent fallback to the own kernels
+  const RunResult ref = single_rank(cfg);
+  for (const Layout& l : {Layout{.cp = 2}, Layout{.tp = 2, .cp = 2, .sequence_parallel = true}})
+    expect_same_training(run_layout(cfg, l), ref, "bf16 cuDNN " + l.name(), 1e-2, 3e-2, 5e-2);
+}
+
 // The bf16 tolerances must still catch a real difference: the same run on half the data per
 // step (a lost rank's gradients look like this) is far outside them.
 TEST(LayoutGpu, Bf16ToleranceSeparatesADifferentRun) {

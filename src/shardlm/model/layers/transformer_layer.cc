@@ -236,19 +236,22 @@ void TransformerLayer::attention_backward(StepContext& step, const Saved& s,
   const Tensor dkv = scratch.cp_dkv.reshape({B, T_global, W});
   const Tensor dkv0 = scratch.cp_staging.reshape({B, T_global, W});
   gather_sequence(ctx, cp_, B, T_global, kv, s.qkv, scratch.cp_staging);
-  ops::fill(ctx, dqkv, 0.0);
-  ops::fill(ctx, dkv, 0.0);
-  ops::fill(ctx, dkv0, 0.0);  // its q columns are added on too: no gathered rows left there
   const ops::AttentionChunk late{c, c, cp_.chunk_position(1, T_global)};
   const ops::AttentionChunk early{0, c, cp_.chunk_position(0, T_global)};
+  const int64_t keys0 = early.position + early.rows;  // rows chunk 0 writes (and adds on)
+  auto rows0 = [&](const Tensor& t, int64_t b) {
+    return t.flat_view(b * T_global * W, Shape({keys0 * W}));
+  };
+  ops::fill(ctx, dqkv, 0.0);
+  ops::fill(ctx, dkv, 0.0);
+  // Only chunk 0's rows of dkv0 are added on; their q columns must not hold gathered rows.
+  for (int64_t b = 0; b < B; ++b) ops::fill(ctx, rows0(scratch.cp_staging, b), 0.0);
   ops::attention_chunk_backward(ctx, dqkv, dkv, dout, qkv, kv, out, s.lse, attention_shape(), late,
                                 p, key);
   ops::attention_chunk_backward(ctx, dqkv, dkv0, dout, qkv, kv, out, s.lse, attention_shape(),
                                 early, p, key);
-  const int64_t keys0 = early.position + early.rows;  // rows chunk 0 wrote
   for (int64_t b = 0; b < B; ++b)
-    ops::add_inplace(ctx, scratch.cp_dkv.flat_view(b * T_global * W, Shape({keys0 * W})),
-                     scratch.cp_staging.flat_view(b * T_global * W, Shape({keys0 * W})));
+    ops::add_inplace(ctx, rows0(scratch.cp_dkv, b), rows0(scratch.cp_staging, b));
   const Tensor summed = scratch.cp_kv.flat_view(0, Shape({B * T * W}));  // kv is spent
   reduce_scatter_sequence(ctx, cp_, B, T_global, summed, scratch.cp_dkv, scratch.cp_staging);
   ops::add_inplace(ctx, scratch.qkv, summed.reshape(scratch.qkv.shape()));
