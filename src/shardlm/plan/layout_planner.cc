@@ -114,10 +114,8 @@ class CandidateEstimator {
     t.backward = n * layer_bwd + r * layer_fwd;
     t.tp_comm = n * 2 * comm + r * comm;
     t.cp_comm = n * 3 * cp_pass + r * cp_pass;
-    if (c.recompute.selective()) {  // attention re-runs, with its gather
-      t.backward += n * (attention_compute + cp_pass);
-      t.cp_comm += n * cp_pass;
-    }
+    // Selective: attention re-runs with its gather, which the backward then reuses.
+    if (c.recompute.selective()) t.backward += n * attention_compute;
     if (has_head) {  // the output layer's GEMM (vocabulary split over TP)
       const double head = tokens * 2 * static_cast<double>(cfg_.model.padded_vocab_size()) *
                           static_cast<double>(cfg_.model.hidden_size) / tp / rate;

@@ -518,10 +518,11 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
       if (li == end - 1)
         for (int64_t j = begin; j < end; ++j)
           layers_[j].forward(step, a.residual[j + 1], a.residual[j], a.layers[j], a.scratch);
-    } else if (recompute_.selective()) {
-      layers_[l].recompute_attention(step, a.layers[l], a.scratch);
     }
-    layers_[l].backward(step, dnext, dres, a.residual[l], a.layers[l], a.scratch);
+    const bool attention_recomputed = !recompute_.recomputes_layer(li) && recompute_.selective();
+    if (attention_recomputed) layers_[l].recompute_attention(step, a.layers[l], a.scratch);
+    layers_[l].backward(step, dnext, dres, a.residual[l], a.layers[l], a.scratch,
+                        attention_recomputed);
     std::swap(dres, dnext);
     ready = layers_[l].parameters();
     std::reverse(ready.begin(), ready.end());

@@ -215,7 +215,7 @@ void TransformerLayer::attention(StepContext& step, const Saved& s, const Scratc
 }
 
 void TransformerLayer::attention_backward(StepContext& step, const Saved& s,
-                                          const Scratch& scratch) const {
+                                          const Scratch& scratch, bool rows_gathered) const {
   DeviceContext& ctx = step.device;
   const int64_t B = s.lse.size(0), T = seq(), W = s.qkv.size(1);
   const Tensor dqkv = scratch.qkv.reshape({B, T, W});
@@ -235,7 +235,7 @@ void TransformerLayer::attention_backward(StepContext& step, const Saved& s,
   const Tensor kv = scratch.cp_kv.reshape({B, T_global, W});
   const Tensor dkv = scratch.cp_dkv.reshape({B, T_global, W});
   const Tensor dkv0 = scratch.cp_staging.reshape({B, T_global, W});
-  gather_sequence(ctx, cp_, B, T_global, kv, s.qkv, scratch.cp_staging);
+  if (!rows_gathered) gather_sequence(ctx, cp_, B, T_global, kv, s.qkv, scratch.cp_staging);
   const ops::AttentionChunk late{c, c, cp_.chunk_position(1, T_global)};
   const ops::AttentionChunk early{0, c, cp_.chunk_position(0, T_global)};
   const int64_t keys0 = early.position + early.rows;  // rows chunk 0 writes (and adds on)
@@ -312,7 +312,8 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
 }
 
 void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_out,
-                                const Tensor& x, const Saved& s, const Scratch& scratch) const {
+                                const Tensor& x, const Saved& s, const Scratch& scratch,
+                                bool attention_recomputed) const {
   DeviceContext& ctx = step.device;
   const int64_t B = s.lse.size(0), C = cfg_.hidden_size;
   const SequenceRows rows = sequence_rows(B);
@@ -379,7 +380,8 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const Tensor d_attn_full = sp ? scratch.c1 : d_attn;
   exit_row_region_backward(ctx, tp_, rows, d_attn_full, d_attn, scratch.staging);
   proj_.backward(ctx, scratch.a, d_attn_full, s.attn);
-  attention_backward(step, s, scratch);
+  // Nothing between the recompute and here touches the gathered rows (only attention does).
+  attention_backward(step, s, scratch, attention_recomputed);
   apply_rope(ctx, scratch.qkv, scratch, B, /*backward=*/true);
   if (!saved_outputs) recompute_norm(ctx, norm1_, s.norm1, x, rows, scratch);
   const Tensor ln1_full = saved_outputs ? s.ln1 : scratch.c1;

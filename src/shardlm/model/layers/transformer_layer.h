@@ -95,7 +95,8 @@ class TransformerLayer {
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t batch,
                        const Saved* shared_attention = nullptr) const;
   // Selective recompute: re-runs the core attention from the saved (post-RoPE) qkv into s.attn
-  // and s.lse, with the same dropout masks as the forward.
+  // and s.lse, with the same dropout masks as the forward. Under CP it leaves the sequence's
+  // gathered rows in scratch for this layer's backward (pass attention_recomputed = true).
   void recompute_attention(StepContext& step, const Saved& s, const Scratch& scratch) const;
   static Scratch allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
                                   DType dtype, int64_t batch);
@@ -106,9 +107,11 @@ class TransformerLayer {
   // x, x_out: [NL, C] (the rank's rows). Scratch is used for forward temporaries too.
   void forward(StepContext& step, Tensor x_out, const Tensor& x, const Saved& saved,
                const Scratch& scratch) const;
-  // dx (assigned) from dx_out; parameter gradients accumulate.
+  // dx (assigned) from dx_out; parameter gradients accumulate. attention_recomputed: this
+  // layer's recompute_attention ran just before, with the same scratch.
   void backward(StepContext& step, Tensor dx, const Tensor& dx_out, const Tensor& x,
-                const Saved& saved, const Scratch& scratch) const;
+                const Saved& saved, const Scratch& scratch,
+                bool attention_recomputed = false) const;
 
  private:
   ops::AttentionShape attention_shape() const;
@@ -121,7 +124,8 @@ class TransformerLayer {
   // Under CP: the sequence's rows are all-gathered into scratch.cp_kv (again in backward) and
   // each local chunk attends to the keys before it; key/value gradients are reduce-scattered.
   void attention(StepContext& step, const Saved& s, const Scratch& scratch) const;
-  void attention_backward(StepContext& step, const Saved& s, const Scratch& scratch) const;
+  void attention_backward(StepContext& step, const Saved& s, const Scratch& scratch,
+                          bool rows_gathered) const;
   double hidden_dropout(const StepContext& step) const;
   double attention_dropout(const StepContext& step) const;
   // RoPE (--position-embedding-type rope) in place on the q/k heads of qkv [N, QKVL]: forward
