@@ -86,6 +86,10 @@ TEST(LayoutGpu, Bf16ContextParallelOnCudnnChunks) {
   const RunResult ref = single_rank(cfg);
   for (const Layout& l : {Layout{.cp = 2}, Layout{.tp = 2, .cp = 2, .sequence_parallel = true}})
     expect_same_training(run_layout(cfg, l), ref, "bf16 cuDNN " + l.name(), 1e-2, 3e-2, 5e-2);
+  // Selective recompute: the backward reuses the rows the recomputed attention gathered.
+  cfg.recompute.granularity = "selective";
+  expect_same_training(run_layout(cfg, Layout{.cp = 2}), ref, "bf16 cuDNN CP2 selective", 1e-2,
+                       3e-2, 5e-2);
 }
 
 // The bf16 tolerances must still catch a real difference: the same run on half the data per
