@@ -24,15 +24,6 @@ Layout cp_layout(int cp, int tp = 1, int dp = 1, int pp = 1) {
   return l;
 }
 
-TrainConfig llama(TrainConfig c, int64_t groups) {
-  c.model.num_query_groups = groups;
-  c.model.normalization = model::Normalization::kRMSNorm;
-  c.model.swiglu = true;
-  c.model.position_embedding = model::PositionEmbedding::kRope;
-  c.model.untie_embeddings_and_output_weights = true;
-  return c;
-}
-
 TEST(ContextParallel, AloneMatchesOneRank) {
   const TrainConfig cfg = tiny_config();
   const RunResult reference = single_rank(cfg);
@@ -82,7 +73,7 @@ TEST(ContextParallel, WithPipelineAndRecompute) {
 TEST(ContextParallel, LlamaWithRopeAndGroupedQueries) {
   // RoPE takes the rank's rows of the table; GQA-2 at TP 2 and MQA (a replicated k/v group).
   for (int64_t groups : {2, 1}) {
-    const TrainConfig cfg = llama(tiny_config(), groups);
+    const TrainConfig cfg = with_query_groups(tiny_config(), groups, /*llama=*/true);
     const RunResult reference = single_rank(cfg);
     Layout l = cp_layout(2, 2);
     l.sequence_parallel = true;

@@ -102,17 +102,8 @@ TEST_F(LayoutEquivalence, TensorParallelWithDistributedOptimizer) {
 
 // Fewer query groups than TP ranks: each group's k/v is replicated on TP/G ranks (the issue's
 // "TP in {1,2,4} with G in {1,2,4}"). GELU GPT with MQA, and Llama (RMSNorm, SwiGLU, RoPE,
-// untied) with MQA and GQA-2, against the single rank of the same model.
-TrainConfig with_query_groups(TrainConfig c, int64_t groups, bool llama) {
-  c.model.num_query_groups = groups;
-  if (llama) {
-    c.model.normalization = model::Normalization::kRMSNorm;
-    c.model.swiglu = true;
-    c.model.position_embedding = model::PositionEmbedding::kRope;
-    c.model.untie_embeddings_and_output_weights = true;
-  }
-  return c;
-}
+// untied) with MQA and GQA-2, against the single rank of the same model (with_query_groups,
+// layout_harness.h).
 
 Layout tp_layout(int tp, int dp, bool sp, bool distopt = false) {
   Layout l;

@@ -62,6 +62,18 @@ inline TrainConfig tiny_config(int64_t num_layers = 2) {
   return c;
 }
 
+// cfg with `groups` query groups; llama: also RMSNorm, SwiGLU, RoPE and an untied output layer.
+inline TrainConfig with_query_groups(TrainConfig c, int64_t groups, bool llama) {
+  c.model.num_query_groups = groups;
+  if (llama) {
+    c.model.normalization = model::Normalization::kRMSNorm;
+    c.model.swiglu = true;
+    c.model.position_embedding = model::PositionEmbedding::kRope;
+    c.model.untie_embeddings_and_output_weights = true;
+  }
+  return c;
+}
+
 struct RunResult {
   std::vector<double> losses, grad_norms;
   std::vector<double> evals;

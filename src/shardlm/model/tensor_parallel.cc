@@ -111,17 +111,10 @@ int64_t positions_per_rank(const TensorParallel& tp, const SequenceRows& rows) {
 }
 
 namespace {
-// Calls f(row, count, key_offset) for each block of the rank's rows whose global positions are
-// consecutive: one per sequence (and per context-parallel chunk). key_offset is the block's
-// first element in the single-rank [B, T_global, C] layout, so masks match every other split.
-template <typename F>
-void for_each_position_block(const TensorParallel& tp, const SequenceRows& rows, F&& f) {
-  const int64_t C = rows.hidden, Tl = positions_per_rank(tp, rows), t0 = first_position(tp, rows);
-  const std::vector<PositionRun> runs = position_runs(rows.cp, rows.global_seq(), t0, Tl);
-  for (int64_t b = 0; b < rows.batch; ++b)
-    for (const PositionRun& run : runs)
-      f(b * Tl + run.local - t0, run.count,
-        static_cast<uint64_t>((b * rows.global_seq() + run.global) * C));
+// Dropout key offset of a block: its first element in the single-rank [B, T_global, C] layout,
+// so the masks match every other split.
+uint64_t key_offset(const SequenceRows& rows, int64_t b, int64_t position) {
+  return static_cast<uint64_t>((b * rows.global_seq() + position) * rows.hidden);
 }
 // The rank's rows are the whole micro-batch in single-rank order: one call covers them.
 bool rows_are_single_rank_order(const TensorParallel& tp, const SequenceRows& rows) {
@@ -134,8 +127,9 @@ void dropout_rows_forward(DeviceContext& ctx, const TensorParallel& tp, const Se
   if (rows_are_single_rank_order(tp, rows) || p == 0.0)
     return ops::dropout_forward(ctx, out, in, p, key, 0);
   const int64_t C = rows.hidden;
-  for_each_position_block(tp, rows, [&](int64_t row, int64_t n, uint64_t offset) {
-    ops::dropout_forward(ctx, row_block(out, row, n, C), row_block(in, row, n, C), p, key, offset);
+  for_each_position_block(tp, rows, [&](int64_t b, int64_t row, int64_t n, int64_t position) {
+    ops::dropout_forward(ctx, row_block(out, row, n, C), row_block(in, row, n, C), p, key,
+                         key_offset(rows, b, position));
   });
 }
 
@@ -145,9 +139,10 @@ void dropout_add_rows_forward(DeviceContext& ctx, const TensorParallel& tp,
   if (rows_are_single_rank_order(tp, rows) || p == 0.0)
     return ops::dropout_add_forward(ctx, out, in, residual, p, key, 0);
   const int64_t C = rows.hidden;
-  for_each_position_block(tp, rows, [&](int64_t row, int64_t n, uint64_t offset) {
+  for_each_position_block(tp, rows, [&](int64_t b, int64_t row, int64_t n, int64_t position) {
     ops::dropout_add_forward(ctx, row_block(out, row, n, C), row_block(in, row, n, C),
-                             row_block(residual, row, n, C), p, key, offset);
+                             row_block(residual, row, n, C), p, key,
+                             key_offset(rows, b, position));
   });
 }
 
@@ -156,9 +151,9 @@ void dropout_rows_backward(DeviceContext& ctx, const TensorParallel& tp, const S
   if (rows_are_single_rank_order(tp, rows) || p == 0.0)
     return ops::dropout_backward(ctx, din, dout, p, key, 0);
   const int64_t C = rows.hidden;
-  for_each_position_block(tp, rows, [&](int64_t row, int64_t n, uint64_t offset) {
+  for_each_position_block(tp, rows, [&](int64_t b, int64_t row, int64_t n, int64_t position) {
     ops::dropout_backward(ctx, row_block(din, row, n, C), row_block(dout, row, n, C), p, key,
-                          offset);
+                          key_offset(rows, b, position));
   });
 }
 

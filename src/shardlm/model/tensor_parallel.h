@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "shardlm/dist/communicator.h"
 #include "shardlm/model/context_parallel.h"
@@ -112,5 +113,16 @@ void dropout_add_rows_forward(DeviceContext& ctx, const TensorParallel& tp,
 // First sequence position of the rank's rows (0 without SP) and their count per sequence.
 int64_t first_position(const TensorParallel& tp, const SequenceRows& rows);
 int64_t positions_per_rank(const TensorParallel& tp, const SequenceRows& rows);
+// Calls f(b, row, count, position) for each block of the rank's rows whose global positions are
+// consecutive: rows [row, row + count) of the rank's [NL, C] rows are sequence b's global
+// positions [position, position + count). One block per sequence, two under context
+// parallelism when the rank's positions cross its chunk boundary.
+template <typename F>
+void for_each_position_block(const TensorParallel& tp, const SequenceRows& rows, F&& f) {
+  const int64_t Tl = positions_per_rank(tp, rows), t0 = first_position(tp, rows);
+  const std::vector<PositionRun> runs = position_runs(rows.cp, rows.global_seq(), t0, Tl);
+  for (int64_t b = 0; b < rows.batch; ++b)
+    for (const PositionRun& run : runs) f(b, b * Tl + run.local - t0, run.count, run.global);
+}
 
 }  // namespace shardlm::model

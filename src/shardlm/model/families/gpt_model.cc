@@ -269,15 +269,13 @@ void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
 }
 
 void GPTModel::add_position_embeddings(DeviceContext& ctx, const Tensor& local) const {
-  const SequenceRows rows = sequence_rows();
-  const int64_t C = cfg_.hidden_size, TL = positions_per_rank(tp_, rows);
+  const int64_t C = cfg_.hidden_size;
   const Tensor& wpe = position_embeddings_->compute_value;
-  for (const PositionRun& run :
-       position_runs(cp_, cfg_.seq_length, first_position(tp_, rows), TL))
-    for (int64_t b = 0; b < rows.batch; ++b)
-      ops::add_inplace(ctx, local.flat_view((b * TL + run.local - first_position(tp_, rows)) * C,
-                                            Shape({run.count, C})),
-                       wpe.flat_view(run.global * C, Shape({run.count, C})));
+  for_each_position_block(tp_, sequence_rows(),
+                          [&](int64_t /*b*/, int64_t row, int64_t n, int64_t position) {
+                            ops::add_inplace(ctx, local.flat_view(row * C, Shape({n, C})),
+                                             wpe.flat_view(position * C, Shape({n, C})));
+                          });
 }
 
 void GPTModel::position_embedding_backward(DeviceContext& ctx, const Tensor& d_local) {

@@ -185,8 +185,8 @@ class GPTModel {
   SequenceRows sequence_rows() const {
     return {micro_batch_, local_seq_length(), cfg_.hidden_size, cp_};
   }
-  // Adds (backward: accumulates the gradient of) the learned position embedding to the rank's
-  // rows `local` [NL, C] (sequences of the local positions [t0, t0 + TL)).
+  // Adds the learned position embedding at the global positions of the rank's rows `local`
+  // [NL, C]; the backward accumulates their gradient from d_local.
   void add_position_embeddings(DeviceContext& ctx, const Tensor& local) const;
   void position_embedding_backward(DeviceContext& ctx, const Tensor& d_local);
 
