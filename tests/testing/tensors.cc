@@ -1,7 +1,9 @@
 #include "tests/testing/tensors.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "shardlm/tensor/philox.h"
 
@@ -50,6 +52,19 @@ OwnedTensor random_ints(const Shape& shape, int32_t high, uint64_t seed) {
   for (int64_t i = 0; i < shape.numel(); ++i) {
     const PhiloxCounter r = philox4x32({static_cast<uint32_t>(i), 0, 0, 7}, key_from_u64(seed));
     t.view().data<int32_t>()[i] = static_cast<int32_t>(r[0] % static_cast<uint32_t>(high));
+  }
+  return t;
+}
+
+OwnedTensor random_permutations(int64_t rows, int64_t cols, uint64_t seed) {
+  const std::vector<double> keys = to_vector(random_tensor(DType::kF64, {rows, cols}, seed));
+  OwnedTensor t = OwnedTensor::empty(DType::kI32, {rows, cols});
+  int32_t* out = t.view().data<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* key = keys.data() + r * cols;
+    std::iota(out + r * cols, out + (r + 1) * cols, 0);
+    std::sort(out + r * cols, out + (r + 1) * cols,
+              [key](int32_t a, int32_t b) { return key[a] < key[b]; });
   }
   return t;
 }

@@ -16,6 +16,9 @@ namespace shardlm::testing {
 OwnedTensor random_tensor(DType dtype, const Shape& shape, uint64_t seed, double stddev = 1.0);
 // Uniform integers in [0, high) as int32.
 OwnedTensor random_ints(const Shape& shape, int32_t high, uint64_t seed);
+// [rows, cols] int32, each row a random permutation of 0 .. cols-1 (e.g. to build logits with
+// distinct, well-separated values per row).
+OwnedTensor random_permutations(int64_t rows, int64_t cols, uint64_t seed);
 OwnedTensor from_vector(DType dtype, const Shape& shape, const std::vector<double>& values);
 std::vector<double> to_vector(const Tensor& t);  // any float/int dtype on the CPU
 OwnedTensor clone(const Tensor& t);

@@ -266,6 +266,74 @@ void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
                                            const Tensor& targets, const Tensor& lse,
                                            int64_t vocab_start);
 
+// ---- mixture of experts --------------------------------------------------------------------
+// The router and the token dispatch / combine of a Megatron-style MoE layer (the layer and its
+// expert GEMMs are elsewhere). Letters: N tokens (rows), E experts, k experts per token, M rows
+// of the expert-ordered activations (N*k for dropless routing), H hidden size.
+// Router logits and activation rows are one float dtype (fp32/fp64 CPU; fp32/bf16/fp16 CUDA,
+// math in fp32). The "side" tensors (probs, dprobs, sums, weights, scale, dweights) are fp32
+// whatever that dtype, or fp64 when it is fp64 (the CPU's fp64 reference runs). Index tensors
+// are int32. The CUDA router ops run one warp per token and need E <= 1024. Zero rows (N or M
+// == 0) launch nothing; moe_router_score_sums still writes its zeros.
+//
+// Top-k routing, Megatron's topk_softmax_with_capacity without capacity: for each token n,
+// indices[n, :] are the k experts with the largest logits[n, :], by descending logit, ties to
+// the lower expert index (1 <= k <= E), and probs[n, :] (in the same order) are
+//   pre_softmax == false (Megatron's default):       the softmax over the k selected logits;
+//   pre_softmax == true  (--moe-router-pre-softmax): the selected entries of the softmax over
+//                                                    all E logits (not renormalised).
+// The selection compares the logits themselves (softmax is monotone, so they are the k largest
+// scores, and no rounding of the scores can tie or reorder them): every backend picks the same
+// experts for the same logit values. A NaN logit ranks as -inf (its probabilities are NaN).
+void moe_topk_router_forward(DeviceContext& ctx, Tensor probs, Tensor indices,
+                             const Tensor& logits, int64_t k, bool pre_softmax);
+// dlogits[N, E] (logits' dtype, ASSIGNED) = the gradient of forward's probs with respect to the
+// logits, given dprobs[N, k] and forward's indices[N, k], the softmax recomputed from logits:
+// top-k mode, p (dprobs - sum_i p_i dprobs_i) at the selected experts and 0 elsewhere;
+// pre-softmax, the full softmax Jacobian applied to dscores (dprobs at the selected experts, 0
+// elsewhere). An expert listed twice in a row counts twice. Indices outside [0, E) throw on the
+// CPU; the CUDA kernel ignores them (forward never writes one).
+void moe_topk_router_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dprobs,
+                              const Tensor& logits, const Tensor& indices, bool pre_softmax);
+// sums[E] (ASSIGNED) = sum_n softmax(logits[n, :]): the per-expert score sums of the auxiliary
+// load-balancing loss (all E experts, whatever was selected). Deterministic: CUDA sums fp32
+// partials over a split of the rows that depends only on N, then folds them in a fixed order.
+void moe_router_score_sums(DeviceContext& ctx, Tensor sums, const Tensor& logits);
+// dlogits[N, E] += the gradient of sum_n sum_e weights[e] * softmax(logits[n, :])[e], i.e.
+// s (weights - sum_e s_e weights_e) per row with s = softmax(logits[n, :]) (ACCUMULATED: onto
+// the router backward's gradient). weights[E]. With weights[e] = E * coeff / (N^2 * k) *
+// tokens_per_expert[e] this is the backward of Megatron's switch load-balancing loss
+// E * coeff / (N^2 * k) * sum_e tokens_per_expert[e] * sums[e] (the token counts constant).
+void moe_aux_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits,
+                           const Tensor& weights);
+// Token dispatch and combine. The layer orders the N*k (token, choice) pairs by expert into M
+// rows and keeps token_of[M] (each row's token), weight_of[M] (its probability) and slots[N, k]
+// (the row of each token's i-th choice). Then
+//   permute:          gather_rows(x_perm, x, token_of, {})
+//   combine:          gather_sum_rows(y, expert_out, slots, probs)
+//   combine backward: gather_rows(d_expert_out, dy, token_of, weight_of)
+//                     gathered_row_dot(dprobs, dy, expert_out, slots)
+//   permute backward: gather_sum_rows(dx, d_x_perm, slots, {})
+// The row tensors (out, in, dout) share one float dtype; out must not overlap in. Row indices
+// are data: the CPU throws kInvalidArgument naming one outside its range; CUDA never reads out
+// of bounds and does not sync to report one: gather_rows writes that row as zeros,
+// gather_sum_rows leaves that term out, gathered_row_dot writes 0 for it.
+//
+// out[M, H] (ASSIGNED) = in[index[m], :] * scale[m]; in [N, H], index [M] in [0, N), scale [M]
+// or undefined (= 1: an exact copy). The product is taken in fp32 (double on the CPU) and
+// rounded to out's dtype.
+void gather_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& index,
+                 const Tensor& scale);
+// out[N, H] (ASSIGNED) = sum_i weights[n, i] * in[slots[n, i], :]; in [M, H], slots [N, k] in
+// [0, M), weights [N, k] or undefined (= 1). Summed in i order in fp32 (double on the CPU) and
+// rounded once: deterministic, no atomics.
+void gather_sum_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& slots,
+                     const Tensor& weights);
+// dweights[N, k] (ASSIGNED) = sum_h dout[n, h] * in[slots[n, i], h] (fp32 accumulation, double
+// on the CPU; deterministic): the weights' gradient of gather_sum_rows. dout [N, H], in [M, H].
+void gathered_row_dot(DeviceContext& ctx, Tensor dweights, const Tensor& dout, const Tensor& in,
+                      const Tensor& slots);
+
 // ---- optimizer -----------------------------------------------------------------------------
 // One AdamW step over a flat range (params, grads, exp_avg, exp_avg_sq, all same dtype/numel),
 // as Megatron/apex FusedAdam with adam_w_mode: bias-corrected moments at step `step` (>= 1),

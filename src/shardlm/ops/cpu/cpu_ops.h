@@ -127,6 +127,21 @@ void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
                                            const Tensor& targets, const Tensor& lse,
                                            int64_t vocab_start);
 
+// moe.cc
+void moe_topk_router_forward(DeviceContext& ctx, Tensor probs, Tensor indices,
+                             const Tensor& logits, int64_t k, bool pre_softmax);
+void moe_topk_router_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dprobs,
+                              const Tensor& logits, const Tensor& indices, bool pre_softmax);
+void moe_router_score_sums(DeviceContext& ctx, Tensor sums, const Tensor& logits);
+void moe_aux_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits,
+                           const Tensor& weights);
+void gather_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& index,
+                 const Tensor& scale);
+void gather_sum_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& slots,
+                     const Tensor& weights);
+void gathered_row_dot(DeviceContext& ctx, Tensor dweights, const Tensor& dout, const Tensor& in,
+                      const Tensor& slots);
+
 // adamw.cc
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,
                 Tensor exp_avg_sq, const AdamWParams& hp, Tensor compute_params = Tensor());

@@ -5,11 +5,11 @@
 //
 // Contract: every op runs asynchronously on the stream of the CudaBackendState attached to ctx
 // (cuda_context.h, init_cuda_backend). Tensors are never allocated by ops; the parameter-gradient
-// column reductions (norms, linear bias), the embedding backwards' sort (sorted_scatter_add.h)
-// and attention_backward take per-call scratch from the context (CudaBackendState::scratch,
-// grown stream-ordered on first use, then reused). The only host syncs are the ops that return a
-// host value (sum_squares, all_finite), copies to/from host memory, and embedding_forward's
-// token-range check (which reads back one flag).
+// column reductions (norms, linear bias), the embedding backwards' sort (sorted_scatter_add.h),
+// attention_backward and moe_router_score_sums take per-call scratch from the context
+// (CudaBackendState::scratch, grown stream-ordered on first use, then reused). The only host
+// syncs are the ops that return a host value (sum_squares, all_finite), copies to/from host
+// memory, and embedding_forward's token-range check (which reads back one flag).
 //
 //   DeviceContext ctx(Device::cuda(0));
 //   ops::cuda::init_cuda_backend(ctx);
@@ -134,6 +134,21 @@ void vocab_parallel_cross_entropy_backward(DeviceContext& ctx, Tensor dlogits,
                                            const Tensor& dlosses, const Tensor& logits,
                                            const Tensor& targets, const Tensor& lse,
                                            int64_t vocab_start);
+
+// ---- mixture of experts (moe.cu) ---------------------------------------------------------
+void moe_topk_router_forward(DeviceContext& ctx, Tensor probs, Tensor indices,
+                             const Tensor& logits, int64_t k, bool pre_softmax);
+void moe_topk_router_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dprobs,
+                              const Tensor& logits, const Tensor& indices, bool pre_softmax);
+void moe_router_score_sums(DeviceContext& ctx, Tensor sums, const Tensor& logits);
+void moe_aux_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits,
+                           const Tensor& weights);
+void gather_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& index,
+                 const Tensor& scale);
+void gather_sum_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& slots,
+                     const Tensor& weights);
+void gathered_row_dot(DeviceContext& ctx, Tensor dweights, const Tensor& dout, const Tensor& in,
+                      const Tensor& slots);
 
 // ---- optimizer -----------------------------------------------------------------------------
 void adamw_step(DeviceContext& ctx, Tensor params, const Tensor& grads, Tensor exp_avg,

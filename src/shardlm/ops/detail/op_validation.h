@@ -10,7 +10,8 @@
 // Shape rules beyond ops.h: row-wise ops (norms, linear, activations, cross-entropy) accept any
 // leading dims — rows = numel / last dim — as long as the row counts agree; per-row saved
 // statistics (mean, rstd, lse, losses) are checked by element count. Optional tensors are
-// undefined Tensor()s: wpe/dwpe, linear bias/din/dweight/dbias, layernorm bias/dbias.
+// undefined Tensor()s: wpe/dwpe, linear bias/din/dweight/dbias, layernorm bias/dbias, the MoE
+// gathers' scale/weights.
 #pragma once
 
 #include <cmath>
@@ -361,6 +362,37 @@ inline void require_row_stats_dtype(const char* op, const Tensor& logits, const 
   require(d == l || (low && d == DType::kF32), op,
           std::string(stats.name) + " is " + dtype_name(d) + "; per-row tensors must be the " +
               "logits' dtype " + dtype_name(l) + (low ? " or fp32" : ""));
+}
+
+// mixture of experts
+// `a` is a matrix; `form` names its axes for the message ("[N, H]").
+inline void require_matrix(const char* op, const Arg& a, const char* form) {
+  require(a.t.rank() == 2, op,
+          std::string(a.name) + " must be a matrix " + form + ", got shape " + shape_of(a.t));
+}
+// A side tensor of the MoE ops (probs, dprobs, sums, weights, scale, dweights) is fp32 whatever
+// the dtype of the rows it goes with (`of`), or fp64 when those are fp64.
+inline void require_moe_side_dtype(const char* op, const Arg& a, const Arg& of) {
+  const DType d = a.t.dtype(), rows = of.t.dtype();
+  const bool f64 = rows == DType::kF64;
+  const std::string allowed =
+      f64 ? "fp32 or fp64" : std::string("fp32 (fp64 only with fp64 ") + of.name + ")";
+  require(d == DType::kF32 || (f64 && d == DType::kF64), op,
+          std::string(a.name) + " is " + dtype_name(d) + " for " + dtype_name(rows) + " " +
+              of.name + "; it must be " + allowed);
+}
+// Router logits [N, E] with E >= 1 experts, a float dtype; returns E.
+inline int64_t check_router_logits(const char* op, const Tensor& logits) {
+  require_same_float(op, {{"logits", logits}});
+  require(logits.rank() == 2 && logits.size(1) >= 1, op,
+          "logits must be [N, E] with E >= 1 experts, got shape " + shape_of(logits));
+  return logits.size(1);
+}
+inline void require_router_k(const char* op, int64_t k, const Tensor& logits) {
+  require(k >= 1 && k <= logits.size(1), op,
+          "k = " + std::to_string(k) + " experts per token must be in [1, E] = [1, " +
+              std::to_string(logits.size(1)) + "] for logits " + shape_of(logits) +
+              "; route each token to at least one and at most E experts");
 }
 
 }  // namespace shardlm::ops::detail
