@@ -52,7 +52,8 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--ffn-hidden-size", m.ffn_hidden_size, "MLP hidden size (default 4*hidden)")->group(g)->check(pos);
   cmd.add_option("--attention-backend", cfg.attention_backend,
                  "Attention kernels on CUDA: auto (cuDNN fused where it applies, else ShardLM's "
-                 "flash kernels), fused (cuDNN only), flash (ShardLM's kernels only)")
+                 "flash kernels), fused (cuDNN only), flash (ShardLM's kernels only; with "
+                 "attention dropout, the only choice that keeps ShardLM's layout-independent masks)")
       ->group(g);
   cmd.add_option("--recompute-granularity", cfg.recompute.granularity,
                  "Activation recomputation: selective (core attention) or full (whole layers)")

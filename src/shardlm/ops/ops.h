@@ -140,9 +140,11 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
 // v (HS)]. Query head h uses group h / (NH/G). out[B,T,NH*HS] (heads concatenated).
 // Saves lse[B,NH,T] (log-sum-exp of the scaled, masked scores) for backward. Softmax scale
 // 1/sqrt(HS). CUDA runs cuDNN's fused attention when it supports the call (bf16/fp16, fp32 lse,
-// no dropout, T % 128 == 0 (a chunk: rows and position + rows), HS % 8 == 0 and <= 128;
+// T % 128 == 0 (a chunk: rows and position + rows), HS % 8 == 0 and <= 128;
 // ops/cuda/cudnn_attention.h), else ShardLM's own kernels. Attention-probability dropout p uses
-// key with position ((b*NH + h)*T + i)*T + j.
+// key with position ((b*NH + h)*T + i)*T + j, except on cuDNN, which draws its own Philox mask
+// from a seed derived from key, head_offset and the chunk position (deterministic, but neither
+// these masks nor layout-independent; cudnn_attention.h).
 struct AttentionShape {
   int64_t num_heads = 0;        // NH
   int64_t num_query_groups = 0; // G, divides NH

@@ -112,7 +112,8 @@ struct TrainConfig {
   std::string device = "auto";    // auto | cpu | cuda
   // --attention-backend (Megatron's flag): auto = cuDNN's fused attention where it applies,
   // ShardLM's flash kernels otherwise; fused = cuDNN only (an error where it cannot run); flash
-  // = ShardLM's kernels only. CUDA only; the CPU has one (reference) attention.
+  // = ShardLM's kernels only. CUDA only; the CPU has one (reference) attention. cuDNN draws its
+  // own attention-dropout masks (ops/cuda/cudnn_attention.h); flash keeps ShardLM's.
   std::string attention_backend = "auto";
   std::string compute_dtype = "fp32";  // CPU: fp32 | fp64
   // --main-params-dtype: the master weights, main gradients and Adam moments. "fp32" keeps them

@@ -110,6 +110,17 @@ inline void require_rowwise_head_dim(int64_t HS, const char* op) {
                     " is supported only up to 256 (tensor-core path: 64 and 128 in bf16/fp16)");
 }
 
+// cuDNN's dropout seed for a call (cudnn_attention.h): ShardLM's Philox key of the dropout site
+// (seed, layer, site), the step and global micro-batch, then the call's first global head and
+// first query position, each folded in through a bijective 64-bit mix, so tensor-parallel head
+// slices and context-parallel chunks draw independent masks.
+inline uint64_t cudnn_dropout_seed(const AttentionParams& p) {
+  uint64_t h = mix64_device((static_cast<uint64_t>(p.dropout.key1) << 32) | p.dropout.key0);
+  h = mix64_device(h ^ ((static_cast<uint64_t>(p.dropout.step) << 32) | p.dropout.microbatch));
+  h = mix64_device(h ^ static_cast<uint64_t>(p.head_offset));
+  return mix64_device(h ^ static_cast<uint64_t>(p.q_pos0));
+}
+
 // The cuDNN path's view of a validated call (dout/dq/dkv only for backward).
 inline CudnnAttentionCall cudnn_attention_call(const AttentionParams& p, DType dtype,
                                                double dropout_p, const void* dout = nullptr,
@@ -127,6 +138,7 @@ inline CudnnAttentionCall cudnn_attention_call(const AttentionParams& p, DType d
   c.position = p.q_pos0;
   c.lse_is_f32 = p.lse_is_f32;
   c.dropout_p = dropout_p;
+  c.dropout_seed = dropout_p > 0.0 ? cudnn_dropout_seed(p) : 0;
   c.q_src = p.q_src;
   c.kv = p.kv;
   c.out = p.out;

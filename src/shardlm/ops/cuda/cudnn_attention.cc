@@ -48,8 +48,6 @@ std::string unsupported_reason(const CudnnAttentionCall& c) {
   if (c.dtype != DType::kBF16 && c.dtype != DType::kF16)
     return std::string("dtype ") + dtype_name(c.dtype) + " (cuDNN attention needs bf16 or fp16)";
   if (!c.lse_is_f32) return "lse is not fp32 (cuDNN's softmax statistics are fp32)";
-  if (c.dropout_p != 0.0)
-    return "attention dropout (cuDNN's dropout mask is not ShardLM's Philox mask)";
   if (c.HS % 8 != 0 || c.HS > 128)
     return "head_dim " + std::to_string(c.HS) + " (cuDNN path needs a multiple of 8, <= 128)";
   if (c.rows % 128 != 0 || c.keys() % 128 != 0) {
@@ -79,9 +77,9 @@ std::string unsupported_reason(const CudnnAttentionCall& c) {
 
 namespace {
 
-// backward, dtype, B, TQ, T, rows, position, NH, G, HS.
+// backward, dtype, B, TQ, T, rows, position, NH, G, HS, dropout p (baked into the RNG node).
 using Key = std::tuple<bool, DType, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t>;
+                       int64_t, double>;
 
 struct AttentionPlan {
   std::optional<CudnnPlan> plan;
@@ -90,6 +88,7 @@ struct AttentionPlan {
   int64_t q = 0, kt = 0, v = 0, o = 0, stats = 0, scale = 0, lowest = 0;
   int64_t s_kv = 0, s_q = 0;  // the mask's row shift (chunks at position > 0 only)
   int64_t dout = 0, dq = 0, dk = 0, dv = 0, one = 0, softmax_sum = 0, dq_accum = 0;
+  int64_t seed = 0, offset = 0, dropout_scale = 0;  // attention dropout only
 };
 
 cudnnDataType_t cudnn_type(DType dt) {
@@ -100,10 +99,11 @@ cudnnDataType_t cudnn_type(DType dt) {
 // `rows` rows of [B,TQ,...], key-side tensors the `keys` = position + rows rows of kv[B,T,W].
 struct Layout {
   int64_t B, T, NH, G, R, HS, W, TQ, rows, position, keys;
+  double dropout_p;
   explicit Layout(const CudnnAttentionCall& c)
       : B(c.B), T(c.T), NH(c.NH), G(c.G), R(c.NH / c.G), HS(c.HS),
         W(c.G * (c.NH / c.G + 2) * c.HS), TQ(c.TQ), rows(c.rows), position(c.position),
-        keys(c.keys()) {}
+        keys(c.keys()), dropout_p(c.dropout_p) {}
   // Q as [B,NH,rows,HS]: inside q_src for MHA, else the gathered [B,rows,NH,HS] buffer.
   std::vector<int64_t> q_strides() const {
     if (R == 1) return {TQ * W, 3 * HS, W, 1};
@@ -157,6 +157,42 @@ struct MaskShift {
   }
 };
 
+// Attention-probability dropout as cudnn-frontend's SDPA nodes emit it (the pattern the fused
+// engines recognise): one Bernoulli(1 - p) mask [B,NH,rows,keys] from cuDNN's Philox generator
+// (int64 seed and offset, by value), applied as P ∘ mask · 1/(1-p). The backward graph
+// regenerates the same mask from the same seed.
+struct DropoutMask {
+  std::optional<CudnnTensor> seed, offset, scale, mask;
+  DropoutMask(CudnnGraph& g, const Layout& L, const std::vector<int64_t>& score) {
+    if (L.dropout_p <= 0.0) return;
+    seed = g.scalar(CUDNN_DATA_INT64);
+    offset = g.scalar(CUDNN_DATA_INT64);
+    scale = g.scalar();
+    mask = g.virtual_tensor(score);
+    g.rng_bernoulli(1.0 - L.dropout_p, *seed, *offset, *mask);
+  }
+  bool on() const { return mask.has_value(); }
+  // x ∘ mask (fp32)
+  CudnnTensor masked(CudnnGraph& g, const CudnnTensor& x, const std::vector<int64_t>& dims) const {
+    const CudnnTensor y = g.virtual_tensor(dims);
+    g.pointwise(CUDNN_POINTWISE_MUL, x, *mask, y);
+    return y;
+  }
+  // x · 1/(1-p) in `type`
+  CudnnTensor scaled(CudnnGraph& g, const CudnnTensor& x, const std::vector<int64_t>& dims,
+                     cudnnDataType_t type = CUDNN_DATA_FLOAT) const {
+    const CudnnTensor y = g.virtual_tensor(dims, type);
+    g.pointwise(CUDNN_POINTWISE_MUL, x, *scale, y);
+    return y;
+  }
+  void record(AttentionPlan& out) const {
+    if (!on()) return;
+    out.seed = seed->uid;
+    out.offset = offset->uid;
+    out.dropout_scale = scale->uid;
+  }
+};
+
 void build_forward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPlan& out) {
   CudnnGraph g(handle);
   const cudnnDataType_t io = cudnn_type(dt);
@@ -168,6 +204,7 @@ void build_forward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPla
   const CudnnTensor stats = g.tensor(row, L.stats_strides(), CUDNN_DATA_FLOAT);
   const CudnnTensor scale = g.scalar(), lowest = g.scalar();
   const MaskShift shift(g, L);
+  const DropoutMask dropout(g, L, score);
 
   const CudnnTensor s = g.virtual_tensor(score);
   g.matmul(q, kt, s);
@@ -185,9 +222,12 @@ void build_forward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPla
   const CudnnTensor log_l = g.virtual_tensor(row);
   g.pointwise(CUDNN_POINTWISE_LOG, l, log_l);
   g.pointwise(CUDNN_POINTWISE_ADD, m, log_l, stats);
-  const CudnnTensor p = g.virtual_tensor(score, io);
+  const CudnnTensor p = g.virtual_tensor(score, dropout.on() ? CUDNN_DATA_FLOAT : io);
   g.pointwise(CUDNN_POINTWISE_DIV, e, l, p);
-  g.matmul(p, v, o);
+  if (dropout.on())  // O = (P ∘ mask · 1/(1-p)) · V
+    g.matmul(dropout.scaled(g, dropout.masked(g, p, score), score, io), v, o);
+  else
+    g.matmul(p, v, o);
 
   out.plan = g.build_plan(&out.why_not);
   out.q = q.uid;
@@ -198,6 +238,7 @@ void build_forward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPla
   out.scale = scale.uid;
   out.lowest = lowest.uid;
   shift.record(out);
+  dropout.record(out);
 }
 
 void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPlan& out) {
@@ -222,8 +263,10 @@ void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPl
   const CudnnTensor dq_accum = g.tensor(head, packed_strides(head), CUDNN_DATA_FLOAT);
   const CudnnTensor scale = g.scalar(), lowest = g.scalar(), one = g.scalar();
   const MaskShift shift(g, L);
+  const DropoutMask dropout(g, L, score);
 
-  // D = rowsum(dO ∘ O)
+  // D = rowsum(dO ∘ O), times (1 - p) with dropout (bound to `one`): dS below is scaled by
+  // 1/(1-p) as a whole, so dS = P ∘ (dP ∘ mask / (1-p) - D).
   const CudnnTensor dout_o = g.virtual_tensor(
       head, {L.NH * L.rows * L.HS, L.rows * L.HS, L.NH * L.HS, 1}, CUDNN_DATA_FLOAT);
   g.pointwise(CUDNN_POINTWISE_MUL, dout, o, dout_o);
@@ -242,9 +285,9 @@ void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPl
   const CudnnTensor p = g.virtual_tensor(score);
   g.pointwise(CUDNN_POINTWISE_EXP, s_masked, p);
 
-  // dV = P^T · dO (summed over the group's query heads when R > 1)
+  // dV = P^T · dO (summed over the group's query heads when R > 1), P after dropout
   const CudnnTensor p_t = g.virtual_tensor(score_t, score_t_strides, io);
-  g.reshape(p, p_t);
+  g.reshape(dropout.on() ? dropout.scaled(g, dropout.masked(g, p, score), score) : p, p_t);
   if (L.R == 1) {
     g.matmul(p_t, dout, dv);
   } else {
@@ -253,15 +296,17 @@ void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPl
     g.reduction(CUDNN_REDUCE_TENSOR_ADD, dv_heads, dv);
   }
 
-  // dS = (dO · V^T - D) ∘ P · scale
+  // dS = (dO · V^T - D) ∘ P · scale; with dropout ((dO · V^T) ∘ mask - D(1-p)) ∘ P / (1-p)
   const CudnnTensor dp = g.virtual_tensor(score);
   g.matmul(dout, vt, dp);
   const CudnnTensor dp_centred = g.virtual_tensor(score);
-  g.pointwise(CUDNN_POINTWISE_SUB, dp, softmax_sum, dp_centred);
+  g.pointwise(CUDNN_POINTWISE_SUB, dropout.on() ? dropout.masked(g, dp, score) : dp, softmax_sum,
+              dp_centred);
   const CudnnTensor dp_p = g.virtual_tensor(score);
   g.pointwise(CUDNN_POINTWISE_MUL, dp_centred, p, dp_p);
   const CudnnTensor ds = g.virtual_tensor(score);
-  g.pointwise(CUDNN_POINTWISE_MUL, dp_p, scale, ds);
+  g.pointwise(CUDNN_POINTWISE_MUL, dropout.on() ? dropout.scaled(g, dp_p, score) : dp_p, scale,
+              ds);
 
   // dK = dS^T · Q
   const CudnnTensor ds_t = g.virtual_tensor(score_t, score_t_strides, io);
@@ -298,6 +343,7 @@ void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPl
   out.lowest = lowest.uid;
   out.one = one.uid;
   shift.record(out);
+  dropout.record(out);
 }
 
 void cuda_check(cudaError_t err, const char* what) {
@@ -330,7 +376,8 @@ struct CudnnAttentionCache::Impl {
   }
 
   const AttentionPlan& plan(cudnnHandle_t h, bool backward, const CudnnAttentionCall& c) {
-    const Key key{backward, c.dtype, c.B, c.TQ, c.T, c.rows, c.position, c.NH, c.G, c.HS};
+    const Key key{backward, c.dtype, c.B,  c.TQ, c.T,         c.rows,
+                  c.position, c.NH,   c.G, c.HS, c.dropout_p};
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     AttentionPlan p;
@@ -422,6 +469,22 @@ Views views_of(const CudnnAttentionCall& c, void* gathered_q) {
   return v;
 }
 
+// The by-value dropout scalars of a plan: cuDNN's seed (the call's, derived from ShardLM's
+// dropout key), offset 0 and 1/(1-p).
+struct DropoutScalars {
+  int64_t seed, offset = 0;
+  float scale;
+  explicit DropoutScalars(const CudnnAttentionCall& c)
+      : seed(static_cast<int64_t>(c.dropout_seed)),
+        scale(static_cast<float>(1.0 / (1.0 - c.dropout_p))) {}
+  void bind(const AttentionPlan& plan, std::vector<std::pair<int64_t, void*>>& bindings) {
+    if (plan.seed == 0) return;
+    bindings.push_back({plan.seed, &seed});
+    bindings.push_back({plan.offset, &offset});
+    bindings.push_back({plan.dropout_scale, &scale});
+  }
+};
+
 }  // namespace
 
 bool cudnn_attention_forward(const DeviceContext& ctx, const CudnnAttentionCall& c) {
@@ -451,6 +514,8 @@ bool cudnn_attention_forward(const DeviceContext& ctx, const CudnnAttentionCall&
     bindings.push_back({plan->s_kv, &s_kv});
     bindings.push_back({plan->s_q, &s_q});
   }
+  DropoutScalars dropout(c);
+  dropout.bind(*plan, bindings);
   plan->plan->execute(handle, bindings, scratch + q_bytes);
   return true;
 }
@@ -484,7 +549,7 @@ bool cudnn_attention_backward(const DeviceContext& ctx, const CudnnAttentionCall
   char* dkv = static_cast<char*>(c.dkv);
   float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.HS)));
   float lowest = std::numeric_limits<float>::lowest();
-  float one = 1.0f;
+  float one = static_cast<float>(1.0 - c.dropout_p);  // D's factor (build_backward)
   int32_t s_kv = static_cast<int32_t>(L.keys), s_q = static_cast<int32_t>(L.rows);
   char* dout = const_cast<char*>(static_cast<const char*>(c.dout)) + c.row * L.NH * L.HS * elt;
   std::vector<std::pair<int64_t, void*>> bindings = {
@@ -506,6 +571,8 @@ bool cudnn_attention_backward(const DeviceContext& ctx, const CudnnAttentionCall
     bindings.push_back({plan->s_kv, &s_kv});
     bindings.push_back({plan->s_q, &s_q});
   }
+  DropoutScalars dropout(c);
+  dropout.bind(*plan, bindings);
   plan->plan->execute(handle, bindings, workspace);
   if (L.R > 1) copy_queries(c, dq_buf, c.dq, /*to_qkv=*/true, stream);
   return true;

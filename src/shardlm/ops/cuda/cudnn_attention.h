@@ -9,13 +9,20 @@
 //   kAuto  — cuDNN when it supports the case, else ShardLM's kernels (the default);
 //   kOwn   — always ShardLM's kernels (tests, and to compare);
 //   kCudnn — cuDNN or an Error(kUnsupported) that says why not.
-// cuDNN's case: bf16/fp16, fp32 lse, no attention dropout (cuDNN's dropout mask is not ShardLM's
-// Philox mask, so it would change training), head dim a multiple of 8 up to 128, query rows and
+// cuDNN's case: bf16/fp16, fp32 lse, head dim a multiple of 8 up to 128, query rows and
 // key count multiples of 128 (the sequence length T for the whole sequence; a chunk's rows and
 // position + rows; shorter or ragged lengths need a padding-mask workaround before cuDNN 9.16),
 // 16-byte aligned pointers (the chunk's views included), and a plan that finalizes on this
 // device. Builds without cuDNN
 // (SHARDLM_WITH_CUDNN undefined) always answer "not for cuDNN".
+//
+// Attention dropout on cuDNN draws cuDNN's mask (its Philox generator inside the fused kernel),
+// not ShardLM's: the call's seed is derived from ShardLM's dropout key, the global head offset and
+// the chunk's position (cudnn_dropout_seed in attention_shape.h), so masks are deterministic
+// (the backward and a recompute regenerate them; a resumed run draws the same ones) and differ
+// between layers, micro-batches, steps, tensor-parallel head slices and context-parallel chunks.
+// They are not the masks of the CPU backend or ShardLM's kernels, and they depend on the layout;
+// 'own' kernels keep ShardLM's layout-independent masks.
 //
 // Layout, no copies for MHA (NH == G): for a chunk of `rows` query rows starting at row `row` of
 // q_src[B,TQ,W] (W = G*(R+2)*HS, R = NH/G) at global position `position`, Q and dQ are strided
@@ -54,6 +61,7 @@ struct CudnnAttentionCall {
   int64_t TQ = 0, row = 0, rows = 0, position = 0;  // the query chunk (AttentionChunk)
   bool lse_is_f32 = false;
   double dropout_p = 0;
+  uint64_t dropout_seed = 0;  // cuDNN's RNG seed for this call (dropout_p > 0)
   const void* q_src = nullptr;  // [B, TQ, W]
   const void* kv = nullptr;     // [B, T, W]
   void* out = nullptr;          // [B, TQ, NH*HS] forward: written; backward: the saved output

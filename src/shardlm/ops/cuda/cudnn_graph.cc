@@ -179,6 +179,25 @@ void CudnnGraph::reshape(const CudnnTensor& x, const CudnnTensor& y) {
   add_op(op);
 }
 
+void CudnnGraph::rng_bernoulli(double keep_probability, const CudnnTensor& seed,
+                               const CudnnTensor& offset, const CudnnTensor& y) {
+  auto rng = std::make_shared<CudnnDescriptor>(CUDNN_BACKEND_RNG_DESCRIPTOR);
+  const cudnnRngDistribution_t dist = CUDNN_RNG_DISTRIBUTION_BERNOULLI;
+  rng->set(CUDNN_ATTR_RNG_DISTRIBUTION, CUDNN_TYPE_RNG_DISTRIBUTION, 1, &dist,
+           "rng distribution");
+  rng->set(CUDNN_ATTR_RNG_BERNOULLI_DIST_PROBABILITY, CUDNN_TYPE_DOUBLE, 1, &keep_probability,
+           "rng bernoulli probability");
+  rng->finalize("rng descriptor");
+  auto op = std::make_shared<CudnnDescriptor>(CUDNN_BACKEND_OPERATION_RNG_DESCRIPTOR);
+  set_desc(*op, CUDNN_ATTR_OPERATION_RNG_YDESC, *y.desc, "rng y");
+  set_desc(*op, CUDNN_ATTR_OPERATION_RNG_SEED, *seed.desc, "rng seed");
+  set_desc(*op, CUDNN_ATTR_OPERATION_RNG_OFFSET_DESC, *offset.desc, "rng offset");
+  set_desc(*op, CUDNN_ATTR_OPERATION_RNG_DESC, *rng, "rng desc");
+  op->finalize("rng op");
+  owned_.push_back(rng);
+  add_op(op);
+}
+
 // The handle attributes are deprecated in cuDNN 9 (a device-property descriptor may replace
 // them) but remain the way to bind a graph and a plan to a device on every 9.x release.
 #pragma GCC diagnostic push

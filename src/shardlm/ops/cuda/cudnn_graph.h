@@ -99,6 +99,10 @@ class CudnnGraph {
   void matmul(const CudnnTensor& a, const CudnnTensor& b, const CudnnTensor& c);
   void reduction(cudnnReduceTensorOp_t op, const CudnnTensor& x, const CudnnTensor& y);
   void reshape(const CudnnTensor& x, const CudnnTensor& y);
+  // y = Bernoulli(keep_probability) draws (1 or 0) from cuDNN's Philox generator, keyed by the
+  // int64 seed and offset tensors (by-value scalars here).
+  void rng_bernoulli(double keep_probability, const CudnnTensor& seed, const CudnnTensor& offset,
+                     const CudnnTensor& y);
 
   // Finalizes the graph and tries the heuristics' engine configurations in order; nullopt when
   // none finalizes (the graph is valid but no engine supports it here). `why_not` then holds
