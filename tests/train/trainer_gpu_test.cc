@@ -12,8 +12,7 @@
 namespace shardlm::train {
 namespace {
 
-TEST(TrainerGpu, MatchesCpuStepForStep) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+TrainConfig gpu_vs_cpu_config() {
   TrainConfig cfg;
   cfg.model.num_layers = 2;
   cfg.model.hidden_size = 64;
@@ -30,6 +29,10 @@ TEST(TrainerGpu, MatchesCpuStepForStep) {
   cfg.optimizer.lr_warmup_iters = 1;
   cfg.data.mock_data = true;
   cfg.logging.eval_iters = 0;
+  return cfg;
+}
+
+void expect_gpu_follows_cpu(TrainConfig cfg) {
   std::ostringstream log_cpu, log_gpu;
   cfg.device = "cpu";
   Trainer cpu(cfg, log_cpu);
@@ -43,6 +46,27 @@ TEST(TrainerGpu, MatchesCpuStepForStep) {
     std::cout << "iteration " << i + 1 << ": cpu loss " << a.loss << " gpu loss " << b.loss
               << " | grad norm " << a.grad_norm << " vs " << b.grad_norm << "\n";
   }
+}
+
+TEST(TrainerGpu, MatchesCpuStepForStep) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  expect_gpu_follows_cpu(gpu_vs_cpu_config());
+}
+
+// MoE layers (layers/moe_mlp.h): the router, the host-side routing, the row gathers and the
+// per-expert GEMMs on the GPU follow the CPU (fp32, so the routing choices agree).
+TEST(TrainerGpu, MixtureOfExpertsMatchesCpuStepForStep) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  TrainConfig cfg = gpu_vs_cpu_config();
+  cfg.model.num_experts = 4;
+  cfg.model.moe_router_topk = 2;
+  cfg.model.moe_aux_loss_coeff = 0.01;
+  cfg.model.moe_ffn_hidden_size = 96;
+  expect_gpu_follows_cpu(cfg);
+  cfg.model.swiglu = true;
+  cfg.model.moe_router_pre_softmax = true;
+  cfg.model.moe_layer_freq = 2;
+  expect_gpu_follows_cpu(cfg);
 }
 
 }  // namespace

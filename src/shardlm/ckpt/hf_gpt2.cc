@@ -103,6 +103,9 @@ HfModel read_hf_gpt2(const std::string& hf_dir, int64_t divisible_by, int64_t tp
 
 void write_hf_gpt2(const HfModel& m, const std::string& out_dir) {
   const model::TransformerConfig& c = m.config;
+  SHARDLM_REQUIRE(c.num_experts == 0, ErrorKind::kUnsupported,
+                  "the model has MoE layers (--num-experts " + std::to_string(c.num_experts) +
+                      "); Hugging Face GPT-2 has dense MLPs only");
   SHARDLM_REQUIRE(!c.untie_embeddings_and_output_weights && c.add_bias_linear && !c.swiglu &&
                       c.normalization == model::Normalization::kLayerNorm &&
                       c.position_embedding == model::PositionEmbedding::kLearnedAbsolute &&

@@ -226,6 +226,10 @@ HfModel read_hf_llama(const std::string& hf_dir, int64_t divisible_by, int64_t t
 
 void write_hf_llama(const HfModel& m, const std::string& out_dir) {
   const model::TransformerConfig& c = m.config;
+  SHARDLM_REQUIRE(c.num_experts == 0, ErrorKind::kUnsupported,
+                  "the model has MoE layers (--num-experts " + std::to_string(c.num_experts) +
+                      "); Hugging Face Llama has dense MLPs only, and a Mixtral export is not "
+                      "implemented");
   SHARDLM_REQUIRE(!c.add_bias_linear && c.swiglu &&
                       c.normalization == model::Normalization::kRMSNorm &&
                       c.position_embedding == model::PositionEmbedding::kRope,

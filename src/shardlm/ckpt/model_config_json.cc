@@ -31,6 +31,12 @@ nlohmann::json if_llama3(const model::TransformerConfig& c, double v) {
   return rope(c) && c.use_rope_scaling ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
+// An MoE setting, or null for a dense model (so checkpoints from before MoE still match).
+template <typename T>
+nlohmann::json if_moe(const model::TransformerConfig& c, T v) {
+  return c.num_experts > 0 ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
 // An architecture field: its JSON key, its flag, and the value in the form the flag takes.
 struct Field {
   const char* key;
@@ -85,6 +91,15 @@ const Field kFields[] = {
      [](const auto& c) { return if_llama3(c, c.rope_scaling_original_max_positions); }},
     {"rotary_seq_len_interpolation_factor", "--rotary-seq-len-interpolation-factor",
      [](const auto& c) { return if_rope(c, c.rotary_seq_len_interpolation_factor); }},
+    {"num_experts", "--num-experts", [](const auto& c) { return if_moe(c, c.num_experts); }},
+    {"moe_router_topk", "--moe-router-topk",
+     [](const auto& c) { return if_moe(c, c.moe_router_topk); }},
+    {"moe_ffn_hidden_size", "--moe-ffn-hidden-size",
+     [](const auto& c) { return if_moe(c, c.moe_ffn_size()); }},
+    {"moe_layer_freq", "--moe-layer-freq",
+     [](const auto& c) { return if_moe(c, c.moe_layer_freq); }},
+    {"moe_router_pre_softmax", "--moe-router-pre-softmax",
+     [](const auto& c) { return if_moe(c, c.moe_router_pre_softmax); }},
 };
 }  // namespace
 
@@ -97,6 +112,7 @@ nlohmann::json model_config_to_json(const model::TransformerConfig& c) {
   j["init_method_std"] = c.init_method_std;
   j["hidden_dropout"] = c.hidden_dropout;
   j["attention_dropout"] = c.attention_dropout;
+  if (c.num_experts > 0) j["moe_aux_loss_coeff"] = c.moe_aux_coeff();
   return j;
 }
 
@@ -131,6 +147,12 @@ model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
   get("init_method_std", c.init_method_std);
   get("hidden_dropout", c.hidden_dropout);
   get("attention_dropout", c.attention_dropout);
+  get("num_experts", c.num_experts);
+  get("moe_router_topk", c.moe_router_topk);
+  get("moe_ffn_hidden_size", c.moe_ffn_hidden_size);
+  get("moe_layer_freq", c.moe_layer_freq);
+  get("moe_router_pre_softmax", c.moe_router_pre_softmax);
+  get("moe_aux_loss_coeff", c.moe_aux_loss_coeff);
   if (j.value("normalization", std::string("LayerNorm")) == "RMSNorm")
     c.normalization = model::Normalization::kRMSNorm;
   const std::string position = j.value("position_embedding_type", std::string("learned_absolute"));
@@ -198,6 +220,12 @@ std::string model_config_flags(const model::TransformerConfig& c) {
   if (c.normalization == model::Normalization::kRMSNorm) s << " --normalization RMSNorm";
   if (c.norm_epsilon != model::TransformerConfig().norm_epsilon)
     s << " --norm-epsilon " << num(c.norm_epsilon);
+  if (c.num_experts > 0) {
+    s << " --num-experts " << c.num_experts << " --moe-router-topk " << c.moe_router_topk;
+    if (c.moe_ffn_hidden_size > 0) s << " --moe-ffn-hidden-size " << c.moe_ffn_hidden_size;
+    if (c.moe_layer_freq != 1) s << " --moe-layer-freq " << c.moe_layer_freq;
+    if (c.moe_router_pre_softmax) s << " --moe-router-pre-softmax";
+  }
   return s.str();
 }
 

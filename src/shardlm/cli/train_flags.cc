@@ -124,6 +124,44 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                "Accepted for Megatron compatibility (RoPE is one separate q+k kernel here)")->group(g);
   cmd.add_flag("--attention-softmax-in-fp32", [](int64_t) {},
                "Accepted for Megatron compatibility: attention softmax is always computed in fp32")->group(g);
+  // Mixture of experts (Megatron's MoE flags; dropless top-k routing, layers/moe_mlp.h).
+  cmd.add_option("--num-experts", m.num_experts,
+                 "Experts per MoE layer (0: dense MLPs); one MoE layer every --moe-layer-freq")->group(g)->check(nonneg);
+  cmd.add_option("--moe-router-topk", m.moe_router_topk, "Experts each token is routed to (2)")->group(g)->check(pos);
+  cmd.add_option("--moe-ffn-hidden-size", m.moe_ffn_hidden_size,
+                 "Hidden size of each expert's MLP (default --ffn-hidden-size)")->group(g)->check(pos);
+  cmd.add_option("--moe-layer-freq", m.moe_layer_freq,
+                 "One MoE layer every N layers, from layer 0 (1: every layer)")->group(g)->check(pos);
+  cmd.add_option("--moe-aux-loss-coeff", m.moe_aux_loss_coeff,
+                 "Weight of the switch load-balancing loss (0: none)")->group(g)->check(nonneg);
+  cmd.add_flag("--moe-router-pre-softmax", m.moe_router_pre_softmax,
+               "Top-k of the softmax over all experts (default: softmax over the top-k logits)")->group(g);
+  cmd.add_option_function<std::string>(
+         "--moe-router-load-balancing-type",
+         [&m](const std::string& v) {
+           m.moe_aux_loss_enabled = v == "aux_loss";
+           if (v != "aux_loss" && v != "none")
+             throw CLI::ValidationError("--moe-router-load-balancing-type",
+                                        "'" + v + "' is not implemented (aux_loss, none; "
+                                        "seq_aux_loss and sinkhorn are not available)");
+         },
+         "aux_loss (switch loss weighted by --moe-aux-loss-coeff) or none (coefficient ignored)")->group(g);
+  cmd.add_option_function<std::string>(
+         "--moe-token-dispatcher-type",
+         [](const std::string& v) {
+           if (v != "allgather" && v != "alltoall")
+             throw CLI::ValidationError("--moe-token-dispatcher-type",
+                                        "'" + v + "' is not available (allgather, alltoall)");
+         },
+         "allgather or alltoall: the same dropless dispatch on one expert-parallel rank")->group(g);
+  cmd.add_option_function<double>(
+         "--moe-expert-capacity-factor",
+         [](double) {
+           throw CLI::ValidationError("--moe-expert-capacity-factor",
+                                      "token dropping is not implemented: ShardLM's MoE is "
+                                      "dropless (every token reaches its k experts); drop the flag");
+         },
+         "Not available: ShardLM's MoE is dropless")->group(g);
   cmd.add_option("--init-method-std", m.init_method_std, "Std of the normal weight init")->group(g)->check(pos);
   cmd.add_option("--hidden-dropout", m.hidden_dropout, "Dropout after attention/MLP and embedding")->group(g)->check(nonneg);
   cmd.add_option("--attention-dropout", m.attention_dropout, "Dropout on attention probabilities")->group(g)->check(nonneg);

@@ -20,6 +20,13 @@ struct StepContext {
   uint32_t step = 0;        // optimizer iteration (0-based)
   uint32_t microbatch = 0;  // index within the iteration
   bool training = true;     // false: dropout off (evaluation)
+  // Backward: the factor the language-model loss of this micro-batch enters the gradient with
+  // (loss scale · CP / micro-batches; GPTModel::backward sets it). Auxiliary losses (MoE load
+  // balancing) scale their gradients by it, as Megatron's MoEAuxLossAutoScaler does.
+  double loss_grad_scale = 1.0;
+  // Forward: where MoE layers add their load-balancing loss for the log (null: not tracked, e.g.
+  // evaluation or a recompute pass).
+  double* moe_aux_loss = nullptr;
 
   DropoutKey dropout_key(uint32_t layer, uint32_t site) const {
     return DropoutKey{seed, step, microbatch, layer, site};

@@ -67,6 +67,22 @@ void TransformerConfig::validate() const {
     bad("--hidden-dropout " + std::to_string(hidden_dropout) + " must be in [0, 1)");
   if (!(attention_dropout >= 0 && attention_dropout < 1))
     bad("--attention-dropout " + std::to_string(attention_dropout) + " must be in [0, 1)");
+  if (num_experts < 0) bad("--num-experts " + s(num_experts) + " must be positive (0: dense MLPs)");
+  if (num_experts > 0) {
+    // The CUDA router keeps one token's logits in a warp's registers.
+    if (num_experts > 1024)
+      bad("--num-experts " + s(num_experts) + " is more than the 1024 experts ShardLM's router "
+          "supports; use at most 1024");
+    if (moe_router_topk < 1 || moe_router_topk > num_experts)
+      bad("--moe-router-topk " + s(moe_router_topk) + " must be between 1 and --num-experts " +
+          s(num_experts));
+    if (moe_ffn_hidden_size < 0)
+      bad("--moe-ffn-hidden-size " + s(moe_ffn_hidden_size) + " must be positive");
+    if (moe_layer_freq < 1)
+      bad("--moe-layer-freq " + s(moe_layer_freq) + " must be >= 1 (1: every layer is MoE)");
+    if (!(moe_aux_loss_coeff >= 0))
+      bad("--moe-aux-loss-coeff " + std::to_string(moe_aux_loss_coeff) + " must be >= 0");
+  }
   validate_tensor_parallel(tensor_model_parallel_size, false);
 }
 
@@ -89,6 +105,10 @@ void TransformerConfig::validate_tensor_parallel(int64_t tp, bool sequence_paral
         "; with fewer query groups than tensor-parallel ranks each group is replicated on "
         "TP / query_groups ranks: choose a group count that divides " + s(tp) +
         " or a TP size that is a multiple of " + s(query_groups()));
+  if (num_experts > 0)
+    bad("--num-experts " + s(num_experts) + " with " + tp_flag + ": MoE layers run on one "
+        "tensor-parallel rank for now (expert tensor parallelism is not implemented); use "
+        "--tensor-model-parallel-size 1 with --num-experts, or drop --num-experts");
   if (ffn_size() % tp != 0)
     bad("--ffn-hidden-size " + s(ffn_size()) + " is not divisible by " + tp_flag +
         "; the MLP is split by columns across tensor-parallel ranks: choose a multiple of " +
@@ -109,9 +129,14 @@ int64_t TransformerConfig::parameter_count() const {
   const int64_t norm = normalization == Normalization::kLayerNorm ? 2 * C : C;
   const int64_t fc1_out = swiglu ? 2 * F : F;
   const int64_t attn_out = num_attention_heads * head_dim();
-  int64_t layer = norm + C * qkv_size() + bias * qkv_size() + attn_out * C + bias * C;
-  layer += norm + C * fc1_out + bias * fc1_out + F * C + bias * C;
-  int64_t total = num_layers * layer + norm + V * C;
+  const int64_t attention = norm + C * qkv_size() + bias * qkv_size() + attn_out * C + bias * C;
+  const int64_t dense = norm + C * fc1_out + bias * fc1_out + F * C + bias * C;
+  const int64_t FE = moe_ffn_size(), fc1_e = swiglu ? 2 * FE : FE;
+  const int64_t moe =
+      norm + C * num_experts + num_experts * (C * fc1_e + bias * fc1_e + FE * C + bias * C);
+  const int64_t moe_layers = num_moe_layers();
+  int64_t total = num_layers * attention + (num_layers - moe_layers) * dense + moe_layers * moe +
+                  norm + V * C;
   if (position_embedding == PositionEmbedding::kLearnedAbsolute) total += max_positions() * C;
   if (untie_embeddings_and_output_weights) total += V * C;
   return total;

@@ -48,6 +48,15 @@ struct TransformerConfig {
   double rope_scaling_high_freq_factor = 4.0;
   double rope_scaling_original_max_positions = 8192;
   double rotary_seq_len_interpolation_factor = 1.0;
+  // Mixture of experts (Megatron's --num-experts ...; 0: dense MLPs). Layer i is an MoE layer
+  // when i % moe_layer_freq == 0 (--moe-layer-freq N: one MoE layer every N layers).
+  int64_t num_experts = 0;
+  int64_t moe_router_topk = 2;
+  int64_t moe_ffn_hidden_size = 0;  // 0: ffn_size()
+  int64_t moe_layer_freq = 1;
+  double moe_aux_loss_coeff = 0.0;  // switch load-balancing loss; 0: none
+  bool moe_aux_loss_enabled = true; // --moe-router-load-balancing-type aux_loss (none: false)
+  bool moe_router_pre_softmax = false;
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
@@ -55,6 +64,15 @@ struct TransformerConfig {
   int64_t query_groups() const { return num_query_groups > 0 ? num_query_groups : num_attention_heads; }
   int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
   int64_t ffn_size() const { return ffn_hidden_size > 0 ? ffn_hidden_size : 4 * hidden_size; }
+  int64_t moe_ffn_size() const { return moe_ffn_hidden_size > 0 ? moe_ffn_hidden_size : ffn_size(); }
+  bool is_moe_layer(int64_t layer) const {
+    return num_experts > 0 && layer % moe_layer_freq == 0;
+  }
+  // The load-balancing loss's weight in effect.
+  double moe_aux_coeff() const { return moe_aux_loss_enabled ? moe_aux_loss_coeff : 0.0; }
+  int64_t num_moe_layers() const {
+    return num_experts > 0 ? (num_layers + moe_layer_freq - 1) / moe_layer_freq : 0;
+  }
   int64_t max_positions() const {
     return max_position_embeddings > 0 ? max_position_embeddings : seq_length;
   }

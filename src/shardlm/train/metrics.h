@@ -7,7 +7,9 @@
 // embedding and an untied output layer (all counted by global shape, once, whatever the
 // layout); V*H: the output-layer matmul (tied or not); 12·L·A·S: attention scores and values,
 // forward + backward, full (non-causal) S×S counted as Megatron/PaLM do, with A = heads × head
-// dim (= H for GPT). MFU = flops_per_token × tokens/s / peak (989e12: H100 SXM dense bf16).
+// dim (= H for GPT). MoE experts count k/E of their parameters in N_nonembedding (a token runs
+// k of E experts; the router is counted whole). MFU = flops_per_token × tokens/s / peak (989e12:
+// H100 SXM dense bf16).
 #pragma once
 
 #include <cstdint>

@@ -96,7 +96,9 @@ void TrainConfig::validate() const {
         "(all_gather); p2p (ring) and a2a are not available yet. Use --cp-comm-type all_gather");
   if (par.expert_model_parallel_size != 1)
     bad("--expert-model-parallel-size " + s(par.expert_model_parallel_size) +
-        " is reserved: mixture-of-experts is not implemented; use 1");
+        ": expert parallelism is not implemented yet (MoE layers keep all their experts on "
+        "every rank); use --expert-model-parallel-size 1");
+
   if (par.overlap_param_gather && !par.use_distributed_optimizer)
     bad("--overlap-param-gather needs --use-distributed-optimizer (only the distributed "
         "optimizer gathers parameters); add it or drop --overlap-param-gather");
@@ -146,6 +148,10 @@ void TrainConfig::validate_parallel(int world_size) const {
   model::TransformerConfig tp_model = model;
   tp_model.tensor_model_parallel_size = layout.tp();
   tp_model.validate_tensor_parallel(layout.tp(), dims.sequence_parallel);
+  if (model.num_experts > 0 && layout.cp() > 1)
+    bad("--num-experts with --context-parallel-size " + s(layout.cp()) +
+        ": MoE layers do not support context parallelism yet (the load-balancing loss would "
+        "count each rank's tokens only); use --context-parallel-size 1");
   const int64_t per_step = micro_batch_size * layout.dp();
   if (global_batch_size > 0 && global_batch_size % per_step != 0)
     bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +

@@ -378,8 +378,10 @@ void Trainer::build_pipeline() {
   };
   // Dropout keyed by the global micro-batch index, as without a pipeline.
   cb.step = [this, dp, dp_rank](int m) {
-    return model::StepContext{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
-                              static_cast<uint32_t>(m * dp + dp_rank), pipeline_training_};
+    model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
+                            static_cast<uint32_t>(m * dp + dp_rank), pipeline_training_};
+    if (pipeline_training_) step.moe_aux_loss = &moe_aux_sum_;
+    return step;
   };
   cb.before_backward = [this](int c, int m) {
     grad_sync_->begin_microbatch(m == chunk_last_backward_[static_cast<size_t>(c)]);
@@ -504,6 +506,7 @@ double Trainer::microbatch_loop(double loss_scale) {
     // micro-batch m·DP + r of a single rank), so every layout draws the same masks.
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
                             static_cast<uint32_t>(m * dp + dp_rank), true};
+    step.moe_aux_loss = &moe_aux_sum_;
     // Megatron's MegatronPretrainingSampler: micro-batch m of this iteration is this rank's
     // slice of the global micro-batch starting at consumed + m * B * dp.
     const std::vector<int64_t> indices = data::pretraining_micro_batch_indices(
@@ -530,6 +533,7 @@ IterationRecord Trainer::train_step() {
   // --fp16: backward runs on loss * scale so small gradients survive in fp16.
   const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
   rec.loss_scale = loss_scale;
+  moe_aux_sum_ = 0;
   double loss_sum = pipeline_ ? pipeline_step(loss_scale) : microbatch_loop(loss_scale);
   registry_.end_step_grads(*device_);  // a parameter no fold reached: zero, not last step's
   finish_param_gather();  // every bucket was reached by now; the step needs none pending
@@ -540,6 +544,13 @@ IterationRecord Trainer::train_step() {
   }
   loss_sum = all_reduce_sum(rank_->cp(), loss_sum);  // each CP rank has its positions' part
   rec.loss = data_parallel_mean(loss_sum / static_cast<double>(M));
+  if (cfg_.model.num_moe_layers() > 0) {
+    // Megatron's load_balancing_loss: the switch loss over its coefficient, averaged over the
+    // MoE layers (summed over the pipeline stages that hold them) and the micro-batches.
+    double aux = pipeline_ ? all_reduce_sum(rank_->pp(), moe_aux_sum_) : moe_aux_sum_;
+    rec.moe_aux_loss = data_parallel_mean(
+        aux / static_cast<double>(M * cfg_.model.num_moe_layers()));
+  }
   // --fp16: undo the loss scale on the fp32 main gradients (an overflow stays inf/NaN, so the
   // norm below is not finite and the step is skipped).
   if (loss_scaler_) ops::scale_inplace(*device_, registry_.flat_grads(), 1.0 / loss_scale);
@@ -691,6 +702,9 @@ void Trainer::log_interval_line(double elapsed_s) {
        << format(" learning rate: %.6E |", schedule_->lr_at(iteration_))
        << format(" global batch size: %5lld |", (long long)gbs)
        << format(" lm loss: %.6E |", loss)
+       << (cfg_.model.moe_aux_coeff() > 0 && cfg_.model.num_moe_layers() > 0
+               ? format(" load_balancing_loss: %.6E |", last.moe_aux_loss)
+               : std::string())
        << (loss_scaler_ ? format(" loss scale: %.1f |", loss_scaler_->scale()) : std::string())
        << format(" grad norm: %.3f |", last.grad_norm)
        << format(" number of skipped iterations: %3lld |", (long long)skipped_iterations_)

@@ -68,6 +68,9 @@ struct IterationRecord {
   double grad_norm = 0;  // before clipping
   bool skipped = false;
   double loss_scale = 1.0;  // --fp16: the scale this iteration's backward used
+  // MoE with --moe-aux-loss-coeff: the load-balancing loss over its coefficient, averaged over
+  // MoE layers and micro-batches (Megatron's load_balancing_loss); 0 otherwise.
+  double moe_aux_loss = 0;
 };
 
 struct EvalRecord {
@@ -210,6 +213,7 @@ class Trainer {
   int64_t eval_cursor_ = 0;
   int64_t skipped_iterations_ = 0;
   int64_t nan_iterations_ = 0;
+  double moe_aux_sum_ = 0;  // this step's MoE load-balancing losses (StepContext::moe_aux_loss)
   std::vector<IterationRecord> history_;
   std::vector<EvalRecord> evals_;
   std::unique_ptr<std::ostream> jsonl_;

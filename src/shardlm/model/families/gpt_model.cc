@@ -495,6 +495,8 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
                         const Tensor& output_grad, const Tensor& input_grad) {
   select_slot(slot);
   Activations& a = acts();
+  step.loss_grad_scale = loss_scale;  // MoE load-balancing gradients scale with the loss
+  step.moe_aux_loss = nullptr;        // a recompute pass adds nothing to the log
   Tensor dres = a.dresidual0, dnext = a.dresidual1;
   if (chunk_.has_head) {
     head_backward(step, batch, loss_scale, dres);

@@ -8,6 +8,11 @@ namespace shardlm::model {
 
 namespace {
 std::string layer_prefix(int64_t i) { return "decoder.layers." + std::to_string(i); }
+// Megatron's names for the norm before the MLP: fused into linear_fc1 (TE spec) in dense layers,
+// its own module in MoE layers.
+std::string mlp_norm_prefix(const TransformerConfig& cfg, int64_t i) {
+  return layer_prefix(i) + (cfg.is_moe_layer(i) ? ".pre_mlp_layernorm." : ".mlp.linear_fc1.layer_norm_");
+}
 }  // namespace
 
 TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
@@ -20,9 +25,9 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
       norm1_(layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_weight",
              layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_bias",
              cfg.hidden_size, cfg.normalization, cfg.norm_epsilon),
-      norm2_(layer_prefix(layer_index) + ".mlp.linear_fc1.layer_norm_weight",
-             layer_prefix(layer_index) + ".mlp.linear_fc1.layer_norm_bias", cfg.hidden_size,
-             cfg.normalization, cfg.norm_epsilon),
+      norm2_(mlp_norm_prefix(cfg, layer_index) + "weight",
+             mlp_norm_prefix(cfg, layer_index) + "bias", cfg.hidden_size, cfg.normalization,
+             cfg.norm_epsilon),
       // QKV: the rank's rows of the grouped layout (layers/qkv_layout.h).
       qkv_(layer_prefix(layer_index) + ".self_attention.linear_qkv", cfg.hidden_size,
            cfg.qkv_size(), cfg.add_bias_linear, Init::normal(cfg.init_method_std), tp,
@@ -39,6 +44,12 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
       fc2_(layer_prefix(layer_index) + ".mlp.linear_fc2", cfg.ffn_size(), cfg.hidden_size,
            cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
            ParallelMode::kRow, tp) {
+  if (cfg.is_moe_layer(layer_index)) {
+    SHARDLM_REQUIRE(!tp.enabled(), ErrorKind::kInvalidConfig,
+                    "MoE layers with tensor parallelism are not supported; use "
+                    "--tensor-model-parallel-size 1 with --num-experts");
+    moe_.emplace(cfg, layer_index);
+  }
   SHARDLM_REQUIRE(!qkv_layout_.replicated() || (tp_.query_group != nullptr &&
                                                  tp_.query_group->size() == qkv_layout_.replicas),
                   ErrorKind::kInternal,
@@ -54,6 +65,10 @@ void TransformerLayer::register_parameters(ParameterRegistry& reg) const {
   qkv_.register_parameters(reg);
   proj_.register_parameters(reg);
   norm2_.register_parameters(reg);
+  if (moe_) {
+    moe_->register_parameters(reg);
+    return;
+  }
   fc1_.register_parameters(reg);
   fc2_.register_parameters(reg);
 }
@@ -63,6 +78,10 @@ void TransformerLayer::bind(ParameterRegistry& reg) {
   qkv_.bind(reg);
   proj_.bind(reg);
   norm2_.bind(reg);
+  if (moe_) {
+    moe_->bind(reg);
+    return;
+  }
   fc1_.bind(reg);
   fc2_.bind(reg);
 }
@@ -73,6 +92,10 @@ std::vector<Parameter*> TransformerLayer::parameters() const {
   qkv_.append_parameters(out);
   proj_.append_parameters(out);
   norm2_.append_parameters(out);
+  if (moe_) {
+    moe_->append_parameters(out);
+    return out;
+  }
   fc1_.append_parameters(out);
   fc2_.append_parameters(out);
   return out;
@@ -105,11 +128,14 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
   s.lse = attention.lse;
   s.x_mid = alloc.allocate(dtype, {NL, C});
   s.norm2 = norm2_.allocate_saved(alloc, dtype, NL);
-  s.fc1 = alloc.allocate(dtype, {N, fc1_.out_features()});
+  if (moe_)
+    s.moe = moe_->allocate_saved(alloc, dtype, N);
+  else
+    s.fc1 = alloc.allocate(dtype, {N, fc1_.out_features()});
   if (save_norm_activation_) {
     s.ln1 = alloc.allocate(dtype, {N, C});
     s.ln2 = alloc.allocate(dtype, {N, C});
-    s.act = alloc.allocate(dtype, {N, cfg_.ffn_size() / tp_.size()});
+    if (!moe_) s.act = alloc.allocate(dtype, {N, cfg_.ffn_size() / tp_.size()});
   }
   return s;
 }
@@ -146,6 +172,7 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   const DType table = dtype == DType::kF64 ? DType::kF64 : DType::kF32;  // >= fp32 (ops.h)
   if (cfg.position_embedding == PositionEmbedding::kRope)
     s.rope_cos_sin = alloc.allocate(table, {T, cfg.rotary_dim() / 2, 2});
+  if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, alloc, dtype, N);
   if (cp.enabled()) {
     const int64_t global_rows = batch * cfg.seq_length;
     s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});
@@ -297,6 +324,12 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   // s.fc1).
   norm2_.forward(ctx, ln2_local, s.norm2, s.x_mid);
   enter_column_region(ctx, tp_, rows, ln2_full, ln2_local, scratch.staging);
+  if (moe_) {
+    moe_->forward(step, scratch.c0, ln2_full, s.moe, scratch.moe);
+    dropout_add_rows_forward(ctx, tp_, rows, x_out, scratch.c0, s.x_mid, hidden_dropout(step),
+                             step.dropout_key(index_, kDropoutMlpOutput));
+    return;
+  }
   const Tensor act_out = saved_outputs ? s.act : scratch.act;
   if (cfg_.swiglu) {
     fc1_.forward(ctx, s.fc1, ln2_full);
@@ -309,6 +342,33 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, x_out, fc2_out, s.x_mid, hidden_dropout(step),
                            step.dropout_key(index_, kDropoutMlpOutput));
+}
+
+void TransformerLayer::mlp_backward(DeviceContext& ctx, const Tensor& d_in_full,
+                                    const Tensor& d_out_full, const SequenceRows& rows,
+                                    const Saved& s, const Scratch& scratch) const {
+  // The activation output for fc2's weight gradient: saved, or recomputed into scratch.fc1,
+  // which its gradient later overwrites.
+  const bool saved_outputs = s.ln1.defined();
+  Tensor act = s.act;
+  if (!saved_outputs) {
+    act = scratch.fc1.flat_view(0, Shape({s.fc1.size(0), scratch.act.size(1)}));
+    if (cfg_.swiglu)
+      ops::swiglu_forward(ctx, act, s.fc1);
+    else
+      ops::gelu_forward(ctx, act, s.fc1);
+  }
+  fc2_.backward(ctx, scratch.act, d_out_full, act);
+  // norm2's output for fc1's weight gradient: saved, or recomputed into scratch.c1
+  // (re-gathered under SP, as Megatron).
+  if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
+  const Tensor ln2_full = saved_outputs ? s.ln2 : scratch.c1;
+  if (cfg_.swiglu) {
+    ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
+    fc1_.backward(ctx, d_in_full, scratch.fc1, ln2_full);
+  } else {
+    fc1_.backward_from_gelu(ctx, d_in_full, scratch.fc1, scratch.act, s.fc1, ln2_full);
+  }
 }
 
 void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_out,
@@ -346,27 +406,13 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const Tensor d_mlp = branch_grad(dx_out, kDropoutMlpOutput);
   const Tensor d_mlp_full = sp ? scratch.c1 : d_mlp;  // all rows (gathered under SP)
   exit_row_region_backward(ctx, tp_, rows, d_mlp_full, d_mlp, scratch.staging);
-  // The activation output for fc2's weight gradient: saved, or recomputed into scratch.fc1,
-  // which its gradient later overwrites.
   const bool saved_outputs = s.ln1.defined();
-  Tensor act = s.act;
-  if (!saved_outputs) {
-    act = scratch.fc1.flat_view(0, Shape({s.fc1.size(0), scratch.act.size(1)}));
-    if (cfg_.swiglu)
-      ops::swiglu_forward(ctx, act, s.fc1);
-    else
-      ops::gelu_forward(ctx, act, s.fc1);
-  }
-  fc2_.backward(ctx, scratch.act, d_mlp_full, act);
-  // norm2's output for fc1's weight gradient: saved, or recomputed into scratch.c1
-  // (re-gathered under SP, as Megatron).
-  if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
-  const Tensor ln2_full = saved_outputs ? s.ln2 : scratch.c1;
-  if (cfg_.swiglu) {
-    ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
-    fc1_.backward(ctx, d_norm_out_full, scratch.fc1, ln2_full);
+  if (moe_) {  // the norm output first: the experts' inputs are gathered from it
+    if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
+    moe_->backward(step, d_norm_out_full, d_mlp_full, saved_outputs ? s.ln2 : scratch.c1, s.moe,
+                   scratch.moe);
   } else {
-    fc1_.backward_from_gelu(ctx, d_norm_out_full, scratch.fc1, scratch.act, s.fc1, ln2_full);
+    mlp_backward(ctx, d_norm_out_full, d_mlp_full, rows, s, scratch);
   }
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)

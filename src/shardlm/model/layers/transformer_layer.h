@@ -26,14 +26,19 @@
 // the whole sequence (again in backward, rather than keeping them) and runs each local chunk
 // against the keys before it (ops::attention_chunk_forward); backward reduce-scatters the k/v
 // gradients to the ranks that own those rows. RoPE takes the rank's rows of the whole table.
+// Mixture of experts (cfg.is_moe_layer): the MLP block is an MoeMlp (layers/moe_mlp.h) after the
+// norm, which is then named ...pre_mlp_layernorm.{weight,bias} as in Megatron's MoE layer spec;
+// tensor parallelism is not supported for MoE layers (TransformerConfig rejects it).
 // Shapes below: N = B*T, NL = rows of the rank (N or N/TP), NHL/GL = local heads/groups,
 // QKVL = (NHL+2*GL)*HS, AL = NHL*HS, FL = F/TP.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "shardlm/model/context_parallel.h"
 #include "shardlm/model/layers/linear.h"
+#include "shardlm/model/layers/moe_mlp.h"
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/layers/qkv_layout.h"
 #include "shardlm/model/module.h"
@@ -58,6 +63,7 @@ class TransformerLayer {
     // feed QKV and fc1 (all rows, gathered under SP) and the activation output feeding fc2.
     Tensor ln1, ln2;   // [N, C]
     Tensor act;        // [N, FL]
+    MoeMlp::Saved moe; // MoE layers only (fc1 and act above are then unused)
   };
   struct Scratch {
     Tensor c0, c1, c2, c3;  // [N, C]; c1 holds a norm output (all rows) in forward and backward
@@ -73,6 +79,7 @@ class TransformerLayer {
     Tensor cp_kv;           // [B*T_global, QKVL] the sequence's fused QKV rows, global order
     Tensor cp_dkv;          // [B*T_global, QKVL] their gradient (k/v columns)
     Tensor cp_staging;      // [B*T_global, QKVL] the collectives' rank-major order; dkv of chunk 0
+    MoeMlp::Scratch moe;    // models with MoE layers only
   };
 
   // tp: the tensor-parallel group (default: none, the single-rank layer); with fewer query
@@ -138,6 +145,10 @@ class TransformerLayer {
                       const Tensor& in, const SequenceRows& rows, const Scratch& scratch) const;
   void apply_rope(DeviceContext& ctx, const Tensor& qkv, const Scratch& scratch, int64_t batch,
                   bool backward) const;
+  // The dense MLP's backward: d_in_full (the norm output's gradient, all rows, partial over TP)
+  // from d_out_full (fc2's output gradient, all rows); recomputes what was not saved.
+  void mlp_backward(DeviceContext& ctx, const Tensor& d_in_full, const Tensor& d_out_full,
+                    const SequenceRows& rows, const Saved& s, const Scratch& scratch) const;
 
   TransformerConfig cfg_;
   TensorParallel tp_;
@@ -145,7 +156,8 @@ class TransformerLayer {
   uint32_t index_;
   QkvLayout qkv_layout_;  // the rank's QKV rows and query groups
   Norm norm1_, norm2_;
-  Linear qkv_, proj_, fc1_, fc2_;
+  Linear qkv_, proj_, fc1_, fc2_;  // fc1_/fc2_: dense layers only
+  std::optional<MoeMlp> moe_;
   bool save_norm_activation_ = false;
 };
 

@@ -1,0 +1,245 @@
+#include "shardlm/model/layers/moe_mlp.h"
+
+#include <cmath>
+
+#include "shardlm/base/check.h"
+#include "shardlm/ops/ops.h"
+
+namespace shardlm::model {
+
+namespace {
+std::string mlp_prefix(int64_t layer) { return "decoder.layers." + std::to_string(layer) + ".mlp"; }
+// The router's weights and their gradients: fp64 in fp64 runs, else fp32 (ops.h).
+DType probs_dtype(DType dtype) { return dtype == DType::kF64 ? DType::kF64 : DType::kF32; }
+
+// Small fp32/fp64 vectors between the device and the host (copies keep the dtype; the host
+// converts).
+std::vector<double> to_host(DeviceContext& ctx, const Tensor& t) {
+  OwnedTensor host = OwnedTensor::empty(t.dtype(), t.shape());
+  ops::copy(ctx, host.view(), t);
+  std::vector<double> out(static_cast<size_t>(t.numel()));
+  for (size_t i = 0; i < out.size(); ++i)
+    out[i] = t.dtype() == DType::kF64 ? host.view().data<double>()[i]
+                                      : static_cast<double>(host.view().data<float>()[i]);
+  return out;
+}
+void from_host(DeviceContext& ctx, Tensor t, const std::vector<double>& v) {
+  OwnedTensor host = OwnedTensor::empty(t.dtype(), t.shape());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (t.dtype() == DType::kF64)
+      host.view().data<double>()[i] = v[i];
+    else
+      host.view().data<float>()[i] = static_cast<float>(v[i]);
+  }
+  ops::copy(ctx, t, host.view());
+}
+}  // namespace
+
+MoeMlp::MoeMlp(const TransformerConfig& cfg, int64_t layer_index)
+    : cfg_(cfg),
+      index_(static_cast<uint32_t>(layer_index)),
+      // Megatron's router: no bias, initialised like the other input projections.
+      router_(mlp_prefix(layer_index) + ".router", cfg.hidden_size, cfg.num_experts, false,
+              Init::normal(cfg.init_method_std)) {
+  const int64_t F = cfg.moe_ffn_size();
+  experts_.reserve(static_cast<size_t>(cfg.num_experts));
+  for (int64_t e = 0; e < cfg.num_experts; ++e) {
+    const std::string p = mlp_prefix(layer_index) + ".experts.local_experts." + std::to_string(e);
+    experts_.push_back(
+        {Linear(p + ".linear_fc1", cfg.hidden_size, cfg.swiglu ? 2 * F : F, cfg.add_bias_linear,
+                Init::normal(cfg.init_method_std)),
+         Linear(p + ".linear_fc2", F, cfg.hidden_size, cfg.add_bias_linear,
+                Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)))});
+  }
+}
+
+void MoeMlp::register_parameters(ParameterRegistry& reg) const {
+  router_.register_parameters(reg);
+  for (const Expert& e : experts_) {
+    e.fc1.register_parameters(reg);
+    e.fc2.register_parameters(reg);
+  }
+}
+
+void MoeMlp::bind(ParameterRegistry& reg) {
+  router_.bind(reg);
+  for (Expert& e : experts_) {
+    e.fc1.bind(reg);
+    e.fc2.bind(reg);
+  }
+}
+
+void MoeMlp::append_parameters(std::vector<Parameter*>& out) const {
+  router_.append_parameters(out);
+  for (const Expert& e : experts_) {
+    e.fc1.append_parameters(out);
+    e.fc2.append_parameters(out);
+  }
+}
+
+MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const {
+  const int64_t k = cfg_.moe_router_topk, K = tokens * k, F = cfg_.moe_ffn_size();
+  Saved s;
+  s.logits = alloc.allocate(dtype, {tokens, cfg_.num_experts});
+  s.probs = alloc.allocate(probs_dtype(dtype), {tokens, k});
+  s.choices = alloc.allocate(DType::kI32, {tokens, k});
+  s.fc1 = alloc.allocate(dtype, {K, cfg_.swiglu ? 2 * F : F});
+  s.expert_out = alloc.allocate(dtype, {K, cfg_.hidden_size});
+  return s;
+}
+
+MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
+                                         DType dtype, int64_t tokens) {
+  const int64_t k = cfg.moe_router_topk, K = tokens * k, F = cfg.moe_ffn_size();
+  const int64_t C = cfg.hidden_size, E = cfg.num_experts;
+  const DType pd = probs_dtype(dtype);
+  Scratch s;
+  s.rows = alloc.allocate(dtype, {K, C});
+  s.act = alloc.allocate(dtype, {K, F});
+  s.act_recompute = alloc.allocate(dtype, {K, F});
+  s.dfc1 = alloc.allocate(dtype, {K, cfg.swiglu ? 2 * F : F});
+  s.d_expert_out = alloc.allocate(dtype, {K, C});
+  s.token_of = alloc.allocate(DType::kI32, {K});
+  s.slot_of = alloc.allocate(DType::kI32, {tokens, k});
+  s.weight_index = alloc.allocate(DType::kI32, {K});
+  s.weight_of = alloc.allocate(pd, {K});
+  s.dprobs = alloc.allocate(pd, {tokens, k});
+  s.dlogits = alloc.allocate(dtype, {tokens, E});
+  s.d_router_in = alloc.allocate(dtype, {tokens, C});
+  s.score_sums = alloc.allocate(pd, {E});
+  s.aux_weights = alloc.allocate(pd, {E});
+  return s;
+}
+
+std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s,
+                                   const Scratch& scratch) const {
+  const int64_t N = s.choices.size(0), k = s.choices.size(1), E = cfg_.num_experts;
+  OwnedTensor choices = OwnedTensor::empty(DType::kI32, s.choices.shape());
+  ops::copy(ctx, choices.view(), s.choices);
+  const int32_t* c = choices.view().data<int32_t>();
+  std::vector<int64_t> counts(static_cast<size_t>(E), 0);
+  for (int64_t i = 0; i < N * k; ++i) {
+    SHARDLM_REQUIRE(c[i] >= 0 && c[i] < E, ErrorKind::kInternal,
+                    "MoE router chose expert " + std::to_string(c[i]) + " of " +
+                        std::to_string(E));
+    ++counts[static_cast<size_t>(c[i])];
+  }
+  // Stable counting sort: row of (token n, choice i) = start of its expert + earlier pairs.
+  std::vector<int64_t> next(static_cast<size_t>(E), 0);
+  for (int64_t e = 1; e < E; ++e) next[e] = next[e - 1] + counts[e - 1];
+  OwnedTensor token_of = OwnedTensor::empty(DType::kI32, {N * k});
+  OwnedTensor slot_of = OwnedTensor::empty(DType::kI32, {N, k});
+  OwnedTensor weight_index = OwnedTensor::empty(DType::kI32, {N * k});
+  int32_t* tok = token_of.view().data<int32_t>();
+  int32_t* slot = slot_of.view().data<int32_t>();
+  int32_t* widx = weight_index.view().data<int32_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t row = next[static_cast<size_t>(c[n * k + i])]++;
+      tok[row] = static_cast<int32_t>(n);
+      widx[row] = static_cast<int32_t>(n * k + i);
+      slot[n * k + i] = static_cast<int32_t>(row);
+    }
+  ops::copy(ctx, scratch.token_of, token_of.view());
+  ops::copy(ctx, scratch.slot_of, slot_of.view());
+  ops::copy(ctx, scratch.weight_index, weight_index.view());
+  return counts;
+}
+
+void MoeMlp::activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc1) const {
+  if (cfg_.swiglu)
+    ops::swiglu_forward(ctx, out, fc1);
+  else
+    ops::gelu_forward(ctx, out, fc1);
+}
+
+void MoeMlp::for_each_expert(const std::vector<int64_t>& counts,
+                             const std::function<void(const Expert&, const RowBlock&)>& fn) const {
+  int64_t first = 0;
+  for (size_t e = 0; e < experts_.size(); ++e) {
+    if (counts[e] > 0) fn(experts_[e], RowBlock{first, counts[e]});
+    first += counts[e];
+  }
+}
+
+double MoeMlp::aux_scale(int64_t tokens) const {
+  const double N = static_cast<double>(tokens);
+  return static_cast<double>(cfg_.num_experts) * cfg_.moe_aux_coeff() /
+         (N * N * static_cast<double>(cfg_.moe_router_topk));
+}
+
+void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved& s,
+                     const Scratch& scratch) const {
+  DeviceContext& ctx = step.device;
+  const int64_t N = x.size(0), k = cfg_.moe_router_topk;
+  router_.forward(ctx, s.logits, x);
+  ops::moe_topk_router_forward(ctx, s.probs, s.choices, s.logits, k, cfg_.moe_router_pre_softmax);
+  const std::vector<int64_t> counts = route(ctx, s, scratch);
+  if (cfg_.moe_aux_coeff() > 0 && step.moe_aux_loss != nullptr) {
+    // The loss value for the log (the gradient is added in backward).
+    ops::moe_router_score_sums(ctx, scratch.score_sums, s.logits);
+    const std::vector<double> sums = to_host(ctx, scratch.score_sums);
+    double loss = 0;
+    for (size_t e = 0; e < sums.size(); ++e) loss += static_cast<double>(counts[e]) * sums[e];
+    // Megatron tracks the loss divided by its coefficient ("load_balancing_loss").
+    *step.moe_aux_loss += loss * aux_scale(N) / cfg_.moe_aux_coeff();
+  }
+  ops::gather_rows(ctx, scratch.rows, x, scratch.token_of, Tensor());
+  for_each_expert(counts, [&](const Expert& ex, const RowBlock& rows) {
+    const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), act = rows(scratch.act);
+    if (cfg_.swiglu) {
+      ex.fc1.forward(ctx, fc1, in);
+      ops::swiglu_forward(ctx, act, fc1);
+    } else {
+      ex.fc1.forward_gelu(ctx, act, fc1, in);
+    }
+    ex.fc2.forward(ctx, rows(s.expert_out), act);
+  });
+  ops::gather_sum_rows(ctx, out, s.expert_out, scratch.slot_of, s.probs);
+}
+
+void MoeMlp::backward(StepContext& step, Tensor dx, const Tensor& dout, const Tensor& x,
+                      const Saved& s, const Scratch& scratch) const {
+  DeviceContext& ctx = step.device;
+  const int64_t N = x.size(0);
+  const std::vector<int64_t> counts = route(ctx, s, scratch);
+  // Combine backward: each row's output gradient is its token's, times its weight; the
+  // weights' gradient is the dot of the token's gradient with the row's output.
+  ops::gather_rows(ctx, scratch.weight_of.reshape({scratch.weight_of.numel(), 1}),
+                   s.probs.reshape({s.probs.numel(), 1}), scratch.weight_index, Tensor());
+  ops::gather_rows(ctx, scratch.d_expert_out, dout, scratch.token_of, scratch.weight_of);
+  ops::gathered_row_dot(ctx, scratch.dprobs, dout, s.expert_out, scratch.slot_of);
+  // The experts, from the recomputed inputs. Each expert's input gradient overwrites its block
+  // of d_expert_out, whose output gradient fc2's backward has consumed by then.
+  ops::gather_rows(ctx, scratch.rows, x, scratch.token_of, Tensor());
+  for_each_expert(counts, [&](const Expert& ex, const RowBlock& rows) {
+    const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), dfc1 = rows(scratch.dfc1);
+    const Tensor act = rows(scratch.act_recompute), dact = rows(scratch.act);
+    const Tensor d_rows = rows(scratch.d_expert_out);  // output gradient, then input gradient
+    activation_forward(ctx, act, fc1);
+    ex.fc2.backward(ctx, dact, d_rows, act);
+    if (cfg_.swiglu) {
+      ops::swiglu_backward(ctx, dfc1, dact, fc1);
+      ex.fc1.backward(ctx, d_rows, dfc1, in);
+    } else {
+      ex.fc1.backward_from_gelu(ctx, d_rows, dfc1, dact, fc1, in);
+    }
+  });
+  // Dispatch backward: a token's gradient is the sum of its k rows' input gradients (now in
+  // d_expert_out, whose output gradients are spent).
+  ops::gather_sum_rows(ctx, dx, scratch.d_expert_out, scratch.slot_of, Tensor());
+  // The router: top-k softmax backward, plus the load-balancing loss's gradient.
+  ops::moe_topk_router_backward(ctx, scratch.dlogits, scratch.dprobs, s.logits, s.choices,
+                                cfg_.moe_router_pre_softmax);
+  if (cfg_.moe_aux_coeff() > 0) {
+    std::vector<double> w(counts.size());
+    for (size_t e = 0; e < w.size(); ++e)
+      w[e] = static_cast<double>(counts[e]) * aux_scale(N) * step.loss_grad_scale;
+    from_host(ctx, scratch.aux_weights, w);
+    ops::moe_aux_loss_backward(ctx, scratch.dlogits, s.logits, scratch.aux_weights);
+  }
+  router_.backward(ctx, scratch.d_router_in, scratch.dlogits, x);
+  ops::add_inplace(ctx, dx, scratch.d_router_in);
+}
+
+}  // namespace shardlm::model

@@ -1,0 +1,115 @@
+// MoeMlp: the mixture-of-experts MLP of a transformer layer, as Megatron Core's MoELayer builds
+// it with a TopKRouter, the dropless token dispatcher and SequentialMLP experts, on one rank:
+//
+//   logits = router(x)                [N, E]  decoder.layers.<i>.mlp.router.weight [E, C]
+//   probs, experts = top-k(logits)     per token: softmax over its k largest logits, or (with
+//                                      --moe-router-pre-softmax) its k largest softmax scores
+//   y[n] = Σ_i probs[n, i] · expert_{experts[n, i]}(x[n])
+//
+// Expert e is linear_fc2(act(linear_fc1(x))) with --moe-ffn-hidden-size and the layer's
+// activation (GELU, or SwiGLU with fc1 [gate ; up]), named
+// decoder.layers.<i>.mlp.experts.local_experts.<e>.linear_fc{1,2}.{weight,bias} with the global
+// expert index e (Megatron's distributed-checkpoint keys).
+//
+// Dispatch: the top-k choices are copied to the host (N·k int32, one small transfer per layer in
+// forward and again in backward), the N·k (token, choice) pairs are sorted by expert with a
+// stable counting sort (token order inside an expert), and the tokens are gathered into
+// contiguous rows per expert (ops::gather_rows). Each expert runs its GEMMs on its rows; the
+// outputs are gathered back and summed with the router's weights (ops::gather_sum_rows). No
+// atomics anywhere, so results are deterministic. Dropless: every token reaches its k experts.
+//
+// Load balancing (--moe-aux-loss-coeff > 0, --moe-router-load-balancing-type aux_loss):
+// Megatron's switch loss aux = E·coeff / (N²·k) · Σ_e tokens_e · Σ_n softmax(logits[n])[e]. It
+// joins the objective as Megatron's MoEAuxLossAutoScaler does: its gradient enters the router's
+// backward scaled like the language-model loss (StepContext::loss_grad_scale), and its value is
+// added to StepContext::moe_aux_loss for the log.
+//
+// Memory (per layer and micro-batch, N = B·T tokens, K = N·k rows, F' = F or 2F with SwiGLU):
+// saved logits [N, E], probs [N, k], choices [N, k], fc1 output [K, F'] and expert outputs
+// [K, C]; the expert inputs and activations are recomputed in backward. Scratch is shared by the
+// layers.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "shardlm/model/layers/linear.h"
+#include "shardlm/model/module.h"
+#include "shardlm/model/transformer_config.h"
+#include "shardlm/tensor/arena.h"
+
+namespace shardlm::model {
+
+class MoeMlp {
+ public:
+  struct Saved {
+    Tensor logits;      // [N, E]
+    Tensor probs;       // [N, k] fp32 (fp64 in fp64 runs): the router's weights
+    Tensor choices;     // [N, k] int32: the experts of each token, by descending weight
+    Tensor fc1;         // [K, F'] the experts' fc1 outputs, rows grouped by expert
+    Tensor expert_out;  // [K, C]  the experts' outputs, same rows
+  };
+  struct Scratch {
+    Tensor rows;          // [K, C]  expert inputs (forward and backward), then their gradient
+    Tensor act;           // [K, F]  activation output; in backward its gradient
+    Tensor act_recompute; // [K, F]  backward: the activation output again (fc2's weight grad)
+    Tensor dfc1;          // [K, F'] backward
+    Tensor d_expert_out;  // [K, C]  backward
+    Tensor token_of;      // [K]    int32: row -> token
+    Tensor slot_of;       // [N, k] int32: (token, choice) -> row
+    Tensor weight_index;  // [K]    int32: row -> flat (token, choice), to gather the weights
+    Tensor weight_of;     // [K]    probs dtype: row -> its router weight
+    Tensor dprobs;        // [N, k] probs dtype
+    Tensor dlogits;       // [N, E]
+    Tensor d_router_in;   // [N, C]
+    Tensor score_sums;    // [E] probs dtype (aux loss)
+    Tensor aux_weights;   // [E] probs dtype
+  };
+
+  MoeMlp(const TransformerConfig& cfg, int64_t layer_index);
+
+  void register_parameters(ParameterRegistry& reg) const;
+  void bind(ParameterRegistry& reg);
+  void append_parameters(std::vector<Parameter*>& out) const;
+
+  Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const;
+  static Scratch allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
+                                  DType dtype, int64_t tokens);
+
+  // out [N, C] (assigned) from x [N, C].
+  void forward(StepContext& step, Tensor out, const Tensor& x, const Saved& s,
+               const Scratch& scratch) const;
+  // dx [N, C] (assigned) from dout [N, C]; x is forward's input. Parameter gradients accumulate.
+  void backward(StepContext& step, Tensor dx, const Tensor& dout, const Tensor& x, const Saved& s,
+                const Scratch& scratch) const;
+
+ private:
+  struct Expert {
+    Linear fc1, fc2;
+  };
+  // One expert's rows [first, first + count) of a [K, width] buffer grouped by expert.
+  struct RowBlock {
+    int64_t first, count;
+    Tensor operator()(const Tensor& t) const {
+      const int64_t width = t.size(1);
+      return t.flat_view(first * width, Shape({count, width}));
+    }
+  };
+  // fn(expert, its rows) for every expert with rows, in expert order.
+  void for_each_expert(const std::vector<int64_t>& counts,
+                       const std::function<void(const Expert&, const RowBlock&)>& fn) const;
+  // The rows of each expert after a stable counting sort of s.choices: fills scratch token_of,
+  // slot_of, weight_index (on the device) and returns the per-expert row counts.
+  std::vector<int64_t> route(DeviceContext& ctx, const Saved& s, const Scratch& scratch) const;
+  void activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc1) const;
+  // Megatron's switch load-balancing coefficient E·coeff / (N²·k).
+  double aux_scale(int64_t tokens) const;
+
+  TransformerConfig cfg_;
+  uint32_t index_;
+  Linear router_;
+  std::vector<Expert> experts_;
+};
+
+}  // namespace shardlm::model

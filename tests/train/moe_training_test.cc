@@ -1,0 +1,127 @@
+// Mixture-of-experts training (--num-experts, layers/moe_mlp.h) through the Trainer: CPU, ranks
+// as threads, fp32, dropout on. Data parallelism (with the distributed optimizer and overlapped
+// reduction), pipeline parallelism and full recomputation give the single rank's 20 losses within
+// 1e-5 relative and the same final parameters; the load-balancing loss is logged; a checkpoint
+// resumes exactly; MoE flags the runtime cannot honour are rejected with a fix.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "tests/ckpt/ckpt_test_util.h"
+#include "tests/train/layout_harness.h"
+
+namespace shardlm::train {
+namespace {
+
+using namespace layout_harness;
+
+TrainConfig moe_config(int64_t num_layers = 2) {
+  TrainConfig c = tiny_config(num_layers);
+  c.model.num_experts = 4;
+  c.model.moe_router_topk = 2;
+  c.model.moe_ffn_hidden_size = 48;
+  c.model.moe_aux_loss_coeff = 0.01;
+  return c;
+}
+
+Layout layout(int dp, int pp = 1) {
+  Layout l;
+  l.dp = dp;
+  l.pp = pp;
+  return l;
+}
+
+TEST(MoeTraining, DataParallelMatchesOneRank) {
+  const TrainConfig cfg = moe_config();
+  const RunResult reference = single_rank(cfg);
+  expect_same_training(run_layout(cfg, layout(2)), reference, "DP2");
+  Layout dp4 = layout(4);
+  dp4.distributed_optimizer = dp4.overlap_grad_reduce = dp4.overlap_param_gather = true;
+  dp4.bucket_size = 4000;
+  expect_same_training(run_layout(cfg, dp4), reference, dp4.name());
+}
+
+TEST(MoeTraining, PipelineAndRecomputeMatchOneRank) {
+  TrainConfig cfg = moe_config(4);
+  cfg.model.moe_layer_freq = 2;  // layers 0 and 2 MoE, 1 and 3 dense
+  cfg.model.swiglu = true;
+  cfg.model.moe_router_pre_softmax = true;
+  const RunResult reference = single_rank(cfg);
+  Layout pp = layout(2, 2);
+  pp.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, pp), reference, pp.name());
+  Layout interleaved = layout(1, 2);
+  interleaved.layers_per_virtual_stage = 1;
+  expect_same_training(run_layout(cfg, interleaved), reference, interleaved.name());
+  cfg.recompute.granularity = "full";
+  cfg.recompute.method = "uniform";
+  cfg.recompute.num_layers = 2;
+  expect_same_training(run_layout(cfg, layout(1)), reference, "full recompute");
+}
+
+TEST(MoeTraining, LogsTheLoadBalancingLoss) {
+  TrainConfig cfg = moe_config();
+  cfg.train_iters = 2;
+  cfg.optimizer.lr_warmup_iters = 1;
+  cfg.logging.log_interval = 1;
+  std::ostringstream log;
+  Trainer t(cfg, log);
+  t.train();
+  const std::string text = log.str();
+  const size_t at = text.rfind("load_balancing_loss: ");  // the last iteration's line
+  ASSERT_NE(at, std::string::npos) << text;
+  // The switch loss over its coefficient is E · Σ_e f_e · P_e >= 1 (1 when perfectly balanced).
+  const double value = std::stod(text.substr(at + 21));
+  EXPECT_GE(value, 1.0 - 1e-6);
+  EXPECT_LT(value, 4.0);
+  EXPECT_NEAR(t.history().back().moe_aux_loss, value, 1e-5 * value);  // printed with 7 digits
+}
+
+TEST(MoeTraining, CheckpointResumesExactly) {
+  TrainConfig cfg = moe_config();
+  cfg.train_iters = 8;
+  cfg.logging.eval_iters = 0;
+  const RunResult reference = single_rank(cfg);
+  ckpt::testing::TempDir dir;
+  TrainConfig save = cfg;
+  save.checkpoint.save = dir.str();
+  save.checkpoint.exit_interval = 4;
+  Layout saved = layout(2);
+  saved.distributed_optimizer = true;
+  ASSERT_EQ(run_layout(save, saved).losses.size(), 4u);
+  TrainConfig resume = cfg;
+  resume.checkpoint.load = dir.str();
+  const RunResult rest = run_layout(resume, layout(1));
+  ASSERT_EQ(rest.losses.size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_LT(std::abs(rest.losses[i] - reference.losses[4 + i]), 1e-5 * reference.losses[4 + i])
+        << "iteration " << 5 + i;
+  // A dense model cannot load it: the error names the MoE flags to pass.
+  TrainConfig dense = cfg;
+  dense.model.num_experts = 0;
+  dense.checkpoint.load = dir.str();
+  const std::string err = config_error([&] { run_layout(dense, layout(1)); });
+  EXPECT_NE(err.find("--num-experts"), std::string::npos) << err;
+  EXPECT_NE(err.find("--num-experts 4 --moe-router-topk 2 --moe-ffn-hidden-size 48"),
+            std::string::npos)
+      << err;
+}
+
+TEST(MoeTraining, UnsupportedLayoutsAreRejectedWithAFix) {
+  TrainConfig cfg = moe_config();
+  cfg.parallel.expert_model_parallel_size = 2;
+  EXPECT_NE(config_error(validation(cfg, 2)).find("use --expert-model-parallel-size 1"),
+            std::string::npos);
+  cfg = moe_config();
+  cfg.parallel.context_parallel_size = 2;
+  EXPECT_NE(config_error(validation(cfg, 2)).find("use --context-parallel-size 1"),
+            std::string::npos);
+  cfg = moe_config();
+  cfg.parallel.tensor_model_parallel_size = 2;
+  EXPECT_NE(config_error(validation(cfg, 2)).find("--tensor-model-parallel-size 1 with --num-experts"),
+            std::string::npos)
+      << config_error(validation(cfg, 2));
+}
+
+}  // namespace
+}  // namespace shardlm::train
