@@ -118,10 +118,10 @@ void expect_moe_mlp_matches_reference(const TransformerConfig& c) {
   const int64_t N = 9, C = c.hidden_size;
   ArenaPlan plan;
   moe.allocate_saved(plan, DType::kF64, N);
-  MoeMlp::allocate_scratch(c, plan, DType::kF64, N);
+  MoeMlp::allocate_scratch(c, TensorParallel{}, plan, DType::kF64, N);
   Arena arena(Device::cpu(), plan.bytes(), "moe");
   const MoeMlp::Saved saved = moe.allocate_saved(arena, DType::kF64, N);
-  const MoeMlp::Scratch scratch = MoeMlp::allocate_scratch(c, arena, DType::kF64, N);
+  const MoeMlp::Scratch scratch = MoeMlp::allocate_scratch(c, TensorParallel{}, arena, DType::kF64, N);
   const OwnedTensor x = random_tensor(DType::kF64, {N, C}, 31);
   OwnedTensor y = OwnedTensor::empty(DType::kF64, {N, C});
   double aux = 0;
@@ -260,7 +260,9 @@ TEST(MoeModel, BadConfigurationsSayWhatToChange) {
   EXPECT_NE(message(c).find("at most 1024"), std::string::npos);
   c = moe_config();
   c.tensor_model_parallel_size = 2;
-  EXPECT_NE(message(c).find("use --tensor-model-parallel-size 1 with --num-experts"),
+  c.moe_ffn_hidden_size = 5;
+  EXPECT_NE(message(c).find("--moe-ffn-hidden-size 5 is not divisible by "
+                            "--tensor-model-parallel-size 2"),
             std::string::npos)
       << message(c);
 }

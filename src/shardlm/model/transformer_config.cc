@@ -105,10 +105,10 @@ void TransformerConfig::validate_tensor_parallel(int64_t tp, bool sequence_paral
         "; with fewer query groups than tensor-parallel ranks each group is replicated on "
         "TP / query_groups ranks: choose a group count that divides " + s(tp) +
         " or a TP size that is a multiple of " + s(query_groups()));
-  if (num_experts > 0)
-    bad("--num-experts " + s(num_experts) + " with " + tp_flag + ": MoE layers run on one "
-        "tensor-parallel rank for now (expert tensor parallelism is not implemented); use "
-        "--tensor-model-parallel-size 1 with --num-experts, or drop --num-experts");
+  if (num_experts > 0 && moe_ffn_size() % tp != 0)
+    bad("--moe-ffn-hidden-size " + s(moe_ffn_size()) + " is not divisible by " + tp_flag +
+        "; every expert's MLP is split by columns across tensor-parallel ranks: choose a "
+        "multiple of " + s(tp));
   if (ffn_size() % tp != 0)
     bad("--ffn-hidden-size " + s(ffn_size()) + " is not divisible by " + tp_flag +
         "; the MLP is split by columns across tensor-parallel ranks: choose a multiple of " +

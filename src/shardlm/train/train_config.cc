@@ -148,10 +148,6 @@ void TrainConfig::validate_parallel(int world_size) const {
   model::TransformerConfig tp_model = model;
   tp_model.tensor_model_parallel_size = layout.tp();
   tp_model.validate_tensor_parallel(layout.tp(), dims.sequence_parallel);
-  if (model.num_experts > 0 && layout.cp() > 1)
-    bad("--num-experts with --context-parallel-size " + s(layout.cp()) +
-        ": MoE layers do not support context parallelism yet (the load-balancing loss would "
-        "count each rank's tokens only); use --context-parallel-size 1");
   const int64_t per_step = micro_batch_size * layout.dp();
   if (global_batch_size > 0 && global_batch_size % per_step != 0)
     bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +

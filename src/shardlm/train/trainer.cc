@@ -548,6 +548,7 @@ IterationRecord Trainer::train_step() {
     // Megatron's load_balancing_loss: the switch loss over its coefficient, averaged over the
     // MoE layers (summed over the pipeline stages that hold them) and the micro-batches.
     double aux = pipeline_ ? all_reduce_sum(rank_->pp(), moe_aux_sum_) : moe_aux_sum_;
+    aux = all_reduce_sum(rank_->cp(), aux);  // each CP rank has its tokens' part
     rec.moe_aux_loss = data_parallel_mean(
         aux / static_cast<double>(M * cfg_.model.num_moe_layers()));
   }

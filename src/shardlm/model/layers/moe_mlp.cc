@@ -35,8 +35,11 @@ void from_host(DeviceContext& ctx, Tensor t, const std::vector<double>& v) {
 }
 }  // namespace
 
-MoeMlp::MoeMlp(const TransformerConfig& cfg, int64_t layer_index)
+MoeMlp::MoeMlp(const TransformerConfig& cfg, int64_t layer_index, const TensorParallel& tp,
+               const ContextParallel& cp)
     : cfg_(cfg),
+      tp_(tp),
+      cp_(cp),
       index_(static_cast<uint32_t>(layer_index)),
       // Megatron's router: no bias, initialised like the other input projections.
       router_(mlp_prefix(layer_index) + ".router", cfg.hidden_size, cfg.num_experts, false,
@@ -47,9 +50,10 @@ MoeMlp::MoeMlp(const TransformerConfig& cfg, int64_t layer_index)
     const std::string p = mlp_prefix(layer_index) + ".experts.local_experts." + std::to_string(e);
     experts_.push_back(
         {Linear(p + ".linear_fc1", cfg.hidden_size, cfg.swiglu ? 2 * F : F, cfg.add_bias_linear,
-                Init::normal(cfg.init_method_std)),
+                Init::normal(cfg.init_method_std), ParallelMode::kColumn, tp, cfg.swiglu ? 2 : 1),
          Linear(p + ".linear_fc2", F, cfg.hidden_size, cfg.add_bias_linear,
-                Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)))});
+                Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
+                ParallelMode::kRow, tp)});
   }
 }
 
@@ -78,7 +82,7 @@ void MoeMlp::append_parameters(std::vector<Parameter*>& out) const {
 }
 
 MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const {
-  const int64_t k = cfg_.moe_router_topk, K = tokens * k, F = cfg_.moe_ffn_size();
+  const int64_t k = cfg_.moe_router_topk, K = tokens * k, F = cfg_.moe_ffn_size() / tp_.size();
   Saved s;
   s.logits = alloc.allocate(dtype, {tokens, cfg_.num_experts});
   s.probs = alloc.allocate(probs_dtype(dtype), {tokens, k});
@@ -88,9 +92,9 @@ MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_
   return s;
 }
 
-MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
-                                         DType dtype, int64_t tokens) {
-  const int64_t k = cfg.moe_router_topk, K = tokens * k, F = cfg.moe_ffn_size();
+MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
+                                         TensorAllocator& alloc, DType dtype, int64_t tokens) {
+  const int64_t k = cfg.moe_router_topk, K = tokens * k, F = cfg.moe_ffn_size() / tp.size();
   const int64_t C = cfg.hidden_size, E = cfg.num_experts;
   const DType pd = probs_dtype(dtype);
   Scratch s;
@@ -108,6 +112,7 @@ MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, TensorAll
   s.d_router_in = alloc.allocate(dtype, {tokens, C});
   s.score_sums = alloc.allocate(pd, {E});
   s.aux_weights = alloc.allocate(pd, {E});
+  s.counts = alloc.allocate(pd, {E});
   return s;
 }
 
@@ -162,8 +167,17 @@ void MoeMlp::for_each_expert(const std::vector<int64_t>& counts,
   }
 }
 
-double MoeMlp::aux_scale(int64_t tokens) const {
-  const double N = static_cast<double>(tokens);
+std::vector<double> MoeMlp::global_counts(DeviceContext& ctx, const std::vector<int64_t>& counts,
+                                          const Scratch& scratch) const {
+  std::vector<double> c(counts.begin(), counts.end());
+  if (!cp_.enabled()) return c;
+  from_host(ctx, scratch.counts, c);  // exact in fp32 up to 2^24 tokens per expert
+  cp_.group->all_reduce(scratch.counts);
+  return to_host(ctx, scratch.counts);
+}
+
+double MoeMlp::aux_scale(int64_t local_tokens) const {
+  const double N = static_cast<double>(local_tokens * cp_.size());
   return static_cast<double>(cfg_.num_experts) * cfg_.moe_aux_coeff() /
          (N * N * static_cast<double>(cfg_.moe_router_topk));
 }
@@ -179,8 +193,9 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
     // The loss value for the log (the gradient is added in backward).
     ops::moe_router_score_sums(ctx, scratch.score_sums, s.logits);
     const std::vector<double> sums = to_host(ctx, scratch.score_sums);
-    double loss = 0;
-    for (size_t e = 0; e < sums.size(); ++e) loss += static_cast<double>(counts[e]) * sums[e];
+    const std::vector<double> tokens = global_counts(ctx, counts, scratch);
+    double loss = 0;  // this rank's tokens' part (the CP ranks' parts add up)
+    for (size_t e = 0; e < sums.size(); ++e) loss += tokens[e] * sums[e];
     // Megatron tracks the loss divided by its coefficient ("load_balancing_loss").
     *step.moe_aux_loss += loss * aux_scale(N) / cfg_.moe_aux_coeff();
   }
@@ -198,17 +213,25 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
   ops::gather_sum_rows(ctx, out, s.expert_out, scratch.slot_of, s.probs);
 }
 
-void MoeMlp::backward(StepContext& step, Tensor dx, const Tensor& dout, const Tensor& x,
-                      const Saved& s, const Scratch& scratch) const {
+std::vector<int64_t> MoeMlp::backward_output(StepContext& step, const Tensor& dout,
+                                             const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
-  const int64_t N = x.size(0);
-  const std::vector<int64_t> counts = route(ctx, s, scratch);
+  std::vector<int64_t> counts = route(ctx, s, scratch);
   // Combine backward: each row's output gradient is its token's, times its weight; the
   // weights' gradient is the dot of the token's gradient with the row's output.
   ops::gather_rows(ctx, scratch.weight_of.reshape({scratch.weight_of.numel(), 1}),
                    s.probs.reshape({s.probs.numel(), 1}), scratch.weight_index, Tensor());
   ops::gather_rows(ctx, scratch.d_expert_out, dout, scratch.token_of, scratch.weight_of);
   ops::gathered_row_dot(ctx, scratch.dprobs, dout, s.expert_out, scratch.slot_of);
+  if (tp_.enabled()) tp_.group->all_reduce(scratch.dprobs);  // expert_out is partial over TP
+  return counts;
+}
+
+void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
+                            const std::vector<int64_t>& counts, const Saved& s,
+                            const Scratch& scratch) const {
+  DeviceContext& ctx = step.device;
+  const int64_t N = x.size(0);
   // The experts, from the recomputed inputs. Each expert's input gradient overwrites its block
   // of d_expert_out, whose output gradient fc2's backward has consumed by then.
   ops::gather_rows(ctx, scratch.rows, x, scratch.token_of, Tensor());
@@ -232,14 +255,15 @@ void MoeMlp::backward(StepContext& step, Tensor dx, const Tensor& dout, const Te
   ops::moe_topk_router_backward(ctx, scratch.dlogits, scratch.dprobs, s.logits, s.choices,
                                 cfg_.moe_router_pre_softmax);
   if (cfg_.moe_aux_coeff() > 0) {
-    std::vector<double> w(counts.size());
-    for (size_t e = 0; e < w.size(); ++e)
-      w[e] = static_cast<double>(counts[e]) * aux_scale(N) * step.loss_grad_scale;
+    std::vector<double> w = global_counts(ctx, counts, scratch);
+    for (double& v : w) v *= aux_scale(N) * step.loss_grad_scale;
     from_host(ctx, scratch.aux_weights, w);
     ops::moe_aux_loss_backward(ctx, scratch.dlogits, s.logits, scratch.aux_weights);
   }
+  // Every TP rank computed the same router gradients; the caller sums dx over TP, so the
+  // router's share enters on rank 0 only (its weight gradient is complete on every rank).
   router_.backward(ctx, scratch.d_router_in, scratch.dlogits, x);
-  ops::add_inplace(ctx, dx, scratch.d_router_in);
+  if (tp_.rank() == 0) ops::add_inplace(ctx, dx, scratch.d_router_in);
 }
 
 }  // namespace shardlm::model

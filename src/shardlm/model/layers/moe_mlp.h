@@ -18,6 +18,16 @@
 // outputs are gathered back and summed with the router's weights (ops::gather_sum_rows). No
 // atomics anywhere, so results are deterministic. Dropless: every token reaches its k experts.
 //
+// Tensor parallelism (Megatron's expert tensor parallelism = TP): every TP rank holds all N
+// tokens (gathered under SP), routes them identically (replicated router) and runs its slice of
+// every expert: fc1 column-parallel (SwiGLU: [gate_r ; up_r]), fc2 row-parallel, so the output is
+// a partial sum over TP that the caller reduces (exit_row_region), as for the dense MLP. The
+// routing weights' gradient is all-reduced over TP (each rank saw a partial expert output), and
+// the router's input gradient is added on TP rank 0 only, since the caller sums the input
+// gradient over TP. Context parallelism: each rank routes its own tokens; the load-balancing
+// counts are summed over the CP group and N is the whole micro-batch (N_local · CP), so the CP
+// ranks' losses add up to the single rank's.
+//
 // Load balancing (--moe-aux-loss-coeff > 0, --moe-router-load-balancing-type aux_loss):
 // Megatron's switch loss aux = E·coeff / (N²·k) · Σ_e tokens_e · Σ_n softmax(logits[n])[e]. It
 // joins the objective as Megatron's MoEAuxLossAutoScaler does: its gradient enters the router's
@@ -34,7 +44,9 @@
 #include <string>
 #include <vector>
 
+#include "shardlm/model/context_parallel.h"
 #include "shardlm/model/layers/linear.h"
+#include "shardlm/model/tensor_parallel.h"
 #include "shardlm/model/module.h"
 #include "shardlm/model/transformer_config.h"
 #include "shardlm/tensor/arena.h"
@@ -65,24 +77,35 @@ class MoeMlp {
     Tensor d_router_in;   // [N, C]
     Tensor score_sums;    // [E] probs dtype (aux loss)
     Tensor aux_weights;   // [E] probs dtype
+    Tensor counts;        // [E] probs dtype: tokens per expert, summed over CP
   };
 
-  MoeMlp(const TransformerConfig& cfg, int64_t layer_index);
+  MoeMlp(const TransformerConfig& cfg, int64_t layer_index, const TensorParallel& tp = {},
+         const ContextParallel& cp = {});
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
   void append_parameters(std::vector<Parameter*>& out) const;
 
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const;
-  static Scratch allocate_scratch(const TransformerConfig& cfg, TensorAllocator& alloc,
-                                  DType dtype, int64_t tokens);
+  static Scratch allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
+                                  TensorAllocator& alloc, DType dtype, int64_t tokens);
 
-  // out [N, C] (assigned) from x [N, C].
+  // out [N, C] (assigned; a partial sum over TP) from x [N, C] (all rows, the same on every TP
+  // rank).
   void forward(StepContext& step, Tensor out, const Tensor& x, const Saved& s,
                const Scratch& scratch) const;
-  // dx [N, C] (assigned) from dout [N, C]; x is forward's input. Parameter gradients accumulate.
-  void backward(StepContext& step, Tensor dx, const Tensor& dout, const Tensor& x, const Saved& s,
-                const Scratch& scratch) const;
+  // Backward in two steps, so the caller may reuse dout's buffer for x (the recomputed norm
+  // output under SP):
+  //   backward_output: consumes dout [N, C] (all rows) into the experts' output gradients and
+  //                    the routing weights' gradient (scratch); returns the rows per expert;
+  //   backward_input:  dx [N, C] (assigned; partial over TP) from them and x, forward's input.
+  // Parameter gradients accumulate.
+  std::vector<int64_t> backward_output(StepContext& step, const Tensor& dout, const Saved& s,
+                                       const Scratch& scratch) const;
+  void backward_input(StepContext& step, Tensor dx, const Tensor& x,
+                      const std::vector<int64_t>& counts, const Saved& s,
+                      const Scratch& scratch) const;
 
  private:
   struct Expert {
@@ -103,10 +126,16 @@ class MoeMlp {
   // slot_of, weight_index (on the device) and returns the per-expert row counts.
   std::vector<int64_t> route(DeviceContext& ctx, const Saved& s, const Scratch& scratch) const;
   void activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc1) const;
-  // Megatron's switch load-balancing coefficient E·coeff / (N²·k).
-  double aux_scale(int64_t tokens) const;
+  // Tokens per expert for the load-balancing loss: counts summed over the CP group.
+  std::vector<double> global_counts(DeviceContext& ctx, const std::vector<int64_t>& counts,
+                                    const Scratch& scratch) const;
+  // Megatron's switch load-balancing coefficient E·coeff / (N²·k), N the micro-batch's tokens
+  // over all CP ranks.
+  double aux_scale(int64_t local_tokens) const;
 
   TransformerConfig cfg_;
+  TensorParallel tp_;
+  ContextParallel cp_;
   uint32_t index_;
   Linear router_;
   std::vector<Expert> experts_;

@@ -44,12 +44,7 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
       fc2_(layer_prefix(layer_index) + ".mlp.linear_fc2", cfg.ffn_size(), cfg.hidden_size,
            cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
            ParallelMode::kRow, tp) {
-  if (cfg.is_moe_layer(layer_index)) {
-    SHARDLM_REQUIRE(!tp.enabled(), ErrorKind::kInvalidConfig,
-                    "MoE layers with tensor parallelism are not supported; use "
-                    "--tensor-model-parallel-size 1 with --num-experts");
-    moe_.emplace(cfg, layer_index);
-  }
+  if (cfg.is_moe_layer(layer_index)) moe_.emplace(cfg, layer_index, tp, cp);
   SHARDLM_REQUIRE(!qkv_layout_.replicated() || (tp_.query_group != nullptr &&
                                                  tp_.query_group->size() == qkv_layout_.replicas),
                   ErrorKind::kInternal,
@@ -172,7 +167,7 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   const DType table = dtype == DType::kF64 ? DType::kF64 : DType::kF32;  // >= fp32 (ops.h)
   if (cfg.position_embedding == PositionEmbedding::kRope)
     s.rope_cos_sin = alloc.allocate(table, {T, cfg.rotary_dim() / 2, 2});
-  if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, alloc, dtype, N);
+  if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, tp, alloc, dtype, N);
   if (cp.enabled()) {
     const int64_t global_rows = batch * cfg.seq_length;
     s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});
@@ -325,19 +320,17 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   norm2_.forward(ctx, ln2_local, s.norm2, s.x_mid);
   enter_column_region(ctx, tp_, rows, ln2_full, ln2_local, scratch.staging);
   if (moe_) {
-    moe_->forward(step, scratch.c0, ln2_full, s.moe, scratch.moe);
-    dropout_add_rows_forward(ctx, tp_, rows, x_out, scratch.c0, s.x_mid, hidden_dropout(step),
-                             step.dropout_key(index_, kDropoutMlpOutput));
-    return;
-  }
-  const Tensor act_out = saved_outputs ? s.act : scratch.act;
-  if (cfg_.swiglu) {
-    fc1_.forward(ctx, s.fc1, ln2_full);
-    ops::swiglu_forward(ctx, act_out, s.fc1);
+    moe_->forward(step, scratch.c0, ln2_full, s.moe, scratch.moe);  // partial over TP
   } else {
-    fc1_.forward_gelu(ctx, act_out, s.fc1, ln2_full);  // s.fc1 keeps the pre-activation
+    const Tensor act_out = saved_outputs ? s.act : scratch.act;
+    if (cfg_.swiglu) {
+      fc1_.forward(ctx, s.fc1, ln2_full);
+      ops::swiglu_forward(ctx, act_out, s.fc1);
+    } else {
+      fc1_.forward_gelu(ctx, act_out, s.fc1, ln2_full);  // s.fc1 keeps the pre-activation
+    }
+    fc2_.forward(ctx, scratch.c0, act_out);
   }
-  fc2_.forward(ctx, scratch.c0, act_out);
   const Tensor fc2_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, x_out, fc2_out, s.x_mid, hidden_dropout(step),
@@ -407,10 +400,11 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const Tensor d_mlp_full = sp ? scratch.c1 : d_mlp;  // all rows (gathered under SP)
   exit_row_region_backward(ctx, tp_, rows, d_mlp_full, d_mlp, scratch.staging);
   const bool saved_outputs = s.ln1.defined();
-  if (moe_) {  // the norm output first: the experts' inputs are gathered from it
+  if (moe_) {  // d_mlp_full (scratch.c1 under SP) is consumed before the norm is recomputed
+    const std::vector<int64_t> counts = moe_->backward_output(step, d_mlp_full, s.moe, scratch.moe);
     if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
-    moe_->backward(step, d_norm_out_full, d_mlp_full, saved_outputs ? s.ln2 : scratch.c1, s.moe,
-                   scratch.moe);
+    moe_->backward_input(step, d_norm_out_full, saved_outputs ? s.ln2 : scratch.c1, counts, s.moe,
+                         scratch.moe);
   } else {
     mlp_backward(ctx, d_norm_out_full, d_mlp_full, rows, s, scratch);
   }

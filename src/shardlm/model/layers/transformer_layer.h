@@ -28,7 +28,7 @@
 // gradients to the ranks that own those rows. RoPE takes the rank's rows of the whole table.
 // Mixture of experts (cfg.is_moe_layer): the MLP block is an MoeMlp (layers/moe_mlp.h) after the
 // norm, which is then named ...pre_mlp_layernorm.{weight,bias} as in Megatron's MoE layer spec;
-// tensor parallelism is not supported for MoE layers (TransformerConfig rejects it).
+// its output is a partial sum over TP like fc2's, reduced at the same region boundary.
 // Shapes below: N = B*T, NL = rows of the rank (N or N/TP), NHL/GL = local heads/groups,
 // QKVL = (NHL+2*GL)*HS, AL = NHL*HS, FL = F/TP.
 #pragma once
