@@ -6,8 +6,10 @@
 
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "shardlm/base/error.h"
@@ -23,6 +25,25 @@ inline void run_ranks(int n, const std::function<void(Communicator&)>& fn,
                       std::chrono::milliseconds timeout = 20s) {
   ThreadWorld world(n, {.timeout = timeout});
   rethrow_first_error(world.run(fn));
+}
+
+// Runs fn(r) for r in [0, n) on n threads of their own (no ThreadWorld: each rank builds its
+// own communicator) and joins them; returns each rank's exception, null where fn returned.
+inline std::vector<std::exception_ptr> run_threads_collect(int n,
+                                                           const std::function<void(int)>& fn) {
+  std::vector<std::exception_ptr> errors(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(r);
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
 }
 
 // Deterministic value of element i on rank r (never all zero; distinct across ranks).

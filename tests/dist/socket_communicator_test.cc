@@ -15,7 +15,7 @@
 #include <optional>
 #include <thread>
 
-#include "rank_threads.h"
+#include "socket_ranks.h"
 #include "shardlm/dist/socket_communicator.h"
 #include "shardlm/dist/tcp_store.h"
 #include "shardlm/tensor/tensor.h"
@@ -32,40 +32,6 @@ Bytes bytes_of(const Tensor& t) {
   Bytes b(t.nbytes());
   if (t.nbytes()) std::memcpy(b.data(), t.raw(), t.nbytes());
   return b;
-}
-
-// Runs fn on n threads, each with its own socket world; returns every rank's error (or null).
-std::vector<std::exception_ptr> run_socket_ranks_collect(int n,
-                                                         const std::function<void(Communicator&)>& fn,
-                                                         std::chrono::milliseconds timeout) {
-  TcpStore server({.host = "127.0.0.1", .port = 0, .is_server = true, .timeout = 20s});
-  std::vector<std::exception_ptr> errors(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        std::optional<TcpStore> client;
-        TcpStore* store = &server;
-        if (r != 0) {
-          client.emplace(TcpStoreOptions{.host = "127.0.0.1", .port = server.port(),
-                                         .timeout = 20s});
-          store = &*client;
-        }
-        std::unique_ptr<Communicator> comm =
-            create_socket_world(*store, r, n, {.timeout = timeout, .name = "world", .host = "127.0.0.1"});
-        fn(*comm);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return errors;
-}
-
-void run_socket_ranks(int n, const std::function<void(Communicator&)>& fn,
-                      std::chrono::milliseconds timeout = 20s) {
-  rethrow_first_error(run_socket_ranks_collect(n, fn, timeout));
 }
 
 // Runs `program` on both backends and expects identical bytes on every rank.
