@@ -49,4 +49,22 @@ DeviceMemory device_memory(DeviceContext& ctx) {
   return host_memory();
 }
 
+bool gemm_autotune(DeviceContext& ctx) {
+#ifdef SHARDLM_WITH_CUDA
+  if (ctx.device().is_cuda()) return cuda::cuda_state(ctx).gemm_autotune();
+#else
+  (void)ctx;
+#endif
+  return false;
+}
+
+void set_gemm_autotune(DeviceContext& ctx, bool on) {
+#ifdef SHARDLM_WITH_CUDA
+  if (ctx.device().is_cuda()) cuda::cuda_state(ctx).set_gemm_autotune(on);
+#else
+  (void)ctx;
+  (void)on;
+#endif
+}
+
 }  // namespace shardlm::ops

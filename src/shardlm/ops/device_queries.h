@@ -22,4 +22,28 @@ struct DeviceMemory {
 };
 DeviceMemory device_memory(DeviceContext& ctx);
 
+// GEMM algorithm choice on ctx (CUDA; the CPU has one GEMM): while autotune is on (the default)
+// a bf16/fp16 GEMM shape seen for the first time times the heuristic's top candidates and keeps
+// the fastest (ops/cuda/gemm_plan_cache.h); off, a new shape takes the heuristic's first choice.
+// Layers whose GEMM shapes change every step (MoE experts: the rows per expert follow the
+// routing) turn it off around those GEMMs through GemmAutotuneOff, so a new shape costs one
+// heuristic query instead of timed runs with a stream synchronisation.
+bool gemm_autotune(DeviceContext& ctx);
+void set_gemm_autotune(DeviceContext& ctx, bool on);
+
+// Autotune off for the guard's lifetime, then back to what it was.
+class GemmAutotuneOff {
+ public:
+  explicit GemmAutotuneOff(DeviceContext& ctx) : ctx_(ctx), was_(gemm_autotune(ctx)) {
+    set_gemm_autotune(ctx, false);
+  }
+  ~GemmAutotuneOff() { set_gemm_autotune(ctx_, was_); }
+  GemmAutotuneOff(const GemmAutotuneOff&) = delete;
+  GemmAutotuneOff& operator=(const GemmAutotuneOff&) = delete;
+
+ private:
+  DeviceContext& ctx_;
+  bool was_;
+};
+
 }  // namespace shardlm::ops

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "shardlm/base/check.h"
+#include "shardlm/ops/device_queries.h"
 #include "shardlm/ops/ops.h"
 
 namespace shardlm::model {
@@ -158,8 +159,11 @@ void MoeMlp::activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc
     ops::gelu_forward(ctx, out, fc1);
 }
 
-void MoeMlp::for_each_expert(const std::vector<int64_t>& counts,
+void MoeMlp::for_each_expert(DeviceContext& ctx, const std::vector<int64_t>& counts,
                              const std::function<void(const Expert&, const RowBlock&)>& fn) const {
+  // The rows per expert change every step: timing GEMM candidates for every new shape would
+  // cost more than it saves (ops/device_queries.h).
+  const ops::GemmAutotuneOff fixed_choice(ctx);
   int64_t first = 0;
   for (size_t e = 0; e < experts_.size(); ++e) {
     if (counts[e] > 0) fn(experts_[e], RowBlock{first, counts[e]});
@@ -200,7 +204,7 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
     *step.moe_aux_loss += loss * aux_scale(N) / cfg_.moe_aux_coeff();
   }
   ops::gather_rows(ctx, scratch.rows, x, scratch.token_of, Tensor());
-  for_each_expert(counts, [&](const Expert& ex, const RowBlock& rows) {
+  for_each_expert(ctx, counts, [&](const Expert& ex, const RowBlock& rows) {
     const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), act = rows(scratch.act);
     if (cfg_.swiglu) {
       ex.fc1.forward(ctx, fc1, in);
@@ -235,7 +239,7 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
   // The experts, from the recomputed inputs. Each expert's input gradient overwrites its block
   // of d_expert_out, whose output gradient fc2's backward has consumed by then.
   ops::gather_rows(ctx, scratch.rows, x, scratch.token_of, Tensor());
-  for_each_expert(counts, [&](const Expert& ex, const RowBlock& rows) {
+  for_each_expert(ctx, counts, [&](const Expert& ex, const RowBlock& rows) {
     const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), dfc1 = rows(scratch.dfc1);
     const Tensor act = rows(scratch.act_recompute), dact = rows(scratch.act);
     const Tensor d_rows = rows(scratch.d_expert_out);  // output gradient, then input gradient

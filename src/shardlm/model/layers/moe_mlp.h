@@ -17,6 +17,8 @@
 // contiguous rows per expert (ops::gather_rows). Each expert runs its GEMMs on its rows; the
 // outputs are gathered back and summed with the router's weights (ops::gather_sum_rows). No
 // atomics anywhere, so results are deterministic. Dropless: every token reaches its k experts.
+// The expert GEMMs' shapes follow the routing, so they take cuBLASLt's heuristic choice instead of
+// being timed per new shape (ops::GemmAutotuneOff).
 //
 // Tensor parallelism (Megatron's expert tensor parallelism = TP): every TP rank holds all N
 // tokens (gathered under SP), routes them identically (replicated router) and runs its slice of
@@ -119,8 +121,8 @@ class MoeMlp {
       return t.flat_view(first * width, Shape({count, width}));
     }
   };
-  // fn(expert, its rows) for every expert with rows, in expert order.
-  void for_each_expert(const std::vector<int64_t>& counts,
+  // fn(expert, its rows) for every expert with rows, in expert order; GEMM autotuning off.
+  void for_each_expert(DeviceContext& ctx, const std::vector<int64_t>& counts,
                        const std::function<void(const Expert&, const RowBlock&)>& fn) const;
   // The rows of each expert after a stable counting sort of s.choices: fills scratch token_of,
   // slot_of, weight_index (on the device) and returns the per-expert row counts.
