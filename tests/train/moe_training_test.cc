@@ -108,6 +108,31 @@ TEST(MoeTraining, CheckpointResumesExactly) {
       << err;
 }
 
+// Expert weights split over TP (SwiGLU's fc1 in [gate_r ; up_r] chunks) reshard on load: saved at
+// TP2 x DP2 with the distributed optimizer, resumed on one rank.
+TEST(MoeTraining, CheckpointSavedWithTensorParallelExpertsResumesOnOneRank) {
+  TrainConfig cfg = moe_config();
+  cfg.model.swiglu = true;
+  cfg.train_iters = 8;
+  cfg.logging.eval_iters = 0;
+  const RunResult reference = single_rank(cfg);
+  ckpt::testing::TempDir dir;
+  TrainConfig save = cfg;
+  save.checkpoint.save = dir.str();
+  save.checkpoint.exit_interval = 4;
+  Layout saved = layout(2);
+  saved.tp = 2;
+  saved.distributed_optimizer = true;
+  ASSERT_EQ(run_layout(save, saved).losses.size(), 4u);
+  TrainConfig resume = cfg;
+  resume.checkpoint.load = dir.str();
+  const RunResult rest = run_layout(resume, layout(1));
+  ASSERT_EQ(rest.losses.size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_LT(std::abs(rest.losses[i] - reference.losses[4 + i]), 1e-5 * reference.losses[4 + i])
+        << "iteration " << 5 + i;
+}
+
 // Expert tensor parallelism (= TP): every rank runs its slice of every expert on all tokens.
 TEST(MoeTraining, TensorAndSequenceParallelMatchOneRank) {
   for (bool swiglu : {false, true}) {
