@@ -58,6 +58,13 @@ TEST(MoeTraining, PipelineAndRecomputeMatchOneRank) {
   cfg.recompute.method = "uniform";
   cfg.recompute.num_layers = 2;
   expect_same_training(run_layout(cfg, layout(1)), reference, "full recompute");
+  // --no-recompute-norm-activation: the MoE backward reads the saved norm output.
+  cfg.recompute = {};
+  cfg.recompute.norm_activation = false;
+  Layout tp = layout(1);
+  tp.tp = 2;
+  tp.sequence_parallel = true;
+  expect_same_training(run_layout(cfg, tp), reference, "norm/activation saved, TP2 SP");
 }
 
 TEST(MoeTraining, LogsTheLoadBalancingLoss) {
