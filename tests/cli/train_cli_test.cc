@@ -120,6 +120,22 @@ TEST(TrainCli, AttentionBackend) {
   expect_usage_error(kTiny + "--attention-backend te", "--attention-backend te is not one of");
 }
 
+// Megatron's MoE flags train (and log the load-balancing loss); what ShardLM cannot honour is
+// refused in one line.
+TEST(TrainCli, MixtureOfExpertsFlags) {
+  const Result r = run(kTiny + "--num-experts 4 --moe-router-topk 2 --moe-ffn-hidden-size 24 "
+                               "--moe-aux-loss-coeff 0.01 --moe-router-load-balancing-type aux_loss "
+                               "--moe-token-dispatcher-type alltoall --moe-grouped-gemm");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("load_balancing_loss: "), std::string::npos) << r.output;
+  expect_usage_error(kTiny + "--num-experts 4 --moe-expert-capacity-factor 1.0",
+                     "token dropping is not implemented");
+  expect_usage_error(kTiny + "--num-experts 4 --moe-router-load-balancing-type sinkhorn",
+                     "'sinkhorn' is not implemented");
+  expect_usage_error(kTiny + "--num-experts 4 --moe-router-topk 5",
+                     "--moe-router-topk 5 must be between 1 and --num-experts 4");
+}
+
 // Llama 3.x RoPE scaling and linear interpolation train from the flags; without RoPE, or with
 // bad parameters, one line names the flag.
 TEST(TrainCli, RopeScalingFlags) {

@@ -154,6 +154,9 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                                         "'" + v + "' is not available (allgather, alltoall)");
          },
          "allgather or alltoall: the same dropless dispatch on one expert-parallel rank")->group(g);
+  cmd.add_flag("--moe-grouped-gemm", [](int64_t) {},
+               "Accepted for Megatron compatibility: each expert runs its own GEMM pair (same "
+               "numbers as a grouped GEMM)")->group(g);
   cmd.add_option_function<double>(
          "--moe-expert-capacity-factor",
          [](double) {
