@@ -544,7 +544,7 @@ IterationRecord Trainer::train_step() {
   }
   loss_sum = all_reduce_sum(rank_->cp(), loss_sum);  // each CP rank has its positions' part
   rec.loss = data_parallel_mean(loss_sum / static_cast<double>(M));
-  if (cfg_.model.num_moe_layers() > 0) {
+  if (logs_moe_aux_loss()) {
     // Megatron's load_balancing_loss: the switch loss over its coefficient, averaged over the
     // MoE layers (summed over the pipeline stages that hold them) and the micro-batches.
     double aux = pipeline_ ? all_reduce_sum(rank_->pp(), moe_aux_sum_) : moe_aux_sum_;
@@ -703,9 +703,8 @@ void Trainer::log_interval_line(double elapsed_s) {
        << format(" learning rate: %.6E |", schedule_->lr_at(iteration_))
        << format(" global batch size: %5lld |", (long long)gbs)
        << format(" lm loss: %.6E |", loss)
-       << (cfg_.model.moe_aux_coeff() > 0 && cfg_.model.num_moe_layers() > 0
-               ? format(" load_balancing_loss: %.6E |", last.moe_aux_loss)
-               : std::string())
+       << (logs_moe_aux_loss() ? format(" load_balancing_loss: %.6E |", last.moe_aux_loss)
+                               : std::string())
        << (loss_scaler_ ? format(" loss scale: %.1f |", loss_scaler_->scale()) : std::string())
        << format(" grad norm: %.3f |", last.grad_norm)
        << format(" number of skipped iterations: %3lld |", (long long)skipped_iterations_)

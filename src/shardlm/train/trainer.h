@@ -214,6 +214,9 @@ class Trainer {
   int64_t skipped_iterations_ = 0;
   int64_t nan_iterations_ = 0;
   double moe_aux_sum_ = 0;  // this step's MoE load-balancing losses (StepContext::moe_aux_loss)
+  bool logs_moe_aux_loss() const {
+    return cfg_.model.num_moe_layers() > 0 && cfg_.model.moe_aux_coeff() > 0;
+  }
   std::vector<IterationRecord> history_;
   std::vector<EvalRecord> evals_;
   std::unique_ptr<std::ostream> jsonl_;

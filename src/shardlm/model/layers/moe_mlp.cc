@@ -90,6 +90,7 @@ MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_
   s.choices = alloc.allocate(DType::kI32, {tokens, k});
   s.fc1 = alloc.allocate(dtype, {K, cfg_.swiglu ? 2 * F : F});
   s.expert_out = alloc.allocate(dtype, {K, cfg_.hidden_size});
+  s.routing = alloc.allocate(DType::kI32, {3 * K + cfg_.num_experts});
   return s;
 }
 
@@ -101,12 +102,8 @@ MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const Ten
   Scratch s;
   s.rows = alloc.allocate(dtype, {K, C});
   s.act = alloc.allocate(dtype, {K, F});
-  s.act_recompute = alloc.allocate(dtype, {K, F});
   s.dfc1 = alloc.allocate(dtype, {K, cfg.swiglu ? 2 * F : F});
   s.d_expert_out = alloc.allocate(dtype, {K, C});
-  s.token_of = alloc.allocate(DType::kI32, {K});
-  s.slot_of = alloc.allocate(DType::kI32, {tokens, k});
-  s.weight_index = alloc.allocate(DType::kI32, {K});
   s.weight_of = alloc.allocate(pd, {K});
   s.dprobs = alloc.allocate(pd, {tokens, k});
   s.dlogits = alloc.allocate(dtype, {tokens, E});
@@ -117,9 +114,22 @@ MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const Ten
   return s;
 }
 
-std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s,
-                                   const Scratch& scratch) const {
-  const int64_t N = s.choices.size(0), k = s.choices.size(1), E = cfg_.num_experts;
+MoeMlp::Routing MoeMlp::routing_views(const Saved& s) const {
+  const int64_t N = s.choices.size(0), k = s.choices.size(1), K = N * k;
+  return {s.routing.flat_view(0, Shape({K})), s.routing.flat_view(K, Shape({K})),
+          s.routing.flat_view(2 * K, Shape({N, k})),
+          s.routing.flat_view(3 * K, Shape({cfg_.num_experts}))};
+}
+
+std::vector<int64_t> MoeMlp::saved_counts(DeviceContext& ctx, const Saved& s) const {
+  OwnedTensor host = OwnedTensor::empty(DType::kI32, {cfg_.num_experts});
+  ops::copy(ctx, host.view(), routing_views(s).counts);
+  const int32_t* c = host.view().data<int32_t>();
+  return std::vector<int64_t>(c, c + cfg_.num_experts);
+}
+
+std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
+  const int64_t N = s.choices.size(0), k = s.choices.size(1), E = cfg_.num_experts, K = N * k;
   OwnedTensor choices = OwnedTensor::empty(DType::kI32, s.choices.shape());
   ops::copy(ctx, choices.view(), s.choices);
   const int32_t* c = choices.view().data<int32_t>();
@@ -133,12 +143,11 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s,
   // Stable counting sort: row of (token n, choice i) = start of its expert + earlier pairs.
   std::vector<int64_t> next(static_cast<size_t>(E), 0);
   for (int64_t e = 1; e < E; ++e) next[e] = next[e - 1] + counts[e - 1];
-  OwnedTensor token_of = OwnedTensor::empty(DType::kI32, {N * k});
-  OwnedTensor slot_of = OwnedTensor::empty(DType::kI32, {N, k});
-  OwnedTensor weight_index = OwnedTensor::empty(DType::kI32, {N * k});
-  int32_t* tok = token_of.view().data<int32_t>();
-  int32_t* slot = slot_of.view().data<int32_t>();
-  int32_t* widx = weight_index.view().data<int32_t>();
+  OwnedTensor plan = OwnedTensor::empty(DType::kI32, s.routing.shape());
+  int32_t* tok = plan.view().data<int32_t>();
+  int32_t* widx = tok + K;
+  int32_t* slot = widx + K;
+  for (int64_t e = 0; e < E; ++e) slot[K + e] = static_cast<int32_t>(counts[e]);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < k; ++i) {
       const int64_t row = next[static_cast<size_t>(c[n * k + i])]++;
@@ -146,9 +155,7 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s,
       widx[row] = static_cast<int32_t>(n * k + i);
       slot[n * k + i] = static_cast<int32_t>(row);
     }
-  ops::copy(ctx, scratch.token_of, token_of.view());
-  ops::copy(ctx, scratch.slot_of, slot_of.view());
-  ops::copy(ctx, scratch.weight_index, weight_index.view());
+  ops::copy(ctx, s.routing, plan.view());
   return counts;
 }
 
@@ -192,10 +199,13 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
   const int64_t N = x.size(0), k = cfg_.moe_router_topk;
   router_.forward(ctx, s.logits, x);
   ops::moe_topk_router_forward(ctx, s.probs, s.choices, s.logits, k, cfg_.moe_router_pre_softmax);
-  const std::vector<int64_t> counts = route(ctx, s, scratch);
-  if (cfg_.moe_aux_coeff() > 0 && step.moe_aux_loss != nullptr) {
-    // The loss value for the log (the gradient is added in backward).
-    ops::moe_router_score_sums(ctx, scratch.score_sums, s.logits);
+  // The load-balancing loss's value for the log (its gradient is added in backward); the sums
+  // are queued before route() waits for the choices, so reading them back waits for nothing.
+  const bool log_aux = cfg_.moe_aux_coeff() > 0 && step.moe_aux_loss != nullptr;
+  if (log_aux) ops::moe_router_score_sums(ctx, scratch.score_sums, s.logits);
+  const std::vector<int64_t> counts = route(ctx, s);
+  const Routing r = routing_views(s);
+  if (log_aux) {
     const std::vector<double> sums = to_host(ctx, scratch.score_sums);
     const std::vector<double> tokens = global_counts(ctx, counts, scratch);
     double loss = 0;  // this rank's tokens' part (the CP ranks' parts add up)
@@ -203,7 +213,7 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
     // Megatron tracks the loss divided by its coefficient ("load_balancing_loss").
     *step.moe_aux_loss += loss * aux_scale(N) / cfg_.moe_aux_coeff();
   }
-  ops::gather_rows(ctx, scratch.rows, x, scratch.token_of, Tensor());
+  ops::gather_rows(ctx, scratch.rows, x, r.token_of, Tensor());
   for_each_expert(ctx, counts, [&](const Expert& ex, const RowBlock& rows) {
     const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), act = rows(scratch.act);
     if (cfg_.swiglu) {
@@ -214,21 +224,21 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
     }
     ex.fc2.forward(ctx, rows(s.expert_out), act);
   });
-  ops::gather_sum_rows(ctx, out, s.expert_out, scratch.slot_of, s.probs);
+  ops::gather_sum_rows(ctx, out, s.expert_out, r.slot_of, s.probs);
 }
 
 std::vector<int64_t> MoeMlp::backward_output(StepContext& step, const Tensor& dout,
                                              const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
-  std::vector<int64_t> counts = route(ctx, s, scratch);
+  const Routing r = routing_views(s);
   // Combine backward: each row's output gradient is its token's, times its weight; the
   // weights' gradient is the dot of the token's gradient with the row's output.
   ops::gather_rows(ctx, scratch.weight_of.reshape({scratch.weight_of.numel(), 1}),
-                   s.probs.reshape({s.probs.numel(), 1}), scratch.weight_index, Tensor());
-  ops::gather_rows(ctx, scratch.d_expert_out, dout, scratch.token_of, scratch.weight_of);
-  ops::gathered_row_dot(ctx, scratch.dprobs, dout, s.expert_out, scratch.slot_of);
+                   s.probs.reshape({s.probs.numel(), 1}), r.weight_index, Tensor());
+  ops::gather_rows(ctx, scratch.d_expert_out, dout, r.token_of, scratch.weight_of);
+  ops::gathered_row_dot(ctx, scratch.dprobs, dout, s.expert_out, r.slot_of);
   if (tp_.enabled()) tp_.group->all_reduce(scratch.dprobs);  // expert_out is partial over TP
-  return counts;
+  return saved_counts(ctx, s);
 }
 
 void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
@@ -238,10 +248,14 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
   const int64_t N = x.size(0);
   // The experts, from the recomputed inputs. Each expert's input gradient overwrites its block
   // of d_expert_out, whose output gradient fc2's backward has consumed by then.
-  ops::gather_rows(ctx, scratch.rows, x, scratch.token_of, Tensor());
+  const Routing r = routing_views(s);
+  ops::gather_rows(ctx, scratch.rows, x, r.token_of, Tensor());
+  const int64_t F = scratch.act.size(1);
   for_each_expert(ctx, counts, [&](const Expert& ex, const RowBlock& rows) {
     const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), dfc1 = rows(scratch.dfc1);
-    const Tensor act = rows(scratch.act_recompute), dact = rows(scratch.act);
+    // The recomputed activation output lives in the block of its gradient's gradient, dfc1,
+    // which is written only after fc2's backward has read it (as the dense MLP does).
+    const Tensor act = rows(scratch.dfc1, F), dact = rows(scratch.act);
     const Tensor d_rows = rows(scratch.d_expert_out);  // output gradient, then input gradient
     activation_forward(ctx, act, fc1);
     ex.fc2.backward(ctx, dact, d_rows, act);
@@ -254,7 +268,7 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
   });
   // Dispatch backward: a token's gradient is the sum of its k rows' input gradients (now in
   // d_expert_out, whose output gradients are spent).
-  ops::gather_sum_rows(ctx, dx, scratch.d_expert_out, scratch.slot_of, Tensor());
+  ops::gather_sum_rows(ctx, dx, scratch.d_expert_out, r.slot_of, Tensor());
   // The router: top-k softmax backward, plus the load-balancing loss's gradient.
   ops::moe_topk_router_backward(ctx, scratch.dlogits, scratch.dprobs, s.logits, s.choices,
                                 cfg_.moe_router_pre_softmax);

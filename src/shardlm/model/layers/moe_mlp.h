@@ -11,9 +11,11 @@
 // decoder.layers.<i>.mlp.experts.local_experts.<e>.linear_fc{1,2}.{weight,bias} with the global
 // expert index e (Megatron's distributed-checkpoint keys).
 //
-// Dispatch: the top-k choices are copied to the host (N·k int32, one small transfer per layer in
-// forward and again in backward), the N·k (token, choice) pairs are sorted by expert with a
-// stable counting sort (token order inside an expert), and the tokens are gathered into
+// Dispatch: the top-k choices are copied to the host (N·k int32), the N·k (token, choice) pairs
+// are sorted by expert with a stable counting sort (token order inside an expert), the plan goes
+// back to the device in one transfer and is saved (backward reads back only the E counts, which
+// size the expert GEMMs: two host synchronisations per layer in forward, one in backward), and
+// the tokens are gathered into
 // contiguous rows per expert (ops::gather_rows). Each expert runs its GEMMs on its rows; the
 // outputs are gathered back and summed with the router's weights (ops::gather_sum_rows). No
 // atomics anywhere, so results are deterministic. Dropless: every token reaches its k experts.
@@ -37,9 +39,9 @@
 // added to StepContext::moe_aux_loss for the log.
 //
 // Memory (per layer and micro-batch, N = B·T tokens, K = N·k rows, F' = F or 2F with SwiGLU):
-// saved logits [N, E], probs [N, k], choices [N, k], fc1 output [K, F'] and expert outputs
-// [K, C]; the expert inputs and activations are recomputed in backward. Scratch is shared by the
-// layers.
+// saved logits [N, E], probs [N, k], choices [N, k], fc1 output [K, F'], expert outputs [K, C]
+// and the dispatch plan (3K + E int32); the expert inputs and activations are recomputed in
+// backward. Scratch is shared by the layers.
 #pragma once
 
 #include <functional>
@@ -63,16 +65,23 @@ class MoeMlp {
     Tensor choices;     // [N, k] int32: the experts of each token, by descending weight
     Tensor fc1;         // [K, F'] the experts' fc1 outputs, rows grouped by expert
     Tensor expert_out;  // [K, C]  the experts' outputs, same rows
+    // The dispatch plan, int32, packed so that it reaches the device in one transfer and
+    // backward reads only the counts back: [K token_of | K weight_index | N*k slot_of | E counts]
+    // (routing_views() names the parts).
+    Tensor routing;
+  };
+  // The parts of Saved::routing.
+  struct Routing {
+    Tensor token_of;      // [K]    row -> token
+    Tensor weight_index;  // [K]    row -> flat (token, choice), to gather the router weights
+    Tensor slot_of;       // [N, k] (token, choice) -> row
+    Tensor counts;        // [E]    rows per expert
   };
   struct Scratch {
-    Tensor rows;          // [K, C]  expert inputs (forward and backward), then their gradient
+    Tensor rows;          // [K, C]  expert inputs (forward and backward)
     Tensor act;           // [K, F]  activation output; in backward its gradient
-    Tensor act_recompute; // [K, F]  backward: the activation output again (fc2's weight grad)
-    Tensor dfc1;          // [K, F'] backward
-    Tensor d_expert_out;  // [K, C]  backward
-    Tensor token_of;      // [K]    int32: row -> token
-    Tensor slot_of;       // [N, k] int32: (token, choice) -> row
-    Tensor weight_index;  // [K]    int32: row -> flat (token, choice), to gather the weights
+    Tensor dfc1;          // [K, F'] backward; first holds the recomputed activation output
+    Tensor d_expert_out;  // [K, C]  backward: the experts' output, then input gradients
     Tensor weight_of;     // [K]    probs dtype: row -> its router weight
     Tensor dprobs;        // [N, k] probs dtype
     Tensor dlogits;       // [N, E]
@@ -116,17 +125,22 @@ class MoeMlp {
   // One expert's rows [first, first + count) of a [K, width] buffer grouped by expert.
   struct RowBlock {
     int64_t first, count;
-    Tensor operator()(const Tensor& t) const {
-      const int64_t width = t.size(1);
-      return t.flat_view(first * width, Shape({count, width}));
+    Tensor operator()(const Tensor& t) const { return (*this)(t, t.size(1)); }
+    // The block as rows of `width` (<= t's) packed from the block's start: a narrower view
+    // that stays inside the block.
+    Tensor operator()(const Tensor& t, int64_t width) const {
+      return t.flat_view(first * t.size(1), Shape({count, width}));
     }
   };
   // fn(expert, its rows) for every expert with rows, in expert order; GEMM autotuning off.
   void for_each_expert(DeviceContext& ctx, const std::vector<int64_t>& counts,
                        const std::function<void(const Expert&, const RowBlock&)>& fn) const;
-  // The rows of each expert after a stable counting sort of s.choices: fills scratch token_of,
-  // slot_of, weight_index (on the device) and returns the per-expert row counts.
-  std::vector<int64_t> route(DeviceContext& ctx, const Saved& s, const Scratch& scratch) const;
+  Routing routing_views(const Saved& s) const;
+  // The rows of each expert after a stable counting sort of s.choices: fills s.routing (one
+  // host-to-device transfer) and returns the per-expert row counts.
+  std::vector<int64_t> route(DeviceContext& ctx, const Saved& s) const;
+  // Backward: the counts route() saved.
+  std::vector<int64_t> saved_counts(DeviceContext& ctx, const Saved& s) const;
   void activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc1) const;
   // Tokens per expert for the load-balancing loss: counts summed over the CP group.
   std::vector<double> global_counts(DeviceContext& ctx, const std::vector<int64_t>& counts,

@@ -157,8 +157,10 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   s.a = alloc.allocate(dtype, {N, cfg.num_attention_heads / P * cfg.head_dim()});
   const int64_t qkv_width = QkvLayout::of(cfg, tp.rank(), P).local_rows();
   s.qkv = alloc.allocate(dtype, {N, qkv_width});
-  s.fc1 = alloc.allocate(dtype, {N, cfg.swiglu ? 2 * F : F});
-  s.act = alloc.allocate(dtype, {N, F});
+  if (cfg.num_moe_layers() < cfg.num_layers) {  // the dense MLP's; MoE layers have their own
+    s.fc1 = alloc.allocate(dtype, {N, cfg.swiglu ? 2 * F : F});
+    s.act = alloc.allocate(dtype, {N, F});
+  }
   if (tp.sp() && batch > 1) s.staging = alloc.allocate(dtype, {N, C});
   if (tp.sp()) {
     const int64_t per_norm = cfg.normalization == Normalization::kLayerNorm ? 2 * C : C;

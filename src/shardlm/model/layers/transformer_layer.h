@@ -69,7 +69,7 @@ class TransformerLayer {
     Tensor c0, c1, c2, c3;  // [N, C]; c1 holds a norm output (all rows) in forward and backward
     Tensor a;               // [N, AL]
     Tensor qkv;             // [N, QKVL]
-    Tensor fc1;             // [N, FL or 2FL]
+    Tensor fc1;             // [N, FL or 2FL] (models with dense MLP layers only)
     Tensor act;             // [N, FL] forward: activation output; backward: its gradient
     Tensor staging;         // [N, C] sequence parallelism with B > 1 only (row reorder)
     Tensor sp_grads;        // [2 norms' grad_numel] sequence parallelism only
