@@ -87,7 +87,7 @@ struct AttentionPlan {
   // Uids of the graph's real tensors.
   int64_t q = 0, kt = 0, v = 0, o = 0, stats = 0, scale = 0, lowest = 0;
   int64_t s_kv = 0, s_q = 0;  // the mask's row shift (chunks at position > 0 only)
-  int64_t dout = 0, dq = 0, dk = 0, dv = 0, one = 0, softmax_sum = 0, dq_accum = 0;
+  int64_t dout = 0, dq = 0, dk = 0, dv = 0, d_scale = 0, softmax_sum = 0, dq_accum = 0;
   int64_t seed = 0, offset = 0, dropout_scale = 0;  // attention dropout only
 };
 
@@ -261,18 +261,18 @@ void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPl
   const CudnnTensor dv = g.tensor(group, L.kv_strides(), io);
   const CudnnTensor softmax_sum = g.tensor(row, packed_strides(row), CUDNN_DATA_FLOAT);
   const CudnnTensor dq_accum = g.tensor(head, packed_strides(head), CUDNN_DATA_FLOAT);
-  const CudnnTensor scale = g.scalar(), lowest = g.scalar(), one = g.scalar();
+  const CudnnTensor scale = g.scalar(), lowest = g.scalar(), d_scale = g.scalar();
   const MaskShift shift(g, L);
   const DropoutMask dropout(g, L, score);
 
-  // D = rowsum(dO ∘ O), times (1 - p) with dropout (bound to `one`): dS below is scaled by
+  // D = rowsum(dO ∘ O) · d_scale (1, or 1 - p with dropout): dS below is scaled by
   // 1/(1-p) as a whole, so dS = P ∘ (dP ∘ mask / (1-p) - D).
   const CudnnTensor dout_o = g.virtual_tensor(
       head, {L.NH * L.rows * L.HS, L.rows * L.HS, L.NH * L.HS, 1}, CUDNN_DATA_FLOAT);
   g.pointwise(CUDNN_POINTWISE_MUL, dout, o, dout_o);
   const CudnnTensor d = g.virtual_tensor(row);
   g.reduction(CUDNN_REDUCE_TENSOR_ADD, dout_o, d);
-  g.pointwise(CUDNN_POINTWISE_MUL, d, one, softmax_sum);
+  g.pointwise(CUDNN_POINTWISE_MUL, d, d_scale, softmax_sum);
 
   // P = exp(S·scale - Stats) under the causal mask
   const CudnnTensor s = g.virtual_tensor(score);
@@ -341,7 +341,7 @@ void build_backward(cudnnHandle_t handle, const Layout& L, DType dt, AttentionPl
   out.dq_accum = dq_accum.uid;
   out.scale = scale.uid;
   out.lowest = lowest.uid;
-  out.one = one.uid;
+  out.d_scale = d_scale.uid;
   shift.record(out);
   dropout.record(out);
 }
@@ -549,7 +549,7 @@ bool cudnn_attention_backward(const DeviceContext& ctx, const CudnnAttentionCall
   char* dkv = static_cast<char*>(c.dkv);
   float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.HS)));
   float lowest = std::numeric_limits<float>::lowest();
-  float one = static_cast<float>(1.0 - c.dropout_p);  // D's factor (build_backward)
+  float d_scale = static_cast<float>(1.0 - c.dropout_p);  // D's factor (build_backward)
   int32_t s_kv = static_cast<int32_t>(L.keys), s_q = static_cast<int32_t>(L.rows);
   char* dout = const_cast<char*>(static_cast<const char*>(c.dout)) + c.row * L.NH * L.HS * elt;
   std::vector<std::pair<int64_t, void*>> bindings = {
@@ -566,7 +566,7 @@ bool cudnn_attention_backward(const DeviceContext& ctx, const CudnnAttentionCall
       {plan->dq_accum, dq_accum},
       {plan->scale, &scale},
       {plan->lowest, &lowest},
-      {plan->one, &one}};
+      {plan->d_scale, &d_scale}};
   if (plan->s_kv != 0) {
     bindings.push_back({plan->s_kv, &s_kv});
     bindings.push_back({plan->s_q, &s_q});
