@@ -101,6 +101,20 @@ TEST(LaunchCli, TwoCpuRanksPipelineTrainLikeOneProcess) {
   expect_same_losses(single.output, launched.output);
 }
 
+TEST(LaunchCli, TwoCpuRanksExpertParallelTrainLikeOneProcess) {
+  // EP 2 over the socket communicator: each process holds 2 of the 4 experts of every layer;
+  // rows cross between the processes by all-to-all (batched sends and receives), the per-expert
+  // counts by an int32 all-gather; the experts' gradients need no reduction (EDP 1).
+  const std::string moe = "--num-experts 4 --moe-router-topk 2 --moe-aux-loss-coeff 0.01 ";
+  const Result single = run(kTrain + moe + "--device cpu");
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const Result launched = run("launch --nproc-per-node 2 --master-port 0 --device cpu -- " +
+                              kTrain + moe + "--expert-model-parallel-size 2");
+  ASSERT_EQ(launched.exit_code, 0) << launched.output;
+  EXPECT_NE(launched.output.find("load_balancing_loss"), std::string::npos) << launched.output;
+  expect_same_losses(single.output, launched.output);
+}
+
 // A free TCP port for a rendezvous (bound, read back, released).
 int free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -118,10 +118,11 @@ void expect_moe_mlp_matches_reference(const TransformerConfig& c) {
   const int64_t N = 9, C = c.hidden_size;
   ArenaPlan plan;
   moe.allocate_saved(plan, DType::kF64, N);
-  MoeMlp::allocate_scratch(c, TensorParallel{}, plan, DType::kF64, N);
+  MoeMlp::allocate_scratch(c, TensorParallel{}, ExpertParallel{}, plan, DType::kF64, N);
   Arena arena(Device::cpu(), plan.bytes(), "moe");
   const MoeMlp::Saved saved = moe.allocate_saved(arena, DType::kF64, N);
-  const MoeMlp::Scratch scratch = MoeMlp::allocate_scratch(c, TensorParallel{}, arena, DType::kF64, N);
+  const MoeMlp::Scratch scratch =
+      MoeMlp::allocate_scratch(c, TensorParallel{}, ExpertParallel{}, arena, DType::kF64, N);
   const OwnedTensor x = random_tensor(DType::kF64, {N, C}, 31);
   OwnedTensor y = OwnedTensor::empty(DType::kF64, {N, C});
   double aux = 0;

@@ -24,6 +24,53 @@ model::ParameterRegistry random_registry(uint64_t seed, int n_params) {
   return reg;
 }
 
+// Expert parallelism: the experts' parameters (every third here) get buckets of their own after
+// the dense ones, padded for the expert-data-parallel size, and shard over that group; without
+// expert_data_parallel_size they share the dense buckets.
+TEST(GradBuffer, ExpertParametersGetTheirOwnBucketsForTheirGroup) {
+  std::mt19937_64 g(5);
+  model::ParameterRegistry reg;
+  for (int i = 0; i < 12; ++i) {
+    model::ParameterSpec spec{"p" + std::to_string(i), Shape({1 + static_cast<int64_t>(g() % 300)}),
+                              model::Split::none(), true, model::Init::normal(0.5)};
+    spec.expert = i % 3 == 1;
+    reg.add(spec);
+  }
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlap" : "one bucket per group");
+    const GradBuffer buf = GradBuffer::plan(
+        reg, {.data_parallel_size = 4, .bucket_size = 500, .overlap_grad_reduce = overlap,
+              .use_distributed_optimizer = true, .expert_data_parallel_size = 3});
+    bool seen_expert = false;
+    int64_t end = 0;
+    for (int b = 0; b < buf.num_buckets(); ++b) {
+      const Bucket& bk = buf.buckets()[static_cast<size_t>(b)];
+      const bool expert = bk.group == BucketGroup::kExpert;
+      EXPECT_TRUE(expert || !seen_expert) << "dense bucket " << b << " after an expert bucket";
+      seen_expert |= expert;
+      EXPECT_EQ(bk.range.begin, end);
+      end = bk.range.end;
+      EXPECT_EQ(buf.group_size(b), expert ? 3 : 4);
+      EXPECT_EQ(bk.range.numel() % (expert ? 384 : 128), 0);  // lcm(group, 128)
+      for (size_t i : bk.params) EXPECT_EQ(reg.parameters()[i].spec.expert, expert) << i;
+      // The group's shards tile the bucket.
+      int64_t at = bk.range.begin;
+      for (int r = 0; r < buf.group_size(b); ++r) {
+        EXPECT_EQ(buf.shard(b, r).begin, at);
+        at = buf.shard(b, r).end;
+      }
+      EXPECT_EQ(at, bk.range.end);
+    }
+    EXPECT_TRUE(seen_expert);
+    EXPECT_EQ(end, buf.numel());
+    if (!overlap) EXPECT_EQ(buf.num_buckets(), 2);
+  }
+  const GradBuffer shared = GradBuffer::plan(reg, {.data_parallel_size = 4});
+  ASSERT_EQ(shared.num_buckets(), 1);
+  EXPECT_EQ(shared.buckets()[0].group, BucketGroup::kDense);
+  EXPECT_EQ(shared.buckets()[0].params.size(), 12u);
+}
+
 TEST(GradBuffer, DefaultBucketSizeIsMegatrons) {
   EXPECT_EQ(default_bucket_size(1), 40'000'000);
   EXPECT_EQ(default_bucket_size(8), 40'000'000);

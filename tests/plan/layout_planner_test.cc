@@ -211,6 +211,40 @@ TEST(LayoutPlanner, MemoryIsTheTrainersPlanOnEveryStage) {
   }
 }
 
+// A mixture-of-experts model with --expert-model-parallel-size: the planner keeps the EP size and
+// plans the trainer's memory, the experts' optimizer state sharded over the expert-data-parallel
+// ranks and their buffers sized for the dropless worst case; EP costs activation memory and saves
+// parameter memory.
+TEST(LayoutPlanner, ExpertParallelMemoryIsTheTrainersPlan) {
+  TrainConfig cfg = tiny_config();
+  cfg.model.num_experts = 4;
+  cfg.model.moe_router_topk = 2;
+  cfg.model.moe_ffn_hidden_size = 64;
+  const FixedChoices fixed{.tensor_parallel = 1,
+                           .pipeline_parallel = 1,
+                           .context_parallel = 1,
+                           .micro_batch_size = cfg.micro_batch_size,
+                           .distributed_optimizer = true,
+                           .recompute = no_recompute()};
+  std::vector<MemoryPlan> by_ep;
+  for (int ep : {1, 2, 4}) {
+    SCOPED_TRACE("EP " + std::to_string(ep));
+    cfg.parallel.expert_model_parallel_size = ep;
+    cfg.parallel.use_distributed_optimizer = true;
+    const PlanResult r = plan_layouts(cfg, gpus(4), fixed);
+    ASSERT_EQ(r.candidates.size(), 1u) << (r.rejected.empty() ? "" : r.rejected.begin()->first);
+    const std::vector<MemoryPlan> trainer = trainer_plans(cfg, 4);
+    ASSERT_EQ(trainer.size(), 1u);
+    expect_same_plan(r.candidates.front().stage_memory.front(), trainer.front(), "stage 0");
+    by_ep.push_back(trainer.front());
+  }
+  for (size_t i = 1; i < by_ep.size(); ++i)
+    EXPECT_LT(by_ep[i].master_params, by_ep[i - 1].master_params);
+  // Rows per layer: 2N without EP, EP·N·min(2, 4/EP) = 4N at EP 2 and at EP 4.
+  EXPECT_GT(by_ep[1].activations, by_ep[0].activations);
+  EXPECT_GE(by_ep[2].activations, by_ep[1].activations);
+}
+
 TEST(LayoutPlanner, DataParallelWhenTheModelFitsOneGpu) {
   const PlanResult r = plan_layouts(gpt_1_3b(), gpus(8), {});
   ASSERT_GT(r.fitting(), 0);

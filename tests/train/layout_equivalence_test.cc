@@ -181,7 +181,7 @@ TEST(ParallelFlags, InconsistentOrUnsupportedLayoutsAreRejectedWithAFix) {
             }), 2)).find("--cp-comm-type p2p is not implemented"), std::string::npos);
   EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
               c.parallel.expert_model_parallel_size = 2;
-            }), 2)).find("--expert-model-parallel-size 2: expert parallelism is not implemented"),
+            }), 2)).find("--expert-model-parallel-size 2 needs a mixture-of-experts model"),
             std::string::npos);
   EXPECT_NE(config_error(validate(with([](TrainConfig& c) {
               c.parallel.overlap_param_gather = true;

@@ -103,6 +103,7 @@ inline RunResult single_rank(const TrainConfig& cfg) {
 
 struct Layout {
   int tp = 1, dp = 1, pp = 1, cp = 1;
+  int ep = 1;  // --expert-model-parallel-size: divides dp x cp (its ranks are data-parallel)
   bool sequence_parallel = false, distributed_optimizer = false, overlap_grad_reduce = false,
        overlap_param_gather = false;
   // Collectives issued only at wait() (HostStagedOptions::defer_collectives): a rank that
@@ -116,7 +117,7 @@ struct Layout {
   std::string name() const {
     std::ostringstream os;
     os << "TP" << tp << " DP" << dp << (pp > 1 ? " PP" + std::to_string(pp) : "")
-       << (cp > 1 ? " CP" + std::to_string(cp) : "")
+       << (cp > 1 ? " CP" + std::to_string(cp) : "") << (ep > 1 ? " EP" + std::to_string(ep) : "")
        << (layers_per_virtual_stage ? " layers/vstage " + std::to_string(layers_per_virtual_stage)
                                     : "")
        << (first_stage_layers ? " first " + std::to_string(first_stage_layers) : "")
@@ -132,6 +133,7 @@ struct Layout {
     cfg.parallel.tensor_model_parallel_size = tp;
     cfg.parallel.pipeline_model_parallel_size = pp;
     cfg.parallel.context_parallel_size = cp;
+    cfg.parallel.expert_model_parallel_size = ep;
     cfg.parallel.sequence_parallel = sequence_parallel;
     cfg.parallel.use_distributed_optimizer = distributed_optimizer;
     cfg.parallel.overlap_grad_reduce = overlap_grad_reduce;

@@ -3,8 +3,9 @@
 // reduction), tensor parallelism with and without SP (expert tensor parallelism), context
 // parallelism, pipeline parallelism and full recomputation give the single rank's 20 losses
 // within 1e-5 relative and the same final parameters; the load-balancing loss is logged; a
-// checkpoint saved in parallel resumes on one rank within 1e-5; expert parallelism is rejected
-// with a fix.
+// checkpoint saved in parallel resumes on one rank within 1e-5. Expert parallelism (alone and
+// with DP, the distributed optimizer, TP + SP, CP and PP) gives the single rank's training too,
+// and its checkpoints reshard to one rank and to another EP size.
 #include <gtest/gtest.h>
 
 #include <sstream>
@@ -86,10 +87,11 @@ TEST(MoeTraining, LogsTheLoadBalancingLoss) {
   EXPECT_NEAR(t.history().back().moe_aux_loss, value, 1e-5 * value);  // printed with 7 digits
 }
 
-// Trains cfg (8 iterations) for 4 at `saved` and saves into dir, resumes on one rank: the last 4
-// losses follow the straight single-rank run within 1e-5.
+// Trains cfg (8 iterations) for 4 at `saved` and saves into dir, resumes at `resumed` (one rank
+// by default): the last 4 losses follow the straight single-rank run within 1e-5.
 void expect_resumes_on_one_rank(TrainConfig cfg, const Layout& saved,
-                                const ckpt::testing::TempDir& dir) {
+                                const ckpt::testing::TempDir& dir,
+                                const Layout& resumed = layout(1)) {
   cfg.train_iters = 8;
   cfg.logging.eval_iters = 0;
   const RunResult reference = single_rank(cfg);
@@ -99,11 +101,11 @@ void expect_resumes_on_one_rank(TrainConfig cfg, const Layout& saved,
   ASSERT_EQ(run_layout(save, saved).losses.size(), 4u) << saved.name();
   TrainConfig resume = cfg;
   resume.checkpoint.load = dir.str();
-  const RunResult rest = run_layout(resume, layout(1));
+  const RunResult rest = run_layout(resume, resumed);
   ASSERT_EQ(rest.losses.size(), 4u);
   for (size_t i = 0; i < 4; ++i)
     EXPECT_LT(std::abs(rest.losses[i] - reference.losses[4 + i]), 1e-5 * reference.losses[4 + i])
-        << saved.name() << ", iteration " << 5 + i;
+        << saved.name() << " -> " << resumed.name() << ", iteration " << 5 + i;
 }
 
 TEST(MoeTraining, CheckpointSavedAtDataParallelResumesOnOneRank) {
@@ -195,10 +197,87 @@ TEST(MoeTraining, ContextParallelMatchesOneRank) {
   expect_same_training(run_layout(cfg, all), reference, all.name());
 }
 
-TEST(MoeTraining, ExpertParallelismIsRejectedWithAFix) {
+Layout expert_parallel(int ep, int dp) {
+  Layout l = layout(dp);
+  l.ep = ep;
+  return l;
+}
+
+// Expert parallelism: each EP rank holds E/EP experts and trains on its own micro-batches; the
+// tokens reach their experts by all-to-all. The experts' gradients are reduced over the
+// expert-data-parallel ranks (EP2 x DP4: pairs; EP = DP: none), the distributed optimizer shards
+// them there, and the gradient norm counts every expert once.
+TEST(MoeTraining, ExpertParallelMatchesOneRank) {
+  const TrainConfig cfg = moe_config();
+  const RunResult reference = single_rank(cfg);
+  expect_same_training(run_layout(cfg, expert_parallel(2, 2)), reference, "EP2 DP2");
+  Layout dp4 = expert_parallel(2, 4);
+  dp4.distributed_optimizer = dp4.overlap_grad_reduce = dp4.overlap_param_gather = true;
+  dp4.bucket_size = 4000;
+  expect_same_training(run_layout(cfg, dp4), reference, dp4.name());
+  // One expert per rank, gradients all-reduced (no distributed optimizer).
+  Layout ep4 = expert_parallel(4, 4);
+  ep4.overlap_grad_reduce = true;
+  expect_same_training(run_layout(cfg, ep4), reference, ep4.name());
+}
+
+TEST(MoeTraining, ExpertParallelWithTensorContextAndPipelineParallelMatchesOneRank) {
+  TrainConfig cfg = moe_config(4);
+  cfg.model.moe_layer_freq = 2;  // layers 0 and 2 MoE
+  cfg.model.swiglu = true;
+  cfg.model.moe_aux_loss_coeff = 0.1;
+  const RunResult reference = single_rank(cfg);
+  Layout tp = expert_parallel(2, 2);
+  tp.tp = 2;  // expert TP: the exchange runs between ranks of equal TP rank
+  tp.sequence_parallel = tp.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, tp), reference, tp.name());
+  Layout cp = expert_parallel(2, 1);
+  cp.cp = 2;  // the EP group is the CP pair: different tokens of the same sequences
+  expect_same_training(run_layout(cfg, cp), reference, cp.name());
+  Layout pp = expert_parallel(2, 2);
+  pp.pp = 2;
+  pp.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, pp), reference, pp.name());
+}
+
+// Top-1 of 16 experts, four per rank: experts (and in some micro-batches whole ranks' shares)
+// get no rows, so zero-row blocks are exchanged and skipped.
+TEST(MoeTraining, ExpertParallelWithIdleExpertsMatchesOneRank) {
   TrainConfig cfg = moe_config();
-  cfg.parallel.expert_model_parallel_size = 2;
-  EXPECT_NE(config_error(validation(cfg, 2)).find("use --expert-model-parallel-size 1"),
+  cfg.model.num_experts = 16;
+  cfg.model.moe_router_topk = 1;
+  cfg.train_iters = 8;
+  const RunResult reference = single_rank(cfg);
+  Layout ep4 = expert_parallel(4, 4);
+  ep4.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, ep4), reference, ep4.name());
+}
+
+// Checkpoints name experts globally, so they reshard across EP sizes: saved at EP2 x DP2
+// (without the distributed optimizer: expert-data-parallel rank 0 writes each expert) resumes on
+// one rank; saved at EP2 x DP4 with the distributed optimizer resumes at EP4 x DP4.
+TEST(MoeTraining, ExpertParallelCheckpointsReshard) {
+  {
+    ckpt::testing::TempDir dir;
+    expect_resumes_on_one_rank(moe_config(), expert_parallel(2, 2), dir);
+  }
+  ckpt::testing::TempDir dir;
+  Layout saved = expert_parallel(2, 4);
+  saved.distributed_optimizer = true;
+  Layout resumed = expert_parallel(4, 4);
+  resumed.distributed_optimizer = true;
+  expect_resumes_on_one_rank(moe_config(), saved, dir, resumed);
+}
+
+TEST(MoeTraining, ExpertParallelLayoutsThatCannotSplitAreRejectedWithAFix) {
+  TrainConfig dense = tiny_config();
+  dense.parallel.expert_model_parallel_size = 2;
+  EXPECT_NE(config_error(validation(dense, 2)).find("needs a mixture-of-experts model"),
+            std::string::npos);
+  TrainConfig cfg = moe_config();
+  cfg.parallel.expert_model_parallel_size = 8;  // 4 experts over 8 ranks
+  EXPECT_NE(config_error(validation(cfg, 8)).find("--num-experts 4 is not divisible by "
+                                                  "--expert-model-parallel-size 8"),
             std::string::npos);
 }
 

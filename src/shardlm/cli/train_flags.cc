@@ -153,7 +153,8 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
              throw CLI::ValidationError("--moe-token-dispatcher-type",
                                         "'" + v + "' is not available (allgather, alltoall)");
          },
-         "allgather or alltoall: the same dropless dispatch on one expert-parallel rank")->group(g);
+         "allgather or alltoall: both move tokens to their experts' expert-parallel rank by "
+         "all-to-all (the same numbers)")->group(g);
   cmd.add_flag("--moe-grouped-gemm", [](int64_t) {},
                "Accepted for Megatron compatibility: each expert runs its own GEMM pair (same "
                "numbers as a grouped GEMM)")->group(g);
@@ -245,7 +246,8 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "Context-parallel attention communication: all_gather (K/V all-gathered)")
       ->group(g);
   cmd.add_option("--expert-model-parallel-size", p.expert_model_parallel_size,
-                 "Expert-parallel ranks (reserved; 1)")->group(g)->check(pos);
+                 "Expert-parallel ranks: each holds num-experts / EP experts of every MoE "
+                 "layer; divides the data-parallel x context-parallel size")->group(g)->check(pos);
   cmd.add_flag("--sequence-parallel", p.sequence_parallel,
                "Shard norms/dropout/residuals along the sequence across TP ranks")->group(g);
   cmd.add_flag("--use-distributed-optimizer", p.use_distributed_optimizer,

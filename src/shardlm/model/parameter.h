@@ -138,6 +138,11 @@ struct ParameterSpec {
   // Its backward may write the master gradient directly (gradient-accumulation fusion, see
   // above): the Linear weights' weight-gradient GEMM, the word embedding's scatter-add.
   bool fuse_main_grad = false;
+  // A mixture-of-experts expert's parameter (Megatron's allreduce=False). Under expert
+  // parallelism (--expert-model-parallel-size > 1) only one EP rank holds it, and its gradient
+  // is reduced (and the distributed optimizer shards it) over the expert-data-parallel group
+  // instead of the data-parallel one (parallel/grad_buffer.h).
+  bool expert = false;
 };
 
 struct Parameter {

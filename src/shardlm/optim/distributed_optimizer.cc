@@ -10,19 +10,29 @@ namespace shardlm::optim {
 DistributedOptimizer::DistributedOptimizer(DeviceContext& ctx, model::ParameterRegistry& reg,
                                            std::vector<BucketRange> buckets,
                                            dist::Communicator& dp, const AdamWConfig& cfg)
-    : reg_(reg), buckets_(std::move(buckets)), dp_(dp), cfg_(cfg) {
+    : DistributedOptimizer(ctx, reg, std::move(buckets), std::vector<dist::Communicator*>{&dp},
+                           cfg) {}
+
+DistributedOptimizer::DistributedOptimizer(DeviceContext& ctx, model::ParameterRegistry& reg,
+                                           std::vector<BucketRange> buckets,
+                                           std::vector<dist::Communicator*> groups,
+                                           const AdamWConfig& cfg)
+    : reg_(reg), buckets_(std::move(buckets)), groups_(std::move(groups)), cfg_(cfg) {
   SHARDLM_CHECK(reg.finalized());
-  const int64_t dp_size = dp.size(), rank = dp.rank();
   int64_t state_total = 0;
   int64_t previous_end = 0;
   for (const BucketRange& b : buckets_) {
     // In flat order (wait_for searches them), disjoint.
     SHARDLM_CHECK(b.begin >= previous_end && b.begin <= b.end && b.end <= reg.numel());
+    SHARDLM_CHECK(b.group >= 0 && static_cast<size_t>(b.group) < groups_.size() &&
+                  groups_[static_cast<size_t>(b.group)] != nullptr);
     previous_end = b.end;
+    const int64_t dp_size = group_of(b).size(), rank = group_of(b).rank();
     SHARDLM_REQUIRE((b.end - b.begin) % dp_size == 0, ErrorKind::kInternal,
                     "distributed optimizer: bucket [" + std::to_string(b.begin) + ", " +
                         std::to_string(b.end) + ") does not split evenly over " +
-                        std::to_string(dp_size) + " data-parallel ranks (missing padding)");
+                        std::to_string(dp_size) + " ranks of group " + group_of(b).name() +
+                        " (missing padding)");
     const int64_t per_rank = (b.end - b.begin) / dp_size;
     owned_.push_back({b.begin + rank * per_rank, b.begin + (rank + 1) * per_rank});
     state_total += per_rank;
@@ -102,7 +112,6 @@ void DistributedOptimizer::step(DeviceContext& ctx, double lr, double grad_scale
 
 void DistributedOptimizer::start_param_gather() {
   SHARDLM_CHECK(!param_gather_pending());
-  if (dp_.size() == 1) return;
   // Sharded master weights: the compute values are gathered (step() wrote the owned ones).
   const Tensor& values =
       shards_master_weights() ? reg_.flat_compute_values() : reg_.flat_values();
@@ -111,9 +120,9 @@ void DistributedOptimizer::start_param_gather() {
   for (size_t b = buckets_.size(); b-- > 0;) {
     const BucketRange& bucket = buckets_[b];
     const BucketRange& own = owned_[b];
-    if (bucket.end == bucket.begin) continue;
+    if (bucket.end == bucket.begin || group_of(bucket).size() == 1) continue;
     // In place: this rank's input is its own slot of the output, as Megatron's param gather.
-    gathers_[b] = dp_.all_gather_async(
+    gathers_[b] = group_of(bucket).all_gather_async(
         values.flat_view(bucket.begin, Shape({bucket.end - bucket.begin})),
         values.flat_view(own.begin, Shape({own.end - own.begin})));
   }

@@ -26,6 +26,8 @@
 // buffer, so nothing is converted afterwards. Per parameter a rank holds compute value 2 B,
 // main gradient 4 B, and (master 4 B + moments 8 B) / DP.
 // Padding elements belong to no parameter and are never updated (they stay zero).
+// Expert parallelism: a bucket of expert parameters (group 1, parallel::BucketGroup::kExpert) is
+// sharded and gathered over the expert-data-parallel group instead (the second communicator).
 //
 // Thread contract: one per rank, used by its thread. Ownership: references the registry and
 // the communicator, which must outlive it; pending all-gathers hold views of the registry's value
@@ -47,10 +49,12 @@
 
 namespace shardlm::optim {
 
-// One bucket of the flat buffers: [begin, end) in elements, (end - begin) % DP == 0.
+// One bucket of the flat buffers: [begin, end) in elements, (end - begin) % G == 0 for the size G
+// of its group (an index into the constructor's communicators: 0 data-parallel, 1 expert).
 struct BucketRange {
   int64_t begin = 0;
   int64_t end = 0;
+  int group = 0;
 };
 
 class DistributedOptimizer {
@@ -58,6 +62,10 @@ class DistributedOptimizer {
   // ctx: the registry's device (copies the master shards out under mixed precision).
   DistributedOptimizer(DeviceContext& ctx, model::ParameterRegistry& reg,
                        std::vector<BucketRange> buckets, dist::Communicator& dp,
+                       const AdamWConfig& cfg);
+  // groups[b.group] shards bucket b (groups[0]: data-parallel, groups[1]: expert-data-parallel).
+  DistributedOptimizer(DeviceContext& ctx, model::ParameterRegistry& reg,
+                       std::vector<BucketRange> buckets, std::vector<dist::Communicator*> groups,
                        const AdamWConfig& cfg);
   ~DistributedOptimizer();
   DistributedOptimizer(const DistributedOptimizer&) = delete;
@@ -106,7 +114,10 @@ class DistributedOptimizer {
   };
   model::ParameterRegistry& reg_;
   std::vector<BucketRange> buckets_, owned_;
-  dist::Communicator& dp_;
+  std::vector<dist::Communicator*> groups_;
+  dist::Communicator& group_of(const BucketRange& b) const {
+    return *groups_[static_cast<size_t>(b.group)];
+  }
   AdamWConfig cfg_;
   OwnedTensor exp_avg_, exp_avg_sq_;  // [sum of shard sizes] = [numel / DP]
   OwnedTensor master_;                // the same layout; mixed precision only

@@ -36,6 +36,7 @@ double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,
     // Replicated-over-TP parameters are identical on every TP rank: count them on rank 0. The
     // last pipeline stage's copy of the tied embedding is the first stage's parameter again.
     const bool counted =
+        (p->spec.expert ? scope.count_expert : scope.count_dense) &&
         p->spec.pipeline_tie != model::PipelineTie::kCopy &&
         (p->spec.split.is_split() || (scope.tp_rank == 0 && p->spec.split.tp_rank == 0));
     const int64_t begin = p->offset, end = p->offset + p->local_shape.numel();

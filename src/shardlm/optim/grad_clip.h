@@ -10,6 +10,9 @@
 //    (the first stage counts the same gradient);
 //  - with the distributed optimizer: only this rank's owned shards of the flat buffer (their
 //    gradients are the reduce-scattered ones; the rest of the buffer is stale);
+//  - expert parallelism without the distributed optimizer: the dense parameters on
+//    data-parallel rank 0 and the experts' on expert-data-parallel rank 0 (count_dense /
+//    count_expert), summed over every rank;
 // and the partial sums of squares are summed over `sum_group`: the model-parallel group
 // (tp × pp), or every rank (tp × dp × pp) with the distributed optimizer. Every rank of the
 // group gets the same norm, so all take the same skip / clip decision.
@@ -31,6 +34,8 @@ struct GradNormScope {
   int tp_rank = 0;                          // this rank's tensor-parallel rank
   std::span<const BucketRange> owned = {};  // empty: whole parameters; else only these ranges
   dist::Communicator* sum_group = nullptr;  // null: this rank holds everything
+  bool count_dense = true;                  // parameters without ParameterSpec::expert
+  bool count_expert = true;                 // parameters with it
 };
 
 double global_grad_norm(DeviceContext& ctx, const model::ParameterRegistry& reg,

@@ -14,6 +14,12 @@
 //    contiguous shard of every bucket), and every parameter starts on a multiple of 64 elements.
 //    A pipeline-tied embedding (ParameterSpec::pipeline_tie) then sits alone in its bucket, so
 //    both stages' copies are sharded alike. Without it there is no padding.
+//  - Expert parallelism (expert_data_parallel_size > 0): the mixture-of-experts experts'
+//    parameters (ParameterSpec::expert) are reduced over the expert-data-parallel group, not the
+//    data-parallel one, so they get buckets of their own (Megatron's separate expert buffer):
+//    the dense parameters are bucketed first (group kDense), then the expert parameters by the
+//    same rules (group kExpert), padded for that group's size. Without it every parameter is
+//    in group kDense.
 // Padding elements are zero in every flat buffer (values, grads, optimizer state) and belong to
 // no parameter: they are reduced and updated as zeros and never change.
 //
@@ -46,6 +52,9 @@ struct GradBufferConfig {
   int64_t bucket_size = 0;
   bool overlap_grad_reduce = false;        // false: one bucket
   bool use_distributed_optimizer = false;  // pad buckets / align parameters for sharding
+  // > 0: expert parameters in buckets of their own, reduced / sharded over this many ranks
+  // (the expert-data-parallel group); 0: with the dense parameters.
+  int expert_data_parallel_size = 0;
 };
 
 // Megatron's default bucket size: max(40,000,000, 1,000,000 × DP) elements.
@@ -58,8 +67,13 @@ struct FlatRange {
   int64_t numel() const { return end - begin; }
 };
 
+// Which communicator reduces a bucket: the data-parallel (x context) group, or the
+// expert-data-parallel group (expert parallelism).
+enum class BucketGroup { kDense = 0, kExpert = 1 };
+
 struct Bucket {
   FlatRange range;               // in the flat buffers, padded end
+  BucketGroup group = BucketGroup::kDense;
   int64_t numel_unpadded = 0;    // sum of its parameters' sizes plus alignment gaps
   std::vector<size_t> params;    // registry indices, in backward (layout) order
 };
@@ -84,9 +98,12 @@ class GradBuffer {
 
   // The view of bucket b in a flat buffer laid out by this plan (values, grads, state).
   Tensor bucket_view(const Tensor& flat, int b) const;
-  // Data-parallel rank r's shard of bucket b: the r-th of DP equal contiguous parts. Needs the
-  // distributed-optimizer padding (kInternal otherwise, unless DP == 1).
-  FlatRange shard(int b, int dp_rank) const;
+  // Rank r's shard of bucket b: the r-th of G equal contiguous parts, G the size of the
+  // bucket's group (data-parallel, or expert-data-parallel for kExpert buckets). Needs the
+  // distributed-optimizer padding (kInternal otherwise, unless G == 1).
+  FlatRange shard(int b, int group_rank) const;
+  // The number of ranks that share bucket b's gradients.
+  int group_size(int b) const;
   // All buckets' ranges, in bucket order (what optim::DistributedOptimizer takes).
   std::vector<FlatRange> bucket_ranges() const;
 

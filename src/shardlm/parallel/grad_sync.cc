@@ -6,11 +6,16 @@
 namespace shardlm::parallel {
 
 GradSync::GradSync(model::ParameterRegistry& reg, const GradBuffer& buffer,
-                   dist::Communicator& dp, DeviceContext& ctx, const GradSyncConfig& cfg)
-    : reg_(reg), buffer_(buffer), dp_(dp), ctx_(ctx), cfg_(cfg) {
+                   dist::Communicator& dp, DeviceContext& ctx, const GradSyncConfig& cfg,
+                   dist::Communicator* expert_dp)
+    : reg_(reg), buffer_(buffer), dp_(dp), expert_dp_(expert_dp), ctx_(ctx), cfg_(cfg) {
   SHARDLM_CHECK(reg.finalized());
   SHARDLM_CHECK_EQ(reg.numel(), buffer.numel());
   SHARDLM_CHECK_EQ(buffer.config().data_parallel_size, dp.size());
+  if (buffer.config().expert_data_parallel_size > 0) {
+    SHARDLM_CHECK(expert_dp != nullptr);
+    SHARDLM_CHECK_EQ(buffer.config().expert_data_parallel_size, expert_dp->size());
+  }
   SHARDLM_CHECK(!cfg.use_distributed_optimizer || buffer.config().use_distributed_optimizer ||
                 dp.size() == 1);
   handles_.resize(static_cast<size_t>(buffer.num_buckets()));
@@ -102,17 +107,21 @@ void GradSync::start_bucket(int b) {
   SHARDLM_CHECK(!bucket_started_[static_cast<size_t>(b)]);
   bucket_started_[static_cast<size_t>(b)] = 1;
   started_order_.push_back(b);
-  if (dp_.size() == 1) return;  // nothing to reduce
+  if (dp_.size() == 1) return;  // nothing to reduce (expert parallelism needs DP > 1 too)
   Tensor grads = buffer_.bucket_view(reg_.flat_grads(), b);  // [bucket numel]
-  // Megatron's gradient_scaling_factor = 1/DP, applied before a SUM collective.
+  // Megatron's gradient_scaling_factor = 1/DP, applied before a SUM collective; the same for
+  // expert buckets (see the banner).
   ops::scale_inplace(ctx_, grads, 1.0 / static_cast<double>(dp_.size()));
+  dist::Communicator& group =
+      buffer_.buckets()[static_cast<size_t>(b)].group == BucketGroup::kExpert ? *expert_dp_ : dp_;
+  if (group.size() == 1) return;  // an expert bucket whose experts no other rank holds
   dist::CommHandle& h = handles_[static_cast<size_t>(b)];
   if (cfg_.use_distributed_optimizer) {
-    const FlatRange mine = buffer_.shard(b, dp_.rank());
+    const FlatRange mine = buffer_.shard(b, group.rank());
     Tensor shard = reg_.flat_grads().flat_view(mine.begin, Shape({mine.numel()}));
-    h = dp_.reduce_scatter_async(shard, grads);  // in place: shard aliases its slot
+    h = group.reduce_scatter_async(shard, grads);  // in place: shard aliases its slot
   } else {
-    h = dp_.all_reduce_async(grads);
+    h = group.all_reduce_async(grads);
   }
   // Without overlap the collective is as good as synchronous: wait() follows right away.
 }

@@ -23,6 +23,10 @@
 //   before its collective, which SUMS; the result is the mean over data-parallel ranks of the
 //   per-rank gradients (each already the mean over that rank's micro-batches, since backward
 //   scales the loss by 1/M).
+// - Expert parallelism: the buckets of expert parameters (BucketGroup::kExpert) are reduced over
+//   the expert-data-parallel group (the ranks holding the same experts), still scaled by
+//   1/(DP·CP) as Megatron's expert_gradient_scaling_factor: each expert's gradient already sums
+//   the tokens of the EP ranks, so the sum over expert-DP covers every data-parallel rank once.
 // - Collective: all-reduce of the whole bucket, or with the distributed optimizer an in-place
 //   reduce-scatter: afterwards only this rank's shard of each bucket (GradBuffer::shard) holds
 //   the reduced gradient; the rest of the buffer is stale and must not be read.
@@ -55,8 +59,10 @@ struct GradSyncConfig {
 
 class GradSync {
  public:
+  // expert_dp: the expert-data-parallel group, needed when the buffer has expert buckets.
   GradSync(model::ParameterRegistry& reg, const GradBuffer& buffer, dist::Communicator& dp,
-           DeviceContext& ctx, const GradSyncConfig& cfg);
+           DeviceContext& ctx, const GradSyncConfig& cfg,
+           dist::Communicator* expert_dp = nullptr);
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
@@ -87,6 +93,7 @@ class GradSync {
   model::ParameterRegistry& reg_;
   const GradBuffer& buffer_;
   dist::Communicator& dp_;
+  dist::Communicator* expert_dp_;
   DeviceContext& ctx_;
   GradSyncConfig cfg_;
   bool last_microbatch_ = false;

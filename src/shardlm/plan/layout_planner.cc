@@ -57,15 +57,18 @@ struct ShapeOnlyTensorParallel {
   }
 };
 
-// The context-parallel group of CP rank 0 as a shape (every CP rank has the same shapes).
-struct ShapeOnlyContextParallel {
+// A context- or expert-parallel group (model::ContextParallel / ExpertParallel) of its rank 0 as
+// a shape: every rank of such a group has the same shapes. The expert-parallel size is kept as
+// the config gives it (the search does not vary it).
+template <class Parallel>
+struct ShapeOnlyGroup {
   std::unique_ptr<dist::ShapeOnlyCommunicator> group;
-  model::ContextParallel cp;
+  Parallel parallel;
 
-  explicit ShapeOnlyContextParallel(int size) {
+  ShapeOnlyGroup(const char* name, int size) {
     if (size == 1) return;
-    group = std::make_unique<dist::ShapeOnlyCommunicator>("cp", 0, size);
-    cp.group = group.get();
+    group = std::make_unique<dist::ShapeOnlyCommunicator>(name, 0, size);
+    parallel.group = group.get();
   }
 };
 
@@ -156,8 +159,10 @@ struct StagePlan {
 StagePlan plan_stage(const TrainConfig& c, const dist::ParallelLayout& layout, int pp_rank,
                      const parallel::PipelinePlan* pipeline) {
   const ShapeOnlyTensorParallel tp(c, layout.tp(), c.parallel.sequence_parallel);
-  const ShapeOnlyContextParallel cp(layout.cp());
-  train::RankModel m = train::build_rank_model(c, layout, pp_rank, tp.tp, pipeline, cp.cp);
+  const ShapeOnlyGroup<model::ContextParallel> cp("cp", layout.cp());
+  const ShapeOnlyGroup<model::ExpertParallel> ep("ep", layout.ep());
+  train::RankModel m =
+      train::build_rank_model(c, layout, pp_rank, tp.tp, pipeline, cp.parallel, ep.parallel);
   StagePlan s;
   s.memory = train::plan_rank_memory(c, layout, m, /*cuda=*/true);
   s.params = m.registry.numel();

@@ -67,7 +67,7 @@ std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry
   // Sharded master weights: every data-parallel rank writes the pieces it owns.
   if (optimizer != nullptr && optimizer->master.defined())
     return moment_shards(reg, optimizer->owned, optimizer->master, ckpt::kModelPrefix, true,
-                         ranks.tensor_parallel_rank);
+                         ranks);
   std::vector<ckpt::ShardedTensor> out;
   for (const model::Parameter& p : reg.parameters()) {
     const bool split = p.spec.split.is_split();
@@ -75,7 +75,7 @@ std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry
       // Replicas (other DP ranks, TP ranks of an unsplit parameter, or of a replicated query
       // group's k/v rows) are written once; the last pipeline stage's copy of the tied
       // embedding is the first stage's parameter.
-      const bool write = ranks.data_parallel_rank == 0 &&
+      const bool write = ranks.writes(p) &&
                          p.spec.pipeline_tie != model::PipelineTie::kCopy &&
                          (split ? !piece.replica : ranks.tensor_parallel_rank == 0);
       out.push_back({key_of(p.spec.name), p.spec.global_shape, piece.region,
@@ -87,7 +87,7 @@ std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry
 
 std::vector<ckpt::ShardedTensor> moment_shards(
     const model::ParameterRegistry& reg, const std::vector<std::pair<int64_t, int64_t>>& owned,
-    const Tensor& state, const std::string& prefix, bool write, int tp_rank) {
+    const Tensor& state, const std::string& prefix, bool sharded, const ReplicaRanks& ranks) {
   std::vector<ckpt::ShardedTensor> out;
   int64_t state_offset = 0;  // where owned[i] starts in `state`
   for (const auto& [begin, end] : owned) {
@@ -104,7 +104,8 @@ std::vector<ckpt::ShardedTensor> moment_shards(
         // Every TP rank holds the same pieces of a parameter not split across TP.
         out.push_back({prefix + p.spec.name, p.spec.global_shape, piece.region,
                        piece_view(state, at),
-                       write && (split ? !piece.replica : tp_rank == 0) &&
+                       (sharded || ranks.writes(p)) &&
+                           (split ? !piece.replica : ranks.tensor_parallel_rank == 0) &&
                            p.spec.pipeline_tie != model::PipelineTie::kCopy});
       }
     }
@@ -185,11 +186,10 @@ void Checkpointer::save(DeviceContext& ctx, const model::ParameterRegistry& reg,
   SHARDLM_CHECK(!c.save.empty());
   std::vector<ckpt::ShardedTensor> shards = parameter_shards(reg, ranks_, optimizer);
   if (optimizer != nullptr && !c.no_save_optim) {
-    const bool write = optimizer->sharded_over_data_parallel || ranks_.data_parallel_rank == 0;
     for (const auto& [prefix, state] : {std::pair{ckpt::kExpAvgPrefix, &optimizer->exp_avg},
                                         std::pair{ckpt::kExpAvgSqPrefix, &optimizer->exp_avg_sq}})
-      for (auto& s : moment_shards(reg, optimizer->owned, *state, prefix, write,
-                                   ranks_.tensor_parallel_rank))
+      for (auto& s : moment_shards(reg, optimizer->owned, *state, prefix,
+                                   optimizer->sharded_over_data_parallel, ranks_))
         shards.push_back(std::move(s));
   }
   finalize_pending();  // an earlier asynchronous save completes first

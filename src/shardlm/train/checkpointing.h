@@ -79,10 +79,16 @@ struct OptimizerStateView {
 OptimizerStateView optimizer_state(const optim::AdamW& adam, const model::ParameterRegistry& reg);
 
 // Which copy of a replicated tensor this rank holds: only data-parallel rank 0 writes
-// parameters, and of parameters not split across TP only TP rank 0.
+// parameters (of an expert's parameter: expert-data-parallel rank 0), and of parameters not
+// split across TP only TP rank 0.
 struct ReplicaRanks {
   int data_parallel_rank = 0;
   int tensor_parallel_rank = 0;
+  int expert_data_parallel_rank = 0;
+  // This rank's copy of p is the data-parallel replica that writes it.
+  bool writes(const model::Parameter& p) const {
+    return (p.spec.expert ? expert_data_parallel_rank : data_parallel_rank) == 0;
+  }
 };
 
 // Shards of every parameter's master value ("model/<name>"): from the registry, or from the
@@ -94,12 +100,13 @@ std::vector<ckpt::ShardedTensor> parameter_shards(const model::ParameterRegistry
 // elements owned[0], owned[1], ... concatenated ([begin, end) element ranges of the flat value
 // buffer). AdamW: owned = {{0, reg.numel()}}; a distributed optimizer: its owned ranges. Gaps
 // between parameters (bucket padding) are skipped. `write` is cleared for copies other ranks
-// write: replicated k/v rows, the pipeline-tied embedding's copy, and (tp_rank != 0) parameters
-// not split across TP.
+// write: replicated k/v rows, the pipeline-tied embedding's copy, (tp rank != 0) parameters not
+// split across TP, and, unless `sharded` (each rank owns distinct ranges), the copies of other
+// data-parallel replicas (ReplicaRanks::writes).
 std::vector<ckpt::ShardedTensor> moment_shards(const model::ParameterRegistry& reg,
                                                const std::vector<std::pair<int64_t, int64_t>>& owned,
                                                const Tensor& state, const std::string& prefix,
-                                               bool write, int tp_rank = 0);
+                                               bool sharded, const ReplicaRanks& ranks = {});
 
 class Checkpointer {
  public:

@@ -23,7 +23,7 @@ DType compute_dtype_of(const TrainConfig& cfg) {
 
 RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& layout, int pp_rank,
                            const model::TensorParallel& tp, const parallel::PipelinePlan* pipeline,
-                           const model::ContextParallel& cp) {
+                           const model::ContextParallel& cp, const model::ExpertParallel& ep) {
   SHARDLM_REQUIRE(cp.size() == layout.cp(), ErrorKind::kInternal,
                   "build_rank_model: a context-parallel group of " + std::to_string(cp.size()) +
                       " ranks for a layout with CP " + std::to_string(layout.cp()));
@@ -40,18 +40,20 @@ RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& l
       const parallel::LayerRange r = part.layers(pp_rank, c);
       chunk = {r.begin, r.end, part.has_embedding(pp_rank, c), part.has_output_layer(pp_rank, c)};
     }
-    m.chunks.push_back(std::make_unique<model::GPTModel>(cfg.model, tp, chunk, cp));
+    m.chunks.push_back(std::make_unique<model::GPTModel>(cfg.model, tp, chunk, cp, ep));
     m.chunks.back()->set_recompute(cfg.recompute);  // before the activation plan
     m.chunks.back()->set_activation_slots(slots[static_cast<size_t>(c)]);
     m.chunks.back()->register_parameters(m.registry);
   }
   // Lay the flat buffers out in data-parallel buckets (reverse order, padding for sharding):
-  // gradients are reduced, and the distributed optimizer shards, over data x context ranks.
+  // gradients are reduced, and the distributed optimizer shards, over data x context ranks
+  // (the experts' under expert parallelism over the expert-data-parallel ranks).
   m.grad_buffer = parallel::GradBuffer::plan(
       m.registry, {.data_parallel_size = layout.dp() * layout.cp(),
                    .bucket_size = cfg.parallel.ddp_bucket_size,
                    .overlap_grad_reduce = cfg.parallel.overlap_grad_reduce,
-                   .use_distributed_optimizer = cfg.parallel.use_distributed_optimizer});
+                   .use_distributed_optimizer = cfg.parallel.use_distributed_optimizer,
+                   .expert_data_parallel_size = layout.ep() > 1 ? layout.edp() : 0});
   m.grad_buffer.apply(m.registry);
   m.registry.set_gradient_accumulation_fusion(cfg.gradient_accumulation_fusion);
   return m;
@@ -71,11 +73,16 @@ MemoryPlan plan_rank_memory(const TrainConfig& cfg, const dist::ParallelLayout& 
                          dtype_size(compute);
   }
   plan.optimizer_state = 2 * plan.master_params;
-  if (cfg.parallel.use_distributed_optimizer) {  // each rank holds 1/(DP·CP) of the moments
-    const size_t shards = static_cast<size_t>(layout.dp() * layout.cp());
-    plan.optimizer_state /= shards;
-    // ... and, under mixed precision, of the master weights (the padded buckets split exactly).
-    if (compute != master) plan.master_params /= shards;
+  if (cfg.parallel.use_distributed_optimizer) {
+    // Each rank holds 1/G of every bucket's moments, G its group's size (DP·CP, or the
+    // expert-data-parallel size for the experts' buckets; the padded buckets split exactly) ...
+    const parallel::GradBuffer& buf = model.grad_buffer;
+    int64_t owned = 0;
+    for (int b = 0; b < buf.num_buckets(); ++b)
+      owned += buf.buckets()[static_cast<size_t>(b)].range.numel() / buf.group_size(b);
+    plan.optimizer_state = 2 * static_cast<size_t>(owned) * dtype_size(master);
+    // ... and, under mixed precision, of the master weights.
+    if (compute != master) plan.master_params = static_cast<size_t>(owned) * dtype_size(master);
   }
   for (const auto& chunk : model.chunks)
     plan.activations += chunk->plan_activation_bytes(compute, cfg.micro_batch_size);

@@ -43,10 +43,13 @@ struct RankModel {
 // and model.tensor_model_parallel_size set from the layout). pipeline: the plan when
 // layout.pp() > 1, else null (one chunk with the whole model and one activation slot). tp / cp:
 // this rank's tensor- and context-parallel groups (cp.size() == layout.cp()); their communicators
-// must outlive the returned chunks. Gradients are bucketed for the data x context group.
+// must outlive the returned chunks. ep: the expert-parallel group (ep.size() == layout.ep()).
+// Gradients are bucketed for the data x context group; under expert parallelism the experts'
+// in buckets of their own for the expert-data-parallel group.
 RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& layout, int pp_rank,
                            const model::TensorParallel& tp, const parallel::PipelinePlan* pipeline,
-                           const model::ContextParallel& cp = {});
+                           const model::ContextParallel& cp = {},
+                           const model::ExpertParallel& ep = {});
 
 // Bytes the rank will allocate, by category (memory_plan.h); `cuda` adds the CUDA workspace.
 MemoryPlan plan_rank_memory(const TrainConfig& cfg, const dist::ParallelLayout& layout,

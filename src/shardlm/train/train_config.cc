@@ -94,10 +94,6 @@ void TrainConfig::validate() const {
     bad("--cp-comm-type " + par.cp_comm_type +
         " is not implemented: ShardLM's context parallelism all-gathers keys and values "
         "(all_gather); p2p (ring) and a2a are not available yet. Use --cp-comm-type all_gather");
-  if (par.expert_model_parallel_size != 1)
-    bad("--expert-model-parallel-size " + s(par.expert_model_parallel_size) +
-        ": expert parallelism is not implemented yet (MoE layers keep all their experts on "
-        "every rank); use --expert-model-parallel-size 1");
 
   if (par.overlap_param_gather && !par.use_distributed_optimizer)
     bad("--overlap-param-gather needs --use-distributed-optimizer (only the distributed "
@@ -139,6 +135,7 @@ void TrainConfig::validate_parallel(int world_size) const {
   dims.num_layers = 0;  // the pipeline partition checks layers (uneven stages allowed)
   dims.num_attention_heads = model.num_attention_heads;
   dims.num_query_groups = model.query_groups();
+  dims.num_experts = model.num_experts;
   dims.ffn_hidden_size = model.ffn_size();
   dims.seq_length = model.seq_length;
   dims.sequence_parallel = parallel.sequence_parallel && parallel.tensor_model_parallel_size > 1;

@@ -81,7 +81,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   const dist::ParallelLayout& layout = rank_->layout();
   SHARDLM_REQUIRE(layout.tp() == cfg_.parallel.tensor_model_parallel_size &&
                       layout.pp() == cfg_.parallel.pipeline_model_parallel_size &&
-                      layout.cp() == cfg_.parallel.context_parallel_size,
+                      layout.cp() == cfg_.parallel.context_parallel_size &&
+                      layout.ep() == cfg_.parallel.expert_model_parallel_size,
                   ErrorKind::kInvalidConfig,
                   "the rank context's layout (" + layout.describe() +
                       ") does not match --tensor-model-parallel-size " +
@@ -90,6 +91,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                       std::to_string(cfg_.parallel.pipeline_model_parallel_size) +
                       " / --context-parallel-size " +
                       std::to_string(cfg_.parallel.context_parallel_size) +
+                      " / --expert-model-parallel-size " +
+                      std::to_string(cfg_.parallel.expert_model_parallel_size) +
                       "; build it with ParallelLayout::create(world, cfg.parallel_sizes())");
   cfg_.data_parallel_size = layout.dp();
   // The vocabulary is padded to a multiple of --make-vocab-size-divisible-by x TP (Megatron).
@@ -133,7 +136,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     RankModel rank_model = build_rank_model(
         cfg_, layout, rank_->coord().pp,
         model::TensorParallel::of(*rank_, cfg_.parallel.sequence_parallel),
-        pipeline_ ? &*pipeline_ : nullptr, model::ContextParallel::of(*rank_));
+        pipeline_ ? &*pipeline_ : nullptr, model::ContextParallel::of(*rank_),
+        model::ExpertParallel::of(*rank_));
     memory_plan_ = plan_rank_memory(cfg_, layout, rank_model, !device_->device().is_cpu());
     registry_ = std::move(rank_model.registry);
     chunks_ = std::move(rank_model.chunks);
@@ -148,11 +152,14 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   // Before the activations: under mixed precision the distributed optimizer takes its shards of
   // the master weights and the registry frees the full master buffer, so the two never coexist.
   if (cfg_.parallel.use_distributed_optimizer) {
+    // Expert buckets (expert parallelism) are sharded over the expert-data-parallel group.
     std::vector<optim::BucketRange> buckets;
-    for (const parallel::FlatRange& r : grad_buffer_.bucket_ranges())
-      buckets.push_back({r.begin, r.end});
+    for (const parallel::Bucket& b : grad_buffer_.buckets())
+      buckets.push_back({b.range.begin, b.range.end,
+                         b.group == parallel::BucketGroup::kExpert ? 1 : 0});
     dist_optimizer_ = std::make_unique<optim::DistributedOptimizer>(
-        *device_, registry_, std::move(buckets), grad_group(), cfg_.adamw());
+        *device_, registry_, std::move(buckets),
+        std::vector<dist::Communicator*>{&grad_group(), expert_grad_group()}, cfg_.adamw());
   } else {
     optimizer_ = std::make_unique<optim::AdamW>(registry_, cfg_.adamw());
   }
@@ -167,7 +174,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   grad_sync_ = std::make_unique<parallel::GradSync>(
       registry_, grad_buffer_, grad_group(), *device_,
       parallel::GradSyncConfig{cfg_.parallel.overlap_grad_reduce,
-                               cfg_.parallel.use_distributed_optimizer});
+                               cfg_.parallel.use_distributed_optimizer},
+      expert_grad_group());
   // --overlap-grad-reduce: backward reports finished parameters; complete buckets start
   // reducing while backward continues (GradSync ignores the calls otherwise).
   for (auto& chunk : chunks_)
@@ -270,7 +278,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   // --load: parameters, optimizer state and progress (train/checkpointing.h).
   checkpointer_ = std::make_unique<Checkpointer>(
       cfg_, log_, &rank_->world(),
-      ReplicaRanks{grad_group().rank(), rank_->tp().rank()});
+      ReplicaRanks{grad_group().rank(), rank_->tp().rank(),
+                   expert_grad_group() ? expert_grad_group()->rank() : grad_group().rank()});
   TrainingProgress resumed = progress();
   OptimizerStateView opt = optimizer_view();
   if (checkpointer_->load(*device_, registry_, &opt, resumed)) {
@@ -563,6 +572,12 @@ IterationRecord Trainer::train_step() {
     scope.owned = dist_optimizer_->owned_ranges();
     // Pipeline stages hold disjoint parameters too: then every rank's part counts.
     scope.sum_group = pipeline_ ? &rank_->world() : &rank_->group(dist::GroupKind::kTpDpCp);
+  } else if (expert_grad_group()) {
+    // Expert parallelism: the EP ranks hold different experts; each copy is counted on its
+    // replicas' first rank, summed over every rank.
+    scope.count_dense = grad_group().rank() == 0;
+    scope.count_expert = expert_grad_group()->rank() == 0;
+    scope.sum_group = &rank_->world();
   } else {
     scope.sum_group = &rank_->model_parallel();  // tp x pp
   }

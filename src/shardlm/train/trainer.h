@@ -159,6 +159,11 @@ class Trainer {
   dist::Communicator& grad_group() const {
     return context_parallel_size() > 1 ? rank_->dp_cp() : rank_->dp();
   }
+  // The experts' gradient group under expert parallelism (Megatron's expt_dp group); null
+  // without it (the experts then reduce with the dense parameters).
+  dist::Communicator* expert_grad_group() const {
+    return rank_->layout().ep() > 1 ? &rank_->group(dist::GroupKind::kExpertDp) : nullptr;
+  }
 
   // The single-rank constructor's own world: device, 1-rank ThreadWorld, RankContext.
   struct SingleRank;

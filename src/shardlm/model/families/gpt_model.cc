@@ -52,10 +52,11 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp)
     : GPTModel(cfg, tp, ModelChunk{}) {}
 
 GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk,
-                   const ContextParallel& cp)
+                   const ContextParallel& cp, const ExpertParallel& ep)
     : cfg_(cfg),
       tp_(tp),
       cp_(cp),
+      ep_(ep),
       chunk_(chunk),
       final_norm_("decoder.final_layernorm.weight", "decoder.final_layernorm.bias",
                   cfg.hidden_size, cfg.normalization, cfg.norm_epsilon) {
@@ -96,7 +97,7 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
                       std::to_string(cfg_.num_layers) + " layers (--num-layers)");
   // Global layer indices: names, init keys and dropout masks do not depend on the partition.
   for (int64_t i = chunk_.layer_begin; i < chunk_.layer_end; ++i)
-    layers_.emplace_back(cfg_, i, tp_, cp_);
+    layers_.emplace_back(cfg_, i, tp_, cp_, ep_);
 }
 
 void GPTModel::register_parameters(ParameterRegistry& reg) const {
@@ -165,7 +166,7 @@ Shape GPTModel::boundary_shape(int64_t micro_batch) const {
 
 size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
   ArenaPlan plan;
-  GPTModel probe(cfg_, tp_, chunk_, cp_);  // a copy, so planning never disturbs our views
+  GPTModel probe(cfg_, tp_, chunk_, cp_, ep_);  // a copy, so planning never disturbs our views
   probe.set_recompute(recompute_);  // the layers' saved-output choice too
   probe.num_slots_ = num_slots_;
   probe.allocate_activations(plan, dtype, micro_batch);
@@ -190,7 +191,7 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
     shared.shared_attention = layers_.front().allocate_attention_output(alloc, dtype, micro_batch);
   for (int64_t s = 0; s < std::min(recompute_.slots(), L); ++s)
     shared.recompute_slots.push_back(layers_[s].allocate_saved(alloc, dtype, micro_batch));
-  shared.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch, cp_);
+  shared.scratch = TransformerLayer::allocate_scratch(cfg_, tp_, alloc, dtype, micro_batch, cp_, ep_);
   if (chunk_.has_head) {
     shared.dlosses = alloc.allocate(stats, {N});
     shared.dlogits = alloc.allocate(dtype, {N, VL});

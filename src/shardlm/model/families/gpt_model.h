@@ -91,7 +91,7 @@ class GPTModel {
   // out-of-range layer range. cp: the context-parallel group (model/context_parallel.h); the
   // model then holds T = cfg.seq_length / CP positions of every sequence (batches are [B, T]).
   GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk,
-           const ContextParallel& cp = {});
+           const ContextParallel& cp = {}, const ExpertParallel& ep = {});
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -208,6 +208,7 @@ class GPTModel {
   std::shared_ptr<dist::Communicator> query_group_;
   TensorParallel tp_;
   ContextParallel cp_;
+  ExpertParallel ep_;
   ModelChunk chunk_;
   int64_t vocab_start_ = 0;  // first vocabulary row of this rank's shard
   std::vector<TransformerLayer> layers_;

@@ -43,8 +43,13 @@ void Linear::register_parameters(ParameterRegistry& reg) const {
   bool replicas = false;
   for (const SplitSegment& s : w.runs) replicas = replicas || s.replica;
   weight.fuse_main_grad = !replicas;
+  weight.expert = expert_;
   reg.add(weight);
-  if (has_bias_) reg.add({prefix_ + ".bias", {out_}, b, false, Init::zeros()});
+  if (has_bias_) {
+    ParameterSpec bias{prefix_ + ".bias", {out_}, b, false, Init::zeros()};
+    bias.expert = expert_;
+    reg.add(bias);
+  }
 }
 
 void Linear::bind(ParameterRegistry& reg) {

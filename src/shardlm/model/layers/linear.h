@@ -37,6 +37,9 @@ class Linear {
   Linear(std::string prefix, int64_t in_features, int64_t out_features, bool bias, Init init,
          const TensorParallel& tp, const Split& column_split);
 
+  // Registers the parameters as a mixture-of-experts expert's (ParameterSpec::expert).
+  void mark_expert() { expert_ = true; }
+
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
   // Appends the bound parameters (weight, then bias) to `out`.
@@ -66,6 +69,7 @@ class Linear {
   ParallelMode mode_ = ParallelMode::kNone;
   TensorParallel tp_;
   int chunks_ = 1;
+  bool expert_ = false;
   Split column_split_;  // explicit column split (is_split() only from that constructor)
   // din and dbias through linear_backward, the weight gradient into the compute gradient or,
   // with gradient-accumulation fusion, the master gradient (parameter.h).

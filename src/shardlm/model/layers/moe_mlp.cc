@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "shardlm/base/check.h"
+#include "shardlm/dist/all_to_all.h"
 #include "shardlm/ops/device_queries.h"
 #include "shardlm/ops/ops.h"
 
@@ -24,6 +25,12 @@ std::vector<double> to_host(DeviceContext& ctx, const Tensor& t) {
                                       : static_cast<double>(host.view().data<float>()[i]);
   return out;
 }
+// The first `rows` rows (entries) of a buffer sized for the most.
+Tensor first_rows(const Tensor& t, int64_t rows) {
+  std::vector<int64_t> dims = t.shape().dims();
+  dims[0] = rows;
+  return t.flat_view(0, Shape(dims));
+}
 void from_host(DeviceContext& ctx, Tensor t, const std::vector<double>& v) {
   OwnedTensor host = OwnedTensor::empty(t.dtype(), t.shape());
   for (size_t i = 0; i < v.size(); ++i) {
@@ -37,17 +44,23 @@ void from_host(DeviceContext& ctx, Tensor t, const std::vector<double>& v) {
 }  // namespace
 
 MoeMlp::MoeMlp(const TransformerConfig& cfg, int64_t layer_index, const TensorParallel& tp,
-               const ContextParallel& cp)
+               const ContextParallel& cp, const ExpertParallel& ep)
     : cfg_(cfg),
       tp_(tp),
       cp_(cp),
+      ep_(ep),
       index_(static_cast<uint32_t>(layer_index)),
       // Megatron's router: no bias, initialised like the other input projections.
       router_(mlp_prefix(layer_index) + ".router", cfg.hidden_size, cfg.num_experts, false,
               Init::normal(cfg.init_method_std)) {
   const int64_t F = cfg.moe_ffn_size();
-  experts_.reserve(static_cast<size_t>(cfg.num_experts));
-  for (int64_t e = 0; e < cfg.num_experts; ++e) {
+  SHARDLM_REQUIRE(cfg.num_experts % ep.size() == 0, ErrorKind::kInvalidConfig,
+                  "--num-experts " + std::to_string(cfg.num_experts) +
+                      " is not divisible by --expert-model-parallel-size " +
+                      std::to_string(ep.size()));
+  const int64_t local = cfg.num_experts / ep.size(), first = ep.rank() * local;
+  experts_.reserve(static_cast<size_t>(local));
+  for (int64_t e = first; e < first + local; ++e) {
     const std::string p = mlp_prefix(layer_index) + ".experts.local_experts." + std::to_string(e);
     experts_.push_back(
         {Linear(p + ".linear_fc1", cfg.hidden_size, cfg.swiglu ? 2 * F : F, cfg.add_bias_linear,
@@ -55,6 +68,8 @@ MoeMlp::MoeMlp(const TransformerConfig& cfg, int64_t layer_index, const TensorPa
          Linear(p + ".linear_fc2", F, cfg.hidden_size, cfg.add_bias_linear,
                 Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
                 ParallelMode::kRow, tp)});
+    experts_.back().fc1.mark_expert();
+    experts_.back().fc2.mark_expert();
   }
 }
 
@@ -82,28 +97,47 @@ void MoeMlp::append_parameters(std::vector<Parameter*>& out) const {
   }
 }
 
+int64_t MoeMlp::expert_row_capacity(const TransformerConfig& cfg, const ExpertParallel& ep,
+                                    int64_t tokens) {
+  const int64_t k = cfg.moe_router_topk;
+  if (!ep.enabled()) return tokens * k;
+  // A token sends a rank at most min(k, E/EP) rows (its k choices are distinct experts).
+  return ep.size() * tokens * std::min<int64_t>(k, cfg.num_experts / ep.size());
+}
+
 MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const {
   const int64_t k = cfg_.moe_router_topk, K = tokens * k, F = cfg_.moe_ffn_size() / tp_.size();
+  const int64_t R = expert_row_capacity(cfg_, ep_, tokens), E = cfg_.num_experts;
   Saved s;
-  s.logits = alloc.allocate(dtype, {tokens, cfg_.num_experts});
+  s.logits = alloc.allocate(dtype, {tokens, E});
   s.probs = alloc.allocate(probs_dtype(dtype), {tokens, k});
   s.choices = alloc.allocate(DType::kI32, {tokens, k});
-  s.fc1 = alloc.allocate(dtype, {K, cfg_.swiglu ? 2 * F : F});
+  s.fc1 = alloc.allocate(dtype, {R, cfg_.swiglu ? 2 * F : F});
   s.expert_out = alloc.allocate(dtype, {K, cfg_.hidden_size});
-  s.routing = alloc.allocate(DType::kI32, {3 * K + cfg_.num_experts});
+  if (ep_.enabled()) {
+    s.expert_in = alloc.allocate(dtype, {R, cfg_.hidden_size});
+    s.routing = alloc.allocate(DType::kI32, {3 * K + ep_.size() * E + 2 * R});
+  } else {
+    s.routing = alloc.allocate(DType::kI32, {3 * K + E});
+  }
   return s;
 }
 
 MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
-                                         TensorAllocator& alloc, DType dtype, int64_t tokens) {
+                                         const ExpertParallel& ep, TensorAllocator& alloc,
+                                         DType dtype, int64_t tokens) {
   const int64_t k = cfg.moe_router_topk, K = tokens * k, F = cfg.moe_ffn_size() / tp.size();
-  const int64_t C = cfg.hidden_size, E = cfg.num_experts;
+  const int64_t C = cfg.hidden_size, E = cfg.num_experts, R = expert_row_capacity(cfg, ep, tokens);
   const DType pd = probs_dtype(dtype);
   Scratch s;
   s.rows = alloc.allocate(dtype, {K, C});
-  s.act = alloc.allocate(dtype, {K, F});
-  s.dfc1 = alloc.allocate(dtype, {K, cfg.swiglu ? 2 * F : F});
+  s.act = alloc.allocate(dtype, {R, F});
+  s.dfc1 = alloc.allocate(dtype, {R, cfg.swiglu ? 2 * F : F});
   s.d_expert_out = alloc.allocate(dtype, {K, C});
+  if (ep.enabled()) {
+    s.exchange = alloc.allocate(dtype, {R, C});
+    s.expert_rows = alloc.allocate(dtype, {R, C});
+  }
   s.weight_of = alloc.allocate(pd, {K});
   s.dprobs = alloc.allocate(pd, {tokens, k});
   s.dlogits = alloc.allocate(dtype, {tokens, E});
@@ -116,20 +150,50 @@ MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const Ten
 
 MoeMlp::Routing MoeMlp::routing_views(const Saved& s) const {
   const int64_t N = s.choices.size(0), k = s.choices.size(1), K = N * k;
-  return {s.routing.flat_view(0, Shape({K})), s.routing.flat_view(K, Shape({K})),
-          s.routing.flat_view(2 * K, Shape({N, k})),
-          s.routing.flat_view(3 * K, Shape({cfg_.num_experts}))};
+  const int64_t D = ep_.size() * cfg_.num_experts;
+  Routing r{s.routing.flat_view(0, Shape({K})), s.routing.flat_view(K, Shape({K})),
+            s.routing.flat_view(2 * K, Shape({N, k})), s.routing.flat_view(3 * K, Shape({D})),
+            Tensor(), Tensor()};
+  if (ep_.enabled()) {
+    const int64_t R = s.expert_in.size(0);
+    r.em_from_sm = s.routing.flat_view(3 * K + D, Shape({R}));
+    r.sm_from_em = s.routing.flat_view(3 * K + D + R, Shape({R}));
+  }
+  return r;
 }
 
 std::vector<int64_t> MoeMlp::saved_counts(DeviceContext& ctx, const Saved& s) const {
-  OwnedTensor host = OwnedTensor::empty(DType::kI32, {cfg_.num_experts});
-  ops::copy(ctx, host.view(), routing_views(s).counts);
+  const Tensor& counts = routing_views(s).counts;
+  OwnedTensor host = OwnedTensor::empty(DType::kI32, counts.shape());
+  ops::copy(ctx, host.view(), counts);
   const int32_t* c = host.view().data<int32_t>();
-  return std::vector<int64_t>(c, c + cfg_.num_experts);
+  return std::vector<int64_t>(c, c + counts.numel());
+}
+
+MoeMlp::Dispatch MoeMlp::dispatch_of(const std::vector<int64_t>& counts) const {
+  const int64_t E = cfg_.num_experts, L = num_local_experts(), P = ep_.size();
+  SHARDLM_CHECK_EQ(static_cast<int64_t>(counts.size()), P * E);
+  Dispatch d;
+  const auto mine = counts.begin() + ep_.rank() * E;
+  d.tokens_per_expert.assign(mine, mine + E);
+  d.local_expert_rows.assign(static_cast<size_t>(L), 0);
+  d.send_rows.assign(static_cast<size_t>(P), 0);
+  d.recv_rows.assign(static_cast<size_t>(P), 0);
+  for (int64_t src = 0; src < P; ++src)
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = counts[static_cast<size_t>(src * E + e)];
+      if (src == ep_.rank()) d.send_rows[static_cast<size_t>(e / L)] += n;
+      if (e / L != ep_.rank()) continue;
+      d.recv_rows[static_cast<size_t>(src)] += n;
+      d.local_expert_rows[static_cast<size_t>(e - first_local_expert())] += n;
+      d.received += n;
+    }
+  return d;
 }
 
 std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
   const int64_t N = s.choices.size(0), k = s.choices.size(1), E = cfg_.num_experts, K = N * k;
+  const int64_t P = ep_.size(), L = num_local_experts();
   OwnedTensor choices = OwnedTensor::empty(DType::kI32, s.choices.shape());
   ops::copy(ctx, choices.view(), s.choices);
   const int32_t* c = choices.view().data<int32_t>();
@@ -147,7 +211,8 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
   int32_t* tok = plan.view().data<int32_t>();
   int32_t* widx = tok + K;
   int32_t* slot = widx + K;
-  for (int64_t e = 0; e < E; ++e) slot[K + e] = static_cast<int32_t>(counts[e]);
+  int32_t* all_counts = slot + K;  // [P, E]: rank src's row at src * E
+  for (int64_t e = 0; e < E; ++e) all_counts[ep_.rank() * E + e] = static_cast<int32_t>(counts[e]);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < k; ++i) {
       const int64_t row = next[static_cast<size_t>(c[n * k + i])]++;
@@ -155,8 +220,42 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
       widx[row] = static_cast<int32_t>(n * k + i);
       slot[n * k + i] = static_cast<int32_t>(row);
     }
+  if (ep_.enabled()) {
+    // Every EP rank's counts: this rank's row goes into its slot of the saved plan, which the
+    // all-gather completes in place; then the host reads them all.
+    const Routing r = routing_views(s);
+    const Tensor row = r.counts.flat_view(ep_.rank() * E, Shape({E}));
+    ops::copy(ctx, row, plan.view().flat_view(3 * K + ep_.rank() * E, Shape({E})));
+    ep_.group->all_gather(r.counts, row);
+    ops::copy(ctx, plan.view().flat_view(3 * K, Shape({P * E})), r.counts);
+    // Received rows arrive source-major (rank 0's rows for the local experts in expert order,
+    // then rank 1's, ...); the experts run expert-major. The permutations between the two:
+    const int64_t R = s.expert_in.size(0);
+    int32_t* em_from_sm = all_counts + P * E;
+    int32_t* sm_from_em = em_from_sm + R;
+    std::vector<int64_t> src_start(static_cast<size_t>(P), 0);  // source block's first row
+    std::vector<int64_t> expert_start(static_cast<size_t>(P * L), 0);  // [src, local e]
+    int64_t at = 0;
+    for (int64_t src = 0; src < P; ++src)
+      for (int64_t e = 0; e < L; ++e) {
+        expert_start[static_cast<size_t>(src * L + e)] = at;
+        at += all_counts[src * E + first_local_expert() + e];
+      }
+    SHARDLM_CHECK_LE(at, R);
+    int64_t em = 0;
+    for (int64_t e = 0; e < L; ++e)
+      for (int64_t src = 0; src < P; ++src) {
+        const int64_t start = expert_start[static_cast<size_t>(src * L + e)];
+        for (int64_t j = 0; j < all_counts[src * E + first_local_expert() + e]; ++j, ++em) {
+          em_from_sm[em] = static_cast<int32_t>(start + j);
+          sm_from_em[start + j] = static_cast<int32_t>(em);
+        }
+      }
+  }
   ops::copy(ctx, s.routing, plan.view());
-  return counts;
+  std::vector<int64_t> all(static_cast<size_t>(P * E));
+  for (int64_t i = 0; i < P * E; ++i) all[static_cast<size_t>(i)] = all_counts[i];
+  return all;
 }
 
 void MoeMlp::activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc1) const {
@@ -166,16 +265,53 @@ void MoeMlp::activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc
     ops::gelu_forward(ctx, out, fc1);
 }
 
-void MoeMlp::for_each_expert(DeviceContext& ctx, const std::vector<int64_t>& counts,
+void MoeMlp::for_each_expert(DeviceContext& ctx, const std::vector<int64_t>& rows,
                              const std::function<void(const Expert&, const RowBlock&)>& fn) const {
+  SHARDLM_CHECK_EQ(rows.size(), experts_.size());
   // The rows per expert change every step: timing GEMM candidates for every new shape would
   // cost more than it saves (ops/device_queries.h).
   const ops::GemmAutotuneOff fixed_choice(ctx);
   int64_t first = 0;
   for (size_t e = 0; e < experts_.size(); ++e) {
-    if (counts[e] > 0) fn(experts_[e], RowBlock{first, counts[e]});
-    first += counts[e];
+    if (rows[e] > 0) fn(experts_[e], RowBlock{first, rows[e]});
+    first += rows[e];
   }
+}
+
+void MoeMlp::run_experts(DeviceContext& ctx, const std::vector<int64_t>& rows, Tensor out,
+                         const Tensor& in, const Saved& s, const Scratch& scratch) const {
+  for_each_expert(ctx, rows, [&](const Expert& ex, const RowBlock& b) {
+    const Tensor x = b(in), fc1 = b(s.fc1), act = b(scratch.act);
+    if (cfg_.swiglu) {
+      ex.fc1.forward(ctx, fc1, x);
+      ops::swiglu_forward(ctx, act, fc1);
+    } else {
+      ex.fc1.forward_gelu(ctx, act, fc1, x);
+    }
+    ex.fc2.forward(ctx, b(out), act);
+  });
+}
+
+void MoeMlp::run_experts_backward(DeviceContext& ctx, const std::vector<int64_t>& rows,
+                                  const Tensor& d_rows, const Tensor& in, const Saved& s,
+                                  const Scratch& scratch) const {
+  const int64_t F = scratch.act.size(1);
+  // Each expert's input gradient overwrites its block of d_rows, whose output gradient fc2's
+  // backward has consumed by then.
+  for_each_expert(ctx, rows, [&](const Expert& ex, const RowBlock& b) {
+    const Tensor x = b(in), fc1 = b(s.fc1), dfc1 = b(scratch.dfc1), d = b(d_rows);
+    // The recomputed activation output lives in the block of its gradient's gradient, dfc1,
+    // which is written only after fc2's backward has read it (as the dense MLP does).
+    const Tensor act = b(scratch.dfc1, F), dact = b(scratch.act);
+    activation_forward(ctx, act, fc1);
+    ex.fc2.backward(ctx, dact, d, act);
+    if (cfg_.swiglu) {
+      ops::swiglu_backward(ctx, dfc1, dact, fc1);
+      ex.fc1.backward(ctx, d, dfc1, x);
+    } else {
+      ex.fc1.backward_from_gelu(ctx, d, dfc1, dact, fc1, x);
+    }
+  });
 }
 
 std::vector<double> MoeMlp::global_counts(DeviceContext& ctx, const std::vector<int64_t>& counts,
@@ -203,27 +339,31 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
   // are queued before route() waits for the choices, so reading them back waits for nothing.
   const bool log_aux = cfg_.moe_aux_coeff() > 0 && step.moe_aux_loss != nullptr;
   if (log_aux) ops::moe_router_score_sums(ctx, scratch.score_sums, s.logits);
-  const std::vector<int64_t> counts = route(ctx, s);
+  const Dispatch d = dispatch_of(route(ctx, s));
   const Routing r = routing_views(s);
   if (log_aux) {
     const std::vector<double> sums = to_host(ctx, scratch.score_sums);
-    const std::vector<double> tokens = global_counts(ctx, counts, scratch);
+    const std::vector<double> tokens = global_counts(ctx, d.tokens_per_expert, scratch);
     double loss = 0;  // this rank's tokens' part (the CP ranks' parts add up)
     for (size_t e = 0; e < sums.size(); ++e) loss += tokens[e] * sums[e];
     // Megatron tracks the loss divided by its coefficient ("load_balancing_loss").
     *step.moe_aux_loss += loss * aux_scale(N) / cfg_.moe_aux_coeff();
   }
   ops::gather_rows(ctx, scratch.rows, x, r.token_of, Tensor());
-  for_each_expert(ctx, counts, [&](const Expert& ex, const RowBlock& rows) {
-    const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), act = rows(scratch.act);
-    if (cfg_.swiglu) {
-      ex.fc1.forward(ctx, fc1, in);
-      ops::swiglu_forward(ctx, act, fc1);
-    } else {
-      ex.fc1.forward_gelu(ctx, act, fc1, in);
-    }
-    ex.fc2.forward(ctx, rows(s.expert_out), act);
-  });
+  if (!ep_.enabled()) {
+    run_experts(ctx, d.local_expert_rows, s.expert_out, scratch.rows, s, scratch);
+  } else {
+    // To the experts' ranks, into the experts' order, through them, and back.
+    const int64_t R = d.received;
+    const Tensor received = first_rows(scratch.exchange, R), by_expert = first_rows(s.expert_in, R);
+    dist::all_to_all_v(*ep_.group, ctx, received, scratch.rows, d.send_rows, d.recv_rows);
+    if (R > 0) ops::gather_rows(ctx, by_expert, received, first_rows(r.em_from_sm, R), Tensor());
+    run_experts(ctx, d.local_expert_rows, scratch.expert_rows, s.expert_in, s, scratch);
+    if (R > 0)
+      ops::gather_rows(ctx, received, first_rows(scratch.expert_rows, R),
+                       first_rows(r.sm_from_em, R), Tensor());
+    dist::all_to_all_v(*ep_.group, ctx, s.expert_out, received, d.recv_rows, d.send_rows);
+  }
   ops::gather_sum_rows(ctx, out, s.expert_out, r.slot_of, s.probs);
 }
 
@@ -238,7 +378,17 @@ std::vector<int64_t> MoeMlp::backward_output(StepContext& step, const Tensor& do
   ops::gather_rows(ctx, scratch.d_expert_out, dout, r.token_of, scratch.weight_of);
   ops::gathered_row_dot(ctx, scratch.dprobs, dout, s.expert_out, r.slot_of);
   if (tp_.enabled()) tp_.group->all_reduce(scratch.dprobs);  // expert_out is partial over TP
-  return saved_counts(ctx, s);
+  std::vector<int64_t> counts = saved_counts(ctx, s);
+  if (ep_.enabled()) {  // the output gradients to the experts' ranks, in the experts' order
+    const Dispatch d = dispatch_of(counts);
+    const int64_t R = d.received;
+    const Tensor received = first_rows(scratch.exchange, R);
+    dist::all_to_all_v(*ep_.group, ctx, received, scratch.d_expert_out, d.send_rows, d.recv_rows);
+    if (R > 0)
+      ops::gather_rows(ctx, first_rows(scratch.expert_rows, R), received,
+                       first_rows(routing_views(s).em_from_sm, R), Tensor());
+  }
+  return counts;
 }
 
 void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
@@ -246,26 +396,23 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
                             const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
   const int64_t N = x.size(0);
-  // The experts, from the recomputed inputs. Each expert's input gradient overwrites its block
-  // of d_expert_out, whose output gradient fc2's backward has consumed by then.
   const Routing r = routing_views(s);
-  ops::gather_rows(ctx, scratch.rows, x, r.token_of, Tensor());
-  const int64_t F = scratch.act.size(1);
-  for_each_expert(ctx, counts, [&](const Expert& ex, const RowBlock& rows) {
-    const Tensor in = rows(scratch.rows), fc1 = rows(s.fc1), dfc1 = rows(scratch.dfc1);
-    // The recomputed activation output lives in the block of its gradient's gradient, dfc1,
-    // which is written only after fc2's backward has read it (as the dense MLP does).
-    const Tensor act = rows(scratch.dfc1, F), dact = rows(scratch.act);
-    const Tensor d_rows = rows(scratch.d_expert_out);  // output gradient, then input gradient
-    activation_forward(ctx, act, fc1);
-    ex.fc2.backward(ctx, dact, d_rows, act);
-    if (cfg_.swiglu) {
-      ops::swiglu_backward(ctx, dfc1, dact, fc1);
-      ex.fc1.backward(ctx, d_rows, dfc1, in);
-    } else {
-      ex.fc1.backward_from_gelu(ctx, d_rows, dfc1, dact, fc1, in);
-    }
-  });
+  const Dispatch d = dispatch_of(counts);
+  if (!ep_.enabled()) {
+    // The experts, from the recomputed inputs; their input gradients replace the output
+    // gradients in d_expert_out.
+    ops::gather_rows(ctx, scratch.rows, x, r.token_of, Tensor());
+    run_experts_backward(ctx, d.local_expert_rows, scratch.d_expert_out, scratch.rows, s, scratch);
+  } else {
+    // The experts on the rows they received, then the input gradients back to their ranks.
+    const int64_t R = d.received;
+    run_experts_backward(ctx, d.local_expert_rows, scratch.expert_rows, s.expert_in, s, scratch);
+    const Tensor received = first_rows(scratch.exchange, R);
+    if (R > 0)
+      ops::gather_rows(ctx, received, first_rows(scratch.expert_rows, R),
+                       first_rows(r.sm_from_em, R), Tensor());
+    dist::all_to_all_v(*ep_.group, ctx, scratch.d_expert_out, received, d.recv_rows, d.send_rows);
+  }
   // Dispatch backward: a token's gradient is the sum of its k rows' input gradients (now in
   // d_expert_out, whose output gradients are spent).
   ops::gather_sum_rows(ctx, dx, scratch.d_expert_out, r.slot_of, Tensor());
@@ -273,7 +420,7 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
   ops::moe_topk_router_backward(ctx, scratch.dlogits, scratch.dprobs, s.logits, s.choices,
                                 cfg_.moe_router_pre_softmax);
   if (cfg_.moe_aux_coeff() > 0) {
-    std::vector<double> w = global_counts(ctx, counts, scratch);
+    std::vector<double> w = global_counts(ctx, d.tokens_per_expert, scratch);
     for (double& v : w) v *= aux_scale(N) * step.loss_grad_scale;
     from_host(ctx, scratch.aux_weights, w);
     ops::moe_aux_loss_backward(ctx, scratch.dlogits, s.logits, scratch.aux_weights);

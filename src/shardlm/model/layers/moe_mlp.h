@@ -32,16 +32,30 @@
 // counts are summed over the CP group and N is the whole micro-batch (N_local · CP), so the CP
 // ranks' losses add up to the single rank's.
 //
+// Expert parallelism (--expert-model-parallel-size EP, model/expert_parallel.h): EP rank r holds
+// experts [r·E/EP, (r+1)·E/EP) (registered under their global index, ParameterSpec::expert). Each
+// rank routes its own tokens; the per-expert counts are all-gathered over EP (one [EP, E] int32
+// exchange), the rows go to their experts' rank by an all-to-all (dist/all_to_all.h; rows for
+// rank j are contiguous after the sort), are reordered from source-major to expert-major there
+// (one row gather by a permutation computed on the host from the counts), run through the
+// local experts, reordered back and returned by a second all-to-all; backward mirrors it. The
+// received rows are saved (they cannot be recomputed without exchanging again). This is
+// Megatron's alltoall token dispatcher; --moe-token-dispatcher-type allgather gives the same
+// numbers through the same exchange. The expert side's buffers are sized for the worst case,
+// R_max = EP·N·min(k, E/EP) rows (every rank sending all its tokens' choices here), since the
+// dispatch is dropless and the arena is planned before training.
+//
 // Load balancing (--moe-aux-loss-coeff > 0, --moe-router-load-balancing-type aux_loss):
 // Megatron's switch loss aux = E·coeff / (N²·k) · Σ_e tokens_e · Σ_n softmax(logits[n])[e]. It
 // joins the objective as Megatron's MoEAuxLossAutoScaler does: its gradient enters the router's
 // backward scaled like the language-model loss (StepContext::loss_grad_scale), and its value is
 // added to StepContext::moe_aux_loss for the log.
 //
-// Memory (per layer and micro-batch, N = B·T tokens, K = N·k rows, F' = F or 2F with SwiGLU):
-// saved logits [N, E], probs [N, k], choices [N, k], fc1 output [K, F'], expert outputs [K, C]
-// and the dispatch plan (3K + E int32); the expert inputs and activations are recomputed in
-// backward. Scratch is shared by the layers.
+// Memory (per layer and micro-batch, N = B·T tokens, K = N·k rows, F' = F or 2F with SwiGLU,
+// R = K without EP, else R_max above): saved logits [N, E], probs [N, k], choices [N, k], fc1
+// output [R, F'], expert outputs [K, C], under EP the received rows [R, C], and the dispatch
+// plan (3K + E int32, or 3K + EP·E + 2·R_max under EP); without EP the expert inputs are
+// recomputed in backward, and the activations always are. Scratch is shared by the layers.
 #pragma once
 
 #include <functional>
@@ -49,6 +63,7 @@
 #include <vector>
 
 #include "shardlm/model/context_parallel.h"
+#include "shardlm/model/expert_parallel.h"
 #include "shardlm/model/layers/linear.h"
 #include "shardlm/model/tensor_parallel.h"
 #include "shardlm/model/module.h"
@@ -63,11 +78,12 @@ class MoeMlp {
     Tensor logits;      // [N, E]
     Tensor probs;       // [N, k] fp32 (fp64 in fp64 runs): the router's weights
     Tensor choices;     // [N, k] int32: the experts of each token, by descending weight
-    Tensor fc1;         // [K, F'] the experts' fc1 outputs, rows grouped by expert
-    Tensor expert_out;  // [K, C]  the experts' outputs, same rows
+    Tensor fc1;         // [R, F'] the local experts' fc1 outputs, rows grouped by expert
+    Tensor expert_out;  // [K, C]  the experts' outputs for this rank's rows (sorted by expert)
+    Tensor expert_in;   // [R, C]  EP only: the rows received for the local experts, by expert
     // The dispatch plan, int32, packed so that it reaches the device in one transfer and
-    // backward reads only the counts back: [K token_of | K weight_index | N*k slot_of | E counts]
-    // (routing_views() names the parts).
+    // backward reads only the counts back: [K token_of | K weight_index | N*k slot_of | D counts
+    // | EP only: R em_from_sm | R sm_from_em] (routing_views() names the parts).
     Tensor routing;
   };
   // The parts of Saved::routing.
@@ -75,13 +91,25 @@ class MoeMlp {
     Tensor token_of;      // [K]    row -> token
     Tensor weight_index;  // [K]    row -> flat (token, choice), to gather the router weights
     Tensor slot_of;       // [N, k] (token, choice) -> row
-    Tensor counts;        // [E]    rows per expert
+    Tensor counts;        // [D]    rows per expert: [E], or under EP [EP, E] (rank s's row)
+    Tensor em_from_sm;    // [R]    EP: expert-major row -> received (source-major) row
+    Tensor sm_from_em;    // [R]    EP: received row -> expert-major row
+  };
+  // What the counts say about the exchange (routing_views().counts, read on the host).
+  struct Dispatch {
+    std::vector<int64_t> tokens_per_expert;  // [E] this rank's rows per global expert
+    std::vector<int64_t> local_expert_rows;  // [E/EP] rows each local expert runs
+    std::vector<int64_t> send_rows, recv_rows;  // [EP] rows to / from each EP rank
+    int64_t received = 0;                    // rows this rank's experts run (sum of recv_rows)
   };
   struct Scratch {
-    Tensor rows;          // [K, C]  expert inputs (forward and backward)
-    Tensor act;           // [K, F]  activation output; in backward its gradient
-    Tensor dfc1;          // [K, F'] backward; first holds the recomputed activation output
+    Tensor rows;          // [K, C]  this rank's rows sorted by expert (forward and backward)
+    Tensor act;           // [R, F]  activation output; in backward its gradient
+    Tensor dfc1;          // [R, F'] backward; first holds the recomputed activation output
     Tensor d_expert_out;  // [K, C]  backward: the experts' output, then input gradients
+    Tensor exchange;      // [R, C]  EP: rows as the all-to-all delivers them (source-major)
+    Tensor expert_rows;   // [R, C]  EP: local experts' outputs; in backward their output, then
+                          //         input gradients (expert-major)
     Tensor weight_of;     // [K]    probs dtype: row -> its router weight
     Tensor dprobs;        // [N, k] probs dtype
     Tensor dlogits;       // [N, E]
@@ -92,7 +120,7 @@ class MoeMlp {
   };
 
   MoeMlp(const TransformerConfig& cfg, int64_t layer_index, const TensorParallel& tp = {},
-         const ContextParallel& cp = {});
+         const ContextParallel& cp = {}, const ExpertParallel& ep = {});
 
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
@@ -100,7 +128,11 @@ class MoeMlp {
 
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const;
   static Scratch allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
-                                  TensorAllocator& alloc, DType dtype, int64_t tokens);
+                                  const ExpertParallel& ep, TensorAllocator& alloc, DType dtype,
+                                  int64_t tokens);
+  // R: the rows the local experts may run per micro-batch of `tokens` tokens (see above).
+  static int64_t expert_row_capacity(const TransformerConfig& cfg, const ExpertParallel& ep,
+                                     int64_t tokens);
 
   // out [N, C] (assigned; a partial sum over TP) from x [N, C] (all rows, the same on every TP
   // rank).
@@ -109,7 +141,8 @@ class MoeMlp {
   // Backward in two steps, so the caller may reuse dout's buffer for x (the recomputed norm
   // output under SP):
   //   backward_output: consumes dout [N, C] (all rows) into the experts' output gradients and
-  //                    the routing weights' gradient (scratch); returns the rows per expert;
+  //                    the routing weights' gradient (scratch); returns the saved dispatch
+  //                    counts (for backward_input);
   //   backward_input:  dx [N, C] (assigned; partial over TP) from them and x, forward's input.
   // Parameter gradients accumulate.
   std::vector<int64_t> backward_output(StepContext& step, const Tensor& dout, const Saved& s,
@@ -132,16 +165,29 @@ class MoeMlp {
       return t.flat_view(first * t.size(1), Shape({count, width}));
     }
   };
-  // fn(expert, its rows) for every expert with rows, in expert order; GEMM autotuning off.
-  void for_each_expert(DeviceContext& ctx, const std::vector<int64_t>& counts,
+  // fn(expert, its rows) for every local expert with rows, in expert order (rows: [E/EP]);
+  // GEMM autotuning off.
+  void for_each_expert(DeviceContext& ctx, const std::vector<int64_t>& rows,
                        const std::function<void(const Expert&, const RowBlock&)>& fn) const;
   Routing routing_views(const Saved& s) const;
-  // The rows of each expert after a stable counting sort of s.choices: fills s.routing (one
-  // host-to-device transfer) and returns the per-expert row counts.
+  // The rows of each expert after a stable counting sort of s.choices (under EP also the other
+  // ranks' counts, all-gathered, and the permutations between the received order and the
+  // experts' order): fills s.routing (one host-to-device transfer) and returns its counts.
   std::vector<int64_t> route(DeviceContext& ctx, const Saved& s) const;
   // Backward: the counts route() saved.
   std::vector<int64_t> saved_counts(DeviceContext& ctx, const Saved& s) const;
+  Dispatch dispatch_of(const std::vector<int64_t>& counts) const;
+  int64_t num_local_experts() const { return static_cast<int64_t>(experts_.size()); }
+  int64_t first_local_expert() const { return ep_.rank() * num_local_experts(); }
   void activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc1) const;
+  // The local experts over rows [R', C] grouped by expert (their fc1 outputs saved in s.fc1):
+  // out [R', C] = the experts' outputs.
+  void run_experts(DeviceContext& ctx, const std::vector<int64_t>& rows, Tensor out,
+                   const Tensor& in, const Saved& s, const Scratch& scratch) const;
+  // Their backward: d_rows [R', C] holds the output gradients and receives the input gradients.
+  void run_experts_backward(DeviceContext& ctx, const std::vector<int64_t>& rows,
+                            const Tensor& d_rows, const Tensor& in, const Saved& s,
+                            const Scratch& scratch) const;
   // Tokens per expert for the load-balancing loss: counts summed over the CP group.
   std::vector<double> global_counts(DeviceContext& ctx, const std::vector<int64_t>& counts,
                                     const Scratch& scratch) const;
@@ -152,6 +198,7 @@ class MoeMlp {
   TransformerConfig cfg_;
   TensorParallel tp_;
   ContextParallel cp_;
+  ExpertParallel ep_;
   uint32_t index_;
   Linear router_;
   std::vector<Expert> experts_;

@@ -16,7 +16,8 @@ std::string mlp_norm_prefix(const TransformerConfig& cfg, int64_t i) {
 }  // namespace
 
 TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
-                                   const TensorParallel& tp, const ContextParallel& cp)
+                                   const TensorParallel& tp, const ContextParallel& cp,
+                                   const ExpertParallel& ep)
     : cfg_(cfg),
       tp_(tp),
       cp_(cp),
@@ -44,7 +45,7 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
       fc2_(layer_prefix(layer_index) + ".mlp.linear_fc2", cfg.ffn_size(), cfg.hidden_size,
            cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
            ParallelMode::kRow, tp) {
-  if (cfg.is_moe_layer(layer_index)) moe_.emplace(cfg, layer_index, tp, cp);
+  if (cfg.is_moe_layer(layer_index)) moe_.emplace(cfg, layer_index, tp, cp, ep);
   SHARDLM_REQUIRE(!qkv_layout_.replicated() || (tp_.query_group != nullptr &&
                                                  tp_.query_group->size() == qkv_layout_.replicas),
                   ErrorKind::kInternal,
@@ -145,7 +146,8 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
                                                              const TensorParallel& tp,
                                                              TensorAllocator& alloc, DType dtype,
                                                              int64_t batch,
-                                                             const ContextParallel& cp) {
+                                                             const ContextParallel& cp,
+                                                             const ExpertParallel& ep) {
   const int64_t T = cp.local_length(cfg.seq_length);
   const int64_t N = batch * T, C = cfg.hidden_size, P = tp.size();
   const int64_t F = cfg.ffn_size() / P;
@@ -169,7 +171,7 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   const DType table = dtype == DType::kF64 ? DType::kF64 : DType::kF32;  // >= fp32 (ops.h)
   if (cfg.position_embedding == PositionEmbedding::kRope)
     s.rope_cos_sin = alloc.allocate(table, {T, cfg.rotary_dim() / 2, 2});
-  if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, tp, alloc, dtype, N);
+  if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, tp, ep, alloc, dtype, N);
   if (cp.enabled()) {
     const int64_t global_rows = batch * cfg.seq_length;
     s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});

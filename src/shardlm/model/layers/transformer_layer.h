@@ -38,6 +38,7 @@
 
 #include "shardlm/model/context_parallel.h"
 #include "shardlm/model/layers/linear.h"
+#include "shardlm/model/expert_parallel.h"
 #include "shardlm/model/layers/moe_mlp.h"
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/layers/qkv_layout.h"
@@ -86,7 +87,8 @@ class TransformerLayer {
   // groups than ranks tp.query_group must be set (GPTModel does). cp: the context-parallel
   // group; the layer then sees T = cfg.seq_length / CP positions of each sequence.
   TransformerLayer(const TransformerConfig& cfg, int64_t layer_index,
-                   const TensorParallel& tp = {}, const ContextParallel& cp = {});
+                   const TensorParallel& tp = {}, const ContextParallel& cp = {},
+                   const ExpertParallel& ep = {});
 
   // Save the norm and activation outputs instead of recomputing them in backward
   // (RecomputeConfig::norm_activation = false). Call before allocate_saved.
@@ -109,7 +111,8 @@ class TransformerLayer {
                                   DType dtype, int64_t batch);
   static Scratch allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
                                   TensorAllocator& alloc, DType dtype, int64_t batch,
-                                  const ContextParallel& cp = {});
+                                  const ContextParallel& cp = {},
+                                  const ExpertParallel& ep = {});
 
   // x, x_out: [NL, C] (the rank's rows). Scratch is used for forward temporaries too.
   void forward(StepContext& step, Tensor x_out, const Tensor& x, const Saved& saved,
