@@ -128,8 +128,17 @@ TEST(TrainCli, MixtureOfExpertsFlags) {
                                "--moe-token-dispatcher-type alltoall --moe-grouped-gemm");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("load_balancing_loss: "), std::string::npos) << r.output;
-  expect_usage_error(kTiny + "--num-experts 4 --moe-expert-capacity-factor 1.0",
-                     "token dropping is not implemented");
+  // Token dropping trains from the flags (another loss than dropless: tokens were dropped).
+  const Result dropping = run(kTiny + "--num-experts 4 --moe-router-topk 2 --moe-ffn-hidden-size 24 "
+                                      "--moe-aux-loss-coeff 0.01 --moe-expert-capacity-factor 0.5 "
+                                      "--moe-token-drop-policy position");
+  EXPECT_EQ(dropping.exit_code, 0) << dropping.output;
+  EXPECT_NE(dropping.output.find("load_balancing_loss: "), std::string::npos) << dropping.output;
+  expect_usage_error(kTiny + "--num-experts 4 --moe-expert-capacity-factor 1.0 "
+                             "--moe-pad-expert-input-to-capacity",
+                     "padding experts to their capacity is not implemented");
+  expect_usage_error(kTiny + "--num-experts 4 --moe-token-drop-policy random",
+                     "'random' is not a policy");
   expect_usage_error(kTiny + "--num-experts 4 --moe-router-load-balancing-type sinkhorn",
                      "'sinkhorn' is not implemented");
   expect_usage_error(kTiny + "--num-experts 4 --moe-router-topk 5",

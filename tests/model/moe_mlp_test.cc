@@ -45,14 +45,24 @@ TransformerConfig moe_config() {
   return c;
 }
 
+// Fills an arena's memory with a value no buffer may be read with before it is written (e.g. a
+// dropped pair's row that the layer must zero), then hands the arena back empty.
+void poison(DeviceContext& ctx, Arena& arena) {
+  ops::fill(ctx, arena.allocate(DType::kF64, {static_cast<int64_t>(arena.capacity() / 8)}), 7.0);
+  arena.reset();
+}
+
 double gelu(double x) {
   return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
 }
 
-// y[n] and the switch loss / coefficient for one MoE MLP, straight from the definitions.
+// y[n] and the switch loss / coefficient for one MoE MLP, straight from the definitions;
+// with a capacity factor each expert keeps its `capacity` pairs of highest weight (earlier token
+// first on ties) or its earliest, and the loss counts the pairs routed before dropping.
 struct MoeReference {
   std::vector<double> y;
   double aux = 0;
+  int64_t dropped = 0;
 };
 MoeReference moe_reference(const TransformerConfig& c, const ParameterRegistry& reg, int layer,
                            const std::vector<double>& x, int64_t N) {
@@ -62,6 +72,11 @@ MoeReference moe_reference(const TransformerConfig& c, const ParameterRegistry& 
   MoeReference r;
   r.y.assign(static_cast<size_t>(N * C), 0.0);
   std::vector<double> counts(E, 0.0), score_sums(E, 0.0);
+  struct Pair {
+    int64_t n, e;
+    double w;
+  };
+  std::vector<Pair> pairs;  // in (token, choice) order
   for (int64_t n = 0; n < N; ++n) {
     std::vector<double> logit(E, 0.0), score(E);
     for (int64_t e = 0; e < E; ++e)
@@ -83,24 +98,40 @@ MoeReference moe_reference(const TransformerConfig& c, const ParameterRegistry& 
       for (double& v : w) v /= zk;
     }
     for (int64_t i = 0; i < k; ++i) {
-      const int64_t e = order[i];
-      counts[e] += 1;
-      const std::string q = p + "experts.local_experts." + std::to_string(e) + ".";
-      const std::vector<double> w1 = to_vector(reg.get(q + "linear_fc1.weight").value);
-      const std::vector<double> w2 = to_vector(reg.get(q + "linear_fc2.weight").value);
-      const int64_t F1 = c.swiglu ? 2 * F : F;
-      std::vector<double> h1(F1, 0.0), act(F, 0.0);
-      for (int64_t f = 0; f < F1; ++f) {
-        for (int64_t j = 0; j < C; ++j) h1[f] += w1[f * C + j] * x[n * C + j];
-        if (c.add_bias_linear) h1[f] += to_vector(reg.get(q + "linear_fc1.bias").value)[f];
-      }
-      for (int64_t f = 0; f < F; ++f)
-        act[f] = c.swiglu ? h1[f] / (1.0 + std::exp(-h1[f])) * h1[F + f] : gelu(h1[f]);
-      for (int64_t j = 0; j < C; ++j) {
-        double out = c.add_bias_linear ? to_vector(reg.get(q + "linear_fc2.bias").value)[j] : 0.0;
-        for (int64_t f = 0; f < F; ++f) out += w2[j * F + f] * act[f];
-        r.y[n * C + j] += w[i] * out;
-      }
+      pairs.push_back({n, order[i], w[i]});
+      counts[order[i]] += 1;
+    }
+  }
+  std::vector<char> kept(pairs.size(), 1);
+  const int64_t capacity = c.moe_expert_capacity(N);
+  for (int64_t e = 0; capacity > 0 && e < E; ++e) {
+    std::vector<size_t> mine;
+    for (size_t j = 0; j < pairs.size(); ++j)
+      if (pairs[j].e == e) mine.push_back(j);
+    if (!c.moe_token_drop_by_position)
+      std::stable_sort(mine.begin(), mine.end(),
+                       [&](size_t a, size_t b) { return pairs[a].w > pairs[b].w; });
+    for (size_t j = static_cast<size_t>(capacity); j < mine.size(); ++j, ++r.dropped)
+      kept[mine[j]] = 0;
+  }
+  for (size_t j = 0; j < pairs.size(); ++j) {
+    if (!kept[j]) continue;
+    const auto [n, e, weight] = pairs[j];
+    const std::string q = p + "experts.local_experts." + std::to_string(e) + ".";
+    const std::vector<double> w1 = to_vector(reg.get(q + "linear_fc1.weight").value);
+    const std::vector<double> w2 = to_vector(reg.get(q + "linear_fc2.weight").value);
+    const int64_t F1 = c.swiglu ? 2 * F : F;
+    std::vector<double> h1(F1, 0.0), act(F, 0.0);
+    for (int64_t f = 0; f < F1; ++f) {
+      for (int64_t i = 0; i < C; ++i) h1[f] += w1[f * C + i] * x[n * C + i];
+      if (c.add_bias_linear) h1[f] += to_vector(reg.get(q + "linear_fc1.bias").value)[f];
+    }
+    for (int64_t f = 0; f < F; ++f)
+      act[f] = c.swiglu ? h1[f] / (1.0 + std::exp(-h1[f])) * h1[F + f] : gelu(h1[f]);
+    for (int64_t i = 0; i < C; ++i) {
+      double out = c.add_bias_linear ? to_vector(reg.get(q + "linear_fc2.bias").value)[i] : 0.0;
+      for (int64_t f = 0; f < F; ++f) out += w2[i * F + f] * act[f];
+      r.y[n * C + i] += weight * out;
     }
   }
   for (int64_t e = 0; e < E; ++e) r.aux += counts[e] * score_sums[e];
@@ -120,6 +151,7 @@ void expect_moe_mlp_matches_reference(const TransformerConfig& c) {
   moe.allocate_saved(plan, DType::kF64, N);
   MoeMlp::allocate_scratch(c, TensorParallel{}, ExpertParallel{}, plan, DType::kF64, N);
   Arena arena(Device::cpu(), plan.bytes(), "moe");
+  poison(ctx, arena);
   const MoeMlp::Saved saved = moe.allocate_saved(arena, DType::kF64, N);
   const MoeMlp::Scratch scratch =
       MoeMlp::allocate_scratch(c, TensorParallel{}, ExpertParallel{}, arena, DType::kF64, N);
@@ -132,6 +164,7 @@ void expect_moe_mlp_matches_reference(const TransformerConfig& c) {
   const MoeReference ref = moe_reference(c, reg, 0, to_vector(x.view()), N);
   EXPECT_LT(testing::rel_error(to_vector(y.view()), ref.y), 1e-12);
   EXPECT_NEAR(aux, ref.aux, 1e-12 * ref.aux);
+  if (c.moe_expert_capacity_factor > 0) EXPECT_GT(ref.dropped, 0) << "the case drops nothing";
 }
 
 TEST(MoeMlp, OutputAndLoadBalancingLossMatchReference) {
@@ -154,6 +187,22 @@ TEST(MoeMlp, TopOneOfEightMatchesReference) {
   expect_moe_mlp_matches_reference(c);
 }
 
+// Token dropping (--moe-expert-capacity-factor 0.5: 3 of a 9-token micro-batch's 18 pairs per
+// expert): by router weight, and by position.
+TEST(MoeMlp, CapacityFactorDropsAsTheReference) {
+  TransformerConfig c = moe_config();
+  c.moe_expert_capacity_factor = 0.5;
+  EXPECT_EQ(c.moe_expert_capacity(9), 3);
+  expect_moe_mlp_matches_reference(c);
+  c.moe_token_drop_by_position = true;
+  expect_moe_mlp_matches_reference(c);
+  c.moe_router_pre_softmax = true;
+  c.moe_expert_capacity_factor = 1.0;  // ceil(4.5) = 5
+  EXPECT_EQ(c.moe_expert_capacity(9), 5);
+  c.moe_token_drop_by_position = false;
+  expect_moe_mlp_matches_reference(c);
+}
+
 // Whole-model gradients of LM loss + coeff · load-balancing loss (fp64, central differences).
 void expect_moe_gradients_match_finite_differences(const TransformerConfig& cfg) {
   DeviceContext ctx = DeviceContext::cpu();
@@ -164,6 +213,7 @@ void expect_moe_gradients_match_finite_differences(const TransformerConfig& cfg)
   model.bind(reg);
   const int64_t B = 2;
   Arena acts(Device::cpu(), model.plan_activation_bytes(DType::kF64, B), "acts");
+  poison(ctx, acts);
   model.allocate_activations(acts, DType::kF64, B);
   const OwnedTensor tokens = random_ints({B, cfg.seq_length}, 11, 11);
   const OwnedTensor targets = random_ints({B, cfg.seq_length}, 11, 12);
@@ -202,6 +252,18 @@ TEST(MoeModel, GradientsMatchFiniteDifferencesSwigluPreSoftmaxEveryOtherLayer) {
   c.moe_router_pre_softmax = true;
   c.moe_layer_freq = 2;  // layer 0 MoE, layer 1 dense
   c.hidden_dropout = 0.2;
+  expect_moe_gradients_match_finite_differences(c);
+}
+
+// Token dropping: a dropped pair contributes nothing and its router weight gets no gradient
+// (B·T = 10 tokens, capacity ceil(20/4 · 0.6) = 3 of 20 pairs per expert; the finite
+// differences' 1e-5 steps do not change which pairs are kept).
+TEST(MoeModel, GradientsMatchFiniteDifferencesWithDroppedTokens) {
+  TransformerConfig c = moe_config();
+  c.moe_expert_capacity_factor = 0.6;
+  expect_moe_gradients_match_finite_differences(c);
+  c.moe_token_drop_by_position = true;
+  c.swiglu = true;
   expect_moe_gradients_match_finite_differences(c);
 }
 

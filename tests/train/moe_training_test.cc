@@ -253,6 +253,31 @@ TEST(MoeTraining, ExpertParallelWithIdleExpertsMatchesOneRank) {
   expect_same_training(run_layout(cfg, ep4), reference, ep4.name());
 }
 
+// Token dropping (--moe-expert-capacity-factor): each rank drops within its own micro-batches,
+// which DP, EP (capacity per source rank and expert) and TP + SP (every TP rank routes the same
+// gathered tokens) leave unchanged, so they follow the single rank; CP would not (each CP rank
+// holds half the tokens, so its capacities and drops are its half's, as in Megatron).
+TEST(MoeTraining, TokenDroppingLayoutsMatchOneRank) {
+  for (bool by_position : {false, true}) {
+    TrainConfig cfg = moe_config();
+    cfg.model.moe_expert_capacity_factor = 0.5;
+    cfg.model.moe_token_drop_by_position = by_position;
+    cfg.train_iters = 10;
+    const RunResult reference = single_rank(cfg);
+    Layout ep = expert_parallel(2, 4);
+    ep.distributed_optimizer = true;
+    expect_same_training(run_layout(cfg, ep), reference, ep.name());
+    Layout tp = expert_parallel(1, 2);
+    tp.tp = 2;
+    tp.sequence_parallel = true;
+    expect_same_training(run_layout(cfg, tp), reference, tp.name());
+    // Dropping changes training: the dropless run is another one.
+    cfg.model.moe_expert_capacity_factor = 0;
+    EXPECT_GT(std::abs(single_rank(cfg).losses.back() - reference.losses.back()),
+              1e-4 * reference.losses.back());
+  }
+}
+
 // Checkpoints name experts globally, so they reshard across EP sizes: saved at EP2 x DP2
 // (without the distributed optimizer: expert-data-parallel rank 0 writes each expert) resumes on
 // one rank; saved at EP2 x DP4 with the distributed optimizer resumes at EP4 x DP4.

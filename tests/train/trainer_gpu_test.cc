@@ -67,6 +67,11 @@ TEST(TrainerGpu, MixtureOfExpertsMatchesCpuStepForStep) {
   cfg.model.moe_router_pre_softmax = true;
   cfg.model.moe_layer_freq = 2;
   expect_gpu_follows_cpu(cfg);
+  // Token dropping (by position, so the choice of dropped pairs is the routing's alone): the
+  // zeroed row of dropped pairs in the device buffers.
+  cfg.model.moe_expert_capacity_factor = 0.5;
+  cfg.model.moe_token_drop_by_position = true;
+  expect_gpu_follows_cpu(cfg);
 }
 
 }  // namespace

@@ -158,14 +158,28 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_flag("--moe-grouped-gemm", [](int64_t) {},
                "Accepted for Megatron compatibility: each expert runs its own GEMM pair (same "
                "numbers as a grouped GEMM)")->group(g);
-  cmd.add_option_function<double>(
-         "--moe-expert-capacity-factor",
-         [](double) {
-           throw CLI::ValidationError("--moe-expert-capacity-factor",
-                                      "token dropping is not implemented: ShardLM's MoE is "
-                                      "dropless (every token reaches its k experts); drop the flag");
+  cmd.add_option("--moe-expert-capacity-factor", m.moe_expert_capacity_factor,
+                 "Token dropping: each expert takes at most ceil(tokens x k / E x factor) rows of "
+                 "a micro-batch (default: dropless)")->group(g)->check(pos);
+  cmd.add_option_function<std::string>(
+         "--moe-token-drop-policy",
+         [&m](const std::string& v) {
+           if (v != "probs" && v != "position")
+             throw CLI::ValidationError("--moe-token-drop-policy",
+                                        "'" + v + "' is not a policy (probs, position)");
+           m.moe_token_drop_by_position = v == "position";
          },
-         "Not available: ShardLM's MoE is dropless")->group(g);
+         "With a capacity factor: drop the rows of lowest router weight (probs, default) or "
+         "the latest tokens (position)")->group(g);
+  cmd.add_flag_function(
+         "--moe-pad-expert-input-to-capacity",
+         [](int64_t) {
+           throw CLI::ValidationError("--moe-pad-expert-input-to-capacity",
+                                      "padding experts to their capacity is not implemented "
+                                      "(each expert runs exactly the rows it keeps, with the same "
+                                      "numbers); drop the flag");
+         },
+         "Not available: experts run the rows they keep")->group(g);
   cmd.add_option("--init-method-std", m.init_method_std, "Std of the normal weight init")->group(g)->check(pos);
   cmd.add_option("--hidden-dropout", m.hidden_dropout, "Dropout after attention/MLP and embedding")->group(g)->check(nonneg);
   cmd.add_option("--attention-dropout", m.attention_dropout, "Dropout on attention probabilities")->group(g)->check(nonneg);

@@ -1,5 +1,6 @@
 #include "shardlm/model/transformer_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "shardlm/base/error.h"
@@ -82,8 +83,18 @@ void TransformerConfig::validate() const {
       bad("--moe-layer-freq " + s(moe_layer_freq) + " must be >= 1 (1: every layer is MoE)");
     if (!(moe_aux_loss_coeff >= 0))
       bad("--moe-aux-loss-coeff " + std::to_string(moe_aux_loss_coeff) + " must be >= 0");
+    if (!(moe_expert_capacity_factor >= 0))
+      bad("--moe-expert-capacity-factor " + std::to_string(moe_expert_capacity_factor) +
+          " must be > 0 (or unset: dropless)");
   }
   validate_tensor_parallel(tensor_model_parallel_size, false);
+}
+
+int64_t TransformerConfig::moe_expert_capacity(int64_t tokens) const {
+  if (num_experts <= 0 || moe_expert_capacity_factor <= 0) return 0;
+  const double rows = static_cast<double>(tokens * moe_router_topk) /
+                      static_cast<double>(num_experts) * moe_expert_capacity_factor;
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rows)));
 }
 
 void TransformerConfig::validate_tensor_parallel(int64_t tp, bool sequence_parallel) const {

@@ -57,6 +57,12 @@ struct TransformerConfig {
   double moe_aux_loss_coeff = 0.0;  // switch load-balancing loss; 0: none
   bool moe_aux_loss_enabled = true; // --moe-router-load-balancing-type aux_loss (none: false)
   bool moe_router_pre_softmax = false;
+  // Megatron's token dropping (--moe-expert-capacity-factor F > 0): each expert takes at most
+  // moe_expert_capacity(N) of a micro-batch's N·k routed rows on a rank; the rest are dropped
+  // (lowest router weight first, or with --moe-token-drop-policy position the latest tokens).
+  // 0: dropless.
+  double moe_expert_capacity_factor = 0.0;
+  bool moe_token_drop_by_position = false;
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
@@ -68,6 +74,9 @@ struct TransformerConfig {
   bool is_moe_layer(int64_t layer) const {
     return num_experts > 0 && layer % moe_layer_freq == 0;
   }
+  // Megatron's get_capacity: ceil(N·k / E · factor) rows per expert for N tokens; 0 (no cap)
+  // when dropless.
+  int64_t moe_expert_capacity(int64_t tokens) const;
   // The load-balancing loss's weight in effect.
   double moe_aux_coeff() const { return moe_aux_loss_enabled ? moe_aux_loss_coeff : 0.0; }
   int64_t num_moe_layers() const {

@@ -1,5 +1,6 @@
 #include "shardlm/model/layers/moe_mlp.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "shardlm/base/check.h"
@@ -99,10 +100,13 @@ void MoeMlp::append_parameters(std::vector<Parameter*>& out) const {
 
 int64_t MoeMlp::expert_row_capacity(const TransformerConfig& cfg, const ExpertParallel& ep,
                                     int64_t tokens) {
-  const int64_t k = cfg.moe_router_topk;
-  if (!ep.enabled()) return tokens * k;
-  // A token sends a rank at most min(k, E/EP) rows (its k choices are distinct experts).
-  return ep.size() * tokens * std::min<int64_t>(k, cfg.num_experts / ep.size());
+  const int64_t k = cfg.moe_router_topk, L = cfg.num_experts / ep.size();
+  // A token sends a rank at most min(k, E/EP) rows (its k choices are distinct experts) ...
+  int64_t rows = ep.size() * tokens * std::min<int64_t>(k, L);
+  // ... and with token dropping each rank at most `capacity` rows per expert.
+  const int64_t capacity = cfg.moe_expert_capacity(tokens);
+  if (capacity > 0) rows = std::min(rows, ep.size() * L * capacity);
+  return ep.enabled() ? rows : std::min(rows, tokens * k);
 }
 
 MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const {
@@ -116,9 +120,9 @@ MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_
   s.expert_out = alloc.allocate(dtype, {K, cfg_.hidden_size});
   if (ep_.enabled()) {
     s.expert_in = alloc.allocate(dtype, {R, cfg_.hidden_size});
-    s.routing = alloc.allocate(DType::kI32, {3 * K + ep_.size() * E + 2 * R});
+    s.routing = alloc.allocate(DType::kI32, {3 * K + E + ep_.size() * E + 2 * R});
   } else {
-    s.routing = alloc.allocate(DType::kI32, {3 * K + E});
+    s.routing = alloc.allocate(DType::kI32, {3 * K + 2 * E});
   }
   return s;
 }
@@ -150,39 +154,43 @@ MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const Ten
 
 MoeMlp::Routing MoeMlp::routing_views(const Saved& s) const {
   const int64_t N = s.choices.size(0), k = s.choices.size(1), K = N * k;
-  const int64_t D = ep_.size() * cfg_.num_experts;
-  Routing r{s.routing.flat_view(0, Shape({K})), s.routing.flat_view(K, Shape({K})),
-            s.routing.flat_view(2 * K, Shape({N, k})), s.routing.flat_view(3 * K, Shape({D})),
-            Tensor(), Tensor()};
+  const int64_t E = cfg_.num_experts, D = ep_.size() * E;
+  Routing r{s.routing.flat_view(0, Shape({K})),          s.routing.flat_view(K, Shape({K})),
+            s.routing.flat_view(2 * K, Shape({N, k})),   s.routing.flat_view(3 * K, Shape({E})),
+            s.routing.flat_view(3 * K + E, Shape({D})),  Tensor(),
+            Tensor()};
   if (ep_.enabled()) {
     const int64_t R = s.expert_in.size(0);
-    r.em_from_sm = s.routing.flat_view(3 * K + D, Shape({R}));
-    r.sm_from_em = s.routing.flat_view(3 * K + D + R, Shape({R}));
+    r.em_from_sm = s.routing.flat_view(3 * K + E + D, Shape({R}));
+    r.sm_from_em = s.routing.flat_view(3 * K + E + D + R, Shape({R}));
   }
   return r;
 }
 
 std::vector<int64_t> MoeMlp::saved_counts(DeviceContext& ctx, const Saved& s) const {
-  const Tensor& counts = routing_views(s).counts;
+  const int64_t K = s.choices.numel(), n = cfg_.num_experts * (1 + ep_.size());
+  const Tensor counts = s.routing.flat_view(3 * K, Shape({n}));  // routed, then kept
   OwnedTensor host = OwnedTensor::empty(DType::kI32, counts.shape());
   ops::copy(ctx, host.view(), counts);
   const int32_t* c = host.view().data<int32_t>();
-  return std::vector<int64_t>(c, c + counts.numel());
+  return std::vector<int64_t>(c, c + n);
 }
 
 MoeMlp::Dispatch MoeMlp::dispatch_of(const std::vector<int64_t>& counts) const {
   const int64_t E = cfg_.num_experts, L = num_local_experts(), P = ep_.size();
-  SHARDLM_CHECK_EQ(static_cast<int64_t>(counts.size()), P * E);
+  SHARDLM_CHECK_EQ(static_cast<int64_t>(counts.size()), (1 + P) * E);
   Dispatch d;
-  const auto mine = counts.begin() + ep_.rank() * E;
-  d.tokens_per_expert.assign(mine, mine + E);
+  d.routed.assign(counts.begin(), counts.begin() + E);
   d.local_expert_rows.assign(static_cast<size_t>(L), 0);
   d.send_rows.assign(static_cast<size_t>(P), 0);
   d.recv_rows.assign(static_cast<size_t>(P), 0);
   for (int64_t src = 0; src < P; ++src)
     for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = counts[static_cast<size_t>(src * E + e)];
-      if (src == ep_.rank()) d.send_rows[static_cast<size_t>(e / L)] += n;
+      const int64_t n = counts[static_cast<size_t>(E + src * E + e)];
+      if (src == ep_.rank()) {
+        d.send_rows[static_cast<size_t>(e / L)] += n;
+        d.rows += n;
+      }
       if (e / L != ep_.rank()) continue;
       d.recv_rows[static_cast<size_t>(src)] += n;
       d.local_expert_rows[static_cast<size_t>(e - first_local_expert())] += n;
@@ -197,43 +205,78 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
   OwnedTensor choices = OwnedTensor::empty(DType::kI32, s.choices.shape());
   ops::copy(ctx, choices.view(), s.choices);
   const int32_t* c = choices.view().data<int32_t>();
-  std::vector<int64_t> counts(static_cast<size_t>(E), 0);
-  for (int64_t i = 0; i < N * k; ++i) {
+  // The (token, choice) pairs of each expert in token order: a stable counting sort.
+  std::vector<int64_t> routed(static_cast<size_t>(E), 0);
+  for (int64_t i = 0; i < K; ++i) {
     SHARDLM_REQUIRE(c[i] >= 0 && c[i] < E, ErrorKind::kInternal,
                     "MoE router chose expert " + std::to_string(c[i]) + " of " +
                         std::to_string(E));
-    ++counts[static_cast<size_t>(c[i])];
+    ++routed[static_cast<size_t>(c[i])];
   }
-  // Stable counting sort: row of (token n, choice i) = start of its expert + earlier pairs.
-  std::vector<int64_t> next(static_cast<size_t>(E), 0);
-  for (int64_t e = 1; e < E; ++e) next[e] = next[e - 1] + counts[e - 1];
+  std::vector<int64_t> start(static_cast<size_t>(E) + 1, 0);
+  for (int64_t e = 0; e < E; ++e) start[e + 1] = start[e] + routed[e];
+  std::vector<int64_t> pairs(static_cast<size_t>(K));  // flat n * k + i, grouped by expert
+  {
+    std::vector<int64_t> next(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < K; ++i) pairs[static_cast<size_t>(next[c[i]]++)] = i;
+  }
+  // Token dropping: each expert keeps at most `capacity` pairs, those of the highest router
+  // weight (ties: the earlier token) or the earliest tokens; kept pairs stay in token order.
+  std::vector<int64_t> kept = routed;
+  const int64_t capacity = cfg_.moe_expert_capacity(N);
+  std::vector<char> keep(static_cast<size_t>(K), 1);
+  if (capacity > 0) {
+    std::vector<double> weight;
+    if (!cfg_.moe_token_drop_by_position) weight = to_host(ctx, s.probs);
+    for (int64_t e = 0; e < E; ++e) {
+      if (routed[e] <= capacity) continue;
+      const auto first = pairs.begin() + start[e], last = pairs.begin() + start[e + 1];
+      std::vector<int64_t> order(first, last);
+      if (!cfg_.moe_token_drop_by_position)
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+          return weight[static_cast<size_t>(a)] > weight[static_cast<size_t>(b)];
+        });
+      for (size_t j = static_cast<size_t>(capacity); j < order.size(); ++j)
+        keep[static_cast<size_t>(order[j])] = 0;
+      kept[e] = capacity;
+    }
+  }
   OwnedTensor plan = OwnedTensor::empty(DType::kI32, s.routing.shape());
   int32_t* tok = plan.view().data<int32_t>();
   int32_t* widx = tok + K;
   int32_t* slot = widx + K;
-  int32_t* all_counts = slot + K;  // [P, E]: rank src's row at src * E
-  for (int64_t e = 0; e < E; ++e) all_counts[ep_.rank() * E + e] = static_cast<int32_t>(counts[e]);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t row = next[static_cast<size_t>(c[n * k + i])]++;
-      tok[row] = static_cast<int32_t>(n);
-      widx[row] = static_cast<int32_t>(n * k + i);
-      slot[n * k + i] = static_cast<int32_t>(row);
+  int32_t* routed_out = slot + K;
+  int32_t* all_counts = routed_out + E;  // [P, E] kept rows: rank src's row at src * E
+  for (int64_t e = 0; e < E; ++e) {
+    routed_out[e] = static_cast<int32_t>(routed[e]);
+    all_counts[ep_.rank() * E + e] = static_cast<int32_t>(kept[e]);
+  }
+  // Rows: the kept pairs, grouped by expert. A dropped pair's slot is the last row, left zero in
+  // the experts' outputs and input gradients (rows < K are kept when any pair is dropped).
+  int64_t rows = 0;
+  for (int64_t i : pairs) {
+    if (!keep[static_cast<size_t>(i)]) {
+      slot[i] = static_cast<int32_t>(K - 1);
+      continue;
     }
+    tok[rows] = static_cast<int32_t>(i / k);
+    widx[rows] = static_cast<int32_t>(i);
+    slot[i] = static_cast<int32_t>(rows++);
+  }
+  for (int64_t r = rows; r < K; ++r) tok[r] = widx[r] = 0;  // unused
   if (ep_.enabled()) {
-    // Every EP rank's counts: this rank's row goes into its slot of the saved plan, which the
-    // all-gather completes in place; then the host reads them all.
+    // Every EP rank's kept counts: this rank's row goes into its slot of the saved plan, which
+    // the all-gather completes in place; then the host reads them all.
     const Routing r = routing_views(s);
-    const Tensor row = r.counts.flat_view(ep_.rank() * E, Shape({E}));
-    ops::copy(ctx, row, plan.view().flat_view(3 * K + ep_.rank() * E, Shape({E})));
-    ep_.group->all_gather(r.counts, row);
-    ops::copy(ctx, plan.view().flat_view(3 * K, Shape({P * E})), r.counts);
+    const Tensor mine = r.counts.flat_view(ep_.rank() * E, Shape({E}));
+    ops::copy(ctx, mine, plan.view().flat_view(3 * K + E + ep_.rank() * E, Shape({E})));
+    ep_.group->all_gather(r.counts, mine);
+    ops::copy(ctx, plan.view().flat_view(3 * K + E, Shape({P * E})), r.counts);
     // Received rows arrive source-major (rank 0's rows for the local experts in expert order,
     // then rank 1's, ...); the experts run expert-major. The permutations between the two:
     const int64_t R = s.expert_in.size(0);
     int32_t* em_from_sm = all_counts + P * E;
     int32_t* sm_from_em = em_from_sm + R;
-    std::vector<int64_t> src_start(static_cast<size_t>(P), 0);  // source block's first row
     std::vector<int64_t> expert_start(static_cast<size_t>(P * L), 0);  // [src, local e]
     int64_t at = 0;
     for (int64_t src = 0; src < P; ++src)
@@ -245,17 +288,18 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
     int64_t em = 0;
     for (int64_t e = 0; e < L; ++e)
       for (int64_t src = 0; src < P; ++src) {
-        const int64_t start = expert_start[static_cast<size_t>(src * L + e)];
+        const int64_t first = expert_start[static_cast<size_t>(src * L + e)];
         for (int64_t j = 0; j < all_counts[src * E + first_local_expert() + e]; ++j, ++em) {
-          em_from_sm[em] = static_cast<int32_t>(start + j);
-          sm_from_em[start + j] = static_cast<int32_t>(em);
+          em_from_sm[em] = static_cast<int32_t>(first + j);
+          sm_from_em[first + j] = static_cast<int32_t>(em);
         }
       }
+    for (int64_t i = at; i < R; ++i) em_from_sm[i] = sm_from_em[i] = 0;  // unused
   }
   ops::copy(ctx, s.routing, plan.view());
-  std::vector<int64_t> all(static_cast<size_t>(P * E));
-  for (int64_t i = 0; i < P * E; ++i) all[static_cast<size_t>(i)] = all_counts[i];
-  return all;
+  std::vector<int64_t> out(static_cast<size_t>((1 + P) * E));
+  for (int64_t i = 0; i < (1 + P) * E; ++i) out[static_cast<size_t>(i)] = routed_out[i];
+  return out;
 }
 
 void MoeMlp::activation_forward(DeviceContext& ctx, Tensor out, const Tensor& fc1) const {
@@ -343,47 +387,60 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
   const Routing r = routing_views(s);
   if (log_aux) {
     const std::vector<double> sums = to_host(ctx, scratch.score_sums);
-    const std::vector<double> tokens = global_counts(ctx, d.tokens_per_expert, scratch);
+    const std::vector<double> tokens = global_counts(ctx, d.routed, scratch);
     double loss = 0;  // this rank's tokens' part (the CP ranks' parts add up)
     for (size_t e = 0; e < sums.size(); ++e) loss += tokens[e] * sums[e];
     // Megatron tracks the loss divided by its coefficient ("load_balancing_loss").
     *step.moe_aux_loss += loss * aux_scale(N) / cfg_.moe_aux_coeff();
   }
-  ops::gather_rows(ctx, scratch.rows, x, r.token_of, Tensor());
+  // This rank's kept rows, sorted by expert (all N·k rows unless tokens were dropped).
+  const Tensor sorted = first_rows(scratch.rows, d.rows);
+  ops::gather_rows(ctx, sorted, x, first_rows(r.token_of, d.rows), Tensor());
   if (!ep_.enabled()) {
     run_experts(ctx, d.local_expert_rows, s.expert_out, scratch.rows, s, scratch);
   } else {
     // To the experts' ranks, into the experts' order, through them, and back.
     const int64_t R = d.received;
     const Tensor received = first_rows(scratch.exchange, R), by_expert = first_rows(s.expert_in, R);
-    dist::all_to_all_v(*ep_.group, ctx, received, scratch.rows, d.send_rows, d.recv_rows);
+    dist::all_to_all_v(*ep_.group, ctx, received, sorted, d.send_rows, d.recv_rows);
     if (R > 0) ops::gather_rows(ctx, by_expert, received, first_rows(r.em_from_sm, R), Tensor());
     run_experts(ctx, d.local_expert_rows, scratch.expert_rows, s.expert_in, s, scratch);
     if (R > 0)
       ops::gather_rows(ctx, received, first_rows(scratch.expert_rows, R),
                        first_rows(r.sm_from_em, R), Tensor());
-    dist::all_to_all_v(*ep_.group, ctx, s.expert_out, received, d.recv_rows, d.send_rows);
+    dist::all_to_all_v(*ep_.group, ctx, first_rows(s.expert_out, d.rows), received, d.recv_rows,
+                       d.send_rows);
   }
+  zero_dropped_row(ctx, s.expert_out, d.rows);
   ops::gather_sum_rows(ctx, out, s.expert_out, r.slot_of, s.probs);
+}
+
+void MoeMlp::zero_dropped_row(DeviceContext& ctx, const Tensor& rows, int64_t kept) const {
+  const int64_t K = rows.size(0), C = rows.size(1);
+  if (kept < K) ops::fill(ctx, rows.flat_view((K - 1) * C, Shape({1, C})), 0.0);
 }
 
 std::vector<int64_t> MoeMlp::backward_output(StepContext& step, const Tensor& dout,
                                              const Saved& s, const Scratch& scratch) const {
   DeviceContext& ctx = step.device;
   const Routing r = routing_views(s);
-  // Combine backward: each row's output gradient is its token's, times its weight; the
-  // weights' gradient is the dot of the token's gradient with the row's output.
-  ops::gather_rows(ctx, scratch.weight_of.reshape({scratch.weight_of.numel(), 1}),
-                   s.probs.reshape({s.probs.numel(), 1}), r.weight_index, Tensor());
-  ops::gather_rows(ctx, scratch.d_expert_out, dout, r.token_of, scratch.weight_of);
+  std::vector<int64_t> counts = saved_counts(ctx, s);
+  const Dispatch d = dispatch_of(counts);
+  // Combine backward: each kept row's output gradient is its token's, times its weight; the
+  // weights' gradient is the dot of the token's gradient with the row's output (0 for a dropped
+  // pair, whose slot is the zero row).
+  const int64_t rows = d.rows;
+  const Tensor weight_of = first_rows(scratch.weight_of, rows);
+  ops::gather_rows(ctx, weight_of.reshape({rows, 1}), s.probs.reshape({s.probs.numel(), 1}),
+                   first_rows(r.weight_index, rows), Tensor());
+  const Tensor d_sorted = first_rows(scratch.d_expert_out, rows);
+  ops::gather_rows(ctx, d_sorted, dout, first_rows(r.token_of, rows), weight_of);
   ops::gathered_row_dot(ctx, scratch.dprobs, dout, s.expert_out, r.slot_of);
   if (tp_.enabled()) tp_.group->all_reduce(scratch.dprobs);  // expert_out is partial over TP
-  std::vector<int64_t> counts = saved_counts(ctx, s);
   if (ep_.enabled()) {  // the output gradients to the experts' ranks, in the experts' order
-    const Dispatch d = dispatch_of(counts);
     const int64_t R = d.received;
     const Tensor received = first_rows(scratch.exchange, R);
-    dist::all_to_all_v(*ep_.group, ctx, received, scratch.d_expert_out, d.send_rows, d.recv_rows);
+    dist::all_to_all_v(*ep_.group, ctx, received, d_sorted, d.send_rows, d.recv_rows);
     if (R > 0)
       ops::gather_rows(ctx, first_rows(scratch.expert_rows, R), received,
                        first_rows(routing_views(s).em_from_sm, R), Tensor());
@@ -401,7 +458,8 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
   if (!ep_.enabled()) {
     // The experts, from the recomputed inputs; their input gradients replace the output
     // gradients in d_expert_out.
-    ops::gather_rows(ctx, scratch.rows, x, r.token_of, Tensor());
+    ops::gather_rows(ctx, first_rows(scratch.rows, d.rows), x, first_rows(r.token_of, d.rows),
+                     Tensor());
     run_experts_backward(ctx, d.local_expert_rows, scratch.d_expert_out, scratch.rows, s, scratch);
   } else {
     // The experts on the rows they received, then the input gradients back to their ranks.
@@ -411,16 +469,18 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
     if (R > 0)
       ops::gather_rows(ctx, received, first_rows(scratch.expert_rows, R),
                        first_rows(r.sm_from_em, R), Tensor());
-    dist::all_to_all_v(*ep_.group, ctx, scratch.d_expert_out, received, d.recv_rows, d.send_rows);
+    dist::all_to_all_v(*ep_.group, ctx, first_rows(scratch.d_expert_out, d.rows), received,
+                       d.recv_rows, d.send_rows);
   }
-  // Dispatch backward: a token's gradient is the sum of its k rows' input gradients (now in
-  // d_expert_out, whose output gradients are spent).
+  // Dispatch backward: a token's gradient is the sum of its kept rows' input gradients (now in
+  // d_expert_out, whose output gradients are spent; a dropped pair reads the zero row).
+  zero_dropped_row(ctx, scratch.d_expert_out, d.rows);
   ops::gather_sum_rows(ctx, dx, scratch.d_expert_out, r.slot_of, Tensor());
   // The router: top-k softmax backward, plus the load-balancing loss's gradient.
   ops::moe_topk_router_backward(ctx, scratch.dlogits, scratch.dprobs, s.logits, s.choices,
                                 cfg_.moe_router_pre_softmax);
   if (cfg_.moe_aux_coeff() > 0) {
-    std::vector<double> w = global_counts(ctx, d.tokens_per_expert, scratch);
+    std::vector<double> w = global_counts(ctx, d.routed, scratch);
     for (double& v : w) v *= aux_scale(N) * step.loss_grad_scale;
     from_host(ctx, scratch.aux_weights, w);
     ops::moe_aux_loss_backward(ctx, scratch.dlogits, s.logits, scratch.aux_weights);

@@ -1,5 +1,5 @@
 // MoeMlp: the mixture-of-experts MLP of a transformer layer, as Megatron Core's MoELayer builds
-// it with a TopKRouter, the dropless token dispatcher and SequentialMLP experts, on one rank:
+// it with a TopKRouter, the token dispatcher and SequentialMLP experts, on one rank:
 //
 //   logits = router(x)                [N, E]  decoder.layers.<i>.mlp.router.weight [E, C]
 //   probs, experts = top-k(logits)     per token: softmax over its k largest logits, or (with
@@ -18,7 +18,8 @@
 // the tokens are gathered into
 // contiguous rows per expert (ops::gather_rows). Each expert runs its GEMMs on its rows; the
 // outputs are gathered back and summed with the router's weights (ops::gather_sum_rows). No
-// atomics anywhere, so results are deterministic. Dropless: every token reaches its k experts.
+// atomics anywhere, so results are deterministic. Dropless unless a capacity factor is set:
+// every token reaches its k experts.
 // The expert GEMMs' shapes follow the routing, so they take cuBLASLt's heuristic choice instead of
 // being timed per new shape (ops::GemmAutotuneOff).
 //
@@ -43,7 +44,17 @@
 // Megatron's alltoall token dispatcher; --moe-token-dispatcher-type allgather gives the same
 // numbers through the same exchange. The expert side's buffers are sized for the worst case,
 // R_max = EP·N·min(k, E/EP) rows (every rank sending all its tokens' choices here), since the
-// dispatch is dropless and the arena is planned before training.
+// dispatch is dropless and the arena is planned before training; a capacity factor lowers it to
+// EP·(E/EP)·capacity.
+//
+// Token dropping (--moe-expert-capacity-factor f > 0, Megatron's): each expert keeps at most
+// ceil(N·k/E · f) of a micro-batch's (token, choice) pairs on this rank, those of the highest
+// router weight (ties: the earlier token) or, with --moe-token-drop-policy position, the
+// earliest tokens; kept pairs stay in token order. A dropped pair's slot is row K-1, zeroed in
+// the experts' outputs and input gradients (it is free whenever a pair was dropped), so it adds
+// nothing to its token and its weight gets no gradient, as Megatron's probs·mask. The
+// load-balancing loss counts the pairs routed before dropping (Megatron's tokens_per_expert).
+// Under EP the cap applies per source rank and expert, so it also bounds the experts' buffers.
 //
 // Load balancing (--moe-aux-loss-coeff > 0, --moe-router-load-balancing-type aux_loss):
 // Megatron's switch loss aux = E·coeff / (N²·k) · Σ_e tokens_e · Σ_n softmax(logits[n])[e]. It
@@ -82,22 +93,24 @@ class MoeMlp {
     Tensor expert_out;  // [K, C]  the experts' outputs for this rank's rows (sorted by expert)
     Tensor expert_in;   // [R, C]  EP only: the rows received for the local experts, by expert
     // The dispatch plan, int32, packed so that it reaches the device in one transfer and
-    // backward reads only the counts back: [K token_of | K weight_index | N*k slot_of | D counts
-    // | EP only: R em_from_sm | R sm_from_em] (routing_views() names the parts).
+    // backward reads only the counts back: [K token_of | K weight_index | N*k slot_of | E routed
+    // | D counts | EP only: R em_from_sm | R sm_from_em] (routing_views() names the parts).
     Tensor routing;
   };
   // The parts of Saved::routing.
   struct Routing {
     Tensor token_of;      // [K]    row -> token
     Tensor weight_index;  // [K]    row -> flat (token, choice), to gather the router weights
-    Tensor slot_of;       // [N, k] (token, choice) -> row
+    Tensor slot_of;       // [N, k] (token, choice) -> row (a dropped pair: the zero row K-1)
+    Tensor routed;        // [E]    this rank's (token, choice) pairs per expert, before dropping
     Tensor counts;        // [D]    rows per expert: [E], or under EP [EP, E] (rank s's row)
     Tensor em_from_sm;    // [R]    EP: expert-major row -> received (source-major) row
     Tensor sm_from_em;    // [R]    EP: received row -> expert-major row
   };
   // What the counts say about the exchange (routing_views().counts, read on the host).
   struct Dispatch {
-    std::vector<int64_t> tokens_per_expert;  // [E] this rank's rows per global expert
+    std::vector<int64_t> routed;             // [E] this rank's pairs per expert (load balancing)
+    int64_t rows = 0;                        // K' <= K: this rank's rows kept (sent)
     std::vector<int64_t> local_expert_rows;  // [E/EP] rows each local expert runs
     std::vector<int64_t> send_rows, recv_rows;  // [EP] rows to / from each EP rank
     int64_t received = 0;                    // rows this rank's experts run (sum of recv_rows)
@@ -188,6 +201,9 @@ class MoeMlp {
   void run_experts_backward(DeviceContext& ctx, const std::vector<int64_t>& rows,
                             const Tensor& d_rows, const Tensor& in, const Saved& s,
                             const Scratch& scratch) const;
+  // Token dropping: row K-1 of `rows` [K, C] (the slot of every dropped pair) := 0 when only
+  // `kept` < K rows are in use.
+  void zero_dropped_row(DeviceContext& ctx, const Tensor& rows, int64_t kept) const;
   // Tokens per expert for the load-balancing loss: counts summed over the CP group.
   std::vector<double> global_counts(DeviceContext& ctx, const std::vector<int64_t>& counts,
                                     const Scratch& scratch) const;
