@@ -220,18 +220,21 @@ TEST(LayoutPlanner, ExpertParallelMemoryIsTheTrainersPlan) {
   cfg.model.num_experts = 4;
   cfg.model.moe_router_topk = 2;
   cfg.model.moe_ffn_hidden_size = 64;
-  const FixedChoices fixed{.tensor_parallel = 1,
-                           .pipeline_parallel = 1,
-                           .context_parallel = 1,
-                           .micro_batch_size = cfg.micro_batch_size,
-                           .distributed_optimizer = true,
-                           .recompute = no_recompute()};
+  FixedChoices fixed{.tensor_parallel = 1,
+                     .pipeline_parallel = 1,
+                     .context_parallel = 1,
+                     .micro_batch_size = cfg.micro_batch_size,
+                     .distributed_optimizer = true,
+                     .recompute = no_recompute()};
   std::vector<MemoryPlan> by_ep;
   for (int ep : {1, 2, 4}) {
     SCOPED_TRACE("EP " + std::to_string(ep));
     cfg.parallel.expert_model_parallel_size = ep;
     cfg.parallel.use_distributed_optimizer = true;
+    fixed.expert_parallel = ep;
     const PlanResult r = plan_layouts(cfg, gpus(4), fixed);
+    ASSERT_FALSE(r.candidates.empty());
+    EXPECT_EQ(r.candidates.front().ep, ep);
     ASSERT_EQ(r.candidates.size(), 1u) << (r.rejected.empty() ? "" : r.rejected.begin()->first);
     const std::vector<MemoryPlan> trainer = trainer_plans(cfg, 4);
     ASSERT_EQ(trainer.size(), 1u);
@@ -243,6 +246,45 @@ TEST(LayoutPlanner, ExpertParallelMemoryIsTheTrainersPlan) {
   // Rows per layer: 2N without EP, EP·N·min(2, 4/EP) = 4N at EP 2 and at EP 4.
   EXPECT_GT(by_ep[1].activations, by_ep[0].activations);
   EXPECT_GE(by_ep[2].activations, by_ep[1].activations);
+}
+
+// The search tries expert parallelism for an MoE model (the divisors of the data x context ranks
+// that divide the experts): the same layout with more EP ranks holds fewer experts per rank and
+// pays all-to-alls; a dense model never gets EP; the flags and the description say it.
+TEST(LayoutPlanner, ExpertParallelIsSearchedForMoeModels) {
+  TrainConfig moe = gpt_1_3b();
+  moe.model.num_layers = 8;
+  moe.model.num_experts = 8;
+  moe.model.moe_router_topk = 2;
+  moe.global_batch_size = 64;
+  const FixedChoices fixed{.tensor_parallel = 1, .pipeline_parallel = 1, .context_parallel = 1,
+                           .micro_batch_size = 1, .recompute = no_recompute()};
+  const PlanResult r = plan_layouts(moe, gpus(8), fixed);
+  std::map<int, const Candidate*> by_ep;
+  for (const Candidate& c : r.candidates) by_ep[c.ep] = &c;
+  ASSERT_EQ(by_ep.size(), 4u);  // EP 1, 2, 4, 8
+  for (const auto& [ep, c] : by_ep) {
+    SCOPED_TRACE(c->describe());
+    EXPECT_EQ(c->ep_comm_s > 0, ep > 1);
+    if (ep == 1) continue;
+    const Candidate& fewer = *std::prev(by_ep.find(ep))->second;
+    EXPECT_LT(c->memory().compute_params, fewer.memory().compute_params);
+    EXPECT_NE(c->describe().find("(EP " + std::to_string(ep) + ")"), std::string::npos);
+    const std::vector<std::string> f = c->flags();
+    const auto at = std::find(f.begin(), f.end(), "--expert-model-parallel-size");
+    ASSERT_NE(at, f.end());
+    EXPECT_EQ(*(at + 1), std::to_string(ep));
+  }
+  // Across nodes (2 GPUs each) EP 8's all-to-alls cost more than inside one.
+  Cluster small_nodes = gpus(8);
+  small_nodes.gpus_per_node = 2;
+  FixedChoices ep8 = fixed;
+  ep8.expert_parallel = 8;
+  const PlanResult apart = plan_layouts(moe, small_nodes, ep8);
+  ASSERT_EQ(apart.candidates.size(), 1u);
+  EXPECT_GT(apart.candidates.front().ep_comm_s, by_ep.at(8)->ep_comm_s);
+  for (const Candidate& c : plan_layouts(gpt_1_3b(), gpus(8), fixed).candidates)
+    EXPECT_EQ(c.ep, 1);
 }
 
 TEST(LayoutPlanner, DataParallelWhenTheModelFitsOneGpu) {

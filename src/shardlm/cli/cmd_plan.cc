@@ -62,6 +62,8 @@ plan::FixedChoices fixed_choices(CLI::App& cmd, const train::TrainConfig& cfg) {
     f.pipeline_parallel = p.pipeline_model_parallel_size;
   // 1 too: --context-parallel-size 1 keeps context parallelism out of the search.
   if (given(cmd, "--context-parallel-size")) f.context_parallel = p.context_parallel_size;
+  if (given(cmd, "--expert-model-parallel-size"))
+    f.expert_parallel = p.expert_model_parallel_size;
   if (given(cmd, "--num-virtual-stages-per-pipeline-rank"))
     f.virtual_chunks = p.num_virtual_stages_per_pipeline_rank;
   if (given(cmd, "--num-layers-per-virtual-pipeline-stage")) {
@@ -95,6 +97,7 @@ std::string drop_fixed_hint(const plan::FixedChoices& f) {
        {std::pair{f.tensor_parallel.has_value(), "--tensor-model-parallel-size"},
         std::pair{f.pipeline_parallel.has_value(), "--pipeline-model-parallel-size"},
         std::pair{f.context_parallel.has_value(), "--context-parallel-size"},
+        std::pair{f.expert_parallel.has_value(), "--expert-model-parallel-size"},
         std::pair{f.virtual_chunks.has_value(), "virtual stages"},
         std::pair{f.stage_layers.has_value(), "--decoder-first/last-pipeline-num-layers"},
         std::pair{f.micro_batch_size.has_value(), "--micro-batch-size"},
@@ -106,8 +109,8 @@ std::string drop_fixed_hint(const plan::FixedChoices& f) {
 }
 
 void print_table(std::ostream& out, const plan::PlanResult& r, const plan::Cluster& cl, int top) {
-  out << "   #  TP  PP  CP  V  first/last  DP  mbs  SP  distopt  recompute      memory/GPU     step s"
-         "  tokens/s/GPU    MFU  bubble  TP comm s  CP comm s  DP exposed s\n";
+  out << "   #  TP  PP  CP  V  first/last  DP  EP  mbs  SP  distopt  recompute      memory/GPU"
+         "     step s  tokens/s/GPU    MFU  bubble  TP comm s  CP comm s  EP comm s  DP exposed s\n";
   int shown = 0;
   for (const plan::Candidate& c : r.candidates) {
     if (shown == top) break;
@@ -117,16 +120,17 @@ void print_table(std::ostream& out, const plan::PlanResult& r, const plan::Clust
             ? (c.first_stage_layers ? std::to_string(c.first_stage_layers) : "-") + "/" +
                   (c.last_stage_layers ? std::to_string(c.last_stage_layers) : "-")
             : "-";
-    out << fmt("%4d %3d %3d %3d %2d  %-10s %3d %4lld  %-3s %-8s %-14s %7.2f GiB", ++shown, c.tp,
-               c.pp, c.cp, c.virtual_chunks, uneven.c_str(), c.dp,
+    out << fmt("%4d %3d %3d %3d %2d  %-10s %3d %3d %4lld  %-3s %-8s %-14s %7.2f GiB", ++shown,
+               c.tp, c.pp, c.cp, c.virtual_chunks, uneven.c_str(), c.dp, c.ep,
                static_cast<long long>(c.micro_batch_size),
                c.sequence_parallel ? "on" : "-", c.distributed_optimizer ? "on" : "-",
                plan::recompute_label(c.recompute).c_str(),
                (static_cast<double>(c.memory().total()) + cl.reserved_bytes) / plan::kGiB);
     if (fits)
-      out << fmt("  %9.3f  %12s  %5.1f%%  %5.1f%%  %9.3f  %9.3f  %12.3f\n", c.step_s,
+      out << fmt("  %9.3f  %12s  %5.1f%%  %5.1f%%  %9.3f  %9.3f  %9.3f  %12.3f\n", c.step_s,
                  with_commas(c.tokens_per_s_per_gpu).c_str(), 100 * c.mfu,
-                 100 * c.bubble_fraction(), c.tp_comm_s, c.cp_comm_s, c.dp_exposed_s);
+                 100 * c.bubble_fraction(), c.tp_comm_s, c.cp_comm_s, c.ep_comm_s,
+                 c.dp_exposed_s);
     else
       out << "  does not fit\n";
   }
@@ -152,6 +156,7 @@ nlohmann::json to_json(const plan::PlanResult& r, const plan::Cluster& cl) {
     nlohmann::json e = {{"tp", c.tp},
                         {"pp", c.pp},
                         {"cp", c.cp},
+                        {"ep", c.ep},
                         {"virtual_chunks", c.virtual_chunks},
                         {"first_stage_layers", c.first_stage_layers},
                         {"last_stage_layers", c.last_stage_layers},
@@ -170,6 +175,7 @@ nlohmann::json to_json(const plan::PlanResult& r, const plan::Cluster& cl) {
       e["compute_s"] = c.compute_s;
       e["tp_comm_s"] = c.tp_comm_s;
       e["cp_comm_s"] = c.cp_comm_s;
+      e["ep_comm_s"] = c.ep_comm_s;
       e["pipeline_s"] = c.pipeline_s;
       e["dp_exposed_s"] = c.dp_exposed_s;
       e["embedding_sync_s"] = c.embedding_sync_s;

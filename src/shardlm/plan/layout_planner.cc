@@ -23,17 +23,23 @@ using train::TrainConfig;
 // Forward FLOPs per token of one transformer layer, train/metrics.h's convention (2 per
 // multiply-add of every weight; attention scores and values over the full S x S).
 struct LayerFlops {
-  double linear = 0;     // QKV, projection, MLP
+  double linear = 0;     // QKV, projection, MLP (per token, averaged over dense and MoE layers)
   double attention = 0;  // QK^T and PV: what selective recomputation re-runs
+  double moe_share = 0;  // MoE layers / layers
 };
 
 LayerFlops layer_forward_flops(const model::TransformerConfig& m) {
   const double H = static_cast<double>(m.hidden_size);
   const double q = static_cast<double>(m.num_attention_heads * m.head_dim());
-  const double F = static_cast<double>(m.ffn_size());
+  auto mlp = [&](double F) { return 2 * H * F * (m.swiglu ? 2 : 1) + 2 * F * H; };
   LayerFlops f;
+  f.moe_share = static_cast<double>(m.num_moe_layers()) / static_cast<double>(m.num_layers);
+  // An MoE layer: the router and k experts' MLPs per token.
+  const double moe_mlp = 2 * H * static_cast<double>(m.num_experts) +
+                         static_cast<double>(m.moe_router_topk) *
+                             mlp(static_cast<double>(m.moe_ffn_size()));
   f.linear = 2 * H * static_cast<double>(m.qkv_size()) + 2 * q * H +
-             2 * H * F * (m.swiglu ? 2 : 1) + 2 * F * H;
+             (1 - f.moe_share) * mlp(static_cast<double>(m.ffn_size())) + f.moe_share * moe_mlp;
   f.attention = 4 * static_cast<double>(m.seq_length) * q;
   return f;
 }
@@ -77,6 +83,7 @@ struct ChunkTimes {
   double forward = 0, backward = 0;
   double tp_comm = 0;  // forward + backward (+ recomputation) TP collectives, included above
   double cp_comm = 0;  // the same for CP's
+  double ep_comm = 0;  // and for EP's all-to-alls
 };
 
 class CandidateEstimator {
@@ -106,8 +113,18 @@ class CandidateEstimator {
     const double cp_pass = c.cp > 1 ? (cp - 1) / cp * qkv_bytes / bandwidth(c.tp * c.cp) : 0.0;
     const double fwd_compute = tokens * (flops_.linear + flops_.attention) / tp / rate;
     const double attention_compute = tokens * flops_.attention / tp / rate;
-    const double layer_fwd = fwd_compute + comm + cp_pass + cluster_.per_layer_overhead_s;
-    const double layer_bwd = 2 * fwd_compute + comm + 2 * cp_pass + cluster_.per_layer_overhead_s;
+    // EP: an MoE layer sends its rows [tokens x k, hidden] to the experts' ranks and back, in
+    // forward and again in backward; (e-1)/e of them leave the rank, over the aligned block of
+    // TP x EP ranks (the expert layout's tp-ep order). Spread over the layers by the share of MoE
+    // layers, as the MoE FLOPs are.
+    const double ep = c.ep;
+    const double ep_pass =
+        c.ep > 1 ? flops_.moe_share * 2 * (ep - 1) / ep * act_bytes *
+                       static_cast<double>(cfg_.model.moe_router_topk) / bandwidth(c.tp * c.ep)
+                 : 0.0;
+    const double layer_fwd = fwd_compute + comm + cp_pass + ep_pass + cluster_.per_layer_overhead_s;
+    const double layer_bwd =
+        2 * fwd_compute + comm + 2 * cp_pass + ep_pass + cluster_.per_layer_overhead_s;
     // Layers of this chunk whose forward backward re-runs (model/recompute.h: chunk-local).
     int64_t rerun = 0;
     for (int64_t l = 0; l < num_layers; ++l) rerun += c.recompute.recomputes_layer(l);
@@ -117,6 +134,7 @@ class CandidateEstimator {
     t.backward = n * layer_bwd + r * layer_fwd;
     t.tp_comm = n * 2 * comm + r * comm;
     t.cp_comm = n * 3 * cp_pass + r * cp_pass;
+    t.ep_comm = n * 2 * ep_pass + r * ep_pass;
     // Selective: attention re-runs with its gather, which the backward then reuses.
     if (c.recompute.selective()) t.backward += n * attention_compute;
     if (has_head) {  // the output layer's GEMM (vocabulary split over TP)
@@ -185,17 +203,20 @@ void estimate_time(Candidate& cand, const TrainConfig& c, const Cluster& cluster
     for (const auto& [layers, head] : stages[r].chunks)
       times[r].push_back(est.chunk_times(cand, layers, head));
   const double M = static_cast<double>(cand.num_microbatches);
-  std::vector<double> busy(stages.size(), 0), comm(stages.size(), 0), cp_comm(stages.size(), 0);
+  std::vector<double> busy(stages.size(), 0), comm(stages.size(), 0), cp_comm(stages.size(), 0),
+      ep_comm(stages.size(), 0);
   for (size_t r = 0; r < stages.size(); ++r)
     for (const ChunkTimes& t : times[r]) {
       busy[r] += M * (t.forward + t.backward);
       comm[r] += M * t.tp_comm;
       cp_comm[r] += M * t.cp_comm;
+      ep_comm[r] += M * t.ep_comm;
     }
   const size_t busiest = static_cast<size_t>(std::max_element(busy.begin(), busy.end()) - busy.begin());
   cand.compute_s = busy[busiest];
   cand.tp_comm_s = comm[busiest];
   cand.cp_comm_s = cp_comm[busiest];
+  cand.ep_comm_s = ep_comm[busiest];
   cand.pipeline_s = cand.compute_s;
   const double compute_bytes = static_cast<double>(dtype_size(est.compute_dtype()));
   const double master_bytes = static_cast<double>(dtype_size(est.master_dtype()));
@@ -301,6 +322,15 @@ std::vector<int> context_sizes(const TrainConfig& cfg, int ranks) {
   return out;
 }
 
+// Expert-parallel sizes of an MoE model over `ranks` = data x context ranks: the divisors of
+// both the ranks and the experts ({1} for a dense model).
+std::vector<int> expert_sizes(const TrainConfig& cfg, int ranks) {
+  std::vector<int> out;
+  for (int e : divisors(ranks))
+    if (e == 1 || (cfg.model.num_experts > 0 && cfg.model.num_experts % e == 0)) out.push_back(e);
+  return out;
+}
+
 // The points of the search (layout and per-rank choices; the Candidate fields evaluate()
 // does not fill). Layout sizes that cannot split the layers or the batch are counted in
 // `rejected` here; the rest of the validation is evaluate()'s.
@@ -315,7 +345,7 @@ std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& 
     if (cluster.gpus_per_node % t == 0 && N % t == 0) tps.push_back(t);
   // A layout (TP, PP, CP, V, first/last stage layers) with its per-rank choices.
   struct Layout {
-    int tp, pp, cp, v, first, last;
+    int tp, pp, cp, v, first, last, ep;
   };
   std::vector<Layout> layouts;
   for (int tp : choices(fixed.tensor_parallel, tps))
@@ -341,7 +371,8 @@ std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& 
               cfg.parallel.decoder_last_pipeline_num_layers == 0)
             stage_layers.insert(stage_layers.end(), {{0, e - 1}, {e - 1, 0}, {e - 1, e - 1}});
           for (const auto& [first, last] : choices(fixed.stage_layers, stage_layers))
-            layouts.push_back({tp, pp, cp, v, first, last});
+            for (int ep : choices(fixed.expert_parallel, expert_sizes(cfg, N / (tp * pp))))
+              layouts.push_back({tp, pp, cp, v, first, last, ep});
         }
       }
     }
@@ -372,6 +403,7 @@ std::vector<Candidate> enumerate_choices(const TrainConfig& cfg, const Cluster& 
         c.tp = l.tp;
         c.pp = l.pp;
         c.cp = l.cp;
+        c.ep = l.ep;
         c.dp = dp;
         c.virtual_chunks = l.v;
         c.first_stage_layers = l.first;
@@ -397,6 +429,7 @@ TrainConfig config_of(const TrainConfig& cfg, const Candidate& c, const FixedCho
   p.tensor_model_parallel_size = c.tp;
   p.pipeline_model_parallel_size = c.pp;
   p.context_parallel_size = c.cp;
+  p.expert_model_parallel_size = c.ep;
   p.sequence_parallel = c.sequence_parallel;
   p.use_distributed_optimizer = c.distributed_optimizer;
   p.overlap_grad_reduce = c.overlap_grad_reduce();
@@ -480,6 +513,10 @@ std::vector<std::string> Candidate::flags() const {
     f.push_back("--context-parallel-size");
     f.push_back(std::to_string(cp));
   }
+  if (ep > 1) {
+    f.push_back("--expert-model-parallel-size");
+    f.push_back(std::to_string(ep));
+  }
   f.push_back("--micro-batch-size");
   f.push_back(std::to_string(micro_batch_size));
   if (virtual_chunks > 1) {
@@ -518,7 +555,9 @@ std::string Candidate::describe() const {
     s += " (layers first " + (first_stage_layers ? std::to_string(first_stage_layers) : "even") +
          ", last " + (last_stage_layers ? std::to_string(last_stage_layers) : "even") + ")";
   if (cp > 1) s += " x CP " + std::to_string(cp);
-  s += " x DP " + std::to_string(dp) + ", micro-batch " + std::to_string(micro_batch_size) +
+  s += " x DP " + std::to_string(dp);
+  if (ep > 1) s += " (EP " + std::to_string(ep) + ")";
+  s += ", micro-batch " + std::to_string(micro_batch_size) +
        ", recompute " + recompute_label(recompute);
   return s;
 }
@@ -574,6 +613,7 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
   fixed_positive(fixed.tensor_parallel, "--tensor-model-parallel-size");
   fixed_positive(fixed.pipeline_parallel, "--pipeline-model-parallel-size");
   fixed_positive(fixed.context_parallel, "--context-parallel-size");
+  fixed_positive(fixed.expert_parallel, "--expert-model-parallel-size");
   fixed_positive(fixed.virtual_chunks, "the virtual stages per pipeline rank");
   fixed_positive(fixed.micro_batch_size, "--micro-batch-size");
   int fixed_product = 1;

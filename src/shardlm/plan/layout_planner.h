@@ -84,6 +84,7 @@ struct FixedChoices {
   std::optional<int> tensor_parallel;
   std::optional<int> pipeline_parallel;
   std::optional<int> context_parallel;  // 1 keeps context parallelism off
+  std::optional<int> expert_parallel;   // --expert-model-parallel-size (MoE models)
   std::optional<int> virtual_chunks;  // V per pipeline rank (1: plain 1F1B)
   // {first, last} stage layers (--decoder-first/last-pipeline-num-layers; 0 = unset): {0, 0}
   // fixes the even split. Given in the config instead, they are kept and not searched.
@@ -96,6 +97,7 @@ struct FixedChoices {
 
 struct Candidate {
   int tp = 1, pp = 1, cp = 1, dp = 1, virtual_chunks = 1;
+  int ep = 1;  // expert-parallel ranks among the data x context ranks (MoE models)
   // --decoder-first/last-pipeline-num-layers (0: unset, the layers split evenly).
   int first_stage_layers = 0, last_stage_layers = 0;
   int64_t micro_batch_size = 1, num_microbatches = 1;
@@ -118,6 +120,7 @@ struct Candidate {
   double compute_s = 0;        // busiest rank's compute, TP and CP collectives included
   double tp_comm_s = 0;        // of which tensor-parallel collectives
   double cp_comm_s = 0;        // of which context-parallel collectives (QKV gathers, scatters)
+  double ep_comm_s = 0;        // of which expert-parallel all-to-alls (MoE token exchange)
   double pipeline_s = 0;       // the simulated makespan (≥ compute_s: the bubble)
   double dp_exposed_s = 0;     // data-parallel reduction (and gather) not hidden by compute
   double embedding_sync_s = 0; // first/last stage word-embedding gradient all-reduce (PP > 1)
