@@ -78,7 +78,8 @@ def scaling_table(results, base_label=None, plan_dir=None):
         comparable = base and (base_label is None or r["system"].startswith(prefix))
         eff = f"{100 * per / base['tokens_per_s_wall']:.1f}%" if comparable else "—"
         cp = f", cp {r['cp']}" if r.get('cp', 1) > 1 else ""
-        line = (f"| {r['system']} (tp {r.get('tp', 1)}, pp {r.get('pp', 1)}{cp}, dp {r.get('dp', 1)}) | "
+        ep = f", ep {r['ep']}" if r.get('ep', 1) > 1 else ""
+        line = (f"| {r['system']} (tp {r.get('tp', 1)}, pp {r.get('pp', 1)}{cp}, dp {r.get('dp', 1)}{ep}) | "
                 f"{r.get('world_size', 1)} | {r['tokens_per_s_wall']:,.0f} | {per:,.0f} | {eff} | "
                 f"{100 * r['mfu_989']:.1f}% | {r['peak_mem_allocated_GiB']:.2f} GiB |")
         if plan_dir:

@@ -2,7 +2,9 @@
 # Issue 5's two-GPU benchmark: the 1.3B GPT (8x2048 per micro-batch, bf16) on one GPU and on two
 # GPUs as DP=2 (overlapped bucketed gradient reduction), DP=2 with the distributed optimizer
 # (overlapped reduce-scatter and parameter all-gather), TP=2, TP=2 with sequence parallelism and
-# CP=2 (context parallelism: each GPU holds half of every sequence).
+# CP=2 (context parallelism: each GPU holds half of every sequence); then a mixture-of-experts
+# variant (8 experts of ffn 2048, top-2) on one GPU, as DP=2 (every GPU holds all experts) and as
+# EP=2 (each GPU holds 4 experts; tokens cross by all-to-all), in a second table.
 # Weak scaling: each data-parallel rank keeps the one-GPU micro-batch (the global batch doubles
 # with DP), TP and CP split the same global batch. Prints a markdown table: tokens/s of the job and per
 # GPU, scaling efficiency (per-GPU tokens/s over the one-GPU run's), MFU per GPU and rank 0's
@@ -44,7 +46,7 @@ run() {  # run NAME RANKS GLOBAL_BATCH EXTRA_FLAGS...
   [[ $ranks -gt 1 ]] && launch="launch --nproc-per-node $ranks --master-port 0 --device $DEV --"
   # shellcheck disable=SC2086
   timeout 600 "$BIN" $launch bench $COMMON --global-batch-size "$gbs" --label "$name" \
-    --result-jsonl "$OUT/results.jsonl" "$@" >"$OUT/$name.log" 2>&1
+    --result-jsonl "${RESULTS:-$OUT/results.jsonl}" "$@" >"$OUT/$name.log" 2>&1
   echo "exit $?"; grep -E "^> tokens/s|memory plan|master weights|rror" "$OUT/$name.log" | head -4 | cut -c1-300
 }
 # The same layouts for the planner: every layout flag fixed (recompute none is its fastest).
@@ -68,3 +70,14 @@ run tp2_sp 2 "$MBS" --tensor-model-parallel-size 2 --sequence-parallel
 run cp2 2 "$MBS" --context-parallel-size 2
 
 python3 "$(dirname "$0")/../../tools/loss_logs.py" scaling-table "$OUT/results.jsonl" "" "$OUT"
+
+MOE="--num-experts 8 --moe-router-topk 2 --moe-ffn-hidden-size 2048 --moe-aux-loss-coeff 0.01"
+DISTOPT="--overlap-grad-reduce --use-distributed-optimizer --overlap-param-gather"
+: >"$OUT/results_moe.jsonl"
+# shellcheck disable=SC2086
+RESULTS="$OUT/results_moe.jsonl" run moe_one_gpu 1 "$MBS" $MOE
+# shellcheck disable=SC2086
+RESULTS="$OUT/results_moe.jsonl" run moe_dp2 2 $((2 * MBS)) $MOE $DISTOPT
+# shellcheck disable=SC2086
+RESULTS="$OUT/results_moe.jsonl" run moe_ep2 2 $((2 * MBS)) $MOE $DISTOPT --expert-model-parallel-size 2
+python3 "$(dirname "$0")/../../tools/loss_logs.py" scaling-table "$OUT/results_moe.jsonl" ""

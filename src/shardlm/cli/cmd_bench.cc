@@ -203,6 +203,7 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt, dist::RankContex
       {"pp", rank != nullptr ? rank->layout().pp() : 1},
       {"cp", rank != nullptr ? rank->layout().cp() : 1},
       {"dp", rank != nullptr ? rank->layout().dp() : 1},
+      {"ep", rank != nullptr ? rank->layout().ep() : 1},
       {"peak_mem_in_use_GiB", used / 1073741824.0},
       {"peak_mem_allocated_GiB", allocated / 1073741824.0},
       {"planned_mem_GiB", trainer.memory_plan().total() / 1073741824.0},

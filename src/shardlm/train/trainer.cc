@@ -256,17 +256,21 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   }
   log_ << grad_buffer_.describe(registry_);
   const size_t unsharded = 2 * static_cast<size_t>(registry_.numel()) * dtype_size(master_dtype);
+  // "1/4", or under expert parallelism "1/4, experts 1/2" (sharded over the expert-DP ranks).
+  const std::string share =
+      format("1/%d", grad_group().size()) +
+      (expert_grad_group() ? format(", experts 1/%d", expert_grad_group()->size()) : "");
   log_ << format("> optimizer state (Adam moments) on this rank: %.3f MiB", optimizer_state_bytes() / 1048576.0)
        << (dist_optimizer_
-               ? format(" (distributed optimizer: 1/%d of %.3f MiB)", grad_group().size(),
+               ? format(" (distributed optimizer: %s of %.3f MiB)", share.c_str(),
                         unsharded / 1048576.0)
                : std::string(" (not sharded)"))
        << "\n";
   if (dist_optimizer_ && dist_optimizer_->shards_master_weights())
-    log_ << format("> master weights (%s) on this rank: %.3f MiB (distributed optimizer: 1/%d "
+    log_ << format("> master weights (%s) on this rank: %.3f MiB (distributed optimizer: %s "
                    "of %.3f MiB; the %s compute weights are all-gathered after each step)\n",
                    dtype_name(master_dtype), dist_optimizer_->master_bytes() / 1048576.0,
-                   grad_group().size(), unsharded / 2 / 1048576.0, dtype_name(dtype_));
+                   share.c_str(), unsharded / 2 / 1048576.0, dtype_name(dtype_));
   log_ << format("> startup: %.2f s (", std::chrono::duration<double>(StartupClock::now() -
                                                                      startup_begin).count());
   for (size_t i = 0; i < startup_phases.size(); ++i)
