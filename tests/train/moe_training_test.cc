@@ -241,6 +241,12 @@ TEST(MoeTraining, ExpertParallelWithTensorContextAndPipelineParallelMatchesOneRa
   pp.pp = 2;
   pp.distributed_optimizer = true;
   expect_same_training(run_layout(cfg, pp), reference, pp.name());
+  // Full recomputation re-runs the routing and both exchanges inside backward, on every EP rank
+  // at the same point.
+  cfg.recompute.granularity = "full";
+  cfg.recompute.method = "uniform";
+  cfg.recompute.num_layers = 2;
+  expect_same_training(run_layout(cfg, expert_parallel(2, 2)), reference, "EP2 DP2 full recompute");
 }
 
 // Top-1 of 16 experts, four per rank: experts (and in some micro-batches whole ranks' shares)
