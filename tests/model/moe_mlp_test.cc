@@ -62,6 +62,7 @@ double gelu(double x) {
 struct MoeReference {
   std::vector<double> y;
   double aux = 0;
+  double z = 0;  // mean over tokens of logsumexp(logits)^2
   int64_t dropped = 0;
 };
 MoeReference moe_reference(const TransformerConfig& c, const ParameterRegistry& reg, int layer,
@@ -84,6 +85,7 @@ MoeReference moe_reference(const TransformerConfig& c, const ParameterRegistry& 
     const double m = *std::max_element(logit.begin(), logit.end());
     double z = 0;
     for (int64_t e = 0; e < E; ++e) z += (score[e] = std::exp(logit[e] - m));
+    r.z += std::pow(m + std::log(z), 2) / static_cast<double>(N);
     for (int64_t e = 0; e < E; ++e) score_sums[e] += (score[e] /= z);
     std::vector<int64_t> order(E);
     std::iota(order.begin(), order.end(), 0);
@@ -157,13 +159,18 @@ void expect_moe_mlp_matches_reference(const TransformerConfig& c) {
       MoeMlp::allocate_scratch(c, TensorParallel{}, ExpertParallel{}, arena, DType::kF64, N);
   const OwnedTensor x = random_tensor(DType::kF64, {N, C}, 31);
   OwnedTensor y = OwnedTensor::empty(DType::kF64, {N, C});
-  double aux = 0;
+  double aux = 0, z = 0;
   StepContext step{ctx, 1, 0, 0, true};
   step.moe_aux_loss = &aux;
+  step.moe_z_loss = &z;
   moe.forward(step, y.view(), x.view(), saved, scratch);
   const MoeReference ref = moe_reference(c, reg, 0, to_vector(x.view()), N);
   EXPECT_LT(testing::rel_error(to_vector(y.view()), ref.y), 1e-12);
   EXPECT_NEAR(aux, ref.aux, 1e-12 * ref.aux);
+  if (c.moe_z_loss_coeff > 0)
+    EXPECT_NEAR(z, ref.z, 1e-12 * ref.z);
+  else
+    EXPECT_EQ(z, 0.0);
   if (c.moe_expert_capacity_factor > 0) EXPECT_GT(ref.dropped, 0) << "the case drops nothing";
 }
 
@@ -223,11 +230,12 @@ void expect_moe_gradients_match_finite_differences(const TransformerConfig& cfg)
                     static_cast<double>(B * cfg.seq_length)};
   const double coeff = cfg.moe_aux_coeff();
   auto objective = [&] {
-    double aux = 0;
+    double aux = 0, z = 0;
     StepContext step{ctx, 99, 3, 1, true};
     step.moe_aux_loss = &aux;
+    step.moe_z_loss = &z;
     const double lm = model.forward(step, batch);
-    return lm + coeff * aux;
+    return lm + coeff * aux + cfg.moe_z_loss_coeff * z;
   };
   reg.zero_grads(ctx);
   StepContext step{ctx, 99, 3, 1, true};
@@ -264,6 +272,18 @@ TEST(MoeModel, GradientsMatchFiniteDifferencesWithDroppedTokens) {
   expect_moe_gradients_match_finite_differences(c);
   c.moe_token_drop_by_position = true;
   c.swiglu = true;
+  expect_moe_gradients_match_finite_differences(c);
+}
+
+// The router z-loss: its value against the reference, its gradient by finite differences (a
+// large coefficient, so a wrong gradient shows), with and without the load-balancing loss.
+TEST(MoeModel, RouterZLossValueAndGradients) {
+  TransformerConfig c = moe_config();
+  c.moe_z_loss_coeff = 0.5;
+  expect_moe_mlp_matches_reference(c);
+  expect_moe_gradients_match_finite_differences(c);
+  c.moe_aux_loss_enabled = false;
+  c.moe_router_pre_softmax = true;
   expect_moe_gradients_match_finite_differences(c);
 }
 

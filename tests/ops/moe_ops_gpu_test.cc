@@ -167,6 +167,28 @@ TEST_P(MoeGpuTest, AuxLossBackwardAccumulatesLikeCpu) {
   }
 }
 
+TEST_P(MoeGpuTest, ZLossMatchesCpu) {
+  const DType dt = dtype();
+  for (const int64_t N : {1, 53}) {
+    for (const int64_t E : {8, 100, 1024}) {
+      SCOPED_TRACE("N=" + std::to_string(N) + " E=" + std::to_string(E));
+      const OwnedTensor logits = round_to(random_tensor(DType::kF32, {N, E}, 860 + E, 3.0), dt);
+      const OwnedTensor logits_d = to_device(logits, dt);
+      OwnedTensor lse = OwnedTensor::empty(DType::kF32, {N});
+      ops::cpu::moe_router_logsumexp(cpu_, lse, logits);
+      OwnedTensor lse_d = poisoned_device(DType::kF32, {N});
+      ops::moe_router_logsumexp(gpu(), lse_d, logits_d);
+      expect_matches_reference("moe_router_logsumexp", gpu(), lse_d, lse, DType::kF32);
+      const OwnedTensor prior = round_to(random_tensor(DType::kF32, {N, E}, 861, 0.01), dt);
+      OwnedTensor dlogits = testing::clone(prior);
+      ops::cpu::moe_z_loss_backward(cpu_, dlogits, logits, 0.25);
+      OwnedTensor dlogits_d = to_device(prior, dt);
+      ops::moe_z_loss_backward(gpu(), dlogits_d, logits_d, 0.25);
+      expect_matches_reference("moe_z_loss_backward dlogits (+=)", gpu(), dlogits_d, dlogits, dt);
+    }
+  }
+}
+
 // Rows [R, H] on the device twice: a tensor of their own (16-byte aligned: the vector path when
 // H allows) and a view one element into a larger buffer (misaligned: the element path).
 struct DeviceRows {

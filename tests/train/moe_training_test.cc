@@ -287,6 +287,29 @@ TEST(MoeTraining, TokenDroppingLayoutsMatchOneRank) {
   }
 }
 
+// The router z-loss (--moe-z-loss-coeff): a mean over the micro-batch's tokens, so CP ranks add
+// their parts and TP ranks (same tokens) do not; logged as z_loss, like Megatron.
+TEST(MoeTraining, RouterZLossLayoutsMatchOneRank) {
+  TrainConfig cfg = moe_config();
+  cfg.model.moe_z_loss_coeff = 0.05;
+  cfg.train_iters = 10;
+  cfg.logging.log_interval = 1;
+  const RunResult reference = single_rank(cfg);
+  Layout cp = layout(1);
+  cp.cp = 2;
+  std::string log;
+  expect_same_training(run_layout(cfg, cp, &log), reference, cp.name());
+  EXPECT_NE(log.find(" z_loss: "), std::string::npos) << log;
+  Layout tp = expert_parallel(2, 2);
+  tp.tp = 2;
+  tp.sequence_parallel = tp.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, tp), reference, tp.name());
+  // The z-loss moves training: without it the run is another one.
+  cfg.model.moe_z_loss_coeff = 0;
+  EXPECT_GT(std::abs(single_rank(cfg).losses.back() - reference.losses.back()),
+            1e-5 * reference.losses.back());
+}
+
 // Checkpoints name experts globally, so they reshard across EP sizes: saved at EP2 x DP2
 // (without the distributed optimizer: expert-data-parallel rank 0 writes each expert) resumes on
 // one rank; saved at EP2 x DP4 with the distributed optimizer resumes at EP4 x DP4.

@@ -134,6 +134,9 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "One MoE layer every N layers, from layer 0 (1: every layer)")->group(g)->check(pos);
   cmd.add_option("--moe-aux-loss-coeff", m.moe_aux_loss_coeff,
                  "Weight of the switch load-balancing loss (0: none)")->group(g)->check(nonneg);
+  cmd.add_option("--moe-z-loss-coeff", m.moe_z_loss_coeff,
+                 "Weight of the router z-loss, mean over tokens of logsumexp(logits)^2 (0: none)")
+      ->group(g)->check(nonneg);
   cmd.add_flag("--moe-router-pre-softmax", m.moe_router_pre_softmax,
                "Top-k of the softmax over all experts (default: softmax over the top-k logits)")->group(g);
   cmd.add_option_function<std::string>(

@@ -27,6 +27,8 @@ struct StepContext {
   // Forward: where MoE layers add their load-balancing loss for the log (null: not tracked, e.g.
   // evaluation or a recompute pass).
   double* moe_aux_loss = nullptr;
+  // The same for the router z-loss (--moe-z-loss-coeff): mean over tokens of logsumexp².
+  double* moe_z_loss = nullptr;
 
   DropoutKey dropout_key(uint32_t layer, uint32_t site) const {
     return DropoutKey{seed, step, microbatch, layer, site};

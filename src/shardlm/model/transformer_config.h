@@ -62,6 +62,9 @@ struct TransformerConfig {
   // (lowest router weight first, or with --moe-token-drop-policy position the latest tokens).
   // 0: dropless.
   double moe_expert_capacity_factor = 0.0;
+  // Megatron's router z-loss weight (--moe-z-loss-coeff): coeff · mean_n logsumexp(logits_n)²
+  // joins the objective as the load-balancing loss does; 0: none.
+  double moe_z_loss_coeff = 0.0;
   bool moe_token_drop_by_position = false;
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;

@@ -97,6 +97,29 @@ void moe_aux_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& log
   SHARDLM_OPS_ROUTE(moe_aux_loss_backward, ctx, dlogits, logits, weights);
 }
 
+void moe_router_logsumexp(DeviceContext& ctx, Tensor lse, const Tensor& logits) {
+  constexpr const char* op = "moe_router_logsumexp";
+  check_devices(op, ctx, {{"lse", lse}, {"logits", logits}});
+  require_defined(op, {"lse", lse});
+  require_defined(op, {"logits", logits});
+  check_router_logits(op, logits);
+  require_moe_side_dtype(op, {"lse", lse}, {"logits", logits});
+  require_shape(op, {"lse", lse}, Shape{logits.size(0)});
+  SHARDLM_OPS_ROUTE(moe_router_logsumexp, ctx, lse, logits);
+}
+
+void moe_z_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits, double scale) {
+  constexpr const char* op = "moe_z_loss_backward";
+  check_devices(op, ctx, {{"dlogits", dlogits}, {"logits", logits}});
+  require_defined(op, {"dlogits", dlogits});
+  require_defined(op, {"logits", logits});
+  check_router_logits(op, logits);
+  require_same_float(op, {{"logits", logits}, {"dlogits", dlogits}});
+  require_shape(op, {"dlogits", dlogits}, logits.shape());
+  require(std::isfinite(scale), op, "scale must be finite, got " + std::to_string(scale));
+  SHARDLM_OPS_ROUTE(moe_z_loss_backward, ctx, dlogits, logits, scale);
+}
+
 // ---- token dispatch / combine ----------------------------------------------------------------
 
 void gather_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& index,

@@ -308,6 +308,12 @@ void moe_router_score_sums(DeviceContext& ctx, Tensor sums, const Tensor& logits
 // E * coeff / (N^2 * k) * sum_e tokens_per_expert[e] * sums[e] (the token counts constant).
 void moe_aux_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits,
                            const Tensor& weights);
+// Megatron's router z-loss (--moe-z-loss-coeff), coeff / N * sum_n logsumexp(logits[n, :])^2:
+// lse[N] (side dtype, ASSIGNED) = logsumexp(logits[n, :]) for its value, and its backward
+// dlogits[N, E] += scale * 2 * lse_n * softmax(logits[n, :]) (ACCUMULATED; scale = coeff / N
+// times the loss's gradient scale), lse recomputed from the logits.
+void moe_router_logsumexp(DeviceContext& ctx, Tensor lse, const Tensor& logits);
+void moe_z_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits, double scale);
 // Token dispatch and combine. The layer orders the N*k (token, choice) pairs by expert into M
 // rows and keeps token_of[M] (each row's token), weight_of[M] (its probability) and slots[N, k]
 // (the row of each token's i-th choice). Then

@@ -393,7 +393,10 @@ void Trainer::build_pipeline() {
   cb.step = [this, dp, dp_rank](int m) {
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
                             static_cast<uint32_t>(m * dp + dp_rank), pipeline_training_};
-    if (pipeline_training_) step.moe_aux_loss = &moe_aux_sum_;
+    if (pipeline_training_) {
+      step.moe_aux_loss = &moe_aux_sum_;
+      step.moe_z_loss = &moe_z_sum_;
+    }
     return step;
   };
   cb.before_backward = [this](int c, int m) {
@@ -520,6 +523,7 @@ double Trainer::microbatch_loop(double loss_scale) {
     model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
                             static_cast<uint32_t>(m * dp + dp_rank), true};
     step.moe_aux_loss = &moe_aux_sum_;
+    step.moe_z_loss = &moe_z_sum_;
     // Megatron's MegatronPretrainingSampler: micro-batch m of this iteration is this rank's
     // slice of the global micro-batch starting at consumed + m * B * dp.
     const std::vector<int64_t> indices = data::pretraining_micro_batch_indices(
@@ -546,7 +550,7 @@ IterationRecord Trainer::train_step() {
   // --fp16: backward runs on loss * scale so small gradients survive in fp16.
   const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
   rec.loss_scale = loss_scale;
-  moe_aux_sum_ = 0;
+  moe_aux_sum_ = moe_z_sum_ = 0;
   double loss_sum = pipeline_ ? pipeline_step(loss_scale) : microbatch_loop(loss_scale);
   registry_.end_step_grads(*device_);  // a parameter no fold reached: zero, not last step's
   finish_param_gather();  // every bucket was reached by now; the step needs none pending
@@ -564,6 +568,11 @@ IterationRecord Trainer::train_step() {
     aux = all_reduce_sum(rank_->cp(), aux);  // each CP rank has its tokens' part
     rec.moe_aux_loss = data_parallel_mean(
         aux / static_cast<double>(M * cfg_.model.num_moe_layers()));
+  }
+  if (logs_moe_z_loss()) {  // Megatron's z_loss, the same way
+    double z = pipeline_ ? all_reduce_sum(rank_->pp(), moe_z_sum_) : moe_z_sum_;
+    z = all_reduce_sum(rank_->cp(), z);
+    rec.moe_z_loss = data_parallel_mean(z / static_cast<double>(M * cfg_.model.num_moe_layers()));
   }
   // --fp16: undo the loss scale on the fp32 main gradients (an overflow stays inf/NaN, so the
   // norm below is not finite and the step is skipped).
@@ -724,6 +733,7 @@ void Trainer::log_interval_line(double elapsed_s) {
        << format(" lm loss: %.6E |", loss)
        << (logs_moe_aux_loss() ? format(" load_balancing_loss: %.6E |", last.moe_aux_loss)
                                : std::string())
+       << (logs_moe_z_loss() ? format(" z_loss: %.6E |", last.moe_z_loss) : std::string())
        << (loss_scaler_ ? format(" loss scale: %.1f |", loss_scaler_->scale()) : std::string())
        << format(" grad norm: %.3f |", last.grad_norm)
        << format(" number of skipped iterations: %3lld |", (long long)skipped_iterations_)

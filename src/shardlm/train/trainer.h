@@ -71,6 +71,8 @@ struct IterationRecord {
   // MoE with --moe-aux-loss-coeff: the load-balancing loss over its coefficient, averaged over
   // MoE layers and micro-batches (Megatron's load_balancing_loss); 0 otherwise.
   double moe_aux_loss = 0;
+  // With --moe-z-loss-coeff: the router z-loss over its coefficient, averaged alike; 0 otherwise.
+  double moe_z_loss = 0;
 };
 
 struct EvalRecord {
@@ -219,6 +221,10 @@ class Trainer {
   int64_t skipped_iterations_ = 0;
   int64_t nan_iterations_ = 0;
   double moe_aux_sum_ = 0;  // this step's MoE load-balancing losses (StepContext::moe_aux_loss)
+  double moe_z_sum_ = 0;    // and router z-losses (StepContext::moe_z_loss)
+  bool logs_moe_z_loss() const {
+    return cfg_.model.num_moe_layers() > 0 && cfg_.model.moe_z_loss_coeff > 0;
+  }
   bool logs_moe_aux_loss() const {
     return cfg_.model.num_moe_layers() > 0 && cfg_.model.moe_aux_coeff() > 0;
   }

@@ -498,6 +498,7 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
   Activations& a = acts();
   step.loss_grad_scale = loss_scale;  // MoE load-balancing gradients scale with the loss
   step.moe_aux_loss = nullptr;        // a recompute pass adds nothing to the log
+  step.moe_z_loss = nullptr;
   Tensor dres = a.dresidual0, dnext = a.dresidual1;
   if (chunk_.has_head) {
     head_backward(step, batch, loss_scale, dres);

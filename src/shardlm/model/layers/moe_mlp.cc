@@ -149,6 +149,7 @@ MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const Ten
   s.score_sums = alloc.allocate(pd, {E});
   s.aux_weights = alloc.allocate(pd, {E});
   s.counts = alloc.allocate(pd, {E});
+  if (cfg.moe_z_loss_coeff > 0) s.lse = alloc.allocate(pd, {tokens});
   return s;
 }
 
@@ -393,6 +394,13 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
     // Megatron tracks the loss divided by its coefficient ("load_balancing_loss").
     *step.moe_aux_loss += loss * aux_scale(N) / cfg_.moe_aux_coeff();
   }
+  if (cfg_.moe_z_loss_coeff > 0 && step.moe_z_loss != nullptr) {
+    // This rank's tokens' part of the mean over the micro-batch (the CP ranks' parts add up).
+    ops::moe_router_logsumexp(ctx, scratch.lse, s.logits);
+    double sum = 0;
+    for (double l : to_host(ctx, scratch.lse)) sum += l * l;
+    *step.moe_z_loss += sum / static_cast<double>(N * cp_.size());
+  }
   // This rank's kept rows, sorted by expert (all N·k rows unless tokens were dropped).
   const Tensor sorted = first_rows(scratch.rows, d.rows);
   ops::gather_rows(ctx, sorted, x, first_rows(r.token_of, d.rows), Tensor());
@@ -485,6 +493,10 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
     from_host(ctx, scratch.aux_weights, w);
     ops::moe_aux_loss_backward(ctx, scratch.dlogits, s.logits, scratch.aux_weights);
   }
+  if (cfg_.moe_z_loss_coeff > 0)
+    ops::moe_z_loss_backward(ctx, scratch.dlogits, s.logits,
+                             cfg_.moe_z_loss_coeff / static_cast<double>(N * cp_.size()) *
+                                 step.loss_grad_scale);
   // Every TP rank computed the same router gradients; the caller sums dx over TP, so the
   // router's share enters on rank 0 only (its weight gradient is complete on every rank).
   router_.backward(ctx, scratch.d_router_in, scratch.dlogits, x);

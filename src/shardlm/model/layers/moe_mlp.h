@@ -62,6 +62,10 @@
 // backward scaled like the language-model loss (StepContext::loss_grad_scale), and its value is
 // added to StepContext::moe_aux_loss for the log.
 //
+// Router z-loss (--moe-z-loss-coeff c > 0, Megatron's): c · mean_n logsumexp(logits[n])², the
+// mean over the micro-batch's tokens on all CP ranks; its gradient enters the router like the
+// load-balancing loss's, and its value (over c) is added to StepContext::moe_z_loss.
+//
 // Memory (per layer and micro-batch, N = B·T tokens, K = N·k rows, F' = F or 2F with SwiGLU,
 // R = K without EP, else R_max above): saved logits [N, E], probs [N, k], choices [N, k], fc1
 // output [R, F'], expert outputs [K, C], under EP the received rows [R, C], and the dispatch
@@ -130,6 +134,7 @@ class MoeMlp {
     Tensor score_sums;    // [E] probs dtype (aux loss)
     Tensor aux_weights;   // [E] probs dtype
     Tensor counts;        // [E] probs dtype: tokens per expert, summed over CP
+    Tensor lse;           // [N] probs dtype: the router z-loss's logsumexp per token
   };
 
   MoeMlp(const TransformerConfig& cfg, int64_t layer_index, const TensorParallel& tp = {},

@@ -176,6 +176,21 @@ void aux_loss_backward_impl(T* dlogits, const T* logits, const S* weights, int64
   }
 }
 
+// lse[n] = logsumexp(logits[n, :]); with dlogits, dlogits[n, e] += scale * 2 * lse[n] * p[e].
+template <typename T, typename S>
+void logsumexp_impl(S* lse, T* dlogits, const T* logits, double scale, int64_t N, int64_t E) {
+  for (int64_t n = 0; n < N; ++n) {
+    const T* x = logits + n * E;
+    const Softmax sm = softmax_of_row(x, E);
+    const double l = sm.max + std::log(sm.sum);
+    if (lse != nullptr) lse[n] = static_cast<S>(l);
+    if (dlogits == nullptr) continue;
+    T* dx = dlogits + n * E;
+    for (int64_t e = 0; e < E; ++e)
+      dx[e] = static_cast<T>(static_cast<double>(dx[e]) + scale * 2.0 * l * sm.prob(x[e]));
+  }
+}
+
 // ---- token dispatch / combine ----------------------------------------------------------------
 template <typename T, typename S>
 void gather_rows_impl(T* out, const T* in, const int32_t* index, const S* scale, int64_t M,
@@ -263,6 +278,23 @@ void moe_aux_loss_backward(DeviceContext&, Tensor dlogits, const Tensor& logits,
     using S = decltype(s);
     aux_loss_backward_impl<T, S>(dlogits.data<T>(), logits.data<T>(), weights.data<S>(),
                                  logits.size(0), logits.size(1));
+  });
+}
+
+void moe_router_logsumexp(DeviceContext&, Tensor lse, const Tensor& logits) {
+  dispatch_rows_side(logits.dtype(), lse.dtype(), "moe_router_logsumexp", [&](auto r, auto s) {
+    using T = decltype(r);
+    using S = decltype(s);
+    logsumexp_impl<T, S>(lse.data<S>(), nullptr, logits.data<T>(), 0.0, logits.size(0),
+                         logits.size(1));
+  });
+}
+
+void moe_z_loss_backward(DeviceContext&, Tensor dlogits, const Tensor& logits, double scale) {
+  detail::dispatch_float(logits.dtype(), "moe_z_loss_backward", [&](auto r) {
+    using T = decltype(r);
+    logsumexp_impl<T, double>(nullptr, dlogits.data<T>(), logits.data<T>(), scale,
+                              logits.size(0), logits.size(1));
   });
 }
 

@@ -141,6 +141,8 @@ void moe_topk_router_forward(DeviceContext& ctx, Tensor probs, Tensor indices,
 void moe_topk_router_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& dprobs,
                               const Tensor& logits, const Tensor& indices, bool pre_softmax);
 void moe_router_score_sums(DeviceContext& ctx, Tensor sums, const Tensor& logits);
+void moe_router_logsumexp(DeviceContext& ctx, Tensor lse, const Tensor& logits);
+void moe_z_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits, double scale);
 void moe_aux_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits,
                            const Tensor& weights);
 void gather_rows(DeviceContext& ctx, Tensor out, const Tensor& in, const Tensor& index,

@@ -277,6 +277,29 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The router z-loss: lse[n] = logsumexp(logits[n, :]) (lse non-null), and with dlogits non-null
+// dlogits[n, e] += scale * 2 * lse[n] * softmax(logits[n, :])[e].
+template <typename T, int kJ>
+__global__ void __launch_bounds__(kThreads)
+    logsumexp_kernel(float* lse, T* dlogits, const T* logits, float scale, int64_t N, int E) {
+  const int lane = threadIdx.x & 31;
+  for (int64_t n = first_warp(); n < N; n += grid_warps()) {
+    float x[kJ];
+    load_router_row<T, kJ>(logits + n * E, E, x);
+    const float2 sm = row_softmax<kJ>(x, E);
+    const float l = sm.x + logf(sm.y);
+    if (lse != nullptr && lane == 0) lse[n] = l;
+    if (dlogits == nullptr) continue;
+    T* dx = dlogits + n * E;
+#pragma unroll
+    for (int j = 0; j < kJ; ++j) {
+      const int e = j * 32 + lane;
+      if (e < E)
+        dx[e] = float_to<T>(load_as_float(dx[e]) + scale * 2.0f * l * (expf(x[j] - sm.x) / sm.y));
+    }
+  }
+}
+
 // ---- gather kernels -----------------------------------------------------------------------------
 // out[m, :] = in[index[m], :] * scale[m] (scale null: copy); rows of H = chunks * kW elements.
 template <typename T, int kW>
@@ -546,6 +569,36 @@ void moe_aux_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& log
     aux_loss_backward_kernel<T, kJ><<<warp_item_blocks(st, N), kThreads, 0, st.stream()>>>(
         static_cast<T*>(dlogits.raw()), static_cast<const T*>(logits.raw()),
         static_cast<const float*>(weights.raw()), N, static_cast<int>(E));
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+void moe_router_logsumexp(DeviceContext& ctx, Tensor lse, const Tensor& logits) {
+  const char* op = "moe_router_logsumexp";
+  check_router_logits(ctx, logits, op);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  require_side(ctx, lse, N, op, "lse");
+  if (N == 0) return;
+  const CudaBackendState& st = cuda_state(ctx);
+  dispatch_router(logits.dtype(), E, op, [&]<typename T, int kJ>() {
+    logsumexp_kernel<T, kJ><<<warp_item_blocks(st, N), kThreads, 0, st.stream()>>>(
+        static_cast<float*>(lse.raw()), nullptr, static_cast<const T*>(logits.raw()), 0.0f, N,
+        static_cast<int>(E));
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+void moe_z_loss_backward(DeviceContext& ctx, Tensor dlogits, const Tensor& logits, double scale) {
+  const char* op = "moe_z_loss_backward";
+  check_router_logits(ctx, logits, op);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  check_router_grad(ctx, dlogits, logits, op);
+  if (N == 0) return;
+  const CudaBackendState& st = cuda_state(ctx);
+  dispatch_router(logits.dtype(), E, op, [&]<typename T, int kJ>() {
+    logsumexp_kernel<T, kJ><<<warp_item_blocks(st, N), kThreads, 0, st.stream()>>>(
+        nullptr, static_cast<T*>(dlogits.raw()), static_cast<const T*>(logits.raw()),
+        static_cast<float>(scale), N, static_cast<int>(E));
     CUDA_CHECK_LAUNCH();
   });
 }
