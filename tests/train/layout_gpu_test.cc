@@ -79,7 +79,7 @@ TEST(LayoutGpu, Bf16LayoutsMatchOneGpu) {
 // the distributed optimizer, and with TP2 + SP). fp32 within 1e-5 of one rank (H100: 2.4e-8
 // loss, 3.6e-7 parameters). In bf16 a layout's other summation orders flip some tokens' top-2
 // choices, a discrete change the dense layouts do not have: the losses still agree within 1e-2
-// (H100: 5e-4), the parameters within 10% (H100: 4.6% at worst, a layer-norm bias).
+// (H100: 4.8e-4), the parameters within 10% (H100: 5.6% at worst, a layer-norm bias).
 TEST(LayoutGpu, ExpertParallelLayoutsMatchOneGpu) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
   for (bool bf16 : {false, true}) {
