@@ -141,31 +141,47 @@ MoeReference moe_reference(const TransformerConfig& c, const ParameterRegistry& 
   return r;
 }
 
-void expect_moe_mlp_matches_reference(const TransformerConfig& c) {
+// One MoeMlp layer on the CPU in fp64 (N tokens in `sequences` sequences), its saved tensors and
+// scratch in a poisoned arena; forward() returns y and adds the losses it logs.
+struct MoeLayer {
   DeviceContext ctx = DeviceContext::cpu();
-  MoeMlp moe(c, 0);
+  MoeMlp moe;
   ParameterRegistry reg;
-  moe.register_parameters(reg);
-  reg.finalize(ctx, DType::kF64, 5);
-  moe.bind(reg);
-  const int64_t N = 9, C = c.hidden_size;
-  ArenaPlan plan;
-  moe.allocate_saved(plan, DType::kF64, N);
-  MoeMlp::allocate_scratch(c, TensorParallel{}, ExpertParallel{}, plan, DType::kF64, N);
-  Arena arena(Device::cpu(), plan.bytes(), "moe");
-  poison(ctx, arena);
-  const MoeMlp::Saved saved = moe.allocate_saved(arena, DType::kF64, N);
-  const MoeMlp::Scratch scratch =
-      MoeMlp::allocate_scratch(c, TensorParallel{}, ExpertParallel{}, arena, DType::kF64, N);
-  const OwnedTensor x = random_tensor(DType::kF64, {N, C}, 31);
-  OwnedTensor y = OwnedTensor::empty(DType::kF64, {N, C});
+  Arena arena;
+  MoeMlp::Saved saved;
+  MoeMlp::Scratch scratch;
   double aux = 0, z = 0;
-  StepContext step{ctx, 1, 0, 0, true};
-  step.moe_aux_loss = &aux;
-  step.moe_z_loss = &z;
-  moe.forward(step, y.view(), x.view(), saved, scratch);
-  const MoeReference ref = moe_reference(c, reg, 0, to_vector(x.view()), N);
-  EXPECT_LT(testing::rel_error(to_vector(y.view()), ref.y), 1e-12);
+
+  MoeLayer(const TransformerConfig& c, int64_t N, int64_t sequences = 1) : moe(c, 0) {
+    moe.register_parameters(reg);
+    reg.finalize(ctx, DType::kF64, 5);
+    moe.bind(reg);
+    ArenaPlan plan;
+    moe.allocate_saved(plan, DType::kF64, N);
+    MoeMlp::allocate_scratch(c, {}, {}, plan, DType::kF64, N, sequences);
+    arena = Arena(Device::cpu(), plan.bytes(), "moe");
+    poison(ctx, arena);
+    saved = moe.allocate_saved(arena, DType::kF64, N);
+    scratch = MoeMlp::allocate_scratch(c, {}, {}, arena, DType::kF64, N, sequences);
+  }
+  std::vector<double> forward(const OwnedTensor& x) {
+    OwnedTensor y = OwnedTensor::empty(DType::kF64, x.view().shape());
+    StepContext step{ctx, 1, 0, 0, true};
+    step.moe_aux_loss = &aux;
+    step.moe_z_loss = &z;
+    moe.forward(step, y.view(), x.view(), saved, scratch);
+    return to_vector(y.view());
+  }
+};
+
+void expect_moe_mlp_matches_reference(const TransformerConfig& c) {
+  const int64_t N = 9, C = c.hidden_size;
+  MoeLayer layer(c, N);
+  const OwnedTensor x = random_tensor(DType::kF64, {N, C}, 31);
+  const std::vector<double> y = layer.forward(x);
+  const double aux = layer.aux, z = layer.z;
+  const MoeReference ref = moe_reference(c, layer.reg, 0, to_vector(x.view()), N);
+  EXPECT_LT(testing::rel_error(y, ref.y), 1e-12);
   EXPECT_NEAR(aux, ref.aux, 1e-12 * ref.aux);
   if (c.moe_z_loss_coeff > 0)
     EXPECT_NEAR(z, ref.z, 1e-12 * ref.z);
@@ -284,6 +300,37 @@ TEST(MoeModel, RouterZLossValueAndGradients) {
   expect_moe_gradients_match_finite_differences(c);
   c.moe_aux_loss_enabled = false;
   c.moe_router_pre_softmax = true;
+  expect_moe_gradients_match_finite_differences(c);
+}
+
+// --moe-router-load-balancing-type seq_aux_loss: the switch loss of each sequence's tokens,
+// averaged over the sequences; the layer's output does not change.
+TEST(MoeMlp, SequenceAuxLossIsTheMeanOfThePerSequenceLosses) {
+  TransformerConfig c = moe_config();  // seq_length 5
+  c.moe_seq_aux_loss = true;
+  const int64_t B = 3, N = B * c.seq_length, C = c.hidden_size;
+  MoeLayer layer(c, N, B);
+  const ParameterRegistry& reg = layer.reg;
+  const OwnedTensor x = random_tensor(DType::kF64, {N, C}, 41);
+  const std::vector<double> y = layer.forward(x);
+  const double aux = layer.aux;
+  const std::vector<double> xs = to_vector(x.view());
+  EXPECT_LT(testing::rel_error(y, moe_reference(c, reg, 0, xs, N).y), 1e-12);
+  double want = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<double> seq(xs.begin() + b * c.seq_length * C,
+                                  xs.begin() + (b + 1) * c.seq_length * C);
+    want += moe_reference(c, reg, 0, seq, c.seq_length).aux / static_cast<double>(B);
+  }
+  EXPECT_NEAR(aux, want, 1e-12 * want);
+  // Not the micro-batch's switch loss.
+  EXPECT_GT(std::abs(aux - moe_reference(c, reg, 0, xs, N).aux), 1e-6 * want);
+}
+
+TEST(MoeModel, GradientsMatchFiniteDifferencesWithTheSequenceAuxLoss) {
+  TransformerConfig c = moe_config();
+  c.moe_seq_aux_loss = true;
+  c.moe_aux_loss_coeff = 0.5;
   expect_moe_gradients_match_finite_differences(c);
 }
 

@@ -310,6 +310,26 @@ TEST(MoeTraining, RouterZLossLayoutsMatchOneRank) {
             1e-5 * reference.losses.back());
 }
 
+// The sequence-level load-balancing loss: per-sequence counts summed over the CP ranks holding
+// each sequence's halves, the same sequences on every TP rank.
+TEST(MoeTraining, SequenceAuxLossLayoutsMatchOneRank) {
+  TrainConfig cfg = moe_config();
+  cfg.model.moe_seq_aux_loss = true;
+  cfg.model.moe_aux_loss_coeff = 0.1;
+  cfg.train_iters = 10;
+  const RunResult reference = single_rank(cfg);
+  Layout cp = layout(1);
+  cp.cp = 2;
+  expect_same_training(run_layout(cfg, cp), reference, cp.name());
+  Layout tp = expert_parallel(2, 2);
+  tp.tp = 2;
+  tp.sequence_parallel = tp.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, tp), reference, tp.name());
+  cfg.model.moe_seq_aux_loss = false;  // the switch loss over the micro-batch: another run
+  EXPECT_GT(std::abs(single_rank(cfg).losses.back() - reference.losses.back()),
+            1e-6 * reference.losses.back());
+}
+
 // Checkpoints name experts globally, so they reshard across EP sizes: saved at EP2 x DP2
 // (without the distributed optimizer: expert-data-parallel rank 0 writes each expert) resumes on
 // one rank; saved at EP2 x DP4 with the distributed optimizer resumes at EP4 x DP4.

@@ -142,13 +142,15 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option_function<std::string>(
          "--moe-router-load-balancing-type",
          [&m](const std::string& v) {
-           m.moe_aux_loss_enabled = v == "aux_loss";
-           if (v != "aux_loss" && v != "none")
+           m.moe_aux_loss_enabled = v == "aux_loss" || v == "seq_aux_loss";
+           m.moe_seq_aux_loss = v == "seq_aux_loss";
+           if (v != "aux_loss" && v != "seq_aux_loss" && v != "none")
              throw CLI::ValidationError("--moe-router-load-balancing-type",
-                                        "'" + v + "' is not implemented (aux_loss, none; "
-                                        "seq_aux_loss and sinkhorn are not available)");
+                                        "'" + v + "' is not implemented (aux_loss, "
+                                        "seq_aux_loss, none; sinkhorn is not available)");
          },
-         "aux_loss (switch loss weighted by --moe-aux-loss-coeff) or none (coefficient ignored)")->group(g);
+         "aux_loss (switch loss weighted by --moe-aux-loss-coeff), seq_aux_loss (the same per "
+         "sequence, averaged) or none (coefficient ignored)")->group(g);
   cmd.add_option_function<std::string>(
          "--moe-token-dispatcher-type",
          [](const std::string& v) {

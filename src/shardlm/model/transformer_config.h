@@ -56,6 +56,7 @@ struct TransformerConfig {
   int64_t moe_layer_freq = 1;
   double moe_aux_loss_coeff = 0.0;  // switch load-balancing loss; 0: none
   bool moe_aux_loss_enabled = true; // --moe-router-load-balancing-type aux_loss (none: false)
+  bool moe_seq_aux_loss = false;    // --moe-router-load-balancing-type seq_aux_loss
   bool moe_router_pre_softmax = false;
   // Megatron's token dropping (--moe-expert-capacity-factor F > 0): each expert takes at most
   // moe_expert_capacity(N) of a micro-batch's N·k routed rows on a rank; the rest are dropped

@@ -112,6 +112,7 @@ int64_t MoeMlp::expert_row_capacity(const TransformerConfig& cfg, const ExpertPa
 MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const {
   const int64_t k = cfg_.moe_router_topk, K = tokens * k, F = cfg_.moe_ffn_size() / tp_.size();
   const int64_t R = expert_row_capacity(cfg_, ep_, tokens), E = cfg_.num_experts;
+  const int64_t G = balancing_groups(tokens);
   Saved s;
   s.logits = alloc.allocate(dtype, {tokens, E});
   s.probs = alloc.allocate(probs_dtype(dtype), {tokens, k});
@@ -120,16 +121,16 @@ MoeMlp::Saved MoeMlp::allocate_saved(TensorAllocator& alloc, DType dtype, int64_
   s.expert_out = alloc.allocate(dtype, {K, cfg_.hidden_size});
   if (ep_.enabled()) {
     s.expert_in = alloc.allocate(dtype, {R, cfg_.hidden_size});
-    s.routing = alloc.allocate(DType::kI32, {3 * K + E + ep_.size() * E + 2 * R});
+    s.routing = alloc.allocate(DType::kI32, {3 * K + (G + ep_.size()) * E + 2 * R});
   } else {
-    s.routing = alloc.allocate(DType::kI32, {3 * K + 2 * E});
+    s.routing = alloc.allocate(DType::kI32, {3 * K + (G + 1) * E});
   }
   return s;
 }
 
 MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
                                          const ExpertParallel& ep, TensorAllocator& alloc,
-                                         DType dtype, int64_t tokens) {
+                                         DType dtype, int64_t tokens, int64_t sequences) {
   const int64_t k = cfg.moe_router_topk, K = tokens * k, F = cfg.moe_ffn_size() / tp.size();
   const int64_t C = cfg.hidden_size, E = cfg.num_experts, R = expert_row_capacity(cfg, ep, tokens);
   const DType pd = probs_dtype(dtype);
@@ -146,30 +147,33 @@ MoeMlp::Scratch MoeMlp::allocate_scratch(const TransformerConfig& cfg, const Ten
   s.dprobs = alloc.allocate(pd, {tokens, k});
   s.dlogits = alloc.allocate(dtype, {tokens, E});
   s.d_router_in = alloc.allocate(dtype, {tokens, C});
-  s.score_sums = alloc.allocate(pd, {E});
-  s.aux_weights = alloc.allocate(pd, {E});
-  s.counts = alloc.allocate(pd, {E});
+  // The load-balancing loss's groups of tokens: the micro-batch, or each of its sequences.
+  const int64_t G = cfg.moe_seq_aux_loss ? sequences : 1;
+  s.score_sums = alloc.allocate(pd, {G * E});
+  s.aux_weights = alloc.allocate(pd, {G * E});
+  s.counts = alloc.allocate(pd, {G * E});
   if (cfg.moe_z_loss_coeff > 0) s.lse = alloc.allocate(pd, {tokens});
   return s;
 }
 
 MoeMlp::Routing MoeMlp::routing_views(const Saved& s) const {
   const int64_t N = s.choices.size(0), k = s.choices.size(1), K = N * k;
-  const int64_t E = cfg_.num_experts, D = ep_.size() * E;
+  const int64_t E = cfg_.num_experts, D = ep_.size() * E, GE = balancing_groups(N) * E;
   Routing r{s.routing.flat_view(0, Shape({K})),          s.routing.flat_view(K, Shape({K})),
-            s.routing.flat_view(2 * K, Shape({N, k})),   s.routing.flat_view(3 * K, Shape({E})),
-            s.routing.flat_view(3 * K + E, Shape({D})),  Tensor(),
+            s.routing.flat_view(2 * K, Shape({N, k})),   s.routing.flat_view(3 * K, Shape({GE})),
+            s.routing.flat_view(3 * K + GE, Shape({D})), Tensor(),
             Tensor()};
   if (ep_.enabled()) {
     const int64_t R = s.expert_in.size(0);
-    r.em_from_sm = s.routing.flat_view(3 * K + E + D, Shape({R}));
-    r.sm_from_em = s.routing.flat_view(3 * K + E + D + R, Shape({R}));
+    r.em_from_sm = s.routing.flat_view(3 * K + GE + D, Shape({R}));
+    r.sm_from_em = s.routing.flat_view(3 * K + GE + D + R, Shape({R}));
   }
   return r;
 }
 
 std::vector<int64_t> MoeMlp::saved_counts(DeviceContext& ctx, const Saved& s) const {
-  const int64_t K = s.choices.numel(), n = cfg_.num_experts * (1 + ep_.size());
+  const int64_t K = s.choices.numel();
+  const int64_t n = cfg_.num_experts * (balancing_groups(s.choices.size(0)) + ep_.size());
   const Tensor counts = s.routing.flat_view(3 * K, Shape({n}));  // routed, then kept
   OwnedTensor host = OwnedTensor::empty(DType::kI32, counts.shape());
   ops::copy(ctx, host.view(), counts);
@@ -179,15 +183,16 @@ std::vector<int64_t> MoeMlp::saved_counts(DeviceContext& ctx, const Saved& s) co
 
 MoeMlp::Dispatch MoeMlp::dispatch_of(const std::vector<int64_t>& counts) const {
   const int64_t E = cfg_.num_experts, L = num_local_experts(), P = ep_.size();
-  SHARDLM_CHECK_EQ(static_cast<int64_t>(counts.size()), (1 + P) * E);
+  const int64_t GE = static_cast<int64_t>(counts.size()) - P * E;  // the groups' routed counts
+  SHARDLM_CHECK(GE >= E && GE % E == 0);
   Dispatch d;
-  d.routed.assign(counts.begin(), counts.begin() + E);
+  d.routed.assign(counts.begin(), counts.begin() + GE);
   d.local_expert_rows.assign(static_cast<size_t>(L), 0);
   d.send_rows.assign(static_cast<size_t>(P), 0);
   d.recv_rows.assign(static_cast<size_t>(P), 0);
   for (int64_t src = 0; src < P; ++src)
     for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = counts[static_cast<size_t>(E + src * E + e)];
+      const int64_t n = counts[static_cast<size_t>(GE + src * E + e)];
       if (src == ep_.rank()) {
         d.send_rows[static_cast<size_t>(e / L)] += n;
         d.rows += n;
@@ -202,7 +207,7 @@ MoeMlp::Dispatch MoeMlp::dispatch_of(const std::vector<int64_t>& counts) const {
 
 std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
   const int64_t N = s.choices.size(0), k = s.choices.size(1), E = cfg_.num_experts, K = N * k;
-  const int64_t P = ep_.size(), L = num_local_experts();
+  const int64_t P = ep_.size(), L = num_local_experts(), G = balancing_groups(N);
   OwnedTensor choices = OwnedTensor::empty(DType::kI32, s.choices.shape());
   ops::copy(ctx, choices.view(), s.choices);
   const int32_t* c = choices.view().data<int32_t>();
@@ -246,12 +251,11 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
   int32_t* tok = plan.view().data<int32_t>();
   int32_t* widx = tok + K;
   int32_t* slot = widx + K;
-  int32_t* routed_out = slot + K;
-  int32_t* all_counts = routed_out + E;  // [P, E] kept rows: rank src's row at src * E
-  for (int64_t e = 0; e < E; ++e) {
-    routed_out[e] = static_cast<int32_t>(routed[e]);
-    all_counts[ep_.rank() * E + e] = static_cast<int32_t>(kept[e]);
-  }
+  int32_t* routed_out = slot + K;         // [G, E] pairs per expert in each balancing group
+  int32_t* all_counts = routed_out + G * E;  // [P, E] kept rows: rank src's row at src * E
+  std::fill(routed_out, routed_out + G * E, 0);
+  for (int64_t i = 0; i < K; ++i) ++routed_out[(i / k) / (N / G) * E + c[i]];
+  for (int64_t e = 0; e < E; ++e) all_counts[ep_.rank() * E + e] = static_cast<int32_t>(kept[e]);
   // Rows: the kept pairs, grouped by expert. A dropped pair's slot is the last row, left zero in
   // the experts' outputs and input gradients (rows < K are kept when any pair is dropped).
   int64_t rows = 0;
@@ -270,9 +274,9 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
     // the all-gather completes in place; then the host reads them all.
     const Routing r = routing_views(s);
     const Tensor mine = r.counts.flat_view(ep_.rank() * E, Shape({E}));
-    ops::copy(ctx, mine, plan.view().flat_view(3 * K + E + ep_.rank() * E, Shape({E})));
+    ops::copy(ctx, mine, plan.view().flat_view(3 * K + G * E + ep_.rank() * E, Shape({E})));
     ep_.group->all_gather(r.counts, mine);
-    ops::copy(ctx, plan.view().flat_view(3 * K + E, Shape({P * E})), r.counts);
+    ops::copy(ctx, plan.view().flat_view(3 * K + G * E, Shape({P * E})), r.counts);
     // Received rows arrive source-major (rank 0's rows for the local experts in expert order,
     // then rank 1's, ...); the experts run expert-major. The permutations between the two:
     const int64_t R = s.expert_in.size(0);
@@ -298,8 +302,8 @@ std::vector<int64_t> MoeMlp::route(DeviceContext& ctx, const Saved& s) const {
     for (int64_t i = at; i < R; ++i) em_from_sm[i] = sm_from_em[i] = 0;  // unused
   }
   ops::copy(ctx, s.routing, plan.view());
-  std::vector<int64_t> out(static_cast<size_t>((1 + P) * E));
-  for (int64_t i = 0; i < (1 + P) * E; ++i) out[static_cast<size_t>(i)] = routed_out[i];
+  std::vector<int64_t> out(static_cast<size_t>((G + P) * E));
+  for (int64_t i = 0; i < (G + P) * E; ++i) out[static_cast<size_t>(i)] = routed_out[i];
   return out;
 }
 
@@ -368,10 +372,22 @@ std::vector<double> MoeMlp::global_counts(DeviceContext& ctx, const std::vector<
   return to_host(ctx, scratch.counts);
 }
 
+int64_t MoeMlp::balancing_groups(int64_t tokens) const {
+  return cfg_.moe_seq_aux_loss ? tokens / cp_.local_length(cfg_.seq_length) : 1;
+}
+
 double MoeMlp::aux_scale(int64_t local_tokens) const {
-  const double N = static_cast<double>(local_tokens * cp_.size());
+  // Each group's switch loss over its tokens on all CP ranks, averaged over the groups.
+  const double G = static_cast<double>(balancing_groups(local_tokens));
+  const double N = static_cast<double>(local_tokens * cp_.size()) / G;
   return static_cast<double>(cfg_.num_experts) * cfg_.moe_aux_coeff() /
-         (N * N * static_cast<double>(cfg_.moe_router_topk));
+         (N * N * static_cast<double>(cfg_.moe_router_topk)) / G;
+}
+
+void MoeMlp::for_each_balancing_group(
+    int64_t tokens, const std::function<void(int64_t g, int64_t first_row, int64_t rows)>& fn) const {
+  const int64_t G = balancing_groups(tokens), rows = tokens / G;
+  for (int64_t g = 0; g < G; ++g) fn(g, g * rows, rows);
 }
 
 void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved& s,
@@ -383,7 +399,12 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
   // The load-balancing loss's value for the log (its gradient is added in backward); the sums
   // are queued before route() waits for the choices, so reading them back waits for nothing.
   const bool log_aux = cfg_.moe_aux_coeff() > 0 && step.moe_aux_loss != nullptr;
-  if (log_aux) ops::moe_router_score_sums(ctx, scratch.score_sums, s.logits);
+  const int64_t E = cfg_.num_experts;
+  if (log_aux)
+    for_each_balancing_group(N, [&](int64_t g, int64_t first, int64_t rows) {
+      ops::moe_router_score_sums(ctx, scratch.score_sums.flat_view(g * E, Shape({E})),
+                                 s.logits.flat_view(first * E, Shape({rows, E})));
+    });
   const Dispatch d = dispatch_of(route(ctx, s));
   const Routing r = routing_views(s);
   if (log_aux) {
@@ -491,7 +512,12 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
     std::vector<double> w = global_counts(ctx, d.routed, scratch);
     for (double& v : w) v *= aux_scale(N) * step.loss_grad_scale;
     from_host(ctx, scratch.aux_weights, w);
-    ops::moe_aux_loss_backward(ctx, scratch.dlogits, s.logits, scratch.aux_weights);
+    for_each_balancing_group(N, [&](int64_t g, int64_t first, int64_t rows) {
+      const int64_t E = cfg_.num_experts;
+      ops::moe_aux_loss_backward(ctx, scratch.dlogits.flat_view(first * E, Shape({rows, E})),
+                                 s.logits.flat_view(first * E, Shape({rows, E})),
+                                 scratch.aux_weights.flat_view(g * E, Shape({E})));
+    });
   }
   if (cfg_.moe_z_loss_coeff > 0)
     ops::moe_z_loss_backward(ctx, scratch.dlogits, s.logits,

@@ -56,7 +56,9 @@
 // load-balancing loss counts the pairs routed before dropping (Megatron's tokens_per_expert).
 // Under EP the cap applies per source rank and expert, so it also bounds the experts' buffers.
 //
-// Load balancing (--moe-aux-loss-coeff > 0, --moe-router-load-balancing-type aux_loss):
+// Load balancing (--moe-aux-loss-coeff > 0, --moe-router-load-balancing-type aux_loss; with
+// seq_aux_loss, DeepSeek's sequence-level loss as Megatron computes it: the same loss over each
+// sequence's tokens (N = seq_length), averaged over the micro-batch's sequences):
 // Megatron's switch loss aux = E·coeff / (N²·k) · Σ_e tokens_e · Σ_n softmax(logits[n])[e]. It
 // joins the objective as Megatron's MoEAuxLossAutoScaler does: its gradient enters the router's
 // backward scaled like the language-model loss (StepContext::loss_grad_scale), and its value is
@@ -106,14 +108,15 @@ class MoeMlp {
     Tensor token_of;      // [K]    row -> token
     Tensor weight_index;  // [K]    row -> flat (token, choice), to gather the router weights
     Tensor slot_of;       // [N, k] (token, choice) -> row (a dropped pair: the zero row K-1)
-    Tensor routed;        // [E]    this rank's (token, choice) pairs per expert, before dropping
+    Tensor routed;        // [G, E] this rank's (token, choice) pairs per expert in each
+                          //        load-balancing group (G = 1, or the sequences), before dropping
     Tensor counts;        // [D]    rows per expert: [E], or under EP [EP, E] (rank s's row)
     Tensor em_from_sm;    // [R]    EP: expert-major row -> received (source-major) row
     Tensor sm_from_em;    // [R]    EP: received row -> expert-major row
   };
   // What the counts say about the exchange (routing_views().counts, read on the host).
   struct Dispatch {
-    std::vector<int64_t> routed;             // [E] this rank's pairs per expert (load balancing)
+    std::vector<int64_t> routed;             // [G, E] this rank's pairs per expert and group
     int64_t rows = 0;                        // K' <= K: this rank's rows kept (sent)
     std::vector<int64_t> local_expert_rows;  // [E/EP] rows each local expert runs
     std::vector<int64_t> send_rows, recv_rows;  // [EP] rows to / from each EP rank
@@ -131,9 +134,9 @@ class MoeMlp {
     Tensor dprobs;        // [N, k] probs dtype
     Tensor dlogits;       // [N, E]
     Tensor d_router_in;   // [N, C]
-    Tensor score_sums;    // [E] probs dtype (aux loss)
-    Tensor aux_weights;   // [E] probs dtype
-    Tensor counts;        // [E] probs dtype: tokens per expert, summed over CP
+    Tensor score_sums;    // [G, E] probs dtype (aux loss)
+    Tensor aux_weights;   // [G, E] probs dtype
+    Tensor counts;        // [G, E] probs dtype: tokens per expert, summed over CP
     Tensor lse;           // [N] probs dtype: the router z-loss's logsumexp per token
   };
 
@@ -147,7 +150,7 @@ class MoeMlp {
   Saved allocate_saved(TensorAllocator& alloc, DType dtype, int64_t tokens) const;
   static Scratch allocate_scratch(const TransformerConfig& cfg, const TensorParallel& tp,
                                   const ExpertParallel& ep, TensorAllocator& alloc, DType dtype,
-                                  int64_t tokens);
+                                  int64_t tokens, int64_t sequences = 1);
   // R: the rows the local experts may run per micro-batch of `tokens` tokens (see above).
   static int64_t expert_row_capacity(const TransformerConfig& cfg, const ExpertParallel& ep,
                                      int64_t tokens);
@@ -212,8 +215,14 @@ class MoeMlp {
   // Tokens per expert for the load-balancing loss: counts summed over the CP group.
   std::vector<double> global_counts(DeviceContext& ctx, const std::vector<int64_t>& counts,
                                     const Scratch& scratch) const;
-  // Megatron's switch load-balancing coefficient E·coeff / (N²·k), N the micro-batch's tokens
-  // over all CP ranks.
+  // The load-balancing loss's groups of tokens in a micro-batch of `tokens` local tokens: 1 (the
+  // switch loss), or with --moe-router-load-balancing-type seq_aux_loss its sequences.
+  int64_t balancing_groups(int64_t tokens) const;
+  void for_each_balancing_group(
+      int64_t tokens,
+      const std::function<void(int64_t g, int64_t first_row, int64_t rows)>& fn) const;
+  // Megatron's switch load-balancing coefficient E·coeff / (N²·k), N a group's tokens over all CP
+  // ranks, over G (the mean over the groups).
   double aux_scale(int64_t local_tokens) const;
 
   TransformerConfig cfg_;

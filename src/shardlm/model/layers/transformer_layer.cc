@@ -171,7 +171,7 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   const DType table = dtype == DType::kF64 ? DType::kF64 : DType::kF32;  // >= fp32 (ops.h)
   if (cfg.position_embedding == PositionEmbedding::kRope)
     s.rope_cos_sin = alloc.allocate(table, {T, cfg.rotary_dim() / 2, 2});
-  if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, tp, ep, alloc, dtype, N);
+  if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, tp, ep, alloc, dtype, N, batch);
   if (cp.enabled()) {
     const int64_t global_rows = batch * cfg.seq_length;
     s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});
