@@ -108,6 +108,24 @@ TEST(ModelConfigJson, AFlagThatChangesTheMathIsNamed) {
   }
 }
 
+// The MoE routing scale survives JSON, is compared, and the fix names it; a checkpoint without it
+// (saved before it existed, or without the flag) loads into a run without it.
+TEST(ModelConfigJson, MoeTopkScalingFactorSurvivesJsonAndIsCompared) {
+  model::TransformerConfig c = llama_like();
+  c.num_experts = 4;
+  c.moe_router_topk = 2;
+  c.moe_router_topk_scaling_factor = 2.5;
+  EXPECT_EQ(model_config_from_json(model_config_to_json(c)).moe_router_topk_scaling_factor, 2.5);
+  model::TransformerConfig unscaled = c;
+  unscaled.moe_router_topk_scaling_factor = 0;
+  expect_mismatch(model_config_to_json(c), unscaled, "--moe-router-topk-scaling-factor",
+                  "moe_router_topk_scaling_factor");
+  EXPECT_NE(model_config_flags(c).find("--moe-router-topk-scaling-factor 2.5"), std::string::npos);
+  nlohmann::json old = model_config_to_json(unscaled);
+  old.erase("moe_router_topk_scaling_factor");
+  EXPECT_NO_THROW(check_model_config(old, unscaled, "ckpt"));
+}
+
 // RoPE settings change nothing without RoPE, and a RoPE model has no position table length.
 TEST(ModelConfigJson, IrrelevantFieldsAreNotCompared) {
   model::TransformerConfig learned;  // learned_absolute

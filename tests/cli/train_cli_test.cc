@@ -132,7 +132,8 @@ TEST(TrainCli, MixtureOfExpertsFlags) {
   const Result dropping = run(kTiny + "--num-experts 4 --moe-router-topk 2 --moe-ffn-hidden-size 24 "
                                       "--moe-aux-loss-coeff 0.01 --moe-expert-capacity-factor 0.5 "
                                       "--moe-token-drop-policy position --moe-z-loss-coeff 1e-3 "
-                                      "--moe-router-load-balancing-type seq_aux_loss");
+                                      "--moe-router-load-balancing-type seq_aux_loss "
+                                      "--moe-router-topk-scaling-factor 1.5");
   EXPECT_EQ(dropping.exit_code, 0) << dropping.output;
   EXPECT_NE(dropping.output.find("load_balancing_loss: "), std::string::npos) << dropping.output;
   EXPECT_NE(dropping.output.find(" z_loss: "), std::string::npos) << dropping.output;

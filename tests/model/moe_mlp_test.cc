@@ -99,6 +99,8 @@ MoeReference moe_reference(const TransformerConfig& c, const ParameterRegistry& 
       for (int64_t i = 0; i < k; ++i) zk += (w[i] = std::exp(logit[order[i]] - m));
       for (double& v : w) v /= zk;
     }
+    if (c.moe_router_topk_scaling_factor > 0)
+      for (double& v : w) v *= c.moe_router_topk_scaling_factor;
     for (int64_t i = 0; i < k; ++i) {
       pairs.push_back({n, order[i], w[i]});
       counts[order[i]] += 1;
@@ -331,6 +333,15 @@ TEST(MoeModel, GradientsMatchFiniteDifferencesWithTheSequenceAuxLoss) {
   TransformerConfig c = moe_config();
   c.moe_seq_aux_loss = true;
   c.moe_aux_loss_coeff = 0.5;
+  expect_moe_gradients_match_finite_differences(c);
+}
+
+// --moe-router-topk-scaling-factor (with pre-softmax routing, as Megatron's DeepSeek recipes).
+TEST(MoeModel, TopkScalingFactorScalesTheWeights) {
+  TransformerConfig c = moe_config();
+  c.moe_router_pre_softmax = true;
+  c.moe_router_topk_scaling_factor = 2.5;
+  expect_moe_mlp_matches_reference(c);
   expect_moe_gradients_match_finite_differences(c);
 }
 

@@ -100,6 +100,12 @@ const Field kFields[] = {
      [](const auto& c) { return if_moe(c, c.moe_layer_freq); }},
     {"moe_router_pre_softmax", "--moe-router-pre-softmax",
      [](const auto& c) { return if_moe(c, c.moe_router_pre_softmax); }},
+    {"moe_router_topk_scaling_factor", "--moe-router-topk-scaling-factor",
+     [](const auto& c) {
+       return c.num_experts > 0 && c.moe_router_topk_scaling_factor > 0
+                  ? nlohmann::json(c.moe_router_topk_scaling_factor)
+                  : nlohmann::json();
+     }},
 };
 }  // namespace
 
@@ -152,6 +158,7 @@ model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
   get("moe_ffn_hidden_size", c.moe_ffn_hidden_size);
   get("moe_layer_freq", c.moe_layer_freq);
   get("moe_router_pre_softmax", c.moe_router_pre_softmax);
+  get("moe_router_topk_scaling_factor", c.moe_router_topk_scaling_factor);
   get("moe_aux_loss_coeff", c.moe_aux_loss_coeff);
   if (j.value("normalization", std::string("LayerNorm")) == "RMSNorm")
     c.normalization = model::Normalization::kRMSNorm;
@@ -225,6 +232,8 @@ std::string model_config_flags(const model::TransformerConfig& c) {
     if (c.moe_ffn_hidden_size > 0) s << " --moe-ffn-hidden-size " << c.moe_ffn_hidden_size;
     if (c.moe_layer_freq != 1) s << " --moe-layer-freq " << c.moe_layer_freq;
     if (c.moe_router_pre_softmax) s << " --moe-router-pre-softmax";
+    if (c.moe_router_topk_scaling_factor > 0)
+      s << " --moe-router-topk-scaling-factor " << num(c.moe_router_topk_scaling_factor);
   }
   return s.str();
 }

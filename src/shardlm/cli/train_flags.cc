@@ -134,6 +134,9 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "One MoE layer every N layers, from layer 0 (1: every layer)")->group(g)->check(pos);
   cmd.add_option("--moe-aux-loss-coeff", m.moe_aux_loss_coeff,
                  "Weight of the switch load-balancing loss (0: none)")->group(g)->check(nonneg);
+  cmd.add_option("--moe-router-topk-scaling-factor", m.moe_router_topk_scaling_factor,
+                 "Multiplies the routing weights of the top-k experts (default 1)")
+      ->group(g)->check(pos);
   cmd.add_option("--moe-z-loss-coeff", m.moe_z_loss_coeff,
                  "Weight of the router z-loss, mean over tokens of logsumexp(logits)^2 (0: none)")
       ->group(g)->check(nonneg);

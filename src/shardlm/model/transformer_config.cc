@@ -83,6 +83,9 @@ void TransformerConfig::validate() const {
       bad("--moe-layer-freq " + s(moe_layer_freq) + " must be >= 1 (1: every layer is MoE)");
     if (!(moe_aux_loss_coeff >= 0))
       bad("--moe-aux-loss-coeff " + std::to_string(moe_aux_loss_coeff) + " must be >= 0");
+    if (!(moe_router_topk_scaling_factor >= 0))
+      bad("--moe-router-topk-scaling-factor " + std::to_string(moe_router_topk_scaling_factor) +
+          " must be > 0 (or unset: 1)");
     if (!(moe_z_loss_coeff >= 0))
       bad("--moe-z-loss-coeff " + std::to_string(moe_z_loss_coeff) + " must be >= 0");
     if (!(moe_expert_capacity_factor >= 0))

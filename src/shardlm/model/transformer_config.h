@@ -58,6 +58,7 @@ struct TransformerConfig {
   bool moe_aux_loss_enabled = true; // --moe-router-load-balancing-type aux_loss (none: false)
   bool moe_seq_aux_loss = false;    // --moe-router-load-balancing-type seq_aux_loss
   bool moe_router_pre_softmax = false;
+  double moe_router_topk_scaling_factor = 0.0;  // > 0: the routing weights times it (0: none)
   // Megatron's token dropping (--moe-expert-capacity-factor F > 0): each expert takes at most
   // moe_expert_capacity(N) of a micro-batch's N·k routed rows on a rank; the rest are dropped
   // (lowest router weight first, or with --moe-token-drop-policy position the latest tokens).

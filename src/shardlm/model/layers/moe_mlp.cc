@@ -396,6 +396,9 @@ void MoeMlp::forward(StepContext& step, Tensor out, const Tensor& x, const Saved
   const int64_t N = x.size(0), k = cfg_.moe_router_topk;
   router_.forward(ctx, s.logits, x);
   ops::moe_topk_router_forward(ctx, s.probs, s.choices, s.logits, k, cfg_.moe_router_pre_softmax);
+  // --moe-router-topk-scaling-factor: the routing weights times a constant (Megatron's).
+  if (cfg_.moe_router_topk_scaling_factor > 0)
+    ops::scale_inplace(ctx, s.probs, cfg_.moe_router_topk_scaling_factor);
   // The load-balancing loss's value for the log (its gradient is added in backward); the sums
   // are queued before route() waits for the choices, so reading them back waits for nothing.
   const bool log_aux = cfg_.moe_aux_coeff() > 0 && step.moe_aux_loss != nullptr;
@@ -506,6 +509,8 @@ void MoeMlp::backward_input(StepContext& step, Tensor dx, const Tensor& x,
   zero_dropped_row(ctx, scratch.d_expert_out, d.rows);
   ops::gather_sum_rows(ctx, dx, scratch.d_expert_out, r.slot_of, Tensor());
   // The router: top-k softmax backward, plus the load-balancing loss's gradient.
+  if (cfg_.moe_router_topk_scaling_factor > 0)  // to the gradient of the unscaled weights
+    ops::scale_inplace(ctx, scratch.dprobs, cfg_.moe_router_topk_scaling_factor);
   ops::moe_topk_router_backward(ctx, scratch.dlogits, scratch.dprobs, s.logits, s.choices,
                                 cfg_.moe_router_pre_softmax);
   if (cfg_.moe_aux_coeff() > 0) {

@@ -3,7 +3,8 @@
 //
 //   logits = router(x)                [N, E]  decoder.layers.<i>.mlp.router.weight [E, C]
 //   probs, experts = top-k(logits)     per token: softmax over its k largest logits, or (with
-//                                      --moe-router-pre-softmax) its k largest softmax scores
+//                                      --moe-router-pre-softmax) its k largest softmax scores,
+//                                      times --moe-router-topk-scaling-factor when given
 //   y[n] = Σ_i probs[n, i] · expert_{experts[n, i]}(x[n])
 //
 // Expert e is linear_fc2(act(linear_fc1(x))) with --moe-ffn-hidden-size and the layer's
@@ -13,10 +14,9 @@
 //
 // Dispatch: the top-k choices are copied to the host (N·k int32), the N·k (token, choice) pairs
 // are sorted by expert with a stable counting sort (token order inside an expert), the plan goes
-// back to the device in one transfer and is saved (backward reads back only the E counts, which
-// size the expert GEMMs: two host synchronisations per layer in forward, one in backward), and
-// the tokens are gathered into
-// contiguous rows per expert (ops::gather_rows). Each expert runs its GEMMs on its rows; the
+// back to the device in one transfer and is saved (backward reads back only the counts, which
+// size the expert GEMMs: two host synchronisations per layer in forward, three under EP, one in
+// backward), and the tokens are gathered into contiguous rows per expert (ops::gather_rows). Each expert runs its GEMMs on its rows; the
 // outputs are gathered back and summed with the router's weights (ops::gather_sum_rows). No
 // atomics anywhere, so results are deterministic. Dropless unless a capacity factor is set:
 // every token reaches its k experts.
@@ -71,7 +71,8 @@
 // Memory (per layer and micro-batch, N = B·T tokens, K = N·k rows, F' = F or 2F with SwiGLU,
 // R = K without EP, else R_max above): saved logits [N, E], probs [N, k], choices [N, k], fc1
 // output [R, F'], expert outputs [K, C], under EP the received rows [R, C], and the dispatch
-// plan (3K + E int32, or 3K + EP·E + 2·R_max under EP); without EP the expert inputs are
+// plan (3K + (G + 1)·E int32, or 3K + (G + EP)·E + 2·R_max under EP; G the load-balancing
+// groups); without EP the expert inputs are
 // recomputed in backward, and the activations always are. Scratch is shared by the layers.
 #pragma once
 
