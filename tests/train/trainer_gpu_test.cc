@@ -72,6 +72,13 @@ TEST(TrainerGpu, MixtureOfExpertsMatchesCpuStepForStep) {
   cfg.model.moe_expert_capacity_factor = 0.5;
   cfg.model.moe_token_drop_by_position = true;
   expect_gpu_follows_cpu(cfg);
+  // The sequence-level load-balancing loss (per-sequence slices of the router's rows), the router
+  // z-loss and the routing-weight scale.
+  cfg.model.moe_expert_capacity_factor = 0;
+  cfg.model.moe_seq_aux_loss = true;
+  cfg.model.moe_z_loss_coeff = 0.01;
+  cfg.model.moe_router_topk_scaling_factor = 1.5;
+  expect_gpu_follows_cpu(cfg);
 }
 
 }  // namespace
