@@ -8,6 +8,7 @@
 // and its checkpoints reshard to one rank and to another EP size.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <sstream>
 
 #include "tests/ckpt/ckpt_test_util.h"
@@ -287,11 +288,11 @@ TEST(MoeTraining, TokenDroppingLayoutsMatchOneRank) {
   }
 }
 
-// The router z-loss (--moe-z-loss-coeff): a mean over the micro-batch's tokens, so CP ranks add
-// their parts and TP ranks (same tokens) do not; logged as z_loss, like Megatron.
-TEST(MoeTraining, RouterZLossLayoutsMatchOneRank) {
-  TrainConfig cfg = moe_config();
-  cfg.model.moe_z_loss_coeff = 0.05;
+// cfg (an MoE loss switched on by `on`, off by `off`) trains at CP2 and at EP2 x TP2 SP distopt
+// as on one rank, logs `logged` at CP2, and differs from the run without that loss.
+void expect_moe_loss_layouts_match_one_rank(TrainConfig cfg,
+                                            const std::function<void(TrainConfig&)>& off,
+                                            const std::string& logged, double differs_by) {
   cfg.train_iters = 10;
   cfg.logging.log_interval = 1;
   const RunResult reference = single_rank(cfg);
@@ -299,35 +300,35 @@ TEST(MoeTraining, RouterZLossLayoutsMatchOneRank) {
   cp.cp = 2;
   std::string log;
   expect_same_training(run_layout(cfg, cp, &log), reference, cp.name());
-  EXPECT_NE(log.find(" z_loss: "), std::string::npos) << log;
+  EXPECT_NE(log.find(logged), std::string::npos) << log;
   Layout tp = expert_parallel(2, 2);
   tp.tp = 2;
   tp.sequence_parallel = tp.distributed_optimizer = true;
   expect_same_training(run_layout(cfg, tp), reference, tp.name());
-  // The z-loss moves training: without it the run is another one.
-  cfg.model.moe_z_loss_coeff = 0;
+  off(cfg);
   EXPECT_GT(std::abs(single_rank(cfg).losses.back() - reference.losses.back()),
-            1e-5 * reference.losses.back());
+            differs_by * reference.losses.back());
+}
+
+// The router z-loss (--moe-z-loss-coeff): a mean over the micro-batch's tokens, so CP ranks add
+// their parts and TP ranks (same tokens) do not; logged as z_loss, like Megatron.
+TEST(MoeTraining, RouterZLossLayoutsMatchOneRank) {
+  TrainConfig cfg = moe_config();
+  cfg.model.moe_z_loss_coeff = 0.05;
+  expect_moe_loss_layouts_match_one_rank(
+      cfg, [](TrainConfig& c) { c.model.moe_z_loss_coeff = 0; }, " z_loss: ", 1e-5);
 }
 
 // The sequence-level load-balancing loss: per-sequence counts summed over the CP ranks holding
-// each sequence's halves, the same sequences on every TP rank.
+// each sequence's halves, the same sequences on every TP rank; the switch loss over the whole
+// micro-batch is another run.
 TEST(MoeTraining, SequenceAuxLossLayoutsMatchOneRank) {
   TrainConfig cfg = moe_config();
   cfg.model.moe_seq_aux_loss = true;
   cfg.model.moe_aux_loss_coeff = 0.1;
-  cfg.train_iters = 10;
-  const RunResult reference = single_rank(cfg);
-  Layout cp = layout(1);
-  cp.cp = 2;
-  expect_same_training(run_layout(cfg, cp), reference, cp.name());
-  Layout tp = expert_parallel(2, 2);
-  tp.tp = 2;
-  tp.sequence_parallel = tp.distributed_optimizer = true;
-  expect_same_training(run_layout(cfg, tp), reference, tp.name());
-  cfg.model.moe_seq_aux_loss = false;  // the switch loss over the micro-batch: another run
-  EXPECT_GT(std::abs(single_rank(cfg).losses.back() - reference.losses.back()),
-            1e-6 * reference.losses.back());
+  expect_moe_loss_layouts_match_one_rank(
+      cfg, [](TrainConfig& c) { c.model.moe_seq_aux_loss = false; }, "load_balancing_loss: ",
+      1e-6);
 }
 
 // Checkpoints name experts globally, so they reshard across EP sizes: saved at EP2 x DP2

@@ -561,19 +561,16 @@ IterationRecord Trainer::train_step() {
   }
   loss_sum = all_reduce_sum(rank_->cp(), loss_sum);  // each CP rank has its positions' part
   rec.loss = data_parallel_mean(loss_sum / static_cast<double>(M));
-  if (logs_moe_aux_loss()) {
-    // Megatron's load_balancing_loss: the switch loss over its coefficient, averaged over the
-    // MoE layers (summed over the pipeline stages that hold them) and the micro-batches.
-    double aux = pipeline_ ? all_reduce_sum(rank_->pp(), moe_aux_sum_) : moe_aux_sum_;
-    aux = all_reduce_sum(rank_->cp(), aux);  // each CP rank has its tokens' part
-    rec.moe_aux_loss = data_parallel_mean(
-        aux / static_cast<double>(M * cfg_.model.num_moe_layers()));
-  }
-  if (logs_moe_z_loss()) {  // Megatron's z_loss, the same way
-    double z = pipeline_ ? all_reduce_sum(rank_->pp(), moe_z_sum_) : moe_z_sum_;
-    z = all_reduce_sum(rank_->cp(), z);
-    rec.moe_z_loss = data_parallel_mean(z / static_cast<double>(M * cfg_.model.num_moe_layers()));
-  }
+  // Megatron's load_balancing_loss and z_loss: each over its coefficient, averaged over the MoE
+  // layers (summed over the pipeline stages that hold them, and over the CP ranks, each of
+  // which has its tokens' part) and the micro-batches.
+  auto moe_loss_mean = [&](double sum) {
+    if (pipeline_) sum = all_reduce_sum(rank_->pp(), sum);
+    sum = all_reduce_sum(rank_->cp(), sum);
+    return data_parallel_mean(sum / static_cast<double>(M * cfg_.model.num_moe_layers()));
+  };
+  if (logs_moe_aux_loss()) rec.moe_aux_loss = moe_loss_mean(moe_aux_sum_);
+  if (logs_moe_z_loss()) rec.moe_z_loss = moe_loss_mean(moe_z_sum_);
   // --fp16: undo the loss scale on the fp32 main gradients (an overflow stays inf/NaN, so the
   // norm below is not finite and the step is skipped).
   if (loss_scaler_) ops::scale_inplace(*device_, registry_.flat_grads(), 1.0 / loss_scale);
