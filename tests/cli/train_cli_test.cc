@@ -148,6 +148,29 @@ TEST(TrainCli, MixtureOfExpertsFlags) {
                      "--moe-router-topk 5 must be between 1 and --num-experts 4");
 }
 
+// fp8 trains from Megatron's flags on the CPU (emulated) and says so; the delayed-scaling flags
+// are accepted with a note; what cannot work is refused in one line naming the numbers.
+TEST(TrainCli, Fp8Flags) {
+  const std::string fp8 =
+      "train --mock-data --num-layers 3 --hidden-size 32 --num-attention-heads 2 --seq-length 16 "
+      "--vocab-size 32 --micro-batch-size 2 --train-iters 2 --lr 1e-3 --device cpu ";
+  const Result r = run(fp8 + "--fp8-format hybrid --fp8-recipe tensorwise --fp8-margin 1 "
+                             "--first-last-layers-bf16 --num-layers-at-end-in-bf16 0 "
+                             "--fp8-amax-history-len 1024 --fp8-amax-compute-algo max");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("fp8 hybrid (E4M3 activations and weights, E5M2 gradients; tensorwise "
+                          "scales, margin 1) in the transformer layers' linears of layers 1-2"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("--fp8-amax-history-len has no effect"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("iteration        2/       2"), std::string::npos) << r.output;
+  expect_usage_error(fp8 + "--fp8-format e5m2", "'e5m2' is not e4m3 or hybrid");
+  expect_usage_error(fp8 + "--fp8-format hybrid --fp8-recipe delayed",
+                     "'delayed' is not available");
+  expect_usage_error(kTiny + "--fp8-format e4m3",
+                     "--fp8-format needs every fp8 GEMM dimension to be a multiple of 16");
+}
+
 // Llama 3.x RoPE scaling and linear interpolation train from the flags; without RoPE, or with
 // bad parameters, one line names the flag.
 TEST(TrainCli, RopeScalingFlags) {

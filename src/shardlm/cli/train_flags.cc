@@ -216,6 +216,48 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                "gradients folded into the fp32 main gradients, instead of being written there "
                "by their backward")
       ->group(g);
+  model::TransformerConfig& mp = cfg.model;
+  cmd.add_option_function<std::string>(
+         "--fp8-format",
+         [&mp](const std::string& v) {
+           if (v == "hybrid") mp.fp8.format = model::Fp8Format::kHybrid;
+           else if (v == "e4m3") mp.fp8.format = model::Fp8Format::kE4M3;
+           else throw CLI::ValidationError("--fp8-format", "'" + v + "' is not e4m3 or hybrid");
+         },
+         "fp8 GEMMs in the transformer layers' linears: hybrid (E4M3 activations and weights, "
+         "E5M2 gradients) or e4m3 (all E4M3); with --bf16 or --fp16 on the GPU")->group(g);
+  cmd.add_option_function<std::string>(
+         "--fp8-recipe",
+         [](const std::string& v) {
+           if (v == "tensorwise") return;
+           throw CLI::ValidationError(
+               "--fp8-recipe",
+               "'" + v + "' is not available: ShardLM scales fp8 per tensor from each tensor's "
+               "current amax (tensorwise), which needs no amax history; use --fp8-recipe "
+               "tensorwise or leave the flag out");
+         },
+         "tensorwise (the default and only recipe: per-tensor scales from the current amax)")
+      ->group(g);
+  cmd.add_option("--fp8-margin", mp.fp8.margin,
+                 "fp8 scales are divided by 2^margin (headroom; default 0)")->group(g)->check(CLI::Range(0, 64));
+  cmd.add_flag("--first-last-layers-bf16", mp.fp8_first_last_layers_bf16,
+               "With --fp8-format: keep the first and last layers in 16-bit")->group(g);
+  cmd.add_option("--num-layers-at-start-in-bf16", mp.fp8_layers_at_start_in_bf16,
+                 "With --first-last-layers-bf16: leading layers kept in 16-bit (default 1)")->group(g)->check(CLI::NonNegativeNumber);
+  cmd.add_option("--num-layers-at-end-in-bf16", mp.fp8_layers_at_end_in_bf16,
+                 "With --first-last-layers-bf16: trailing layers kept in 16-bit (default 1)")->group(g)->check(CLI::NonNegativeNumber);
+  cmd.add_option("--fp8-amax-history-len", cfg.fp8_amax_history_len,
+                 "Delayed scaling's amax history: accepted for Megatron scripts, no effect "
+                 "(tensorwise scaling keeps no history)")->group(g)->check(pos);
+  cmd.add_option_function<std::string>(
+         "--fp8-amax-compute-algo",
+         [&cfg](const std::string& v) {
+           if (v != "max" && v != "most_recent")
+             throw CLI::ValidationError("--fp8-amax-compute-algo", "'" + v + "' is not max or most_recent");
+           cfg.fp8_amax_compute_algo = v;
+         },
+         "Delayed scaling's amax choice: accepted for Megatron scripts, no effect (tensorwise "
+         "scaling uses the current amax)")->group(g);
   optim::LossScalerConfig& ls = cfg.loss_scaler;
   cmd.add_option("--loss-scale", ls.loss_scale,
                  "--fp16: constant loss scale (omit for dynamic scaling)")->group(g);
@@ -375,6 +417,15 @@ void note_ignored_flags(const CLI::App& cmd, const train::TrainConfig& cfg, std:
         out << "shardlm: note: " << flag
             << " has no effect without --use-rope-scaling (as in Megatron-LM); add "
                "--use-rope-scaling to scale RoPE as Llama 3.x does\n";
+  for (const char* flag : {"--fp8-amax-history-len", "--fp8-amax-compute-algo"})
+    if (given(flag))
+      out << "shardlm: note: " << flag
+          << " has no effect: ShardLM's fp8 scales each tensor from its current amax "
+             "(tensorwise), so there is no amax history to configure\n";
+  if (!cfg.model.fp8.enabled())
+    for (const char* flag : {"--fp8-margin", "--first-last-layers-bf16", "--fp8-recipe"})
+      if (given(flag))
+        out << "shardlm: note: " << flag << " has no effect without --fp8-format\n";
 }
 
 std::vector<std::string> yaml_config_to_args(const std::string& path) {

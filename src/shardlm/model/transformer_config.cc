@@ -93,6 +93,7 @@ void TransformerConfig::validate() const {
           " must be > 0 (or unset: dropless)");
   }
   validate_tensor_parallel(tensor_model_parallel_size, false);
+  validate_fp8(tensor_model_parallel_size, 0);
 }
 
 int64_t TransformerConfig::moe_expert_capacity(int64_t tokens) const {
@@ -137,6 +138,39 @@ void TransformerConfig::validate_tensor_parallel(int64_t tp, bool sequence_paral
     bad("--seq-length " + s(seq_length) + " is not divisible by " + tp_flag +
         ", which --sequence-parallel needs (each rank holds seq_length / TP positions): choose a "
         "multiple of " + s(tp) + " or drop --sequence-parallel");
+}
+
+void TransformerConfig::validate_fp8(int64_t tp, int64_t cp) const {
+  if (!fp8.enabled()) return;
+  if (fp8.margin < 0 || fp8.margin > 64)
+    bad("--fp8-margin " + s(fp8.margin) + " must be in [0, 64] (scales are divided by 2^margin)");
+  if (fp8_first_last_layers_bf16 &&
+      (fp8_layers_at_start_in_bf16 < 0 || fp8_layers_at_end_in_bf16 < 0 ||
+       fp8_layers_at_start_in_bf16 + fp8_layers_at_end_in_bf16 >= num_layers))
+    bad("--first-last-layers-bf16 with --num-layers-at-start-in-bf16 " +
+        s(fp8_layers_at_start_in_bf16) + " and --num-layers-at-end-in-bf16 " +
+        s(fp8_layers_at_end_in_bf16) + ": both must be >= 0 and leave at least one of the " +
+        s(num_layers) + " layers in fp8; lower them or drop --fp8-format");
+  if (tp <= 0 || num_attention_heads % tp != 0) return;  // reported by the TP checks
+  const int64_t groups_local = query_groups() >= tp ? query_groups() / tp : 1;
+  // cp == 0: the context-parallel size is not known yet (validate()); the tokens are checked
+  // with the layout.
+  const int64_t tokens = cp > 0 && seq_length % cp == 0 ? seq_length / cp : 16;
+  const std::pair<std::string, int64_t> dims[] = {
+      {"--hidden-size", hidden_size},
+      {"the attention width per tensor-parallel rank (heads x kv-channels / TP)",
+       num_attention_heads / tp * head_dim()},
+      {"the fused QKV width per tensor-parallel rank ((heads / TP + 2 x query groups / TP) x "
+       "kv-channels)",
+       (num_attention_heads / tp + 2 * groups_local) * head_dim()},
+      {"--ffn-hidden-size / TP", ffn_size() / tp},
+      {"the tokens per sequence on a rank (--seq-length / context-parallel size)", tokens},
+  };
+  for (const auto& [what, n] : dims)
+    if (n % 16 != 0)
+      bad("--fp8-format needs every fp8 GEMM dimension to be a multiple of 16 (Hopper's fp8 "
+          "tensor-core GEMMs; checked on every device): " + what + " is " + s(n) +
+          "; choose sizes that make it a multiple of 16, or drop --fp8-format");
 }
 
 int64_t TransformerConfig::parameter_count() const {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "shardlm/model/fp8_recipe.h"
 #include "shardlm/ops/rope_frequencies.h"
 
 namespace shardlm::model {
@@ -68,6 +69,20 @@ struct TransformerConfig {
   // joins the objective as the load-balancing loss does; 0: none.
   double moe_z_loss_coeff = 0.0;
   bool moe_token_drop_by_position = false;
+  // fp8 GEMMs in the transformer layers' linears (--fp8-format; model/fp8_linear.h), except the
+  // first and last layers kept in 16-bit (--first-last-layers-bf16 with
+  // --num-layers-at-start-in-bf16 / --num-layers-at-end-in-bf16). The embedding, the output
+  // layer, attention and the MoE experts stay 16-bit, as in Megatron with Transformer Engine.
+  // A training choice, not part of the architecture: checkpoints do not record it.
+  Fp8Recipe fp8{};
+  bool fp8_first_last_layers_bf16 = false;
+  int64_t fp8_layers_at_start_in_bf16 = 1;  // with fp8_first_last_layers_bf16 only
+  int64_t fp8_layers_at_end_in_bf16 = 1;
+  bool fp8_layer(int64_t layer) const {
+    if (!fp8.enabled()) return false;
+    if (!fp8_first_last_layers_bf16) return true;
+    return layer >= fp8_layers_at_start_in_bf16 && layer < num_layers - fp8_layers_at_end_in_bf16;
+  }
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
@@ -113,6 +128,12 @@ struct TransformerConfig {
   // Error(kInvalidConfig) naming the flags, the numbers and a fix. validate() runs it with
   // (tensor_model_parallel_size, false); GPTModel with its TP group.
   void validate_tensor_parallel(int64_t tp_size, bool sequence_parallel) const;
+  // The fp8 part (a no-op without --fp8-format): every fp8 GEMM dimension a multiple of 16 on
+  // tp_size tensor- and cp_size context-parallel ranks (Hopper's fp8 GEMMs need it; checked on
+  // the CPU too, so a layout that trains there trains on the GPU), the margin, and at least
+  // one layer left in fp8. validate() runs it with (tensor_model_parallel_size, 0): cp_size 0
+  // skips the tokens, which need the layout.
+  void validate_fp8(int64_t tp_size, int64_t cp_size) const;
   // Total parameter count (embedding and output layer counted once when tied).
   int64_t parameter_count() const;
 };

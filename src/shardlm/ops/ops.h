@@ -92,6 +92,34 @@ void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbia
 void linear_weight_grad(DeviceContext& ctx, Tensor dweight, const Tensor& dout, const Tensor& in,
                         bool accumulate);
 
+// ---- fp8 (per-tensor scaled 8-bit GEMMs: --fp8-format, model/fp8.h) ----------------------
+// Formats and rounding as tensor/fp8.h. A tensor x is carried as codes q = fp8(x · scale) and
+// its dequantisation factor scale_inv = 1 / scale; scale maps x's largest magnitude (amax) to
+// the format's largest finite value.
+// amax[0] = max_i |in_i| (fp32, assigned; NaN elements are skipped, an infinity gives inf).
+void abs_max(DeviceContext& ctx, Tensor amax, const Tensor& in);
+// Elementwise over [k] fp32 tensors: scale = fp8_max(format) / amax · 2^-margin, in fp32 (1
+// where amax is 0, the largest fp32 where the quotient overflows), and scale_inv = 1 / scale
+// (correctly rounded fp32 operations: CPU and CUDA agree bit for bit). An infinite amax gives
+// a scale of 0 (NaN codes downstream: an fp16 loss-scaler overflow stays visible).
+void fp8_scale_from_amax(DeviceContext& ctx, Tensor scale, Tensor scale_inv, const Tensor& amax,
+                         DType format, int margin);
+// q[N,C] = fp8(in[N,C] · scale[0]) and/or q_t[C,N] the same codes transposed (either may be
+// undefined; both have the fp8 format dtype). The product is formed in fp32 (fp64 for fp64 in),
+// then rounded once (tensor/fp8.h): CPU and CUDA give the same codes. in: [N,C] or any shape
+// whose last dimension is C (q_t then is [C, numel/C]).
+void fp8_quantize(DeviceContext& ctx, Tensor q, Tensor q_t, const Tensor& in, const Tensor& scale);
+// The fp8 GEMM, both operands K-major (cuBLASLt's "TN", the only fp8 form Hopper runs):
+//   out[M,N] = a_scale_inv[0] · b_scale_inv[0] · (a[M,K] @ b[N,K]^T) (+ bias[N]) (+ out when
+//   accumulate), products and sums in fp32.
+// a, b: fp8 codes (not both E5M2); out: bf16/fp16/fp32 (CUDA) or fp32/fp64 (CPU); bias of out's
+// dtype (CUDA: 16-bit out only). CUDA needs M, N and K multiples of 16 and 16-byte aligned
+// operands (kInvalidArgument otherwise). The uses (model/fp8.h): forward out = x·W^T with
+// (a, b) = (x, W); input gradient (dy, W^T); weight gradient (dy^T, x^T) into the fp32 main
+// gradient.
+void fp8_gemm(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& a_scale_inv,
+              const Tensor& b, const Tensor& b_scale_inv, const Tensor& bias, bool accumulate);
+
 // ---- activations ---------------------------------------------------------------------------
 // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);

@@ -65,6 +65,9 @@ void TrainConfig::validate() const {
         "auto, fused (cuDNN) or flash (ShardLM's kernels)");
   if (attention_backend != "auto" && attention_backend != "fused" && attention_backend != "flash")
     bad("--attention-backend " + attention_backend + " is not one of auto, fused, flash");
+  if (model.fp8.enabled() && device == "cuda" && !bf16 && !fp16)
+    bad("--fp8-format on the GPU needs --bf16 or --fp16 (the fp8 GEMMs take and give 16-bit "
+        "activations, as in Megatron); add --bf16");
   if (bf16 && device == "cpu")
     bad("--bf16 needs --device cuda; the CPU backend computes in fp32/fp64");
   if (bf16 && compute_dtype != "fp32")
@@ -145,6 +148,7 @@ void TrainConfig::validate_parallel(int world_size) const {
   model::TransformerConfig tp_model = model;
   tp_model.tensor_model_parallel_size = layout.tp();
   tp_model.validate_tensor_parallel(layout.tp(), dims.sequence_parallel);
+  tp_model.validate_fp8(layout.tp(), layout.cp());
   const int64_t per_step = micro_batch_size * layout.dp();
   if (global_batch_size > 0 && global_batch_size % per_step != 0)
     bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +

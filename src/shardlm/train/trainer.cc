@@ -23,6 +23,23 @@
 namespace shardlm::train {
 
 namespace {
+
+// ", fp8 hybrid (E4M3 activations and weights, E5M2 gradients; tensorwise scales) in layers
+// 1-22 of 24": the startup log's fp8 part (empty without --fp8-format).
+std::string fp8_description(const model::TransformerConfig& m) {
+  if (!m.fp8.enabled()) return "";
+  std::string s = ", fp8 " + m.fp8.name() +
+                  (m.fp8.format == model::Fp8Format::kHybrid
+                       ? " (E4M3 activations and weights, E5M2 gradients"
+                       : " (E4M3 activations, weights and gradients") +
+                  "; tensorwise scales" +
+                  (m.fp8.margin > 0 ? ", margin " + std::to_string(m.fp8.margin) : "") +
+                  ") in the transformer layers' linears";
+  if (m.fp8_first_last_layers_bf16)
+    s += " of layers " + std::to_string(m.fp8_layers_at_start_in_bf16) + "-" +
+         std::to_string(m.num_layers - m.fp8_layers_at_end_in_bf16 - 1) + " (0-based; the rest 16-bit)";
+  return s;
+}
 std::string format(const char* fmt, auto... args) {
   char buf[256];
   std::snprintf(buf, sizeof(buf), fmt, args...);
@@ -107,6 +124,12 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                   std::string(cfg_.bf16 ? "--bf16" : "--fp16") +
                       " needs --device cuda; the CPU backend computes in fp32/fp64 (no GPU was "
                       "found for --device " + cfg_.device + ")");
+  SHARDLM_REQUIRE(!cfg_.model.fp8.enabled() || device_->device().is_cpu() || cfg_.bf16 ||
+                      cfg_.fp16,
+                  ErrorKind::kInvalidConfig,
+                  "--fp8-format on " + device_->device().to_string() +
+                      " needs --bf16 or --fp16 (the fp8 GEMMs take and give 16-bit activations, "
+                      "as in Megatron); add --bf16");
   SHARDLM_REQUIRE(cfg_.main_params_dtype != "fp64" || device_->device().is_cpu(),
                   ErrorKind::kInvalidConfig,
                   "--main-params-dtype fp64 is the CPU's mixed precision; on " +
@@ -231,7 +254,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
                  (long long)cfg_.model.padded_vocab_size(), (long long)cfg_.model.vocab_size)
        << format("> number of parameters: %lld on %s, compute dtype %s\n", (long long)registry_.numel(),
                  device_->device().to_string().c_str(), dtype_name(dtype_))
-       << "> precision: " << precision << "\n"
+       << "> precision: " << precision << fp8_description(cfg_.model) << "\n"
        << memory_plan_.format();
   log_
        << format("> global batch %lld = micro-batch %lld x %lld micro-batches x data-parallel "

@@ -88,6 +88,7 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
                         " positions (--seq-length / --context-parallel-size) over " +
                         std::to_string(tp_.size()) + " tensor-parallel ranks: not divisible");
   }
+  cfg_.validate_fp8(tp_.size(), cp_.size());
   if (chunk_.layer_end < 0) chunk_.layer_end = cfg_.num_layers;
   SHARDLM_REQUIRE(0 <= chunk_.layer_begin && chunk_.layer_begin < chunk_.layer_end &&
                       chunk_.layer_end <= cfg_.num_layers,

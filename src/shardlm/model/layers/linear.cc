@@ -62,32 +62,65 @@ void Linear::append_parameters(std::vector<Parameter*>& out) const {
   if (bias_) out.push_back(bias_);
 }
 
-void Linear::forward(DeviceContext& ctx, Tensor out, const Tensor& in) const {
-  // Row-parallel: the partial sums of all ranks are added up afterwards; the bias once.
-  const bool add_bias = bias_ && (mode_ != ParallelMode::kRow || tp_.rank() == 0);
-  ops::linear_forward(ctx, out, in, weight_->compute_value,
-                      add_bias ? bias_->compute_value : Tensor());
+const Fp8Workspace& Linear::workspace(const Fp8Workspace* fp8) const {
+  SHARDLM_REQUIRE(fp8 != nullptr && fp8->defined(), ErrorKind::kInternal,
+                  "Linear " + prefix_ + " runs in fp8 but its caller passed no Fp8Workspace");
+  return *fp8;
 }
 
-void Linear::forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in) const {
+void Linear::forward(DeviceContext& ctx, Tensor out, const Tensor& in,
+                     const Fp8Workspace* fp8) const {
+  // Row-parallel: the partial sums of all ranks are added up afterwards; the bias once.
+  const bool add_bias = bias_ && (mode_ != ParallelMode::kRow || tp_.rank() == 0);
+  const Tensor bias = add_bias ? bias_->compute_value : Tensor();
+  if (fp8_)
+    fp8_->forward(ctx, workspace(fp8), out, in, weight_->compute_value, bias);
+  else
+    ops::linear_forward(ctx, out, in, weight_->compute_value, bias);
+}
+
+void Linear::forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in,
+                          const Fp8Workspace* fp8) const {
   // Row-parallel outputs are partial sums: GELU must wait until they are summed.
   SHARDLM_CHECK(mode_ != ParallelMode::kRow);
+  if (fp8_) {
+    fp8_->forward(ctx, workspace(fp8), pre, in, weight_->compute_value,
+                  bias_ ? bias_->compute_value : Tensor());
+    ops::gelu_forward(ctx, out, pre);
+    return;
+  }
   ops::linear_gelu_forward(ctx, out, pre, in, weight_->compute_value,
                            bias_ ? bias_->compute_value : Tensor());
 }
 
 void Linear::backward_from_gelu(DeviceContext& ctx, Tensor din, Tensor dpre, const Tensor& dout,
-                                const Tensor& pre, const Tensor& in) const {
+                                const Tensor& pre, const Tensor& in,
+                                const Fp8Workspace* fp8) const {
   ops::gelu_backward_bias_grad(ctx, dpre, bias_ ? bias_->compute_grad : Tensor(), dout, pre);
-  backward_gemms(ctx, din, Tensor(), dpre, in);
+  backward_gemms(ctx, din, Tensor(), dpre, in, fp8);
 }
 
-void Linear::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const {
-  backward_gemms(ctx, din, bias_ ? bias_->compute_grad : Tensor(), dout, in);
+void Linear::backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
+                      const Fp8Workspace* fp8) const {
+  backward_gemms(ctx, din, bias_ ? bias_->compute_grad : Tensor(), dout, in, fp8);
 }
 
 void Linear::backward_gemms(DeviceContext& ctx, Tensor din, Tensor dbias, const Tensor& dout,
-                            const Tensor& in) const {
+                            const Tensor& in, const Fp8Workspace* fp8) const {
+  if (fp8_) {
+    // The bias gradient from the 16-bit dout; then the fp8 GEMMs.
+    if (dbias.defined())
+      ops::linear_backward(ctx, Tensor(), Tensor(), dbias, dout, in, weight_->compute_value);
+    if (!weight_->main_grad_fused) {
+      fp8_->backward(ctx, workspace(fp8), din, weight_->compute_grad, /*accumulate=*/true, dout,
+                     in, weight_->compute_value);
+      return;
+    }
+    const Parameter::FusedMainGrad main = weight_->take_fused_main_grad();
+    fp8_->backward(ctx, workspace(fp8), din, main.grad, main.accumulate, dout, in,
+                   weight_->compute_value);
+    return;
+  }
   if (!weight_->main_grad_fused) {
     ops::linear_backward(ctx, din, weight_->compute_grad, dbias, dout, in, weight_->compute_value);
     return;

@@ -15,9 +15,11 @@
 //   fc1.forward(ctx, h, x);  fc1.backward(ctx, dx, dh, x);
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "shardlm/model/fp8_linear.h"
 #include "shardlm/model/parameter.h"
 #include "shardlm/model/tensor_parallel.h"
 
@@ -40,21 +42,31 @@ class Linear {
   // Registers the parameters as a mixture-of-experts expert's (ParameterSpec::expert).
   void mark_expert() { expert_ = true; }
 
+  // Runs the GEMMs in fp8 (model/fp8_linear.h): forward and backward then need a workspace.
+  void enable_fp8(Fp8Linear fp8) { fp8_ = std::move(fp8); }
+  bool fp8() const { return fp8_.has_value(); }
+
   void register_parameters(ParameterRegistry& reg) const;
   void bind(ParameterRegistry& reg);
   // Appends the bound parameters (weight, then bias) to `out`.
   void append_parameters(std::vector<Parameter*>& out) const;
 
-  void forward(DeviceContext& ctx, Tensor out, const Tensor& in) const;
+  // fp8: the workspace for an fp8 linear (ignored otherwise; required when fp8()).
+  void forward(DeviceContext& ctx, Tensor out, const Tensor& in,
+               const Fp8Workspace* fp8 = nullptr) const;
   // din may be undefined (no input gradient needed).
-  void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in) const;
+  void backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in,
+                const Fp8Workspace* fp8 = nullptr) const;
   // The linear followed by GELU (not row-parallel): out = gelu(pre), pre = in @ W^T + b, one
-  // cuBLASLt GEMM with the GELU epilogue on CUDA in bf16/fp16 (ops::linear_gelu_forward).
-  void forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in) const;
+  // cuBLASLt GEMM with the GELU epilogue on CUDA in bf16/fp16 (ops::linear_gelu_forward); in
+  // fp8 the GEMM with the bias, then the GELU.
+  void forward_gelu(DeviceContext& ctx, Tensor out, Tensor pre, const Tensor& in,
+                    const Fp8Workspace* fp8 = nullptr) const;
   // Its backward from dout = d(gelu output): dpre (scratch, [N, out]) and the bias gradient in
   // one pass, then the GEMMs for din and the weight gradient.
   void backward_from_gelu(DeviceContext& ctx, Tensor din, Tensor dpre, const Tensor& dout,
-                          const Tensor& pre, const Tensor& in) const;
+                          const Tensor& pre, const Tensor& in,
+                          const Fp8Workspace* fp8 = nullptr) const;
 
   int64_t in_features() const { return in_local_; }
   int64_t out_features() const { return out_local_; }
@@ -74,7 +86,9 @@ class Linear {
   // din and dbias through linear_backward, the weight gradient into the compute gradient or,
   // with gradient-accumulation fusion, the master gradient (parameter.h).
   void backward_gemms(DeviceContext& ctx, Tensor din, Tensor dbias, const Tensor& dout,
-                      const Tensor& in) const;
+                      const Tensor& in, const Fp8Workspace* fp8) const;
+  const Fp8Workspace& workspace(const Fp8Workspace* fp8) const;
+  std::optional<Fp8Linear> fp8_;
 
   Parameter* weight_ = nullptr;
   Parameter* bias_ = nullptr;

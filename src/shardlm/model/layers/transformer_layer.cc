@@ -1,5 +1,6 @@
 #include "shardlm/model/layers/transformer_layer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "shardlm/base/check.h"
@@ -46,6 +47,11 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
            cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
            ParallelMode::kRow, tp) {
   if (cfg.is_moe_layer(layer_index)) moe_.emplace(cfg, layer_index, tp, cp, ep);
+  if (cfg.fp8_layer(layer_index)) {
+    // The amaxes are shared over TP (split weights and features) and CP (split tokens).
+    const Fp8Linear fp8{cfg.fp8, {tp.group, cp.group}};
+    for (Linear* l : {&qkv_, &proj_, &fc1_, &fc2_}) l->enable_fp8(fp8);
+  }
   SHARDLM_REQUIRE(!qkv_layout_.replicated() || (tp_.query_group != nullptr &&
                                                  tp_.query_group->size() == qkv_layout_.replicas),
                   ErrorKind::kInternal,
@@ -172,6 +178,13 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   if (cfg.position_embedding == PositionEmbedding::kRope)
     s.rope_cos_sin = alloc.allocate(table, {T, cfg.rotary_dim() / 2, 2});
   if (cfg.num_experts > 0) s.moe = MoeMlp::allocate_scratch(cfg, tp, ep, alloc, dtype, N, batch);
+  if (cfg.fp8.enabled()) {
+    const int64_t AL = cfg.num_attention_heads / P * cfg.head_dim();
+    const int64_t FC1 = cfg.swiglu ? 2 * F : F;
+    s.fp8 = Fp8Workspace::allocate(alloc, cfg.fp8, N, std::max({C, AL, F}),
+                                   std::max({qkv_width, C, FC1}),
+                                   std::max({qkv_width * C, C * AL, FC1 * C, C * F}));
+  }
   if (cp.enabled()) {
     const int64_t global_rows = batch * cfg.seq_length;
     s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});
@@ -302,6 +315,7 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   // The rank's rows of a [N, C] scratch (all of it without sequence parallelism).
   auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
   const bool sp = tp_.sp();
+  const Fp8Workspace* fp8 = fp8_workspace(scratch);
   // Attention block. The norm outputs (all rows) live in scratch c1, which backward recomputes,
   // or in s.ln1 / s.ln2 when saved.
   const bool saved_outputs = s.ln1.defined();
@@ -311,10 +325,10 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   const Tensor ln2_local = sp ? local(scratch.c2) : ln2_full;
   norm1_.forward(ctx, ln1_local, s.norm1, x);
   enter_column_region(ctx, tp_, rows, ln1_full, ln1_local, scratch.staging);
-  qkv_.forward(ctx, s.qkv, ln1_full);
+  qkv_.forward(ctx, s.qkv, ln1_full, fp8);
   apply_rope(ctx, s.qkv, scratch, B, /*backward=*/false);
   attention(step, s, scratch);
-  proj_.forward(ctx, scratch.c0, s.attn);
+  proj_.forward(ctx, scratch.c0, s.attn, fp8);
   const Tensor proj_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, proj_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, s.x_mid, proj_out, x, hidden_dropout(step),
@@ -328,12 +342,12 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   } else {
     const Tensor act_out = saved_outputs ? s.act : scratch.act;
     if (cfg_.swiglu) {
-      fc1_.forward(ctx, s.fc1, ln2_full);
+      fc1_.forward(ctx, s.fc1, ln2_full, fp8);
       ops::swiglu_forward(ctx, act_out, s.fc1);
     } else {
-      fc1_.forward_gelu(ctx, act_out, s.fc1, ln2_full);  // s.fc1 keeps the pre-activation
+      fc1_.forward_gelu(ctx, act_out, s.fc1, ln2_full, fp8);  // s.fc1 keeps the pre-activation
     }
-    fc2_.forward(ctx, scratch.c0, act_out);
+    fc2_.forward(ctx, scratch.c0, act_out, fp8);
   }
   const Tensor fc2_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
@@ -347,6 +361,7 @@ void TransformerLayer::mlp_backward(DeviceContext& ctx, const Tensor& d_in_full,
   // The activation output for fc2's weight gradient: saved, or recomputed into scratch.fc1,
   // which its gradient later overwrites.
   const bool saved_outputs = s.ln1.defined();
+  const Fp8Workspace* fp8 = fp8_workspace(scratch);
   Tensor act = s.act;
   if (!saved_outputs) {
     act = scratch.fc1.flat_view(0, Shape({s.fc1.size(0), scratch.act.size(1)}));
@@ -355,16 +370,17 @@ void TransformerLayer::mlp_backward(DeviceContext& ctx, const Tensor& d_in_full,
     else
       ops::gelu_forward(ctx, act, s.fc1);
   }
-  fc2_.backward(ctx, scratch.act, d_out_full, act);
+  fc2_.backward(ctx, scratch.act, d_out_full, act, fp8);
   // norm2's output for fc1's weight gradient: saved, or recomputed into scratch.c1
   // (re-gathered under SP, as Megatron).
   if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
   const Tensor ln2_full = saved_outputs ? s.ln2 : scratch.c1;
   if (cfg_.swiglu) {
     ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
-    fc1_.backward(ctx, d_in_full, scratch.fc1, ln2_full);
+    fc1_.backward(ctx, d_in_full, scratch.fc1, ln2_full, fp8);
   } else {
-    fc1_.backward_from_gelu(ctx, d_in_full, scratch.fc1, scratch.act, s.fc1, ln2_full);
+    fc1_.backward_from_gelu(ctx, d_in_full, scratch.fc1, scratch.act, s.fc1, ln2_full,
+                              fp8);
   }
 }
 
@@ -423,7 +439,7 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const Tensor d_attn = branch_grad(d_mid, kDropoutAttentionOutput);
   const Tensor d_attn_full = sp ? scratch.c1 : d_attn;
   exit_row_region_backward(ctx, tp_, rows, d_attn_full, d_attn, scratch.staging);
-  proj_.backward(ctx, scratch.a, d_attn_full, s.attn);
+  proj_.backward(ctx, scratch.a, d_attn_full, s.attn, fp8_workspace(scratch));
   // Nothing between the recompute and here touches the gathered rows (only attention does).
   attention_backward(step, s, scratch, attention_recomputed);
   apply_rope(ctx, scratch.qkv, scratch, B, /*backward=*/true);
@@ -434,7 +450,7 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   const ReplicatedKvGrads kv{&qkv_layout_, tp_.query_group, qkv_params[0],
                              qkv_params.size() > 1 ? qkv_params[1] : nullptr};
   kv.begin(ctx);  // replicated query groups: k/v gradients summed over the group's ranks
-  qkv_.backward(ctx, d_norm_out_full, scratch.qkv, ln1_full);
+  qkv_.backward(ctx, d_norm_out_full, scratch.qkv, ln1_full, fp8_workspace(scratch));
   kv.finish(ctx);
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)

@@ -39,6 +39,7 @@
 #include "shardlm/model/context_parallel.h"
 #include "shardlm/model/layers/linear.h"
 #include "shardlm/model/expert_parallel.h"
+#include "shardlm/model/fp8_linear.h"
 #include "shardlm/model/layers/moe_mlp.h"
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/layers/qkv_layout.h"
@@ -81,6 +82,7 @@ class TransformerLayer {
     Tensor cp_dkv;          // [B*T_global, QKVL] their gradient (k/v columns)
     Tensor cp_staging;      // [B*T_global, QKVL] the collectives' rank-major order; dkv of chunk 0
     MoeMlp::Scratch moe;    // models with MoE layers only
+    Fp8Workspace fp8;       // --fp8-format only: the fp8 linears' quantised operands
   };
 
   // tp: the tensor-parallel group (default: none, the single-rank layer); with fewer query
@@ -125,6 +127,10 @@ class TransformerLayer {
 
  private:
   ops::AttentionShape attention_shape() const;
+  // The workspace for this layer's fp8 linears (null when the layer runs in 16-bit).
+  const Fp8Workspace* fp8_workspace(const Scratch& scratch) const {
+    return cfg_.fp8_layer(index_) ? &scratch.fp8 : nullptr;
+  }
   // Positions of each sequence this rank holds (cfg.seq_length / CP).
   int64_t seq() const { return cp_.local_length(cfg_.seq_length); }
   SequenceRows sequence_rows(int64_t batch) const {

@@ -61,6 +61,12 @@ void linear_backward(DeviceContext& ctx, Tensor din, Tensor dweight, Tensor dbia
                      const Tensor& dout, const Tensor& in, const Tensor& weight);
 void linear_weight_grad(DeviceContext& ctx, Tensor dweight, const Tensor& dout, const Tensor& in,
                         bool accumulate);
+void abs_max(DeviceContext& ctx, Tensor amax, const Tensor& in);  // fp8.cu
+void fp8_scale_from_amax(DeviceContext& ctx, Tensor scale, Tensor scale_inv, const Tensor& amax,
+                         DType format, int margin);
+void fp8_quantize(DeviceContext& ctx, Tensor q, Tensor q_t, const Tensor& in, const Tensor& scale);
+void fp8_gemm(DeviceContext& ctx, Tensor out, const Tensor& a, const Tensor& a_scale_inv,
+              const Tensor& b, const Tensor& b_scale_inv, const Tensor& bias, bool accumulate);
 
 // ---- activations ---------------------------------------------------------------------------
 void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);

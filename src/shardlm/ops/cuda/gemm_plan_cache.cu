@@ -1,5 +1,6 @@
 // gemm_plan_cache.cu — see gemm_plan_cache.h: plan building (descriptor, layouts, heuristic
-// with the operands' real alignment), the candidate timing of autotune, and the cached launch.
+// with the operands' real alignment; the fp8 attributes), the candidate timing of autotune, and
+// the cached launch.
 #include "shardlm/ops/cuda/gemm_plan_cache.h"
 
 #include <cublasLt.h>
@@ -31,6 +32,7 @@ uint32_t alignment_class(const void* p) {
 
 struct GemmKey {
   DType dtype;
+  DType fp8_a, fp8_b;  // kF32 both: not an fp8 GEMM
   bool trans_a, trans_b;
   int64_t m, n, k, lda, ldb, ldd;
   bool bias, beta_zero, wide_output;
@@ -43,9 +45,10 @@ bool is_16bit(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kF1
 
 GemmKey gemm_key(const GemmCall& c, bool autotune) {
   const bool beta_zero = c.beta == 0.0f;
-  return GemmKey{c.dtype, c.trans_a, c.trans_b, c.m, c.n, c.k, c.lda, c.ldb, c.ldd,
-                 c.bias != nullptr, beta_zero, c.wide_output, alignment_class(c.A), alignment_class(c.B),
-                 alignment_class(c.D), alignment_class(c.bias),
+  // For fp8 GEMMs c.dtype is D's, so "timed" keeps the 16-bit rule: a bf16/fp16 D, beta == 0.
+  return GemmKey{c.dtype, c.fp8.a, c.fp8.b, c.trans_a, c.trans_b, c.m, c.n, c.k, c.lda, c.ldb,
+                 c.ldd, c.bias != nullptr, beta_zero, c.wide_output, alignment_class(c.A),
+                 alignment_class(c.B), alignment_class(c.D), alignment_class(c.bias),
                  autotune && beta_zero && is_16bit(c.dtype)};
 }
 
@@ -55,8 +58,8 @@ struct Event {
   ~Event() { if (event) cudaEventDestroy(event); }
 };
 
-// One key's plan. The bias pointer on the descriptor is the last call's: every call with a bias
-// sets its own before launching.
+// One key's plan. The bias and fp8 scale pointers on the descriptor are the last call's: every
+// call that has them sets its own before launching.
 struct GemmPlan {
   LtMatmulDesc op;
   LtLayout a, b, d;
@@ -75,9 +78,37 @@ size_t GemmPlanCache::size() const { return impl_->plans.size(); }
 
 namespace {
 
-void set_bias_pointer(GemmPlan& plan, const GemmCall& c) {
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                              &c.bias, sizeof(c.bias)));
+// The pointers that change from call to call: the bias (when the key has one) and the fp8
+// operands' scale factors.
+void set_call_pointers(GemmPlan& plan, const GemmCall& c) {
+  if (c.bias != nullptr)
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                &c.bias, sizeof(c.bias)));
+  if (c.fp8.enabled()) {
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op.h, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                                &c.fp8.a_scale, sizeof(c.fp8.a_scale)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op.h, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                &c.fp8.b_scale, sizeof(c.fp8.b_scale)));
+  }
+}
+
+// What cuBLASLt's fp8 GEMMs require on Hopper (cublasLtMatmul's fp8 table), checked before a
+// plan is looked up so a wrong call fails with a sentence rather than a cuBLAS status.
+void check_fp8_call(const GemmCall& c, const char* op) {
+  const auto fail = [&](const std::string& why) {
+    throw Error(ErrorKind::kInvalidArgument, std::string(op) + " on CUDA: fp8 GEMM " + why);
+  };
+  lt_fp8_data_type(c.fp8.a, op);
+  lt_fp8_data_type(c.fp8.b, op);
+  if (c.fp8.a == DType::kF8E5M2 && c.fp8.b == DType::kF8E5M2)
+    fail("with both operands fp8_e5m2 (no such GEMM exists; one must be fp8_e4m3)");
+  if (!c.trans_a || c.trans_b)
+    fail("must be TN (A transposed, B not): the only fp8 form Hopper runs");
+  if (c.fp8.a_scale == nullptr || c.fp8.b_scale == nullptr)
+    fail("needs both operands' scale factors (device pointers)");
+  if (c.wide_output) fail("takes its output dtype from `dtype`, not wide_output");
+  if (c.bias != nullptr && c.dtype == DType::kF32)
+    fail("with an fp32 output takes no bias here (cuBLASLt wants a bf16 bias for fp32 D)");
 }
 
 // Unchecked: autotune skips candidates cuBLASLt refuses; the real launch checks the status.
@@ -90,8 +121,9 @@ cublasStatus_t launch(const CudaBackendState& st, const GemmPlan& plan, const Ge
                         st.stream());
 }
 
-// Descriptor (transposes, BIAS epilogue, the call's bias pointer) and layouts; no algorithm yet.
-std::unique_ptr<GemmPlan> describe(const GemmCall& c, cudaDataType_t type) {
+// Descriptor (transposes, BIAS epilogue, fp8 attributes, the call's pointers) and layouts; no
+// algorithm yet. `type` is A's and B's, and D's unless wide (fp8: D's, A and B take fp8 types).
+std::unique_ptr<GemmPlan> describe(const GemmCall& c, cudaDataType_t type, const char* op) {
   auto plan = std::make_unique<GemmPlan>();
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = c.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -106,11 +138,19 @@ std::unique_ptr<GemmPlan> describe(const GemmCall& c, cudaDataType_t type) {
                                                 &epilogue, sizeof(epilogue)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                                                 &type, sizeof(type)));
-    set_bias_pointer(*plan, c);
   }
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a.h, type, c.trans_a ? c.k : c.m,
+  const bool fp8 = c.fp8.enabled();
+  if (fp8) {
+    const int8_t fast_accum = 0;  // see the header: one accumulation everywhere
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->op.h, CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                                                &fast_accum, sizeof(fast_accum)));
+  }
+  set_call_pointers(*plan, c);
+  const cudaDataType_t a_type = fp8 ? lt_fp8_data_type(c.fp8.a, op) : type;
+  const cudaDataType_t b_type = fp8 ? lt_fp8_data_type(c.fp8.b, op) : type;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a.h, a_type, c.trans_a ? c.k : c.m,
                                           c.trans_a ? c.m : c.k, c.lda));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b.h, type, c.trans_b ? c.n : c.k,
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b.h, b_type, c.trans_b ? c.n : c.k,
                                           c.trans_b ? c.k : c.n, c.ldb));
   const cudaDataType_t d_type = c.wide_output ? CUDA_R_32F : type;
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d.h, d_type, c.m, c.n, c.ldd));
@@ -191,13 +231,16 @@ int fastest_candidate(const CudaBackendState& st, const GemmPlan& plan, const Ge
 
 std::unique_ptr<GemmPlan> build_plan(const CudaBackendState& st, const GemmCall& c,
                                      const GemmKey& key, const char* op, const char* what) {
-  std::unique_ptr<GemmPlan> plan = describe(c, lt_data_type(c.dtype, op));
+  std::unique_ptr<GemmPlan> plan = describe(c, lt_data_type(c.dtype, op), op);
   const Candidates cands = candidates(st, *plan, key, key.timed ? kGemmCandidates : 1);
   if (cands.count == 0)
     throw Error(ErrorKind::kUnsupported,
                 std::string(op) + " on CUDA: cuBLASLt has no algorithm for the " + what +
                     " GEMM m=" + std::to_string(c.m) + " n=" + std::to_string(c.n) +
-                    " k=" + std::to_string(c.k) + " in " + dtype_name(c.dtype) +
+                    " k=" + std::to_string(c.k) + " in " +
+                    (c.fp8.enabled() ? std::string(dtype_name(c.fp8.a)) + " x " +
+                                           dtype_name(c.fp8.b) + " into " + dtype_name(c.dtype)
+                                     : std::string(dtype_name(c.dtype))) +
                     (c.wide_output ? " with an fp32 output" : ""));
   plan->algo = cands.results[cands.count > 1 ? fastest_candidate(st, *plan, c, cands) : 0].algo;
   return plan;
@@ -207,6 +250,7 @@ std::unique_ptr<GemmPlan> build_plan(const CudaBackendState& st, const GemmCall&
 
 void run_cached_gemm(CudaBackendState& st, const GemmCall& call, const char* op,
                      const char* what) {
+  if (call.fp8.enabled()) check_fp8_call(call, op);
   auto& plans = st.gemm_plans().impl().plans;
   const GemmKey key = gemm_key(call, st.gemm_autotune());
   auto it = plans.find(key);
@@ -214,8 +258,8 @@ void run_cached_gemm(CudaBackendState& st, const GemmCall& call, const char* op,
     // Inserted only once built: a throw while building leaves no half-made plan behind.
     std::unique_ptr<GemmPlan> plan = build_plan(st, call, key, op, what);
     it = plans.emplace(key, std::move(plan)).first;
-  } else if (call.bias != nullptr) {
-    set_bias_pointer(*it->second, call);
+  } else {
+    set_call_pointers(*it->second, call);
   }
   CUBLAS_CHECK(launch(st, *it->second, call, it->second->algo));
 }
