@@ -3,7 +3,7 @@
 // bandwidth.
 //
 // Build (CUDA build tree):  cmake --build build-cuda --target ops_bench
-// Run:                      ./build-cuda/ops_bench [--quick | --embedding | --context-parallel]
+// Run:                      ./build-cuda/ops_bench [--quick | --embedding | --context-parallel | --fp8]
 //
 // FLOP conventions (stated so numbers compare with FlashAttention / PyTorch SDPA reports):
 //   attention forward, causal = 4 * B * NH * T^2 * HS / 2;  backward = 2.5 x forward
@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "shardlm/model/fp8_linear.h"
 #include "shardlm/ops/cuda/cuda_context.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/philox.h"
@@ -34,6 +35,8 @@ using shardlm::OwnedTensor;
 using shardlm::Shape;
 using shardlm::Tensor;
 namespace ops = shardlm::ops;
+namespace model = shardlm::model;
+using shardlm::TensorAllocator;
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -141,6 +144,56 @@ void bench_linear(DeviceContext& ctx, int64_t N, int64_t IC, int64_t OC) {
   std::snprintf(name, sizeof(name), "linear bwd (din,dW,db) N=%ld IC=%ld OC=%ld", (long)N,
                 (long)IC, (long)OC);
   std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, bwd, 2 * flops / bwd / 1e9);
+}
+
+// The fp8 linear (model/fp8_linear.h) against the bf16 one at the same shape: forward and
+// backward with quantisation included (amaxes, scales, codes and transposed codes), and the bare
+// fp8 GEMM (forward form) alone. Backward writes an fp32 weight gradient, as gradient-
+// accumulation fusion does.
+void bench_fp8_linear(DeviceContext& ctx, int64_t N, int64_t IC, int64_t OC) {
+  struct Allocator : TensorAllocator {
+    DeviceContext& ctx;
+    std::vector<OwnedTensor> owned;
+    explicit Allocator(DeviceContext& c) : ctx(c) {}
+    Tensor allocate(DType dtype, const Shape& shape) override {
+      owned.push_back(OwnedTensor::empty(dtype, shape, ctx.device()));
+      return owned.back().view();
+    }
+  } alloc(ctx);
+  const model::Fp8Recipe recipe{model::Fp8Format::kHybrid, 0};
+  const model::Fp8Workspace ws =
+      model::Fp8Workspace::allocate(alloc, recipe, N, IC, OC, IC * OC);
+  const model::Fp8Linear lin{recipe, {}};
+  OwnedTensor in = random_device(ctx, DType::kBF16, {N, IC}, 4);
+  OwnedTensor w = random_device(ctx, DType::kBF16, {OC, IC}, 5, 0.02);
+  OwnedTensor bias = random_device(ctx, DType::kBF16, {OC}, 6);
+  OwnedTensor out = OwnedTensor::empty(DType::kBF16, {N, OC}, ctx.device());
+  OwnedTensor dout = random_device(ctx, DType::kBF16, {N, OC}, 7, 1e-3);
+  OwnedTensor din = OwnedTensor::empty(DType::kBF16, {N, IC}, ctx.device());
+  OwnedTensor dw = OwnedTensor::zeros(DType::kF32, {OC, IC}, ctx.device());
+  const double flops = 2.0 * N * IC * OC;
+  const double fwd = time_ms(ctx, [&] { lin.forward(ctx, ws, out, in, w, bias); });
+  const double bwd = time_ms(ctx, [&] { lin.backward(ctx, ws, din, dw, true, dout, in, w); });
+  const Tensor xq = ws.x.flat_view(0, Shape({N, IC})), wq = ws.w.flat_view(0, Shape({OC, IC}));
+  const double gemm = time_ms(ctx, [&] {
+    ops::fp8_gemm(ctx, out, xq, ws.scale_inv.slice(0, 1), wq, ws.scale_inv.slice(1, 2), bias,
+                  false);
+  });
+  const double quant = time_ms(ctx, [&] {
+    ops::fp8_quantize(ctx, xq, Tensor(), in, ws.scale.slice(0, 1));
+  });
+  char name[96];
+  std::snprintf(name, sizeof(name), "fp8 linear fwd+bias N=%ld IC=%ld OC=%ld", (long)N,
+                (long)IC, (long)OC);
+  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, fwd, flops / fwd / 1e9);
+  std::snprintf(name, sizeof(name), "fp8 linear bwd (din,dW fp32) N=%ld IC=%ld OC=%ld", (long)N,
+                (long)IC, (long)OC);
+  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, bwd, 2 * flops / bwd / 1e9);
+  std::snprintf(name, sizeof(name), "fp8 GEMM alone (fwd form) N=%ld IC=%ld OC=%ld", (long)N,
+                (long)IC, (long)OC);
+  std::printf("%-44s %9.3f ms %9.1f TFLOP/s\n", name, gemm, flops / gemm / 1e9);
+  std::snprintf(name, sizeof(name), "fp8 quantize x alone N=%ld IC=%ld", (long)N, (long)IC);
+  std::printf("%-44s %9.3f ms %9.1f GB/s\n", name, quant, 3.0 * N * IC / quant / 1e6);
 }
 
 void bench_layernorm(DeviceContext& ctx, int64_t N, int64_t C) {
@@ -340,6 +393,7 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool embedding_only = argc > 1 && std::strcmp(argv[1], "--embedding") == 0;
   const bool context_parallel = argc > 1 && std::strcmp(argv[1], "--context-parallel") == 0;
+  const bool fp8 = argc > 1 && std::strcmp(argv[1], "--fp8") == 0;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout kill when redirected
   try {
     DeviceContext ctx(shardlm::Device::cuda(0));
@@ -350,6 +404,14 @@ int main(int argc, char** argv) {
                 prop.multiProcessorCount);
     if (context_parallel) {
       for (int64_t T : {16384, 65536}) bench_context_parallel_attention(ctx, T, 16, 128);
+      return 0;
+    }
+    if (fp8) {
+      for (const auto& [IC, OC] : {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048},
+                                   {2048, 6144}, {2048, 2048}}) {
+        bench_linear(ctx, 16384, IC, OC);
+        bench_fp8_linear(ctx, 16384, IC, OC);
+      }
       return 0;
     }
     if (embedding_only) {
