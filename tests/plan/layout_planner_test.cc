@@ -248,6 +248,46 @@ TEST(LayoutPlanner, ExpertParallelMemoryIsTheTrainersPlan) {
   EXPECT_GE(by_ep[2].activations, by_ep[1].activations);
 }
 
+// fp8 (--fp8-format): the planner plans the trainer's memory (the fp8 workspace in the layer
+// scratch included), and the linears of the fp8 layers run Cluster::fp8_linear_speedup times
+// faster: all layers in fp8 gain most, the first and last kept in bf16 a little less.
+TEST(LayoutPlanner, Fp8MemoryIsTheTrainersPlanAndItsLinearsRunFaster) {
+  TrainConfig cfg = tiny_config();
+  cfg.model.fp8.format = model::Fp8Format::kHybrid;
+  const FixedChoices fixed{.tensor_parallel = 2, .pipeline_parallel = 1, .context_parallel = 1,
+                           .micro_batch_size = cfg.micro_batch_size, .sequence_parallel = true,
+                           .distributed_optimizer = true, .recompute = no_recompute()};
+  const PlanResult r = plan_layouts(cfg, gpus(4), fixed);
+  ASSERT_EQ(r.candidates.size(), 1u) << (r.rejected.empty() ? "" : r.rejected.begin()->first);
+  TrainConfig t = cfg;
+  t.parallel.tensor_model_parallel_size = 2;
+  t.parallel.sequence_parallel = t.parallel.use_distributed_optimizer = true;
+  const std::vector<MemoryPlan> trainer = trainer_plans(t, 4);
+  ASSERT_EQ(trainer.size(), 1u);
+  expect_same_plan(r.candidates.front().stage_memory.front(), trainer.front(), "fp8 TP2 DP2");
+  TrainConfig bf16 = cfg;
+  bf16.model.fp8 = {};
+  const PlanResult r16 = plan_layouts(bf16, gpus(4), fixed);
+  EXPECT_GT(r.candidates.front().memory().activations, r16.candidates.front().memory().activations);
+
+  TrainConfig big = gpt_1_3b();
+  big.global_batch_size = 8;
+  const TrainConfig base = big;
+  const FixedChoices one{.micro_batch_size = 8, .recompute = no_recompute()};
+  Cluster fast = gpus(1);
+  fast.fp8_linear_speedup = 1.5;
+  const double step16 = plan_layouts(big, fast, one).candidates.front().step_s;
+  big.model.fp8.format = model::Fp8Format::kHybrid;
+  const double step8 = plan_layouts(big, fast, one).candidates.front().step_s;
+  big.model.fp8_first_last_layers_bf16 = true;
+  const double step8_ends16 = plan_layouts(big, fast, one).candidates.front().step_s;
+  EXPECT_LT(step8, step8_ends16);
+  EXPECT_LT(step8_ends16, step16);
+  // Without a measured gain the estimate does not move.
+  EXPECT_NEAR(plan_layouts(big, gpus(1), one).candidates.front().step_s,
+              plan_layouts(base, gpus(1), one).candidates.front().step_s, 1e-12);
+}
+
 // The search tries expert parallelism for an MoE model (the divisors of the data x context ranks
 // that divide the experts): the same layout with more EP ranks holds fewer experts per rank and
 // pays all-to-alls; a dense model never gets EP; the flags and the description say it.

@@ -24,6 +24,9 @@ using train::TrainConfig;
 // multiply-add of every weight; attention scores and values over the full S x S).
 struct LayerFlops {
   double linear = 0;     // QKV, projection, MLP (per token, averaged over dense and MoE layers)
+  // Of `linear`, what runs as fp8 GEMMs under --fp8-format (the four dense linears of the fp8
+  // layers, averaged over all layers; not the MoE experts or router).
+  double fp8_linear = 0;
   double attention = 0;  // QK^T and PV: what selective recomputation re-runs
   double moe_share = 0;  // MoE layers / layers
 };
@@ -41,6 +44,17 @@ LayerFlops layer_forward_flops(const model::TransformerConfig& m) {
   f.linear = 2 * H * static_cast<double>(m.qkv_size()) + 2 * q * H +
              (1 - f.moe_share) * mlp(static_cast<double>(m.ffn_size())) + f.moe_share * moe_mlp;
   f.attention = 4 * static_cast<double>(m.seq_length) * q;
+  if (m.fp8.enabled()) {
+    int64_t fp8_layers = 0, fp8_dense = 0;
+    for (int64_t l = 0; l < m.num_layers; ++l) {
+      fp8_layers += m.fp8_layer(l);
+      fp8_dense += m.fp8_layer(l) && !m.is_moe_layer(l);
+    }
+    const double L = static_cast<double>(m.num_layers);
+    f.fp8_linear = (2 * H * static_cast<double>(m.qkv_size()) + 2 * q * H) *
+                       static_cast<double>(fp8_layers) / L +
+                   mlp(static_cast<double>(m.ffn_size())) * static_cast<double>(fp8_dense) / L;
+  }
   return f;
 }
 
@@ -111,7 +125,10 @@ class CandidateEstimator {
         static_cast<double>(model::QkvLayout::of(cfg_.model, 0, c.tp).local_rows());
     const double qkv_bytes = sequences * qkv_rows * bytes;
     const double cp_pass = c.cp > 1 ? (cp - 1) / cp * qkv_bytes / bandwidth(c.tp * c.cp) : 0.0;
-    const double fwd_compute = tokens * (flops_.linear + flops_.attention) / tp / rate;
+    // fp8 linears run cluster_.fp8_linear_speedup times faster than in 16-bit.
+    const double linear_time_flops =
+        flops_.linear - flops_.fp8_linear + flops_.fp8_linear / cluster_.fp8_linear_speedup;
+    const double fwd_compute = tokens * (linear_time_flops + flops_.attention) / tp / rate;
     const double attention_compute = tokens * flops_.attention / tp / rate;
     // EP: an MoE layer sends its rows [tokens x k, hidden] to the experts' ranks and back, in
     // forward and again in backward; (e-1)/e of them leave the rank, over the aligned block of
@@ -583,7 +600,8 @@ PlanResult plan_layouts(const TrainConfig& cfg, const Cluster& cluster, const Fi
   SHARDLM_REQUIRE(cluster.gpu_memory_bytes > cluster.reserved_bytes &&
                       cluster.peak_flops > 0 && cluster.achieved_mfu > 0 &&
                       cluster.achieved_mfu <= 1 && cluster.intra_node_bandwidth > 0 &&
-                      cluster.inter_node_bandwidth > 0 && cluster.memory_bandwidth > 0,
+                      cluster.inter_node_bandwidth > 0 && cluster.memory_bandwidth > 0 &&
+                      cluster.fp8_linear_speedup > 0,
                   ErrorKind::kInvalidConfig,
                   "the cluster's numbers must be positive, the GPU memory above the reserve and "
                   "the assumed MFU in (0, 1]");
