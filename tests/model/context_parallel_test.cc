@@ -1,6 +1,7 @@
 // Context parallelism's sequence split (model/context_parallel.h): Megatron's load-balanced
-// chunk assignment, position runs, and the all-gather / reduce-scatter between a rank's chunks
-// and whole sequences, on thread ranks.
+// chunk assignment, position runs, the all-gather / reduce-scatter between a rank's chunks
+// and whole sequences, and the all-to-all between a rank's tokens and its share of the heads
+// (--cp-comm-type a2a), on thread ranks.
 #include "shardlm/model/context_parallel.h"
 
 #include <gtest/gtest.h>
@@ -71,6 +72,49 @@ TEST(ContextParallelSplit, GatherThenReduceScatterRoundTrips) {
       reduce_scatter_sequence(ctx, cp, B, T, back.view(), full.view(), staging.view());
       for (int64_t i = 0; i < B * TL * W; ++i)
         ASSERT_EQ(back.view().data<double>()[i], P * local.view().data<double>()[i]);
+    });
+  }
+}
+
+TEST(ContextParallelSplit, AllToAllTradesTokensForHeads) {
+  // --cp-comm-type a2a: local rows [B, T/CP, W] whose W = CP·S columns are CP shares; rank p
+  // must get share p of every token in global order, and the inverse must give local back.
+  constexpr int64_t B = 2, T = 16, S = 3;
+  for (int P : {2, 4}) {
+    dist::testing::run_ranks(P, [&](dist::Communicator& comm) {
+      const ContextParallel cp{&comm, /*all_to_all=*/true};
+      DeviceContext ctx = DeviceContext::cpu();
+      const int64_t TL = T / P, W = P * S;
+      auto value = [](int64_t b, int64_t pos, int64_t w) {
+        return 1000.0 * b + 10.0 * pos + 0.01 * w;
+      };
+      OwnedTensor local = OwnedTensor::empty(DType::kF64, {B, TL, W});
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < TL; ++t)
+          for (int64_t w = 0; w < W; ++w)
+            local.view().data<double>()[(b * TL + t) * W + w] =
+                value(b, cp.global_position(t, T), w);
+      OwnedTensor index = OwnedTensor::empty(DType::kI32, {4 * B * T});
+      OwnedTensor send = OwnedTensor::empty(DType::kF64, {B * T * S});
+      OwnedTensor recv = OwnedTensor::empty(DType::kF64, {B * T * S});
+      const AllToAllBuffers bufs{index.view(), send.view(), recv.view()};
+      all_to_all_index(ctx, cp, B, T, bufs.index);
+      OwnedTensor heads = OwnedTensor::empty(DType::kF64, {B, T, S});
+      sequence_to_heads(ctx, cp, B, T, heads.view(), local.view(), bufs);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t pos = 0; pos < T; ++pos)
+          for (int64_t w = 0; w < S; ++w)
+            ASSERT_EQ(heads.view().data<double>()[(b * T + pos) * S + w],
+                      value(b, pos, comm.rank() * S + w))
+                << "P " << P << " b " << b << " position " << pos;
+      OwnedTensor back = OwnedTensor::empty(DType::kF64, {B, TL, W});
+      heads_to_sequence(ctx, cp, B, T, back.view(), heads.view(), bufs);
+      for (int64_t i = 0; i < B * TL * W; ++i)
+        ASSERT_EQ(back.view().data<double>()[i], local.view().data<double>()[i]);
+      // In place (as the layer's backward exchanges dout and dqkv): same result.
+      heads_to_sequence(ctx, cp, B, T, heads.view(), heads.view(), bufs);
+      for (int64_t i = 0; i < B * TL * W; ++i)
+        ASSERT_EQ(heads.view().data<double>()[i], local.view().data<double>()[i]);
     });
   }
 }

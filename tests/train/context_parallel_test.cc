@@ -2,7 +2,8 @@
 // threads, fp32, dropout on (masks are keyed by global positions, so they do not depend on the
 // split); 20 iterations give the single-rank losses within 1e-5 relative and the same final
 // parameters within 1e-5. Alone and combined with TP + SP, DP with the distributed optimizer,
-// PP, recomputation, and the Llama family (RoPE, grouped queries).
+// PP, recomputation, and the Llama family (RoPE, grouped queries); --cp-comm-type all_gather
+// (the default) and a2a (Ulysses).
 #include <gtest/gtest.h>
 
 #include <sstream>
@@ -132,6 +133,83 @@ TEST(ContextParallel, BadLayoutsAreRejectedWithAFix) {
   const std::string msg = config_error(validation(c, 8));
   EXPECT_NE(msg.find("--seq-length / --context-parallel-size = 6"), std::string::npos) << msg;
   EXPECT_NE(msg.find("multiple of 8"), std::string::npos) << msg;
+}
+
+// --cp-comm-type a2a (DeepSpeed-Ulysses): all-to-alls give each CP rank the whole sequence for
+// 1/CP of its query groups; the same training as one rank (and as all_gather), dropout on.
+TrainConfig ulysses(TrainConfig c) {
+  c.parallel.cp_comm_type = "a2a";
+  return c;
+}
+
+TEST(ContextParallelAllToAll, AloneMatchesOneRank) {
+  const TrainConfig cfg = tiny_config();  // 4 heads, 4 groups: CP 4 gives each rank one
+  const RunResult reference = single_rank(cfg);
+  for (int cp : {2, 4}) {
+    const Layout l = cp_layout(cp);
+    expect_same_training(run_layout(ulysses(cfg), l), reference, "a2a " + l.name());
+  }
+}
+
+TEST(ContextParallelAllToAll, WithTensorSequenceAndDataParallel) {
+  // 8 ranks: each TP rank's 2 groups split over CP 2 (global heads 0 | 1 | 2 | 3).
+  const TrainConfig cfg = tiny_config();
+  Layout all = cp_layout(2, 2, 2);
+  all.sequence_parallel = all.distributed_optimizer = true;
+  expect_same_training(run_layout(ulysses(cfg), all), single_rank(cfg), "a2a " + all.name());
+}
+
+TEST(ContextParallelAllToAll, LlamaWithGroupedQueries) {
+  // GQA: 2 groups of 2 heads, one group per CP rank; RoPE applied before the exchange.
+  const TrainConfig cfg = with_query_groups(tiny_config(), 2, /*llama=*/true);
+  expect_same_training(run_layout(ulysses(cfg), cp_layout(2)), single_rank(cfg),
+                       "a2a llama groups 2 CP2");
+}
+
+TEST(ContextParallelAllToAll, WithPipelineAndRecompute) {
+  TrainConfig cfg = tiny_config(4);
+  const RunResult reference = single_rank(cfg);
+  expect_same_training(run_layout(ulysses(cfg), cp_layout(2, 1, 1, 2)), reference, "a2a CP2 PP2");
+  // Selective recompute: backward uses the rows the recompute left exchanged in scratch.
+  cfg.recompute.granularity = "selective";
+  expect_same_training(run_layout(ulysses(cfg), cp_layout(2)), reference, "a2a CP2 selective");
+  cfg.recompute.granularity = "full";
+  cfg.recompute.method = "uniform";
+  cfg.recompute.num_layers = 2;
+  expect_same_training(run_layout(ulysses(cfg), cp_layout(2)), reference, "a2a CP2 full recompute");
+}
+
+TEST(ContextParallelAllToAll, MatchesAllGather) {
+  const TrainConfig cfg = with_query_groups(tiny_config(), 2, /*llama=*/true);
+  expect_same_training(run_layout(ulysses(cfg), cp_layout(2)), run_layout(cfg, cp_layout(2)),
+                       "a2a vs all_gather CP2");
+}
+
+TEST(ContextParallelAllToAll, BadLayoutsAreRejectedWithTheNumbers) {
+  // 2 groups on TP 2: one group per TP rank, which CP 2 cannot split.
+  TrainConfig c = ulysses(with_query_groups(tiny_config(), 2, /*llama=*/false));
+  c.parallel.context_parallel_size = 2;
+  c.parallel.tensor_model_parallel_size = 2;
+  std::string msg = config_error(validation(c, 4));
+  EXPECT_NE(msg.find("--num-query-groups 2 (--num-attention-heads 4) with "
+                     "--tensor-model-parallel-size 2 and --context-parallel-size 2"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("gives each tensor-parallel rank 1 query groups, not divisible by 2"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("use --cp-comm-type all_gather"), std::string::npos) << msg;
+  // One group replicated on both TP ranks.
+  c.model.num_query_groups = 1;
+  msg = config_error(validation(c, 4));
+  EXPECT_NE(msg.find("replicates each query group on 2 tensor-parallel ranks"), std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("use --cp-comm-type all_gather"), std::string::npos) << msg;
+  // The same layouts train with all_gather; p2p stays unavailable, naming both that work.
+  c.parallel.cp_comm_type = "all_gather";
+  EXPECT_NO_THROW(validation(c, 4)());
+  c.parallel.cp_comm_type = "p2p";
+  msg = config_error(validation(c, 4));
+  EXPECT_NE(msg.find("--cp-comm-type p2p is not implemented"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("Use --cp-comm-type all_gather or a2a"), std::string::npos) << msg;
 }
 
 }  // namespace

@@ -101,6 +101,38 @@ TEST(LayoutGpu, ExpertParallelLayoutsMatchOneGpu) {
   }
 }
 
+// --cp-comm-type a2a (DeepSpeed-Ulysses): the all-to-alls of device rows and the row gathers
+// into and out of the head-sharded layout, alone and with TP + SP; fp32 within 1e-5 of one rank,
+// bf16 within bf16 tolerance.
+TEST(LayoutGpu, ContextParallelAllToAllMatchesOneGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  for (bool bf16 : {false, true}) {
+    TrainConfig cfg = gpu_config(bf16);
+    cfg.parallel.cp_comm_type = "a2a";
+    const RunResult ref = single_rank(cfg);
+    for (const Layout& l : {Layout{.cp = 2}, Layout{.tp = 2, .cp = 2, .sequence_parallel = true}}) {
+      if (bf16)
+        expect_same_training(run_layout(cfg, l), ref, "bf16 a2a " + l.name(), 1e-2, 3e-2, 5e-2);
+      else
+        expect_same_training(run_layout(cfg, l), ref, "fp32 a2a " + l.name());
+    }
+  }
+}
+
+// --fp8-format hybrid on the GPU under TP + SP with the distributed optimizer, and CP: the amax
+// all-reduces of device scalars over TP and CP; 5 steps within bf16 tolerance of one GPU.
+TEST(LayoutGpu, Fp8LayoutsMatchOneGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  TrainConfig cfg = gpu_config(true);
+  cfg.model.fp8.format = model::Fp8Format::kHybrid;
+  cfg.train_iters = 5;
+  const RunResult ref = single_rank(cfg);
+  for (const Layout& l : {Layout{.tp = 2, .dp = 2, .sequence_parallel = true,
+                                 .distributed_optimizer = true},
+                          Layout{.cp = 2}})
+    expect_same_training(run_layout(cfg, l), ref, "fp8 " + l.name(), 1e-2, 3e-2, 5e-2);
+}
+
 // Context parallelism through cuDNN's chunk graphs (a causal mask shifted by the chunk's
 // position): no dropout and chunks of 128 rows (512 tokens over CP 2), which the tiny layouts
 // above (dropout on, 32 tokens) never reach; fp32 runs the own kernels, so bf16 only.

@@ -307,7 +307,9 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "Context-parallel ranks: each holds 2 load-balanced chunks of every sequence")
       ->group(g)->check(pos);
   cmd.add_option("--cp-comm-type", p.cp_comm_type,
-                 "Context-parallel attention communication: all_gather (K/V all-gathered)")
+                 "Context-parallel attention communication: all_gather (K/V all-gathered) or "
+                 "a2a (DeepSpeed-Ulysses: all-to-alls trade tokens for heads; query groups per "
+                 "TP rank divisible by CP)")
       ->group(g);
   cmd.add_option("--expert-model-parallel-size", p.expert_model_parallel_size,
                  "Expert-parallel ranks: each holds num-experts / EP experts of every MoE "

@@ -9,9 +9,14 @@
 //
 // Everything outside attention is per token, so it runs on the local sequence unchanged, with
 // positions (RoPE, learned position embeddings, dropout keys) mapped to global ones. Attention
-// all-gathers the sequence's fused QKV rows over the group (Megatron's --cp-comm-type
-// all_gather) and runs each local chunk against the keys before it; its backward reduce-scatters
-// the key/value gradients back to their owners (layers/transformer_layer.cc).
+// (layers/transformer_layer.cc) sees the other ranks' tokens in one of two ways:
+//  - --cp-comm-type all_gather (Megatron's default here): the sequence's fused QKV rows are
+//    all-gathered over the group and each local chunk runs against the keys before it; backward
+//    reduce-scatters the key/value gradients back to their owners.
+//  - --cp-comm-type a2a (DeepSpeed-Ulysses, `all_to_all`): an all-to-all trades tokens for heads,
+//    so each rank holds the WHOLE sequence for 1/CP of its query groups and runs plain causal
+//    attention on it; a second all-to-all trades the output back (backward mirrors both). Needs
+//    the rank's query groups divisible by CP.
 //
 // model/ talks only to dist::Communicator. Thread contract: one rank's thread.
 #pragma once
@@ -30,9 +35,11 @@ namespace shardlm::model {
 
 struct ContextParallel {
   dist::Communicator* group = nullptr;  // the CP group (RankContext kCp); null: CP = 1
+  // --cp-comm-type a2a: attention trades tokens for heads (above) instead of all-gathering.
+  bool all_to_all = false;
 
   // The CP group of `rc` (not owned: rc must outlive the model).
-  static ContextParallel of(const dist::RankContext& rc);
+  static ContextParallel of(const dist::RankContext& rc, bool all_to_all = false);
 
   int rank() const { return group ? group->rank() : 0; }
   int size() const { return group ? group->size() : 1; }
@@ -74,5 +81,30 @@ void gather_sequence(DeviceContext& ctx, const ContextParallel& cp, int64_t batc
 void reduce_scatter_sequence(DeviceContext& ctx, const ContextParallel& cp, int64_t batch,
                              int64_t seq, Tensor local, const Tensor& full,
                              const Tensor& staging);
+
+// The Ulysses exchange (--cp-comm-type a2a) of rows whose W columns split into CP equal shares
+// (share p: columns [p·W/CP, (p+1)·W/CP), e.g. the fused-QKV or output columns of the p-th 1/CP
+// of the rank's query groups, contiguous in Megatron's grouped layout):
+//   local [B, T/CP, W]    this rank's tokens (two chunks per sequence), every share
+//   heads [B, T, W/CP]    every token in global position order, share p = this rank
+// Each direction is a row gather into the collective's rank-major blocks, one equal-block
+// all-to-all (dist::all_to_all_v), and a row gather out of them; the gathers' int32 row
+// permutations depend only on the sizes, so all_to_all_index builds them on the host and copies
+// them into buf.index once per attention call. send and recv: flat staging of B·T·W/CP
+// elements or more.
+struct AllToAllBuffers {
+  Tensor index;       // int32 [4·B·T], from all_to_all_index
+  Tensor send, recv;  // >= B·T·W/CP elements each, the activations' dtype
+};
+void all_to_all_index(DeviceContext& ctx, const ContextParallel& cp, int64_t batch, int64_t seq,
+                      const Tensor& index);
+// heads = this rank's share of every rank's local rows. heads may be local's memory (local is
+// read into send before heads is written).
+void sequence_to_heads(DeviceContext& ctx, const ContextParallel& cp, int64_t batch, int64_t seq,
+                       Tensor heads, const Tensor& local, const AllToAllBuffers& buf);
+// local = every rank's share of this rank's tokens: the inverse of sequence_to_heads (no sum;
+// same aliasing rule).
+void heads_to_sequence(DeviceContext& ctx, const ContextParallel& cp, int64_t batch, int64_t seq,
+                       Tensor local, const Tensor& heads, const AllToAllBuffers& buf);
 
 }  // namespace shardlm::model

@@ -140,6 +140,25 @@ void TransformerConfig::validate_tensor_parallel(int64_t tp, bool sequence_paral
         "multiple of " + s(tp) + " or drop --sequence-parallel");
 }
 
+void TransformerConfig::validate_cp_all_to_all(int64_t tp, int64_t cp) const {
+  if (cp <= 1) return;
+  const std::string layout = "--num-query-groups " + s(query_groups()) +
+                             " (--num-attention-heads " + s(num_attention_heads) +
+                             ") with --tensor-model-parallel-size " + s(tp) +
+                             " and --context-parallel-size " + s(cp);
+  if (query_groups() < tp)
+    bad("--cp-comm-type a2a: " + layout + " replicates each query group on " +
+        s(tp / query_groups()) + " tensor-parallel ranks, so a rank holds one group and its " +
+        "heads cannot be split over context-parallel ranks; use --cp-comm-type all_gather, or "
+        "at least " + s(tp * cp) + " query groups");
+  const int64_t per_rank = query_groups() / tp;
+  if (per_rank % cp != 0)
+    bad("--cp-comm-type a2a: " + layout + " gives each tensor-parallel rank " + s(per_rank) +
+        " query groups, not divisible by " + s(cp) + " (each context-parallel rank attends "
+        "with 1/CP of them over the whole sequence); use --cp-comm-type all_gather, a group "
+        "count that is a multiple of TP x CP = " + s(tp * cp) + ", or a smaller TP or CP");
+}
+
 void TransformerConfig::validate_fp8(int64_t tp, int64_t cp) const {
   if (!fp8.enabled()) return;
   if (fp8.margin < 0 || fp8.margin > 64)

@@ -134,6 +134,11 @@ struct TransformerConfig {
   // one layer left in fp8. validate() runs it with (tensor_model_parallel_size, 0): cp_size 0
   // skips the tokens, which need the layout.
   void validate_fp8(int64_t tp_size, int64_t cp_size) const;
+  // --cp-comm-type a2a (model/context_parallel.h): each of cp_size context-parallel ranks runs
+  // attention on 1/CP of its tensor-parallel rank's query groups, so query_groups / TP must be
+  // a multiple of CP (replicated groups, fewer than TP ranks, cannot be split further). Throws
+  // Error(kInvalidConfig) naming the flags, the numbers and a fix; a no-op at CP = 1.
+  void validate_cp_all_to_all(int64_t tp_size, int64_t cp_size) const;
   // Total parameter count (embedding and output layer counted once when tied).
   int64_t parameter_count() const;
 };

@@ -27,6 +27,9 @@ RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& l
   SHARDLM_REQUIRE(cp.size() == layout.cp(), ErrorKind::kInternal,
                   "build_rank_model: a context-parallel group of " + std::to_string(cp.size()) +
                       " ranks for a layout with CP " + std::to_string(layout.cp()));
+  // --cp-comm-type reaches the layers through their context-parallel group.
+  model::ContextParallel model_cp = cp;
+  model_cp.all_to_all = cfg.parallel.cp_comm_type == "a2a";
   RankModel m;
   // Activation slots per chunk: the schedule's most micro-batches in flight on this rank.
   const int num_chunks = pipeline ? pipeline->partition.num_chunks() : 1;
@@ -40,7 +43,7 @@ RankModel build_rank_model(const TrainConfig& cfg, const dist::ParallelLayout& l
       const parallel::LayerRange r = part.layers(pp_rank, c);
       chunk = {r.begin, r.end, part.has_embedding(pp_rank, c), part.has_output_layer(pp_rank, c)};
     }
-    m.chunks.push_back(std::make_unique<model::GPTModel>(cfg.model, tp, chunk, cp, ep));
+    m.chunks.push_back(std::make_unique<model::GPTModel>(cfg.model, tp, chunk, model_cp, ep));
     m.chunks.back()->set_recompute(cfg.recompute);  // before the activation plan
     m.chunks.back()->set_activation_slots(slots[static_cast<size_t>(c)]);
     m.chunks.back()->register_parameters(m.registry);

@@ -93,10 +93,11 @@ void TrainConfig::validate() const {
   // schedule, which needs the data-parallel size, in validate_parallel.
   if (pipeline_flags_given())
     parallel::PipelinePartition::create(pipeline_plan_config(data_parallel_size).partition);
-  if (par.cp_comm_type != "all_gather")
+  if (par.cp_comm_type != "all_gather" && par.cp_comm_type != "a2a")
     bad("--cp-comm-type " + par.cp_comm_type +
         " is not implemented: ShardLM's context parallelism all-gathers keys and values "
-        "(all_gather); p2p (ring) and a2a are not available yet. Use --cp-comm-type all_gather");
+        "(all_gather) or trades tokens for heads with all-to-alls (a2a, DeepSpeed-Ulysses); p2p "
+        "(ring) and a2a+p2p are not available yet. Use --cp-comm-type all_gather or a2a");
 
   if (par.overlap_param_gather && !par.use_distributed_optimizer)
     bad("--overlap-param-gather needs --use-distributed-optimizer (only the distributed "
@@ -149,6 +150,7 @@ void TrainConfig::validate_parallel(int world_size) const {
   tp_model.tensor_model_parallel_size = layout.tp();
   tp_model.validate_tensor_parallel(layout.tp(), dims.sequence_parallel);
   tp_model.validate_fp8(layout.tp(), layout.cp());
+  if (parallel.cp_comm_type == "a2a") tp_model.validate_cp_all_to_all(layout.tp(), layout.cp());
   const int64_t per_step = micro_batch_size * layout.dp();
   if (global_batch_size > 0 && global_batch_size % per_step != 0)
     bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +

@@ -72,8 +72,9 @@ struct ParallelConfig {
   int tensor_model_parallel_size = 1;    // --tensor-model-parallel-size
   int pipeline_model_parallel_size = 1;  // --pipeline-model-parallel-size
   int context_parallel_size = 1;         // --context-parallel-size (model/context_parallel.h)
-  // --cp-comm-type: how attention sees the other ranks' keys. ShardLM implements all_gather
-  // (Megatron's option of that name: K/V all-gathered, then each local chunk attends).
+  // --cp-comm-type: how attention sees the other ranks' tokens (model/context_parallel.h):
+  // all_gather (K/V all-gathered, then each local chunk attends) or a2a (DeepSpeed-Ulysses:
+  // all-to-alls trade tokens for heads; query groups per TP rank divisible by CP).
   std::string cp_comm_type = "all_gather";
   int expert_model_parallel_size = 1;    // --expert-model-parallel-size (reserved)
   bool sequence_parallel = false;        // --sequence-parallel (no-op with TP 1, as Megatron)

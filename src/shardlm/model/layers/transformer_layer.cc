@@ -52,6 +52,8 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
     const Fp8Linear fp8{cfg.fp8, {tp.group, cp.group}};
     for (Linear* l : {&qkv_, &proj_, &fc1_, &fc2_}) l->enable_fp8(fp8);
   }
+  // --cp-comm-type a2a splits the rank's query groups over CP (TrainConfig checks it first).
+  if (cp_.all_to_all) cfg.validate_cp_all_to_all(tp.size(), cp.size());
   SHARDLM_REQUIRE(!qkv_layout_.replicated() || (tp_.query_group != nullptr &&
                                                  tp_.query_group->size() == qkv_layout_.replicas),
                   ErrorKind::kInternal,
@@ -186,10 +188,19 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
                                    std::max({qkv_width * C, C * AL, FC1 * C, C * F}));
   }
   if (cp.enabled()) {
-    const int64_t global_rows = batch * cfg.seq_length;
-    s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});
-    s.cp_dkv = alloc.allocate(dtype, {global_rows, qkv_width});
-    s.cp_staging = alloc.allocate(dtype, {global_rows, qkv_width});
+    const int64_t global_rows = batch * cfg.seq_length, CP = cp.size();
+    if (cp.all_to_all) {
+      const int64_t AL = cfg.num_attention_heads / P * cfg.head_dim();
+      s.cp_heads_qkv = alloc.allocate(dtype, {global_rows, qkv_width / CP});
+      s.cp_heads_out = alloc.allocate(dtype, {global_rows, AL / CP});
+      s.cp_send = alloc.allocate(dtype, {N * qkv_width});
+      s.cp_recv = alloc.allocate(dtype, {N * qkv_width});
+      s.cp_index = alloc.allocate(DType::kI32, {4 * global_rows});
+    } else {
+      s.cp_kv = alloc.allocate(dtype, {global_rows, qkv_width});
+      s.cp_dkv = alloc.allocate(dtype, {global_rows, qkv_width});
+      s.cp_staging = alloc.allocate(dtype, {global_rows, qkv_width});
+    }
     if (cfg.position_embedding == PositionEmbedding::kRope)
       s.rope_global = alloc.allocate(table, {cfg.seq_length, cfg.rotary_dim() / 2, 2});
   }
@@ -204,6 +215,15 @@ ops::AttentionShape TransformerLayer::attention_shape() const {
   shape.dropout_num_heads = cfg_.num_attention_heads;
   return shape;
 }
+
+ops::AttentionShape TransformerLayer::head_share_shape() const {
+  ops::AttentionShape shape = attention_shape();
+  shape.num_heads /= cp_.size();
+  shape.num_query_groups /= cp_.size();
+  shape.head_offset += cp_.rank() * shape.num_heads;
+  return shape;
+}
+
 double TransformerLayer::hidden_dropout(const StepContext& step) const {
   return step.training ? cfg_.hidden_dropout : 0.0;
 }
@@ -245,6 +265,10 @@ void TransformerLayer::attention(StepContext& step, const Saved& s, const Scratc
     ops::attention_forward(step.device, out, s.lse, qkv, attention_shape(), p, key);
     return;
   }
+  if (cp_.all_to_all) {
+    all_to_all_attention(step, s, scratch);
+    return;
+  }
   const int64_t T_global = cfg_.seq_length, c = cp_.chunk_length(T_global);
   const Tensor kv = scratch.cp_kv.reshape({B, T_global, s.qkv.size(1)});
   gather_sequence(step.device, cp_, B, T_global, kv, s.qkv, scratch.cp_staging);
@@ -265,6 +289,10 @@ void TransformerLayer::attention_backward(StepContext& step, const Saved& s,
   const DropoutKey key = step.dropout_key(index_, kDropoutAttentionProbs);
   if (!cp_.enabled()) {
     ops::attention_backward(ctx, dqkv, dout, qkv, out, s.lse, attention_shape(), p, key);
+    return;
+  }
+  if (cp_.all_to_all) {
+    all_to_all_attention_backward(step, s, scratch, rows_gathered);
     return;
   }
   // Chunk 1 (the later one) sees every key chunk 0 sees and more: its key/value gradient goes
@@ -294,6 +322,49 @@ void TransformerLayer::attention_backward(StepContext& step, const Saved& s,
   const Tensor summed = scratch.cp_kv.flat_view(0, Shape({B * T * W}));  // kv is spent
   reduce_scatter_sequence(ctx, cp_, B, T_global, summed, scratch.cp_dkv, scratch.cp_staging);
   ops::add_inplace(ctx, scratch.qkv, summed.reshape(scratch.qkv.shape()));
+}
+
+void TransformerLayer::all_to_all_attention(StepContext& step, const Saved& s,
+                                            const Scratch& scratch) const {
+  // Every rank's tokens of this rank's share of the heads, in global order: the single-rank
+  // attention of those heads, masks included (head_share_shape keys them by global head).
+  DeviceContext& ctx = step.device;
+  const int64_t B = s.lse.size(0), T = cfg_.seq_length;
+  const ops::AttentionShape shape = head_share_shape();
+  const AllToAllBuffers buf = all_to_all_buffers(scratch);
+  all_to_all_index(ctx, cp_, B, T, buf.index);
+  sequence_to_heads(ctx, cp_, B, T, scratch.cp_heads_qkv, s.qkv, buf);
+  ops::attention_forward(ctx, scratch.cp_heads_out.reshape({B, T, scratch.cp_heads_out.size(1)}),
+                         s.lse.reshape({B, shape.num_heads, T}),
+                         scratch.cp_heads_qkv.reshape({B, T, scratch.cp_heads_qkv.size(1)}), shape,
+                         attention_dropout(step),
+                         step.dropout_key(index_, kDropoutAttentionProbs));
+  heads_to_sequence(ctx, cp_, B, T, s.attn, scratch.cp_heads_out, buf);
+}
+
+void TransformerLayer::all_to_all_attention_backward(StepContext& step, const Saved& s,
+                                                     const Scratch& scratch,
+                                                     bool rows_exchanged) const {
+  DeviceContext& ctx = step.device;
+  const int64_t B = s.lse.size(0), T = cfg_.seq_length;
+  const int64_t W = scratch.cp_heads_qkv.size(1), A = scratch.cp_heads_out.size(1);
+  const ops::AttentionShape shape = head_share_shape();
+  const AllToAllBuffers buf = all_to_all_buffers(scratch);
+  all_to_all_index(ctx, cp_, B, T, buf.index);
+  if (!rows_exchanged) {  // forward's rows, unless the recompute just left them in scratch
+    sequence_to_heads(ctx, cp_, B, T, scratch.cp_heads_qkv, s.qkv, buf);
+    sequence_to_heads(ctx, cp_, B, T, scratch.cp_heads_out, s.attn, buf);
+  }
+  // dout and dqkv are exchanged in place: each buffer holds the rank's rows of all heads or
+  // the whole sequence's rows of its share, the same number of elements.
+  const Tensor dout = scratch.a.reshape({B, T, A});
+  const Tensor dqkv = scratch.qkv.reshape({B, T, W});
+  sequence_to_heads(ctx, cp_, B, T, dout, scratch.a, buf);
+  ops::attention_backward(ctx, dqkv, dout, scratch.cp_heads_qkv.reshape({B, T, W}),
+                          scratch.cp_heads_out.reshape({B, T, A}),
+                          s.lse.reshape({B, shape.num_heads, T}), shape, attention_dropout(step),
+                          step.dropout_key(index_, kDropoutAttentionProbs));
+  heads_to_sequence(ctx, cp_, B, T, scratch.qkv, dqkv, buf);
 }
 
 void TransformerLayer::recompute_norm(DeviceContext& ctx, const Norm& norm,

@@ -22,10 +22,15 @@
 // (plain TP) or its sequence shard of N/TP rows (--sequence-parallel), where norms, dropout and
 // residual adds run sharded and the norm gradients are summed over TP at the end of backward.
 // Context parallelism (model/context_parallel.h): T is the rank's T_global/CP positions (two
-// chunks); everything but attention is per token. Attention all-gathers the fused QKV rows of
-// the whole sequence (again in backward, rather than keeping them) and runs each local chunk
-// against the keys before it (ops::attention_chunk_forward); backward reduce-scatters the k/v
-// gradients to the ranks that own those rows. RoPE takes the rank's rows of the whole table.
+// chunks); everything but attention is per token. With --cp-comm-type all_gather attention
+// all-gathers the fused QKV rows of the whole sequence (again in backward, rather than keeping
+// them) and runs each local chunk against the keys before it (ops::attention_chunk_forward);
+// backward reduce-scatters the k/v gradients to the ranks that own those rows. With a2a
+// (Ulysses) an all-to-all gives each CP rank the whole sequence's rows of 1/CP of the rank's
+// query groups, plain causal attention runs on them (dropout keyed by global head and
+// position), and a second all-to-all returns the output; backward exchanges dout, then dqkv
+// (and, unless just recomputed, the qkv and output rows again). RoPE takes the rank's rows of
+// the whole table, before any exchange.
 // Mixture of experts (cfg.is_moe_layer): the MLP block is an MoeMlp (layers/moe_mlp.h) after the
 // norm, which is then named ...pre_mlp_layernorm.{weight,bias} as in Megatron's MoE layer spec;
 // its output is a partial sum over TP like fc2's, reduced at the same region boundary.
@@ -57,7 +62,7 @@ class TransformerLayer {
     Norm::Saved norm1; // [NL]       norm1 statistics (its output is recomputed)
     Tensor qkv;        // [N, QKVL] fused q/k/v projections (Megatron grouped layout)
     Tensor attn;       // [N, AL]   attention output, heads concatenated
-    Tensor lse;        // [B, NHL, T]
+    Tensor lse;        // [B, NHL, T]; --cp-comm-type a2a: [B, NHL/CP, T_global]
     Tensor x_mid;      // [NL, C]   residual stream after attention
     Norm::Saved norm2; // [NL]
     Tensor fc1;        // [N, FL or 2FL] fc1 output (GELU: pre-activation)
@@ -78,9 +83,16 @@ class TransformerLayer {
     Tensor rope_cos_sin;    // [T, R/2, 2] fp32 (fp64 in fp64 runs); --position-embedding-type rope only
     // Context parallelism only (T: the local sequence, T_global = CP·T):
     Tensor rope_global;     // [T_global, R/2, 2] the whole table; rope_cos_sin takes the rank's rows
+    // --cp-comm-type all_gather:
     Tensor cp_kv;           // [B*T_global, QKVL] the sequence's fused QKV rows, global order
     Tensor cp_dkv;          // [B*T_global, QKVL] their gradient (k/v columns)
     Tensor cp_staging;      // [B*T_global, QKVL] the collectives' rank-major order; dkv of chunk 0
+    // --cp-comm-type a2a (each as large as the rank's own rows: the sequence CP times longer,
+    // the heads CP times fewer):
+    Tensor cp_heads_qkv;    // [B*T_global, QKVL/CP] the rank's share of the groups, global order
+    Tensor cp_heads_out;    // [B*T_global, AL/CP] their attention output
+    Tensor cp_send, cp_recv;  // [N*QKVL] the all-to-alls' blocks
+    Tensor cp_index;        // int32 [4*B*T_global] the exchanges' row permutations
     MoeMlp::Scratch moe;    // models with MoE layers only
     Fp8Workspace fp8;       // --fp8-format only: the fp8 linears' quantised operands
   };
@@ -127,6 +139,12 @@ class TransformerLayer {
 
  private:
   ops::AttentionShape attention_shape() const;
+  // --cp-comm-type a2a: the shape of this CP rank's 1/CP of the rank's heads (the global heads
+  // after the TP rank's first head and the earlier CP ranks' shares), for the dropout masks.
+  ops::AttentionShape head_share_shape() const;
+  AllToAllBuffers all_to_all_buffers(const Scratch& scratch) const {
+    return {scratch.cp_index, scratch.cp_send, scratch.cp_recv};
+  }
   // The workspace for this layer's fp8 linears (null when the layer runs in 16-bit).
   const Fp8Workspace* fp8_workspace(const Scratch& scratch) const {
     return cfg_.fp8_layer(index_) ? &scratch.fp8 : nullptr;
@@ -137,11 +155,18 @@ class TransformerLayer {
     return SequenceRows{batch, seq(), cfg_.hidden_size, cp_};
   }
   // Core attention of s.qkv into s.attn / s.lse; its backward into scratch.qkv from scratch.a.
-  // Under CP: the sequence's rows are all-gathered into scratch.cp_kv (again in backward) and
-  // each local chunk attends to the keys before it; key/value gradients are reduce-scattered.
+  // Under CP (all_gather): the sequence's rows are all-gathered into scratch.cp_kv (again in
+  // backward) and each local chunk attends to the keys before it; key/value gradients are
+  // reduce-scattered. rows_gathered: scratch still holds forward's gathered/exchanged rows.
   void attention(StepContext& step, const Saved& s, const Scratch& scratch) const;
   void attention_backward(StepContext& step, const Saved& s, const Scratch& scratch,
                           bool rows_gathered) const;
+  // The same under --cp-comm-type a2a: qkv rows to scratch.cp_heads_qkv, attention of the
+  // whole sequence into scratch.cp_heads_out, back into s.attn (backward: scratch.a and
+  // scratch.qkv are exchanged in place).
+  void all_to_all_attention(StepContext& step, const Saved& s, const Scratch& scratch) const;
+  void all_to_all_attention_backward(StepContext& step, const Saved& s, const Scratch& scratch,
+                                     bool rows_exchanged) const;
   double hidden_dropout(const StepContext& step) const;
   double attention_dropout(const StepContext& step) const;
   // RoPE (--position-embedding-type rope) in place on the q/k heads of qkv [N, QKVL]: forward
