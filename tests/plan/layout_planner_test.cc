@@ -644,6 +644,14 @@ TEST(LayoutPlanner, ContextParallelCommunicationScales) {
   EXPECT_NEAR((cp4.compute_s - cp4.cp_comm_s) / (cp2.compute_s - cp2.cp_comm_s), 0.5, 1e-9);
   const Candidate full = plan(bare(2), 1, 2, full_recompute());
   EXPECT_NEAR(full.cp_comm_s / cp2.cp_comm_s, 4.0 / 3, 1e-9);
+  // --cp-comm-type a2a: each pass trades the rank's own seq/CP rows of QKV (3 x 2048) and
+  // attention output (2048) columns instead of gathering the sequence's QKV rows: at CP 4,
+  // (1/4 x 4/3) of all_gather's bytes.
+  cfg.parallel.cp_comm_type = "a2a";
+  const Candidate a2a4 = plan(bare(4), 1, 4, no_recompute());
+  EXPECT_NEAR(a2a4.cp_comm_s / cp4.cp_comm_s, (1.0 / 4) * (4.0 / 3), 1e-9);
+  EXPECT_NEAR(a2a4.compute_s - a2a4.cp_comm_s, cp4.compute_s - cp4.cp_comm_s, 1e-12);
+  cfg.parallel.cp_comm_type = "all_gather";
   // 16 GPUs on two nodes: with TP 4, CP 2's block of TP x CP = 8 ranks is one node (NVLink);
   // with TP 8 the block is both nodes (the network's 45 GB/s) and the QKV rows per rank half
   // as wide: 8 / 2 = 4 times the time per micro-batch.

@@ -123,8 +123,16 @@ class CandidateEstimator {
     // of TP x CP ranks.
     const double qkv_rows =
         static_cast<double>(model::QkvLayout::of(cfg_.model, 0, c.tp).local_rows());
-    const double qkv_bytes = sequences * qkv_rows * bytes;
-    const double cp_pass = c.cp > 1 ? (cp - 1) / cp * qkv_bytes / bandwidth(c.tp * c.cp) : 0.0;
+    // --cp-comm-type a2a (Ulysses) instead trades each rank's own rows: a pass sends (c-1)/c of
+    // its [seq/CP tokens, QKV rows / TP] and of the attention output [seq/CP, heads x HS / TP];
+    // the backward redoes that exchange (or the selective recompute does) and trades the output
+    // and QKV gradients: two passes, as all_gather's.
+    const double attn_cols =
+        static_cast<double>(cfg_.model.num_attention_heads / c.tp * cfg_.model.head_dim());
+    const double pass_bytes = cfg_.parallel.cp_comm_type == "a2a"
+                                  ? tokens * (qkv_rows + attn_cols) * bytes
+                                  : sequences * qkv_rows * bytes;
+    const double cp_pass = c.cp > 1 ? (cp - 1) / cp * pass_bytes / bandwidth(c.tp * c.cp) : 0.0;
     // fp8 linears run cluster_.fp8_linear_speedup times faster than in 16-bit.
     const double linear_time_flops =
         flops_.linear - flops_.fp8_linear + flops_.fp8_linear / cluster_.fp8_linear_speedup;

@@ -24,7 +24,8 @@
 // fraction of the GPU's peak (Cluster::achieved_mfu, by default calibrated on what ShardLM
 // measured on one GPU; bench/RESULTS.md), on a rank's seq/CP tokens of each sequence;
 // tensor- and context-parallel collectives (not overlapped: CP all-gathers each layer's fused
-// QKV rows, and its backward gathers again and reduce-scatters the key/value gradients) and
+// QKV rows, and its backward gathers again and reduce-scatters the key/value gradients; with
+// --cp-comm-type a2a it trades the rank's own QKV and attention-output rows instead) and
 // data-parallel ones (overlapped with the last micro-batch's backward and the next forward) cost
 // ring-algorithm bytes over the node's or the network's bandwidth; the pipeline's step is
 // simulated with the schedule's own action lists (parallel/schedule_simulator.h), so bubbles, uneven first and
