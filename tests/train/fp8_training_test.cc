@@ -66,6 +66,41 @@ TEST(Fp8Training, ParallelLayoutsMatchOneRank) {
   expect_same_training(run_layout(cfg, pp), reference, "fp8 " + pp.name(), 1e-6, 1e-5);
 }
 
+// MoE layers: attention's linears in fp8, the router and experts in 16-bit (as Megatron without
+// fp8 grouped GEMMs); expert parallelism with the distributed optimizer, and TP + SP (expert
+// tensor parallelism), give the one-rank fp8 run. CP with --cp-comm-type a2a too.
+// Every token goes to all 4 experts: with top-2, TP's other summation order (1e-9) once moved a
+// value across an fp8 rounding boundary, that code's 6% step flipped a token's top-2 choice, and
+// the parameters ended 1% apart (measured): a discrete event, not a layout bug (top-4 of 4:
+// 2.7e-9 loss, 6.9e-7 parameters).
+TEST(Fp8Training, MixtureOfExpertsAndUlyssesLayoutsMatchOneRank) {
+  TrainConfig cfg = fp8_config();
+  cfg.model.num_experts = 4;
+  cfg.model.moe_router_topk = 4;
+  cfg.model.moe_ffn_hidden_size = 48;
+  cfg.model.moe_aux_loss_coeff = 0.01;
+  cfg.train_iters = 3;
+  cfg.optimizer.lr_warmup_iters = 1;
+  const RunResult reference = single_rank(cfg);
+  Layout ep;
+  ep.dp = 2;
+  ep.ep = 2;
+  ep.distributed_optimizer = true;
+  expect_same_training(run_layout(cfg, ep), reference, "fp8 MoE " + ep.name(), 1e-6, 1e-5);
+  Layout tp;
+  tp.tp = 2;
+  tp.sequence_parallel = true;
+  expect_same_training(run_layout(cfg, tp), reference, "fp8 MoE " + tp.name(), 1e-6, 1e-5);
+  TrainConfig ulysses = fp8_config();
+  ulysses.train_iters = 3;
+  ulysses.optimizer.lr_warmup_iters = 1;
+  ulysses.parallel.cp_comm_type = "a2a";
+  Layout cp;
+  cp.cp = 2;
+  expect_same_training(run_layout(ulysses, cp), single_rank(ulysses), "fp8 a2a " + cp.name(),
+                       1e-6, 1e-5);
+}
+
 TEST(Fp8Training, FirstAndLastLayersStay16Bit) {
   TrainConfig cfg = fp8_config(model::Fp8Format::kHybrid, 3);
   cfg.model.fp8_first_last_layers_bf16 = true;  // layer 1 alone in fp8
