@@ -11,6 +11,7 @@
 #include "shardlm/base/error.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/fp8.h"
+#include "tests/testing/op_checks.h"
 #include "tests/testing/tensors.h"
 
 namespace shardlm {
@@ -151,37 +152,26 @@ TEST_F(Fp8OpsTest, GemmMatchesTheDecodedReference) {
   }
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST_F(Fp8OpsTest, BadArgumentsAreNamed) {
   OwnedTensor a5 = OwnedTensor::empty(DType::kF8E5M2, {16, 16});
   OwnedTensor a4 = OwnedTensor::empty(DType::kF8E4M3, {16, 16});
   OwnedTensor b4 = OwnedTensor::empty(DType::kF8E4M3, {16, 32});
   OwnedTensor out = OwnedTensor::empty(DType::kF32, {16, 16});
   OwnedTensor s = factor(1.0f);
-  EXPECT_NE(error_of([&] { ops::fp8_gemm(ctx_, out, a5, s, a5, s, Tensor(), false); })
-                .find("both fp8_e5m2"), std::string::npos);
-  EXPECT_NE(error_of([&] { ops::fp8_gemm(ctx_, out, a4, s, b4, s, Tensor(), false); })
-                .find("must share K"), std::string::npos);
-  EXPECT_NE(error_of([&] { ops::fp8_gemm(ctx_, out, out, s, a4, s, Tensor(), false); })
-                .find("must hold fp8 codes"), std::string::npos);
+  constexpr ErrorKind kBad = ErrorKind::kInvalidArgument;
+  EXPECT_SHARDLM_ERROR(ops::fp8_gemm(ctx_, out, a5, s, a5, s, Tensor(), false), kBad,
+                       "both fp8_e5m2");
+  EXPECT_SHARDLM_ERROR(ops::fp8_gemm(ctx_, out, a4, s, b4, s, Tensor(), false), kBad,
+                       "must share K");
+  EXPECT_SHARDLM_ERROR(ops::fp8_gemm(ctx_, out, out, s, a4, s, Tensor(), false), kBad,
+                       "must hold fp8 codes");
   OwnedTensor x = random_tensor(DType::kF32, {4, 8}, 1);
   OwnedTensor q_wrong = OwnedTensor::empty(DType::kF8E4M3, {4, 8});
-  EXPECT_NE(error_of([&] { ops::fp8_quantize(ctx_, Tensor(), q_wrong, x, s); }).find("q_t"),
-            std::string::npos);
-  EXPECT_NE(error_of([&] { ops::fp8_quantize(ctx_, q_wrong, Tensor(), x, x); }).find("one fp32 factor"),
-            std::string::npos);
+  EXPECT_SHARDLM_ERROR(ops::fp8_quantize(ctx_, Tensor(), q_wrong, x, s), kBad, "q_t");
+  EXPECT_SHARDLM_ERROR(ops::fp8_quantize(ctx_, q_wrong, Tensor(), x, x), kBad, "one fp32 factor");
   OwnedTensor amax = factor(1.0f);
-  EXPECT_NE(error_of([&] { ops::fp8_scale_from_amax(ctx_, amax, amax, amax, DType::kBF16, 0); })
-                .find("format"), std::string::npos);
+  EXPECT_SHARDLM_ERROR(ops::fp8_scale_from_amax(ctx_, amax, amax, amax, DType::kBF16, 0), kBad,
+                       "format");
 }
 
 }  // namespace

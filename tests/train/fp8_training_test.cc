@@ -40,7 +40,7 @@ TEST(Fp8Training, TracksTheFp32RunAndDiffersFromIt) {
     std::cout << "fp8 " << fp8_config(format).model.fp8.name() << ": final loss "
               << fp8.losses.back() << " (fp32 " << reference.losses.back()
               << "), max loss rel diff " << d << "\n";
-    EXPECT_LT(d, 0.02);   // the same training, to fp8's precision
+    EXPECT_LT(d, 2e-3);   // the same training, to fp8's precision (measured 2.6e-4 at most)
     EXPECT_GT(d, 1e-6);   // and the quantisation is really there
     EXPECT_LT(fp8.losses.back(), fp8.losses.front() - 0.3);  // it learns
   }

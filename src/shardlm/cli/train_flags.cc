@@ -246,15 +246,16 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                  "With --first-last-layers-bf16: leading layers kept in 16-bit (default 1)")->group(g)->check(CLI::NonNegativeNumber);
   cmd.add_option("--num-layers-at-end-in-bf16", mp.fp8_layers_at_end_in_bf16,
                  "With --first-last-layers-bf16: trailing layers kept in 16-bit (default 1)")->group(g)->check(CLI::NonNegativeNumber);
-  cmd.add_option("--fp8-amax-history-len", cfg.fp8_amax_history_len,
-                 "Delayed scaling's amax history: accepted for Megatron scripts, no effect "
-                 "(tensorwise scaling keeps no history)")->group(g)->check(pos);
+  // Delayed scaling's flags: validated, then only noted (note_ignored_flags); nothing stores them.
+  cmd.add_option_function<int64_t>("--fp8-amax-history-len", [](int64_t) {},
+                                   "Delayed scaling's amax history: accepted for Megatron "
+                                   "scripts, no effect (tensorwise scaling keeps no history)")
+      ->group(g)->check(pos);
   cmd.add_option_function<std::string>(
          "--fp8-amax-compute-algo",
-         [&cfg](const std::string& v) {
+         [](const std::string& v) {
            if (v != "max" && v != "most_recent")
              throw CLI::ValidationError("--fp8-amax-compute-algo", "'" + v + "' is not max or most_recent");
-           cfg.fp8_amax_compute_algo = v;
          },
          "Delayed scaling's amax choice: accepted for Megatron scripts, no effect (tensorwise "
          "scaling uses the current amax)")->group(g);

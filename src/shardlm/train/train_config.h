@@ -127,10 +127,6 @@ struct TrainConfig {
   // fp32 main gradients in the optimizer. CUDA only. --fp16 adds a dynamic loss scale.
   bool bf16 = false;
   bool fp16 = false;
-  // Megatron's delayed-scaling flags, accepted and reported as without effect (ShardLM's fp8
-  // scaling is tensorwise: model/fp8_recipe.h).
-  int64_t fp8_amax_history_len = 1;
-  std::string fp8_amax_compute_algo = "most_recent";
   // Megatron's gradient-accumulation fusion (on unless --no-gradient-accumulation-fusion):
   // under --bf16/--fp16 the linear layers' weight-gradient GEMMs and the word embedding's
   // backward write the fp32 main gradients directly (model/parameter.h). No effect in fp32/fp64
