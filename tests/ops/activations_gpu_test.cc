@@ -1,4 +1,4 @@
-// GPU tests of GELU and SwiGLU (forward and backward) and of dropout: values against the CPU
+// GPU tests of GELU, SwiGLU and tanh (forward and backward) and of dropout: values against the CPU
 // backend, and the dropout mask bit-identical to the CPU's for the same key and positions.
 #include <cmath>
 
@@ -54,6 +54,23 @@ TEST_P(ActivationGpuTest, SwigluMatchesCpu) {
     expect_matches_reference("swiglu_forward", gpu(), out_d, out, dt);
     expect_matches_reference("swiglu_backward", gpu(), din_d, din, dt);
   }
+}
+
+TEST_P(ActivationGpuTest, TanhMatchesCpu) {
+  const DType dt = dtype();
+  const OwnedTensor x = round_to(random_tensor(DType::kF32, {37, 19}, 203, 2.0), dt);
+  const OwnedTensor dy = round_to(random_tensor(DType::kF32, {37, 19}, 204), dt);
+  OwnedTensor y = OwnedTensor::empty(DType::kF32, {37, 19});
+  ops::cpu::tanh_forward(cpu_, y, x);
+  OwnedTensor y_d = poisoned_device(dt, {37, 19});
+  ops::tanh_forward(gpu(), y_d, to_device(x, dt));
+  expect_matches_reference("tanh_forward", gpu(), y_d, y, dt);
+  const OwnedTensor y_r = round_to(y, dt);
+  OwnedTensor dx = OwnedTensor::empty(DType::kF32, {37, 19});
+  ops::cpu::tanh_backward(cpu_, dx, dy, y_r);
+  OwnedTensor dx_d = poisoned_device(dt, {37, 19});
+  ops::tanh_backward(gpu(), dx_d, to_device(dy, dt), to_device(y_r, dt));
+  expect_matches_reference("tanh_backward", gpu(), dx_d, dx, dt);
 }
 
 TEST_P(ActivationGpuTest, DropoutMaskIsBitIdenticalToCpu) {

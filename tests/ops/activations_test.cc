@@ -111,6 +111,25 @@ TEST(SwiGlu, Fp32MatchesFp64) {
   EXPECT_LT(rel_error(res[1][1], res[0][1]), 1e-6);
 }
 
+TEST(Tanh, ForwardMatchesFormulaAndBackwardFiniteDifferences) {
+  DeviceContext ctx = DeviceContext::cpu();
+  OwnedTensor x = random_tensor(DType::kF64, {5, 7}, 31, 1.5);
+  OwnedTensor y = OwnedTensor::zeros(DType::kF64, {5, 7});
+  ops::tanh_forward(ctx, y, x);
+  const std::vector<double> xs = to_vector(x), ys = to_vector(y);
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_DOUBLE_EQ(ys[i], std::tanh(xs[i])) << i;
+  OwnedTensor dy = random_tensor(DType::kF64, {5, 7}, 32);
+  auto loss = [&] {
+    ops::tanh_forward(ctx, y, x);
+    return dot(y, dy);
+  };
+  OwnedTensor dx = random_tensor(DType::kF64, {5, 7}, 33, 1e3);  // garbage: assigned
+  ops::tanh_backward(ctx, dx, dy, y);
+  testing::expect_gradient("dx", x.view(), loss, dx, 1e-8);
+  OwnedTensor bad = OwnedTensor::zeros(DType::kF64, {5, 6});
+  EXPECT_SHARDLM_ERROR(ops::tanh_forward(ctx, bad, x), ErrorKind::kInvalidArgument, "tanh");
+}
+
 TEST(Activations, BadShapes) {
   DeviceContext ctx = DeviceContext::cpu();
   OwnedTensor odd = random_tensor(DType::kF32, {4, 7}, 1),

@@ -1,7 +1,9 @@
-// GPU tests of causal GQA flash attention against the CPU backend: forward out/lse and
-// backward dqkv (every q/k/v slot assigned: outputs are NaN-poisoned), for the tensor-core path
-// (bf16/fp16, head dims 64 and 128), the row-wise path (fp32, head dim 48), T not a multiple of
-// the 64-row tiles, MHA / GQA / MQA groupings, and attention dropout (masks shared with the CPU).
+// GPU tests of GQA flash attention against the CPU backend: forward out/lse and backward dqkv
+// (every q/k/v slot assigned: outputs are NaN-poisoned), for the tensor-core path (bf16/fp16,
+// head dims 64 and 128), the row-wise path (fp32, head dim 48), T not a multiple of the 64-row
+// tiles, MHA / GQA / MQA groupings, attention dropout (masks shared with the CPU), and BERT's
+// masks (AttentionShape::causal = false, key_lengths: the kernels' padded variant; lengths that
+// end inside a key tile, on a tile edge and at one token; causal with padding).
 #include "tests/ops/gpu_test_common.h"
 
 namespace shardlm {
@@ -16,11 +18,16 @@ using testing::to_device;
 struct AttnGpuCase {
   int64_t B, T, NH, G, HS;
   double p;
+  bool causal = true;
+  std::vector<int32_t> lengths = {};  // key padding per sequence; empty: none
 };
 std::string describe(const AttnGpuCase& c) {
-  return "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " NH=" +
-         std::to_string(c.NH) + " G=" + std::to_string(c.G) + " HS=" + std::to_string(c.HS) +
-         " p=" + std::to_string(c.p);
+  std::string s = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " NH=" +
+                  std::to_string(c.NH) + " G=" + std::to_string(c.G) + " HS=" +
+                  std::to_string(c.HS) + " p=" + std::to_string(c.p) +
+                  (c.causal ? "" : " bidirectional") + (c.lengths.empty() ? "" : " lengths=");
+  for (int32_t l : c.lengths) s += std::to_string(l) + ",";
+  return s;
 }
 
 const AttnGpuCase kAttnCases[] = {
@@ -31,6 +38,12 @@ const AttnGpuCase kAttnCases[] = {
     {1, 512, 4, 2, 128, 0.0},  // several key tiles, pipelined loads
     {2, 77, 4, 2, 64, 0.1},    // attention dropout
     {1, 150, 4, 4, 128, 0.2},  // dropout, HS 128
+    {2, 77, 4, 2, 64, 0.0, false},                // bidirectional, T % 64 != 0
+    {3, 200, 4, 2, 64, 0.0, false, {200, 64, 1}}, // padding: none, on a tile edge, one token
+    {2, 130, 8, 8, 128, 0.0, false, {97, 130}},   // HS 128, ends inside the third tile
+    {2, 150, 4, 4, 64, 0.0, true, {150, 70}},     // causal + padding
+    {1, 33, 2, 1, 48, 0.0, false, {20}},          // row-wise path
+    {2, 128, 4, 2, 64, 0.1, false, {128, 50}},    // dropout
 };
 
 class AttentionGpuTest : public GpuOpTest {};
@@ -41,7 +54,17 @@ TEST_P(AttentionGpuTest, ForwardBackwardMatchCpu) {
   const DropoutKey key{4242, 9, 1, 3, kDropoutAttentionProbs};
   for (const AttnGpuCase& c : kAttnCases) {
     SCOPED_TRACE(describe(c));
-    const ops::AttentionShape shape{c.NH, c.G, c.HS};
+    ops::AttentionShape shape{c.NH, c.G, c.HS}, shape_d{c.NH, c.G, c.HS};
+    shape.causal = shape_d.causal = c.causal;
+    OwnedTensor lengths, lengths_d;
+    if (!c.lengths.empty()) {
+      lengths = OwnedTensor::empty(DType::kI32, {c.B});
+      for (int64_t b = 0; b < c.B; ++b) lengths.view().data<int32_t>()[b] = c.lengths[b];
+      lengths_d = OwnedTensor::empty(DType::kI32, {c.B}, gpu().device());
+      ops::copy(gpu(), lengths_d.view(), lengths.view());
+      shape.key_lengths = lengths.view();
+      shape_d.key_lengths = lengths_d.view();
+    }
     const int64_t W = c.G * (c.NH / c.G + 2) * c.HS;
     const Shape qkv_shape{c.B, c.T, W}, out_shape{c.B, c.T, c.NH * c.HS},
         lse_shape{c.B, c.NH, c.T};
@@ -54,7 +77,7 @@ TEST_P(AttentionGpuTest, ForwardBackwardMatchCpu) {
 
     const OwnedTensor qkv_d = to_device(qkv, dt);
     OwnedTensor out_d = poisoned_device(dt, out_shape), lse_d = poisoned_device(dt, lse_shape);
-    ops::attention_forward(gpu(), out_d, lse_d, qkv_d, shape, c.p, key);
+    ops::attention_forward(gpu(), out_d, lse_d, qkv_d, shape_d, c.p, key);
     expect_matches_reference("attention_forward out", gpu(), out_d, out, dt);
     expect_matches_reference("attention_forward lse", gpu(), lse_d, lse, dt);
 
@@ -65,7 +88,7 @@ TEST_P(AttentionGpuTest, ForwardBackwardMatchCpu) {
     ops::cpu::attention_backward(cpu_, dqkv, dout, qkv, out_r, lse, shape, c.p, key);
     OwnedTensor dqkv_d = poisoned_device(dt, qkv_shape);
     ops::attention_backward(gpu(), dqkv_d, to_device(dout, dt), qkv_d, to_device(out_r, dt),
-                            to_device(lse, dt), shape, c.p, key);
+                            to_device(lse, dt), shape_d, c.p, key);
     expect_matches_reference("attention_backward dqkv", gpu(), dqkv_d, dqkv, dt);
   }
 }

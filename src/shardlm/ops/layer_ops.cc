@@ -248,6 +248,27 @@ void swiglu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const T
   SHARDLM_OPS_ROUTE(swiglu_backward, ctx, din, dout, in);
 }
 
+void tanh_forward(DeviceContext& ctx, Tensor out, const Tensor& in) {
+  constexpr const char* op = "tanh_forward";
+  check_devices(op, ctx, {{"out", out}, {"in", in}});
+  require_defined(op, {"out", out});
+  require_defined(op, {"in", in});
+  require_same_float(op, {{"in", in}, {"out", out}});
+  require_same_numel(op, {"out", out}, {"in", in});
+  SHARDLM_OPS_ROUTE(tanh_forward, ctx, out, in);
+}
+
+void tanh_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& out) {
+  constexpr const char* op = "tanh_backward";
+  check_devices(op, ctx, {{"din", din}, {"dout", dout}, {"out", out}});
+  for (const Arg& x : {Arg{"din", din}, Arg{"dout", dout}, Arg{"out", out}})
+    require_defined(op, x);
+  require_same_float(op, {{"out", out}, {"din", din}, {"dout", dout}});
+  require_same_numel(op, {"din", din}, {"out", out});
+  require_same_numel(op, {"dout", dout}, {"out", out});
+  SHARDLM_OPS_ROUTE(tanh_backward, ctx, din, dout, out);
+}
+
 // ---- fused kernels -------------------------------------------------------------------------
 
 void dropout_add_forward(DeviceContext& ctx, Tensor out, const Tensor& x, const Tensor& residual,

@@ -127,6 +127,9 @@ void gelu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Ten
 // SwiGLU as Megatron: in[N,2F] = [a | b] (first half a, second half b), out[N,F] = silu(a) * b.
 void swiglu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
 void swiglu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+// tanh (BERT's pooler). Backward from the saved output: din = dout * (1 - out^2) (assign).
+void tanh_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void tanh_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& out);
 
 // ---- dropout -------------------------------------------------------------------------------
 // out = in * keep / (1 - p), keep = dropout_uniform(key, position_offset + i) >= p... precisely:
@@ -163,7 +166,8 @@ void gelu_backward_bias_grad(DeviceContext& ctx, Tensor dpre, Tensor dbias, cons
                              const Tensor& pre);
 
 // ---- attention -----------------------------------------------------------------------------
-// Causal self-attention with grouped-query attention, Megatron's fused-QKV layout:
+// Self-attention (causal, or bidirectional with key padding: AttentionShape) with grouped-query
+// attention, Megatron's fused-QKV layout:
 // qkv[B,T,G*(NH/G + 2)*HS]; for each group g the row holds [q heads of g (NH/G * HS) | k (HS) |
 // v (HS)]. Query head h uses group h / (NH/G). out[B,T,NH*HS] (heads concatenated).
 // Saves lse[B,NH,T] (log-sum-exp of the scaled, masked scores) for backward. Softmax scale
@@ -183,6 +187,13 @@ struct AttentionShape {
   int64_t head_offset = 0;
   int64_t dropout_num_heads = 0;
   int64_t global_num_heads() const { return dropout_num_heads > 0 ? dropout_num_heads : num_heads; }
+  // The mask (Megatron's AttnMaskType). causal: query i sees keys j <= i; false: every key
+  // (bidirectional, BERT). key_lengths (optional, int32 [B] on the op's device, each in
+  // [1, T]): keys j >= key_lengths[b] of sequence b are masked (BERT's padding). Every query row,
+  // padding included, is still computed (over the valid keys), so all outputs stay finite.
+  // The context-parallel chunk ops take neither (causal, no key_lengths).
+  bool causal = true;
+  Tensor key_lengths;
 };
 void attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& qkv,
                        const AttentionShape& shape, double dropout_p, const DropoutKey& key);

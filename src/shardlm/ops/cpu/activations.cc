@@ -1,5 +1,6 @@
 // activations.cc — CPU GELU (tanh approximation, GPT-2 / Megatron's default) and SwiGLU
-// (Llama MLP, Megatron's fused [a | b] layout), forward and backward (din assigned).
+// (Llama MLP, Megatron's fused [a | b] layout), and tanh (BERT's pooler), forward and backward
+// (din assigned; tanh's backward reads its output: tanh'(x) = 1 - tanh(x)^2).
 //
 //   gelu(x)    = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   gelu'(x)   = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
@@ -100,6 +101,29 @@ void swiglu_backward(DeviceContext&, Tensor din, const Tensor& dout, const Tenso
     using T = decltype(zero);
     const int64_t F = dout.size(-1);
     swiglu_backward_impl<T>(din.data<T>(), dout.data<T>(), in.data<T>(), dout.numel() / F, F);
+  });
+}
+
+void tanh_forward(DeviceContext&, Tensor out, const Tensor& in) {
+  detail::dispatch_float(in.dtype(), "tanh_forward", [&](auto zero) {
+    using T = decltype(zero);
+    const T* x = in.data<T>();
+    T* y = out.data<T>();
+    for (int64_t i = 0; i < in.numel(); ++i)
+      y[i] = static_cast<T>(std::tanh(static_cast<double>(x[i])));
+  });
+}
+
+void tanh_backward(DeviceContext&, Tensor din, const Tensor& dout, const Tensor& out) {
+  detail::dispatch_float(out.dtype(), "tanh_backward", [&](auto zero) {
+    using T = decltype(zero);
+    const T* y = out.data<T>();
+    const T* dy = dout.data<T>();
+    T* dx = din.data<T>();
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      const double v = y[i];
+      dx[i] = static_cast<T>(static_cast<double>(dy[i]) * (1.0 - v * v));
+    }
   });
 }
 

@@ -1,7 +1,7 @@
-// attention.cc — CPU causal grouped-query self-attention on Megatron's fused QKV layout, with
-// attention-probability dropout. The reference the CUDA (flash-style) kernels are tested
-// against, so it follows the same recompute scheme: forward saves only lse; backward
-// recomputes the probabilities row by row. No [T,T] buffer: per call, a host scratch of a few
+// attention.cc — CPU grouped-query self-attention (causal, or bidirectional with key padding)
+// on Megatron's fused QKV layout, with attention-probability dropout. The reference the CUDA
+// (flash-style) kernels are tested against, so it follows the same recompute scheme: forward
+// saves only lse; backward recomputes the probabilities row by row. No [T,T] buffer: per call, a host scratch of a few
 // T- and HS-sized vectors.
 //
 // Layout: qkv[B,T,W], W = G*(NH/G + 2)*HS; group g's slice of a row is
@@ -12,7 +12,8 @@
 // of kv[B,T,W] (attention_chunk_*, context parallelism); attention_forward/backward are the
 // chunk q_src = kv = qkv, {row 0, rows T, position 0}.
 //
-// Per (b, h, chunk row i at global position t = position + i), with keys j <= t (causal),
+// Per (b, h, chunk row i at global position t = position + i), with keys j <= t (causal; every
+// key when AttentionShape::causal is false), and j < key_lengths[b] when given (padding),
 // scale = 1/sqrt(HS), keep_ij from dropout_uniform(key, ((b*NH + h)*T + t)*T + j) > p (global
 // b, h, NH as in AttentionShape; T is kv's):
 //   s_ij = scale q_i.k_j,  lse_i = log sum_j exp(s_ij),  P_ij = exp(s_ij - lse_i)
@@ -27,6 +28,7 @@
 #include <limits>
 #include <vector>
 
+#include "shardlm/base/error.h"
 #include "shardlm/ops/cpu/cpu_ops.h"
 #include "shardlm/ops/cpu/detail/float_dispatch.h"
 #include "shardlm/ops/cpu/detail/parallel_ranges.h"
@@ -40,7 +42,14 @@ struct QkvLayout {
   int64_t B, TQ, T, NH, G, HS, heads_per_group, row;  // TQ: q_src rows, T: kv rows (global)
   int64_t dropout_NH, head_offset;  // global head count / first head (AttentionShape)
   AttentionChunk chunk;
+  bool causal;
+  const int32_t* key_lengths;  // [B] or null
   int64_t keys() const { return chunk.position + chunk.rows; }  // keys taking part
+  // One past the last key query position i of sequence b attends to.
+  int64_t key_end(int64_t b, int64_t i) const {
+    const int64_t end = causal ? i + 1 : keys();
+    return key_lengths ? std::min<int64_t>(end, key_lengths[b]) : end;
+  }
   // Dropout position of (b, h, global query position t, key 0).
   uint64_t dropout_row(int64_t b, int64_t h, int64_t t) const {
     return static_cast<uint64_t>(((b * dropout_NH + head_offset + h) * T + t) * T);
@@ -70,6 +79,17 @@ QkvLayout make_layout(const Tensor& q_src, const Tensor& kv, const AttentionShap
   l.HS = shape.head_dim;
   l.heads_per_group = l.NH / l.G;
   l.chunk = chunk;
+  l.causal = shape.causal;
+  l.key_lengths = nullptr;
+  if (shape.key_lengths.defined()) {
+    l.key_lengths = shape.key_lengths.data<int32_t>();
+    for (int64_t b = 0; b < l.B; ++b)
+      if (l.key_lengths[b] < 1 || l.key_lengths[b] > l.T)
+        throw Error(ErrorKind::kInvalidArgument,
+                    "attention: key_lengths[" + std::to_string(b) + "] = " +
+                        std::to_string(l.key_lengths[b]) + " must be in [1, T = " +
+                        std::to_string(l.T) + "] (a sequence has at least one real token)");
+  }
   return l;
 }
 
@@ -102,17 +122,18 @@ void attention_forward_impl(T* out, T* lse, const T* q_src, const T* kv, const Q
         for (int64_t c = 0; c < l.chunk.rows; ++c) {
           const int64_t qi = l.chunk.row + c, i = l.chunk.position + c;  // q_src row, position
           const T* q = qbase + qi * l.row + qo;
+          const int64_t key_end = l.key_end(b, i);
           double m = -std::numeric_limits<double>::infinity();
-          for (int64_t j = 0; j <= i; ++j) {
+          for (int64_t j = 0; j < key_end; ++j) {
             s[j] = scale * dot(q, base + j * l.row + ko, HS);
             m = std::max(m, s[j]);
           }
           double sum = 0;
-          for (int64_t j = 0; j <= i; ++j) sum += std::exp(s[j] - m);
+          for (int64_t j = 0; j < key_end; ++j) sum += std::exp(s[j] - m);
           const double L = m + std::log(sum);
           std::fill(acc.begin(), acc.end(), 0.0);
           const uint64_t pos0 = l.dropout_row(b, h, i);
-          for (int64_t j = 0; j <= i; ++j) {
+          for (int64_t j = 0; j < key_end; ++j) {
             double pr = std::exp(s[j] - L);
             if (p > 0) {
               if (uniform(pos0 + static_cast<uint64_t>(j)) <= p) continue;
@@ -161,8 +182,9 @@ void attention_backward_impl(T* dq_out, T* dkv, const T* dout, const T* q_src, c
           const T* dy = dout + ((b * l.TQ + qi) * l.NH + h) * HS;
           const double L = lse[(b * l.NH + h) * l.TQ + qi];
           const uint64_t pos0 = l.dropout_row(b, h, i);
+          const int64_t key_end = l.key_end(b, i);
           double D = 0;
-          for (int64_t j = 0; j <= i; ++j) {
+          for (int64_t j = 0; j < key_end; ++j) {
             const T* k = base + j * l.row + ko;
             const T* v = base + j * l.row + vo;
             P[j] = std::exp(scale * dot(q, k, HS) - L);
@@ -181,7 +203,7 @@ void attention_backward_impl(T* dq_out, T* dkv, const T* dout, const T* q_src, c
             }
           }
           std::fill(dq.begin(), dq.end(), 0.0);
-          for (int64_t j = 0; j <= i; ++j) {
+          for (int64_t j = 0; j < key_end; ++j) {
             const double ds = scale * P[j] * (dP[j] - D);
             const T* k = base + j * l.row + ko;
             T* dk = dbase + j * l.row + ko;

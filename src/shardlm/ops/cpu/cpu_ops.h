@@ -66,6 +66,8 @@ void gelu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
 void gelu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
 void swiglu_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
 void swiglu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& in);
+void tanh_forward(DeviceContext& ctx, Tensor out, const Tensor& in);
+void tanh_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& out);
 
 // dropout.cc
 void dropout_forward(DeviceContext& ctx, Tensor out, const Tensor& in, double p,

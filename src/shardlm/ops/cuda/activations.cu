@@ -1,4 +1,4 @@
-// activations.cu — GELU (tanh approximation) and SwiGLU, forward and backward.
+// activations.cu — GELU (tanh approximation), SwiGLU and tanh, forward and backward.
 //
 // Algorithms: GELU is a pure map (elementwise_map.cuh). SwiGLU reads the two halves of each row
 // of in[N,2F] and writes out[N,F] (backward: din[N,2F] from dout[N,F] and in); one grid-stride
@@ -32,6 +32,14 @@ struct GeluBackwardOp {
     const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
     return dout * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
   }
+};
+
+struct TanhForwardOp {
+  __device__ float operator()(float x, float) const { return tanhf(x); }
+};
+// (dout, y = tanh(x)) -> dout * (1 - y^2)
+struct TanhBackwardOp {
+  __device__ float operator()(float dout, float y) const { return dout * (1.0f - y * y); }
 };
 
 __device__ __forceinline__ float sigmoid(float a) { return 1.0f / (1.0f + __expf(-a)); }
@@ -181,6 +189,33 @@ void swiglu_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const T
   dispatch_float(din.dtype(), "swiglu_backward", [&]<typename T>() {
     launch_swiglu<T>(st, static_cast<T*>(din.raw()), static_cast<const T*>(dout.raw()),
                      static_cast<const T*>(in.raw()), rows, F, /*backward=*/true);
+  });
+}
+
+void tanh_forward(DeviceContext& ctx, Tensor out, const Tensor& in) {
+  require_on_device(ctx, out, "tanh_forward", "out");
+  require_on_device(ctx, in, "tanh_forward", "in");
+  require_same_dtype(out, in, "tanh_forward", "out", "in");
+  require_numel(in, out.numel(), "tanh_forward", "in");
+  const CudaBackendState& st = cuda_state(ctx);
+  dispatch_float(out.dtype(), "tanh_forward", [&]<typename T>() {
+    launch_map<T>(st, out.numel(), static_cast<T*>(out.raw()), static_cast<const T*>(in.raw()),
+                  nullptr, TanhForwardOp{});
+  });
+}
+
+void tanh_backward(DeviceContext& ctx, Tensor din, const Tensor& dout, const Tensor& out) {
+  require_on_device(ctx, din, "tanh_backward", "din");
+  require_on_device(ctx, dout, "tanh_backward", "dout");
+  require_on_device(ctx, out, "tanh_backward", "out");
+  require_same_dtype(din, dout, "tanh_backward", "din", "dout");
+  require_same_dtype(din, out, "tanh_backward", "din", "out");
+  require_numel(dout, din.numel(), "tanh_backward", "dout");
+  require_numel(out, din.numel(), "tanh_backward", "out");
+  const CudaBackendState& st = cuda_state(ctx);
+  dispatch_float(din.dtype(), "tanh_backward", [&]<typename T>() {
+    launch_map<T>(st, din.numel(), static_cast<T*>(din.raw()), static_cast<const T*>(dout.raw()),
+                  static_cast<const T*>(out.raw()), TanhBackwardOp{});
   });
 }
 

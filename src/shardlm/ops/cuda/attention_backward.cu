@@ -1,4 +1,5 @@
-// attention_backward.cu — causal grouped-query attention backward, flash-attention style:
+// attention_backward.cu — grouped-query attention backward (causal, or bidirectional with key
+// padding as the forward), flash-attention style:
 // probabilities are recomputed tile by tile from Q, K and the row log-sum-exp; nothing T x T is
 // stored. dqkv is assigned (q slots by the first kernel, k/v slots by the second).
 // attention_chunk_backward (context parallelism) runs the same kernels on one query chunk of
@@ -72,7 +73,8 @@ __device__ __forceinline__ void load_b_cols(uint32_t b[4], const T* tile, int pi
   ldmatrix_x4_trans(b, tile + (k0 + (lane % 8) + ((lane / 8) % 2) * 8) * pitch + n0 + (lane / 16) * 8);
 }
 
-template <typename T, int HS, bool kDropout, bool kRecomputeLse>
+// kPadding: the general mask (AttentionParams::masked); false: causal only (GPT's variant).
+template <typename T, int HS, bool kDropout, bool kRecomputeLse, bool kPadding>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_backward_dq_mma_kernel(const AttentionParams p) {
   constexpr int kPitch = HS + 8;
@@ -93,7 +95,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   const T* dout = static_cast<const T*>(p.dout) + b * p.TQ * o_stride;
   const T* out = static_cast<const T*>(p.out) + b * p.TQ * o_stride;
   const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
-  const int64_t n_keys = p.keys(), row_end = p.q_row0 + p.rows;
+  const int64_t n_keys = kPadding ? p.valid_keys(b) : p.keys(), row_end = p.q_row0 + p.rows;
 
   load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sQ, q_src, p.W, p.q_col(h), p.q_row0 + q0,
                                                      row_end);
@@ -132,7 +134,11 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int64_t i0 = p.q_pos0 + c0, i1 = i0 + 8;
   // Key tiles up to the block's last valid row.
   const int64_t last_row = q0 + kTile < p.rows ? q0 + kTile - 1 : p.rows - 1;
-  const int64_t n_tiles = (p.q_pos0 + last_row) / kTile + 1;
+  int64_t n_tiles = (p.q_pos0 + last_row) / kTile + 1;
+  if constexpr (kPadding) {  // tiles holding valid keys (all of them when bidirectional)
+    const int64_t valid_tiles = (n_keys + kTile - 1) / kTile;
+    n_tiles = p.causal && n_tiles < valid_tiles ? n_tiles : valid_tiles;
+  }
 
   if constexpr (kRecomputeLse) {
     // One Q K^T sweep for the exact row max / sum (the saved 16-bit lse is too coarse).
@@ -164,7 +170,8 @@ __global__ void __launch_bounds__(kMmaThreads)
         for (int e = 0; e < 4; ++e) {
           const int64_t j = jt * kTile + nt * 8 + tid4 * 2 + (e & 1);
           float x = s[nt][e] * p.scale_log2;
-          if (j > (e < 2 ? i0 : i1)) x = -INFINITY;
+          if (kPadding ? p.masked(e < 2 ? i0 : i1, j, n_keys) : j > (e < 2 ? i0 : i1))
+            x = -INFINITY;
           s[nt][e] = x;
           tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
         }
@@ -248,8 +255,8 @@ __global__ void __launch_bounds__(kMmaThreads)
       for (int e = 0; e < 4; ++e) {
         const bool row1 = e >= 2;
         const int64_t jj = j + (e & 1);
-        const float pr = jj > (row1 ? i1 : i0)
-                             ? 0.0f
+        const bool off = kPadding ? p.masked(row1 ? i1 : i0, jj, n_keys) : jj > (row1 ? i1 : i0);
+        const float pr = off ? 0.0f
                              : exp2f(s[nt][e] * p.scale_log2 - (row1 ? L1 : L0));
         const float mask = row1 ? ((e & 1) ? m1.y : m1.x) : ((e & 1) ? m0.y : m0.x);
         s[nt][e] = pr * (dp[nt][e] * mask - (row1 ? D1 : D0));  // dS
@@ -286,7 +293,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 }
 
-template <typename T, int HS, bool kDropout>
+template <typename T, int HS, bool kDropout, bool kPadding>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_backward_dkdv_mma_kernel(const AttentionParams p) {
   constexpr int kPitch = HS + 8, kBr = dkdv_query_tile<HS>();
@@ -310,10 +317,12 @@ __global__ void __launch_bounds__(kMmaThreads)
   load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, k0, n_keys);
   load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, kv, p.W, v_col, k0, n_keys);
 
-  // Query tiles (of chunk rows) from the first whose positions reach key k0.
-  const int64_t first_qt = (k0 > p.q_pos0 ? k0 - p.q_pos0 : 0) / kBr;
+  // Query tiles (of chunk rows) from the first whose positions reach key k0 (all of them when
+  // bidirectional). Keys past the padding get zero gradients: no iterations.
+  const int64_t valid = kPadding ? p.valid_keys(b) : n_keys;
+  const int64_t first_qt = kPadding && !p.causal ? 0 : (k0 > p.q_pos0 ? k0 - p.q_pos0 : 0) / kBr;
   const int64_t n_qt = (p.rows + kBr - 1) / kBr;
-  const int64_t per_head = n_qt - first_qt, n_iters = p.R * per_head;
+  const int64_t per_head = n_qt - first_qt, n_iters = k0 < valid ? p.R * per_head : 0;
   // Issues the loads of iteration `it` (head r = it / per_head, query tile qt) into buffer nb.
   const auto issue = [&](int64_t it, int nb) {
     const int64_t h = g * p.R + it / per_head, qt = first_qt + it % per_head;
@@ -373,8 +382,8 @@ __global__ void __launch_bounds__(kMmaThreads)
       for (int e = 0; e < 4; ++e) {
         const int col = nt * 8 + tid4 * 2 + (e & 1);
         const int64_t c = q_base + col, i = p.q_pos0 + c, j = e < 2 ? j0 : j1;  // row, position
-        const float pr =
-            (i < j || c >= p.rows) ? 0.0f : exp2f(st[nt][e] * p.scale_log2 - L[col]);
+        const bool off = (kPadding ? p.masked(i, j, valid) : i < j) || c >= p.rows;
+        const float pr = off ? 0.0f : exp2f(st[nt][e] * p.scale_log2 - L[col]);
         float mask = 1.0f;
         if constexpr (kDropout)
           if (pr != 0.0f) mask = dropout_single(p, p.dropout_position(b, h, i, j));
@@ -452,6 +461,7 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
     dq[k] = 0.0f;
   }
   const float D = warp_sum(dsum);
+  const int64_t valid = p.valid_keys(b), key_end = p.causal && i + 1 < valid ? i + 1 : valid;
   const auto score = [&](int64_t j) {  // q_i . k_j * scale
     const T* kr = kv + j * p.W + k_col;
     float dot = 0.0f;
@@ -467,7 +477,7 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
     lse = static_cast<const float*>(p.lse)[bh * p.TQ + p.q_row0 + c];
   } else {
     float m = -INFINITY, l = 0.0f;
-    for (int64_t j = 0; j <= i; ++j) {
+    for (int64_t j = 0; j < key_end; ++j) {
       const float s = score(j), m_new = fmaxf(m, s);
       l = l * expf(m - m_new) + expf(s - m_new);
       m = m_new;
@@ -478,7 +488,7 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
     p.delta[bh * p.rows + c] = D;
     p.lse_log2[bh * p.rows + c] = lse * kLog2e;
   }
-  for (int64_t j = 0; j <= i; ++j) {
+  for (int64_t j = 0; j < key_end; ++j) {
     const T* kr = kv + j * p.W + k_col;
     const T* vr = kv + j * p.W + v_col;
     const float pr = expf(score(j) - lse);
@@ -526,9 +536,12 @@ __global__ void attention_backward_dkdv_rowwise_kernel(const AttentionParams p) 
     vv[k] = in ? load_as_float(kv[j * p.W + v_col + d]) : 0.0f;
     dk[k] = dv[k] = 0.0f;
   }
+  // Query positions that see key j: from j (causal) or all; none when j is padding.
+  const int64_t i_begin = !p.causal ? p.q_pos0 : (j > p.q_pos0 ? j : p.q_pos0);
+  const int64_t i_end = j < p.valid_keys(b) ? n_keys : i_begin;
   for (int64_t r = 0; r < p.R; ++r) {
     const int64_t h = g * p.R + r, bh = b * p.NH + h;
-    for (int64_t i = j > p.q_pos0 ? j : p.q_pos0; i < n_keys; ++i) {  // positions
+    for (int64_t i = i_begin; i < i_end; ++i) {  // positions
       const int64_t c = i - p.q_pos0, qi = b * p.TQ + p.q_row0 + c;   // chunk row, q_src row
       const T* q = static_cast<const T*>(p.q_src) + qi * p.W + p.q_col(h);
       const T* dO = static_cast<const T*>(p.dout) + qi * o_stride + h * p.HS;
@@ -573,15 +586,20 @@ void launch_backward_mma(const CudaBackendState& st, const AttentionParams& p) {
   const unsigned int bg = static_cast<unsigned int>(p.B * p.G);
   {
     constexpr int kSmem = dq_smem_bytes<HS>();
-    auto kernel = p.lse_is_f32 ? attention_backward_dq_mma_kernel<T, HS, kDropout, false>
-                               : attention_backward_dq_mma_kernel<T, HS, kDropout, true>;
+    auto kernel =
+        p.padded()
+            ? (p.lse_is_f32 ? attention_backward_dq_mma_kernel<T, HS, kDropout, false, true>
+                            : attention_backward_dq_mma_kernel<T, HS, kDropout, true, true>)
+            : (p.lse_is_f32 ? attention_backward_dq_mma_kernel<T, HS, kDropout, false, false>
+                            : attention_backward_dq_mma_kernel<T, HS, kDropout, true, false>);
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     kernel<<<dim3(ceil_div_u(p.rows, kTile), bh), kMmaThreads, kSmem, st.stream()>>>(p);
     CUDA_CHECK_LAUNCH();
   }
   {
     constexpr int kSmem = dkdv_smem_bytes<HS>();
-    auto kernel = attention_backward_dkdv_mma_kernel<T, HS, kDropout>;
+    auto kernel = p.padded() ? attention_backward_dkdv_mma_kernel<T, HS, kDropout, true>
+                             : attention_backward_dkdv_mma_kernel<T, HS, kDropout, false>;
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     kernel<<<dim3(ceil_div_u(p.keys(), kTile), bg), kMmaThreads, kSmem, st.stream()>>>(p);
     CUDA_CHECK_LAUNCH();

@@ -28,8 +28,8 @@ constexpr float kLn2 = 0.6931471805599453f;
 // Everything the attention kernels need, by value (one struct for forward and backward).
 // The kernels compute one query chunk against the keys and values of the whole sequence:
 // rows [q_row0, q_row0 + rows) of q_src at global positions [q_pos0, q_pos0 + rows), causal,
-// so keys [0, keys()) of kv take part. The whole-sequence ops are q_src = kv = qkv, TQ = rows
-// = T, q_row0 = q_pos0 = 0 (and dq = dkv = dqkv).
+// so keys [0, keys()) of kv take part (fewer with key padding: valid_keys). The whole-sequence
+// ops are q_src = kv = qkv, TQ = rows = T, q_row0 = q_pos0 = 0 (and dq = dkv = dqkv).
 struct AttentionParams {
   const void* q_src = nullptr;  // [B, TQ, W], W = G*(R+2)*HS: query rows (q columns read)
   const void* kv = nullptr;     // [B, T, W]: the whole sequence (k and v columns read)
@@ -48,6 +48,20 @@ struct AttentionParams {
   float keep_scale = 1.0f;          // 1/(1-p)
 
   __host__ __device__ int64_t keys() const { return q_pos0 + rows; }
+  // The mask (AttentionShape): causal, and/or key padding. Chunks are always causal without
+  // padding; the whole sequence may be bidirectional (keys() = T then too).
+  bool causal = true;
+  const int32_t* key_lengths = nullptr;  // [B] on the device, or null
+  bool padded() const { return !causal || key_lengths != nullptr; }
+  // Keys of sequence b that take part: [0, valid_keys(b)).
+  __device__ int64_t valid_keys(int64_t b) const {
+    const int64_t n = keys();
+    return key_lengths != nullptr && key_lengths[b] < n ? key_lengths[b] : n;
+  }
+  // Whether key j is masked for the query at global position i (valid: valid_keys(b)).
+  __host__ __device__ bool masked(int64_t i, int64_t j, int64_t valid) const {
+    return (causal && j > i) || j >= valid;
+  }
   // Column offsets of query head h and of its group's k and v inside a qkv row.
   __host__ __device__ int64_t q_col(int64_t h) const {
     return (h / R) * (R + 2) * HS + (h % R) * HS;

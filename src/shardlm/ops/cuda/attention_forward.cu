@@ -1,4 +1,5 @@
-// attention_forward.cu — causal grouped-query self-attention forward, flash-attention style:
+// attention_forward.cu — grouped-query self-attention forward, flash-attention style, causal
+// or (BERT) bidirectional with key padding (AttentionParams::masked, a kernel variant of its own):
 // the T x T score matrix is never materialised; saves lse[B,NH,T] for the backward.
 // attention_chunk_forward (context parallelism) runs the same kernels on one query chunk:
 // chunk rows of q_src at global positions position + i against keys [0, position + rows) of
@@ -60,7 +61,9 @@ constexpr int forward_min_blocks() {
 }
 
 // ---- kernels ------------------------------------------------------------------------------------
-template <typename T, int HS, bool kDropout>
+// kPadding: the general mask (bidirectional and/or key padding, AttentionParams::masked);
+// false: the causal mask alone, the GPT path, which keeps its register budget.
+template <typename T, int HS, bool kDropout, bool kPadding>
 __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>()))
     attention_forward_mma_kernel(const AttentionParams p) {
   constexpr int kPitch = HS + 8, kM = forward_m_tiles<HS>(), kBr = forward_query_rows<HS>();
@@ -73,7 +76,7 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
   const int64_t b = blockIdx.y / p.NH, h = blockIdx.y % p.NH, g = h / p.R;
   const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.W;
   const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
-  const int64_t n_keys = p.keys();
+  const int64_t n_keys = kPadding ? p.valid_keys(b) : p.keys();
   // q0: the block's first chunk row; pos0: its global position (what the mask compares).
   const int64_t q0 = qb * kBr, pos0 = p.q_pos0 + q0;
   const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
@@ -111,7 +114,11 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
 
   // Key tiles up to the block's last valid row (keys <= its position).
   const int64_t last_row = q0 + kBr < p.rows ? q0 + kBr - 1 : p.rows - 1;
-  const int64_t n_tiles = (p.q_pos0 + last_row) / kTileRows + 1;
+  int64_t n_tiles = (p.q_pos0 + last_row) / kTileRows + 1;
+  if constexpr (kPadding) {  // tiles holding valid keys (all of them when bidirectional)
+    const int64_t valid_tiles = (n_keys + kTileRows - 1) / kTileRows;
+    n_tiles = p.causal && n_tiles < valid_tiles ? n_tiles : valid_tiles;
+  }
   for (int64_t jt = 0; jt < n_tiles; ++jt) {
     const int buf = static_cast<int>(jt & 1);
     if (jt + 1 < n_tiles) {
@@ -128,7 +135,7 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
     __syncthreads();
     const int64_t key0 = jt * kTileRows;
     // Warp-uniform: a tile entirely above this warp's rows is fully masked; skip its math.
-    if (key0 <= warp_last_row) {
+    if ((kPadding && !p.causal) || key0 <= warp_last_row) {
       const T* k_tile = sK + buf * kTileRows * kPitch;
       const T* v_tile = sV + buf * kTileRows * kPitch;
 
@@ -154,7 +161,10 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
       }
 
       // Scale into the log2 domain, mask tiles that reach the diagonal, online softmax.
-      const bool needs_mask = key0 + kTileRows - 1 > pos0 + warp_row0;
+      const bool needs_mask =
+          kPadding ? (p.causal && key0 + kTileRows - 1 > pos0 + warp_row0) ||
+                         key0 + kTileRows > n_keys
+                   : key0 + kTileRows - 1 > pos0 + warp_row0;
 #pragma unroll
       for (int mt = 0; mt < kM; ++mt) {
         float tile_max[2] = {row_max[mt][0], row_max[mt][1]};
@@ -164,7 +174,9 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
           for (int e = 0; e < 4; ++e) {
             float x = s[mt][nt][e] * p.scale_log2;
             const int64_t j = key0 + nt * 8 + tid4 * 2 + (e & 1);
-            if (needs_mask && j > rows[mt][e / 2]) x = -INFINITY;
+            if (needs_mask && (kPadding ? p.masked(rows[mt][e / 2], j, n_keys)
+                                        : j > rows[mt][e / 2]))
+              x = -INFINITY;
             s[mt][nt][e] = x;
             tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
           }
@@ -280,7 +292,8 @@ __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
     acc[k] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j = 0; j <= i; ++j) {
+  const int64_t valid = p.valid_keys(b), key_end = p.causal && i + 1 < valid ? i + 1 : valid;
+  for (int64_t j = 0; j < key_end; ++j) {
     const T* kr = kv + j * p.W + k_col;
     const T* vr = kv + j * p.W + v_col;
     float dot = 0.0f;
@@ -315,7 +328,8 @@ __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
 template <typename T, int HS, bool kDropout>
 void launch_forward_mma(const CudaBackendState& st, const AttentionParams& p) {
   constexpr int kSmem = forward_smem_bytes<HS>();
-  auto kernel = attention_forward_mma_kernel<T, HS, kDropout>;
+  auto kernel = p.padded() ? attention_forward_mma_kernel<T, HS, kDropout, true>
+                           : attention_forward_mma_kernel<T, HS, kDropout, false>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   const dim3 grid(ceil_div_u(p.rows, forward_query_rows<HS>()),
                   static_cast<unsigned int>(p.B * p.NH));

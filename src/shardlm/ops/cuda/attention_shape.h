@@ -71,6 +71,19 @@ inline AttentionParams make_attention_chunk_params(const DeviceContext& ctx, con
   p.q_row0 = chunk.row;
   p.rows = chunk.rows;
   p.q_pos0 = chunk.position;
+  p.causal = shape.causal;
+  if (shape.key_lengths.defined()) {
+    require_on_device(ctx, shape.key_lengths, op, "key_lengths");
+    if (shape.key_lengths.dtype() != DType::kI32 || shape.key_lengths.numel() != B)
+      throw Error(ErrorKind::kInvalidArgument,
+                  std::string(op) + " on CUDA: key_lengths must be int32 [B = " +
+                      std::to_string(B) + "]");
+    p.key_lengths = static_cast<const int32_t*>(shape.key_lengths.raw());
+  }
+  if (p.padded() && (chunk.row != 0 || chunk.position != 0 || chunk.rows != T || TQ != T))
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: bidirectional or padded attention runs on the whole "
+                                  "sequence only (context-parallel chunks are causal)");
   p.dropout_NH = shape.global_num_heads();
   p.head_offset = shape.head_offset;
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HS)));
@@ -137,6 +150,7 @@ inline CudnnAttentionCall cudnn_attention_call(const AttentionParams& p, DType d
   c.rows = p.rows;
   c.position = p.q_pos0;
   c.lse_is_f32 = p.lse_is_f32;
+  c.padded = p.padded();
   c.dropout_p = dropout_p;
   c.dropout_seed = dropout_p > 0.0 ? cudnn_dropout_seed(p) : 0;
   c.q_src = p.q_src;

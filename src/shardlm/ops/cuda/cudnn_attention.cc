@@ -41,6 +41,9 @@ namespace {
 
 // Why this call is not for cuDNN ("" when it is), before any plan is built.
 std::string unsupported_reason(const CudnnAttentionCall& c) {
+  if (c.padded)
+    return "bidirectional / key-padded attention (BERT) runs on ShardLM's kernels; the cuDNN "
+           "graph here is causal";
 #ifndef SHARDLM_WITH_CUDNN
   (void)c;
   return "this build has no cuDNN (configure with cuDNN found to enable it)";

@@ -60,6 +60,7 @@ struct CudnnAttentionCall {
   int64_t B = 0, T = 0, NH = 0, G = 0, HS = 0;    // T: kv's length (the whole sequence)
   int64_t TQ = 0, row = 0, rows = 0, position = 0;  // the query chunk (AttentionChunk)
   bool lse_is_f32 = false;
+  bool padded = false;  // not causal, or key padding (AttentionShape): not for this graph
   double dropout_p = 0;
   uint64_t dropout_seed = 0;  // cuDNN's RNG seed for this call (dropout_p > 0)
   const void* q_src = nullptr;  // [B, TQ, W]

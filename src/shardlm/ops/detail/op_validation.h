@@ -260,6 +260,13 @@ inline void check_attention(const char* op, const Tensor& qkv, const Arg& out, c
   require_shape(op, out, Shape{B, T, s.num_heads * s.head_dim});
   require_shape(op, {"lse", lse}, Shape{B, s.num_heads, T});
   require_probability(op, dropout_p);
+  if (s.key_lengths.defined()) {
+    require(s.key_lengths.dtype() == DType::kI32 && s.key_lengths.numel() == B, op,
+            "AttentionShape::key_lengths must be int32 [B] = [" + std::to_string(B) + "], got " +
+                std::string(dtype_name(s.key_lengths.dtype())) + " " + shape_of(s.key_lengths));
+    require(s.key_lengths.device() == qkv.device(), op,
+            "AttentionShape::key_lengths must be on qkv's device");
+  }
 }
 
 // Context-parallel chunk: q_src [B,TQ,W] and kv [B,T,W] of one batch and row width, out
@@ -287,6 +294,9 @@ inline void check_attention_chunk(const char* op, const Tensor& q_src, const Ten
               std::to_string(c.position + c.rows) + ") must lie within kv's T = " +
               std::to_string(T) + " positions");
   require_probability(op, dropout_p);
+  require(s.causal && !s.key_lengths.defined(), op,
+          "context-parallel chunks are causal without key padding (AttentionShape::causal = "
+          "true, no key_lengths): bidirectional / padded attention runs on the whole sequence");
 }
 // rotary position embedding
 // cos_sin [P, R/2, 2] in fp32 or fp64 with R >= 2; returns R.
