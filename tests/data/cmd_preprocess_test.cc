@@ -66,10 +66,11 @@ TEST(CmdPreprocess, UnsupportedAndMissingFlagsAreConfigErrors) {
       EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
     }
   };
-  expect_config_error({"--tokenizer-type", "GPT2BPETokenizer", "--split-sentences"},
-                      "--split-sentences is not supported");
+  expect_config_error({"--tokenizer-type", "NullTokenizer", "--split-sentences", "--lang", "german"},
+                      "--lang german is not supported");
   expect_config_error({"--tokenizer-type", "GPT2BPETokenizer"}, "--vocab-file");
-  expect_config_error({"--tokenizer-type", "BertWordPieceLowerCase"}, "not supported");
+  expect_config_error({"--tokenizer-type", "BertWordPieceLowerCase"}, "--vocab-file");
+  expect_config_error({"--tokenizer-type", "Bogus"}, "not supported");
   expect_config_error({"--tokenizer-type", "NullTokenizer", "--partitions", "2"},
                       "--partitions 2 is not supported");
   EXPECT_THROW(parse({"preprocess", "--input", "x"}), CLI::ParseError);

@@ -1,5 +1,5 @@
 // `shardlm preprocess`: Megatron-LM's tools/preprocess_data.py with the same flags, writing
-// byte-identical PREFIX_KEY_document.{bin,idx}; and `shardlm merge-datasets`, Megatron's
+// byte-identical PREFIX_KEY_document.{bin,idx} (PREFIX_KEY_sentence with --split-sentences); and `shardlm merge-datasets`, Megatron's
 // tools/merge_datasets.py (both are registered by register_preprocess: the data layer's
 // commands). Flags that Megatron has but ShardLM does not implement are accepted only at their
 // defaults and otherwise rejected with a one-line "not supported" error (exit code 2).
@@ -35,16 +35,14 @@ struct PreprocessFlags {
 };
 
 void run_preprocess(PreprocessFlags& flags) {
-  if (flags.split_sentences) {
+  if (flags.lang != "english") {
     throw Error(ErrorKind::kInvalidConfig,
-                "--split-sentences is not supported (it needs NLTK's punkt sentence splitter); "
-                "split documents into a list of sentences in the JSON instead: "
-                "{\"text\": [\"sentence 1\", \"sentence 2\"]}");
+                "--lang " + flags.lang +
+                    " is not supported: the --split-sentences rules are for English (use "
+                    "--lang english, or pre-split: {\"text\": [\"sentence 1\", \"sentence 2\"]})");
   }
-  if (flags.keep_newlines) {
-    throw Error(ErrorKind::kInvalidConfig,
-                "--keep-newlines only applies with --split-sentences, which is not supported");
-  }
+  flags.options.split_sentences = flags.split_sentences;
+  flags.options.keep_newlines = flags.keep_newlines;
   if (flags.partitions != 1) {
     throw Error(ErrorKind::kInvalidConfig,
                 "--partitions " + std::to_string(flags.partitions) +
@@ -104,8 +102,14 @@ void register_preprocess(CLI::App& app) {
   cmd->add_option("--json-keys", o.json_keys, "Keys to extract from the JSON (default: text)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->group(in);
-  cmd->add_flag("--split-sentences", flags->split_sentences, "Not supported")->group(in);
-  cmd->add_flag("--keep-newlines", flags->keep_newlines, "Not supported")->group(in);
+  cmd->add_flag("--split-sentences", flags->split_sentences,
+                "Split documents into sentences (one sequence each; output PREFIX_KEY_sentence) "
+                "for BERT. Rule-based: approximates Megatron's NLTK punkt splitter (ends at . ! ? "
+                "before an upper-case start, not after abbreviations/initials; blank lines split)")
+      ->group(in);
+  cmd->add_flag("--keep-newlines", flags->keep_newlines,
+                "Keep newlines between sentences when splitting sentences")
+      ->group(in);
   cmd->add_flag("--skip-invalid", o.skip_invalid,
                 "Skip (and count) lines that are not valid JSON with the keys, instead of failing")
       ->group(in);
@@ -125,7 +129,7 @@ void register_preprocess(CLI::App& app) {
       ->group(tok);
   cmd->add_flag("--append-eod", o.append_eod, "Append an <eod> token to the end of a document")
       ->group(tok);
-  cmd->add_option("--lang", flags->lang, "Language for --split-sentences (not supported)")
+  cmd->add_option("--lang", flags->lang, "Language for --split-sentences (english only)")
       ->group(tok);
   const char* out = "output data";
   cmd->add_option("--output-prefix", o.output_prefix, "Path to binary output file without suffix")

@@ -4,38 +4,12 @@
 #include <string>
 
 #include "shardlm/base/error.h"
+#include "shardlm/data/numpy_sum.h"
 
 namespace shardlm::data {
-namespace {
-
-constexpr size_t kPairwiseBlockSize = 128;  // numpy's PW_BLOCKSIZE
-
-double pairwise_sum(const double* a, size_t n) {
-  if (n < 8) {
-    double res = 0.;
-    for (size_t i = 0; i < n; ++i) res += a[i];
-    return res;
-  }
-  if (n <= kPairwiseBlockSize) {
-    double r[8];
-    for (int j = 0; j < 8; ++j) r[j] = a[j];
-    size_t i = 8;
-    for (; i < n - (n % 8); i += 8) {
-      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
-    }
-    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-    for (; i < n; ++i) res += a[i];
-    return res;
-  }
-  size_t n2 = n / 2;
-  n2 -= n2 % 8;
-  return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
-}
-
-}  // namespace
 
 double numpy_float64_sum(std::span<const double> values) {
-  return 0.0 + pairwise_sum(values.data(), values.size());
+  return 0.0 + numpy_sum(values);
 }
 
 std::vector<double> normalize_weights(std::span<const double> weights) {

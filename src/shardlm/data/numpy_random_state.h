@@ -1,7 +1,9 @@
 // NumpyRandomState: the parts of numpy's legacy numpy.random.RandomState(seed) that Megatron's
-// GPTDataset uses, bit-exact: the MT19937 stream seeded with init_genrand(seed) (RandomState's
-// seeding for an integer seed), random_interval (bounded draws by masking and rejection), and
-// shuffle (Fisher-Yates from the last element down, as RandomState.shuffle on a 1-D array).
+// GPTDataset and BERT dataset use, bit-exact: the MT19937 stream seeded with init_genrand(seed)
+// (RandomState's seeding for an integer seed), random_interval (bounded draws by masking and
+// rejection), shuffle (Fisher-Yates from the last element down, as RandomState.shuffle on a 1-D
+// array or a list), random_sample / random (53-bit doubles), randint (int64 dtype) and choice
+// with p (replace=True, size=None).
 // One object is one stream: calls consume it in order, like the Python object. Not thread-safe.
 //
 //   NumpyRandomState rs(1234);
@@ -9,10 +11,12 @@
 //   rs.shuffle(std::span(docs));   // same order as numpy.random.RandomState(1234).shuffle(docs)
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <span>
 #include <utility>
+#include <vector>
 
 namespace shardlm::data {
 
@@ -45,6 +49,33 @@ class NumpyRandomState {
       }
     }
     return value;
+  }
+
+  // RandomState.random_sample() (= random()): a double in [0, 1) from two 32-bit draws, the
+  // first shifted right by 5 and the second by 6 (mt19937's next_double, 53 random bits).
+  double random_sample() {
+    const uint32_t a = next_uint32() >> 5;
+    const uint32_t b = next_uint32() >> 6;
+    return (a * 67108864.0 + b) / 9007199254740992.0;
+  }
+
+  // RandomState.randint(low, high) with the default int64 dtype: low + a masked-rejection
+  // draw in [0, high - 1 - low] (random_bounded_uint64_fill with use_masked=True).
+  int64_t randint(int64_t low, int64_t high) {
+    return low + static_cast<int64_t>(random_interval(static_cast<uint64_t>(high - 1 - low)));
+  }
+
+  // RandomState.choice(len(p), p=p) for one sample: cdf = cumsum(p) / cdf[-1] (sequential
+  // float64 sums), u = random_sample(), and the index is cdf.searchsorted(u, side='right'),
+  // i.e. the number of cdf entries <= u. p must be non-empty (numpy validates p, drawing nothing).
+  size_t choice(std::span<const double> p) {
+    std::vector<double> cdf(p.size());
+    double running = 0.0;
+    for (size_t i = 0; i < p.size(); ++i) cdf[i] = running = (i == 0 ? p[0] : running + p[i]);
+    const double last = cdf.back();
+    for (double& c : cdf) c /= last;
+    const double u = random_sample();
+    return static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
   }
 
   template <typename T>

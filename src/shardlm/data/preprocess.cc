@@ -9,6 +9,7 @@
 
 #include "shardlm/base/error.h"
 #include "shardlm/data/indexed_dataset_writer.h"
+#include "shardlm/data/sentence_splitter.h"
 
 namespace shardlm::data {
 namespace {
@@ -41,7 +42,12 @@ EncodedLine encode_line(const std::string& line, const PreprocessOptions& option
       return result;
     }
     std::vector<std::string> sentences;
-    if (it->is_string()) {
+    if (it->is_string() && options.split_sentences) {
+      const std::string text = it->get<std::string>();
+      for (std::string_view s : split_sentences(text, options.keep_newlines)) {
+        sentences.emplace_back(s);
+      }
+    } else if (it->is_string()) {
       sentences.push_back(it->get<std::string>());
     } else if (it->is_array() &&
                std::all_of(it->begin(), it->end(), [](const auto& v) { return v.is_string(); })) {
@@ -105,7 +111,9 @@ PreprocessReport preprocess_jsonl(const PreprocessOptions& options, const Tokeni
   const TokenDType dtype = optimal_token_dtype(tokenizer.vocab_size());
   std::vector<std::unique_ptr<IndexedDatasetWriter>> writers;
   for (const std::string& key : options.json_keys) {
-    report.output_prefixes.push_back(options.output_prefix + "_" + key + "_document");
+    // Megatron names the level: "sentence" with --split-sentences, else "document".
+    report.output_prefixes.push_back(options.output_prefix + "_" + key +
+                                     (options.split_sentences ? "_sentence" : "_document"));
     writers.push_back(std::make_unique<IndexedDatasetWriter>(report.output_prefixes.back(), dtype));
   }
 

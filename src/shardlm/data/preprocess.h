@@ -3,6 +3,12 @@
 // threads, and writes one indexed dataset per key, PREFIX_KEY_document.{bin,idx}, byte-identical
 // to Megatron's for the same tokenizer (one sequence per document; a key whose value is a list
 // of strings gives one sequence per string, as Megatron does for pre-split sentences).
+// With split_sentences (--split-sentences, for BERT) each string is cut into sentences by
+// split_sentences() (sentence_splitter.h, an approximation of Megatron's NLTK punkt), each
+// non-empty sentence is one sequence, the document ends after its last one, and the output is
+// PREFIX_KEY_sentence.{bin,idx} as in Megatron. Sentences (or list items) that encode to no
+// tokens are skipped; a document with no tokens is still written, with no sequences, as Megatron
+// does.
 //
 // Streaming: the input is read in batches of bounded size, so memory does not grow with the
 // corpus (only the index: 12 bytes per document). Output appears only when complete (see
@@ -28,6 +34,8 @@ struct PreprocessOptions {
   std::vector<std::string> json_keys{"text"};
   std::string output_prefix;
   bool append_eod = false;
+  bool split_sentences = false;  // --split-sentences
+  bool keep_newlines = false;    // --keep-newlines (with split_sentences)
   int workers = 1;
   bool skip_invalid = false;
   int64_t batch_bytes = 8 << 20;  // input read per batch (bounds memory with the workers)
@@ -41,7 +49,7 @@ struct PreprocessReport {
   int64_t tokens = 0;  // per key summed, EODs included
   int64_t input_bytes = 0;
   double seconds = 0;
-  std::vector<std::string> output_prefixes;  // PREFIX_KEY_document per key
+  std::vector<std::string> output_prefixes;  // PREFIX_KEY_document (or _sentence) per key
 };
 
 PreprocessReport preprocess_jsonl(const PreprocessOptions& options, const Tokenizer& tokenizer);

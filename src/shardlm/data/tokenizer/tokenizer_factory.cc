@@ -5,6 +5,7 @@
 #include "shardlm/data/tokenizer/hf_tokenizer.h"
 #include "shardlm/data/tokenizer/null_tokenizer.h"
 #include "shardlm/data/tokenizer/sentencepiece_tokenizer.h"
+#include "shardlm/data/tokenizer/wordpiece_tokenizer.h"
 
 namespace shardlm::data {
 namespace {
@@ -18,7 +19,8 @@ void require_flag(const std::string& value, const std::string& flag, const std::
 }  // namespace
 
 std::vector<std::string> supported_tokenizer_types() {
-  std::vector<std::string> types = {"GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer"};
+  std::vector<std::string> types = {"GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer",
+                                    "BertWordPieceLowerCase", "BertWordPieceCase"};
   if (sentencepiece_available()) {
     types.insert(types.end(),
                  {"SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"});
@@ -43,6 +45,11 @@ std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options) {
     require_flag(options.tokenizer_model, "--tokenizer-model (a SentencePiece .model file)", type);
     return make_sentencepiece_tokenizer(options.tokenizer_model, type);
   }
+  if (type == "BertWordPieceLowerCase" || type == "BertWordPieceCase") {
+    require_flag(options.vocab_file, "--vocab-file (a BERT vocab.txt)", type);
+    return WordPieceTokenizer::from_file(options.vocab_file, type == "BertWordPieceLowerCase",
+                                         options.vocab_extra_ids);
+  }
   if (type == "NullTokenizer") {
     if (!options.vocab_size) {
       throw Error(ErrorKind::kInvalidConfig, "--tokenizer-type NullTokenizer needs --vocab-size");
@@ -53,6 +60,14 @@ std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options) {
   for (const auto& t : supported_tokenizer_types()) supported += " " + t;
   throw Error(ErrorKind::kInvalidConfig,
               "--tokenizer-type '" + type + "' is not supported; choose one of:" + supported);
+}
+
+std::shared_ptr<const MaskedLmVocab> masked_lm_vocab_of(std::shared_ptr<const Tokenizer> tokenizer) {
+  if (auto vocab = std::dynamic_pointer_cast<const WordPieceTokenizer>(tokenizer)) return vocab;
+  throw Error(ErrorKind::kInvalidConfig,
+              "BERT data needs a tokenizer with [CLS], [SEP], [PAD] and [MASK] tokens; --tokenizer-type " +
+                  std::string(tokenizer ? tokenizer->type_name() : "(none)") +
+                  " has none (use BertWordPieceLowerCase or BertWordPieceCase with --vocab-file)");
 }
 
 }  // namespace shardlm::data

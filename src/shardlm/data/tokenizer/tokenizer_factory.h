@@ -5,6 +5,8 @@
 //   --tokenizer-type SentencePieceTokenizer | GPTSentencePieceTokenizer | Llama2Tokenizer
 //                                            --tokenizer-model tokenizer.model
 //   --tokenizer-type NullTokenizer           --vocab-size N
+//   --tokenizer-type BertWordPieceLowerCase | BertWordPieceCase
+//                                            --vocab-file vocab.txt [--vocab-extra-ids N]
 // Missing or contradictory flags throw Error(kInvalidConfig) saying which flag to add.
 //
 //   TokenizerOptions o{.type = "GPT2BPETokenizer", .vocab_file = "v.json", .merge_file = "m.txt"};
@@ -16,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "shardlm/data/tokenizer/masked_lm_vocab.h"
 #include "shardlm/data/tokenizer/tokenizer.h"
 
 namespace shardlm::data {
@@ -26,11 +29,17 @@ struct TokenizerOptions {
   std::string merge_file;
   std::string tokenizer_model;
   std::optional<int64_t> vocab_size;  // NullTokenizer
+  int vocab_extra_ids = 0;            // BertWordPiece*: <extra_id_i> tokens appended (T5)
 };
 
 // The --tokenizer-type values this build supports.
 std::vector<std::string> supported_tokenizer_types();
 
 std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options);
+
+// The masked-LM view (special ids, "##" pieces) of a BERT tokenizer, sharing its ownership.
+// Throws Error(kInvalidConfig) for tokenizers without [CLS]/[SEP]/[MASK] (every type but
+// BertWordPieceLowerCase / BertWordPieceCase).
+std::shared_ptr<const MaskedLmVocab> masked_lm_vocab_of(std::shared_ptr<const Tokenizer> tokenizer);
 
 }  // namespace shardlm::data
