@@ -108,6 +108,32 @@ TEST(ModelConfigJson, AFlagThatChangesTheMathIsNamed) {
   }
 }
 
+// The model family survives JSON and is compared first: a GPT checkpoint loaded as BERT is named
+// as such, as is the binary head; a checkpoint without the key (older) is GPT.
+TEST(ModelConfigJson, BertFamilyAndBinaryHeadSurviveJsonAndAreCompared) {
+  model::TransformerConfig bert;
+  bert.vocab_size = 100;
+  bert.family = model::ModelFamily::kBert;
+  bert.bert_binary_head = false;
+  const model::TransformerConfig back = model_config_from_json(model_config_to_json(bert));
+  EXPECT_TRUE(back.bert());
+  EXPECT_FALSE(back.bert_binary_head);
+  model::TransformerConfig gpt = bert;
+  gpt.family = model::ModelFamily::kGPT;
+  expect_mismatch(model_config_to_json(bert), gpt, "--model-type", "model_type");
+  model::TransformerConfig with_head = bert;
+  with_head.bert_binary_head = true;
+  expect_mismatch(model_config_to_json(bert), with_head, "--bert-no-binary-head",
+                  "bert_binary_head");
+  nlohmann::json old = model_config_to_json(gpt);
+  old.erase("model_type");
+  old.erase("bert_binary_head");
+  EXPECT_NO_THROW(check_model_config(old, gpt, "ckpt"));
+  expect_mismatch(old, bert, "--model-type", "model_type");
+  EXPECT_EQ(model_config_flags(bert).rfind("--model-type bert --bert-no-binary-head ", 0), 0u)
+      << model_config_flags(bert);
+}
+
 // The MoE routing scale survives JSON, is compared, and the fix names it; a checkpoint without it
 // (saved before it existed, or without the flag) loads into a run without it.
 TEST(ModelConfigJson, MoeTopkScalingFactorSurvivesJsonAndIsCompared) {

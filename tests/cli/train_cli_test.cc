@@ -2,6 +2,7 @@
 // the value and the fix; YAML configs hold the same keys and flags win; --help groups options.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -203,6 +204,40 @@ TEST(TrainCli, NoData) {
   std::string args = kTiny;
   args.replace(args.find("--mock-data"), 11, "");
   expect_usage_error(args, "--data-path");
+}
+
+// BERT end to end from text: preprocess --split-sentences with the committed WordPiece vocab,
+// then --model-type bert logs lm loss and sop loss; without the split the binary head's error
+// says what to do.
+TEST(TrainCli, TrainsBertOnSentenceSplitText) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("shardlm_bert_cli_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string vocab =
+      std::string(SHARDLM_SOURCE_DIR) + "/tests/golden/data/bert/vocab-lowercase-8k.txt";
+  const std::string corpus = std::string(SHARDLM_TEST_DATA_DIR) + "/corpus/moby_dick.jsonl";
+  const std::string tok = " --tokenizer-type BertWordPieceLowerCase --vocab-file " + vocab;
+  for (const char* split : {" --split-sentences", ""}) {
+    const Result p = run("preprocess --input " + corpus + " --output-prefix " +
+                         (dir / "moby").string() + tok + " --workers 2" + split);
+    ASSERT_EQ(p.exit_code, 0) << p.output;
+  }
+  const std::string train = "train --model-type bert" + tok +
+                            " --num-layers 1 --hidden-size 16 --num-attention-heads 2"
+                            " --seq-length 32 --micro-batch-size 2 --lr 1e-3 --train-iters 2"
+                            " --log-interval 1 --eval-iters 1 --eval-interval 2 --device cpu"
+                            " --data-path ";
+  Result r = run(train + (dir / "moby_text_sentence").string());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("sop loss:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("sop loss value:"), std::string::npos) << r.output;
+  r = run(train + (dir / "moby_text_document").string());
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--split-sentences"), std::string::npos) << r.output;
+  r = run(train + (dir / "moby_text_document").string() + " --bert-no-binary-head");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("sop loss"), std::string::npos) << r.output;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(TrainCli, UnreadableAndMalformedConfig) {

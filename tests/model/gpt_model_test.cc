@@ -10,6 +10,7 @@
 
 #include "shardlm/model/families/gpt_model.h"
 #include "shardlm/ops/ops.h"
+#include "tests/testing/op_checks.h"
 #include "tests/testing/tensors.h"
 
 namespace shardlm::model {
@@ -39,6 +40,7 @@ struct Harness {
   std::unique_ptr<GPTModel> model;
   Arena acts;
   OwnedTensor tokens, targets, mask;
+  OwnedTensor types, lengths, order;  // BERT only
   double mask_sum = 0;
   int64_t B = 2;
 
@@ -53,10 +55,31 @@ struct Harness {
     targets = random_ints({B, cfg.seq_length}, static_cast<int32_t>(cfg.vocab_size), 12);
     std::vector<double> m(B * cfg.seq_length);
     for (size_t i = 0; i < m.size(); ++i) m[i] = (i % 3 == 1) ? 0.0 : 1.0;  // some masked
+    if (cfg.bert()) {
+      // BERT: the second sequence is padded after 3 tokens; padding is never in the loss.
+      lengths = OwnedTensor::empty(DType::kI32, {B});
+      lengths.view().data<int32_t>()[0] = static_cast<int32_t>(cfg.seq_length);
+      lengths.view().data<int32_t>()[1] = 3;
+      for (int64_t t = 3; t < cfg.seq_length; ++t) m[cfg.seq_length + t] = 0.0;
+      types = random_ints({B, cfg.seq_length}, 2, 13);
+      order = OwnedTensor::empty(DType::kI32, {B});
+      order.view().data<int32_t>()[0] = 1;
+      order.view().data<int32_t>()[1] = 0;
+    }
     for (double v : m) mask_sum += v;
     mask = testing::from_vector(DType::kF64, {B, cfg.seq_length}, m);
   }
-  Batch batch() const { return {tokens.view(), targets.view(), mask.view(), mask_sum}; }
+  Batch batch() const {
+    Batch b{tokens.view(), targets.view(), mask.view(), mask_sum};
+    if (cfg.bert()) {
+      b.key_lengths = lengths.view();
+      if (cfg.has_binary_head()) {
+        b.token_types = types.view();
+        b.sentence_order = order.view();
+      }
+    }
+    return b;
+  }
   double loss(bool training = true) {
     StepContext step{ctx, 99, 3, 1, training};
     return model->forward(step, batch());
@@ -239,6 +262,109 @@ TEST(GPTModel, OutputProjectionsUseScaledInit) {
   EXPECT_NEAR(stddev("decoder.layers.3.self_attention.linear_proj.weight"), 0.02 / 4.0, 0.0005);
   EXPECT_EQ(testing::to_vector(h.reg.get("decoder.final_layernorm.weight").value),
             std::vector<double>(64, 1.0));
+}
+
+// ---- BERT (TransformerConfig::family = kBert) ----------------------------------------------
+TransformerConfig bert_config(bool binary_head = true) {
+  TransformerConfig c = tiny_config();
+  c.family = ModelFamily::kBert;
+  c.bert_binary_head = binary_head;
+  return c;
+}
+
+TEST(BertModel, GradientsMatchFiniteDifferencesWithBinaryHead) {
+  expect_gradients_match_finite_differences(bert_config());
+}
+
+TEST(BertModel, GradientsMatchFiniteDifferencesWithoutBinaryHeadUntiedRmsNorm) {
+  TransformerConfig c = bert_config(false);
+  c.untie_embeddings_and_output_weights = true;
+  c.normalization = Normalization::kRMSNorm;
+  c.attention_dropout = 0.2;  // same masks in every evaluation of the loss
+  expect_gradients_match_finite_differences(c);
+}
+
+TEST(BertModel, GradReadyAndParamsNeededOrder) {
+  expect_grad_ready_order(bert_config());
+  expect_params_needed_before_use(bert_config());
+  expect_grad_ready_order(bert_config(false));
+}
+
+// The loss is Megatron's pretrain_bert loss: the masked mean of the token losses plus the mean
+// sentence-order loss; the sentence-order part is a two-class cross-entropy per sequence.
+TEST(BertModel, LossIsMaskedLmMeanPlusSentenceOrderMean) {
+  Harness h(bert_config());
+  const double loss = h.loss(false);
+  const auto per_token = testing::to_vector(h.model->token_losses());
+  const auto mask = testing::to_vector(h.mask.view());
+  double s = 0;
+  for (size_t i = 0; i < mask.size(); ++i) s += per_token[i] * mask[i];
+  const double sop = h.model->last_sop_loss();
+  EXPECT_NEAR(loss, s / h.mask_sum + sop, 1e-12);
+  // Per sequence k the two labels' probabilities add to one: with losses summed over the two
+  // sequences, l(1,0) - l(0,0) = log(p_0(0) / p_0(1)) gives p_0(0), likewise p_1(0), and then
+  // l(0,0) must equal -log p_0(0) - log p_1(0).
+  const auto sop_sum = [&](int32_t first, int32_t second) {
+    h.order.view().data<int32_t>()[0] = first;
+    h.order.view().data<int32_t>()[1] = second;
+    h.loss(false);
+    return h.model->last_sop_loss() * 2;
+  };
+  const double l00 = sop_sum(0, 0), l10 = sop_sum(1, 0), l01 = sop_sum(0, 1);
+  const double p0 = 1.0 / (1.0 + std::exp(-(l10 - l00)));
+  const double p1 = 1.0 / (1.0 + std::exp(-(l01 - l00)));
+  EXPECT_NEAR(l00, -std::log(p0) - std::log(p1), 1e-10);
+  EXPECT_GT(std::abs(l10 - l00), 1e-6);  // the head's output depends on the input
+}
+
+// Padding (positions >= the sequence's length) is no key: changing those tokens changes no loss.
+// Attention is bidirectional: a later token changes an earlier position's loss.
+TEST(BertModel, PaddingIsMaskedAndAttentionIsBidirectional) {
+  Harness h(bert_config());
+  const double base = h.loss(false);
+  const auto base_tokens = testing::to_vector(h.model->token_losses());
+  const int64_t T = h.cfg.seq_length;
+  for (int64_t t = 3; t < T; ++t)
+    h.tokens.view().data<int32_t>()[T + t] = (h.tokens.view().data<int32_t>()[T + t] + 5) % 11;
+  EXPECT_EQ(h.loss(false), base);
+  h.tokens.view().data<int32_t>()[T - 1] = (h.tokens.view().data<int32_t>()[T - 1] + 1) % 11;
+  h.loss(false);
+  EXPECT_NE(testing::to_vector(h.model->token_losses())[0], base_tokens[0]);
+}
+
+TEST(BertModel, MegatronParameterNamesAndCount) {
+  for (bool binary : {true, false}) {
+    TransformerConfig c = bert_config(binary);
+    GPTModel model(c);
+    ParameterRegistry reg;
+    model.register_parameters(reg);
+    for (const char* name : {"lm_head.dense.weight", "lm_head.dense.bias",
+                             "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
+                             "output_layer.bias"})
+      EXPECT_TRUE(reg.contains(name)) << name;
+    for (const char* name : {"embedding.tokentype_embeddings.weight", "pooler.dense.weight",
+                             "pooler.dense.bias", "binary_head.weight", "binary_head.bias"})
+      EXPECT_EQ(reg.contains(name), binary) << name;
+    if (binary) {
+      EXPECT_EQ(reg.get("embedding.tokentype_embeddings.weight").spec.global_shape,
+                Shape({2, 8}));
+      EXPECT_EQ(reg.get("binary_head.weight").spec.global_shape, Shape({2, 8}));
+    }
+    EXPECT_EQ(reg.get("output_layer.bias").spec.global_shape, Shape({12}));
+    EXPECT_EQ(reg.numel(), c.parameter_count()) << binary;
+  }
+}
+
+TEST(BertModel, BatchWithoutBinaryHeadFieldsIsAClearError) {
+  Harness h(bert_config());
+  Batch b = h.batch();
+  b.sentence_order = Tensor();
+  StepContext step{h.ctx, 99, 3, 1, false};
+  EXPECT_SHARDLM_ERROR(h.model->forward(step, b), ErrorKind::kInvalidArgument,
+                       "--bert-no-binary-head");
+  b = h.batch();
+  b.token_types = Tensor();
+  EXPECT_SHARDLM_ERROR(h.model->forward(step, b), ErrorKind::kInvalidArgument, "token_types");
 }
 
 TEST(ParameterRegistry, ShardsInitialiseEqualToSlicesOfTheFullTensor) {

@@ -44,6 +44,11 @@ struct Field {
   nlohmann::json (*value)(const model::TransformerConfig&);
 };
 const Field kFields[] = {
+    // First: a GPT checkpoint loaded as BERT (or back) is named as that, not as a missing tensor.
+    {"model_type", "--model-type",
+     [](const auto& c) { return nlohmann::json(c.bert() ? "bert" : "gpt"); }},
+    {"bert_binary_head", "--bert-no-binary-head",
+     [](const auto& c) { return c.bert() ? nlohmann::json(c.bert_binary_head) : nlohmann::json(); }},
     {"num_layers", "--num-layers", [](const auto& c) { return nlohmann::json(c.num_layers); }},
     {"hidden_size", "--hidden-size", [](const auto& c) { return nlohmann::json(c.hidden_size); }},
     {"num_attention_heads", "--num-attention-heads",
@@ -127,6 +132,8 @@ model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
   auto get = [&](const char* key, auto& field) {
     if (j.contains(key) && !j[key].is_null()) field = j[key].get<std::decay_t<decltype(field)>>();
   };
+  if (j.value("model_type", std::string("gpt")) == "bert") c.family = model::ModelFamily::kBert;
+  get("bert_binary_head", c.bert_binary_head);
   get("num_layers", c.num_layers);
   get("hidden_size", c.hidden_size);
   get("num_attention_heads", c.num_attention_heads);
@@ -187,6 +194,7 @@ void check_model_config(const nlohmann::json& saved, const model::TransformerCon
 
 std::string model_config_flags(const model::TransformerConfig& c) {
   std::ostringstream s;
+  if (c.bert()) s << "--model-type bert " << (c.bert_binary_head ? "" : "--bert-no-binary-head ");
   s << "--num-layers " << c.num_layers << " --hidden-size " << c.hidden_size
     << " --num-attention-heads " << c.num_attention_heads;
   if (c.query_groups() != c.num_attention_heads)

@@ -73,6 +73,17 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
                "Save the norm and GELU/SwiGLU outputs instead of recomputing them in backward "
                "(faster; 2 x N x C + N x F/TP more activation memory per layer)")
       ->group(g);
+  cmd.add_option_function<std::string>(
+         "--model-type",
+         [&m](const std::string& v) {
+           if (v == "gpt") m.family = model::ModelFamily::kGPT;
+           else if (v == "bert") m.family = model::ModelFamily::kBert;
+           else throw CLI::ValidationError("--model-type", "'" + v + "' is not gpt or bert");
+         },
+         "gpt (pretrain_gpt: causal LM, the default) or bert (pretrain_bert: bidirectional, "
+         "masked LM + sentence order, data from preprocess --split-sentences)")->group(g);
+  cmd.add_flag("--bert-no-binary-head", [&m](int64_t) { m.bert_binary_head = false; },
+               "BERT without the pooler and sentence-order (binary) head, nor token types")->group(g);
   cmd.add_option("--seq-length", m.seq_length, "Sequence length")->group(g)->check(pos);
   cmd.add_option("--max-position-embeddings", m.max_position_embeddings,
                  "Learned position table size (default seq-length)")->group(g)->check(pos);
@@ -339,11 +350,16 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--data-path", d.data_path, "[weight] prefix ... of preprocessed .bin/.idx corpora")->group(g);
   cmd.add_option("--split", d.split, "Train/valid/test split weights, e.g. 969,30,1")->group(g);
   cmd.add_option("--data-cache-path", d.data_cache_path, "Where dataset index caches are written")->group(g);
-  cmd.add_option("--tokenizer-type", d.tokenizer_type, "GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer, NullTokenizer")->group(g);
+  cmd.add_option("--tokenizer-type", d.tokenizer_type, "GPT2BPETokenizer, BertWordPieceLowerCase, BertWordPieceCase, HuggingFaceTokenizer, SentencePieceTokenizer, NullTokenizer")->group(g);
   cmd.add_option("--vocab-file", d.vocab_file, "Tokenizer vocabulary file")->group(g);
   cmd.add_option("--merge-file", d.merge_file, "BPE merges file")->group(g);
   cmd.add_option("--tokenizer-model", d.tokenizer_model, "tokenizer.json or SentencePiece .model")->group(g);
   cmd.add_flag("--eod-mask-loss", d.eod_mask_loss, "Exclude end-of-document targets from the loss")->group(g);
+  cmd.add_option("--mask-prob", d.mask_prob, "BERT: probability of masking a token (0.15)")
+      ->group(g)->check(CLI::Range(0.0, 1.0));
+  cmd.add_option("--short-seq-prob", d.short_seq_prob,
+                 "BERT: probability of a sample shorter than --seq-length (0.1)")
+      ->group(g)->check(CLI::Range(0.0, 1.0));
 
   g = "Logging and evaluation";
   cmd.add_option("--log-interval", l.log_interval, "Iterations between log lines")->group(g)->check(pos);

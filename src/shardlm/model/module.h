@@ -29,6 +29,9 @@ struct StepContext {
   double* moe_aux_loss = nullptr;
   // The same for the router z-loss (--moe-z-loss-coeff): mean over tokens of logsumexp².
   double* moe_z_loss = nullptr;
+  // BERT with the binary head: where the head chunk adds each micro-batch's mean sentence-order
+  // loss (a part of the loss forward returns) for the log; null: not tracked.
+  double* sop_loss = nullptr;
 
   DropoutKey dropout_key(uint32_t layer, uint32_t site) const {
     return DropoutKey{seed, step, microbatch, layer, site};

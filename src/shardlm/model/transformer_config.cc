@@ -208,6 +208,10 @@ int64_t TransformerConfig::parameter_count() const {
                   norm + V * C;
   if (position_embedding == PositionEmbedding::kLearnedAbsolute) total += max_positions() * C;
   if (untie_embeddings_and_output_weights) total += V * C;
+  if (bert()) {
+    total += num_tokentypes() * C + (C * C + C + norm) + V;  // types, LM head, output bias
+    if (has_binary_head()) total += (C * C + C) + (2 * C + 2);  // pooler, binary head
+  }
   return total;
 }
 

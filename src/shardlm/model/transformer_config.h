@@ -15,6 +15,10 @@ enum class Normalization { kLayerNorm, kRMSNorm };
 // kRope: rotary position embedding on q and k inside every attention layer (no
 // position_embeddings parameter, as Megatron's --position-embedding-type rope).
 enum class PositionEmbedding { kLearnedAbsolute, kNone, kRope };
+// Megatron's pretrain_gpt / pretrain_bert. kBert: bidirectional attention with BERT's padding
+// mask, token-type embeddings (with the binary head), the LM head's transform (dense → GELU →
+// LayerNorm) and output-layer bias, and the pooler + sentence-order head (bert_binary_head).
+enum class ModelFamily { kGPT, kBert };
 
 struct TransformerConfig {
   int64_t num_layers = 2;
@@ -83,10 +87,17 @@ struct TransformerConfig {
     if (!fp8_first_last_layers_bf16) return true;
     return layer >= fp8_layers_at_start_in_bf16 && layer < num_layers - fp8_layers_at_end_in_bf16;
   }
+  ModelFamily family = ModelFamily::kGPT;
+  bool bert_binary_head = true;  // --bert-no-binary-head: false (then no token types either)
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
 
+  bool bert() const { return family == ModelFamily::kBert; }
+  bool causal() const { return !bert(); }
+  // Megatron's pretrain_bert: 2 token types with the binary head, else none.
+  int64_t num_tokentypes() const { return bert() && bert_binary_head ? 2 : 0; }
+  bool has_binary_head() const { return bert() && bert_binary_head; }
   int64_t query_groups() const { return num_query_groups > 0 ? num_query_groups : num_attention_heads; }
   int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
   int64_t ffn_size() const { return ffn_hidden_size > 0 ? ffn_hidden_size : 4 * hidden_size; }

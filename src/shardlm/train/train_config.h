@@ -41,6 +41,10 @@ struct DataConfig {
   std::string vocab_file, merge_file, tokenizer_model;
   bool eod_mask_loss = false;  // exclude end-of-document targets from the loss
   int32_t eod_id = -1;         // set from the tokenizer
+  // BERT (--model-type bert): Megatron's masking (--mask-prob) and short-sequence
+  // (--short-seq-prob) probabilities.
+  double mask_prob = 0.15;
+  double short_seq_prob = 0.1;
 };
 
 struct LoggingConfig {

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "shardlm/data/bert_dataset.h"
 #include "shardlm/data/mock_gpt_dataset.h"
 #include "shardlm/dist/thread_communicator.h"
 #include "shardlm/ops/device_queries.h"
@@ -215,8 +216,9 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   phase_done("optimizer");
   // A middle pipeline stage reads no samples: it builds no dataset (no index files opened, no
   // sample index built), so adding stages costs no data start-up.
-  const bool reads_data =
-      !pipeline_ || rank_->is_first_pipeline_stage() || rank_->is_last_pipeline_stage();
+  // (BERT's stages all read samples: every attention layer needs the padding lengths.)
+  const bool reads_data = !pipeline_ || rank_->is_first_pipeline_stage() ||
+                          rank_->is_last_pipeline_stage() || cfg_.model.bert();
   if (!train_data_ && reads_data) build_data();
   phase_done("data");
   if (pipeline_) build_pipeline();
@@ -228,6 +230,16 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
     tokens_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
     targets_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
     mask_dev_ = OwnedTensor::empty(dtype_, {mbs, T}, device_->device());
+  }
+  if (cfg_.model.bert()) {
+    types_host_ = OwnedTensor::zeros(DType::kI32, {mbs, T});
+    lengths_host_ = OwnedTensor::zeros(DType::kI32, {mbs});
+    order_host_ = OwnedTensor::zeros(DType::kI32, {mbs});
+    if (!device_->device().is_cpu()) {
+      types_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
+      lengths_dev_ = OwnedTensor::empty(DType::kI32, {mbs}, device_->device());
+      order_dev_ = OwnedTensor::empty(DType::kI32, {mbs}, device_->device());
+    }
   }
   if (!cfg_.logging.log_jsonl.empty() && rank_->world_rank() == 0) {
     jsonl_ = std::make_unique<std::ofstream>(cfg_.logging.log_jsonl);
@@ -397,14 +409,21 @@ void Trainer::build_pipeline() {
       chunk_last_backward_[static_cast<size_t>(a.chunk)] = a.microbatch;
       final_backward_ = a;
     }
-  // Only the first stage reads tokens and only the last targets and the loss mask.
-  if (rank_->is_first_pipeline_stage() || rank_->is_last_pipeline_stage()) {
+  // Only the first stage reads tokens and only the last targets and the loss mask (BERT's
+  // middle stages too read the batch: its padding lengths).
+  if (rank_->is_first_pipeline_stage() || rank_->is_last_pipeline_stage() ||
+      cfg_.model.bert()) {
     const int64_t B = cfg_.micro_batch_size, T = model().local_seq_length();
     pipeline_batches_.resize(static_cast<size_t>(M));
     for (PipelineBatch& b : pipeline_batches_) {
       b.tokens = OwnedTensor::empty(DType::kI32, {B, T}, device_->device());
       b.targets = OwnedTensor::empty(DType::kI32, {B, T}, device_->device());
       b.mask = OwnedTensor::empty(dtype_, {B, T}, device_->device());
+      if (cfg_.model.bert()) {
+        b.token_types = OwnedTensor::empty(DType::kI32, {B, T}, device_->device());
+        b.key_lengths = OwnedTensor::empty(DType::kI32, {B}, device_->device());
+        b.sentence_order = OwnedTensor::empty(DType::kI32, {B}, device_->device());
+      }
     }
   }
   GPTPipelineStage::Callbacks cb;
@@ -420,6 +439,7 @@ void Trainer::build_pipeline() {
       step.moe_aux_loss = &moe_aux_sum_;
       step.moe_z_loss = &moe_z_sum_;
     }
+    step.sop_loss = &sop_sum_;  // evaluation reports it too
     return step;
   };
   cb.before_backward = [this](int c, int m) {
@@ -445,6 +465,14 @@ void Trainer::load_pipeline_batch(const data::SampleSource* source,
   ops::copy(*device_, b.targets.view(), staged.targets);
   ops::copy(*device_, b.mask.view(), staged.loss_mask);
   b.batch = {b.tokens.view(), b.targets.view(), b.mask.view(), staged.mask_sum};
+  if (cfg_.model.bert()) {
+    ops::copy(*device_, b.token_types.view(), staged.token_types);
+    ops::copy(*device_, b.key_lengths.view(), staged.key_lengths);
+    ops::copy(*device_, b.sentence_order.view(), staged.sentence_order);
+    b.batch.token_types = b.token_types.view();
+    b.batch.key_lengths = b.key_lengths.view();
+    b.batch.sentence_order = b.sentence_order.view();
+  }
 }
 
 double Trainer::pipeline_step(double loss_scale) {
@@ -482,6 +510,51 @@ void Trainer::build_data() {
   valid_data_ = std::move(data.valid);
 }
 
+namespace {
+// Element i of a loss mask in the activation dtype.
+void store_mask(const Tensor& mask, int64_t i, float value) {
+  switch (mask.dtype()) {
+    case DType::kF64: mask.data<double>()[i] = value; break;
+    case DType::kBF16: static_cast<uint16_t*>(mask.raw())[i] = float_to_bf16_bits(value); break;
+    case DType::kF16: static_cast<uint16_t*>(mask.raw())[i] = float_to_fp16_bits(value); break;
+    default: mask.data<float>()[i] = value; break;
+  }
+}
+}  // namespace
+
+double Trainer::load_bert_samples(const data::BertSampleSource& source,
+                                  std::span<const int64_t> sample_indices) {
+  const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
+  std::vector<int32_t> tokens(T), types(T), labels(T);
+  std::vector<float> mask(T);
+  double mask_sum = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t index = sample_indices[static_cast<size_t>(b)];
+    data::BertSampleView view{tokens, types, labels, mask};
+    source.get(index % source.size(), view);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t i = b * T + t;
+      SHARDLM_REQUIRE(tokens[t] >= 0 && tokens[t] < cfg_.model.vocab_size &&
+                          labels[t] < cfg_.model.vocab_size,
+                      ErrorKind::kCorruptData,
+                      "BERT sample " + std::to_string(index) + " holds token id " +
+                          std::to_string(tokens[t]) + " (label " + std::to_string(labels[t]) +
+                          ") outside the vocabulary of size " +
+                          std::to_string(cfg_.model.vocab_size) +
+                          "; check --vocab-size / --tokenizer-type against the data");
+      tokens_host_.view().data<int32_t>()[i] = tokens[t];
+      // Unmasked positions have no label (-1): any valid id, left out by the loss mask.
+      targets_host_.view().data<int32_t>()[i] = labels[t] >= 0 ? labels[t] : 0;
+      types_host_.view().data<int32_t>()[i] = types[t];
+      store_mask(mask_host_.view(), i, mask[t]);
+      mask_sum += mask[t];
+    }
+    lengths_host_.view().data<int32_t>()[b] = view.length;
+    order_host_.view().data<int32_t>()[b] = view.sentence_order;
+  }
+  return mask_sum;
+}
+
 model::Batch Trainer::load_batch(const data::SampleSource& source, int64_t first_sample) {
   std::vector<int64_t> indices(static_cast<size_t>(cfg_.micro_batch_size));
   for (size_t b = 0; b < indices.size(); ++b) indices[b] = first_sample + static_cast<int64_t>(b);
@@ -496,6 +569,26 @@ model::Batch Trainer::load_batch(const data::SampleSource& source,
   SHARDLM_REQUIRE(static_cast<int64_t>(sample_indices.size()) == B, ErrorKind::kInternal,
                   "load_batch: " + std::to_string(sample_indices.size()) +
                       " sample indices for a micro-batch of " + std::to_string(B));
+  if (const data::BertSampleSource* bert = source.masked_lm()) {
+    const double mask_sum = load_bert_samples(*bert, sample_indices);
+    model::Batch batch;
+    if (device_->device().is_cpu()) {
+      batch = {tokens_host_.view(), targets_host_.view(), mask_host_.view(), mask_sum};
+      batch.token_types = types_host_.view();
+      batch.key_lengths = lengths_host_.view();
+      batch.sentence_order = order_host_.view();
+      return batch;
+    }
+    for (auto [dev, host] : {std::pair{&tokens_dev_, &tokens_host_}, {&targets_dev_, &targets_host_},
+                             {&mask_dev_, &mask_host_}, {&types_dev_, &types_host_},
+                             {&lengths_dev_, &lengths_host_}, {&order_dev_, &order_host_}})
+      ops::copy(*device_, dev->view(), host->view());
+    batch = {tokens_dev_.view(), targets_dev_.view(), mask_dev_.view(), mask_sum};
+    batch.token_types = types_dev_.view();
+    batch.key_lengths = lengths_dev_.view();
+    batch.sentence_order = order_dev_.view();
+    return batch;
+  }
   std::vector<int32_t> sample(T + 1);
   std::vector<float> mask(T);
   // The loss is a mean over the whole micro-batch: under CP each rank divides its positions'
@@ -518,14 +611,7 @@ model::Batch Trainer::load_batch(const data::SampleSource& source,
       const int64_t t = cp.global_position(l, T), i = b * TL + l;
       tokens_host_.view().data<int32_t>()[i] = sample[t];
       targets_host_.view().data<int32_t>()[i] = sample[t + 1];
-      if (dtype_ == DType::kF64)
-        mask_host_.view().data<double>()[i] = mask[t];
-      else if (dtype_ == DType::kBF16)
-        static_cast<uint16_t*>(mask_host_.view().raw())[i] = float_to_bf16_bits(mask[t]);
-      else if (dtype_ == DType::kF16)
-        static_cast<uint16_t*>(mask_host_.view().raw())[i] = float_to_fp16_bits(mask[t]);
-      else
-        mask_host_.view().data<float>()[i] = mask[t];
+      store_mask(mask_host_.view(), i, mask[t]);
     }
   }
   if (device_->device().is_cpu())
@@ -547,6 +633,7 @@ double Trainer::microbatch_loop(double loss_scale) {
                             static_cast<uint32_t>(m * dp + dp_rank), true};
     step.moe_aux_loss = &moe_aux_sum_;
     step.moe_z_loss = &moe_z_sum_;
+    step.sop_loss = &sop_sum_;
     // Megatron's MegatronPretrainingSampler: micro-batch m of this iteration is this rank's
     // slice of the global micro-batch starting at consumed + m * B * dp.
     const std::vector<int64_t> indices = data::pretraining_micro_batch_indices(
@@ -573,7 +660,7 @@ IterationRecord Trainer::train_step() {
   // --fp16: backward runs on loss * scale so small gradients survive in fp16.
   const double loss_scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
   rec.loss_scale = loss_scale;
-  moe_aux_sum_ = moe_z_sum_ = 0;
+  moe_aux_sum_ = moe_z_sum_ = sop_sum_ = 0;
   double loss_sum = pipeline_ ? pipeline_step(loss_scale) : microbatch_loop(loss_scale);
   registry_.end_step_grads(*device_);  // a parameter no fold reached: zero, not last step's
   finish_param_gather();  // every bucket was reached by now; the step needs none pending
@@ -594,6 +681,10 @@ IterationRecord Trainer::train_step() {
   };
   if (logs_moe_aux_loss()) rec.moe_aux_loss = moe_loss_mean(moe_aux_sum_);
   if (logs_moe_z_loss()) rec.moe_z_loss = moe_loss_mean(moe_z_sum_);
+  if (logs_sop_loss()) {  // the head's stage has it: summed over stages like the loss
+    const double sop = pipeline_ ? all_reduce_sum(rank_->pp(), sop_sum_) : sop_sum_;
+    rec.sop_loss = data_parallel_mean(sop / static_cast<double>(M));
+  }
   // --fp16: undo the loss scale on the fp32 main gradients (an overflow stays inf/NaN, so the
   // norm below is not finite and the step is skipped).
   if (loss_scaler_) ops::scale_inplace(*device_, registry_.flat_grads(), 1.0 / loss_scale);
@@ -642,10 +733,12 @@ double Trainer::evaluate() {
   finish_param_gather();
   double sum = 0;
   int64_t count = 0;
+  sop_sum_ = 0;
   for (int64_t it = 0; it < cfg_.logging.eval_iters; ++it) {
     for (int64_t m = 0; m < M; ++m) {
       model::StepContext step{*device_, cfg_.seed, static_cast<uint32_t>(iteration_),
                               static_cast<uint32_t>(m), false};
+      step.sop_loss = &sop_sum_;
       // Middle pipeline stages hold no dataset; the stages that read data check it (a throw
       // there makes the middle stages' peers fail fast).
       const bool middle_stage = pipeline_ && pipeline_batches_.empty();
@@ -673,9 +766,17 @@ double Trainer::evaluate() {
   sum = all_reduce_sum(rank_->cp(), sum);
   const double loss = count ? data_parallel_mean(sum / static_cast<double>(count)) : 0.0;
   evals_.push_back({iteration_, loss});
-  const std::string line = format(
-      " validation loss at iteration %lld | lm loss value: %.6E | lm loss PPL: %.6E | ",
-      (long long)iteration_, loss, std::exp(std::min(loss, 700.0)));
+  // BERT: Megatron reports the masked-LM and sentence-order parts separately.
+  double sop = 0;
+  if (logs_sop_loss()) {
+    sop = pipeline_ ? all_reduce_sum(rank_->pp(), sop_sum_) : sop_sum_;
+    sop = count ? data_parallel_mean(sop / static_cast<double>(count)) : 0.0;
+  }
+  const double lm = loss - sop;
+  const std::string line =
+      format(" validation loss at iteration %lld | lm loss value: %.6E | lm loss PPL: %.6E | ",
+             (long long)iteration_, lm, std::exp(std::min(lm, 700.0))) +
+      (logs_sop_loss() ? format("sop loss value: %.6E | ", sop) : std::string());
   const std::string rule(line.size(), '-');
   log_ << rule << "\n" << line << "\n" << rule << "\n";
   log_.flush();
@@ -729,14 +830,15 @@ void Trainer::train() {
 void Trainer::log_interval_line(double elapsed_s) {
   // Megatron averages the loss over the iterations since the last log line.
   int64_t n = 0;
-  double loss = 0;
+  double loss = 0, sop = 0;
   for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
     const int64_t last_logged =
         (iteration_ - 1) / cfg_.logging.log_interval * cfg_.logging.log_interval;
     if (it->iteration <= last_logged) break;
-    if (!it->skipped) loss += it->loss, ++n;
+    if (!it->skipped) loss += it->loss, sop += it->sop_loss, ++n;
   }
   loss = n ? loss / static_cast<double>(n) : std::nan("");
+  sop = n ? sop / static_cast<double>(n) : std::nan("");
   const int64_t iters = static_cast<int64_t>(history_.size()) -
                         (iteration_ - 1) / cfg_.logging.log_interval * cfg_.logging.log_interval;
   const IterationRecord& last = history_.back();
@@ -750,7 +852,8 @@ void Trainer::log_interval_line(double elapsed_s) {
        << format(" tokens per second: %.0f |", tokens_per_s)
        << format(" learning rate: %.6E |", schedule_->lr_at(iteration_))
        << format(" global batch size: %5lld |", (long long)gbs)
-       << format(" lm loss: %.6E |", loss)
+       << format(" lm loss: %.6E |", logs_sop_loss() ? loss - sop : loss)
+       << (logs_sop_loss() ? format(" sop loss: %.6E |", sop) : std::string())
        << (logs_moe_aux_loss() ? format(" load_balancing_loss: %.6E |", last.moe_aux_loss)
                                : std::string())
        << (logs_moe_z_loss() ? format(" z_loss: %.6E |", last.moe_z_loss) : std::string())

@@ -73,6 +73,9 @@ struct IterationRecord {
   double moe_aux_loss = 0;
   // With --moe-z-loss-coeff: the router z-loss over its coefficient, averaged alike; 0 otherwise.
   double moe_z_loss = 0;
+  // BERT with the binary head: the sentence-order part of `loss` (Megatron's sop loss); 0
+  // otherwise. The lm loss is loss - sop_loss.
+  double sop_loss = 0;
 };
 
 struct EvalRecord {
@@ -200,6 +203,7 @@ class Trainer {
   std::unique_ptr<GPTPipelineStage> stage_;
   struct PipelineBatch {  // one micro-batch's data, alive from its forward to its backward
     OwnedTensor tokens, targets, mask;
+    OwnedTensor token_types, key_lengths, sentence_order;  // BERT
     model::Batch batch;
   };
   std::vector<PipelineBatch> pipeline_batches_;  // [M] (empty on middle stages)
@@ -210,6 +214,12 @@ class Trainer {
   // Host staging for one micro-batch, and its device copies (same tensors on the CPU).
   OwnedTensor tokens_host_, targets_host_, mask_host_;
   OwnedTensor tokens_dev_, targets_dev_, mask_dev_;
+  // BERT: token types [B, T], key lengths and sentence order [B].
+  OwnedTensor types_host_, lengths_host_, order_host_;
+  OwnedTensor types_dev_, lengths_dev_, order_dev_;
+  // BERT: fills the host staging from masked-LM samples; returns the loss mask's sum.
+  double load_bert_samples(const data::BertSampleSource& source,
+                           std::span<const int64_t> sample_indices);
 
   // --save / --load / exits (train/checkpointing.h), and the state it saves and restores.
   std::unique_ptr<Checkpointer> checkpointer_;
@@ -222,6 +232,8 @@ class Trainer {
   int64_t nan_iterations_ = 0;
   double moe_aux_sum_ = 0;  // this step's MoE load-balancing losses (StepContext::moe_aux_loss)
   double moe_z_sum_ = 0;    // and router z-losses (StepContext::moe_z_loss)
+  double sop_sum_ = 0;      // and BERT's sentence-order losses (StepContext::sop_loss)
+  bool logs_sop_loss() const { return cfg_.model.has_binary_head(); }
   bool logs_moe_z_loss() const {
     return cfg_.model.num_moe_layers() > 0 && cfg_.model.moe_z_loss_coeff > 0;
   }

@@ -1,11 +1,68 @@
 #include "shardlm/train/training_data.h"
 
 #include "shardlm/base/error.h"
+#include "shardlm/data/bert_dataset_builder.h"
 #include "shardlm/data/gpt_dataset_builder.h"
+#include "shardlm/data/masked_lm_samples.h"
+#include "shardlm/data/mock_bert_dataset.h"
 #include "shardlm/data/mock_gpt_dataset.h"
 #include "shardlm/data/tokenizer/tokenizer_factory.h"
 
 namespace shardlm::train {
+
+namespace {
+
+data::TokenizerOptions tokenizer_options(const TrainConfig& cfg) {
+  data::TokenizerOptions o;
+  o.type = cfg.data.tokenizer_type;
+  o.vocab_file = cfg.data.vocab_file;
+  o.merge_file = cfg.data.merge_file;
+  o.tokenizer_model = cfg.data.tokenizer_model;
+  return o;
+}
+
+// pretrain_bert's datasets: masked-LM samples from a sentence-split corpus (or mock ones).
+TrainingData build_bert_data(const TrainConfig& cfg, int64_t train_samples,
+                             int64_t valid_samples) {
+  TrainingData d;
+  const bool binary = cfg.model.bert_binary_head;
+  auto wrap = [](std::unique_ptr<data::BertSampleSource> s) -> std::unique_ptr<data::SampleSource> {
+    if (!s) return nullptr;
+    return std::make_unique<data::MaskedLmSamples>(std::move(s));
+  };
+  if (cfg.data.mock_data) {
+    d.train = wrap(std::make_unique<data::MockBertDataset>(
+        train_samples, cfg.model.seq_length, cfg.model.vocab_size,
+        static_cast<uint32_t>(cfg.seed), binary));
+    d.valid = wrap(std::make_unique<data::MockBertDataset>(
+        valid_samples, cfg.model.seq_length, cfg.model.vocab_size,
+        static_cast<uint32_t>(cfg.seed + 1), binary));
+    return d;
+  }
+  if (cfg.data.tokenizer_type.empty())
+    throw Error(ErrorKind::kInvalidConfig,
+                "BERT data needs its WordPiece tokenizer: pass --tokenizer-type "
+                "BertWordPieceLowerCase (or BertWordPieceCase) --vocab-file vocab.txt");
+  data::BertDataConfig c;
+  c.data_path = cfg.data.data_path;
+  c.split = cfg.data.split;
+  c.seq_length = cfg.model.seq_length;
+  c.seed = static_cast<uint32_t>(cfg.seed);
+  c.num_samples = {train_samples, valid_samples, std::optional<int64_t>(0)};
+  c.mask_prob = cfg.data.mask_prob;
+  c.short_seq_prob = cfg.data.short_seq_prob;
+  c.binary_head = binary;
+  c.vocab = data::masked_lm_vocab_of(data::make_tokenizer(tokenizer_options(cfg)));
+  data::BertDatasets sets = data::build_bert_datasets(c);
+  if (!sets.train || sets.train->size() == 0)
+    throw Error(ErrorKind::kInvalidConfig,
+                "the training split is empty: give it a share in --split (e.g. 969,30,1)");
+  d.train = wrap(std::move(sets.train));
+  d.valid = wrap(std::move(sets.valid));
+  return d;
+}
+
+}  // namespace
 
 void resolve_vocab_size(TrainConfig& cfg) {
   if (cfg.data.tokenizer_type.empty() || cfg.data.tokenizer_type == "NullTokenizer") {
@@ -15,12 +72,7 @@ void resolve_vocab_size(TrainConfig& cfg) {
                   "matching the data, or --vocab-size N");
     return;
   }
-  data::TokenizerOptions o;
-  o.type = cfg.data.tokenizer_type;
-  o.vocab_file = cfg.data.vocab_file;
-  o.merge_file = cfg.data.merge_file;
-  o.tokenizer_model = cfg.data.tokenizer_model;
-  const auto tokenizer = data::make_tokenizer(o);
+  const auto tokenizer = data::make_tokenizer(tokenizer_options(cfg));
   // Megatron takes the vocabulary from the tokenizer and pads it (--make-vocab-size-divisible-by).
   cfg.model.vocab_size = tokenizer->vocab_size();
   if (tokenizer->eod_id()) cfg.data.eod_id = *tokenizer->eod_id();
@@ -28,6 +80,7 @@ void resolve_vocab_size(TrainConfig& cfg) {
 
 TrainingData build_training_data(const TrainConfig& cfg, int64_t train_samples,
                                  int64_t valid_samples) {
+  if (cfg.model.bert()) return build_bert_data(cfg, train_samples, valid_samples);
   TrainingData d;
   if (cfg.data.mock_data) {
     // Validation draws from a different stream so it measures generalisation of the rule.

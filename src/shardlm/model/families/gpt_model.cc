@@ -13,6 +13,7 @@ namespace {
 constexpr char kWordEmbeddings[] = "embedding.word_embeddings.weight";
 constexpr char kPositionEmbeddings[] = "embedding.position_embeddings.weight";
 constexpr char kOutputLayer[] = "output_layer.weight";
+constexpr char kTokentypeEmbeddings[] = "embedding.tokentype_embeddings.weight";
 
 // The loss of a micro-batch is reduced on the host: N values, cheap next to the model.
 double masked_sum_on_host(DeviceContext& ctx, const Tensor& losses, const Tensor& mask) {
@@ -89,7 +90,12 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
                         std::to_string(tp_.size()) + " tensor-parallel ranks: not divisible");
   }
   cfg_.validate_fp8(tp_.size(), cp_.size());
+  SHARDLM_REQUIRE(!cfg_.bert() || !cp_.enabled(), ErrorKind::kInvalidConfig,
+                  "BERT runs bidirectional attention over the whole padded sequence: "
+                  "--context-parallel-size " + std::to_string(cp_.size()) +
+                      " is not supported for it (as in Megatron); use 1");
   if (chunk_.layer_end < 0) chunk_.layer_end = cfg_.num_layers;
+  if (cfg_.bert() && chunk_.has_head) bert_.emplace(cfg_, tp_);
   SHARDLM_REQUIRE(0 <= chunk_.layer_begin && chunk_.layer_begin < chunk_.layer_end &&
                       chunk_.layer_end <= cfg_.num_layers,
                   ErrorKind::kInvalidConfig,
@@ -119,6 +125,9 @@ void GPTModel::register_parameters(ParameterRegistry& reg) const {
     if (cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute)
       reg.add({kPositionEmbeddings, {cfg_.max_positions(), C}, Split::none(), true,
                Init::normal(cfg_.init_method_std)});
+    if (cfg_.num_tokentypes() > 0)
+      reg.add({kTokentypeEmbeddings, {cfg_.num_tokentypes(), C}, Split::none(), true,
+               Init::normal(cfg_.init_method_std)});
   }
   for (const TransformerLayer& layer : layers_) layer.register_parameters(reg);
   if (!chunk_.has_head) return;
@@ -131,6 +140,7 @@ void GPTModel::register_parameters(ParameterRegistry& reg) const {
   }
   else if (!chunk_.has_embedding)  // the last stage's copy: same name, so the same init
     reg.add(word_embeddings(PipelineTie::kCopy));
+  if (bert_) bert_->register_parameters(reg);
 }
 
 void GPTModel::bind(ParameterRegistry& reg) {
@@ -141,9 +151,13 @@ void GPTModel::bind(ParameterRegistry& reg) {
                                  cfg_.position_embedding == PositionEmbedding::kLearnedAbsolute
                              ? &reg.get(kPositionEmbeddings)
                              : nullptr;
+  tokentype_embeddings_ = chunk_.has_embedding && cfg_.num_tokentypes() > 0
+                              ? &reg.get(kTokentypeEmbeddings)
+                              : nullptr;
   for (TransformerLayer& layer : layers_) layer.bind(reg);
   if (chunk_.has_head) final_norm_.bind(reg);
   output_layer_ = chunk_.has_head && !tied ? &reg.get(kOutputLayer) : nullptr;
+  if (bert_) bert_->bind(reg);
 }
 
 void GPTModel::set_activation_slots(int slots) {
@@ -203,6 +217,9 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
   }
   shared.dresidual0 = alloc.allocate(dtype, {NL, C});
   shared.dresidual1 = alloc.allocate(dtype, {NL, C});
+  if (bert_) shared.bert_scratch = bert_->allocate_scratch(alloc, dtype, micro_batch, N);
+  if (chunk_.has_embedding && cfg_.num_tokentypes() > 0 && tp_.sp())
+    shared.tokentype_grad = alloc.allocate(dtype, {cfg_.num_tokentypes(), C});
   std::vector<Activations> slots;
   for (int slot = 0; slot < num_slots_; ++slot) {
     Activations a = shared;
@@ -222,6 +239,10 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
       a.logits = alloc.allocate(dtype, {N, VL});
       a.lse = alloc.allocate(stats, {N});
       a.losses = alloc.allocate(stats, {N});
+    }
+    if (bert_) {
+      a.head_input = alloc.allocate(dtype, {N, C});
+      a.bert = bert_->allocate_saved(alloc, dtype, micro_batch, N);
     }
     slots.push_back(std::move(a));
   }
@@ -254,6 +275,7 @@ void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
     ops::embedding_forward(ctx, a.embedding.reshape({B, T, C}), batch.tokens,
                            word_embeddings_->compute_value,
                            position_embeddings_ ? position_embeddings_->compute_value : Tensor());
+    if (tokentype_embeddings_) add_tokentype_embeddings(ctx, batch, a.embedding);
     ops::dropout_forward(ctx, a.residual[0], a.embedding, p, key, 0);
     return;
   }
@@ -267,6 +289,7 @@ void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
   const Tensor local = tp_.sp() ? a.scratch.c0.flat_view(0, Shape({NL, C})) : a.embedding;
   exit_row_region(ctx, tp_, rows, local, a.embedding, a.scratch.staging);
   if (position_embeddings_) add_position_embeddings(ctx, local);
+  if (tokentype_embeddings_) add_tokentype_embeddings(ctx, batch, local);
   dropout_rows_forward(ctx, tp_, rows, a.residual[0], local, p, key);
 }
 
@@ -306,6 +329,41 @@ void GPTModel::position_embedding_backward(DeviceContext& ctx, const Tensor& d_l
                        per_position.flat_view((b * T + run.local) * C, Shape({run.count, C})));
 }
 
+void GPTModel::add_tokentype_embeddings(DeviceContext& ctx, const Batch& batch,
+                                        const Tensor& local) {
+  const int64_t C = cfg_.hidden_size, T = local_seq_length();
+  SHARDLM_REQUIRE(batch.token_types.defined() &&
+                      batch.token_types.shape() == Shape({micro_batch_, T}),
+                  ErrorKind::kInvalidArgument,
+                  "BERT forward: token_types must be int32 [micro-batch, seq-length] = " +
+                      Shape({micro_batch_, T}).to_string() + " (the binary head's segments)");
+  // Looked up per block of the rank's rows into scratch, then added (the table is tiny).
+  const Tensor types = acts().scratch.c1.flat_view(0, local.shape());
+  for_each_position_block(tp_, sequence_rows(), [&](int64_t b, int64_t row, int64_t n,
+                                                    int64_t position) {
+    ops::embedding_forward(ctx, types.flat_view(row * C, Shape({1, n, C})),
+                           batch.token_types.flat_view(b * T + position, Shape({1, n})),
+                           tokentype_embeddings_->compute_value, Tensor());
+  });
+  ops::add_inplace(ctx, local, types);
+}
+
+void GPTModel::tokentype_embedding_backward(DeviceContext& ctx, const Batch& batch,
+                                            const Tensor& d_local) {
+  const int64_t C = cfg_.hidden_size, T = local_seq_length();
+  // Under SP each rank saw only its rows: this micro-batch's gradient is summed over TP first.
+  const Tensor grad = tp_.sp() ? acts().tokentype_grad : tokentype_embeddings_->compute_grad;
+  if (tp_.sp()) ops::fill(ctx, grad, 0.0);
+  for_each_position_block(tp_, sequence_rows(), [&](int64_t b, int64_t row, int64_t n,
+                                                    int64_t position) {
+    ops::embedding_backward(ctx, grad, Tensor(), d_local.flat_view(row * C, Shape({1, n, C})),
+                            batch.token_types.flat_view(b * T + position, Shape({1, n})));
+  });
+  if (!tp_.sp()) return;
+  tp_.group->all_reduce(grad);
+  ops::add_inplace(ctx, tokentype_embeddings_->compute_grad, grad);
+}
+
 Tensor GPTModel::take_word_embedding_grad(DeviceContext& ctx) const {
   if (!word_embeddings_->main_grad_fused) return word_embeddings_->compute_grad;
   // Fused: the lookup's scatter-add adds into the master gradient. As the step's first
@@ -328,6 +386,10 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
     ops::embedding_backward(ctx, take_word_embedding_grad(ctx),
                             position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
                             a.scratch.c0.reshape({B, T, C}), batch.tokens);
+    if (tokentype_embeddings_) {
+      tokentype_embedding_backward(ctx, batch, a.scratch.c0);
+      report_grads_ready({&tokentype_embeddings_, 1});
+    }
     if (position_embeddings_) report_grads_ready({&position_embeddings_, 1});
     report_grads_ready({&word_embeddings_, 1});
     return;
@@ -336,6 +398,10 @@ void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const T
   const int64_t NL = rows.local(tp_);
   const Tensor d_local = a.scratch.c0.flat_view(0, Shape({NL, C}));
   dropout_rows_backward(ctx, tp_, rows, d_local, dres, p, key);
+  if (tokentype_embeddings_) {
+    tokentype_embedding_backward(ctx, batch, d_local);
+    report_grads_ready({&tokentype_embeddings_, 1});
+  }
   if (position_embeddings_) {
     position_embedding_backward(ctx, d_local);
     report_grads_ready({&position_embeddings_, 1});
@@ -352,18 +418,24 @@ void GPTModel::head_forward(StepContext& step, const Batch& batch) {
   const int64_t N = micro_batch_ * local_seq_length(), C = cfg_.hidden_size;
   Activations& a = acts();
   const Tensor targets = batch.targets.reshape({N});
-  if (!tp_.enabled()) {
+  const Tensor bias = bert_ ? bert_->output_bias()->compute_value : Tensor();
+  if (bert_) {
+    bert_head_forward(step, batch);
+  } else if (!tp_.enabled()) {
     final_norm_.forward(ctx, a.final_norm, a.final_norm_saved, a.residual.back());
-    ops::linear_forward(ctx, a.logits, a.final_norm, output_weight(), Tensor());
+  } else {
+    const SequenceRows rows = sequence_rows();
+    const int64_t NL = rows.local(tp_);
+    const Tensor norm_local =
+        tp_.sp() ? a.scratch.c2.flat_view(0, Shape({NL, C})) : a.final_norm;
+    final_norm_.forward(ctx, norm_local, a.final_norm_saved, a.residual.back());
+    enter_column_region(ctx, tp_, rows, a.final_norm, norm_local, a.scratch.staging);
+  }
+  ops::linear_forward(ctx, a.logits, a.final_norm, output_weight(), bias);
+  if (!tp_.enabled()) {
     ops::cross_entropy_forward(ctx, a.losses, a.lse, a.logits, targets);
     return;
   }
-  const SequenceRows rows = sequence_rows();
-  const int64_t NL = rows.local(tp_);
-  const Tensor norm_local = tp_.sp() ? a.scratch.c2.flat_view(0, Shape({NL, C})) : a.final_norm;
-  final_norm_.forward(ctx, norm_local, a.final_norm_saved, a.residual.back());
-  enter_column_region(ctx, tp_, rows, a.final_norm, norm_local, a.scratch.staging);
-  ops::linear_forward(ctx, a.logits, a.final_norm, output_weight(), Tensor());
   // Vocab-parallel cross-entropy: global max, then sum-exp and target logit summed over TP.
   const Tensor sum_exp = a.ce_partials.flat_view(0, Shape({N}));
   const Tensor target_logit = a.ce_partials.flat_view(N, Shape({N}));
@@ -392,22 +464,27 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
   // Output layer: column-parallel over the vocabulary; its input gradient is partial over TP.
   // Its weight (untied, or the tied word embedding) is fused: straight into the main gradient.
   Parameter* const out = output_parameter();
+  const Tensor dbias = bert_ ? bert_->output_bias()->compute_grad : Tensor();
   if (out->main_grad_fused) {
-    ops::linear_backward(ctx, a.scratch.c0, Tensor(), Tensor(), a.dlogits, a.final_norm,
+    ops::linear_backward(ctx, a.scratch.c0, Tensor(), dbias, a.dlogits, a.final_norm,
                          out->compute_value);
     const Parameter::FusedMainGrad main = out->take_fused_main_grad();
     ops::linear_weight_grad(ctx, main.grad, a.dlogits, a.final_norm, main.accumulate);
   } else {
-    ops::linear_backward(ctx, a.scratch.c0, out->compute_grad, Tensor(), a.dlogits, a.final_norm,
+    ops::linear_backward(ctx, a.scratch.c0, out->compute_grad, dbias, a.dlogits, a.final_norm,
                          out->compute_value);
+  }
+  const SequenceRows rows = sequence_rows();
+  const int64_t NL = rows.local(tp_);
+  Tensor d_norm = tp_.sp() ? a.scratch.c1.flat_view(0, Shape({NL, C})) : a.scratch.c0;
+  if (bert_) {
+    // The LM head's parameters were registered after the output layer: reported before it.
+    d_norm = bert_head_backward(step, batch, loss_scale, a.scratch.c0);
   }
   if (output_layer_) report_grads_ready({&output_layer_, 1});
   // The last pipeline stage's tied copy is complete here (the first stage's reports later).
   if (!output_layer_ && !chunk_.has_embedding) report_grads_ready({&word_embeddings_, 1});
-  const SequenceRows rows = sequence_rows();
-  const int64_t NL = rows.local(tp_);
-  const Tensor d_norm = tp_.sp() ? a.scratch.c1.flat_view(0, Shape({NL, C})) : a.scratch.c0;
-  enter_column_region_backward(ctx, tp_, rows, d_norm, a.scratch.c0, a.scratch.staging);
+  if (!bert_) enter_column_region_backward(ctx, tp_, rows, d_norm, a.scratch.c0, a.scratch.staging);
   if (tp_.sp()) {
     // The final norm saw only this rank's rows: sum its gradients over TP before reporting.
     const Tensor g = a.scratch.sp_grads.flat_view(0, Shape({final_norm_.grad_numel()}));
@@ -423,6 +500,59 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
   final_norm_.append_parameters(ready);
   std::reverse(ready.begin(), ready.end());
   report_grads_ready(ready);
+}
+
+void GPTModel::bert_head_forward(StepContext& step, const Batch& batch) {
+  DeviceContext& ctx = step.device;
+  const int64_t B = micro_batch_, T = local_seq_length(), C = cfg_.hidden_size;
+  Activations& a = acts();
+  const SequenceRows rows = sequence_rows();
+  const Tensor norm_local =
+      tp_.sp() ? a.scratch.c2.flat_view(0, Shape({rows.local(tp_), C})) : a.head_input;
+  final_norm_.forward(ctx, norm_local, a.final_norm_saved, a.residual.back());
+  if (tp_.sp()) enter_column_region(ctx, tp_, rows, a.head_input, norm_local, a.scratch.staging);
+  bert_->lm_transform_forward(ctx, a.final_norm, a.head_input, a.bert);
+  a.sop_loss = 0;
+  if (!cfg_.has_binary_head()) return;
+  SHARDLM_REQUIRE(batch.sentence_order.defined() && batch.sentence_order.numel() == B,
+                  ErrorKind::kInvalidArgument,
+                  "BERT forward: the binary head needs sentence_order int32 [micro-batch] = [" +
+                      std::to_string(B) + "] (or train with --bert-no-binary-head)");
+  a.sop_loss = bert_->binary_forward(ctx, a.head_input, B, T, batch.sentence_order, a.bert) /
+               static_cast<double>(B);
+}
+
+Tensor GPTModel::bert_head_backward(StepContext& step, const Batch& batch, double loss_scale,
+                                    const Tensor& d_lm_out) {
+  DeviceContext& ctx = step.device;
+  const int64_t B = micro_batch_, T = local_seq_length(), C = cfg_.hidden_size;
+  Activations& a = acts();
+  auto report_reversed = [&](std::vector<Parameter*> params) {
+    std::reverse(params.begin(), params.end());
+    report_grads_ready(params);
+  };
+  // The binary head (registered last) first: d(scale * mean_b loss_b) into bert_scratch.dcls.
+  if (cfg_.has_binary_head()) {
+    bert_->binary_backward(ctx, a.bert_scratch, B, batch.sentence_order,
+                           loss_scale / static_cast<double>(B), a.bert);
+    report_reversed(bert_->binary_parameters());
+  }
+  // The output layer's input gradient is partial over TP (vocab-split): complete it on every
+  // rank, which then runs the replicated LM transform on all rows.
+  if (tp_.enabled()) tp_.group->all_reduce(d_lm_out);
+  const Tensor d_input = a.scratch.c3;  // [N, C]: d(head_input), all rows
+  bert_->lm_transform_backward(ctx, d_input, d_lm_out, a.head_input, a.bert, a.bert_scratch);
+  if (cfg_.has_binary_head()) bert_->add_first_token_grads(ctx, d_input, B, T, a.bert_scratch);
+  report_reversed(bert_->lm_parameters());
+  if (!tp_.sp()) return d_input;
+  // Sequence parallelism: the final norm ran on this rank's rows only.
+  const Tensor d_local = a.scratch.c1.flat_view(0, Shape({sequence_rows().local(tp_), C}));
+  for_each_position_block(tp_, sequence_rows(), [&](int64_t b, int64_t row, int64_t n,
+                                                    int64_t position) {
+    ops::copy(ctx, d_local.flat_view(row * C, Shape({n, C})),
+              d_input.flat_view((b * T + position) * C, Shape({n, C})));
+  });
+  return d_local;
 }
 
 double GPTModel::forward(StepContext& step, const Batch& batch) {
@@ -469,12 +599,14 @@ double GPTModel::forward(StepContext& step, const Batch& batch, int slot, const 
     if (params_needed_) {
       std::vector<Parameter*> embeddings{word_embeddings_};
       if (position_embeddings_) embeddings.push_back(position_embeddings_);
+      if (tokentype_embeddings_) embeddings.push_back(tokentype_embeddings_);
       params_needed_(embeddings);
     }
     embedding_forward(step, batch);
   } else {
     ops::copy(ctx, a.residual[0], input);
   }
+  a.scratch.key_lengths = batch.key_lengths;
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (params_needed_) params_needed_(layers_[l].parameters());
     layers_[l].forward(step, a.residual[l + 1], a.residual[l], a.layers[l], a.scratch);
@@ -487,10 +619,16 @@ double GPTModel::forward(StepContext& step, const Batch& batch, int slot, const 
     std::vector<Parameter*> head;
     final_norm_.append_parameters(head);
     head.push_back(output_layer_ ? output_layer_ : word_embeddings_);  // tied: the embedding
+    if (bert_) {
+      for (Parameter* p : bert_->lm_parameters()) head.push_back(p);
+      for (Parameter* p : bert_->binary_parameters()) head.push_back(p);
+    }
     params_needed_(head);
   }
   head_forward(step, batch);
-  return masked_sum_on_host(ctx, a.losses, batch.loss_mask.reshape({N})) / batch.mask_sum;
+  if (step.sop_loss) *step.sop_loss += a.sop_loss;
+  return masked_sum_on_host(ctx, a.losses, batch.loss_mask.reshape({N})) / batch.mask_sum +
+         a.sop_loss;
 }
 
 void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double loss_scale,
@@ -500,6 +638,7 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
   step.loss_grad_scale = loss_scale;  // MoE load-balancing gradients scale with the loss
   step.moe_aux_loss = nullptr;        // a recompute pass adds nothing to the log
   step.moe_z_loss = nullptr;
+  a.scratch.key_lengths = batch.key_lengths;
   Tensor dres = a.dresidual0, dnext = a.dresidual1;
   if (chunk_.has_head) {
     head_backward(step, batch, loss_scale, dres);

@@ -50,10 +50,12 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "shardlm/model/context_parallel.h"
+#include "shardlm/model/families/bert_heads.h"
 #include "shardlm/model/layers/linear.h"
 #include "shardlm/model/layers/norm.h"
 #include "shardlm/model/layers/transformer_layer.h"
@@ -71,6 +73,13 @@ struct Batch {
   Tensor targets;
   Tensor loss_mask;
   double mask_sum = 0;
+  // BERT (TransformerConfig::bert()), all on the model's device: token_types int32 [B,T] (read
+  // by the embedding chunk; with the binary head), key_lengths int32 [B] (the padding mask: real
+  // tokens per sequence; read by every chunk; undefined: no padding) and sentence_order int32
+  // [B] (the binary head's label; read by the head chunk).
+  Tensor token_types;
+  Tensor key_lengths;
+  Tensor sentence_order;
 };
 
 // The part of the model one instance holds (pipeline parallelism); the default is all of it.
@@ -99,7 +108,8 @@ class GPTModel {
   size_t plan_activation_bytes(DType dtype, int64_t micro_batch) const;
   void allocate_activations(TensorAllocator& alloc, DType dtype, int64_t micro_batch);
 
-  // Returns sum(loss_i * mask_i) / mask_sum for this micro-batch; keeps activations.
+  // Returns sum(loss_i * mask_i) / mask_sum for this micro-batch (BERT with the binary head:
+  // plus the mean sentence-order loss, as Megatron's pretrain_bert); keeps activations.
   double forward(StepContext& step, const Batch& batch);
   // Accumulates gradients of (loss * loss_scale) into the registry's gradient buffer.
   void backward(StepContext& step, const Batch& batch, double loss_scale);
@@ -147,6 +157,9 @@ class GPTModel {
   const ContextParallel& context_parallel() const { return cp_; }
   // Positions of each sequence this model instance holds: cfg.seq_length / CP.
   int64_t local_seq_length() const { return cp_.local_length(cfg_.seq_length); }
+  // BERT with the binary head: the mean sentence-order loss of the last forward (a part of its
+  // return value); 0 otherwise.
+  double last_sop_loss() const { return slots_.empty() ? 0.0 : slots_[slot_].sop_loss; }
   // Per-token losses of the last forward, [B*T] (for tests and evaluation; same on all TP ranks).
   const Tensor& token_losses() const { return slots_[slot_].losses; }
   // [B*T, V/TP]: this rank's vocabulary slice [vocab_start(), vocab_start() + V/TP).
@@ -174,6 +187,13 @@ class GPTModel {
     Tensor dresidual0, dresidual1; // [NL, C] shared: ping-pong residual-stream gradients
     Tensor row_max;                // [N]     shared, TP only: vocab-parallel cross-entropy
     Tensor ce_partials;            // [2, N]  shared, TP only: sum_exp, target_logit
+    // BERT (head chunk): the final norm's output, all rows (the LM head's and pooler's input);
+    // final_norm above then holds the LM head's output. Its activations and shared scratch.
+    Tensor head_input;             // [N, C]
+    BertHeads::Saved bert;
+    BertHeads::Scratch bert_scratch;  // shared
+    double sop_loss = 0;           // mean sentence-order loss of the slot's forward
+    Tensor tokentype_grad;         // [2, C] shared, SP only: this micro-batch's, summed over TP
   };
 
   // Embedding (+ dropout) into residual[0], and its backward from dres; the loss head (final
@@ -189,6 +209,16 @@ class GPTModel {
   // [NL, C]; the backward accumulates their gradient from d_local.
   void add_position_embeddings(DeviceContext& ctx, const Tensor& local) const;
   void position_embedding_backward(DeviceContext& ctx, const Tensor& d_local);
+  // BERT's token-type embeddings of the rank's rows `local` [NL, C] (added), and their gradient
+  // from d_local (summed over TP under sequence parallelism).
+  void add_tokentype_embeddings(DeviceContext& ctx, const Batch& batch, const Tensor& local);
+  void tokentype_embedding_backward(DeviceContext& ctx, const Batch& batch, const Tensor& d_local);
+  // BERT's head: final norm into head_input (all rows), LM transform into final_norm; backward
+  // from the output layer's (partial over TP) input gradient down to the final norm's output
+  // gradient on the rank's rows, reporting the heads' parameters. Returns the view written.
+  void bert_head_forward(StepContext& step, const Batch& batch);
+  Tensor bert_head_backward(StepContext& step, const Batch& batch, double loss_scale,
+                            const Tensor& d_lm_out);
 
   Activations& acts() { return slots_[slot_]; }
   void select_slot(int slot);
@@ -215,7 +245,9 @@ class GPTModel {
   Norm final_norm_;
   Parameter* word_embeddings_ = nullptr;
   Parameter* position_embeddings_ = nullptr;
+  Parameter* tokentype_embeddings_ = nullptr;
   Parameter* output_layer_ = nullptr;
+  std::optional<BertHeads> bert_;  // BERT's head chunk
   std::vector<Activations> slots_;  // [num_slots_]
   int num_slots_ = 1;
   size_t slot_ = 0;                 // the slot the running forward/backward uses

@@ -213,6 +213,13 @@ ops::AttentionShape TransformerLayer::attention_shape() const {
   ops::AttentionShape shape{q.heads, q.groups, q.head_dim};
   shape.head_offset = q.first_head;
   shape.dropout_num_heads = cfg_.num_attention_heads;
+  shape.causal = cfg_.causal();
+  return shape;
+}
+
+ops::AttentionShape TransformerLayer::masked_attention_shape(const Scratch& scratch) const {
+  ops::AttentionShape shape = attention_shape();
+  shape.key_lengths = scratch.key_lengths;
   return shape;
 }
 
@@ -262,7 +269,7 @@ void TransformerLayer::attention(StepContext& step, const Saved& s, const Scratc
   const double p = attention_dropout(step);
   const DropoutKey key = step.dropout_key(index_, kDropoutAttentionProbs);
   if (!cp_.enabled()) {
-    ops::attention_forward(step.device, out, s.lse, qkv, attention_shape(), p, key);
+    ops::attention_forward(step.device, out, s.lse, qkv, masked_attention_shape(scratch), p, key);
     return;
   }
   if (cp_.all_to_all) {
@@ -288,7 +295,8 @@ void TransformerLayer::attention_backward(StepContext& step, const Saved& s,
   const double p = attention_dropout(step);
   const DropoutKey key = step.dropout_key(index_, kDropoutAttentionProbs);
   if (!cp_.enabled()) {
-    ops::attention_backward(ctx, dqkv, dout, qkv, out, s.lse, attention_shape(), p, key);
+    ops::attention_backward(ctx, dqkv, dout, qkv, out, s.lse, masked_attention_shape(scratch), p,
+                            key);
     return;
   }
   if (cp_.all_to_all) {

@@ -95,6 +95,9 @@ class TransformerLayer {
     Tensor cp_index;        // int32 [4*B*T_global] the exchanges' row permutations
     MoeMlp::Scratch moe;    // models with MoE layers only
     Fp8Workspace fp8;       // --fp8-format only: the fp8 linears' quantised operands
+    // BERT's padding mask: int32 [B] valid tokens per sequence (model::Batch::key_lengths), set
+    // by the model before each forward / backward; undefined: no padding.
+    Tensor key_lengths;
   };
 
   // tp: the tensor-parallel group (default: none, the single-rank layer); with fewer query
@@ -139,6 +142,8 @@ class TransformerLayer {
 
  private:
   ops::AttentionShape attention_shape() const;
+  // attention_shape() with the mask of this micro-batch (scratch.key_lengths).
+  ops::AttentionShape masked_attention_shape(const Scratch& scratch) const;
   // --cp-comm-type a2a: the shape of this CP rank's 1/CP of the rank's heads (the global heads
   // after the TP rank's first head and the earlier CP ranks' shares), for the dropout masks.
   ops::AttentionShape head_share_shape() const;
