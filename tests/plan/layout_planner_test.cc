@@ -605,6 +605,24 @@ TEST(LayoutPlanner, FixedContextParallelIsKept) {
   }
 }
 
+// BERT (--model-type bert) has no context parallelism: the search never tries it, and a fixed
+// --context-parallel-size is rejected with the model's reason.
+TEST(LayoutPlanner, BertIsPlannedWithoutContextParallelism) {
+  TrainConfig bert = gpt_1_3b();
+  bert.model.family = model::ModelFamily::kBert;
+  bert.model.seq_length = 8192;
+  bert.model.max_position_embeddings = 8192;
+  const PlanResult r = plan_layouts(bert, gpus(8), {});
+  ASSERT_GT(r.fitting(), 0);
+  for (const Candidate& c : r.candidates) EXPECT_EQ(c.cp, 1) << c.describe();
+  const PlanResult fixed = plan_layouts(bert, gpus(8), {.context_parallel = 2});
+  EXPECT_TRUE(fixed.candidates.empty());
+  bool named = false;
+  for (const auto& [reason, n] : fixed.rejected)
+    named |= reason.find("BERT runs bidirectional attention") != std::string::npos;
+  EXPECT_TRUE(named);
+}
+
 // CP's collectives as the time model prices them: per layer, one all-gather of the fused QKV
 // rows forward, one more and a reduce-scatter backward, each (c-1)/c of [mbs x seq, QKV rows/TP];
 // full recomputation gathers once more; the group spans TP x CP consecutive ranks, at the

@@ -342,8 +342,8 @@ class Rejections {
 // sequence into 2 x CP chunks (1 always: CP off).
 std::vector<int> context_sizes(const TrainConfig& cfg, int ranks) {
   std::vector<int> out;
-  for (int c : divisors(ranks))
-    if (c == 1 || cfg.model.seq_length % (2 * c) == 0) out.push_back(c);
+  for (int c : divisors(ranks))  // BERT has no context parallelism (GPTModel refuses it)
+    if (c == 1 || (!cfg.model.bert() && cfg.model.seq_length % (2 * c) == 0)) out.push_back(c);
   return out;
 }
 

@@ -151,6 +151,10 @@ void TrainConfig::validate_parallel(int world_size) const {
   tp_model.validate_tensor_parallel(layout.tp(), dims.sequence_parallel);
   tp_model.validate_fp8(layout.tp(), layout.cp());
   if (parallel.cp_comm_type == "a2a") tp_model.validate_cp_all_to_all(layout.tp(), layout.cp());
+  if (model.bert() && layout.cp() > 1)
+    bad("BERT runs bidirectional attention over the whole padded sequence: "
+        "--context-parallel-size " + s(layout.cp()) +
+        " is not supported for it (as in Megatron); use 1");
   const int64_t per_step = micro_batch_size * layout.dp();
   if (global_batch_size > 0 && global_batch_size % per_step != 0)
     bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +
