@@ -6,6 +6,7 @@
 
 #include <sstream>
 
+#include "tests/ckpt/ckpt_test_util.h"
 #include "tests/train/layout_harness.h"
 
 namespace shardlm::train {
@@ -93,6 +94,38 @@ TEST(BertTraining, InterleavedPipelineWithTensorParallelAndRecomputeMatchesOneRa
   l.sequence_parallel = true;
   l.layers_per_virtual_stage = 1;
   expect_same_training(run_layout(cfg, l), reference, "BERT " + l.name(), 1e-6, 1e-5);
+}
+
+// A BERT checkpoint saved at TP2 x PP2 with SP (the output bias split with the vocabulary, the
+// tied embedding's copy on the last stage) resumes on one rank: the last iterations follow the
+// straight single-rank run. GPT flags cannot load it: the error names --model-type bert.
+TEST(BertTraining, CheckpointSavedAtTp2Pp2ResumesOnOneRank) {
+  TrainConfig cfg = bert_config();
+  cfg.train_iters = 6;
+  cfg.optimizer.lr_warmup_iters = 1;
+  cfg.logging.eval_iters = 0;
+  const RunResult reference = single_rank(cfg);
+  ckpt::testing::TempDir dir;
+  TrainConfig save = cfg;
+  save.checkpoint.save = dir.str();
+  save.checkpoint.exit_interval = 3;
+  Layout saved;
+  saved.tp = 2;
+  saved.pp = 2;
+  saved.sequence_parallel = true;
+  ASSERT_EQ(run_layout(save, saved).losses.size(), 3u);
+  TrainConfig resume = cfg;
+  resume.checkpoint.load = dir.str();
+  const RunResult rest = single_rank(resume);
+  ASSERT_EQ(rest.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_LT(std::abs(rest.losses[i] - reference.losses[3 + i]), 1e-5 * reference.losses[3 + i])
+        << "iteration " << 4 + i;
+  TrainConfig gpt = resume;
+  gpt.model.family = model::ModelFamily::kGPT;
+  const std::string err = config_error([&] { single_rank(gpt); });
+  EXPECT_NE(err.find("--model-type (model_type)"), std::string::npos) << err;
+  EXPECT_NE(err.find("--model-type bert"), std::string::npos) << err;
 }
 
 TEST(BertTraining, ContextParallelIsRefusedWithTheReason) {
