@@ -237,6 +237,19 @@ TEST(TrainCli, TrainsBertOnSentenceSplitText) {
   r = run(train + (dir / "moby_text_document").string() + " --bert-no-binary-head");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output.find("sop loss"), std::string::npos) << r.output;
+  // inspect-data prints the same samples: [CLS] first, labels where masked, the segments.
+  r = run("inspect-data --model-type bert --seq-length 32 --num-samples 3 --decode" + tok +
+          " --data-path " + (dir / "moby_text_sentence").string());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(count_lines(r.output), 3) << r.output;
+  for (const char* key : {"\"tokens\": [2, ", "\"types\": [0, ", "\"labels\": [",
+                          "\"length\": ", "\"sentence_order\": ", "\"text\": \"[CLS] "})
+    EXPECT_NE(r.output.find(key), std::string::npos) << key << "\n" << r.output;
+  r = run("inspect-data --model-type bert --seq-length 32 --data-path " +
+          (dir / "moby_text_sentence").string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--tokenizer-type BertWordPieceLowerCase"), std::string::npos)
+      << r.output;
   std::filesystem::remove_all(dir);
 }
 

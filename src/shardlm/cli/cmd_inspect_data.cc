@@ -10,16 +10,22 @@
 // sample order depends on that count (number of epochs, separate final epoch), so to see the
 // order of a training run pass its train_iters * global_batch_size. Other splits get 0.
 // --decode adds "text" (needs a tokenizer: --tokenizer-type and its files).
+// --model-type bert prints BERT's masked-LM samples instead (data::build_bert_datasets, the
+// WordPiece tokenizer required): tokens, token types, labels (-1: not masked), the real length
+// and the sentence-order label; --mask-prob / --short-seq-prob / --bert-no-binary-head as in
+// `shardlm train`.
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "shardlm/base/error.h"
 #include "shardlm/cli/commands.h"
+#include "shardlm/data/bert_dataset_builder.h"
 #include "shardlm/data/gpt_dataset_builder.h"
 #include "shardlm/data/tokenizer/tokenizer_factory.h"
 
@@ -36,7 +42,78 @@ struct InspectFlags {
   data::TokenizerOptions tokenizer;
   int64_t vocab_size = 786;
   bool decode = false;
+  std::string model_type = "gpt";
+  double mask_prob = 0.15, short_seq_prob = 0.1;
+  bool bert_no_binary_head = false;
 };
+
+std::string json_ints(std::span<const int32_t> v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+  return out + "]";
+}
+
+std::string json_text(const data::Tokenizer& tokenizer, std::span<const int32_t> ids) {
+  const nlohmann::json text = tokenizer.decode(ids);
+  return text.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void check_range(const InspectFlags& f, int64_t size) {
+  if (f.start + f.num_samples > size) {
+    throw Error(ErrorKind::kInvalidConfig,
+                "--start " + std::to_string(f.start) + " + --num-samples " +
+                    std::to_string(f.num_samples) + " exceeds the " + f.dataset + " split's " +
+                    std::to_string(size) + " samples");
+  }
+}
+
+// BERT's samples of one split, requested samples in slot `split` (the others 0).
+void print_bert_samples(const InspectFlags& f, int split, int64_t requested) {
+  if (f.tokenizer.type.empty())
+    throw Error(ErrorKind::kInvalidConfig,
+                "--model-type bert needs the WordPiece tokenizer (its special ids mask the "
+                "samples): pass --tokenizer-type BertWordPieceLowerCase --vocab-file vocab.txt");
+  if (!f.data.train_data_path.empty() || !f.data.valid_data_path.empty() ||
+      !f.data.test_data_path.empty())
+    throw Error(ErrorKind::kInvalidConfig,
+                "--model-type bert reads one --data-path (per-split paths are GPT's)");
+  std::shared_ptr<const data::Tokenizer> tokenizer = data::make_tokenizer(f.tokenizer);
+  data::BertDataConfig c;
+  c.data_path = f.data.data_path;
+  c.split = f.data.split;
+  c.seq_length = f.data.seq_length;
+  c.seed = f.data.seed;
+  c.num_samples = {0, 0, 0};
+  c.num_samples[static_cast<size_t>(split)] = requested;
+  c.mask_prob = f.mask_prob;
+  c.short_seq_prob = f.short_seq_prob;
+  c.binary_head = !f.bert_no_binary_head;
+  c.vocab = data::masked_lm_vocab_of(tokenizer);
+  data::BertDatasets sets = data::build_bert_datasets(c);
+  const data::BertSampleSource* source =
+      split == 0 ? sets.train.get() : split == 1 ? sets.valid.get() : sets.test.get();
+  if (source == nullptr || source->size() == 0)
+    throw Error(ErrorKind::kInvalidConfig,
+                "the " + f.dataset + " split is empty with --split " + f.data.split);
+  check_range(f, source->size());
+  const size_t S = static_cast<size_t>(source->seq_length());
+  std::vector<int32_t> tokens(S), types(S), labels(S);
+  std::vector<float> mask(S);
+  for (int64_t k = f.start; k < f.start + f.num_samples; ++k) {
+    data::BertSampleView view{tokens, types, labels, mask};
+    source->get(k, view);
+    std::string line = "{\"index\": " + std::to_string(k) + ", \"tokens\": " +
+                       json_ints(tokens) + ", \"types\": " + json_ints(types) +
+                       ", \"labels\": " + json_ints(labels) + ", \"length\": " +
+                       std::to_string(view.length) + ", \"sentence_order\": " +
+                       std::to_string(view.sentence_order);
+    if (f.decode)
+      line += ", \"text\": " +
+              json_text(*tokenizer, std::span<const int32_t>(tokens.data(), view.length));
+    std::cout << line << "}\n";
+  }
+  std::cout.flush();
+}
 
 void run_inspect(InspectFlags& f) {
   int split = -1;
@@ -76,6 +153,12 @@ void run_inspect(InspectFlags& f) {
     f.tokenizer.vocab_size = f.vocab_size;
     tokenizer = data::make_tokenizer(f.tokenizer);
   }
+  if (f.model_type != "gpt" && f.model_type != "bert")
+    throw Error(ErrorKind::kInvalidConfig, "--model-type " + f.model_type + " is not gpt or bert");
+  if (f.model_type == "bert") {
+    print_bert_samples(f, split, requested);
+    return;
+  }
   if (!f.data_cache_path.empty()) f.data.data_cache_path = f.data_cache_path;
   for (auto& n : f.data.num_samples) n = 0;
   f.data.num_samples[split] = requested;
@@ -87,27 +170,14 @@ void run_inspect(InspectFlags& f) {
     throw Error(ErrorKind::kInvalidConfig,
                 "the " + f.dataset + " split is empty with --split " + f.data.split);
   }
-  if (f.start + f.num_samples > source->size()) {
-    throw Error(ErrorKind::kInvalidConfig,
-                "--start " + std::to_string(f.start) + " + --num-samples " +
-                    std::to_string(f.num_samples) + " exceeds the " + f.dataset + " split's " +
-                    std::to_string(source->size()) + " samples");
-  }
+  check_range(f, source->size());
   const int64_t seq = source->seq_length();
   std::vector<int32_t> tokens(seq + 1);
   std::vector<float> mask(seq);
   for (int64_t k = f.start; k < f.start + f.num_samples; ++k) {
     source->get(k, tokens, mask);
-    std::string line = "{\"index\": " + std::to_string(k) + ", \"tokens\": [";
-    for (int64_t i = 0; i <= seq; ++i) {
-      if (i > 0) line += ", ";
-      line += std::to_string(tokens[i]);
-    }
-    line += "]";
-    if (tokenizer) {
-      const nlohmann::json text = tokenizer->decode(tokens);
-      line += ", \"text\": " + text.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    }
+    std::string line = "{\"index\": " + std::to_string(k) + ", \"tokens\": " + json_ints(tokens);
+    if (tokenizer) line += ", \"text\": " + json_text(*tokenizer, tokens);
     line += "}\n";
     std::cout << line;
   }
@@ -150,6 +220,18 @@ void register_inspect_data(CLI::App& app) {
                   "order depends on it, e.g. train_iters * global_batch_size for train")
       ->group(s);
   cmd->add_flag("--decode", flags->decode, "Add the decoded text (needs a tokenizer)")->group(s);
+  const char* bert = "BERT";
+  cmd->add_option("--model-type", flags->model_type,
+                  "gpt (token windows, the default) or bert (masked-LM samples)")
+      ->group(bert);
+  cmd->add_option("--mask-prob", flags->mask_prob, "BERT: masking probability (0.15)")
+      ->group(bert);
+  cmd->add_option("--short-seq-prob", flags->short_seq_prob,
+                  "BERT: probability of a shorter sample (0.1)")
+      ->group(bert);
+  cmd->add_flag("--bert-no-binary-head", flags->bert_no_binary_head,
+                "BERT: no sentence-order pairs (one segment per sample)")
+      ->group(bert);
   const char* tok = "tokenizer";
   cmd->add_option("--tokenizer-type", flags->tokenizer.type, "Tokenizer type")->group(tok);
   cmd->add_option("--vocab-file", flags->tokenizer.vocab_file, "Path to the vocab file")
