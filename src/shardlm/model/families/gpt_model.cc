@@ -337,14 +337,21 @@ void GPTModel::add_tokentype_embeddings(DeviceContext& ctx, const Batch& batch,
                   ErrorKind::kInvalidArgument,
                   "BERT forward: token_types must be int32 [micro-batch, seq-length] = " +
                       Shape({micro_batch_, T}).to_string() + " (the binary head's segments)");
-  // Looked up per block of the rank's rows into scratch, then added (the table is tiny).
+  // Looked up into scratch, then added (the table is tiny): all rows at once, or under SP per
+  // block of the rank's rows.
   const Tensor types = acts().scratch.c1.flat_view(0, local.shape());
-  for_each_position_block(tp_, sequence_rows(), [&](int64_t b, int64_t row, int64_t n,
-                                                    int64_t position) {
-    ops::embedding_forward(ctx, types.flat_view(row * C, Shape({1, n, C})),
-                           batch.token_types.flat_view(b * T + position, Shape({1, n})),
-                           tokentype_embeddings_->compute_value, Tensor());
-  });
+  const Tensor& table = tokentype_embeddings_->compute_value;
+  if (!tp_.sp()) {
+    ops::embedding_forward(ctx, types.reshape({micro_batch_, T, C}), batch.token_types, table,
+                           Tensor());
+  } else {
+    for_each_position_block(tp_, sequence_rows(), [&](int64_t b, int64_t row, int64_t n,
+                                                      int64_t position) {
+      ops::embedding_forward(ctx, types.flat_view(row * C, Shape({1, n, C})),
+                             batch.token_types.flat_view(b * T + position, Shape({1, n})), table,
+                             Tensor());
+    });
+  }
   ops::add_inplace(ctx, local, types);
 }
 
@@ -352,14 +359,18 @@ void GPTModel::tokentype_embedding_backward(DeviceContext& ctx, const Batch& bat
                                             const Tensor& d_local) {
   const int64_t C = cfg_.hidden_size, T = local_seq_length();
   // Under SP each rank saw only its rows: this micro-batch's gradient is summed over TP first.
-  const Tensor grad = tp_.sp() ? acts().tokentype_grad : tokentype_embeddings_->compute_grad;
-  if (tp_.sp()) ops::fill(ctx, grad, 0.0);
+  if (!tp_.sp()) {
+    ops::embedding_backward(ctx, tokentype_embeddings_->compute_grad, Tensor(),
+                            d_local.reshape({micro_batch_, T, C}), batch.token_types);
+    return;
+  }
+  const Tensor grad = acts().tokentype_grad;
+  ops::fill(ctx, grad, 0.0);
   for_each_position_block(tp_, sequence_rows(), [&](int64_t b, int64_t row, int64_t n,
                                                     int64_t position) {
     ops::embedding_backward(ctx, grad, Tensor(), d_local.flat_view(row * C, Shape({1, n, C})),
                             batch.token_types.flat_view(b * T + position, Shape({1, n})));
   });
-  if (!tp_.sp()) return;
   tp_.group->all_reduce(grad);
   ops::add_inplace(ctx, tokentype_embeddings_->compute_grad, grad);
 }

@@ -336,8 +336,11 @@ __global__ void __launch_bounds__(kMmaThreads)
       sD[nb * kBr + r] = i < p.rows ? p.delta[idx] : 0.0f;
     }
   };
-  issue(0, 0);
+  if (n_iters > 0) issue(0, 0);
   cp_async_commit();
+  // Keys past the padding (no iterations): drain the K/V loads before the block writes zeros
+  // and exits, so no asynchronous copy is left in flight.
+  if (n_iters == 0) cp_async_wait<0>();
 
   float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
   const int64_t j0 = k0 + warp * 16 + gid, j1 = j0 + 8;
