@@ -1,7 +1,7 @@
 // Checkpoints from the outside (the shardlm binary as a child process): SIGTERM with
 // --exit-signal-handler saves at the end of the step and exits 0 with a loadable checkpoint;
 // --exit-interval; a model-flag mismatch on --load is one line naming the flag; convert --from hf
-// (GPT-2 and Llama) then train --load --finetune, and convert --to hf.
+// (GPT-2, Llama and Megatron-BERT) then train --load --finetune, and convert --to hf.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -12,11 +12,14 @@
 #include <cmath>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
 
+#include "shardlm/ckpt/hf_bert.h"
+#include "shardlm/model/families/gpt_model.h"
 #include "tests/testing/run_command.h"
 
 namespace fs = std::filesystem;
@@ -255,6 +258,80 @@ TEST(CheckpointCli, ConvertLlamaFromHfFinetuneAndBack) {
   EXPECT_NE(tp3.output.find("--target-tensor-parallel-size 3: --num-attention-heads 4"),
             std::string::npos) << tp3.output;
   EXPECT_FALSE(fs::exists(dir.str() + "/tp3"));
+}
+
+// A Hugging Face Megatron-BERT with the binary head (written by the exporter from a freshly
+// initialised ShardLM BERT) converts to a checkpoint recording the BERT family, fine-tunes with
+// --model-type bert and the flags convert prints (a GPT run refuses it naming --model-type),
+// converts back; an erf-GELU config imports with a printed note; an unknown type lists the
+// supported ones.
+TEST(CheckpointCli, ConvertMegatronBertFromHfFinetuneAndBack) {
+  TempDir dir;
+  const std::string src = dir.str() + "/src", ckpt = dir.str() + "/ckpt", hf = dir.str() + "/hf";
+  {
+    shardlm::ckpt::HfModel m;
+    shardlm::model::TransformerConfig& c = m.config;
+    c.family = shardlm::model::ModelFamily::kBert;
+    c.num_layers = 2;
+    c.hidden_size = 16;
+    c.num_attention_heads = 2;
+    c.ffn_hidden_size = 64;
+    c.seq_length = 32;
+    c.vocab_size = 64;
+    shardlm::DeviceContext ctx = shardlm::DeviceContext::cpu();
+    shardlm::model::GPTModel model(c);
+    shardlm::model::ParameterRegistry reg;
+    model.register_parameters(reg);
+    reg.finalize(ctx, shardlm::DType::kF32, 5);
+    for (const shardlm::model::Parameter& p : reg.parameters()) {
+      shardlm::OwnedTensor t = shardlm::OwnedTensor::empty(shardlm::DType::kF32, p.value.shape());
+      std::memcpy(t.view().raw(), p.value.raw(), p.value.nbytes());
+      m.tensors[p.spec.name] = std::move(t);
+    }
+    shardlm::ckpt::write_hf_megatron_bert(m, src);
+  }
+  const Result c = run("convert --from hf --model-type megatron-bert --input " + src +
+                       " --output " + ckpt);
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  const std::string model =
+      "--model-type bert --num-layers 2 --hidden-size 16 --num-attention-heads 2 "
+      "--ffn-hidden-size 64 --max-position-embeddings 32 --vocab-size 64";
+  EXPECT_NE(c.output.find("--finetune " + model + " "), std::string::npos) << c.output;
+  EXPECT_EQ(c.output.find("note:"), std::string::npos) << c.output;  // gelu_new: exact
+  const std::string train =
+      "train " + model + " --seq-length 16 --mock-data --micro-batch-size 2 --lr 1e-4 "
+      "--eval-iters 0 --log-interval 1 --device cpu --hidden-dropout 0 --attention-dropout 0 ";
+  const Result ft = run(train + "--train-iters 2 --load " + ckpt + " --finetune --save " +
+                        dir.str() + "/ft");
+  ASSERT_EQ(ft.exit_code, 0) << ft.output;
+  EXPECT_NE(ft.output.find("loaded checkpoint"), std::string::npos) << ft.output;
+  EXPECT_NE(ft.output.find("sop loss"), std::string::npos) << ft.output;
+  EXPECT_TRUE(fs::exists(dir.str() + "/ft/iter_0000002/metadata.json")) << ft.output;
+  std::string gpt = train;
+  gpt.replace(gpt.find("--model-type bert "), 18, "");
+  const Result wrong = run(gpt + "--train-iters 1 --load " + ckpt + " --finetune");
+  EXPECT_EQ(wrong.exit_code, 2) << wrong.output;
+  EXPECT_NE(wrong.output.find("--model-type (model_type)"), std::string::npos) << wrong.output;
+
+  const Result back = run("convert --to hf --model-type megatron-bert --input " + dir.str() +
+                          "/ft --output " + hf);
+  ASSERT_EQ(back.exit_code, 0) << back.output;
+  EXPECT_NE(read_file(hf + "/config.json").find("\"MegatronBertForPreTraining\""),
+            std::string::npos);
+  EXPECT_TRUE(fs::exists(hf + "/model.safetensors"));
+
+  std::string config = read_file(src + "/config.json");
+  config.replace(config.find("\"gelu_new\""), 10, "\"gelu\"");
+  std::ofstream(src + "/config.json") << config;
+  const Result erf = run("convert --from hf --model-type megatron-bert --input " + src +
+                         " --output " + dir.str() + "/erf");
+  EXPECT_EQ(erf.exit_code, 0) << erf.output;
+  EXPECT_NE(erf.output.find("note: hidden_act \"gelu\""), std::string::npos) << erf.output;
+  const Result unknown = run("convert --from hf --model-type t5 --input " + src + " --output " +
+                             dir.str() + "/t5");
+  EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
+  EXPECT_NE(unknown.output.find("gpt2, llama or megatron-bert"), std::string::npos)
+      << unknown.output;
 }
 
 }  // namespace

@@ -14,6 +14,8 @@ namespace shardlm::ckpt {
 
 using detail::copy_of;
 using detail::layer_prefix;
+using detail::row_block;
+using detail::stack_rows;
 
 namespace {
 constexpr char kEmbed[] = "embedding.word_embeddings.weight";
@@ -160,18 +162,6 @@ HfModel read_hf_llama(const std::string& hf_dir, int64_t divisible_by, int64_t t
     used.insert(name);
     return hf.get(name, shape);
   };
-  // [a ; b ; ...] along rows (all fp32 with equal row length).
-  auto stack_rows = [](std::initializer_list<const OwnedTensor*> parts) {
-    int64_t rows = 0;
-    for (const OwnedTensor* p : parts) rows += p->view().size(0);
-    OwnedTensor out = OwnedTensor::empty(DType::kF32, {rows, parts.begin()[0]->view().size(1)});
-    auto* dst = static_cast<std::byte*>(out.view().raw());
-    for (const OwnedTensor* p : parts) {
-      std::memcpy(dst, p->view().raw(), p->view().nbytes());
-      dst += p->view().nbytes();
-    }
-    return out;
-  };
 
   OwnedTensor embed = get(prefix + "embed_tokens.weight", {V, C});
   if (c.untie_embeddings_and_output_weights) {
@@ -193,7 +183,7 @@ HfModel read_hf_llama(const std::string& hf_dir, int64_t divisible_by, int64_t t
       OwnedTensor k = get(H + "self_attn.k_proj.weight", {G * HS, C});
       OwnedTensor v = get(H + "self_attn.v_proj.weight", {G * HS, C});
       m.tensors[L + "self_attention.linear_qkv.weight"] =
-          detail::qkv_rows_from_hf(stack_rows({&q, &k, &v}), c);
+          detail::qkv_rows_from_hf(stack_rows({&q.view(), &k.view(), &v.view()}), c);
     }
     m.tensors[L + "self_attention.linear_proj.weight"] =
         get(H + "self_attn.o_proj.weight", {C, NH * HS});
@@ -202,7 +192,7 @@ HfModel read_hf_llama(const std::string& hf_dir, int64_t divisible_by, int64_t t
     {
       OwnedTensor gate = get(H + "mlp.gate_proj.weight", {F, C});
       OwnedTensor up = get(H + "mlp.up_proj.weight", {F, C});
-      m.tensors[L + "mlp.linear_fc1.weight"] = stack_rows({&gate, &up});
+      m.tensors[L + "mlp.linear_fc1.weight"] = stack_rows({&gate.view(), &up.view()});
     }
     m.tensors[L + "mlp.linear_fc2.weight"] = get(H + "mlp.down_proj.weight", {C, F});
   }
@@ -250,13 +240,6 @@ void write_hf_llama(const HfModel& m, const std::string& out_dir) {
   auto at = [&](const std::string& name) -> const Tensor& {
     return detail::parameter(m.tensors, name);
   };
-  // Rows [begin, begin + n) of a [R, K] tensor.
-  auto rows = [](const Tensor& t, int64_t begin, int64_t n) {
-    const int64_t K = t.size(1);
-    OwnedTensor o = OwnedTensor::empty(DType::kF32, {n, K});
-    std::memcpy(o.view().raw(), t.data<float>() + begin * K, static_cast<size_t>(n * K) * 4);
-    return o;
-  };
   std::vector<std::pair<std::string, OwnedTensor>> out;
   auto put = [&](const std::string& name, OwnedTensor t) { out.emplace_back(name, std::move(t)); };
   put("model.embed_tokens.weight", detail::resize_rows(at(kEmbed), V));
@@ -265,14 +248,14 @@ void write_hf_llama(const HfModel& m, const std::string& out_dir) {
     put(H + "input_layernorm.weight",
         copy_of(at(L + "self_attention.linear_qkv.layer_norm_weight")));
     const OwnedTensor qkv = detail::qkv_rows_to_hf(at(L + "self_attention.linear_qkv.weight"), c);
-    put(H + "self_attn.q_proj.weight", rows(qkv, 0, NH * HS));
-    put(H + "self_attn.k_proj.weight", rows(qkv, NH * HS, G * HS));
-    put(H + "self_attn.v_proj.weight", rows(qkv, (NH + G) * HS, G * HS));
+    put(H + "self_attn.q_proj.weight", row_block(qkv, 0, NH * HS));
+    put(H + "self_attn.k_proj.weight", row_block(qkv, NH * HS, G * HS));
+    put(H + "self_attn.v_proj.weight", row_block(qkv, (NH + G) * HS, G * HS));
     put(H + "self_attn.o_proj.weight", copy_of(at(L + "self_attention.linear_proj.weight")));
     put(H + "post_attention_layernorm.weight", copy_of(at(L + "mlp.linear_fc1.layer_norm_weight")));
     const Tensor& fc1 = at(L + "mlp.linear_fc1.weight");
-    put(H + "mlp.gate_proj.weight", rows(fc1, 0, F));
-    put(H + "mlp.up_proj.weight", rows(fc1, F, F));
+    put(H + "mlp.gate_proj.weight", row_block(fc1, 0, F));
+    put(H + "mlp.up_proj.weight", row_block(fc1, F, F));
     put(H + "mlp.down_proj.weight", copy_of(at(L + "mlp.linear_fc2.weight")));
   }
   put("model.norm.weight", copy_of(at("decoder.final_layernorm.weight")));

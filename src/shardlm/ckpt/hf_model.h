@@ -1,7 +1,7 @@
 // A whole model as `shardlm convert` moves it between formats: the architecture plus every
 // parameter as a global fp32 tensor under its ShardLM (Megatron) name. The Hugging Face readers
-// and writers (hf_gpt2.h, hf_llama.h) produce and consume it; this file holds the ShardLM side:
-// a model-only checkpoint (iteration 0, no optimizer state) and its reverse.
+// and writers (hf_gpt2.h, hf_llama.h, hf_bert.h) produce and consume it; this file holds the
+// ShardLM side: a model-only checkpoint (iteration 0, no optimizer state) and its reverse.
 //
 //   HfModel m = read_hf_llama("llama_dir");
 //   write_model_checkpoint(m, "ckpt", "hf llama llama_dir");  // train --load ckpt --finetune
@@ -25,6 +25,9 @@ struct HfModel {
   model::TransformerConfig config;
   std::map<std::string, OwnedTensor> tensors;  // ShardLM names, global fp32 tensors
   nlohmann::json hf_config;                    // the config.json read (kept for export)
+  // What the import approximated (e.g. erf GELU run as the tanh form): one sentence each,
+  // printed by `shardlm convert`; not saved in the checkpoint.
+  std::vector<std::string> notes;
 };
 
 // The model's parameters (names and global shapes) in registration order.

@@ -1,19 +1,23 @@
-// `shardlm convert`: Hugging Face <-> ShardLM checkpoints (ckpt/hf_gpt2.h, ckpt/hf_llama.h).
+// `shardlm convert`: Hugging Face <-> ShardLM checkpoints (ckpt/hf_gpt2.h, ckpt/hf_llama.h,
+// ckpt/hf_bert.h).
 //
-//   shardlm convert --from hf --model-type gpt2|llama --input HF_DIR --output CKPT_DIR
-//                   [--target-tensor-parallel-size N] [--make-vocab-size-divisible-by D]
-//   shardlm convert --to hf --model-type gpt2|llama --input CKPT_DIR --output HF_DIR
-//                   [--ckpt-step N]
+//   shardlm convert --from hf --model-type gpt2|llama|megatron-bert --input HF_DIR
+//                   --output CKPT_DIR [--target-tensor-parallel-size N]
+//                   [--make-vocab-size-divisible-by D]
+//   shardlm convert --to hf --model-type gpt2|llama|megatron-bert --input CKPT_DIR
+//                   --output HF_DIR [--ckpt-step N]
 // The ShardLM side is a model-only checkpoint at iteration 0 (fine-tune it with
 // `shardlm train --load CKPT_DIR --finetune` and the model flags this command prints). Our format
 // reshards on load, so the checkpoint is written unsharded; --target-tensor-parallel-size only
 // pads the vocabulary as a run with that TP size pads it (D x N) and checks that heads, query
 // groups and the MLP split over N ranks, so the mistake shows here rather than at training.
+// What an import approximates (HfModel::notes) is printed as "note: ..." lines.
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
 
 #include "shardlm/base/error.h"
+#include "shardlm/ckpt/hf_bert.h"
 #include "shardlm/ckpt/hf_gpt2.h"
 #include "shardlm/ckpt/hf_llama.h"
 #include "shardlm/ckpt/model_config_json.h"
@@ -38,13 +42,15 @@ struct Family {
 constexpr Family kFamilies[] = {
     {"gpt2", "GPT-2", ckpt::read_hf_gpt2, ckpt::write_hf_gpt2},
     {"llama", "Llama", ckpt::read_hf_llama, ckpt::write_hf_llama},
+    {"megatron-bert", "Megatron-BERT", ckpt::read_hf_megatron_bert,
+     ckpt::write_hf_megatron_bert},
 };
 
 const Family& family(const std::string& type) {
   for (const Family& f : kFamilies)
     if (type == f.type) return f;
   throw Error(ErrorKind::kInvalidConfig,
-              "--model-type '" + type + "' is not supported (gpt2 or llama)");
+              "--model-type '" + type + "' is not supported (gpt2, llama or megatron-bert)");
 }
 
 void run_convert(const ConvertArgs& a) {
@@ -79,6 +85,7 @@ void run_convert(const ConvertArgs& a) {
               << " --make-vocab-size-divisible-by " << a.make_vocab_size_divisible_by;
     if (tp > 1) std::cout << " --tensor-model-parallel-size " << tp;
     std::cout << " ...\n";
+    for (const std::string& note : m.notes) std::cout << "note: " << note << "\n";
   } else {
     ckpt::HfModel m = ckpt::read_model_checkpoint(a.input, a.ckpt_step);
     f.write(m, a.output);
@@ -93,7 +100,8 @@ void register_convert(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("convert", "Convert checkpoints to and from Hugging Face");
   cmd->add_option("--from", args->from, "Source format: hf");
   cmd->add_option("--to", args->to, "Target format: hf");
-  cmd->add_option("--model-type", args->model_type, "Model family: gpt2 or llama");
+  cmd->add_option("--model-type", args->model_type,
+                  "Model family: gpt2, llama or megatron-bert");
   cmd->add_option("--input", args->input, "Input directory")->required();
   cmd->add_option("--output", args->output, "Output directory")->required();
   cmd->add_option("--make-vocab-size-divisible-by", args->make_vocab_size_divisible_by,

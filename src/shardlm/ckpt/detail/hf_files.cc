@@ -114,11 +114,44 @@ OwnedTensor transpose(const Tensor& t) {
   return out;
 }
 
+namespace {
+// Elements per row: K of a [R, K] weight, 1 of a [R] vector.
+int64_t row_length(const Tensor& t) { return t.shape().rank() == 1 ? 1 : t.size(1); }
+// t's shape with `rows` rows.
+Shape with_rows(const Tensor& t, int64_t rows) {
+  return t.shape().rank() == 1 ? Shape({rows}) : Shape({rows, t.size(1)});
+}
+}  // namespace
+
 OwnedTensor resize_rows(const Tensor& t, int64_t rows) {
-  const int64_t K = t.size(1);
-  OwnedTensor out = OwnedTensor::zeros(DType::kF32, {rows, K});
+  const int64_t K = row_length(t);
+  OwnedTensor out = OwnedTensor::zeros(DType::kF32, with_rows(t, rows));
   const int64_t keep = std::min(rows, t.size(0));
   std::memcpy(out.view().raw(), t.raw(), static_cast<size_t>(keep * K) * sizeof(float));
+  return out;
+}
+
+OwnedTensor stack_rows(std::initializer_list<const Tensor*> parts) {
+  int64_t rows = 0;
+  for (const Tensor* p : parts) {
+    SHARDLM_CHECK_EQ(row_length(*p), row_length(**parts.begin()));
+    rows += p->size(0);
+  }
+  OwnedTensor out = OwnedTensor::empty(DType::kF32, with_rows(**parts.begin(), rows));
+  auto* dst = static_cast<std::byte*>(out.view().raw());
+  for (const Tensor* p : parts) {
+    std::memcpy(dst, p->raw(), p->nbytes());
+    dst += p->nbytes();
+  }
+  return out;
+}
+
+OwnedTensor row_block(const Tensor& t, int64_t begin, int64_t n) {
+  SHARDLM_CHECK(begin >= 0 && begin + n <= t.size(0));
+  const int64_t K = row_length(t);
+  OwnedTensor out = OwnedTensor::empty(DType::kF32, with_rows(t, n));
+  std::memcpy(out.view().raw(), t.data<float>() + begin * K,
+              static_cast<size_t>(n * K) * sizeof(float));
   return out;
 }
 

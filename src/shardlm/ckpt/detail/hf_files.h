@@ -1,4 +1,4 @@
-// The Hugging Face side shared by the family converters (hf_gpt2, hf_llama): config.json,
+// The Hugging Face side shared by the family converters (hf_gpt2, hf_llama, hf_bert): config.json,
 // the tensors of model.safetensors or of a sharded model.safetensors.index.json, writing an
 // exported directory, and the layout moves every family needs (vocabulary padding, transposes,
 // Megatron's grouped QKV rows). All tensors here are fp32 on the host.
@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -52,9 +53,13 @@ const Tensor& parameter(const std::map<std::string, OwnedTensor>& tensors,
 
 OwnedTensor copy_of(const Tensor& t);
 OwnedTensor transpose(const Tensor& t);  // [R, K] -> [K, R]
-// [R, K] -> [rows, K]: the first `rows` rows, then zero rows (Megatron's vocabulary padding:
-// rows >= R are never produced by the tokenizer).
+// [R, K] -> [rows, K] (or [R] -> [rows]): the first `rows` rows, then zero rows (Megatron's
+// vocabulary padding: rows >= R are never produced by the tokenizer).
 OwnedTensor resize_rows(const Tensor& t, int64_t rows);
+// [a ; b ; ...] along rows: weights [R_i, K] (equal K) or vectors [R_i].
+OwnedTensor stack_rows(std::initializer_list<const Tensor*> parts);
+// Rows [begin, begin + n) of a [R, K] weight or [R] vector.
+OwnedTensor row_block(const Tensor& t, int64_t begin, int64_t n);
 
 // The fused QKV rows (weight [R, C] or bias [R]) between Hugging Face's order [q all heads |
 // k all groups | v all groups] and Megatron's grouped order [q_g (NH/G heads) | k_g | v_g] per

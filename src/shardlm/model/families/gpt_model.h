@@ -160,6 +160,9 @@ class GPTModel {
   // BERT with the binary head: the mean sentence-order loss of the last forward (a part of its
   // return value); 0 otherwise.
   double last_sop_loss() const { return slots_.empty() ? 0.0 : slots_[slot_].sop_loss; }
+  // BERT with the binary head (head chunk): the sentence-order logits of the last forward,
+  // [B, 2] (for tests and Hugging Face comparisons; same on all TP ranks); undefined otherwise.
+  const Tensor& sop_logits() const { return slots_[slot_].bert.sop_logits; }
   // Per-token losses of the last forward, [B*T] (for tests and evaluation; same on all TP ranks).
   const Tensor& token_losses() const { return slots_[slot_].losses; }
   // [B*T, V/TP]: this rank's vocabulary slice [vocab_start(), vocab_start() + V/TP).
