@@ -19,7 +19,12 @@ import json
 import os
 
 from transformers import BertTokenizer
-from transformers.models.bert.tokenization_bert import whitespace_tokenize
+
+
+def whitespace_tokenize(text):
+    # BERT's whitespace_tokenize (transformers 5 no longer exports it): strip, split on whitespace.
+    text = text.strip()
+    return text.split() if text else []
 
 TRICKY = [
     "Hello, World!", "HELLO world", "Café au lait", "Cafe\u0301 cre\u0300me", "naïve résumé",

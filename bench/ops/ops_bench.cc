@@ -176,7 +176,7 @@ void bench_fp8_linear(DeviceContext& ctx, int64_t N, int64_t IC, int64_t OC) {
   const double bwd = time_ms(ctx, [&] { lin.backward(ctx, ws, din, dw, true, dout, in, w); });
   const Tensor xq = ws.x.flat_view(0, Shape({N, IC})), wq = ws.w.flat_view(0, Shape({OC, IC}));
   const double gemm = time_ms(ctx, [&] {
-    ops::fp8_gemm(ctx, out, xq, ws.scale_inv.slice(0, 1), wq, ws.scale_inv.slice(1, 2), bias,
+    ops::fp8_gemm(ctx, out, xq, ws.scale_inv_of(0), wq, ws.scale_inv_of(1), bias,
                   false);
   });
   const double quant = time_ms(ctx, [&] {

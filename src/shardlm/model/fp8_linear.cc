@@ -28,7 +28,7 @@ Fp8Workspace Fp8Workspace::allocate(TensorAllocator& alloc, const Fp8Recipe& rec
   ws.dy_t = alloc.allocate(recipe.gradient_format(), {rows * max_out});
   ws.amax = alloc.allocate(DType::kF32, {3});
   ws.scale = alloc.allocate(DType::kF32, {3});
-  ws.scale_inv = alloc.allocate(DType::kF32, {3});
+  ws.scale_inv = alloc.allocate(DType::kF32, {3 * Fp8Workspace::kScaleSlot});
   return ws;
 }
 
@@ -40,17 +40,18 @@ void Fp8Linear::reduce_amax(const Tensor& amax) const {
 void Fp8Linear::forward(DeviceContext& ctx, const Fp8Workspace& ws, Tensor out, const Tensor& in,
                         const Tensor& weight, const Tensor& bias) const {
   const int64_t OC = weight.size(0), IC = weight.size(1), N = in.numel() / IC;
-  const Tensor amax = ws.amax.slice(0, 2), scale = ws.scale.slice(0, 2);
-  const Tensor scale_inv = ws.scale_inv.slice(0, 2);
+  const Tensor amax = ws.amax.slice(0, 2);
   ops::abs_max(ctx, ws.amax.slice(0, 1), in);
   ops::abs_max(ctx, ws.amax.slice(1, 2), weight);
   reduce_amax(amax);
-  ops::fp8_scale_from_amax(ctx, scale, scale_inv, amax, recipe.forward_format(), recipe.margin);
+  for (int64_t k : {0, 1})
+    ops::fp8_scale_from_amax(ctx, ws.scale.slice(k, k + 1), ws.scale_inv_of(k),
+                             ws.amax.slice(k, k + 1), recipe.forward_format(), recipe.margin);
   const Tensor xq = codes(ws.x, N, IC, "x"), wq = codes(ws.w, OC, IC, "W");
   ops::fp8_quantize(ctx, xq, Tensor(), in, ws.scale.slice(0, 1));
   ops::fp8_quantize(ctx, wq, Tensor(), weight, ws.scale.slice(1, 2));
-  ops::fp8_gemm(ctx, out.reshape({N, OC}), xq, ws.scale_inv.slice(0, 1), wq,
-                ws.scale_inv.slice(1, 2), bias, /*accumulate=*/false);
+  ops::fp8_gemm(ctx, out.reshape({N, OC}), xq, ws.scale_inv_of(0), wq, ws.scale_inv_of(1), bias,
+                /*accumulate=*/false);
 }
 
 void Fp8Linear::backward(DeviceContext& ctx, const Fp8Workspace& ws, Tensor din, Tensor dweight,
@@ -62,12 +63,13 @@ void Fp8Linear::backward(DeviceContext& ctx, const Fp8Workspace& ws, Tensor din,
   ops::abs_max(ctx, ws.amax.slice(1, 2), weight);
   ops::abs_max(ctx, ws.amax.slice(2, 3), dout);
   reduce_amax(ws.amax);
-  ops::fp8_scale_from_amax(ctx, ws.scale.slice(0, 2), ws.scale_inv.slice(0, 2),
-                           ws.amax.slice(0, 2), recipe.forward_format(), recipe.margin);
-  ops::fp8_scale_from_amax(ctx, ws.scale.slice(2, 3), ws.scale_inv.slice(2, 3),
-                           ws.amax.slice(2, 3), recipe.gradient_format(), recipe.margin);
-  const Tensor x_scale_inv = ws.scale_inv.slice(0, 1), w_scale_inv = ws.scale_inv.slice(1, 2);
-  const Tensor dy_scale_inv = ws.scale_inv.slice(2, 3);
+  for (int64_t k : {0, 1, 2})
+    ops::fp8_scale_from_amax(ctx, ws.scale.slice(k, k + 1), ws.scale_inv_of(k),
+                             ws.amax.slice(k, k + 1),
+                             k == 2 ? recipe.gradient_format() : recipe.forward_format(),
+                             recipe.margin);
+  const Tensor x_scale_inv = ws.scale_inv_of(0), w_scale_inv = ws.scale_inv_of(1);
+  const Tensor dy_scale_inv = ws.scale_inv_of(2);
   const Tensor dy2 = dout.reshape({N, OC});
   const Tensor dyq = din.defined() ? codes(ws.dy, N, OC, "dy") : Tensor();
   const Tensor dyq_t = dweight.defined() ? codes(ws.dy_t, OC, N, "dy^T") : Tensor();

@@ -39,7 +39,12 @@ struct Fp8Workspace {
   Tensor dy_t;   // [rows · max_out] codes of dy^T
   Tensor amax;   // [3] fp32: x, W, dy
   Tensor scale;  // [3] fp32
-  Tensor scale_inv;  // [3] fp32
+  // [3 · kScaleSlot] fp32: operand k's 1/scale at element k · kScaleSlot. The fp8 GEMM reads
+  // it through a device pointer, which cuBLASLt's Hopper kernels want 16-byte aligned (a slot
+  // at +4 bytes was refused at launch, measured on H100), so each gets its own 16 bytes.
+  static constexpr int64_t kScaleSlot = 4;
+  Tensor scale_inv;
+  Tensor scale_inv_of(int64_t k) const { return scale_inv.slice(k * kScaleSlot, k * kScaleSlot + 1); }
 
   bool defined() const { return amax.defined(); }
   // rows: the most rows a linear sees (tokens of a micro-batch on the rank); max_in / max_out:

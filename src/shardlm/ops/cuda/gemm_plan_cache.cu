@@ -106,6 +106,11 @@ void check_fp8_call(const GemmCall& c, const char* op) {
     fail("must be TN (A transposed, B not): the only fp8 form Hopper runs");
   if (c.fp8.a_scale == nullptr || c.fp8.b_scale == nullptr)
     fail("needs both operands' scale factors (device pointers)");
+  // Measured on H100 (cuBLASLt 13.1): a scale at a 4-byte offset made every heuristic candidate
+  // fail at launch with CUBLAS_STATUS_NOT_SUPPORTED; 16-byte aligned ones run.
+  if (!aligned16(c.fp8.a_scale) || !aligned16(c.fp8.b_scale))
+    fail("needs 16-byte aligned scale-factor pointers (cuBLASLt refuses others at launch): keep "
+         "each scale in its own 16-byte slot");
   if (c.wide_output) fail("takes its output dtype from `dtype`, not wide_output");
   if (c.bias != nullptr && c.dtype == DType::kF32)
     fail("with an fp32 output takes no bias here (cuBLASLt wants a bf16 bias for fp32 D)");
