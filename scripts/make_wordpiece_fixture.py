@@ -11,8 +11,10 @@ Hugging Face's BasicTokenizer keeps except for an extra NFC normalisation (newer
 and special-token splitting; its WordpieceTokenizer allows 200 characters per word where
 Hugging Face allows 100. So the ids come from Hugging Face's own step functions (_clean_text,
 _tokenize_chinese_chars, _run_strip_accents, _run_split_on_punc, WordpieceTokenizer) composed in
-FullTokenizer's order, with max_input_chars_per_word = 200. The fixture also records how many
-cases plain BertTokenizer.tokenize() agrees on, as a cross-check.
+FullTokenizer's order, with max_input_chars_per_word = 200. transformers 5 dropped those Python
+internals (its BertTokenizer is the fast one), so there the ids come from the tokenizers
+library's BertNormalizer + BertPreTokenizer + WordPiece (200 characters, no special tokens). The
+fixture also records how many cases plain BertTokenizer.tokenize() agrees on, as a cross-check.
 """
 import argparse
 import json
@@ -41,6 +43,22 @@ TRICKY = [
     "ﬁ ligature ﬀ", "Ⅻ roman ① circled", "math ∑∫√∞ ≤≥", "   ", "",
     "combining only \u0301\u0302", "Ωmega ohm \u2126", "Kelvin \u212a", "ǅ titlecase",
 ]
+
+
+def tokenizers_bert(vocab_path, lower):
+    # transformers 5's BertTokenizer is the fast one (no basic_tokenizer / wordpiece_tokenizer):
+    # the same pipeline from the tokenizers library, with Megatron's 200-character word limit
+    # and no special tokens registered (FullTokenizer splits "[MASK]" as text).
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    vocab = {}
+    with open(vocab_path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            vocab[line.rstrip("\n")] = i  # a repeated line keeps its last id, as load_vocab
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=200))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=lower, lowercase=lower)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return lambda text: tok.encode(text, add_special_tokens=False).ids
 
 
 def megatron_ids(tok, text, lower):
@@ -80,9 +98,13 @@ def main():
     cases, agree = [], 0
     for lower in (True, False):
         tok = BertTokenizer(vocab_file=args.vocab, do_lower_case=lower)
-        tok.wordpiece_tokenizer.max_input_chars_per_word = 200
+        slow = hasattr(tok, "wordpiece_tokenizer")  # transformers 4's Python tokenizer
+        if slow:
+            tok.wordpiece_tokenizer.max_input_chars_per_word = 200
+        else:
+            encode = tokenizers_bert(args.vocab, lower)
         for text in texts:
-            ids = megatron_ids(tok, text, lower)
+            ids = megatron_ids(tok, text, lower) if slow else encode(text)
             agree += ids == tok.convert_tokens_to_ids(tok.tokenize(text))
             cases.append({"lower_case": lower, "text": text, "ids": ids})
     import transformers
