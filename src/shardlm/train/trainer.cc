@@ -10,7 +10,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "shardlm/data/bert_dataset.h"
 #include "shardlm/data/mock_gpt_dataset.h"
 #include "shardlm/dist/thread_communicator.h"
 #include "shardlm/ops/device_queries.h"
@@ -223,24 +222,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   phase_done("data");
   if (pipeline_) build_pipeline();
 
-  tokens_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
-  targets_host_ = OwnedTensor::empty(DType::kI32, {mbs, T});
-  mask_host_ = OwnedTensor::empty(dtype_, {mbs, T});
-  if (!device_->device().is_cpu()) {
-    tokens_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
-    targets_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
-    mask_dev_ = OwnedTensor::empty(dtype_, {mbs, T}, device_->device());
-  }
-  if (cfg_.model.bert()) {
-    types_host_ = OwnedTensor::zeros(DType::kI32, {mbs, T});
-    lengths_host_ = OwnedTensor::zeros(DType::kI32, {mbs});
-    order_host_ = OwnedTensor::zeros(DType::kI32, {mbs});
-    if (!device_->device().is_cpu()) {
-      types_dev_ = OwnedTensor::empty(DType::kI32, {mbs, T}, device_->device());
-      lengths_dev_ = OwnedTensor::empty(DType::kI32, {mbs}, device_->device());
-      order_dev_ = OwnedTensor::empty(DType::kI32, {mbs}, device_->device());
-    }
-  }
+  staging_.emplace(*device_, dtype_, mbs, cfg_.model.seq_length, model().context_parallel(),
+                   cfg_.model.vocab_size, cfg_.model.bert());
   if (!cfg_.logging.log_jsonl.empty() && rank_->world_rank() == 0) {
     jsonl_ = std::make_unique<std::ofstream>(cfg_.logging.log_jsonl);
     if (!*jsonl_)
@@ -510,51 +493,6 @@ void Trainer::build_data() {
   valid_data_ = std::move(data.valid);
 }
 
-namespace {
-// Element i of a loss mask in the activation dtype.
-void store_mask(const Tensor& mask, int64_t i, float value) {
-  switch (mask.dtype()) {
-    case DType::kF64: mask.data<double>()[i] = value; break;
-    case DType::kBF16: static_cast<uint16_t*>(mask.raw())[i] = float_to_bf16_bits(value); break;
-    case DType::kF16: static_cast<uint16_t*>(mask.raw())[i] = float_to_fp16_bits(value); break;
-    default: mask.data<float>()[i] = value; break;
-  }
-}
-}  // namespace
-
-double Trainer::load_bert_samples(const data::BertSampleSource& source,
-                                  std::span<const int64_t> sample_indices) {
-  const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
-  std::vector<int32_t> tokens(T), types(T), labels(T);
-  std::vector<float> mask(T);
-  double mask_sum = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t index = sample_indices[static_cast<size_t>(b)];
-    data::BertSampleView view{tokens, types, labels, mask};
-    source.get(index % source.size(), view);
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t i = b * T + t;
-      SHARDLM_REQUIRE(tokens[t] >= 0 && tokens[t] < cfg_.model.vocab_size &&
-                          labels[t] < cfg_.model.vocab_size,
-                      ErrorKind::kCorruptData,
-                      "BERT sample " + std::to_string(index) + " holds token id " +
-                          std::to_string(tokens[t]) + " (label " + std::to_string(labels[t]) +
-                          ") outside the vocabulary of size " +
-                          std::to_string(cfg_.model.vocab_size) +
-                          "; check --vocab-size / --tokenizer-type against the data");
-      tokens_host_.view().data<int32_t>()[i] = tokens[t];
-      // Unmasked positions have no label (-1): any valid id, left out by the loss mask.
-      targets_host_.view().data<int32_t>()[i] = labels[t] >= 0 ? labels[t] : 0;
-      types_host_.view().data<int32_t>()[i] = types[t];
-      store_mask(mask_host_.view(), i, mask[t]);
-      mask_sum += mask[t];
-    }
-    lengths_host_.view().data<int32_t>()[b] = view.length;
-    order_host_.view().data<int32_t>()[b] = view.sentence_order;
-  }
-  return mask_sum;
-}
-
 model::Batch Trainer::load_batch(const data::SampleSource& source, int64_t first_sample) {
   std::vector<int64_t> indices(static_cast<size_t>(cfg_.micro_batch_size));
   for (size_t b = 0; b < indices.size(); ++b) indices[b] = first_sample + static_cast<int64_t>(b);
@@ -563,63 +501,7 @@ model::Batch Trainer::load_batch(const data::SampleSource& source, int64_t first
 
 model::Batch Trainer::load_batch(const data::SampleSource& source,
                                  std::span<const int64_t> sample_indices) {
-  const int64_t B = cfg_.micro_batch_size, T = cfg_.model.seq_length;
-  const model::ContextParallel& cp = model().context_parallel();
-  const int64_t TL = cp.local_length(T);  // this rank's positions of each sequence
-  SHARDLM_REQUIRE(static_cast<int64_t>(sample_indices.size()) == B, ErrorKind::kInternal,
-                  "load_batch: " + std::to_string(sample_indices.size()) +
-                      " sample indices for a micro-batch of " + std::to_string(B));
-  if (const data::BertSampleSource* bert = source.masked_lm()) {
-    const double mask_sum = load_bert_samples(*bert, sample_indices);
-    model::Batch batch;
-    if (device_->device().is_cpu()) {
-      batch = {tokens_host_.view(), targets_host_.view(), mask_host_.view(), mask_sum};
-      batch.token_types = types_host_.view();
-      batch.key_lengths = lengths_host_.view();
-      batch.sentence_order = order_host_.view();
-      return batch;
-    }
-    for (auto [dev, host] : {std::pair{&tokens_dev_, &tokens_host_}, {&targets_dev_, &targets_host_},
-                             {&mask_dev_, &mask_host_}, {&types_dev_, &types_host_},
-                             {&lengths_dev_, &lengths_host_}, {&order_dev_, &order_host_}})
-      ops::copy(*device_, dev->view(), host->view());
-    batch = {tokens_dev_.view(), targets_dev_.view(), mask_dev_.view(), mask_sum};
-    batch.token_types = types_dev_.view();
-    batch.key_lengths = lengths_dev_.view();
-    batch.sentence_order = order_dev_.view();
-    return batch;
-  }
-  std::vector<int32_t> sample(T + 1);
-  std::vector<float> mask(T);
-  // The loss is a mean over the whole micro-batch: under CP each rank divides its positions'
-  // sum by the mask sum of the whole sequences, and the ranks' parts add up.
-  double mask_sum = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t index = sample_indices[static_cast<size_t>(b)];
-    source.get(index % source.size(), sample, mask);
-    for (int64_t t = 0; t < T; ++t) {
-      SHARDLM_REQUIRE(sample[t] >= 0 && sample[t] < cfg_.model.vocab_size &&
-                          sample[t + 1] >= 0 && sample[t + 1] < cfg_.model.vocab_size,
-                      ErrorKind::kCorruptData,
-                      "sample " + std::to_string(index) + " holds token id " +
-                          std::to_string(sample[t]) + " outside the vocabulary of size " +
-                          std::to_string(cfg_.model.vocab_size) +
-                          "; check --vocab-size / --tokenizer-type against the data");
-      mask_sum += mask[t];
-    }
-    for (int64_t l = 0; l < TL; ++l) {
-      const int64_t t = cp.global_position(l, T), i = b * TL + l;
-      tokens_host_.view().data<int32_t>()[i] = sample[t];
-      targets_host_.view().data<int32_t>()[i] = sample[t + 1];
-      store_mask(mask_host_.view(), i, mask[t]);
-    }
-  }
-  if (device_->device().is_cpu())
-    return {tokens_host_.view(), targets_host_.view(), mask_host_.view(), mask_sum};
-  ops::copy(*device_, tokens_dev_.view(), tokens_host_.view());
-  ops::copy(*device_, targets_dev_.view(), targets_host_.view());
-  ops::copy(*device_, mask_dev_.view(), mask_host_.view());
-  return {tokens_dev_.view(), targets_dev_.view(), mask_dev_.view(), mask_sum};
+  return staging_->load(source, sample_indices);
 }
 
 double Trainer::microbatch_loop(double loss_scale) {

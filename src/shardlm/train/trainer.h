@@ -54,6 +54,7 @@
 #include "shardlm/parallel/p2p.h"
 #include "shardlm/parallel/pipeline_plan.h"
 #include "shardlm/tensor/arena.h"
+#include "shardlm/train/batch_staging.h"
 #include "shardlm/train/memory_plan.h"
 #include "shardlm/train/checkpointing.h"
 #include "shardlm/train/gpt_pipeline_stage.h"
@@ -211,15 +212,8 @@ class Trainer {
   parallel::Action final_backward_;              // this rank's last backward of a step
   bool pipeline_training_ = true;                // dropout on (train) / off (evaluate)
 
-  // Host staging for one micro-batch, and its device copies (same tensors on the CPU).
-  OwnedTensor tokens_host_, targets_host_, mask_host_;
-  OwnedTensor tokens_dev_, targets_dev_, mask_dev_;
-  // BERT: token types [B, T], key lengths and sentence order [B].
-  OwnedTensor types_host_, lengths_host_, order_host_;
-  OwnedTensor types_dev_, lengths_dev_, order_dev_;
-  // BERT: fills the host staging from masked-LM samples; returns the loss mask's sum.
-  double load_bert_samples(const data::BertSampleSource& source,
-                           std::span<const int64_t> sample_indices);
+  // One micro-batch's inputs, host staging and device copies (train/batch_staging.h).
+  std::optional<BatchStaging> staging_;
 
   // --save / --load / exits (train/checkpointing.h), and the state it saves and restores.
   std::unique_ptr<Checkpointer> checkpointer_;

@@ -1,28 +1,12 @@
 #include "shardlm/model/families/bert_heads.h"
 
+#include "shardlm/model/host_values.h"
 #include "shardlm/ops/ops.h"
 
 namespace shardlm::model {
 
 namespace {
 constexpr char kOutputBias[] = "output_layer.bias";
-
-// Sum of a small device or host tensor on the host (the B sentence-order losses).
-double sum_on_host(DeviceContext& ctx, const Tensor& values) {
-  const int64_t n = values.numel();
-  DeviceContext host = DeviceContext::cpu();
-  OwnedTensor f64 = OwnedTensor::empty(DType::kF64, {n});
-  if (values.device().is_cpu()) {
-    ops::copy(host, f64.view(), values.reshape({n}));
-  } else {
-    OwnedTensor staged = OwnedTensor::empty(values.dtype(), {n});
-    ops::copy(ctx, staged.view(), values.reshape({n}));
-    ops::copy(host, f64.view(), staged.view());
-  }
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += f64.view().data<double>()[i];
-  return s;
-}
 }  // namespace
 
 BertHeads::BertHeads(const TransformerConfig& cfg, const TensorParallel& tp)
@@ -126,7 +110,9 @@ double BertHeads::binary_forward(DeviceContext& ctx, const Tensor& x, int64_t ba
   binary_head_.forward(ctx, s.sop_logits, s.pooled);
   ops::cross_entropy_forward(ctx, s.sop_losses, s.sop_lse, s.sop_logits,
                              sentence_order.reshape({batch}));
-  return sum_on_host(ctx, s.sop_losses);
+  double sum = 0;
+  for (double v : host_values(ctx, s.sop_losses)) sum += v;
+  return sum;
 }
 
 void BertHeads::binary_backward(DeviceContext& ctx, const Scratch& scratch, int64_t batch,

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "shardlm/base/check.h"
+#include "shardlm/model/host_values.h"
 #include "shardlm/ops/ops.h"
 #include "shardlm/tensor/arena.h"
 
@@ -15,24 +16,11 @@ constexpr char kPositionEmbeddings[] = "embedding.position_embeddings.weight";
 constexpr char kOutputLayer[] = "output_layer.weight";
 constexpr char kTokentypeEmbeddings[] = "embedding.tokentype_embeddings.weight";
 
-// The loss of a micro-batch is reduced on the host: N values, cheap next to the model.
+// The loss of a micro-batch is reduced on the host (host_values.h).
 double masked_sum_on_host(DeviceContext& ctx, const Tensor& losses, const Tensor& mask) {
-  const int64_t n = losses.numel();
-  DeviceContext host = DeviceContext::cpu();
-  auto to_host_f64 = [&](const Tensor& t) {
-    OwnedTensor f64 = OwnedTensor::empty(DType::kF64, {n});
-    if (t.device().is_cpu()) {
-      ops::copy(host, f64.view(), t.reshape({n}));
-    } else {
-      OwnedTensor staged = OwnedTensor::empty(t.dtype(), {n});  // same dtype across devices
-      ops::copy(ctx, staged.view(), t.reshape({n}));
-      ops::copy(host, f64.view(), staged.view());
-    }
-    return f64;
-  };
-  const OwnedTensor l = to_host_f64(losses), m = to_host_f64(mask);
+  const std::vector<double> l = host_values(ctx, losses), m = host_values(ctx, mask);
   double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += l.view().data<double>()[i] * m.view().data<double>()[i];
+  for (size_t i = 0; i < l.size(); ++i) s += l[i] * m[i];
   return s;
 }
 

@@ -77,9 +77,9 @@ struct Batch {
   // by the embedding chunk; with the binary head), key_lengths int32 [B] (the padding mask: real
   // tokens per sequence; read by every chunk; undefined: no padding) and sentence_order int32
   // [B] (the binary head's label; read by the head chunk).
-  Tensor token_types;
-  Tensor key_lengths;
-  Tensor sentence_order;
+  Tensor token_types{};
+  Tensor key_lengths{};
+  Tensor sentence_order{};
 };
 
 // The part of the model one instance holds (pipeline parallelism); the default is all of it.
