@@ -76,6 +76,43 @@ void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const T
                     chunk, dropout_p, key);
 }
 
+void cross_attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q,
+                             const Tensor& kv, const AttentionShape& shape, double dropout_p,
+                             const DropoutKey& key) {
+  constexpr const char* op = "cross_attention_forward";
+  check_devices(op, ctx, {{"out", out}, {"lse", lse}, {"q", q}, {"kv", kv}});
+  for (const Arg& x : {Arg{"out", out}, Arg{"lse", lse}, Arg{"q", q}, Arg{"kv", kv}})
+    require_defined(op, x);
+  require_same_float(op, {{"q", q}, {"kv", kv}, {"out", out}});
+  require_lse_dtype(op, lse, q);
+  check_cross_attention(op, q, kv, {"out", out}, lse, shape, dropout_p);
+  SHARDLM_OPS_ROUTE(cross_attention_forward, ctx, out, lse, q, kv, shape, dropout_p, key);
+}
+
+void cross_attention_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape, double dropout_p,
+                              const DropoutKey& key) {
+  constexpr const char* op = "cross_attention_backward";
+  check_devices(op, ctx,
+                {{"dq", dq}, {"dkv", dkv}, {"dout", dout}, {"q", q}, {"kv", kv}, {"out", out},
+                 {"lse", lse}});
+  for (const Arg& x : {Arg{"dq", dq}, Arg{"dkv", dkv}, Arg{"dout", dout}, Arg{"q", q},
+                       Arg{"kv", kv}, Arg{"out", out}, Arg{"lse", lse}})
+    require_defined(op, x);
+  require_same_float(op, {{"q", q}, {"kv", kv}, {"dq", dq}, {"dkv", dkv}, {"dout", dout},
+                          {"out", out}});
+  require_lse_dtype(op, lse, q);
+  check_cross_attention(op, q, kv, {"out", out}, lse, shape, dropout_p);
+  require_shape(op, {"dout", dout}, out.shape());
+  require_shape(op, {"dq", dq}, q.shape());
+  require_shape(op, {"dkv", dkv}, kv.shape());
+  // The backends write dq and dkv from different kernels / loops; an overlap would race.
+  require_same_or_disjoint(op, {"dq", dq}, {"dkv", dkv}, /*allow_same=*/false);
+  SHARDLM_OPS_ROUTE(cross_attention_backward, ctx, dq, dkv, dout, q, kv, out, lse, shape,
+                    dropout_p, key);
+}
+
 // ---- rotary position embedding -------------------------------------------------------------
 
 void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, const RopeFrequencies& freq) {

@@ -191,7 +191,8 @@ struct AttentionShape {
   // (bidirectional, BERT). key_lengths (optional, int32 [B] on the op's device, each in
   // [1, T]): keys j >= key_lengths[b] of sequence b are masked (BERT's padding). Every query row,
   // padding included, is still computed (over the valid keys), so all outputs stay finite.
-  // The context-parallel chunk ops take neither (causal, no key_lengths).
+  // The context-parallel chunk ops take neither (causal, no key_lengths); cross-attention is
+  // never causal (causal = false) and may take key_lengths (the encoder's, each in [1, TK]).
   bool causal = true;
   Tensor key_lengths;
 };
@@ -232,6 +233,25 @@ void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const T
                               const Tensor& q_src, const Tensor& kv, const Tensor& out,
                               const Tensor& lse, const AttentionShape& shape,
                               const AttentionChunk& chunk, double dropout_p,
+                              const DropoutKey& key);
+
+// ---- cross-attention (T5: decoder queries attend to the encoder output) --------------------
+// q [B, TQ, NH*HS] (heads concatenated: Megatron's CrossAttention linear_q output), kv
+// [B, TK, G*2*HS] (linear_kv output: for each group g the row holds [k (HS) | v (HS)]); query
+// head h uses group h / (NH/G). TQ and TK are independent. No causal mask (shape.causal must be
+// false); shape.key_lengths (optional int32 [B] on the op's device, each in [1, TK]) masks keys
+// j >= key_lengths[b] (the encoder's padding). out [B, TQ, NH*HS], lse [B, NH, TQ] (dtypes as
+// attention_forward). Softmax scale 1/sqrt(HS). Dropout p with key at position
+// ((b*NH_global + head_offset + h)*TQ + i)*TK + j (global heads as AttentionShape says).
+// CUDA always runs ShardLM's own kernels (the cuDNN graph is causal self-attention only).
+void cross_attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q,
+                             const Tensor& kv, const AttentionShape& shape, double dropout_p,
+                             const DropoutKey& key);
+// dq [B, TQ, NH*HS] and dkv [B, TK, G*2*HS] ASSIGNED from dout [B, TQ, NH*HS], with forward's
+// out and lse (keys past key_lengths get zero gradients). dq and dkv must not overlap.
+void cross_attention_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape, double dropout_p,
                               const DropoutKey& key);
 
 // ---- rotary position embedding (RoPE) ------------------------------------------------------

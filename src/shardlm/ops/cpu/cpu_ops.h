@@ -101,6 +101,13 @@ void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const T
                               const Tensor& lse, const AttentionShape& shape,
                               const AttentionChunk& chunk, double dropout_p,
                               const DropoutKey& key);
+void cross_attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q,
+                             const Tensor& kv, const AttentionShape& shape, double dropout_p,
+                             const DropoutKey& key);
+void cross_attention_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape, double dropout_p,
+                              const DropoutKey& key);
 
 // rope.cc
 void rope_cos_sin(DeviceContext& ctx, Tensor cos_sin, const RopeFrequencies& freq);

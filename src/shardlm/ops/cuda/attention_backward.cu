@@ -6,6 +6,9 @@
 // q_src against kv: the first kernel assigns the q columns of the chunk's rows of dq, the
 // second the k/v columns of keys [0, position + rows) of dkv (this chunk's contribution); the
 // whole sequence is the chunk {0, T, 0} with dq = dkv = dqkv, on the same grids.
+// cross_attention_backward (T5) runs the padded variant on q [B,TQ,NH*HS] and kv [B,TK,G*2*HS]
+// (AttentionParams' layout accessors, kCross): dq of all TQ rows, dkv of all TK keys (keys
+// past key_lengths get zeros), never on cuDNN.
 //
 // Math (M = dropout multiplier 0 or 1/(1-p), P = softmax probabilities, s = 1/sqrt(HS)):
 //   D_i = dO_i . O_i        dP_ij = M_ij (dO_i . V_j)        dS_ij = P_ij (dP_ij - D_i)
@@ -39,6 +42,13 @@ constexpr int kMmaThreads = 128;
 template <int HS>
 constexpr int dq_smem_bytes() {
   return 6 * kTile * (HS + 8) * 2 + 2 * kTile * 4;  // Q, dO, 2xK, 2xV, lse, D
+}
+// Blocks per SM the dQ kernel's register budget must allow (ptxas otherwise spends registers
+// freely, and small changes elsewhere in the file move its choice). At HS 64 shared memory admits
+// 4 blocks (56 KB each) and every variant fits 168 registers: 3 blocks; at HS 128 (101 KB) 2.
+template <int HS>
+constexpr int dq_min_blocks() {
+  return HS == 64 ? 3 : 2;
 }
 template <int HS>
 constexpr int dkdv_query_tile() {
@@ -74,8 +84,9 @@ __device__ __forceinline__ void load_b_cols(uint32_t b[4], const T* tile, int pi
 }
 
 // kPadding: the general mask (AttentionParams::masked); false: causal only (GPT's variant).
-template <typename T, int HS, bool kDropout, bool kRecomputeLse, bool kPadding>
-__global__ void __launch_bounds__(kMmaThreads)
+// kCross: cross-attention's layout (AttentionParams; always with kPadding).
+template <typename T, int HS, bool kDropout, bool kRecomputeLse, bool kPadding, bool kCross>
+__global__ void __launch_bounds__(kMmaThreads, (dq_min_blocks<HS>()))
     attention_backward_dq_mma_kernel(const AttentionParams p) {
   constexpr int kPitch = HS + 8;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -90,15 +101,16 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int64_t b = blockIdx.y / p.NH, h = blockIdx.y % p.NH, g = h / p.R;
   // q0: the block's first chunk row; scratch rows are chunk rows (bh * rows + row).
   const int64_t bh = b * p.NH + h, q0 = qb * kTile, o_stride = p.NH * p.HS;
-  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.W;
-  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
+  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.q_stride<kCross>();
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.kv_stride<kCross>();
   const T* dout = static_cast<const T*>(p.dout) + b * p.TQ * o_stride;
   const T* out = static_cast<const T*>(p.out) + b * p.TQ * o_stride;
-  const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
-  const int64_t n_keys = kPadding ? p.valid_keys(b) : p.keys(), row_end = p.q_row0 + p.rows;
+  const int64_t k_col = p.k_col_of_group<kCross>(g), v_col = p.v_col_of_group<kCross>(g);
+  const int64_t n_keys = kPadding ? p.valid_keys<kCross>(b) : p.keys<kCross>();
+  const int64_t row_end = p.q_row0 + p.rows;
 
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sQ, q_src, p.W, p.q_col(h), p.q_row0 + q0,
-                                                     row_end);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sQ, q_src, p.q_stride<kCross>(),
+                                                     p.q_col<kCross>(h), p.q_row0 + q0, row_end);
   load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sdO, dout, o_stride, h * HS, p.q_row0 + q0,
                                                      row_end);
   cp_async_commit();
@@ -146,7 +158,8 @@ __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
     for (int64_t jt = 0; jt < n_tiles; ++jt) {
-      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, jt * kTile, n_keys);
+      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.kv_stride<kCross>(), k_col,
+                                                         jt * kTile, n_keys);
       cp_async_commit();
       cp_async_wait<0>();
       __syncthreads();
@@ -202,8 +215,10 @@ __global__ void __launch_bounds__(kMmaThreads)
     }
   }
 
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, 0, n_keys);
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, kv, p.W, v_col, 0, n_keys);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.kv_stride<kCross>(), k_col, 0,
+                                                     n_keys);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, kv, p.kv_stride<kCross>(), v_col, 0,
+                                                     n_keys);
   cp_async_commit();
 
   float dq[HS / 8][4] = {};
@@ -211,10 +226,12 @@ __global__ void __launch_bounds__(kMmaThreads)
     const int buf = static_cast<int>(jt & 1);
     if (jt + 1 < n_tiles) {
       const int nb = buf ^ 1;
-      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK + nb * kTile * kPitch, kv, p.W,
-                                                         k_col, (jt + 1) * kTile, n_keys);
-      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV + nb * kTile * kPitch, kv, p.W,
-                                                         v_col, (jt + 1) * kTile, n_keys);
+      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK + nb * kTile * kPitch, kv,
+                                                         p.kv_stride<kCross>(), k_col,
+                                                         (jt + 1) * kTile, n_keys);
+      load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV + nb * kTile * kPitch, kv,
+                                                         p.kv_stride<kCross>(), v_col,
+                                                         (jt + 1) * kTile, n_keys);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -248,8 +265,8 @@ __global__ void __launch_bounds__(kMmaThreads)
       const int64_t j = jt * kTile + nt * 8 + tid4 * 2;
       float2 m0 = make_float2(1.0f, 1.0f), m1 = m0;
       if constexpr (kDropout) {
-        m0 = dropout_pair(p, p.dropout_position(b, h, i0, j));
-        m1 = dropout_pair(p, p.dropout_position(b, h, i1, j));
+        m0 = dropout_pair(p, p.dropout_position<kCross>(b, h, i0, j));
+        m1 = dropout_pair(p, p.dropout_position<kCross>(b, h, i1, j));
       }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -280,20 +297,21 @@ __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
   }
 
-  T* dq_rows = static_cast<T*>(p.dq) + (b * p.TQ + p.q_row0) * p.W + p.q_col(h);
+  T* dq_rows =
+      static_cast<T*>(p.dq) + (b * p.TQ + p.q_row0) * p.q_stride<kCross>() + p.q_col<kCross>(h);
 #pragma unroll
   for (int dn = 0; dn < HS / 8; ++dn) {
     const int d = dn * 8 + tid4 * 2;
     if (c0 < p.rows)
-      *reinterpret_cast<uint32_t*>(dq_rows + c0 * p.W + d) =
+      *reinterpret_cast<uint32_t*>(dq_rows + c0 * p.q_stride<kCross>() + d) =
           pack2<T>(dq[dn][0] * p.scale, dq[dn][1] * p.scale);
     if (c1 < p.rows)
-      *reinterpret_cast<uint32_t*>(dq_rows + c1 * p.W + d) =
+      *reinterpret_cast<uint32_t*>(dq_rows + c1 * p.q_stride<kCross>() + d) =
           pack2<T>(dq[dn][2] * p.scale, dq[dn][3] * p.scale);
   }
 }
 
-template <typename T, int HS, bool kDropout, bool kPadding>
+template <typename T, int HS, bool kDropout, bool kPadding, bool kCross>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_backward_dkdv_mma_kernel(const AttentionParams p) {
   constexpr int kPitch = HS + 8, kBr = dkdv_query_tile<HS>();
@@ -308,26 +326,29 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int64_t key_block = blockIdx.x;  // block 0 (earliest keys) has the most work: first
   const int64_t b = blockIdx.y / p.G, g = blockIdx.y % p.G;
   const int64_t k0 = key_block * kTile, o_stride = p.NH * p.HS;
-  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.W;
-  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
+  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.q_stride<kCross>();
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.kv_stride<kCross>();
   const T* dout = static_cast<const T*>(p.dout) + b * p.TQ * o_stride;
-  const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
-  const int64_t n_keys = p.keys(), row_end = p.q_row0 + p.rows;
+  const int64_t k_col = p.k_col_of_group<kCross>(g), v_col = p.v_col_of_group<kCross>(g);
+  const int64_t n_keys = p.keys<kCross>(), row_end = p.q_row0 + p.rows;
 
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, k0, n_keys);
-  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, kv, p.W, v_col, k0, n_keys);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sK, kv, p.kv_stride<kCross>(), k_col, k0,
+                                                     n_keys);
+  load_tile_async<T, kTile, HS, kPitch, kMmaThreads>(sV, kv, p.kv_stride<kCross>(), v_col, k0,
+                                                     n_keys);
 
   // Query tiles (of chunk rows) from the first whose positions reach key k0 (all of them when
   // bidirectional). Keys past the padding get zero gradients: no iterations.
-  const int64_t valid = kPadding ? p.valid_keys(b) : n_keys;
+  const int64_t valid = kPadding ? p.valid_keys<kCross>(b) : n_keys;
   const int64_t first_qt = kPadding && !p.causal ? 0 : (k0 > p.q_pos0 ? k0 - p.q_pos0 : 0) / kBr;
   const int64_t n_qt = (p.rows + kBr - 1) / kBr;
   const int64_t per_head = n_qt - first_qt, n_iters = k0 < valid ? p.R * per_head : 0;
   // Issues the loads of iteration `it` (head r = it / per_head, query tile qt) into buffer nb.
   const auto issue = [&](int64_t it, int nb) {
     const int64_t h = g * p.R + it / per_head, qt = first_qt + it % per_head;
-    load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ + nb * kBr * kPitch, q_src, p.W,
-                                                     p.q_col(h), p.q_row0 + qt * kBr, row_end);
+    load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ + nb * kBr * kPitch, q_src,
+                                                     p.q_stride<kCross>(), p.q_col<kCross>(h),
+                                                     p.q_row0 + qt * kBr, row_end);
     load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sdO + nb * kBr * kPitch, dout, o_stride,
                                                      h * HS, p.q_row0 + qt * kBr, row_end);
     for (int r = threadIdx.x; r < kBr; r += kMmaThreads) {
@@ -389,7 +410,7 @@ __global__ void __launch_bounds__(kMmaThreads)
         const float pr = off ? 0.0f : exp2f(st[nt][e] * p.scale_log2 - L[col]);
         float mask = 1.0f;
         if constexpr (kDropout)
-          if (pr != 0.0f) mask = dropout_single(p, p.dropout_position(b, h, i, j));
+          if (pr != 0.0f) mask = dropout_single(p, p.dropout_position<kCross>(b, h, i, j));
         st[nt][e] = pr * mask;                             // for dV
         dpt[nt][e] = pr * (dpt[nt][e] * mask - D[col]);    // dS^T
       }
@@ -419,19 +440,22 @@ __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
   }
 
-  T* dqkv = static_cast<T*>(p.dkv) + b * p.T * p.W;
+  // Every key row of the block is assigned, padded ones included (zeros: no iterations).
+  T* dkv = static_cast<T*>(p.dkv) + b * p.T * p.kv_stride<kCross>();
 #pragma unroll
   for (int dn = 0; dn < HS / 8; ++dn) {
     const int d = dn * 8 + tid4 * 2;
     if (j0 < n_keys) {
-      *reinterpret_cast<uint32_t*>(dqkv + j0 * p.W + k_col + d) =
+      *reinterpret_cast<uint32_t*>(dkv + j0 * p.kv_stride<kCross>() + k_col + d) =
           pack2<T>(dk[dn][0] * p.scale, dk[dn][1] * p.scale);
-      *reinterpret_cast<uint32_t*>(dqkv + j0 * p.W + v_col + d) = pack2<T>(dv[dn][0], dv[dn][1]);
+      *reinterpret_cast<uint32_t*>(dkv + j0 * p.kv_stride<kCross>() + v_col + d) =
+          pack2<T>(dv[dn][0], dv[dn][1]);
     }
     if (j1 < n_keys) {
-      *reinterpret_cast<uint32_t*>(dqkv + j1 * p.W + k_col + d) =
+      *reinterpret_cast<uint32_t*>(dkv + j1 * p.kv_stride<kCross>() + k_col + d) =
           pack2<T>(dk[dn][2] * p.scale, dk[dn][3] * p.scale);
-      *reinterpret_cast<uint32_t*>(dqkv + j1 * p.W + v_col + d) = pack2<T>(dv[dn][2], dv[dn][3]);
+      *reinterpret_cast<uint32_t*>(dkv + j1 * p.kv_stride<kCross>() + v_col + d) =
+          pack2<T>(dv[dn][2], dv[dn][3]);
     }
   }
 }
@@ -439,7 +463,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 // ---- kernels: row-wise fallback ------------------------------------------------------------------
 // One warp per query row (b, h, chunk row c at position i): D_i, exact lse (recomputed unless
 // saved in fp32), dQ_i.
-template <typename T, bool kDropout>
+template <typename T, bool kDropout, bool kCross>
 __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
   const int lane = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -447,11 +471,11 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
   const int64_t c = row % p.rows, bh = row / p.rows, h = bh % p.NH, b = bh / p.NH, g = h / p.R;
   const int64_t i = p.q_pos0 + c, qi = b * p.TQ + p.q_row0 + c;  // position, q_src row (with b)
   const int64_t o_stride = p.NH * p.HS;
-  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
-  const T* q = static_cast<const T*>(p.q_src) + qi * p.W + p.q_col(h);
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.kv_stride<kCross>();
+  const T* q = static_cast<const T*>(p.q_src) + qi * p.q_stride<kCross>() + p.q_col<kCross>(h);
   const T* o = static_cast<const T*>(p.out) + qi * o_stride + h * p.HS;
   const T* dO = static_cast<const T*>(p.dout) + qi * o_stride + h * p.HS;
-  const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const int64_t k_col = p.k_col_of_group<kCross>(g), v_col = p.v_col_of_group<kCross>(g);
   float qv[kRowwiseMaxPerLane], dov[kRowwiseMaxPerLane], dq[kRowwiseMaxPerLane];
   float dsum = 0.0f;
 #pragma unroll
@@ -464,9 +488,10 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
     dq[k] = 0.0f;
   }
   const float D = warp_sum(dsum);
-  const int64_t valid = p.valid_keys(b), key_end = p.causal && i + 1 < valid ? i + 1 : valid;
+  const int64_t valid = p.valid_keys<kCross>(b);
+  const int64_t key_end = p.causal && i + 1 < valid ? i + 1 : valid;
   const auto score = [&](int64_t j) {  // q_i . k_j * scale
-    const T* kr = kv + j * p.W + k_col;
+    const T* kr = kv + j * p.kv_stride<kCross>() + k_col;
     float dot = 0.0f;
 #pragma unroll
     for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
@@ -492,8 +517,8 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
     p.lse_log2[bh * p.rows + c] = lse * kLog2e;
   }
   for (int64_t j = 0; j < key_end; ++j) {
-    const T* kr = kv + j * p.W + k_col;
-    const T* vr = kv + j * p.W + v_col;
+    const T* kr = kv + j * p.kv_stride<kCross>() + k_col;
+    const T* vr = kv + j * p.kv_stride<kCross>() + v_col;
     const float pr = expf(score(j) - lse);
     float dot = 0.0f;
 #pragma unroll
@@ -501,7 +526,7 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
       const int d = lane + 32 * k;
       if (d < p.HS) dot += dov[k] * load_as_float(vr[d]);
     }
-    const float mask = kDropout ? dropout_single(p, p.dropout_position(b, h, i, j)) : 1.0f;
+    const float mask = kDropout ? dropout_single(p, p.dropout_position<kCross>(b, h, i, j)) : 1.0f;
     const float ds = pr * (warp_sum(dot) * mask - D);
 #pragma unroll
     for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
@@ -509,7 +534,7 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
       if (d < p.HS) dq[k] += ds * load_as_float(kr[d]);
     }
   }
-  T* dq_row = static_cast<T*>(p.dq) + qi * p.W + p.q_col(h);
+  T* dq_row = static_cast<T*>(p.dq) + qi * p.q_stride<kCross>() + p.q_col<kCross>(h);
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
     const int d = lane + 32 * k;
@@ -518,35 +543,37 @@ __global__ void attention_backward_dq_rowwise_kernel(const AttentionParams p) {
 }
 
 // One warp per key row (b, g, j < keys()): dK_j, dV_j summed over the heads of group g and the
-// chunk rows at positions i >= j.
-template <typename T, bool kDropout>
+// chunk rows at positions i >= j (every chunk row when not causal; none for a padded key, which
+// gets zeros).
+template <typename T, bool kDropout, bool kCross>
 __global__ void attention_backward_dkdv_rowwise_kernel(const AttentionParams p) {
   const int lane = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  const int64_t n_keys = p.keys();
+  const int64_t n_keys = p.keys<kCross>();
   if (row >= p.B * p.G * n_keys) return;
   const int64_t j = row % n_keys, bg = row / n_keys, g = bg % p.G, b = bg / p.G;
   const int64_t o_stride = p.NH * p.HS;
-  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
-  const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.kv_stride<kCross>();
+  const int64_t k_col = p.k_col_of_group<kCross>(g), v_col = p.v_col_of_group<kCross>(g);
   float k_reg[kRowwiseMaxPerLane], vv[kRowwiseMaxPerLane], dk[kRowwiseMaxPerLane],
       dv[kRowwiseMaxPerLane];
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
     const int d = lane + 32 * k;
     const bool in = d < p.HS;
-    k_reg[k] = in ? load_as_float(kv[j * p.W + k_col + d]) : 0.0f;
-    vv[k] = in ? load_as_float(kv[j * p.W + v_col + d]) : 0.0f;
+    k_reg[k] = in ? load_as_float(kv[j * p.kv_stride<kCross>() + k_col + d]) : 0.0f;
+    vv[k] = in ? load_as_float(kv[j * p.kv_stride<kCross>() + v_col + d]) : 0.0f;
     dk[k] = dv[k] = 0.0f;
   }
-  // Query positions that see key j: from j (causal) or all; none when j is padding.
+  // Query positions that see key j: from j (causal) or all; none when j is padding. The chunk
+  // ends at q_pos0 + rows (= keys() for self-attention; cross-attention's TQ and TK differ).
   const int64_t i_begin = !p.causal ? p.q_pos0 : (j > p.q_pos0 ? j : p.q_pos0);
-  const int64_t i_end = j < p.valid_keys(b) ? n_keys : i_begin;
+  const int64_t i_end = j < p.valid_keys<kCross>(b) ? p.q_pos0 + p.rows : i_begin;
   for (int64_t r = 0; r < p.R; ++r) {
     const int64_t h = g * p.R + r, bh = b * p.NH + h;
     for (int64_t i = i_begin; i < i_end; ++i) {  // positions
       const int64_t c = i - p.q_pos0, qi = b * p.TQ + p.q_row0 + c;   // chunk row, q_src row
-      const T* q = static_cast<const T*>(p.q_src) + qi * p.W + p.q_col(h);
+      const T* q = static_cast<const T*>(p.q_src) + qi * p.q_stride<kCross>() + p.q_col<kCross>(h);
       const T* dO = static_cast<const T*>(p.dout) + qi * o_stride + h * p.HS;
       float qk = 0.0f, dov = 0.0f;
 #pragma unroll
@@ -559,7 +586,8 @@ __global__ void attention_backward_dkdv_rowwise_kernel(const AttentionParams p) 
       }
       const float s = warp_sum(qk) * p.scale;
       const float pr = expf(s - p.lse_log2[bh * p.rows + c] * kLn2);
-      const float mask = kDropout ? dropout_single(p, p.dropout_position(b, h, i, j)) : 1.0f;
+      const float mask =
+          kDropout ? dropout_single(p, p.dropout_position<kCross>(b, h, i, j)) : 1.0f;
       const float ds = pr * (warp_sum(dov) * mask - p.delta[bh * p.rows + c]);
 #pragma unroll
       for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
@@ -571,7 +599,7 @@ __global__ void attention_backward_dkdv_rowwise_kernel(const AttentionParams p) 
       }
     }
   }
-  T* dkv = static_cast<T*>(p.dkv) + (b * p.T + j) * p.W;
+  T* dkv = static_cast<T*>(p.dkv) + (b * p.T + j) * p.kv_stride<kCross>();
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
     const int d = lane + 32 * k;
@@ -583,41 +611,55 @@ __global__ void attention_backward_dkdv_rowwise_kernel(const AttentionParams p) 
 }
 
 // ---- launchers --------------------------------------------------------------------------------
+// The dQ kernel instance of a call: cross-attention's layout, the general mask or the causal
+// mask alone (kRecomputeLse: the saved lse is 16-bit).
+template <typename T, int HS, bool kDropout, bool kRecomputeLse>
+auto dq_mma_kernel_for(const AttentionParams& p) {
+  if (p.cross)
+    return attention_backward_dq_mma_kernel<T, HS, kDropout, kRecomputeLse, true, true>;
+  if (p.padded())
+    return attention_backward_dq_mma_kernel<T, HS, kDropout, kRecomputeLse, true, false>;
+  return attention_backward_dq_mma_kernel<T, HS, kDropout, kRecomputeLse, false, false>;
+}
+
 template <typename T, int HS, bool kDropout>
 void launch_backward_mma(const CudaBackendState& st, const AttentionParams& p) {
   const unsigned int bh = static_cast<unsigned int>(p.B * p.NH);
   const unsigned int bg = static_cast<unsigned int>(p.B * p.G);
   {
     constexpr int kSmem = dq_smem_bytes<HS>();
-    auto kernel =
-        p.padded()
-            ? (p.lse_is_f32 ? attention_backward_dq_mma_kernel<T, HS, kDropout, false, true>
-                            : attention_backward_dq_mma_kernel<T, HS, kDropout, true, true>)
-            : (p.lse_is_f32 ? attention_backward_dq_mma_kernel<T, HS, kDropout, false, false>
-                            : attention_backward_dq_mma_kernel<T, HS, kDropout, true, false>);
+    auto kernel = p.lse_is_f32 ? dq_mma_kernel_for<T, HS, kDropout, false>(p)
+                               : dq_mma_kernel_for<T, HS, kDropout, true>(p);
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     kernel<<<dim3(ceil_div_u(p.rows, kTile), bh), kMmaThreads, kSmem, st.stream()>>>(p);
     CUDA_CHECK_LAUNCH();
   }
   {
     constexpr int kSmem = dkdv_smem_bytes<HS>();
-    auto kernel = p.padded() ? attention_backward_dkdv_mma_kernel<T, HS, kDropout, true>
-                             : attention_backward_dkdv_mma_kernel<T, HS, kDropout, false>;
+    auto kernel = p.cross      ? attention_backward_dkdv_mma_kernel<T, HS, kDropout, true, true>
+                  : p.padded() ? attention_backward_dkdv_mma_kernel<T, HS, kDropout, true, false>
+                               : attention_backward_dkdv_mma_kernel<T, HS, kDropout, false, false>;
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    kernel<<<dim3(ceil_div_u(p.keys(), kTile), bg), kMmaThreads, kSmem, st.stream()>>>(p);
+    kernel<<<dim3(ceil_div_u(p.host_keys(), kTile), bg), kMmaThreads, kSmem, st.stream()>>>(p);
     CUDA_CHECK_LAUNCH();
   }
 }
 
-template <typename T, bool kDropout>
+template <typename T, bool kDropout, bool kCross>
 void launch_backward_rowwise(const CudaBackendState& st, const AttentionParams& p) {
   const dim3 block(32, 8);
-  attention_backward_dq_rowwise_kernel<T, kDropout>
+  attention_backward_dq_rowwise_kernel<T, kDropout, kCross>
       <<<ceil_div_u(p.B * p.NH * p.rows, 8), block, 0, st.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
-  attention_backward_dkdv_rowwise_kernel<T, kDropout>
-      <<<ceil_div_u(p.B * p.G * p.keys(), 8), block, 0, st.stream()>>>(p);
+  attention_backward_dkdv_rowwise_kernel<T, kDropout, kCross>
+      <<<ceil_div_u(p.B * p.G * p.keys<kCross>(), 8), block, 0, st.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, bool kDropout>
+void launch_backward_rowwise(const CudaBackendState& st, const AttentionParams& p) {
+  p.cross ? launch_backward_rowwise<T, kDropout, true>(st, p)
+          : launch_backward_rowwise<T, kDropout, false>(st, p);
 }
 
 template <typename T>
@@ -641,10 +683,12 @@ void launch_backward(const CudaBackendState& st, const AttentionParams& p, bool 
 // ---- entry points ------------------------------------------------------------------------------
 namespace {
 
-// cuDNN when it takes the call, else the tensor-core or row-wise kernels. p carries the checked
-// geometry; dq and dkv may be one tensor (the whole-sequence op: disjoint columns).
+// cuDNN (when allowed and it takes the call), else the tensor-core or row-wise kernels. p
+// carries the checked geometry; dq and dkv may be one tensor (the whole-sequence op: disjoint
+// columns).
 void run_backward(DeviceContext& ctx, AttentionParams p, DType dtype, const Tensor& dout,
-                  const Tensor& dq, const Tensor& dkv, double dropout_p, const char* op) {
+                  const Tensor& dq, const Tensor& dkv, double dropout_p, const char* op,
+                  bool allow_cudnn = true) {
   require_on_device(ctx, dq, op, "dq");
   require_on_device(ctx, dkv, op, "dkv");
   require_on_device(ctx, dout, op, "dout");
@@ -654,11 +698,14 @@ void run_backward(DeviceContext& ctx, AttentionParams p, DType dtype, const Tens
     throw Error(ErrorKind::kInvalidArgument, std::string(op) + " on CUDA: gradients are " +
                                                  dtype_name(dq.dtype()) + ", inputs " +
                                                  dtype_name(dtype));
-  require_numel(dq, p.B * p.TQ * p.W, op, "dq");
-  require_numel(dkv, p.B * p.T * p.W, op, "dkv");
+  const int64_t q_stride = p.cross ? p.q_stride<true>() : p.q_stride<false>();
+  const int64_t kv_stride = p.cross ? p.kv_stride<true>() : p.kv_stride<false>();
+  require_numel(dq, p.B * p.TQ * q_stride, op, "dq");
+  require_numel(dkv, p.B * p.T * kv_stride, op, "dkv");
   require_numel(dout, p.B * p.TQ * p.NH * p.HS, op, "dout");
   if (p.B * p.rows == 0) return;
-  if (cudnn_attention_backward(
+  if (allow_cudnn &&
+      cudnn_attention_backward(
           ctx, cudnn_attention_call(p, dtype, dropout_p, dout.raw(), dq.raw(), dkv.raw())))
     return;
   const bool tensor_cores = attention_uses_tensor_cores(
@@ -697,6 +744,18 @@ void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const T
   const AttentionParams p =
       make_attention_chunk_params(ctx, q_src, kv, out, lse, shape, chunk, dropout_p, key, op);
   run_backward(ctx, p, kv.dtype(), dout, dq, dkv, dropout_p, op);
+}
+
+// ShardLM's kernels only (the cuDNN graph is causal self-attention). dq and dkv are disjoint
+// tensors; every row of both is assigned (the dK/dV kernels cover all TK keys).
+void cross_attention_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape, double dropout_p,
+                              const DropoutKey& key) {
+  const char* op = "cross_attention_backward";
+  const AttentionParams p =
+      make_cross_attention_params(ctx, q, kv, out, lse, shape, dropout_p, key, op);
+  run_backward(ctx, p, kv.dtype(), dout, dq, dkv, dropout_p, op, /*allow_cudnn=*/false);
 }
 
 }  // namespace shardlm::ops::cuda

@@ -1,7 +1,8 @@
 // attention_common.cuh — pieces shared by the attention kernels: the fused-QKV geometry
-// (Megatron GQA layout from ops.h), the kernel parameter block, Hopper/Ampere warp-level
-// tensor-core primitives (mma.sync m16n8k16, ldmatrix, cp.async), and the attention-dropout
-// mask at position ((b*NH + h)*T + i)*T + j, i the global query position (philox.cuh,
+// (Megatron GQA layout from ops.h) and cross-attention's separate q and kv layouts, the kernel
+// parameter block, Hopper/Ampere warp-level tensor-core primitives (mma.sync m16n8k16, ldmatrix,
+// cp.async), and the attention-dropout mask at position ((b*NH + h)*TQ' + i)*T + j, i the global
+// query position of TQ' (T for self-attention, TQ for cross-attention) (philox.cuh,
 // bit-identical to the CPU).
 //
 // Fragment layouts used throughout (PTX ISA, mma.m16n8k16 with 16-bit inputs; lane = 4*gid+tid4):
@@ -26,53 +27,82 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // Everything the attention kernels need, by value (one struct for forward and backward).
-// The kernels compute one query chunk against the keys and values of the whole sequence:
-// rows [q_row0, q_row0 + rows) of q_src at global positions [q_pos0, q_pos0 + rows), causal,
-// so keys [0, keys()) of kv take part (fewer with key padding: valid_keys). The whole-sequence
-// ops are q_src = kv = qkv, TQ = rows = T, q_row0 = q_pos0 = 0 (and dq = dkv = dqkv).
+// The kernels compute one query chunk against keys and values: rows [q_row0, q_row0 + rows) of
+// q_src at global positions [q_pos0, q_pos0 + rows) against keys [0, keys()) of kv (fewer with
+// key padding: valid_keys). Two layouts (ops.h):
+//   self-attention (fused QKV): q_src [B, TQ, W] and kv [B, T, W], W = G*(R+2)*HS, keys
+//     [0, q_pos0 + rows) (causal); the whole sequence is q_src = kv = qkv, TQ = rows = T,
+//     q_row0 = q_pos0 = 0 (and dq = dkv = dqkv);
+//   cross-attention (cross = true): q_src = q [B, TQ, NH*HS] and kv [B, T = TK, G*2*HS] (each
+//     group's [k | v]), every query row against all TK keys: never causal, rows = TQ, q_row0 =
+//     q_pos0 = 0.
+// The kernels take the layout as a template parameter (kCross = cross) and read the geometry
+// through the accessors below, so the self-attention instances compute exactly what they did
+// before cross-attention existed, with the same register budgets.
 struct AttentionParams {
-  const void* q_src = nullptr;  // [B, TQ, W], W = G*(R+2)*HS: query rows (q columns read)
-  const void* kv = nullptr;     // [B, T, W]: the whole sequence (k and v columns read)
+  const void* q_src = nullptr;  // [B, TQ, q_stride]: query rows (q columns read)
+  const void* kv = nullptr;     // [B, T, kv_stride]: keys and values (k and v columns read)
   void* out = nullptr;          // [B, TQ, NH*HS] forward output (backward: saved output)
   const void* dout = nullptr;   // [B, TQ, NH*HS]
-  void* dq = nullptr;           // [B, TQ, W]: q columns of the chunk rows written
-  void* dkv = nullptr;          // [B, T, W]: k/v columns of rows [0, keys()) written
+  void* dq = nullptr;           // like q_src: q columns of the chunk rows written
+  void* dkv = nullptr;          // like kv: k/v columns of rows [0, keys()) written
   void* lse = nullptr;          // [B, NH, TQ] (dtype lse_is_f32 ? fp32 : T)
   bool lse_is_f32 = false;
+  bool cross = false;           // cross-attention's layout (the kernels' kCross)
   float* delta = nullptr;       // backward scratch [B*NH*rows]: D_i = dO_i . O_i
   float* lse_log2 = nullptr;    // backward scratch [B*NH*rows]: lse_i * log2(e), fp32-exact
-  int64_t B = 0, T = 0, NH = 0, G = 0, R = 0, HS = 0, W = 0;
+  int64_t B = 0, T = 0, NH = 0, G = 0, R = 0, HS = 0, W = 0;  // T: kv's rows; W: fused width
   int64_t TQ = 0, q_row0 = 0, rows = 0, q_pos0 = 0;  // the query chunk (AttentionChunk)
   float scale = 0, scale_log2 = 0;  // 1/sqrt(HS), and times log2(e)
   DropoutStream dropout;
   float keep_scale = 1.0f;          // 1/(1-p)
 
-  __host__ __device__ int64_t keys() const { return q_pos0 + rows; }
+  // Row strides (elements) of q_src / dq and of kv / dkv.
+  template <bool kCross>
+  __host__ __device__ int64_t q_stride() const { return kCross ? NH * HS : W; }
+  template <bool kCross>
+  __host__ __device__ int64_t kv_stride() const { return kCross ? G * 2 * HS : W; }
+  // Keys taking part (before padding).
+  template <bool kCross>
+  __host__ __device__ int64_t keys() const { return kCross ? T : q_pos0 + rows; }
+  int64_t host_keys() const { return cross ? keys<true>() : keys<false>(); }
   // The mask (AttentionShape): causal, and/or key padding. Chunks are always causal without
-  // padding; the whole sequence may be bidirectional (keys() = T then too).
+  // padding; the whole sequence may be bidirectional (keys() = T then too); cross-attention is
+  // never causal.
   bool causal = true;
   const int32_t* key_lengths = nullptr;  // [B] on the device, or null
   bool padded() const { return !causal || key_lengths != nullptr; }
   // Keys of sequence b that take part: [0, valid_keys(b)).
+  template <bool kCross>
   __device__ int64_t valid_keys(int64_t b) const {
-    const int64_t n = keys();
+    const int64_t n = keys<kCross>();
     return key_lengths != nullptr && key_lengths[b] < n ? key_lengths[b] : n;
   }
   // Whether key j is masked for the query at global position i (valid: valid_keys(b)).
   __host__ __device__ bool masked(int64_t i, int64_t j, int64_t valid) const {
     return (causal && j > i) || j >= valid;
   }
-  // Column offsets of query head h and of its group's k and v inside a qkv row.
+  // Column offsets of query head h and of its group's k and v inside a q_src / kv row.
+  template <bool kCross>
   __host__ __device__ int64_t q_col(int64_t h) const {
-    return (h / R) * (R + 2) * HS + (h % R) * HS;
+    return kCross ? h * HS : (h / R) * (R + 2) * HS + (h % R) * HS;
   }
-  __host__ __device__ int64_t k_col_of_group(int64_t g) const { return g * (R + 2) * HS + R * HS; }
-  __host__ __device__ int64_t v_col_of_group(int64_t g) const { return k_col_of_group(g) + HS; }
+  template <bool kCross>
+  __host__ __device__ int64_t k_col_of_group(int64_t g) const {
+    return kCross ? g * 2 * HS : g * (R + 2) * HS + R * HS;
+  }
+  template <bool kCross>
+  __host__ __device__ int64_t v_col_of_group(int64_t g) const {
+    return k_col_of_group<kCross>(g) + HS;
+  }
   // Tensor parallelism: global head count and this shard's first head (AttentionShape), so the
-  // dropout position uses global head indices; i is the global query position, T kv's length.
+  // dropout position uses global head indices; i is the global query position (of T for
+  // self-attention, of TQ for cross-attention), j the key (of T, kv's length).
   int64_t dropout_NH = 0, head_offset = 0;
+  template <bool kCross>
   __host__ __device__ uint64_t dropout_position(int64_t b, int64_t h, int64_t i, int64_t j) const {
-    return ((static_cast<uint64_t>(b) * dropout_NH + head_offset + h) * T + i) * T + j;
+    const uint64_t queries = kCross ? TQ : T;
+    return ((static_cast<uint64_t>(b) * dropout_NH + head_offset + h) * queries + i) * T + j;
   }
 };
 

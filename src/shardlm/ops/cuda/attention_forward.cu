@@ -1,10 +1,12 @@
-// attention_forward.cu — grouped-query self-attention forward, flash-attention style, causal
-// or (BERT) bidirectional with key padding (AttentionParams::masked, a kernel variant of its own):
+// attention_forward.cu — grouped-query attention forward, flash-attention style, causal or
+// (BERT) bidirectional with key padding (AttentionParams::masked, a kernel variant of its own):
 // the T x T score matrix is never materialised; saves lse[B,NH,T] for the backward.
 // attention_chunk_forward (context parallelism) runs the same kernels on one query chunk:
 // chunk rows of q_src at global positions position + i against keys [0, position + rows) of
 // kv (AttentionParams); the whole sequence is the chunk {0, T, 0} of q_src = kv = qkv, with the
 // same grids. Masks, tile skipping and dropout positions use the global query position.
+// cross_attention_forward (T5) runs the padded variant on q [B,TQ,NH*HS] against kv
+// [B,TK,G*2*HS] (AttentionParams' layout accessors, kCross), never on cuDNN.
 //
 // Algorithms:
 //  tensor-core path (bf16/fp16, HS = 64 or 128): FlashAttention-2. One block of 4 warps per
@@ -21,8 +23,8 @@
 //  row-wise path (fp32, other head dims up to 256, misaligned views): one warp per query row,
 //    HS/32 dims per lane, exact expf; keys streamed from L2. Correct, slow: the reference-grade
 //    path for tests and unusual shapes.
-// Attention dropout multiplies P by the Philox mask at ((b*NH + h)*T + i)*T + j after l is
-// accumulated (dropout acts on normalised probabilities).
+// Attention dropout multiplies P by the Philox mask at ((b*NH + h)*T + i)*T + j (cross-attention:
+// ((b*NH + h)*TQ + i)*TK + j) after l is accumulated (dropout acts on normalised probabilities).
 #include <cmath>
 
 #include "shardlm/ops/cuda/attention_common.cuh"
@@ -62,10 +64,13 @@ constexpr int forward_min_blocks() {
 
 // ---- kernels ------------------------------------------------------------------------------------
 // kPadding: the general mask (bidirectional and/or key padding, AttentionParams::masked);
-// false: the causal mask alone, the GPT path, which keeps its register budget.
-template <typename T, int HS, bool kDropout, bool kPadding>
+// false: the causal mask alone, the GPT path, which keeps its register budget. kCross:
+// cross-attention's layout (AttentionParams; always with kPadding).
+template <typename T, int HS, bool kDropout, bool kPadding, bool kCross>
 __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>()))
     attention_forward_mma_kernel(const AttentionParams p) {
+  // Row strides of q_src and kv in this layout.
+  const int64_t q_stride = p.q_stride<kCross>(), kv_stride = p.kv_stride<kCross>();
   constexpr int kPitch = HS + 8, kM = forward_m_tiles<HS>(), kBr = forward_query_rows<HS>();
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);          // [kBr][kPitch]
@@ -74,18 +79,18 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tid4 = lane % 4;
   const int64_t qb = gridDim.x - 1 - blockIdx.x;  // heaviest (longest causal rows) first
   const int64_t b = blockIdx.y / p.NH, h = blockIdx.y % p.NH, g = h / p.R;
-  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * p.W;
-  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
-  const int64_t n_keys = kPadding ? p.valid_keys(b) : p.keys();
+  const T* q_src = static_cast<const T*>(p.q_src) + b * p.TQ * q_stride;
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * kv_stride;
+  const int64_t n_keys = kPadding ? p.valid_keys<kCross>(b) : p.keys<kCross>();
   // q0: the block's first chunk row; pos0: its global position (what the mask compares).
   const int64_t q0 = qb * kBr, pos0 = p.q_pos0 + q0;
-  const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const int64_t k_col = p.k_col_of_group<kCross>(g), v_col = p.v_col_of_group<kCross>(g);
   const int warp_row0 = warp * 16 * kM;  // this warp's rows: q0 + warp_row0 + [0, 16 kM)
 
-  load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ, q_src, p.W, p.q_col(h), p.q_row0 + q0,
-                                                   p.q_row0 + p.rows);
-  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sK, kv, p.W, k_col, 0, n_keys);
-  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sV, kv, p.W, v_col, 0, n_keys);
+  load_tile_async<T, kBr, HS, kPitch, kMmaThreads>(sQ, q_src, q_stride, p.q_col<kCross>(h),
+                                                   p.q_row0 + q0, p.q_row0 + p.rows);
+  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sK, kv, kv_stride, k_col, 0, n_keys);
+  load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(sV, kv, kv_stride, v_col, 0, n_keys);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -124,9 +129,9 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
     if (jt + 1 < n_tiles) {
       const int nb = buf ^ 1;
       load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(
-          sK + nb * kTileRows * kPitch, kv, p.W, k_col, (jt + 1) * kTileRows, n_keys);
+          sK + nb * kTileRows * kPitch, kv, kv_stride, k_col, (jt + 1) * kTileRows, n_keys);
       load_tile_async<T, kTileRows, HS, kPitch, kMmaThreads>(
-          sV + nb * kTileRows * kPitch, kv, p.W, v_col, (jt + 1) * kTileRows, n_keys);
+          sV + nb * kTileRows * kPitch, kv, kv_stride, v_col, (jt + 1) * kTileRows, n_keys);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -204,8 +209,8 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
           }
           if constexpr (kDropout) {
             const int64_t j = key0 + nt * 8 + tid4 * 2;
-            const float2 m0 = dropout_pair(p, p.dropout_position(b, h, rows[mt][0], j));
-            const float2 m1 = dropout_pair(p, p.dropout_position(b, h, rows[mt][1], j));
+            const float2 m0 = dropout_pair(p, p.dropout_position<kCross>(b, h, rows[mt][0], j));
+            const float2 m1 = dropout_pair(p, p.dropout_position<kCross>(b, h, rows[mt][1], j));
             s[mt][nt][0] *= m0.x;
             s[mt][nt][1] *= m0.y;
             s[mt][nt][2] *= m1.x;
@@ -274,16 +279,18 @@ __global__ void __launch_bounds__(kMmaThreads, (forward_min_blocks<HS, kDropout>
 }
 
 // One warp per query row (b, h, chunk row c at position i); lane holds dims lane + 32k.
-template <typename T, bool kDropout>
+template <typename T, bool kDropout, bool kCross>
 __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
+  // Row strides of q_src and kv in this layout.
+  const int64_t q_stride = p.q_stride<kCross>(), kv_stride = p.kv_stride<kCross>();
   const int lane = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   if (row >= p.B * p.NH * p.rows) return;
   const int64_t c = row % p.rows, bh = row / p.rows, h = bh % p.NH, b = bh / p.NH, g = h / p.R;
   const int64_t i = p.q_pos0 + c, qi = p.q_row0 + c;  // global position, q_src row
-  const T* kv = static_cast<const T*>(p.kv) + b * p.T * p.W;
-  const T* q = static_cast<const T*>(p.q_src) + (b * p.TQ + qi) * p.W + p.q_col(h);
-  const int64_t k_col = p.k_col_of_group(g), v_col = p.v_col_of_group(g);
+  const T* kv = static_cast<const T*>(p.kv) + b * p.T * kv_stride;
+  const T* q = static_cast<const T*>(p.q_src) + (b * p.TQ + qi) * q_stride + p.q_col<kCross>(h);
+  const int64_t k_col = p.k_col_of_group<kCross>(g), v_col = p.v_col_of_group<kCross>(g);
   float qv[kRowwiseMaxPerLane], acc[kRowwiseMaxPerLane];
 #pragma unroll
   for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
@@ -292,10 +299,11 @@ __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
     acc[k] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  const int64_t valid = p.valid_keys(b), key_end = p.causal && i + 1 < valid ? i + 1 : valid;
+  const int64_t valid = p.valid_keys<kCross>(b);
+  const int64_t key_end = p.causal && i + 1 < valid ? i + 1 : valid;
   for (int64_t j = 0; j < key_end; ++j) {
-    const T* kr = kv + j * p.W + k_col;
-    const T* vr = kv + j * p.W + v_col;
+    const T* kr = kv + j * kv_stride + k_col;
+    const T* vr = kv + j * kv_stride + v_col;
     float dot = 0.0f;
 #pragma unroll
     for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
@@ -307,7 +315,7 @@ __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
     const float correction = expf(m - m_new);
     const float pj = expf(s - m_new);
     l = l * correction + pj;
-    const float w = kDropout ? pj * dropout_single(p, p.dropout_position(b, h, i, j)) : pj;
+    const float w = kDropout ? pj * dropout_single(p, p.dropout_position<kCross>(b, h, i, j)) : pj;
 #pragma unroll
     for (int k = 0; k < kRowwiseMaxPerLane; ++k) {
       const int d = lane + 32 * k;
@@ -328,8 +336,9 @@ __global__ void attention_forward_rowwise_kernel(const AttentionParams p) {
 template <typename T, int HS, bool kDropout>
 void launch_forward_mma(const CudaBackendState& st, const AttentionParams& p) {
   constexpr int kSmem = forward_smem_bytes<HS>();
-  auto kernel = p.padded() ? attention_forward_mma_kernel<T, HS, kDropout, true>
-                           : attention_forward_mma_kernel<T, HS, kDropout, false>;
+  auto kernel = p.cross      ? attention_forward_mma_kernel<T, HS, kDropout, true, true>
+                : p.padded() ? attention_forward_mma_kernel<T, HS, kDropout, true, false>
+                             : attention_forward_mma_kernel<T, HS, kDropout, false, false>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   const dim3 grid(ceil_div_u(p.rows, forward_query_rows<HS>()),
                   static_cast<unsigned int>(p.B * p.NH));
@@ -352,10 +361,11 @@ void launch_forward(const CudaBackendState& st, const AttentionParams& p, bool t
   }
   const dim3 block(32, 8);
   const unsigned int blocks = ceil_div_u(p.B * p.NH * p.rows, 8);
-  if (dropout)
-    attention_forward_rowwise_kernel<T, true><<<blocks, block, 0, st.stream()>>>(p);
-  else
-    attention_forward_rowwise_kernel<T, false><<<blocks, block, 0, st.stream()>>>(p);
+  auto kernel = dropout ? (p.cross ? attention_forward_rowwise_kernel<T, true, true>
+                                   : attention_forward_rowwise_kernel<T, true, false>)
+                        : (p.cross ? attention_forward_rowwise_kernel<T, false, true>
+                                   : attention_forward_rowwise_kernel<T, false, false>);
+  kernel<<<blocks, block, 0, st.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -364,11 +374,9 @@ void launch_forward(const CudaBackendState& st, const AttentionParams& p, bool t
 // ---- entry points ------------------------------------------------------------------------------
 namespace {
 
-// cuDNN when it takes the call, else the tensor-core or row-wise kernels.
-void run_forward(DeviceContext& ctx, const AttentionParams& p, DType dtype, double dropout_p,
-                 const char* op) {
-  if (p.B * p.rows == 0) return;
-  if (cudnn_attention_forward(ctx, cudnn_attention_call(p, dtype, dropout_p))) return;
+// ShardLM's tensor-core or row-wise kernels.
+void run_own_forward(DeviceContext& ctx, const AttentionParams& p, DType dtype, double dropout_p,
+                     const char* op) {
   const bool tensor_cores = attention_uses_tensor_cores(dtype, p.HS, {p.q_src, p.kv, p.out});
   if (!tensor_cores) require_rowwise_head_dim(p.HS, op);
   require_rows_fit_grid(p.B * p.NH, op);
@@ -376,6 +384,14 @@ void run_forward(DeviceContext& ctx, const AttentionParams& p, DType dtype, doub
   dispatch_float(dtype, op, [&]<typename T>() {
     launch_forward<T>(st, p, tensor_cores, dropout_p > 0.0);
   });
+}
+
+// Self-attention: cuDNN when it takes the call, else ShardLM's kernels.
+void run_forward(DeviceContext& ctx, const AttentionParams& p, DType dtype, double dropout_p,
+                 const char* op) {
+  if (p.B * p.rows == 0) return;
+  if (cudnn_attention_forward(ctx, cudnn_attention_call(p, dtype, dropout_p))) return;
+  run_own_forward(ctx, p, dtype, dropout_p, op);
 }
 
 }  // namespace
@@ -395,6 +411,17 @@ void attention_chunk_forward(DeviceContext& ctx, Tensor out, Tensor lse, const T
   const AttentionParams p =
       make_attention_chunk_params(ctx, q_src, kv, out, lse, shape, chunk, dropout_p, key, op);
   run_forward(ctx, p, kv.dtype(), dropout_p, op);
+}
+
+// ShardLM's kernels only: the cuDNN graph is causal self-attention on the fused-QKV layout.
+void cross_attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q,
+                             const Tensor& kv, const AttentionShape& shape, double dropout_p,
+                             const DropoutKey& key) {
+  const char* op = "cross_attention_forward";
+  const AttentionParams p =
+      make_cross_attention_params(ctx, q, kv, out, lse, shape, dropout_p, key, op);
+  if (p.B * p.rows == 0) return;
+  run_own_forward(ctx, p, kv.dtype(), dropout_p, op);
 }
 
 }  // namespace shardlm::ops::cuda

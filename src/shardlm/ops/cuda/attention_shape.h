@@ -1,6 +1,6 @@
-// attention_shape.h — host-side validation of attention arguments (whole sequence or one
-// context-parallel query chunk) and the kernel parameter block they produce (shared by
-// attention_forward.cu and attention_backward.cu).
+// attention_shape.h — host-side validation of attention arguments (whole sequence, one
+// context-parallel query chunk, or cross-attention) and the kernel parameter block they produce
+// (shared by attention_forward.cu and attention_backward.cu).
 #pragma once
 
 #include <cmath>
@@ -13,14 +13,24 @@
 
 namespace shardlm::ops::cuda {
 
-// Checks q_src [B,TQ,W] and kv [B,T,W] (W = G*(NH/G+2)*HS), out/dout [B,TQ,NH*HS], lse
-// [B,NH,TQ] (fp32 or the inputs' dtype), the chunk and the dropout probability, then fills the
-// geometry, chunk, scale and dropout fields of the params.
-inline AttentionParams make_attention_chunk_params(const DeviceContext& ctx, const Tensor& q_src,
-                                                   const Tensor& kv, const Tensor& out,
-                                                   const Tensor& lse, const AttentionShape& shape,
-                                                   const AttentionChunk& chunk, double dropout_p,
-                                                   const DropoutKey& key, const char* op) {
+// NH, G dividing NH, and HS all positive (checked before the layouts that use them).
+inline void require_head_shape(const AttentionShape& shape, const char* op) {
+  const int64_t NH = shape.num_heads, G = shape.num_query_groups, HS = shape.head_dim;
+  if (NH <= 0 || G <= 0 || HS <= 0 || NH % G != 0)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: bad AttentionShape NH=" + std::to_string(NH) +
+                    " G=" + std::to_string(G) + " HS=" + std::to_string(HS) +
+                    " (all positive, G divides NH)");
+}
+
+// Checks every attention call shares (devices, dtypes, dropout p) and fills the params'
+// pointers, heads, scale, dropout and key padding; the caller has checked the head shape and
+// that q_src and kv are rank 3 of one batch size, and sets the layout and the chunk.
+inline AttentionParams make_common_attention_params(const DeviceContext& ctx, const Tensor& q_src,
+                                                    const Tensor& kv, const Tensor& out,
+                                                    const Tensor& lse, const AttentionShape& shape,
+                                                    double dropout_p, const DropoutKey& key,
+                                                    const char* op) {
   require_on_device(ctx, q_src, op, "q_src");
   require_on_device(ctx, kv, op, "kv");
   require_on_device(ctx, out, op, "out");
@@ -29,28 +39,6 @@ inline AttentionParams make_attention_chunk_params(const DeviceContext& ctx, con
   require_same_dtype(kv, out, op, "kv", "out");
   if (lse.dtype() != DType::kF32) require_same_dtype(kv, lse, op, "kv", "lse");
   const int64_t NH = shape.num_heads, G = shape.num_query_groups, HS = shape.head_dim;
-  if (NH <= 0 || G <= 0 || HS <= 0 || NH % G != 0)
-    throw Error(ErrorKind::kInvalidArgument,
-                std::string(op) + " on CUDA: bad AttentionShape NH=" + std::to_string(NH) +
-                    " G=" + std::to_string(G) + " HS=" + std::to_string(HS) +
-                    " (all positive, G divides NH)");
-  const int64_t R = NH / G, W = G * (R + 2) * HS;
-  for (const Tensor* t : {&q_src, &kv})
-    if (t->rank() != 3 || t->size(2) != W || t->size(0) != kv.size(0))
-      throw Error(ErrorKind::kInvalidArgument,
-                  std::string(op) + " on CUDA: q_src " + q_src.shape().to_string() + " and kv " +
-                      kv.shape().to_string() + " must be [B, TQ or T, G*(NH/G+2)*HS = " +
-                      std::to_string(W) + "]");
-  const int64_t B = kv.size(0), T = kv.size(1), TQ = q_src.size(1);
-  require_numel(out, B * TQ * NH * HS, op, "out");
-  require_numel(lse, B * NH * TQ, op, "lse");
-  if (chunk.rows < 0 || chunk.row < 0 || chunk.row + chunk.rows > TQ || chunk.position < 0 ||
-      chunk.position + chunk.rows > T)
-    throw Error(ErrorKind::kInvalidArgument,
-                std::string(op) + " on CUDA: chunk {row " + std::to_string(chunk.row) +
-                    ", rows " + std::to_string(chunk.rows) + ", position " +
-                    std::to_string(chunk.position) + "} does not fit TQ = " + std::to_string(TQ) +
-                    ", T = " + std::to_string(T));
   if (!(dropout_p >= 0.0 && dropout_p < 1.0))
     throw Error(ErrorKind::kInvalidArgument, std::string(op) + " on CUDA: dropout p = " +
                                                  std::to_string(dropout_p) + " is not in [0, 1)");
@@ -60,36 +48,68 @@ inline AttentionParams make_attention_chunk_params(const DeviceContext& ctx, con
   p.out = out.raw();
   p.lse = lse.raw();
   p.lse_is_f32 = lse.dtype() == DType::kF32;
-  p.B = B;
-  p.T = T;
+  p.B = kv.size(0);
+  p.T = kv.size(1);
+  p.TQ = q_src.size(1);
   p.NH = NH;
   p.G = G;
-  p.R = R;
+  p.R = NH / G;
   p.HS = HS;
-  p.W = W;
-  p.TQ = TQ;
-  p.q_row0 = chunk.row;
-  p.rows = chunk.rows;
-  p.q_pos0 = chunk.position;
+  require_numel(out, p.B * p.TQ * NH * HS, op, "out");
+  require_numel(lse, p.B * NH * p.TQ, op, "lse");
   p.causal = shape.causal;
   if (shape.key_lengths.defined()) {
     require_on_device(ctx, shape.key_lengths, op, "key_lengths");
-    if (shape.key_lengths.dtype() != DType::kI32 || shape.key_lengths.numel() != B)
+    if (shape.key_lengths.dtype() != DType::kI32 || shape.key_lengths.numel() != p.B)
       throw Error(ErrorKind::kInvalidArgument,
                   std::string(op) + " on CUDA: key_lengths must be int32 [B = " +
-                      std::to_string(B) + "]");
+                      std::to_string(p.B) + "]");
     p.key_lengths = static_cast<const int32_t*>(shape.key_lengths.raw());
   }
-  if (p.padded() && (chunk.row != 0 || chunk.position != 0 || chunk.rows != T || TQ != T))
-    throw Error(ErrorKind::kInvalidArgument,
-                std::string(op) + " on CUDA: bidirectional or padded attention runs on the whole "
-                                  "sequence only (context-parallel chunks are causal)");
   p.dropout_NH = shape.global_num_heads();
   p.head_offset = shape.head_offset;
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HS)));
   p.scale_log2 = p.scale * kLog2e;
   p.dropout = make_dropout_stream(key, dropout_p);
   p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
+  return p;
+}
+
+// Self-attention, one query chunk: checks q_src [B,TQ,W] and kv [B,T,W] (W = G*(NH/G+2)*HS),
+// out/dout [B,TQ,NH*HS], lse [B,NH,TQ] (fp32 or the inputs' dtype), the chunk and the dropout
+// probability, then fills the fused-QKV layout and the chunk.
+inline AttentionParams make_attention_chunk_params(const DeviceContext& ctx, const Tensor& q_src,
+                                                   const Tensor& kv, const Tensor& out,
+                                                   const Tensor& lse, const AttentionShape& shape,
+                                                   const AttentionChunk& chunk, double dropout_p,
+                                                   const DropoutKey& key, const char* op) {
+  require_head_shape(shape, op);
+  const int64_t G = shape.num_query_groups, HS = shape.head_dim;
+  const int64_t R = shape.num_heads / G, W = G * (R + 2) * HS;
+  for (const Tensor* t : {&q_src, &kv})
+    if (t->rank() != 3 || t->size(2) != W || t->size(0) != kv.size(0))
+      throw Error(ErrorKind::kInvalidArgument,
+                  std::string(op) + " on CUDA: q_src " + q_src.shape().to_string() + " and kv " +
+                      kv.shape().to_string() + " must be [B, TQ or T, G*(NH/G+2)*HS = " +
+                      std::to_string(W) + "]");
+  AttentionParams p =
+      make_common_attention_params(ctx, q_src, kv, out, lse, shape, dropout_p, key, op);
+  const int64_t T = p.T, TQ = p.TQ;
+  if (chunk.rows < 0 || chunk.row < 0 || chunk.row + chunk.rows > TQ || chunk.position < 0 ||
+      chunk.position + chunk.rows > T)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: chunk {row " + std::to_string(chunk.row) +
+                    ", rows " + std::to_string(chunk.rows) + ", position " +
+                    std::to_string(chunk.position) + "} does not fit TQ = " + std::to_string(TQ) +
+                    ", T = " + std::to_string(T));
+  if (p.padded() && (chunk.row != 0 || chunk.position != 0 || chunk.rows != T || TQ != T))
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: bidirectional or padded attention runs on the whole "
+                                  "sequence only (context-parallel chunks are causal)");
+  p.W = W;
+  p.q_row0 = chunk.row;
+  p.rows = chunk.rows;
+  p.q_pos0 = chunk.position;
   return p;
 }
 
@@ -102,6 +122,36 @@ inline AttentionParams make_attention_params(const DeviceContext& ctx, const Ten
   const int64_t T = qkv.rank() == 3 ? qkv.size(1) : 0;
   return make_attention_chunk_params(ctx, qkv, qkv, out, lse, shape, AttentionChunk{0, T, 0},
                                      dropout_p, key, op);
+}
+
+// Cross-attention: checks q [B,TQ,NH*HS], kv [B,TK,G*2*HS], out/dout [B,TQ,NH*HS], lse
+// [B,NH,TQ] and that the mask is not causal, then fills the separate-q/kv layout: every query
+// row (rows = TQ, positions 0..TQ-1) against all TK keys.
+inline AttentionParams make_cross_attention_params(const DeviceContext& ctx, const Tensor& q,
+                                                   const Tensor& kv, const Tensor& out,
+                                                   const Tensor& lse, const AttentionShape& shape,
+                                                   double dropout_p, const DropoutKey& key,
+                                                   const char* op) {
+  require_head_shape(shape, op);
+  const int64_t NH = shape.num_heads, G = shape.num_query_groups, HS = shape.head_dim;
+  if (q.rank() != 3 || q.size(2) != NH * HS || kv.rank() != 3 || kv.size(2) != G * 2 * HS ||
+      kv.size(0) != q.size(0) || kv.size(1) < 1)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: q " + q.shape().to_string() + " and kv " +
+                    kv.shape().to_string() + " must be [B, TQ, NH*HS = " +
+                    std::to_string(NH * HS) + "] and [B, TK >= 1, G*2*HS = " +
+                    std::to_string(G * 2 * HS) + "]");
+  if (shape.causal)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(op) + " on CUDA: cross-attention is unmasked except for key "
+                                  "padding (AttentionShape::causal must be false)");
+  AttentionParams p =
+      make_common_attention_params(ctx, q, kv, out, lse, shape, dropout_p, key, op);
+  p.cross = true;
+  p.q_row0 = 0;
+  p.rows = p.TQ;
+  p.q_pos0 = 0;
+  return p;
 }
 
 // The tensor-core kernels need 16-bit data, HS in {64, 128} and 16-byte aligned rows.

@@ -6,10 +6,10 @@
 // Contract: every op runs asynchronously on the stream of the CudaBackendState attached to ctx
 // (cuda_context.h, init_cuda_backend). Tensors are never allocated by ops; the parameter-gradient
 // column reductions (norms, linear bias), the embedding backwards' sort (sorted_scatter_add.h),
-// attention_backward and moe_router_score_sums take per-call scratch from the context
-// (CudaBackendState::scratch, grown stream-ordered on first use, then reused). The only host
-// syncs are the ops that return a host value (sum_squares, all_finite), copies to/from host
-// memory, and embedding_forward's token-range check (which reads back one flag).
+// the attention backwards (self, chunk, cross) and moe_router_score_sums take per-call scratch
+// from the context (CudaBackendState::scratch, grown stream-ordered on first use, then reused).
+// The only host syncs are the ops that return a host value (sum_squares, all_finite), copies
+// to/from host memory, and embedding_forward's token-range check (which reads back one flag).
 //
 //   DeviceContext ctx(Device::cuda(0));
 //   ops::cuda::init_cuda_backend(ctx);
@@ -109,6 +109,13 @@ void attention_chunk_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const T
                               const Tensor& q_src, const Tensor& kv, const Tensor& out,
                               const Tensor& lse, const AttentionShape& shape,
                               const AttentionChunk& chunk, double dropout_p,
+                              const DropoutKey& key);
+void cross_attention_forward(DeviceContext& ctx, Tensor out, Tensor lse, const Tensor& q,
+                             const Tensor& kv, const AttentionShape& shape, double dropout_p,
+                             const DropoutKey& key);
+void cross_attention_backward(DeviceContext& ctx, Tensor dq, Tensor dkv, const Tensor& dout,
+                              const Tensor& q, const Tensor& kv, const Tensor& out,
+                              const Tensor& lse, const AttentionShape& shape, double dropout_p,
                               const DropoutKey& key);
 
 // ---- rotary position embedding (rope.cu) ----------------------------------------------------

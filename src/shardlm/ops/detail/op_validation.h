@@ -251,6 +251,18 @@ inline void require_fused_qkv(const char* op, const Arg& a, const AttentionShape
               ", got " + shape_of(a.t));
 }
 
+// AttentionShape::key_lengths, when given: int32 [B] on the device of `like` (the values are
+// the backends' to check: they are data).
+inline void require_key_lengths(const char* op, const AttentionShape& s, int64_t B,
+                                const Arg& like) {
+  if (!s.key_lengths.defined()) return;
+  require(s.key_lengths.dtype() == DType::kI32 && s.key_lengths.numel() == B, op,
+          "AttentionShape::key_lengths must be int32 [B] = [" + std::to_string(B) + "], got " +
+              std::string(dtype_name(s.key_lengths.dtype())) + " " + shape_of(s.key_lengths));
+  require(s.key_lengths.device() == like.t.device(), op,
+          std::string("AttentionShape::key_lengths must be on ") + like.name + "'s device");
+}
+
 // qkv [B,T,G*(NH/G+2)*HS]; checks the head shape and out/lse shapes.
 inline void check_attention(const char* op, const Tensor& qkv, const Arg& out, const Tensor& lse,
                      const AttentionShape& s, double dropout_p) {
@@ -260,13 +272,7 @@ inline void check_attention(const char* op, const Tensor& qkv, const Arg& out, c
   require_shape(op, out, Shape{B, T, s.num_heads * s.head_dim});
   require_shape(op, {"lse", lse}, Shape{B, s.num_heads, T});
   require_probability(op, dropout_p);
-  if (s.key_lengths.defined()) {
-    require(s.key_lengths.dtype() == DType::kI32 && s.key_lengths.numel() == B, op,
-            "AttentionShape::key_lengths must be int32 [B] = [" + std::to_string(B) + "], got " +
-                std::string(dtype_name(s.key_lengths.dtype())) + " " + shape_of(s.key_lengths));
-    require(s.key_lengths.device() == qkv.device(), op,
-            "AttentionShape::key_lengths must be on qkv's device");
-  }
+  require_key_lengths(op, s, B, {"qkv", qkv});
 }
 
 // Context-parallel chunk: q_src [B,TQ,W] and kv [B,T,W] of one batch and row width, out
@@ -297,6 +303,34 @@ inline void check_attention_chunk(const char* op, const Tensor& q_src, const Ten
   require(s.causal && !s.key_lengths.defined(), op,
           "context-parallel chunks are causal without key padding (AttentionShape::causal = "
           "true, no key_lengths): bidirectional / padded attention runs on the whole sequence");
+}
+// Cross-attention: q [B,TQ,NH*HS] and kv [B,TK,G*2*HS] of one batch, out [B,TQ,NH*HS], lse
+// [B,NH,TQ]; unmasked except for key padding.
+inline void check_cross_attention(const char* op, const Tensor& q, const Tensor& kv,
+                                  const Arg& out, const Tensor& lse, const AttentionShape& s,
+                                  double dropout_p) {
+  check_attention_heads(op, s);
+  const int64_t NH = s.num_heads, G = s.num_query_groups, HS = s.head_dim;
+  const std::string heads = " for NH=" + std::to_string(NH) + " G=" + std::to_string(G) +
+                            " HS=" + std::to_string(HS) + ", got ";
+  require(q.rank() == 3 && q.size(2) == NH * HS, op,
+          "q must be [B, TQ, NH*HS] = [B, TQ, " + std::to_string(NH * HS) + "]" + heads +
+              shape_of(q));
+  require(kv.rank() == 3 && kv.size(2) == G * 2 * HS, op,
+          "kv must be [B, TK, G*2*HS] = [B, TK, " + std::to_string(G * 2 * HS) +
+              "] (each group's [k | v])" + heads + shape_of(kv));
+  const int64_t B = q.size(0), TQ = q.size(1);
+  require(kv.size(0) == B, op,
+          "kv " + shape_of(kv) + " and q " + shape_of(q) + " must have the same batch size B");
+  require(kv.size(1) >= 1, op,
+          "kv " + shape_of(kv) + " has no keys; every query needs at least one (TK >= 1)");
+  require_shape(op, out, Shape{B, TQ, NH * HS});
+  require_shape(op, {"lse", lse}, Shape{B, NH, TQ});
+  require_probability(op, dropout_p);
+  require(!s.causal, op,
+          "cross-attention is unmasked except for key padding: set AttentionShape::causal = "
+          "false (decoder queries see every encoder key; key_lengths masks the padding)");
+  require_key_lengths(op, s, B, {"q", q});
 }
 // rotary position embedding
 // cos_sin [P, R/2, 2] in fp32 or fp64 with R >= 2; returns R.
