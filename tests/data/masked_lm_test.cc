@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace shardlm::data {
@@ -84,6 +85,60 @@ TEST(MaskedLm, SameStateSameResult) {
   EXPECT_EQ(a, b);
   ASSERT_EQ(ma.size(), mb.size());
   for (size_t k = 0; k < ma.size(); ++k) EXPECT_EQ(ma[k].position, mb[k].position);
+}
+
+// T5's settings (pretrain_t5.py): geometric n-gram sizes up to 10 words, always [MASK], spans.
+TEST(MaskedLm, T5SpansPartitionTheMaskedTokensInOrder) {
+  const FixedMaskedLmVocab vocab = make_vocab();
+  const MaskedLmConfig t5{.max_ngram = 10,
+                          .geometric_ngram_sizes = true,
+                          .replacement = MaskReplacement::kAlwaysMask};
+  int64_t spans_seen = 0, longest_words = 0;
+  for (uint32_t seed = 0; seed < 300; ++seed) {
+    std::vector<int32_t> tokens = sample_tokens(120, seed);
+    const std::vector<int32_t> original = tokens;
+    NumpyRandomState rs(seed);
+    std::vector<MaskedToken> masked;
+    std::vector<MaskedSpan> spans;
+    create_masked_lm_predictions(tokens, 200, vocab, t5, rs, masked, &spans);
+    ASSERT_FALSE(spans.empty());
+    EXPECT_EQ(spans.front().begin, 0);
+    EXPECT_EQ(spans.back().end, static_cast<int32_t>(masked.size()));
+    for (size_t s = 0; s < spans.size(); ++s) {
+      ASSERT_LT(spans[s].begin, spans[s].end);
+      if (s > 0) EXPECT_EQ(spans[s].begin, spans[s - 1].end);
+      // A span is consecutive words: no unmasked word (or [CLS]/[SEP]-free gap) inside it.
+      int64_t words = 0;
+      for (int32_t m = spans[s].begin; m < spans[s].end; ++m) {
+        if (m > spans[s].begin) {
+          for (int32_t p = masked[m - 1].position + 1; p < masked[m].position; ++p) {
+            EXPECT_TRUE(original[p] == 1 || original[p] == 2) << "seed " << seed;
+          }
+        }
+        words += !vocab.is_continuation(masked[m].label) || m == spans[s].begin;
+      }
+      EXPECT_LE(words, 10);
+      longest_words = std::max(longest_words, words);
+    }
+    spans_seen += static_cast<int64_t>(spans.size());
+    for (const MaskedToken& m : masked) EXPECT_EQ(tokens[m.position], vocab.mask_id());
+  }
+  EXPECT_GT(longest_words, 5);  // geometric sizes reach long spans (P(n >= 6) = 0.33)
+  EXPECT_GT(spans_seen, 300);
+}
+
+TEST(MaskedLm, BertSpansAreReportedToo) {
+  const FixedMaskedLmVocab vocab = make_vocab();
+  std::vector<int32_t> a = sample_tokens(60, 9), b = a;
+  NumpyRandomState ra(9), rb(9);
+  std::vector<MaskedToken> ma, mb;
+  std::vector<MaskedSpan> spans;
+  create_masked_lm_predictions(a, 100, vocab, {}, ra, ma);
+  create_masked_lm_predictions(b, 100, vocab, {}, rb, mb, &spans);
+  EXPECT_EQ(a, b);  // asking for spans changes nothing
+  ASSERT_EQ(ma.size(), mb.size());
+  ASSERT_FALSE(spans.empty());
+  EXPECT_EQ(spans.back().end, static_cast<int32_t>(mb.size()));
 }
 
 }  // namespace

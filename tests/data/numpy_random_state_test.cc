@@ -50,6 +50,38 @@ TEST(NumpyRandomState, ChoiceIsSearchsortedRightOfOneUniform) {
   for (int k = 0; k < 3; ++k) EXPECT_NEAR(counts[k] / 30000.0, p[k], 0.01);
 }
 
+// numpy's legacy_random_geometric on seed 0's uniforms (u above): below p = 1/3 the inversion
+// ceil(log1p(-u) / log(1 - p)); from 1/3 up the CDF search. Worked by hand: for p = 0.2,
+// log1p(-u) / log(0.8) = 3.567, 5.628, 4.137, 3.528, 2.469; for p = 0.5 the CDF is
+// 0.5, 0.75, ..., and only u = 0.4237 is <= 0.5.
+TEST(NumpyRandomState, GeometricMatchesNumpysLegacyAlgorithms) {
+  NumpyRandomState rs(0);
+  std::vector<int64_t> got;
+  for (int i = 0; i < 5; ++i) got.push_back(rs.geometric(0.2));
+  EXPECT_EQ(got, (std::vector<int64_t>{4, 6, 5, 4, 3}));
+  NumpyRandomState search(0);
+  got.clear();
+  for (int i = 0; i < 5; ++i) got.push_back(search.geometric(0.5));
+  EXPECT_EQ(got, (std::vector<int64_t>{2, 2, 2, 2, 1}));
+  NumpyRandomState small_p(0);
+  EXPECT_EQ(small_p.geometric(0.05), 16);  // ceil(15.52): inversion again
+  // Each draw takes one uniform, whichever branch: the streams stay aligned.
+  NumpyRandomState a(9), b(9);
+  a.geometric(0.2);
+  a.geometric(0.9);
+  b.random_sample();
+  b.random_sample();
+  EXPECT_EQ(a.next_uint32(), b.next_uint32());
+  EXPECT_EQ(NumpyRandomState(3).geometric(1.0), 1);
+  // Mean 1 / p on both sides of the switch.
+  for (double p : {0.2, 0.34, 0.3, 0.6}) {
+    NumpyRandomState many(11);
+    double sum = 0;
+    for (int i = 0; i < 40000; ++i) sum += static_cast<double>(many.geometric(p));
+    EXPECT_NEAR(sum / 40000, 1.0 / p, 0.05 / p) << "p = " << p;
+  }
+}
+
 TEST(NumpyRandomState, NumpySumIsPairwiseFromEightValues) {
   const std::vector<double> small = {1.0, 1e100, 1.0, -1e100};
   EXPECT_EQ(numpy_sum(small), ((1.0 + 1e100) + 1.0) - 1e100);  // sequential below 8

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "shardlm/base/error.h"
 #include "shardlm/data/tokenizer/null_tokenizer.h"
 #include "shardlm/data/tokenizer/tokenizer_factory.h"
@@ -163,6 +165,44 @@ TEST(WordPieceTokenizer, FactoryBuildsItAndExposesTheMaskedLmVocab) {
     EXPECT_NE(std::string(e.what()).find("BertWordPieceLowerCase"), std::string::npos);
   }
   o.vocab_file.clear();
+  EXPECT_THROW(make_tokenizer(o), Error);
+}
+
+// _BertWordPieceTokenizer.__init__: add_token("[BOS]"), add_token("[EOS]"), then
+// <extra_id_0..N-1> (--vocab-extra-ids); each absent token takes id len(vocab), and vocab_size
+// is len(vocab) after the additions. additional_special_tokens_ids looks each sentinel up.
+TEST(WordPieceTokenizer, T5SentinelsAndVocabSizeFollowMegatron) {
+  TokenizerOptions o{.type = "BertWordPieceLowerCase",
+                     .vocab_file = testing::golden_data("bert/vocab-lowercase-8k.txt"),
+                     .vocab_extra_ids = 100};
+  const std::shared_ptr<const Tokenizer> tok = make_tokenizer(o);
+  EXPECT_EQ(tok->vocab_size(), 8192 + 2 + 100);
+  const auto vocab = masked_lm_vocab_of(tok);
+  EXPECT_EQ(vocab->bos_id(), 8192);
+  EXPECT_EQ(vocab->eos_id(), 8193);
+  EXPECT_EQ(tok->eod_id(), 8193);
+  ASSERT_EQ(vocab->sentinel_ids().size(), 100u);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(vocab->sentinel_ids()[i], 8194 + i);
+  const auto& wp = dynamic_cast<const WordPieceTokenizer&>(*tok);
+  EXPECT_EQ(wp.id_to_token(8194), "<extra_id_0>");
+  EXPECT_EQ(wp.id_to_token(8293), "<extra_id_99>");
+  EXPECT_EQ(wp.decode(Ids{8194, 8192, 8193}), "<extra_id_0> [BOS] [EOS]");
+  // Sentinels are not reachable from text (punctuation splits them), as in Megatron.
+  const Ids text_ids = wp.encode("<extra_id_0>");
+  EXPECT_EQ(std::count(text_ids.begin(), text_ids.end(), 8194), 0);
+  // Without extra ids: no sentinels, [BOS]/[EOS] still added.
+  EXPECT_TRUE(lower().sentinel_ids().empty());
+  EXPECT_EQ(lower().eos_id(), 33);
+  // Tokens the vocab file already holds keep their ids; the others are appended in order.
+  const std::string specials = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n";
+  const auto own = WordPieceTokenizer::from_text(specials + "[EOS]\n<extra_id_1>\n", true, 3);
+  EXPECT_EQ(own->eos_id(), 5);
+  EXPECT_EQ(own->bos_id(), 7);
+  EXPECT_EQ(std::vector<int32_t>(own->sentinel_ids().begin(), own->sentinel_ids().end()),
+            (Ids{8, 6, 9}));
+  EXPECT_EQ(own->vocab_size(), 10);
+  // Flag errors.
+  o.vocab_extra_ids = -1;
   EXPECT_THROW(make_tokenizer(o), Error);
 }
 

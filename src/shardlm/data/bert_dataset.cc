@@ -5,6 +5,7 @@
 
 #include "shardlm/base/check.h"
 #include "shardlm/base/error.h"
+#include "shardlm/data/masked_lm_corpus.h"
 #include "shardlm/data/numpy_random_state.h"
 
 namespace shardlm::data {
@@ -22,12 +23,7 @@ void validate(const BertDatasetConfig& c) {
                 "BERT data needs the tokenizer's [CLS]/[SEP]/[PAD]/[MASK] ids: set "
                 "BertDatasetConfig::vocab (masked_lm_vocab_of(tokenizer))");
   }
-  if (!(c.masking_probability > 0.0 && c.masking_probability < 1.0)) {
-    throw Error(ErrorKind::kInvalidConfig, "--mask-prob " +
-                                               std::to_string(c.masking_probability) +
-                                               " must be in (0, 1)");
-  }
-  if (c.max_ngram < 1) throw Error(ErrorKind::kInvalidConfig, "masking max n-gram must be >= 1");
+  validate_masking(c.masking_probability, c.max_ngram);
 }
 
 // A token run trimmed from either end without copying.
@@ -116,69 +112,25 @@ BertDataset::BertDataset(std::shared_ptr<const IndexedDataset> corpus, DocumentR
                          std::string split_name)
     : corpus_(std::move(corpus)), config_(std::move(config)), split_name_(std::move(split_name)) {
   validate(config_);
-  const std::string where = split_name_ + " split of " + corpus_->prefix();
-  if (documents.begin < 0 || documents.end < documents.begin ||
-      documents.end > corpus_->num_documents()) {
-    throw Error(ErrorKind::kInvalidArgument,
-                where + ": document range [" + std::to_string(documents.begin) + ", " +
-                    std::to_string(documents.end) + ") is outside the corpus' " +
-                    std::to_string(corpus_->num_documents()) + " documents");
-  }
-  if (num_samples && *num_samples < 0) {
-    throw Error(ErrorKind::kInvalidArgument, where + ": negative sample count");
-  }
-  if (documents.size() == 0 || (num_samples && *num_samples == 0)) {
-    if (num_samples.value_or(0) > 0) {
-      throw Error(ErrorKind::kInvalidConfig,
-                  where + " has no documents but " + std::to_string(*num_samples) +
-                      " samples were requested; give it a share in --split");
-    }
-    return;
-  }
-  std::vector<int64_t> starts;
-  int64_t max_sentences = 0;
-  for (int64_t d = documents.begin; d <= documents.end; ++d) {
-    starts.push_back(corpus_->document_index(d));
-    if (starts.size() > 1) max_sentences = std::max(max_sentences, starts.back() - starts[starts.size() - 2]);
-  }
-  if (config_.binary_head && max_sentences < 2) {
-    throw Error(ErrorKind::kInvalidConfig,
-                where + ": every document holds at most one sentence, but the BERT binary "
-                        "(sentence-order) head needs two per sample; preprocess with "
-                        "--split-sentences or use --bert-no-binary-head");
-  }
-  const std::vector<int32_t> lengths = corpus_->sequence_lengths();
   BertMappingConfig mc;
-  mc.max_seq_length = static_cast<int32_t>(config_.seq_length - 3);
+  mc.max_seq_length = static_cast<int32_t>(config_.seq_length - 3);  // [CLS] and two [SEP]
   mc.short_seq_prob = config_.short_seq_prob;
   mc.seed = static_cast<int32_t>(config_.seed);
   mc.min_sentences = config_.binary_head ? 2 : 1;
-  if (num_samples) mc.num_samples = static_cast<uint64_t>(*num_samples);
-  try {
-    mapping_ = build_bert_sample_mapping(starts, lengths, mc);
-  } catch (const Error& e) {
-    throw Error(e.kind(), where + ": " + e.what());
-  }
-  if (mapping_.empty()) {
-    throw Error(ErrorKind::kInvalidConfig,
-                where + " yields no BERT sample: documents need >= " +
-                    std::to_string(mc.min_sentences) + " sentences and none longer than " +
-                    std::to_string(kBertLongSentenceLength) + " tokens");
-  }
+  mapping_ = build_split_sample_mapping(
+      *corpus_, documents, num_samples, mc,
+      {.model = "BERT",
+       .where = split_name_ + " split of " + corpus_->prefix(),
+       .few_sentences_fix = "the binary (sentence-order) head pairs two sentences; preprocess "
+                            "with --split-sentences or use --bert-no-binary-head"});
 }
 
 void BertDataset::get(int64_t index, BertSampleView& out) const {
   SHARDLM_CHECK(index >= 0 && index < size());
   const BertSampleRange& range = mapping_[static_cast<size_t>(index)];
-  std::vector<std::vector<int32_t>> sentences;
-  for (int64_t s = range.first_sentence; s < range.end_sentence; ++s) {
-    sentences.push_back(corpus_->sequence(s));
-  }
   SHARDLM_CHECK(range.target_length <= config_.seq_length);
-  // Megatron: numpy.random.RandomState(seed=(random_seed + idx) % 2**32).
-  const uint64_t seed = (static_cast<uint64_t>(config_.seed) + static_cast<uint64_t>(index)) %
-                        (uint64_t{1} << 32);
-  build_bert_sample(sentences, range.target_length, seed, config_, out);
+  build_bert_sample(read_sample_sentences(*corpus_, range), range.target_length,
+                    masked_lm_sample_seed(config_.seed, index), config_, out);
 }
 
 }  // namespace shardlm::data

@@ -2,8 +2,8 @@
 // GPTDataset and BERT dataset use, bit-exact: the MT19937 stream seeded with init_genrand(seed)
 // (RandomState's seeding for an integer seed), random_interval (bounded draws by masking and
 // rejection), shuffle (Fisher-Yates from the last element down, as RandomState.shuffle on a 1-D
-// array or a list), random_sample / random (53-bit doubles), randint (int64 dtype) and choice
-// with p (replace=True, size=None).
+// array or a list), random_sample / random (53-bit doubles), randint (int64 dtype), choice
+// with p (replace=True, size=None) and geometric (legacy_random_geometric, T5's span lengths).
 // One object is one stream: calls consume it in order, like the Python object. Not thread-safe.
 //
 //   NumpyRandomState rs(1234);
@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <span>
@@ -76,6 +77,27 @@ class NumpyRandomState {
     for (double& c : cdf) c /= last;
     const double u = random_sample();
     return static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+  }
+
+  // RandomState.geometric(p) for one sample, 0 < p <= 1 (numpy's legacy_random_geometric, one
+  // uniform either way): for p >= 1/3 a CDF search (X = 1, sum = prod = p; while U > sum:
+  // prod *= 1 - p, sum += prod, X++), else the inversion ceil(log1p(-U) / log(1 - p)).
+  // Older numpy releases inverted with log(1 - U) instead of log1p(-U); the two can differ only
+  // where the quotient lies within rounding of an integer.
+  int64_t geometric(double p) {
+    const double u = random_sample();
+    if (p >= 0.333333333333333333333333) {
+      int64_t x = 1;
+      double sum = p, prod = p;
+      const double q = 1.0 - p;
+      while (u > sum) {
+        prod *= q;
+        sum += prod;
+        ++x;
+      }
+      return x;
+    }
+    return static_cast<int64_t>(std::ceil(std::log1p(-u) / std::log(1.0 - p)));
   }
 
   template <typename T>

@@ -2,7 +2,8 @@
 // seq_length + 1 token ids (inputs are [0, S), targets are [1, S+1)) plus a loss mask over the
 // S target positions. Implementations: MockGPTDataset (synthetic, learnable) and the
 // Megatron-compatible GPTDataset / BlendedDataset over indexed .bin/.idx corpora; BERT's
-// masked-LM samples through MaskedLmSamples (masked_lm_samples.h).
+// masked-LM samples through MaskedLmSamples (masked_lm_samples.h) and T5's span-corruption
+// samples through T5Samples (t5_samples.h).
 //
 // Contract: get() is a pure function of the index (deterministic, thread-safe for concurrent
 // readers), so resuming or resharding the data order only needs the consumed-sample count.
@@ -14,6 +15,7 @@
 namespace shardlm::data {
 
 class BertSampleSource;  // bert_dataset.h
+class T5SampleSource;    // t5_dataset.h
 
 class SampleSource {
  public:
@@ -25,6 +27,9 @@ class SampleSource {
   // A masked-LM (BERT) source answers with its samples (MaskedLmSamples); the trainer then reads
   // those instead of get()'s windows. Null for the GPT sources.
   virtual const BertSampleSource* masked_lm() const { return nullptr; }
+  // A T5 source answers with its encoder/decoder samples (T5Samples), read instead of get()'s
+  // windows. Null for the GPT and BERT sources.
+  virtual const T5SampleSource* t5() const { return nullptr; }
 };
 
 }  // namespace shardlm::data

@@ -30,6 +30,11 @@ std::vector<std::string> supported_tokenizer_types() {
 
 std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options) {
   const std::string& type = options.type;
+  if (options.vocab_extra_ids < 0) {
+    throw Error(ErrorKind::kInvalidConfig, "--vocab-extra-ids " +
+                                               std::to_string(options.vocab_extra_ids) +
+                                               " must be >= 0 (T5 uses 100)");
+  }
   if (type == "GPT2BPETokenizer") {
     require_flag(options.vocab_file, "--vocab-file (GPT-2 vocab.json)", type);
     require_flag(options.merge_file, "--merge-file (GPT-2 merges.txt)", type);
@@ -43,6 +48,13 @@ std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options) {
   if (type == "SentencePieceTokenizer" || type == "GPTSentencePieceTokenizer" ||
       type == "Llama2Tokenizer") {
     require_flag(options.tokenizer_model, "--tokenizer-model (a SentencePiece .model file)", type);
+    // Megatron's SentencePieceTokenizer appends <extra_id_i> (and more specials) to its
+    // vocabulary; ours does not, so its ids and vocab_size would silently differ.
+    if (options.vocab_extra_ids > 0) {
+      throw Error(ErrorKind::kUnsupported,
+                  "--vocab-extra-ids is supported with BertWordPieceLowerCase / "
+                  "BertWordPieceCase only, not --tokenizer-type " + type);
+    }
     return make_sentencepiece_tokenizer(options.tokenizer_model, type);
   }
   if (type == "BertWordPieceLowerCase" || type == "BertWordPieceCase") {
@@ -65,7 +77,8 @@ std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options) {
 std::shared_ptr<const MaskedLmVocab> masked_lm_vocab_of(std::shared_ptr<const Tokenizer> tokenizer) {
   if (auto vocab = std::dynamic_pointer_cast<const WordPieceTokenizer>(tokenizer)) return vocab;
   throw Error(ErrorKind::kInvalidConfig,
-              "BERT data needs a tokenizer with [CLS], [SEP], [PAD] and [MASK] tokens; --tokenizer-type " +
+              "BERT and T5 data need a tokenizer with [CLS], [SEP], [PAD] and [MASK] tokens; "
+              "--tokenizer-type " +
                   std::string(tokenizer ? tokenizer->type_name() : "(none)") +
                   " has none (use BertWordPieceLowerCase or BertWordPieceCase with --vocab-file)");
 }

@@ -29,7 +29,7 @@ struct TokenizerOptions {
   std::string merge_file;
   std::string tokenizer_model;
   std::optional<int64_t> vocab_size;  // NullTokenizer
-  int vocab_extra_ids = 0;            // BertWordPiece*: <extra_id_i> tokens appended (T5)
+  int vocab_extra_ids = 0;            // --vocab-extra-ids: BertWordPiece*'s <extra_id_i> (T5)
 };
 
 // The --tokenizer-type values this build supports.
@@ -37,7 +37,8 @@ std::vector<std::string> supported_tokenizer_types();
 
 std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options);
 
-// The masked-LM view (special ids, "##" pieces) of a BERT tokenizer, sharing its ownership.
+// The masked-LM view (special ids, "##" pieces, T5's [BOS]/[EOS]/sentinels) of a BERT
+// WordPiece tokenizer, sharing its ownership.
 // Throws Error(kInvalidConfig) for tokenizers without [CLS]/[SEP]/[MASK] (every type but
 // BertWordPieceLowerCase / BertWordPieceCase).
 std::shared_ptr<const MaskedLmVocab> masked_lm_vocab_of(std::shared_ptr<const Tokenizer> tokenizer);

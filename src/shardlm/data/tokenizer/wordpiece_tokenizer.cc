@@ -200,7 +200,13 @@ std::unique_ptr<WordPieceTokenizer> WordPieceTokenizer::from_text(std::string_vi
   tok->bos_id_ = tok->token_to_id_.at("[BOS]");
   tok->add_token("[EOS]");
   tok->eos_id_ = tok->token_to_id_.at("[EOS]");
-  for (int i = 0; i < vocab_extra_ids; ++i) tok->add_token("<extra_id_" + std::to_string(i) + ">");
+  // add_additional_special_tokens; additional_special_tokens_ids looks each one up, so a
+  // sentinel the vocab file already holds keeps its id there.
+  for (int i = 0; i < vocab_extra_ids; ++i) {
+    const std::string sentinel = "<extra_id_" + std::to_string(i) + ">";
+    tok->add_token(sentinel);
+    tok->sentinel_ids_.push_back(tok->token_to_id_.at(sentinel));
+  }
   tok->continuation_.assign(tok->id_to_token_.size(), false);
   for (size_t id = 0; id < tok->id_to_token_.size(); ++id) {
     const std::string& t = tok->id_to_token_[id];

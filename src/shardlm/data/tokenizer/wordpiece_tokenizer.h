@@ -5,7 +5,9 @@
 //   vocab.txt   one token per line, id = line number; each line is strip()ped of white space;
 //               a repeated token keeps its last id (a Python dict), vocab_size = distinct tokens.
 //   Megatron then appends "[BOS]" and "[EOS]" (and <extra_id_0..> with --vocab-extra-ids) when
-//   absent, so vocab_size is usually lines + 2 and eod (= eos) is the "[EOS]" id.
+//   absent, each taking id len(vocab) (add_token), so vocab_size is usually lines + 2 +
+//   extra ids (as Megatron's vocab_size: len(vocab) after those additions) and eod (= eos) is
+//   the "[EOS]" id. The extra ids are T5's sentinels (sentinel_ids(), in order).
 //   Basic      drop U+0000, U+FFFD and Cc/Cf controls; white space -> ' '; spaces around CJK
 //              ideographs; split on white space; lower-case mode: Python str.lower(), NFD and
 //              drop Mn marks; split every punctuation char (ASCII symbols and Unicode P*) off.
@@ -59,9 +61,11 @@ class WordPieceTokenizer final : public Tokenizer, public MaskedLmVocab {
   int32_t mask_id() const override { return mask_id_; }
   bool is_continuation(int32_t id) const override;
   std::span<const int32_t> random_token_ids() const override { return lookup_ids_; }
+  int32_t bos_id() const override { return bos_id_; }
+  int32_t eos_id() const override { return eos_id_; }
+  std::span<const int32_t> sentinel_ids() const override { return sentinel_ids_; }
 
   int32_t unk_id() const { return unk_id_; }
-  int32_t bos_id() const { return bos_id_; }
   // BasicTokenizer.tokenize: the words WordPiece then splits.
   std::vector<std::string> basic_tokenize(std::string_view text) const;
   // FullTokenizer.tokenize: the pieces ("un", "##aff", ...).
@@ -86,6 +90,7 @@ class WordPieceTokenizer final : public Tokenizer, public MaskedLmVocab {
   std::vector<bool> has_id_;
   std::vector<bool> continuation_;
   std::vector<int32_t> lookup_ids_;  // distinct ids in Python inv_vocab key order
+  std::vector<int32_t> sentinel_ids_;  // <extra_id_0>, <extra_id_1>, ... (--vocab-extra-ids)
   size_t max_piece_chars_ = 1;       // longest token in code points (bounds the greedy search)
   int32_t unk_id_ = -1, cls_id_ = -1, sep_id_ = -1, pad_id_ = -1, mask_id_ = -1;
   int32_t bos_id_ = -1, eos_id_ = -1;
