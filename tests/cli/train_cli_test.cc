@@ -253,6 +253,41 @@ TEST(TrainCli, TrainsBertOnSentenceSplitText) {
   std::filesystem::remove_all(dir);
 }
 
+// T5 end to end from text: preprocess --split-sentences with the committed WordPiece vocab, then
+// --model-type t5 with 100 sentinels trains and saves; without the sentinels the error says
+// what to pass; a checkpoint records the encoder's layers.
+TEST(TrainCli, TrainsT5OnSentenceSplitText) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("shardlm_t5_cli_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string vocab =
+      std::string(SHARDLM_SOURCE_DIR) + "/tests/golden/data/bert/vocab-lowercase-8k.txt";
+  const std::string corpus = std::string(SHARDLM_TEST_DATA_DIR) + "/corpus/moby_dick.jsonl";
+  const std::string tok = " --tokenizer-type BertWordPieceLowerCase --vocab-file " + vocab;
+  const Result p = run("preprocess --input " + corpus + " --output-prefix " +
+                       (dir / "moby").string() + tok + " --workers 2 --split-sentences");
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  const std::string train =
+      "train --model-type t5" + tok +
+      " --num-layers 1 --encoder-num-layers 2 --hidden-size 16 --num-attention-heads 2"
+      " --encoder-seq-length 48 --decoder-seq-length 24 --micro-batch-size 2 --lr 1e-3"
+      " --train-iters 3 --log-interval 1 --eval-iters 1 --eval-interval 3 --device cpu"
+      " --data-path " + (dir / "moby_text_sentence").string();
+  Result r = run(train + " --vocab-extra-ids 100 --save " + (dir / "ckpt").string());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("lm loss:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("validation loss"), std::string::npos) << r.output;
+  r = run(train);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--vocab-extra-ids 100"), std::string::npos) << r.output;
+  r = run("train --model-type t5 --num-layers 1 --hidden-size 16 --num-attention-heads 2"
+          " --seq-length 16 --micro-batch-size 2 --train-iters 1 --mock-data --vocab-size 128 --lr 1e-3"
+          " --device cpu");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--decoder-seq-length"), std::string::npos) << r.output;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(TrainCli, UnreadableAndMalformedConfig) {
   expect_usage_error(kTiny + "--config /nonexistent/cfg.yaml", "/nonexistent/cfg.yaml");
   const auto dir = std::filesystem::temp_directory_path();

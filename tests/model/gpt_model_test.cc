@@ -41,6 +41,7 @@ struct Harness {
   Arena acts;
   OwnedTensor tokens, targets, mask;
   OwnedTensor types, lengths, order;  // BERT only
+  OwnedTensor encoder_tokens, encoder_lengths;  // T5 only
   double mask_sum = 0;
   int64_t B = 2;
 
@@ -51,9 +52,18 @@ struct Harness {
     model->bind(reg);
     acts = Arena(Device::cpu(), model->plan_activation_bytes(DType::kF64, B), "acts");
     model->allocate_activations(acts, DType::kF64, B);
-    tokens = random_ints({B, cfg.seq_length}, static_cast<int32_t>(cfg.vocab_size), 11);
-    targets = random_ints({B, cfg.seq_length}, static_cast<int32_t>(cfg.vocab_size), 12);
-    std::vector<double> m(B * cfg.seq_length);
+    // T5: tokens / targets / mask are the decoder's; the encoder's second sequence is padded
+    // after 3 tokens.
+    const int64_t T = cfg.t5() ? cfg.decoder_seq_length : cfg.seq_length;
+    tokens = random_ints({B, T}, static_cast<int32_t>(cfg.vocab_size), 11);
+    targets = random_ints({B, T}, static_cast<int32_t>(cfg.vocab_size), 12);
+    std::vector<double> m(B * T);
+    if (cfg.t5()) {
+      encoder_tokens = random_ints({B, cfg.seq_length}, static_cast<int32_t>(cfg.vocab_size), 14);
+      encoder_lengths = OwnedTensor::empty(DType::kI32, {B});
+      encoder_lengths.view().data<int32_t>()[0] = static_cast<int32_t>(cfg.seq_length);
+      encoder_lengths.view().data<int32_t>()[1] = 3;
+    }
     for (size_t i = 0; i < m.size(); ++i) m[i] = (i % 3 == 1) ? 0.0 : 1.0;  // some masked
     if (cfg.bert()) {
       // BERT: the second sequence is padded after 3 tokens; padding is never in the loss.
@@ -67,10 +77,14 @@ struct Harness {
       order.view().data<int32_t>()[1] = 0;
     }
     for (double v : m) mask_sum += v;
-    mask = testing::from_vector(DType::kF64, {B, cfg.seq_length}, m);
+    mask = testing::from_vector(DType::kF64, {B, T}, m);
   }
   Batch batch() const {
     Batch b{tokens.view(), targets.view(), mask.view(), mask_sum};
+    if (cfg.t5()) {
+      b.encoder_tokens = encoder_tokens.view();
+      b.encoder_lengths = encoder_lengths.view();
+    }
     if (cfg.bert()) {
       b.key_lengths = lengths.view();
       if (cfg.has_binary_head()) {
@@ -780,6 +794,124 @@ TEST(TransformerConfig, ValidationNamesTheFlag) {
   EXPECT_EQ(c.padded_vocab_size(), 50304);  // GPT-2's well-known padded size
   c.tensor_model_parallel_size = 8;
   EXPECT_EQ(c.padded_vocab_size(), 51200);
+}
+
+// ---- T5 (TransformerConfig::family = kT5) --------------------------------------------------
+// Encoder of 3 layers over 7 tokens (the second sequence padded after 3), decoder of 2 layers
+// over 5 tokens with cross-attention.
+TransformerConfig t5_config() {
+  TransformerConfig c = tiny_config();
+  c.family = ModelFamily::kT5;
+  c.seq_length = 7;
+  c.decoder_seq_length = 5;
+  c.encoder_num_layers = 3;
+  return c;
+}
+
+TEST(T5Model, GradientsMatchFiniteDifferences) { expect_gradients_match_finite_differences(t5_config()); }
+
+TEST(T5Model, GradientsMatchFiniteDifferencesWithDropoutRmsNormNoBias) {
+  TransformerConfig c = t5_config();
+  c.hidden_dropout = 0.2;  // keyed masks: finite differences see the same ones
+  c.attention_dropout = 0.3;
+  c.normalization = Normalization::kRMSNorm;
+  c.add_bias_linear = false;
+  c.kv_channels = 3;
+  c.seq_length = 5;  // encoder as long as the decoder
+  c.encoder_num_layers = 1;
+  expect_gradients_match_finite_differences(c);
+}
+
+TEST(T5Model, GradReadyAndParamsNeededOrder) {
+  expect_grad_ready_order(t5_config());
+  expect_params_needed_before_use(t5_config());
+}
+
+// The encoder's padding is masked (in its self-attention and in the decoder's cross-attention):
+// changing padded encoder tokens leaves every decoder loss bit for bit; the decoder is causal:
+// changing decoder token t changes no loss before t.
+TEST(T5Model, EncoderPaddingIsMaskedAndDecoderIsCausal) {
+  Harness h(t5_config());
+  const double loss = h.loss(false);
+  const std::vector<double> losses = testing::to_vector(h.model->token_losses());
+  int32_t* enc = h.encoder_tokens.view().data<int32_t>();
+  for (int64_t t = 3; t < 7; ++t) enc[7 + t] = (enc[7 + t] + 5) % 11;  // sequence 1's padding
+  EXPECT_EQ(h.loss(false), loss);
+  EXPECT_EQ(testing::to_vector(h.model->token_losses()), losses);
+  enc[7 + 1] = (enc[7 + 1] + 5) % 11;  // a real encoder token changes the decoder's losses
+  h.loss(false);
+  const std::vector<double> enc_changed = testing::to_vector(h.model->token_losses());
+  for (int64_t t = 0; t < 5; ++t) EXPECT_NE(enc_changed[5 + t], losses[5 + t]) << t;
+  enc[7 + 1] = (enc[7 + 1] + 6) % 11;  // back to the original
+  h.tokens.view().data<int32_t>()[5 + 2] = (h.tokens.view().data<int32_t>()[5 + 2] + 3) % 11;
+  h.loss(false);
+  const std::vector<double> dec_changed = testing::to_vector(h.model->token_losses());
+  for (int64_t t = 0; t < 5; ++t) {
+    EXPECT_EQ(dec_changed[t], losses[t]) << "other sequence, position " << t;
+    if (t < 2)
+      EXPECT_EQ(dec_changed[5 + t], losses[5 + t]) << "position " << t << " sees the future";
+    else
+      EXPECT_NE(dec_changed[5 + t], losses[5 + t]) << t;
+  }
+}
+
+TEST(T5Model, MegatronParameterNamesAndCount) {
+  const TransformerConfig c = t5_config();
+  GPTModel model(c);
+  ParameterRegistry reg;
+  model.register_parameters(reg);
+  for (const char* name :
+       {"embedding.word_embeddings.weight", "embedding.position_embeddings.weight",
+        "encoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
+        "encoder.layers.2.mlp.linear_fc2.weight", "encoder.final_layernorm.weight",
+        "encoder.final_layernorm.bias", "decoder.layers.0.self_attention.linear_qkv.weight",
+        "decoder.layers.1.pre_cross_attn_layernorm.weight",
+        "decoder.layers.1.pre_cross_attn_layernorm.bias",
+        "decoder.layers.1.cross_attention.linear_q.weight",
+        "decoder.layers.1.cross_attention.linear_q.bias",
+        "decoder.layers.1.cross_attention.linear_kv.weight",
+        "decoder.layers.1.cross_attention.linear_proj.weight",
+        "decoder.layers.1.mlp.linear_fc1.weight", "decoder.final_layernorm.weight",
+        "lm_head.output_layer.bias"})
+    EXPECT_TRUE(reg.contains(name)) << name;
+  EXPECT_FALSE(reg.contains("encoder.layers.3.self_attention.linear_qkv.weight"));
+  EXPECT_FALSE(reg.contains("output_layer.weight"));  // tied
+  EXPECT_FALSE(reg.contains("decoder.layers.0.self_attention.linear_qkv.cross_attention"));
+  EXPECT_EQ(reg.get("decoder.layers.0.cross_attention.linear_kv.weight").spec.global_shape,
+            Shape({16, 8}));
+  EXPECT_EQ(reg.get("embedding.position_embeddings.weight").spec.global_shape, Shape({7, 8}));
+  EXPECT_EQ(reg.numel(), c.parameter_count());
+}
+
+TEST(T5Model, UnsupportedConfigurationsSayWhy) {
+  auto expect_refused = [](TransformerConfig c, const std::string& needle) {
+    try {
+      GPTModel model(c);
+      ADD_FAILURE() << "accepted; expected an error mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  TransformerConfig c = t5_config();
+  c.decoder_seq_length = 0;
+  expect_refused(c, "--decoder-seq-length");
+  c = t5_config();
+  c.decoder_seq_length = 9;  // longer than the position table (max positions = 7)
+  expect_refused(c, "--max-position-embeddings");
+  c = t5_config();
+  c.num_query_groups = 1;
+  expect_refused(c, "grouped-query");
+  c = t5_config();
+  c.untie_embeddings_and_output_weights = true;
+  expect_refused(c, "--untie-embeddings-and-output-weights");
+  c = t5_config();
+  try {
+    GPTModel model(c, TensorParallel{}, ModelChunk{0, 1, true, false});
+    ADD_FAILURE() << "a T5 pipeline chunk was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--pipeline-model-parallel-size"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

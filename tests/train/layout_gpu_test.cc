@@ -138,6 +138,31 @@ TEST(LayoutGpu, Fp8LayoutsMatchOneGpu) {
     expect_same_training(run_layout(cfg, l), ref, "fp8 " + l.name(), 1e-2, 0.25, 5e-2);
 }
 
+// T5 on the GPU under TP + SP with the distributed optimizer and DP: the cross-attention's
+// column-split linear_q / linear_kv on device rows, the encoder output's gather and its
+// gradient's reduce-scatter; fp32 within 1e-5 of one GPU, bf16 within bf16 tolerance.
+TEST(LayoutGpu, T5LayoutsMatchOneGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+  for (bool bf16 : {false, true}) {
+    TrainConfig cfg = gpu_config(bf16);
+    cfg.model.family = model::ModelFamily::kT5;
+    cfg.model.num_layers = 2;
+    cfg.model.encoder_num_layers = 2;
+    cfg.model.decoder_seq_length = 16;
+    cfg.train_iters = 4;
+    const RunResult ref = single_rank(cfg);
+    for (const Layout& l : {Layout{.tp = 2, .dp = 2, .sequence_parallel = true,
+                                   .distributed_optimizer = true, .overlap_grad_reduce = true,
+                                   .bucket_size = 20000},
+                            Layout{.tp = 2}}) {
+      if (bf16)
+        expect_same_training(run_layout(cfg, l), ref, "bf16 T5 " + l.name(), 1e-2, 3e-2, 5e-2);
+      else
+        expect_same_training(run_layout(cfg, l), ref, "fp32 T5 " + l.name());
+    }
+  }
+}
+
 // Context parallelism through cuDNN's chunk graphs (a causal mask shifted by the chunk's
 // position): no dropout and chunks of 128 rows (512 tokens over CP 2), which the tiny layouts
 // above (dropout on, 32 tokens) never reach; fp32 runs the own kernels, so bf16 only.

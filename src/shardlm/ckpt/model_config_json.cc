@@ -46,7 +46,9 @@ struct Field {
 const Field kFields[] = {
     // First: a GPT checkpoint loaded as BERT (or back) is named as that, not as a missing tensor.
     {"model_type", "--model-type",
-     [](const auto& c) { return nlohmann::json(c.bert() ? "bert" : "gpt"); }},
+     [](const auto& c) { return nlohmann::json(c.bert() ? "bert" : c.t5() ? "t5" : "gpt"); }},
+    {"encoder_num_layers", "--encoder-num-layers",
+     [](const auto& c) { return c.t5() ? nlohmann::json(c.t5_encoder_layers()) : nlohmann::json(); }},
     {"bert_binary_head", "--bert-no-binary-head",
      [](const auto& c) { return c.bert() ? nlohmann::json(c.bert_binary_head) : nlohmann::json(); }},
     {"num_layers", "--num-layers", [](const auto& c) { return nlohmann::json(c.num_layers); }},
@@ -118,6 +120,7 @@ nlohmann::json model_config_to_json(const model::TransformerConfig& c) {
   nlohmann::json j;
   for (const Field& f : kFields) j[f.key] = f.value(c);
   j["seq_length"] = c.seq_length;
+  if (c.t5()) j["decoder_seq_length"] = c.decoder_seq_length;
   j["make_vocab_size_divisible_by"] = c.make_vocab_size_divisible_by;
   j["padded_vocab_size"] = c.padded_vocab_size();
   j["init_method_std"] = c.init_method_std;
@@ -132,7 +135,10 @@ model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
   auto get = [&](const char* key, auto& field) {
     if (j.contains(key) && !j[key].is_null()) field = j[key].get<std::decay_t<decltype(field)>>();
   };
-  if (j.value("model_type", std::string("gpt")) == "bert") c.family = model::ModelFamily::kBert;
+  const std::string type = j.value("model_type", std::string("gpt"));
+  if (type == "bert") c.family = model::ModelFamily::kBert;
+  if (type == "t5") c.family = model::ModelFamily::kT5;
+  get("encoder_num_layers", c.encoder_num_layers);
   get("bert_binary_head", c.bert_binary_head);
   get("num_layers", c.num_layers);
   get("hidden_size", c.hidden_size);
@@ -141,6 +147,7 @@ model::TransformerConfig model_config_from_json(const nlohmann::json& j) {
   get("kv_channels", c.kv_channels);
   get("ffn_hidden_size", c.ffn_hidden_size);
   get("seq_length", c.seq_length);
+  get("decoder_seq_length", c.decoder_seq_length);
   get("max_position_embeddings", c.max_position_embeddings);
   get("vocab_size", c.vocab_size);
   get("make_vocab_size_divisible_by", c.make_vocab_size_divisible_by);
@@ -195,6 +202,7 @@ void check_model_config(const nlohmann::json& saved, const model::TransformerCon
 std::string model_config_flags(const model::TransformerConfig& c) {
   std::ostringstream s;
   if (c.bert()) s << "--model-type bert " << (c.bert_binary_head ? "" : "--bert-no-binary-head ");
+  if (c.t5()) s << "--model-type t5 --encoder-num-layers " << c.t5_encoder_layers() << " ";
   s << "--num-layers " << c.num_layers << " --hidden-size " << c.hidden_size
     << " --num-attention-heads " << c.num_attention_heads;
   if (c.query_groups() != c.num_attention_heads)

@@ -105,7 +105,7 @@ void run_distributed(const train::TrainConfig& cfg, const dist::LaunchEnv& env,
 
 void register_train(CLI::App& app) {
   auto cfg = std::make_shared<train::TrainConfig>();
-  CLI::App* cmd = app.add_subcommand("train", "Train a GPT or BERT model (Megatron-LM flag names)");
+  CLI::App* cmd = app.add_subcommand("train", "Train a GPT, BERT or T5 model (Megatron-LM flag names)");
   add_train_flags(*cmd, *cfg);
   cmd->callback([cmd, cfg] {
     const dist::EnvMap vars = dist::read_process_environment();

@@ -41,7 +41,9 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   const CLI::Validator nonneg = number_validator(true);
 
   const char* g = "Model";
-  cmd.add_option("--num-layers", m.num_layers, "Number of transformer layers")->group(g)->check(pos);
+  cmd.add_option("--num-layers,--decoder-num-layers", m.num_layers,
+                 "Number of transformer layers (T5: the decoder's; --decoder-num-layers is its "
+                 "alias)")->group(g)->check(pos);
   cmd.add_option("--hidden-size", m.hidden_size, "Hidden size")->group(g)->check(pos);
   cmd.add_option("--num-attention-heads", m.num_attention_heads, "Attention heads")->group(g)->check(pos);
   cmd.add_option("--num-query-groups", m.num_query_groups,
@@ -78,13 +80,23 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
          [&m](const std::string& v) {
            if (v == "gpt") m.family = model::ModelFamily::kGPT;
            else if (v == "bert") m.family = model::ModelFamily::kBert;
-           else throw CLI::ValidationError("--model-type", "'" + v + "' is not gpt or bert");
+           else if (v == "t5") m.family = model::ModelFamily::kT5;
+           else throw CLI::ValidationError("--model-type", "'" + v + "' is not gpt, bert or t5");
          },
-         "gpt (pretrain_gpt: causal LM, the default) or bert (pretrain_bert: bidirectional, "
-         "masked LM + sentence order, data from preprocess --split-sentences)")->group(g);
+         "gpt (pretrain_gpt: causal LM, the default), bert (pretrain_bert: bidirectional, "
+         "masked LM + sentence order) or t5 (pretrain_t5: encoder-decoder, span corruption); "
+         "BERT and T5 read data from preprocess --split-sentences")->group(g);
+  cmd.add_option("--decoder-seq-length", m.decoder_seq_length,
+                 "T5: the decoder's sequence length (--seq-length is the encoder's)")
+      ->group(g)->check(pos);
+  cmd.add_option("--encoder-num-layers", m.encoder_num_layers,
+                 "T5: encoder layers (default --num-layers, which counts the decoder's)")
+      ->group(g)->check(pos);
   cmd.add_flag("--bert-no-binary-head", [&m](int64_t) { m.bert_binary_head = false; },
                "BERT without the pooler and sentence-order (binary) head, nor token types")->group(g);
-  cmd.add_option("--seq-length", m.seq_length, "Sequence length")->group(g)->check(pos);
+  cmd.add_option("--seq-length,--encoder-seq-length", m.seq_length,
+                 "Sequence length (T5: the encoder's; --encoder-seq-length is its alias)")
+      ->group(g)->check(pos);
   cmd.add_option("--max-position-embeddings", m.max_position_embeddings,
                  "Learned position table size (default seq-length)")->group(g)->check(pos);
   cmd.add_option("--vocab-size", m.vocab_size, "Vocabulary size (mock data / NullTokenizer)")->group(g)->check(pos);
@@ -355,7 +367,10 @@ void add_train_flags(CLI::App& cmd, train::TrainConfig& cfg) {
   cmd.add_option("--merge-file", d.merge_file, "BPE merges file")->group(g);
   cmd.add_option("--tokenizer-model", d.tokenizer_model, "tokenizer.json or SentencePiece .model")->group(g);
   cmd.add_flag("--eod-mask-loss", d.eod_mask_loss, "Exclude end-of-document targets from the loss")->group(g);
-  cmd.add_option("--mask-prob", d.mask_prob, "BERT: probability of masking a token (0.15)")
+  cmd.add_option("--vocab-extra-ids", d.vocab_extra_ids,
+                 "T5: sentinel tokens <extra_id_i> added to the WordPiece vocabulary (Megatron's "
+                 "T5 uses 100)")->group(g)->check(CLI::NonNegativeNumber);
+  cmd.add_option("--mask-prob", d.mask_prob, "BERT / T5: probability of masking a token (0.15)")
       ->group(g)->check(CLI::Range(0.0, 1.0));
   cmd.add_option("--short-seq-prob", d.short_seq_prob,
                  "BERT: probability of a sample shorter than --seq-length (0.1)")

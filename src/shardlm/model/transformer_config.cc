@@ -92,8 +92,47 @@ void TransformerConfig::validate() const {
       bad("--moe-expert-capacity-factor " + std::to_string(moe_expert_capacity_factor) +
           " must be > 0 (or unset: dropless)");
   }
+  if (t5()) validate_t5();
   validate_tensor_parallel(tensor_model_parallel_size, false);
   validate_fp8(tensor_model_parallel_size, 0);
+}
+
+void TransformerConfig::validate_t5() const {
+  if (decoder_seq_length <= 0)
+    bad("--decoder-seq-length " + s(decoder_seq_length) +
+        " must be positive for --model-type t5 (Megatron's T5 uses 128 with --seq-length 512)");
+  if (encoder_num_layers < 0)
+    bad("--encoder-num-layers " + s(encoder_num_layers) + " must be positive");
+  if (position_embedding == PositionEmbedding::kLearnedAbsolute &&
+      decoder_seq_length > max_positions())
+    bad("--decoder-seq-length " + s(decoder_seq_length) + " exceeds --max-position-embeddings " +
+        s(max_positions()) + "; raise --max-position-embeddings (the encoder and the decoder "
+        "share the position table)");
+  if (query_groups() != num_attention_heads)
+    bad("--num-query-groups " + s(query_groups()) + " with " + s(num_attention_heads) +
+        " heads: T5's cross-attention does not support grouped-query attention (as in "
+        "Megatron); drop --group-query-attention");
+  if (num_experts > 0)
+    bad("--num-experts " + s(num_experts) + ": mixture-of-experts layers are not supported for "
+        "--model-type t5 yet; drop --num-experts");
+  if (fp8.enabled())
+    bad("--fp8-format: fp8 GEMMs are not supported for --model-type t5 yet; train it in bf16");
+  if (untie_embeddings_and_output_weights)
+    bad("--untie-embeddings-and-output-weights: T5's output layer is tied to the word embedding "
+        "here (Megatron's default); drop the flag");
+}
+
+TransformerConfig TransformerConfig::stack_config(T5Stack stack) const {
+  TransformerConfig c = *this;
+  c.t5_stack = stack;
+  c.max_position_embeddings = max_positions();  // one table for both stacks
+  if (stack == T5Stack::kEncoder) {
+    c.num_layers = t5_encoder_layers();
+  } else if (stack == T5Stack::kDecoder) {
+    c.seq_length = decoder_seq_length;
+    c.encoder_seq_length = seq_length;
+  }
+  return c;
 }
 
 int64_t TransformerConfig::moe_expert_capacity(int64_t tokens) const {
@@ -211,6 +250,13 @@ int64_t TransformerConfig::parameter_count() const {
   if (bert()) {
     total += num_tokentypes() * C + (C * C + C + norm) + V;  // types, LM head, output bias
     if (has_binary_head()) total += (C * C + C) + (2 * C + 2);  // pooler, binary head
+  }
+  if (t5()) {
+    // The encoder's layers and final norm; each decoder layer's cross-attention (its norm,
+    // linear_q, linear_kv, linear_proj); the output-layer bias.
+    const int64_t cross = norm + C * attn_out + bias * attn_out + C * 2 * attn_out +
+                          bias * 2 * attn_out + attn_out * C + bias * C;
+    total += t5_encoder_layers() * (attention + dense) + norm + num_layers * cross + V;
   }
   return total;
 }

@@ -15,10 +15,16 @@ enum class Normalization { kLayerNorm, kRMSNorm };
 // kRope: rotary position embedding on q and k inside every attention layer (no
 // position_embeddings parameter, as Megatron's --position-embedding-type rope).
 enum class PositionEmbedding { kLearnedAbsolute, kNone, kRope };
-// Megatron's pretrain_gpt / pretrain_bert. kBert: bidirectional attention with BERT's padding
-// mask, token-type embeddings (with the binary head), the LM head's transform (dense → GELU →
-// LayerNorm) and output-layer bias, and the pooler + sentence-order head (bert_binary_head).
-enum class ModelFamily { kGPT, kBert };
+// Megatron's pretrain_gpt / pretrain_bert / pretrain_t5. kBert: bidirectional attention with
+// BERT's padding mask, token-type embeddings (with the binary head), the LM head's transform
+// (dense → GELU → LayerNorm) and output-layer bias, and the pooler + sentence-order head
+// (bert_binary_head). kT5: an encoder stack (bidirectional, the encoder's padding mask) and a
+// decoder stack (causal, plus cross-attention to the encoder output) sharing the embedding; the
+// output layer (tied, with a bias) reads the decoder.
+enum class ModelFamily { kGPT, kBert, kT5 };
+// T5: the stack a layer config describes (TransformerConfig::stack_config). kNone: GPT / BERT
+// layers, or T5's model-level config.
+enum class T5Stack { kNone, kEncoder, kDecoder };
 
 struct TransformerConfig {
   int64_t num_layers = 2;
@@ -89,12 +95,29 @@ struct TransformerConfig {
   }
   ModelFamily family = ModelFamily::kGPT;
   bool bert_binary_head = true;  // --bert-no-binary-head: false (then no token types either)
+  // T5, following Megatron's flags: seq_length is the encoder's (--seq-length /
+  // --encoder-seq-length), decoder_seq_length the decoder's (--decoder-seq-length), num_layers
+  // the decoder's and encoder_num_layers the encoder's (--encoder-num-layers; 0: num_layers).
+  // The layers of a stack are built from stack_config(stack): its own seq_length and
+  // num_layers, t5_stack set, and for the decoder encoder_seq_length (the cross-attention keys).
+  int64_t decoder_seq_length = 0;
+  int64_t encoder_num_layers = 0;
+  T5Stack t5_stack = T5Stack::kNone;
+  int64_t encoder_seq_length = 0;  // decoder stack copies only
   double init_method_std = 0.02;
   double hidden_dropout = 0.1;
   double attention_dropout = 0.1;
 
   bool bert() const { return family == ModelFamily::kBert; }
-  bool causal() const { return !bert(); }
+  bool t5() const { return family == ModelFamily::kT5; }
+  // Self-attention mask of the layers built from this config: BERT and T5's encoder are
+  // bidirectional (with their padding), GPT and T5's decoder causal.
+  bool causal() const { return !bert() && t5_stack != T5Stack::kEncoder; }
+  // Decoder layers of T5 attend to the encoder output after their self-attention.
+  bool cross_attention() const { return t5_stack == T5Stack::kDecoder; }
+  int64_t t5_encoder_layers() const { return encoder_num_layers > 0 ? encoder_num_layers : num_layers; }
+  // T5: the config the layers of `stack` are built from (see decoder_seq_length).
+  TransformerConfig stack_config(T5Stack stack) const;
   // Megatron's pretrain_bert: 2 token types with the binary head, else none.
   int64_t num_tokentypes() const { return bert() && bert_binary_head ? 2 : 0; }
   bool has_binary_head() const { return bert() && bert_binary_head; }
@@ -150,6 +173,9 @@ struct TransformerConfig {
   // a multiple of CP (replicated groups, fewer than TP ranks, cannot be split further). Throws
   // Error(kInvalidConfig) naming the flags, the numbers and a fix; a no-op at CP = 1.
   void validate_cp_all_to_all(int64_t tp_size, int64_t cp_size) const;
+  // The T5 part of validate(): lengths, and what T5 does not support (grouped-query
+  // cross-attention, as Megatron; MoE, fp8 and an untied output layer, not yet).
+  void validate_t5() const;
   // Total parameter count (embedding and output layer counted once when tied).
   int64_t parameter_count() const;
 };

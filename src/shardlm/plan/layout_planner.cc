@@ -342,8 +342,10 @@ class Rejections {
 // sequence into 2 x CP chunks (1 always: CP off).
 std::vector<int> context_sizes(const TrainConfig& cfg, int ranks) {
   std::vector<int> out;
-  for (int c : divisors(ranks))  // BERT has no context parallelism (GPTModel refuses it)
-    if (c == 1 || (!cfg.model.bert() && cfg.model.seq_length % (2 * c) == 0)) out.push_back(c);
+  // BERT and T5 have no context parallelism (GPTModel refuses it).
+  const bool cp_capable = !cfg.model.bert() && !cfg.model.t5();
+  for (int c : divisors(ranks))
+    if (c == 1 || (cp_capable && cfg.model.seq_length % (2 * c) == 0)) out.push_back(c);
   return out;
 }
 

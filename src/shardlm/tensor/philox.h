@@ -72,6 +72,11 @@ enum DropoutSite : uint32_t {
   kDropoutAttentionProbs = 2,
   kDropoutAttentionOutput = 3,
   kDropoutMlpOutput = 4,
+  // T5: the decoder layers' cross-attention, and the encoder's embedding (its input tokens
+  // differ from the decoder's, so it needs masks of its own).
+  kDropoutCrossAttentionProbs = 5,
+  kDropoutCrossAttentionOutput = 6,
+  kDropoutEncoderEmbedding = 7,
 };
 
 // The Philox stream of one dropout application, with its key derived once. Element `position`

@@ -10,6 +10,12 @@
 // dim (= H for GPT). MoE experts count k/E of their parameters in N_nonembedding (a token runs
 // k of E experts; the router is counted whole). MFU = flops_per_token × tokens/s / peak (989e12:
 // H100 SXM dense bf16).
+//
+// T5: tokens are encoder tokens (seq_length per sample, as the trainer counts them);
+// flops_per_token is the sample's FLOPs / seq_length, the sample's FLOPs counting each parameter
+// on the rows it runs on (the encoder's and the decoder's cross-attention linear_kv on T_e, the
+// rest of the decoder and the output layer on T_d) and the attention scores of the encoder
+// (T_e²), the decoder (T_d²) and the cross-attention (T_d·T_e) per layer.
 #pragma once
 
 #include <cstdint>

@@ -92,7 +92,10 @@ MemoryPlan plan_rank_memory(const TrainConfig& cfg, const dist::ParallelLayout& 
   if (cuda) {
     const int64_t tp = layout.tp();
     plan.workspace = cuda_workspace_estimate(
-        cfg.micro_batch_size, cfg.model.seq_length / layout.cp(), cfg.model.num_attention_heads / tp,
+        cfg.micro_batch_size,
+        std::max(cfg.model.seq_length, cfg.model.t5() ? cfg.model.decoder_seq_length : 0) /
+            layout.cp(),
+        cfg.model.num_attention_heads / tp,
         std::max<int64_t>(1, cfg.model.query_groups() / tp), cfg.model.head_dim(),
         dtype_size(compute));
   }

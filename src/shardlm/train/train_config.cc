@@ -155,6 +155,17 @@ void TrainConfig::validate_parallel(int world_size) const {
     bad("BERT runs bidirectional attention over the whole padded sequence: "
         "--context-parallel-size " + s(layout.cp()) +
         " is not supported for it (as in Megatron); use 1");
+  if (model.t5()) {
+    if (layout.cp() > 1)
+      bad("T5 attends over whole padded sequences: --context-parallel-size " + s(layout.cp()) +
+          " is not supported for --model-type t5 (as in Megatron); use 1");
+    if (layout.pp() > 1)
+      bad("--pipeline-model-parallel-size " + s(layout.pp()) +
+          ": T5's encoder and decoder run in one pipeline stage here; use 1 (and tensor or "
+          "data parallelism to spread the model)");
+    model::TransformerConfig decoder = tp_model.stack_config(model::T5Stack::kDecoder);
+    decoder.validate_tensor_parallel(layout.tp(), dims.sequence_parallel);
+  }
   const int64_t per_step = micro_batch_size * layout.dp();
   if (global_batch_size > 0 && global_batch_size % per_step != 0)
     bad("--global-batch-size " + s(global_batch_size) + " is not divisible by --micro-batch-size " +

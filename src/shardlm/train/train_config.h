@@ -45,6 +45,9 @@ struct DataConfig {
   // (--short-seq-prob) probabilities.
   double mask_prob = 0.15;
   double short_seq_prob = 0.1;
+  // T5 (--model-type t5): sentinel tokens <extra_id_i> added to the WordPiece vocabulary
+  // (--vocab-extra-ids; Megatron's T5 uses 100).
+  int vocab_extra_ids = 0;
 };
 
 struct LoggingConfig {

@@ -222,8 +222,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::unique_ptr<SingleRank> single,
   phase_done("data");
   if (pipeline_) build_pipeline();
 
-  staging_.emplace(*device_, dtype_, mbs, cfg_.model.seq_length, model().context_parallel(),
-                   cfg_.model.vocab_size, cfg_.model.bert());
+  staging_.emplace(*device_, dtype_, mbs, cfg_.model, model().context_parallel(),
+                   cfg_.model.vocab_size);
   if (!cfg_.logging.log_jsonl.empty() && rank_->world_rank() == 0) {
     jsonl_ = std::make_unique<std::ofstream>(cfg_.logging.log_jsonl);
     if (!*jsonl_)

@@ -6,6 +6,9 @@
 #include "shardlm/data/masked_lm_samples.h"
 #include "shardlm/data/mock_bert_dataset.h"
 #include "shardlm/data/mock_gpt_dataset.h"
+#include "shardlm/data/mock_t5_dataset.h"
+#include "shardlm/data/t5_dataset_builder.h"
+#include "shardlm/data/t5_samples.h"
 #include "shardlm/data/tokenizer/tokenizer_factory.h"
 
 namespace shardlm::train {
@@ -18,6 +21,7 @@ data::TokenizerOptions tokenizer_options(const TrainConfig& cfg) {
   o.vocab_file = cfg.data.vocab_file;
   o.merge_file = cfg.data.merge_file;
   o.tokenizer_model = cfg.data.tokenizer_model;
+  o.vocab_extra_ids = cfg.data.vocab_extra_ids;
   return o;
 }
 
@@ -62,6 +66,47 @@ TrainingData build_bert_data(const TrainConfig& cfg, int64_t train_samples,
   return d;
 }
 
+// pretrain_t5's datasets: span-corruption samples from a sentence-split corpus (or mock ones).
+TrainingData build_t5_data(const TrainConfig& cfg, int64_t train_samples, int64_t valid_samples) {
+  TrainingData d;
+  const int64_t TE = cfg.model.seq_length, TD = cfg.model.decoder_seq_length;
+  auto wrap = [](std::unique_ptr<data::T5SampleSource> s) -> std::unique_ptr<data::SampleSource> {
+    if (!s) return nullptr;
+    return std::make_unique<data::T5Samples>(std::move(s));
+  };
+  if (cfg.data.mock_data) {
+    d.train = wrap(std::make_unique<data::MockT5Dataset>(train_samples, TE, TD,
+                                                         cfg.model.vocab_size,
+                                                         static_cast<uint32_t>(cfg.seed)));
+    d.valid = wrap(std::make_unique<data::MockT5Dataset>(valid_samples, TE, TD,
+                                                         cfg.model.vocab_size,
+                                                         static_cast<uint32_t>(cfg.seed + 1)));
+    return d;
+  }
+  if (cfg.data.tokenizer_type.empty())
+    throw Error(ErrorKind::kInvalidConfig,
+                "T5 data needs its WordPiece tokenizer with sentinels: pass --tokenizer-type "
+                "BertWordPieceCase (or BertWordPieceLowerCase) --vocab-file vocab.txt "
+                "--vocab-extra-ids 100");
+  data::T5DataConfig c;
+  c.data_path = cfg.data.data_path;
+  c.split = cfg.data.split;
+  c.encoder_seq_length = TE;
+  c.decoder_seq_length = TD;
+  c.seed = static_cast<uint32_t>(cfg.seed);
+  c.num_samples = {train_samples, valid_samples, std::optional<int64_t>(0)};
+  c.mask_prob = cfg.data.mask_prob;
+  c.short_seq_prob = cfg.data.short_seq_prob;
+  c.vocab = data::masked_lm_vocab_of(data::make_tokenizer(tokenizer_options(cfg)));
+  data::T5Datasets sets = data::build_t5_datasets(c);
+  if (!sets.train || sets.train->size() == 0)
+    throw Error(ErrorKind::kInvalidConfig,
+                "the training split is empty: give it a share in --split (e.g. 969,30,1)");
+  d.train = wrap(std::move(sets.train));
+  d.valid = wrap(std::move(sets.valid));
+  return d;
+}
+
 }  // namespace
 
 void resolve_vocab_size(TrainConfig& cfg) {
@@ -81,6 +126,7 @@ void resolve_vocab_size(TrainConfig& cfg) {
 TrainingData build_training_data(const TrainConfig& cfg, int64_t train_samples,
                                  int64_t valid_samples) {
   if (cfg.model.bert()) return build_bert_data(cfg, train_samples, valid_samples);
+  if (cfg.model.t5()) return build_t5_data(cfg, train_samples, valid_samples);
   TrainingData d;
   if (cfg.data.mock_data) {
     // Validation draws from a different stream so it measures generalisation of the rule.

@@ -15,6 +15,7 @@ constexpr char kWordEmbeddings[] = "embedding.word_embeddings.weight";
 constexpr char kPositionEmbeddings[] = "embedding.position_embeddings.weight";
 constexpr char kOutputLayer[] = "output_layer.weight";
 constexpr char kTokentypeEmbeddings[] = "embedding.tokentype_embeddings.weight";
+constexpr char kT5OutputBias[] = "lm_head.output_layer.bias";
 
 // The loss of a micro-batch is reduced on the host (host_values.h).
 double masked_sum_on_host(DeviceContext& ctx, const Tensor& losses, const Tensor& mask) {
@@ -42,14 +43,29 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp)
 
 GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const ModelChunk& chunk,
                    const ContextParallel& cp, const ExpertParallel& ep)
-    : cfg_(cfg),
+    : model_cfg_(cfg),
+      cfg_(cfg.t5() ? cfg.stack_config(T5Stack::kDecoder) : cfg),
       tp_(tp),
       cp_(cp),
       ep_(ep),
       chunk_(chunk),
       final_norm_("decoder.final_layernorm.weight", "decoder.final_layernorm.bias",
                   cfg.hidden_size, cfg.normalization, cfg.norm_epsilon) {
+  model_cfg_.validate();  // T5: the model-level flags first (cfg_ is the decoder's copy)
   cfg_.validate();
+  if (cfg_.t5()) {
+    encoder_cfg_ = cfg.stack_config(T5Stack::kEncoder);
+    encoder_cfg_.validate();
+    SHARDLM_REQUIRE(chunk.has_embedding && chunk.has_head && chunk.layer_begin == 0 &&
+                        (chunk.layer_end < 0 || chunk.layer_end == cfg_.num_layers),
+                    ErrorKind::kInvalidConfig,
+                    "T5 runs its encoder and decoder in one pipeline stage here: "
+                    "--pipeline-model-parallel-size must be 1 for --model-type t5");
+    SHARDLM_REQUIRE(!cp.enabled(), ErrorKind::kInvalidConfig,
+                    "T5 attends over whole padded sequences: --context-parallel-size " +
+                        std::to_string(cp.size()) +
+                        " is not supported for --model-type t5 (as in Megatron); use 1");
+  }
   if (tp_.enabled()) {
     SHARDLM_REQUIRE(cfg_.tensor_model_parallel_size == tp_.size(), ErrorKind::kInvalidConfig,
                     "the model config has tensor_model_parallel_size " +
@@ -58,6 +74,7 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
                         " ranks; set it to the group size (--tensor-model-parallel-size), "
                         "which also pads the vocabulary for the split");
     cfg_.validate_tensor_parallel(tp_.size(), tp_.sp());
+    if (cfg_.t5()) encoder_cfg_.validate_tensor_parallel(tp_.size(), tp_.sp());
     vocab_start_ = tp_.rank() * (cfg_.padded_vocab_size() / tp_.size());
     if (tp_.query_group == nullptr) {  // collective over TP; copies (the planning probe) share it
       query_group_ = split_query_group_replicas(*tp_.group,
@@ -93,6 +110,12 @@ GPTModel::GPTModel(const TransformerConfig& cfg, const TensorParallel& tp, const
   // Global layer indices: names, init keys and dropout masks do not depend on the partition.
   for (int64_t i = chunk_.layer_begin; i < chunk_.layer_end; ++i)
     layers_.emplace_back(cfg_, i, tp_, cp_, ep_);
+  if (cfg_.t5()) {
+    for (int64_t i = 0; i < encoder_cfg_.num_layers; ++i)
+      encoder_layers_.emplace_back(encoder_cfg_, i, tp_, cp_, ep_);
+    encoder_final_norm_.emplace("encoder.final_layernorm.weight", "encoder.final_layernorm.bias",
+                                cfg_.hidden_size, cfg_.normalization, cfg_.norm_epsilon);
+  }
 }
 
 void GPTModel::register_parameters(ParameterRegistry& reg) const {
@@ -117,6 +140,8 @@ void GPTModel::register_parameters(ParameterRegistry& reg) const {
       reg.add({kTokentypeEmbeddings, {cfg_.num_tokentypes(), C}, Split::none(), true,
                Init::normal(cfg_.init_method_std)});
   }
+  for (const TransformerLayer& layer : encoder_layers_) layer.register_parameters(reg);
+  if (encoder_final_norm_) encoder_final_norm_->register_parameters(reg);
   for (const TransformerLayer& layer : layers_) layer.register_parameters(reg);
   if (!chunk_.has_head) return;
   final_norm_.register_parameters(reg);
@@ -129,6 +154,8 @@ void GPTModel::register_parameters(ParameterRegistry& reg) const {
   else if (!chunk_.has_embedding)  // the last stage's copy: same name, so the same init
     reg.add(word_embeddings(PipelineTie::kCopy));
   if (bert_) bert_->register_parameters(reg);
+  if (cfg_.t5())  // Megatron's T5LMHead: the tied output layer has a (vocab-split) bias
+    reg.add({kT5OutputBias, {cfg_.padded_vocab_size()}, tp_.split(0), false, Init::zeros()});
 }
 
 void GPTModel::bind(ParameterRegistry& reg) {
@@ -142,8 +169,11 @@ void GPTModel::bind(ParameterRegistry& reg) {
   tokentype_embeddings_ = chunk_.has_embedding && cfg_.num_tokentypes() > 0
                               ? &reg.get(kTokentypeEmbeddings)
                               : nullptr;
+  for (TransformerLayer& layer : encoder_layers_) layer.bind(reg);
+  if (encoder_final_norm_) encoder_final_norm_->bind(reg);
   for (TransformerLayer& layer : layers_) layer.bind(reg);
   if (chunk_.has_head) final_norm_.bind(reg);
+  t5_output_bias_ = cfg_.t5() ? &reg.get(kT5OutputBias) : nullptr;
   output_layer_ = chunk_.has_head && !tied ? &reg.get(kOutputLayer) : nullptr;
   if (bert_) bert_->bind(reg);
 }
@@ -169,7 +199,7 @@ Shape GPTModel::boundary_shape(int64_t micro_batch) const {
 
 size_t GPTModel::plan_activation_bytes(DType dtype, int64_t micro_batch) const {
   ArenaPlan plan;
-  GPTModel probe(cfg_, tp_, chunk_, cp_, ep_);  // a copy, so planning never disturbs our views
+  GPTModel probe(model_cfg_, tp_, chunk_, cp_, ep_);  // a copy: planning never disturbs our views
   probe.set_recompute(recompute_);  // the layers' saved-output choice too
   probe.num_slots_ = num_slots_;
   probe.allocate_activations(plan, dtype, micro_batch);
@@ -208,18 +238,50 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
   if (bert_) shared.bert_scratch = bert_->allocate_scratch(alloc, dtype, micro_batch, N);
   if (chunk_.has_embedding && cfg_.num_tokentypes() > 0 && tp_.sp())
     shared.tokentype_grad = alloc.allocate(dtype, {cfg_.num_tokentypes(), C});
+  const int64_t LE = static_cast<int64_t>(encoder_layers_.size());
+  const int64_t NE = micro_batch * encoder_cfg_.seq_length;
+  const int64_t NLE = encoder_rows().local(tp_);
+  if (cfg_.t5()) {
+    shared.enc_embedding = alloc.allocate(dtype, {NE, C});
+    shared.enc_scratch = TransformerLayer::allocate_scratch(encoder_cfg_, tp_, alloc, dtype,
+                                                            micro_batch, cp_, ep_);
+    shared.d_enc_output = alloc.allocate(dtype, {NE, C});
+    shared.enc_dresidual0 = alloc.allocate(dtype, {NLE, C});
+    shared.enc_dresidual1 = alloc.allocate(dtype, {NLE, C});
+    if (recompute_.selective())
+      shared.enc_shared_attention =
+          encoder_layers_.front().allocate_attention_output(alloc, dtype, micro_batch);
+    for (int64_t s = 0; s < std::min(recompute_.slots(), LE); ++s)
+      shared.enc_recompute_slots.push_back(
+          encoder_layers_[s].allocate_saved(alloc, dtype, micro_batch));
+  }
+  // A stack's saved activations: recomputed layers alias a recompute slot.
+  auto allocate_stack = [&](const std::vector<TransformerLayer>& layers,
+                            std::vector<TransformerLayer::Saved>& recompute_slots,
+                            TransformerLayer::Saved& shared_attention) {
+    std::vector<TransformerLayer::Saved> saved;
+    const int64_t n = static_cast<int64_t>(layers.size());
+    for (int64_t l = 0; l < n; ++l) {
+      if (recompute_.recomputes_layer(l))
+        saved.push_back(recompute_slots[l - recompute_.chunk_of(l, n).first]);
+      else
+        saved.push_back(layers[l].allocate_saved(
+            alloc, dtype, micro_batch, recompute_.selective() ? &shared_attention : nullptr));
+    }
+    return saved;
+  };
   std::vector<Activations> slots;
   for (int slot = 0; slot < num_slots_; ++slot) {
     Activations a = shared;
     for (int64_t l = 0; l <= L; ++l) a.residual.push_back(alloc.allocate(dtype, {NL, C}));
-    for (int64_t l = 0; l < L; ++l) {
-      const TransformerLayer& layer = layers_[l];
-      if (recompute_.recomputes_layer(l)) {
-        a.layers.push_back(a.recompute_slots[l - recompute_.chunk_of(l, L).first]);
-      } else {
-        a.layers.push_back(layer.allocate_saved(
-            alloc, dtype, micro_batch, recompute_.selective() ? &a.shared_attention : nullptr));
-      }
+    a.layers = allocate_stack(layers_, a.recompute_slots, a.shared_attention);
+    if (cfg_.t5()) {
+      for (int64_t l = 0; l <= LE; ++l)
+        a.enc_residual.push_back(alloc.allocate(dtype, {NLE, C}));
+      a.enc_layers = allocate_stack(encoder_layers_, a.enc_recompute_slots,
+                                    a.enc_shared_attention);
+      a.enc_final_norm_saved = encoder_final_norm_->allocate_saved(alloc, dtype, NLE);
+      a.enc_output = alloc.allocate(dtype, {NE, C});
     }
     if (chunk_.has_head) {
       a.final_norm = alloc.allocate(dtype, {N, C});
@@ -239,14 +301,21 @@ void GPTModel::allocate_activations(TensorAllocator& alloc, DType dtype, int64_t
 }
 
 Tensor GPTModel::output_weight() const { return output_parameter()->compute_value; }
+Parameter* GPTModel::output_bias() const {
+  if (bert_) return bert_->output_bias();
+  return t5_output_bias_;
+}
 Parameter* GPTModel::output_parameter() const {
   return output_layer_ ? output_layer_ : word_embeddings_;
 }
 
 void GPTModel::set_recompute(const RecomputeConfig& recompute) {
   recompute.validate(cfg_.num_layers);
+  if (cfg_.t5()) recompute.validate(encoder_cfg_.num_layers);  // both stacks recompute alike
   recompute_ = recompute;
   for (TransformerLayer& layer : layers_) layer.set_save_norm_activation(!recompute.norm_activation);
+  for (TransformerLayer& layer : encoder_layers_)
+    layer.set_save_norm_activation(!recompute.norm_activation);
 }
 
 void GPTModel::report_grads_ready(std::span<Parameter* const> params) const {
@@ -254,56 +323,62 @@ void GPTModel::report_grads_ready(std::span<Parameter* const> params) const {
 }
 
 void GPTModel::embedding_forward(StepContext& step, const Batch& batch) {
-  DeviceContext& ctx = step.device;
-  const int64_t B = micro_batch_, T = local_seq_length(), C = cfg_.hidden_size;
-  const double p = step.training ? cfg_.hidden_dropout : 0.0;
-  const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
   Activations& a = acts();
+  embed_tokens(step, batch, batch.tokens, sequence_rows(), a.embedding, a.residual[0], a.scratch,
+               kDropoutEmbedding);
+}
+
+void GPTModel::embed_tokens(StepContext& step, const Batch& batch, const Tensor& tokens,
+                            const SequenceRows& rows, const Tensor& embedding, const Tensor& out,
+                            const TransformerLayer::Scratch& scratch, uint32_t site) {
+  DeviceContext& ctx = step.device;
+  const int64_t B = rows.batch, T = rows.seq, C = cfg_.hidden_size;
+  const double p = step.training ? cfg_.hidden_dropout : 0.0;
+  const DropoutKey key = step.dropout_key(0, site);
   if (!tp_.enabled() && !cp_.enabled()) {
-    ops::embedding_forward(ctx, a.embedding.reshape({B, T, C}), batch.tokens,
+    ops::embedding_forward(ctx, embedding.reshape({B, T, C}), tokens,
                            word_embeddings_->compute_value,
                            position_embeddings_ ? position_embeddings_->compute_value : Tensor());
-    if (tokentype_embeddings_) add_tokentype_embeddings(ctx, batch, a.embedding);
-    ops::dropout_forward(ctx, a.residual[0], a.embedding, p, key, 0);
+    if (tokentype_embeddings_) add_tokentype_embeddings(ctx, batch, embedding);
+    ops::dropout_forward(ctx, out, embedding, p, key, 0);
     return;
   }
   // Vocab-parallel lookup (zero rows for ids of other shards), summed over TP: all-reduce, or
   // reduce-scatter into the rank's sequence shard; then the positions of the rank's rows (the
   // path context parallelism takes too, for its global positions).
-  const SequenceRows rows = sequence_rows();
   const int64_t NL = rows.local(tp_);
-  ops::vocab_parallel_embedding_forward(ctx, a.embedding, batch.tokens,
-                                        word_embeddings_->compute_value, vocab_start_);
-  const Tensor local = tp_.sp() ? a.scratch.c0.flat_view(0, Shape({NL, C})) : a.embedding;
-  exit_row_region(ctx, tp_, rows, local, a.embedding, a.scratch.staging);
-  if (position_embeddings_) add_position_embeddings(ctx, local);
+  ops::vocab_parallel_embedding_forward(ctx, embedding, tokens, word_embeddings_->compute_value,
+                                        vocab_start_);
+  const Tensor local = tp_.sp() ? scratch.c0.flat_view(0, Shape({NL, C})) : embedding;
+  exit_row_region(ctx, tp_, rows, local, embedding, scratch.staging);
+  if (position_embeddings_) add_position_embeddings(ctx, rows, local);
   if (tokentype_embeddings_) add_tokentype_embeddings(ctx, batch, local);
-  dropout_rows_forward(ctx, tp_, rows, a.residual[0], local, p, key);
+  dropout_rows_forward(ctx, tp_, rows, out, local, p, key);
 }
 
-void GPTModel::add_position_embeddings(DeviceContext& ctx, const Tensor& local) const {
+void GPTModel::add_position_embeddings(DeviceContext& ctx, const SequenceRows& rows,
+                                       const Tensor& local) const {
   const int64_t C = cfg_.hidden_size;
   const Tensor& wpe = position_embeddings_->compute_value;
-  for_each_position_block(tp_, sequence_rows(),
-                          [&](int64_t /*b*/, int64_t row, int64_t n, int64_t position) {
-                            ops::add_inplace(ctx, local.flat_view(row * C, Shape({n, C})),
-                                             wpe.flat_view(position * C, Shape({n, C})));
-                          });
+  for_each_position_block(tp_, rows, [&](int64_t /*b*/, int64_t row, int64_t n, int64_t position) {
+    ops::add_inplace(ctx, local.flat_view(row * C, Shape({n, C})),
+                     wpe.flat_view(position * C, Shape({n, C})));
+  });
 }
 
-void GPTModel::position_embedding_backward(DeviceContext& ctx, const Tensor& d_local) {
+void GPTModel::position_embedding_backward(DeviceContext& ctx, const SequenceRows& rows,
+                                           const Tensor& d_local,
+                                           const TransformerLayer::Scratch& scratch) {
   // Rows of the table get the sum over sequences of the gradient at each position. Sequence
   // parallelism: each rank has positions [t0, t0 + TL) of the local sequence only; sum its
   // sequences into a [TL, C] block, all-gather the blocks into [T, C] (rank order = position
   // order), then add each run of local positions to its global rows.
-  const SequenceRows rows = sequence_rows();
   const int64_t C = cfg_.hidden_size, T = rows.seq, TL = positions_per_rank(tp_, rows);
-  Activations& a = acts();
   Tensor per_position = d_local;  // [B, T, C] without SP: sum the sequences per run below
   int64_t sequences = rows.batch;
   if (tp_.sp()) {
-    const Tensor block = a.scratch.c1.flat_view(0, Shape({TL, C}));
-    per_position = a.scratch.c2.flat_view(0, Shape({T, C}));
+    const Tensor block = scratch.c1.flat_view(0, Shape({TL, C}));
+    per_position = scratch.c2.flat_view(0, Shape({T, C}));
     ops::fill(ctx, block, 0.0);
     for (int64_t b = 0; b < rows.batch; ++b)
       ops::add_inplace(ctx, block, d_local.flat_view(b * TL * C, Shape({TL, C})));
@@ -311,7 +386,7 @@ void GPTModel::position_embedding_backward(DeviceContext& ctx, const Tensor& d_l
     sequences = 1;
   }
   const Tensor& dwpe = position_embeddings_->compute_grad;
-  for (const PositionRun& run : position_runs(cp_, cfg_.seq_length, 0, T))
+  for (const PositionRun& run : position_runs(cp_, rows.global_seq(), 0, T))
     for (int64_t b = 0; b < sequences; ++b)
       ops::add_inplace(ctx, dwpe.flat_view(run.global * C, Shape({run.count, C})),
                        per_position.flat_view((b * T + run.local) * C, Shape({run.count, C})));
@@ -375,41 +450,52 @@ Tensor GPTModel::take_word_embedding_grad(DeviceContext& ctx) const {
 }
 
 void GPTModel::embedding_backward(StepContext& step, const Batch& batch, const Tensor& dres) {
+  // T5: the encoder's embedding runs last and reports the shared embeddings.
+  embed_tokens_backward(step, batch, batch.tokens, sequence_rows(), dres, acts().scratch,
+                        kDropoutEmbedding, /*report=*/!cfg_.t5());
+}
+
+void GPTModel::embed_tokens_backward(StepContext& step, const Batch& batch, const Tensor& tokens,
+                                     const SequenceRows& rows, const Tensor& dres,
+                                     const TransformerLayer::Scratch& scratch, uint32_t site,
+                                     bool report) {
   DeviceContext& ctx = step.device;
-  const int64_t B = micro_batch_, T = local_seq_length(), C = cfg_.hidden_size;
+  const int64_t B = rows.batch, T = rows.seq, C = cfg_.hidden_size;
   const double p = step.training ? cfg_.hidden_dropout : 0.0;
-  const DropoutKey key = step.dropout_key(0, kDropoutEmbedding);
-  Activations& a = acts();
+  const DropoutKey key = step.dropout_key(0, site);
+  auto report_ready = [&](Parameter* param) {
+    if (report) report_grads_ready({&param, 1});
+  };
   if (!tp_.enabled() && !cp_.enabled()) {
-    ops::dropout_backward(ctx, a.scratch.c0, dres, p, key, 0);
+    const Tensor d_emb = scratch.c0.flat_view(0, Shape({B * T, C}));
+    ops::dropout_backward(ctx, d_emb, dres, p, key, 0);
     ops::embedding_backward(ctx, take_word_embedding_grad(ctx),
                             position_embeddings_ ? position_embeddings_->compute_grad : Tensor(),
-                            a.scratch.c0.reshape({B, T, C}), batch.tokens);
+                            d_emb.reshape({B, T, C}), tokens);
     if (tokentype_embeddings_) {
-      tokentype_embedding_backward(ctx, batch, a.scratch.c0);
-      report_grads_ready({&tokentype_embeddings_, 1});
+      tokentype_embedding_backward(ctx, batch, d_emb);
+      report_ready(tokentype_embeddings_);
     }
-    if (position_embeddings_) report_grads_ready({&position_embeddings_, 1});
-    report_grads_ready({&word_embeddings_, 1});
+    if (position_embeddings_) report_ready(position_embeddings_);
+    report_ready(word_embeddings_);
     return;
   }
-  const SequenceRows rows = sequence_rows();
   const int64_t NL = rows.local(tp_);
-  const Tensor d_local = a.scratch.c0.flat_view(0, Shape({NL, C}));
+  const Tensor d_local = scratch.c0.flat_view(0, Shape({NL, C}));
   dropout_rows_backward(ctx, tp_, rows, d_local, dres, p, key);
   if (tokentype_embeddings_) {
     tokentype_embedding_backward(ctx, batch, d_local);
-    report_grads_ready({&tokentype_embeddings_, 1});
+    report_ready(tokentype_embeddings_);
   }
   if (position_embeddings_) {
-    position_embedding_backward(ctx, d_local);
-    report_grads_ready({&position_embeddings_, 1});
+    position_embedding_backward(ctx, rows, d_local, scratch);
+    report_ready(position_embeddings_);
   }
-  const Tensor d_full = tp_.sp() ? a.scratch.c3 : d_local;
-  exit_row_region_backward(ctx, tp_, rows, d_full, d_local, a.scratch.staging);
-  ops::vocab_parallel_embedding_backward(ctx, take_word_embedding_grad(ctx), d_full,
-                                         batch.tokens, vocab_start_);
-  report_grads_ready({&word_embeddings_, 1});
+  const Tensor d_full = tp_.sp() ? scratch.c3.flat_view(0, Shape({B * T, C})) : d_local;
+  exit_row_region_backward(ctx, tp_, rows, d_full, d_local, scratch.staging);
+  ops::vocab_parallel_embedding_backward(ctx, take_word_embedding_grad(ctx), d_full, tokens,
+                                         vocab_start_);
+  report_ready(word_embeddings_);
 }
 
 void GPTModel::head_forward(StepContext& step, const Batch& batch) {
@@ -417,7 +503,8 @@ void GPTModel::head_forward(StepContext& step, const Batch& batch) {
   const int64_t N = micro_batch_ * local_seq_length(), C = cfg_.hidden_size;
   Activations& a = acts();
   const Tensor targets = batch.targets.reshape({N});
-  const Tensor bias = bert_ ? bert_->output_bias()->compute_value : Tensor();
+  const Parameter* const bias_param = output_bias();
+  const Tensor bias = bias_param ? bias_param->compute_value : Tensor();
   if (bert_) {
     bert_head_forward(step, batch);
   } else if (!tp_.enabled()) {
@@ -463,7 +550,7 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
   // Output layer: column-parallel over the vocabulary; its input gradient is partial over TP.
   // Its weight (untied, or the tied word embedding) is fused: straight into the main gradient.
   Parameter* const out = output_parameter();
-  const Tensor dbias = bert_ ? bert_->output_bias()->compute_grad : Tensor();
+  const Tensor dbias = output_bias() ? output_bias()->compute_grad : Tensor();
   if (out->main_grad_fused) {
     ops::linear_backward(ctx, a.scratch.c0, Tensor(), dbias, a.dlogits, a.final_norm,
                          out->compute_value);
@@ -480,23 +567,30 @@ void GPTModel::head_backward(StepContext& step, const Batch& batch, double loss_
     // The LM head's parameters were registered after the output layer: reported before it.
     d_norm = bert_head_backward(step, batch, loss_scale, a.scratch.c0);
   }
+  if (t5_output_bias_) report_grads_ready({&t5_output_bias_, 1});  // registered last
   if (output_layer_) report_grads_ready({&output_layer_, 1});
   // The last pipeline stage's tied copy is complete here (the first stage's reports later).
   if (!output_layer_ && !chunk_.has_embedding) report_grads_ready({&word_embeddings_, 1});
   if (!bert_) enter_column_region_backward(ctx, tp_, rows, d_norm, a.scratch.c0, a.scratch.staging);
+  stack_norm_backward(ctx, final_norm_, dres, d_norm, a.residual.back(), a.final_norm_saved,
+                      a.scratch);
+}
+
+void GPTModel::stack_norm_backward(DeviceContext& ctx, const Norm& norm, const Tensor& din,
+                                   const Tensor& dout, const Tensor& in, const Norm::Saved& saved,
+                                   const TransformerLayer::Scratch& scratch) {
   if (tp_.sp()) {
-    // The final norm saw only this rank's rows: sum its gradients over TP before reporting.
-    const Tensor g = a.scratch.sp_grads.flat_view(0, Shape({final_norm_.grad_numel()}));
+    // The norm saw only this rank's rows: sum its gradients over TP before reporting.
+    const Tensor g = scratch.sp_grads.flat_view(0, Shape({norm.grad_numel()}));
     ops::fill(ctx, g, 0.0);
-    final_norm_.backward(ctx, dres, d_norm, a.residual.back(), a.final_norm_saved,
-                         final_norm_.dweight_view(g), final_norm_.dbias_view(g));
+    norm.backward(ctx, din, dout, in, saved, norm.dweight_view(g), norm.dbias_view(g));
     tp_.group->all_reduce(g);
-    final_norm_.accumulate_grads(ctx, g);
+    norm.accumulate_grads(ctx, g);
   } else {
-    final_norm_.backward(ctx, dres, d_norm, a.residual.back(), a.final_norm_saved);
+    norm.backward(ctx, din, dout, in, saved);
   }
   std::vector<Parameter*> ready;
-  final_norm_.append_parameters(ready);
+  norm.append_parameters(ready);
   std::reverse(ready.begin(), ready.end());
   report_grads_ready(ready);
 }
@@ -601,15 +695,13 @@ double GPTModel::forward(StepContext& step, const Batch& batch, int slot, const 
       if (tokentype_embeddings_) embeddings.push_back(tokentype_embeddings_);
       params_needed_(embeddings);
     }
+    if (cfg_.t5()) encoder_forward(step, batch);
     embedding_forward(step, batch);
   } else {
     ops::copy(ctx, a.residual[0], input);
   }
   a.scratch.key_lengths = batch.key_lengths;
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    if (params_needed_) params_needed_(layers_[l].parameters());
-    layers_[l].forward(step, a.residual[l + 1], a.residual[l], a.layers[l], a.scratch);
-  }
+  stack_forward(step, {layers_, a.residual, a.layers, a.scratch});
   if (!chunk_.has_head) {
     ops::copy(ctx, output, a.residual.back());
     return 0.0;
@@ -622,6 +714,7 @@ double GPTModel::forward(StepContext& step, const Batch& batch, int slot, const 
       for (Parameter* p : bert_->lm_parameters()) head.push_back(p);
       for (Parameter* p : bert_->binary_parameters()) head.push_back(p);
     }
+    if (t5_output_bias_) head.push_back(t5_output_bias_);
     params_needed_(head);
   }
   head_forward(step, batch);
@@ -638,6 +731,11 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
   step.moe_aux_loss = nullptr;        // a recompute pass adds nothing to the log
   step.moe_z_loss = nullptr;
   a.scratch.key_lengths = batch.key_lengths;
+  if (cfg_.t5()) {  // the decoder layers' view of the encoder (a recompute re-runs them)
+    a.scratch.encoder_output = a.enc_output;
+    a.scratch.encoder_lengths = batch.encoder_lengths;
+    a.scratch.d_encoder_output = a.d_enc_output;
+  }
   Tensor dres = a.dresidual0, dnext = a.dresidual1;
   if (chunk_.has_head) {
     head_backward(step, batch, loss_scale, dres);
@@ -648,29 +746,11 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
                         dres.shape().to_string());
     ops::copy(step.device, dres, output_grad);
   }
-  const int64_t L = num_local_layers();
-  std::vector<Parameter*> ready;
-  for (size_t l = layers_.size(); l-- > 0;) {
-    const int64_t li = static_cast<int64_t>(l);
-    if (recompute_.recomputes_layer(li)) {
-      // Entering a recomputed chunk from its last layer: re-run the chunk's forward from its
-      // stored input (same dropout masks), refilling the chunk's activation slots.
-      const auto [begin, end] = recompute_.chunk_of(li, L);
-      if (li == end - 1)
-        for (int64_t j = begin; j < end; ++j)
-          layers_[j].forward(step, a.residual[j + 1], a.residual[j], a.layers[j], a.scratch);
-    }
-    const bool attention_recomputed = !recompute_.recomputes_layer(li) && recompute_.selective();
-    if (attention_recomputed) layers_[l].recompute_attention(step, a.layers[l], a.scratch);
-    layers_[l].backward(step, dnext, dres, a.residual[l], a.layers[l], a.scratch,
-                        attention_recomputed);
-    std::swap(dres, dnext);
-    ready = layers_[l].parameters();
-    std::reverse(ready.begin(), ready.end());
-    report_grads_ready(ready);
-  }
+  if (cfg_.t5()) ops::fill(step.device, a.d_enc_output, 0.0);  // the decoder layers add to it
+  dres = stack_backward(step, {layers_, a.residual, a.layers, a.scratch}, dres, dnext);
   if (chunk_.has_embedding) {
     embedding_backward(step, batch, dres);
+    if (cfg_.t5()) encoder_backward(step, batch);
     return;
   }
   SHARDLM_REQUIRE(input_grad.defined() && input_grad.shape() == dres.shape(),
@@ -678,6 +758,89 @@ void GPTModel::backward(StepContext& step, const Batch& batch, int slot, double 
                   "GPT backward: a chunk without the embedding needs an input-gradient buffer " +
                       dres.shape().to_string());
   ops::copy(step.device, input_grad, dres);
+}
+
+void GPTModel::stack_forward(StepContext& step, const StackRun& run) {
+  for (size_t l = 0; l < run.layers.size(); ++l) {
+    if (params_needed_) params_needed_(run.layers[l].parameters());
+    run.layers[l].forward(step, run.residual[l + 1], run.residual[l], run.saved[l], run.scratch);
+  }
+}
+
+Tensor GPTModel::stack_backward(StepContext& step, const StackRun& run, Tensor dres,
+                                Tensor dnext) {
+  const int64_t L = static_cast<int64_t>(run.layers.size());
+  for (int64_t l = L; l-- > 0;) {
+    const TransformerLayer& layer = run.layers[l];
+    if (recompute_.recomputes_layer(l)) {
+      // Entering a recomputed chunk from its last layer: re-run the chunk's forward from its
+      // stored input (same dropout masks), refilling the chunk's activation slots.
+      const auto [begin, end] = recompute_.chunk_of(l, L);
+      if (l == end - 1)
+        for (int64_t j = begin; j < end; ++j)
+          run.layers[j].forward(step, run.residual[j + 1], run.residual[j], run.saved[j],
+                                run.scratch);
+    }
+    const bool attention_recomputed = !recompute_.recomputes_layer(l) && recompute_.selective();
+    if (attention_recomputed) layer.recompute_attention(step, run.saved[l], run.scratch);
+    layer.backward(step, dnext, dres, run.residual[l], run.saved[l], run.scratch,
+                   attention_recomputed);
+    std::swap(dres, dnext);
+    std::vector<Parameter*> ready = layer.parameters();
+    std::reverse(ready.begin(), ready.end());
+    report_grads_ready(ready);
+  }
+  return dres;
+}
+
+void GPTModel::encoder_forward(StepContext& step, const Batch& batch) {
+  DeviceContext& ctx = step.device;
+  const int64_t B = micro_batch_, TE = encoder_cfg_.seq_length, C = cfg_.hidden_size;
+  Activations& a = acts();
+  SHARDLM_REQUIRE(batch.encoder_tokens.shape() == Shape({B, TE}), ErrorKind::kInvalidArgument,
+                  "T5 forward: encoder_tokens " + batch.encoder_tokens.shape().to_string() +
+                      " must be [micro-batch, encoder seq-length] = " + Shape({B, TE}).to_string());
+  if (tp_.enabled() && batch.encoder_tokens.device().is_cpu())
+    check_ids_below("encoder tokens", batch.encoder_tokens, cfg_.padded_vocab_size());
+  const SequenceRows rows = encoder_rows();
+  embed_tokens(step, batch, batch.encoder_tokens, rows, a.enc_embedding, a.enc_residual[0],
+               a.enc_scratch, kDropoutEncoderEmbedding);
+  a.enc_scratch.key_lengths = batch.encoder_lengths;
+  stack_forward(step, {encoder_layers_, a.enc_residual, a.enc_layers, a.enc_scratch});
+  if (params_needed_) {
+    std::vector<Parameter*> norm;
+    encoder_final_norm_->append_parameters(norm);
+    params_needed_(norm);
+  }
+  // The decoder's cross-attention reads every encoder row on every TP rank.
+  const Tensor local =
+      tp_.sp() ? a.enc_scratch.c2.flat_view(0, Shape({rows.local(tp_), C})) : a.enc_output;
+  encoder_final_norm_->forward(ctx, local, a.enc_final_norm_saved, a.enc_residual.back());
+  enter_column_region(ctx, tp_, rows, a.enc_output, local, a.enc_scratch.staging);
+  a.scratch.encoder_output = a.enc_output;
+  a.scratch.encoder_lengths = batch.encoder_lengths;
+  a.scratch.d_encoder_output = a.d_enc_output;
+}
+
+void GPTModel::encoder_backward(StepContext& step, const Batch& batch) {
+  DeviceContext& ctx = step.device;
+  const int64_t C = cfg_.hidden_size;
+  Activations& a = acts();
+  const SequenceRows rows = encoder_rows();
+  // d_enc_output holds every decoder layer's partial (over TP) gradient: complete it on the
+  // rank's rows (all-reduce, or reduce-scatter under SP).
+  const Tensor d_local = tp_.sp()
+                             ? a.enc_scratch.c1.flat_view(0, Shape({rows.local(tp_), C}))
+                             : a.d_enc_output;
+  enter_column_region_backward(ctx, tp_, rows, d_local, a.d_enc_output, a.enc_scratch.staging);
+  Tensor dres = a.enc_dresidual0;
+  a.enc_scratch.key_lengths = batch.encoder_lengths;
+  stack_norm_backward(ctx, *encoder_final_norm_, dres, d_local, a.enc_residual.back(),
+                      a.enc_final_norm_saved, a.enc_scratch);
+  dres = stack_backward(step, {encoder_layers_, a.enc_residual, a.enc_layers, a.enc_scratch},
+                        dres, a.enc_dresidual1);
+  embed_tokens_backward(step, batch, batch.encoder_tokens, rows, dres, a.enc_scratch,
+                        kDropoutEncoderEmbedding, /*report=*/true);
 }
 
 }  // namespace shardlm::model

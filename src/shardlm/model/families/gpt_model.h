@@ -26,6 +26,15 @@
 // and mask_sum stays the whole micro-batch's, so the CP ranks' losses add up to the mean. Learned
 // position embeddings and dropout use global positions.
 //
+// T5 (cfg.t5(), Megatron's T5Model): the same class runs the encoder stack (encoder.layers.<i>,
+// encoder.final_layernorm) on batch.encoder_tokens, then the decoder stack (decoder.layers.<i>
+// with cross-attention to the encoder output, decoder.final_layernorm) on batch.tokens, with
+// one shared embedding (dropout keyed apart) and the tied output layer plus its bias
+// lm_head.output_layer.bias. config() is then the decoder stack's config (seq_length = the
+// decoder's length: batches are [B, T_decoder]); the model-level config is
+// TransformerConfig::stack_config's input. TP, SP, DP and recomputation (applied to both
+// stacks) are supported; pipeline and context parallelism are refused with the reason.
+//
 // Pipeline parallelism (DESIGN §2.7): GPTModel(cfg, tp, ModelChunk{...}) holds one model chunk
 // of a pipeline rank: global layers [layer_begin, layer_end) (names, init keys and dropout keep
 // the GLOBAL layer index, so any partition starts equal to the whole model), the embedding when
@@ -80,6 +89,12 @@ struct Batch {
   Tensor token_types{};
   Tensor key_lengths{};
   Tensor sentence_order{};
+  // T5 (TransformerConfig::t5()), on the model's device: the encoder's input tokens int32
+  // [B, T_encoder] and its valid tokens per sequence int32 [B] (the padding mask of the
+  // encoder's self-attention and of the decoder's cross-attention; undefined: no padding).
+  // tokens / targets / loss_mask above are then the decoder's, [B, T_decoder].
+  Tensor encoder_tokens{};
+  Tensor encoder_lengths{};
 };
 
 // The part of the model one instance holds (pipeline parallelism); the default is all of it.
@@ -197,7 +212,50 @@ class GPTModel {
     BertHeads::Scratch bert_scratch;  // shared
     double sop_loss = 0;           // mean sentence-order loss of the slot's forward
     Tensor tokentype_grad;         // [2, C] shared, SP only: this micro-batch's, summed over TP
+    // T5's encoder (NE = B*T_encoder, NLE its rows on the rank): the same roles as above.
+    std::vector<Tensor> enc_residual;  // LE+1 × [NLE, C]
+    std::vector<TransformerLayer::Saved> enc_layers;
+    std::vector<TransformerLayer::Saved> enc_recompute_slots;  // shared
+    TransformerLayer::Saved enc_shared_attention;             // shared
+    Norm::Saved enc_final_norm_saved;  // [NLE]
+    Tensor enc_output;                 // [NE, C] the final norm's output, all rows
+    Tensor enc_embedding;              // [NE, C] shared
+    TransformerLayer::Scratch enc_scratch;  // shared
+    Tensor d_enc_output;               // [NE, C] shared: the decoder layers' gradient of enc_output
+    Tensor enc_dresidual0, enc_dresidual1;  // [NLE, C] shared
   };
+  // One stack of layers and the activations it runs with (GPT's layers, or a T5 stack).
+  struct StackRun {
+    const std::vector<TransformerLayer>& layers;
+    std::vector<Tensor>& residual;
+    std::vector<TransformerLayer::Saved>& saved;
+    TransformerLayer::Scratch& scratch;
+  };
+  // The embedding of `tokens` [B, T] (rows: their sequence layout) into `out` [NL, C] through
+  // `embedding` [N, C] and scratch, with dropout at `site`; BERT's token types from batch.
+  void embed_tokens(StepContext& step, const Batch& batch, const Tensor& tokens,
+                    const SequenceRows& rows, const Tensor& embedding, const Tensor& out,
+                    const TransformerLayer::Scratch& scratch, uint32_t site);
+  // Its backward from dres [NL, C]; report: the embeddings' gradients are complete after it.
+  void embed_tokens_backward(StepContext& step, const Batch& batch, const Tensor& tokens,
+                             const SequenceRows& rows, const Tensor& dres,
+                             const TransformerLayer::Scratch& scratch, uint32_t site, bool report);
+  // Forward of a stack's layers; backward with recomputation, reporting each layer's
+  // parameters. Returns the gradient of the stack's input (one of dres / dnext).
+  void stack_forward(StepContext& step, const StackRun& run);
+  Tensor stack_backward(StepContext& step, const StackRun& run, Tensor dres, Tensor dnext);
+  // T5: the encoder's forward into enc_output, and its backward from d_enc_output (the decoder
+  // layers' gradient) down to the embedding, which then reports the embeddings' gradients.
+  // A stack's final norm backward (din from dout; in: its forward input), its gradients summed
+  // over TP under SP (it saw the rank's rows only), then reported.
+  void stack_norm_backward(DeviceContext& ctx, const Norm& norm, const Tensor& din,
+                           const Tensor& dout, const Tensor& in, const Norm::Saved& saved,
+                           const TransformerLayer::Scratch& scratch);
+  void encoder_forward(StepContext& step, const Batch& batch);
+  void encoder_backward(StepContext& step, const Batch& batch);
+  SequenceRows encoder_rows() const {
+    return {micro_batch_, encoder_cfg_.seq_length, cfg_.hidden_size, cp_};
+  }
 
   // Embedding (+ dropout) into residual[0], and its backward from dres; the loss head (final
   // norm, output layer, cross-entropy) and its backward into dres. Both handle TP.
@@ -209,9 +267,11 @@ class GPTModel {
     return {micro_batch_, local_seq_length(), cfg_.hidden_size, cp_};
   }
   // Adds the learned position embedding at the global positions of the rank's rows `local`
-  // [NL, C]; the backward accumulates their gradient from d_local.
-  void add_position_embeddings(DeviceContext& ctx, const Tensor& local) const;
-  void position_embedding_backward(DeviceContext& ctx, const Tensor& d_local);
+  // [NL, C] (laid out as `rows`); the backward accumulates their gradient from d_local.
+  void add_position_embeddings(DeviceContext& ctx, const SequenceRows& rows,
+                               const Tensor& local) const;
+  void position_embedding_backward(DeviceContext& ctx, const SequenceRows& rows,
+                                   const Tensor& d_local, const TransformerLayer::Scratch& scratch);
   // BERT's token-type embeddings of the rank's rows `local` [NL, C] (added), and their gradient
   // from d_local (summed over TP under sequence parallelism).
   void add_tokentype_embeddings(DeviceContext& ctx, const Batch& batch, const Tensor& local);
@@ -230,13 +290,16 @@ class GPTModel {
   // The output layer's weight: the untied output layer, else the (tied) word embedding.
   Parameter* output_parameter() const;
   Tensor output_weight() const;
+  // The output layer's bias (BERT's and T5's vocab-split output_layer.bias), or null.
+  Parameter* output_bias() const;
   // Where the word embedding's backward adds its gradient: the compute gradient, or with
   // gradient-accumulation fusion the master gradient (zeroed first when it is the step's first
   // contribution).
   Tensor take_word_embedding_grad(DeviceContext& ctx) const;
   void report_grads_ready(std::span<Parameter* const> params) const;
 
-  TransformerConfig cfg_;
+  TransformerConfig model_cfg_;  // as given (T5: the model-level config)
+  TransformerConfig cfg_;        // T5: the decoder stack's (stack_config)
   // Fewer query groups than TP ranks: the ranks sharing this rank's group (tp_.query_group).
   std::shared_ptr<dist::Communicator> query_group_;
   TensorParallel tp_;
@@ -251,6 +314,12 @@ class GPTModel {
   Parameter* tokentype_embeddings_ = nullptr;
   Parameter* output_layer_ = nullptr;
   std::optional<BertHeads> bert_;  // BERT's head chunk
+  // T5: the encoder stack (its config: stack_config(kEncoder)), its final norm, and the output
+  // layer's bias.
+  TransformerConfig encoder_cfg_;
+  std::vector<TransformerLayer> encoder_layers_;
+  std::optional<Norm> encoder_final_norm_;
+  Parameter* t5_output_bias_ = nullptr;
   std::vector<Activations> slots_;  // [num_slots_]
   int num_slots_ = 1;
   size_t slot_ = 0;                 // the slot the running forward/backward uses

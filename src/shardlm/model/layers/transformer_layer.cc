@@ -8,11 +8,20 @@
 namespace shardlm::model {
 
 namespace {
-std::string layer_prefix(int64_t i) { return "decoder.layers." + std::to_string(i); }
+std::string stack_prefix(const TransformerConfig& cfg, int64_t i) {
+  return (cfg.t5_stack == T5Stack::kEncoder ? "encoder.layers." : "decoder.layers.") +
+         std::to_string(i);
+}
 // Megatron's names for the norm before the MLP: fused into linear_fc1 (TE spec) in dense layers,
 // its own module in MoE layers.
 std::string mlp_norm_prefix(const TransformerConfig& cfg, int64_t i) {
-  return layer_prefix(i) + (cfg.is_moe_layer(i) ? ".pre_mlp_layernorm." : ".mlp.linear_fc1.layer_norm_");
+  return stack_prefix(cfg, i) +
+         (cfg.is_moe_layer(i) ? ".pre_mlp_layernorm." : ".mlp.linear_fc1.layer_norm_");
+}
+uint32_t layer_key(const TransformerConfig& cfg, int64_t i) {
+  const uint32_t base =
+      cfg.t5_stack == T5Stack::kEncoder ? TransformerLayer::kEncoderLayerKeyBase : 0u;
+  return base + static_cast<uint32_t>(i);
 }
 }  // namespace
 
@@ -22,31 +31,46 @@ TransformerLayer::TransformerLayer(const TransformerConfig& cfg, int64_t layer_i
     : cfg_(cfg),
       tp_(tp),
       cp_(cp),
-      index_(static_cast<uint32_t>(layer_index)),
+      index_(layer_key(cfg, layer_index)),
       qkv_layout_(QkvLayout::of(cfg, tp.rank(), tp.size())),
-      norm1_(layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_weight",
-             layer_prefix(layer_index) + ".self_attention.linear_qkv.layer_norm_bias",
+      norm1_(stack_prefix(cfg, layer_index) + ".self_attention.linear_qkv.layer_norm_weight",
+             stack_prefix(cfg, layer_index) + ".self_attention.linear_qkv.layer_norm_bias",
              cfg.hidden_size, cfg.normalization, cfg.norm_epsilon),
       norm2_(mlp_norm_prefix(cfg, layer_index) + "weight",
              mlp_norm_prefix(cfg, layer_index) + "bias", cfg.hidden_size, cfg.normalization,
              cfg.norm_epsilon),
       // QKV: the rank's rows of the grouped layout (layers/qkv_layout.h).
-      qkv_(layer_prefix(layer_index) + ".self_attention.linear_qkv", cfg.hidden_size,
+      qkv_(stack_prefix(cfg, layer_index) + ".self_attention.linear_qkv", cfg.hidden_size,
            cfg.qkv_size(), cfg.add_bias_linear, Init::normal(cfg.init_method_std), tp,
            qkv_layout_.split),
       // Output projections use Megatron's scaled init: std / sqrt(2 * num_layers).
-      proj_(layer_prefix(layer_index) + ".self_attention.linear_proj",
+      proj_(stack_prefix(cfg, layer_index) + ".self_attention.linear_proj",
             cfg.num_attention_heads * cfg.head_dim(), cfg.hidden_size, cfg.add_bias_linear,
             Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
             ParallelMode::kRow, tp),
       // SwiGLU: [gate ; up] split per chunk, so each rank pairs matching gate and up rows.
-      fc1_(layer_prefix(layer_index) + ".mlp.linear_fc1", cfg.hidden_size,
+      fc1_(stack_prefix(cfg, layer_index) + ".mlp.linear_fc1", cfg.hidden_size,
            cfg.swiglu ? 2 * cfg.ffn_size() : cfg.ffn_size(), cfg.add_bias_linear,
            Init::normal(cfg.init_method_std), ParallelMode::kColumn, tp, cfg.swiglu ? 2 : 1),
-      fc2_(layer_prefix(layer_index) + ".mlp.linear_fc2", cfg.ffn_size(), cfg.hidden_size,
+      fc2_(stack_prefix(cfg, layer_index) + ".mlp.linear_fc2", cfg.ffn_size(), cfg.hidden_size,
            cfg.add_bias_linear, Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
            ParallelMode::kRow, tp) {
   if (cfg.is_moe_layer(layer_index)) moe_.emplace(cfg, layer_index, tp, cp, ep);
+  if (cfg.cross_attention()) {
+    const std::string prefix = stack_prefix(cfg, layer_index);
+    const int64_t C = cfg.hidden_size, A = cfg.num_attention_heads * cfg.head_dim();
+    cross_.emplace(CrossAttentionBlock{
+        Norm(prefix + ".pre_cross_attn_layernorm.weight", prefix + ".pre_cross_attn_layernorm.bias",
+             C, cfg.normalization, cfg.norm_epsilon),
+        Linear(prefix + ".cross_attention.linear_q", C, A, cfg.add_bias_linear,
+               Init::normal(cfg.init_method_std), ParallelMode::kColumn, tp),
+        // [k | v] per head: a column split by whole heads keeps each rank's pairs together.
+        Linear(prefix + ".cross_attention.linear_kv", C, 2 * A, cfg.add_bias_linear,
+               Init::normal(cfg.init_method_std), ParallelMode::kColumn, tp),
+        Linear(prefix + ".cross_attention.linear_proj", A, C, cfg.add_bias_linear,
+               Init::normal(cfg.init_method_std / std::sqrt(2.0 * cfg.num_layers)),
+               ParallelMode::kRow, tp)});
+  }
   if (cfg.fp8_layer(layer_index)) {
     // The amaxes are shared over TP (split weights and features) and CP (split tokens).
     const Fp8Linear fp8{cfg.fp8, {tp.group, cp.group}};
@@ -68,6 +92,10 @@ void TransformerLayer::register_parameters(ParameterRegistry& reg) const {
   norm1_.register_parameters(reg);
   qkv_.register_parameters(reg);
   proj_.register_parameters(reg);
+  if (cross_) {
+    cross_->norm.register_parameters(reg);
+    for (const Linear* l : {&cross_->q, &cross_->kv, &cross_->proj}) l->register_parameters(reg);
+  }
   norm2_.register_parameters(reg);
   if (moe_) {
     moe_->register_parameters(reg);
@@ -81,6 +109,10 @@ void TransformerLayer::bind(ParameterRegistry& reg) {
   norm1_.bind(reg);
   qkv_.bind(reg);
   proj_.bind(reg);
+  if (cross_) {
+    cross_->norm.bind(reg);
+    for (Linear* l : {&cross_->q, &cross_->kv, &cross_->proj}) l->bind(reg);
+  }
   norm2_.bind(reg);
   if (moe_) {
     moe_->bind(reg);
@@ -95,6 +127,10 @@ std::vector<Parameter*> TransformerLayer::parameters() const {
   norm1_.append_parameters(out);
   qkv_.append_parameters(out);
   proj_.append_parameters(out);
+  if (cross_) {
+    cross_->norm.append_parameters(out);
+    for (const Linear* l : {&cross_->q, &cross_->kv, &cross_->proj}) l->append_parameters(out);
+  }
   norm2_.append_parameters(out);
   if (moe_) {
     moe_->append_parameters(out);
@@ -141,6 +177,17 @@ TransformerLayer::Saved TransformerLayer::allocate_saved(TensorAllocator& alloc,
     s.ln2 = alloc.allocate(dtype, {N, C});
     if (!moe_) s.act = alloc.allocate(dtype, {N, cfg_.ffn_size() / tp_.size()});
   }
+  if (cross_) {
+    const int64_t AL = cfg_.num_attention_heads / tp_.size() * cfg_.head_dim();
+    const int64_t NE = batch * cfg_.encoder_seq_length;
+    s.norm3 = cross_->norm.allocate_saved(alloc, dtype, NL);
+    s.cross_q = alloc.allocate(dtype, {N, AL});
+    s.cross_kv = alloc.allocate(dtype, {NE, 2 * AL});
+    s.cross_attn = alloc.allocate(dtype, {N, AL});
+    s.cross_lse = alloc.allocate(s.lse.dtype(), {batch, AL / cfg_.head_dim(), seq()});
+    s.x_cross = alloc.allocate(dtype, {NL, C});
+    if (save_norm_activation_) s.ln3 = alloc.allocate(dtype, {N, C});
+  }
   return s;
 }
 
@@ -174,7 +221,12 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
   if (tp.sp() && batch > 1) s.staging = alloc.allocate(dtype, {N, C});
   if (tp.sp()) {
     const int64_t per_norm = cfg.normalization == Normalization::kLayerNorm ? 2 * C : C;
-    s.sp_grads = alloc.allocate(dtype, {2 * per_norm});
+    s.sp_grads = alloc.allocate(dtype, {(cfg.cross_attention() ? 3 : 2) * per_norm});
+  }
+  if (cfg.cross_attention()) {
+    const int64_t NE = batch * cfg.encoder_seq_length;
+    s.cross_dkv = alloc.allocate(dtype, {NE, 2 * cfg.num_attention_heads / P * cfg.head_dim()});
+    s.cross_d_input = alloc.allocate(dtype, {NE, C});
   }
   const DType table = dtype == DType::kF64 ? DType::kF64 : DType::kF32;  // >= fp32 (ops.h)
   if (cfg.position_embedding == PositionEmbedding::kRope)
@@ -412,9 +464,11 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   exit_row_region(ctx, tp_, rows, proj_out, scratch.c0, scratch.staging);
   dropout_add_rows_forward(ctx, tp_, rows, s.x_mid, proj_out, x, hidden_dropout(step),
                            step.dropout_key(index_, kDropoutAttentionOutput));
+  if (cross_) cross_attention_forward(step, s, scratch);
+  const Tensor& mlp_in = mlp_input(s);
   // MLP block (the activation output is scratch too unless saved: backward recomputes it from
   // s.fc1).
-  norm2_.forward(ctx, ln2_local, s.norm2, s.x_mid);
+  norm2_.forward(ctx, ln2_local, s.norm2, mlp_in);
   enter_column_region(ctx, tp_, rows, ln2_full, ln2_local, scratch.staging);
   if (moe_) {
     moe_->forward(step, scratch.c0, ln2_full, s.moe, scratch.moe);  // partial over TP
@@ -430,7 +484,7 @@ void TransformerLayer::forward(StepContext& step, Tensor x_out, const Tensor& x,
   }
   const Tensor fc2_out = sp ? local(scratch.c3) : scratch.c0;
   exit_row_region(ctx, tp_, rows, fc2_out, scratch.c0, scratch.staging);
-  dropout_add_rows_forward(ctx, tp_, rows, x_out, fc2_out, s.x_mid, hidden_dropout(step),
+  dropout_add_rows_forward(ctx, tp_, rows, x_out, fc2_out, mlp_in, hidden_dropout(step),
                            step.dropout_key(index_, kDropoutMlpOutput));
 }
 
@@ -452,7 +506,7 @@ void TransformerLayer::mlp_backward(DeviceContext& ctx, const Tensor& d_in_full,
   fc2_.backward(ctx, scratch.act, d_out_full, act, fp8);
   // norm2's output for fc1's weight gradient: saved, or recomputed into scratch.c1
   // (re-gathered under SP, as Megatron).
-  if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
+  if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, mlp_input(s), rows, scratch);
   const Tensor ln2_full = saved_outputs ? s.ln2 : scratch.c1;
   if (cfg_.swiglu) {
     ops::swiglu_backward(ctx, scratch.fc1, scratch.act, s.fc1);
@@ -473,35 +527,29 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   auto local = [&](const Tensor& t) { return t.flat_view(0, Shape({NL, C})); };
   const bool sp = tp_.sp();
   // [NL, C]: the rank's rows; [N, C]: all rows. Without TP every view is the whole buffer.
-  // The gradient of a block's output branch (the rank's rows): dropout's backward of the
-  // block's output gradient, or that gradient itself when nothing is dropped (no copy).
-  auto branch_grad = [&](const Tensor& dout, uint32_t site) -> Tensor {
-    const double p = hidden_dropout(step);
-    if (p == 0.0) return dout;
-    const Tensor d_branch = local(scratch.c0);
-    dropout_rows_backward(ctx, tp_, rows, d_branch, dout, p, step.dropout_key(index_, site));
-    return d_branch;
-  };
   const Tensor& d_norm_out_full = scratch.c2;  // norm-output gradient, partial over TP ranks
   const Tensor d_norm_out = sp ? local(scratch.c1) : scratch.c2;  // summed, the rank's rows
   const Tensor d_norm_in = local(scratch.c0);
   const Tensor d_mid = local(scratch.c3);
   // Sequence parallelism: the norms see only the rank's rows, so their gradients are partial
   // sums; collect them in sp_grads [norm1 | norm2], sum over TP at the end, then accumulate.
-  Tensor g1, g2;
+  Tensor g1, g2, g3;  // [norm1 | norm2 | cross-attention's norm]
   if (sp) {
-    g1 = scratch.sp_grads.flat_view(0, Shape({norm1_.grad_numel()}));
-    g2 = scratch.sp_grads.flat_view(norm1_.grad_numel(), Shape({norm2_.grad_numel()}));
+    const int64_t n1 = norm1_.grad_numel(), n2 = norm2_.grad_numel();
+    g1 = scratch.sp_grads.flat_view(0, Shape({n1}));
+    g2 = scratch.sp_grads.flat_view(n1, Shape({n2}));
+    if (cross_) g3 = scratch.sp_grads.flat_view(n1 + n2, Shape({cross_->norm.grad_numel()}));
     ops::fill(ctx, scratch.sp_grads, 0.0);
   }
-  // MLP block: x_out = x_mid + dropout(fc2(act(fc1(norm2(x_mid))))).
-  const Tensor d_mlp = branch_grad(dx_out, kDropoutMlpOutput);
+  const Tensor& mlp_in = mlp_input(s);
+  // MLP block: x_out = mlp_in + dropout(fc2(act(fc1(norm2(mlp_in))))), mlp_in = x_mid or x_cross.
+  const Tensor d_mlp = branch_grad(step, dx_out, kDropoutMlpOutput, rows, scratch);
   const Tensor d_mlp_full = sp ? scratch.c1 : d_mlp;  // all rows (gathered under SP)
   exit_row_region_backward(ctx, tp_, rows, d_mlp_full, d_mlp, scratch.staging);
   const bool saved_outputs = s.ln1.defined();
   if (moe_) {  // d_mlp_full (scratch.c1 under SP) is consumed before the norm is recomputed
     const std::vector<int64_t> counts = moe_->backward_output(step, d_mlp_full, s.moe, scratch.moe);
-    if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, s.x_mid, rows, scratch);
+    if (!saved_outputs) recompute_norm(ctx, norm2_, s.norm2, mlp_in, rows, scratch);
     moe_->backward_input(step, d_norm_out_full, saved_outputs ? s.ln2 : scratch.c1, counts, s.moe,
                          scratch.moe);
   } else {
@@ -509,13 +557,14 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
   }
   enter_column_region_backward(ctx, tp_, rows, d_norm_out, d_norm_out_full, scratch.staging);
   if (sp)
-    norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2, norm2_.dweight_view(g2),
+    norm2_.backward(ctx, d_norm_in, d_norm_out, mlp_in, s.norm2, norm2_.dweight_view(g2),
                     norm2_.dbias_view(g2));
   else
-    norm2_.backward(ctx, d_norm_in, d_norm_out, s.x_mid, s.norm2);
+    norm2_.backward(ctx, d_norm_in, d_norm_out, mlp_in, s.norm2);
   ops::add(ctx, d_mid, dx_out, d_norm_in);  // residual stream
+  if (cross_) cross_attention_backward(step, d_mid, s, scratch, g3);  // d_mid: of x_mid now
   // Attention block: x_mid = x + dropout(proj(attention(qkv(norm1(x))))).
-  const Tensor d_attn = branch_grad(d_mid, kDropoutAttentionOutput);
+  const Tensor d_attn = branch_grad(step, d_mid, kDropoutAttentionOutput, rows, scratch);
   const Tensor d_attn_full = sp ? scratch.c1 : d_attn;
   exit_row_region_backward(ctx, tp_, rows, d_attn_full, d_attn, scratch.staging);
   proj_.backward(ctx, scratch.a, d_attn_full, s.attn, fp8_workspace(scratch));
@@ -542,7 +591,17 @@ void TransformerLayer::backward(StepContext& step, Tensor dx, const Tensor& dx_o
     tp_.group->all_reduce(scratch.sp_grads);
     norm1_.accumulate_grads(ctx, g1);
     norm2_.accumulate_grads(ctx, g2);
+    if (cross_) cross_->norm.accumulate_grads(ctx, g3);
   }
+}
+
+Tensor TransformerLayer::branch_grad(StepContext& step, const Tensor& dout, uint32_t site,
+                                     const SequenceRows& rows, const Scratch& scratch) const {
+  const double p = hidden_dropout(step);
+  if (p == 0.0) return dout;  // no copy
+  const Tensor d_branch = scratch.c0.flat_view(0, Shape({rows.local(tp_), cfg_.hidden_size}));
+  dropout_rows_backward(step.device, tp_, rows, d_branch, dout, p, step.dropout_key(index_, site));
+  return d_branch;
 }
 
 }  // namespace shardlm::model

@@ -34,8 +34,16 @@
 // Mixture of experts (cfg.is_moe_layer): the MLP block is an MoeMlp (layers/moe_mlp.h) after the
 // norm, which is then named ...pre_mlp_layernorm.{weight,bias} as in Megatron's MoE layer spec;
 // its output is a partial sum over TP like fc2's, reduced at the same region boundary.
+// T5 (cfg.t5_stack, TransformerConfig::stack_config): encoder layers are named encoder.layers.<i>
+// and run bidirectional attention with the encoder's padding; decoder layers add Megatron's
+// cross-attention block between self-attention and the MLP (transformer_layer_cross.cc):
+//   x_cross = x_mid + dropout(linear_proj(attention(linear_q(norm3(x_mid)), linear_kv(enc))))
+// with ...pre_cross_attn_layernorm.{weight,bias} and ...cross_attention.linear_{q,kv,proj}.*;
+// linear_q / linear_kv are column-parallel by heads, linear_proj row-parallel. `enc` is the
+// encoder output, all rows, which the model sets in Scratch::encoder_output; each decoder layer
+// adds its (TP-partial) gradient of it into Scratch::d_encoder_output.
 // Shapes below: N = B*T, NL = rows of the rank (N or N/TP), NHL/GL = local heads/groups,
-// QKVL = (NHL+2*GL)*HS, AL = NHL*HS, FL = F/TP.
+// QKVL = (NHL+2*GL)*HS, AL = NHL*HS, FL = F/TP, NE = B*T_encoder.
 #pragma once
 
 #include <optional>
@@ -58,6 +66,7 @@ namespace shardlm::model {
 
 class TransformerLayer {
  public:
+  static constexpr uint32_t kEncoderLayerKeyBase = 1u << 20;
   struct Saved {
     Norm::Saved norm1; // [NL]       norm1 statistics (its output is recomputed)
     Tensor qkv;        // [N, QKVL] fused q/k/v projections (Megatron grouped layout)
@@ -71,6 +80,14 @@ class TransformerLayer {
     Tensor ln1, ln2;   // [N, C]
     Tensor act;        // [N, FL]
     MoeMlp::Saved moe; // MoE layers only (fc1 and act above are then unused)
+    // T5 decoder layers: the cross-attention block (ln3 only when the norm outputs are saved).
+    Norm::Saved norm3; // [NL]
+    Tensor cross_q;    // [N, AL]
+    Tensor cross_kv;   // [NE, 2*AL] linear_kv of the encoder output ([k | v] per head)
+    Tensor cross_attn; // [N, AL]
+    Tensor cross_lse;  // [B, NHL, T]
+    Tensor x_cross;    // [NL, C] residual stream after cross-attention (the MLP's input)
+    Tensor ln3;        // [N, C]
   };
   struct Scratch {
     Tensor c0, c1, c2, c3;  // [N, C]; c1 holds a norm output (all rows) in forward and backward
@@ -98,6 +115,16 @@ class TransformerLayer {
     // BERT's padding mask: int32 [B] valid tokens per sequence (model::Batch::key_lengths), set
     // by the model before each forward / backward; undefined: no padding.
     Tensor key_lengths;
+    // T5 decoder layers. Set by the model for each micro-batch: the encoder output (all rows,
+    // gathered under SP), its valid tokens per sequence (int32 [B], the cross-attention keys'
+    // padding; undefined: none) and the gradient every decoder layer adds its share to (partial
+    // over TP; the model zeroes it before the decoder's backward and then reduces it).
+    Tensor encoder_output;    // [NE, C]
+    Tensor encoder_lengths;   // [B]
+    Tensor d_encoder_output;  // [NE, C]
+    // Allocated with the scratch: linear_kv's output gradient and input gradient.
+    Tensor cross_dkv;         // [NE, 2*AL]
+    Tensor cross_d_input;     // [NE, C]
   };
 
   // tp: the tensor-parallel group (default: none, the single-rank layer); with fewer query
@@ -154,6 +181,20 @@ class TransformerLayer {
   const Fp8Workspace* fp8_workspace(const Scratch& scratch) const {
     return cfg_.fp8_layer(index_) ? &scratch.fp8 : nullptr;
   }
+  // T5's cross-attention block (decoder layers): forward from s.x_mid into s.x_cross; backward
+  // from d_x (the gradient of x_cross, the rank's rows) to the gradient of x_mid, in place.
+  // norm_grads: the block's norm gradient under SP (summed over TP by the caller), else undefined.
+  void cross_attention_forward(StepContext& step, const Saved& s, const Scratch& scratch) const;
+  void cross_attention_backward(StepContext& step, const Tensor& d_x, const Saved& s,
+                                const Scratch& scratch, const Tensor& norm_grads) const;
+  ops::AttentionShape cross_attention_shape(const Scratch& scratch) const;
+  // The MLP block's input: the residual stream after attention (x_mid), or after T5's
+  // cross-attention (x_cross).
+  const Tensor& mlp_input(const Saved& s) const { return cross_ ? s.x_cross : s.x_mid; }
+  // The gradient of a block's output branch on the rank's rows: dropout's backward of dout at
+  // `site` into scratch.c0, or dout itself when nothing is dropped.
+  Tensor branch_grad(StepContext& step, const Tensor& dout, uint32_t site,
+                     const SequenceRows& rows, const Scratch& scratch) const;
   // Positions of each sequence this rank holds (cfg.seq_length / CP).
   int64_t seq() const { return cp_.local_length(cfg_.seq_length); }
   SequenceRows sequence_rows(int64_t batch) const {
@@ -192,11 +233,18 @@ class TransformerLayer {
   TransformerConfig cfg_;
   TensorParallel tp_;
   ContextParallel cp_;
+  // The layer's key for dropout masks (and fp8 / MoE choices): its index; T5's encoder layers
+  // use kEncoderLayerKeyBase + index, so their masks differ from the decoder layers'.
   uint32_t index_;
   QkvLayout qkv_layout_;  // the rank's QKV rows and query groups
   Norm norm1_, norm2_;
   Linear qkv_, proj_, fc1_, fc2_;  // fc1_/fc2_: dense layers only
   std::optional<MoeMlp> moe_;
+  struct CrossAttentionBlock {  // T5 decoder layers
+    Norm norm;
+    Linear q, kv, proj;
+  };
+  std::optional<CrossAttentionBlock> cross_;
   bool save_norm_activation_ = false;
 };
 
