@@ -710,5 +710,45 @@ TEST(LayoutPlanner, BadRequestsNameTheFix) {
   }
 }
 
+// T5: the planner never splits its pipeline or its sequences (the trainer refuses both: those
+// layouts are rejected with its reason), its memory is the trainer's plan, and the step estimate
+// counts both stacks: more encoder layers or a longer encoder cost time.
+TEST(LayoutPlanner, T5KeepsOneStageCountsBothStacksAndPlansTheTrainersMemory) {
+  TrainConfig cfg = tiny_config();
+  cfg.model.family = model::ModelFamily::kT5;
+  cfg.model.seq_length = 32;
+  cfg.model.decoder_seq_length = 16;
+  cfg.model.encoder_num_layers = 4;
+  const PlanResult all = plan_layouts(cfg, gpus(4), FixedChoices{});
+  ASSERT_FALSE(all.candidates.empty());
+  for (const Candidate& c : all.candidates) {
+    EXPECT_EQ(c.pp, 1);
+    EXPECT_EQ(c.cp, 1);
+  }
+  bool pipeline_reason = false;
+  for (const auto& [reason, count] : all.rejected)
+    pipeline_reason |= reason.find("--pipeline-model-parallel-size") != std::string::npos;
+  EXPECT_TRUE(pipeline_reason);
+  const FixedChoices fixed{.tensor_parallel = 2, .pipeline_parallel = 1, .context_parallel = 1,
+                           .micro_batch_size = cfg.micro_batch_size, .sequence_parallel = true,
+                           .distributed_optimizer = true, .recompute = no_recompute()};
+  const PlanResult r = plan_layouts(cfg, gpus(4), fixed);
+  ASSERT_EQ(r.candidates.size(), 1u) << (r.rejected.empty() ? "" : r.rejected.begin()->first);
+  TrainConfig t = cfg;
+  t.parallel.tensor_model_parallel_size = 2;
+  t.parallel.sequence_parallel = t.parallel.use_distributed_optimizer = true;
+  const std::vector<MemoryPlan> trainer = trainer_plans(t, 4);
+  ASSERT_EQ(trainer.size(), 1u);
+  expect_same_plan(r.candidates.front().stage_memory.front(), trainer.front(), "T5 TP2 DP2");
+  TrainConfig deeper = cfg;
+  deeper.model.encoder_num_layers = 8;
+  TrainConfig longer = cfg;
+  longer.model.seq_length = 64;
+  longer.model.max_position_embeddings = 64;
+  const double step = r.candidates.front().step_s;
+  EXPECT_GT(plan_layouts(deeper, gpus(4), fixed).candidates.front().step_s, step);
+  EXPECT_GT(plan_layouts(longer, gpus(4), fixed).candidates.front().step_s, step);
+}
+
 }  // namespace
 }  // namespace shardlm::plan

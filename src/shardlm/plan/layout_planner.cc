@@ -106,17 +106,57 @@ class CandidateEstimator {
       : cfg_(cfg), cluster_(cluster), flops_(layer_forward_flops(cfg.model)) {}
 
   ChunkTimes chunk_times(const Candidate& c, int64_t num_layers, bool has_head) const {
+    if (cfg_.model.t5()) return t5_times(c);
     // The rank's tokens: seq/CP of each sequence (the load-balanced split gives every CP rank
     // the same attention work, so attention divides by CP as the linear layers do).
-    const double sequences = static_cast<double>(c.micro_batch_size * cfg_.model.seq_length);
-    const double tokens = sequences / c.cp;
+    const double tokens =
+        static_cast<double>(c.micro_batch_size * cfg_.model.seq_length) / c.cp;
+    // fp8 linears run cluster_.fp8_linear_speedup times faster than in 16-bit.
+    const double linear_time_flops =
+        flops_.linear - flops_.fp8_linear + flops_.fp8_linear / cluster_.fp8_linear_speedup;
+    ChunkTimes t = stack_times(c, num_layers, tokens, linear_time_flops, flops_.attention,
+                               /*tp_collectives=*/2);
+    if (has_head) add_output_layer(c, tokens, t);
+    return t;
+  }
+
+  // T5 (one pipeline stage): the encoder's layers on the encoder's tokens, the decoder's on the
+  // decoder's, each decoder layer with its cross-attention (linear_q and linear_proj on decoder
+  // rows, linear_kv on encoder rows, scores against the encoder's keys; a third TP region pair),
+  // and the output layer on the decoder's tokens.
+  ChunkTimes t5_times(const Candidate& c) const {
+    const model::TransformerConfig& m = cfg_.model;
+    const double mbs = static_cast<double>(c.micro_batch_size);
+    const double TE = static_cast<double>(m.seq_length);
+    const double TD = static_cast<double>(m.decoder_seq_length);
+    const double H = static_cast<double>(m.hidden_size);
+    const double q = static_cast<double>(m.num_attention_heads * m.head_dim());
+    ChunkTimes t = stack_times(c, m.t5_encoder_layers(), mbs * TE, flops_.linear,
+                               4 * TE * q, /*tp_collectives=*/2);
+    const double cross_linear = 2 * H * q + 2 * q * H + 2 * H * 2 * q * TE / TD;
+    const ChunkTimes decoder = stack_times(c, m.num_layers, mbs * TD, flops_.linear + cross_linear,
+                                           4 * (TD + TE) * q, /*tp_collectives=*/3);
+    t.forward += decoder.forward;
+    t.backward += decoder.backward;
+    t.tp_comm += decoder.tp_comm;
+    add_output_layer(c, mbs * TD, t);
+    return t;
+  }
+
+  // num_layers layers on `tokens` rows of the rank, each with linear_flops and attention_flops
+  // per token (forward) and tp_collectives TP region pairs per direction.
+  ChunkTimes stack_times(const Candidate& c, int64_t num_layers, double tokens,
+                         double linear_flops, double attention_flops, int tp_collectives) const {
+    const double sequences = tokens * c.cp;  // whole sequences' rows (CP splits them)
     const double rate = cluster_.peak_flops * cluster_.achieved_mfu;
     const double tp = c.tp, cp = c.cp;
     const double bytes = static_cast<double>(dtype_size(compute_dtype()));
-    // Two all-reduces per layer and direction (or, with SP, all-gather + reduce-scatter pairs:
-    // the same ring bytes): 2 x 2(t-1)/t x the [tokens, hidden] activation.
+    // Per layer and direction, tp_collectives all-reduces (or, with SP, all-gather +
+    // reduce-scatter pairs: the same ring bytes) of the [tokens, hidden] activation, 2(t-1)/t
+    // of it each.
     const double act_bytes = tokens * static_cast<double>(cfg_.model.hidden_size) * bytes;
-    const double comm = c.tp > 1 ? 4 * (tp - 1) / tp * act_bytes / bandwidth(c.tp) : 0.0;
+    const double comm =
+        c.tp > 1 ? 2 * tp_collectives * (tp - 1) / tp * act_bytes / bandwidth(c.tp) : 0.0;
     // CP: each attention pass all-gathers the fused QKV rows of whole sequences, [mbs x seq,
     // QKV rows / TP] ((c-1)/c of them arrive per rank in a ring); the backward gathers again and
     // reduce-scatters the key/value gradients of the same size. The group is the aligned block
@@ -133,11 +173,8 @@ class CandidateEstimator {
                                   ? tokens * (qkv_rows + attn_cols) * bytes
                                   : sequences * qkv_rows * bytes;
     const double cp_pass = c.cp > 1 ? (cp - 1) / cp * pass_bytes / bandwidth(c.tp * c.cp) : 0.0;
-    // fp8 linears run cluster_.fp8_linear_speedup times faster than in 16-bit.
-    const double linear_time_flops =
-        flops_.linear - flops_.fp8_linear + flops_.fp8_linear / cluster_.fp8_linear_speedup;
-    const double fwd_compute = tokens * (linear_time_flops + flops_.attention) / tp / rate;
-    const double attention_compute = tokens * flops_.attention / tp / rate;
+    const double fwd_compute = tokens * (linear_flops + attention_flops) / tp / rate;
+    const double attention_compute = tokens * attention_flops / tp / rate;
     // EP: an MoE layer sends its rows [tokens x k, hidden] to the experts' ranks and back, in
     // forward and again in backward; (e-1)/e of them leave the rank, over the aligned block of
     // TP x EP ranks (the expert layout's tp-ep order). Spread over the layers by the share of MoE
@@ -162,13 +199,16 @@ class CandidateEstimator {
     t.ep_comm = n * 2 * ep_pass + r * ep_pass;
     // Selective: attention re-runs with its gather, which the backward then reuses.
     if (c.recompute.selective()) t.backward += n * attention_compute;
-    if (has_head) {  // the output layer's GEMM (vocabulary split over TP)
-      const double head = tokens * 2 * static_cast<double>(cfg_.model.padded_vocab_size()) *
-                          static_cast<double>(cfg_.model.hidden_size) / tp / rate;
-      t.forward += head;
-      t.backward += 2 * head;
-    }
     return t;
+  }
+
+  // The output layer's GEMM on `tokens` rows (vocabulary split over TP).
+  void add_output_layer(const Candidate& c, double tokens, ChunkTimes& t) const {
+    const double rate = cluster_.peak_flops * cluster_.achieved_mfu;
+    const double head = tokens * 2 * static_cast<double>(cfg_.model.padded_vocab_size()) *
+                        static_cast<double>(cfg_.model.hidden_size) / c.tp / rate;
+    t.forward += head;
+    t.backward += 2 * head;
   }
 
   // Bandwidth of a collective over the aligned block of `span` consecutive ranks that holds
