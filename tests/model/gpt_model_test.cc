@@ -822,6 +822,18 @@ TEST(T5Model, GradientsMatchFiniteDifferencesWithDropoutRmsNormNoBias) {
   expect_gradients_match_finite_differences(c);
 }
 
+// Megatron's T5 with --position-embedding-type rope: the self-attentions rotate q and k (the
+// encoder's positions and the decoder's), the cross-attention does not (Megatron passes it no
+// rotary embedding); SwiGLU MLPs.
+TEST(T5Model, GradientsMatchFiniteDifferencesRopeSwiglu) {
+  TransformerConfig c = t5_config();
+  c.position_embedding = PositionEmbedding::kRope;
+  c.swiglu = true;
+  c.encoder_num_layers = 1;
+  c.num_layers = 1;
+  expect_gradients_match_finite_differences(c);
+}
+
 TEST(T5Model, GradReadyAndParamsNeededOrder) {
   expect_grad_ready_order(t5_config());
   expect_params_needed_before_use(t5_config());
