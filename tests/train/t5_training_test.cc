@@ -6,6 +6,7 @@
 
 #include <sstream>
 
+#include "shardlm/train/metrics.h"
 #include "tests/ckpt/ckpt_test_util.h"
 #include "tests/train/layout_harness.h"
 
@@ -149,6 +150,32 @@ TEST(T5Training, PipelineAndContextParallelismAreRefusedWithTheReason) {
   bad.model.decoder_seq_length = 0;
   err = config_error([&] { single_rank(bad); });
   EXPECT_NE(err.find("--decoder-seq-length"), std::string::npos) << err;
+}
+
+// MFU's FLOPs for T5, counted by hand for a tiny model (hidden 8, 2 heads, ffn 12, biases,
+// LayerNorm, padded vocab 12, T_e 7, T_d 5, 3 encoder and 2 decoder layers):
+//   encoder layer 532 parameters (norms 2x16, QKV 216, proj 72, fc1 108, fc2 104), final norm 16;
+//   decoder layer 532 + cross-attention 304 (norm 16, q 72, kv 144, proj 72), final norm 16,
+//   output bias 12. On T_e rows: 3·532 + 16 + 2·144 = 1900; on T_d rows: 2·(532 + 160) + 28 = 1412.
+//   sample = 6·(1900·7 + (1412 + 12·8)·5) + 12·8·(3·49 + 2·25 + 2·35) = 150672; per encoder token / 7.
+TEST(T5Training, ModelFlopsCountEachParameterOnItsRows) {
+  model::TransformerConfig m;
+  m.family = model::ModelFamily::kT5;
+  m.num_layers = 2;
+  m.encoder_num_layers = 3;
+  m.hidden_size = 8;
+  m.num_attention_heads = 2;
+  m.ffn_hidden_size = 12;
+  m.seq_length = 7;
+  m.decoder_seq_length = 5;
+  m.vocab_size = 11;
+  m.make_vocab_size_divisible_by = 4;
+  model::ParameterRegistry reg;
+  model::GPTModel(m).register_parameters(reg);
+  const ModelFlops f = model_flops(reg, m);
+  EXPECT_EQ(f.parameters, m.parameter_count());
+  EXPECT_NEAR(f.flops_per_token, 150672.0 / 7.0, 1e-9);
+  EXPECT_NE(model_flops_formula(m).find("Te"), std::string::npos);
 }
 
 }  // namespace

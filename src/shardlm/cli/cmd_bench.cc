@@ -165,7 +165,7 @@ void run_bench(train::TrainConfig cfg, const BenchOptions& opt, dist::RankContex
                                 std::to_string(rank->layout().dp()) + ")"
                           : std::string())
             << "\n"
-            << "> " << train::model_flops_formula() << "\n"
+            << "> " << train::model_flops_formula(c.model) << "\n"
             << "> parameters " << flops.parameters << ", non-embedding " << flops.non_embedding
             << ", flops/token " << flops.flops_per_token << "\n";
   char line[512];

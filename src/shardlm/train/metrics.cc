@@ -62,7 +62,11 @@ ModelFlops model_flops(const model::ParameterRegistry& registry,
   return out;
 }
 
-std::string model_flops_formula() {
+std::string model_flops_formula(const model::TransformerConfig& cfg) {
+  if (cfg.t5())
+    return "flops/token = (6*(N_enc*Te + (N_dec + V*H)*Td) + 12*(heads*head_dim)*(Le*Te^2 + "
+           "Ld*Td^2 + Ld*Td*Te)) / Te, N_enc counting the cross-attention's linear_kv, tokens "
+           "= encoder tokens; MFU = flops/token * tokens/s / 989e12";
   return "flops/token = 6*(N_nonembedding + V*H) + 12*L*(heads*head_dim)*S; "
          "MFU = flops/token * tokens/s / 989e12";
 }

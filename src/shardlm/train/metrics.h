@@ -37,7 +37,7 @@ struct ModelFlops {
 ModelFlops model_flops(const model::ParameterRegistry& registry,
                        const model::TransformerConfig& cfg);
 
-// The formula above as one line, for logs and bench output.
-std::string model_flops_formula();
+// The formula above (cfg's family's) as one line, for logs and bench output.
+std::string model_flops_formula(const model::TransformerConfig& cfg);
 
 }  // namespace shardlm::train
