@@ -28,6 +28,15 @@ timeout 60 ./build/shardlm train --config examples/gpt_tiny_mock.yaml --device c
     --train-iters 100 >"$OUT/train_mock_gpu.log" 2>&1
 echo "exit $?"; grep -E "number of parameters|iteration +100/|validation loss at iteration 100" "$OUT/train_mock_gpu.log" | cut -c1-200
 
+stage "train on the GPU: T5 on mock span corruption (bf16)"
+timeout 90 ./build/shardlm train --config examples/t5_tiny_mock.yaml --device cuda --bf16 \
+    --train-iters 100 >"$OUT/train_t5_mock_gpu.log" 2>&1
+echo "exit $?"; grep -E "number of parameters|iteration +100/|validation loss at iteration 100" "$OUT/train_t5_mock_gpu.log" | cut -c1-200
+
+stage "T5 sample fixture (numpy re-run of Megatron's T5 dataset; commit to tests/golden/data/t5/)"
+python3 scripts/make_t5_samples_fixture.py --vocab tests/golden/data/bert/vocab-lowercase-8k.txt \
+    --output "$OUT/t5_samples_fixture.json" >"$OUT/t5_fixture.log" 2>&1; echo "exit $?"
+
 stage "train on the GPU: Moby Dick (README command 1 without setup)"
 if [[ -d .fixture-inputs/corpus ]]; then
   mkdir -p runs/data
