@@ -888,7 +888,8 @@ TEST(T5Model, MegatronParameterNamesAndCount) {
     EXPECT_TRUE(reg.contains(name)) << name;
   EXPECT_FALSE(reg.contains("encoder.layers.3.self_attention.linear_qkv.weight"));
   EXPECT_FALSE(reg.contains("output_layer.weight"));  // tied
-  EXPECT_FALSE(reg.contains("decoder.layers.0.self_attention.linear_qkv.cross_attention"));
+  EXPECT_FALSE(reg.contains("encoder.layers.0.cross_attention.linear_q.weight"));
+  EXPECT_FALSE(reg.contains("encoder.layers.0.pre_cross_attn_layernorm.weight"));
   EXPECT_EQ(reg.get("decoder.layers.0.cross_attention.linear_kv.weight").spec.global_shape,
             Shape({16, 8}));
   EXPECT_EQ(reg.get("embedding.position_embeddings.weight").spec.global_shape, Shape({7, 8}));

@@ -175,8 +175,9 @@ double BatchStaging::stage_t5(const data::T5SampleSource& source,
   std::vector<int32_t> encoder(TE), decoder(TD), labels(TD);
   std::vector<float> mask(TD);
   double mask_sum = 0;
-  auto check_id = [&](int64_t index, int32_t id, const char* what) {
-    SHARDLM_REQUIRE(id < vocab_size_, ErrorKind::kCorruptData,
+  // Token ids must be in the vocabulary; labels may also be -1 (padding).
+  auto check_id = [&](int64_t index, int32_t id, const char* what, int32_t lowest) {
+    SHARDLM_REQUIRE(id >= lowest && id < vocab_size_, ErrorKind::kCorruptData,
                     "T5 sample " + std::to_string(index) + " holds " + what + " id " +
                         std::to_string(id) + " outside the vocabulary of size " +
                         std::to_string(vocab_size_) +
@@ -188,17 +189,13 @@ double BatchStaging::stage_t5(const data::T5SampleSource& source,
     data::T5SampleView view{encoder, decoder, labels, mask};
     source.get(index % source.size(), view);
     for (int64_t t = 0; t < TE; ++t) {
-      check_id(index, encoder[t], "encoder token");
-      SHARDLM_REQUIRE(encoder[t] >= 0, ErrorKind::kCorruptData,
-                      "T5 sample " + std::to_string(index) + " holds a negative encoder id");
+      check_id(index, encoder[t], "encoder token", 0);
       host_.encoder_tokens.view().data<int32_t>()[b * TE + t] = encoder[t];
     }
     for (int64_t t = 0; t < TD; ++t) {
       const int64_t i = b * TD + t;
-      check_id(index, decoder[t], "decoder token");
-      check_id(index, labels[t], "label");
-      SHARDLM_REQUIRE(decoder[t] >= 0, ErrorKind::kCorruptData,
-                      "T5 sample " + std::to_string(index) + " holds a negative decoder id");
+      check_id(index, decoder[t], "decoder token", 0);
+      check_id(index, labels[t], "label", -1);
       host_.tokens.view().data<int32_t>()[i] = decoder[t];
       // Padding has no label (-1): any valid id, left out by the loss mask.
       host_.targets.view().data<int32_t>()[i] = labels[t] >= 0 ? labels[t] : 0;

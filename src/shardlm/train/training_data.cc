@@ -25,20 +25,36 @@ data::TokenizerOptions tokenizer_options(const TrainConfig& cfg) {
   return o;
 }
 
+// A family's sample source as the trainer's SampleSource (Adapter: MaskedLmSamples, T5Samples).
+template <typename Adapter, typename Source>
+std::unique_ptr<data::SampleSource> adapt(std::unique_ptr<Source> source) {
+  if (!source) return nullptr;
+  return std::make_unique<Adapter>(std::move(source));
+}
+
+// The train / valid sources of a masked-LM family's built datasets (BERT's, T5's).
+template <typename Adapter, typename Sets>
+TrainingData adapt_splits(Sets sets) {
+  if (!sets.train || sets.train->size() == 0)
+    throw Error(ErrorKind::kInvalidConfig,
+                "the training split is empty: give it a share in --split (e.g. 969,30,1)");
+  TrainingData d;
+  d.train = adapt<Adapter>(std::move(sets.train));
+  d.valid = adapt<Adapter>(std::move(sets.valid));
+  return d;
+}
+
 // pretrain_bert's datasets: masked-LM samples from a sentence-split corpus (or mock ones).
 TrainingData build_bert_data(const TrainConfig& cfg, int64_t train_samples,
                              int64_t valid_samples) {
-  TrainingData d;
   const bool binary = cfg.model.bert_binary_head;
-  auto wrap = [](std::unique_ptr<data::BertSampleSource> s) -> std::unique_ptr<data::SampleSource> {
-    if (!s) return nullptr;
-    return std::make_unique<data::MaskedLmSamples>(std::move(s));
-  };
+  using Adapter = data::MaskedLmSamples;
   if (cfg.data.mock_data) {
-    d.train = wrap(std::make_unique<data::MockBertDataset>(
+    TrainingData d;
+    d.train = adapt<Adapter>(std::make_unique<data::MockBertDataset>(
         train_samples, cfg.model.seq_length, cfg.model.vocab_size,
         static_cast<uint32_t>(cfg.seed), binary));
-    d.valid = wrap(std::make_unique<data::MockBertDataset>(
+    d.valid = adapt<Adapter>(std::make_unique<data::MockBertDataset>(
         valid_samples, cfg.model.seq_length, cfg.model.vocab_size,
         static_cast<uint32_t>(cfg.seed + 1), binary));
     return d;
@@ -57,28 +73,19 @@ TrainingData build_bert_data(const TrainConfig& cfg, int64_t train_samples,
   c.short_seq_prob = cfg.data.short_seq_prob;
   c.binary_head = binary;
   c.vocab = data::masked_lm_vocab_of(data::make_tokenizer(tokenizer_options(cfg)));
-  data::BertDatasets sets = data::build_bert_datasets(c);
-  if (!sets.train || sets.train->size() == 0)
-    throw Error(ErrorKind::kInvalidConfig,
-                "the training split is empty: give it a share in --split (e.g. 969,30,1)");
-  d.train = wrap(std::move(sets.train));
-  d.valid = wrap(std::move(sets.valid));
-  return d;
+  return adapt_splits<Adapter>(data::build_bert_datasets(c));
 }
 
 // pretrain_t5's datasets: span-corruption samples from a sentence-split corpus (or mock ones).
 TrainingData build_t5_data(const TrainConfig& cfg, int64_t train_samples, int64_t valid_samples) {
-  TrainingData d;
   const int64_t TE = cfg.model.seq_length, TD = cfg.model.decoder_seq_length;
-  auto wrap = [](std::unique_ptr<data::T5SampleSource> s) -> std::unique_ptr<data::SampleSource> {
-    if (!s) return nullptr;
-    return std::make_unique<data::T5Samples>(std::move(s));
-  };
+  using Adapter = data::T5Samples;
   if (cfg.data.mock_data) {
-    d.train = wrap(std::make_unique<data::MockT5Dataset>(train_samples, TE, TD,
+    TrainingData d;
+    d.train = adapt<Adapter>(std::make_unique<data::MockT5Dataset>(train_samples, TE, TD,
                                                          cfg.model.vocab_size,
                                                          static_cast<uint32_t>(cfg.seed)));
-    d.valid = wrap(std::make_unique<data::MockT5Dataset>(valid_samples, TE, TD,
+    d.valid = adapt<Adapter>(std::make_unique<data::MockT5Dataset>(valid_samples, TE, TD,
                                                          cfg.model.vocab_size,
                                                          static_cast<uint32_t>(cfg.seed + 1)));
     return d;
@@ -98,13 +105,7 @@ TrainingData build_t5_data(const TrainConfig& cfg, int64_t train_samples, int64_
   c.mask_prob = cfg.data.mask_prob;
   c.short_seq_prob = cfg.data.short_seq_prob;
   c.vocab = data::masked_lm_vocab_of(data::make_tokenizer(tokenizer_options(cfg)));
-  data::T5Datasets sets = data::build_t5_datasets(c);
-  if (!sets.train || sets.train->size() == 0)
-    throw Error(ErrorKind::kInvalidConfig,
-                "the training split is empty: give it a share in --split (e.g. 969,30,1)");
-  d.train = wrap(std::move(sets.train));
-  d.valid = wrap(std::move(sets.valid));
-  return d;
+  return adapt_splits<Adapter>(data::build_t5_datasets(c));
 }
 
 }  // namespace

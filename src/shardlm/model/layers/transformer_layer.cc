@@ -262,7 +262,10 @@ TransformerLayer::Scratch TransformerLayer::allocate_scratch(const TransformerCo
 ops::AttentionShape TransformerLayer::attention_shape() const {
   // The rank's heads are global heads [rank*NH/TP, (rank+1)*NH/TP): dropout keys use those.
   const QkvLayout& q = qkv_layout_;
-  ops::AttentionShape shape{q.heads, q.groups, q.head_dim};
+  ops::AttentionShape shape;
+  shape.num_heads = q.heads;
+  shape.num_query_groups = q.groups;
+  shape.head_dim = q.head_dim;
   shape.head_offset = q.first_head;
   shape.dropout_num_heads = cfg_.num_attention_heads;
   shape.causal = cfg_.causal();

@@ -115,10 +115,11 @@ class TransformerLayer {
     // BERT's padding mask: int32 [B] valid tokens per sequence (model::Batch::key_lengths), set
     // by the model before each forward / backward; undefined: no padding.
     Tensor key_lengths;
-    // T5 decoder layers. Set by the model for each micro-batch: the encoder output (all rows,
-    // gathered under SP), its valid tokens per sequence (int32 [B], the cross-attention keys'
-    // padding; undefined: none) and the gradient every decoder layer adds its share to (partial
-    // over TP; the model zeroes it before the decoder's backward and then reduces it).
+    // T5 decoder layers, set by the model: the encoder output (all rows, gathered under SP) and
+    // the gradient every decoder layer adds its share to (partial over TP; the model zeroes it
+    // before the decoder's backward and then reduces it), once per activation slot; the
+    // encoder's valid tokens per sequence (int32 [B], the cross-attention keys' padding;
+    // undefined: none) with each micro-batch.
     Tensor encoder_output;    // [NE, C]
     Tensor encoder_lengths;   // [B]
     Tensor d_encoder_output;  // [NE, C]

@@ -9,7 +9,9 @@ namespace shardlm::model {
 
 ops::AttentionShape TransformerLayer::cross_attention_shape(const Scratch& scratch) const {
   const int64_t heads = cfg_.num_attention_heads / tp_.size();
-  ops::AttentionShape shape{heads, heads, cfg_.head_dim()};
+  ops::AttentionShape shape;
+  shape.num_heads = shape.num_query_groups = heads;
+  shape.head_dim = cfg_.head_dim();
   shape.head_offset = tp_.rank() * heads;  // dropout keyed by global head
   shape.dropout_num_heads = cfg_.num_attention_heads;
   shape.causal = false;
